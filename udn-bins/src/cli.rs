@@ -1,0 +1,33 @@
+//! The command line of `udn`.
+
+use clap::{Parser, Subcommand};
+
+/// UDN: a DNS-based global traffic manager fused with a caching CDN.
+///
+/// Each subcommand runs one role of the network; `udn demo` runs all of them on
+/// loopback with a sample network.
+#[derive(Debug, Parser)]
+#[command(name = "udn", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The role to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles of a UDN network.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Authoritative GTM DNS server.
+    Dns(crate::dns::Args),
+    /// Edge cache (CDN POP server).
+    Edge(crate::edge::Args),
+    /// Probe agent (ServiceProbe, LOADP, LatencyProbe, page check).
+    Probe(crate::probe::Args),
+    /// Control plane: log collector, store, REST API, portal, billing.
+    Control(crate::control::Args),
+    /// Run the whole network on loopback with a sample network.
+    Demo(crate::demo::Args),
+}

@@ -1,0 +1,18 @@
+//! `udn dns`: Authoritative GTM DNS server.
+
+/// Command-line arguments of `udn dns`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Runs the role until it is stopped.
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    Err(crate::NotBuilt {
+        role: "dns",
+        issue: 4,
+    }
+    .into())
+}

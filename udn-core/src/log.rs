@@ -1,0 +1,228 @@
+//! The shared log-record schema and the rotation policy every role's logger uses.
+//!
+//! A log file is JSON Lines: the first line is a [`FileHeader`], every further line one
+//! [`LogRecord`]. A file is *complete* (closed, synced, ready to ship) when the
+//! [`RotationPolicy`] says so; only complete files are shipped to collectors, and a
+//! collector inserts each file once, keyed by its `file_id`.
+
+use crate::net::Cidr;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Version of the log file format written in every header.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The role that wrote a log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A DNS server (decision log).
+    Dns,
+    /// An edge (access log).
+    Edge,
+    /// A probe (probe results).
+    Probe,
+    /// The control plane (operational log).
+    Control,
+}
+
+impl Role {
+    /// A short name for file names, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Dns => "dns",
+            Role::Edge => "edge",
+            Role::Probe => "probe",
+            Role::Control => "control",
+        }
+    }
+}
+
+/// The first line of every log file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeader {
+    /// Always `"udn-log"`: tells our files from foreign ones.
+    pub magic: String,
+    /// [`FORMAT_VERSION`] of the writer.
+    pub version: u32,
+    /// Globally unique id of the file (the collector's idempotency key).
+    pub file_id: String,
+    /// Who wrote it.
+    pub role: Role,
+    /// Name of the writing instance (for example `fra-edge-1`).
+    pub instance: String,
+    /// When the file was opened.
+    pub opened_at: Timestamp,
+}
+
+/// The magic string of a [`FileHeader`].
+pub const MAGIC: &str = "udn-log";
+
+/// A DNS decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsRecord {
+    /// When it was answered.
+    pub ts: Timestamp,
+    /// Queried name (canonical).
+    pub hostname: String,
+    /// Query type (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// Address the query came from.
+    pub client: IpAddr,
+    /// EDNS Client Subnet, if sent.
+    pub ecs: Option<Cidr>,
+    /// Addresses answered.
+    pub addrs: Vec<IpAddr>,
+    /// Decision reason (`Reason::as_str`) or the response code for non-GTM answers.
+    pub reason: String,
+    /// POP of the chosen server, if any.
+    pub pop: Option<String>,
+    /// Owning customer, if the name is a customer's.
+    pub customer: Option<String>,
+    /// The DNS server that answered.
+    pub server: String,
+}
+
+/// An HTTP request served by an edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpRecord {
+    /// When the response completed.
+    pub ts: Timestamp,
+    /// Owning customer, if known.
+    pub customer: Option<String>,
+    /// Host the request was for.
+    pub host: String,
+    /// Request path.
+    pub path: String,
+    /// HTTP method.
+    pub method: String,
+    /// Response status.
+    pub status: u16,
+    /// Body bytes sent to the client.
+    pub bytes: u64,
+    /// Bytes fetched from the origin for this request (cache fill).
+    pub fill_bytes: u64,
+    /// Cache outcome (`hit`, `miss`, ...).
+    pub outcome: String,
+    /// Time to serve, microseconds.
+    pub duration_us: u64,
+    /// Client address.
+    pub client: IpAddr,
+    /// POP of the edge.
+    pub pop: String,
+}
+
+/// A probe result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    /// When it was measured.
+    pub ts: Timestamp,
+    /// POP of the probe.
+    pub pop: String,
+    /// What was measured: `service`, `load`, `latency`.
+    pub kind: String,
+    /// The target (server name, or client network for latency).
+    pub target: String,
+    /// Method or service type (`http`, `tcp-connect`, `dns`, `icmp`, `passive`, ...).
+    pub method: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The measured value: ms for times, percent for load.
+    pub value: f64,
+    /// Extra detail (error text), empty if none.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// One log line after the header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum LogRecord {
+    /// A DNS decision.
+    Dns(DnsRecord),
+    /// An HTTP request.
+    Http(HttpRecord),
+    /// A probe result.
+    Probe(ProbeRecord),
+}
+
+impl LogRecord {
+    /// The record's timestamp.
+    pub fn ts(&self) -> Timestamp {
+        match self {
+            LogRecord::Dns(r) => r.ts,
+            LogRecord::Http(r) => r.ts,
+            LogRecord::Probe(r) => r.ts,
+        }
+    }
+
+    /// Encodes the record as one JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes one JSON line.
+    pub fn from_line(line: &str) -> Result<LogRecord, crate::Error> {
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
+/// When a log file is complete: at `max_bytes` or `max_age`, whichever comes first.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use udn_core::{Timestamp, log::RotationPolicy};
+/// let p = RotationPolicy { max_bytes: 1000, max_age: Duration::from_secs(60) };
+/// let opened = Timestamp::from_secs(0);
+/// assert!(!p.is_complete(10, opened, Timestamp::from_secs(59)));
+/// assert!(p.is_complete(10, opened, Timestamp::from_secs(60)));
+/// assert!(p.is_complete(1000, opened, Timestamp::from_secs(1)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationPolicy {
+    /// Size at which a file is closed.
+    pub max_bytes: u64,
+    /// Age at which a file is closed.
+    #[serde(with = "secs")]
+    pub max_age: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            max_bytes: 16 * 1024 * 1024,
+            max_age: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// Whether a file of `bytes` opened at `opened_at` is complete at `now`.
+    pub fn is_complete(&self, bytes: u64, opened_at: Timestamp, now: Timestamp) -> bool {
+        bytes >= self.max_bytes || now.since(opened_at) >= self.max_age
+    }
+
+    /// When a file opened at `opened_at` becomes complete by age (the writer's next
+    /// deadline).
+    pub fn deadline(&self, opened_at: Timestamp) -> Timestamp {
+        opened_at.add(self.max_age)
+    }
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
