@@ -147,11 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("udn demo: running; press Ctrl-C to stop");
     let rt = crate::runtime()?;
-    rt.block_on(async {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")
-    })?;
+    rt.block_on(async { tokio::signal::ctrl_c().await.context("waiting for Ctrl-C") })?;
     println!("udn demo: stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod demo;
 pub mod dns;
 pub mod edge;
+pub mod logging;
 pub mod probe;
 
 use std::fmt;

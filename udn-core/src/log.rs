@@ -212,7 +212,7 @@ impl RotationPolicy {
     /// When a file opened at `opened_at` becomes complete by age (the writer's next
     /// deadline).
     pub fn deadline(&self, opened_at: Timestamp) -> Timestamp {
-        opened_at.add(self.max_age)
+        opened_at.plus(self.max_age)
     }
 }
 
@@ -225,4 +225,19 @@ mod secs {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_secs(u64::deserialize(d)?))
     }
+}
+
+/// The shared logging API every role writes through. The binary implements it with the
+/// rotating file writer (`udn_bins::logging`); tests can collect records in memory.
+pub trait LogSink: Send + Sync {
+    /// Appends one record. Must not block for long: writers buffer.
+    fn record(&self, rec: LogRecord);
+}
+
+/// A sink that discards everything (for embedders that do not log).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullSink;
+
+impl LogSink for NullSink {
+    fn record(&self, _rec: LogRecord) {}
 }

@@ -223,7 +223,7 @@ impl StaticTable {
                 .or_default()
                 .push(i as u32);
         }
-        levels.sort_by(|a, b| b.1.cmp(&a.1));
+        levels.sort_by_key(|l| std::cmp::Reverse(l.1));
         StaticTable { mappings, levels }
     }
 
@@ -426,13 +426,7 @@ fn check_location(loc: &Location, path: &str, errs: &mut Errors) {
     }
 }
 
-fn check_common_host(
-    path: &str,
-    hostname: &str,
-    ttl: u32,
-    answers: u8,
-    errs: &mut Errors,
-) {
+fn check_common_host(path: &str, hostname: &str, ttl: u32, answers: u8, errs: &mut Errors) {
     if !is_valid_hostname(hostname) {
         errs.push(
             format!("{path}.hostname"),
