@@ -9,7 +9,9 @@
 //! ```
 //! let cfg = udn_core::Config::from_toml(udn_core::config::SAMPLE).unwrap();
 //! let net = cfg.compile().unwrap();
-//! assert!(net.host_id("www.shop.example").is_some());
+//! assert!(net.host_id("www.shop.udn.example").is_some());
+//! // Lookups ignore case and a final dot.
+//! assert_eq!(net.host_id("WWW.Shop.UDN.example."), net.host_id("www.shop.udn.example"));
 //!
 //! let bad = udn_core::Config::from_toml(r#"
 //! [[gtm]]
