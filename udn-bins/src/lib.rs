@@ -8,6 +8,7 @@ pub mod demo;
 pub mod dns;
 pub mod edge;
 pub mod logging;
+pub mod origin;
 pub mod probe;
 
 use std::fmt;
