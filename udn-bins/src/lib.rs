@@ -10,6 +10,7 @@ pub mod edge;
 pub mod logging;
 pub mod origin;
 pub mod probe;
+pub mod world;
 
 use std::fmt;
 
