@@ -1,0 +1,1 @@
+//! The edge server (feature `server`).
