@@ -175,28 +175,44 @@ impl InvalidationTree {
         self.bump(scope, url)
     }
 
+    /// Re-applies a purge recorded earlier with the generation it had then (an edge
+    /// restoring its tree from its own purge journal at start, so entries of its disk
+    /// tier keep their stamps). Returns the tree's generation afterwards.
+    pub fn restore(&mut self, p: &Purge, generation: u64) -> u64 {
+        self.generation = self.generation.max(generation);
+        self.set(p.scope, &p.target, generation);
+        if p.seq != 0 {
+            self.log.insert(p.seq, p.clone());
+        }
+        self.generation
+    }
+
     fn bump(&mut self, scope: Scope, url: &str) -> u64 {
         self.generation += 1;
         let g = self.generation;
+        self.set(scope, url, g);
+        g
+    }
+
+    fn set(&mut self, scope: Scope, url: &str, g: u64) {
         let Some((host, segs)) = key_parts(url) else {
-            return g;
+            return;
         };
         let mut node = self
             .hosts
             .entry(host.to_ascii_lowercase().into())
             .or_default();
         if scope == Scope::Domain {
-            node.tree = g;
-            return g;
+            node.tree = node.tree.max(g);
+            return;
         }
         for s in segs {
             node = node.children.entry(s.into()).or_default();
         }
         match scope {
-            Scope::Url => node.exact = g,
-            _ => node.tree = g,
+            Scope::Url => node.exact = node.exact.max(g),
+            _ => node.tree = node.tree.max(g),
         }
-        g
     }
 
     /// Whether an entry for `key` stamped with generation `entry_gen` is still valid.
