@@ -107,6 +107,24 @@ async fn origin_handle(st: Arc<OriginState>, req: Request<Incoming>) -> Response
             format!("sie {path}"),
         );
     }
+    if path.starts_with("/swr/") {
+        return full(
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=30".into(),
+            )],
+            format!("swr {path}"),
+        );
+    }
+    if let Some(n) = path.strip_prefix("/sized/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return full(
+            200,
+            &[("cache-control", "max-age=3600".into())],
+            "s".repeat(n),
+        );
+    }
     if path.starts_with("/short/") {
         return full(
             200,
@@ -612,15 +630,21 @@ fn range_and_vary() {
 fn restart_keeps_the_disk_tier() {
     let (origin, st) = start_origin();
     let disk = tempdir("disk");
+    let origin_url = format!("http://{origin}");
     let args = [
         "--origin",
-        &format!("http://{origin}"),
+        &origin_url,
         "--disk-dir",
         disk.to_str().unwrap(),
+        "--purge-token",
+        "t",
     ];
     let edge = EdgeProc::start(&args);
     assert_eq!(curl(&edge.url("/static/keep"), &[]).cache(), "MISS");
+    assert_eq!(curl(&edge.url("/static/gone"), &[]).cache(), "MISS");
     std::thread::sleep(Duration::from_millis(500)); // the write-through is asynchronous
+    let key = format!("http://{origin}/static/gone");
+    assert_eq!(purge(&edge, "t", "url", &key, 7), 200);
     drop(edge); // SIGKILL: no graceful shutdown
     let edge = EdgeProc::start(&args);
     let r = curl(&edge.url("/static/keep"), &[]);
@@ -629,6 +653,209 @@ fn restart_keeps_the_disk_tier() {
         ("HIT", &b"content of /static/keep"[..])
     );
     assert_eq!(st.count("/static/keep"), 1);
+    // The purge journal survives too: the purged object is not revived.
+    assert_eq!(curl(&edge.url("/static/gone"), &[]).cache(), "MISS");
+    assert_eq!(st.count("/static/gone"), 2);
+    let _ = std::fs::remove_dir_all(&disk);
+}
+
+#[test]
+fn tiers_are_bounded() {
+    let (origin, st) = start_origin();
+    let disk = tempdir("bounded");
+    let edge = EdgeProc::start(&[
+        "--origin",
+        &format!("http://{origin}"),
+        "--disk-dir",
+        disk.to_str().unwrap(),
+        "--disk-mb",
+        "1",
+        "--memory-mb",
+        "1",
+    ]);
+    // 10 objects of 300 KiB: larger than the 128 KiB memory-object limit; 3 fit on disk.
+    for i in 0..10 {
+        let r = curl(&edge.url(&format!("/sized/{}", 300 * 1024 + i)), &[]);
+        assert_eq!((r.status, r.body.len()), (200, 300 * 1024 + i));
+    }
+    // The last fill moves its temp file into place just after the client got it.
+    std::thread::sleep(Duration::from_millis(300));
+    let on_disk: u64 = std::fs::read_dir(&disk)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= (1 << 20) + 64 * 1024,
+        "disk tier holds {on_disk} bytes"
+    );
+    let m = String::from_utf8(curl(&edge.url("/metrics"), &[]).body).unwrap();
+    let disk_bytes: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("udn_edge_disk_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(disk_bytes > 0 && disk_bytes <= 1 << 20, "{disk_bytes}");
+    // The most recent object is still a hit; the first was evicted.
+    assert_eq!(
+        curl(&edge.url(&format!("/sized/{}", 300 * 1024 + 9)), &[]).cache(),
+        "HIT"
+    );
+    assert_eq!(
+        curl(&edge.url(&format!("/sized/{}", 300 * 1024)), &[]).cache(),
+        "MISS"
+    );
+    assert_eq!(st.count(&format!("/sized/{}", 300 * 1024)), 2);
+    let _ = std::fs::remove_dir_all(&disk);
+}
+
+#[test]
+fn stale_while_revalidate_and_prefill() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("swr");
+    let cfg = network_toml(&dir, origin, 3600);
+    let edge = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--purge-token",
+        "pf",
+    ]);
+    let host = "Host: cdn.test.example";
+    assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "MISS");
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = curl(&edge.url("/swr/a"), &[host]);
+    assert_eq!(
+        (r.cache(), r.body.as_slice()),
+        ("STALE", &b"swr /swr/a"[..])
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while st.count("/swr/a") < 2 {
+        assert!(Instant::now() < deadline, "no background revalidation");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "HIT");
+    // Prefill: fetched before anyone asks, then served as hits.
+    let body = r#"{"urls":["http://cdn.test.example/www.test.example/static/p1","http://img.test.example/static/p2","http://evil.example/x"]}"#;
+    let r = curl_m(
+        &edge.url("/v1/prefill"),
+        &["Authorization: Bearer pf"],
+        &["--data", body],
+    );
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    assert_eq!(text.matches(r#""outcome":"stored""#).count(), 2, "{text}");
+    assert!(text.contains("not served by this edge"), "{text}");
+    assert_eq!(st.count("/static/p1"), 1);
+    assert_eq!(curl(&edge.url("/static/p1"), &[host]).cache(), "HIT");
+    assert_eq!(
+        curl(&edge.url("/img.test.example/static/p2"), &[host]).cache(),
+        "HIT"
+    );
+    assert_eq!(
+        curl_m(&edge.url("/v1/prefill"), &[], &["--data", body]).status,
+        401
+    );
+}
+
+fn self_signed(dir: &Path, host: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{host}.crt"));
+    let key = dir.join(format!("{host}.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={host}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{host}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    (cert, key)
+}
+
+#[test]
+fn https_by_sni_and_http2() {
+    let (origin, _st) = start_origin();
+    let dir = tempdir("tls");
+    let cfg = network_toml(&dir, origin, 3600);
+    let (c1, k1) = self_signed(&dir, "cdn.test.example");
+    let (c2, k2) = self_signed(&dir, "img.test.example");
+    let tls_port = free_port();
+    let edge = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--tls-cert",
+        &format!("cdn.test.example={}:{}", c1.display(), k1.display()),
+        "--tls-cert",
+        &format!("img.test.example={}:{}", c2.display(), k2.display()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each hostname gets its own certificate (curl trusts only that one), and ALPN
+    // negotiates HTTP/2.
+    for (host, cert, path) in [
+        ("cdn.test.example", &c1, "/www.test.example/static/s"),
+        ("img.test.example", &c2, "/static/s"),
+    ] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .arg("--resolve")
+            .arg(format!("{host}:{tls_port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(cert)
+            .arg(format!("https://{host}:{tls_port}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200", "{host}");
+    }
+    // HTTP/2 over cleartext (prior knowledge) on the plain port.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(edge.url("/static/s"))
+        .args(["-H", "Host: img.test.example"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -465,6 +465,14 @@ impl Edge {
 
     fn lookup(&self, full_key: &str, primary: &str) -> Option<Arc<Object>> {
         let obj = match self.memory.get(full_key) {
+            // A body on disk may have been evicted from the disk tier meanwhile.
+            Some(o)
+                if matches!(o.body, BodyLoc::Disk(_))
+                    && !self.disk.as_ref().is_some_and(|d| d.contains(full_key)) =>
+            {
+                self.memory.invalidate(full_key);
+                return None;
+            }
             Some(o) => o,
             None => {
                 let o = self.disk.as_ref()?.get(full_key)?;

@@ -164,6 +164,14 @@ impl DiskTier {
         self.index.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Whether `key` is stored.
+    pub fn contains(&self, key: &str) -> bool {
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
     /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
