@@ -137,6 +137,9 @@ run() { # name url
   RPS[$1]=$(echo "$out" | awk '/Requests\/sec/{print $2}')
   MBS[$1]=$(echo "$out" | awk '/Transfer\/sec/{print $2}' | to_mb)
   echo "$1: ${RPS[$1]} req/s, ${MBS[$1]} MB/s"
+  if echo "$out" | grep -q -e 'Non-2xx' -e 'Socket errors'; then
+    echo "$out" | grep -e 'Non-2xx' -e 'Socket errors' | sed "s/^/  $1 WARNING: /"
+  fi
 }
 
 echo "wrk -t$THREADS -c$CONNS -d${DURATION}s; nginx worker_processes $WORKERS; access logs: $LOGS"
