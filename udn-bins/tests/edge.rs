@@ -739,7 +739,7 @@ fn stale_while_revalidate_and_prefill() {
     // (bounded) rather than guess how long that takes on a loaded machine.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let outcome = curl(&edge.url("/swr/a"), &[host]).cache();
+        let outcome = curl(&edge.url("/swr/a"), &[host]).cache().to_string();
         if outcome == "HIT" {
             break;
         }
