@@ -1,0 +1,1 @@
+//! The tokio UDP/TCP server (feature `server`).
