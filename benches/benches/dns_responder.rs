@@ -57,6 +57,11 @@ fn bench(c: &mut Criterion) {
         });
         println!("{label}: {allocs:.1} allocations per query");
         c.bench_function(label, |b| b.iter(|| run(&mut r)));
+        // Without the answer cache: a fresh responder per query (static answers are
+        // otherwise served from the per-responder cache after the first).
+        c.bench_function(&format!("{label}_uncached"), |b| {
+            b.iter(|| run(&mut Responder::new()))
+        });
     }
 }
 

@@ -21,7 +21,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -32,10 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use udn_core::log::{DnsRecord, LogRecord, LogSink, Role, RotationPolicy};
-use udn_core::{Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric};
+use udn_core::{Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric, Reason};
 use udn_dns::Authority;
 use udn_dns::hickory_proto::op::ResponseCode;
-use udn_dns::server::{Answered, Limits, Observer, Peers, Served, Server};
+use udn_dns::server::{AnswerPath, Answered, Limits, Observer, Peers, Served, Server};
 
 /// Command-line arguments of `udn dns`.
 #[derive(Debug, Clone, clap::Args)]
@@ -195,12 +194,93 @@ struct DropLabels {
     reason: &'static str,
 }
 
+/// A latency histogram updated with atomics only (prometheus-client's `Histogram`
+/// takes a write lock per observation, which two answering threads contend on).
+/// Buckets are powers of two of microseconds, 1 µs .. ~2 s, plus +Inf.
+#[derive(Debug, Clone)]
+struct LatencyHistogram {
+    inner: Arc<LatencyInner>,
+}
+
+#[derive(Debug)]
+struct LatencyInner {
+    buckets: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+const LATENCY_BUCKETS: usize = 22;
+
+impl LatencyHistogram {
+    fn new() -> Self {
+        LatencyHistogram {
+            inner: Arc::new(LatencyInner {
+                buckets: (0..=LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+                sum_ns: AtomicU64::new(0),
+                count: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        // Bucket i holds values <= 2^i µs.
+        let us = ns.div_ceil(1000).max(1);
+        let i = (64 - (us - 1).leading_zeros()) as usize;
+        self.inner.buckets[i.min(LATENCY_BUCKETS)].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for LatencyHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for LatencyHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .inner
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let upper = if i == LATENCY_BUCKETS {
+                    f64::MAX
+                } else {
+                    (1u64 << i) as f64 * 1e-6
+                };
+                (upper, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.inner.sum_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            self.inner.count.load(Ordering::Relaxed),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 /// The role's counters and histogram.
 struct Metrics {
     queries: Family<QueryLabels, Counter>,
+    /// Every (transport, rcode, path) counter of `queries`, created up front so the hot
+    /// path increments an atomic without a lookup.
+    query_counters: Vec<Counter>,
+    /// Every reason counter of `decisions`, in [`REASONS`] order.
+    decision_counters: Vec<Counter>,
     decisions: Family<ReasonLabels, Counter>,
     dropped: Family<DropLabels, Counter>,
-    latency: Histogram,
+    latency: LatencyHistogram,
     metrics_applied: Counter,
     metrics_rejected: Counter,
     reloads: Counter,
@@ -208,17 +288,38 @@ struct Metrics {
     log_dropped: Counter,
 }
 
-fn rcode_str(r: ResponseCode) -> &'static str {
+const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
+const PATHS: [AnswerPath; 3] = [
+    AnswerPath::Local,
+    AnswerPath::Relayed,
+    AnswerPath::PeerTimeout,
+];
+const TRANSPORTS: [udn_dns::Transport; 2] = [udn_dns::Transport::Udp, udn_dns::Transport::Tcp];
+const REASONS: [Reason; 7] = [
+    Reason::Static,
+    Reason::Sticky,
+    Reason::Latency,
+    Reason::Weighted,
+    Reason::Standby,
+    Reason::LastResort,
+    Reason::NoData,
+];
+
+fn rcode_index(r: ResponseCode) -> usize {
     match u16::from(r) {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        16 => "BADVERS",
-        _ => "OTHER",
+        c @ 0..=5 => c as usize,
+        16 => 6,
+        _ => 7,
     }
+}
+
+/// Index of a (transport, rcode, path) counter in [`Metrics::query_counters`].
+fn query_index(t: udn_dns::Transport, rcode: usize, path: AnswerPath) -> usize {
+    let t = TRANSPORTS.iter().position(|x| *x == t).unwrap_or(0);
+    let p = PATHS.iter().position(|x| *x == path).unwrap_or(0);
+    (t * RCODES.len() + rcode) * PATHS.len() + p
 }
 
 fn transport_str(t: udn_dns::Transport) -> &'static str {
@@ -233,12 +334,13 @@ fn transport_str(t: udn_dns::Transport) -> &'static str {
 struct QueuedLog {
     tx: std::sync::mpsc::SyncSender<Option<LogRecord>>,
     dropped: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl QueuedLog {
     fn new(inner: Arc<crate::logging::FileLog>) -> QueuedLog {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Option<LogRecord>>(65_536);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("udn-dns-log".into())
             .spawn(move || {
                 loop {
@@ -248,6 +350,7 @@ impl QueuedLog {
                             if let Err(e) = inner.flush_complete() {
                                 tracing::error!(error = %e, "closing the query log failed");
                             }
+                            return;
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                             if let Err(e) = inner.tick(crate::logging::now()) {
@@ -267,6 +370,7 @@ impl QueuedLog {
         QueuedLog {
             tx,
             dropped: AtomicU64::new(0),
+            writer: Mutex::new(writer),
         }
     }
 }
@@ -306,23 +410,19 @@ struct DnsObserver {
 
 impl Observer for DnsObserver {
     fn answered(&self, a: &Answered<'_>) {
-        self.metrics
-            .queries
-            .get_or_create(&QueryLabels {
-                transport: transport_str(a.transport),
-                rcode: rcode_str(a.rcode),
-                path: a.path.as_str(),
-            })
-            .inc();
-        self.metrics.latency.observe(a.elapsed.as_secs_f64());
+        if let Some(c) =
+            self.metrics
+                .query_counters
+                .get(query_index(a.transport, rcode_index(a.rcode), a.path))
+        {
+            c.inc();
+        }
+        self.metrics.latency.observe(a.elapsed);
         let Some(g) = a.gtm else { return };
         let d = &g.decision;
-        self.metrics
-            .decisions
-            .get_or_create(&ReasonLabels {
-                reason: d.reason.as_str(),
-            })
-            .inc();
+        if let Some(i) = REASONS.iter().position(|r| *r == d.reason) {
+            self.metrics.decision_counters[i].inc();
+        }
         let net = a.network;
         if !d.refresh.is_empty() {
             let mut q = self
@@ -502,7 +602,12 @@ impl Handle {
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         if let Some(l) = &self.observer.log {
+            // Drain the queue and complete the open file before returning.
             let _ = l.tx.send(None);
+            let writer = l.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
         }
     }
 }
@@ -531,11 +636,39 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
     let name = opts.name.clone().unwrap_or_else(|| "dns".into());
 
     let mut registry = Registry::with_prefix("udn_dns");
+    let queries = Family::<QueryLabels, Counter>::default();
+    let mut query_counters = Vec::new();
+    for t in TRANSPORTS {
+        for rcode in RCODES {
+            for path in PATHS {
+                query_counters.push(
+                    queries
+                        .get_or_create(&QueryLabels {
+                            transport: transport_str(t),
+                            rcode,
+                            path: path.as_str(),
+                        })
+                        .clone(),
+                );
+            }
+        }
+    }
+    let decisions = Family::<ReasonLabels, Counter>::default();
+    let decision_counters = REASONS
+        .iter()
+        .map(|r| {
+            decisions
+                .get_or_create(&ReasonLabels { reason: r.as_str() })
+                .clone()
+        })
+        .collect();
     let metrics = Metrics {
-        queries: Family::default(),
-        decisions: Family::default(),
+        queries,
+        query_counters,
+        decision_counters,
+        decisions,
         dropped: Family::default(),
-        latency: Histogram::new(exponential_buckets(1e-6, 2.0, 22)),
+        latency: LatencyHistogram::new(),
         metrics_applied: Counter::default(),
         metrics_rejected: Counter::default(),
         reloads: Counter::default(),

@@ -117,7 +117,11 @@ pub struct Authority {
     zones: Vec<Zone>,
     net: Arc<Network>,
     unserved: Vec<String>,
+    generation: u64,
 }
+
+/// Source of [`Authority::generation`] values.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn name_of(s: &str, what: &str) -> Result<Name, Error> {
     let mut n = Name::from_ascii(s).map_err(|_| Error::BadName {
@@ -216,7 +220,14 @@ impl Authority {
             zones,
             net,
             unserved,
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// A number unique to this authority among all built in the process, so caches of
+    /// answers derived from it know when it was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The zones, most specific apex first.

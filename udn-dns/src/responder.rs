@@ -10,6 +10,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use udn_core::{Cidr, ClientPrefix, Decision, Engine, Family, HostId, Query, Timestamp};
 
@@ -148,7 +149,22 @@ pub type Shard<'a> = &'a dyn Fn(ClientPrefix) -> Option<usize>;
 pub struct Responder {
     buf: Vec<u8>,
     max_udp: u16,
+    /// Answers that depend only on the query bytes and the authority (everything but
+    /// GTM/CDN decisions and forwards), keyed by transport + the query without its id.
+    cache: HashMap<Vec<u8>, Cached>,
+    cache_generation: u64,
+    key: Vec<u8>,
 }
+
+#[derive(Debug)]
+struct Cached {
+    bytes: Vec<u8>,
+    rcode: ResponseCode,
+    truncated: bool,
+}
+
+/// The most answers one responder caches; the cache is emptied when full.
+const CACHE_MAX: usize = 65_536;
 
 impl Default for Responder {
     fn default() -> Self {
@@ -172,6 +188,9 @@ impl Responder {
         Responder {
             buf: Vec::with_capacity(4096),
             max_udp: MAX_UDP_PAYLOAD,
+            cache: HashMap::new(),
+            cache_generation: 0,
+            key: Vec::with_capacity(512),
         }
     }
 
@@ -184,6 +203,10 @@ impl Responder {
     }
 
     /// Answers one query. Never panics on any input.
+    ///
+    /// Answers that do not depend on the client or the engine's state (static records,
+    /// negative answers, errors) are cached per responder, keyed by the exact query bytes
+    /// (case included) apart from the id, and dropped when `auth` is replaced.
     pub fn respond<'s>(
         &'s mut self,
         req: &Request<'_>,
@@ -195,6 +218,68 @@ impl Responder {
         if q.len() < 12 || q[2] & 0x80 != 0 {
             return Outcome::Drop;
         }
+        if self.cache_generation != auth.generation() {
+            self.cache.clear();
+            self.cache_generation = auth.generation();
+        }
+        self.key.clear();
+        self.key.push(req.transport as u8);
+        self.key.extend_from_slice(&q[2..]);
+        if let Some(c) = self.cache.get(self.key.as_slice()) {
+            self.buf.clear();
+            self.buf.extend_from_slice(&c.bytes);
+            self.buf[..2].copy_from_slice(&q[..2]);
+            return Outcome::Reply(Reply {
+                bytes: &self.buf,
+                rcode: c.rcode,
+                truncated: c.truncated,
+                gtm: None,
+            });
+        }
+        // The answer (or forwarded query) is in `self.buf`; keep what the outcome says.
+        let kind = match self.respond_uncached(req, auth, decider, shard) {
+            Outcome::Reply(r) => Ok((r.rcode, r.truncated, r.gtm)),
+            Outcome::Forward { peer, .. } => Err(Some(peer)),
+            Outcome::Drop => Err(None),
+        };
+        match kind {
+            Ok((rcode, truncated, gtm)) => {
+                if gtm.is_none() {
+                    if self.cache.len() >= CACHE_MAX {
+                        self.cache.clear();
+                    }
+                    self.cache.insert(
+                        self.key.clone(),
+                        Cached {
+                            bytes: self.buf.clone(),
+                            rcode,
+                            truncated,
+                        },
+                    );
+                }
+                Outcome::Reply(Reply {
+                    bytes: &self.buf,
+                    rcode,
+                    truncated,
+                    gtm,
+                })
+            }
+            Err(Some(peer)) => Outcome::Forward {
+                peer,
+                query: &self.buf,
+            },
+            Err(None) => Outcome::Drop,
+        }
+    }
+
+    fn respond_uncached<'s>(
+        &'s mut self,
+        req: &Request<'_>,
+        auth: &Authority,
+        decider: &dyn Decider,
+        shard: Option<Shard<'_>>,
+    ) -> Outcome<'s> {
+        let q = req.bytes;
         let msg = match Message::from_vec(q) {
             Ok(m) => m,
             Err(_) => return self.header_only(q, ResponseCode::FormErr),

@@ -330,7 +330,14 @@ impl Server {
             }
             for s in udps {
                 let sock = Arc::new(UdpSocket::from_std(s).map_err(io("registering UDP"))?);
-                tokio::spawn(self.clone().udp_loop(sock, shutdown.clone()));
+                // The loop is aborted at shutdown rather than selecting on the shutdown
+                // signal per packet (that registers a waiter each time).
+                let task = tokio::spawn(self.clone().udp_loop(sock));
+                let mut sd = shutdown.clone();
+                tokio::spawn(async move {
+                    let _ = sd.wait_for(|v| *v).await;
+                    task.abort();
+                });
             }
             let listener = TcpListener::from_std(tcp).map_err(io("registering TCP"))?;
             tokio::spawn(self.clone().tcp_accept(listener, shutdown.clone()));
@@ -455,19 +462,16 @@ impl Server {
         }
     }
 
-    async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>, mut shutdown: watch::Receiver<bool>) {
+    async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>) {
         let mut buf = vec![0u8; 65_535];
         let mut responder = Responder::new();
         loop {
-            let (n, from) = tokio::select! {
-                r = sock.recv_from(&mut buf) => match r {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "UDP receive error");
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
             };
             let started = Instant::now();
             let query = &buf[..n];

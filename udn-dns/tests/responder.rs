@@ -424,3 +424,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn cached_answers_match_fresh_ones_and_die_with_their_authority() {
+    let f = fixture();
+    let mut warm = Responder::new();
+    for (name, t) in [
+        ("static.udn.example.", RecordType::A),
+        ("nope.udn.example.", RecordType::A),
+        ("big.udn.example.", RecordType::TXT),
+        ("example.com.", RecordType::A),
+    ] {
+        for id in [1u16, 2, 3] {
+            let mut q = query(name, t);
+            q.metadata.id = id;
+            let bytes = q.to_vec().unwrap();
+            let req = Request {
+                bytes: &bytes,
+                client: "192.0.2.1".parse().unwrap(),
+                transport: Transport::Udp,
+                now: NOW,
+            };
+            let Outcome::Reply(w) = warm.respond(&req, &f.auth, &f.engine, None) else {
+                panic!()
+            };
+            let w = w.bytes.to_vec();
+            let mut cold = Responder::new();
+            let Outcome::Reply(c) = cold.respond(&req, &f.auth, &f.engine, None) else {
+                panic!()
+            };
+            assert_eq!(w, c.bytes, "{name} id {id}");
+            assert_eq!(u16::from_be_bytes([w[0], w[1]]), id);
+        }
+    }
+    // GTM answers are never cached: they follow the engine at once (tested above), and
+    // a new authority drops the cache.
+    let other = Authority::from_zone_file(&ZONE.replace("192.0.2.10", "192.0.2.11"), None).unwrap();
+    let bytes = query("static.udn.example.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    let req = Request {
+        bytes: &bytes,
+        client: "192.0.2.1".parse().unwrap(),
+        transport: Transport::Udp,
+        now: NOW,
+    };
+    let Outcome::Reply(r) = warm.respond(&req, &other, &f.engine, None) else {
+        panic!()
+    };
+    let m = Message::from_vec(r.bytes).unwrap();
+    assert_eq!(m.answers[0].data, RData::A("192.0.2.11".parse().unwrap()));
+}
