@@ -29,6 +29,8 @@ fn big_txt() -> String {
 struct Udn {
     child: Child,
     dns: SocketAddr,
+    /// Every DNS address printed (one per `--listen`).
+    all_dns: Vec<SocketAddr>,
     http: Option<SocketAddr>,
 }
 
@@ -54,6 +56,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 /// Starts `udn dns` with `args` and waits for the lines that print its addresses.
 fn start(args: &[&str], want_http: bool) -> Udn {
+    let listens = args.iter().filter(|a| **a == "--listen").count().max(1);
     let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
         .arg("dns")
         .args(args)
@@ -71,23 +74,24 @@ fn start(args: &[&str], want_http: bool) -> Udn {
             }
         }
     });
-    let mut dns = None;
+    let mut all_dns: Vec<SocketAddr> = Vec::new();
     let mut http = None;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while dns.is_none() || (want_http && http.is_none()) {
+    while all_dns.len() < listens || (want_http && http.is_none()) {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
             .recv_timeout(left)
             .expect("udn dns printed its addresses");
         if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
-            dns = Some(rest.split(' ').next().unwrap().parse().unwrap());
+            all_dns.push(rest.split(' ').next().unwrap().parse().unwrap());
         } else if let Some(rest) = line.strip_prefix("udn dns: HTTP API on http://") {
             http = Some(rest.trim().parse().unwrap());
         }
     }
     Udn {
         child,
-        dns: dns.unwrap(),
+        dns: all_dns[0],
+        all_dns,
         http,
     }
 }
@@ -181,10 +185,25 @@ fn zone_file_answers_like_an_authoritative_server() {
     let dir = tmpdir("zone");
     let zone = write_zone(&dir, &big_txt());
     let udn = start(
-        &["--zone", zone.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[
+            "--zone",
+            zone.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+        ],
         false,
     );
     let a = udn.dns;
+    // IPv6 too, over UDP and TCP.
+    let v6 = udn.all_dns[1];
+    assert!(v6.is_ipv6());
+    assert_eq!(dig_short(v6, &["static.udn.example"]), ["192.0.2.10"]);
+    assert_eq!(
+        dig_short(v6, &["static.udn.example", "+tcp"]),
+        ["192.0.2.10"]
+    );
 
     // Apex SOA and NS, authoritative.
     let out = dig(a, &["udn.example", "SOA", "+norec"]);
