@@ -5,6 +5,7 @@ use clap::Parser;
 use udn_bins::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    udn_bins::install_crypto();
     let cli = Cli::parse();
     udn_bins::init_tracing(cli.verbose);
     let result = match cli.command {

@@ -36,6 +36,7 @@ fn start() -> Origin {
 
 #[tokio::test]
 async fn conditional_requests_generated_objects_and_drill() {
+    udn_bins::install_crypto();
     let o = start();
     let c = reqwest::Client::new();
     let r = c.get(format!("{}/", o.base)).send().await.unwrap();
