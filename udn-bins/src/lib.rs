@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod collector;
 pub mod control;
 pub mod demo;
 pub mod dns;
 pub mod edge;
 pub mod logging;
 pub mod probe;
+pub mod store;
 
 use std::fmt;
 
