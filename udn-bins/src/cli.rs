@@ -30,4 +30,6 @@ pub enum Command {
     Control(crate::control::Args),
     /// Run the whole network on loopback with a sample network.
     Demo(crate::demo::Args),
+    /// Log distributor: ship a role's complete log files to collectors.
+    Distribute(crate::distributor::Args),
 }

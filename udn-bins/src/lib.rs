@@ -6,6 +6,7 @@ pub mod cli;
 pub mod collector;
 pub mod control;
 pub mod demo;
+pub mod distributor;
 pub mod dns;
 pub mod edge;
 pub mod logging;

@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         Command::Probe(args) => udn_bins::probe::run(args),
         Command::Control(args) => udn_bins::control::run(args),
         Command::Demo(args) => udn_bins::demo::run(args),
+        Command::Distribute(args) => udn_bins::distributor::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
