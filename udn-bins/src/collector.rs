@@ -118,7 +118,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 ///   \"instance\":\"p1\",\"opened_at\":0}\n";
 /// let file = parse_file(body, &sha256_hex(body)).unwrap();
 /// assert_eq!(file.header.file_id, "f1");
-/// assert!(matches!(parse_file(&body[..20], &sha256_hex(&body[..20])), Err(Invalid::Truncated { .. })));
+/// let cut = &body[..body.len() - 1];
+/// assert!(matches!(parse_file(cut, &sha256_hex(cut)), Err(Invalid::Truncated { .. })));
 /// ```
 pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
     let claimed = claimed.trim().to_ascii_lowercase();
@@ -132,12 +133,13 @@ pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
     if body.is_empty() {
         return Err(Invalid::Empty);
     }
+    // The header first: a foreign file is called foreign, not truncated.
+    let header_end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let header = parse_header(&body[..header_end])?;
     if body.last() != Some(&b'\n') {
         let len = body.len() - body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         return Err(Invalid::Truncated { len });
     }
-    let header_end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
-    let header = parse_header(&body[..header_end])?;
     let records = parse_records(&body[header_end + 1..])?;
     Ok(PreparedFile::new(header, actual, records))
 }

@@ -258,7 +258,11 @@ pub fn record(kind: u8, writer: &str, i: u64, ts: Timestamp) -> LogRecord {
             method: "GET".into(),
             status: [200, 200, 304, 404, 503][(i % 5) as usize],
             bytes: 100 + i % 1000,
-            fill_bytes: if i.is_multiple_of(4) { 100 + i % 1000 } else { 0 },
+            fill_bytes: if i.is_multiple_of(4) {
+                100 + i % 1000
+            } else {
+                0
+            },
             outcome: ["hit", "miss", "hit", "stale"][(i % 4) as usize].into(),
             duration_us: 50 + i % 500,
             client,
