@@ -76,7 +76,7 @@ pub enum Invalid {
         /// 1-based line number.
         line: usize,
         /// The decoding error.
-        error: serde_json::Error,
+        error: udn_core::Error,
     },
     /// An empty line inside the file.
     #[error("line {line}: empty line")]
@@ -214,8 +214,7 @@ fn parse_chunk(body: &[u8], first_line: usize) -> Result<Vec<LogRecord>, Invalid
             }
             continue;
         }
-        let rec: LogRecord =
-            serde_json::from_slice(l).map_err(|error| Invalid::BadLine { line, error })?;
+        let rec = LogRecord::from_slice(l).map_err(|error| Invalid::BadLine { line, error })?;
         out.push(rec);
         line += 1;
     }

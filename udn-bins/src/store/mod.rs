@@ -304,17 +304,22 @@ impl Rollups {
     /// assert_eq!(r.probe.values().map(|a| a.samples).sum::<i64>(), 3);
     /// ```
     pub fn fold(records: &[LogRecord]) -> Rollups {
-        let mut r = Rollups::default();
+        // Fold with keys borrowed from the records (no allocation per record), then own
+        // the few distinct keys.
+        let mut http: HashMap<(i64, &str, &str, &str), HttpAgg> = HashMap::new();
+        let mut dns: HashMap<(i64, &str, &str, &str, &str), i64> = HashMap::new();
+        let mut answers: HashMap<(i64, &str, std::net::IpAddr, &str), i64> = HashMap::new();
+        let mut probe: HashMap<(i64, &str, &str, &str), ProbeAgg> = HashMap::new();
         for rec in records {
             match rec {
                 LogRecord::Http(h) => {
-                    let key = HttpKey {
-                        minute: minute_of(h.ts),
-                        customer: h.customer.clone().unwrap_or_default(),
-                        host: h.host.clone(),
-                        pop: h.pop.clone(),
-                    };
-                    let a = r.http.entry(key).or_default();
+                    let key = (
+                        minute_of(h.ts),
+                        h.customer.as_deref().unwrap_or(""),
+                        h.host.as_str(),
+                        h.pop.as_str(),
+                    );
+                    let a = http.entry(key).or_default();
                     a.requests += 1;
                     a.bytes = a.bytes.saturating_add(to_i64(h.bytes));
                     a.fill_bytes = a.fill_bytes.saturating_add(to_i64(h.fill_bytes));
@@ -333,40 +338,86 @@ impl Rollups {
                 }
                 LogRecord::Dns(d) => {
                     let minute = minute_of(d.ts);
-                    let pop = d.pop.clone().unwrap_or_default();
-                    let key = DnsKey {
+                    let pop = d.pop.as_deref().unwrap_or("");
+                    let key = (
                         minute,
-                        customer: d.customer.clone().unwrap_or_default(),
-                        hostname: d.hostname.clone(),
-                        pop: pop.clone(),
-                        reason: d.reason.clone(),
-                    };
-                    *r.dns.entry(key).or_default() += 1;
+                        d.customer.as_deref().unwrap_or(""),
+                        d.hostname.as_str(),
+                        pop,
+                        d.reason.as_str(),
+                    );
+                    *dns.entry(key).or_default() += 1;
                     for addr in &d.addrs {
-                        let key = AnswerKey {
-                            minute,
-                            hostname: d.hostname.clone(),
-                            address: addr.to_string(),
-                            pop: pop.clone(),
-                        };
-                        *r.answers.entry(key).or_default() += 1;
+                        *answers
+                            .entry((minute, d.hostname.as_str(), *addr, pop))
+                            .or_default() += 1;
                     }
                 }
                 LogRecord::Probe(p) => {
-                    let key = ProbeKey {
-                        minute: minute_of(p.ts),
-                        pop: p.pop.clone(),
-                        kind: p.kind.clone(),
-                        method: p.method.clone(),
-                    };
-                    let a = r.probe.entry(key).or_default();
+                    let key = (
+                        minute_of(p.ts),
+                        p.pop.as_str(),
+                        p.kind.as_str(),
+                        p.method.as_str(),
+                    );
+                    let a = probe.entry(key).or_default();
                     a.samples += 1;
                     a.ok += i64::from(p.ok);
                     a.value_sum += p.value;
                 }
             }
         }
-        r
+        Rollups {
+            http: http
+                .into_iter()
+                .map(|((minute, customer, host, pop), a)| {
+                    let key = HttpKey {
+                        minute,
+                        customer: customer.to_owned(),
+                        host: host.to_owned(),
+                        pop: pop.to_owned(),
+                    };
+                    (key, a)
+                })
+                .collect(),
+            dns: dns
+                .into_iter()
+                .map(|((minute, customer, hostname, pop, reason), n)| {
+                    let key = DnsKey {
+                        minute,
+                        customer: customer.to_owned(),
+                        hostname: hostname.to_owned(),
+                        pop: pop.to_owned(),
+                        reason: reason.to_owned(),
+                    };
+                    (key, n)
+                })
+                .collect(),
+            answers: answers
+                .into_iter()
+                .map(|((minute, hostname, addr, pop), n)| {
+                    let key = AnswerKey {
+                        minute,
+                        hostname: hostname.to_owned(),
+                        address: addr.to_string(),
+                        pop: pop.to_owned(),
+                    };
+                    (key, n)
+                })
+                .collect(),
+            probe: probe
+                .into_iter()
+                .map(|((minute, pop, kind, method), a)| {
+                    let key = ProbeKey {
+                        minute,
+                        pop: pop.to_owned(),
+                        kind: kind.to_owned(),
+                        method: method.to_owned(),
+                    };
+                    (key, a)
+                })
+                .collect(),
+        }
     }
 }
 
