@@ -68,7 +68,11 @@ fn rec(i: u64, t0: u64) -> LogRecord {
             method: "GET".into(),
             status: if i.is_multiple_of(50) { 404 } else { 200 },
             bytes: 1_000 + i % 50_000,
-            fill_bytes: if i.is_multiple_of(10) { 1_000 + i % 50_000 } else { 0 },
+            fill_bytes: if i.is_multiple_of(10) {
+                1_000 + i % 50_000
+            } else {
+                0
+            },
             outcome: if i.is_multiple_of(10) { "miss" } else { "hit" }.into(),
             duration_us: 200 + i % 5_000,
             client,
