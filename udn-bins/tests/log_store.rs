@@ -11,7 +11,7 @@ use udn_core::log::{
     DnsRecord, FORMAT_VERSION, FileHeader, HttpRecord, LogRecord, MAGIC, ProbeRecord, Role,
 };
 
-const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % 300_000; // a 5-minute boundary
+const T0: u64 = 1_800_000_000_000; // a 5-minute boundary (6,000,000 x 300,000 ms)
 
 fn header(id: &str, role: Role) -> FileHeader {
     FileHeader {
