@@ -32,4 +32,6 @@ pub enum Command {
     Demo(crate::demo::Args),
     /// Serve the sample customer origin site (for demos, drills and tests).
     Origin(crate::origin::Args),
+    /// Log distributor: ship a role's complete log files to collectors.
+    Distribute(crate::distributor::Args),
 }

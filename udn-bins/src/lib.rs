@@ -3,13 +3,16 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod collector;
 pub mod control;
 pub mod demo;
+pub mod distributor;
 pub mod dns;
 pub mod edge;
 pub mod logging;
 pub mod origin;
 pub mod probe;
+pub mod store;
 pub mod world;
 
 use std::fmt;

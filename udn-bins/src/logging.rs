@@ -23,6 +23,40 @@ pub fn now() -> Timestamp {
     Timestamp::from_millis(ms)
 }
 
+/// Completes a file left open by a crash: cuts a half-written last line (so the file
+/// validates and its complete records are kept), then syncs and renames it. A file with
+/// no complete record line is removed.
+fn recover_leftover(path: &Path) -> std::io::Result<()> {
+    let data = std::fs::read(path)?;
+    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let header_end = data.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
+    if keep <= header_end {
+        // Nothing but (part of) a header: no record to save.
+        return std::fs::remove_file(path);
+    }
+    if keep < data.len() {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(keep as u64)?;
+        f.sync_all()?;
+        tracing::warn!(
+            file = %path.display(),
+            cut = data.len() - keep,
+            "cut a half-written line from a log file left open by a crash"
+        );
+    } else {
+        File::open(path)?.sync_all()?;
+    }
+    let done = PathBuf::from(path.to_string_lossy().trim_end_matches(".open"));
+    std::fs::rename(path, &done)
+}
+
+/// Makes renames in `dir` durable (best effort: not every file system supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 struct Open {
     path: PathBuf,
     out: BufWriter<File>,
@@ -67,11 +101,11 @@ impl FileLog {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.starts_with(&prefix) && name.ends_with(OPEN_SUFFIX) {
-                let done = PathBuf::from(path.to_string_lossy().trim_end_matches(".open"));
-                std::fs::rename(&path, &done)
+                recover_leftover(&path)
                     .with_context(|| format!("completing leftover {}", path.display()))?;
             }
         }
+        sync_dir(dir);
         Ok(FileLog {
             dir: dir.to_owned(),
             role,
@@ -125,6 +159,9 @@ impl FileLog {
         drop(file);
         let done = PathBuf::from(open.path.to_string_lossy().trim_end_matches(".open"));
         std::fs::rename(&open.path, &done)?;
+        if let Some(dir) = done.parent() {
+            sync_dir(dir);
+        }
         Ok(done)
     }
 
@@ -181,6 +218,27 @@ impl FileLog {
     }
 }
 
+/// Completes `log`'s open file by age even when no record arrives: calls
+/// [`FileLog::tick`] every `every` until the task is aborted. Roles start one next to
+/// their writer.
+pub fn spawn_ticker(
+    log: std::sync::Arc<FileLog>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            let l = log.clone();
+            let r = tokio::task::spawn_blocking(move || l.tick(now())).await;
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "completing a log file failed");
+            }
+        }
+    })
+}
+
 impl LogSink for FileLog {
     fn record(&self, rec: LogRecord) {
         if let Err(e) = self.write_at(&rec, now()) {
@@ -207,6 +265,52 @@ mod tests {
             value: 12.5,
             detail: String::new(),
         })
+    }
+
+    #[test]
+    fn leftover_open_files_are_cut_to_their_last_complete_line() {
+        let dir = std::env::temp_dir().join(format!("udn-logrecover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let policy = RotationPolicy {
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        };
+        let log = FileLog::new(&dir, Role::Probe, "t2", policy).unwrap();
+        for i in 0..10 {
+            log.write_at(&rec(i), Timestamp::from_millis(1_000 + i))
+                .unwrap();
+        }
+        // A crash: the buffer reaches the disk with a half-written line, no rename.
+        let open_path = {
+            let mut inner = log.inner.lock().unwrap();
+            let o = inner.open.take().unwrap();
+            let path = o.path.clone();
+            let mut f = o.out.into_inner().map_err(|e| e.into_error()).unwrap();
+            f.write_all(b"{\"type\":\"probe\",\"ts\":12").unwrap();
+            path
+        };
+        // A second leftover with only a partial header holds nothing worth keeping.
+        let empty = dir.join(format!("probe-t2-5-9{OPEN_SUFFIX}"));
+        std::fs::write(&empty, b"{\"magic\":\"udn-").unwrap();
+        drop(log);
+
+        FileLog::new(&dir, Role::Probe, "t2", policy).unwrap();
+        assert!(!open_path.exists());
+        assert!(!empty.exists());
+        let done: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(done.len(), 1, "{done:?}");
+        let text = std::fs::read_to_string(&done[0]).unwrap();
+        assert!(text.ends_with('\n'));
+        let mut records = 0;
+        for l in text.lines().skip(1) {
+            LogRecord::from_line(l).unwrap();
+            records += 1;
+        }
+        assert_eq!(records, 10);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

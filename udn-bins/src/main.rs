@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
         Command::Control(args) => udn_bins::control::run(args),
         Command::Demo(args) => udn_bins::demo::run(args),
         Command::Origin(args) => udn_bins::origin::run(args),
+        Command::Distribute(args) => udn_bins::distributor::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -167,7 +167,48 @@ impl LogRecord {
 
     /// Decodes one JSON line.
     pub fn from_line(line: &str) -> Result<LogRecord, crate::Error> {
-        Ok(serde_json::from_str(line)?)
+        LogRecord::from_slice(line.as_bytes())
+    }
+
+    /// Decodes one JSON line given as bytes.
+    ///
+    /// Lines as [`LogRecord::to_line`] writes them start with the `"type"` tag; those are
+    /// decoded straight into the variant's struct, which is several times faster than
+    /// serde's generic internally-tagged path (that buffers every field first). Any other
+    /// field order takes the generic path, so both decode the same records.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use udn_core::log::LogRecord;
+    /// let line = br#"{"type":"probe","ts":5,"pop":"fra","kind":"latency","target":"t","method":"dns","ok":true,"value":1.5}"#;
+    /// let rec = LogRecord::from_slice(line).unwrap();
+    /// assert_eq!(rec.ts().as_millis(), 5);
+    /// let reordered = br#"{"ts":5,"type":"probe","pop":"fra","kind":"latency","target":"t","method":"dns","ok":true,"value":1.5}"#;
+    /// assert_eq!(LogRecord::from_slice(reordered).unwrap(), rec);
+    /// ```
+    pub fn from_slice(line: &[u8]) -> Result<LogRecord, crate::Error> {
+        const HTTP: &[u8] = br#"{"type":"http","#;
+        const DNS: &[u8] = br#"{"type":"dns","#;
+        const PROBE: &[u8] = br#"{"type":"probe","#;
+        fn body(line: &[u8], prefix: &[u8]) -> Vec<u8> {
+            let mut v = Vec::with_capacity(line.len() - prefix.len() + 1);
+            v.push(b'{');
+            v.extend_from_slice(&line[prefix.len()..]);
+            v
+        }
+        // The variant structs ignore unknown keys, as the generic path does.
+        if line.starts_with(HTTP) {
+            Ok(LogRecord::Http(serde_json::from_slice(&body(line, HTTP))?))
+        } else if line.starts_with(DNS) {
+            Ok(LogRecord::Dns(serde_json::from_slice(&body(line, DNS))?))
+        } else if line.starts_with(PROBE) {
+            Ok(LogRecord::Probe(serde_json::from_slice(&body(
+                line, PROBE,
+            ))?))
+        } else {
+            Ok(serde_json::from_slice(line)?)
+        }
     }
 }
 

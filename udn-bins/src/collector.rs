@@ -1,0 +1,442 @@
+//! The log collector (part of `udn control`): receives complete log files over HTTP,
+//! validates them and stores each exactly once.
+//!
+//! `POST /v1/logs`, body = the file's bytes, header `X-Udn-Sha256` = hex SHA-256 of the
+//! body (optional `X-Udn-File-Name` names the quarantined copy). Answers:
+//! - `200 {"status":"inserted","file_id":..,"rows":N}` after the rows committed;
+//! - `200 {"status":"duplicate",...}` when the file was stored before ("already have it");
+//! - `422 {"error":..,"quarantined":path}` for a corrupt, truncated or foreign file: it is
+//!   saved under `<data-dir>/quarantine/` with a `.reason` file and never retried;
+//! - `503 {"error":..}` when the store could not commit (full disk, database down): the
+//!   distributor keeps the file and retries. Nothing is acknowledged that was not
+//!   committed.
+
+use crate::store::{Ingested, PreparedFile, Store};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sha2::{Digest as _, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use udn_core::log::{FORMAT_VERSION, FileHeader, LogRecord, MAGIC};
+
+/// Header carrying the hex SHA-256 of the body.
+pub const CHECKSUM_HEADER: &str = "x-udn-sha256";
+/// Header carrying the file's name on the sender (used for quarantined copies).
+pub const FILE_NAME_HEADER: &str = "x-udn-file-name";
+/// Largest file accepted (the default rotation closes files at 16 MiB).
+pub const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Why a file was rejected (answered 422 and quarantined).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// No checksum header, or not 64 hex digits.
+    #[error("missing or malformed {CHECKSUM_HEADER} header")]
+    MissingChecksum,
+    /// The body does not hash to the checksum sent with it.
+    #[error("checksum mismatch: header says {claimed}, body hashes to {actual}")]
+    ChecksumMismatch {
+        /// Sent.
+        claimed: String,
+        /// Computed.
+        actual: String,
+    },
+    /// The body is empty.
+    #[error("empty file")]
+    Empty,
+    /// The last line has no newline: the file was cut short.
+    #[error("truncated file: the last line ({len} bytes) has no terminating newline")]
+    Truncated {
+        /// Length of the unterminated tail.
+        len: usize,
+    },
+    /// The first line is not a JSON object.
+    #[error("line 1: not a udn log header: {0}")]
+    Header(serde_json::Error),
+    /// The magic string is not ours.
+    #[error("foreign file: magic {0:?}, expected {MAGIC:?}")]
+    ForeignMagic(String),
+    /// Written by a newer or unknown format version.
+    #[error("unsupported format version {0} (this collector reads {FORMAT_VERSION})")]
+    Version(u64),
+    /// The header names a role this collector does not know.
+    #[error("unknown role {0:?} (expected dns, edge, probe or control)")]
+    UnknownRole(String),
+    /// A record line does not parse.
+    #[error("line {line}: {error}")]
+    BadLine {
+        /// 1-based line number.
+        line: usize,
+        /// The decoding error.
+        error: udn_core::Error,
+    },
+    /// An empty line inside the file.
+    #[error("line {line}: empty line")]
+    BlankLine {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A different file with this id was stored before.
+    #[error("file id {file_id:?} was stored before with checksum {stored}, this one is {actual}")]
+    Conflict {
+        /// The id.
+        file_id: String,
+        /// Stored checksum.
+        stored: String,
+        /// This file's checksum.
+        actual: String,
+    },
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Validates a complete log file: checksum, header (magic, version, role), every line a
+/// record, terminated by a newline. Returns the file ready to store.
+///
+/// # Examples
+///
+/// ```
+/// use udn_bins::collector::{parse_file, sha256_hex, Invalid};
+/// let body = b"{\"magic\":\"udn-log\",\"version\":1,\"file_id\":\"f1\",\"role\":\"probe\",\
+///   \"instance\":\"p1\",\"opened_at\":0}\n";
+/// let file = parse_file(body, &sha256_hex(body)).unwrap();
+/// assert_eq!(file.header.file_id, "f1");
+/// let cut = &body[..body.len() - 1];
+/// assert!(matches!(parse_file(cut, &sha256_hex(cut)), Err(Invalid::Truncated { .. })));
+/// ```
+pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
+    let claimed = claimed.trim().to_ascii_lowercase();
+    if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Invalid::MissingChecksum);
+    }
+    let actual = sha256_hex(body);
+    if actual != claimed {
+        return Err(Invalid::ChecksumMismatch { claimed, actual });
+    }
+    if body.is_empty() {
+        return Err(Invalid::Empty);
+    }
+    // The header first: a foreign file is called foreign, not truncated.
+    let header_end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let header = parse_header(&body[..header_end])?;
+    if body.last() != Some(&b'\n') {
+        let len = body.len() - body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        return Err(Invalid::Truncated { len });
+    }
+    let records = parse_records(&body[header_end + 1..])?;
+    Ok(PreparedFile::new(header, actual, records))
+}
+
+fn parse_header(line: &[u8]) -> Result<FileHeader, Invalid> {
+    let v: serde_json::Value = serde_json::from_slice(line).map_err(Invalid::Header)?;
+    let magic = v.get("magic").and_then(|m| m.as_str()).unwrap_or("");
+    if magic != MAGIC {
+        return Err(Invalid::ForeignMagic(magic.to_owned()));
+    }
+    let version = v.get("version").and_then(|m| m.as_u64()).unwrap_or(0);
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(Invalid::Version(version));
+    }
+    let role = v.get("role").and_then(|m| m.as_str()).unwrap_or("");
+    if !matches!(role, "dns" | "edge" | "probe" | "control") {
+        return Err(Invalid::UnknownRole(role.to_owned()));
+    }
+    serde_json::from_value(v).map_err(Invalid::Header)
+}
+
+/// Parses the record lines (after the header), on all cores for large files.
+fn parse_records(body: &[u8]) -> Result<Vec<LogRecord>, Invalid> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || body.len() < 1 << 20 {
+        return parse_chunk(body, 2);
+    }
+    // Split at newlines into `threads` chunks, remembering each chunk's first line number.
+    let mut chunks = Vec::with_capacity(threads);
+    let mut start = 0;
+    let mut line = 2;
+    for i in 1..=threads {
+        let end = if i == threads {
+            body.len()
+        } else {
+            let target = (body.len() * i / threads).max(start);
+            match body[target..].iter().position(|&b| b == b'\n') {
+                Some(p) => target + p + 1,
+                None => body.len(),
+            }
+        };
+        chunks.push((start, end, line));
+        line += body[start..end].iter().filter(|&&b| b == b'\n').count();
+        start = end;
+    }
+    let parts: Vec<Result<Vec<LogRecord>, Invalid>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|&(a, b, first)| s.spawn(move || parse_chunk(&body[a..b], first)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+fn parse_chunk(body: &[u8], first_line: usize) -> Result<Vec<LogRecord>, Invalid> {
+    let mut out = Vec::with_capacity(body.len() / 200);
+    let mut line = first_line;
+    let mut lines = body.split(|&b| b == b'\n').peekable();
+    while let Some(l) = lines.next() {
+        if l.is_empty() {
+            // Only the empty tail after the final newline is allowed.
+            if lines.peek().is_some() {
+                return Err(Invalid::BlankLine { line });
+            }
+            continue;
+        }
+        let rec = LogRecord::from_slice(l).map_err(|error| Invalid::BadLine { line, error })?;
+        out.push(rec);
+        line += 1;
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+/// Counters of the collector, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    files: Family<OutcomeLabel, Counter>,
+    records: Counter,
+    bytes: Counter,
+}
+
+impl Metrics {
+    fn file(&self, outcome: &str) {
+        self.files
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Registers the counters under `udn_collector_*`.
+    pub fn register(self: &Arc<Self>, reg: &mut Registry) {
+        let sub = reg.sub_registry_with_prefix("udn_collector");
+        sub.register(
+            "files",
+            "Log files received, by outcome (inserted, duplicate, rejected, unavailable)",
+            self.files.clone(),
+        );
+        sub.register("records", "Records stored", self.records.clone());
+        sub.register("bytes", "Bytes of files stored", self.bytes.clone());
+    }
+}
+
+/// The collector's shared state.
+pub struct Collector {
+    store: Mutex<Box<dyn Store>>,
+    quarantine: PathBuf,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the collector answered, as a value (status + JSON body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: serde_json::Value,
+}
+
+impl Collector {
+    /// A collector storing into `store`, quarantining into `<data_dir>/quarantine`.
+    pub fn new(store: Box<dyn Store>, data_dir: &Path) -> Collector {
+        Collector {
+            store: Mutex::new(store),
+            quarantine: data_dir.join("quarantine"),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The store, for queries (blocking: call from a blocking context).
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut dyn Store) -> T) -> T {
+        let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(guard.as_mut())
+    }
+
+    /// Handles one received file (blocking: parses and writes to the database).
+    pub fn receive(&self, body: &[u8], checksum: Option<&str>, name: Option<&str>) -> Answer {
+        let file = match parse_file(body, checksum.unwrap_or("")) {
+            Ok(f) => f,
+            Err(e) => return self.reject(body, name, &e),
+        };
+        let now = crate::logging::now();
+        let result = self.with_store(|s| s.ingest(&file, now));
+        let file_id = file.header.file_id.clone();
+        match result {
+            Ok(Ingested::Inserted { rows }) => {
+                self.metrics.file("inserted");
+                self.metrics.records.inc_by(rows);
+                self.metrics.bytes.inc_by(body.len() as u64);
+                tracing::info!(%file_id, rows, "stored log file");
+                Answer {
+                    status: 200,
+                    body: serde_json::json!({"status": "inserted", "file_id": file_id, "rows": rows}),
+                }
+            }
+            Ok(Ingested::Duplicate { rows }) => {
+                self.metrics.file("duplicate");
+                tracing::info!(%file_id, "duplicate log file: already have it");
+                Answer {
+                    status: 200,
+                    body: serde_json::json!({"status": "duplicate", "file_id": file_id, "rows": rows,
+                        "message": "already have it"}),
+                }
+            }
+            Ok(Ingested::Conflict { stored_checksum }) => self.reject(
+                body,
+                name,
+                &Invalid::Conflict {
+                    file_id,
+                    stored: stored_checksum,
+                    actual: file.checksum.clone(),
+                },
+            ),
+            Err(e) => {
+                self.metrics.file("unavailable");
+                tracing::error!(%file_id, error = %e, full = e.is_full(), "store failed; not acknowledged");
+                Answer {
+                    status: 503,
+                    body: serde_json::json!({"error": format!("store unavailable: {e}"),
+                        "full": e.is_full()}),
+                }
+            }
+        }
+    }
+
+    fn reject(&self, body: &[u8], name: Option<&str>, why: &Invalid) -> Answer {
+        self.metrics.file("rejected");
+        let saved = self.save_quarantined(body, name, why);
+        tracing::warn!(error = %why, quarantined = ?saved, "rejected log file");
+        let quarantined = match &saved {
+            Ok(p) => serde_json::Value::String(p.display().to_string()),
+            Err(e) => serde_json::Value::String(format!("not saved: {e}")),
+        };
+        Answer {
+            status: 422,
+            body: serde_json::json!({"error": why.to_string(), "quarantined": quarantined}),
+        }
+    }
+
+    fn save_quarantined(
+        &self,
+        body: &[u8],
+        name: Option<&str>,
+        why: &Invalid,
+    ) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.quarantine)?;
+        let clean: String = name
+            .unwrap_or("file")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            .take(120)
+            .collect();
+        let hash = sha256_hex(body);
+        let base = format!(
+            "{}-{}-{}",
+            crate::logging::now().as_millis(),
+            &hash[..12],
+            clean
+        );
+        let path = self.quarantine.join(&base);
+        std::fs::write(&path, body)?;
+        std::fs::write(
+            self.quarantine.join(format!("{base}.reason")),
+            format!("{why}\n"),
+        )?;
+        Ok(path)
+    }
+}
+
+async fn post_logs(State(c): State<Arc<Collector>>, headers: HeaderMap, body: Bytes) -> Response {
+    let sum = headers
+        .get(CHECKSUM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let name = headers
+        .get(FILE_NAME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let answer =
+        tokio::task::spawn_blocking(move || c.receive(&body, sum.as_deref(), name.as_deref()))
+            .await
+            .unwrap_or_else(|e| Answer {
+                status: 503,
+                body: serde_json::json!({"error": format!("collector task failed: {e}")}),
+            });
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (status, axum::Json(answer.body)).into_response()
+}
+
+/// The collector's routes: `POST /v1/logs`, `GET /v1/logs/counts`.
+pub fn router(c: Arc<Collector>) -> Router {
+    Router::new()
+        .route("/v1/logs", post(post_logs))
+        .route("/v1/logs/counts", get(counts))
+        .layer(DefaultBodyLimit::max(MAX_FILE_BYTES))
+        .with_state(c)
+}
+
+async fn counts(State(c): State<Arc<Collector>>) -> Response {
+    let r = tokio::task::spawn_blocking(move || c.with_store(|s| s.counts())).await;
+    match r {
+        Ok(Ok(n)) => axum::Json(serde_json::json!({
+            "files": n.files, "ledger_rows": n.ledger_rows, "http": n.http, "dns": n.dns,
+            "probe": n.probe,
+        }))
+        .into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// Renders a registry as Prometheus text.
+pub fn render_metrics(reg: &Registry) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, reg) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

@@ -1,0 +1,882 @@
+//! The store behind the log collector, the portal and billing.
+//!
+//! One [`Store`] trait, two implementations sharing one schema ([`MIGRATIONS`]):
+//! [`sqlite::SqliteStore`] (embedded default, WAL, one file in the data directory) and
+//! [`postgres::PgStore`] (for installations that outgrow one machine).
+//!
+//! Ingestion is per log file and exactly-once: [`Store::ingest`] writes the file's ledger
+//! row (`log_files`: file id, checksum, role, instance, rows, received_at) in the same
+//! transaction as its raw rows and rollups, so a retried file is a no-op. Records are
+//! folded into per-minute rollups in Rust first ([`Rollups::fold`]), so each file costs
+//! one upsert per key, not one per record.
+//!
+//! The queries the portal and billing need are default methods written once in portable
+//! SQL over [`Store::select`].
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::HashMap;
+use udn_core::Timestamp;
+use udn_core::log::{FileHeader, LogRecord};
+
+/// Errors of the store. Every one of them means "not committed": the collector answers
+/// 503 and the distributor retries later.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// SQLite failed (including a full disk or a full database: `SQLITE_FULL`).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed or is unreachable.
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The data directory could not be created or opened.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A query returned a column of an unexpected type (a schema mismatch).
+    #[error("column {index} of {query:?} has an unexpected type")]
+    ColumnType {
+        /// Column index.
+        index: usize,
+        /// The query's first words.
+        query: String,
+    },
+}
+
+impl Error {
+    /// Whether the error is the database or the disk being full.
+    pub fn is_full(&self) -> bool {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            Error::Postgres(e) => e
+                .code()
+                .is_some_and(|c| c == &::postgres::error::SqlState::DISK_FULL),
+            _ => false,
+        }
+    }
+}
+
+/// The result type of the store.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The schema, shared by both backends: `(version, statements)`, applied in order, each
+/// version in its own transaction, recorded in `schema_migrations`. The SQL is the
+/// common subset of SQLite and PostgreSQL (BIGINT, TEXT, DOUBLE PRECISION, composite
+/// primary keys, `ON CONFLICT`).
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "
+CREATE TABLE log_files (
+    file_id     TEXT PRIMARY KEY,
+    checksum    TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    instance    TEXT NOT NULL,
+    opened_at   BIGINT NOT NULL,
+    rows        BIGINT NOT NULL,
+    received_at BIGINT NOT NULL
+);
+CREATE TABLE raw_http (
+    ts BIGINT NOT NULL, customer TEXT, host TEXT NOT NULL, path TEXT NOT NULL,
+    method TEXT NOT NULL, status BIGINT NOT NULL, bytes BIGINT NOT NULL,
+    fill_bytes BIGINT NOT NULL, outcome TEXT NOT NULL, duration_us BIGINT NOT NULL,
+    client TEXT NOT NULL, pop TEXT NOT NULL
+);
+CREATE TABLE raw_dns (
+    ts BIGINT NOT NULL, hostname TEXT NOT NULL, qtype TEXT NOT NULL, client TEXT NOT NULL,
+    ecs TEXT, addrs TEXT NOT NULL, reason TEXT NOT NULL, pop TEXT, customer TEXT,
+    server TEXT NOT NULL
+);
+CREATE TABLE raw_probe (
+    ts BIGINT NOT NULL, pop TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
+    method TEXT NOT NULL, ok BIGINT NOT NULL, value DOUBLE PRECISION NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE rollup_http (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
+    requests BIGINT NOT NULL, bytes BIGINT NOT NULL, fill_bytes BIGINT NOT NULL,
+    s1xx BIGINT NOT NULL, s2xx BIGINT NOT NULL, s3xx BIGINT NOT NULL,
+    s4xx BIGINT NOT NULL, s5xx BIGINT NOT NULL,
+    hits BIGINT NOT NULL, misses BIGINT NOT NULL, stale BIGINT NOT NULL,
+    revalidated BIGINT NOT NULL, bypass BIGINT NOT NULL, duration_us BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, host, pop)
+);
+CREATE TABLE rollup_dns (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, hostname TEXT NOT NULL,
+    pop TEXT NOT NULL, reason TEXT NOT NULL, queries BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, hostname, pop, reason)
+);
+CREATE TABLE rollup_dns_answer (
+    minute BIGINT NOT NULL, hostname TEXT NOT NULL, address TEXT NOT NULL,
+    pop TEXT NOT NULL, answers BIGINT NOT NULL,
+    PRIMARY KEY (minute, hostname, address, pop)
+);
+CREATE TABLE rollup_probe (
+    minute BIGINT NOT NULL, pop TEXT NOT NULL, kind TEXT NOT NULL, method TEXT NOT NULL,
+    samples BIGINT NOT NULL, ok BIGINT NOT NULL, value_sum DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (minute, pop, kind, method)
+);
+",
+)];
+
+/// A validated log file ready to be stored: its header, the checksum it arrived with,
+/// its records and their per-minute rollups.
+#[derive(Debug, Clone)]
+pub struct PreparedFile {
+    /// The file's header (its `file_id` is the idempotency key).
+    pub header: FileHeader,
+    /// Hex SHA-256 of the file's bytes.
+    pub checksum: String,
+    /// Every record of the file, in file order.
+    pub records: Vec<LogRecord>,
+    /// The records folded per minute and key.
+    pub rollups: Rollups,
+}
+
+impl PreparedFile {
+    /// Folds the records into rollups.
+    pub fn new(header: FileHeader, checksum: String, records: Vec<LogRecord>) -> PreparedFile {
+        let rollups = Rollups::fold(&records);
+        PreparedFile {
+            header,
+            checksum,
+            records,
+            rollups,
+        }
+    }
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// The file's rows were committed now.
+    Inserted {
+        /// Records stored.
+        rows: u64,
+    },
+    /// The file (same id, same checksum) was stored before: nothing changed.
+    Duplicate {
+        /// Records stored the first time.
+        rows: u64,
+    },
+    /// A file with this id but a different checksum was stored before: nothing changed.
+    Conflict {
+        /// The checksum stored with the earlier file.
+        stored_checksum: String,
+    },
+}
+
+/// The start (ms) of the minute containing `ts`.
+pub fn minute_of(ts: Timestamp) -> i64 {
+    to_i64(ts.as_millis() / 60_000 * 60_000)
+}
+
+/// `u64` to the databases' signed 64-bit integers, saturating.
+pub fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Key of an HTTP rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpKey {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// Customer, `""` if unknown.
+    pub customer: String,
+    /// Host.
+    pub host: String,
+    /// POP.
+    pub pop: String,
+}
+
+/// Counters of an HTTP rollup row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpAgg {
+    /// Requests.
+    pub requests: i64,
+    /// Bytes sent to clients.
+    pub bytes: i64,
+    /// Bytes fetched from origins.
+    pub fill_bytes: i64,
+    /// Responses by status class 1xx..5xx (index 0..4; other codes count nowhere).
+    pub status: [i64; 5],
+    /// Cache hits.
+    pub hits: i64,
+    /// Cache misses.
+    pub misses: i64,
+    /// Stale answers served.
+    pub stale: i64,
+    /// Revalidated entries.
+    pub revalidated: i64,
+    /// Requests that bypassed the cache.
+    pub bypass: i64,
+    /// Sum of serving times, µs.
+    pub duration_us: i64,
+}
+
+/// Key of a DNS query rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsKey {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// Customer, `""` if none.
+    pub customer: String,
+    /// Queried name.
+    pub hostname: String,
+    /// POP of the answer, `""` if none.
+    pub pop: String,
+    /// Decision reason or response code.
+    pub reason: String,
+}
+
+/// Key of a DNS answer rollup row (one per address answered).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// Queried name.
+    pub hostname: String,
+    /// Address answered.
+    pub address: String,
+    /// POP of the answer, `""` if none.
+    pub pop: String,
+}
+
+/// Key of a probe rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProbeKey {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// POP of the probe.
+    pub pop: String,
+    /// `service`, `load`, `latency`.
+    pub kind: String,
+    /// Method (for latency: `tcp-connect`, `dns`, `icmp`, `passive`, ...).
+    pub method: String,
+}
+
+/// Counters of a probe rollup row.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProbeAgg {
+    /// Samples.
+    pub samples: i64,
+    /// Successful samples.
+    pub ok: i64,
+    /// Sum of the values (mean = value_sum / samples).
+    pub value_sum: f64,
+}
+
+/// The per-minute rollups of a set of records.
+#[derive(Debug, Clone, Default)]
+pub struct Rollups {
+    /// Per (minute, customer, host, POP).
+    pub http: HashMap<HttpKey, HttpAgg>,
+    /// Per (minute, customer, hostname, POP, reason).
+    pub dns: HashMap<DnsKey, i64>,
+    /// Per (minute, hostname, address, POP).
+    pub answers: HashMap<AnswerKey, i64>,
+    /// Per (minute, POP, kind, method).
+    pub probe: HashMap<ProbeKey, ProbeAgg>,
+}
+
+impl Rollups {
+    /// Folds records into per-minute rollups.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use udn_bins::store::Rollups;
+    /// use udn_core::{Timestamp, log::{LogRecord, ProbeRecord}};
+    /// let rec = |ts| LogRecord::Probe(ProbeRecord {
+    ///     ts: Timestamp::from_millis(ts), pop: "fra".into(), kind: "latency".into(),
+    ///     target: "192.0.2.0/24".into(), method: "tcp-connect".into(), ok: true,
+    ///     value: 10.0, detail: String::new(),
+    /// });
+    /// let r = Rollups::fold(&[rec(1_000), rec(2_000), rec(61_000)]);
+    /// assert_eq!(r.probe.len(), 2); // two minutes
+    /// assert_eq!(r.probe.values().map(|a| a.samples).sum::<i64>(), 3);
+    /// ```
+    pub fn fold(records: &[LogRecord]) -> Rollups {
+        // Fold with keys borrowed from the records (no allocation per record), then own
+        // the few distinct keys.
+        let mut http: HashMap<(i64, &str, &str, &str), HttpAgg> = HashMap::new();
+        let mut dns: HashMap<(i64, &str, &str, &str, &str), i64> = HashMap::new();
+        let mut answers: HashMap<(i64, &str, std::net::IpAddr, &str), i64> = HashMap::new();
+        let mut probe: HashMap<(i64, &str, &str, &str), ProbeAgg> = HashMap::new();
+        for rec in records {
+            match rec {
+                LogRecord::Http(h) => {
+                    let key = (
+                        minute_of(h.ts),
+                        h.customer.as_deref().unwrap_or(""),
+                        h.host.as_str(),
+                        h.pop.as_str(),
+                    );
+                    let a = http.entry(key).or_default();
+                    a.requests += 1;
+                    a.bytes = a.bytes.saturating_add(to_i64(h.bytes));
+                    a.fill_bytes = a.fill_bytes.saturating_add(to_i64(h.fill_bytes));
+                    if (100..600).contains(&h.status) {
+                        a.status[usize::from(h.status / 100 - 1)] += 1;
+                    }
+                    match h.outcome.as_str() {
+                        "hit" => a.hits += 1,
+                        "miss" => a.misses += 1,
+                        "stale" => a.stale += 1,
+                        "revalidated" => a.revalidated += 1,
+                        o if o.starts_with("bypass") => a.bypass += 1,
+                        _ => {}
+                    }
+                    a.duration_us = a.duration_us.saturating_add(to_i64(h.duration_us));
+                }
+                LogRecord::Dns(d) => {
+                    let minute = minute_of(d.ts);
+                    let pop = d.pop.as_deref().unwrap_or("");
+                    let key = (
+                        minute,
+                        d.customer.as_deref().unwrap_or(""),
+                        d.hostname.as_str(),
+                        pop,
+                        d.reason.as_str(),
+                    );
+                    *dns.entry(key).or_default() += 1;
+                    for addr in &d.addrs {
+                        *answers
+                            .entry((minute, d.hostname.as_str(), *addr, pop))
+                            .or_default() += 1;
+                    }
+                }
+                LogRecord::Probe(p) => {
+                    let key = (
+                        minute_of(p.ts),
+                        p.pop.as_str(),
+                        p.kind.as_str(),
+                        p.method.as_str(),
+                    );
+                    let a = probe.entry(key).or_default();
+                    a.samples += 1;
+                    a.ok += i64::from(p.ok);
+                    a.value_sum += p.value;
+                }
+            }
+        }
+        Rollups {
+            http: http
+                .into_iter()
+                .map(|((minute, customer, host, pop), a)| {
+                    let key = HttpKey {
+                        minute,
+                        customer: customer.to_owned(),
+                        host: host.to_owned(),
+                        pop: pop.to_owned(),
+                    };
+                    (key, a)
+                })
+                .collect(),
+            dns: dns
+                .into_iter()
+                .map(|((minute, customer, hostname, pop, reason), n)| {
+                    let key = DnsKey {
+                        minute,
+                        customer: customer.to_owned(),
+                        hostname: hostname.to_owned(),
+                        pop: pop.to_owned(),
+                        reason: reason.to_owned(),
+                    };
+                    (key, n)
+                })
+                .collect(),
+            answers: answers
+                .into_iter()
+                .map(|((minute, hostname, addr, pop), n)| {
+                    let key = AnswerKey {
+                        minute,
+                        hostname: hostname.to_owned(),
+                        address: addr.to_string(),
+                        pop: pop.to_owned(),
+                    };
+                    (key, n)
+                })
+                .collect(),
+            probe: probe
+                .into_iter()
+                .map(|((minute, pop, kind, method), a)| {
+                    let key = ProbeKey {
+                        minute,
+                        pop: pop.to_owned(),
+                        kind: kind.to_owned(),
+                        method: method.to_owned(),
+                    };
+                    (key, a)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A bound query parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum Param<'a> {
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Text(&'a str),
+}
+
+/// One value of a query result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// SQL NULL.
+    Null,
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Text(String),
+}
+
+/// A time range `[from, to)`, in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// Inclusive start.
+    pub from: Timestamp,
+    /// Exclusive end.
+    pub to: Timestamp,
+}
+
+impl Range {
+    /// The 24 hours before `now` (the portal's default chart).
+    pub fn last_24h(now: Timestamp) -> Range {
+        Range {
+            from: Timestamp::from_millis(now.as_millis().saturating_sub(86_400_000)),
+            to: now,
+        }
+    }
+}
+
+/// Requests and bytes in one minute (the portal's traffic chart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficPoint {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// Requests in the minute.
+    pub requests: i64,
+    /// Bytes sent to clients in the minute.
+    pub bytes: i64,
+}
+
+impl TrafficPoint {
+    /// Average hits per second over the minute.
+    pub fn hits_per_sec(&self) -> f64 {
+        self.requests as f64 / 60.0
+    }
+    /// Average bytes per second over the minute.
+    pub fn bytes_per_sec(&self) -> f64 {
+        self.bytes as f64 / 60.0
+    }
+}
+
+/// Traffic of one location (POP) in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PopPoint {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// The POP.
+    pub pop: String,
+    /// Requests.
+    pub requests: i64,
+    /// Bytes.
+    pub bytes: i64,
+}
+
+/// Responses per status class in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusPoint {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// Responses of class 1xx..5xx.
+    pub classes: [i64; 5],
+}
+
+/// DNS answers naming one GTM address in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressPoint {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// Queried name.
+    pub hostname: String,
+    /// The address answered.
+    pub address: String,
+    /// POP (location) of the answer.
+    pub pop: String,
+    /// Answers naming it.
+    pub answers: i64,
+}
+
+/// Operational data of one probe method in one minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodPoint {
+    /// Minute start (ms).
+    pub minute: i64,
+    /// POP of the probe.
+    pub pop: String,
+    /// `service`, `load`, `latency`.
+    pub kind: String,
+    /// The method.
+    pub method: String,
+    /// Samples.
+    pub samples: i64,
+    /// Successful samples.
+    pub ok: i64,
+    /// Mean value (ms, or percent for load).
+    pub mean: f64,
+}
+
+/// A customer's usage over a period (billing input).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// HTTP requests served.
+    pub requests: i64,
+    /// Bytes sent to clients.
+    pub bytes: i64,
+    /// Bytes fetched from origins.
+    pub fill_bytes: i64,
+    /// DNS queries answered.
+    pub dns_queries: i64,
+}
+
+/// Bytes sent in one 5-minute bucket by one POP (95th-percentile billing input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BandwidthSample {
+    /// Bucket start (ms, a multiple of 300,000).
+    pub bucket: i64,
+    /// The POP.
+    pub pop: String,
+    /// Bytes sent in the bucket.
+    pub bytes: i64,
+}
+
+impl BandwidthSample {
+    /// Average bits per second over the bucket (bytes x 8 / 300).
+    pub fn bits_per_sec(&self) -> f64 {
+        self.bytes as f64 * 8.0 / 300.0
+    }
+}
+
+/// Row counts of the store (operations and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Files in the ledger.
+    pub files: i64,
+    /// Records the ledger says were stored.
+    pub ledger_rows: i64,
+    /// Raw HTTP rows.
+    pub http: i64,
+    /// Raw DNS rows.
+    pub dns: i64,
+    /// Raw probe rows.
+    pub probe: i64,
+}
+
+/// The store: one implementation per database, same schema, same queries.
+pub trait Store: Send {
+    /// Stores a file's records and rollups and its ledger row in one transaction, unless
+    /// a file with the same id is already in the ledger. Returns only after the
+    /// transaction committed durably (or did nothing).
+    fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested>;
+
+    /// Deletes raw records older than `before` (rollups and the ledger are kept).
+    /// Returns the rows deleted.
+    fn prune_raw(&mut self, before: Timestamp) -> Result<u64>;
+
+    /// Runs a read-only query. `$1`, `$2`... are the parameters, numbered in order of
+    /// first appearance.
+    fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>>;
+
+    /// Which backend this is (`"sqlite"`, `"postgres"`).
+    fn backend(&self) -> &'static str;
+
+    /// Requests and bytes per minute, optionally for one customer.
+    fn traffic(&mut self, range: Range, customer: Option<&str>) -> Result<Vec<TrafficPoint>> {
+        let (filter, params) = customer_filter(range, customer);
+        let sql = format!(
+            "SELECT minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(bytes) AS BIGINT) \
+             FROM rollup_http WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute ORDER BY minute"
+        );
+        let rows = self.select(&sql, &params)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrafficPoint {
+                    minute: int(r, 0, &sql)?,
+                    requests: int(r, 1, &sql)?,
+                    bytes: int(r, 2, &sql)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Requests and bytes per minute and location (POP).
+    fn traffic_by_pop(&mut self, range: Range, customer: Option<&str>) -> Result<Vec<PopPoint>> {
+        let (filter, params) = customer_filter(range, customer);
+        let sql = format!(
+            "SELECT minute, pop, CAST(SUM(requests) AS BIGINT), CAST(SUM(bytes) AS BIGINT) \
+             FROM rollup_http WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute, pop ORDER BY minute, pop"
+        );
+        let rows = self.select(&sql, &params)?;
+        rows.iter()
+            .map(|r| {
+                Ok(PopPoint {
+                    minute: int(r, 0, &sql)?,
+                    pop: text(r, 1, &sql)?,
+                    requests: int(r, 2, &sql)?,
+                    bytes: int(r, 3, &sql)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Responses per status class per minute.
+    fn status_classes(&mut self, range: Range, customer: Option<&str>) -> Result<Vec<StatusPoint>> {
+        let (filter, params) = customer_filter(range, customer);
+        let sql = format!(
+            "SELECT minute, CAST(SUM(s1xx) AS BIGINT), CAST(SUM(s2xx) AS BIGINT), \
+             CAST(SUM(s3xx) AS BIGINT), CAST(SUM(s4xx) AS BIGINT), CAST(SUM(s5xx) AS BIGINT) \
+             FROM rollup_http WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute ORDER BY minute"
+        );
+        let rows = self.select(&sql, &params)?;
+        rows.iter()
+            .map(|r| {
+                let mut classes = [0; 5];
+                for (i, c) in classes.iter_mut().enumerate() {
+                    *c = int(r, i + 1, &sql)?;
+                }
+                Ok(StatusPoint {
+                    minute: int(r, 0, &sql)?,
+                    classes,
+                })
+            })
+            .collect()
+    }
+
+    /// DNS answers per GTM address (and location) per minute, optionally for one name.
+    fn answers_by_address(
+        &mut self,
+        range: Range,
+        hostname: Option<&str>,
+    ) -> Result<Vec<AddressPoint>> {
+        let mut params = vec![
+            Param::Int(to_i64(range.from.as_millis())),
+            Param::Int(to_i64(range.to.as_millis())),
+        ];
+        let filter = match hostname {
+            Some(h) => {
+                params.push(Param::Text(h));
+                " AND hostname = $3"
+            }
+            None => "",
+        };
+        let sql = format!(
+            "SELECT minute, hostname, address, pop, CAST(SUM(answers) AS BIGINT) \
+             FROM rollup_dns_answer WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute, hostname, address, pop ORDER BY minute, hostname, address, pop"
+        );
+        let rows = self.select(&sql, &params)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AddressPoint {
+                    minute: int(r, 0, &sql)?,
+                    hostname: text(r, 1, &sql)?,
+                    address: text(r, 2, &sql)?,
+                    pop: text(r, 3, &sql)?,
+                    answers: int(r, 4, &sql)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Operational data per probe method per minute.
+    fn probe_methods(&mut self, range: Range) -> Result<Vec<MethodPoint>> {
+        let sql = "SELECT minute, pop, kind, method, CAST(SUM(samples) AS BIGINT), \
+                   CAST(SUM(ok) AS BIGINT), SUM(value_sum) FROM rollup_probe \
+                   WHERE minute >= $1 AND minute < $2 \
+                   GROUP BY minute, pop, kind, method ORDER BY minute, pop, kind, method";
+        let rows = self.select(
+            sql,
+            &[
+                Param::Int(to_i64(range.from.as_millis())),
+                Param::Int(to_i64(range.to.as_millis())),
+            ],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let samples = int(r, 4, sql)?;
+                let sum = float(r, 6, sql)?;
+                Ok(MethodPoint {
+                    minute: int(r, 0, sql)?,
+                    pop: text(r, 1, sql)?,
+                    kind: text(r, 2, sql)?,
+                    method: text(r, 3, sql)?,
+                    samples,
+                    ok: int(r, 5, sql)?,
+                    mean: if samples > 0 {
+                        sum / samples as f64
+                    } else {
+                        0.0
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// A customer's usage over a period: requests, bytes, fill bytes, DNS queries.
+    fn usage(&mut self, customer: &str, range: Range) -> Result<Usage> {
+        let from = Param::Int(to_i64(range.from.as_millis()));
+        let to = Param::Int(to_i64(range.to.as_millis()));
+        let sql = "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(bytes), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(fill_bytes), 0) AS BIGINT) FROM rollup_http \
+                   WHERE minute >= $1 AND minute < $2 AND customer = $3";
+        let rows = self.select(sql, &[from, to, Param::Text(customer)])?;
+        let row = rows.first().cloned().unwrap_or_default();
+        let dns_sql = "SELECT CAST(COALESCE(SUM(queries), 0) AS BIGINT) FROM rollup_dns \
+                       WHERE minute >= $1 AND minute < $2 AND customer = $3";
+        let dns = self.select(dns_sql, &[from, to, Param::Text(customer)])?;
+        Ok(Usage {
+            requests: int(&row, 0, sql)?,
+            bytes: int(&row, 1, sql)?,
+            fill_bytes: int(&row, 2, sql)?,
+            dns_queries: dns
+                .first()
+                .map(|r| int(r, 0, dns_sql))
+                .transpose()?
+                .unwrap_or(0),
+        })
+    }
+
+    /// Bytes per 5-minute bucket per POP for a customer (sum across POPs per bucket
+    /// before taking the 95th percentile).
+    fn bandwidth_5m(&mut self, customer: &str, range: Range) -> Result<Vec<BandwidthSample>> {
+        let sql = "SELECT minute / 300000 * 300000 AS bucket, pop, \
+                   CAST(SUM(bytes) AS BIGINT) FROM rollup_http \
+                   WHERE minute >= $1 AND minute < $2 AND customer = $3 \
+                   GROUP BY bucket, pop ORDER BY bucket, pop";
+        let rows = self.select(
+            sql,
+            &[
+                Param::Int(to_i64(range.from.as_millis())),
+                Param::Int(to_i64(range.to.as_millis())),
+                Param::Text(customer),
+            ],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(BandwidthSample {
+                    bucket: int(r, 0, sql)?,
+                    pop: text(r, 1, sql)?,
+                    bytes: int(r, 2, sql)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Row counts (ledger and raw tables).
+    fn counts(&mut self) -> Result<Counts> {
+        let sql = "SELECT (SELECT COUNT(*) FROM log_files), \
+                   (SELECT CAST(COALESCE(SUM(rows), 0) AS BIGINT) FROM log_files), \
+                   (SELECT COUNT(*) FROM raw_http), (SELECT COUNT(*) FROM raw_dns), \
+                   (SELECT COUNT(*) FROM raw_probe)";
+        let rows = self.select(sql, &[])?;
+        let r = rows.first().cloned().unwrap_or_default();
+        Ok(Counts {
+            files: int(&r, 0, sql)?,
+            ledger_rows: int(&r, 1, sql)?,
+            http: int(&r, 2, sql)?,
+            dns: int(&r, 3, sql)?,
+            probe: int(&r, 4, sql)?,
+        })
+    }
+}
+
+fn customer_filter(range: Range, customer: Option<&str>) -> (&'static str, Vec<Param<'_>>) {
+    let mut params = vec![
+        Param::Int(to_i64(range.from.as_millis())),
+        Param::Int(to_i64(range.to.as_millis())),
+    ];
+    match customer {
+        Some(c) => {
+            params.push(Param::Text(c));
+            (" AND customer = $3", params)
+        }
+        None => ("", params),
+    }
+}
+
+fn col_err(index: usize, sql: &str) -> Error {
+    Error::ColumnType {
+        index,
+        query: sql.chars().take(60).collect(),
+    }
+}
+
+fn int(row: &[Cell], i: usize, sql: &str) -> Result<i64> {
+    match row.get(i) {
+        Some(Cell::Int(v)) => Ok(*v),
+        Some(Cell::Null) => Ok(0),
+        _ => Err(col_err(i, sql)),
+    }
+}
+
+fn float(row: &[Cell], i: usize, sql: &str) -> Result<f64> {
+    match row.get(i) {
+        Some(Cell::Float(v)) => Ok(*v),
+        Some(Cell::Int(v)) => Ok(*v as f64),
+        Some(Cell::Null) => Ok(0.0),
+        _ => Err(col_err(i, sql)),
+    }
+}
+
+fn text(row: &[Cell], i: usize, sql: &str) -> Result<String> {
+    match row.get(i) {
+        Some(Cell::Text(v)) => Ok(v.clone()),
+        Some(Cell::Null) => Ok(String::new()),
+        _ => Err(col_err(i, sql)),
+    }
+}
+
+/// Where the store lives: the embedded SQLite file in a data directory, or PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// SQLite in `<dir>/udn.sqlite` (the directory is created on first start).
+    Sqlite {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Optional cap on the database size in pages (`max_page_count`).
+        max_pages: Option<u64>,
+    },
+    /// PostgreSQL at a connection URL (`postgres://user@host:port/db`).
+    Postgres {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// Opens (and migrates) the store at `loc`.
+pub fn open(loc: &Location) -> Result<Box<dyn Store>> {
+    match loc {
+        Location::Sqlite { dir, max_pages } => {
+            Ok(Box::new(sqlite::SqliteStore::open(dir, *max_pages)?))
+        }
+        Location::Postgres { url } => Ok(Box::new(postgres::PgStore::connect(url)?)),
+    }
+}

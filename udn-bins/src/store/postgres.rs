@@ -1,0 +1,387 @@
+//! The PostgreSQL store: same schema and queries as SQLite; raw rows arrive by binary
+//! `COPY`, rollups by one `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT` per table, all
+//! in the file's one transaction.
+
+use super::{Cell, Error, Ingested, MIGRATIONS, Param, PreparedFile, Result, Store, to_i64};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls};
+use udn_core::Timestamp;
+use udn_core::log::LogRecord;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    client: Client,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and applies the migrations.
+    pub fn connect(url: &str) -> Result<PgStore> {
+        let client = Client::connect(url, NoTls)?;
+        let mut store = PgStore { client };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        // Several collectors may start at once: serialize on an advisory lock.
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock(7007)", &[])?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )?;
+        for (version, sql) in MIGRATIONS {
+            let done: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )?
+                .get(0);
+            if done == 0 {
+                tx.batch_execute(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[version, &to_i64(crate::logging::now().as_millis())],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn ip(a: std::net::IpAddr) -> String {
+    a.to_string()
+}
+
+impl Store for PgStore {
+    fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
+        let h = &file.header;
+        let rows = file.records.len() as i64;
+        let mut tx = self.client.transaction()?;
+        // The ledger row first: a concurrent insert of the same file blocks here on the
+        // primary key until the other transaction ends, then sees it.
+        let fresh = tx.execute(
+            "INSERT INTO log_files (file_id, checksum, role, instance, opened_at, rows, \
+             received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (file_id) DO NOTHING",
+            &[
+                &h.file_id,
+                &file.checksum,
+                &h.role.as_str(),
+                &h.instance,
+                &to_i64(h.opened_at.as_millis()),
+                &rows,
+                &to_i64(received_at.as_millis()),
+            ],
+        )?;
+        if fresh == 0 {
+            let row = tx.query_one(
+                "SELECT checksum, rows FROM log_files WHERE file_id = $1",
+                &[&h.file_id],
+            )?;
+            let checksum: String = row.get(0);
+            let stored: i64 = row.get(1);
+            tx.rollback()?;
+            return Ok(if checksum == file.checksum {
+                Ingested::Duplicate {
+                    rows: u64::try_from(stored).unwrap_or(0),
+                }
+            } else {
+                Ingested::Conflict {
+                    stored_checksum: checksum,
+                }
+            });
+        }
+
+        let (mut n_http, mut n_dns, mut n_probe) = (0, 0, 0);
+        for rec in &file.records {
+            match rec {
+                LogRecord::Http(_) => n_http += 1,
+                LogRecord::Dns(_) => n_dns += 1,
+                LogRecord::Probe(_) => n_probe += 1,
+            }
+        }
+        if n_http > 0 {
+            let sink = tx.copy_in(
+                "COPY raw_http (ts, customer, host, path, method, status, bytes, fill_bytes, \
+                 outcome, duration_us, client, pop) FROM STDIN BINARY",
+            )?;
+            let types = [
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::TEXT,
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+            ];
+            let mut w = BinaryCopyInWriter::new(sink, &types);
+            for rec in &file.records {
+                if let LogRecord::Http(r) = rec {
+                    w.write(&[
+                        &to_i64(r.ts.as_millis()),
+                        &r.customer,
+                        &r.host,
+                        &r.path,
+                        &r.method,
+                        &i64::from(r.status),
+                        &to_i64(r.bytes),
+                        &to_i64(r.fill_bytes),
+                        &r.outcome,
+                        &to_i64(r.duration_us),
+                        &ip(r.client),
+                        &r.pop,
+                    ])?;
+                }
+            }
+            w.finish()?;
+        }
+        if n_dns > 0 {
+            let sink = tx.copy_in(
+                "COPY raw_dns (ts, hostname, qtype, client, ecs, addrs, reason, pop, customer, \
+                 server) FROM STDIN BINARY",
+            )?;
+            let types = [
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+            ];
+            let mut w = BinaryCopyInWriter::new(sink, &types);
+            for rec in &file.records {
+                if let LogRecord::Dns(r) = rec {
+                    w.write(&[
+                        &to_i64(r.ts.as_millis()),
+                        &r.hostname,
+                        &r.qtype,
+                        &ip(r.client),
+                        &r.ecs.map(|c| c.to_string()),
+                        &super::sqlite::join_addrs(&r.addrs),
+                        &r.reason,
+                        &r.pop,
+                        &r.customer,
+                        &r.server,
+                    ])?;
+                }
+            }
+            w.finish()?;
+        }
+        if n_probe > 0 {
+            let sink = tx.copy_in(
+                "COPY raw_probe (ts, pop, kind, target, method, ok, value, detail) \
+                 FROM STDIN BINARY",
+            )?;
+            let types = [
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::FLOAT8,
+                Type::TEXT,
+            ];
+            let mut w = BinaryCopyInWriter::new(sink, &types);
+            for rec in &file.records {
+                if let LogRecord::Probe(r) = rec {
+                    w.write(&[
+                        &to_i64(r.ts.as_millis()),
+                        &r.pop,
+                        &r.kind,
+                        &r.target,
+                        &r.method,
+                        &i64::from(r.ok),
+                        &r.value,
+                        &r.detail,
+                    ])?;
+                }
+            }
+            w.finish()?;
+        }
+
+        let roll = &file.rollups;
+        if !roll.http.is_empty() {
+            let mut cols: Vec<Vec<i64>> = vec![Vec::new(); 15];
+            let (mut cust, mut host, mut pop) = (Vec::new(), Vec::new(), Vec::new());
+            for (k, a) in &roll.http {
+                cust.push(k.customer.as_str());
+                host.push(k.host.as_str());
+                pop.push(k.pop.as_str());
+                let vals = [
+                    k.minute,
+                    a.requests,
+                    a.bytes,
+                    a.fill_bytes,
+                    a.status[0],
+                    a.status[1],
+                    a.status[2],
+                    a.status[3],
+                    a.status[4],
+                    a.hits,
+                    a.misses,
+                    a.stale,
+                    a.revalidated,
+                    a.bypass,
+                    a.duration_us,
+                ];
+                for (c, v) in cols.iter_mut().zip(vals) {
+                    c.push(v);
+                }
+            }
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&cols[0], &cust, &host, &pop];
+            for c in &cols[1..] {
+                params.push(c);
+            }
+            tx.execute(
+                "INSERT INTO rollup_http (minute, customer, host, pop, requests, bytes, \
+                 fill_bytes, s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, \
+                 bypass, duration_us) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], \
+                 $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], \
+                 $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], \
+                 $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], \
+                 $18::BIGINT[]) ON CONFLICT (minute, customer, host, pop) DO UPDATE SET \
+                 requests = rollup_http.requests + excluded.requests, \
+                 bytes = rollup_http.bytes + excluded.bytes, \
+                 fill_bytes = rollup_http.fill_bytes + excluded.fill_bytes, \
+                 s1xx = rollup_http.s1xx + excluded.s1xx, s2xx = rollup_http.s2xx + excluded.s2xx, \
+                 s3xx = rollup_http.s3xx + excluded.s3xx, s4xx = rollup_http.s4xx + excluded.s4xx, \
+                 s5xx = rollup_http.s5xx + excluded.s5xx, hits = rollup_http.hits + excluded.hits, \
+                 misses = rollup_http.misses + excluded.misses, \
+                 stale = rollup_http.stale + excluded.stale, \
+                 revalidated = rollup_http.revalidated + excluded.revalidated, \
+                 bypass = rollup_http.bypass + excluded.bypass, \
+                 duration_us = rollup_http.duration_us + excluded.duration_us",
+                &params,
+            )?;
+        }
+        if !roll.dns.is_empty() {
+            let (mut m, mut c, mut h, mut p, mut r, mut q) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for (k, n) in &roll.dns {
+                m.push(k.minute);
+                c.push(k.customer.as_str());
+                h.push(k.hostname.as_str());
+                p.push(k.pop.as_str());
+                r.push(k.reason.as_str());
+                q.push(*n);
+            }
+            tx.execute(
+                "INSERT INTO rollup_dns (minute, customer, hostname, pop, reason, queries) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+                 $5::TEXT[], $6::BIGINT[]) ON CONFLICT (minute, customer, hostname, pop, reason) \
+                 DO UPDATE SET queries = rollup_dns.queries + excluded.queries",
+                &[&m, &c, &h, &p, &r, &q],
+            )?;
+        }
+        if !roll.answers.is_empty() {
+            let (mut m, mut h, mut a, mut p, mut n) = (vec![], vec![], vec![], vec![], vec![]);
+            for (k, v) in &roll.answers {
+                m.push(k.minute);
+                h.push(k.hostname.as_str());
+                a.push(k.address.as_str());
+                p.push(k.pop.as_str());
+                n.push(*v);
+            }
+            tx.execute(
+                "INSERT INTO rollup_dns_answer (minute, hostname, address, pop, answers) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+                 $5::BIGINT[]) ON CONFLICT (minute, hostname, address, pop) \
+                 DO UPDATE SET answers = rollup_dns_answer.answers + excluded.answers",
+                &[&m, &h, &a, &p, &n],
+            )?;
+        }
+        if !roll.probe.is_empty() {
+            let (mut m, mut p, mut k_, mut me, mut s, mut ok, mut v) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            for (k, a) in &roll.probe {
+                m.push(k.minute);
+                p.push(k.pop.as_str());
+                k_.push(k.kind.as_str());
+                me.push(k.method.as_str());
+                s.push(a.samples);
+                ok.push(a.ok);
+                v.push(a.value_sum);
+            }
+            tx.execute(
+                "INSERT INTO rollup_probe (minute, pop, kind, method, samples, ok, value_sum) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+                 $5::BIGINT[], $6::BIGINT[], $7::DOUBLE PRECISION[]) \
+                 ON CONFLICT (minute, pop, kind, method) DO UPDATE SET \
+                 samples = rollup_probe.samples + excluded.samples, \
+                 ok = rollup_probe.ok + excluded.ok, \
+                 value_sum = rollup_probe.value_sum + excluded.value_sum",
+                &[&m, &p, &k_, &me, &s, &ok, &v],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Ingested::Inserted {
+            rows: u64::try_from(rows).unwrap_or(0),
+        })
+    }
+
+    fn prune_raw(&mut self, before: Timestamp) -> Result<u64> {
+        let t = to_i64(before.as_millis());
+        let mut tx = self.client.transaction()?;
+        let mut n = 0;
+        for table in ["raw_http", "raw_dns", "raw_probe"] {
+            n += tx.execute(&format!("DELETE FROM {table} WHERE ts < $1"), &[&t])?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
+        let owned: Vec<Box<dyn ToSql + Sync>> = params
+            .iter()
+            .map(|p| -> Box<dyn ToSql + Sync> {
+                match p {
+                    Param::Int(i) => Box::new(*i),
+                    Param::Text(s) => Box::new(s.to_string()),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
+        let rows = self.client.query(sql, &refs)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut cells = Vec::with_capacity(row.len());
+            for (i, col) in row.columns().iter().enumerate() {
+                let t = col.type_();
+                let cell = if *t == Type::INT8 {
+                    row.try_get::<_, Option<i64>>(i)?.map(Cell::Int)
+                } else if *t == Type::INT4 {
+                    row.try_get::<_, Option<i32>>(i)?
+                        .map(|v| Cell::Int(i64::from(v)))
+                } else if *t == Type::FLOAT8 {
+                    row.try_get::<_, Option<f64>>(i)?.map(Cell::Float)
+                } else if *t == Type::TEXT || *t == Type::VARCHAR {
+                    row.try_get::<_, Option<String>>(i)?.map(Cell::Text)
+                } else {
+                    return Err(Error::ColumnType {
+                        index: i,
+                        query: sql.chars().take(60).collect(),
+                    });
+                };
+                cells.push(cell.unwrap_or(Cell::Null));
+            }
+            out.push(cells);
+        }
+        Ok(out)
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

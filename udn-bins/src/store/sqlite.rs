@@ -1,0 +1,304 @@
+//! The embedded SQLite store: one file `udn.sqlite` in the data directory, WAL journal,
+//! `synchronous = FULL` (a commit that returned is on disk, so an ack is never lost).
+
+use super::{Cell, Error, Ingested, MIGRATIONS, Param, PreparedFile, Result, Store, to_i64};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, TransactionBehavior, params};
+use std::path::Path;
+use udn_core::Timestamp;
+use udn_core::log::LogRecord;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "udn.sqlite";
+
+impl SqliteStore {
+    /// Opens `<dir>/udn.sqlite`, creating the directory and the schema on first start.
+    /// `max_pages` caps the database size (`PRAGMA max_page_count`); a full database
+    /// fails inserts with [`Error::is_full`] like a full disk does.
+    pub fn open(dir: &Path, max_pages: Option<u64>) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let conn = Connection::open(dir.join(DB_FILE))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        if let Some(n) = max_pages {
+            conn.pragma_update(None, "max_page_count", n)?;
+        }
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )?;
+        for (version, sql) in MIGRATIONS {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )?;
+            if done == 0 {
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                    params![version, to_i64(crate::logging::now().as_millis())],
+                )?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// The rollup upserts shared in spirit with PostgreSQL (which sends them as one
+/// `UNNEST` statement per table).
+const UPSERT_HTTP: &str = "INSERT INTO rollup_http (minute, customer, host, pop, requests, \
+    bytes, fill_bytes, s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, bypass, \
+    duration_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+    ?17, ?18) ON CONFLICT (minute, customer, host, pop) DO UPDATE SET \
+    requests = rollup_http.requests + excluded.requests, \
+    bytes = rollup_http.bytes + excluded.bytes, \
+    fill_bytes = rollup_http.fill_bytes + excluded.fill_bytes, \
+    s1xx = rollup_http.s1xx + excluded.s1xx, s2xx = rollup_http.s2xx + excluded.s2xx, \
+    s3xx = rollup_http.s3xx + excluded.s3xx, s4xx = rollup_http.s4xx + excluded.s4xx, \
+    s5xx = rollup_http.s5xx + excluded.s5xx, hits = rollup_http.hits + excluded.hits, \
+    misses = rollup_http.misses + excluded.misses, stale = rollup_http.stale + excluded.stale, \
+    revalidated = rollup_http.revalidated + excluded.revalidated, \
+    bypass = rollup_http.bypass + excluded.bypass, \
+    duration_us = rollup_http.duration_us + excluded.duration_us";
+
+const UPSERT_DNS: &str = "INSERT INTO rollup_dns (minute, customer, hostname, pop, reason, \
+    queries) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (minute, customer, hostname, pop, \
+    reason) DO UPDATE SET queries = rollup_dns.queries + excluded.queries";
+
+const UPSERT_ANSWER: &str = "INSERT INTO rollup_dns_answer (minute, hostname, address, pop, \
+    answers) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, hostname, address, pop) \
+    DO UPDATE SET answers = rollup_dns_answer.answers + excluded.answers";
+
+const UPSERT_PROBE: &str = "INSERT INTO rollup_probe (minute, pop, kind, method, samples, ok, \
+    value_sum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (minute, pop, kind, method) \
+    DO UPDATE SET samples = rollup_probe.samples + excluded.samples, \
+    ok = rollup_probe.ok + excluded.ok, value_sum = rollup_probe.value_sum + excluded.value_sum";
+
+/// Space-separated addresses of a DNS answer.
+pub(crate) fn join_addrs(addrs: &[std::net::IpAddr]) -> String {
+    let mut s = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&a.to_string());
+    }
+    s
+}
+
+impl Store for SqliteStore {
+    fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
+        let h = &file.header;
+        let rows = file.records.len() as i64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let fresh = tx.execute(
+            "INSERT INTO log_files (file_id, checksum, role, instance, opened_at, rows, \
+             received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (file_id) DO NOTHING",
+            params![
+                h.file_id,
+                file.checksum,
+                h.role.as_str(),
+                h.instance,
+                to_i64(h.opened_at.as_millis()),
+                rows,
+                to_i64(received_at.as_millis()),
+            ],
+        )?;
+        if fresh == 0 {
+            let (checksum, stored): (String, i64) = tx.query_row(
+                "SELECT checksum, rows FROM log_files WHERE file_id = ?1",
+                [&h.file_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.rollback()?;
+            return Ok(if checksum == file.checksum {
+                Ingested::Duplicate {
+                    rows: u64::try_from(stored).unwrap_or(0),
+                }
+            } else {
+                Ingested::Conflict {
+                    stored_checksum: checksum,
+                }
+            });
+        }
+        {
+            let mut http = tx.prepare_cached(
+                "INSERT INTO raw_http (ts, customer, host, path, method, status, bytes, \
+                 fill_bytes, outcome, duration_us, client, pop) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            let mut dns = tx.prepare_cached(
+                "INSERT INTO raw_dns (ts, hostname, qtype, client, ecs, addrs, reason, pop, \
+                 customer, server) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let mut probe = tx.prepare_cached(
+                "INSERT INTO raw_probe (ts, pop, kind, target, method, ok, value, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for rec in &file.records {
+                match rec {
+                    LogRecord::Http(r) => {
+                        http.execute(params![
+                            to_i64(r.ts.as_millis()),
+                            r.customer,
+                            r.host,
+                            r.path,
+                            r.method,
+                            i64::from(r.status),
+                            to_i64(r.bytes),
+                            to_i64(r.fill_bytes),
+                            r.outcome,
+                            to_i64(r.duration_us),
+                            r.client.to_string(),
+                            r.pop,
+                        ])?;
+                    }
+                    LogRecord::Dns(r) => {
+                        dns.execute(params![
+                            to_i64(r.ts.as_millis()),
+                            r.hostname,
+                            r.qtype,
+                            r.client.to_string(),
+                            r.ecs.map(|c| c.to_string()),
+                            join_addrs(&r.addrs),
+                            r.reason,
+                            r.pop,
+                            r.customer,
+                            r.server,
+                        ])?;
+                    }
+                    LogRecord::Probe(r) => {
+                        probe.execute(params![
+                            to_i64(r.ts.as_millis()),
+                            r.pop,
+                            r.kind,
+                            r.target,
+                            r.method,
+                            i64::from(r.ok),
+                            r.value,
+                            r.detail,
+                        ])?;
+                    }
+                }
+            }
+            let roll = &file.rollups;
+            let mut st = tx.prepare_cached(UPSERT_HTTP)?;
+            for (k, a) in &roll.http {
+                st.execute(params![
+                    k.minute,
+                    k.customer,
+                    k.host,
+                    k.pop,
+                    a.requests,
+                    a.bytes,
+                    a.fill_bytes,
+                    a.status[0],
+                    a.status[1],
+                    a.status[2],
+                    a.status[3],
+                    a.status[4],
+                    a.hits,
+                    a.misses,
+                    a.stale,
+                    a.revalidated,
+                    a.bypass,
+                    a.duration_us,
+                ])?;
+            }
+            let mut st = tx.prepare_cached(UPSERT_DNS)?;
+            for (k, n) in &roll.dns {
+                st.execute(params![
+                    k.minute, k.customer, k.hostname, k.pop, k.reason, n
+                ])?;
+            }
+            let mut st = tx.prepare_cached(UPSERT_ANSWER)?;
+            for (k, n) in &roll.answers {
+                st.execute(params![k.minute, k.hostname, k.address, k.pop, n])?;
+            }
+            let mut st = tx.prepare_cached(UPSERT_PROBE)?;
+            for (k, a) in &roll.probe {
+                st.execute(params![
+                    k.minute,
+                    k.pop,
+                    k.kind,
+                    k.method,
+                    a.samples,
+                    a.ok,
+                    a.value_sum
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Ingested::Inserted {
+            rows: u64::try_from(rows).unwrap_or(0),
+        })
+    }
+
+    fn prune_raw(&mut self, before: Timestamp) -> Result<u64> {
+        let t = to_i64(before.as_millis());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for table in ["raw_http", "raw_dns", "raw_probe"] {
+            n += tx.execute(&format!("DELETE FROM {table} WHERE ts < ?1"), [t])?;
+        }
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
+        let mut st = self.conn.prepare_cached(sql)?;
+        let n = st.column_count();
+        let bound: Vec<ToSqlOutput<'_>> = params
+            .iter()
+            .map(|p| match p {
+                Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
+                Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            })
+            .collect();
+        let mut rows = st.query(rusqlite::params_from_iter(bound.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut cells = Vec::with_capacity(n);
+            for i in 0..n {
+                cells.push(match row.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Real(v) => Cell::Float(v),
+                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(_) => Cell::Null,
+                });
+            }
+            out.push(cells);
+        }
+        Ok(out)
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
