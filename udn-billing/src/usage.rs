@@ -119,7 +119,9 @@ pub enum Applied {
 /// start lies in the interval; buckets without traffic are zero.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct UsageTotals {
-    /// Totals per (metric, region).
+    /// Totals per (metric, region); serialized as a list of
+    /// `{"metric", "region", "quantity"}` objects (JSON keys must be strings).
+    #[serde(with = "counters_as_list")]
     pub counters: BTreeMap<(Metric, String), u64>,
     /// Bytes delivered per 5-minute bucket, in time order, zeros included.
     pub bandwidth: Vec<u64>,
@@ -256,5 +258,45 @@ impl UsageLedger {
             }
         }
         t
+    }
+}
+
+mod counters_as_list {
+    use super::Metric;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Counter {
+        metric: Metric,
+        region: String,
+        quantity: u64,
+    }
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<(Metric, String), u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter().map(|((metric, region), q)| Counter {
+            metric: *metric,
+            region: region.clone(),
+            quantity: *q,
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(Metric, String), u64>, D::Error> {
+        let v = Vec::<Counter>::deserialize(d)?;
+        let mut m = BTreeMap::new();
+        for c in v {
+            if m.insert((c.metric, c.region), c.quantity).is_some() {
+                return Err(serde::de::Error::custom(
+                    "duplicate (metric, region) counter",
+                ));
+            }
+        }
+        Ok(m)
     }
 }
