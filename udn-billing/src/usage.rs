@@ -300,3 +300,84 @@ mod counters_as_list {
         Ok(m)
     }
 }
+
+/// Turns the records of one collected log file into a usage batch keyed by the file id,
+/// so that a file collected twice is counted once. DNS decisions count as
+/// [`Metric::DnsQueries`] (region: the chosen POP, or empty), HTTP records as
+/// [`Metric::HttpRequests`], [`Metric::BytesDelivered`] and [`Metric::CacheFillBytes`]
+/// (region: the edge's POP). Records without a customer, and probe records, are not
+/// billable and are skipped. Counts are folded per account, metric, region and
+/// 5-minute bucket (stamped at the bucket start), which changes no total and no
+/// bandwidth sample.
+///
+/// # Examples
+///
+/// ```
+/// use udn_billing::usage::{Metric, from_log_records};
+/// use udn_core::log::{HttpRecord, LogRecord};
+/// use udn_core::Timestamp;
+/// let hit = |ts| LogRecord::Http(HttpRecord {
+///     ts: Timestamp::from_secs(ts), customer: Some("shop".into()), host: "www.shop.example".into(),
+///     path: "/a.gif".into(), method: "GET".into(), status: 200, bytes: 1000, fill_bytes: 0,
+///     outcome: "hit".into(), duration_us: 80, client: "192.0.2.1".parse().unwrap(), pop: "fra".into(),
+/// });
+/// let batch = from_log_records("file-7", &[hit(1_700_000_000), hit(1_700_000_100)]);
+/// assert_eq!(batch.key, "file-7");
+/// let bytes: u64 = batch.records.iter().filter(|r| r.metric == Metric::BytesDelivered).map(|r| r.quantity).sum();
+/// assert_eq!(bytes, 2000);
+/// ```
+pub fn from_log_records(file_id: &str, records: &[udn_core::log::LogRecord]) -> UsageBatch {
+    use udn_core::log::LogRecord;
+    let mut folded: BTreeMap<(String, u64, Metric, String), u64> = BTreeMap::new();
+    let mut add = |account: &str, at: Timestamp, metric, region: &str, q: u64| {
+        if q == 0 {
+            return;
+        }
+        let key = (
+            account.to_owned(),
+            at.as_millis() / BUCKET_MS,
+            metric,
+            region.to_owned(),
+        );
+        let slot = folded.entry(key).or_insert(0);
+        *slot = slot.saturating_add(q);
+    };
+    for r in records {
+        match r {
+            LogRecord::Dns(d) => {
+                if let Some(c) = &d.customer {
+                    add(
+                        c,
+                        d.ts,
+                        Metric::DnsQueries,
+                        d.pop.as_deref().unwrap_or(""),
+                        1,
+                    );
+                }
+            }
+            LogRecord::Http(h) => {
+                if let Some(c) = &h.customer {
+                    add(c, h.ts, Metric::HttpRequests, &h.pop, 1);
+                    add(c, h.ts, Metric::BytesDelivered, &h.pop, h.bytes);
+                    add(c, h.ts, Metric::CacheFillBytes, &h.pop, h.fill_bytes);
+                }
+            }
+            LogRecord::Probe(_) => {}
+        }
+    }
+    UsageBatch {
+        key: file_id.to_owned(),
+        records: folded
+            .into_iter()
+            .map(
+                |((account, bucket, metric, region), quantity)| UsageRecord {
+                    account,
+                    at: Timestamp::from_millis(bucket * BUCKET_MS),
+                    metric,
+                    region,
+                    quantity,
+                },
+            )
+            .collect(),
+    }
+}

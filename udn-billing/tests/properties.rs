@@ -453,3 +453,52 @@ proptest! {
         let _ = Period::parse(&junk);
     }
 }
+
+proptest! {
+    /// Folding log records into a batch keeps every total and every bandwidth sample.
+    #[test]
+    fn log_records_fold_without_changing_usage(
+        recs in prop::collection::vec((0u64..86_400_000, 0usize..3, any::<bool>(), 0u64..10_000_000, 0u64..1_000_000), 0..80),
+    ) {
+        use udn_core::log::{DnsRecord, HttpRecord, LogRecord};
+        let day = Period::parse("2026-11-26T00").unwrap().start.as_millis();
+        let pops = ["fra", "iad", "sin"];
+        let log: Vec<LogRecord> = recs.iter().map(|(off, pop, dns, bytes, fill)| {
+            let ts = Timestamp::from_millis(day + off);
+            if *dns {
+                LogRecord::Dns(DnsRecord {
+                    ts, hostname: "www.shop.example".into(), qtype: "A".into(),
+                    client: "192.0.2.1".parse().unwrap(), ecs: None, addrs: vec![],
+                    reason: "latency".into(), pop: Some(pops[*pop].into()),
+                    customer: Some("acct".into()), server: "dns-1".into(),
+                })
+            } else {
+                LogRecord::Http(HttpRecord {
+                    ts, customer: Some("acct".into()), host: "h".into(), path: "/".into(),
+                    method: "GET".into(), status: 200, bytes: *bytes, fill_bytes: *fill,
+                    outcome: "miss".into(), duration_us: 1, client: "192.0.2.1".parse().unwrap(),
+                    pop: pops[*pop].into(),
+                })
+            }
+        }).collect();
+        let batch = udn_billing::usage::from_log_records("f", &log);
+        // the unfolded reference: one usage record per log record and metric
+        let mut unfolded = Vec::new();
+        for (off, pop, dns, bytes, fill) in &recs {
+            let at = Timestamp::from_millis(day + off);
+            let mk = |metric, quantity| UsageRecord { account: "acct".into(), at, metric, region: pops[*pop].into(), quantity };
+            if *dns {
+                unfolded.push(mk(Metric::DnsQueries, 1));
+            } else {
+                unfolded.push(mk(Metric::HttpRequests, 1));
+                unfolded.push(mk(Metric::BytesDelivered, *bytes));
+                unfolded.push(mk(Metric::CacheFillBytes, *fill));
+            }
+        }
+        unfolded.retain(|r| r.quantity > 0);
+        let a = ledger_of(&[batch]);
+        let b = ledger_of(&[UsageBatch { key: "f".into(), records: unfolded }]);
+        let (from, to) = (Timestamp::from_millis(day), Timestamp::from_millis(day + 86_400_000));
+        prop_assert_eq!(a.totals("acct", from, to), b.totals("acct", from, to));
+    }
+}

@@ -23,12 +23,14 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod cli;
 pub mod delivery;
 pub mod payment;
 pub mod render;
 pub mod run;
 pub mod store;
 
+pub use cli::{BillingArgs, BillingCommand, execute};
 pub use delivery::{DeliveryReport, SmtpConfig, SmtpSecurity, deliver_pending};
 pub use payment::{PaymentProvider, collect_card_payments, record_manual_payment};
 pub use render::{Issuer, render_html, render_text};
