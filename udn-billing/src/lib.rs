@@ -78,4 +78,9 @@ pub use money::Currency;
 pub use period::{Period, PeriodKind};
 pub use plan::{Component, Plan, PlanBook, Pricing, Tier, TierMode, Unit};
 pub use udn_core::Timestamp;
+
+/// The worked examples of `docs/billing.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/billing.md")]
+pub struct BillingGuideDoctests;
 pub use usage::{Metric, UsageBatch, UsageLedger, UsageRecord, UsageTotals};
