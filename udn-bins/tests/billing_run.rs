@@ -316,3 +316,132 @@ fn sql_usage_totals_match_the_pure_ledger() {
         }
     }
 }
+
+/// A second invoice for the same account and period cannot be issued (unique index),
+/// and the failed attempt consumes no number: the sequence stays gap-free.
+#[test]
+fn a_failed_issue_consumes_no_number() {
+    let dir = TempDir::new("gapfree");
+    let mut s = store(&dir);
+    s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
+        .unwrap();
+    s.put_account(&account("beta", "Beta AG", "email", BY_INVOICE, true))
+        .unwrap();
+    let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
+    // a racing run that computed its own draft for acme before the first one issued
+    s.connection()
+        .execute(
+            "INSERT INTO billing_invoices (kind, account, period, currency, total, status, document, inputs)
+             SELECT kind, account, period, currency, total, 'draft', document, inputs
+             FROM billing_invoices WHERE number = 'INV-000001'",
+            [],
+        )
+        .unwrap();
+    let id = s.connection().last_insert_rowid();
+    assert!(s.issue(id, dec_1(), dec_1()).is_err());
+    // the next invoice takes the next number
+    let dec = nov().next().unwrap();
+    let r = run_period(
+        &mut s,
+        &dec,
+        Timestamp::from_millis(dec.end.as_millis() + 1),
+    )
+    .unwrap();
+    let numbers: Vec<_> = r.issued.iter().map(|i| i.number.as_str()).collect();
+    assert_eq!(numbers, vec!["INV-000003", "INV-000004"]);
+}
+
+/// Two connections to one database file run the same period at the same time: every
+/// account is invoiced exactly once and the numbers have no gap.
+#[test]
+fn concurrent_runs_invoice_each_account_once() {
+    let dir = TempDir::new("race");
+    let mut s = store(&dir);
+    for i in 0..30 {
+        s.put_account(&account(
+            &format!("acct-{i:02}"),
+            "Co",
+            "email",
+            BY_INVOICE,
+            true,
+        ))
+        .unwrap();
+    }
+    drop(s);
+    let path = dir.0.join("udn.sqlite");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut s = SqliteBillingStore::open(&path).unwrap();
+                run_period(&mut s, &nov(), dec_1()).unwrap()
+            })
+        })
+        .collect();
+    let reports: Vec<_> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+    let s = SqliteBillingStore::open(&path).unwrap();
+    let issued = s.issued().unwrap();
+    assert_eq!(issued.len(), 30, "{reports:#?}");
+    let mut numbers: Vec<_> = issued.iter().map(|i| i.number.clone().unwrap()).collect();
+    numbers.sort();
+    let want: Vec<_> = (1..=30).map(|n| format!("INV-{n:06}")).collect();
+    assert_eq!(numbers, want);
+    let mut accounts: Vec<_> = issued.iter().map(|i| i.invoice.account.clone()).collect();
+    accounts.sort();
+    accounts.dedup();
+    assert_eq!(accounts.len(), 30);
+    let issued_by_runs: usize = reports.iter().map(|r| r.issued.len()).sum();
+    assert_eq!(issued_by_runs, 30);
+}
+
+/// A provider plugged in through the trait (a test double: UDN ships no provider).
+struct RecordingProvider(std::cell::RefCell<Vec<(String, Decimal)>>);
+
+impl udn_bins::billing::PaymentProvider for RecordingProvider {
+    fn name(&self) -> &str {
+        "test-provider"
+    }
+    fn charge(
+        &self,
+        card_ref: &str,
+        amount: Decimal,
+        _c: &udn_billing::Currency,
+        number: &str,
+    ) -> anyhow::Result<String> {
+        self.0.borrow_mut().push((card_ref.to_owned(), amount));
+        Ok(format!("ch_{number}"))
+    }
+}
+
+#[test]
+fn a_configured_provider_charges_card_on_file_invoices_once() {
+    let dir = TempDir::new("provider");
+    let mut s = store(&dir);
+    s.put_account(&account(
+        "card",
+        "Card Co",
+        "email",
+        r#"{"method": "card_on_file", "card_ref": "pm_1"}"#,
+        true,
+    ))
+    .unwrap();
+    s.put_account(&account("bank", "Bank Co", "email", BY_INVOICE, true))
+        .unwrap();
+    let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
+    let p = RecordingProvider(Default::default());
+    let r = collect_card_payments(&mut s, Some(&p), dec_1()).unwrap();
+    assert_eq!(
+        r.charged,
+        vec![("INV-000002".to_owned(), "ch_INV-000002".to_owned())]
+    );
+    assert_eq!(*p.0.borrow(), vec![("pm_1".to_owned(), d("415.31"))]);
+    let pay = s.payments("INV-000002").unwrap();
+    assert_eq!(pay[0].method, "test-provider");
+    assert_eq!(
+        s.invoice("INV-000002").unwrap().unwrap().status,
+        Status::Paid
+    );
+    let again = collect_card_payments(&mut s, Some(&p), dec_1()).unwrap();
+    assert!(again.charged.is_empty());
+    assert_eq!(p.0.borrow().len(), 1);
+}

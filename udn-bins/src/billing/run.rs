@@ -111,9 +111,13 @@ pub fn run_period(
     }
     for (id, account, invoice, terms) in drafts {
         let due = now.plus(Duration::from_secs(86_400 * u64::from(terms)));
-        let number = store
-            .issue(id, now, due)
-            .with_context(|| format!("issuing the invoice of {account}"))?;
+        let number = match store.issue(id, now, due) {
+            Ok(n) => n,
+            Err(e) => {
+                report.failed.push((account, format!("issuing: {e:#}")));
+                continue;
+            }
+        };
         report.issued.push(Issued {
             number,
             account,

@@ -6,7 +6,9 @@
 //! an invoice's content once it has left `draft`, and refuse deleting it; only its
 //! status may move on (`issued -> paid | void`, or `credited` when a credit note
 //! cancels it). Numbers come from a per-series counter that is advanced in the same
-//! transaction that issues the invoice, so numbers are gap-free and in issue order.
+//! transaction that issues the invoice, so numbers are gap-free and in issue order, and
+//! a unique index allows at most one issued or paid invoice per account and period, so
+//! two runs racing on one database cannot both invoice the same account.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -280,6 +282,9 @@ CREATE TABLE IF NOT EXISTS billing_invoices (
 );
 CREATE INDEX IF NOT EXISTS billing_invoices_account_period
   ON billing_invoices (account, period);
+CREATE UNIQUE INDEX IF NOT EXISTS billing_invoices_one_live
+  ON billing_invoices (account, period)
+  WHERE kind = 'invoice' AND status IN ('issued', 'paid');
 CREATE TRIGGER IF NOT EXISTS billing_invoices_immutable
   BEFORE UPDATE OF kind, number, account, period, currency, total, document, inputs,
                    issued_at, due_at, credits ON billing_invoices
@@ -376,6 +381,8 @@ impl SqliteBillingStore {
 
     /// Uses an open connection (for example the log store's), creating the tables.
     pub fn with_connection(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .context("configuring SQLite")?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
             .context("configuring SQLite")?;
         conn.execute_batch(SCHEMA)
@@ -394,6 +401,13 @@ impl SqliteBillingStore {
             .optional()?
             .map(RawInvoice::decode)
             .transpose()
+    }
+
+    /// A transaction that takes the write lock at BEGIN, so that it waits for other
+    /// writers (busy timeout) instead of failing when it upgrades from reading.
+    fn write_tx(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
     fn need(&self, number: &str) -> Result<StoredInvoice> {
@@ -476,7 +490,7 @@ impl BillingStore for SqliteBillingStore {
 
     fn record_usage(&mut self, batch: &UsageBatch) -> Result<Applied> {
         let fp = batch.fingerprint() as i64;
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let seen: Option<i64> = tx
             .query_row(
                 "SELECT fingerprint FROM billing_usage_batches WHERE key = ?1",
@@ -560,7 +574,7 @@ impl BillingStore for SqliteBillingStore {
     }
 
     fn put_draft(&mut self, invoice: &Invoice, inputs: &InvoiceInputs) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
             "DELETE FROM billing_invoices WHERE account = ?1 AND period = ?2 AND status = 'draft'",
             params![invoice.account, invoice.period.to_string()],
@@ -583,7 +597,7 @@ impl BillingStore for SqliteBillingStore {
     }
 
     fn issue(&mut self, id: i64, now: Timestamp, due: Timestamp) -> Result<String> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let kind: String = tx
             .query_row(
                 "SELECT kind FROM billing_invoices WHERE id = ?1 AND status = 'draft'",
@@ -661,7 +675,7 @@ impl BillingStore for SqliteBillingStore {
             t.amount = -t.amount;
         }
         note.total = -note.total;
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let cn = next_number(&tx, DocKind::CreditNote)?;
         tx.execute(
             "INSERT INTO billing_invoices (kind, number, account, period, currency, total, status,
@@ -703,7 +717,7 @@ impl BillingStore for SqliteBillingStore {
         if p.amount <= Decimal::ZERO {
             bail!("a payment amount must be positive");
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO billing_payments (invoice, amount, method, reference, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![p.invoice, p.amount.to_string(), p.method, p.reference, ms(p.at)?],
