@@ -332,6 +332,14 @@ impl Plan {
         Ok(())
     }
 
+    /// Whether a component is billed at the 95th percentile, i.e. whether pricing needs
+    /// the bandwidth samples (otherwise [`crate::UsageTotals::bandwidth`] may be empty).
+    pub fn uses_samples(&self) -> bool {
+        self.components
+            .iter()
+            .any(|c| matches!(c.pricing, Pricing::Percentile95 { .. }))
+    }
+
     /// Whether any component charges for CDN usage.
     pub fn uses_cdn(&self) -> bool {
         self.components.iter().any(|c| match &c.pricing {

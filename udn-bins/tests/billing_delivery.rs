@@ -244,3 +244,26 @@ fn text_and_html_renderings_show_lines_tiers_and_totals() {
     // header, one row per line, subtotal and tax (the total row has a class)
     assert_eq!(html.matches("<tr>").count(), inv.invoice.lines.len() + 3);
 }
+
+#[test]
+fn without_smtp_emails_wait_and_nothing_is_logged_for_them() {
+    let dir = TempDir::new("nosmtp");
+    let mut s = store(&dir);
+    s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
+        .unwrap();
+    s.put_account(&account("beta", "Beta AG", "post", BY_INVOICE, true))
+        .unwrap();
+    let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
+    let r = deliver_pending(&mut s, &issuer(), None, &dir.0.join("print"), dec_1()).unwrap();
+    assert_eq!(r.waiting_for_smtp, vec!["INV-000001"]);
+    assert_eq!(r.printable.len(), 1);
+    assert!(s.deliveries("INV-000001").unwrap().is_empty());
+    assert_eq!(s.deliveries("INV-000002").unwrap().len(), 1);
+    // the logs are append-only
+    for sql in [
+        "DELETE FROM billing_deliveries",
+        "UPDATE billing_deliveries SET status = 'sent'",
+    ] {
+        assert!(s.connection().execute(sql, []).is_err(), "{sql}");
+    }
+}

@@ -445,3 +445,69 @@ fn a_configured_provider_charges_card_on_file_invoices_once() {
     assert!(again.charged.is_empty());
     assert_eq!(p.0.borrow().len(), 1);
 }
+
+/// A burstable invoice stores its 8,640 samples and recomputes to the same amounts; an
+/// invoice whose plan does not bill the 95th percentile stores no samples.
+#[test]
+fn burstable_invoices_keep_their_samples_for_audit() {
+    let dir = TempDir::new("burst");
+    let mut s = store(&dir);
+    let burst: udn_billing::Plan = serde_json::from_str(
+        r#"{"id": "burst", "version": 1, "name": "Burstable", "currency": "EUR", "period": "month",
+        "components": [{"name": "Bandwidth", "pricing": {"type": "percentile95",
+          "commit_mbps": "500", "commit_price": "2.00", "overage_price": "3.00"}}]}"#,
+    )
+    .unwrap();
+    s.put_plan(&burst).unwrap();
+    let mut stream = account("stream", "Stream AG", "email", BY_INVOICE, true);
+    stream.subscriptions[0].plan = "burst".into();
+    stream.tax = None;
+    s.put_account(&stream).unwrap();
+    s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
+        .unwrap();
+    let mbps = 37_500_000u64;
+    let records: Vec<UsageRecord> = (0..8_640u64)
+        .flat_map(|b| {
+            let rate = if b < 432 {
+                2_000
+            } else if b == 432 {
+                700
+            } else {
+                300
+            };
+            let at = Timestamp::from_millis(nov().start.as_millis() + b * 300_000 + 1_000);
+            ["fra", "iad"].map(|pop| UsageRecord {
+                account: "stream".into(),
+                at,
+                metric: Metric::BytesDelivered,
+                region: pop.into(),
+                quantity: rate / 2 * mbps,
+            })
+        })
+        .collect();
+    assert_eq!(
+        s.record_usage(&UsageBatch {
+            key: "nov".into(),
+            records
+        })
+        .unwrap(),
+        Applied::New
+    );
+    let r = run_period(&mut s, &nov(), dec_1()).unwrap();
+    let totals: Vec<_> = r
+        .issued
+        .iter()
+        .map(|i| (i.account.as_str(), i.total.as_str()))
+        .collect();
+    assert_eq!(
+        totals,
+        vec![("acme", "415.31 EUR"), ("stream", "1600.00 EUR")]
+    );
+    let inv = s.invoice("INV-000002").unwrap().unwrap();
+    assert_eq!(inv.inputs.segments[0].usage.bandwidth.len(), 8_640);
+    assert!(audit(&s, "INV-000002").unwrap().reproducible);
+    assert!(audit(&s, "INV-000002").unwrap().usage_unchanged);
+    let plain = s.invoice("INV-000001").unwrap().unwrap();
+    assert!(plain.inputs.segments[0].usage.bandwidth.is_empty());
+    assert!(audit(&s, "INV-000001").unwrap().usage_unchanged);
+}

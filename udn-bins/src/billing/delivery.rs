@@ -79,6 +79,8 @@ pub struct DeliveryReport {
     pub printable: Vec<(String, PathBuf)>,
     /// Numbers whose e-mail failed, with the error (retried by the next pass).
     pub failed: Vec<(String, String)>,
+    /// Numbers to be e-mailed that wait because no SMTP server is configured.
+    pub waiting_for_smtp: Vec<String>,
 }
 
 /// The e-mail for one document: text body with an HTML alternative.
@@ -158,6 +160,7 @@ pub fn deliver_pending(
             }
             Delivery::Email => {
                 let (Some(cfg), Some(t)) = (smtp, transport.as_ref()) else {
+                    report.waiting_for_smtp.push(number);
                     continue;
                 };
                 let outcome = email_message(&inv, issuer, &cfg.from)

@@ -35,6 +35,21 @@ pub struct RunReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// The usage of a segment as an invoice stores it: the bandwidth samples (8,640 numbers
+/// in a month) are kept only when the segment's plan bills the 95th percentile.
+fn stored_usage(
+    store: &dyn BillingStore,
+    plans: &udn_billing::PlanBook,
+    account: &str,
+    segment: &udn_billing::Segment,
+) -> Result<udn_billing::UsageTotals> {
+    let mut usage = store.usage_totals(account, segment.from, segment.to)?;
+    if !plans.get(&segment.plan, segment.version)?.uses_samples() {
+        usage.bandwidth = Vec::new();
+    }
+    Ok(usage)
+}
+
 /// Computes the draft invoice of one account for a period from the store's usage.
 pub fn draft_for(
     store: &dyn BillingStore,
@@ -45,12 +60,12 @@ pub fn draft_for(
     if segs.is_empty() {
         return Ok(None);
     }
+    let plans = store.plans()?;
     let mut inputs = Vec::with_capacity(segs.len());
     for segment in segs {
-        let usage = store.usage_totals(&account.id, segment.from, segment.to)?;
+        let usage = stored_usage(store, &plans, &account.id, &segment)?;
         inputs.push(SegmentUsage { segment, usage });
     }
-    let plans = store.plans()?;
     let invoice = price(account, &plans, period, &inputs)?;
     Ok(Some((
         invoice,
@@ -158,7 +173,7 @@ pub fn audit(store: &dyn BillingStore, number: &str) -> Result<Audit> {
     )?;
     let mut usage_unchanged = true;
     for s in &stored.inputs.segments {
-        let now = store.usage_totals(&stored.invoice.account, s.segment.from, s.segment.to)?;
+        let now = stored_usage(store, &plans, &stored.invoice.account, &s.segment)?;
         usage_unchanged &= now == s.usage;
     }
     Ok(Audit {

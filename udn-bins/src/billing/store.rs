@@ -317,6 +317,18 @@ CREATE TABLE IF NOT EXISTS billing_deliveries (
   detail TEXT NOT NULL,
   at INTEGER NOT NULL
 );
+CREATE TRIGGER IF NOT EXISTS billing_payments_append_only_u
+  BEFORE UPDATE ON billing_payments
+  BEGIN SELECT RAISE(ABORT, 'the payment log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS billing_payments_append_only_d
+  BEFORE DELETE ON billing_payments
+  BEGIN SELECT RAISE(ABORT, 'the payment log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_u
+  BEFORE UPDATE ON billing_deliveries
+  BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_d
+  BEFORE DELETE ON billing_deliveries
+  BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
 "#;
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
