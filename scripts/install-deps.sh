@@ -16,6 +16,15 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Python packages from PyPI, for whichever python3 is first on PATH.
+#   aiosmtpd: the real SMTP server the billing delivery tests start on loopback
+#   (udn-bins/tests/billing_delivery.rs).
+PY_PKGS=(aiosmtpd==1.4.6)
+if command -v python3 >/dev/null && ! python3 -c "import aiosmtpd" 2>/dev/null; then
+  echo "install-deps: pip installing ${PY_PKGS[*]}"
+  python3 -m pip install --quiet "${PY_PKGS[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${PY_PKGS[@]}"
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PKGS[@]} packages present"
   exit 0

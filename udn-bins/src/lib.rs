@@ -2,6 +2,7 @@
 //! sockets, files and clocks; `main.rs` only parses the command line and dispatches here.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod cli;
 pub mod collector;
 pub mod control;

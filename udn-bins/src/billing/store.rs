@@ -1,0 +1,842 @@
+//! Where billing keeps its state: the [`BillingStore`] trait and its SQLite
+//! implementation in tables named `billing_*`, so that it can share one database file
+//! with the log store.
+//!
+//! Issued invoices are immutable in the database itself: triggers refuse any change to
+//! an invoice's content once it has left `draft`, and refuse deleting it; only its
+//! status may move on (`issued -> paid | void`, or `credited` when a credit note
+//! cancels it). Numbers come from a per-series counter that is advanced in the same
+//! transaction that issues the invoice, so numbers are gap-free and in issue order, and
+//! a unique index allows at most one issued or paid invoice per account and period, so
+//! two runs racing on one database cannot both invoice the same account.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::str::FromStr as _;
+use udn_billing::usage::Applied;
+use udn_billing::{
+    Account, Invoice, Metric, Period, PlanBook, SegmentUsage, Timestamp, UsageBatch, UsageTotals,
+    period::BUCKET_MS,
+};
+
+/// Kind of an invoice document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocKind {
+    /// An invoice for a period.
+    Invoice,
+    /// A credit note cancelling an issued invoice.
+    CreditNote,
+}
+
+impl DocKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocKind::Invoice => "invoice",
+            DocKind::CreditNote => "credit_note",
+        }
+    }
+    /// Number series: `INV` or `CN`.
+    pub fn series(self) -> &'static str {
+        match self {
+            DocKind::Invoice => "INV",
+            DocKind::CreditNote => "CN",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "invoice" => Ok(DocKind::Invoice),
+            "credit_note" => Ok(DocKind::CreditNote),
+            _ => bail!("unknown document kind {s:?}"),
+        }
+    }
+}
+
+/// Life cycle of an invoice: `draft -> issued -> paid | void | credited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Computed, not numbered, may be replaced.
+    Draft,
+    /// Numbered and immutable; awaiting payment.
+    Issued,
+    /// Paid in full.
+    Paid,
+    /// Cancelled before payment; keeps its number.
+    Void,
+    /// Cancelled by a credit note; keeps its number.
+    Credited,
+}
+
+impl Status {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Issued => "issued",
+            Status::Paid => "paid",
+            Status::Void => "void",
+            Status::Credited => "credited",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "draft" => Status::Draft,
+            "issued" => Status::Issued,
+            "paid" => Status::Paid,
+            "void" => Status::Void,
+            "credited" => Status::Credited,
+            _ => bail!("unknown invoice status {s:?}"),
+        })
+    }
+}
+
+/// Everything an invoice was computed from, kept with it for audit: the account as it
+/// was, and each segment's plan version and usage totals (bandwidth samples included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceInputs {
+    /// The account snapshot.
+    pub account: Account,
+    /// The segments and their usage.
+    pub segments: Vec<SegmentUsage>,
+}
+
+/// An invoice or credit note as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInvoice {
+    /// Row id.
+    pub id: i64,
+    /// Invoice or credit note.
+    pub kind: DocKind,
+    /// `INV-000001`; `None` while a draft.
+    pub number: Option<String>,
+    /// Status.
+    pub status: Status,
+    /// The content (a credit note's amounts are negative).
+    pub invoice: Invoice,
+    /// What it was computed from (for a credit note, the credited invoice's inputs).
+    pub inputs: InvoiceInputs,
+    /// When it was issued.
+    pub issued_at: Option<Timestamp>,
+    /// When payment is due.
+    pub due_at: Option<Timestamp>,
+    /// The invoice a credit note cancels.
+    pub credits: Option<String>,
+}
+
+/// A payment received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Invoice number.
+    pub invoice: String,
+    /// Amount received.
+    pub amount: Decimal,
+    /// `manual` or the payment provider's name.
+    pub method: String,
+    /// Bank or provider reference.
+    pub reference: String,
+    /// When it was received.
+    pub at: Timestamp,
+}
+
+/// How a delivery attempt went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Accepted by the SMTP server.
+    Sent,
+    /// The SMTP attempt failed (it is retried by the next delivery pass).
+    Failed,
+    /// A printable document was written for posting.
+    Printable,
+}
+
+impl DeliveryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Printable => "printable",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "sent" => DeliveryStatus::Sent,
+            "failed" => DeliveryStatus::Failed,
+            "printable" => DeliveryStatus::Printable,
+            _ => bail!("unknown delivery status {s:?}"),
+        })
+    }
+}
+
+/// One line of the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryLog {
+    /// Invoice number.
+    pub invoice: String,
+    /// `email` or `post`.
+    pub channel: String,
+    /// E-mail address, or the path of the printable document.
+    pub recipient: String,
+    /// Outcome.
+    pub status: DeliveryStatus,
+    /// Server response or error text.
+    pub detail: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// The state billing needs. One implementation ships: [`SqliteBillingStore`].
+pub trait BillingStore {
+    /// Inserts or replaces an account (invoices keep their own snapshot).
+    fn put_account(&mut self, account: &Account) -> Result<()>;
+    /// One account.
+    fn account(&self, id: &str) -> Result<Option<Account>>;
+    /// Every account, by id.
+    fn accounts(&self) -> Result<Vec<Account>>;
+    /// Adds a plan version; versions are immutable, so re-adding one with other content
+    /// is an error.
+    fn put_plan(&mut self, plan: &udn_billing::Plan) -> Result<()>;
+    /// Every plan version.
+    fn plans(&self) -> Result<PlanBook>;
+    /// Records a usage batch once (idempotency key); a replay changes nothing.
+    fn record_usage(&mut self, batch: &UsageBatch) -> Result<Applied>;
+    /// Usage of an account in the 5-minute buckets starting in `[from, to)`.
+    fn usage_totals(&self, account: &str, from: Timestamp, to: Timestamp) -> Result<UsageTotals>;
+    /// The non-cancelled invoice (draft, issued or paid) of an account for a period.
+    fn live_invoice(&self, account: &str, period: &Period) -> Result<Option<StoredInvoice>>;
+    /// Stores a draft, replacing an earlier draft of the same account and period.
+    fn put_draft(&mut self, invoice: &Invoice, inputs: &InvoiceInputs) -> Result<i64>;
+    /// Issues a draft: assigns the next number of its series and the due date, in one
+    /// transaction. Returns the number.
+    fn issue(&mut self, id: i64, now: Timestamp, due: Timestamp) -> Result<String>;
+    /// An invoice or credit note by number.
+    fn invoice(&self, number: &str) -> Result<Option<StoredInvoice>>;
+    /// Every numbered document, by number order within each series.
+    fn issued(&self) -> Result<Vec<StoredInvoice>>;
+    /// Voids an issued, unpaid invoice.
+    fn void(&mut self, number: &str, now: Timestamp) -> Result<()>;
+    /// Issues a credit note cancelling an issued or paid invoice; returns its number.
+    fn credit(&mut self, number: &str, now: Timestamp) -> Result<String>;
+    /// Records a payment; marks the invoice paid once payments cover its total.
+    fn record_payment(&mut self, payment: &Payment) -> Result<Status>;
+    /// Payments of an invoice.
+    fn payments(&self, number: &str) -> Result<Vec<Payment>>;
+    /// Appends to the delivery log.
+    fn log_delivery(&mut self, entry: &DeliveryLog) -> Result<()>;
+    /// The delivery log of an invoice, oldest first.
+    fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>>;
+}
+
+/// [`BillingStore`] on SQLite (rusqlite, bundled SQLite).
+pub struct SqliteBillingStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS billing_accounts (
+  id TEXT PRIMARY KEY,
+  doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_plans (
+  id TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  doc TEXT NOT NULL,
+  PRIMARY KEY (id, version)
+);
+CREATE TABLE IF NOT EXISTS billing_usage_batches (
+  key TEXT PRIMARY KEY,
+  fingerprint INTEGER NOT NULL,
+  records INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_usage (
+  account TEXT NOT NULL,
+  bucket INTEGER NOT NULL,
+  metric TEXT NOT NULL,
+  region TEXT NOT NULL,
+  quantity INTEGER NOT NULL,
+  PRIMARY KEY (account, bucket, metric, region)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS billing_sequences (
+  series TEXT PRIMARY KEY,
+  last INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_invoices (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL,
+  number TEXT UNIQUE,
+  account TEXT NOT NULL,
+  period TEXT NOT NULL,
+  currency TEXT NOT NULL,
+  total TEXT NOT NULL,
+  status TEXT NOT NULL,
+  document TEXT NOT NULL,
+  inputs TEXT NOT NULL,
+  issued_at INTEGER,
+  due_at INTEGER,
+  credits TEXT
+);
+CREATE INDEX IF NOT EXISTS billing_invoices_account_period
+  ON billing_invoices (account, period);
+CREATE UNIQUE INDEX IF NOT EXISTS billing_invoices_one_live
+  ON billing_invoices (account, period)
+  WHERE kind = 'invoice' AND status IN ('issued', 'paid');
+CREATE TRIGGER IF NOT EXISTS billing_invoices_immutable
+  BEFORE UPDATE OF kind, number, account, period, currency, total, document, inputs,
+                   issued_at, due_at, credits ON billing_invoices
+  WHEN OLD.status <> 'draft'
+  BEGIN SELECT RAISE(ABORT, 'an issued invoice is immutable'); END;
+CREATE TRIGGER IF NOT EXISTS billing_invoices_no_delete
+  BEFORE DELETE ON billing_invoices
+  WHEN OLD.status <> 'draft'
+  BEGIN SELECT RAISE(ABORT, 'an issued invoice cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS billing_invoices_status
+  BEFORE UPDATE OF status ON billing_invoices
+  WHEN NOT ((OLD.status = 'draft' AND NEW.status = 'issued')
+         OR (OLD.status = 'issued' AND NEW.status IN ('paid', 'void', 'credited'))
+         OR (OLD.status = 'paid' AND NEW.status = 'credited'))
+  BEGIN SELECT RAISE(ABORT, 'invalid invoice status transition'); END;
+CREATE TABLE IF NOT EXISTS billing_payments (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  invoice TEXT NOT NULL REFERENCES billing_invoices(number),
+  amount TEXT NOT NULL,
+  method TEXT NOT NULL,
+  reference TEXT NOT NULL,
+  at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_deliveries (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  invoice TEXT NOT NULL REFERENCES billing_invoices(number),
+  channel TEXT NOT NULL,
+  recipient TEXT NOT NULL,
+  status TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  at INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS billing_payments_append_only_u
+  BEFORE UPDATE ON billing_payments
+  BEGIN SELECT RAISE(ABORT, 'the payment log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS billing_payments_append_only_d
+  BEFORE DELETE ON billing_payments
+  BEGIN SELECT RAISE(ABORT, 'the payment log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_u
+  BEFORE UPDATE ON billing_deliveries
+  BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_d
+  BEFORE DELETE ON billing_deliveries
+  BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
+"#;
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(|v| Timestamp::from_millis(v.max(0) as u64))
+}
+
+fn ms(t: Timestamp) -> Result<i64> {
+    i64::try_from(t.as_millis()).context("timestamp out of range")
+}
+
+const INVOICE_COLS: &str = "id, kind, number, status, document, inputs, issued_at, due_at, credits";
+
+fn invoice_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawInvoice> {
+    Ok(RawInvoice {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        number: row.get(2)?,
+        status: row.get(3)?,
+        document: row.get(4)?,
+        inputs: row.get(5)?,
+        issued_at: row.get(6)?,
+        due_at: row.get(7)?,
+        credits: row.get(8)?,
+    })
+}
+
+struct RawInvoice {
+    id: i64,
+    kind: String,
+    number: Option<String>,
+    status: String,
+    document: String,
+    inputs: String,
+    issued_at: Option<i64>,
+    due_at: Option<i64>,
+    credits: Option<String>,
+}
+
+impl RawInvoice {
+    fn decode(self) -> Result<StoredInvoice> {
+        Ok(StoredInvoice {
+            id: self.id,
+            kind: DocKind::parse(&self.kind)?,
+            number: self.number,
+            status: Status::parse(&self.status)?,
+            invoice: serde_json::from_str(&self.document).context("stored invoice document")?,
+            inputs: serde_json::from_str(&self.inputs).context("stored invoice inputs")?,
+            issued_at: ts(self.issued_at),
+            due_at: ts(self.due_at),
+            credits: self.credits,
+        })
+    }
+}
+
+impl SqliteBillingStore {
+    /// Opens (creating if needed) the billing tables in the SQLite file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening billing database {}", path.display()))?;
+        Self::with_connection(conn)
+    }
+
+    /// Uses an open connection (for example the log store's), creating the tables.
+    pub fn with_connection(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .context("configuring SQLite")?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
+            .context("configuring SQLite")?;
+        conn.execute_batch(SCHEMA)
+            .context("creating billing tables")?;
+        Ok(SqliteBillingStore { conn })
+    }
+
+    /// The connection (for tests and for sharing with the log store).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn one(&self, sql: &str, p: impl rusqlite::Params) -> Result<Option<StoredInvoice>> {
+        self.conn
+            .query_row(sql, p, invoice_row)
+            .optional()?
+            .map(RawInvoice::decode)
+            .transpose()
+    }
+
+    /// A transaction that takes the write lock at BEGIN, so that it waits for other
+    /// writers (busy timeout) instead of failing when it upgrades from reading.
+    fn write_tx(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
+    fn need(&self, number: &str) -> Result<StoredInvoice> {
+        self.invoice(number)?
+            .ok_or_else(|| anyhow!("no invoice numbered {number}"))
+    }
+}
+
+impl BillingStore for SqliteBillingStore {
+    fn put_account(&mut self, account: &Account) -> Result<()> {
+        account.validate()?;
+        self.conn.execute(
+            "INSERT INTO billing_accounts (id, doc) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            params![account.id, serde_json::to_string(account)?],
+        )?;
+        Ok(())
+    }
+
+    fn account(&self, id: &str) -> Result<Option<Account>> {
+        let doc: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT doc FROM billing_accounts WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        doc.map(|d| serde_json::from_str(&d).context("stored account"))
+            .transpose()
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT doc FROM billing_accounts ORDER BY id")?;
+        let docs = st.query_map([], |r| r.get::<_, String>(0))?;
+        docs.map(|d| serde_json::from_str(&d?).context("stored account"))
+            .collect()
+    }
+
+    fn put_plan(&mut self, plan: &udn_billing::Plan) -> Result<()> {
+        plan.validate()?;
+        let doc = serde_json::to_string(plan)?;
+        let existing: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT doc FROM billing_plans WHERE id = ?1 AND version = ?2",
+                params![plan.id, plan.version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match existing {
+            Some(old) if old == doc => Ok(()),
+            Some(_) => bail!(
+                "plan {} version {} exists with other content: plan versions are immutable, add version {}",
+                plan.id,
+                plan.version,
+                plan.version + 1
+            ),
+            None => {
+                self.conn.execute(
+                    "INSERT INTO billing_plans (id, version, doc) VALUES (?1, ?2, ?3)",
+                    params![plan.id, plan.version, doc],
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn plans(&self) -> Result<PlanBook> {
+        let mut st = self.conn.prepare("SELECT doc FROM billing_plans")?;
+        let docs = st.query_map([], |r| r.get::<_, String>(0))?;
+        let mut book = PlanBook::new();
+        for d in docs {
+            book.insert(serde_json::from_str(&d?).context("stored plan")?)?;
+        }
+        Ok(book)
+    }
+
+    fn record_usage(&mut self, batch: &UsageBatch) -> Result<Applied> {
+        let fp = batch.fingerprint() as i64;
+        let tx = self.write_tx()?;
+        let seen: Option<i64> = tx
+            .query_row(
+                "SELECT fingerprint FROM billing_usage_batches WHERE key = ?1",
+                [&batch.key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(seen) = seen {
+            if seen == fp {
+                return Ok(Applied::Replay);
+            }
+            return Err(udn_billing::Error::BatchConflict {
+                key: batch.key.clone(),
+            }
+            .into());
+        }
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO billing_usage (account, bucket, metric, region, quantity)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (account, bucket, metric, region)
+                 DO UPDATE SET quantity = quantity + excluded.quantity",
+            )?;
+            for r in &batch.records {
+                let q = i64::try_from(r.quantity).context("usage quantity above 2^63")?;
+                let bucket = (r.at.as_millis() / BUCKET_MS) as i64;
+                up.execute(params![r.account, bucket, r.metric.as_str(), r.region, q])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO billing_usage_batches (key, fingerprint, records) VALUES (?1, ?2, ?3)",
+            params![batch.key, fp, batch.records.len() as i64],
+        )?;
+        tx.commit()?;
+        Ok(Applied::New)
+    }
+
+    fn usage_totals(&self, account: &str, from: Timestamp, to: Timestamp) -> Result<UsageTotals> {
+        let b0 = from.as_millis().div_ceil(BUCKET_MS);
+        let b1 = to.as_millis().div_ceil(BUCKET_MS);
+        let mut t = UsageTotals::zero(b1.saturating_sub(b0) as usize);
+        let mut st = self.conn.prepare_cached(
+            "SELECT bucket, metric, region, quantity FROM billing_usage
+             WHERE account = ?1 AND bucket >= ?2 AND bucket < ?3",
+        )?;
+        let rows = st.query_map(params![account, b0 as i64, b1 as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (bucket, metric, region, q) = row?;
+            let metric =
+                Metric::from_name(&metric).ok_or_else(|| anyhow!("unknown metric {metric:?}"))?;
+            let q = u64::try_from(q).context("negative usage quantity")?;
+            let c = t.counters.entry((metric, region)).or_insert(0);
+            *c = c.saturating_add(q);
+            if metric == Metric::BytesDelivered {
+                let i = (bucket as u64).saturating_sub(b0) as usize;
+                if let Some(s) = t.bandwidth.get_mut(i) {
+                    *s = s.saturating_add(q);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    fn live_invoice(&self, account: &str, period: &Period) -> Result<Option<StoredInvoice>> {
+        self.one(
+            &format!(
+                "SELECT {INVOICE_COLS} FROM billing_invoices
+                 WHERE account = ?1 AND period = ?2 AND kind = 'invoice'
+                   AND status IN ('draft', 'issued', 'paid')
+                 ORDER BY status = 'draft' LIMIT 1"
+            ),
+            params![account, period.to_string()],
+        )
+    }
+
+    fn put_draft(&mut self, invoice: &Invoice, inputs: &InvoiceInputs) -> Result<i64> {
+        let tx = self.write_tx()?;
+        tx.execute(
+            "DELETE FROM billing_invoices WHERE account = ?1 AND period = ?2 AND status = 'draft'",
+            params![invoice.account, invoice.period.to_string()],
+        )?;
+        tx.execute(
+            "INSERT INTO billing_invoices (kind, account, period, currency, total, status, document, inputs)
+             VALUES ('invoice', ?1, ?2, ?3, ?4, 'draft', ?5, ?6)",
+            params![
+                invoice.account,
+                invoice.period.to_string(),
+                invoice.currency.code(),
+                invoice.total.to_string(),
+                serde_json::to_string(invoice)?,
+                serde_json::to_string(inputs)?,
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn issue(&mut self, id: i64, now: Timestamp, due: Timestamp) -> Result<String> {
+        let tx = self.write_tx()?;
+        let kind: String = tx
+            .query_row(
+                "SELECT kind FROM billing_invoices WHERE id = ?1 AND status = 'draft'",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| anyhow!("no draft with id {id}"))?;
+        let number = next_number(&tx, DocKind::parse(&kind)?)?;
+        tx.execute(
+            "UPDATE billing_invoices SET number = ?2, issued_at = ?3, due_at = ?4 WHERE id = ?1",
+            params![id, number, ms(now)?, ms(due)?],
+        )?;
+        tx.execute(
+            "UPDATE billing_invoices SET status = 'issued' WHERE id = ?1",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(number)
+    }
+
+    fn invoice(&self, number: &str) -> Result<Option<StoredInvoice>> {
+        self.one(
+            &format!("SELECT {INVOICE_COLS} FROM billing_invoices WHERE number = ?1"),
+            [number],
+        )
+    }
+
+    fn issued(&self) -> Result<Vec<StoredInvoice>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {INVOICE_COLS} FROM billing_invoices WHERE number IS NOT NULL ORDER BY kind, length(number), number"
+        ))?;
+        let rows = st.query_map([], invoice_row)?;
+        rows.map(|r| r?.decode()).collect()
+    }
+
+    fn void(&mut self, number: &str, _now: Timestamp) -> Result<()> {
+        let inv = self.need(number)?;
+        if inv.status != Status::Issued || inv.kind != DocKind::Invoice {
+            bail!(
+                "{number} is {}: only an issued, unpaid invoice can be voided",
+                inv.status.as_str()
+            );
+        }
+        let paid: i64 = self.conn.query_row(
+            "SELECT count(*) FROM billing_payments WHERE invoice = ?1",
+            [number],
+            |r| r.get(0),
+        )?;
+        if paid > 0 {
+            bail!("{number} has payments: issue a credit note instead");
+        }
+        self.conn.execute(
+            "UPDATE billing_invoices SET status = 'void' WHERE number = ?1",
+            [number],
+        )?;
+        Ok(())
+    }
+
+    fn credit(&mut self, number: &str, now: Timestamp) -> Result<String> {
+        let inv = self.need(number)?;
+        if inv.kind != DocKind::Invoice || !matches!(inv.status, Status::Issued | Status::Paid) {
+            bail!(
+                "{number} is {}: only an issued or paid invoice can be credited",
+                inv.status.as_str()
+            );
+        }
+        let mut note = inv.invoice.clone();
+        for l in &mut note.lines {
+            l.amount = -l.amount;
+            l.description = format!("Credit of {number}: {}", l.description);
+        }
+        note.subtotal = -note.subtotal;
+        if let Some(t) = &mut note.tax {
+            t.amount = -t.amount;
+        }
+        note.total = -note.total;
+        let tx = self.write_tx()?;
+        let cn = next_number(&tx, DocKind::CreditNote)?;
+        tx.execute(
+            "INSERT INTO billing_invoices (kind, number, account, period, currency, total, status,
+                 document, inputs, issued_at, due_at, credits)
+             VALUES ('credit_note', ?1, ?2, ?3, ?4, ?5, 'draft', ?6, ?7, ?8, ?8, ?9)",
+            params![
+                cn,
+                note.account,
+                note.period.to_string(),
+                note.currency.code(),
+                note.total.to_string(),
+                serde_json::to_string(&note)?,
+                serde_json::to_string(&inv.inputs)?,
+                ms(now)?,
+                number,
+            ],
+        )?;
+        tx.execute(
+            "UPDATE billing_invoices SET status = 'issued' WHERE number = ?1",
+            [&cn],
+        )?;
+        tx.execute(
+            "UPDATE billing_invoices SET status = 'credited' WHERE number = ?1",
+            [number],
+        )?;
+        tx.commit()?;
+        Ok(cn)
+    }
+
+    fn record_payment(&mut self, p: &Payment) -> Result<Status> {
+        let inv = self.need(&p.invoice)?;
+        if inv.kind != DocKind::Invoice || inv.status != Status::Issued {
+            bail!(
+                "{} is {}: payments are recorded against issued invoices",
+                p.invoice,
+                inv.status.as_str()
+            );
+        }
+        if p.amount <= Decimal::ZERO {
+            bail!("a payment amount must be positive");
+        }
+        let tx = self.write_tx()?;
+        tx.execute(
+            "INSERT INTO billing_payments (invoice, amount, method, reference, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![p.invoice, p.amount.to_string(), p.method, p.reference, ms(p.at)?],
+        )?;
+        let mut paid = Decimal::ZERO;
+        {
+            let mut st = tx.prepare("SELECT amount FROM billing_payments WHERE invoice = ?1")?;
+            for a in st.query_map([&p.invoice], |r| r.get::<_, String>(0))? {
+                paid += Decimal::from_str(&a?).context("stored payment amount")?;
+            }
+        }
+        let status = if paid >= inv.invoice.total {
+            tx.execute(
+                "UPDATE billing_invoices SET status = 'paid' WHERE number = ?1",
+                [&p.invoice],
+            )?;
+            Status::Paid
+        } else {
+            Status::Issued
+        };
+        tx.commit()?;
+        Ok(status)
+    }
+
+    fn payments(&self, number: &str) -> Result<Vec<Payment>> {
+        let mut st = self.conn.prepare(
+            "SELECT amount, method, reference, at FROM billing_payments WHERE invoice = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([number], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (amount, method, reference, at) = r?;
+            Ok(Payment {
+                invoice: number.to_owned(),
+                amount: Decimal::from_str(&amount)?,
+                method,
+                reference,
+                at: Timestamp::from_millis(at.max(0) as u64),
+            })
+        })
+        .collect()
+    }
+
+    fn log_delivery(&mut self, e: &DeliveryLog) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO billing_deliveries (invoice, channel, recipient, status, detail, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                e.invoice,
+                e.channel,
+                e.recipient,
+                e.status.as_str(),
+                e.detail,
+                ms(e.at)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>> {
+        let mut st = self.conn.prepare(
+            "SELECT channel, recipient, status, detail, at FROM billing_deliveries
+             WHERE invoice = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([number], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (channel, recipient, status, detail, at) = r?;
+            Ok(DeliveryLog {
+                invoice: number.to_owned(),
+                channel,
+                recipient,
+                status: DeliveryStatus::parse(&status)?,
+                detail,
+                at: Timestamp::from_millis(at.max(0) as u64),
+            })
+        })
+        .collect()
+    }
+}
+
+/// Advances the series counter inside the caller's transaction: the number is used by
+/// exactly the document issued in that transaction, or not at all (rollback).
+fn next_number(tx: &rusqlite::Transaction<'_>, kind: DocKind) -> Result<String> {
+    let series = kind.series();
+    tx.execute(
+        "INSERT INTO billing_sequences (series, last) VALUES (?1, 1)
+         ON CONFLICT (series) DO UPDATE SET last = last + 1",
+        [series],
+    )?;
+    let n: i64 = tx.query_row(
+        "SELECT last FROM billing_sequences WHERE series = ?1",
+        [series],
+        |r| r.get(0),
+    )?;
+    Ok(format!("{series}-{n:06}"))
+}

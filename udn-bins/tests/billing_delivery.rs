@@ -1,0 +1,269 @@
+//! Invoice delivery against a real SMTP server (Python's aiosmtpd, started on loopback
+//! by the test and storing what it receives in a Maildir), printable documents for
+//! accounts invoiced by post, and the delivery log.
+
+mod billing_common;
+
+use billing_common::*;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use udn_billing::usage::Applied;
+use udn_bins::billing::store::DeliveryStatus;
+use udn_bins::billing::{
+    BillingStore, SmtpConfig, SmtpSecurity, deliver_pending, render_html, render_text, run_period,
+};
+
+/// A Python interpreter that has aiosmtpd (installed by scripts/install-deps.sh).
+fn python_with_aiosmtpd() -> String {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import aiosmtpd"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return py.to_owned();
+        }
+    }
+    panic!("no python3 with aiosmtpd: run scripts/install-deps.sh (pip install aiosmtpd)");
+}
+
+/// aiosmtpd on a free loopback port, killed on drop.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(maildir: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python_with_aiosmtpd())
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer {
+            child,
+            port,
+            maildir: maildir.to_owned(),
+        }
+    }
+
+    fn config(&self) -> SmtpConfig {
+        SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            security: SmtpSecurity::None,
+            username: None,
+            password: None,
+            from: "UDN Billing <billing@udn.example>".into(),
+            timeout_secs: 10,
+        }
+    }
+
+    /// Messages received so far, as raw RFC 5322 text.
+    fn received(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        dir.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Undoes quoted-printable soft line breaks and `=3D`, enough to search the body.
+fn unfold(raw: &str) -> String {
+    raw.replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=")
+}
+
+#[test]
+fn invoices_are_emailed_or_printed_and_every_delivery_is_logged() {
+    let dir = TempDir::new("smtp");
+    let mut s = store(&dir);
+    s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
+        .unwrap();
+    s.put_account(&account("beta", "Beta <AG> & Co", "post", BY_INVOICE, true))
+        .unwrap();
+    assert_eq!(
+        s.record_usage(&cdn_usage("acme", "edge-file-1")).unwrap(),
+        Applied::New
+    );
+    let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
+    let print_dir = dir.0.join("print");
+
+    // first pass with the SMTP server down: the e-mail fails and is logged, the
+    // printable document is written
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut down = SmtpServer::start(&dir.0.join("unused")).config();
+    down.port = closed;
+    let r = deliver_pending(&mut s, &issuer(), Some(&down), &print_dir, dec_1()).unwrap();
+    assert_eq!(r.failed.len(), 1);
+    assert_eq!(r.failed[0].0, "INV-000001");
+    assert_eq!(r.printable.len(), 1);
+    let printed = std::fs::read_to_string(&r.printable[0].1).unwrap();
+    assert!(printed.contains("@media print"));
+    assert!(printed.contains("Beta &lt;AG&gt; &amp; Co"));
+    assert!(!printed.contains("Beta <AG>"));
+    assert!(printed.contains("415.31 EUR"));
+    let log = s.deliveries("INV-000002").unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].status, DeliveryStatus::Printable);
+    assert_eq!(log[0].channel, "post");
+
+    // second pass with a real SMTP server: the failed e-mail is retried and received
+    let server = SmtpServer::start(&dir.0.join("maildir"));
+    let r = deliver_pending(
+        &mut s,
+        &issuer(),
+        Some(&server.config()),
+        &print_dir,
+        dec_1(),
+    )
+    .unwrap();
+    assert_eq!(r.sent, vec!["INV-000001"]);
+    assert!(
+        r.printable.is_empty(),
+        "the printed invoice is not printed twice"
+    );
+    let mail = server.received();
+    assert_eq!(mail.len(), 1);
+    let m = unfold(&mail[0]);
+    assert!(
+        m.contains("Subject: Invoice INV-000001 for 2026-11 (998.26 EUR)"),
+        "{m}"
+    );
+    assert!(m.contains("To: billing@acme.example"));
+    assert!(
+        m.contains("From: \"UDN Billing\" <billing@udn.example>"),
+        "{m}"
+    );
+    assert!(m.contains("multipart/alternative"));
+    assert!(m.contains("text/plain") && m.contains("text/html"));
+    assert!(m.contains("Traffic"));
+    assert!(m.contains("467.37 EUR"));
+    assert!(m.contains("VAT 19%"));
+    let log = s.deliveries("INV-000001").unwrap();
+    let statuses: Vec<_> = log.iter().map(|l| l.status).collect();
+    assert_eq!(statuses, vec![DeliveryStatus::Failed, DeliveryStatus::Sent]);
+    assert!(log[1].detail.starts_with("250"), "{}", log[1].detail);
+    assert_eq!(log[1].recipient, "billing@acme.example");
+
+    // nothing is delivered twice; a credit note is delivered like an invoice
+    let r = deliver_pending(
+        &mut s,
+        &issuer(),
+        Some(&server.config()),
+        &print_dir,
+        dec_1(),
+    )
+    .unwrap();
+    assert!(r.sent.is_empty() && r.printable.is_empty() && r.failed.is_empty());
+    let cn = s.credit("INV-000001", dec_1()).unwrap();
+    let r = deliver_pending(
+        &mut s,
+        &issuer(),
+        Some(&server.config()),
+        &print_dir,
+        dec_1(),
+    )
+    .unwrap();
+    assert_eq!(r.sent, vec![cn.clone()]);
+    let mail = server.received();
+    assert_eq!(mail.len(), 2);
+    assert!(mail.iter().any(|m| unfold(m).contains(&format!(
+        "Subject: Credit note {cn} for 2026-11 (-998.26 EUR)"
+    ))));
+}
+
+#[test]
+fn text_and_html_renderings_show_lines_tiers_and_totals() {
+    let dir = TempDir::new("render");
+    let mut s = store(&dir);
+    s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
+        .unwrap();
+    assert_eq!(
+        s.record_usage(&cdn_usage("acme", "edge-file-1")).unwrap(),
+        Applied::New
+    );
+    let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
+    let inv = s.invoice("INV-000001").unwrap().unwrap();
+    let text = render_text(&inv, &issuer());
+    for want in [
+        "Invoice INV-000001",
+        "Acme GmbH",
+        "Attn. Pat Doe",
+        "Tax id DE123456789",
+        "Period:  2026-11 (2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z)",
+        "100 GB included",
+        "10000 GB at 0.04",
+        "2245.678 GB at 0.03",
+        "467.37 EUR",
+        "Subtotal",
+        "838.87 EUR",
+        "159.39 EUR",
+        "998.26 EUR",
+        "Please pay by 2026-12-31 to IBAN",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let html = render_html(&inv, &issuer());
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<td class=\"n\">998.26 EUR</td>"));
+    assert!(html.contains("@page{size:A4"));
+    // header, one row per line, subtotal and tax (the total row has a class)
+    assert_eq!(html.matches("<tr>").count(), inv.invoice.lines.len() + 3);
+}
+
+#[test]
+fn without_smtp_emails_wait_and_nothing_is_logged_for_them() {
+    let dir = TempDir::new("nosmtp");
+    let mut s = store(&dir);
+    s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
+        .unwrap();
+    s.put_account(&account("beta", "Beta AG", "post", BY_INVOICE, true))
+        .unwrap();
+    let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
+    let r = deliver_pending(&mut s, &issuer(), None, &dir.0.join("print"), dec_1()).unwrap();
+    assert_eq!(r.waiting_for_smtp, vec!["INV-000001"]);
+    assert_eq!(r.printable.len(), 1);
+    assert!(s.deliveries("INV-000001").unwrap().is_empty());
+    assert_eq!(s.deliveries("INV-000002").unwrap().len(), 1);
+    // the logs are append-only
+    for sql in [
+        "DELETE FROM billing_deliveries",
+        "UPDATE billing_deliveries SET status = 'sent'",
+    ] {
+        assert!(s.connection().execute(sql, []).is_err(), "{sql}");
+    }
+}
