@@ -14,9 +14,12 @@ use udn_probe::pagecheck::crc32;
 const PAGE: &str = r#"<html><head><link rel="stylesheet" href="/c.css"><script src="js/b.js"></script></head>
 <body><!-- <img src="/hidden.gif"> --><img src="/a.gif"><img src='/a.gif'></body></html>"#;
 
-fn site() -> (Site, HashMap<&'static str, (u64, u64, Vec<u8>)>) {
+/// path -> (head delay ms, mid-body delay ms, body).
+type Spec = HashMap<&'static str, (u64, u64, Vec<u8>)>;
+
+fn site() -> (Site, Spec) {
     // path -> (head delay ms, mid-body delay ms, body)
-    let mut spec: HashMap<&'static str, (u64, u64, Vec<u8>)> = HashMap::new();
+    let mut spec: Spec = HashMap::new();
     spec.insert("/", (40, 10, PAGE.as_bytes().to_vec()));
     spec.insert(
         "/a.gif",
