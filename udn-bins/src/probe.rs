@@ -148,6 +148,9 @@ pub struct AgentArgs {
     /// Servers the local load is reported for (default: the servers of the POP).
     #[arg(long = "load-server")]
     pub load_servers: Vec<String>,
+    /// Port override for a service, `NAME=PORT` (repeatable).
+    #[arg(long = "service-port", value_parser = parse_service_port)]
+    pub service_ports: Vec<(String, u16)>,
     /// Age in seconds at which a probe log file is completed.
     #[arg(long, default_value_t = 10)]
     pub log_max_age_secs: u64,
@@ -185,6 +188,9 @@ pub struct ProbeOptions {
     pub load_servers: Vec<String>,
     /// Reporting settings.
     pub report: ReporterOptions,
+    /// Per-service port overrides (`service name`, port), for networks whose servers
+    /// listen on other ports than the config says (the demo on loopback).
+    pub service_ports: Vec<(String, u16)>,
 }
 
 impl ProbeOptions {
@@ -205,6 +211,7 @@ impl ProbeOptions {
             load_interval: Duration::from_secs(5),
             load_servers: Vec::new(),
             report: ReporterOptions::default(),
+            service_ports: Vec::new(),
         }
     }
 }
@@ -398,7 +405,12 @@ pub fn service_targets(
 /// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
 /// service, load, refresh and latency tasks.
 pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
-    let targets = service_targets(&opts.network, &opts.pop, opts.scope)?;
+    let mut targets = service_targets(&opts.network, &opts.pop, opts.scope)?;
+    for (_, _, spec) in &mut targets {
+        if let Some((_, port)) = opts.service_ports.iter().find(|(n, _)| *n == spec.name) {
+            spec.port = *port;
+        }
+    }
     let reporter = Reporter::new(&opts.dns_http, opts.report.clone());
     let infos = opts.methods.iter().map(|m| m.info()).collect();
     let mut registry = Registry::default();
@@ -884,6 +896,16 @@ async fn pagecheck_handler(
     })
 }
 
+fn parse_service_port(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|e| format!("{s:?}: bad port: {e}"))?;
+    Ok((name.to_string(), port))
+}
+
 fn build_options(
     a: AgentArgs,
 ) -> anyhow::Result<(ProbeOptions, Option<Arc<crate::logging::FileLog>>)> {
@@ -955,6 +977,7 @@ fn build_options(
     opts.load_interval = Duration::from_secs(a.load_interval_secs.max(1));
     opts.load_servers = a.load_servers;
     opts.report.capacity = a.queue_capacity.max(1);
+    opts.service_ports = a.service_ports;
     Ok((opts, file_log))
 }
 
