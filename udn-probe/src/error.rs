@@ -31,20 +31,6 @@ pub enum Error {
     /// A LOADP source gave text that does not parse.
     #[error("load source: {0} does not parse")]
     LoadSourceUnparsable(LoadSourcePart),
-    /// An I/O failure of the agent.
-    #[cfg(feature = "agent")]
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: &'static str,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A fetch failed (agent).
-    #[cfg(feature = "agent")]
-    #[error("fetch failed: {0}")]
-    Fetch(#[from] crate::pagecheck::PageError),
 }
 
 /// The part of a LOADP source at fault.
