@@ -115,7 +115,7 @@ pub struct AgentArgs {
     #[arg(long, value_enum, default_value_t = Scope::Own)]
     pub scope: Scope,
     /// Latency methods, comma-separated, among passive, icmp, dns, tcp (tried
-    /// cheapest first, whatever the order here).
+    /// cheapest first, whatever the order here); passive needs `--passive-table`.
     #[arg(long, default_value = "passive,icmp,dns,tcp", value_delimiter = ',')]
     pub latency_methods: Vec<String>,
     /// Port of the DNS-query and TCP-connect latency methods.
@@ -458,7 +458,9 @@ pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
     tasks.spawn(load_loop(shared.clone()));
     let (tx, rx) = tokio::sync::mpsc::channel::<(Cidr, IpAddr)>(1024);
     tasks.spawn(latency_loop(shared.clone(), rx));
-    tasks.spawn(refresh_loop(shared.clone(), tx.clone()));
+    for base in &opts.dns_http {
+        tasks.spawn(refresh_loop(shared.clone(), base.clone(), tx.clone()));
+    }
     tasks.spawn(static_targets_loop(shared.clone(), tx));
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -662,16 +664,19 @@ struct RefreshItem {
     addr: Option<IpAddr>,
 }
 
-async fn refresh_loop(sh: Arc<Shared>, tx: tokio::sync::mpsc::Sender<(Cidr, IpAddr)>) {
+/// Asks one DNS server for pending latency measurements, forever (one task per DNS
+/// server, so a slow one does not hold up the others).
+async fn refresh_loop(
+    sh: Arc<Shared>,
+    base: String,
+    tx: tokio::sync::mpsc::Sender<(Cidr, IpAddr)>,
+) {
     use udn_probe::agent::fetch::{FetchRequest, Resolver, fetch};
-    if sh.opts.dns_http.is_empty() {
-        return;
-    }
     let mut tick = tokio::time::interval(sh.opts.refresh_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for base in &sh.opts.dns_http {
+        {
             let url = format!(
                 "{}/v1/refresh?pop={}",
                 base.trim_end_matches('/'),

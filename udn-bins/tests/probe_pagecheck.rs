@@ -149,13 +149,13 @@ fn page_check_rows_obey_the_phase_arithmetic_and_match_the_site() {
     );
 }
 
-/// The largest difference (µs) between our DST/FNT and curl's for the rows of one run.
-fn worst_difference_from_curl(url: &str) -> f64 {
+/// For each row of one run: (URL, |DST - curl's|, |FNT - curl's|) in µs.
+fn differences_from_curl(url: &str) -> Vec<(String, f64, f64)> {
     let v = check_json(url, &["--parallel", "1"]);
-    let mut worst: f64 = 0.0;
+    let mut out = Vec::new();
     for r in v["reports"][0]["rows"].as_array().unwrap() {
         let target = r["url"].as_str().unwrap();
-        let out = Command::new("curl")
+        let curl = Command::new("curl")
             .args([
                 "-s",
                 "-o",
@@ -166,7 +166,7 @@ fn worst_difference_from_curl(url: &str) -> f64 {
             ])
             .output()
             .expect("curl is installed");
-        let t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        let t: Vec<f64> = String::from_utf8_lossy(&curl.stdout)
             .split_whitespace()
             .map(|x| x.parse::<f64>().unwrap() * 1e6)
             .collect();
@@ -179,11 +179,13 @@ fn worst_difference_from_curl(url: &str) -> f64 {
         eprintln!(
             "{target}: DST ours {ours_dst:.0} curl {curl_dst:.0} µs; FNT ours {ours_fnt:.0} curl {curl_fnt:.0} µs"
         );
-        worst = worst
-            .max((ours_dst - curl_dst).abs())
-            .max((ours_fnt - curl_fnt).abs());
+        out.push((
+            target.to_string(),
+            (ours_dst - curl_dst).abs(),
+            (ours_fnt - curl_fnt).abs(),
+        ));
     }
-    worst
+    out
 }
 
 #[test]
@@ -192,21 +194,28 @@ fn page_check_rows_agree_with_curl_timings() {
     let addr = serve_site("127.0.0.1:0", site);
     let url = format!("http://127.0.0.1:{}/", addr.port());
     // Both clients wait on the same server sleeps (10-80 ms), so their phases agree
-    // within a few ms. The machine is shared with other builds: a run disturbed by the
-    // scheduler is repeated, up to three runs.
-    let tol = 8_000.0;
-    let mut worst = Vec::new();
-    for _ in 0..3 {
-        let w = worst_difference_from_curl(&url);
-        worst.push(w);
-        if w < tol {
+    // within a few ms. The machine is shared with other builds, and the scheduler can
+    // wake either client late by more than that: each resource's phases must agree in
+    // at least one of up to five runs (a wrong phase boundary would differ in all).
+    let tol = 5_000.0;
+    let mut best: HashMap<String, (f64, f64)> = HashMap::new();
+    for _ in 0..5 {
+        for (target, d, f) in differences_from_curl(&url) {
+            let e = best.entry(target).or_insert((f64::MAX, f64::MAX));
+            e.0 = e.0.min(d);
+            e.1 = e.1.min(f);
+        }
+        if best.values().all(|(d, f)| *d < tol && *f < tol) {
             break;
         }
     }
-    assert!(
-        worst.iter().any(|w| *w < tol),
-        "rows differ from curl by {worst:?} µs at worst (runs)"
-    );
+    assert_eq!(best.len(), 4);
+    for (target, (d, f)) in &best {
+        assert!(
+            *d < tol && *f < tol,
+            "{target}: DST differs from curl by {d} µs, FNT by {f} µs at best"
+        );
+    }
 }
 
 #[test]
