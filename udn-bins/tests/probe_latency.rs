@@ -242,13 +242,19 @@ fn escalates_to_tcp_connect_when_dns_gives_no_result() {
     let text = config(free_port("127.0.0.11"));
     let dir = temp_dir("probe-escalate");
     std::fs::write(dir.join("net.toml"), &text).unwrap();
+    // The passive table (cheapest) knows 127.0.5.0/24 only.
+    std::fs::write(dir.join("passive.txt"), "127.0.5.0/24 42.5\n").unwrap();
     let probe = Udn::probe(&[
         "--config",
         dir.join("net.toml").to_str().unwrap(),
         "--pop",
         "fra",
+        "--passive-table",
+        dir.join("passive.txt").to_str().unwrap(),
+        "--latency-target",
+        "127.0.5.0/24",
         "--latency-methods",
-        "tcp,dns",
+        "tcp,dns,passive",
         "--latency-port",
         &port.to_string(),
         "--latency-timeout-ms",
@@ -261,18 +267,27 @@ fn escalates_to_tcp_connect_when_dns_gives_no_result() {
     let st = wait_for(Duration::from_secs(15), || {
         let (_, body) = http("GET", probe.http, "/v1/status", "");
         let st: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (st["latency"][0]["method"] == "tcp-connect").then_some(st)
+        (st["latency"][0]["method"] == "tcp-connect" && st["latency"][1]["method"] == "passive")
+            .then_some(st)
     })
-    .expect("a TCP-connect sample");
-    // DNS (cost 10) is tried before TCP connect (cost 30), whatever the CLI order.
-    assert_eq!(st["methods"][0][0]["name"], "dns");
-    assert_eq!(st["methods"][1][0]["name"], "tcp-connect");
+    .expect("a TCP-connect sample and a passive one");
+    // Cheapest first, whatever the CLI order: passive (0), DNS (10), TCP connect (30).
+    let names: Vec<&str> = (0..3)
+        .map(|i| st["methods"][i][0]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["passive", "dns", "tcp-connect"]);
+    let stat = |i: usize, k: &str| st["methods"][i][1][k].as_u64().unwrap();
     assert!(
-        st["methods"][0][1]["no_results"].as_u64().unwrap() >= 1,
+        stat(0, "results") >= 1 && stat(0, "no_results") >= 1,
         "{st}"
     );
-    assert_eq!(st["methods"][0][1]["results"], 0);
-    assert!(st["methods"][1][1]["results"].as_u64().unwrap() >= 1);
+    assert!(stat(1, "no_results") >= 1, "{st}");
+    assert_eq!(stat(1, "results"), 0);
+    assert!(stat(2, "results") >= 1);
+    // Each method only ran where every cheaper one gave nothing.
+    assert!(stat(2, "attempts") <= stat(1, "no_results"), "{st}");
+    assert!(stat(1, "attempts") <= stat(0, "no_results"), "{st}");
+    assert_eq!(st["latency"][1]["rtt_us"], 42_500);
     assert_eq!(st["latency"][0]["addr"], "127.0.4.1");
     let _ = std::fs::remove_dir_all(&dir);
 }
