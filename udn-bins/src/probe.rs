@@ -350,6 +350,7 @@ pub struct ProbeHandle {
     shared: Arc<Shared>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
+    service_tasks: tokio::task::JoinSet<()>,
 }
 
 impl ProbeHandle {
@@ -358,10 +359,32 @@ impl ProbeHandle {
         self.shared.status()
     }
 
+    /// Replaces the network: the service tests restart with the new servers, services
+    /// and thresholds (a config that does not name this probe's POP is refused and the
+    /// old tests keep running). Status entries of servers no longer tested are removed.
+    pub async fn reload(&mut self, net: Arc<Network>) -> anyhow::Result<usize> {
+        let targets = targets_of(&self.shared.opts, &net)?;
+        let n = targets.len();
+        self.service_tasks.abort_all();
+        while self.service_tasks.join_next().await.is_some() {}
+        {
+            let keep: HashSet<(String, String)> = targets
+                .iter()
+                .map(|(server, _, spec)| (server.clone(), spec.name.clone()))
+                .collect();
+            lock(&self.shared.services).retain(|k, _| keep.contains(k));
+        }
+        spawn_service_loops(&mut self.service_tasks, &self.shared, &net, targets);
+        tracing::info!(tests = n, "probe configuration reloaded");
+        Ok(n)
+    }
+
     /// Stops every task of the agent.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.service_tasks.abort_all();
         self.tasks.abort_all();
+        while self.service_tasks.join_next().await.is_some() {}
         while self.tasks.join_next().await.is_some() {}
     }
 }
@@ -402,15 +425,43 @@ pub fn service_targets(
     Ok(out)
 }
 
-/// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
-/// service, load, refresh and latency tasks.
-pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
-    let mut targets = service_targets(&opts.network, &opts.pop, opts.scope)?;
+/// The service targets of `opts` in `net`, with the port overrides applied.
+fn targets_of(
+    opts: &ProbeOptions,
+    net: &Network,
+) -> anyhow::Result<Vec<(String, Vec<IpAddr>, ServiceSpec)>> {
+    let mut targets = service_targets(net, &opts.pop, opts.scope)?;
     for (_, _, spec) in &mut targets {
         if let Some((_, port)) = opts.service_ports.iter().find(|(n, _)| *n == spec.name) {
             spec.port = *port;
         }
     }
+    Ok(targets)
+}
+
+fn spawn_service_loops(
+    set: &mut tokio::task::JoinSet<()>,
+    sh: &Arc<Shared>,
+    net: &Network,
+    targets: Vec<(String, Vec<IpAddr>, ServiceSpec)>,
+) {
+    let (up_after, down_after) = (net.health.up_after, net.health.down_after);
+    for (server, addrs, spec) in targets {
+        set.spawn(service_loop(
+            sh.clone(),
+            server,
+            addrs,
+            spec,
+            up_after,
+            down_after,
+        ));
+    }
+}
+
+/// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
+/// service, load, refresh and latency tasks.
+pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
+    let targets = targets_of(&opts, &opts.network)?;
     let reporter = Reporter::new(&opts.dns_http, opts.report.clone());
     let infos = opts.methods.iter().map(|m| m.info()).collect();
     let mut registry = Registry::default();
@@ -449,12 +500,8 @@ pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
             let _ = h.await;
         });
     }
-    let up_after = opts.network.health.up_after;
-    let down_after = opts.network.health.down_after;
-    for (server, addrs, spec) in targets {
-        let sh = shared.clone();
-        tasks.spawn(service_loop(sh, server, addrs, spec, up_after, down_after));
-    }
+    let mut service_tasks = tokio::task::JoinSet::new();
+    spawn_service_loops(&mut service_tasks, &shared, &opts.network, targets);
     tasks.spawn(load_loop(shared.clone()));
     let (tx, rx) = tokio::sync::mpsc::channel::<(Cidr, IpAddr)>(1024);
     tasks.spawn(latency_loop(shared.clone(), rx));
@@ -485,6 +532,7 @@ pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
         shared,
         shutdown,
         tasks,
+        service_tasks,
     })
 }
 
@@ -901,6 +949,17 @@ async fn pagecheck_handler(
     })
 }
 
+/// Reads, parses and compiles a network config file.
+fn load_network(path: &std::path::Path) -> anyhow::Result<Arc<Network>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg = udn_core::Config::from_toml(&text)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Arc::new(cfg.compile().with_context(|| {
+        format!("validating {}", path.display())
+    })?))
+}
+
 fn parse_service_port(s: &str) -> Result<(String, u16), String> {
     let (name, port) = s
         .split_once('=')
@@ -917,14 +976,7 @@ fn build_options(
     let path = a
         .config
         .context("--config is required (or use `udn probe check URL`)")?;
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg = udn_core::Config::from_toml(&text)
-        .with_context(|| format!("parsing {}", path.display()))?;
-    let net = Arc::new(
-        cfg.compile()
-            .with_context(|| format!("validating {}", path.display()))?,
-    );
+    let net = load_network(&path)?;
     let pop = a.pop.context("--pop NAME is required")?;
     let timeout = Duration::from_millis(a.latency_timeout_ms.max(1));
     let mut methods: Vec<Arc<dyn LatencyMethod>> = Vec::new();
@@ -1031,6 +1083,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ProbeCommand::Check(c)) = args.command {
         return run_check(c);
     }
+    let config_path = args.agent.config.clone().unwrap_or_default();
     let (opts, file_log) = build_options(*args.agent)?;
     let rt = crate::runtime()?;
     rt.block_on(async move {
@@ -1048,11 +1101,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             })
         });
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut handle = handle;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    r.context("waiting for Ctrl-C")?;
+                    break;
+                }
+                _ = term.recv() => break,
+                _ = hup.recv() => match load_network(&config_path) {
+                    Ok(net) => {
+                        if let Err(e) = handle.reload(net).await {
+                            tracing::error!(error = %format!("{e:#}"), "reload refused");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running config"),
+                },
+            }
         }
         handle.shutdown().await;
         if let Some(t) = ticker {

@@ -350,3 +350,51 @@ fn failing_origin_goes_down_after_threshold_and_comes_back() {
     assert!(kinds["load"] > 0 && kinds["pagecheck"] == 2, "{kinds:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sighup_reloads_the_service_tests() {
+    let port = free_port("127.0.0.31");
+    let _east = origin("127.0.0.31", port);
+    let _west = origin("127.0.0.32", port);
+    let dir = temp_dir("probe-reload");
+    let path = dir.join("net.toml");
+    // First config: a path the origins do not serve, so every test fails.
+    std::fs::write(&path, config(port).replace("/health", "/missing")).unwrap();
+    let recv = Receiver::default();
+    let raddr = recv.serve("127.0.0.1:0");
+    let probe = Udn::probe(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--dns-http",
+        &format!("http://{raddr}"),
+        "--latency-methods",
+        "dns",
+    ]);
+    wait_for(Duration::from_secs(10), || {
+        results(&recv.metrics(), "shop-east-1")
+            .contains(&false)
+            .then_some(())
+    })
+    .expect("failing tests reported");
+    // A broken file is refused; the running tests go on.
+    std::fs::write(&path, "this is [not toml").unwrap();
+    probe.signal("HUP");
+    let n = results(&recv.metrics(), "shop-east-1").len();
+    wait_for(Duration::from_secs(10), || {
+        (results(&recv.metrics(), "shop-east-1").len() >= n + 2).then_some(())
+    })
+    .expect("still testing after a bad reload");
+    assert!(!results(&recv.metrics(), "shop-east-1")[n..].contains(&true));
+    // The fixed config takes effect on SIGHUP.
+    std::fs::write(&path, config(port)).unwrap();
+    probe.signal("HUP");
+    wait_for(Duration::from_secs(10), || {
+        results(&recv.metrics(), "shop-east-1")[n..]
+            .contains(&true)
+            .then_some(())
+    })
+    .expect("passing after the reload");
+    let _ = std::fs::remove_dir_all(&dir);
+}

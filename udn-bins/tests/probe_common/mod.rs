@@ -200,6 +200,16 @@ impl Udn {
         Udn { child, http }
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
     /// Stops it with SIGTERM (so it completes its log) and waits.
     pub fn terminate(mut self) {
         let _ = Command::new("kill")
