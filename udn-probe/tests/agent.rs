@@ -178,3 +178,28 @@ async fn reporter_drops_oldest_when_a_server_stays_down() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn https_page_check_reports_tls_separately() {
+    use udn_probe::agent::pagecheck::{PageCheckOptions, page_check};
+    let addr = https_server("<html><body>no components</body></html>").await;
+    let opts = PageCheckOptions {
+        resolve: vec![("origin.shop.example".into(), LOCAL)],
+        ..Default::default()
+    };
+    let url = format!("https://origin.shop.example:{}/", addr.port());
+    let reports = page_check(&url, true, &opts).await;
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        let row = &r.rows[0];
+        assert_eq!((row.err, row.hrc), (0, 200), "{row:?}");
+        assert!(row.tls_us > 0, "TLS column: {row:?}");
+        assert_eq!(
+            row.end_us,
+            row.stt_us + row.drt_us + row.cot_us + row.tls_us + row.dst_us + row.fnt_us
+        );
+        assert_eq!(r.overall.tls_us, row.tls_us);
+        assert_eq!(row.ip, Some(LOCAL));
+    }
+    assert_eq!(reports[0].rows[0].chk, reports[1].rows[0].chk);
+}
