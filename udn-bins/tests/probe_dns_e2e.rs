@@ -352,7 +352,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     std::fs::write(&cfg, text).unwrap();
     let dns = start_dns(&bin, cfg.to_str().unwrap());
     let port = dns_port.to_string();
-    let _probes: Vec<Udn> = POPS
+    let probes: Vec<Udn> = POPS
         .iter()
         .map(|(pop, addr)| {
             Udn::probe(&[
@@ -376,8 +376,28 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     for (r, resolver) in RESOLVERS.iter().enumerate() {
         let fastest = (0..3).min_by_key(|&p| DELAYS[r][p]).unwrap();
         let want = POPS[fastest].1;
-        // The first queries have no measurement yet; they ask the probes for one.
-        let got = wait_for(Duration::from_secs(15), || {
+        let client = format!("{}.0/24", resolver.rsplit_once('.').unwrap().0);
+        // The first queries have no measurement yet (any POP may answer); they ask
+        // every POP's probe for one. Wait until all three probes have measured.
+        let measured = wait_for(Duration::from_secs(15), || {
+            let _ = dig(dns.dns, resolver);
+            let all = probes.iter().all(|p| {
+                let (_, body) = http("GET", p.http, "/v1/status", "");
+                serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|st| {
+                        st["latency"].as_array().map(|l| {
+                            l.iter()
+                                .any(|x| x["client"] == client.as_str() && x["rtt_us"].is_u64())
+                        })
+                    })
+                    .unwrap_or(false)
+            });
+            all.then_some(())
+        });
+        assert!(measured.is_some(), "every probe measured {client}");
+        // The samples reach the DNS server right after (reported asynchronously).
+        let got = wait_for(Duration::from_secs(5), || {
             let a = dig(dns.dns, resolver);
             (a == [want]).then_some(a)
         });
