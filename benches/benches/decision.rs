@@ -52,6 +52,7 @@ fn build() -> Engine {
         expect_status: vec![],
         expect_content: None,
         expect_within: 5120,
+        expect_regex: None,
         interval_secs: 10,
         timeout_ms: 1000,
     };

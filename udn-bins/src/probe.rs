@@ -1,18 +1,1135 @@
-//! `udn probe`: Probe agent.
+//! `udn probe`: the probe agent of one POP (ServiceProbe, LOADP, LatencyProbe and the
+//! on-demand page check), and `udn probe check URL`.
+//!
+//! The agent tests every (server, service) of its scope at each service's interval,
+//! reads the local machine's load, measures the RTT to the client resolvers the DNS
+//! servers ask about (`GET /v1/refresh?pop=NAME`) and reports everything to every DNS
+//! server (`POST /v1/metrics`) and to its probe log. Its HTTP API:
+//!
+//! * `POST /v1/pagecheck` `{"url": "...", "repeat": false}` -> `{"pop": ..., "reports": [...]}`
+//! * `GET /v1/status`: service states, latency method statistics, report queues
+//! * `GET /health`, `GET /metrics` (Prometheus text)
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::routing::{get, post};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use udn_core::log::{LogRecord, LogSink, NullSink, ProbeRecord, Role, RotationPolicy};
+use udn_core::network::Network;
+use udn_core::{Cidr, LatencySample, Metric, ServiceSample, Timestamp};
+use udn_probe::agent::load::ProcSource;
+use udn_probe::agent::methods::{DnsQuery, IcmpEcho, TcpConnect};
+use udn_probe::agent::pagecheck::{PageCheckOptions, page_check};
+use udn_probe::agent::report::{QueueStats, Reporter, ReporterOptions};
+use udn_probe::agent::service::run_test;
+use udn_probe::latency::{Escalation, LatencyMethod, MethodInfo, MethodStats, measure_with};
+use udn_probe::pagecheck::PageReport;
+use udn_probe::passive::PassiveTable;
+use udn_probe::service::{Hysteresis, ServiceSpec, UpDown};
+
+use crate::logging::now;
 
 /// Command-line arguments of `udn probe`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
-    /// Configuration file (TOML).
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
+    /// `check URL`: a page check from the command line.
+    #[command(subcommand)]
+    pub command: Option<ProbeCommand>,
+    /// The agent's options (when no subcommand is given).
+    #[command(flatten)]
+    pub agent: Box<AgentArgs>,
 }
 
-/// Runs the role until it is stopped.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    Err(crate::NotBuilt {
-        role: "probe",
-        issue: 5,
+/// Subcommands of `udn probe`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProbeCommand {
+    /// Download a page and every component it references; print the overall line and
+    /// one row per component.
+    Check(CheckArgs),
+}
+
+/// Arguments of `udn probe check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The page URL (http or https).
+    pub url: String,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run twice; the second pass reuses the first pass's name resolutions (warm DNS).
+    #[arg(long)]
+    pub repeat: bool,
+    /// Components fetched at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Time limit per component, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Fixed name resolution, `HOST:IP` (repeatable), like curl's `--resolve`.
+    #[arg(long)]
+    pub resolve: Vec<String>,
+}
+
+/// Which servers a probe tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The servers of its own POP and of the origin sites whose `pop` is its POP (so
+    /// each server is tested by one probe); origin sites without a `pop` are tested by
+    /// the first POP's probe.
+    Own,
+    /// Every server of the network.
+    All,
+}
+
+/// Options of the probe agent.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Network configuration file (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This probe's POP.
+    #[arg(long)]
+    pub pop: Option<String>,
+    /// HTTP base URL of a DNS server (`http://ip:port`), repeatable: metrics go to
+    /// every one, refresh requests come from every one.
+    #[arg(long = "dns-http")]
+    pub dns_http: Vec<String>,
+    /// Address of the agent's HTTP API (page check, status, metrics).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub http: SocketAddr,
+    /// Directory of the probe log (rotated JSON Lines); none: no log.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Which servers to test.
+    #[arg(long, value_enum, default_value_t = Scope::Own)]
+    pub scope: Scope,
+    /// Latency methods, comma-separated, among passive, icmp, dns, tcp (tried
+    /// cheapest first, whatever the order here); passive needs `--passive-table`.
+    #[arg(long, default_value = "passive,icmp,dns,tcp", value_delimiter = ',')]
+    pub latency_methods: Vec<String>,
+    /// Port of the DNS-query and TCP-connect latency methods.
+    #[arg(long, default_value_t = 53)]
+    pub latency_port: u16,
+    /// Name asked by the DNS-query latency method.
+    #[arg(long, default_value = ".")]
+    pub latency_qname: String,
+    /// Time limit of one latency measurement, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub latency_timeout_ms: u64,
+    /// Local address latency measurements are sent from (the POP's address).
+    #[arg(long)]
+    pub source_ip: Option<IpAddr>,
+    /// Passive latency table (`CIDR RTT_MS` lines).
+    #[arg(long)]
+    pub passive_table: Option<PathBuf>,
+    /// Client networks measured periodically, besides the DNS servers' requests.
+    #[arg(long = "latency-target")]
+    pub latency_targets: Vec<Cidr>,
+    /// Seconds between measurements of the `--latency-target` networks.
+    #[arg(long, default_value_t = 30)]
+    pub latency_interval_secs: u64,
+    /// Milliseconds between refresh requests to the DNS servers.
+    #[arg(long, default_value_t = 1000)]
+    pub refresh_interval_ms: u64,
+    /// Seconds between LOADP readings.
+    #[arg(long, default_value_t = 5)]
+    pub load_interval_secs: u64,
+    /// Servers the local load is reported for (default: the servers of the POP).
+    #[arg(long = "load-server")]
+    pub load_servers: Vec<String>,
+    /// Port override for a service, `NAME=PORT` (repeatable).
+    #[arg(long = "service-port", value_parser = parse_service_port)]
+    pub service_ports: Vec<(String, u16)>,
+    /// Age in seconds at which a probe log file is completed.
+    #[arg(long, default_value_t = 10)]
+    pub log_max_age_secs: u64,
+    /// Metrics held per DNS server while it is unreachable (oldest dropped first).
+    #[arg(long, default_value_t = 10_000)]
+    pub queue_capacity: usize,
+}
+
+/// Everything [`start`] needs (the demo builds it directly).
+#[derive(Clone)]
+pub struct ProbeOptions {
+    /// The compiled network.
+    pub network: Arc<Network>,
+    /// This probe's POP.
+    pub pop: String,
+    /// DNS servers' HTTP base URLs.
+    pub dns_http: Vec<String>,
+    /// Address of the HTTP API.
+    pub http: SocketAddr,
+    /// Where results are logged.
+    pub log: Arc<dyn LogSink>,
+    /// Which servers to test.
+    pub scope: Scope,
+    /// The latency methods, in any order.
+    pub methods: Vec<Arc<dyn LatencyMethod>>,
+    /// Client networks measured periodically.
+    pub latency_targets: Vec<Cidr>,
+    /// Period of the `latency_targets` measurements.
+    pub latency_interval: Duration,
+    /// Period of the refresh requests.
+    pub refresh_interval: Duration,
+    /// Period of LOADP.
+    pub load_interval: Duration,
+    /// Servers the load is reported for (empty: the POP's).
+    pub load_servers: Vec<String>,
+    /// Reporting settings.
+    pub report: ReporterOptions,
+    /// Per-service port overrides (`service name`, port), for networks whose servers
+    /// listen on other ports than the config says (the demo on loopback).
+    pub service_ports: Vec<(String, u16)>,
+}
+
+impl ProbeOptions {
+    /// Defaults for POP `pop` of `network`: scope `own`, methods ICMP, DNS and TCP
+    /// connect on port 53, API on an ephemeral loopback port, no log.
+    pub fn new(network: Arc<Network>, pop: &str, dns_http: Vec<String>) -> ProbeOptions {
+        ProbeOptions {
+            network,
+            pop: pop.to_string(),
+            dns_http,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: Arc::new(NullSink),
+            scope: Scope::Own,
+            methods: default_methods(53, ".", None, Duration::from_secs(1)),
+            latency_targets: Vec::new(),
+            latency_interval: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(1),
+            load_interval: Duration::from_secs(5),
+            load_servers: Vec::new(),
+            report: ReporterOptions::default(),
+            service_ports: Vec::new(),
+        }
     }
-    .into())
+}
+
+/// ICMP echo, DNS query and TCP connect methods.
+pub fn default_methods(
+    port: u16,
+    qname: &str,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Vec<Arc<dyn LatencyMethod>> {
+    vec![
+        Arc::new(IcmpEcho { timeout }),
+        Arc::new(DnsQuery {
+            port,
+            qname: qname.to_string(),
+            source,
+            timeout,
+        }),
+        Arc::new(TcpConnect {
+            port,
+            source,
+            timeout,
+        }),
+    ]
+}
+
+/// The state of one tested (server, service).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Server name.
+    pub server: String,
+    /// Service name.
+    pub service: String,
+    /// Up/down after the thresholds.
+    pub state: UpDown,
+    /// Tests run.
+    pub checks: u64,
+    /// Tests failed.
+    pub failures: u64,
+    /// Reason of the last verdict.
+    pub last_reason: String,
+    /// Response time of the last test, ms.
+    pub last_ms: f32,
+    /// When it was last tested.
+    pub last_at: Timestamp,
+}
+
+/// The last latency sample of a client network.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyStatus {
+    /// Client network.
+    pub client: Cidr,
+    /// The address measured.
+    pub addr: IpAddr,
+    /// RTT, µs (none: no method gave a result).
+    pub rtt_us: Option<u32>,
+    /// The method that gave it.
+    pub method: Option<String>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// What `GET /v1/status` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// POP.
+    pub pop: String,
+    /// Tested services.
+    pub services: Vec<ServiceStatus>,
+    /// Latency methods in the order they are tried, with their operational data.
+    pub methods: Vec<(MethodInfo, MethodStats)>,
+    /// Latest latency per client network.
+    pub latency: Vec<LatencyStatus>,
+    /// Report queues per DNS server.
+    pub queues: Vec<QueueStats>,
+    /// Last LOADP percent.
+    pub load_percent: Option<f64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CheckLabels {
+    service: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+struct Shared {
+    opts: ProbeOptions,
+    reporter: Reporter,
+    policy: Mutex<Escalation>,
+    services: Mutex<BTreeMap<(String, String), ServiceStatus>>,
+    latency: Mutex<BTreeMap<Cidr, LatencyStatus>>,
+    in_flight: Mutex<HashSet<Cidr>>,
+    load_percent: Mutex<Option<f64>>,
+    registry: Registry,
+    checks: Family<CheckLabels, Counter>,
+    samples: Family<MethodLabels, Counter>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn emit(&self, metric: Metric, rec: ProbeRecord) {
+        self.reporter.push(std::slice::from_ref(&metric));
+        self.opts.log.record(LogRecord::Probe(rec));
+    }
+
+    fn status(&self) -> Status {
+        let policy = lock(&self.policy);
+        Status {
+            pop: self.opts.pop.clone(),
+            services: lock(&self.services).values().cloned().collect(),
+            methods: policy
+                .order()
+                .iter()
+                .map(|&i| (policy.methods()[i].clone(), policy.stats()[i].clone()))
+                .collect(),
+            latency: lock(&self.latency).values().cloned().collect(),
+            queues: self.reporter.stats(),
+            load_percent: *lock(&self.load_percent),
+        }
+    }
+}
+
+/// A running probe agent.
+pub struct ProbeHandle {
+    /// The bound address of the HTTP API.
+    pub http: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+    service_tasks: tokio::task::JoinSet<()>,
+}
+
+impl ProbeHandle {
+    /// The agent's current status.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Replaces the network: the service tests restart with the new servers, services
+    /// and thresholds (a config that does not name this probe's POP is refused and the
+    /// old tests keep running). Status entries of servers no longer tested are removed.
+    pub async fn reload(&mut self, net: Arc<Network>) -> anyhow::Result<usize> {
+        let targets = targets_of(&self.shared.opts, &net)?;
+        let n = targets.len();
+        self.service_tasks.abort_all();
+        while self.service_tasks.join_next().await.is_some() {}
+        {
+            let keep: HashSet<(String, String)> = targets
+                .iter()
+                .map(|(server, _, spec)| (server.clone(), spec.name.clone()))
+                .collect();
+            lock(&self.shared.services).retain(|k, _| keep.contains(k));
+        }
+        spawn_service_loops(&mut self.service_tasks, &self.shared, &net, targets);
+        tracing::info!(tests = n, "probe configuration reloaded");
+        Ok(n)
+    }
+
+    /// Stops every task of the agent.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.service_tasks.abort_all();
+        self.tasks.abort_all();
+        while self.service_tasks.join_next().await.is_some() {}
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The (server, service spec) pairs a probe of `pop` tests under `scope`.
+pub fn service_targets(
+    net: &Network,
+    pop: &str,
+    scope: Scope,
+) -> anyhow::Result<Vec<(String, Vec<IpAddr>, ServiceSpec)>> {
+    let pop_id = net
+        .pop_id(pop)
+        .with_context(|| format!("no POP named {pop:?} in the config"))?;
+    let first_pop = net.pops.first().map(|p| p.name.as_str()) == Some(pop);
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for host in &net.hosts {
+        let svc = &net.services[host.service.index()];
+        for t in &host.targets {
+            let server = &net.servers[t.server.index()];
+            let mine = match scope {
+                Scope::All => true,
+                Scope::Own => match server.site {
+                    udn_core::network::Site::Pop(p) => p == pop_id,
+                    udn_core::network::Site::Origin(o) => match net.origins[o.index()].pop {
+                        Some(p) => p == pop_id,
+                        None => first_pop,
+                    },
+                },
+            };
+            if mine && seen.insert((t.server, host.service)) {
+                let spec = ServiceSpec::from_config(&svc.spec)
+                    .with_context(|| format!("service {:?}", svc.name))?;
+                out.push((server.name.clone(), server.addrs.clone(), spec));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The service targets of `opts` in `net`, with the port overrides applied.
+fn targets_of(
+    opts: &ProbeOptions,
+    net: &Network,
+) -> anyhow::Result<Vec<(String, Vec<IpAddr>, ServiceSpec)>> {
+    let mut targets = service_targets(net, &opts.pop, opts.scope)?;
+    for (_, _, spec) in &mut targets {
+        if let Some((_, port)) = opts.service_ports.iter().find(|(n, _)| *n == spec.name) {
+            spec.port = *port;
+        }
+    }
+    Ok(targets)
+}
+
+fn spawn_service_loops(
+    set: &mut tokio::task::JoinSet<()>,
+    sh: &Arc<Shared>,
+    net: &Network,
+    targets: Vec<(String, Vec<IpAddr>, ServiceSpec)>,
+) {
+    let (up_after, down_after) = (net.health.up_after, net.health.down_after);
+    for (server, addrs, spec) in targets {
+        set.spawn(service_loop(
+            sh.clone(),
+            server,
+            addrs,
+            spec,
+            up_after,
+            down_after,
+        ));
+    }
+}
+
+/// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
+/// service, load, refresh and latency tasks.
+pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
+    let targets = targets_of(&opts, &opts.network)?;
+    let reporter = Reporter::new(&opts.dns_http, opts.report.clone());
+    let infos = opts.methods.iter().map(|m| m.info()).collect();
+    let mut registry = Registry::default();
+    let checks = Family::<CheckLabels, Counter>::default();
+    let samples = Family::<MethodLabels, Counter>::default();
+    registry.register(
+        "udn_probe_service_checks",
+        "Service tests by service and result",
+        checks.clone(),
+    );
+    registry.register(
+        "udn_probe_latency_samples",
+        "Latency samples by the method that gave them (none: no result)",
+        samples.clone(),
+    );
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        reporter: reporter.clone(),
+        policy: Mutex::new(Escalation::new(infos)),
+        services: Mutex::new(BTreeMap::new()),
+        latency: Mutex::new(BTreeMap::new()),
+        in_flight: Mutex::new(HashSet::new()),
+        load_percent: Mutex::new(None),
+        registry,
+        checks,
+        samples,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.http)
+        .await
+        .with_context(|| format!("binding the probe API on {}", opts.http))?;
+    let http = listener.local_addr()?;
+    let (shutdown, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for h in reporter.spawn() {
+        tasks.spawn(async move {
+            let _ = h.await;
+        });
+    }
+    let mut service_tasks = tokio::task::JoinSet::new();
+    spawn_service_loops(&mut service_tasks, &shared, &opts.network, targets);
+    tasks.spawn(load_loop(shared.clone()));
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Cidr, IpAddr)>(1024);
+    tasks.spawn(latency_loop(shared.clone(), rx));
+    for base in &opts.dns_http {
+        tasks.spawn(refresh_loop(shared.clone(), base.clone(), tx.clone()));
+    }
+    tasks.spawn(static_targets_loop(shared.clone(), tx));
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
+        .route("/v1/status", get(status_handler))
+        .route("/v1/pagecheck", post(pagecheck_handler))
+        .with_state(shared.clone());
+    tasks.spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "probe API stopped");
+        }
+    });
+    tracing::info!(pop = %opts.pop, %http, "probe agent started");
+    Ok(ProbeHandle {
+        http,
+        shared,
+        shutdown,
+        tasks,
+        service_tasks,
+    })
+}
+
+async fn service_loop(
+    sh: Arc<Shared>,
+    server: String,
+    addrs: Vec<IpAddr>,
+    spec: ServiceSpec,
+    up_after: u32,
+    down_after: u32,
+) {
+    let mut hyst = Hysteresis::new(up_after, down_after);
+    let mut tick = tokio::time::interval(spec.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // The server passes when every one of its addresses passes.
+        let mut ok = true;
+        let mut response_ms: f32 = 0.0;
+        let mut reason = String::from("ok");
+        let mut detail = String::new();
+        for &ip in &addrs {
+            let obs = run_test(&spec, ip).await;
+            let v = spec.evaluate(&obs);
+            response_ms = response_ms.max(v.response_ms);
+            if !v.ok && ok {
+                ok = false;
+                reason = v.reason.as_str().to_string();
+                detail = match &obs.error {
+                    Some((_, d)) => format!("{ip}: {} ({d})", v.reason.as_str()),
+                    None => format!("{ip}: {}", v.reason.as_str()),
+                };
+            }
+        }
+        let at = now();
+        let change = hyst.handle(ok);
+        if let Some(state) = change {
+            tracing::info!(%server, service = %spec.name, state = state.as_str(), "service state changed");
+        }
+        sh.checks
+            .get_or_create(&CheckLabels {
+                service: spec.name.clone(),
+                result: if ok { "ok" } else { "fail" }.into(),
+            })
+            .inc();
+        {
+            let mut services = lock(&sh.services);
+            let st = services
+                .entry((server.clone(), spec.name.clone()))
+                .or_insert_with(|| ServiceStatus {
+                    server: server.clone(),
+                    service: spec.name.clone(),
+                    state: UpDown::Unknown,
+                    checks: 0,
+                    failures: 0,
+                    last_reason: String::new(),
+                    last_ms: 0.0,
+                    last_at: at,
+                });
+            st.state = hyst.state();
+            st.checks += 1;
+            st.failures += u64::from(!ok);
+            st.last_reason = reason;
+            st.last_ms = response_ms;
+            st.last_at = at;
+        }
+        let metric = Metric::Service {
+            server: server.clone(),
+            service: spec.name.clone(),
+            sample: ServiceSample {
+                ok,
+                response_ms,
+                at,
+            },
+        };
+        let rec = ProbeRecord {
+            ts: at,
+            pop: sh.opts.pop.clone(),
+            kind: "service".into(),
+            target: server.clone(),
+            method: spec.name.clone(),
+            ok,
+            value: f64::from(response_ms),
+            detail: match change {
+                Some(s) => format!("{detail} state={}", s.as_str()).trim().to_string(),
+                None => detail,
+            },
+        };
+        sh.emit(metric, rec);
+    }
+}
+
+async fn load_loop(sh: Arc<Shared>) {
+    let servers: Vec<String> = if sh.opts.load_servers.is_empty() {
+        sh.opts
+            .network
+            .pop_id(&sh.opts.pop)
+            .map(|p| {
+                sh.opts.network.pops[p.index()]
+                    .servers
+                    .iter()
+                    .map(|s| sh.opts.network.servers[s.index()].name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        sh.opts.load_servers.clone()
+    };
+    let src = ProcSource::default();
+    let mut tick = tokio::time::interval(sh.opts.load_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let at = now();
+        match udn_probe::loadp::read_load(&src) {
+            Ok(r) => {
+                *lock(&sh.load_percent) = Some(r.percent);
+                for server in &servers {
+                    let detail = format!(
+                        "load1={:.2} cpu={:.1}% mem={:.1}% swap={:.1}% disk={}",
+                        r.load1,
+                        r.cpu_percent,
+                        r.mem_percent,
+                        r.swap_percent,
+                        r.disks
+                            .iter()
+                            .map(|d| format!("{}:{:.1}%", d.mount, d.used_percent))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    sh.emit(
+                        Metric::Load {
+                            server: server.clone(),
+                            percent: r.percent as f32,
+                            at,
+                        },
+                        ProbeRecord {
+                            ts: at,
+                            pop: sh.opts.pop.clone(),
+                            kind: "load".into(),
+                            target: server.clone(),
+                            method: "loadp".into(),
+                            ok: true,
+                            value: r.percent,
+                            detail,
+                        },
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "LOADP reading failed"),
+        }
+    }
+}
+
+/// The address measured for a client network: the network itself for a host route,
+/// else its first host (network address + 1).
+pub fn representative(c: Cidr) -> IpAddr {
+    match c.addr() {
+        IpAddr::V4(a) if c.len() < 32 => {
+            IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1)))
+        }
+        IpAddr::V6(a) if c.len() < 128 => {
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a).wrapping_add(1)))
+        }
+        ip => ip,
+    }
+}
+
+/// One item of a `GET /v1/refresh` answer. `addr` (the resolver's own address) is an
+/// optional extension; without it the network's first host is measured.
+#[derive(Debug, Clone, Deserialize)]
+struct RefreshItem {
+    client: Cidr,
+    #[serde(default)]
+    pop: Option<String>,
+    #[serde(default)]
+    addr: Option<IpAddr>,
+}
+
+/// Asks one DNS server for pending latency measurements, forever (one task per DNS
+/// server, so a slow one does not hold up the others).
+async fn refresh_loop(
+    sh: Arc<Shared>,
+    base: String,
+    tx: tokio::sync::mpsc::Sender<(Cidr, IpAddr)>,
+) {
+    use udn_probe::agent::fetch::{FetchRequest, Resolver, fetch};
+    let mut tick = tokio::time::interval(sh.opts.refresh_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        {
+            let url = format!(
+                "{}/v1/refresh?pop={}",
+                base.trim_end_matches('/'),
+                sh.opts.pop
+            );
+            let Ok(u) = udn_probe::url::HttpUrl::parse(&url) else {
+                continue;
+            };
+            let mut req = FetchRequest::get(u);
+            req.timeout = Duration::from_secs(2);
+            req.keep = 4 << 20;
+            match fetch(&req, &Resolver::system()).await {
+                Ok(f) if f.status == 200 => {
+                    match serde_json::from_slice::<Vec<RefreshItem>>(&f.body) {
+                        Ok(items) => {
+                            for it in items {
+                                if it.pop.as_deref().is_some_and(|p| p != sh.opts.pop) {
+                                    continue;
+                                }
+                                let addr = it.addr.unwrap_or_else(|| representative(it.client));
+                                let _ = tx.try_send((it.client, addr));
+                            }
+                        }
+                        Err(e) => tracing::warn!(%url, error = %e, "bad refresh answer"),
+                    }
+                }
+                Ok(f) => tracing::debug!(%url, status = f.status, "refresh request refused"),
+                Err(e) => tracing::debug!(%url, error = %e.error, "refresh request failed"),
+            }
+        }
+    }
+}
+
+async fn static_targets_loop(sh: Arc<Shared>, tx: tokio::sync::mpsc::Sender<(Cidr, IpAddr)>) {
+    if sh.opts.latency_targets.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(sh.opts.latency_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for c in &sh.opts.latency_targets {
+            let _ = tx.send((*c, representative(*c))).await;
+        }
+    }
+}
+
+async fn latency_loop(sh: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<(Cidr, IpAddr)>) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    while let Some((client, addr)) = rx.recv().await {
+        if !lock(&sh.in_flight).insert(client) {
+            continue;
+        }
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            return;
+        };
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            measure_one(&sh, client, addr).await;
+            lock(&sh.in_flight).remove(&client);
+        });
+    }
+}
+
+async fn measure_one(sh: &Shared, client: Cidr, addr: IpAddr) {
+    let attempt = measure_with(&sh.policy, &sh.opts.methods, addr, now).await;
+    let at = now();
+    let infos: Vec<MethodInfo> = lock(&sh.policy).methods().to_vec();
+    let tried: Vec<String> = attempt
+        .tried()
+        .iter()
+        .map(|(m, o)| {
+            let name = infos.get(*m).map_or("?", |i| i.name.as_str());
+            match o {
+                udn_probe::latency::Outcome::Rtt(d) => format!("{name}={}us", d.as_micros()),
+                udn_probe::latency::Outcome::NoResult(r) => format!("{name}: {r}"),
+                udn_probe::latency::Outcome::Unavailable(r) => format!("{name} unavailable: {r}"),
+            }
+        })
+        .collect();
+    let detail = format!("addr={addr} {}", tried.join("; "));
+    match attempt.result() {
+        Some(s) => {
+            let method = infos
+                .get(s.method)
+                .map_or_else(|| "?".to_string(), |i| i.name.clone());
+            let rtt_us = s.rtt.as_micros().clamp(1, u128::from(u32::MAX - 1)) as u32;
+            sh.samples
+                .get_or_create(&MethodLabels {
+                    method: method.clone(),
+                })
+                .inc();
+            lock(&sh.latency).insert(
+                client,
+                LatencyStatus {
+                    client,
+                    addr,
+                    rtt_us: Some(rtt_us),
+                    method: Some(method.clone()),
+                    at,
+                },
+            );
+            sh.emit(
+                Metric::Latency {
+                    client,
+                    pop: sh.opts.pop.clone(),
+                    sample: LatencySample { rtt_us, at },
+                },
+                ProbeRecord {
+                    ts: at,
+                    pop: sh.opts.pop.clone(),
+                    kind: "latency".into(),
+                    target: client.to_string(),
+                    method,
+                    ok: true,
+                    value: f64::from(rtt_us) / 1000.0,
+                    detail,
+                },
+            );
+        }
+        None => {
+            sh.samples
+                .get_or_create(&MethodLabels {
+                    method: "none".into(),
+                })
+                .inc();
+            lock(&sh.latency).insert(
+                client,
+                LatencyStatus {
+                    client,
+                    addr,
+                    rtt_us: None,
+                    method: None,
+                    at,
+                },
+            );
+            sh.opts.log.record(LogRecord::Probe(ProbeRecord {
+                ts: at,
+                pop: sh.opts.pop.clone(),
+                kind: "latency".into(),
+                target: client.to_string(),
+                method: "none".into(),
+                ok: false,
+                value: 0.0,
+                detail,
+            }));
+        }
+    }
+}
+
+async fn status_handler(State(sh): State<Arc<Shared>>) -> axum::Json<Status> {
+    axum::Json(sh.status())
+}
+
+async fn metrics_handler(State(sh): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
+    let mut text = String::new();
+    if encode(&mut text, &sh.registry).is_err() {
+        text.clear();
+    }
+    // Queue counters, read at scrape time.
+    let text = text.trim_end_matches("# EOF\n").to_string();
+    let mut extra = String::from(
+        "# HELP udn_probe_report_dropped Metrics dropped from a full report queue.\n# TYPE udn_probe_report_dropped counter\n",
+    );
+    for q in sh.reporter.stats() {
+        extra.push_str(&format!(
+            "udn_probe_report_dropped_total{{server=\"{}\"}} {}\n",
+            q.server, q.dropped
+        ));
+    }
+    extra.push_str("# EOF\n");
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text + &extra,
+    )
+}
+
+/// Body of `POST /v1/pagecheck`.
+#[derive(Debug, Deserialize)]
+pub struct PageCheckRequest {
+    /// The page URL.
+    pub url: String,
+    /// Run twice (the second pass with warm DNS).
+    #[serde(default)]
+    pub repeat: bool,
+}
+
+/// Answer of `POST /v1/pagecheck` and of `udn probe check --json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PageCheckAnswer {
+    /// The POP that ran it (none from the command line).
+    pub pop: Option<String>,
+    /// One report per pass.
+    pub reports: Vec<PageReport>,
+}
+
+async fn pagecheck_handler(
+    State(sh): State<Arc<Shared>>,
+    axum::Json(req): axum::Json<PageCheckRequest>,
+) -> axum::Json<PageCheckAnswer> {
+    let reports = page_check(&req.url, req.repeat, &PageCheckOptions::default()).await;
+    for r in &reports {
+        let at = now();
+        sh.opts.log.record(LogRecord::Probe(ProbeRecord {
+            ts: at,
+            pop: sh.opts.pop.clone(),
+            kind: "pagecheck".into(),
+            target: r.overall.url.clone(),
+            method: format!("pass{}", r.overall.pass),
+            ok: r.overall.errors == 0,
+            value: r.overall.total_us as f64 / 1000.0,
+            detail: format!("objects={} bytes={}", r.overall.objects, r.overall.bytes),
+        }));
+    }
+    axum::Json(PageCheckAnswer {
+        pop: Some(sh.opts.pop.clone()),
+        reports,
+    })
+}
+
+/// Reads, parses and compiles a network config file.
+fn load_network(path: &std::path::Path) -> anyhow::Result<Arc<Network>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg = udn_core::Config::from_toml(&text)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Arc::new(cfg.compile().with_context(|| {
+        format!("validating {}", path.display())
+    })?))
+}
+
+fn parse_service_port(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|e| format!("{s:?}: bad port: {e}"))?;
+    Ok((name.to_string(), port))
+}
+
+fn build_options(
+    a: AgentArgs,
+) -> anyhow::Result<(ProbeOptions, Option<Arc<crate::logging::FileLog>>)> {
+    let path = a
+        .config
+        .context("--config is required (or use `udn probe check URL`)")?;
+    let net = load_network(&path)?;
+    let pop = a.pop.context("--pop NAME is required")?;
+    let timeout = Duration::from_millis(a.latency_timeout_ms.max(1));
+    let mut methods: Vec<Arc<dyn LatencyMethod>> = Vec::new();
+    for m in &a.latency_methods {
+        match m.trim() {
+            "passive" => {
+                if let Some(p) = &a.passive_table {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    methods.push(Arc::new(
+                        PassiveTable::parse(&text)
+                            .with_context(|| format!("parsing {}", p.display()))?,
+                    ));
+                }
+            }
+            "icmp" => methods.push(Arc::new(IcmpEcho { timeout })),
+            "dns" => methods.push(Arc::new(DnsQuery {
+                port: a.latency_port,
+                qname: a.latency_qname.clone(),
+                source: a.source_ip,
+                timeout,
+            })),
+            "tcp" => methods.push(Arc::new(TcpConnect {
+                port: a.latency_port,
+                source: a.source_ip,
+                timeout,
+            })),
+            other => anyhow::bail!("unknown latency method {other:?} (passive, icmp, dns, tcp)"),
+        }
+    }
+    let file_log = match &a.log_dir {
+        Some(dir) => Some(Arc::new(crate::logging::FileLog::new(
+            dir,
+            Role::Probe,
+            &pop,
+            RotationPolicy {
+                max_age: Duration::from_secs(a.log_max_age_secs.max(1)),
+                ..RotationPolicy::default()
+            },
+        )?)),
+        None => None,
+    };
+    let log: Arc<dyn LogSink> = match &file_log {
+        Some(f) => f.clone(),
+        None => Arc::new(NullSink),
+    };
+    let mut opts = ProbeOptions::new(net, &pop, a.dns_http);
+    opts.http = a.http;
+    opts.log = log;
+    opts.scope = a.scope;
+    opts.methods = methods;
+    opts.latency_targets = a.latency_targets;
+    opts.latency_interval = Duration::from_secs(a.latency_interval_secs.max(1));
+    opts.refresh_interval = Duration::from_millis(a.refresh_interval_ms.max(10));
+    opts.load_interval = Duration::from_secs(a.load_interval_secs.max(1));
+    opts.load_servers = a.load_servers;
+    opts.report.capacity = a.queue_capacity.max(1);
+    opts.service_ports = a.service_ports;
+    Ok((opts, file_log))
+}
+
+fn run_check(a: CheckArgs) -> anyhow::Result<()> {
+    let mut opts = PageCheckOptions {
+        parallel: a.parallel.max(1),
+        timeout: Duration::from_millis(a.timeout_ms.max(1)),
+        ..Default::default()
+    };
+    for r in &a.resolve {
+        let (h, ip) = r
+            .rsplit_once(':')
+            .with_context(|| format!("--resolve {r:?}: expected HOST:IP"))?;
+        let (h, ip) = if let Some((h6, ip6)) = r.split_once(":[") {
+            (h6, ip6.trim_end_matches(']'))
+        } else {
+            (h, ip)
+        };
+        let ip: IpAddr = ip
+            .parse()
+            .with_context(|| format!("--resolve {r:?}: bad address"))?;
+        opts.resolve.push((h.to_ascii_lowercase(), ip));
+    }
+    let rt = crate::runtime()?;
+    let reports = rt.block_on(page_check(&a.url, a.repeat, &opts));
+    let failed = reports
+        .first()
+        .and_then(|r| r.rows.first())
+        .is_none_or(|page| page.err != 0);
+    if a.json {
+        let answer = PageCheckAnswer { pop: None, reports };
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        for r in &reports {
+            print!("{}", r.to_text());
+        }
+    }
+    if failed {
+        anyhow::bail!("the page itself could not be fetched");
+    }
+    Ok(())
+}
+
+/// Runs the role until it is stopped (or runs `check`).
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ProbeCommand::Check(c)) = args.command {
+        return run_check(c);
+    }
+    let config_path = args.agent.config.clone().unwrap_or_default();
+    let (opts, file_log) = build_options(*args.agent)?;
+    let rt = crate::runtime()?;
+    rt.block_on(async move {
+        let handle = start(opts).await?;
+        // One JSON line on stdout so scripts and tests learn the bound address.
+        println!("{}", serde_json::json!({ "http": handle.http.to_string() }));
+        let ticker = file_log.clone().map(|log| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = log.tick(now()) {
+                        tracing::error!(error = %e, "completing a probe log file");
+                    }
+                }
+            })
+        });
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut handle = handle;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    r.context("waiting for Ctrl-C")?;
+                    break;
+                }
+                _ = term.recv() => break,
+                _ = hup.recv() => match load_network(&config_path) {
+                    Ok(net) => {
+                        if let Err(e) = handle.reload(net).await {
+                            tracing::error!(error = %format!("{e:#}"), "reload refused");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running config"),
+                },
+            }
+        }
+        handle.shutdown().await;
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        if let Some(log) = file_log {
+            log.flush_complete().context("completing the probe log")?;
+        }
+        Ok(())
+    })
 }

@@ -180,6 +180,11 @@ pub struct ServiceConfig {
     /// A substring that must appear in the first `expect_within` bytes of the body.
     #[serde(default)]
     pub expect_content: Option<String>,
+    /// A regular expression (Rust `regex` syntax) that must match within the first
+    /// `expect_within` bytes of the body; checked by the probes, which report a bad
+    /// pattern at start.
+    #[serde(default)]
+    pub expect_regex: Option<String>,
     /// How many bytes of the body are searched for `expect_content`.
     #[serde(default = "default_expect_within")]
     pub expect_within: usize,

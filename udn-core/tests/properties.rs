@@ -35,6 +35,7 @@ fn network(
         expect_status: vec![],
         expect_content: None,
         expect_within: 5120,
+        expect_regex: None,
         interval_secs: 10,
         timeout_ms: 1000,
     };
