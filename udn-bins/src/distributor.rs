@@ -51,6 +51,30 @@ pub struct Args {
     pub drain: bool,
 }
 
+impl Args {
+    /// The defaults of the command line for `dir` and `collectors` (for roles that embed
+    /// the distributor with [`start`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let args = udn_bins::distributor::Args::new("/var/log/udn".into(), vec!["http://127.0.0.1:8480".into()]);
+    /// assert_eq!(args.poll_ms, 500);
+    /// ```
+    pub fn new(dir: PathBuf, collectors: Vec<String>) -> Args {
+        Args {
+            dir,
+            collectors,
+            poll_ms: 500,
+            min_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            parallel: 2,
+            metrics: None,
+            drain: false,
+        }
+    }
+}
+
 /// Progress counters of a distributor.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -420,4 +444,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn embedded_defaults_match_the_command_line() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "udn",
+            "distribute",
+            "--dir",
+            "/x",
+            "--collector",
+            "http://a",
+        ])
+        .unwrap();
+        let crate::cli::Command::Distribute(a) = cli.command else {
+            panic!("not distribute");
+        };
+        let b = Args::new("/x".into(), vec!["http://a".into()]);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
 }
