@@ -408,3 +408,46 @@ fn full_disk_answers_503_and_loses_nothing() {
     assert_store_matches(store.as_mut(), 3000, 3000, 3000, http_bytes(3000));
     drop(store);
 }
+
+/// PostgreSQL drops the collector's connection (the backend is terminated, as on a
+/// server restart): files are answered 503 until the collector reconnects, the
+/// distributor retries, and every record arrives once.
+#[test]
+fn postgres_connection_loss_costs_a_retry_not_data() {
+    let Some(backend) = postgres("conn_loss") else {
+        return;
+    };
+    let Backend::Postgres(url) = &backend else {
+        unreachable!()
+    };
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let tmp = TempDir::new("pgloss");
+    let data = tmp.path().join("data");
+    let logs = tmp.path().join("logs");
+    let control = Control::start(&data, &backend, "127.0.0.1:0", &[]);
+    let first = write_files(&logs, "before", 100, 1 << 30);
+    let dist = Distributor::start(&logs, &[control.url()], &[]);
+    wait_drained(&logs, Duration::from_secs(30));
+    assert_eq!(first.len(), 3);
+
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let killed = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .unwrap();
+    assert!(
+        killed >= 1,
+        "the collector's connection should have been terminated"
+    );
+
+    write_files(&logs, "after", 100, 1 << 30);
+    wait_drained(&logs, Duration::from_secs(30));
+    drop(dist);
+    drop(control);
+    let mut store = backend.open(&data);
+    let c = store.counts().unwrap();
+    assert_eq!((c.files, c.http, c.dns, c.probe), (6, 200, 200, 200));
+}
