@@ -78,6 +78,13 @@ pub enum Invalid {
         /// The decoding error.
         error: udn_core::Error,
     },
+    /// A string holds a NUL character, which PostgreSQL text cannot store: the file
+    /// could never be committed, so it is rejected rather than retried for ever.
+    #[error("line {line}: a string contains a NUL character (\\u0000)")]
+    NulCharacter {
+        /// 1-based line number.
+        line: usize,
+    },
     /// An empty line inside the file.
     #[error("line {line}: empty line")]
     BlankLine {
@@ -140,8 +147,26 @@ pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
         let len = body.len() - body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         return Err(Invalid::Truncated { len });
     }
+    if let Some(line) = find_nul_escape(body) {
+        return Err(Invalid::NulCharacter { line });
+    }
     let records = parse_records(&body[header_end + 1..])?;
     Ok(PreparedFile::new(header, actual, records))
+}
+
+/// The 1-based line of the first JSON escape `\u0000` (a backslash-escaped backslash
+/// followed by `u0000` is text, not a NUL).
+fn find_nul_escape(body: &[u8]) -> Option<usize> {
+    memchr::memmem::find_iter(body, b"\\u0000")
+        .find(|&at| {
+            let backslashes = body[..=at]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count();
+            backslashes % 2 == 1
+        })
+        .map(|at| memchr::memchr_iter(b'\n', &body[..at]).count() + 1)
 }
 
 fn parse_header(line: &[u8]) -> Result<FileHeader, Invalid> {

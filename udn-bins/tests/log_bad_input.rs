@@ -142,6 +142,17 @@ fn bad_files_are_quarantined(backend: Backend) {
         ),
         ("empty", Vec::new(), None, "empty file"),
         (
+            "NUL in a string",
+            format!(
+                "{}{}\n",
+                header("probe", "udn-log", 1, "n1"),
+                r#"{"type":"probe","ts":1,"pop":"fra","kind":"latency","target":"a\u0000b","method":"dns","ok":true,"value":1.0}"#
+            )
+            .into_bytes(),
+            None,
+            "line 2: a string contains a NUL character",
+        ),
+        (
             "same id, other content",
             conflict,
             None,
