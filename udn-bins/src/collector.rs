@@ -31,6 +31,8 @@ use udn_core::log::{FORMAT_VERSION, FileHeader, LogRecord, MAGIC};
 pub const CHECKSUM_HEADER: &str = "x-udn-sha256";
 /// Header carrying the file's name on the sender (used for quarantined copies).
 pub const FILE_NAME_HEADER: &str = "x-udn-file-name";
+/// Files read and parsed at once (the rest wait for a slot).
+pub const MAX_IN_FLIGHT: usize = 8;
 /// Largest file accepted (the default rotation closes files at 16 MiB).
 pub const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -284,6 +286,7 @@ impl Metrics {
 /// The collector's shared state.
 pub struct Collector {
     store: Mutex<Box<dyn Store>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
     quarantine: PathBuf,
     /// Counters.
     pub metrics: Arc<Metrics>,
@@ -305,6 +308,7 @@ impl Collector {
             store: Mutex::new(store),
             quarantine: data_dir.join("quarantine"),
             metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -408,7 +412,27 @@ impl Collector {
     }
 }
 
-async fn post_logs(State(c): State<Arc<Collector>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_logs(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // Bounded memory: at most `MAX_IN_FLIGHT` bodies are read and parsed at once; other
+    // senders wait (TCP back-pressure) instead of piling files up in memory.
+    let Ok(_permit) = c.in_flight.clone().acquire_owned().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    };
+    let body: Bytes = match axum::body::to_bytes(body, MAX_FILE_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            // Too large, or the sender went away mid-upload: nothing was stored.
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(serde_json::json!({"error": format!("reading the body: {e}")})),
+            )
+                .into_response();
+        }
+    };
     let sum = headers
         .get(CHECKSUM_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -8,8 +8,9 @@
 //!   collector failed, the distributor waits with exponential backoff and tries again.
 //!   A collector that is down costs delay, never data;
 //! - `2xx` (inserted, or "already have it"): the file is deleted;
-//! - `422` (the collector rejected and quarantined it): the file is moved to
-//!   `DIR/rejected/` with a `.reason` file, never deleted and never retried.
+//! - `422` (the collector rejected and quarantined it) or `413` (too large for the
+//!   collector): the file is moved to `DIR/rejected/` with a `.reason` file, never
+//!   deleted and never retried.
 //!
 //! Files still being written end in `.jsonl.open` and are never touched.
 
@@ -247,7 +248,8 @@ impl Shipper {
                             .fetch_add(body.len() as u64, Ordering::Relaxed);
                         return Shipped::Acked { rows, duplicate };
                     }
-                    Ok(r) if r.status().as_u16() == 422 => {
+                    // 422: rejected and quarantined; 413: larger than the collector takes.
+                    Ok(r) if matches!(r.status().as_u16(), 413 | 422) => {
                         let text = r.text().await.unwrap_or_default();
                         return Shipped::Rejected(format!("{url}: {text}"));
                     }
