@@ -31,6 +31,8 @@ use udn_core::log::{FORMAT_VERSION, FileHeader, LogRecord, MAGIC};
 pub const CHECKSUM_HEADER: &str = "x-udn-sha256";
 /// Header carrying the file's name on the sender (used for quarantined copies).
 pub const FILE_NAME_HEADER: &str = "x-udn-file-name";
+/// Files read and parsed at once (the rest wait for a slot).
+pub const MAX_IN_FLIGHT: usize = 8;
 /// Largest file accepted (the default rotation closes files at 16 MiB).
 pub const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -77,6 +79,13 @@ pub enum Invalid {
         line: usize,
         /// The decoding error.
         error: udn_core::Error,
+    },
+    /// A string holds a NUL character, which PostgreSQL text cannot store: the file
+    /// could never be committed, so it is rejected rather than retried for ever.
+    #[error("line {line}: a string contains a NUL character (\\u0000)")]
+    NulCharacter {
+        /// 1-based line number.
+        line: usize,
     },
     /// An empty line inside the file.
     #[error("line {line}: empty line")]
@@ -140,8 +149,26 @@ pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
         let len = body.len() - body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         return Err(Invalid::Truncated { len });
     }
+    if let Some(line) = find_nul_escape(body) {
+        return Err(Invalid::NulCharacter { line });
+    }
     let records = parse_records(&body[header_end + 1..])?;
     Ok(PreparedFile::new(header, actual, records))
+}
+
+/// The 1-based line of the first JSON escape `\u0000` (a backslash-escaped backslash
+/// followed by `u0000` is text, not a NUL).
+fn find_nul_escape(body: &[u8]) -> Option<usize> {
+    memchr::memmem::find_iter(body, b"\\u0000")
+        .find(|&at| {
+            let backslashes = body[..=at]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count();
+            backslashes % 2 == 1
+        })
+        .map(|at| memchr::memchr_iter(b'\n', &body[..at]).count() + 1)
 }
 
 fn parse_header(line: &[u8]) -> Result<FileHeader, Invalid> {
@@ -259,6 +286,7 @@ impl Metrics {
 /// The collector's shared state.
 pub struct Collector {
     store: Mutex<Box<dyn Store>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
     quarantine: PathBuf,
     /// Counters.
     pub metrics: Arc<Metrics>,
@@ -280,6 +308,7 @@ impl Collector {
             store: Mutex::new(store),
             quarantine: data_dir.join("quarantine"),
             metrics: Arc::new(Metrics::default()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -383,7 +412,27 @@ impl Collector {
     }
 }
 
-async fn post_logs(State(c): State<Arc<Collector>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_logs(
+    State(c): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // Bounded memory: at most `MAX_IN_FLIGHT` bodies are read and parsed at once; other
+    // senders wait (TCP back-pressure) instead of piling files up in memory.
+    let Ok(_permit) = c.in_flight.clone().acquire_owned().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    };
+    let body: Bytes = match axum::body::to_bytes(body, MAX_FILE_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            // Too large, or the sender went away mid-upload: nothing was stored.
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(serde_json::json!({"error": format!("reading the body: {e}")})),
+            )
+                .into_response();
+        }
+    };
     let sum = headers
         .get(CHECKSUM_HEADER)
         .and_then(|v| v.to_str().ok())

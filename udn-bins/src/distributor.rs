@@ -8,8 +8,9 @@
 //!   collector failed, the distributor waits with exponential backoff and tries again.
 //!   A collector that is down costs delay, never data;
 //! - `2xx` (inserted, or "already have it"): the file is deleted;
-//! - `422` (the collector rejected and quarantined it): the file is moved to
-//!   `DIR/rejected/` with a `.reason` file, never deleted and never retried.
+//! - `422` (the collector rejected and quarantined it) or `413` (too large for the
+//!   collector): the file is moved to `DIR/rejected/` with a `.reason` file, never
+//!   deleted and never retried.
 //!
 //! Files still being written end in `.jsonl.open` and are never touched.
 
@@ -49,6 +50,30 @@ pub struct Args {
     /// Exit once the directory has no complete file left (for batch use and tests).
     #[arg(long)]
     pub drain: bool,
+}
+
+impl Args {
+    /// The defaults of the command line for `dir` and `collectors` (for roles that embed
+    /// the distributor with [`start`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let args = udn_bins::distributor::Args::new("/var/log/udn".into(), vec!["http://127.0.0.1:8480".into()]);
+    /// assert_eq!(args.poll_ms, 500);
+    /// ```
+    pub fn new(dir: PathBuf, collectors: Vec<String>) -> Args {
+        Args {
+            dir,
+            collectors,
+            poll_ms: 500,
+            min_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            parallel: 2,
+            metrics: None,
+            drain: false,
+        }
+    }
 }
 
 /// Progress counters of a distributor.
@@ -223,7 +248,8 @@ impl Shipper {
                             .fetch_add(body.len() as u64, Ordering::Relaxed);
                         return Shipped::Acked { rows, duplicate };
                     }
-                    Ok(r) if r.status().as_u16() == 422 => {
+                    // 422: rejected and quarantined; 413: larger than the collector takes.
+                    Ok(r) if matches!(r.status().as_u16(), 413 | 422) => {
                         let text = r.text().await.unwrap_or_default();
                         return Shipped::Rejected(format!("{url}: {text}"));
                     }
@@ -421,4 +447,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn embedded_defaults_match_the_command_line() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "udn",
+            "distribute",
+            "--dir",
+            "/x",
+            "--collector",
+            "http://a",
+        ])
+        .unwrap();
+        let crate::cli::Command::Distribute(a) = cli.command else {
+            panic!("not distribute");
+        };
+        let b = Args::new("/x".into(), vec!["http://a".into()]);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
 }

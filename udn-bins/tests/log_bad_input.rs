@@ -143,6 +143,17 @@ fn bad_files_are_quarantined(backend: Backend) {
         ),
         ("empty", Vec::new(), None, "empty file"),
         (
+            "NUL in a string",
+            format!(
+                "{}{}\n",
+                header("probe", "udn-log", 1, "n1"),
+                r#"{"type":"probe","ts":1,"pop":"fra","kind":"latency","target":"a\u0000b","method":"dns","ok":true,"value":1.0}"#
+            )
+            .into_bytes(),
+            None,
+            "line 2: a string contains a NUL character",
+        ),
+        (
             "same id, other content",
             conflict,
             None,
@@ -337,4 +348,120 @@ fn full_store_answers_503_and_loses_nothing() {
     drop(control);
     let mut store = Backend::Sqlite.open(&data);
     assert_store_matches(store.as_mut(), 2000, 2000, 2000, http_bytes(2000));
+}
+
+/// A real full disk: the collector's data directory on a tiny tmpfs (needs root and
+/// `mount`; skipped loudly otherwise, the `--sqlite-max-pages` test above covers the
+/// same path). The disk fills, files are answered 503 and kept, the tmpfs is grown
+/// (`remount,size=`), and every record arrives once.
+#[test]
+fn full_disk_answers_503_and_loses_nothing() {
+    let tmp = TempDir::new("disk");
+    let data = tmp.path().join("data");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&data)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "\n!!!!!!!! SKIPPING full_disk_answers_503_and_loses_nothing: cannot mount a tmpfs (not root?)\n"
+        );
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+
+    let control = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
+    let files = write_files(&logs, "disk", 3000, 32 * 1024);
+    let client = reqwest::blocking::Client::new();
+    let mut saw_full = false;
+    for f in &files {
+        let body = std::fs::read(f).unwrap();
+        let (status, v) = post(&client, &control.url(), &body, &sha256_hex(&body));
+        if status == 503 {
+            assert_eq!(v["full"], true, "{v}");
+            saw_full = true;
+            break;
+        }
+        assert_eq!(status, 200, "{v}");
+    }
+    assert!(saw_full, "the 256 KiB disk never filled up");
+
+    let dist = Distributor::start(&logs, &[control.url()], &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !udn_bins::distributor::complete_files(&logs)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !logs.join("rejected").exists(),
+        "a full disk is not the file's fault"
+    );
+
+    // Room again, without restarting anything.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    wait_drained(&logs, Duration::from_secs(60));
+    drop(dist);
+    drop(control);
+    let mut store = Backend::Sqlite.open(&data);
+    assert_store_matches(store.as_mut(), 3000, 3000, 3000, http_bytes(3000));
+    drop(store);
+}
+
+/// PostgreSQL drops the collector's connection (the backend is terminated, as on a
+/// server restart): files are answered 503 until the collector reconnects, the
+/// distributor retries, and every record arrives once.
+#[test]
+fn postgres_connection_loss_costs_a_retry_not_data() {
+    let Some(backend) = postgres("conn_loss") else {
+        return;
+    };
+    let Backend::Postgres(url) = &backend else {
+        unreachable!()
+    };
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let tmp = TempDir::new("pgloss");
+    let data = tmp.path().join("data");
+    let logs = tmp.path().join("logs");
+    let control = Control::start(&data, &backend, "127.0.0.1:0", &[]);
+    let first = write_files(&logs, "before", 100, 1 << 30);
+    let dist = Distributor::start(&logs, &[control.url()], &[]);
+    wait_drained(&logs, Duration::from_secs(30));
+    assert_eq!(first.len(), 3);
+
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let killed = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .unwrap();
+    assert!(
+        killed >= 1,
+        "the collector's connection should have been terminated"
+    );
+
+    write_files(&logs, "after", 100, 1 << 30);
+    wait_drained(&logs, Duration::from_secs(30));
+    drop(dist);
+    drop(control);
+    let mut store = backend.open(&data);
+    let c = store.counts().unwrap();
+    assert_eq!((c.files, c.http, c.dns, c.probe), (6, 200, 200, 200));
 }

@@ -49,6 +49,19 @@ proptest! {
 }
 
 #[test]
+fn an_escaped_backslash_before_u0000_is_text_not_nul() {
+    let body = GOOD.replace(r#""target":"t""#, r#""target":"a\\u0000b""#);
+    assert!(body.contains(r#"a\\u0000b"#));
+    let f = parse_file(body.as_bytes(), &sha256_hex(body.as_bytes())).unwrap();
+    assert_eq!(f.records.len(), 2);
+    let nul = GOOD.replace(r#""target":"t""#, r#""target":"a\u0000b""#);
+    assert!(matches!(
+        parse_file(nul.as_bytes(), &sha256_hex(nul.as_bytes())),
+        Err(Invalid::NulCharacter { line: 3 })
+    ));
+}
+
+#[test]
 fn the_good_file_parses() {
     let f = parse_file(GOOD.as_bytes(), &sha256_hex(GOOD.as_bytes())).unwrap();
     assert_eq!(f.records.len(), 2);

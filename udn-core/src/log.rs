@@ -191,21 +191,13 @@ impl LogRecord {
         const HTTP: &[u8] = br#"{"type":"http","#;
         const DNS: &[u8] = br#"{"type":"dns","#;
         const PROBE: &[u8] = br#"{"type":"probe","#;
-        fn body(line: &[u8], prefix: &[u8]) -> Vec<u8> {
-            let mut v = Vec::with_capacity(line.len() - prefix.len() + 1);
-            v.push(b'{');
-            v.extend_from_slice(&line[prefix.len()..]);
-            v
-        }
-        // The variant structs ignore unknown keys, as the generic path does.
+        // The variant structs ignore unknown keys, so the tag is simply skipped.
         if line.starts_with(HTTP) {
-            Ok(LogRecord::Http(serde_json::from_slice(&body(line, HTTP))?))
+            Ok(LogRecord::Http(serde_json::from_slice(line)?))
         } else if line.starts_with(DNS) {
-            Ok(LogRecord::Dns(serde_json::from_slice(&body(line, DNS))?))
+            Ok(LogRecord::Dns(serde_json::from_slice(line)?))
         } else if line.starts_with(PROBE) {
-            Ok(LogRecord::Probe(serde_json::from_slice(&body(
-                line, PROBE,
-            ))?))
+            Ok(LogRecord::Probe(serde_json::from_slice(line)?))
         } else {
             Ok(serde_json::from_slice(line)?)
         }

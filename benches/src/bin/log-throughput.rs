@@ -27,6 +27,7 @@ struct Opts {
     postgres: Option<String>,
     udn: Option<PathBuf>,
     file_mib: u64,
+    split: bool,
 }
 
 fn opts() -> Opts {
@@ -35,6 +36,7 @@ fn opts() -> Opts {
         postgres: None,
         udn: None,
         file_mib: 16,
+        split: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -44,9 +46,10 @@ fn opts() -> Opts {
             "--postgres" => o.postgres = Some(v),
             "--udn" => o.udn = Some(PathBuf::from(v)),
             "--file-mib" => o.file_mib = v.parse().unwrap_or(16).clamp(1, 256),
+            "--split" => o.split = v == "1" || v == "true",
             _ => {
                 eprintln!(
-                    "usage: log-throughput [--records N] [--postgres URL] [--udn PATH] [--file-mib M]"
+                    "usage: log-throughput [--records N] [--postgres URL] [--udn PATH] [--file-mib M] [--split 1]"
                 );
                 std::process::exit(2);
             }
@@ -263,6 +266,48 @@ fn main() {
     if let Some(url) = &o.postgres {
         let u = fresh_pg(url, "udn_bench_store");
         backends.push(("postgres", Location::Postgres { url: u }, Some(url.clone())));
+    }
+    if o.split {
+        let c0 = cpu_secs();
+        let t = Instant::now();
+        let mut n = 0;
+        for f in &files {
+            let body = std::fs::read(f).expect("read");
+            let sum = sha256_hex(&body);
+            n += parse_file(&body, &sum).expect("valid").records.len();
+        }
+        println!(
+            "split     read+checksum+validate+parse+fold alone: {n} records, {:.2} s, {:.2} CPU-s",
+            t.elapsed().as_secs_f64(),
+            cpu_secs() - c0
+        );
+        let c0 = cpu_secs();
+        for f in &files {
+            let body = std::fs::read(f).expect("read");
+            let _ = sha256_hex(&body);
+        }
+        println!(
+            "split     read+checksum alone: {:.2} CPU-s",
+            cpu_secs() - c0
+        );
+        let mut all = Vec::new();
+        for f in &files {
+            let body = std::fs::read(f).expect("read");
+            let sum = sha256_hex(&body);
+            all.push(parse_file(&body, &sum).expect("valid").records);
+        }
+        let c0 = cpu_secs();
+        let t = Instant::now();
+        for _ in 0..5 {
+            for r in &all {
+                std::hint::black_box(udn_bins::store::Rollups::fold(r));
+            }
+        }
+        println!(
+            "split     rollup fold alone (5 passes): {:.2} s, {:.2} CPU-s",
+            t.elapsed().as_secs_f64(),
+            cpu_secs() - c0
+        );
     }
     for (name, loc, _) in &backends {
         store_run(name, loc, &files, o.records);

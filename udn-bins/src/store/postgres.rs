@@ -12,15 +12,29 @@ use udn_core::log::LogRecord;
 /// The PostgreSQL store.
 pub struct PgStore {
     client: Client,
+    url: String,
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and applies the migrations.
     pub fn connect(url: &str) -> Result<PgStore> {
         let client = Client::connect(url, NoTls)?;
-        let mut store = PgStore { client };
+        let mut store = PgStore {
+            client,
+            url: url.to_owned(),
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Reconnects if the connection was lost (server restart, network, terminated
+    /// backend): the call that noticed the loss failed with 503, the next one works.
+    fn ensure_connected(&mut self) -> Result<()> {
+        if self.client.is_closed() {
+            tracing::warn!("postgres connection lost; reconnecting");
+            self.client = Client::connect(&self.url, NoTls)?;
+        }
+        Ok(())
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -57,6 +71,7 @@ fn ip(a: std::net::IpAddr) -> String {
 
 impl Store for PgStore {
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
+        self.ensure_connected()?;
         let h = &file.header;
         let rows = file.records.len() as i64;
         let mut tx = self.client.transaction()?;
@@ -332,6 +347,7 @@ impl Store for PgStore {
     }
 
     fn prune_raw(&mut self, before: Timestamp) -> Result<u64> {
+        self.ensure_connected()?;
         let t = to_i64(before.as_millis());
         let mut tx = self.client.transaction()?;
         let mut n = 0;
@@ -343,6 +359,7 @@ impl Store for PgStore {
     }
 
     fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
+        self.ensure_connected()?;
         let owned: Vec<Box<dyn ToSql + Sync>> = params
             .iter()
             .map(|p| -> Box<dyn ToSql + Sync> {
