@@ -343,27 +343,34 @@ impl QueuedLog {
         let writer = std::thread::Builder::new()
             .name("udn-dns-log".into())
             .spawn(move || {
+                // Poll in batches instead of blocking on each record: a blocked receiver
+                // would make every answering thread pay a futex wake-up per record.
+                let mut last_tick = std::time::Instant::now();
                 loop {
-                    match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(Some(rec)) => inner.record(rec),
-                        Ok(None) => {
-                            if let Err(e) = inner.flush_complete() {
-                                tracing::error!(error = %e, "closing the query log failed");
+                    let mut closed = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Some(rec)) => inner.record(rec),
+                            Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
                             }
-                            return;
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = inner.tick(crate::logging::now()) {
-                                tracing::error!(error = %e, "log rotation failed");
-                            }
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            if let Err(e) = inner.flush_complete() {
-                                tracing::error!(error = %e, "closing the query log failed");
-                            }
-                            return;
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
                         }
                     }
+                    if closed {
+                        if let Err(e) = inner.flush_complete() {
+                            tracing::error!(error = %e, "closing the query log failed");
+                        }
+                        return;
+                    }
+                    if last_tick.elapsed() >= Duration::from_secs(1) {
+                        last_tick = std::time::Instant::now();
+                        if let Err(e) = inner.tick(crate::logging::now()) {
+                            tracing::error!(error = %e, "log rotation failed");
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             })
             .ok();
@@ -424,15 +431,14 @@ impl Observer for DnsObserver {
             self.metrics.decision_counters[i].inc();
         }
         let net = a.network;
-        if !d.refresh.is_empty() {
-            let mut q = self
-                .refresh
-                .by_pop
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+        // A request lost to contention is asked again by the next decision for that
+        // client, so answering never waits for this lock.
+        if !d.refresh.is_empty()
+            && let Ok(mut q) = self.refresh.by_pop.try_lock()
+        {
             for (prefix, pop) in d.refresh.as_slice() {
                 if let Some(p) = net.pops.get(pop.index()) {
-                    let set = match q.get_mut(&p.name) {
+                    let set = match q.get_mut(p.name.as_str()) {
                         Some(s) => s,
                         None => q.entry(p.name.clone()).or_default(),
                     };
