@@ -50,7 +50,7 @@ pub struct Request<'a> {
 /// Where GTM and CDN answers come from. [`Engine`] implements it; a server implements
 /// it over its shared state.
 pub trait Decider {
-    /// The decision for `q` at `now` (see [`udn_core::decide`]).
+    /// The decision for `q` at `now` (see [`udn_core::decide()`]).
     fn decide(&self, q: &Query, now: Timestamp) -> Decision;
 }
 
