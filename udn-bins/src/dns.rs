@@ -329,17 +329,56 @@ fn transport_str(t: udn_dns::Transport) -> &'static str {
     }
 }
 
-/// A query-log sink that hands records to a writer thread, so answering never waits on
-/// the disk; when the queue is full, records are counted as dropped.
+/// A decision to log, as the answering thread hands it over: plain values and the
+/// snapshot, so the strings of the [`DnsRecord`] are built on the writer thread.
+struct Decided {
+    ts: udn_core::Timestamp,
+    net: Arc<udn_core::Network>,
+    gtm: udn_dns::GtmAnswer,
+}
+
+fn dns_record(d: &Decided, server: &str) -> Option<DnsRecord> {
+    let net = &d.net;
+    let g = &d.gtm;
+    let host = net.hosts.get(g.host.index())?;
+    let dec = &g.decision;
+    Some(DnsRecord {
+        ts: d.ts,
+        hostname: host.name.clone(),
+        qtype: match g.family {
+            AddrFamily::V4 => "A".into(),
+            AddrFamily::V6 => "AAAA".into(),
+        },
+        client: g.client,
+        ecs: g.ecs,
+        addrs: dec.addrs.as_slice().to_vec(),
+        reason: dec.reason.as_str().into(),
+        pop: dec
+            .server
+            .and_then(|s| net.pop_of(s))
+            .and_then(|p| net.pops.get(p.index()))
+            .map(|p| p.name.clone()),
+        customer: net
+            .customers
+            .get(host.customer.index())
+            .map(|c| c.name.clone()),
+        server: server.to_owned(),
+    })
+}
+
+/// The query log: decisions are handed to a writer thread, which builds each
+/// [`DnsRecord`] and writes it through the [`LogSink`] (the rotating `FileLog`), so
+/// answering never waits on formatting or the disk; when the queue is full, records are
+/// counted as dropped.
 struct QueuedLog {
-    tx: std::sync::mpsc::SyncSender<Option<LogRecord>>,
+    tx: std::sync::mpsc::SyncSender<Option<Decided>>,
     dropped: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl QueuedLog {
-    fn new(inner: Arc<crate::logging::FileLog>) -> QueuedLog {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<LogRecord>>(65_536);
+    fn new(inner: Arc<crate::logging::FileLog>, server: String) -> QueuedLog {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Decided>>(65_536);
         let writer = std::thread::Builder::new()
             .name("udn-dns-log".into())
             .spawn(move || {
@@ -350,7 +389,11 @@ impl QueuedLog {
                     let mut closed = false;
                     loop {
                         match rx.try_recv() {
-                            Ok(Some(rec)) => inner.record(rec),
+                            Ok(Some(d)) => {
+                                if let Some(rec) = dns_record(&d, &server) {
+                                    inner.record(LogRecord::Dns(rec));
+                                }
+                            }
                             Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                                 closed = true;
                                 break;
@@ -382,9 +425,9 @@ impl QueuedLog {
     }
 }
 
-impl LogSink for QueuedLog {
-    fn record(&self, rec: LogRecord) {
-        if self.tx.try_send(Some(rec)).is_err() {
+impl QueuedLog {
+    fn push(&self, d: Decided) {
+        if self.tx.try_send(Some(d)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -409,7 +452,6 @@ pub struct RefreshItem {
 
 /// The observer: counters, query log and refresh requests.
 struct DnsObserver {
-    name: String,
     metrics: Metrics,
     log: Option<Arc<QueuedLog>>,
     refresh: RefreshQueue,
@@ -449,32 +491,11 @@ impl Observer for DnsObserver {
             }
         }
         if let Some(log) = &self.log {
-            let Some(host) = net.hosts.get(g.host.index()) else {
-                return;
-            };
-            let rec = DnsRecord {
+            log.push(Decided {
                 ts: a.now,
-                hostname: host.name.clone(),
-                qtype: match g.family {
-                    AddrFamily::V4 => "A".into(),
-                    AddrFamily::V6 => "AAAA".into(),
-                },
-                client: g.client,
-                ecs: g.ecs,
-                addrs: d.addrs.as_slice().to_vec(),
-                reason: d.reason.as_str().into(),
-                pop: d
-                    .server
-                    .and_then(|s| net.pop_of(s))
-                    .and_then(|p| net.pops.get(p.index()))
-                    .map(|p| p.name.clone()),
-                customer: net
-                    .customers
-                    .get(host.customer.index())
-                    .map(|c| c.name.clone()),
-                server: self.name.clone(),
-            };
-            log.record(LogRecord::Dns(rec));
+                net: a.network.clone(),
+                gtm: *g,
+            });
         }
     }
 
@@ -727,12 +748,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         Some(dir) => {
             let file =
                 crate::logging::FileLog::new(dir, Role::Dns, &name, RotationPolicy::default())?;
-            Some(Arc::new(QueuedLog::new(Arc::new(file))))
+            Some(Arc::new(QueuedLog::new(Arc::new(file), name.clone())))
         }
         None => None,
     };
     let observer = Arc::new(DnsObserver {
-        name: name.clone(),
         metrics,
         log,
         refresh: RefreshQueue::default(),

@@ -64,7 +64,7 @@ pub struct Answered<'a> {
     /// The decision, for GTM and CDN hostnames answered here.
     pub gtm: Option<&'a GtmAnswer>,
     /// The network the decision was made on.
-    pub network: &'a Network,
+    pub network: &'a Arc<Network>,
     /// How the query was answered.
     pub path: AnswerPath,
     /// Time from receiving the query to having the answer.
