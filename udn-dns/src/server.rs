@@ -481,60 +481,113 @@ impl Server {
         rt: tokio::runtime::Handle,
         stop: Arc<AtomicBool>,
     ) {
-        let mut buf = vec![0u8; 65_535];
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+        use std::io::{IoSlice, IoSliceMut};
+        use std::os::fd::AsRawFd;
+
+        let fd = sock.as_raw_fd();
+        let mut bufs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| vec![0u8; 4096]).collect();
+        let mut outs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1232)).collect();
+        let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+        let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+        let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(UDP_BATCH);
+        let mut dests: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
+        let mut ready: Vec<usize> = Vec::with_capacity(UDP_BATCH);
         let mut responder = Responder::new();
         while !stop.load(Ordering::Relaxed) {
-            let (n, from) = match sock.recv_from(&mut buf) {
-                Ok(v) => v,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "UDP receive error");
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            let query = &buf[..n];
-            let inc = Incoming {
-                bytes: query,
-                client: from,
-                transport: Transport::Udp,
-                started,
-            };
-            match self.answer_local(&mut responder, &inc, AnswerPath::Local, true) {
-                Local::Reply(bytes) => {
-                    if let Err(e) = sock.send_to(bytes, from) {
-                        tracing::debug!(error = %e, %from, "UDP send error");
+            // Receive up to UDP_BATCH queries in one system call (waiting for the first).
+            got.clear();
+            {
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                    .iter_mut()
+                    .map(|b| [IoSliceMut::new(&mut b[..])])
+                    .collect();
+                match recvmmsg(
+                    fd,
+                    &mut recv_headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_WAITFORONE,
+                    None,
+                ) {
+                    Ok(res) => {
+                        for m in res {
+                            got.push((m.bytes, m.address.and_then(|a| std_addr(&a))));
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive error");
+                        continue;
                     }
                 }
-                Local::Nothing => {}
-                Local::Forward(peer, forward) => {
-                    let Ok(reply_sock) = sock.try_clone() else {
-                        continue;
-                    };
-                    let this = self.clone();
-                    let original = query.to_vec();
-                    rt.spawn(async move {
-                        let mut r = Responder::new();
-                        let inc = Incoming {
-                            bytes: &original,
-                            client: from,
-                            transport: Transport::Udp,
-                            started,
+            }
+            ready.clear();
+            dests.clear();
+            for (i, &(n, from)) in got.iter().enumerate() {
+                let Some(from) = from else { continue };
+                let started = Instant::now();
+                let query = &bufs[i][..n.min(bufs[i].len())];
+                let inc = Incoming {
+                    bytes: query,
+                    client: from,
+                    transport: Transport::Udp,
+                    started,
+                };
+                match self.answer_local(&mut responder, &inc, AnswerPath::Local, true) {
+                    Local::Reply(bytes) => {
+                        outs[i].clear();
+                        outs[i].extend_from_slice(bytes);
+                        ready.push(i);
+                        dests.push(Some(SockaddrStorage::from(from)));
+                    }
+                    Local::Nothing => {}
+                    Local::Forward(peer, forward) => {
+                        let Ok(reply_sock) = sock.try_clone() else {
+                            continue;
                         };
-                        if let Some(bytes) = this.proxied(&mut r, &inc, peer, forward).await {
-                            // A UDP send does not block for long: the kernel queues or
-                            // drops it.
-                            let _ = reply_sock.send_to(&bytes, from);
-                        }
-                    });
+                        let this = self.clone();
+                        let original = query.to_vec();
+                        rt.spawn(async move {
+                            let mut r = Responder::new();
+                            let inc = Incoming {
+                                bytes: &original,
+                                client: from,
+                                transport: Transport::Udp,
+                                started,
+                            };
+                            if let Some(bytes) = this.proxied(&mut r, &inc, peer, forward).await {
+                                // A UDP send does not block for long: the kernel queues
+                                // or drops it.
+                                let _ = reply_sock.send_to(&bytes, from);
+                            }
+                        });
+                    }
                 }
+            }
+            // Send every answer of the batch in one system call.
+            let mut sent = 0;
+            while sent < ready.len() {
+                let slices: Vec<[IoSlice<'_>; 1]> = ready[sent..]
+                    .iter()
+                    .map(|&i| [IoSlice::new(&outs[i])])
+                    .collect();
+                let n = match sendmmsg(
+                    fd,
+                    &mut send_headers,
+                    slices.iter(),
+                    &dests[sent..],
+                    [],
+                    MsgFlags::empty(),
+                ) {
+                    Ok(res) => res.count(),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP send error");
+                        // Skip the answer that failed (e.g. an unreachable address).
+                        1
+                    }
+                };
+                sent += n.max(1);
             }
         }
     }
@@ -643,6 +696,17 @@ impl Server {
             }
         }
     }
+}
+
+/// Queries received (and answers sent) per system call on a UDP socket.
+const UDP_BATCH: usize = 32;
+
+fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4(std::net::SocketAddrV4::from(*v4)));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
 }
 
 /// A query as received.
