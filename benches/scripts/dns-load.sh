@@ -17,6 +17,8 @@ ROUNDS=${ROUNDS:-3}
 NAMES=${NAMES:-10000}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-100}
+# Extra flags for both udn servers, e.g. UDN_FLAGS="--udp-sockets 1".
+UDN_FLAGS=${UDN_FLAGS:-}
 for tool in dnsperf nsd dig; do
   command -v "$tool" >/dev/null || { echo "dns-load: $tool missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -96,13 +98,13 @@ nsd -d -c "$WORK/nsd/nsd.conf" &
 PIDS+=($!)
 
 UDN_PORT=$(free_port)
-"$UDN" dns --zone "$ZONE" --listen "127.0.0.1:$UDN_PORT" >"$WORK/udn-static.log" 2>&1 &
+"$UDN" dns $UDN_FLAGS --zone "$ZONE" --listen "127.0.0.1:$UDN_PORT" >"$WORK/udn-static.log" 2>&1 &
 PIDS+=($!)
 
 # The sample network with its zone, for GTM decisions; query log on.
 GTM_PORT=$(free_port)
 cp udn-core/src/sample.toml "$WORK/network.toml"
-"$UDN" dns --config "$WORK/network.toml" --listen "127.0.0.1:$GTM_PORT" --log-dir "$WORK/logs" --name bench >"$WORK/udn-gtm.log" 2>&1 &
+"$UDN" dns $UDN_FLAGS --config "$WORK/network.toml" --listen "127.0.0.1:$GTM_PORT" --log-dir "$WORK/logs" --name bench >"$WORK/udn-gtm.log" 2>&1 &
 GTM_PID=$!
 PIDS+=($GTM_PID)
 
