@@ -2,8 +2,8 @@
 # DNS load benchmark: dnsperf against `udn dns` and against NSD serving the same zone,
 # in the same run, interleaved, on loopback only. Prints QPS, lost queries and ratios.
 #
-#   bash benches/scripts/dns-load.sh            # 10 s per run, 2 rounds
-#   SECS=5 ROUNDS=1 bash benches/scripts/dns-load.sh
+#   bash benches/scripts/dns-load.sh            # 10 s per run, 3 rounds (about 2 minutes)
+#   SECS=5 ROUNDS=5 bash benches/scripts/dns-load.sh
 #
 # Runs:
 #   static: `udn dns --zone Z` vs NSD, same 10k-name zone, same query file;
@@ -13,10 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${SECS:-10}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 NAMES=${NAMES:-10000}
 CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-100}
+# Extra flags for both udn servers, e.g. UDN_FLAGS="--udp-sockets 1".
+UDN_FLAGS=${UDN_FLAGS:-}
 for tool in dnsperf nsd dig; do
   command -v "$tool" >/dev/null || { echo "dns-load: $tool missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -96,13 +98,13 @@ nsd -d -c "$WORK/nsd/nsd.conf" &
 PIDS+=($!)
 
 UDN_PORT=$(free_port)
-"$UDN" dns --zone "$ZONE" --listen "127.0.0.1:$UDN_PORT" >"$WORK/udn-static.log" 2>&1 &
+"$UDN" dns $UDN_FLAGS --zone "$ZONE" --listen "127.0.0.1:$UDN_PORT" >"$WORK/udn-static.log" 2>&1 &
 PIDS+=($!)
 
 # The sample network with its zone, for GTM decisions; query log on.
 GTM_PORT=$(free_port)
 cp udn-core/src/sample.toml "$WORK/network.toml"
-"$UDN" dns --config "$WORK/network.toml" --listen "127.0.0.1:$GTM_PORT" --log-dir "$WORK/logs" --name bench >"$WORK/udn-gtm.log" 2>&1 &
+"$UDN" dns $UDN_FLAGS --config "$WORK/network.toml" --listen "127.0.0.1:$GTM_PORT" --log-dir "$WORK/logs" --name bench >"$WORK/udn-gtm.log" 2>&1 &
 GTM_PID=$!
 PIDS+=($GTM_PID)
 
@@ -134,29 +136,31 @@ run() { # label port queryfile -> prints "qps lost sent"
   echo "$qps $lost"
 }
 
-declare -A SUM LOST
-for k in nsd udn_static udn_gtm; do SUM[$k]=0; LOST[$k]=0; done
+# Each round: NSD, udn static, NSD, udn GTM. Each udn run is compared with the NSD runs
+# next to it (the machine's load drifts), and the per-round ratios are summarised by
+# their median.
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r/$ROUNDS (${SECS}s each)" >&2
-  for k in nsd udn_static nsd udn_gtm; do
-    case $k in
-      nsd) res=$(run nsd "$NSD_PORT" "$WORK/static.queries") ;;
-      udn_static) res=$(run udn-static "$UDN_PORT" "$WORK/static.queries") ;;
-      udn_gtm) res=$(run udn-gtm "$GTM_PORT" "$WORK/gtm.queries") ;;
-    esac
-    read -r q l <<<"$res"
-    SUM[$k]=$(python3 -c "print(${SUM[$k]} + $q)")
-    LOST[$k]=$((${LOST[$k]} + l))
-  done
+  read -r n1 l1 <<<"$(run nsd "$NSD_PORT" "$WORK/static.queries")"
+  read -r us ls <<<"$(run udn-static "$UDN_PORT" "$WORK/static.queries")"
+  read -r n2 l2 <<<"$(run nsd "$NSD_PORT" "$WORK/static.queries")"
+  read -r ug lg <<<"$(run udn-gtm "$GTM_PORT" "$WORK/gtm.queries")"
+  echo "$n1 $l1 $us $ls $n2 $l2 $ug $lg" >> "$RESULTS"
 done
-# NSD ran twice per round.
-python3 - "${SUM[nsd]}" "${SUM[udn_static]}" "${SUM[udn_gtm]}" "$ROUNDS" "${LOST[nsd]}" "${LOST[udn_static]}" "${LOST[udn_gtm]}" <<'PY'
-import sys
-nsd, st, gtm, rounds = float(sys.argv[1]) / (2 * int(sys.argv[4])), float(sys.argv[2]) / int(sys.argv[4]), float(sys.argv[3]) / int(sys.argv[4]), int(sys.argv[4])
-ln, ls, lg = sys.argv[5:8]
-print(f"NSD static         : {nsd:12.0f} qps  (lost {ln})")
-print(f"udn static (--zone): {st:12.0f} qps  (lost {ls})  ratio {st / nsd:.2f}x NSD")
-print(f"udn GTM decisions  : {gtm:12.0f} qps  (lost {lg})  ratio {gtm / nsd:.2f}x NSD")
+python3 - "$RESULTS" <<'PY'
+import sys, statistics as st
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+nsd = [x for r in rows for x in (r[0], r[4])]
+ust = [r[2] for r in rows]; ugt = [r[6] for r in rows]
+rs = [r[2] / ((r[0] + r[4]) / 2) for r in rows]
+rg = [r[6] / r[4] for r in rows]
+lost = lambda idx: int(sum(r[idx] for r in rows))
+print(f"rounds: {len(rows)}")
+print(f"NSD static          : median {st.median(nsd):10.0f} qps  (runs {', '.join(f'{x:.0f}' for x in nsd)}; lost {lost(1) + lost(5)})")
+print(f"udn static (--zone) : median {st.median(ust):10.0f} qps  (lost {lost(3)})  ratio to adjacent NSD: median {st.median(rs):.2f}x  (rounds {', '.join(f'{x:.2f}' for x in rs)})")
+print(f"udn GTM decisions   : median {st.median(ugt):10.0f} qps  (lost {lost(7)})  ratio to adjacent NSD: median {st.median(rg):.2f}x  (rounds {', '.join(f'{x:.2f}' for x in rg)})")
 PY
 logs=$(cat "$WORK"/logs/*.jsonl* 2>/dev/null | grep -c '"type":"dns"' || true)
 echo "query-log records written by the GTM server: $logs"

@@ -329,41 +329,91 @@ fn transport_str(t: udn_dns::Transport) -> &'static str {
     }
 }
 
-/// A query-log sink that hands records to a writer thread, so answering never waits on
-/// the disk; when the queue is full, records are counted as dropped.
+/// A decision to log, as the answering thread hands it over: plain values and the
+/// snapshot, so the strings of the [`DnsRecord`] are built on the writer thread.
+struct Decided {
+    ts: udn_core::Timestamp,
+    net: Arc<udn_core::Network>,
+    gtm: udn_dns::GtmAnswer,
+}
+
+fn dns_record(d: &Decided, server: &str) -> Option<DnsRecord> {
+    let net = &d.net;
+    let g = &d.gtm;
+    let host = net.hosts.get(g.host.index())?;
+    let dec = &g.decision;
+    Some(DnsRecord {
+        ts: d.ts,
+        hostname: host.name.clone(),
+        qtype: match g.family {
+            AddrFamily::V4 => "A".into(),
+            AddrFamily::V6 => "AAAA".into(),
+        },
+        client: g.client,
+        ecs: g.ecs,
+        addrs: dec.addrs.as_slice().to_vec(),
+        reason: dec.reason.as_str().into(),
+        pop: dec
+            .server
+            .and_then(|s| net.pop_of(s))
+            .and_then(|p| net.pops.get(p.index()))
+            .map(|p| p.name.clone()),
+        customer: net
+            .customers
+            .get(host.customer.index())
+            .map(|c| c.name.clone()),
+        server: server.to_owned(),
+    })
+}
+
+/// The query log: decisions are handed to a writer thread, which builds each
+/// [`DnsRecord`] and writes it through the [`LogSink`] (the rotating `FileLog`), so
+/// answering never waits on formatting or the disk; when the queue is full, records are
+/// counted as dropped.
 struct QueuedLog {
-    tx: std::sync::mpsc::SyncSender<Option<LogRecord>>,
+    tx: std::sync::mpsc::SyncSender<Option<Decided>>,
     dropped: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl QueuedLog {
-    fn new(inner: Arc<crate::logging::FileLog>) -> QueuedLog {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<LogRecord>>(65_536);
+    fn new(inner: Arc<crate::logging::FileLog>, server: String) -> QueuedLog {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Decided>>(65_536);
         let writer = std::thread::Builder::new()
             .name("udn-dns-log".into())
             .spawn(move || {
+                // Poll in batches instead of blocking on each record: a blocked receiver
+                // would make every answering thread pay a futex wake-up per record.
+                let mut last_tick = std::time::Instant::now();
                 loop {
-                    match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(Some(rec)) => inner.record(rec),
-                        Ok(None) => {
-                            if let Err(e) = inner.flush_complete() {
-                                tracing::error!(error = %e, "closing the query log failed");
+                    let mut closed = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Some(d)) => {
+                                if let Some(rec) = dns_record(&d, &server) {
+                                    inner.record(LogRecord::Dns(rec));
+                                }
                             }
-                            return;
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = inner.tick(crate::logging::now()) {
-                                tracing::error!(error = %e, "log rotation failed");
+                            Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
                             }
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            if let Err(e) = inner.flush_complete() {
-                                tracing::error!(error = %e, "closing the query log failed");
-                            }
-                            return;
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
                         }
                     }
+                    if closed {
+                        if let Err(e) = inner.flush_complete() {
+                            tracing::error!(error = %e, "closing the query log failed");
+                        }
+                        return;
+                    }
+                    if last_tick.elapsed() >= Duration::from_secs(1) {
+                        last_tick = std::time::Instant::now();
+                        if let Err(e) = inner.tick(crate::logging::now()) {
+                            tracing::error!(error = %e, "log rotation failed");
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             })
             .ok();
@@ -375,9 +425,9 @@ impl QueuedLog {
     }
 }
 
-impl LogSink for QueuedLog {
-    fn record(&self, rec: LogRecord) {
-        if self.tx.try_send(Some(rec)).is_err() {
+impl QueuedLog {
+    fn push(&self, d: Decided) {
+        if self.tx.try_send(Some(d)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -402,7 +452,6 @@ pub struct RefreshItem {
 
 /// The observer: counters, query log and refresh requests.
 struct DnsObserver {
-    name: String,
     metrics: Metrics,
     log: Option<Arc<QueuedLog>>,
     refresh: RefreshQueue,
@@ -424,15 +473,14 @@ impl Observer for DnsObserver {
             self.metrics.decision_counters[i].inc();
         }
         let net = a.network;
-        if !d.refresh.is_empty() {
-            let mut q = self
-                .refresh
-                .by_pop
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+        // A request lost to contention is asked again by the next decision for that
+        // client, so answering never waits for this lock.
+        if !d.refresh.is_empty()
+            && let Ok(mut q) = self.refresh.by_pop.try_lock()
+        {
             for (prefix, pop) in d.refresh.as_slice() {
                 if let Some(p) = net.pops.get(pop.index()) {
-                    let set = match q.get_mut(&p.name) {
+                    let set = match q.get_mut(p.name.as_str()) {
                         Some(s) => s,
                         None => q.entry(p.name.clone()).or_default(),
                     };
@@ -443,32 +491,11 @@ impl Observer for DnsObserver {
             }
         }
         if let Some(log) = &self.log {
-            let Some(host) = net.hosts.get(g.host.index()) else {
-                return;
-            };
-            let rec = DnsRecord {
+            log.push(Decided {
                 ts: a.now,
-                hostname: host.name.clone(),
-                qtype: match g.family {
-                    AddrFamily::V4 => "A".into(),
-                    AddrFamily::V6 => "AAAA".into(),
-                },
-                client: g.client,
-                ecs: g.ecs,
-                addrs: d.addrs.as_slice().to_vec(),
-                reason: d.reason.as_str().into(),
-                pop: d
-                    .server
-                    .and_then(|s| net.pop_of(s))
-                    .and_then(|p| net.pops.get(p.index()))
-                    .map(|p| p.name.clone()),
-                customer: net
-                    .customers
-                    .get(host.customer.index())
-                    .map(|c| c.name.clone()),
-                server: self.name.clone(),
-            };
-            log.record(LogRecord::Dns(rec));
+                net: a.network.clone(),
+                gtm: *g,
+            });
         }
     }
 
@@ -721,12 +748,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         Some(dir) => {
             let file =
                 crate::logging::FileLog::new(dir, Role::Dns, &name, RotationPolicy::default())?;
-            Some(Arc::new(QueuedLog::new(Arc::new(file))))
+            Some(Arc::new(QueuedLog::new(Arc::new(file), name.clone())))
         }
         None => None,
     };
     let observer = Arc::new(DnsObserver {
-        name: name.clone(),
         metrics,
         log,
         refresh: RefreshQueue::default(),

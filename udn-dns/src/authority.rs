@@ -118,6 +118,9 @@ pub struct Authority {
     net: Arc<Network>,
     unserved: Vec<String>,
     generation: u64,
+    /// GTM/CDN hostnames not under a delegation, by their lower-case wire form, for the
+    /// responder's fast path.
+    gtm_wire: HashMap<Vec<u8>, HostId>,
 }
 
 /// Source of [`Authority::generation`] values.
@@ -216,11 +219,32 @@ impl Authority {
             }
             node.host = Some(HostId(i as u32));
         }
+        let mut gtm_wire = HashMap::new();
+        for z in &zones {
+            for (name, node) in &z.nodes {
+                let Some(host) = node.host else { continue };
+                let below_cut = (labels(&z.apex) + 1..labels(name)).any(|l| {
+                    let mut anc = name.trim_to(l);
+                    anc.set_fqdn(true);
+                    z.nodes.get(&anc).is_some_and(|n| n.cut)
+                });
+                if !below_cut {
+                    let mut wire = Vec::with_capacity(name.len() + 2);
+                    for label in name.iter() {
+                        wire.push(label.len() as u8);
+                        wire.extend(label.iter().map(u8::to_ascii_lowercase));
+                    }
+                    wire.push(0);
+                    gtm_wire.insert(wire, host);
+                }
+            }
+        }
         Ok(Authority {
             zones,
             net,
             unserved,
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            gtm_wire,
         })
     }
 
@@ -228,6 +252,12 @@ impl Authority {
     /// answers derived from it know when it was replaced.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The GTM/CDN hostname whose lower-case wire form is `wire` (labels with length
+    /// bytes, ending in the root label), if it is answered without delegation.
+    pub fn gtm_by_wire(&self, wire: &[u8]) -> Option<HostId> {
+        self.gtm_wire.get(wire).copied()
     }
 
     /// The zones, most specific apex first.

@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+mod fast;
 pub mod responder;
 #[cfg(feature = "server")]
 pub mod server;

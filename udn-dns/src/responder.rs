@@ -218,6 +218,21 @@ impl Responder {
         if q.len() < 12 || q[2] & 0x80 != 0 {
             return Outcome::Drop;
         }
+        let fq = crate::fast::FastQuery {
+            bytes: q,
+            client: req.client,
+            now: req.now,
+            udp: req.transport == Transport::Udp,
+        };
+        if let Some(g) = crate::fast::answer(&fq, auth, decider, shard, self.max_udp, &mut self.buf)
+        {
+            return Outcome::Reply(Reply {
+                bytes: &self.buf,
+                rcode: ResponseCode::NoError,
+                truncated: false,
+                gtm: Some(g),
+            });
+        }
         if self.cache_generation != auth.generation() {
             self.cache.clear();
             self.cache_generation = auth.generation();
@@ -270,6 +285,23 @@ impl Responder {
             },
             Err(None) => Outcome::Drop,
         }
+    }
+
+    /// Answers through the general path only (no fast path, no cache): the reference
+    /// the fast path is tested against.
+    #[doc(hidden)]
+    pub fn respond_general<'s>(
+        &'s mut self,
+        req: &Request<'_>,
+        auth: &Authority,
+        decider: &dyn Decider,
+        shard: Option<Shard<'_>>,
+    ) -> Outcome<'s> {
+        let q = req.bytes;
+        if q.len() < 12 || q[2] & 0x80 != 0 {
+            return Outcome::Drop;
+        }
+        self.respond_uncached(req, auth, decider, shard)
     }
 
     fn respond_uncached<'s>(

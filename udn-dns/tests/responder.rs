@@ -475,3 +475,79 @@ fn cached_answers_match_fresh_ones_and_die_with_their_authority() {
     let m = Message::from_vec(r.bytes).unwrap();
     assert_eq!(m.answers[0].data, RData::A("192.0.2.11".parse().unwrap()));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The fast path (plain GTM A/AAAA queries) answers exactly what the general path
+    /// answers, for every query shape around it.
+    #[test]
+    fn fast_path_matches_the_general_path(
+        name in "(www|WWW|wWw)\\.(shop|ShOp)\\.udn\\.example\\.|cdn\\.shop\\.udn\\.example\\.|static\\.udn\\.example\\.",
+        aaaa in any::<bool>(),
+        edns in any::<bool>(),
+        size in 0u16..3000,
+        ecs in proptest::option::of((any::<[u8; 4]>(), 0u8..=32)),
+        ecs6 in proptest::option::of((any::<[u8; 16]>(), 0u8..=128)),
+        id in any::<u16>(),
+        rd in any::<bool>(),
+        tcp in any::<bool>(),
+        mutate in proptest::option::of((0usize..80, any::<u8>())),
+    ) {
+        let f = fixture();
+        let t = if aaaa { RecordType::AAAA } else { RecordType::A };
+        let mut q = query(&name, t);
+        q.metadata.id = id;
+        q.metadata.recursion_desired = rd;
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            if let Some((a, l)) = ecs {
+                e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                    IpAddr::from(a), l, 0)));
+            } else if let Some((a, l)) = ecs6 {
+                e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                    IpAddr::from(a), l, 0)));
+            }
+            q.edns = Some(e);
+        }
+        let mut bytes = q.to_vec().unwrap();
+        if let Some((pos, v)) = mutate && pos < bytes.len() {
+            bytes[pos] = v;
+        }
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        let req = Request { bytes: &bytes, client: "198.51.100.7".parse().unwrap(), transport, now: NOW };
+        let mut a = Responder::new();
+        let mut b = Responder::new();
+        let fast = match a.respond(&req, &f.auth, &f.engine, None) {
+            Outcome::Reply(r) => Some((r.bytes.to_vec(), r.gtm)),
+            _ => None,
+        };
+        let general = match b.respond_general(&req, &f.auth, &f.engine, None) {
+            Outcome::Reply(r) => Some((r.bytes.to_vec(), r.gtm)),
+            _ => None,
+        };
+        match (fast, general) {
+            (Some((fb, fg)), Some((gb, gg))) => {
+                prop_assert_eq!(fg, gg);
+                let fm = Message::from_vec(&fb);
+                let gm = Message::from_vec(&gb);
+                match (fm, gm) {
+                    (Ok(fm), Ok(gm)) => {
+                        prop_assert_eq!(fm.metadata, gm.metadata);
+                        prop_assert_eq!(&fm.queries, &gm.queries);
+                        prop_assert_eq!(&fm.answers, &gm.answers);
+                        prop_assert_eq!(&fm.authorities, &gm.authorities);
+                        prop_assert_eq!(&fm.edns, &gm.edns);
+                        // Owner names keep the question's case in both.
+                        for (x, y) in fm.answers.iter().zip(&gm.answers) {
+                            prop_assert_eq!(x.name.to_ascii(), y.name.to_ascii());
+                        }
+                    }
+                    (fm, gm) => prop_assert_eq!(fb, gb, "{:?} {:?}", fm.is_ok(), gm.is_ok()),
+                }
+            }
+            (x, y) => prop_assert_eq!(x.is_some(), y.is_some()),
+        }
+    }
+}
