@@ -108,20 +108,55 @@ fn parse_cert(s: &str) -> anyhow::Result<TlsCert> {
     })
 }
 
-/// Builds and starts an edge from `args`: binds its addresses and returns them with a
-/// shutdown handle (the demo calls this once per POP).
-pub async fn start(args: Options) -> anyhow::Result<Handle> {
-    let router = match (&args.origin, &args.config) {
-        (Some(o), _) => Router::single(o)
+impl Default for Options {
+    /// The command line's defaults: no origin, no config, `127.0.0.1:8080`, 256 MiB of
+    /// memory, no disk tier, no token, no access log.
+    fn default() -> Self {
+        Options {
+            config: None,
+            pop: "local".into(),
+            origin: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_listen: None,
+            tls_certs: Vec::new(),
+            memory_mb: 256,
+            memory_object_kb: None,
+            disk_dir: None,
+            disk_mb: 4096,
+            purge_token: None,
+            log_dir: None,
+            check_interval_secs: None,
+            origin_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The routes `opts` asks for: `--origin` (single origin) or `--config` + `--pop`.
+pub fn router(opts: &Options) -> anyhow::Result<Router> {
+    match (&opts.origin, &opts.config) {
+        (Some(o), _) => Ok(Router::single(o)
             .with_context(|| format!("--origin {o}"))?
-            .with_check_interval(args.check_interval_secs.map(Duration::from_secs)),
+            .with_check_interval(opts.check_interval_secs.map(Duration::from_secs))),
         (None, Some(path)) => {
             let cfg = crate::demo::load_config(Some(path))?;
             cfg.compile().context("validating the network config")?;
-            Router::for_pop(&cfg, &args.pop).context("building the edge routes")?
+            Router::for_pop(&cfg, &opts.pop).context("building the edge routes")
         }
         (None, None) => anyhow::bail!("udn edge needs --origin URL or --config FILE"),
-    };
+    }
+}
+
+/// Builds and starts an edge from `args`: binds its addresses and returns them with a
+/// shutdown handle.
+pub async fn start(args: Options) -> anyhow::Result<Handle> {
+    let router = router(&args)?;
+    start_with_router(router, args).await
+}
+
+/// Like [`start`], with routes built by the caller (the demo: one edge per POP of an
+/// in-memory config, `Router::for_pop(&cfg, pop)`); `args.origin` and `args.config`
+/// are ignored.
+pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<Handle> {
     let (sink, log): (Arc<dyn LogSink>, _) = match &args.log_dir {
         Some(dir) => {
             let l = Arc::new(crate::logging::FileLog::new(
@@ -194,15 +229,35 @@ pub async fn start(args: Options) -> anyhow::Result<Handle> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = crate::runtime()?;
     rt.block_on(async {
+        let args_for_reload = (*args.opts).clone();
         let h = start(*args.opts).await?;
         println!("udn edge: listening on http://{}", h.server.http_addr);
         if let Some(a) = h.server.https_addr {
             println!("udn edge: listening on https://{a}");
         }
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        wait_for_stop(&args_for_reload, &h).await?;
         h.shutdown().await;
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM; on SIGHUP re-reads `--config` and swaps the routes
+/// without dropping traffic (a bad config is reported and the old routes stay).
+async fn wait_for_stop(opts: &Options, h: &Handle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("waiting for Ctrl-C"),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => match router(opts) {
+                Ok(r) => {
+                    h.server.edge.set_router(r);
+                    tracing::info!("routes reloaded");
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the old routes"),
+            },
+        }
+    }
 }

@@ -421,7 +421,12 @@ fn miss_then_hit_with_age_and_access_log() {
         && h.path == "/static/a.txt"
         && h.bytes == 24
         && h.pop == "fra"));
-    assert!(http.iter().any(|h| h.outcome == "miss" && h.status == 200));
+    assert!(
+        http.iter()
+            .any(|h| h.outcome == "miss" && h.status == 200 && h.fill_bytes == 24),
+        "{http:?}"
+    );
+    assert!(http.iter().any(|h| h.outcome == "hit" && h.fill_bytes == 0));
 }
 
 #[test]
@@ -941,4 +946,46 @@ fn large_object_streams_with_flat_memory() {
     assert_eq!(st.count("/big"), 1);
     drop(edge);
     let _ = std::fs::remove_dir_all(&disk);
+}
+
+#[test]
+fn sighup_reloads_routes() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("reload");
+    let cfg = network_toml(&dir, origin, 3600);
+    let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
+    assert_eq!(
+        curl(&edge.url("/static/r"), &["Host: new.test.example"]).status,
+        403
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[cdn]]\nhostname = \"new.test.example\"\ncustomer = \"test\"\norigins = [\"new-origin.test.example\"]\norigin_urls = [\"http://{origin}\"]\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(edge.child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = curl(&edge.url("/static/r"), &["Host: new.test.example"]);
+        if r.status == 200 {
+            assert_eq!(r.body, b"content of /static/r");
+            break;
+        }
+        assert!(Instant::now() < deadline, "routes not reloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The old hostname still works and kept its cache.
+    assert_eq!(
+        curl(&edge.url("/static/r"), &["Host: cdn.test.example"]).cache(),
+        "MISS"
+    );
+    assert_eq!(
+        curl(&edge.url("/static/r"), &["Host: cdn.test.example"]).cache(),
+        "HIT"
+    );
+    assert_eq!(st.count("/static/r"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

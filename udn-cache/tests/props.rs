@@ -114,6 +114,20 @@ proptest! {
         }
     }
 
+    #[test]
+    fn routing_and_purge_parsing_never_panic(host in "\\PC{0,40}", path in "\\PC{0,80}", scope in "[a-z]{0,8}") {
+        let cfg = udn_core::Config::from_toml(udn_core::config::SAMPLE).unwrap();
+        let router = udn_cache::Router::from_config(&cfg).unwrap();
+        if let Ok(r) = router.route(&host, &path) {
+            // Whatever the input, only configured origins are ever fetched.
+            prop_assert!(r.fetch_url.starts_with("http://127.0.0.21:8080/"));
+            prop_assert!(r.key.starts_with("http://www.shop.udn.example/"));
+        }
+        let _ = udn_cache::Purge::parse(&scope, &format!("{host}{path}"), 1);
+        let _ = udn_cache::Purge::parse("url", &format!("http://{host}{path}"), 1);
+        let _ = udn_cache::route::key_parts(&path);
+    }
+
     /// RFC 9111 4.2 restated: with `max-age=L` stored at t0 (no Date, no Age), a plain
     /// request at t0+a is answered from the cache iff a < L; with `must-revalidate` a
     /// stale entry is never served even under `max-stale`; `max-stale=S` serves stale

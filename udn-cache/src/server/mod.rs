@@ -282,6 +282,11 @@ enum Lead {
     Pass(Response<Incoming>, BypassReason),
 }
 
+/// Response extension: the body comes straight from the origin (it is this request's
+/// origin traffic, logged as `fill_bytes`).
+#[derive(Clone, Copy)]
+struct FromOrigin;
+
 /// A running edge's shared state.
 pub struct Edge {
     router: RwLock<Arc<Router>>,
@@ -945,6 +950,7 @@ impl Edge {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = http::Version::default();
+        parts.extensions.insert(FromOrigin);
         let body = body.map_err(std::io::Error::other).boxed_unsync();
         Response::from_parts(parts, body)
     }
@@ -956,7 +962,10 @@ impl Edge {
         req.get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.strip_prefix("Bearer "))
-            .is_some_and(|t| t.trim() == token)
+            .is_some_and(|t| {
+                let (a, b) = (t.trim().as_bytes(), token.as_bytes());
+                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+            })
     }
 
     async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<RespBody> {
@@ -1141,7 +1150,7 @@ impl Edge {
             path: path.clone(),
             method: method.to_string(),
             outcome: "admin",
-            fill_bytes: 0,
+            fill_from_sent: false,
             client: client.ip(),
             pop: self.pop.clone(),
             started,
@@ -1182,6 +1191,7 @@ impl Edge {
         };
         let (parts, body) = resp.into_parts();
         let status = parts.status.as_u16();
+        info.fill_from_sent = parts.extensions.get::<FromOrigin>().is_some();
         let body = LoggedBody::new(
             body,
             info,
@@ -1268,6 +1278,7 @@ impl Edge {
             }) => {
                 headers.insert(header::AGE, HeaderValue::from_static("0"));
                 let mut r = Response::new(stream_body(rx));
+                r.extensions_mut().insert(FromOrigin);
                 *r.status_mut() = status;
                 *r.headers_mut() = headers;
                 (r, CacheOutcome::Miss)
