@@ -63,6 +63,9 @@ pub struct Options {
     /// the config's check_interval_secs in single-origin mode).
     #[arg(long)]
     pub check_interval_secs: Option<u64>,
+    /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the system's.
+    #[arg(long)]
+    pub origin_ca: Option<PathBuf>,
     /// Origin response-header timeout in milliseconds (then 504, or stale-if-error).
     #[arg(long, default_value_t = 10_000)]
     pub origin_timeout_ms: u64,
@@ -126,6 +129,7 @@ impl Default for Options {
             purge_token: None,
             log_dir: None,
             check_interval_secs: None,
+            origin_ca: None,
             origin_timeout_ms: 10_000,
         }
     }
@@ -177,6 +181,11 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
         .clock(Arc::new(crate::logging::now));
     if let Some(kb) = args.memory_object_kb {
         b = b.memory_object_max(kb << 10);
+    }
+    if let Some(ca) = &args.origin_ca {
+        b = b
+            .origin_ca_file(ca)
+            .with_context(|| format!("--origin-ca {}", ca.display()))?;
     }
     if let Some(dir) = &args.disk_dir {
         b = b.disk(dir.clone(), args.disk_mb << 20);

@@ -112,7 +112,7 @@ async fn origin_handle(st: Arc<OriginState>, req: Request<Incoming>) -> Response
             200,
             &[(
                 "cache-control",
-                "max-age=1, stale-while-revalidate=30".into(),
+                "max-age=2, stale-while-revalidate=30".into(),
             )],
             format!("swr {path}"),
         );
@@ -170,6 +170,11 @@ fn futures_stream(
 
 /// Starts the origin on a free loopback port in a background runtime.
 fn start_origin() -> (SocketAddr, Arc<OriginState>) {
+    start_origin_tls(None)
+}
+
+/// Starts the origin, over TLS when an acceptor is given.
+fn start_origin_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc<OriginState>) {
     let st = Arc::new(OriginState::default());
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
@@ -186,14 +191,22 @@ fn start_origin() -> (SocketAddr, Arc<OriginState>) {
             loop {
                 let (s, _) = l.accept().await.unwrap();
                 let st = st2.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, std::convert::Infallible>(origin_handle(st, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = match tls {
+                        Some(acc) => match acc.accept(s).await {
+                            Ok(s) => builder.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await,
+                            Err(_) => return,
+                        },
+                        None => builder.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await,
+                    };
                 });
             }
         });
@@ -729,7 +742,7 @@ fn stale_while_revalidate_and_prefill() {
     ]);
     let host = "Host: cdn.test.example";
     assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "MISS");
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2200));
     let r = curl(&edge.url("/swr/a"), &[host]);
     assert_eq!(
         (r.cache(), r.body.as_slice()),
@@ -987,5 +1000,106 @@ fn sighup_reloads_routes() {
         "HIT"
     );
     assert_eq!(st.count("/static/r"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn https_origin_with_private_ca() {
+    let dir = tempdir("tls-origin");
+    // A private CA and a leaf certificate for 127.0.0.1 signed by it.
+    let ca = dir.join("ca.crt");
+    let cert = dir.join("origin.crt");
+    let key = dir.join("origin.key");
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .current_dir(&dir)
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &[
+            "req",
+            "-x509",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=UDN test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ][..],
+        &ec,
+    ]
+    .concat());
+    run(&[
+        &[
+            "req",
+            "-new",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "origin.key",
+            "-out",
+            "origin.csr",
+        ][..],
+        &ec,
+    ]
+    .concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "origin.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "origin.crt",
+    ]);
+    use rustls_pki_types::pem::PemObject as _;
+    let chain = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let pk = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, pk)
+    .unwrap();
+    let (origin, st) = start_origin_tls(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))));
+    let url = format!("https://127.0.0.1:{}", origin.port());
+    // Without the private CA the origin's certificate is not trusted: 502.
+    let untrusting = EdgeProc::start(&["--origin", &url]);
+    assert_eq!(curl(&untrusting.url("/static/t"), &[]).status, 502);
+    let edge = EdgeProc::start(&["--origin", &url, "--origin-ca", ca.to_str().unwrap()]);
+    let r = curl(&edge.url("/static/t"), &[]);
+    assert_eq!(
+        (r.status, r.cache(), r.body.as_slice()),
+        (200, "MISS", &b"content of /static/t"[..])
+    );
+    assert_eq!(curl(&edge.url("/static/t"), &[]).cache(), "HIT");
+    assert_eq!(st.count("/static/t"), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

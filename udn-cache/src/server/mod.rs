@@ -93,12 +93,29 @@ pub struct EdgeBuilder {
     disk: Option<(PathBuf, u64)>,
     purge_token: Option<String>,
     origin_timeout: Duration,
+    origin_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
 }
 
 impl EdgeBuilder {
+    /// Also trusts these CA certificates (PEM file) for HTTPS origins, besides the
+    /// system's roots (for origins with a private CA).
+    pub fn origin_ca_file(mut self, pem: &std::path::Path) -> Result<Self, crate::Error> {
+        use rustls_pki_types::pem::PemObject as _;
+        let bad = || {
+            crate::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no certificates in {}", pem.display()),
+            ))
+        };
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(pem).map_err(|_| bad())? {
+            self.origin_roots.push(c.map_err(|_| bad())?);
+        }
+        Ok(self)
+    }
+
     /// The POP name written into access-log records (default `local`).
     pub fn pop(mut self, pop: &str) -> Self {
         self.pop = pop.to_string();
@@ -179,14 +196,19 @@ impl EdgeBuilder {
             }
             None => (None, None),
         };
-        let roots = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|_| {
-                let cfg = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
-            });
+        let mut store = rustls::RootCertStore::empty();
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = store.add(c);
+        }
+        for c in self.origin_roots {
+            store.add(c)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let roots = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let connector = roots.https_or_http().enable_http1().enable_http2().build();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -401,6 +423,7 @@ impl Edge {
             disk: None,
             purge_token: None,
             origin_timeout: Duration::from_secs(10),
+            origin_roots: Vec::new(),
             hooks: Arc::new(DefaultHooks),
             log: Arc::new(NullSink),
             clock: Arc::new(system_clock),
@@ -1295,7 +1318,11 @@ impl Edge {
                     {
                         Some(o)
                     }
-                    _ => self.lookup(&full_key, &route.key),
+                    // Another variant: only if it needs no revalidation of its own.
+                    _ => self.lookup(&full_key, &route.key).filter(|o| {
+                        policy::evaluate(&o.meta, &headers, now, route.origin.check_interval)
+                            != Action::Revalidate
+                    }),
                 };
                 match filled {
                     Some(obj) => {
