@@ -558,6 +558,16 @@ fn purge_url_directory_and_domain() {
     );
     assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
     assert_eq!(st.count("/static/img/a.gif"), 5);
+    // The CDN-hostname forms: a URL with the origin in the path, and a whole CDN
+    // hostname (every one of its origin domains).
+    let b_via_cdn = "http://cdn.test.example/www.test.example/static/img/b.gif";
+    assert_eq!(purge(&edge, "s3cret", "url", b_via_cdn, 4), 200);
+    assert_eq!(state(&edge), ["HIT", "MISS", "HIT", "HIT"]);
+    assert_eq!(
+        purge(&edge, "s3cret", "domain", "http://cdn.test.example/", 5),
+        200
+    );
+    assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "MISS"]);
     let since = String::from_utf8(curl(&edge.url("/v1/purges?since=1"), &[]).body).unwrap();
     assert!(
         since.contains(r#""seq":2"#)

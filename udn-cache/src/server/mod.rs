@@ -478,20 +478,58 @@ impl Edge {
     }
 
     /// Maps a purge URL that names a CDN hostname (or the origin in the path) to the
-    /// cache-key form; other URLs are taken as cache keys already.
-    fn purge_key(&self, p: Purge) -> Purge {
+    /// cache-key form; other URLs are taken as cache keys already. A domain purge of a
+    /// CDN hostname covers every origin domain of that hostname (the first purge keeps
+    /// the sequence number, the others are unsequenced).
+    fn purge_targets(&self, p: Purge) -> Vec<Purge> {
         let Some((host, _)) = crate::route::key_parts(&p.target) else {
-            return p;
+            return vec![p];
         };
+        let router = self.router();
+        if router.origin(host).is_some() {
+            return vec![p];
+        }
+        if p.scope == crate::Scope::Domain
+            && let Some(origins) = router.cdn_origins(host)
+        {
+            return origins
+                .iter()
+                .enumerate()
+                .map(|(i, o)| Purge {
+                    scope: p.scope,
+                    target: format!("http://{}/", o.domain),
+                    seq: if i == 0 { p.seq } else { 0 },
+                })
+                .collect();
+        }
         let path = &p.target["http://".len() + host.len()..];
         let path = if path.is_empty() { "/" } else { path };
-        match self.router().route(host, path) {
-            Ok(r) if self.router().origin(host).is_none() => Purge { target: r.key, ..p },
-            _ => p,
+        match router.route(host, path) {
+            Ok(r) => vec![Purge { target: r.key, ..p }],
+            Err(_) => vec![p],
         }
     }
 
-    fn lookup(&self, full_key: &str, primary: &str) -> Option<Arc<Object>> {
+    /// Reads an object from the disk tier (blocking: call on a blocking thread); small
+    /// bodies are read into memory for promotion to the memory tier.
+    fn load_from_disk(&self, full_key: &str) -> Option<Object> {
+        let o = self.disk.as_ref()?.get(full_key)?;
+        if o.len > self.object_max {
+            return Some(o);
+        }
+        match &o.body {
+            BodyLoc::Disk(p) => match std::fs::read(p) {
+                Ok(b) if b.len() as u64 == o.len => Some(Object {
+                    body: BodyLoc::Memory(Bytes::from(b)),
+                    ..o
+                }),
+                _ => None,
+            },
+            BodyLoc::Memory(_) => Some(o),
+        }
+    }
+
+    async fn lookup(self: &Arc<Self>, full_key: &str, primary: &str) -> Option<Arc<Object>> {
         let obj = match self.memory.get(full_key) {
             // A body on disk may have been evicted from the disk tier meanwhile.
             Some(o)
@@ -503,21 +541,15 @@ impl Edge {
             }
             Some(o) => o,
             None => {
-                let o = self.disk.as_ref()?.get(full_key)?;
-                let o = if o.len <= self.object_max {
-                    match &o.body {
-                        BodyLoc::Disk(p) => match std::fs::read(p) {
-                            Ok(b) if b.len() as u64 == o.len => Object {
-                                body: BodyLoc::Memory(Bytes::from(b)),
-                                ..o
-                            },
-                            _ => return None,
-                        },
-                        BodyLoc::Memory(_) => o,
-                    }
-                } else {
-                    o
-                };
+                if !self.disk.as_ref()?.contains(full_key) {
+                    return None;
+                }
+                let edge = self.clone();
+                let key = full_key.to_string();
+                let o = tokio::task::spawn_blocking(move || edge.load_from_disk(&key))
+                    .await
+                    .ok()
+                    .flatten()?;
                 let o = Arc::new(o);
                 self.memory.insert(full_key.to_string(), o.clone());
                 o
@@ -1068,12 +1100,18 @@ impl Edge {
             Ok(b) => b,
             Err(e) => return simple(StatusCode::BAD_REQUEST, &format!("bad purge body: {e}")),
         };
-        let p = match Purge::parse(&b.scope, &b.target, b.seq) {
-            Ok(p) => self.purge_key(p),
+        let targets = match Purge::parse(&b.scope, &b.target, b.seq) {
+            Ok(p) => self.purge_targets(p),
             Err(e) => return simple(StatusCode::BAD_REQUEST, &e.to_string()),
         };
-        let applied = self.purge(&p);
-        let (applied, generation) = match applied {
+        let first = self.purge(&targets[0]);
+        if first != Applied::Duplicate {
+            for q in &targets[1..] {
+                self.purge(q);
+            }
+        }
+        let p = &targets[0];
+        let (applied, generation) = match first {
             Applied::New(g) => (true, g),
             Applied::Duplicate => (
                 false,
@@ -1085,7 +1123,14 @@ impl Edge {
         };
         json(
             StatusCode::OK,
-            &serde_json::json!({"applied": applied, "seq": p.seq, "target": p.target, "scope": p.scope.as_str(), "generation": generation}),
+            &serde_json::json!({
+                "applied": applied,
+                "seq": p.seq,
+                "scope": p.scope.as_str(),
+                "target": p.target,
+                "targets": targets.iter().map(|q| q.target.as_str()).collect::<Vec<_>>(),
+                "generation": generation,
+            }),
         )
     }
 
@@ -1133,7 +1178,7 @@ impl Edge {
             .map_err(|e| e.to_string())?;
         let req = HeaderMap::new();
         let full = self.full_key(&route.key, &req);
-        if let Some(o) = self.lookup(&full, &route.key)
+        if let Some(o) = self.lookup(&full, &route.key).await
             && policy::evaluate(&o.meta, &req, self.now(), route.origin.check_interval)
                 == Action::Fresh
         {
@@ -1242,7 +1287,7 @@ impl Edge {
         let full_key = self.full_key(&route.key, &headers);
         let now = self.now();
         let only_if_cached = policy::CacheControl::parse(&headers).only_if_cached;
-        let stale = match self.lookup(&full_key, &route.key) {
+        let stale = match self.lookup(&full_key, &route.key).await {
             Some(obj) => {
                 match policy::evaluate(&obj.meta, &headers, now, route.origin.check_interval) {
                     Action::Fresh => {
@@ -1319,7 +1364,7 @@ impl Edge {
                         Some(o)
                     }
                     // Another variant: only if it needs no revalidation of its own.
-                    _ => self.lookup(&full_key, &route.key).filter(|o| {
+                    _ => self.lookup(&full_key, &route.key).await.filter(|o| {
                         policy::evaluate(&o.meta, &headers, now, route.origin.check_interval)
                             != Action::Revalidate
                     }),
