@@ -75,12 +75,32 @@ fn system_clock() -> Timestamp {
 #[derive(Default)]
 struct Metrics {
     requests: Family<Vec<(String, String)>, Counter>,
+    outcomes: [std::sync::OnceLock<Counter>; 5],
     bytes_sent: Counter,
     origin_fetches: Counter,
     origin_bytes: Counter,
     purges: Counter,
     memory_bytes: Gauge,
     disk_bytes: Gauge,
+}
+
+impl Metrics {
+    /// The request counter of an outcome (created once, then shared: no allocation
+    /// per request).
+    fn by_outcome(&self, outcome: CacheOutcome) -> &Counter {
+        let i = match outcome {
+            CacheOutcome::Hit => 0,
+            CacheOutcome::Miss => 1,
+            CacheOutcome::Revalidated => 2,
+            CacheOutcome::Stale => 3,
+            _ => 4,
+        };
+        self.outcomes[i].get_or_init(|| {
+            self.requests
+                .get_or_create(&vec![("outcome".to_string(), outcome.label().to_string())])
+                .clone()
+        })
+    }
 }
 
 /// Builds an [`Edge`].
@@ -1249,10 +1269,7 @@ impl Edge {
                         r.headers_mut()
                             .insert(header::AGE, HeaderValue::from_static("0"));
                     }
-                    self.metrics
-                        .requests
-                        .get_or_create(&vec![("outcome".to_string(), outcome.label().to_string())])
-                        .inc();
+                    self.metrics.by_outcome(outcome).inc();
                     r
                 }
             }
