@@ -894,9 +894,12 @@ fn origin_down_stale_where_allowed_else_502_or_504() {
         &format!("http://{origin}"),
         "--origin-timeout-ms",
         "500",
+        "--check-interval-secs",
+        "1",
     ]);
     assert_eq!(curl(&edge.url("/sie/a"), &[]).cache(), "MISS");
     assert_eq!(curl(&edge.url("/short/a"), &[]).cache(), "MISS");
+    assert_eq!(curl(&edge.url("/static/fresh"), &[]).cache(), "MISS");
     std::thread::sleep(Duration::from_millis(1200));
     st.down.store(true, Ordering::Relaxed);
     let r = curl(&edge.url("/sie/a"), &[]);
@@ -906,6 +909,14 @@ fn origin_down_stale_where_allowed_else_502_or_504() {
     );
     let r = curl(&edge.url("/short/a"), &[]);
     assert_eq!(r.status, 502, "no stale-if-error: a clear 502");
+    // Fresh by HTTP, due only for the periodic check: served while the origin is down.
+    let r = curl(&edge.url("/static/fresh"), &[]);
+    assert_eq!((r.status, r.cache()), (200, "STALE"));
+    assert_eq!(
+        st.count("/static/fresh"),
+        2,
+        "the periodic check did try the origin"
+    );
     st.down.store(false, Ordering::Relaxed);
     // A slow origin: 504 after the timeout.
     assert_eq!(curl(&edge.url("/hang/x"), &[]).status, 504);

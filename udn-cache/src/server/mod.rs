@@ -362,6 +362,17 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too (RFC 9110 7.6.1).
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
     for n in HOP_BY_HOP {
         h.remove(n);
     }
@@ -1407,11 +1418,18 @@ impl Edge {
                 }
             }
             Err(FillResult::Failed(e)) => match had_stale {
-                Some(obj) if self.hooks.serve_stale(&obj.meta, &headers, now) => (
-                    self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
-                        .await,
-                    CacheOutcome::Stale,
-                ),
+                // Still fresh by HTTP (only the customer's check interval was due), or
+                // allowed stale by stale-if-error.
+                Some(obj)
+                    if obj.meta.is_fresh(now)
+                        || self.hooks.serve_stale(&obj.meta, &headers, now) =>
+                {
+                    (
+                        self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
+                            .await,
+                        CacheOutcome::Stale,
+                    )
+                }
                 _ => (Self::error_response(e), CacheOutcome::Miss),
             },
         }
