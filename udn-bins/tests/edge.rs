@@ -584,7 +584,10 @@ fn unconfigured_origin_is_refused() {
     let cfg = network_toml(&dir, origin, 3600);
     let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
     let r = curl(&edge.url("/static/x"), &["Host: evil.example"]);
-    assert_eq!(r.status, 403);
+    assert_eq!(
+        (r.status, r.cache(), r.headers["age"].as_str()),
+        (403, "BYPASS", "0")
+    );
     let r = curl_m(
         &edge.url("/static/x"),
         &[],

@@ -1285,7 +1285,18 @@ impl Edge {
                 }
             }
         };
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        if !parts.headers.contains_key("x-cache") {
+            // Refused and admin responses: nothing came from the cache.
+            parts
+                .headers
+                .insert("x-cache", HeaderValue::from_static("BYPASS"));
+        }
+        if !parts.headers.contains_key(header::AGE) {
+            parts
+                .headers
+                .insert(header::AGE, HeaderValue::from_static("0"));
+        }
         let status = parts.status.as_u16();
         info.fill_from_sent = parts.extensions.get::<FromOrigin>().is_some();
         let body = LoggedBody::new(
