@@ -738,6 +738,17 @@ fn tiers_are_bounded() {
     );
     assert_eq!(st.count(&format!("/sized/{}", 300 * 1024)), 2);
     let _ = std::fs::remove_dir_all(&disk);
+    // Without a disk tier, an object above the memory-object limit streams through
+    // uncached.
+    let no_disk = EdgeProc::start(&["--origin", &format!("http://{origin}"), "--memory-mb", "1"]);
+    for _ in 0..2 {
+        let r = curl(&no_disk.url("/sized/1000000"), &[]);
+        assert_eq!(
+            (r.status, r.cache(), r.body.len()),
+            (200, "MISS", 1_000_000)
+        );
+    }
+    assert_eq!(st.count("/sized/1000000"), 2);
 }
 
 #[test]

@@ -172,6 +172,31 @@ proptest! {
         prop_assert_eq!(meta.current_age(now), Duration::from_secs(age));
     }
 
+    /// RFC 9111 4.2.3: current_age = max(apparent_age, age_value + response_delay)
+    /// + resident_time, restated with plain integers.
+    #[test]
+    fn age_follows_rfc(
+        date_before_response in 0u64..500,
+        age_value in proptest::option::of(0u64..1000),
+        delay in 0u64..60,
+        resident in 0u64..5000,
+    ) {
+        let request_time = 1_700_000_000u64;
+        let response_time = request_time + delay;
+        let date = response_time - date_before_response;
+        let mut h = HeaderMap::new();
+        h.insert("date", HeaderValue::from_str(&policy::format_date(Timestamp::from_secs(date))).unwrap());
+        if let Some(a) = age_value {
+            h.insert("age", HeaderValue::from(a));
+        }
+        let meta = StoredMeta::new(StatusCode::OK, h, Timestamp::from_secs(request_time), Timestamp::from_secs(response_time));
+        let expected = date_before_response.max(age_value.unwrap_or(0) + delay) + resident;
+        prop_assert_eq!(
+            meta.current_age(Timestamp::from_secs(response_time + resident)),
+            Duration::from_secs(expected)
+        );
+    }
+
     /// Heuristic freshness is 10 % of Date - Last-Modified, capped at one day.
     #[test]
     fn heuristic_is_a_tenth_capped(lm_age in 0u64..(30 * 86_400)) {
