@@ -144,6 +144,15 @@ pub fn router(opts: &Options) -> anyhow::Result<Router> {
         (None, Some(path)) => {
             let cfg = crate::demo::load_config(Some(path))?;
             cfg.compile().context("validating the network config")?;
+            if !cfg.pops.iter().any(|p| p.name == opts.pop) {
+                let known: Vec<&str> = cfg.pops.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!(
+                    "--pop {:?} is not a POP of {} (known: {})",
+                    opts.pop,
+                    path.display(),
+                    known.join(", ")
+                );
+            }
             Router::for_pop(&cfg, &opts.pop).context("building the edge routes")
         }
         (None, None) => anyhow::bail!("udn edge needs --origin URL or --config FILE"),

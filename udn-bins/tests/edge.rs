@@ -1138,3 +1138,31 @@ fn https_origin_with_private_ca() {
     assert_eq!(st.count("/static/t"), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bad_invocations_fail_clearly() {
+    let dir = tempdir("badargs");
+    let cfg = network_toml(&dir, "127.0.0.1:9".parse().unwrap(), 60);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_udn"))
+            .arg("edge")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--config", cfg.to_str().unwrap(), "--pop", "nowhere"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a POP") && err.contains("fra"), "{err}");
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--origin URL or --config FILE"), "{err}");
+    let (code, err) = run(&["--origin", "ftp://x"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ftp://x"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
