@@ -5,7 +5,7 @@
 #
 # Everything listens on loopback; every process this script starts is stopped by its
 # pid on exit. Usage:
-#   bash benches/scripts/edge-load.sh            # 3 rounds x 5 s per server and object
+#   bash benches/scripts/edge-load.sh            # 5 rounds x 4 s per server and object
 #   DURATION=10 ROUNDS=1 CONNS=32 bash benches/scripts/edge-load.sh
 #   LOGS=0 bash benches/scripts/edge-load.sh     # both without access logs
 # Needs: nginx, wrk, curl, and a release build of `udn` (built here if missing).
@@ -13,8 +13,8 @@ set -euo pipefail
 
 # Each round runs udn and nginx back to back (alternating who goes first); the table
 # reports the median round of each, so a burst of other load on the machine hits both.
-DURATION=${DURATION:-5}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-4}
+ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-2}
@@ -162,17 +162,32 @@ for r in $(seq "$ROUNDS"); do
     fi
   done
 done
+# Paired ratios: udn over nginx within each round, then their median (robust against
+# load that other processes put on the machine between rounds).
+declare -A RATIO_RPS RATIO_MBS
+for o in 1k 1m; do
+  read -r -a u <<<"${RPS[udn-$o]}"; read -r -a n <<<"${RPS[nginx-$o]}"
+  read -r -a um <<<"${MBS[udn-$o]}"; read -r -a nm <<<"${MBS[nginx-$o]}"
+  rr=""; rm=""
+  for i in "${!u[@]}"; do
+    rr="$rr $(awk -v a="${u[$i]}" -v b="${n[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
+    rm="$rm $(awk -v a="${um[$i]}" -v b="${nm[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
+  done
+  echo "paired ratios $o (req/s): $rr"
+  RATIO_RPS[$o]=$(median $rr)
+  RATIO_MBS[$o]=$(median $rm)
+done
 for k in "${!RPS[@]}"; do
   RPS[$k]=$(median ${RPS[$k]})
   MBS[$k]=$(median ${MBS[$k]})
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
 echo
-echo "medians of $ROUNDS rounds:"
+echo "medians of $ROUNDS rounds (ratio = median of the per-round udn/nginx ratios):"
 printf "%-8s %14s %14s %10s %12s %12s %10s\n" object "udn req/s" "nginx req/s" ratio "udn MB/s" "nginx MB/s" ratio
 for o in 1k 1m; do
   printf "%-8s %14s %14s %10s %12s %12s %10s\n" "$o" "${RPS[udn-$o]}" "${RPS[nginx-$o]}" \
-    "$(ratio "${RPS[udn-$o]}" "${RPS[nginx-$o]}")x" "${MBS[udn-$o]}" "${MBS[nginx-$o]}" \
-    "$(ratio "${MBS[udn-$o]}" "${MBS[nginx-$o]}")x"
+    "$(printf %.2f "${RATIO_RPS[$o]}")x" "${MBS[udn-$o]}" "${MBS[nginx-$o]}" \
+    "$(printf %.2f "${RATIO_MBS[$o]}")x"
 done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

@@ -75,8 +75,76 @@ pub struct Options {
 pub struct Handle {
     /// The edge server (addresses, the `Edge` itself).
     pub server: EdgeHandle,
-    log: Option<Arc<crate::logging::FileLog>>,
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    log: Option<Arc<WriterSink>>,
+}
+
+/// Access-log records handed to a writer thread, so a request never waits for a file
+/// write, rotation or `fsync` (the rotating [`FileLog`](crate::logging::FileLog) does
+/// all three). Records are never dropped: when the queue is full, requests wait.
+struct WriterSink {
+    tx: std::sync::mpsc::SyncSender<LogMsg>,
+}
+
+enum LogMsg {
+    Record(udn_core::log::LogRecord),
+    /// Complete the open file, then acknowledge.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+impl LogSink for WriterSink {
+    fn record(&self, rec: udn_core::log::LogRecord) {
+        match self.tx.try_send(LogMsg::Record(rec)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(m)) => {
+                let _ = self.tx.send(m);
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl WriterSink {
+    fn spawn(log: crate::logging::FileLog) -> anyhow::Result<WriterSink> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<LogMsg>(65_536);
+        std::thread::Builder::new()
+            .name("udn-edge-log".into())
+            .spawn(move || {
+                let tick_every = Duration::from_secs(1);
+                let mut last_tick = std::time::Instant::now();
+                loop {
+                    match rx.recv_timeout(tick_every) {
+                        Ok(LogMsg::Record(r)) => {
+                            if let Err(e) = log.write_at(&r, crate::logging::now()) {
+                                tracing::error!(error = %e, "access log write failed");
+                            }
+                        }
+                        Ok(LogMsg::Flush(ack)) => {
+                            let _ = log.flush_complete();
+                            let _ = ack.send(());
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            let _ = log.flush_complete();
+                            return;
+                        }
+                    }
+                    if last_tick.elapsed() >= tick_every {
+                        last_tick = std::time::Instant::now();
+                        let _ = log.tick(crate::logging::now());
+                    }
+                }
+            })
+            .context("starting the access-log writer")?;
+        Ok(WriterSink { tx })
+    }
+
+    /// Writes everything queued and completes the open file.
+    fn flush(&self) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(LogMsg::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(Duration::from_secs(10));
+        }
+    }
 }
 
 impl Handle {
@@ -88,11 +156,8 @@ impl Handle {
     /// Stops the edge and completes the open access-log file.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
-        if let Some(t) = self.ticker {
-            t.abort();
-        }
         if let Some(l) = self.log {
-            let _ = l.flush_complete();
+            let _ = tokio::task::spawn_blocking(move || l.flush()).await;
         }
     }
 }
@@ -172,13 +237,14 @@ pub async fn start(args: Options) -> anyhow::Result<Handle> {
 pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<Handle> {
     let (sink, log): (Arc<dyn LogSink>, _) = match &args.log_dir {
         Some(dir) => {
-            let l = Arc::new(crate::logging::FileLog::new(
+            let l = crate::logging::FileLog::new(
                 dir,
                 Role::Edge,
                 &args.pop,
                 RotationPolicy::default(),
-            )?);
-            (l.clone(), Some(l))
+            )?;
+            let w = Arc::new(WriterSink::spawn(l)?);
+            (w.clone() as Arc<dyn LogSink>, Some(w))
         }
         None => (Arc::new(NullSink), None),
     };
@@ -228,19 +294,7 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
     let server = server::start(edge, args.listen, https)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let ticker = log.clone().map(|l| {
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = l.tick(crate::logging::now());
-            }
-        })
-    });
-    Ok(Handle {
-        server,
-        log,
-        ticker,
-    })
+    Ok(Handle { server, log })
 }
 
 /// Runs the role until Ctrl-C.
