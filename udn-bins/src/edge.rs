@@ -59,8 +59,9 @@ pub struct Options {
     /// Access-log directory (rotated JSON Lines); no access log without it.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
-    /// Revalidate content older than this with the origin before serving (overrides
-    /// the config's check_interval_secs in single-origin mode).
+    /// Single-origin mode: revalidate content not validated with the origin within
+    /// this many seconds before serving it (network mode uses each CDN hostname's
+    /// `check_interval_secs`).
     #[arg(long)]
     pub check_interval_secs: Option<u64>,
     /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the system's.

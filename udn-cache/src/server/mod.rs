@@ -522,6 +522,7 @@ impl Edge {
         }
         if p.scope == crate::Scope::Domain
             && let Some(origins) = router.cdn_origins(host)
+            && !origins.is_empty()
         {
             return origins
                 .iter()
