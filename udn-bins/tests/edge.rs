@@ -1166,3 +1166,43 @@ fn bad_invocations_fail_clearly() {
     assert!(err.contains("ftp://x"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn client_conditionals_head_and_request_directives() {
+    let (origin, st) = start_origin();
+    let edge = EdgeProc::start(&["--origin", &format!("http://{origin}")]);
+    // only-if-cached on a miss: 504 without contacting the origin.
+    let r = curl(&edge.url("/lm/c"), &["Cache-Control: only-if-cached"]);
+    assert_eq!(r.status, 504);
+    assert_eq!(st.count("/lm/c"), 0);
+    let full = curl(&edge.url("/lm/c"), &[]);
+    assert_eq!((full.status, full.cache()), (200, "MISS"));
+    // HEAD of a stored object: its headers, no body.
+    let h = curl_m(&edge.url("/lm/c"), &[], &["-I", "-o", "/dev/null"]);
+    assert_eq!((h.status, h.cache()), (200, "HIT"));
+    assert_eq!(h.headers["content-length"], full.body.len().to_string());
+    assert!(h.body.is_empty());
+    // The client's own If-Modified-Since against the stored Last-Modified: 304.
+    let r = curl(&edge.url("/lm/c"), &[&format!("If-Modified-Since: {LM}")]);
+    assert_eq!((r.status, r.cache()), (304, "HIT"));
+    assert!(r.body.is_empty());
+    // Request no-cache: revalidated with the origin (which answers 304).
+    let r = curl(&edge.url("/lm/c"), &["Cache-Control: no-cache"]);
+    assert_eq!((r.status, r.cache()), (200, "REVALIDATED"));
+    assert_eq!(r.body, full.body);
+    assert_eq!(st.not_modified.load(Ordering::Relaxed), 1);
+    // Request max-age=0 likewise; only-if-cached on a stored fresh object is a hit.
+    assert_eq!(
+        curl(&edge.url("/lm/c"), &["Cache-Control: max-age=0"]).cache(),
+        "REVALIDATED"
+    );
+    assert_eq!(
+        curl(&edge.url("/lm/c"), &["Cache-Control: only-if-cached"]).cache(),
+        "HIT"
+    );
+    assert_eq!(st.count("/lm/c"), 3);
+    // POST is passed through.
+    let r = curl_m(&edge.url("/lm/c"), &[], &["--data", "x"]);
+    assert_eq!(r.cache(), "BYPASS");
+    assert_eq!(st.count("/lm/c"), 4);
+}
