@@ -1041,10 +1041,9 @@ fn sighup_reloads_routes() {
 #[test]
 fn https_origin_with_private_ca() {
     let dir = tempdir("tls-origin");
-    // A private CA and a leaf certificate for 127.0.0.1 signed by it.
+    // A private CA and two leaf certificates signed by it: one for the address
+    // 127.0.0.1, one for the name www.test.example only.
     let ca = dir.join("ca.crt");
-    let cert = dir.join("origin.crt");
-    let key = dir.join("origin.key");
     let run = |args: &[&str]| {
         let ok = Command::new("openssl")
             .current_dir(&dir)
@@ -1077,53 +1076,64 @@ fn https_origin_with_private_ca() {
         &ec,
     ]
     .concat());
-    run(&[
-        &[
-            "req",
-            "-new",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "origin.key",
+    let leaf = |name: &str, san: &str| -> tokio_rustls::TlsAcceptor {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.cnf"),
+        );
+        run(&[
+            &[
+                "req",
+                "-new",
+                "-subj",
+                "/CN=origin",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ][..],
+            &ec,
+        ]
+        .concat());
+        std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
             "-out",
-            "origin.csr",
-        ][..],
-        &ec,
-    ]
-    .concat());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "origin.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "origin.crt",
-    ]);
-    use rustls_pki_types::pem::PemObject as _;
-    let chain = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+            &crt,
+        ]);
+        use rustls_pki_types::pem::PemObject as _;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(dir.join(&crt))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let pk = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join(&key)).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
         .unwrap()
-        .collect::<Result<Vec<_>, _>>()
+        .with_no_client_auth()
+        .with_single_cert(chain, pk)
         .unwrap();
-    let pk = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, pk)
-    .unwrap();
-    let (origin, st) = start_origin_tls(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))));
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    };
+    let by_name = leaf("by-name", "DNS:www.test.example");
+    let (named_origin, named_st) = start_origin_tls(Some(by_name));
+    let (origin, st) = start_origin_tls(Some(leaf("by-ip", "IP:127.0.0.1")));
     let url = format!("https://127.0.0.1:{}", origin.port());
     // Without the private CA the origin's certificate is not trusted: 502.
     let untrusting = EdgeProc::start(&["--origin", &url]);
@@ -1136,6 +1146,34 @@ fn https_origin_with_private_ca() {
     );
     assert_eq!(curl(&edge.url("/static/t"), &[]).cache(), "HIT");
     assert_eq!(st.count("/static/t"), 1);
+    // Network mode, origin fetched by address (origin_urls = https://127.0.0.1:port):
+    // TLS names and verifies the origin domain, so www.test.example (in the
+    // certificate) works and img.test.example (not in it) is refused.
+    let named_url = format!("https://127.0.0.1:{}", named_origin.port());
+    let cfg = network_toml(&dir, "127.0.0.1:1".parse().unwrap(), 3600);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("http://127.0.0.1:1", &named_url);
+    std::fs::write(&cfg, text).unwrap();
+    let net = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--origin-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let host = "Host: cdn.test.example";
+    let r = curl(&net.url("/www.test.example/static/n"), &[host]);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"content of /static/n"[..])
+    );
+    assert_eq!(
+        curl(&net.url("/img.test.example/static/n"), &[host]).status,
+        502
+    );
+    assert_eq!(named_st.count("/static/n"), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -228,11 +228,7 @@ impl EdgeBuilder {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(store)
             .with_no_client_auth();
-        let roots = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let connector = roots.https_or_http().enable_http1().enable_http2().build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = origin_client(&tls, None);
         let metrics = Metrics::default();
         let mut registry = Registry::with_prefix("udn_edge");
         registry.register(
@@ -277,6 +273,8 @@ impl EdgeBuilder {
             tree: RwLock::new(tree),
             inflight: Mutex::new(HashMap::new()),
             client,
+            sni_clients: Mutex::new(HashMap::new()),
+            tls,
             purge_token: self.purge_token,
             origin_timeout: self.origin_timeout,
             hooks: self.hooks,
@@ -341,6 +339,10 @@ pub struct Edge {
     tree: RwLock<InvalidationTree>,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<FillResult>>>>,
     client: OriginClient,
+    /// Clients for HTTPS origins fetched by address (`origin_urls`) whose certificate
+    /// names the origin domain: SNI and verification use the domain.
+    sni_clients: Mutex<HashMap<String, OriginClient>>,
+    tls: rustls::ClientConfig,
     purge_token: Option<String>,
     origin_timeout: Duration,
     hooks: Arc<dyn EdgeHooks>,
@@ -348,6 +350,24 @@ pub struct Edge {
     clock: Clock,
     metrics: Metrics,
     registry: Registry,
+}
+
+/// A pooled HTTP/1.1 + HTTP/2 client for origins over HTTP or HTTPS; with `sni`, TLS
+/// names and verifies that server name instead of the URL's host.
+fn origin_client(tls: &rustls::ClientConfig, sni: Option<String>) -> OriginClient {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http();
+    let b = match sni {
+        Some(name) => b.with_server_name_resolver(move |_: &http::Uri| {
+            rustls_pki_types::ServerName::try_from(name.clone())
+        }),
+        None => b,
+    };
+    let connector = b.enable_http1().enable_http2().build();
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -459,6 +479,28 @@ impl Edge {
             log: Arc::new(NullSink),
             clock: Arc::new(system_clock),
         }
+    }
+
+    /// The client for a route's origin: the shared one, or, for an HTTPS origin URL
+    /// whose host is not the origin domain, one whose TLS server name is the domain.
+    fn client_for(&self, route: &Route) -> OriginClient {
+        let o = &route.origin;
+        let Some(rest) = o.base_url.strip_prefix("https://") else {
+            return self.client.clone();
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let url_host = match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        let domain = o.domain.split(':').next().unwrap_or(&o.domain);
+        if url_host.eq_ignore_ascii_case(domain) {
+            return self.client.clone();
+        }
+        let mut map = self.sni_clients.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(o.domain.clone())
+            .or_insert_with(|| origin_client(&self.tls, Some(domain.to_string())))
+            .clone()
     }
 
     /// Replaces the router (config reload) without dropping traffic.
@@ -721,15 +763,17 @@ impl Edge {
             .unwrap_or_default();
         let oreq = self.origin_request(route, Method::GET, req, cond);
         self.metrics.origin_fetches.inc();
-        let resp = match tokio::time::timeout(self.origin_timeout, self.client.request(oreq)).await
-        {
-            Err(_) => return FillResult::Failed(FetchError::Timeout),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
-                return FillResult::Failed(FetchError::Unreachable);
-            }
-            Ok(Ok(r)) => r,
-        };
+        let resp =
+            match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq))
+                .await
+            {
+                Err(_) => return FillResult::Failed(FetchError::Timeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
+                    return FillResult::Failed(FetchError::Unreachable);
+                }
+                Ok(Ok(r)) => r,
+            };
         let response_time = self.now();
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED
@@ -1026,7 +1070,8 @@ impl Edge {
         }
         *oreq.body_mut() = body.boxed_unsync();
         self.metrics.origin_fetches.inc();
-        match tokio::time::timeout(self.origin_timeout, self.client.request(oreq)).await {
+        match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq)).await
+        {
             Err(_) => Self::error_response(FetchError::Timeout),
             Ok(Err(_)) => Self::error_response(FetchError::Unreachable),
             Ok(Ok(resp)) => self.passthrough(resp),
