@@ -5,18 +5,22 @@
 #
 # Everything listens on loopback; every process this script starts is stopped by its
 # pid on exit. Usage:
-#   bash benches/scripts/edge-load.sh            # 10 s per run, wrk -t1 -c64
-#   DURATION=5 CONNS=32 bash benches/scripts/edge-load.sh
+#   bash benches/scripts/edge-load.sh            # 5 rounds x 4 s per server and object
+#   DURATION=10 ROUNDS=1 CONNS=32 bash benches/scripts/edge-load.sh
 #   LOGS=0 bash benches/scripts/edge-load.sh     # both without access logs
 # Needs: nginx, wrk, curl, and a release build of `udn` (built here if missing).
 set -euo pipefail
 
-DURATION=${DURATION:-10}
+# Each round runs udn and nginx back to back (alternating who goes first); the table
+# reports the median round of each, so a burst of other load on the machine hits both.
+DURATION=${DURATION:-4}
+ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-2}
 LOGS=${LOGS:-1}
 [ "$DURATION" -le 60 ] || { echo "DURATION is capped at 60 s" >&2; exit 2; }
+[ "$ROUNDS" -le 10 ] || { echo "ROUNDS is capped at 10" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 UDN=${UDN:-$ROOT/target/release/udn}
@@ -132,27 +136,58 @@ to_mb() {
 
 declare -A RPS MBS
 run() { # name url
-  local out
+  local out rps mbs
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "$2")
-  RPS[$1]=$(echo "$out" | awk '/Requests\/sec/{print $2}')
-  MBS[$1]=$(echo "$out" | awk '/Transfer\/sec/{print $2}' | to_mb)
-  echo "$1: ${RPS[$1]} req/s, ${MBS[$1]} MB/s"
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  mbs=$(echo "$out" | awk '/Transfer\/sec/{print $2}' | to_mb)
+  RPS[$1]="${RPS[$1]:-} $rps"
+  MBS[$1]="${MBS[$1]:-} $mbs"
+  echo "  $1: $rps req/s, $mbs MB/s"
   if echo "$out" | grep -q -e 'Non-2xx' -e 'Socket errors'; then
     echo "$out" | grep -e 'Non-2xx' -e 'Socket errors' | sed "s/^/  $1 WARNING: /"
   fi
 }
+median() { echo "$@" | tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
-echo "wrk -t$THREADS -c$CONNS -d${DURATION}s; nginx worker_processes $WORKERS; access logs: $LOGS"
-run udn-1k "http://127.0.0.1:$EDGE_PORT/1k.bin"
-run nginx-1k "http://127.0.0.1:$NGINX_PORT/1k.bin"
-run udn-1m "http://127.0.0.1:$EDGE_PORT/1m.bin"
-run nginx-1m "http://127.0.0.1:$NGINX_PORT/1m.bin"
+echo "wrk -t$THREADS -c$CONNS -d${DURATION}s x $ROUNDS rounds; nginx worker_processes $WORKERS; access logs: $LOGS"
+for r in $(seq "$ROUNDS"); do
+  echo "round $r"
+  for o in 1k 1m; do
+    if [ $((r % 2)) = 1 ]; then
+      run "udn-$o" "http://127.0.0.1:$EDGE_PORT/$o.bin"
+      run "nginx-$o" "http://127.0.0.1:$NGINX_PORT/$o.bin"
+    else
+      run "nginx-$o" "http://127.0.0.1:$NGINX_PORT/$o.bin"
+      run "udn-$o" "http://127.0.0.1:$EDGE_PORT/$o.bin"
+    fi
+  done
+done
+# Paired ratios: udn over nginx within each round, then their median (robust against
+# load that other processes put on the machine between rounds).
+declare -A RATIO_RPS RATIO_MBS
+for o in 1k 1m; do
+  read -r -a u <<<"${RPS[udn-$o]}"; read -r -a n <<<"${RPS[nginx-$o]}"
+  read -r -a um <<<"${MBS[udn-$o]}"; read -r -a nm <<<"${MBS[nginx-$o]}"
+  rr=""; rm=""
+  for i in "${!u[@]}"; do
+    rr="$rr $(awk -v a="${u[$i]}" -v b="${n[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
+    rm="$rm $(awk -v a="${um[$i]}" -v b="${nm[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
+  done
+  echo "paired ratios $o (req/s): $rr"
+  RATIO_RPS[$o]=$(median $rr)
+  RATIO_MBS[$o]=$(median $rm)
+done
+for k in "${!RPS[@]}"; do
+  RPS[$k]=$(median ${RPS[$k]})
+  MBS[$k]=$(median ${MBS[$k]})
+done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
 echo
+echo "medians of $ROUNDS rounds (ratio = median of the per-round udn/nginx ratios):"
 printf "%-8s %14s %14s %10s %12s %12s %10s\n" object "udn req/s" "nginx req/s" ratio "udn MB/s" "nginx MB/s" ratio
 for o in 1k 1m; do
   printf "%-8s %14s %14s %10s %12s %12s %10s\n" "$o" "${RPS[udn-$o]}" "${RPS[nginx-$o]}" \
-    "$(ratio "${RPS[udn-$o]}" "${RPS[nginx-$o]}")x" "${MBS[udn-$o]}" "${MBS[nginx-$o]}" \
-    "$(ratio "${MBS[udn-$o]}" "${MBS[nginx-$o]}")x"
+    "$(printf %.2f "${RATIO_RPS[$o]}")x" "${MBS[udn-$o]}" "${MBS[nginx-$o]}" \
+    "$(printf %.2f "${RATIO_MBS[$o]}")x"
 done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

@@ -59,10 +59,14 @@ pub struct Options {
     /// Access-log directory (rotated JSON Lines); no access log without it.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
-    /// Revalidate content older than this with the origin before serving (overrides
-    /// the config's check_interval_secs in single-origin mode).
+    /// Single-origin mode: revalidate content not validated with the origin within
+    /// this many seconds before serving it (network mode uses each CDN hostname's
+    /// `check_interval_secs`).
     #[arg(long)]
     pub check_interval_secs: Option<u64>,
+    /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the system's.
+    #[arg(long)]
+    pub origin_ca: Option<PathBuf>,
     /// Origin response-header timeout in milliseconds (then 504, or stale-if-error).
     #[arg(long, default_value_t = 10_000)]
     pub origin_timeout_ms: u64,
@@ -72,8 +76,82 @@ pub struct Options {
 pub struct Handle {
     /// The edge server (addresses, the `Edge` itself).
     pub server: EdgeHandle,
-    log: Option<Arc<crate::logging::FileLog>>,
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    log: Option<Arc<WriterSink>>,
+}
+
+/// Access-log records handed to a writer thread, so a request never waits for a file
+/// write, rotation or `fsync` (the rotating [`FileLog`](crate::logging::FileLog) does
+/// all three). Records are never dropped: when the queue is full, requests wait.
+struct WriterSink {
+    tx: std::sync::mpsc::SyncSender<LogMsg>,
+}
+
+enum LogMsg {
+    Record(udn_core::log::LogRecord),
+    /// Complete the open file, then acknowledge.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+impl LogSink for WriterSink {
+    fn record(&self, rec: udn_core::log::LogRecord) {
+        match self.tx.try_send(LogMsg::Record(rec)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(m)) => {
+                let _ = self.tx.send(m);
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl WriterSink {
+    fn spawn(log: crate::logging::FileLog) -> anyhow::Result<WriterSink> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<LogMsg>(65_536);
+        std::thread::Builder::new()
+            .name("udn-edge-log".into())
+            .spawn(move || {
+                // Drain in batches every 20 ms instead of waking per record: a request
+                // only pays for a queue push.
+                let batch_every = Duration::from_millis(20);
+                let tick_every = Duration::from_secs(1);
+                let mut last_tick = std::time::Instant::now();
+                loop {
+                    std::thread::sleep(batch_every);
+                    loop {
+                        match rx.try_recv() {
+                            Ok(LogMsg::Record(r)) => {
+                                if let Err(e) = log.write_at(&r, crate::logging::now()) {
+                                    tracing::error!(error = %e, "access log write failed");
+                                }
+                            }
+                            Ok(LogMsg::Flush(ack)) => {
+                                let _ = log.flush_complete();
+                                let _ = ack.send(());
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                                let _ = log.flush_complete();
+                                return;
+                            }
+                        }
+                    }
+                    if last_tick.elapsed() >= tick_every {
+                        last_tick = std::time::Instant::now();
+                        let _ = log.tick(crate::logging::now());
+                    }
+                }
+            })
+            .context("starting the access-log writer")?;
+        Ok(WriterSink { tx })
+    }
+
+    /// Writes everything queued and completes the open file.
+    fn flush(&self) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(LogMsg::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(Duration::from_secs(10));
+        }
+    }
 }
 
 impl Handle {
@@ -85,11 +163,8 @@ impl Handle {
     /// Stops the edge and completes the open access-log file.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
-        if let Some(t) = self.ticker {
-            t.abort();
-        }
         if let Some(l) = self.log {
-            let _ = l.flush_complete();
+            let _ = tokio::task::spawn_blocking(move || l.flush()).await;
         }
     }
 }
@@ -108,29 +183,75 @@ fn parse_cert(s: &str) -> anyhow::Result<TlsCert> {
     })
 }
 
-/// Builds and starts an edge from `args`: binds its addresses and returns them with a
-/// shutdown handle (the demo calls this once per POP).
-pub async fn start(args: Options) -> anyhow::Result<Handle> {
-    let router = match (&args.origin, &args.config) {
-        (Some(o), _) => Router::single(o)
+impl Default for Options {
+    /// The command line's defaults: no origin, no config, `127.0.0.1:8080`, 256 MiB of
+    /// memory, no disk tier, no token, no access log.
+    fn default() -> Self {
+        Options {
+            config: None,
+            pop: "local".into(),
+            origin: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_listen: None,
+            tls_certs: Vec::new(),
+            memory_mb: 256,
+            memory_object_kb: None,
+            disk_dir: None,
+            disk_mb: 4096,
+            purge_token: None,
+            log_dir: None,
+            check_interval_secs: None,
+            origin_ca: None,
+            origin_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The routes `opts` asks for: `--origin` (single origin) or `--config` + `--pop`.
+pub fn router(opts: &Options) -> anyhow::Result<Router> {
+    match (&opts.origin, &opts.config) {
+        (Some(o), _) => Ok(Router::single(o)
             .with_context(|| format!("--origin {o}"))?
-            .with_check_interval(args.check_interval_secs.map(Duration::from_secs)),
+            .with_check_interval(opts.check_interval_secs.map(Duration::from_secs))),
         (None, Some(path)) => {
             let cfg = crate::demo::load_config(Some(path))?;
             cfg.compile().context("validating the network config")?;
-            Router::for_pop(&cfg, &args.pop).context("building the edge routes")?
+            if !cfg.pops.iter().any(|p| p.name == opts.pop) {
+                let known: Vec<&str> = cfg.pops.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!(
+                    "--pop {:?} is not a POP of {} (known: {})",
+                    opts.pop,
+                    path.display(),
+                    known.join(", ")
+                );
+            }
+            Router::for_pop(&cfg, &opts.pop).context("building the edge routes")
         }
         (None, None) => anyhow::bail!("udn edge needs --origin URL or --config FILE"),
-    };
+    }
+}
+
+/// Builds and starts an edge from `args`: binds its addresses and returns them with a
+/// shutdown handle.
+pub async fn start(args: Options) -> anyhow::Result<Handle> {
+    let router = router(&args)?;
+    start_with_router(router, args).await
+}
+
+/// Like [`start`], with routes built by the caller (the demo: one edge per POP of an
+/// in-memory config, `Router::for_pop(&cfg, pop)`); `args.origin` and `args.config`
+/// are ignored.
+pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<Handle> {
     let (sink, log): (Arc<dyn LogSink>, _) = match &args.log_dir {
         Some(dir) => {
-            let l = Arc::new(crate::logging::FileLog::new(
+            let l = crate::logging::FileLog::new(
                 dir,
                 Role::Edge,
                 &args.pop,
                 RotationPolicy::default(),
-            )?);
-            (l.clone(), Some(l))
+            )?;
+            let w = Arc::new(WriterSink::spawn(l)?);
+            (w.clone() as Arc<dyn LogSink>, Some(w))
         }
         None => (Arc::new(NullSink), None),
     };
@@ -142,6 +263,11 @@ pub async fn start(args: Options) -> anyhow::Result<Handle> {
         .clock(Arc::new(crate::logging::now));
     if let Some(kb) = args.memory_object_kb {
         b = b.memory_object_max(kb << 10);
+    }
+    if let Some(ca) = &args.origin_ca {
+        b = b
+            .origin_ca_file(ca)
+            .with_context(|| format!("--origin-ca {}", ca.display()))?;
     }
     if let Some(dir) = &args.disk_dir {
         b = b.disk(dir.clone(), args.disk_mb << 20);
@@ -175,34 +301,42 @@ pub async fn start(args: Options) -> anyhow::Result<Handle> {
     let server = server::start(edge, args.listen, https)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let ticker = log.clone().map(|l| {
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = l.tick(crate::logging::now());
-            }
-        })
-    });
-    Ok(Handle {
-        server,
-        log,
-        ticker,
-    })
+    Ok(Handle { server, log })
 }
 
 /// Runs the role until Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = crate::runtime()?;
     rt.block_on(async {
+        let args_for_reload = (*args.opts).clone();
         let h = start(*args.opts).await?;
         println!("udn edge: listening on http://{}", h.server.http_addr);
         if let Some(a) = h.server.https_addr {
             println!("udn edge: listening on https://{a}");
         }
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        wait_for_stop(&args_for_reload, &h).await?;
         h.shutdown().await;
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM; on SIGHUP re-reads `--config` and swaps the routes
+/// without dropping traffic (a bad config is reported and the old routes stay).
+async fn wait_for_stop(opts: &Options, h: &Handle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("waiting for Ctrl-C"),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => match router(opts) {
+                Ok(r) => {
+                    h.server.edge.set_router(r);
+                    tracing::info!("routes reloaded");
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the old routes"),
+            },
+        }
+    }
 }

@@ -112,7 +112,7 @@ async fn origin_handle(st: Arc<OriginState>, req: Request<Incoming>) -> Response
             200,
             &[(
                 "cache-control",
-                "max-age=1, stale-while-revalidate=30".into(),
+                "max-age=2, stale-while-revalidate=30".into(),
             )],
             format!("swr {path}"),
         );
@@ -170,6 +170,11 @@ fn futures_stream(
 
 /// Starts the origin on a free loopback port in a background runtime.
 fn start_origin() -> (SocketAddr, Arc<OriginState>) {
+    start_origin_tls(None)
+}
+
+/// Starts the origin, over TLS when an acceptor is given.
+fn start_origin_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc<OriginState>) {
     let st = Arc::new(OriginState::default());
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
@@ -186,14 +191,22 @@ fn start_origin() -> (SocketAddr, Arc<OriginState>) {
             loop {
                 let (s, _) = l.accept().await.unwrap();
                 let st = st2.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, std::convert::Infallible>(origin_handle(st, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = match tls {
+                        Some(acc) => match acc.accept(s).await {
+                            Ok(s) => builder.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await,
+                            Err(_) => return,
+                        },
+                        None => builder.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await,
+                    };
                 });
             }
         });
@@ -209,11 +222,33 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn tempdir(name: &str) -> PathBuf {
+/// A directory under the system temp dir, removed when the test ends (pass or fail).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("udn-edge-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 struct EdgeProc {
@@ -421,7 +456,12 @@ fn miss_then_hit_with_age_and_access_log() {
         && h.path == "/static/a.txt"
         && h.bytes == 24
         && h.pop == "fra"));
-    assert!(http.iter().any(|h| h.outcome == "miss" && h.status == 200));
+    assert!(
+        http.iter()
+            .any(|h| h.outcome == "miss" && h.status == 200 && h.fill_bytes == 24),
+        "{http:?}"
+    );
+    assert!(http.iter().any(|h| h.outcome == "hit" && h.fill_bytes == 0));
 }
 
 #[test]
@@ -540,6 +580,16 @@ fn purge_url_directory_and_domain() {
     );
     assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
     assert_eq!(st.count("/static/img/a.gif"), 5);
+    // The CDN-hostname forms: a URL with the origin in the path, and a whole CDN
+    // hostname (every one of its origin domains).
+    let b_via_cdn = "http://cdn.test.example/www.test.example/static/img/b.gif";
+    assert_eq!(purge(&edge, "s3cret", "url", b_via_cdn, 4), 200);
+    assert_eq!(state(&edge), ["HIT", "MISS", "HIT", "HIT"]);
+    assert_eq!(
+        purge(&edge, "s3cret", "domain", "http://cdn.test.example/", 5),
+        200
+    );
+    assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "MISS"]);
     let since = String::from_utf8(curl(&edge.url("/v1/purges?since=1"), &[]).body).unwrap();
     assert!(
         since.contains(r#""seq":2"#)
@@ -556,7 +606,10 @@ fn unconfigured_origin_is_refused() {
     let cfg = network_toml(&dir, origin, 3600);
     let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
     let r = curl(&edge.url("/static/x"), &["Host: evil.example"]);
-    assert_eq!(r.status, 403);
+    assert_eq!(
+        (r.status, r.cache(), r.headers["age"].as_str()),
+        (403, "BYPASS", "0")
+    );
     let r = curl_m(
         &edge.url("/static/x"),
         &[],
@@ -707,6 +760,17 @@ fn tiers_are_bounded() {
     );
     assert_eq!(st.count(&format!("/sized/{}", 300 * 1024)), 2);
     let _ = std::fs::remove_dir_all(&disk);
+    // Without a disk tier, an object above the memory-object limit streams through
+    // uncached.
+    let no_disk = EdgeProc::start(&["--origin", &format!("http://{origin}"), "--memory-mb", "1"]);
+    for _ in 0..2 {
+        let r = curl(&no_disk.url("/sized/1000000"), &[]);
+        assert_eq!(
+            (r.status, r.cache(), r.body.len()),
+            (200, "MISS", 1_000_000)
+        );
+    }
+    assert_eq!(st.count("/sized/1000000"), 2);
 }
 
 #[test]
@@ -724,7 +788,7 @@ fn stale_while_revalidate_and_prefill() {
     ]);
     let host = "Host: cdn.test.example";
     assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "MISS");
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2200));
     let r = curl(&edge.url("/swr/a"), &[host]);
     assert_eq!(
         (r.cache(), r.body.as_slice()),
@@ -876,9 +940,12 @@ fn origin_down_stale_where_allowed_else_502_or_504() {
         &format!("http://{origin}"),
         "--origin-timeout-ms",
         "500",
+        "--check-interval-secs",
+        "1",
     ]);
     assert_eq!(curl(&edge.url("/sie/a"), &[]).cache(), "MISS");
     assert_eq!(curl(&edge.url("/short/a"), &[]).cache(), "MISS");
+    assert_eq!(curl(&edge.url("/static/fresh"), &[]).cache(), "MISS");
     std::thread::sleep(Duration::from_millis(1200));
     st.down.store(true, Ordering::Relaxed);
     let r = curl(&edge.url("/sie/a"), &[]);
@@ -888,6 +955,14 @@ fn origin_down_stale_where_allowed_else_502_or_504() {
     );
     let r = curl(&edge.url("/short/a"), &[]);
     assert_eq!(r.status, 502, "no stale-if-error: a clear 502");
+    // Fresh by HTTP, due only for the periodic check: served while the origin is down.
+    let r = curl(&edge.url("/static/fresh"), &[]);
+    assert_eq!((r.status, r.cache()), (200, "STALE"));
+    assert_eq!(
+        st.count("/static/fresh"),
+        2,
+        "the periodic check did try the origin"
+    );
     st.down.store(false, Ordering::Relaxed);
     // A slow origin: 504 after the timeout.
     assert_eq!(curl(&edge.url("/hang/x"), &[]).status, 504);
@@ -951,4 +1026,253 @@ fn large_object_streams_with_flat_memory() {
     assert_eq!(st.count("/big"), 1);
     drop(edge);
     let _ = std::fs::remove_dir_all(&disk);
+}
+
+#[test]
+fn sighup_reloads_routes() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("reload");
+    let cfg = network_toml(&dir, origin, 3600);
+    let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
+    assert_eq!(
+        curl(&edge.url("/static/r"), &["Host: new.test.example"]).status,
+        403
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[cdn]]\nhostname = \"new.test.example\"\ncustomer = \"test\"\norigins = [\"new-origin.test.example\"]\norigin_urls = [\"http://{origin}\"]\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(edge.child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = curl(&edge.url("/static/r"), &["Host: new.test.example"]);
+        if r.status == 200 {
+            assert_eq!(r.body, b"content of /static/r");
+            break;
+        }
+        assert!(Instant::now() < deadline, "routes not reloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The old hostname still works and kept its cache.
+    assert_eq!(
+        curl(&edge.url("/static/r"), &["Host: cdn.test.example"]).cache(),
+        "MISS"
+    );
+    assert_eq!(
+        curl(&edge.url("/static/r"), &["Host: cdn.test.example"]).cache(),
+        "HIT"
+    );
+    assert_eq!(st.count("/static/r"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn https_origin_with_private_ca() {
+    let dir = tempdir("tls-origin");
+    // A private CA and two leaf certificates signed by it: one for the address
+    // 127.0.0.1, one for the name www.test.example only.
+    let ca = dir.join("ca.crt");
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .current_dir(&dir)
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &[
+            "req",
+            "-x509",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=UDN test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ][..],
+        &ec,
+    ]
+    .concat());
+    let leaf = |name: &str, san: &str| -> tokio_rustls::TlsAcceptor {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.cnf"),
+        );
+        run(&[
+            &[
+                "req",
+                "-new",
+                "-subj",
+                "/CN=origin",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ][..],
+            &ec,
+        ]
+        .concat());
+        std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+        use rustls_pki_types::pem::PemObject as _;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(dir.join(&crt))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let pk = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join(&key)).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, pk)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    };
+    let by_name = leaf("by-name", "DNS:www.test.example");
+    let (named_origin, named_st) = start_origin_tls(Some(by_name));
+    let (origin, st) = start_origin_tls(Some(leaf("by-ip", "IP:127.0.0.1")));
+    let url = format!("https://127.0.0.1:{}", origin.port());
+    // Without the private CA the origin's certificate is not trusted: 502.
+    let untrusting = EdgeProc::start(&["--origin", &url]);
+    assert_eq!(curl(&untrusting.url("/static/t"), &[]).status, 502);
+    let edge = EdgeProc::start(&["--origin", &url, "--origin-ca", ca.to_str().unwrap()]);
+    let r = curl(&edge.url("/static/t"), &[]);
+    assert_eq!(
+        (r.status, r.cache(), r.body.as_slice()),
+        (200, "MISS", &b"content of /static/t"[..])
+    );
+    assert_eq!(curl(&edge.url("/static/t"), &[]).cache(), "HIT");
+    assert_eq!(st.count("/static/t"), 1);
+    // Network mode, origin fetched by address (origin_urls = https://127.0.0.1:port):
+    // TLS names and verifies the origin domain, so www.test.example (in the
+    // certificate) works and img.test.example (not in it) is refused.
+    let named_url = format!("https://127.0.0.1:{}", named_origin.port());
+    let cfg = network_toml(&dir, "127.0.0.1:1".parse().unwrap(), 3600);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("http://127.0.0.1:1", &named_url);
+    std::fs::write(&cfg, text).unwrap();
+    let net = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--origin-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let host = "Host: cdn.test.example";
+    let r = curl(&net.url("/www.test.example/static/n"), &[host]);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"content of /static/n"[..])
+    );
+    assert_eq!(
+        curl(&net.url("/img.test.example/static/n"), &[host]).status,
+        502
+    );
+    assert_eq!(named_st.count("/static/n"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_invocations_fail_clearly() {
+    let dir = tempdir("badargs");
+    let cfg = network_toml(&dir, "127.0.0.1:9".parse().unwrap(), 60);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_udn"))
+            .arg("edge")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--config", cfg.to_str().unwrap(), "--pop", "nowhere"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a POP") && err.contains("fra"), "{err}");
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--origin URL or --config FILE"), "{err}");
+    let (code, err) = run(&["--origin", "ftp://x"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ftp://x"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn client_conditionals_head_and_request_directives() {
+    let (origin, st) = start_origin();
+    let edge = EdgeProc::start(&["--origin", &format!("http://{origin}")]);
+    // only-if-cached on a miss: 504 without contacting the origin.
+    let r = curl(&edge.url("/lm/c"), &["Cache-Control: only-if-cached"]);
+    assert_eq!(r.status, 504);
+    assert_eq!(st.count("/lm/c"), 0);
+    let full = curl(&edge.url("/lm/c"), &[]);
+    assert_eq!((full.status, full.cache()), (200, "MISS"));
+    // HEAD of a stored object: its headers, no body.
+    let h = curl_m(&edge.url("/lm/c"), &[], &["-I", "-o", "/dev/null"]);
+    assert_eq!((h.status, h.cache()), (200, "HIT"));
+    assert_eq!(h.headers["content-length"], full.body.len().to_string());
+    assert!(h.body.is_empty());
+    // The client's own If-Modified-Since against the stored Last-Modified: 304.
+    let r = curl(&edge.url("/lm/c"), &[&format!("If-Modified-Since: {LM}")]);
+    assert_eq!((r.status, r.cache()), (304, "HIT"));
+    assert!(r.body.is_empty());
+    // Request no-cache: revalidated with the origin (which answers 304).
+    let r = curl(&edge.url("/lm/c"), &["Cache-Control: no-cache"]);
+    assert_eq!((r.status, r.cache()), (200, "REVALIDATED"));
+    assert_eq!(r.body, full.body);
+    assert_eq!(st.not_modified.load(Ordering::Relaxed), 1);
+    // Request max-age=0 likewise; only-if-cached on a stored fresh object is a hit.
+    assert_eq!(
+        curl(&edge.url("/lm/c"), &["Cache-Control: max-age=0"]).cache(),
+        "REVALIDATED"
+    );
+    assert_eq!(
+        curl(&edge.url("/lm/c"), &["Cache-Control: only-if-cached"]).cache(),
+        "HIT"
+    );
+    assert_eq!(st.count("/lm/c"), 3);
+    // POST is passed through.
+    let r = curl_m(&edge.url("/lm/c"), &[], &["--data", "x"]);
+    assert_eq!(r.cache(), "BYPASS");
+    assert_eq!(st.count("/lm/c"), 4);
 }

@@ -77,25 +77,58 @@ fn parse_secs(v: Option<&str>) -> Option<u64> {
     Some(v.parse::<u64>().unwrap_or(u64::MAX).min(1 << 31))
 }
 
-/// Splits on commas outside double quotes.
-fn directives(s: &str) -> impl Iterator<Item = &str> {
-    let mut in_q = false;
-    let mut start = 0;
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'"' => in_q = !in_q,
-            b',' if !in_q => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|d| !d.is_empty())
+/// Splits on commas outside double quotes, without allocating.
+struct Directives<'a> {
+    s: &'a str,
+    pos: usize,
 }
+
+impl<'a> Iterator for Directives<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        while self.pos <= self.s.len() {
+            let rest = &self.s.as_bytes()[self.pos..];
+            let mut in_q = false;
+            let mut end = rest.len();
+            for (i, &b) in rest.iter().enumerate() {
+                match b {
+                    b'"' => in_q = !in_q,
+                    b',' if !in_q => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let d = self.s[self.pos..self.pos + end].trim();
+            self.pos += end + 1;
+            if !d.is_empty() {
+                return Some(d);
+            }
+        }
+        None
+    }
+}
+
+fn directives(s: &str) -> Directives<'_> {
+    Directives { s, pos: 0 }
+}
+
+const NAMES: [&str; 13] = [
+    "no-store",
+    "no-cache",
+    "private",
+    "public",
+    "must-revalidate",
+    "proxy-revalidate",
+    "only-if-cached",
+    "max-age",
+    "s-maxage",
+    "max-stale",
+    "min-fresh",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
 
 impl CacheControl {
     /// Parses every Cache-Control header of `headers`. Unknown directives are ignored;
@@ -109,22 +142,24 @@ impl CacheControl {
                     Some((n, v)) => (n.trim(), Some(v)),
                     None => (d, None),
                 };
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
-                    "public" => cc.public = true,
-                    "must-revalidate" => cc.must_revalidate = true,
-                    "proxy-revalidate" => cc.proxy_revalidate = true,
-                    "only-if-cached" => cc.only_if_cached = true,
+                let Some(known) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
+                    continue;
+                };
+                match known {
+                    0 => cc.no_store = true,
+                    1 => cc.no_cache = true,
+                    2 => cc.private = true,
+                    3 => cc.public = true,
+                    4 => cc.must_revalidate = true,
+                    5 => cc.proxy_revalidate = true,
+                    6 => cc.only_if_cached = true,
                     // An invalid max-age makes the response stale (RFC 9111 4.2.1).
-                    "max-age" => cc.max_age = Some(parse_secs(val).unwrap_or(0)),
-                    "s-maxage" => cc.s_maxage = Some(parse_secs(val).unwrap_or(0)),
-                    "max-stale" => cc.max_stale = Some(parse_secs(val)),
-                    "min-fresh" => cc.min_fresh = parse_secs(val),
-                    "stale-while-revalidate" => cc.stale_while_revalidate = parse_secs(val),
-                    "stale-if-error" => cc.stale_if_error = parse_secs(val),
-                    _ => {}
+                    7 => cc.max_age = Some(parse_secs(val).unwrap_or(0)),
+                    8 => cc.s_maxage = Some(parse_secs(val).unwrap_or(0)),
+                    9 => cc.max_stale = Some(parse_secs(val)),
+                    10 => cc.min_fresh = parse_secs(val),
+                    11 => cc.stale_while_revalidate = parse_secs(val),
+                    _ => cc.stale_if_error = parse_secs(val),
                 }
             }
         }
@@ -281,7 +316,10 @@ impl StoredMeta {
     /// The freshness lifetime (RFC 9111 4.2.1): s-maxage, max-age, Expires - Date,
     /// else the heuristic: 10 % of Date - Last-Modified, capped at [`HEURISTIC_CAP`].
     pub fn freshness_lifetime(&self) -> Duration {
-        let cc = CacheControl::parse(&self.headers);
+        self.lifetime_with(&CacheControl::parse(&self.headers))
+    }
+
+    fn lifetime_with(&self, cc: &CacheControl) -> Duration {
         if let Some(s) = cc.s_maxage {
             return Duration::from_secs(s);
         }
@@ -418,7 +456,7 @@ pub fn evaluate(
     {
         return Action::Revalidate;
     }
-    let lifetime = meta.freshness_lifetime();
+    let lifetime = meta.lifetime_with(&rs);
     let age = meta.current_age(now);
     if let Some(max_age) = rq.max_age
         && age > Duration::from_secs(max_age)
@@ -531,6 +569,26 @@ mod tests {
     const T0: u64 = 1_700_000_000;
     fn t(s: u64) -> Timestamp {
         Timestamp::from_secs(T0 + s)
+    }
+
+    #[test]
+    fn cache_control_parsing() {
+        let cc = CacheControl::parse(&h(&[
+            (
+                "cache-control",
+                "No-Cache=\"set-cookie, x-a\", ,MAX-AGE=5,,",
+            ),
+            ("cache-control", "max-stale, s-maxage=\"7\", max-age=x"),
+        ]));
+        assert!(cc.no_cache);
+        assert_eq!(
+            cc.max_age,
+            Some(0),
+            "a later invalid max-age wins and means stale"
+        );
+        assert_eq!(cc.s_maxage, Some(7));
+        assert_eq!(cc.max_stale, Some(None));
+        assert!(!cc.no_store && !cc.private);
     }
 
     #[test]

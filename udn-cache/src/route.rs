@@ -192,6 +192,15 @@ impl Router {
             .map(|&i| &self.origins[i])
     }
 
+    /// The origins of a CDN hostname (the first is its virtual-hosting default), or
+    /// `None` if `host` is not a CDN hostname of this router.
+    pub fn cdn_origins(&self, host: &str) -> Option<Vec<Arc<Origin>>> {
+        let host = udn_core::config::canonical_hostname(strip_port(host));
+        self.cdn_hosts
+            .get(&host)
+            .map(|c| c.origins.iter().map(|&i| self.origins[i].clone()).collect())
+    }
+
     fn make(&self, id: usize, path: &str) -> Route {
         let origin = self.origins[id].clone();
         Route {
@@ -304,6 +313,10 @@ check_interval_secs = 30
         let c = r.route("cdn.c.example", "/www.c.example").unwrap();
         assert_eq!(c.key, "http://www.c.example/");
         assert_eq!(c.fetch_url, "http://127.0.0.5:81/");
+        let all = r.cdn_origins("CDN.c.example:80").unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].domain, "img.c.example");
+        assert!(r.cdn_origins("www.c.example").is_none());
         let d = r.route("cdn.c.example", "/a/b").unwrap();
         assert_eq!(d.key, "http://www.c.example/a/b");
         assert_eq!(d.origin.check_interval, Some(Duration::from_secs(30)));

@@ -114,6 +114,20 @@ proptest! {
         }
     }
 
+    #[test]
+    fn routing_and_purge_parsing_never_panic(host in "\\PC{0,40}", path in "\\PC{0,80}", scope in "[a-z]{0,8}") {
+        let cfg = udn_core::Config::from_toml(udn_core::config::SAMPLE).unwrap();
+        let router = udn_cache::Router::from_config(&cfg).unwrap();
+        if let Ok(r) = router.route(&host, &path) {
+            // Whatever the input, only configured origins are ever fetched.
+            prop_assert!(r.fetch_url.starts_with("http://127.0.0.21:8080/"));
+            prop_assert!(r.key.starts_with("http://www.shop.udn.example/"));
+        }
+        let _ = udn_cache::Purge::parse(&scope, &format!("{host}{path}"), 1);
+        let _ = udn_cache::Purge::parse("url", &format!("http://{host}{path}"), 1);
+        let _ = udn_cache::route::key_parts(&path);
+    }
+
     /// RFC 9111 4.2 restated: with `max-age=L` stored at t0 (no Date, no Age), a plain
     /// request at t0+a is answered from the cache iff a < L; with `must-revalidate` a
     /// stale entry is never served even under `max-stale`; `max-stale=S` serves stale
@@ -156,6 +170,31 @@ proptest! {
         };
         prop_assert_eq!(action, expected);
         prop_assert_eq!(meta.current_age(now), Duration::from_secs(age));
+    }
+
+    /// RFC 9111 4.2.3: current_age = max(apparent_age, age_value + response_delay)
+    /// + resident_time, restated with plain integers.
+    #[test]
+    fn age_follows_rfc(
+        date_before_response in 0u64..500,
+        age_value in proptest::option::of(0u64..1000),
+        delay in 0u64..60,
+        resident in 0u64..5000,
+    ) {
+        let request_time = 1_700_000_000u64;
+        let response_time = request_time + delay;
+        let date = response_time - date_before_response;
+        let mut h = HeaderMap::new();
+        h.insert("date", HeaderValue::from_str(&policy::format_date(Timestamp::from_secs(date))).unwrap());
+        if let Some(a) = age_value {
+            h.insert("age", HeaderValue::from(a));
+        }
+        let meta = StoredMeta::new(StatusCode::OK, h, Timestamp::from_secs(request_time), Timestamp::from_secs(response_time));
+        let expected = date_before_response.max(age_value.unwrap_or(0) + delay) + resident;
+        prop_assert_eq!(
+            meta.current_age(Timestamp::from_secs(response_time + resident)),
+            Duration::from_secs(expected)
+        );
     }
 
     /// Heuristic freshness is 10 % of Date - Last-Modified, capped at one day.

@@ -75,7 +75,8 @@ pub(crate) struct LogInfo {
     pub path: String,
     pub method: String,
     pub outcome: &'static str,
-    pub fill_bytes: u64,
+    /// The body comes straight from the origin: its bytes are fill bytes too.
+    pub fill_from_sent: bool,
     pub client: IpAddr,
     pub pop: String,
     pub started: Instant,
@@ -153,7 +154,7 @@ impl Drop for LoggedBody {
                 method: i.method,
                 status: self.status,
                 bytes: self.bytes,
-                fill_bytes: i.fill_bytes,
+                fill_bytes: if i.fill_from_sent { self.bytes } else { 0 },
                 outcome: i.outcome.to_string(),
                 duration_us: i.started.elapsed().as_micros() as u64,
                 client: i.client,

@@ -75,12 +75,32 @@ fn system_clock() -> Timestamp {
 #[derive(Default)]
 struct Metrics {
     requests: Family<Vec<(String, String)>, Counter>,
+    outcomes: [std::sync::OnceLock<Counter>; 5],
     bytes_sent: Counter,
     origin_fetches: Counter,
     origin_bytes: Counter,
     purges: Counter,
     memory_bytes: Gauge,
     disk_bytes: Gauge,
+}
+
+impl Metrics {
+    /// The request counter of an outcome (created once, then shared: no allocation
+    /// per request).
+    fn by_outcome(&self, outcome: CacheOutcome) -> &Counter {
+        let i = match outcome {
+            CacheOutcome::Hit => 0,
+            CacheOutcome::Miss => 1,
+            CacheOutcome::Revalidated => 2,
+            CacheOutcome::Stale => 3,
+            _ => 4,
+        };
+        self.outcomes[i].get_or_init(|| {
+            self.requests
+                .get_or_create(&vec![("outcome".to_string(), outcome.label().to_string())])
+                .clone()
+        })
+    }
 }
 
 /// Builds an [`Edge`].
@@ -93,12 +113,29 @@ pub struct EdgeBuilder {
     disk: Option<(PathBuf, u64)>,
     purge_token: Option<String>,
     origin_timeout: Duration,
+    origin_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
 }
 
 impl EdgeBuilder {
+    /// Also trusts these CA certificates (PEM file) for HTTPS origins, besides the
+    /// system's roots (for origins with a private CA).
+    pub fn origin_ca_file(mut self, pem: &std::path::Path) -> Result<Self, crate::Error> {
+        use rustls_pki_types::pem::PemObject as _;
+        let bad = || {
+            crate::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no certificates in {}", pem.display()),
+            ))
+        };
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(pem).map_err(|_| bad())? {
+            self.origin_roots.push(c.map_err(|_| bad())?);
+        }
+        Ok(self)
+    }
+
     /// The POP name written into access-log records (default `local`).
     pub fn pop(mut self, pop: &str) -> Self {
         self.pop = pop.to_string();
@@ -179,18 +216,19 @@ impl EdgeBuilder {
             }
             None => (None, None),
         };
-        let roots = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|_| {
-                let cfg = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
-            });
-        let connector = roots.https_or_http().enable_http1().enable_http2().build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let mut store = rustls::RootCertStore::empty();
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = store.add(c);
+        }
+        for c in self.origin_roots {
+            store.add(c)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let client = origin_client(&tls, None);
         let metrics = Metrics::default();
         let mut registry = Registry::with_prefix("udn_edge");
         registry.register(
@@ -235,6 +273,8 @@ impl EdgeBuilder {
             tree: RwLock::new(tree),
             inflight: Mutex::new(HashMap::new()),
             client,
+            sni_clients: Mutex::new(HashMap::new()),
+            tls,
             purge_token: self.purge_token,
             origin_timeout: self.origin_timeout,
             hooks: self.hooks,
@@ -282,6 +322,11 @@ enum Lead {
     Pass(Response<Incoming>, BypassReason),
 }
 
+/// Response extension: the body comes straight from the origin (it is this request's
+/// origin traffic, logged as `fill_bytes`).
+#[derive(Clone, Copy)]
+struct FromOrigin;
+
 /// A running edge's shared state.
 pub struct Edge {
     router: RwLock<Arc<Router>>,
@@ -294,6 +339,10 @@ pub struct Edge {
     tree: RwLock<InvalidationTree>,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<FillResult>>>>,
     client: OriginClient,
+    /// Clients for HTTPS origins fetched by address (`origin_urls`) whose certificate
+    /// names the origin domain: SNI and verification use the domain.
+    sni_clients: Mutex<HashMap<String, OriginClient>>,
+    tls: rustls::ClientConfig,
     purge_token: Option<String>,
     origin_timeout: Duration,
     hooks: Arc<dyn EdgeHooks>,
@@ -301,6 +350,24 @@ pub struct Edge {
     clock: Clock,
     metrics: Metrics,
     registry: Registry,
+}
+
+/// A pooled HTTP/1.1 + HTTP/2 client for origins over HTTP or HTTPS; with `sni`, TLS
+/// names and verifies that server name instead of the URL's host.
+fn origin_client(tls: &rustls::ClientConfig, sni: Option<String>) -> OriginClient {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http();
+    let b = match sni {
+        Some(name) => b.with_server_name_resolver(move |_: &http::Uri| {
+            rustls_pki_types::ServerName::try_from(name.clone())
+        }),
+        None => b,
+    };
+    let connector = b.enable_http1().enable_http2().build();
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -315,6 +382,17 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too (RFC 9110 7.6.1).
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
     for n in HOP_BY_HOP {
         h.remove(n);
     }
@@ -396,10 +474,33 @@ impl Edge {
             disk: None,
             purge_token: None,
             origin_timeout: Duration::from_secs(10),
+            origin_roots: Vec::new(),
             hooks: Arc::new(DefaultHooks),
             log: Arc::new(NullSink),
             clock: Arc::new(system_clock),
         }
+    }
+
+    /// The client for a route's origin: the shared one, or, for an HTTPS origin URL
+    /// whose host is not the origin domain, one whose TLS server name is the domain.
+    fn client_for(&self, route: &Route) -> OriginClient {
+        let o = &route.origin;
+        let Some(rest) = o.base_url.strip_prefix("https://") else {
+            return self.client.clone();
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let url_host = match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        let domain = o.domain.split(':').next().unwrap_or(&o.domain);
+        if url_host.eq_ignore_ascii_case(domain) {
+            return self.client.clone();
+        }
+        let mut map = self.sni_clients.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(o.domain.clone())
+            .or_insert_with(|| origin_client(&self.tls, Some(domain.to_string())))
+            .clone()
     }
 
     /// Replaces the router (config reload) without dropping traffic.
@@ -450,20 +551,59 @@ impl Edge {
     }
 
     /// Maps a purge URL that names a CDN hostname (or the origin in the path) to the
-    /// cache-key form; other URLs are taken as cache keys already.
-    fn purge_key(&self, p: Purge) -> Purge {
+    /// cache-key form; other URLs are taken as cache keys already. A domain purge of a
+    /// CDN hostname covers every origin domain of that hostname (the first purge keeps
+    /// the sequence number, the others are unsequenced).
+    fn purge_targets(&self, p: Purge) -> Vec<Purge> {
         let Some((host, _)) = crate::route::key_parts(&p.target) else {
-            return p;
+            return vec![p];
         };
+        let router = self.router();
+        if router.origin(host).is_some() {
+            return vec![p];
+        }
+        if p.scope == crate::Scope::Domain
+            && let Some(origins) = router.cdn_origins(host)
+            && !origins.is_empty()
+        {
+            return origins
+                .iter()
+                .enumerate()
+                .map(|(i, o)| Purge {
+                    scope: p.scope,
+                    target: format!("http://{}/", o.domain),
+                    seq: if i == 0 { p.seq } else { 0 },
+                })
+                .collect();
+        }
         let path = &p.target["http://".len() + host.len()..];
         let path = if path.is_empty() { "/" } else { path };
-        match self.router().route(host, path) {
-            Ok(r) if self.router().origin(host).is_none() => Purge { target: r.key, ..p },
-            _ => p,
+        match router.route(host, path) {
+            Ok(r) => vec![Purge { target: r.key, ..p }],
+            Err(_) => vec![p],
         }
     }
 
-    fn lookup(&self, full_key: &str, primary: &str) -> Option<Arc<Object>> {
+    /// Reads an object from the disk tier (blocking: call on a blocking thread); small
+    /// bodies are read into memory for promotion to the memory tier.
+    fn load_from_disk(&self, full_key: &str) -> Option<Object> {
+        let o = self.disk.as_ref()?.get(full_key)?;
+        if o.len > self.object_max {
+            return Some(o);
+        }
+        match &o.body {
+            BodyLoc::Disk(p) => match std::fs::read(p) {
+                Ok(b) if b.len() as u64 == o.len => Some(Object {
+                    body: BodyLoc::Memory(Bytes::from(b)),
+                    ..o
+                }),
+                _ => None,
+            },
+            BodyLoc::Memory(_) => Some(o),
+        }
+    }
+
+    async fn lookup(self: &Arc<Self>, full_key: &str, primary: &str) -> Option<Arc<Object>> {
         let obj = match self.memory.get(full_key) {
             // A body on disk may have been evicted from the disk tier meanwhile.
             Some(o)
@@ -475,21 +615,15 @@ impl Edge {
             }
             Some(o) => o,
             None => {
-                let o = self.disk.as_ref()?.get(full_key)?;
-                let o = if o.len <= self.object_max {
-                    match &o.body {
-                        BodyLoc::Disk(p) => match std::fs::read(p) {
-                            Ok(b) if b.len() as u64 == o.len => Object {
-                                body: BodyLoc::Memory(Bytes::from(b)),
-                                ..o
-                            },
-                            _ => return None,
-                        },
-                        BodyLoc::Memory(_) => o,
-                    }
-                } else {
-                    o
-                };
+                if !self.disk.as_ref()?.contains(full_key) {
+                    return None;
+                }
+                let edge = self.clone();
+                let key = full_key.to_string();
+                let o = tokio::task::spawn_blocking(move || edge.load_from_disk(&key))
+                    .await
+                    .ok()
+                    .flatten()?;
                 let o = Arc::new(o);
                 self.memory.insert(full_key.to_string(), o.clone());
                 o
@@ -629,15 +763,17 @@ impl Edge {
             .unwrap_or_default();
         let oreq = self.origin_request(route, Method::GET, req, cond);
         self.metrics.origin_fetches.inc();
-        let resp = match tokio::time::timeout(self.origin_timeout, self.client.request(oreq)).await
-        {
-            Err(_) => return FillResult::Failed(FetchError::Timeout),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
-                return FillResult::Failed(FetchError::Unreachable);
-            }
-            Ok(Ok(r)) => r,
-        };
+        let resp =
+            match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq))
+                .await
+            {
+                Err(_) => return FillResult::Failed(FetchError::Timeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
+                    return FillResult::Failed(FetchError::Unreachable);
+                }
+                Ok(Ok(r)) => r,
+            };
         let response_time = self.now();
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED
@@ -934,7 +1070,8 @@ impl Edge {
         }
         *oreq.body_mut() = body.boxed_unsync();
         self.metrics.origin_fetches.inc();
-        match tokio::time::timeout(self.origin_timeout, self.client.request(oreq)).await {
+        match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq)).await
+        {
             Err(_) => Self::error_response(FetchError::Timeout),
             Ok(Err(_)) => Self::error_response(FetchError::Unreachable),
             Ok(Ok(resp)) => self.passthrough(resp),
@@ -945,6 +1082,7 @@ impl Edge {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = http::Version::default();
+        parts.extensions.insert(FromOrigin);
         let body = body.map_err(std::io::Error::other).boxed_unsync();
         Response::from_parts(parts, body)
     }
@@ -956,7 +1094,10 @@ impl Edge {
         req.get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.strip_prefix("Bearer "))
-            .is_some_and(|t| t.trim() == token)
+            .is_some_and(|t| {
+                let (a, b) = (t.trim().as_bytes(), token.as_bytes());
+                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+            })
     }
 
     async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<RespBody> {
@@ -1036,12 +1177,18 @@ impl Edge {
             Ok(b) => b,
             Err(e) => return simple(StatusCode::BAD_REQUEST, &format!("bad purge body: {e}")),
         };
-        let p = match Purge::parse(&b.scope, &b.target, b.seq) {
-            Ok(p) => self.purge_key(p),
+        let targets = match Purge::parse(&b.scope, &b.target, b.seq) {
+            Ok(p) => self.purge_targets(p),
             Err(e) => return simple(StatusCode::BAD_REQUEST, &e.to_string()),
         };
-        let applied = self.purge(&p);
-        let (applied, generation) = match applied {
+        let first = self.purge(&targets[0]);
+        if first != Applied::Duplicate {
+            for q in &targets[1..] {
+                self.purge(q);
+            }
+        }
+        let p = &targets[0];
+        let (applied, generation) = match first {
             Applied::New(g) => (true, g),
             Applied::Duplicate => (
                 false,
@@ -1053,7 +1200,14 @@ impl Edge {
         };
         json(
             StatusCode::OK,
-            &serde_json::json!({"applied": applied, "seq": p.seq, "target": p.target, "scope": p.scope.as_str(), "generation": generation}),
+            &serde_json::json!({
+                "applied": applied,
+                "seq": p.seq,
+                "scope": p.scope.as_str(),
+                "target": p.target,
+                "targets": targets.iter().map(|q| q.target.as_str()).collect::<Vec<_>>(),
+                "generation": generation,
+            }),
         )
     }
 
@@ -1101,7 +1255,7 @@ impl Edge {
             .map_err(|e| e.to_string())?;
         let req = HeaderMap::new();
         let full = self.full_key(&route.key, &req);
-        if let Some(o) = self.lookup(&full, &route.key)
+        if let Some(o) = self.lookup(&full, &route.key).await
             && policy::evaluate(&o.meta, &req, self.now(), route.origin.check_interval)
                 == Action::Fresh
         {
@@ -1141,7 +1295,7 @@ impl Edge {
             path: path.clone(),
             method: method.to_string(),
             outcome: "admin",
-            fill_bytes: 0,
+            fill_from_sent: false,
             client: client.ip(),
             pop: self.pop.clone(),
             started,
@@ -1172,16 +1326,25 @@ impl Edge {
                         r.headers_mut()
                             .insert(header::AGE, HeaderValue::from_static("0"));
                     }
-                    self.metrics
-                        .requests
-                        .get_or_create(&vec![("outcome".to_string(), outcome.label().to_string())])
-                        .inc();
+                    self.metrics.by_outcome(outcome).inc();
                     r
                 }
             }
         };
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        if !parts.headers.contains_key("x-cache") {
+            // Refused and admin responses: nothing came from the cache.
+            parts
+                .headers
+                .insert("x-cache", HeaderValue::from_static("BYPASS"));
+        }
+        if !parts.headers.contains_key(header::AGE) {
+            parts
+                .headers
+                .insert(header::AGE, HeaderValue::from_static("0"));
+        }
         let status = parts.status.as_u16();
+        info.fill_from_sent = parts.extensions.get::<FromOrigin>().is_some();
         let body = LoggedBody::new(
             body,
             info,
@@ -1209,7 +1372,7 @@ impl Edge {
         let full_key = self.full_key(&route.key, &headers);
         let now = self.now();
         let only_if_cached = policy::CacheControl::parse(&headers).only_if_cached;
-        let stale = match self.lookup(&full_key, &route.key) {
+        let stale = match self.lookup(&full_key, &route.key).await {
             Some(obj) => {
                 match policy::evaluate(&obj.meta, &headers, now, route.origin.check_interval) {
                     Action::Fresh => {
@@ -1268,6 +1431,7 @@ impl Edge {
             }) => {
                 headers.insert(header::AGE, HeaderValue::from_static("0"));
                 let mut r = Response::new(stream_body(rx));
+                r.extensions_mut().insert(FromOrigin);
                 *r.status_mut() = status;
                 *r.headers_mut() = headers;
                 (r, CacheOutcome::Miss)
@@ -1284,7 +1448,11 @@ impl Edge {
                     {
                         Some(o)
                     }
-                    _ => self.lookup(&full_key, &route.key),
+                    // Another variant: only if it needs no revalidation of its own.
+                    _ => self.lookup(&full_key, &route.key).await.filter(|o| {
+                        policy::evaluate(&o.meta, &headers, now, route.origin.check_interval)
+                            != Action::Revalidate
+                    }),
                 };
                 match filled {
                     Some(obj) => {
@@ -1307,11 +1475,18 @@ impl Edge {
                 }
             }
             Err(FillResult::Failed(e)) => match had_stale {
-                Some(obj) if self.hooks.serve_stale(&obj.meta, &headers, now) => (
-                    self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
-                        .await,
-                    CacheOutcome::Stale,
-                ),
+                // Still fresh by HTTP (only the customer's check interval was due), or
+                // allowed stale by stale-if-error.
+                Some(obj)
+                    if obj.meta.is_fresh(now)
+                        || self.hooks.serve_stale(&obj.meta, &headers, now) =>
+                {
+                    (
+                        self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
+                            .await,
+                        CacheOutcome::Stale,
+                    )
+                }
                 _ => (Self::error_response(e), CacheOutcome::Miss),
             },
         }
