@@ -2,6 +2,7 @@
 //! sockets, files and clocks; `main.rs` only parses the command line and dispatches here.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod control;
 pub mod demo;

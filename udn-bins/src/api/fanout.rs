@@ -1,0 +1,388 @@
+//! Fan-out from the control plane to the edges (purge, prefill) and probes (page
+//! check), over their HTTP APIs (contracts in `docs/api.md`).
+
+use super::ApiState;
+use super::backend::Purge;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// An edge and the base URL of its HTTP API (`http://127.0.0.11:9080`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeApi {
+    /// The edge's name (its server name in the config, e.g. `fra-edge-1`).
+    pub name: String,
+    /// Base URL of its API.
+    pub url: String,
+}
+
+/// A probe, by the location (POP) it runs in, and the base URL of its HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeApi {
+    /// The POP name (`fra`).
+    pub location: String,
+    /// Base URL of its API.
+    pub url: String,
+}
+
+/// A small HTTP/1 client for the fan-out (plain HTTP on the internal network).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a call to an edge or probe failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The URL is not a valid request target.
+    #[error("bad URL: {0}")]
+    Url(String),
+    /// Connect or transfer failed.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The peer answered with an error status.
+    #[error("HTTP {status}: {body}")]
+    Status {
+        /// Status code.
+        status: u16,
+        /// The first bytes of the body.
+        body: String,
+    },
+}
+
+impl HttpClient {
+    /// A client with a 2 s connect timeout.
+    pub fn new() -> HttpClient {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_secs(2)));
+        conn.set_nodelay(true);
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build(conn),
+        }
+    }
+
+    /// Sends a request and returns the body of a 2xx answer.
+    pub async fn call(
+        &self,
+        method: axum::http::Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(u16, axum::http::HeaderMap, Bytes), CallError> {
+        let mut req = axum::http::Request::builder().method(method).uri(url);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CallError::Url(e.to_string()))?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, CallError>((status, headers, body))
+        };
+        let (status, headers, body) = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| CallError::Timeout)??;
+        if !(200..300).contains(&status) && status != 304 {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(CallError::Status { status, body: text });
+        }
+        Ok((status, headers, body))
+    }
+
+    /// POSTs JSON and returns the 2xx body.
+    pub async fn post_json<T: Serialize>(
+        &self,
+        url: &str,
+        body: &T,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Bytes, CallError> {
+        let json = serde_json::to_vec(body).map_err(|e| CallError::Url(e.to_string()))?;
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        self.call(axum::http::Method::POST, url, Some(json), &headers, timeout)
+            .await
+            .map(|(_, _, b)| b)
+    }
+}
+
+fn join(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}
+
+/// The body of the edge contract's `POST /v1/purge`.
+#[derive(Debug, Serialize)]
+struct EdgePurge<'a> {
+    scope: &'a str,
+    target: &'a str,
+    seq: u64,
+}
+
+/// Sends one purge to one edge.
+pub async fn send_purge(
+    http: &HttpClient,
+    edge: &EdgeApi,
+    token: &str,
+    p: &Purge,
+) -> Result<(), CallError> {
+    http.post_json(
+        &join(&edge.url, "/v1/purge"),
+        &EdgePurge {
+            scope: p.scope.as_str(),
+            target: &p.target,
+            seq: p.seq,
+        },
+        Some(token),
+        Duration::from_secs(5),
+    )
+    .await
+    .map(|_| ())
+}
+
+pub(crate) fn start_distributor(state: ApiState) -> Vec<tokio::task::JoinHandle<()>> {
+    state
+        .inner
+        .opts
+        .edges
+        .clone()
+        .into_iter()
+        .map(|edge| tokio::spawn(deliver_to_edge(state.clone(), edge)))
+        .collect()
+}
+
+/// Delivers every pending purge to one edge, in sequence order; on a failure waits for
+/// the retry interval (or a new purge) and starts again from the oldest pending one.
+async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
+    let mut wake = state.inner.purge_seq.subscribe();
+    let retry = Duration::from_secs(state.inner.opts.purge_retry_secs.unwrap_or(2).max(1));
+    loop {
+        let name = edge.name.clone();
+        let pending = match state.db(move |b| b.pending_purges(&name)).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("pending purges of {}: {}", edge.name, e.message());
+                Vec::new()
+            }
+        };
+        let mut failed = false;
+        for p in pending {
+            let result =
+                send_purge(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
+            let ok = result.is_ok();
+            let record = result.map_err(|e| e.to_string());
+            if let Err(e) = &record {
+                tracing::info!("purge {} to {}: {e}", p.seq, edge.name);
+            }
+            let (name, seq, now) = (edge.name.clone(), p.seq, super::now());
+            if let Err(e) = state
+                .db(move |b| b.record_purge_attempt(seq, &name, record, now))
+                .await
+            {
+                tracing::warn!("recording purge {}: {}", p.seq, e.message());
+            }
+            if !ok {
+                failed = true;
+                break;
+            }
+        }
+        wake.mark_unchanged();
+        if failed {
+            let _ = tokio::time::timeout(retry, wake.changed()).await;
+        } else if wake.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One edge's answer to a prefill.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeResult {
+    /// The edge.
+    pub edge: String,
+    /// Whether it accepted the request.
+    pub ok: bool,
+    /// Its error, when not.
+    pub error: Option<String>,
+}
+
+/// Sends `urls` to every edge's `POST /v1/prefill` at once.
+pub async fn prefill(state: &ApiState, urls: &[String]) -> Vec<EdgeResult> {
+    let body = serde_json::json!({ "urls": urls });
+    let calls = state.inner.opts.edges.iter().map(|edge| {
+        let body = &body;
+        async move {
+            let r = state
+                .inner
+                .http
+                .post_json(
+                    &join(&edge.url, "/v1/prefill"),
+                    body,
+                    Some(&state.inner.opts.edge_token),
+                    Duration::from_secs(30),
+                )
+                .await;
+            EdgeResult {
+                edge: edge.name.clone(),
+                ok: r.is_ok(),
+                error: r.err().map(|e| e.to_string()),
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+/// One row of a page check, as the probe reports it: times in ms; STT and END are
+/// offsets from the start of the page, DRT (DNS), COT (connect), TLS, DST (wait for the
+/// first byte) and FNT (receive) durations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PageRow {
+    /// The component's URL.
+    #[serde(alias = "URL")]
+    pub url: String,
+    /// The server address it came from.
+    #[serde(default, alias = "IP", alias = "server_ip", alias = "SERVER")]
+    pub ip: Option<String>,
+    /// Error text, if it failed.
+    #[serde(default, alias = "ERR")]
+    pub err: Option<serde_json::Value>,
+    /// HTTP response code.
+    #[serde(default, alias = "HRC")]
+    pub hrc: Option<u16>,
+    /// Body length in bytes.
+    #[serde(default, alias = "LEN")]
+    pub len: Option<u64>,
+    /// Content check result.
+    #[serde(default, alias = "CHK")]
+    pub chk: Option<serde_json::Value>,
+    /// Start offset.
+    #[serde(default, alias = "STT")]
+    pub stt: f64,
+    /// DNS resolution.
+    #[serde(default, alias = "DRT")]
+    pub drt: f64,
+    /// TCP connect.
+    #[serde(default, alias = "COT")]
+    pub cot: f64,
+    /// TLS handshake.
+    #[serde(default, alias = "TLS")]
+    pub tls: f64,
+    /// Wait for the first byte.
+    #[serde(default, alias = "DST")]
+    pub dst: f64,
+    /// Receive.
+    #[serde(default, alias = "FNT")]
+    pub fnt: f64,
+    /// End offset.
+    #[serde(default, alias = "END")]
+    pub end: f64,
+}
+
+/// One location's page-check result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocationCheck {
+    /// The location (POP).
+    pub location: String,
+    /// Whether the probe answered.
+    pub ok: bool,
+    /// Its error, when not.
+    pub error: Option<String>,
+    /// The rows.
+    pub rows: Vec<PageRow>,
+}
+
+fn parse_rows(body: &[u8]) -> Result<Vec<PageRow>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let rows = match v {
+        serde_json::Value::Array(_) => v,
+        serde_json::Value::Object(mut m) => m
+            .remove("rows")
+            .or_else(|| m.remove("results"))
+            .unwrap_or(serde_json::Value::Array(Vec::new())),
+        _ => return Err("page check answer is not a JSON array or object".into()),
+    };
+    serde_json::from_value(rows).map_err(|e| format!("page check rows: {e}"))
+}
+
+/// Runs a page check of `url` on the probes of `locations` at once.
+pub async fn pagecheck(
+    state: &ApiState,
+    url: &str,
+    locations: &[String],
+    repeat: u32,
+) -> Vec<LocationCheck> {
+    let body = serde_json::json!({ "url": url, "repeat": repeat });
+    let calls = locations.iter().map(|loc| {
+        let body = &body;
+        async move {
+            let Some(probe) = state.inner.opts.probes.iter().find(|p| &p.location == loc) else {
+                return LocationCheck {
+                    location: loc.clone(),
+                    ok: false,
+                    error: Some("no probe at this location".into()),
+                    rows: Vec::new(),
+                };
+            };
+            let r = state
+                .inner
+                .http
+                .post_json(
+                    &join(&probe.url, "/v1/pagecheck"),
+                    body,
+                    None,
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| parse_rows(&b));
+            match r {
+                Ok(rows) => LocationCheck {
+                    location: loc.clone(),
+                    ok: true,
+                    error: None,
+                    rows,
+                },
+                Err(e) => LocationCheck {
+                    location: loc.clone(),
+                    ok: false,
+                    error: Some(e),
+                    rows: Vec::new(),
+                },
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
