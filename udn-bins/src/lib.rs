@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dns;
 pub mod edge;
 pub mod logging;
+pub mod portal;
 pub mod probe;
 
 use std::fmt;

@@ -4,19 +4,20 @@
 //!
 //! `udn control` builds an [`ApiState`] from a [`Backend`] and [`ControlOptions`], starts
 //! the purge distributor with [`ApiState::start_purge_distributor`], and serves
-//! `portal::app` (API + portal) over HTTPS with `portal::serve_https`
+//! [`crate::portal::app`] (API + portal) over HTTPS with [`crate::portal::serve_https`]
 //! and, for machines on the internal network, over plain HTTP with [`serve_http`].
 
 pub mod auth;
 pub mod backend;
 pub mod fanout;
-mod routes;
+pub(crate) mod routes;
 pub mod sqlite;
 pub mod watcher;
 
 pub use auth::{Auth, LoginLimiter};
 pub use backend::{Backend, BackendError, Role, User};
 pub use fanout::{EdgeApi, ProbeApi};
+pub use routes::{ClientIp, IsTls, OverTls};
 pub use sqlite::SqliteBackend;
 pub use watcher::{ConfigUpdate, config_watcher};
 

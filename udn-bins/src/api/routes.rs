@@ -306,7 +306,7 @@ fn same_host(a: &str, b: &str) -> bool {
     canonical_hostname(a) == canonical_hostname(b)
 }
 
-fn gtm_index(cfg: &Config, host: &str) -> Option<usize> {
+pub(crate) fn gtm_index(cfg: &Config, host: &str) -> Option<usize> {
     cfg.gtm.iter().position(|g| same_host(&g.hostname, host))
 }
 

@@ -153,6 +153,9 @@ pub struct Harness {
     pub db: Arc<SqliteBackend>,
     pub state: ApiState,
     pub base: String,
+    /// The API and portal over HTTPS (self-signed certificate `cert_pem`).
+    pub https_base: String,
+    pub cert_pem: String,
     pub edge1: Recorder,
     pub edge2: Recorder,
     pub edge2_addr: SocketAddr,
@@ -229,11 +232,27 @@ impl Harness {
             .await
             .expect("serve");
         tasks.push(task);
+        let (tls, cert_pem) =
+            udn_bins::portal::server_config(&udn_bins::portal::CertSource::SelfSigned {
+                dir: dir.join("tls"),
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+            })
+            .expect("certificate");
+        let (https, task) = udn_bins::portal::serve_https(
+            "127.0.0.1:0".parse().expect("addr"),
+            udn_bins::portal::app(state.clone()),
+            tls,
+        )
+        .await
+        .expect("serve https");
+        tasks.push(task);
         Harness {
             dir,
             db,
             state,
             base: format!("http://{addr}"),
+            https_base: format!("https://127.0.0.1:{}", https.port()),
+            cert_pem,
             edge1,
             edge2,
             edge2_addr,
@@ -241,6 +260,23 @@ impl Harness {
             probe_nyc,
             tasks,
         }
+    }
+
+    /// A client that trusts only the portal's certificate, keeps cookies and does not
+    /// follow redirects.
+    pub fn https_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_only(
+                [reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("pem")],
+            )
+            .build()
+            .expect("client")
+    }
+
+    pub fn https(&self, path: &str) -> String {
+        format!("{}{}", self.https_base, path)
     }
 
     pub fn url(&self, path: &str) -> String {
