@@ -166,17 +166,7 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(n + 1)
-            .x_label_formatter(&|x| {
-                let i = (*x - 0.5).round();
-                if (*x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
-                    bars.get(i as usize)
-                        .map(|b| b.0.clone())
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
             .y_label_formatter(&|y| format!("{}{unit}", si(*y)))
             .draw()?;
         chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
@@ -186,10 +176,10 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
                 color.filled(),
             )
         }))?;
-        chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        chart.draw_series(bars.iter().enumerate().map(|(i, (label, v))| {
             Text::new(
-                si(*v),
-                (i as f64 + 0.35, *v + ymax * 0.04),
+                format!("{label}: {}{unit}", si(*v)),
+                (i as f64 + 0.2, *v + ymax * 0.06),
                 ("sans-serif", 13).into_font(),
             )
         }))?;
@@ -400,7 +390,8 @@ pub fn world_map(title: &str, unit: &str, points: &[MapPoint]) -> String {
             .build_cartesian_2d(-180.0..180.0, -60.0..85.0)?;
         let land = RGBColor(214, 220, 206);
         let coast = RGBColor(160, 170, 150);
-        for ring in world() {
+        // Antarctica lies below the map's southern edge (-60°).
+        for ring in world().iter().filter(|r| r.iter().any(|p| p.1 > -58.0)) {
             chart.draw_series(std::iter::once(Polygon::new(ring.clone(), land.filled())))?;
             let mut closed = ring.clone();
             if let Some(&first) = ring.first() {

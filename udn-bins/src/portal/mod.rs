@@ -239,8 +239,9 @@ fn window_of(q: &ScopeQuery) -> Result<(Timestamp, Timestamp, u64), PortalError>
         return Err(ApiError::field("hours", "1 to 744").into());
     }
     let now = crate::logging::now().as_millis();
-    // Whole minutes, so the last point is the current (partial) minute.
-    let to = (now / 60_000 + 1) * 60_000;
+    // Whole minutes up to the last complete one, whose value is the "current" one at
+    // the right edge (the running minute is still filling).
+    let to = (now / 60_000) * 60_000;
     Ok((
         Timestamp::from_millis(to - hours * 3_600_000),
         Timestamp::from_millis(to),
@@ -865,6 +866,15 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map(|x| x.to_string()).unwrap_or_default()
 }
 
+/// A JSON cell of a page-check row: strings without quotes, null as empty.
+fn cell(v: &Option<serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
 async fn tests_submit(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
@@ -917,8 +927,8 @@ async fn tests_submit(
                     table class="raw-rows" {
                         tr { @for h in ["URL","IP","ERR","HRC","LEN","CHK","STT","DRT","COT","TLS","DST","FNT","END"] { th { (h) } } }
                         @for row in &c.rows {
-                            tr { td { (row.url) } td { (opt(&row.ip)) } td { (opt(&row.err)) } td { (opt(&row.hrc)) }
-                                 td class="num" { (opt(&row.len)) } td { (opt(&row.chk)) }
+                            tr { td { (row.url) } td { (opt(&row.ip)) } td { (cell(&row.err)) } td { (opt(&row.hrc)) }
+                                 td class="num" { (opt(&row.len)) } td { (cell(&row.chk)) }
                                  @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.1}")) } } }
                         }
                     }
