@@ -579,3 +579,66 @@ async fn invoices_list_and_show_own_only() {
     assert_eq!(st, 403);
     assert!(!body.contains("acme secret"));
 }
+
+#[tokio::test]
+async fn start_seeds_an_empty_store_once_and_serves_both_listeners() {
+    use std::sync::Arc;
+    use udn_bins::api::{Backend, ControlOptions, SqliteBackend};
+    let dir = temp_dir("portal-start");
+    let cfg = |seed: udn_core::Config| udn_bins::portal::PortalConfig {
+        https: "127.0.0.1:0".parse().unwrap(),
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        cert: udn_bins::portal::CertSource::SelfSigned {
+            dir: dir.join("tls"),
+            names: vec!["127.0.0.1".into()],
+        },
+        options: ControlOptions {
+            agent_tokens: vec![AGENT_TOKEN.into()],
+            ..ControlOptions::default()
+        },
+        seed_config: Some(seed),
+        bootstrap_admin: Some(("root".into(), PASSWORD.into())),
+    };
+    let open = || -> Arc<dyn Backend> { Arc::new(SqliteBackend::open(&dir.join("c.db")).unwrap()) };
+    let h = udn_bins::portal::start(open(), cfg(two_customer_config()))
+        .await
+        .unwrap();
+    let http = h.http.unwrap();
+    let snap: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{http}/v1/config"))
+        .bearer_auth(AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snap["version"], 1);
+    assert_eq!(snap["config"]["customers"].as_array().unwrap().len(), 2);
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(h.cert_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!(
+            "https://127.0.0.1:{}/v1/auth/login",
+            h.https.port()
+        ))
+        .json(&serde_json::json!({"username": "root", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pem = h.cert_pem.clone();
+    drop(h);
+
+    // A restart keeps the store, the users and the certificate; the seed is not reapplied.
+    let h = udn_bins::portal::start(open(), cfg(udn_core::Config::default()))
+        .await
+        .unwrap();
+    assert_eq!(h.state.backend().current_config().unwrap().version, 1);
+    assert_eq!(h.state.backend().users().unwrap().len(), 1);
+    assert_eq!(h.cert_pem, pem);
+    drop(h);
+    let _ = std::fs::remove_dir_all(dir);
+}

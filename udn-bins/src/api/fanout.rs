@@ -324,7 +324,7 @@ pub struct LocationCheck {
     pub rows: Vec<PageRow>,
 }
 
-fn parse_rows(body: &[u8]) -> Result<Vec<PageRow>, String> {
+pub(crate) fn parse_rows(body: &[u8]) -> Result<Vec<PageRow>, String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let rows = match v {
         serde_json::Value::Array(_) => v,

@@ -1548,3 +1548,47 @@ async fn invoice_html(
     let inv = load_invoice(&st, &a, id).await?;
     Ok(Html(inv.html))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn url_host_never_panics(s in ".*") {
+            let _ = url_host(&s);
+        }
+
+        #[test]
+        fn url_host_finds_the_host(
+            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}",
+            port in proptest::option::of(1u16..),
+            path in "(/[a-zA-Z0-9._~%-]{0,10}){0,4}",
+            tls in any::<bool>(),
+        ) {
+            let url = format!(
+                "{}://{host}{}{path}",
+                if tls { "https" } else { "http" },
+                port.map(|p| format!(":{p}")).unwrap_or_default()
+            );
+            prop_assert_eq!(url_host(&url), Some(host.as_str()));
+        }
+
+        #[test]
+        fn page_rows_from_arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = super::fanout::parse_rows(&b);
+        }
+    }
+
+    #[test]
+    fn url_host_handles_ipv6_and_userinfo() {
+        assert_eq!(url_host("http://[::1]:8080/a"), Some("::1"));
+        assert_eq!(
+            url_host("https://user:pw@cdn.example/x"),
+            Some("cdn.example")
+        );
+        assert_eq!(url_host("ftp://cdn.example/"), None);
+        assert_eq!(url_host("http:///nohost"), None);
+    }
+}

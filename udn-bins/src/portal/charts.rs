@@ -496,3 +496,22 @@ mod tests {
         assert_eq!(svg.matches("midnight").count(), 1, "one midnight in 24 h");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn split_rings_stay_on_the_map(
+            ring in proptest::collection::vec((-180.0f64..=180.0, -85.0f64..=85.0), 3..40)
+        ) {
+            for part in split_antimeridian(&ring) {
+                for (lon, _) in &part {
+                    prop_assert!((-180.0 - 1e-9..=180.0 + 1e-9).contains(lon), "lon {}", lon);
+                }
+            }
+        }
+    }
+}

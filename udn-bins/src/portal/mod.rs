@@ -1219,3 +1219,99 @@ async fn invoice(
         body,
     ))
 }
+
+// ---------------------------------------------------------------- start-up
+
+/// How `udn control` runs the API and the portal.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Where the portal and the API listen over HTTPS.
+    pub https: std::net::SocketAddr,
+    /// Where the API also listens over plain HTTP for machines on the internal network
+    /// (config distribution to DNS servers, edges and probes); `None`: not at all.
+    pub http: Option<std::net::SocketAddr>,
+    /// The certificate.
+    pub cert: CertSource,
+    /// Edges, probes and tokens.
+    pub options: crate::api::ControlOptions,
+    /// Committed as the first config version when the store has none yet.
+    pub seed_config: Option<udn_core::Config>,
+    /// Admin user (name, password) created when the store has no users yet.
+    pub bootstrap_admin: Option<(String, String)>,
+}
+
+/// A running control-plane front end.
+#[derive(Debug)]
+pub struct PortalHandle {
+    /// Bound HTTPS address.
+    pub https: std::net::SocketAddr,
+    /// Bound plain-HTTP address, if any.
+    pub http: Option<std::net::SocketAddr>,
+    /// The certificate in PEM (to pin it in clients).
+    pub cert_pem: String,
+    /// The handlers' state (backend, options).
+    pub state: ApiState,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl PortalHandle {
+    /// Stops the servers and the purge delivery tasks.
+    pub fn shutdown(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for PortalHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Seeds the store if empty, starts the purge distributor and serves [`app`] over
+/// HTTPS (and plain HTTP when configured).
+pub async fn start(
+    backend: std::sync::Arc<dyn crate::api::Backend>,
+    cfg: PortalConfig,
+) -> anyhow::Result<PortalHandle> {
+    use anyhow::Context as _;
+    if let Some(seed) = &cfg.seed_config
+        && backend.current_config()?.version == 0
+    {
+        backend
+            .commit_config(0, seed, "bootstrap", crate::logging::now())
+            .context("seeding the configuration")?;
+    }
+    if let Some((user, pass)) = &cfg.bootstrap_admin
+        && backend.users()?.is_empty()
+    {
+        backend
+            .create_user(user, pass, Role::Admin, None)
+            .context("creating the first admin")?;
+    }
+    let state = ApiState::new(backend, cfg.options.clone())?;
+    let mut tasks = state.start_purge_distributor();
+    let (tls, cert_pem) = server_config(&cfg.cert)?;
+    let (https, t) = serve_https(cfg.https, app(state.clone()), tls)
+        .await
+        .with_context(|| format!("binding the portal on {}", cfg.https))?;
+    tasks.push(t);
+    let http = match cfg.http {
+        Some(addr) => {
+            let (bound, t) = crate::api::serve_http(addr, crate::api::router(state.clone()))
+                .await
+                .with_context(|| format!("binding the internal API on {addr}"))?;
+            tasks.push(t);
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok(PortalHandle {
+        https,
+        http,
+        cert_pem,
+        state,
+        tasks,
+    })
+}
