@@ -153,6 +153,23 @@ async fn bearer_tokens_work_without_csrf() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        p["target"], "http://cdn.shop.udn.example/",
+        "a domain as its root URL"
+    );
+    let r = c
+        .post(h.url("/v1/purge"))
+        .bearer_auth(token)
+        .json(&json!({"scope": "url", "target": "https://cdn.shop.udn.example/a.css"}))
+        .send()
+        .await
+        .unwrap();
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        p["target"], "http://cdn.shop.udn.example/a.css",
+        "cache-key form"
+    );
     let r = c
         .get(h.url("/v1/cdn"))
         .bearer_auth("0123456789abcdef")

@@ -1263,6 +1263,11 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
             let h = url_host(&target)
                 .ok_or_else(|| ApiError::field("target", "expected an http:// or https:// URL"))?
                 .to_owned();
+            // Edges key their caches by the http:// form of a URL.
+            let target = match target.strip_prefix("https://") {
+                Some(rest) => format!("http://{rest}"),
+                None => target,
+            };
             (h, target)
         }
         PurgeScope::Domain => {
@@ -1271,7 +1276,9 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
                 return Err(ApiError::field("target", "expected a domain name"));
             }
             let h = canonical_hostname(&h);
-            (h.clone(), h)
+            // The edge contract names a domain by its root URL.
+            let target = format!("http://{h}/");
+            (h, target)
         }
     };
     let cfg = current(st).await?.config;
@@ -1544,9 +1551,17 @@ async fn invoice_html(
     State(st): State<ApiState>,
     a: Auth,
     Path(id): Path<i64>,
-) -> ApiResult<Html<String>> {
+) -> ApiResult<Response> {
     let inv = load_invoice(&st, &a, id).await?;
-    Ok(Html(inv.html))
+    let mut resp = Html(inv.html).into_response();
+    // The body is billing's HTML: no scripts, no framing.
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    Ok(resp)
 }
 
 #[cfg(test)]
