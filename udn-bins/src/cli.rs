@@ -30,4 +30,6 @@ pub enum Command {
     Control(crate::control::Args),
     /// Run the whole network on loopback with a sample network.
     Demo(crate::demo::Args),
+    /// Serve the sample customer origin site (for demos, drills and tests).
+    Origin(crate::origin::Args),
 }

@@ -1,18 +1,928 @@
-//! `udn dns`: Authoritative GTM DNS server.
+//! `udn dns`: the authoritative GTM DNS server.
+//!
+//! Two ways to run it:
+//! * `udn dns --zone FILE --listen ADDR` serves one BIND zone file with no other
+//!   configuration (how an operator tries a new authoritative server);
+//! * `udn dns --config network.toml --listen ADDR --http ADDR [--name N]` serves the
+//!   full GTM: the configured zones (with their zone files), GTM and CDN hostnames
+//!   answered by the decision engine, peer proxying among `dns.peers`.
+//!
+//! The HTTP API (on `--http`) is the contract with probes and the control plane:
+//! `POST /v1/metrics` (a JSON array of `udn_core::Metric`), `GET /v1/refresh?pop=NAME`,
+//! `POST /v1/reload`, `GET /health`, `GET /metrics` (Prometheus text). SIGHUP reloads too.
+//! See `docs/dns.md`.
+
+use anyhow::Context as _;
+use axum::extract::{Query as UrlQuery, State as AxState};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use udn_core::log::{DnsRecord, LogRecord, LogSink, Role, RotationPolicy};
+use udn_core::{Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric, Reason};
+use udn_dns::Authority;
+use udn_dns::hickory_proto::op::ResponseCode;
+use udn_dns::server::{AnswerPath, Answered, Limits, Observer, Peers, Served, Server};
 
 /// Command-line arguments of `udn dns`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Configuration file (TOML).
+    /// Network configuration file (TOML): zones, GTM and CDN hostnames, peers.
+    #[arg(long, conflicts_with = "zone")]
+    pub config: Option<PathBuf>,
+    /// Serve this BIND zone file alone (no GTM configuration needed).
     #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
+    pub zone: Option<PathBuf>,
+    /// The zone's origin when the file has no `$ORIGIN` (with `--zone`).
+    #[arg(long, requires = "zone")]
+    pub origin: Option<String>,
+    /// DNS address to serve UDP and TCP on (repeat for IPv4 and IPv6; port 0 = free).
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    pub listen: Vec<SocketAddr>,
+    /// HTTP API address (metrics from probes, refresh list, reload, /health, /metrics).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// This server's name among `dns.peers` (turns peer proxying on) and in the logs.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write the query log (every GTM/CDN decision) into this directory.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// UDP sockets per address (SO_REUSEPORT); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub udp_sockets: usize,
+    /// Most open TCP connections.
+    #[arg(long, default_value_t = 512)]
+    pub tcp_max_connections: usize,
+    /// Idle TCP connections are closed after this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub tcp_idle_ms: u64,
+    /// A TCP query (or answer write) taking longer than this many ms cuts the client off.
+    #[arg(long, default_value_t = 3_000)]
+    pub tcp_read_ms: u64,
+    /// How long a forwarded query waits for the owning peer, ms.
+    #[arg(long, default_value_t = 300)]
+    pub peer_timeout_ms: u64,
+    /// Worker threads of the runtime (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
-/// Runs the role until it is stopped.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    Err(crate::NotBuilt {
-        role: "dns",
-        issue: 4,
+/// Where the served data comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A network configuration file; zone files are relative to its directory.
+    ConfigFile(PathBuf),
+    /// A configuration in memory; zone files are relative to `base`.
+    Config {
+        /// The configuration.
+        config: Box<Config>,
+        /// Directory zone-file paths are relative to.
+        base: PathBuf,
+    },
+    /// One BIND zone file.
+    ZoneFile {
+        /// The file.
+        path: PathBuf,
+        /// Its origin if the file has no `$ORIGIN`.
+        origin: Option<String>,
+    },
+}
+
+impl Source {
+    /// Loads and compiles the data (reads the files).
+    pub fn load(&self) -> anyhow::Result<Authority> {
+        match self {
+            Source::ConfigFile(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let cfg = Config::from_toml(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                load_config(cfg, &base).with_context(|| format!("loading {}", path.display()))
+            }
+            Source::Config { config, base } => load_config((**config).clone(), base),
+            Source::ZoneFile { path, origin } => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Authority::from_zone_file(&text, origin.as_deref())
+                    .with_context(|| format!("loading zone file {}", path.display()))
+            }
+        }
     }
-    .into())
+}
+
+fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
+    let net = Arc::new(cfg.compile().context("compiling the network")?);
+    let mut files = HashMap::new();
+    for z in &net.config.dns.zones {
+        if let Some(f) = &z.file {
+            let p = base.join(f);
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading zone file {} of {}", p.display(), z.apex))?;
+            files.insert(f.clone(), text);
+        }
+    }
+    let auth = Authority::new(net, &files)?;
+    for h in auth.unserved_hosts() {
+        tracing::warn!(hostname = %h, "hostname lies in no configured zone: not answered");
+    }
+    Ok(auth)
+}
+
+/// Options of [`start`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// What to serve.
+    pub source: Source,
+    /// DNS addresses (UDP + TCP each).
+    pub listen: Vec<SocketAddr>,
+    /// HTTP API address.
+    pub http: Option<SocketAddr>,
+    /// Our peer name (proxying on when it is one of `dns.peers`).
+    pub name: Option<String>,
+    /// Query-log directory.
+    pub log_dir: Option<PathBuf>,
+    /// Server limits.
+    pub limits: Limits,
+    /// Wait for the owning peer this long.
+    pub peer_timeout: Duration,
+}
+
+impl Options {
+    /// Options for a source with defaults: loopback port 0, no HTTP, no log.
+    pub fn new(source: Source) -> Options {
+        Options {
+            source,
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            http: None,
+            name: None,
+            log_dir: None,
+            limits: Limits::default(),
+            peer_timeout: Duration::from_millis(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    transport: &'static str,
+    rcode: &'static str,
+    path: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    transport: &'static str,
+    reason: &'static str,
+}
+
+/// A latency histogram updated with atomics only (prometheus-client's `Histogram`
+/// takes a write lock per observation, which two answering threads contend on).
+/// Buckets are powers of two of microseconds, 1 µs .. ~2 s, plus +Inf.
+#[derive(Debug, Clone)]
+struct LatencyHistogram {
+    inner: Arc<LatencyInner>,
+}
+
+#[derive(Debug)]
+struct LatencyInner {
+    buckets: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+const LATENCY_BUCKETS: usize = 22;
+
+impl LatencyHistogram {
+    fn new() -> Self {
+        LatencyHistogram {
+            inner: Arc::new(LatencyInner {
+                buckets: (0..=LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+                sum_ns: AtomicU64::new(0),
+                count: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        // Bucket i holds values <= 2^i µs.
+        let us = ns.div_ceil(1000).max(1);
+        let i = (64 - (us - 1).leading_zeros()) as usize;
+        self.inner.buckets[i.min(LATENCY_BUCKETS)].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for LatencyHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for LatencyHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .inner
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let upper = if i == LATENCY_BUCKETS {
+                    f64::MAX
+                } else {
+                    (1u64 << i) as f64 * 1e-6
+                };
+                (upper, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.inner.sum_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            self.inner.count.load(Ordering::Relaxed),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// The role's counters and histogram.
+struct Metrics {
+    queries: Family<QueryLabels, Counter>,
+    /// Every (transport, rcode, path) counter of `queries`, created up front so the hot
+    /// path increments an atomic without a lookup.
+    query_counters: Vec<Counter>,
+    /// Every reason counter of `decisions`, in [`REASONS`] order.
+    decision_counters: Vec<Counter>,
+    decisions: Family<ReasonLabels, Counter>,
+    dropped: Family<DropLabels, Counter>,
+    latency: LatencyHistogram,
+    metrics_applied: Counter,
+    metrics_rejected: Counter,
+    reloads: Counter,
+    tcp_connections: Gauge,
+    log_dropped: Counter,
+}
+
+const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
+const PATHS: [AnswerPath; 3] = [
+    AnswerPath::Local,
+    AnswerPath::Relayed,
+    AnswerPath::PeerTimeout,
+];
+const TRANSPORTS: [udn_dns::Transport; 2] = [udn_dns::Transport::Udp, udn_dns::Transport::Tcp];
+const REASONS: [Reason; 7] = [
+    Reason::Static,
+    Reason::Sticky,
+    Reason::Latency,
+    Reason::Weighted,
+    Reason::Standby,
+    Reason::LastResort,
+    Reason::NoData,
+];
+
+fn rcode_index(r: ResponseCode) -> usize {
+    match u16::from(r) {
+        c @ 0..=5 => c as usize,
+        16 => 6,
+        _ => 7,
+    }
+}
+
+/// Index of a (transport, rcode, path) counter in [`Metrics::query_counters`].
+fn query_index(t: udn_dns::Transport, rcode: usize, path: AnswerPath) -> usize {
+    let t = TRANSPORTS.iter().position(|x| *x == t).unwrap_or(0);
+    let p = PATHS.iter().position(|x| *x == path).unwrap_or(0);
+    (t * RCODES.len() + rcode) * PATHS.len() + p
+}
+
+fn transport_str(t: udn_dns::Transport) -> &'static str {
+    match t {
+        udn_dns::Transport::Udp => "udp",
+        udn_dns::Transport::Tcp => "tcp",
+    }
+}
+
+/// A query-log sink that hands records to a writer thread, so answering never waits on
+/// the disk; when the queue is full, records are counted as dropped.
+struct QueuedLog {
+    tx: std::sync::mpsc::SyncSender<Option<LogRecord>>,
+    dropped: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl QueuedLog {
+    fn new(inner: Arc<crate::logging::FileLog>) -> QueuedLog {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<LogRecord>>(65_536);
+        let writer = std::thread::Builder::new()
+            .name("udn-dns-log".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(Some(rec)) => inner.record(rec),
+                        Ok(None) => {
+                            if let Err(e) = inner.flush_complete() {
+                                tracing::error!(error = %e, "closing the query log failed");
+                            }
+                            return;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = inner.tick(crate::logging::now()) {
+                                tracing::error!(error = %e, "log rotation failed");
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            if let Err(e) = inner.flush_complete() {
+                                tracing::error!(error = %e, "closing the query log failed");
+                            }
+                            return;
+                        }
+                    }
+                }
+            })
+            .ok();
+        QueuedLog {
+            tx,
+            dropped: AtomicU64::new(0),
+            writer: Mutex::new(writer),
+        }
+    }
+}
+
+impl LogSink for QueuedLog {
+    fn record(&self, rec: LogRecord) {
+        if self.tx.try_send(Some(rec)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Latency measurements requested by decisions, per POP name, until probes fetch them.
+#[derive(Default)]
+struct RefreshQueue {
+    by_pop: Mutex<HashMap<String, HashSet<ClientPrefix>>>,
+}
+
+const MAX_REFRESH_PER_POP: usize = 10_000;
+
+/// One item of `GET /v1/refresh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshItem {
+    /// The client network to measure.
+    pub client: Cidr,
+    /// The POP to measure from.
+    pub pop: String,
+}
+
+/// The observer: counters, query log and refresh requests.
+struct DnsObserver {
+    name: String,
+    metrics: Metrics,
+    log: Option<Arc<QueuedLog>>,
+    refresh: RefreshQueue,
+}
+
+impl Observer for DnsObserver {
+    fn answered(&self, a: &Answered<'_>) {
+        if let Some(c) =
+            self.metrics
+                .query_counters
+                .get(query_index(a.transport, rcode_index(a.rcode), a.path))
+        {
+            c.inc();
+        }
+        self.metrics.latency.observe(a.elapsed);
+        let Some(g) = a.gtm else { return };
+        let d = &g.decision;
+        if let Some(i) = REASONS.iter().position(|r| *r == d.reason) {
+            self.metrics.decision_counters[i].inc();
+        }
+        let net = a.network;
+        if !d.refresh.is_empty() {
+            let mut q = self
+                .refresh
+                .by_pop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (prefix, pop) in d.refresh.as_slice() {
+                if let Some(p) = net.pops.get(pop.index()) {
+                    let set = match q.get_mut(&p.name) {
+                        Some(s) => s,
+                        None => q.entry(p.name.clone()).or_default(),
+                    };
+                    if set.len() < MAX_REFRESH_PER_POP {
+                        set.insert(*prefix);
+                    }
+                }
+            }
+        }
+        if let Some(log) = &self.log {
+            let Some(host) = net.hosts.get(g.host.index()) else {
+                return;
+            };
+            let rec = DnsRecord {
+                ts: a.now,
+                hostname: host.name.clone(),
+                qtype: match g.family {
+                    AddrFamily::V4 => "A".into(),
+                    AddrFamily::V6 => "AAAA".into(),
+                },
+                client: g.client,
+                ecs: g.ecs,
+                addrs: d.addrs.as_slice().to_vec(),
+                reason: d.reason.as_str().into(),
+                pop: d
+                    .server
+                    .and_then(|s| net.pop_of(s))
+                    .and_then(|p| net.pops.get(p.index()))
+                    .map(|p| p.name.clone()),
+                customer: net
+                    .customers
+                    .get(host.customer.index())
+                    .map(|c| c.name.clone()),
+                server: self.name.clone(),
+            };
+            log.record(LogRecord::Dns(rec));
+        }
+    }
+
+    fn dropped(&self, transport: udn_dns::Transport, reason: &'static str) {
+        self.metrics
+            .dropped
+            .get_or_create(&DropLabels {
+                transport: transport_str(transport),
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// A running `udn dns`.
+pub struct Handle {
+    /// DNS addresses bound (UDP and TCP share each).
+    pub dns: Vec<SocketAddr>,
+    /// The HTTP API address, if any.
+    pub http: Option<SocketAddr>,
+    /// The server's shared state.
+    pub server: Arc<Server>,
+    source: Source,
+    observer: Arc<DnsObserver>,
+    registry: Arc<Registry>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("dns", &self.dns)
+            .field("http", &self.http)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// Reloads the source and swaps the snapshot atomically (the engine's state carries
+    /// over by name). On error the old snapshot stays.
+    pub fn reload(&self) -> anyhow::Result<usize> {
+        let auth = Arc::new(self.source.load()?);
+        let zones = auth.zones().len();
+        let mut g = self
+            .server
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        g.replace(auth);
+        drop(g);
+        self.observer.metrics.reloads.inc();
+        Ok(zones)
+    }
+
+    /// Applies metrics; returns (applied, rejected (index, error)).
+    pub fn apply_metrics(&self, items: &[serde_json::Value]) -> (usize, Vec<(usize, String)>) {
+        let mut parsed = Vec::with_capacity(items.len());
+        let mut rejected = Vec::new();
+        for (i, v) in items.iter().enumerate() {
+            match serde_json::from_value::<Metric>(v.clone()) {
+                Ok(m) => parsed.push((i, m)),
+                Err(e) => rejected.push((i, e.to_string())),
+            }
+        }
+        let mut applied = 0;
+        {
+            let mut g = self
+                .server
+                .served
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for (i, m) in &parsed {
+                match g.engine.apply(m) {
+                    Ok(_) => applied += 1,
+                    Err(e) => rejected.push((*i, e.to_string())),
+                }
+            }
+        }
+        rejected.sort_by_key(|r| r.0);
+        self.observer.metrics.metrics_applied.inc_by(applied as u64);
+        self.observer
+            .metrics
+            .metrics_rejected
+            .inc_by(rejected.len() as u64);
+        (applied, rejected)
+    }
+
+    /// Takes the pending latency measurements for `pop`.
+    pub fn take_refresh(&self, pop: &str) -> Vec<RefreshItem> {
+        let mut q = self
+            .observer
+            .refresh
+            .by_pop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut items: Vec<RefreshItem> = q
+            .remove(pop)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| RefreshItem {
+                client: p.network(),
+                pop: pop.to_owned(),
+            })
+            .collect();
+        items.sort_by_key(|i| i.client.to_string());
+        items
+    }
+
+    /// Prometheus text of the role's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.observer
+            .metrics
+            .tcp_connections
+            .set(self.server.tcp_connections() as i64);
+        if let Some(l) = &self.observer.log {
+            let d = l.dropped.load(Ordering::Relaxed);
+            let c = self.observer.metrics.log_dropped.get();
+            if d > c {
+                self.observer.metrics.log_dropped.inc_by(d - c);
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Stops serving (UDP, TCP and HTTP tasks end) and completes the open query-log
+    /// file.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        if let Some(l) = &self.observer.log {
+            // Drain the queue and complete the open file before returning.
+            let _ = l.tx.send(None);
+            let writer = l.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+/// Binds the DNS and HTTP addresses and starts serving on the current tokio runtime.
+pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
+    let auth = Arc::new(opts.source.load()?);
+    let net = auth.network().clone();
+    let peers = match &opts.name {
+        Some(name) if !net.peers.is_empty() => {
+            let me = net
+                .peers
+                .iter()
+                .position(|p| &p.name == name)
+                .with_context(|| format!("--name {name} is not one of dns.peers"))?;
+            let mut p = Peers::new(
+                net.peers.iter().map(|p| p.name.clone()).collect(),
+                net.peers.iter().map(|p| p.addr).collect(),
+                me,
+            );
+            p.timeout = opts.peer_timeout;
+            Some(p)
+        }
+        _ => None,
+    };
+    let name = opts.name.clone().unwrap_or_else(|| "dns".into());
+
+    let mut registry = Registry::with_prefix("udn_dns");
+    let queries = Family::<QueryLabels, Counter>::default();
+    let mut query_counters = Vec::new();
+    for t in TRANSPORTS {
+        for rcode in RCODES {
+            for path in PATHS {
+                query_counters.push(
+                    queries
+                        .get_or_create(&QueryLabels {
+                            transport: transport_str(t),
+                            rcode,
+                            path: path.as_str(),
+                        })
+                        .clone(),
+                );
+            }
+        }
+    }
+    let decisions = Family::<ReasonLabels, Counter>::default();
+    let decision_counters = REASONS
+        .iter()
+        .map(|r| {
+            decisions
+                .get_or_create(&ReasonLabels { reason: r.as_str() })
+                .clone()
+        })
+        .collect();
+    let metrics = Metrics {
+        queries,
+        query_counters,
+        decision_counters,
+        decisions,
+        dropped: Family::default(),
+        latency: LatencyHistogram::new(),
+        metrics_applied: Counter::default(),
+        metrics_rejected: Counter::default(),
+        reloads: Counter::default(),
+        tcp_connections: Gauge::default(),
+        log_dropped: Counter::default(),
+    };
+    registry.register(
+        "queries",
+        "DNS queries answered, by transport, response code and path",
+        metrics.queries.clone(),
+    );
+    registry.register(
+        "decisions",
+        "GTM/CDN decisions by reason",
+        metrics.decisions.clone(),
+    );
+    registry.register(
+        "dropped",
+        "Queries dropped or TCP clients cut off, by reason",
+        metrics.dropped.clone(),
+    );
+    registry.register(
+        "answer_seconds",
+        "Time from receiving a query to having its answer",
+        metrics.latency.clone(),
+    );
+    registry.register(
+        "metrics_applied",
+        "Probe metrics applied",
+        metrics.metrics_applied.clone(),
+    );
+    registry.register(
+        "metrics_rejected",
+        "Probe metrics rejected",
+        metrics.metrics_rejected.clone(),
+    );
+    registry.register("reloads", "Successful reloads", metrics.reloads.clone());
+    registry.register(
+        "tcp_connections",
+        "Open TCP connections",
+        metrics.tcp_connections.clone(),
+    );
+    registry.register(
+        "log_dropped",
+        "Query-log records dropped because the writer fell behind",
+        metrics.log_dropped.clone(),
+    );
+
+    let log = match &opts.log_dir {
+        Some(dir) => {
+            let file =
+                crate::logging::FileLog::new(dir, Role::Dns, &name, RotationPolicy::default())?;
+            Some(Arc::new(QueuedLog::new(Arc::new(file))))
+        }
+        None => None,
+    };
+    let observer = Arc::new(DnsObserver {
+        name: name.clone(),
+        metrics,
+        log,
+        refresh: RefreshQueue::default(),
+    });
+    let engine = Engine::new(net);
+    let server = Server::new(
+        Served {
+            engine,
+            authority: auth,
+        },
+        peers,
+        opts.limits.clone(),
+        observer.clone(),
+        crate::logging::now,
+    );
+    let (tx, rx) = watch::channel(false);
+    let bound = server
+        .spawn(&opts.listen, rx.clone())
+        .await
+        .context("binding the DNS addresses")?;
+    let mut handle = Handle {
+        dns: bound.addrs,
+        http: None,
+        server,
+        source: opts.source.clone(),
+        observer,
+        registry: Arc::new(registry),
+        shutdown: tx,
+    };
+    let http_listener = match opts.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP {addr}"))?,
+        ),
+        None => None,
+    };
+    if let Some(l) = &http_listener {
+        handle.http = Some(l.local_addr()?);
+    }
+    let handle = Arc::new(handle);
+    if let Some(listener) = http_listener {
+        let app = router(handle.clone());
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    Ok(handle)
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    index: usize,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MetricsReply {
+    applied: usize,
+    rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefreshParams {
+    pop: String,
+}
+
+fn router(h: Arc<Handle>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|AxState(h): AxState<Arc<Handle>>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    h.metrics_text(),
+                )
+            }),
+        )
+        .route(
+            "/v1/metrics",
+            post(
+                |AxState(h): AxState<Arc<Handle>>,
+                 body: axum::Json<Vec<serde_json::Value>>| async move {
+                    let (applied, rejected) = h.apply_metrics(&body.0);
+                    axum::Json(MetricsReply {
+                        applied,
+                        rejected: rejected
+                            .into_iter()
+                            .map(|(index, error)| Rejected { index, error })
+                            .collect(),
+                    })
+                },
+            ),
+        )
+        .route(
+            "/v1/refresh",
+            get(
+                |AxState(h): AxState<Arc<Handle>>, q: UrlQuery<RefreshParams>| async move {
+                    axum::Json(h.take_refresh(&q.pop))
+                },
+            ),
+        )
+        .route(
+            "/v1/reload",
+            post(|AxState(h): AxState<Arc<Handle>>| async move {
+                match tokio::task::spawn_blocking(move || h.reload()).await {
+                    Ok(Ok(zones)) => (
+                        StatusCode::OK,
+                        axum::Json(serde_json::json!({ "reloaded": true, "zones": zones })),
+                    )
+                        .into_response(),
+                    Ok(Err(e)) => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        axum::Json(
+                            serde_json::json!({ "reloaded": false, "error": format!("{e:#}") }),
+                        ),
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }),
+        )
+        .with_state(h)
+}
+
+/// Runs the role until Ctrl-C or SIGTERM; SIGHUP reloads.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let source = match (&args.config, &args.zone) {
+        (Some(c), None) => Source::ConfigFile(c.clone()),
+        (None, Some(z)) => Source::ZoneFile {
+            path: z.clone(),
+            origin: args.origin.clone(),
+        },
+        _ => anyhow::bail!("give exactly one of --config FILE or --zone FILE"),
+    };
+    let opts = Options {
+        source,
+        listen: args.listen.clone(),
+        http: args.http,
+        name: args.name.clone(),
+        log_dir: args.log_dir.clone(),
+        limits: Limits {
+            udp_sockets: args.udp_sockets,
+            tcp_max_connections: args.tcp_max_connections,
+            tcp_idle: Duration::from_millis(args.tcp_idle_ms),
+            tcp_read: Duration::from_millis(args.tcp_read_ms),
+            ..Limits::default()
+        },
+        peer_timeout: Duration::from_millis(args.peer_timeout_ms),
+    };
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        b.worker_threads(args.threads);
+    }
+    let rt = b
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let h = start(opts).await?;
+        for a in &h.dns {
+            println!("udn dns: serving DNS on {a} (UDP and TCP)");
+        }
+        if let Some(a) = h.http {
+            println!("udn dns: HTTP API on http://{a}");
+        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP")?;
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM")?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let h = h.clone();
+                    match tokio::task::spawn_blocking(move || h.reload()).await {
+                        Ok(Ok(z)) => tracing::info!(zones = z, "reloaded on SIGHUP"),
+                        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the old snapshot"),
+                        Err(e) => tracing::error!(error = %e, "reload task failed"),
+                    }
+                }
+                _ = term.recv() => break,
+                r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
+            }
+        }
+        h.shutdown();
+        Ok(())
+    })
 }

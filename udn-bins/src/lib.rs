@@ -9,8 +9,10 @@ pub mod demo;
 pub mod dns;
 pub mod edge;
 pub mod logging;
+pub mod origin;
 pub mod portal;
 pub mod probe;
+pub mod world;
 
 use std::fmt;
 
@@ -42,6 +44,14 @@ pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
     } else {
         std::process::ExitCode::from(1)
     }
+}
+
+/// Installs `ring` as the process-wide rustls crypto provider (idempotent). The `udn`
+/// binary calls it first thing; tests that build a `reqwest` client call it too. The
+/// workspace builds rustls with exactly one provider (ring: it builds quickly here),
+/// and reqwest without its bundled aws-lc-rs provider.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Sets up `tracing` output on stderr: `RUST_LOG` if set, else by verbosity.

@@ -5,6 +5,7 @@ use clap::Parser;
 use udn_bins::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    udn_bins::install_crypto();
     let cli = Cli::parse();
     udn_bins::init_tracing(cli.verbose);
     let result = match cli.command {
@@ -13,6 +14,7 @@ fn main() -> std::process::ExitCode {
         Command::Probe(args) => udn_bins::probe::run(args),
         Command::Control(args) => udn_bins::control::run(args),
         Command::Demo(args) => udn_bins::demo::run(args),
+        Command::Origin(args) => udn_bins::origin::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

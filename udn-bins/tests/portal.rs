@@ -584,6 +584,7 @@ async fn invoices_list_and_show_own_only() {
 async fn start_seeds_an_empty_store_once_and_serves_both_listeners() {
     use std::sync::Arc;
     use udn_bins::api::{Backend, ControlOptions, SqliteBackend};
+    udn_bins::install_crypto();
     let dir = temp_dir("portal-start");
     let cfg = |seed: udn_core::Config| udn_bins::portal::PortalConfig {
         https: "127.0.0.1:0".parse().unwrap(),

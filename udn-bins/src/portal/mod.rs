@@ -1276,6 +1276,7 @@ pub async fn start(
     cfg: PortalConfig,
 ) -> anyhow::Result<PortalHandle> {
     use anyhow::Context as _;
+    crate::install_crypto();
     if let Some(seed) = &cfg.seed_config
         && backend.current_config()?.version == 0
     {

@@ -175,6 +175,7 @@ impl Drop for Harness {
 
 impl Harness {
     pub async fn start(tag: &str) -> Harness {
+        udn_bins::install_crypto();
         let dir = temp_dir(tag);
         let db = Arc::new(SqliteBackend::open(&dir.join("control.db")).expect("open db"));
         db.commit_config(0, &two_customer_config(), "test", udn_bins::logging::now())

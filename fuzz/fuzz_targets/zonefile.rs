@@ -1,0 +1,13 @@
+//! Fuzzes the BIND zone-file parser: arbitrary text must parse or fail with a line
+//! number, never panic. Run: `cargo +nightly fuzz run zonefile` in `fuzz/`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(e) = udn_dns::zonefile::parse(text, None) {
+            assert!(e.line >= 1);
+        }
+    }
+});

@@ -1,0 +1,367 @@
+//! `udn origin`: the sample customer origin site, for the demo, the walkthrough and the
+//! tests of the other roles. It serves an embedded page with its stylesheet, script and
+//! images with `Last-Modified`, `ETag` and `Cache-Control`, answers conditional requests
+//! with 304, serves generated objects of any size at `/gen/{bytes}` (streamed, never held
+//! whole in memory), reports health at `/health`, and has a fault drill: `POST
+//! /_drill/fail` makes every request (health included) answer 503 until `POST
+//! /_drill/restore`.
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Command-line arguments of `udn origin`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.21:8080")]
+    pub listen: SocketAddr,
+    /// Name reported in `X-Served-By`.
+    #[arg(long, default_value = "origin")]
+    pub name: String,
+    /// `Cache-Control: max-age` of the site's files, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub max_age: u32,
+}
+
+/// The embedded site: path, content type, bytes.
+const SITE: &[(&str, &str, &[u8])] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_bytes!("../assets/site/index.html"),
+    ),
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../assets/site/index.html"),
+    ),
+    (
+        "/css/site.css",
+        "text/css",
+        include_bytes!("../assets/site/css/site.css"),
+    ),
+    (
+        "/js/app.js",
+        "text/javascript",
+        include_bytes!("../assets/site/js/app.js"),
+    ),
+    (
+        "/img/logo.svg",
+        "image/svg+xml",
+        include_bytes!("../assets/site/img/logo.svg"),
+    ),
+    (
+        "/img/product-1.svg",
+        "image/svg+xml",
+        include_bytes!("../assets/site/img/product-1.svg"),
+    ),
+    (
+        "/img/product-2.svg",
+        "image/svg+xml",
+        include_bytes!("../assets/site/img/product-2.svg"),
+    ),
+    (
+        "/img/product-3.svg",
+        "image/svg+xml",
+        include_bytes!("../assets/site/img/product-3.svg"),
+    ),
+];
+
+/// The paths of the sample page and its components.
+pub fn site_paths() -> impl Iterator<Item = &'static str> {
+    SITE.iter().map(|(p, _, _)| *p).filter(|p| *p != "/")
+}
+
+/// The largest generated object, bytes.
+pub const MAX_GENERATED: u64 = 4 << 30;
+
+/// Shared state of a running origin.
+#[derive(Debug)]
+pub struct Origin {
+    name: String,
+    max_age: u32,
+    started: SystemTime,
+    failing: AtomicBool,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Origin {
+    /// Whether the fault drill is on.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::SeqCst)
+    }
+
+    /// Turns the fault drill on or off.
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests served (all paths).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// An HTTP date (IMF-fixdate) for `t`.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WD[(days % 7) as usize],
+        d,
+        MO[(mo - 1) as usize],
+        y,
+        h,
+        m,
+        s
+    )
+}
+
+fn unavailable(o: &Origin) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("x-served-by", o.name.clone())],
+        "origin drill: failing\n",
+    )
+        .into_response()
+}
+
+async fn file(State(o): State<Arc<Origin>>, uri: axum::http::Uri, req: HeaderMap) -> Response {
+    o.requests.fetch_add(1, Ordering::Relaxed);
+    if o.is_failing() {
+        return unavailable(&o);
+    }
+    let Some((_, ctype, body)) = SITE.iter().find(|(p, _, _)| *p == uri.path()) else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    // Seconds precision, as HTTP dates have.
+    let started = UNIX_EPOCH
+        + std::time::Duration::from_secs(
+            o.started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+    let etag = format!("\"{:016x}\"", fnv(body));
+    let last_modified = http_date(started);
+    let mut headers = HeaderMap::new();
+    let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+    headers.insert(header::CONTENT_TYPE, hv(ctype));
+    headers.insert(header::ETAG, hv(&etag));
+    headers.insert(header::LAST_MODIFIED, hv(&last_modified));
+    headers.insert(
+        header::CACHE_CONTROL,
+        hv(&format!("public, max-age={}", o.max_age)),
+    );
+    headers.insert("x-served-by", hv(&o.name));
+    let inm = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    let ims = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok());
+    let not_modified = match (inm, ims) {
+        (Some(tags), _) => tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
+        (None, Some(date)) => date == last_modified,
+        _ => false,
+    };
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    o.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    (StatusCode::OK, headers, *body).into_response()
+}
+
+async fn generated(State(o): State<Arc<Origin>>, Path(size): Path<String>) -> Response {
+    o.requests.fetch_add(1, Ordering::Relaxed);
+    if o.is_failing() {
+        return unavailable(&o);
+    }
+    let Ok(size) = size.trim_end_matches(".bin").parse::<u64>() else {
+        return (StatusCode::BAD_REQUEST, "size must be a number of bytes\n").into_response();
+    };
+    if size > MAX_GENERATED {
+        return (StatusCode::BAD_REQUEST, "at most 4 GiB\n").into_response();
+    }
+    // Deterministic content: byte i is (i * 131 + i / 4096) mod 256, streamed in 64 KiB
+    // chunks.
+    let chunk = 64 * 1024u64;
+    let stream = generated_stream(size, chunk);
+    o.bytes.fetch_add(size, Ordering::Relaxed);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .header(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", o.max_age),
+        )
+        .header(header::ETAG, format!("\"gen-{size}\""))
+        .header("x-served-by", o.name.clone())
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The byte at offset `i` of a generated object.
+pub fn generated_byte(i: u64) -> u8 {
+    (i.wrapping_mul(131).wrapping_add(i / 4096)) as u8
+}
+
+fn generated_stream(
+    size: u64,
+    chunk: u64,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(0u64, move |off| async move {
+        if off >= size {
+            return None;
+        }
+        let n = chunk.min(size - off);
+        let buf: Vec<u8> = (off..off + n).map(generated_byte).collect();
+        Some((Ok(buf), off + n))
+    })
+}
+
+async fn health(State(o): State<Arc<Origin>>) -> Response {
+    o.requests.fetch_add(1, Ordering::Relaxed);
+    if o.is_failing() {
+        return unavailable(&o);
+    }
+    (StatusCode::OK, [("x-served-by", o.name.clone())], "ok\n").into_response()
+}
+
+async fn drill_fail(State(o): State<Arc<Origin>>) -> &'static str {
+    o.set_failing(true);
+    "failing\n"
+}
+
+async fn drill_restore(State(o): State<Arc<Origin>>) -> &'static str {
+    o.set_failing(false);
+    "restored\n"
+}
+
+async fn stats(State(o): State<Arc<Origin>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "name": o.name,
+        "failing": o.is_failing(),
+        "requests": o.requests(),
+        "bytes": o.bytes.load(Ordering::Relaxed),
+    }))
+}
+
+/// A running origin.
+pub struct Handle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Its state (drill switch, counters).
+    pub origin: Arc<Origin>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Stops serving.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// The router of an origin.
+pub fn router(origin: Arc<Origin>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/gen/{size}", get(generated))
+        .route("/_drill/fail", post(drill_fail))
+        .route("/_drill/restore", post(drill_restore))
+        .route("/_stats", get(stats))
+        .fallback(get(file))
+        .with_state(origin)
+}
+
+/// Binds `args.listen` and serves in the background.
+pub async fn start(args: &Args) -> anyhow::Result<Handle> {
+    let origin = Arc::new(Origin {
+        name: args.name.clone(),
+        max_age: args.max_age,
+        started: SystemTime::now(),
+        failing: AtomicBool::new(false),
+        requests: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding origin to {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let app = router(origin.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "origin server stopped");
+        }
+    });
+    Ok(Handle { addr, origin, task })
+}
+
+/// Runs `udn origin` until Ctrl-C.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::runtime()?.block_on(async {
+        let h = start(&args).await?;
+        println!(
+            "udn origin: {} serving the sample site on http://{}",
+            args.name, h.addr
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        h.stop();
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_709_208_000);
+        assert_eq!(http_date(t), "Thu, 29 Feb 2024 12:00:00 GMT");
+    }
+}

@@ -1,0 +1,697 @@
+//! Integration tests of `udn dns`: the real binary on loopback, queried with `dig`
+//! (bind9-dnsutils), raw std sockets for malformed input, and `curl` for the HTTP API.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ZONE: &str = r#"$ORIGIN udn.example.
+$TTL 300
+@       IN SOA ns1 hostmaster ( 2024010101 7200 900 1209600 60 )
+@       IN NS  ns1
+@       IN NS  ns2
+ns1     IN A   127.0.0.53
+ns2     IN A   127.0.0.54
+static  IN A   192.0.2.10
+alias   IN CNAME static
+"#;
+
+fn big_txt() -> String {
+    // 20 strings of 100 bytes: about 2.2 KB, more than any UDP answer we send.
+    (0..20)
+        .map(|i| format!("big IN TXT \"{i:02}{}\"\n", "x".repeat(98)))
+        .collect()
+}
+
+struct Udn {
+    child: Child,
+    dns: SocketAddr,
+    /// Every DNS address printed (one per `--listen`).
+    all_dns: Vec<SocketAddr>,
+    http: Option<SocketAddr>,
+}
+
+impl Drop for Udn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "udn-dns-test-{tag}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts `udn dns` with `args` and waits for the lines that print its addresses.
+fn start(args: &[&str], want_http: bool) -> Udn {
+    let listens = args.iter().filter(|a| **a == "--listen").count().max(1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .arg("dns")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("udn starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut all_dns: Vec<SocketAddr> = Vec::new();
+    let mut http = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_dns.len() < listens || (want_http && http.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("udn dns printed its addresses");
+        if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
+            all_dns.push(rest.split(' ').next().unwrap().parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("udn dns: HTTP API on http://") {
+            http = Some(rest.trim().parse().unwrap());
+        }
+    }
+    Udn {
+        child,
+        dns: all_dns[0],
+        all_dns,
+        http,
+    }
+}
+
+/// Runs dig against `addr` with `args`; returns its full output.
+fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig runs (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dig_short(addr: SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["+short"];
+    a.extend_from_slice(args);
+    dig(addr, &a).lines().map(|l| l.trim().to_owned()).collect()
+}
+
+fn status(out: &str) -> String {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn flags(out: &str) -> String {
+    out.split("flags: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn post_json(http: SocketAddr, path: &str, body: &str) -> String {
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        body,
+        &format!("http://{http}{path}"),
+    ])
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn write_zone(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("udn.zone");
+    std::fs::write(&p, format!("{ZONE}{extra}")).unwrap();
+    p
+}
+
+/// The sample network with its zone served from `udn.zone` in `dir`.
+fn write_config(dir: &Path, peers: &str) -> PathBuf {
+    write_zone(dir, "");
+    let sample = udn_core::config::SAMPLE.replace(
+        "[[dns.zones]]\napex = \"udn.example\"",
+        "[[dns.zones]]\napex = \"udn.example\"\nfile = \"udn.zone\"",
+    );
+    assert!(sample.contains("file = \"udn.zone\""));
+    let text = format!("{peers}\n{sample}");
+    let p = dir.join("network.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn zone_file_answers_like_an_authoritative_server() {
+    let dir = tmpdir("zone");
+    let zone = write_zone(&dir, &big_txt());
+    let udn = start(
+        &[
+            "--zone",
+            zone.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+        ],
+        false,
+    );
+    let a = udn.dns;
+    // IPv6 too, over UDP and TCP.
+    let v6 = udn.all_dns[1];
+    assert!(v6.is_ipv6());
+    assert_eq!(dig_short(v6, &["static.udn.example"]), ["192.0.2.10"]);
+    assert_eq!(
+        dig_short(v6, &["static.udn.example", "+tcp"]),
+        ["192.0.2.10"]
+    );
+
+    // Apex SOA and NS, authoritative.
+    let out = dig(a, &["udn.example", "SOA", "+norec"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(flags(&out).contains("aa"), "{out}");
+    assert!(out.contains("2024010101 7200 900 1209600 60"), "{out}");
+    let mut ns = dig_short(a, &["udn.example", "NS"]);
+    ns.sort();
+    assert_eq!(ns, ["ns1.udn.example.", "ns2.udn.example."]);
+
+    // Static records and a CNAME followed inside the zone.
+    assert_eq!(dig_short(a, &["static.udn.example"]), ["192.0.2.10"]);
+    assert_eq!(
+        dig_short(a, &["alias.udn.example"]),
+        ["static.udn.example.", "192.0.2.10"]
+    );
+
+    // NXDOMAIN with the SOA and the negative TTL (min of SOA TTL 300 and minimum 60).
+    let out = dig(a, &["nope.udn.example"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(flags(&out).contains("aa"));
+    let auth = out.split("AUTHORITY SECTION:").nth(1).expect(&out);
+    assert!(auth.contains("udn.example.\t\t60\tIN\tSOA"), "{out}");
+
+    // NODATA: the name exists, the type does not.
+    let out = dig(a, &["static.udn.example", "MX"]);
+    assert_eq!(status(&out), "NOERROR");
+    assert!(out.contains("ANSWER: 0"), "{out}");
+    assert!(out.contains("AUTHORITY: 1"), "{out}");
+
+    // Outside our zones.
+    let out = dig(a, &["example.com"]);
+    assert_eq!(status(&out), "REFUSED", "{out}");
+    assert!(!flags(&out).contains("aa"));
+
+    // Question case preserved.
+    let out = dig(a, &["sTaTiC.UdN.eXaMpLe"]);
+    assert!(out.contains(";sTaTiC.UdN.eXaMpLe.\t\tIN\tA"), "{out}");
+
+    // A large RRset: TC over UDP, then the full answer over TCP.
+    let out = dig(a, &["big.udn.example", "TXT", "+ignore"]);
+    assert!(flags(&out).contains("tc"), "{out}");
+    assert!(out.contains("ANSWER: 0"), "{out}");
+    let out = dig(a, &["big.udn.example", "TXT"]);
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    assert!(out.contains("ANSWER: 20"), "{out}");
+    let out = dig(a, &["big.udn.example", "TXT", "+tcp"]);
+    assert!(out.contains("ANSWER: 20"), "{out}");
+
+    // EDNS: 1232 advertised; an unknown version gets BADVERS.
+    let out = dig(a, &["static.udn.example", "+bufsize=4096"]);
+    assert!(out.contains("udp: 1232"), "{out}");
+    let out = dig(a, &["static.udn.example", "+edns=1", "+noednsneg"]);
+    assert_eq!(status(&out), "BADVERS", "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn malformed_input_gets_formerr_and_never_stops_the_server() {
+    let dir = tmpdir("formerr");
+    let zone = write_zone(&dir, "");
+    let udn = start(
+        &[
+            "--zone",
+            zone.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tcp-read-ms",
+            "500",
+        ],
+        false,
+    );
+    let a = udn.dns;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // A header that claims one question, then garbage.
+    let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(&[0xc0, 0xff, 0xff, 0x3f, 0x00]);
+    sock.send_to(&q, a).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert!(n >= 12);
+    assert_eq!(&buf[..2], &[0xab, 0xcd], "id echoed");
+    assert_eq!(buf[2] & 0x80, 0x80, "a response");
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
+    // Short junk is dropped; the server still answers after it.
+    sock.send_to(&[1, 2, 3], a).unwrap();
+    assert_eq!(dig_short(a, &["static.udn.example"]), ["192.0.2.10"]);
+
+    // TCP: an oversized length prefix cuts the client off...
+    let mut big = TcpStream::connect(a).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    big.write_all(&[0xff, 0xff, 0, 0, 0, 0]).unwrap();
+    let mut rest = Vec::new();
+    let r = big.read_to_end(&mut rest);
+    assert!(
+        matches!(r, Ok(0)) || r.is_err(),
+        "connection closed: {r:?} {rest:?}"
+    );
+    // ...a slow client (length, then nothing) is cut off after --tcp-read-ms...
+    let mut slow = TcpStream::connect(a).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(&[0, 40, 0xab]).unwrap();
+    // ...while others are answered meanwhile, over UDP and TCP.
+    assert_eq!(dig_short(a, &["static.udn.example"]), ["192.0.2.10"]);
+    assert_eq!(
+        dig_short(a, &["static.udn.example", "+tcp"]),
+        ["192.0.2.10"]
+    );
+    let mut rest = Vec::new();
+    let r = slow.read_to_end(&mut rest);
+    assert!(matches!(r, Ok(0)), "slow client cut off: {r:?}");
+    // Pipelined queries on one TCP connection are all answered, in order.
+    let mut conn = TcpStream::connect(a).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut batch = Vec::new();
+    for id in 1u16..=3 {
+        let mut m = vec![];
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for l in ["static", "udn", "example"] {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        batch.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        batch.extend_from_slice(&m);
+    }
+    conn.write_all(&batch).unwrap();
+    for id in 1u16..=3 {
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).unwrap();
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        conn.read_exact(&mut msg).unwrap();
+        assert_eq!(u16::from_be_bytes([msg[0], msg[1]]), id);
+        assert_eq!(msg[3] & 0x0f, 0);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn service_metrics(server: &str, ok: bool, n: u64) -> String {
+    let now = now_ms();
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"kind":"service","server":"{server}","service":"http","ok":{ok},"response_ms":12.0,"at":{}}}"#,
+                now - 1000 + i
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+#[test]
+fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
+    let dir = tmpdir("gtm");
+    let cfg = write_config(&dir, "");
+    let logs = dir.join("logs");
+    let mut udn = start(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--name",
+            "dns-test",
+        ],
+        true,
+    );
+    let (a, http) = (udn.dns, udn.http.unwrap());
+    assert_eq!(curl(&[&format!("http://{http}/health")]), "ok");
+
+    // Static records of the zone file and the synthesized GTM answer side by side.
+    assert_eq!(dig_short(a, &["static.udn.example"]), ["192.0.2.10"]);
+    let out = dig(a, &["www.shop.udn.example"]);
+    assert!(flags(&out).contains("aa"));
+    assert!(
+        out.contains("www.shop.udn.example.\t20\tIN\tA\t127.0.0.2"),
+        "GTM answer with the decision's TTL: {out}"
+    );
+    // The CDN hostname answers with an edge.
+    let edge = dig_short(a, &["cdn.shop.udn.example"]);
+    assert!(
+        ["127.0.0.11", "127.0.0.12", "127.0.0.13"].contains(&edge[0].as_str()),
+        "{edge:?}"
+    );
+    // Case preserved on a GTM name.
+    let out = dig(a, &["wWw.ShOp.udn.example"]);
+    assert!(out.contains(";wWw.ShOp.udn.example.\t\tIN\tA"), "{out}");
+
+    // The decision asked for latency measurements: the probe of nyc takes them once.
+    let r = curl(&[&format!("http://{http}/v1/refresh?pop=nyc")]);
+    let items: Vec<serde_json::Value> = serde_json::from_str(&r).unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["client"] == "127.0.0.0/24" && i["pop"] == "nyc"),
+        "{r}"
+    );
+    let r = curl(&[&format!("http://{http}/v1/refresh?pop=nyc")]);
+    assert_eq!(r, "[]");
+
+    // Health pushed by probes: west down, east up -> east.
+    let r = post_json(
+        http,
+        "/v1/metrics",
+        &service_metrics("shop-west-1", false, 3),
+    );
+    assert_eq!(r, r#"{"applied":3,"rejected":[]}"#);
+    post_json(
+        http,
+        "/v1/metrics",
+        &service_metrics("shop-east-1", true, 3),
+    );
+    for _ in 0..5 {
+        assert_eq!(dig_short(a, &["www.shop.udn.example"]), ["127.0.0.21"]);
+    }
+    // East fails too: the hidden standby, at once.
+    post_json(
+        http,
+        "/v1/metrics",
+        &service_metrics("shop-east-1", false, 3),
+    );
+    assert_eq!(dig_short(a, &["www.shop.udn.example"]), ["127.0.0.29"]);
+    // Rejected items are reported by index.
+    let r = post_json(
+        http,
+        "/v1/metrics",
+        r#"[{"kind":"load","server":"nope","percent":3.0,"at":1},{"kind":"bogus"},{"kind":"load","server":"fra-edge-1","percent":35.0,"at":1}]"#,
+    );
+    let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(v["applied"], 1, "{r}");
+    assert_eq!(v["rejected"][0]["index"], 0);
+    assert_eq!(v["rejected"][1]["index"], 1);
+
+    // ECS: a measured client /24 makes the answer specific to it: scope 24.
+    post_json(
+        http,
+        "/v1/metrics",
+        &service_metrics("shop-west-1", true, 3),
+    );
+    post_json(
+        http,
+        "/v1/metrics",
+        &service_metrics("shop-east-1", true, 3),
+    );
+    post_json(
+        http,
+        "/v1/metrics",
+        &format!(
+            r#"[{{"kind":"latency","client":"203.0.113.0/24","pop":"fra","rtt_us":5000,"at":{0}}},
+                {{"kind":"latency","client":"203.0.113.0/24","pop":"nyc","rtt_us":90000,"at":{0}}}]"#,
+            now_ms()
+        ),
+    );
+    let out = dig(a, &["www.shop.udn.example", "+subnet=203.0.113.77/24"]);
+    assert!(out.contains("CLIENT-SUBNET: 203.0.113.0/24/24"), "{out}");
+    assert!(out.contains("IN\tA\t127.0.0.22"), "fra-near site: {out}");
+    // Static names are not client-specific: scope 0.
+    let out = dig(a, &["static.udn.example", "+subnet=203.0.113.77/24"]);
+    assert!(out.contains("CLIENT-SUBNET: 203.0.113.0/24/0"), "{out}");
+
+    // Reload by API and by SIGHUP picks up an edited zone file; state carries over.
+    write_zone(&dir, "added IN A 192.0.2.44\n");
+    assert_eq!(status(&dig(a, &["added.udn.example"])), "NXDOMAIN");
+    let r = post_json(http, "/v1/reload", "");
+    assert!(r.contains("\"reloaded\":true"), "{r}");
+    assert_eq!(dig_short(a, &["added.udn.example"]), ["192.0.2.44"]);
+    assert_eq!(
+        dig_short(a, &["www.shop.udn.example", "+subnet=203.0.113.77/24"]),
+        ["127.0.0.22"]
+    );
+    write_zone(&dir, "added IN A 192.0.2.45\n");
+    let pid = udn.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = Instant::now();
+    while dig_short(a, &["added.udn.example"]) != ["192.0.2.45"] {
+        assert!(t0.elapsed() < Duration::from_secs(5), "SIGHUP reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A broken file keeps the old snapshot.
+    std::fs::write(
+        dir.join("udn.zone"),
+        "$ORIGIN udn.example.\nbroken A 1.2.3\n",
+    )
+    .unwrap();
+    let r = curl(&["-X", "POST", &format!("http://{http}/v1/reload")]);
+    assert!(r.contains("line 2"), "{r}");
+    assert_eq!(dig_short(a, &["added.udn.example"]), ["192.0.2.45"]);
+
+    // Prometheus metrics count what happened.
+    let m = curl(&[&format!("http://{http}/metrics")]);
+    assert!(
+        m.contains(r#"udn_dns_queries_total{transport="udp",rcode="NOERROR",path="local"}"#),
+        "{m}"
+    );
+    assert!(m.contains("udn_dns_answer_seconds_bucket"), "{m}");
+    assert!(
+        m.contains(r#"udn_dns_decisions_total{reason="standby"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("udn_dns_reloads_total 2"), "{m}");
+
+    // The query log: every decision, written on shutdown (SIGTERM).
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = udn.child.wait();
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let p = e.unwrap().path();
+        assert!(p.to_string_lossy().ends_with(".jsonl"), "{p:?} complete");
+        let text = std::fs::read_to_string(&p).unwrap();
+        lines.extend(text.lines().skip(1).map(str::to_owned));
+    }
+    let recs: Vec<udn_core::log::LogRecord> = lines
+        .iter()
+        .map(|l| udn_core::log::LogRecord::from_line(l).unwrap())
+        .collect();
+    let standby = recs.iter().any(|r| match r {
+        udn_core::log::LogRecord::Dns(d) => {
+            d.reason == "standby"
+                && d.hostname == "www.shop.udn.example"
+                && d.addrs == ["127.0.0.29".parse::<std::net::IpAddr>().unwrap()]
+                && d.server == "dns-test"
+                && d.customer.as_deref() == Some("shop")
+        }
+        _ => false,
+    });
+    assert!(standby, "{lines:?}");
+    let cdn = recs.iter().any(|r| {
+        matches!(r, udn_core::log::LogRecord::Dns(d) if d.hostname == "cdn.shop.udn.example" && d.pop.is_some())
+    });
+    assert!(cdn, "{lines:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn free_port() -> u16 {
+    // A port free for both UDP and TCP right now.
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn peers_proxy_to_the_owner_and_answer_locally_when_it_is_down() {
+    let dir = tmpdir("peers");
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!(
+        "[[dns.peers]]\nname = \"dns-a\"\naddr = \"127.0.0.1:{pa}\"\n\n[[dns.peers]]\nname = \"dns-b\"\naddr = \"127.0.0.1:{pb}\"\n"
+    );
+    // `[[dns.peers]]` must come after `[[dns.zones]]`'s table keys: append at the end.
+    let cfg = write_config(&dir, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}\n{peers}")).unwrap();
+    let c = cfg.to_str().unwrap();
+    let la = format!("127.0.0.1:{pa}");
+    let lb = format!("127.0.0.1:{pb}");
+    let a = start(
+        &[
+            "--config",
+            c,
+            "--listen",
+            &la,
+            "--http",
+            "127.0.0.1:0",
+            "--name",
+            "dns-a",
+        ],
+        true,
+    );
+    let mut b = start(
+        &[
+            "--config",
+            c,
+            "--listen",
+            &lb,
+            "--http",
+            "127.0.0.1:0",
+            "--name",
+            "dns-b",
+        ],
+        true,
+    );
+    // B alone knows the latency of the client networks it owns; A has no data.
+    let names = ["dns-a", "dns-b"];
+    let mut b_owned = Vec::new();
+    let mut a_owned = Vec::new();
+    for i in 1..=40u8 {
+        let net: std::net::IpAddr = format!("198.51.{i}.0").parse().unwrap();
+        let p = udn_core::ClientPrefix::of(net);
+        match udn_core::shard::owner(p, &names, |_| true) {
+            Some(1) => b_owned.push(net),
+            _ => a_owned.push(net),
+        }
+    }
+    assert!(!b_owned.is_empty() && !a_owned.is_empty());
+    let now = now_ms();
+    let lat: Vec<String> = b_owned
+        .iter()
+        .map(|n| {
+            format!(
+                r#"{{"kind":"latency","client":"{n}/24","pop":"fra","rtt_us":1000,"at":{now}}},{{"kind":"latency","client":"{n}/24","pop":"nyc","rtt_us":200000,"at":{now}}}"#
+            )
+        })
+        .collect();
+    let r = post_json(
+        b.http.unwrap(),
+        "/v1/metrics",
+        &format!("[{}]", lat.join(",")),
+    );
+    assert!(r.contains(&format!("\"applied\":{}", lat.len() * 2)), "{r}");
+
+    // Asked at A, B-owned clients get B's latency-based answer (west, near fra) with
+    // B's scope, relayed by A; the client's own question case comes back.
+    for n in &b_owned {
+        let out = dig(a.dns, &["wWw.shop.udn.example", &format!("+subnet={n}/24")]);
+        assert!(out.contains("IN\tA\t127.0.0.22"), "{n}: {out}");
+        assert!(out.contains(&format!("CLIENT-SUBNET: {n}/24/24")), "{out}");
+        assert!(out.contains(";wWw.shop.udn.example."), "{out}");
+    }
+    let m = curl(&[&format!("http://{}/metrics", a.http.unwrap())]);
+    let relayed = format!(
+        r#"udn_dns_queries_total{{transport="udp",rcode="NOERROR",path="relayed"}} {}"#,
+        b_owned.len()
+    );
+    assert!(m.contains(&relayed), "{m}");
+    // A-owned clients are answered by A itself.
+    let out = dig(
+        a.dns,
+        &[
+            "www.shop.udn.example",
+            &format!("+subnet={}/24", a_owned[0]),
+        ],
+    );
+    assert_eq!(status(&out), "NOERROR");
+    // Over TCP too.
+    let out = dig(
+        a.dns,
+        &[
+            "www.shop.udn.example",
+            "+tcp",
+            &format!("+subnet={}/24", b_owned[0]),
+        ],
+    );
+    assert!(out.contains("IN\tA\t127.0.0.22"), "{out}");
+
+    // B goes down: A answers itself after the timeout, then skips B at once.
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let out = dig(
+        a.dns,
+        &[
+            "www.shop.udn.example",
+            &format!("+subnet={}/24", b_owned[0]),
+        ],
+    );
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("ANSWER: 1"), "{out}");
+    let out = dig(
+        a.dns,
+        &[
+            "www.shop.udn.example",
+            &format!("+subnet={}/24", b_owned[1 % b_owned.len()]),
+        ],
+    );
+    assert!(out.contains("ANSWER: 1"), "{out}");
+    // Only the first query waited for B: the second was answered locally at once.
+    let m = curl(&[&format!("http://{}/metrics", a.http.unwrap())]);
+    assert!(m.contains(r#"path="peer-timeout"} 1"#), "{m}");
+    drop(a);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,954 @@
+//! Integration tests of `udn edge`: the real binary on loopback, a real origin (a hyper
+//! server inside the test) and a real client (curl).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LM: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
+const BIG: u64 = 256 << 20;
+
+/// What the origin saw.
+#[derive(Default)]
+struct OriginState {
+    hits: Mutex<HashMap<String, u64>>,
+    not_modified: AtomicU64,
+    body_bytes: AtomicU64,
+    down: AtomicBool,
+}
+
+impl OriginState {
+    fn count(&self, path: &str) -> u64 {
+        *self.hits.lock().unwrap().get(path).unwrap_or(&0)
+    }
+}
+
+type OBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+async fn origin_handle(st: Arc<OriginState>, req: Request<Incoming>) -> Response<OBody> {
+    let path = req.uri().path().to_string();
+    *st.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let full = |status: u16, headers: &[(&str, String)], body: String| {
+        st.body_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    };
+    if st.down.load(Ordering::Relaxed) {
+        return full(503, &[], "down".into());
+    }
+    let ims = req.headers().get("if-modified-since").is_some();
+    if path.starts_with("/slow/") {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if path.starts_with("/hang/") {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    if path.starts_with("/lm/") || path.starts_with("/lmshort/") {
+        if ims {
+            st.not_modified.fetch_add(1, Ordering::Relaxed);
+            return full(304, &[("last-modified", LM.into())], String::new());
+        }
+        let cc = if path.starts_with("/lm/") {
+            "max-age=3600"
+        } else {
+            "max-age=1"
+        };
+        return full(
+            200,
+            &[("last-modified", LM.into()), ("cache-control", cc.into())],
+            format!("body of {path} ").repeat(100),
+        );
+    }
+    if path == "/vary" {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        return full(
+            200,
+            &[
+                ("vary", "Accept-Language".into()),
+                ("cache-control", "max-age=3600".into()),
+            ],
+            format!("lang={lang}"),
+        );
+    }
+    if path == "/big" {
+        let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+        let st2 = st.clone();
+        let s = futures_stream(BIG / (1 << 20), chunk, st2);
+        let mut r = Response::new(StreamBody::new(s).boxed());
+        r.headers_mut().insert("content-length", BIG.into());
+        r.headers_mut()
+            .insert("cache-control", "max-age=3600".parse().unwrap());
+        return r;
+    }
+    if path.starts_with("/sie/") {
+        return full(
+            200,
+            &[("cache-control", "max-age=1, stale-if-error=600".into())],
+            format!("sie {path}"),
+        );
+    }
+    if path.starts_with("/swr/") {
+        return full(
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=30".into(),
+            )],
+            format!("swr {path}"),
+        );
+    }
+    if let Some(n) = path.strip_prefix("/sized/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return full(
+            200,
+            &[("cache-control", "max-age=3600".into())],
+            "s".repeat(n),
+        );
+    }
+    if path.starts_with("/short/") {
+        return full(
+            200,
+            &[("cache-control", "max-age=1".into())],
+            format!("short {path}"),
+        );
+    }
+    if path.starts_with("/nostore/") {
+        return full(
+            200,
+            &[("cache-control", "no-store".into())],
+            format!("nostore {path}"),
+        );
+    }
+    full(
+        200,
+        &[
+            ("cache-control", "max-age=3600".into()),
+            ("last-modified", LM.into()),
+        ],
+        format!("content of {path}"),
+    )
+}
+
+fn futures_stream(
+    n: u64,
+    chunk: Bytes,
+    st: Arc<OriginState>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    futures_util::stream::unfold(0u64, move |i| {
+        let chunk = chunk.clone();
+        let st = st.clone();
+        async move {
+            if i >= n {
+                return None;
+            }
+            st.body_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Some((Ok(Frame::data(chunk)), i + 1))
+        }
+    })
+}
+
+/// Starts the origin on a free loopback port in a background runtime.
+fn start_origin() -> (SocketAddr, Arc<OriginState>) {
+    let st = Arc::new(OriginState::default());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let st2 = st.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let st = st2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(origin_handle(st, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, st)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("udn-edge-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct EdgeProc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl EdgeProc {
+    fn start(args: &[&str]) -> EdgeProc {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_udn"))
+            .arg("edge")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start udn edge");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "udn edge did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        EdgeProc { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn interrupt(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One curl request: (status, headers lower-cased, body).
+struct Got {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn cache(&self) -> &str {
+        self.headers
+            .get("x-cache")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+fn curl(url: &str, headers: &[&str]) -> Got {
+    curl_m(url, headers, &[])
+}
+
+fn curl_m(url: &str, headers: &[&str], extra: &[&str]) -> Got {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-D", "-", "--max-time", "30"]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.args(extra).arg(url);
+    let out = c.output().expect("curl");
+    parse_curl(&out.stdout)
+}
+
+fn parse_curl(raw: &[u8]) -> Got {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Got {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn purge(edge: &EdgeProc, token: &str, scope: &str, target: &str, seq: u64) -> u16 {
+    let body = format!(r#"{{"scope":"{scope}","target":"{target}","seq":{seq}}}"#);
+    curl_m(
+        &edge.url("/v1/purge"),
+        &[
+            &format!("Authorization: Bearer {token}"),
+            "Content-Type: application/json",
+        ],
+        &["--data", &body],
+    )
+    .status
+}
+
+fn network_toml(dir: &Path, origin: SocketAddr, check: u64) -> PathBuf {
+    let p = dir.join("network.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[[services]]
+name = "http"
+[[customers]]
+name = "test"
+[[pops]]
+name = "fra"
+location = {{ lat = 50.0, lon = 8.0 }}
+servers = [{{ name = "fra-edge-1", addresses = ["127.0.0.1"] }}]
+[[cdn]]
+hostname = "cdn.test.example"
+customer = "test"
+origins = ["www.test.example", "img.test.example"]
+origin_urls = ["http://{origin}", "http://{origin}"]
+check_interval_secs = {check}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn miss_then_hit_with_age_and_access_log() {
+    let (origin, st) = start_origin();
+    let logs = tempdir("logs");
+    let mut edge = EdgeProc::start(&[
+        "--origin",
+        &format!("http://{origin}"),
+        "--log-dir",
+        logs.to_str().unwrap(),
+        "--pop",
+        "fra",
+    ]);
+    let a = curl(&edge.url("/static/a.txt"), &[]);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.cache(), "MISS");
+    assert_eq!(a.body, b"content of /static/a.txt");
+    assert!(a.headers.contains_key("age"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = curl(&edge.url("/static/a.txt"), &[]);
+    assert_eq!(b.cache(), "HIT");
+    assert_eq!(b.body, a.body);
+    assert!(b.headers["age"].parse::<u64>().unwrap() >= 1);
+    assert_eq!(st.count("/static/a.txt"), 1);
+    // no-store responses are passed through every time.
+    assert_eq!(curl(&edge.url("/nostore/x"), &[]).cache(), "BYPASS");
+    assert_eq!(curl(&edge.url("/nostore/x"), &[]).cache(), "BYPASS");
+    assert_eq!(st.count("/nostore/x"), 2);
+    // Metrics count what happened.
+    let m = String::from_utf8(curl(&edge.url("/metrics"), &[]).body).unwrap();
+    assert!(
+        m.contains(r#"udn_edge_requests_total{outcome="hit"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("udn_edge_origin_fetches_total 3"), "{m}");
+    edge.interrupt();
+    let mut records = Vec::new();
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for l in text.lines().skip(1) {
+            records.push(udn_core::log::LogRecord::from_line(l).unwrap());
+        }
+    }
+    let http: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            udn_core::log::LogRecord::Http(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert!(http.len() >= 4, "{records:?}");
+    assert!(http.iter().any(|h| h.outcome == "hit"
+        && h.path == "/static/a.txt"
+        && h.bytes == 24
+        && h.pop == "fra"));
+    assert!(http.iter().any(|h| h.outcome == "miss" && h.status == 200));
+}
+
+#[test]
+fn revalidation_with_if_modified_since_and_check_interval() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("reval");
+    let cfg = network_toml(&dir, origin, 2);
+    let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
+    let host = "Host: cdn.test.example";
+    // Stale by HTTP rules (max-age=1): revalidated with If-Modified-Since, 304, body not re-sent.
+    let a = curl(&edge.url("/www.test.example/lmshort/a"), &[host]);
+    assert_eq!(a.cache(), "MISS");
+    let bytes_after_fill = st.body_bytes.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1200));
+    let b = curl(&edge.url("/www.test.example/lmshort/a"), &[host]);
+    assert_eq!(b.cache(), "REVALIDATED");
+    assert_eq!(b.body, a.body);
+    assert_eq!(st.not_modified.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        st.body_bytes.load(Ordering::Relaxed),
+        bytes_after_fill,
+        "the body was re-sent"
+    );
+    // Fresh by HTTP (max-age=3600) but older than the customer's 2 s check interval.
+    let c = curl(&edge.url("/www.test.example/lm/b"), &[host]);
+    assert_eq!(c.cache(), "MISS");
+    assert_eq!(
+        curl(&edge.url("/lm/b"), &[host]).cache(),
+        "HIT",
+        "virtual hosting shares the key"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let d = curl(&edge.url("/www.test.example/lm/b"), &[host]);
+    assert_eq!(d.cache(), "REVALIDATED");
+    assert_eq!(st.not_modified.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        curl(&edge.url("/www.test.example/lm/b"), &[host]).cache(),
+        "HIT"
+    );
+    assert_eq!(st.count("/lm/b"), 2);
+}
+
+#[test]
+fn purge_url_directory_and_domain() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("purge");
+    let cfg = network_toml(&dir, origin, 3600);
+    let edge = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--purge-token",
+        "s3cret",
+    ]);
+    let host = "Host: cdn.test.example";
+    let paths = [
+        "/www.test.example/static/img/a.gif",
+        "/www.test.example/static/img/b.gif",
+        "/www.test.example/static/css/c.css",
+        "/img.test.example/static/img/a.gif",
+    ];
+    for p in paths {
+        assert_eq!(curl(&edge.url(p), &[host]).cache(), "MISS");
+        assert_eq!(curl(&edge.url(p), &[host]).cache(), "HIT");
+    }
+    let state = |edge: &EdgeProc| -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| curl(&edge.url(p), &[host]).cache().to_string())
+            .collect()
+    };
+    assert_eq!(
+        purge(
+            &edge,
+            "wrong",
+            "url",
+            "http://www.test.example/static/img/a.gif",
+            1
+        ),
+        401
+    );
+    assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
+    assert_eq!(
+        purge(
+            &edge,
+            "s3cret",
+            "url",
+            "http://www.test.example/static/img/a.gif",
+            1
+        ),
+        200
+    );
+    assert_eq!(state(&edge), ["MISS", "HIT", "HIT", "HIT"]);
+    assert_eq!(
+        purge(
+            &edge,
+            "s3cret",
+            "prefix",
+            "http://www.test.example/static/img/",
+            2
+        ),
+        200
+    );
+    assert_eq!(state(&edge), ["MISS", "MISS", "HIT", "HIT"]);
+    // The CDN-hostname form of a URL names the same objects.
+    assert_eq!(
+        purge(&edge, "s3cret", "domain", "http://www.test.example/", 3),
+        200
+    );
+    assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "HIT"]);
+    // A repeated sequence number is a no-op.
+    assert_eq!(
+        purge(&edge, "s3cret", "domain", "http://www.test.example/", 3),
+        200
+    );
+    assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
+    assert_eq!(st.count("/static/img/a.gif"), 5);
+    let since = String::from_utf8(curl(&edge.url("/v1/purges?since=1"), &[]).body).unwrap();
+    assert!(
+        since.contains(r#""seq":2"#)
+            && since.contains(r#""seq":3"#)
+            && !since.contains(r#""seq":1"#),
+        "{since}"
+    );
+}
+
+#[test]
+fn unconfigured_origin_is_refused() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("refuse");
+    let cfg = network_toml(&dir, origin, 3600);
+    let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
+    let r = curl(&edge.url("/static/x"), &["Host: evil.example"]);
+    assert_eq!(r.status, 403);
+    let r = curl_m(
+        &edge.url("/static/x"),
+        &[],
+        &["--proxy", &format!("http://{}", edge.addr)],
+    );
+    assert_eq!(
+        r.status, 403,
+        "absolute-form proxy request to an unconfigured host"
+    );
+    assert_eq!(st.count("/static/x"), 0);
+    // The customer's own name (virtual hosting) is served.
+    assert_eq!(
+        curl(&edge.url("/static/x"), &["Host: img.test.example"]).status,
+        200
+    );
+}
+
+#[test]
+fn coalescing_100_concurrent_misses() {
+    let (origin, st) = start_origin();
+    let edge = EdgeProc::start(&["--origin", &format!("http://{origin}")]);
+    let url = edge.url("/slow/c1");
+    let kids: Vec<_> = (0..100)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-s", "--max-time", "30", &url])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let out = k.wait_with_output().unwrap();
+        assert_eq!(out.stdout, b"content of /slow/c1");
+    }
+    assert_eq!(st.count("/slow/c1"), 1);
+}
+
+#[test]
+fn range_and_vary() {
+    let (origin, st) = start_origin();
+    let edge = EdgeProc::start(&["--origin", &format!("http://{origin}")]);
+    // Range on a miss and on a hit.
+    let r = curl(&edge.url("/static/range"), &["Range: bytes=2-5"]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &b"content of /static/range"[2..=5]);
+    assert_eq!(r.headers["content-range"], "bytes 2-5/24");
+    let r = curl(&edge.url("/static/range"), &["Range: bytes=-3"]);
+    assert_eq!((r.status, r.cache()), (206, "HIT"));
+    assert_eq!(r.body, b"nge");
+    assert_eq!(
+        curl(&edge.url("/static/range"), &["Range: bytes=99-"]).status,
+        416
+    );
+    assert_eq!(st.count("/static/range"), 1);
+    // Vary: one stored variant per Accept-Language.
+    let en = curl(&edge.url("/vary"), &["Accept-Language: en"]);
+    let de = curl(&edge.url("/vary"), &["Accept-Language: de"]);
+    assert_eq!(
+        (en.body.as_slice(), de.body.as_slice()),
+        (&b"lang=en"[..], &b"lang=de"[..])
+    );
+    let en2 = curl(&edge.url("/vary"), &["Accept-Language: en"]);
+    let de2 = curl(&edge.url("/vary"), &["Accept-Language: de"]);
+    assert_eq!((en2.cache(), en2.body.as_slice()), ("HIT", &b"lang=en"[..]));
+    assert_eq!((de2.cache(), de2.body.as_slice()), ("HIT", &b"lang=de"[..]));
+    assert_eq!(st.count("/vary"), 2);
+}
+
+#[test]
+fn restart_keeps_the_disk_tier() {
+    let (origin, st) = start_origin();
+    let disk = tempdir("disk");
+    let origin_url = format!("http://{origin}");
+    let args = [
+        "--origin",
+        &origin_url,
+        "--disk-dir",
+        disk.to_str().unwrap(),
+        "--purge-token",
+        "t",
+    ];
+    let edge = EdgeProc::start(&args);
+    assert_eq!(curl(&edge.url("/static/keep"), &[]).cache(), "MISS");
+    assert_eq!(curl(&edge.url("/static/gone"), &[]).cache(), "MISS");
+    std::thread::sleep(Duration::from_millis(500)); // the write-through is asynchronous
+    let key = format!("http://{origin}/static/gone");
+    assert_eq!(purge(&edge, "t", "url", &key, 7), 200);
+    drop(edge); // SIGKILL: no graceful shutdown
+    let edge = EdgeProc::start(&args);
+    let r = curl(&edge.url("/static/keep"), &[]);
+    assert_eq!(
+        (r.cache(), r.body.as_slice()),
+        ("HIT", &b"content of /static/keep"[..])
+    );
+    assert_eq!(st.count("/static/keep"), 1);
+    // The purge journal survives too: the purged object is not revived.
+    assert_eq!(curl(&edge.url("/static/gone"), &[]).cache(), "MISS");
+    assert_eq!(st.count("/static/gone"), 2);
+    let _ = std::fs::remove_dir_all(&disk);
+}
+
+#[test]
+fn tiers_are_bounded() {
+    let (origin, st) = start_origin();
+    let disk = tempdir("bounded");
+    let edge = EdgeProc::start(&[
+        "--origin",
+        &format!("http://{origin}"),
+        "--disk-dir",
+        disk.to_str().unwrap(),
+        "--disk-mb",
+        "1",
+        "--memory-mb",
+        "1",
+    ]);
+    // 10 objects of 300 KiB: larger than the 128 KiB memory-object limit; 3 fit on disk.
+    for i in 0..10 {
+        let r = curl(&edge.url(&format!("/sized/{}", 300 * 1024 + i)), &[]);
+        assert_eq!((r.status, r.body.len()), (200, 300 * 1024 + i));
+    }
+    // The last fill moves its temp file into place just after the client got it.
+    std::thread::sleep(Duration::from_millis(300));
+    let on_disk: u64 = std::fs::read_dir(&disk)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= (1 << 20) + 64 * 1024,
+        "disk tier holds {on_disk} bytes"
+    );
+    let m = String::from_utf8(curl(&edge.url("/metrics"), &[]).body).unwrap();
+    let disk_bytes: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("udn_edge_disk_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(disk_bytes > 0 && disk_bytes <= 1 << 20, "{disk_bytes}");
+    // The most recent object is still a hit; the first was evicted.
+    assert_eq!(
+        curl(&edge.url(&format!("/sized/{}", 300 * 1024 + 9)), &[]).cache(),
+        "HIT"
+    );
+    assert_eq!(
+        curl(&edge.url(&format!("/sized/{}", 300 * 1024)), &[]).cache(),
+        "MISS"
+    );
+    assert_eq!(st.count(&format!("/sized/{}", 300 * 1024)), 2);
+    let _ = std::fs::remove_dir_all(&disk);
+}
+
+#[test]
+fn stale_while_revalidate_and_prefill() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("swr");
+    let cfg = network_toml(&dir, origin, 3600);
+    let edge = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--purge-token",
+        "pf",
+    ]);
+    let host = "Host: cdn.test.example";
+    assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "MISS");
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = curl(&edge.url("/swr/a"), &[host]);
+    assert_eq!(
+        (r.cache(), r.body.as_slice()),
+        ("STALE", &b"swr /swr/a"[..])
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while st.count("/swr/a") < 2 {
+        assert!(Instant::now() < deadline, "no background revalidation");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The revalidated response is stored right after the origin answered; poll
+    // (bounded) rather than guess how long that takes on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let outcome = curl(&edge.url("/swr/a"), &[host]).cache().to_string();
+        if outcome == "HIT" {
+            break;
+        }
+        assert_eq!(outcome, "STALE");
+        assert!(Instant::now() < deadline, "revalidated entry never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Prefill: fetched before anyone asks, then served as hits.
+    let body = r#"{"urls":["http://cdn.test.example/www.test.example/static/p1","http://img.test.example/static/p2","http://evil.example/x"]}"#;
+    let r = curl_m(
+        &edge.url("/v1/prefill"),
+        &["Authorization: Bearer pf"],
+        &["--data", body],
+    );
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    assert_eq!(text.matches(r#""outcome":"stored""#).count(), 2, "{text}");
+    assert!(text.contains("not served by this edge"), "{text}");
+    assert_eq!(st.count("/static/p1"), 1);
+    assert_eq!(curl(&edge.url("/static/p1"), &[host]).cache(), "HIT");
+    assert_eq!(
+        curl(&edge.url("/img.test.example/static/p2"), &[host]).cache(),
+        "HIT"
+    );
+    assert_eq!(
+        curl_m(&edge.url("/v1/prefill"), &[], &["--data", body]).status,
+        401
+    );
+}
+
+fn self_signed(dir: &Path, host: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{host}.crt"));
+    let key = dir.join(format!("{host}.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={host}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{host}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    (cert, key)
+}
+
+#[test]
+fn https_by_sni_and_http2() {
+    let (origin, _st) = start_origin();
+    let dir = tempdir("tls");
+    let cfg = network_toml(&dir, origin, 3600);
+    let (c1, k1) = self_signed(&dir, "cdn.test.example");
+    let (c2, k2) = self_signed(&dir, "img.test.example");
+    let tls_port = free_port();
+    let edge = EdgeProc::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--tls-cert",
+        &format!("cdn.test.example={}:{}", c1.display(), k1.display()),
+        "--tls-cert",
+        &format!("img.test.example={}:{}", c2.display(), k2.display()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each hostname gets its own certificate (curl trusts only that one), and ALPN
+    // negotiates HTTP/2.
+    for (host, cert, path) in [
+        ("cdn.test.example", &c1, "/www.test.example/static/s"),
+        ("img.test.example", &c2, "/static/s"),
+    ] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .arg("--resolve")
+            .arg(format!("{host}:{tls_port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(cert)
+            .arg(format!("https://{host}:{tls_port}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200", "{host}");
+    }
+    // HTTP/2 over cleartext (prior knowledge) on the plain port.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(edge.url("/static/s"))
+        .args(["-H", "Host: img.test.example"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn origin_down_stale_where_allowed_else_502_or_504() {
+    let (origin, st) = start_origin();
+    let edge = EdgeProc::start(&[
+        "--origin",
+        &format!("http://{origin}"),
+        "--origin-timeout-ms",
+        "500",
+    ]);
+    assert_eq!(curl(&edge.url("/sie/a"), &[]).cache(), "MISS");
+    assert_eq!(curl(&edge.url("/short/a"), &[]).cache(), "MISS");
+    std::thread::sleep(Duration::from_millis(1200));
+    st.down.store(true, Ordering::Relaxed);
+    let r = curl(&edge.url("/sie/a"), &[]);
+    assert_eq!(
+        (r.status, r.cache(), r.body.as_slice()),
+        (200, "STALE", &b"sie /sie/a"[..])
+    );
+    let r = curl(&edge.url("/short/a"), &[]);
+    assert_eq!(r.status, 502, "no stale-if-error: a clear 502");
+    st.down.store(false, Ordering::Relaxed);
+    // A slow origin: 504 after the timeout.
+    assert_eq!(curl(&edge.url("/hang/x"), &[]).status, 504);
+    // An origin that is not listening at all: 502.
+    let dead = EdgeProc::start(&["--origin", &format!("http://127.0.0.1:{}", free_port())]);
+    assert_eq!(curl(&dead.url("/x"), &[]).status, 502);
+}
+
+#[test]
+fn large_object_streams_with_flat_memory() {
+    let (origin, st) = start_origin();
+    let disk = tempdir("big");
+    let edge = EdgeProc::start(&[
+        "--origin",
+        &format!("http://{origin}"),
+        "--disk-dir",
+        disk.to_str().unwrap(),
+        "--memory-mb",
+        "64",
+    ]);
+    let base = edge.rss_kib();
+    for round in ["MISS", "HIT"] {
+        let mut c = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-w",
+                "%{size_download}",
+                "--max-time",
+                "300",
+                &edge.url("/big"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut peak = 0;
+        while c.try_wait().unwrap().is_none() {
+            peak = peak.max(edge.rss_kib());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with(&BIG.to_string()), "{round}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains(&format!("x-cache: {}", round.to_ascii_lowercase())),
+            "{text}"
+        );
+        let grew = peak.saturating_sub(base);
+        eprintln!(
+            "large object {round}: edge RSS base {base} KiB, peak {peak} KiB, grew {grew} KiB"
+        );
+        assert!(
+            grew < 64 * 1024,
+            "{round}: RSS grew by {grew} KiB for a 256 MiB object"
+        );
+    }
+    assert_eq!(st.count("/big"), 1);
+    drop(edge);
+    let _ = std::fs::remove_dir_all(&disk);
+}

@@ -1,0 +1,1435 @@
+//! The edge server (feature `server`): a caching reverse proxy on hyper 1 (HTTP/1.1 and
+//! HTTP/2, HTTPS with per-hostname certificates by SNI) with a memory tier (moka,
+//! weighed by bytes), a disk tier that survives restarts, request coalescing, Range,
+//! stale-while-revalidate / stale-if-error, purge and prefill endpoints, Prometheus
+//! metrics and an access log through [`udn_core::log::LogSink`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), udn_cache::Error> {
+//! use udn_cache::{Router, server::{Edge, start}};
+//! let edge = Edge::builder(Router::single("http://127.0.0.1:8080")?)
+//!     .memory_bytes(64 << 20)
+//!     .disk("/var/cache/udn".into(), 1 << 30)
+//!     .purge_token("secret")
+//!     .build()?;
+//! let handle = start(edge, "127.0.0.1:0".parse().unwrap(), None).await?;
+//! println!("edge on http://{}", handle.http_addr);
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod body;
+pub mod store;
+mod tls;
+
+pub use body::RespBody;
+pub use tls::{TlsCert, tls_config};
+
+use crate::invalidate::{Applied, InvalidationTree, Purge};
+use crate::outcome::{BypassReason, CacheOutcome, DefaultHooks, EdgeHooks};
+use crate::policy::{self, Action, StoredMeta};
+use crate::route::{Route, Router};
+use body::{LogInfo, LoggedBody, empty, file_body, full, stream_body};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use store::{BodyLoc, DiskTier, Object};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use udn_core::Timestamp;
+use udn_core::log::{LogSink, NullSink};
+
+type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+type OriginClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    ReqBody,
+>;
+
+/// A clock: the binary passes the wall clock; tests may pass a virtual one.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+fn system_clock() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+/// Prometheus metrics of an edge.
+#[derive(Default)]
+struct Metrics {
+    requests: Family<Vec<(String, String)>, Counter>,
+    bytes_sent: Counter,
+    origin_fetches: Counter,
+    origin_bytes: Counter,
+    purges: Counter,
+    memory_bytes: Gauge,
+    disk_bytes: Gauge,
+}
+
+/// Builds an [`Edge`].
+#[must_use]
+pub struct EdgeBuilder {
+    router: Router,
+    pop: String,
+    memory_bytes: u64,
+    memory_object_max: Option<u64>,
+    disk: Option<(PathBuf, u64)>,
+    purge_token: Option<String>,
+    origin_timeout: Duration,
+    hooks: Arc<dyn EdgeHooks>,
+    log: Arc<dyn LogSink>,
+    clock: Clock,
+}
+
+impl EdgeBuilder {
+    /// The POP name written into access-log records (default `local`).
+    pub fn pop(mut self, pop: &str) -> Self {
+        self.pop = pop.to_string();
+        self
+    }
+    /// Size of the memory tier in bytes (default 256 MiB).
+    pub fn memory_bytes(mut self, n: u64) -> Self {
+        self.memory_bytes = n;
+        self
+    }
+    /// Largest object kept in memory (default 1/8 of the memory tier); larger ones
+    /// stream to the disk tier (or, without one, through to the client uncached).
+    pub fn memory_object_max(mut self, n: u64) -> Self {
+        self.memory_object_max = Some(n);
+        self
+    }
+    /// The disk tier: a directory and its size limit in bytes.
+    pub fn disk(mut self, dir: PathBuf, max_bytes: u64) -> Self {
+        self.disk = Some((dir, max_bytes));
+        self
+    }
+    /// The bearer token of `POST /v1/purge` and `/v1/prefill` (without one, both are
+    /// refused).
+    pub fn purge_token(mut self, token: &str) -> Self {
+        self.purge_token = Some(token.to_string());
+        self
+    }
+    /// How long to wait for an origin's response headers (default 10 s).
+    pub fn origin_timeout(mut self, d: Duration) -> Self {
+        self.origin_timeout = d;
+        self
+    }
+    /// Replaces the default hooks.
+    pub fn hooks(mut self, hooks: Arc<dyn EdgeHooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+    /// Where access-log records go (default: discarded).
+    pub fn log_sink(mut self, log: Arc<dyn LogSink>) -> Self {
+        self.log = log;
+        self
+    }
+    /// The clock (default: the system's wall clock).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens the disk tier (indexing what a previous run left), replays the purge
+    /// journal, and returns the edge.
+    pub fn build(self) -> Result<Arc<Edge>, crate::Error> {
+        let object_max = self.memory_object_max.unwrap_or(self.memory_bytes / 8);
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(self.memory_bytes)
+            .weigher(|k: &String, v: &Arc<Object>| {
+                let body = match &v.body {
+                    BodyLoc::Memory(b) => b.len(),
+                    BodyLoc::Disk(_) => 0,
+                };
+                u32::try_from(k.len() + body + 512).unwrap_or(u32::MAX)
+            })
+            .build();
+        let mut tree = InvalidationTree::new();
+        let (disk, journal) = match &self.disk {
+            Some((dir, max)) => {
+                let d = DiskTier::open(dir, *max)?;
+                let journal = dir.join("purges.jsonl");
+                if let Ok(text) = std::fs::read_to_string(&journal) {
+                    for line in text.lines() {
+                        if let Ok(j) = serde_json::from_str::<JournalLine>(line)
+                            && let Ok(p) = Purge::parse(&j.scope, &j.target, j.seq)
+                        {
+                            tree.restore(&p, j.generation);
+                        }
+                    }
+                }
+                (Some(d), Some(journal))
+            }
+            None => (None, None),
+        };
+        let roots = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap_or_else(|_| {
+                let cfg = rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
+            });
+        let connector = roots.https_or_http().enable_http1().enable_http2().build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let metrics = Metrics::default();
+        let mut registry = Registry::with_prefix("udn_edge");
+        registry.register(
+            "requests",
+            "Requests by cache outcome",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "Body bytes sent to clients",
+            metrics.bytes_sent.clone(),
+        );
+        registry.register(
+            "origin_fetches",
+            "Requests sent to origins",
+            metrics.origin_fetches.clone(),
+        );
+        registry.register(
+            "origin_bytes",
+            "Body bytes received from origins",
+            metrics.origin_bytes.clone(),
+        );
+        registry.register("purges", "Purges applied", metrics.purges.clone());
+        registry.register(
+            "memory_bytes",
+            "Bytes held by the memory tier",
+            metrics.memory_bytes.clone(),
+        );
+        registry.register(
+            "disk_bytes",
+            "Bytes held by the disk tier",
+            metrics.disk_bytes.clone(),
+        );
+        Ok(Arc::new(Edge {
+            router: RwLock::new(Arc::new(self.router)),
+            pop: self.pop,
+            object_max,
+            memory,
+            vary: moka::sync::Cache::new(100_000),
+            disk,
+            journal: journal.map(Mutex::new),
+            tree: RwLock::new(tree),
+            inflight: Mutex::new(HashMap::new()),
+            client,
+            purge_token: self.purge_token,
+            origin_timeout: self.origin_timeout,
+            hooks: self.hooks,
+            log: self.log,
+            clock: self.clock,
+            metrics,
+            registry,
+        }))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalLine {
+    scope: String,
+    target: String,
+    seq: u64,
+    generation: u64,
+}
+
+/// The outcome of one origin exchange, shared with every coalesced waiter.
+#[derive(Clone)]
+enum FillResult {
+    Stored(Arc<Object>),
+    Revalidated(Arc<Object>),
+    NotStored,
+    Failed(FetchError),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum FetchError {
+    Unreachable,
+    Timeout,
+    Status(StatusCode),
+}
+
+/// What the request that started a fill gets.
+enum Lead {
+    /// A storable response, streamed while it is being stored.
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    },
+    /// A response that may not be stored, passed through.
+    Pass(Response<Incoming>, BypassReason),
+}
+
+/// A running edge's shared state.
+pub struct Edge {
+    router: RwLock<Arc<Router>>,
+    pop: String,
+    object_max: u64,
+    memory: moka::sync::Cache<String, Arc<Object>>,
+    vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
+    disk: Option<DiskTier>,
+    journal: Option<Mutex<PathBuf>>,
+    tree: RwLock<InvalidationTree>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<FillResult>>>>,
+    client: OriginClient,
+    purge_token: Option<String>,
+    origin_timeout: Duration,
+    hooks: Arc<dyn EdgeHooks>,
+    log: Arc<dyn LogSink>,
+    clock: Clock,
+    metrics: Metrics,
+    registry: Registry,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+fn simple(status: StatusCode, text: &str) -> Response<RespBody> {
+    let mut r = Response::new(full(Bytes::from(format!("{text}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<RespBody> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A single `bytes=` range resolved against a length: `Ok(Some((start, len)))`,
+/// `Ok(None)` for no (or an ignored) Range header, `Err(())` when unsatisfiable.
+fn parse_range(h: Option<&HeaderValue>, total: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(s) = h.and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = s.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None); // multi-range: serve the whole object
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (total.saturating_sub(n), total.saturating_sub(1))
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() {
+            total.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| ())?
+                .min(total.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if total == 0 || start >= total || end < start {
+        return Err(());
+    }
+    Ok(Some((start, end - start + 1)))
+}
+
+fn etag_matches(inm: &str, etag: &str) -> bool {
+    let weak = |s: &str| s.trim().trim_start_matches("W/").to_string();
+    inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag))
+}
+
+impl Edge {
+    /// Starts building an edge that serves `router`'s origins.
+    pub fn builder(router: Router) -> EdgeBuilder {
+        EdgeBuilder {
+            router,
+            pop: "local".into(),
+            memory_bytes: 256 << 20,
+            memory_object_max: None,
+            disk: None,
+            purge_token: None,
+            origin_timeout: Duration::from_secs(10),
+            hooks: Arc::new(DefaultHooks),
+            log: Arc::new(NullSink),
+            clock: Arc::new(system_clock),
+        }
+    }
+
+    /// Replaces the router (config reload) without dropping traffic.
+    pub fn set_router(&self, router: Router) {
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
+    }
+
+    fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Applies a purge (and journals it when there is a disk tier).
+    pub fn purge(&self, p: &Purge) -> Applied {
+        let applied = self
+            .tree
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(p);
+        if let Applied::New(generation) = applied {
+            self.metrics.purges.inc();
+            if let Some(j) = &self.journal {
+                let path = j.lock().unwrap_or_else(|e| e.into_inner());
+                let line = JournalLine {
+                    scope: p.scope.as_str().into(),
+                    target: p.target.clone(),
+                    seq: p.seq,
+                    generation,
+                };
+                let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
+                let res = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&*path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "purge journal write failed");
+                }
+            }
+        }
+        applied
+    }
+
+    /// Maps a purge URL that names a CDN hostname (or the origin in the path) to the
+    /// cache-key form; other URLs are taken as cache keys already.
+    fn purge_key(&self, p: Purge) -> Purge {
+        let Some((host, _)) = crate::route::key_parts(&p.target) else {
+            return p;
+        };
+        let path = &p.target["http://".len() + host.len()..];
+        let path = if path.is_empty() { "/" } else { path };
+        match self.router().route(host, path) {
+            Ok(r) if self.router().origin(host).is_none() => Purge { target: r.key, ..p },
+            _ => p,
+        }
+    }
+
+    fn lookup(&self, full_key: &str, primary: &str) -> Option<Arc<Object>> {
+        let obj = match self.memory.get(full_key) {
+            // A body on disk may have been evicted from the disk tier meanwhile.
+            Some(o)
+                if matches!(o.body, BodyLoc::Disk(_))
+                    && !self.disk.as_ref().is_some_and(|d| d.contains(full_key)) =>
+            {
+                self.memory.invalidate(full_key);
+                return None;
+            }
+            Some(o) => o,
+            None => {
+                let o = self.disk.as_ref()?.get(full_key)?;
+                let o = if o.len <= self.object_max {
+                    match &o.body {
+                        BodyLoc::Disk(p) => match std::fs::read(p) {
+                            Ok(b) if b.len() as u64 == o.len => Object {
+                                body: BodyLoc::Memory(Bytes::from(b)),
+                                ..o
+                            },
+                            _ => return None,
+                        },
+                        BodyLoc::Memory(_) => o,
+                    }
+                } else {
+                    o
+                };
+                let o = Arc::new(o);
+                self.memory.insert(full_key.to_string(), o.clone());
+                o
+            }
+        };
+        let valid = self
+            .tree
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_valid(primary, obj.generation);
+        if !valid {
+            self.memory.invalidate(full_key);
+            if let Some(d) = &self.disk {
+                d.remove(full_key);
+            }
+            return None;
+        }
+        Some(obj)
+    }
+
+    fn full_key(&self, primary: &str, req: &HeaderMap) -> String {
+        match self.vary.get(primary) {
+            Some(names) if !names.is_empty() => {
+                format!("{primary}\n{}", policy::secondary_key(&names, req))
+            }
+            _ => primary.to_string(),
+        }
+    }
+
+    fn origin_request(
+        &self,
+        route: &Route,
+        method: Method,
+        req: &HeaderMap,
+        extra: HeaderMap,
+    ) -> Request<ReqBody> {
+        let mut h = req.clone();
+        strip_hop_by_hop(&mut h);
+        for n in [
+            header::HOST,
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+        ] {
+            h.remove(n);
+        }
+        h.extend(extra);
+        if let Ok(v) = HeaderValue::from_str(&route.origin.domain) {
+            h.insert(header::HOST, v);
+        }
+        let mut r = Request::new(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *r.method_mut() = method;
+        *r.uri_mut() = route.fetch_url.parse().unwrap_or_default();
+        *r.headers_mut() = h;
+        r
+    }
+
+    /// Coalesced fill: the first caller for `primary` starts the origin exchange and
+    /// gets a [`Lead`]; later callers wait for its result.
+    async fn fill(
+        self: &Arc<Self>,
+        route: &Route,
+        req: &HeaderMap,
+        stale: Option<Arc<Object>>,
+        lead: bool,
+    ) -> Result<Lead, FillResult> {
+        let primary = route.key.clone();
+        let existing = {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(&primary) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(primary.clone(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match existing {
+            Err(mut rx) => {
+                let res = rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
+                match res {
+                    Ok(Some(r)) => Err(r),
+                    _ => Err(FillResult::Failed(FetchError::Unreachable)),
+                }
+            }
+            Ok(done) => {
+                let (ltx, lrx) = oneshot::channel();
+                let edge = self.clone();
+                let route = route.clone();
+                let req = req.clone();
+                let mut done_rx = done.subscribe();
+                tokio::spawn(async move {
+                    let ltx = if lead { Some(ltx) } else { None };
+                    let r = edge.run_fill(&route, &req, stale, ltx).await;
+                    edge.inflight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&route.key);
+                    let _ = done.send(Some(r));
+                });
+                if lead && let Ok(l) = lrx.await {
+                    return Ok(l);
+                }
+                let res = done_rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
+                match res {
+                    Ok(Some(r)) => Err(r),
+                    _ => Err(FillResult::Failed(FetchError::Unreachable)),
+                }
+            }
+        }
+    }
+
+    async fn run_fill(
+        self: &Arc<Self>,
+        route: &Route,
+        req: &HeaderMap,
+        stale: Option<Arc<Object>>,
+        lead: Option<oneshot::Sender<Lead>>,
+    ) -> FillResult {
+        let generation = self
+            .tree
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation();
+        let request_time = self.now();
+        let cond = stale
+            .as_ref()
+            .map(|o| o.meta.conditional_headers())
+            .unwrap_or_default();
+        let oreq = self.origin_request(route, Method::GET, req, cond);
+        self.metrics.origin_fetches.inc();
+        let resp = match tokio::time::timeout(self.origin_timeout, self.client.request(oreq)).await
+        {
+            Err(_) => return FillResult::Failed(FetchError::Timeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
+                return FillResult::Failed(FetchError::Unreachable);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let response_time = self.now();
+        let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED
+            && let Some(old) = &stale
+        {
+            let mut obj = (**old).clone();
+            obj.meta
+                .update_from_304(resp.headers(), request_time, response_time);
+            let obj = Arc::new(obj);
+            self.memory.insert(obj.key.clone(), obj.clone());
+            if let Some(d) = &self.disk {
+                d.update_meta(&obj);
+            }
+            return FillResult::Revalidated(obj);
+        }
+        if status.is_server_error() && stale.is_some() {
+            return FillResult::Failed(FetchError::Status(status));
+        }
+        if let Err(reason) = self
+            .hooks
+            .cacheable(route, &Method::GET, req, status, resp.headers())
+        {
+            if let Some(l) = lead {
+                let _ = l.send(Lead::Pass(resp, reason));
+            }
+            return FillResult::NotStored;
+        }
+        let Some(names) = policy::vary_names(resp.headers()) else {
+            if let Some(l) = lead {
+                let _ = l.send(Lead::Pass(
+                    resp,
+                    BypassReason::NotStorable(policy::NotStorable::VaryStar),
+                ));
+            }
+            return FillResult::NotStored;
+        };
+        let full_key = if names.is_empty() {
+            route.key.clone()
+        } else {
+            format!("{}\n{}", route.key, policy::secondary_key(&names, req))
+        };
+        self.vary.insert(route.key.clone(), Arc::new(names));
+        let (parts, mut body) = resp.into_parts();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let mut client_tx = None;
+        if let Some(l) = lead {
+            let (tx, rx) = mpsc::channel(8);
+            let _ = l.send(Lead::Stream {
+                status,
+                headers: headers.clone(),
+                rx,
+            });
+            client_tx = Some(tx);
+        }
+        // Stream the body to the client and into memory or a disk temp file.
+        let mut mem: Vec<Bytes> = Vec::new();
+        let mut mem_len: u64 = 0;
+        let mut file: Option<(tokio::fs::File, PathBuf)> = None;
+        let mut storing = true;
+        let mut total: u64 = 0;
+        loop {
+            let frame = match body.frame().await {
+                None => break,
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    if let Some(tx) = &client_tx {
+                        let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    }
+                    if let Some((_, p)) = file {
+                        let _ = tokio::fs::remove_file(p).await;
+                    }
+                    return FillResult::Failed(FetchError::Unreachable);
+                }
+            };
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            total += chunk.len() as u64;
+            self.metrics.origin_bytes.inc_by(chunk.len() as u64);
+            if storing {
+                if file.is_none() && mem_len + chunk.len() as u64 > self.object_max {
+                    match &self.disk {
+                        Some(d) => {
+                            let p = d.temp_path();
+                            match tokio::fs::File::create(&p).await {
+                                Ok(mut f) => {
+                                    let mut ok = true;
+                                    for b in mem.drain(..) {
+                                        ok &= f.write_all(&b).await.is_ok();
+                                    }
+                                    file = Some((f, p));
+                                    storing = ok;
+                                }
+                                Err(_) => storing = false,
+                            }
+                        }
+                        None => storing = false,
+                    }
+                    mem.clear();
+                }
+                if let Some((f, _)) = &mut file {
+                    if f.write_all(&chunk).await.is_err() {
+                        storing = false;
+                    }
+                } else if storing {
+                    mem_len += chunk.len() as u64;
+                    mem.push(chunk.clone());
+                }
+            }
+            if let Some(tx) = &client_tx
+                && tx.send(Ok(chunk)).await.is_err()
+            {
+                client_tx = None; // the client left; keep filling the cache
+            }
+        }
+        drop(client_tx);
+        if !storing {
+            if let Some((_, p)) = file {
+                let _ = tokio::fs::remove_file(p).await;
+            }
+            return FillResult::NotStored;
+        }
+        let meta = StoredMeta::new(status, headers, request_time, response_time);
+        let obj = match file {
+            Some((mut f, p)) => {
+                if f.flush().await.is_err() {
+                    return FillResult::NotStored;
+                }
+                drop(f);
+                let obj = Object {
+                    key: full_key.clone(),
+                    meta,
+                    generation,
+                    len: total,
+                    body: BodyLoc::Disk(p.clone()),
+                };
+                let edge = self.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    edge.disk.as_ref().map(|d| d.put(&obj, Some(&p)))
+                })
+                .await;
+                match stored {
+                    Ok(Some(Ok(Some(o)))) => o,
+                    _ => return FillResult::NotStored,
+                }
+            }
+            None => {
+                let mut buf = bytes::BytesMut::with_capacity(mem_len as usize);
+                for b in mem {
+                    buf.extend_from_slice(&b);
+                }
+                let obj = Object {
+                    key: full_key.clone(),
+                    meta,
+                    generation,
+                    len: total,
+                    body: BodyLoc::Memory(buf.freeze()),
+                };
+                if self.disk.is_some() {
+                    let edge = self.clone();
+                    let o = obj.clone();
+                    // Write-through so a restart keeps it; errors only cost the copy.
+                    tokio::task::spawn_blocking(move || {
+                        if let Some(d) = &edge.disk {
+                            let _ = d.put(&o, None);
+                        }
+                    });
+                }
+                obj
+            }
+        };
+        let obj = Arc::new(obj);
+        self.memory.insert(full_key, obj.clone());
+        FillResult::Stored(obj)
+    }
+
+    /// Answers from a stored object: conditional requests, Range, HEAD, Age, X-Cache.
+    async fn serve_object(
+        &self,
+        obj: &Object,
+        method: &Method,
+        req: &HeaderMap,
+        outcome: CacheOutcome,
+        now: Timestamp,
+    ) -> Response<RespBody> {
+        let mut headers = obj.meta.headers.clone();
+        let age = obj.meta.current_age(now).as_secs();
+        headers.insert(header::AGE, HeaderValue::from(age));
+        headers.insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.remove(header::CONTENT_LENGTH);
+        // Conditional requests from the client.
+        if obj.meta.status == StatusCode::OK {
+            let not_modified = match (req.get(header::IF_NONE_MATCH), headers.get(header::ETAG)) {
+                (Some(inm), Some(etag)) => {
+                    etag_matches(inm.to_str().unwrap_or(""), etag.to_str().unwrap_or(""))
+                }
+                (Some(_), None) => false,
+                (None, _) => match (
+                    req.get(header::IF_MODIFIED_SINCE)
+                        .and_then(policy::parse_date),
+                    headers
+                        .get(header::LAST_MODIFIED)
+                        .and_then(policy::parse_date),
+                ) {
+                    (Some(ims), Some(lm)) => lm <= ims,
+                    _ => false,
+                },
+            };
+            if not_modified {
+                let mut r = Response::new(empty());
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                *r.headers_mut() = headers;
+                return r;
+            }
+        }
+        let range = if obj.meta.status == StatusCode::OK {
+            parse_range(req.get(header::RANGE), obj.len)
+        } else {
+            Ok(None)
+        };
+        let (status, start, len) = match range {
+            Err(()) => {
+                let mut r = simple(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", obj.len)) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                r.headers_mut()
+                    .insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+                return r;
+            }
+            Ok(None) => (obj.meta.status, 0, obj.len),
+            Ok(Some((s, l))) => {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("bytes {}-{}/{}", s, s + l - 1, obj.len))
+                {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                (StatusCode::PARTIAL_CONTENT, s, l)
+            }
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let body = if method == Method::HEAD {
+            empty()
+        } else {
+            match &obj.body {
+                BodyLoc::Memory(b) => full(b.slice(start as usize..(start + len) as usize)),
+                BodyLoc::Disk(p) => match file_body(p, start, len).await {
+                    Ok(b) => b,
+                    Err(_) => return simple(StatusCode::BAD_GATEWAY, "cached object unreadable"),
+                },
+            }
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        r
+    }
+
+    fn error_response(e: FetchError) -> Response<RespBody> {
+        match e {
+            FetchError::Timeout => simple(StatusCode::GATEWAY_TIMEOUT, "origin timed out"),
+            FetchError::Unreachable => simple(StatusCode::BAD_GATEWAY, "origin unreachable"),
+            FetchError::Status(s) => simple(
+                if s == StatusCode::GATEWAY_TIMEOUT {
+                    s
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                &format!("origin answered {}", s.as_u16()),
+            ),
+        }
+    }
+
+    /// Passes a request through to the origin without caching.
+    async fn pass(&self, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
+        let (parts, body) = req.into_parts();
+        let mut oreq = self.origin_request(
+            route,
+            parts.method.clone(),
+            &parts.headers,
+            HeaderMap::new(),
+        );
+        // Conditionals and ranges are the client's own here.
+        for n in [
+            header::RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+        ] {
+            if let Some(v) = parts.headers.get(&n) {
+                oreq.headers_mut().insert(n, v.clone());
+            }
+        }
+        *oreq.body_mut() = body.boxed_unsync();
+        self.metrics.origin_fetches.inc();
+        match tokio::time::timeout(self.origin_timeout, self.client.request(oreq)).await {
+            Err(_) => Self::error_response(FetchError::Timeout),
+            Ok(Err(_)) => Self::error_response(FetchError::Unreachable),
+            Ok(Ok(resp)) => self.passthrough(resp),
+        }
+    }
+
+    fn passthrough(&self, resp: Response<Incoming>) -> Response<RespBody> {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = http::Version::default();
+        let body = body.map_err(std::io::Error::other).boxed_unsync();
+        Response::from_parts(parts, body)
+    }
+
+    fn authorized(&self, req: &HeaderMap) -> bool {
+        let Some(token) = &self.purge_token else {
+            return false;
+        };
+        req.get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.strip_prefix("Bearer "))
+            .is_some_and(|t| t.trim() == token)
+    }
+
+    async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<RespBody> {
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/health") => simple(StatusCode::OK, "ok"),
+            (Method::GET, "/metrics") => {
+                self.memory.run_pending_tasks();
+                self.metrics
+                    .memory_bytes
+                    .set(self.memory.weighted_size() as i64);
+                if let Some(d) = &self.disk {
+                    self.metrics.disk_bytes.set(d.used() as i64);
+                }
+                let mut text = String::new();
+                if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+                    return simple(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
+                }
+                let mut r = Response::new(full(Bytes::from(text)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            (Method::GET, "/v1/purges") => {
+                let since = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
+                match tree.since(since) {
+                    Some(list) => {
+                        let v: Vec<_> = list
+                            .iter()
+                            .map(|p| PurgeBody {
+                                scope: p.scope.as_str().into(),
+                                target: p.target.clone(),
+                                seq: p.seq,
+                            })
+                            .collect();
+                        json(StatusCode::OK, &v)
+                    }
+                    None => simple(
+                        StatusCode::GONE,
+                        "purges since that sequence number were forgotten",
+                    ),
+                }
+            }
+            (Method::POST, "/v1/purge") | (Method::POST, "/v1/prefill") => {
+                if !self.authorized(req.headers()) {
+                    let mut r = simple(StatusCode::UNAUTHORIZED, "bearer token required");
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return r;
+                }
+                let limited = http_body_util::Limited::new(req.into_body(), 1 << 20);
+                let Ok(body) = limited.collect().await.map(|c| c.to_bytes()) else {
+                    return simple(StatusCode::BAD_REQUEST, "unreadable body");
+                };
+                if path == "/v1/purge" {
+                    self.purge_endpoint(&body)
+                } else {
+                    self.prefill_endpoint(&body).await
+                }
+            }
+            _ => simple(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn purge_endpoint(&self, body: &[u8]) -> Response<RespBody> {
+        let b: PurgeBody = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return simple(StatusCode::BAD_REQUEST, &format!("bad purge body: {e}")),
+        };
+        let p = match Purge::parse(&b.scope, &b.target, b.seq) {
+            Ok(p) => self.purge_key(p),
+            Err(e) => return simple(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let applied = self.purge(&p);
+        let (applied, generation) = match applied {
+            Applied::New(g) => (true, g),
+            Applied::Duplicate => (
+                false,
+                self.tree
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .generation(),
+            ),
+        };
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"applied": applied, "seq": p.seq, "target": p.target, "scope": p.scope.as_str(), "generation": generation}),
+        )
+    }
+
+    async fn prefill_endpoint(self: &Arc<Self>, body: &[u8]) -> Response<RespBody> {
+        #[derive(Deserialize)]
+        struct Prefill {
+            urls: Vec<String>,
+        }
+        let b: Prefill = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return simple(StatusCode::BAD_REQUEST, &format!("bad prefill body: {e}")),
+        };
+        let mut results = Vec::new();
+        let mut tasks = Vec::new();
+        for url in b.urls.into_iter().take(10_000) {
+            let edge = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = edge.prefill_one(&url).await;
+                (url, r)
+            }));
+        }
+        for t in tasks {
+            if let Ok((url, r)) = t.await {
+                results.push(match r {
+                    Ok(o) => serde_json::json!({"url": url, "outcome": o}),
+                    Err(e) => serde_json::json!({"url": url, "error": e}),
+                });
+            }
+        }
+        json(StatusCode::OK, &serde_json::json!({ "results": results }))
+    }
+
+    async fn prefill_one(self: &Arc<Self>, url: &str) -> Result<&'static str, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| "not an http(s) URL".to_string())?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let route = self
+            .hooks
+            .cache_key(&self.router(), host, path)
+            .map_err(|e| e.to_string())?;
+        let req = HeaderMap::new();
+        let full = self.full_key(&route.key, &req);
+        if let Some(o) = self.lookup(&full, &route.key)
+            && policy::evaluate(&o.meta, &req, self.now(), route.origin.check_interval)
+                == Action::Fresh
+        {
+            return Ok("cached");
+        }
+        match self.fill(&route, &req, None, false).await {
+            Err(FillResult::Stored(_)) | Err(FillResult::Revalidated(_)) => Ok("stored"),
+            Err(FillResult::NotStored) => Ok("not-storable"),
+            Err(FillResult::Failed(e)) => Err(format!("origin: {e:?}")),
+            Ok(_) => Ok("stored"),
+        }
+    }
+
+    /// Serves one request.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<RespBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let mut info = LogInfo {
+            customer: None,
+            host: host.clone(),
+            path: path.clone(),
+            method: method.to_string(),
+            outcome: "admin",
+            fill_bytes: 0,
+            client: client.ip(),
+            pop: self.pop.clone(),
+            started,
+        };
+        let resp = if matches!(
+            req.uri().path(),
+            "/health" | "/metrics" | "/v1/purge" | "/v1/prefill" | "/v1/purges"
+        ) {
+            self.admin(req).await
+        } else {
+            match self.hooks.cache_key(&self.router(), &host, &path) {
+                Err(e) => {
+                    info.outcome = "refused";
+                    let status = match e {
+                        crate::RouteError::UnknownHost(_) => StatusCode::FORBIDDEN,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    simple(status, &e.to_string())
+                }
+                Ok(route) => {
+                    info.customer = route.origin.customer.clone();
+                    let (r, outcome) = self.cached(route, req).await;
+                    info.outcome = outcome.label();
+                    let mut r = r;
+                    r.headers_mut()
+                        .insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+                    if !r.headers().contains_key(header::AGE) {
+                        r.headers_mut()
+                            .insert(header::AGE, HeaderValue::from_static("0"));
+                    }
+                    self.metrics
+                        .requests
+                        .get_or_create(&vec![("outcome".to_string(), outcome.label().to_string())])
+                        .inc();
+                    r
+                }
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let body = LoggedBody::new(
+            body,
+            info,
+            status,
+            self.log.clone(),
+            self.clock.clone(),
+            self.metrics.bytes_sent.clone(),
+        );
+        Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
+    }
+
+    async fn cached(
+        self: &Arc<Self>,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> (Response<RespBody>, CacheOutcome) {
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            return (
+                self.pass(&route, req).await,
+                CacheOutcome::Bypass(BypassReason::Method),
+            );
+        }
+        let headers = req.headers().clone();
+        let full_key = self.full_key(&route.key, &headers);
+        let now = self.now();
+        let only_if_cached = policy::CacheControl::parse(&headers).only_if_cached;
+        let stale = match self.lookup(&full_key, &route.key) {
+            Some(obj) => {
+                match policy::evaluate(&obj.meta, &headers, now, route.origin.check_interval) {
+                    Action::Fresh => {
+                        return (
+                            self.serve_object(&obj, &method, &headers, CacheOutcome::Hit, now)
+                                .await,
+                            CacheOutcome::Hit,
+                        );
+                    }
+                    Action::StaleAllowed => {
+                        return (
+                            self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
+                                .await,
+                            CacheOutcome::Stale,
+                        );
+                    }
+                    Action::StaleWhileRevalidate => {
+                        let edge = self.clone();
+                        let (r, h, o) = (route.clone(), headers.clone(), obj.clone());
+                        tokio::spawn(async move {
+                            let _ = edge.fill(&r, &h, Some(o), false).await;
+                        });
+                        return (
+                            self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
+                                .await,
+                            CacheOutcome::Stale,
+                        );
+                    }
+                    Action::Revalidate => Some(obj),
+                }
+            }
+            None => None,
+        };
+        if only_if_cached {
+            return (
+                simple(StatusCode::GATEWAY_TIMEOUT, "only-if-cached: not in cache"),
+                CacheOutcome::Miss,
+            );
+        }
+        if method == Method::HEAD && stale.is_none() {
+            return (
+                self.pass(&route, req).await,
+                CacheOutcome::Bypass(BypassReason::Method),
+            );
+        }
+        // Range requests and HEAD wait for the whole object, then are served from it.
+        let lead = method == Method::GET && !headers.contains_key(header::RANGE);
+        let had_stale = stale.clone();
+        let res = self.fill(&route, &headers, stale, lead).await;
+        let now = self.now();
+        match res {
+            Ok(Lead::Stream {
+                status,
+                mut headers,
+                rx,
+            }) => {
+                headers.insert(header::AGE, HeaderValue::from_static("0"));
+                let mut r = Response::new(stream_body(rx));
+                *r.status_mut() = status;
+                *r.headers_mut() = headers;
+                (r, CacheOutcome::Miss)
+            }
+            Ok(Lead::Pass(resp, reason)) => (self.passthrough(resp), CacheOutcome::Bypass(reason)),
+            Err(FillResult::Stored(_))
+            | Err(FillResult::Revalidated(_))
+            | Err(FillResult::NotStored) => {
+                let revalidated = matches!(res, Err(FillResult::Revalidated(_)));
+                let full_key = self.full_key(&route.key, &headers);
+                let filled = match res {
+                    Err(FillResult::Stored(o)) | Err(FillResult::Revalidated(o))
+                        if o.key == full_key =>
+                    {
+                        Some(o)
+                    }
+                    _ => self.lookup(&full_key, &route.key),
+                };
+                match filled {
+                    Some(obj) => {
+                        let outcome = if revalidated {
+                            CacheOutcome::Revalidated
+                        } else {
+                            CacheOutcome::Miss
+                        };
+                        (
+                            self.serve_object(&obj, &method, &headers, outcome, now)
+                                .await,
+                            outcome,
+                        )
+                    }
+                    // Another variant, or not storable: fetch on our own.
+                    None => (
+                        self.pass(&route, req).await,
+                        CacheOutcome::Bypass(BypassReason::Hook),
+                    ),
+                }
+            }
+            Err(FillResult::Failed(e)) => match had_stale {
+                Some(obj) if self.hooks.serve_stale(&obj.meta, &headers, now) => (
+                    self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
+                        .await,
+                    CacheOutcome::Stale,
+                ),
+                _ => (Self::error_response(e), CacheOutcome::Miss),
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PurgeBody {
+    scope: String,
+    target: String,
+    #[serde(default)]
+    seq: u64,
+}
+
+/// A running edge: its bound addresses and a way to stop it.
+pub struct EdgeHandle {
+    /// The plain-HTTP address.
+    pub http_addr: SocketAddr,
+    /// The HTTPS address, if TLS is on.
+    pub https_addr: Option<SocketAddr>,
+    /// The edge (for purges and reloads from the embedding program).
+    pub edge: Arc<Edge>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EdgeHandle {
+    /// Stops accepting connections and waits for the accept loops to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds `http` (and `https` with its TLS config) and serves `edge` until the handle
+/// is shut down.
+pub async fn start(
+    edge: Arc<Edge>,
+    http: SocketAddr,
+    https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+) -> Result<EdgeHandle, crate::Error> {
+    let (stop, stop_rx) = watch::channel(false);
+    let l = tokio::net::TcpListener::bind(http).await?;
+    let http_addr = l.local_addr()?;
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        edge.clone(),
+        l,
+        None,
+        stop_rx.clone(),
+    ))];
+    let mut https_addr = None;
+    if let Some((addr, cfg)) = https {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        https_addr = Some(l.local_addr()?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        tasks.push(tokio::spawn(accept_loop(
+            edge.clone(),
+            l,
+            Some(acceptor),
+            stop_rx,
+        )));
+    }
+    Ok(EdgeHandle {
+        http_addr,
+        https_addr,
+        edge,
+        stop,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    edge: Arc<Edge>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let edge = edge.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let res = match tls {
+                Some(acc) => match acc.accept(stream).await {
+                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
+                    Err(_) => return,
+                },
+                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("pop", &self.pop)
+            .finish_non_exhaustive()
+    }
+}

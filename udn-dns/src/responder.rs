@@ -1,0 +1,697 @@
+//! The pure responder: query bytes in, response bytes out.
+//!
+//! [`Responder::respond`] takes the query, the client's address, the transport and
+//! `now`, reads the [`Authority`] and asks a [`Decider`] for GTM and CDN answers. It owns
+//! no socket and reads no clock; it reuses one output buffer across queries.
+
+use crate::authority::{Authority, Zone};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use udn_core::{Cidr, ClientPrefix, Decision, Engine, Family, HostId, Query, Timestamp};
+
+/// The UDP payload size this server advertises and never exceeds (DNS Flag Day 2020).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// The EDNS option code (from the local/experimental range, RFC 6891) a UDN server puts
+/// on a query it forwards to the owning peer, so the peer answers itself and never
+/// forwards again.
+pub const PROXIED_OPTION: u16 = 65_001;
+
+/// How many CNAMEs inside our zones are followed.
+const MAX_CHAIN: usize = 8;
+
+/// The transport a query came over: UDP answers are size-limited and may be truncated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP (length-prefixed).
+    Tcp,
+}
+
+/// One query to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The DNS message as received.
+    pub bytes: &'a [u8],
+    /// The address it came from (a resolver).
+    pub client: IpAddr,
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// Where GTM and CDN answers come from. [`Engine`] implements it; a server implements
+/// it over its shared state.
+pub trait Decider {
+    /// The decision for `q` at `now` (see [`udn_core::decide`]).
+    fn decide(&self, q: &Query, now: Timestamp) -> Decision;
+}
+
+impl Decider for Engine {
+    fn decide(&self, q: &Query, now: Timestamp) -> Decision {
+        Engine::decide(self, q, now)
+    }
+}
+
+/// A GTM or CDN decision made for a query: what the server logs, which persistence entry
+/// it records and which latency measurements it asks the probes for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GtmAnswer {
+    /// The hostname decided.
+    pub host: HostId,
+    /// A or AAAA.
+    pub family: Family,
+    /// The query's source address.
+    pub client: IpAddr,
+    /// The EDNS Client Subnet of the query, if any.
+    pub ecs: Option<Cidr>,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// A response ready to send.
+#[derive(Debug)]
+pub struct Reply<'a> {
+    /// The response message.
+    pub bytes: &'a [u8],
+    /// Its response code.
+    pub rcode: ResponseCode,
+    /// Whether it was truncated (TC) to fit the client's UDP size.
+    pub truncated: bool,
+    /// The decision, if the query was for a GTM or CDN hostname.
+    pub gtm: Option<GtmAnswer>,
+}
+
+/// What to do with a query.
+#[derive(Debug)]
+#[must_use]
+// Returned once per query by value; boxing the decision would allocate on every answer.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome<'a> {
+    /// Send this response.
+    Reply(Reply<'a>),
+    /// The client prefix belongs to another DNS server: send `query` (the original with
+    /// the client's subnet and the proxied marker added) to peer `peer`, relay its answer
+    /// with [`Responder::relay`], or answer locally on timeout.
+    Forward {
+        /// Index of the owning peer (as the shard function returned it).
+        peer: usize,
+        /// The query to send to it.
+        query: &'a [u8],
+    },
+    /// Send nothing (not a query, or too short to answer).
+    Drop,
+}
+
+/// Decides which peer owns a client prefix: `Some(i)` when peer `i`, not this server,
+/// should answer for it.
+pub type Shard<'a> = &'a dyn Fn(ClientPrefix) -> Option<usize>;
+
+/// The responder. Keep one per thread or task: it reuses its buffers.
+///
+/// # Examples
+///
+/// ```
+/// use std::{collections::HashMap, sync::Arc};
+/// use hickory_proto::op::{Message, Query};
+/// use hickory_proto::rr::{Name, RecordType};
+/// use udn_core::{Config, Engine, Timestamp, config::SAMPLE};
+/// use udn_dns::{Authority, Outcome, Request, Responder, Transport};
+///
+/// let net = Arc::new(Config::from_toml(SAMPLE)?.compile()?);
+/// let auth = Authority::new(net.clone(), &HashMap::new())?;
+/// let engine = Engine::new(net);
+/// let mut q = Message::query();
+/// q.add_query(Query::query(Name::from_ascii("www.shop.udn.example.")?, RecordType::A));
+/// let bytes = q.to_vec()?;
+/// let mut r = Responder::new();
+/// let req = Request {
+///     bytes: &bytes,
+///     client: "192.0.2.1".parse()?,
+///     transport: Transport::Udp,
+///     now: Timestamp::from_secs(1_700_000_000),
+/// };
+/// let Outcome::Reply(reply) = r.respond(&req, &auth, &engine, None) else { panic!() };
+/// let m = Message::from_vec(reply.bytes)?;
+/// assert!(m.authoritative);
+/// assert_eq!(m.answers.len(), 1);
+/// assert!(reply.gtm.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Responder {
+    buf: Vec<u8>,
+    max_udp: u16,
+    /// Answers that depend only on the query bytes and the authority (everything but
+    /// GTM/CDN decisions and forwards), keyed by transport + the query without its id.
+    cache: HashMap<Vec<u8>, Cached>,
+    cache_generation: u64,
+    key: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    bytes: Vec<u8>,
+    rcode: ResponseCode,
+    truncated: bool,
+}
+
+/// The most answers one responder caches; the cache is emptied when full.
+const CACHE_MAX: usize = 65_536;
+
+impl Default for Responder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the lookup found.
+struct Found {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    gtm: Option<GtmAnswer>,
+}
+
+impl Responder {
+    /// A responder advertising [`MAX_UDP_PAYLOAD`].
+    pub fn new() -> Self {
+        Responder {
+            buf: Vec::with_capacity(4096),
+            max_udp: MAX_UDP_PAYLOAD,
+            cache: HashMap::new(),
+            cache_generation: 0,
+            key: Vec::with_capacity(512),
+        }
+    }
+
+    /// A responder with a different UDP payload cap (at least 512).
+    pub fn with_max_udp(max_udp: u16) -> Self {
+        Responder {
+            max_udp: max_udp.max(512),
+            ..Self::new()
+        }
+    }
+
+    /// Answers one query. Never panics on any input.
+    ///
+    /// Answers that do not depend on the client or the engine's state (static records,
+    /// negative answers, errors) are cached per responder, keyed by the exact query bytes
+    /// (case included) apart from the id, and dropped when `auth` is replaced.
+    pub fn respond<'s>(
+        &'s mut self,
+        req: &Request<'_>,
+        auth: &Authority,
+        decider: &dyn Decider,
+        shard: Option<Shard<'_>>,
+    ) -> Outcome<'s> {
+        let q = req.bytes;
+        if q.len() < 12 || q[2] & 0x80 != 0 {
+            return Outcome::Drop;
+        }
+        if self.cache_generation != auth.generation() {
+            self.cache.clear();
+            self.cache_generation = auth.generation();
+        }
+        self.key.clear();
+        self.key.push(req.transport as u8);
+        self.key.extend_from_slice(&q[2..]);
+        if let Some(c) = self.cache.get(self.key.as_slice()) {
+            self.buf.clear();
+            self.buf.extend_from_slice(&c.bytes);
+            self.buf[..2].copy_from_slice(&q[..2]);
+            return Outcome::Reply(Reply {
+                bytes: &self.buf,
+                rcode: c.rcode,
+                truncated: c.truncated,
+                gtm: None,
+            });
+        }
+        // The answer (or forwarded query) is in `self.buf`; keep what the outcome says.
+        let kind = match self.respond_uncached(req, auth, decider, shard) {
+            Outcome::Reply(r) => Ok((r.rcode, r.truncated, r.gtm)),
+            Outcome::Forward { peer, .. } => Err(Some(peer)),
+            Outcome::Drop => Err(None),
+        };
+        match kind {
+            Ok((rcode, truncated, gtm)) => {
+                if gtm.is_none() {
+                    if self.cache.len() >= CACHE_MAX {
+                        self.cache.clear();
+                    }
+                    self.cache.insert(
+                        self.key.clone(),
+                        Cached {
+                            bytes: self.buf.clone(),
+                            rcode,
+                            truncated,
+                        },
+                    );
+                }
+                Outcome::Reply(Reply {
+                    bytes: &self.buf,
+                    rcode,
+                    truncated,
+                    gtm,
+                })
+            }
+            Err(Some(peer)) => Outcome::Forward {
+                peer,
+                query: &self.buf,
+            },
+            Err(None) => Outcome::Drop,
+        }
+    }
+
+    fn respond_uncached<'s>(
+        &'s mut self,
+        req: &Request<'_>,
+        auth: &Authority,
+        decider: &dyn Decider,
+        shard: Option<Shard<'_>>,
+    ) -> Outcome<'s> {
+        let q = req.bytes;
+        let msg = match Message::from_vec(q) {
+            Ok(m) => m,
+            Err(_) => return self.header_only(q, ResponseCode::FormErr),
+        };
+        if msg.op_code != OpCode::Query {
+            return self.header_only(q, ResponseCode::NotImp);
+        }
+        let mut resp = Message::new(msg.id, MessageType::Response, OpCode::Query);
+        resp.metadata.recursion_desired = msg.recursion_desired;
+        resp.metadata.checking_disabled = msg.checking_disabled;
+        resp.queries = msg.queries.clone();
+
+        // EDNS(0).
+        let mut limit: usize = match req.transport {
+            Transport::Udp => 512,
+            Transport::Tcp => u16::MAX as usize,
+        };
+        let mut ecs: Option<Cidr> = None;
+        let mut proxied = false;
+        if let Some(e) = &msg.edns {
+            let mut out = Edns::new();
+            out.set_max_payload(self.max_udp);
+            out.set_version(0);
+            if e.version() != 0 {
+                resp.edns = Some(out);
+                resp.metadata.response_code = ResponseCode::BADVERS;
+                return self.finish(resp, limit, None);
+            }
+            if req.transport == Transport::Udp {
+                limit = e.max_payload().clamp(512, self.max_udp) as usize;
+            }
+            if let Some(EdnsOption::Subnet(cs)) = e.option(EdnsCode::Subnet) {
+                let max = if cs.addr().is_ipv4() { 32 } else { 128 };
+                if cs.source_prefix() > max {
+                    resp.edns = Some(out);
+                    resp.metadata.response_code = ResponseCode::FormErr;
+                    return self.finish(resp, limit, None);
+                }
+                ecs = Some(Cidr::new(cs.addr(), cs.source_prefix()));
+            }
+            proxied = e.option(EdnsCode::Unknown(PROXIED_OPTION)).is_some();
+            resp.edns = Some(out);
+        }
+
+        if msg.queries.len() != 1 {
+            resp.metadata.response_code = ResponseCode::FormErr;
+            return self.finish(resp, limit, ecs.map(|c| (c, 0)));
+        }
+        let question = &msg.queries[0];
+        let qtype = question.query_type();
+        if matches!(qtype, RecordType::OPT | RecordType::TSIG) {
+            resp.metadata.response_code = ResponseCode::FormErr;
+            return self.finish(resp, limit, ecs.map(|c| (c, 0)));
+        }
+        if question.query_class() != DNSClass::IN
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        {
+            resp.metadata.response_code = ResponseCode::Refused;
+            return self.finish(resp, limit, ecs.map(|c| (c, 0)));
+        }
+        let qname = question.name();
+        let Some(zone) = auth.zone_for(qname) else {
+            resp.metadata.response_code = ResponseCode::Refused;
+            return self.finish(resp, limit, ecs.map(|c| (c, 0)));
+        };
+
+        // Peer proxying: only GTM/CDN decisions depend on the client.
+        if let Some(shard) = shard
+            && !proxied
+            && matches!(qtype, RecordType::A | RecordType::AAAA)
+            && zone.nodes.get(qname).is_some_and(|n| n.host.is_some())
+        {
+            let client_ip = ecs.map(|c| c.addr()).unwrap_or(req.client);
+            if let Some(peer) = shard(ClientPrefix::of(client_ip)) {
+                return self.forward(msg, req.client, ecs, peer);
+            }
+        }
+
+        let family_ecs = ecs;
+        let found = lookup(zone, auth, qname, qtype, req, family_ecs, decider, msg.id);
+        resp.metadata.response_code = found.rcode;
+        resp.metadata.authoritative = found.authoritative;
+        resp.answers = found.answers;
+        resp.authorities = found.authorities;
+        resp.additionals = found.additionals;
+        let scope = found.gtm.map(|g| g.decision.ecs_scope).unwrap_or(0);
+        let gtm = found.gtm;
+        match self.finish(resp, limit, ecs.map(|c| (c, scope))) {
+            Outcome::Reply(mut r) => {
+                r.gtm = gtm;
+                Outcome::Reply(r)
+            }
+            o => o,
+        }
+    }
+
+    /// Builds the query forwarded to the owning peer.
+    fn forward<'s>(
+        &'s mut self,
+        mut msg: Message,
+        client: IpAddr,
+        ecs: Option<Cidr>,
+        peer: usize,
+    ) -> Outcome<'s> {
+        let subnet = match ecs {
+            Some(c) => ClientSubnet::new(c.addr(), c.len(), 0),
+            None => {
+                let p = ClientPrefix::of(client).network();
+                ClientSubnet::new(p.addr(), p.len(), 0)
+            }
+        };
+        let mut edns = msg.edns.take().unwrap_or_else(|| {
+            let mut e = Edns::new();
+            e.set_max_payload(MAX_UDP_PAYLOAD);
+            e
+        });
+        edns.options_mut().insert(EdnsOption::Subnet(subnet));
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(PROXIED_OPTION, Vec::new()));
+        msg.edns = Some(edns);
+        self.buf.clear();
+        let mut enc = BinEncoder::new(&mut self.buf);
+        if msg.emit(&mut enc).is_err() {
+            return Outcome::Drop;
+        }
+        Outcome::Forward {
+            peer,
+            query: &self.buf,
+        }
+    }
+
+    /// Turns a peer's answer to a forwarded query into the answer to the client's
+    /// `original` query: the client's id and question (with its case), its EDNS (no
+    /// Client Subnet unless it sent one, no proxied marker) and its UDP size limit.
+    /// `None` if the peer's answer does not belong to the query (then answer locally).
+    pub fn relay(&mut self, original: &[u8], answer: &[u8], transport: Transport) -> Option<&[u8]> {
+        let orig = Message::from_vec(original).ok()?;
+        let mut ans = Message::from_vec(answer).ok()?;
+        if ans.message_type != MessageType::Response
+            || ans.id != orig.id
+            || ans.queries.len() != 1
+            || orig.queries.len() != 1
+            || ans.queries[0] != orig.queries[0]
+        {
+            return None;
+        }
+        ans.queries = orig.queries.clone();
+        let mut limit = match transport {
+            Transport::Udp => 512,
+            Transport::Tcp => u16::MAX as usize,
+        };
+        let mut ecs = None;
+        let peer_edns = ans.edns.take();
+        if let Some(oe) = &orig.edns {
+            if transport == Transport::Udp {
+                limit = oe.max_payload().clamp(512, self.max_udp) as usize;
+            }
+            if let Some(EdnsOption::Subnet(cs)) = oe.option(EdnsCode::Subnet) {
+                let scope = peer_edns
+                    .as_ref()
+                    .and_then(|pe| match pe.option(EdnsCode::Subnet) {
+                        Some(EdnsOption::Subnet(ps)) => Some(ps.scope_prefix()),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                ecs = Some((Cidr::new(cs.addr(), cs.source_prefix()), scope));
+            }
+            let mut e = Edns::new();
+            e.set_max_payload(self.max_udp);
+            ans.edns = Some(e);
+        }
+        match self.finish(ans, limit, ecs) {
+            Outcome::Reply(r) => Some(r.bytes),
+            _ => None,
+        }
+    }
+
+    /// A reply with only the header of `q` (id, opcode, RD) and `rcode`.
+    fn header_only<'s>(&'s mut self, q: &[u8], rcode: ResponseCode) -> Outcome<'s> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&q[..2]);
+        // QR, the query's opcode and RD; RCODE.
+        self.buf.push(0x80 | (q[2] & 0x79));
+        self.buf.push(rcode.low() & 0x0f);
+        self.buf.extend_from_slice(&[0; 8]);
+        Outcome::Reply(Reply {
+            bytes: &self.buf,
+            rcode,
+            truncated: false,
+            gtm: None,
+        })
+    }
+
+    /// Encodes `resp`, echoing ECS with `scope`, truncating to `limit` if needed.
+    fn finish<'s>(
+        &'s mut self,
+        mut resp: Message,
+        limit: usize,
+        ecs: Option<(Cidr, u8)>,
+    ) -> Outcome<'s> {
+        if let (Some(e), Some((c, scope))) = (resp.edns.as_mut(), ecs) {
+            let scope = if c.is_empty() { 0 } else { scope };
+            e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                c.addr(),
+                c.len(),
+                scope,
+            )));
+        }
+        let rcode = resp.response_code;
+        self.buf.clear();
+        let ok = {
+            let mut enc = BinEncoder::new(&mut self.buf);
+            resp.emit(&mut enc).is_ok()
+        };
+        let mut truncated = false;
+        if !ok || self.buf.len() > limit {
+            if ok {
+                truncated = true;
+                resp.metadata.truncation = true;
+            } else {
+                resp.metadata.response_code = ResponseCode::ServFail;
+            }
+            resp.answers.clear();
+            resp.authorities.clear();
+            resp.additionals.clear();
+            self.buf.clear();
+            let mut enc = BinEncoder::new(&mut self.buf);
+            if resp.emit(&mut enc).is_err() || self.buf.len() > limit {
+                return Outcome::Drop;
+            }
+        }
+        Outcome::Reply(Reply {
+            bytes: &self.buf,
+            rcode: resp.response_code,
+            truncated: truncated && rcode == resp.response_code,
+            gtm: None,
+        })
+    }
+}
+
+fn with_name(r: &Record, name: &Name) -> Record {
+    let mut r = r.clone();
+    r.name = name.clone();
+    r
+}
+
+/// Resolves `qname`/`qtype` inside `zone`, following CNAMEs within our zones.
+#[allow(clippy::too_many_arguments)]
+fn lookup(
+    zone: &Zone,
+    auth: &Authority,
+    qname: &Name,
+    qtype: RecordType,
+    req: &Request<'_>,
+    ecs: Option<Cidr>,
+    decider: &dyn Decider,
+    id: u16,
+) -> Found {
+    let mut f = Found {
+        rcode: ResponseCode::NoError,
+        authoritative: true,
+        answers: Vec::new(),
+        authorities: Vec::new(),
+        additionals: Vec::new(),
+        gtm: None,
+    };
+    let mut zone = zone;
+    let mut name = qname.clone();
+    for _ in 0..MAX_CHAIN {
+        // A delegation above (or at) the name: refer.
+        if zone.has_cuts
+            && let Some(ns) = find_cut(zone, &name)
+        {
+            if f.answers.is_empty() {
+                f.authoritative = false;
+            }
+            f.authorities.extend(ns.iter().cloned());
+            add_glue(zone, ns, &mut f.additionals);
+            return f;
+        }
+        let node = match zone.nodes.get(&name) {
+            Some(n) => Some(n),
+            None if zone.has_wildcards => wildcard(zone, &name),
+            None => None,
+        };
+        let Some(node) = node else {
+            f.rcode = ResponseCode::NXDomain;
+            f.authorities.push(zone.negative_soa());
+            return f;
+        };
+        if let Some(host) = node.host
+            && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY)
+        {
+            let family = if qtype == RecordType::AAAA {
+                Family::V6
+            } else {
+                Family::V4
+            };
+            let q = Query {
+                host,
+                client: req.client,
+                ecs,
+                family,
+                seed: id as u64,
+            };
+            let d = decider.decide(&q, req.now);
+            for a in d.addrs.as_slice() {
+                let data = match a {
+                    IpAddr::V4(v4) => RData::A(A(*v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                };
+                let mut r = Record::from_rdata(name.clone(), d.ttl, data);
+                r.dns_class = DNSClass::IN;
+                f.answers.push(r);
+            }
+            f.gtm = Some(GtmAnswer {
+                host,
+                family,
+                client: req.client,
+                ecs,
+                decision: d,
+            });
+            if d.addrs.is_empty() && f.answers.is_empty() {
+                f.authorities.push(zone.negative_soa());
+            }
+            return f;
+        }
+        if qtype == RecordType::ANY && !node.rrsets.is_empty() {
+            for (_, rs) in &node.rrsets {
+                f.answers.extend(rs.iter().map(|r| with_name(r, &name)));
+            }
+            return f;
+        }
+        if let Some(rs) = node.rrset(qtype) {
+            f.answers.extend(rs.iter().map(|r| with_name(r, &name)));
+            if matches!(qtype, RecordType::NS | RecordType::MX | RecordType::SRV) {
+                add_glue(zone, rs, &mut f.additionals);
+            }
+            return f;
+        }
+        if let Some(cn) = node.rrset(RecordType::CNAME)
+            && let Some(r) = cn.first()
+        {
+            f.answers.push(with_name(r, &name));
+            let RData::CNAME(target) = &r.data else {
+                return f;
+            };
+            // Follow only inside our zones; a resolver follows the rest.
+            match auth.zone_for(&target.0) {
+                Some(z) => {
+                    zone = z;
+                    name = target.0.clone();
+                    continue;
+                }
+                None => return f,
+            }
+        }
+        // The name exists (or is an empty non-terminal) without that type: NODATA.
+        f.authorities.push(zone.negative_soa());
+        return f;
+    }
+    // A CNAME loop or an overlong chain: what we have, like other servers.
+    f
+}
+
+/// The NS RRset of the zone cut at or above `name` (below the apex), if any.
+fn find_cut<'z>(zone: &'z Zone, name: &Name) -> Option<&'z [Record]> {
+    let apex = crate::authority::labels(&zone.apex);
+    let n = crate::authority::labels(name);
+    for l in (apex + 1)..=n {
+        let mut anc = name.trim_to(l);
+        anc.set_fqdn(true);
+        if let Some(node) = zone.nodes.get(&anc)
+            && node.cut
+        {
+            return node.rrset(RecordType::NS);
+        }
+    }
+    None
+}
+
+/// The wildcard node that covers `name` (RFC 4592): `*.` + its closest encloser.
+fn wildcard<'z>(zone: &'z Zone, name: &Name) -> Option<&'z crate::authority::Node> {
+    let apex = crate::authority::labels(&zone.apex);
+    let mut l = crate::authority::labels(name);
+    while l > apex {
+        l -= 1;
+        let mut enc = name.trim_to(l);
+        enc.set_fqdn(true);
+        if zone.nodes.contains_key(&enc) {
+            let wc = Name::from_ascii("*").ok()?.append_domain(&enc).ok()?;
+            return zone.nodes.get(&wc);
+        }
+    }
+    None
+}
+
+/// Adds in-zone addresses of the names `rs` point to (NS, MX, SRV targets).
+fn add_glue(zone: &Zone, rs: &[Record], out: &mut Vec<Record>) {
+    for r in rs {
+        let target = match &r.data {
+            RData::NS(ns) => &ns.0,
+            RData::MX(mx) => &mx.exchange,
+            RData::SRV(srv) => &srv.target,
+            _ => continue,
+        };
+        if let Some(node) = zone.nodes.get(target) {
+            for t in [RecordType::A, RecordType::AAAA] {
+                if let Some(addrs) = node.rrset(t) {
+                    out.extend(addrs.iter().cloned());
+                }
+            }
+        }
+    }
+}
