@@ -1069,7 +1069,7 @@ async fn page_check_runs_on_the_chosen_probes() {
         .send(
             "POST",
             "/v1/pagecheck",
-            json!({"url": "http://cdn.shop.udn.example/", "locations": ["fra"], "repeat": 2}),
+            json!({"url": "http://cdn.shop.udn.example/", "locations": ["fra"], "repeat": true}),
         )
         .await;
     assert_eq!(st, 200, "{r}");
@@ -1085,7 +1085,7 @@ async fn page_check_runs_on_the_chosen_probes() {
     assert_eq!(calls.len(), 1);
     assert_eq!(
         calls[0].body,
-        json!({"url": "http://cdn.shop.udn.example/", "repeat": 2})
+        json!({"url": "http://cdn.shop.udn.example/", "repeat": true})
     );
     assert!(
         h.probe_nyc.calls("/v1/pagecheck").is_empty(),

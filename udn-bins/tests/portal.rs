@@ -393,11 +393,11 @@ async fn page_check_shows_overall_table_waterfall_and_rows() {
     let body = r.text().await.unwrap();
     assert!(
         body.contains(
-            "<td class=\"num\">2</td><td class=\"num\">12.0</td><td class=\"num\">2091</td>"
+            "<td>nyc</td><td>1</td><td class=\"ok\">ok</td><td class=\"num\">2</td><td class=\"num\">12.0</td><td class=\"num\">2091</td>"
         ),
         "overall row"
     );
-    assert!(body.contains("id=\"waterfall-nyc\""));
+    assert!(body.contains("id=\"waterfall-nyc-1\""));
     assert!(body.contains("http://cdn.shop.udn.example/logo.gif"));
     assert!(body.contains("<th>FNT</th>"));
     assert!(h.probe_fra.calls("/v1/pagecheck").is_empty());

@@ -330,7 +330,7 @@ async fn customer_journey_in_headless_chromium() {
     let _wf = c
         .wait()
         .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#waterfall-fra svg"))
+        .for_element(Locator::Css("#waterfall-fra-1 svg"))
         .await
         .unwrap();
     let overall = c

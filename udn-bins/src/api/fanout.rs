@@ -190,6 +190,10 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
     let mut wake = state.inner.purge_seq.subscribe();
     let retry = Duration::from_secs(state.inner.opts.purge_retry_secs.unwrap_or(2).max(1));
     loop {
+        // Mark the current sequence number seen *before* reading the pending purges, so
+        // a purge recorded while this pass runs wakes the next pass instead of being
+        // missed.
+        wake.mark_unchanged();
         let name = edge.name.clone();
         let pending = match state.db(move |b| b.pending_purges(&name)).await {
             Ok(p) => p,
@@ -219,10 +223,10 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
                 break;
             }
         }
-        wake.mark_unchanged();
-        if failed {
-            let _ = tokio::time::timeout(retry, wake.changed()).await;
-        } else if wake.changed().await.is_err() {
+        // After a failure retry soon; otherwise sleep until a new purge (with a slow
+        // sweep for purges recorded by another control-plane process).
+        let wait = if failed { retry } else { retry * 30 };
+        if let Ok(Err(_)) = tokio::time::timeout(wait, wake.changed()).await {
             return;
         }
     }
@@ -265,50 +269,69 @@ pub async fn prefill(state: &ApiState, urls: &[String]) -> Vec<EdgeResult> {
     futures_util::future::join_all(calls).await
 }
 
-/// One row of a page check, as the probe reports it: times in ms; STT and END are
-/// offsets from the start of the page, DRT (DNS), COT (connect), TLS, DST (wait for the
-/// first byte) and FNT (receive) durations.
+/// One row of a page check in ms: STT and END are offsets from the start of the page,
+/// DRT (DNS), COT (connect), TLS, DST (wait for the first byte) and FNT (receive)
+/// durations.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PageRow {
+    /// Which pass (1, or 2 for the warm repeat).
+    #[serde(default = "first_pass")]
+    pub pass: u8,
     /// The component's URL.
-    #[serde(alias = "URL")]
     pub url: String,
     /// The server address it came from.
-    #[serde(default, alias = "IP", alias = "server_ip", alias = "SERVER")]
+    #[serde(default)]
     pub ip: Option<String>,
-    /// Error text, if it failed.
-    #[serde(default, alias = "ERR")]
+    /// The error (message or code), if it failed.
+    #[serde(default)]
     pub err: Option<serde_json::Value>,
     /// HTTP response code.
-    #[serde(default, alias = "HRC")]
+    #[serde(default)]
     pub hrc: Option<u16>,
     /// Body length in bytes.
-    #[serde(default, alias = "LEN")]
+    #[serde(default)]
     pub len: Option<u64>,
-    /// Content check result.
-    #[serde(default, alias = "CHK")]
+    /// Content check (CRC-32 of the body, or a verdict).
+    #[serde(default)]
     pub chk: Option<serde_json::Value>,
     /// Start offset.
-    #[serde(default, alias = "STT")]
+    #[serde(default)]
     pub stt: f64,
     /// DNS resolution.
-    #[serde(default, alias = "DRT")]
+    #[serde(default)]
     pub drt: f64,
     /// TCP connect.
-    #[serde(default, alias = "COT")]
+    #[serde(default)]
     pub cot: f64,
     /// TLS handshake.
-    #[serde(default, alias = "TLS")]
+    #[serde(default)]
     pub tls: f64,
     /// Wait for the first byte.
-    #[serde(default, alias = "DST")]
+    #[serde(default)]
     pub dst: f64,
     /// Receive.
-    #[serde(default, alias = "FNT")]
+    #[serde(default)]
     pub fnt: f64,
     /// End offset.
-    #[serde(default, alias = "END")]
+    #[serde(default)]
     pub end: f64,
+}
+
+fn first_pass() -> u8 {
+    1
+}
+
+impl PageRow {
+    /// Whether the component failed (an error, or an HTTP status of 400 or more).
+    pub fn failed(&self) -> bool {
+        let err = match &self.err {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::String(s)) => !s.is_empty(),
+            Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(_) => true,
+        };
+        err || self.hrc.is_some_and(|h| h >= 400)
+    }
 }
 
 /// One location's page-check result.
@@ -320,21 +343,89 @@ pub struct LocationCheck {
     pub ok: bool,
     /// Its error, when not.
     pub error: Option<String>,
-    /// The rows.
+    /// The rows of every pass.
     pub rows: Vec<PageRow>,
 }
 
-pub(crate) fn parse_rows(body: &[u8]) -> Result<Vec<PageRow>, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let rows = match v {
-        serde_json::Value::Array(_) => v,
-        serde_json::Value::Object(mut m) => m
-            .remove("rows")
-            .or_else(|| m.remove("results"))
-            .unwrap_or(serde_json::Value::Array(Vec::new())),
-        _ => return Err("page check answer is not a JSON array or object".into()),
+/// Reads one row: the probe's form (`stt_us` ... in µs, `err` code plus `error`
+/// message, `chk` CRC-32) or the column form (`STT` ... in ms, either case).
+fn page_row(v: &serde_json::Value, pass: u8) -> Option<PageRow> {
+    use serde_json::Value;
+    let o = v.as_object()?;
+    let get = |k: &str| o.get(k).or_else(|| o.get(&k.to_ascii_uppercase()));
+    let ms = |k: &str| match o.get(&format!("{k}_us")).and_then(Value::as_f64) {
+        Some(us) => us / 1000.0,
+        None => get(k).and_then(Value::as_f64).unwrap_or(0.0),
     };
-    serde_json::from_value(rows).map_err(|e| format!("page check rows: {e}"))
+    let err = match (o.get("error"), get("err")) {
+        (Some(e), _) if !e.is_null() => Some(match e {
+            Value::String(_) => e.clone(),
+            other => Value::String(other.to_string()),
+        }),
+        (_, Some(Value::Number(n))) if n.as_f64() == Some(0.0) => None,
+        (_, Some(Value::Null)) | (_, None) => None,
+        (_, Some(e)) => Some(e.clone()),
+    };
+    Some(PageRow {
+        pass,
+        url: get("url")?.as_str()?.to_owned(),
+        ip: get("ip")
+            .or_else(|| o.get("server_ip"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        err,
+        hrc: get("hrc")
+            .and_then(Value::as_u64)
+            .and_then(|h| u16::try_from(h).ok())
+            .filter(|h| *h != 0),
+        len: get("len").and_then(Value::as_u64),
+        chk: get("chk").filter(|c| !c.is_null()).cloned(),
+        stt: ms("stt"),
+        drt: ms("drt"),
+        cot: ms("cot"),
+        tls: ms("tls"),
+        dst: ms("dst"),
+        fnt: ms("fnt"),
+        end: ms("end"),
+    })
+}
+
+/// Reads a probe's page-check answer: `{"pop", "reports": [{"overall": {"pass"},
+/// "rows": [...]}]}` (the probe's form), `{"rows": [...]}` or a bare array of rows.
+pub(crate) fn parse_rows(body: &[u8]) -> Result<Vec<PageRow>, String> {
+    use serde_json::Value;
+    let v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut push = |rows: &[Value], pass: u8| -> Result<(), String> {
+        for r in rows {
+            out.push(page_row(r, pass).ok_or("a page-check row without a URL")?);
+        }
+        Ok(())
+    };
+    match &v {
+        Value::Array(rows) => push(rows, 1)?,
+        Value::Object(m) => {
+            if let Some(Value::Array(reports)) = m.get("reports") {
+                for (i, r) in reports.iter().enumerate() {
+                    let pass = r
+                        .get("overall")
+                        .and_then(|o| o.get("pass"))
+                        .and_then(Value::as_u64)
+                        .and_then(|p| u8::try_from(p).ok())
+                        .unwrap_or(u8::try_from(i + 1).unwrap_or(u8::MAX));
+                    if let Some(Value::Array(rows)) = r.get("rows") {
+                        push(rows, pass)?;
+                    }
+                }
+            } else if let Some(Value::Array(rows)) = m.get("rows") {
+                push(rows, 1)?;
+            } else {
+                return Err("page check answer has no reports or rows".into());
+            }
+        }
+        _ => return Err("page check answer is not a JSON array or object".into()),
+    }
+    Ok(out)
 }
 
 /// Runs a page check of `url` on the probes of `locations` at once.
@@ -342,7 +433,7 @@ pub async fn pagecheck(
     state: &ApiState,
     url: &str,
     locations: &[String],
-    repeat: u32,
+    repeat: bool,
 ) -> Vec<LocationCheck> {
     let body = serde_json::json!({ "url": url, "repeat": repeat });
     let calls = locations.iter().map(|loc| {

@@ -1388,9 +1388,9 @@ pub struct PageCheckBody {
     pub url: String,
     /// The probe locations (POP names) to run it from.
     pub locations: Vec<String>,
-    /// How often to fetch it (1..=10, default 1).
+    /// Fetch the page a second time with warm DNS (default false).
     #[serde(default)]
-    pub repeat: Option<u32>,
+    pub repeat: bool,
 }
 
 /// Page-check results per location.
@@ -1432,11 +1432,7 @@ pub(crate) async fn run_pagecheck(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let repeat = b.repeat.unwrap_or(1);
-    if !(1..=10).contains(&repeat) {
-        return Err(ApiError::field("repeat", "1 to 10"));
-    }
-    let results = fanout::pagecheck(st, &b.url, &b.locations, repeat).await;
+    let results = fanout::pagecheck(st, &b.url, &b.locations, b.repeat).await;
     Ok(PageCheckAnswer {
         url: b.url,
         results,

@@ -11,7 +11,7 @@ pub use tls::{CertSource, serve_https, server_config};
 
 use crate::api::auth::{self, Auth, SESSION_COOKIE};
 use crate::api::backend::{PurgeScope, Role, SessionKind, Window};
-use crate::api::fanout::LocationCheck;
+use crate::api::fanout::{LocationCheck, PageRow};
 use crate::api::routes::{self as r, NewAddress, PageCheckBody, PurgeBody};
 use crate::api::{ApiError, ApiState, ClientIp, IsTls};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -836,7 +836,7 @@ fn tests_form(st: &ApiState, a: &Auth, url: &str, chosen: &[String]) -> Markup {
                         checked[chosen.contains(&p.location)]; " " (p.location) } " "
                 }
             }
-            p { label { "Repeat " input type="number" name="repeat" value="1" min="1" max="10"; } " "
+            p { label { input type="checkbox" name="repeat" value="on"; " repeat with warm DNS" } " "
                 button type="submit" id="pagecheck-submit" { "Run page check" } }
         }
     }
@@ -847,19 +847,21 @@ async fn tests_page(State(st): State<ApiState>, PortalUser(a): PortalUser) -> Pa
     Ok(layout(&a, "/tests", "Tests", false, body))
 }
 
-fn location_summary(c: &LocationCheck) -> (f64, u64, usize) {
-    let total = c.rows.iter().map(|r| r.end).fold(0.0f64, f64::max);
-    let bytes = c.rows.iter().filter_map(|r| r.len).sum();
-    let errors = c
-        .rows
-        .iter()
-        .filter(|r| {
-            r.err
-                .as_ref()
-                .is_some_and(|e| !e.is_null() && e != "" && e != 0)
-        })
-        .count();
+/// Page time, bytes and failed components of one pass.
+fn pass_summary(rows: &[PageRow]) -> (f64, u64, usize) {
+    let total = rows.iter().map(|r| r.end).fold(0.0f64, f64::max);
+    let bytes = rows.iter().filter_map(|r| r.len).sum();
+    let errors = rows.iter().filter(|r| r.failed()).count();
     (total, bytes, errors)
+}
+
+/// A location's rows split by pass.
+fn passes(c: &LocationCheck) -> Vec<(u8, Vec<PageRow>)> {
+    let mut by: BTreeMap<u8, Vec<PageRow>> = BTreeMap::new();
+    for r in &c.rows {
+        by.entry(r.pass).or_default().push(r.clone());
+    }
+    by.into_iter().collect()
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -887,7 +889,7 @@ async fn tests_submit(
         .filter(|(k, _)| k == "locations")
         .map(|(_, v)| v.clone())
         .collect();
-    let repeat = field(&f, "repeat").and_then(|r| r.parse().ok());
+    let repeat = field(&f, "repeat").is_some();
     let result = r::run_pagecheck(
         &st,
         &a,
@@ -910,26 +912,34 @@ async fn tests_submit(
                 (tests_form(&st, &a, &url, &locations))
                 h2 { "Overall" }
                 table id="pagecheck-overall" {
-                    tr { th { "Location" } th { "Result" } th { "Components" } th { "Page time (ms)" } th { "Bytes" } th { "Errors" } }
+                    tr { th { "Location" } th { "Pass" } th { "Result" } th { "Components" } th { "Page time (ms)" } th { "Bytes" } th { "Errors" } }
                     @for c in &ans.results {
-                        @let (total, bytes, errors) = location_summary(c);
-                        tr { td { (c.location) }
-                             td class=(if c.ok { "ok" } else { "error" }) { @if c.ok { "ok" } @else { (c.error.clone().unwrap_or_default()) } }
-                             td class="num" { (c.rows.len()) } td class="num" { (format!("{total:.1}")) }
-                             td class="num" { (bytes) } td class="num" { (errors) } }
+                        @if c.ok {
+                            @for (pass, rows) in passes(c) {
+                                @let (total, bytes, errors) = pass_summary(&rows);
+                                tr { td { (c.location) } td { (pass) } td class="ok" { "ok" }
+                                     td class="num" { (rows.len()) } td class="num" { (format!("{total:.1}")) }
+                                     td class="num" { (bytes) } td class="num" { (errors) } }
+                            }
+                        } @else {
+                            tr { td { (c.location) } td {} td class="error" { (c.error.clone().unwrap_or_default()) }
+                                 td {} td {} td {} td {} }
+                        }
                     }
                 }
                 @for c in ans.results.iter().filter(|c| c.ok) {
-                    h2 { "From " (c.location) }
-                    div class="waterfall" id=(format!("waterfall-{}", c.location)) {
-                        (PreEscaped(charts::waterfall(&format!("{} from {}", ans.url, c.location), &c.rows)))
-                    }
-                    table class="raw-rows" {
-                        tr { @for h in ["URL","IP","ERR","HRC","LEN","CHK","STT","DRT","COT","TLS","DST","FNT","END"] { th { (h) } } }
-                        @for row in &c.rows {
-                            tr { td { (row.url) } td { (opt(&row.ip)) } td { (cell(&row.err)) } td { (opt(&row.hrc)) }
-                                 td class="num" { (opt(&row.len)) } td { (cell(&row.chk)) }
-                                 @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.1}")) } } }
+                    @for (pass, rows) in passes(c) {
+                        h2 { "From " (c.location) @if pass > 1 { ", pass " (pass) " (warm DNS)" } }
+                        div class="waterfall" id=(format!("waterfall-{}-{pass}", c.location)) {
+                            (PreEscaped(charts::waterfall(&format!("{} from {}, pass {pass}", ans.url, c.location), &rows)))
+                        }
+                        table class="raw-rows" {
+                            tr { @for h in ["URL","IP","ERR","HRC","LEN","CHK","STT","DRT","COT","TLS","DST","FNT","END"] { th { (h) } } }
+                            @for row in &rows {
+                                tr { td { (row.url) } td { (opt(&row.ip)) } td { (cell(&row.err)) } td { (opt(&row.hrc)) }
+                                     td class="num" { (opt(&row.len)) } td { (cell(&row.chk)) }
+                                     @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.1}")) } } }
+                            }
                         }
                     }
                 }
