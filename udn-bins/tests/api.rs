@@ -1092,6 +1092,46 @@ async fn page_check_runs_on_the_chosen_probes() {
         "nyc not chosen"
     );
 
+    // The probe's own answer form: passes, times in µs, error code and message.
+    *h.probe_nyc.rows.lock().unwrap() = json!({"pop": "nyc", "reports": [
+        {"overall": {"url": "http://cdn.shop.udn.example/", "pass": 1}, "rows": [
+            {"url": "http://cdn.shop.udn.example/", "ip": "127.0.0.12", "err": 0, "hrc": 200, "len": 10, "chk": 305419896,
+             "stt_us": 0, "drt_us": 1500, "cot_us": 250, "tls_us": 0, "dst_us": 3000, "fnt_us": 250, "end_us": 5000},
+            {"url": "http://cdn.shop.udn.example/gone.gif", "ip": null, "err": 3, "error": {"Connect": "refused"}, "hrc": 0, "len": 0, "chk": 0,
+             "stt_us": 5000, "drt_us": 0, "cot_us": 1000, "tls_us": 0, "dst_us": 0, "fnt_us": 0, "end_us": 6000}]},
+        {"overall": {"url": "http://cdn.shop.udn.example/", "pass": 2}, "rows": [
+            {"url": "http://cdn.shop.udn.example/", "ip": "127.0.0.12", "err": 0, "hrc": 200, "len": 10, "chk": 305419896,
+             "stt_us": 0, "drt_us": 0, "cot_us": 250, "tls_us": 0, "dst_us": 2000, "fnt_us": 250, "end_us": 2500}]}
+    ]});
+    let (st, r) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://cdn.shop.udn.example/", "locations": ["nyc"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let rows = &r["results"][0]["rows"];
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(
+        (
+            rows[0]["pass"].clone(),
+            rows[0]["drt"].clone(),
+            rows[0]["end"].clone()
+        ),
+        (json!(1), json!(1.5), json!(5.0))
+    );
+    assert_eq!(rows[1]["err"], json!("{\"Connect\":\"refused\"}"));
+    assert_eq!(rows[1]["hrc"], Value::Null);
+    assert_eq!(
+        (rows[2]["pass"].clone(), rows[2]["end"].clone()),
+        (json!(2), json!(2.5))
+    );
+    assert_eq!(
+        h.probe_nyc.calls("/v1/pagecheck")[0].body,
+        json!({"url": "http://cdn.shop.udn.example/", "repeat": false})
+    );
+
     let (st, e) = shop
         .send(
             "POST",
