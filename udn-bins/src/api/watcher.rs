@@ -78,3 +78,51 @@ where
         }
     })
 }
+
+/// An `on_update` for roles that read their config from a file and reload on
+/// `POST /v1/reload` (such as `udn dns --config FILE --http ADDR`): writes each snapshot
+/// as TOML to `path` (through a temporary file and a rename, so the role never reads a
+/// half-written file), then posts `reload_url` if given. Must be called inside a tokio
+/// runtime (the reload request runs as a task).
+pub fn write_and_reload(
+    path: std::path::PathBuf,
+    reload_url: Option<String>,
+) -> impl FnMut(ConfigUpdate) + Send + 'static {
+    let http = HttpClient::new();
+    move |u: ConfigUpdate| {
+        let text = match toml::to_string(&u.config) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("config version {} as TOML: {e}", u.version);
+                return;
+            }
+        };
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(
+                "writing config version {} to {}: {e}",
+                u.version,
+                path.display()
+            );
+            return;
+        }
+        if let Some(url) = reload_url.clone() {
+            let http = http.clone();
+            let version = u.version;
+            tokio::spawn(async move {
+                if let Err(e) = http
+                    .call(
+                        axum::http::Method::POST,
+                        &url,
+                        Some(Vec::new()),
+                        &[],
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    tracing::warn!("reload after config version {version}: {e}");
+                }
+            });
+        }
+    }
+}
