@@ -1023,18 +1023,38 @@ async fn prefill_fans_out_to_every_edge() {
     let (st, r) = shop
         .send("POST", "/v1/prefill", json!({"urls": urls}))
         .await;
-    assert_eq!(st, 200, "{r}");
-    assert_eq!(r["urls"], 2);
-    let edges = r["edges"].as_array().unwrap();
-    let up = edges.iter().find(|e| e["edge"] == "fra-edge-1").unwrap();
-    let down = edges.iter().find(|e| e["edge"] == "nyc-edge-1").unwrap();
-    assert_eq!(
-        (up["ok"].clone(), down["ok"].clone()),
-        (json!(true), json!(false))
-    );
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["urls"], urls);
+    assert_eq!(r["total"], 2);
+    let seq = r["seq"].as_u64().unwrap();
+    assert!(eventually(10, || async { h.edge1.calls("/v1/prefill").len() == 1 }).await);
     let calls = h.edge1.calls("/v1/prefill");
-    assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].body, json!({"urls": urls}));
+    assert_eq!(
+        calls[0].authorization.as_deref(),
+        Some(&*format!("Bearer {EDGE_TOKEN}"))
+    );
+    let (_, v) = shop.get(&format!("/v1/prefill/{seq}")).await;
+    assert_eq!(v["applied"], 1);
+    // The edge that was down gets the prefill when it comes back.
+    let task = h.edge2.serve(h.edge2_addr).await;
+    assert!(eventually(15, || async { h.edge2.calls("/v1/prefill").len() == 1 }).await);
+    assert!(
+        eventually(5, || async {
+            shop.get(&format!("/v1/prefill/{seq}")).await.1["applied"] == 2
+        })
+        .await
+    );
+    task.abort();
+    assert_eq!(
+        h.login("acmeuser")
+            .await
+            .get(&format!("/v1/prefill/{seq}"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(shop.get("/v1/prefill/4242").await.0, 404);
 
     let acme = h.login("acmeuser").await;
     assert_eq!(

@@ -165,7 +165,22 @@ pub struct Purge {
     pub requested_at: Timestamp,
 }
 
-/// Whether one edge has applied one purge.
+/// A prefill request: URLs every edge should fetch into its cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prefill {
+    /// Sequence number (strictly increasing, separate from purges).
+    pub seq: u64,
+    /// The customer it belongs to.
+    pub customer: String,
+    /// The URLs.
+    pub urls: Vec<String>,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When (ms since the epoch).
+    pub requested_at: Timestamp,
+}
+
+/// Whether one edge has applied one purge (or prefill).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeEdgeStatus {
     /// The edge's name.
@@ -380,6 +395,30 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BackendResult<()>;
     /// Purges not yet applied by `edge`, oldest first.
     fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>>;
+
+    /// Records a prefill with the next sequence number, pending on every edge in `edges`.
+    fn create_prefill(
+        &self,
+        customer: &str,
+        urls: &[String],
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Prefill>;
+    /// One prefill.
+    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>>;
+    /// Per-edge delivery status of one prefill.
+    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+    /// Records one prefill delivery attempt: `Ok` when the edge accepted it.
+    fn record_prefill_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()>;
+    /// Prefills not yet accepted by `edge`, oldest first.
+    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>>;
 
     /// CDN bytes and hits per minute (summed over hostnames and POPs).
     ///

@@ -2,7 +2,7 @@
 //! check), over their HTTP APIs (contracts in `docs/api.md`).
 
 use super::ApiState;
-use super::backend::Purge;
+use super::backend::{Prefill, Purge};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
@@ -203,7 +203,7 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
             }
         };
         let mut failed = false;
-        for p in pending {
+        'purges: for p in pending {
             let result =
                 send_purge(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
             let ok = result.is_ok();
@@ -220,7 +220,32 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
             }
             if !ok {
                 failed = true;
-                break;
+                break 'purges;
+            }
+        }
+        // Prefills after purges, so a prefill made after a purge brings fresh content.
+        if !failed {
+            let name = edge.name.clone();
+            let pending = state
+                .db(move |b| b.pending_prefills(&name))
+                .await
+                .unwrap_or_default();
+            for p in pending {
+                let result =
+                    send_prefill(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
+                let ok = result.is_ok();
+                let record = result.map_err(|e| e.to_string());
+                let (name, seq, now) = (edge.name.clone(), p.seq, super::now());
+                if let Err(e) = state
+                    .db(move |b| b.record_prefill_attempt(seq, &name, record, now))
+                    .await
+                {
+                    tracing::warn!("recording prefill {}: {}", p.seq, e.message());
+                }
+                if !ok {
+                    failed = true;
+                    break;
+                }
             }
         }
         // After a failure retry soon; otherwise sleep until a new purge (with a slow
@@ -232,41 +257,21 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
     }
 }
 
-/// One edge's answer to a prefill.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EdgeResult {
-    /// The edge.
-    pub edge: String,
-    /// Whether it accepted the request.
-    pub ok: bool,
-    /// Its error, when not.
-    pub error: Option<String>,
-}
-
-/// Sends `urls` to every edge's `POST /v1/prefill` at once.
-pub async fn prefill(state: &ApiState, urls: &[String]) -> Vec<EdgeResult> {
-    let body = serde_json::json!({ "urls": urls });
-    let calls = state.inner.opts.edges.iter().map(|edge| {
-        let body = &body;
-        async move {
-            let r = state
-                .inner
-                .http
-                .post_json(
-                    &join(&edge.url, "/v1/prefill"),
-                    body,
-                    Some(&state.inner.opts.edge_token),
-                    Duration::from_secs(30),
-                )
-                .await;
-            EdgeResult {
-                edge: edge.name.clone(),
-                ok: r.is_ok(),
-                error: r.err().map(|e| e.to_string()),
-            }
-        }
-    });
-    futures_util::future::join_all(calls).await
+/// Sends one prefill to one edge (`POST /v1/prefill {"urls": [...]}`).
+pub async fn send_prefill(
+    http: &HttpClient,
+    edge: &EdgeApi,
+    token: &str,
+    p: &Prefill,
+) -> Result<(), CallError> {
+    http.post_json(
+        &join(&edge.url, "/v1/prefill"),
+        &serde_json::json!({ "urls": p.urls }),
+        Some(token),
+        Duration::from_secs(30),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// One row of a page check in ms: STT and END are offsets from the start of the page,

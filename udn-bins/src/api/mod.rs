@@ -59,7 +59,8 @@ pub(crate) struct Inner {
     pub(crate) opts: ControlOptions,
     /// The newest committed config version; long-polls wait on it.
     pub(crate) config_version: watch::Sender<u64>,
-    /// The newest purge sequence number; edge delivery tasks wake on it.
+    /// The newest purge sequence number; edge delivery tasks wake on it (a prefill
+    /// notifies it too).
     pub(crate) purge_seq: watch::Sender<u64>,
     /// Serialises read-modify-write changes of the config.
     pub(crate) config_write: Mutex<()>,

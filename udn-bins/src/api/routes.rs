@@ -116,6 +116,7 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/v1/purge", get(purge_list).post(purge_create))
         .route("/v1/purge/{seq}", get(purge_get))
         .route("/v1/prefill", post(prefill))
+        .route("/v1/prefill/{seq}", get(prefill_get))
         .route("/v1/pagecheck", post(pagecheck))
         .route("/v1/traffic/cdn", get(traffic_cdn))
         .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
@@ -1350,34 +1351,79 @@ struct PrefillBody {
     urls: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct PrefillAnswer {
-    urls: usize,
-    edges: Vec<fanout::EdgeResult>,
+/// A prefill with its propagation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrefillView {
+    /// The prefill.
+    #[serde(flatten)]
+    pub prefill: Prefill,
+    /// Edges that accepted it.
+    pub applied: usize,
+    /// Edges it goes to.
+    pub total: usize,
+    /// Per-edge status.
+    pub edges: Vec<PurgeEdgeStatus>,
+}
+
+async fn prefill_view(st: &ApiState, p: Prefill) -> ApiResult<PrefillView> {
+    let seq = p.seq;
+    let edges = st.db(move |b| b.prefill_status(seq)).await?;
+    Ok(PrefillView {
+        applied: edges.iter().filter(|e| e.applied).count(),
+        total: edges.len(),
+        edges,
+        prefill: p,
+    })
 }
 
 async fn prefill(
     State(st): State<ApiState>,
     a: Auth,
     body: Body<PrefillBody>,
-) -> ApiResult<Json<PrefillAnswer>> {
+) -> ApiResult<(StatusCode, Json<PrefillView>)> {
     let Json(b) = body?;
     if b.urls.is_empty() || b.urls.len() > 1000 {
         return Err(ApiError::field("urls", "1 to 1000 URLs"));
     }
     let cfg = current(&st).await?.config;
+    let mut customer = None;
     for (i, u) in b.urls.iter().enumerate() {
         let field = format!("urls[{i}]");
         let host = url_host(u).ok_or_else(|| ApiError::field(&field, "not an http(s) URL"))?;
         let owner = cdn_owner(&cfg, host)
             .ok_or_else(|| ApiError::field(&field, "not a CDN hostname or origin domain"))?;
         a.require_customer(&owner)?;
+        match &customer {
+            None => customer = Some(owner),
+            Some(c) if *c != owner => {
+                return Err(ApiError::field(&field, "one customer's URLs per prefill"));
+            }
+            Some(_) => {}
+        }
     }
-    let edges = fanout::prefill(&st, &b.urls).await;
-    Ok(Json(PrefillAnswer {
-        urls: b.urls.len(),
-        edges,
-    }))
+    let customer = customer.unwrap_or_default();
+    let edges: Vec<String> = st.inner.opts.edges.iter().map(|e| e.name.clone()).collect();
+    let by = a.user.username.clone();
+    let now = super::now();
+    let urls = b.urls;
+    let p = st
+        .db(move |b| b.create_prefill(&customer, &urls, &by, &edges, now))
+        .await?;
+    st.inner.purge_seq.send_modify(|_| {});
+    Ok((StatusCode::ACCEPTED, Json(prefill_view(&st, p).await?)))
+}
+
+async fn prefill_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PrefillView>> {
+    let p = st
+        .db(move |b| b.prefill(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    a.require_customer(&p.customer)?;
+    Ok(Json(prefill_view(&st, p).await?))
 }
 
 /// A page-check request.

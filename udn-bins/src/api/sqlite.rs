@@ -49,6 +49,23 @@ CREATE TABLE IF NOT EXISTS cp_purge_status (
     PRIMARY KEY (seq, edge)
 );
 CREATE INDEX IF NOT EXISTS cp_purge_pending ON cp_purge_status(edge, applied, seq);
+CREATE TABLE IF NOT EXISTS cp_prefills (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    customer TEXT NOT NULL,
+    urls_json TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_prefill_status (
+    seq INTEGER NOT NULL REFERENCES cp_prefills(seq),
+    edge TEXT NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at INTEGER,
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX IF NOT EXISTS cp_prefill_pending ON cp_prefill_status(edge, applied, seq);
 CREATE TABLE IF NOT EXISTS cp_cdn_traffic_minute (
     customer TEXT NOT NULL,
     hostname TEXT NOT NULL,
@@ -134,6 +151,64 @@ fn purge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purge> {
         requested_by: row.get(4)?,
         requested_at: ts(row.get(5)?),
     })
+}
+
+fn prefill_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Prefill> {
+    let urls: String = row.get(2)?;
+    Ok(Prefill {
+        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        customer: row.get(1)?,
+        urls: serde_json::from_str(&urls).unwrap_or_default(),
+        requested_by: row.get(3)?,
+        requested_at: ts(row.get(4)?),
+    })
+}
+
+/// Per-edge status rows of `table` (`cp_purge_status` or `cp_prefill_status`).
+fn edge_status(db: &Connection, table: &str, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+    let mut st = db.prepare(&format!(
+        "SELECT edge, applied, attempts, last_error, applied_at FROM {table}
+         WHERE seq = ?1 ORDER BY edge"
+    ))?;
+    let rows = st.query_map(params![i64::try_from(seq).unwrap_or(i64::MAX)], |r| {
+        Ok(PurgeEdgeStatus {
+            edge: r.get(0)?,
+            applied: r.get::<_, i64>(1)? != 0,
+            attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+            last_error: r.get(3)?,
+            applied_at: r.get::<_, Option<i64>>(4)?.map(ts),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records a delivery attempt in `table`.
+fn record_attempt(
+    db: &Connection,
+    table: &str,
+    seq: u64,
+    edge: &str,
+    result: Result<(), String>,
+    now: Timestamp,
+) -> BackendResult<()> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    match result {
+        Ok(()) => db.execute(
+            &format!(
+                "UPDATE {table} SET applied = 1, attempts = attempts + 1, last_error = NULL,
+                 applied_at = ?3 WHERE seq = ?1 AND edge = ?2"
+            ),
+            params![seq, edge, ms(now)],
+        )?,
+        Err(e) => db.execute(
+            &format!(
+                "UPDATE {table} SET attempts = attempts + 1, last_error = ?3
+                 WHERE seq = ?1 AND edge = ?2"
+            ),
+            params![seq, edge, e],
+        )?,
+    };
+    Ok(())
 }
 
 const PURGE_COLS: &str = "seq, customer, scope, target, requested_by, requested_at";
@@ -526,21 +601,7 @@ impl Backend for SqliteBackend {
     }
 
     fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        let db = self.db()?;
-        let mut st = db.prepare(
-            "SELECT edge, applied, attempts, last_error, applied_at FROM cp_purge_status
-             WHERE seq = ?1 ORDER BY edge",
-        )?;
-        let rows = st.query_map(params![i64::try_from(seq).unwrap_or(i64::MAX)], |r| {
-            Ok(PurgeEdgeStatus {
-                edge: r.get(0)?,
-                applied: r.get::<_, i64>(1)? != 0,
-                attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
-                last_error: r.get(3)?,
-                applied_at: r.get::<_, Option<i64>>(4)?.map(ts),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        edge_status(&*self.db()?, "cp_purge_status", seq)
     }
 
     fn record_purge_attempt(
@@ -550,21 +611,7 @@ impl Backend for SqliteBackend {
         result: Result<(), String>,
         now: Timestamp,
     ) -> BackendResult<()> {
-        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-        let db = self.db()?;
-        match result {
-            Ok(()) => db.execute(
-                "UPDATE cp_purge_status SET applied = 1, attempts = attempts + 1, last_error = NULL,
-                 applied_at = ?3 WHERE seq = ?1 AND edge = ?2",
-                params![seq, edge, ms(now)],
-            )?,
-            Err(e) => db.execute(
-                "UPDATE cp_purge_status SET attempts = attempts + 1, last_error = ?3
-                 WHERE seq = ?1 AND edge = ?2",
-                params![seq, edge, e],
-            )?,
-        };
-        Ok(())
+        record_attempt(&*self.db()?, "cp_purge_status", seq, edge, result, now)
     }
 
     fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
@@ -575,6 +622,74 @@ impl Backend for SqliteBackend {
              WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
         )?;
         let rows = st.query_map(params![edge], purge_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn create_prefill(
+        &self,
+        customer: &str,
+        urls: &[String],
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Prefill> {
+        let json = serde_json::to_string(urls)?;
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO cp_prefills (customer, urls_json, requested_by, requested_at) VALUES (?1, ?2, ?3, ?4)",
+            params![customer, json, requested_by, ms(now)],
+        )?;
+        let seq = tx.last_insert_rowid();
+        for e in edges {
+            tx.execute(
+                "INSERT INTO cp_prefill_status (seq, edge) VALUES (?1, ?2)",
+                params![seq, e],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Prefill {
+            seq: u64::try_from(seq).unwrap_or(0),
+            customer: customer.to_owned(),
+            urls: urls.to_vec(),
+            requested_by: requested_by.to_owned(),
+            requested_at: now,
+        })
+    }
+
+    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>> {
+        Ok(self
+            .db()?
+            .query_row(
+                "SELECT seq, customer, urls_json, requested_by, requested_at FROM cp_prefills WHERE seq = ?1",
+                params![i64::try_from(seq).unwrap_or(i64::MAX)],
+                prefill_row,
+            )
+            .optional()?)
+    }
+
+    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        edge_status(&*self.db()?, "cp_prefill_status", seq)
+    }
+
+    fn record_prefill_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        record_attempt(&*self.db()?, "cp_prefill_status", seq, edge, result, now)
+    }
+
+    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
+        let db = self.db()?;
+        let mut st = db.prepare(
+            "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
+             FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
+             WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
+        )?;
+        let rows = st.query_map(params![edge], prefill_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
