@@ -2,6 +2,7 @@
 //! sockets, files and clocks; `main.rs` only parses the command line and dispatches here.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod billing;
 pub mod cli;
 pub mod collector;
@@ -12,6 +13,7 @@ pub mod dns;
 pub mod edge;
 pub mod logging;
 pub mod origin;
+pub mod portal;
 pub mod probe;
 pub mod store;
 pub mod world;

@@ -1,0 +1,91 @@
+# Writes docs/openapi.json, the hand-written OpenAPI description of the control-plane API
+# (udn-bins/src/api/routes.rs). Edit here, run `python3 scripts/gen-openapi.py`; the test
+# openapi_document_describes_every_route fails when a route is missing.
+import json
+E = {"$ref": "#/components/responses/Error"}
+def op(summary, tag, req=None, ok="200", okschema=None, extra=None, params=None, auth=True):
+    o = {"summary": summary, "tags": [tag], "responses": {}}
+    if req: o["requestBody"] = {"required": True, "content": {"application/json": {"schema": req}}}
+    o["responses"][ok] = {"description": "success"}
+    if okschema: o["responses"][ok]["content"] = {"application/json": {"schema": okschema}}
+    for code in (["401","403"] if auth else []) + ["404","422"]:
+        o["responses"][code] = E
+    if extra: o["responses"].update(extra)
+    if params: o["parameters"] = params
+    if not auth: o["security"] = []
+    return o
+R = lambda n: {"$ref": f"#/components/schemas/{n}"}
+A = lambda s: {"type": "array", "items": s}
+P = lambda n, desc, t="string": {"name": n, "in": "path", "required": True, "description": desc, "schema": {"type": t}}
+Q = lambda n, desc, t="string": {"name": n, "in": "query", "required": False, "description": desc, "schema": {"type": t}}
+host = P("hostname", "The hostname")
+cust = Q("customer", "Admin only: restrict to one customer (a customer may only name itself)")
+hours = Q("hours", "Window length in hours, 1..744 (default 24)", "integer")
+obj = {"type": "object", "additionalProperties": True}
+paths = {
+ "/health": {"get": op("Liveness", "meta", auth=False)},
+ "/v1/openapi.json": {"get": op("This document", "meta", auth=False)},
+ "/v1/auth/login": {"post": op("Log in; sets the HttpOnly SameSite=Strict session cookie `udn_session` and returns the CSRF token to send as `X-CSRF-Token` on changes", "auth", R("Login"), okschema=obj, extra={"429": E}, auth=False)},
+ "/v1/auth/logout": {"post": op("End the session", "auth", ok="204")},
+ "/v1/auth/token": {"post": op("Issue a bearer token for machines (no CSRF needed)", "auth", R("Login"), okschema=obj, extra={"429": E}, auth=False)},
+ "/v1/me": {"get": op("The caller and its CSRF token", "auth", okschema=obj)},
+ "/v1/users": {"get": op("List users (admin)", "users", okschema=A(R("User"))), "post": op("Create a user (admin)", "users", R("NewUser"), ok="201", okschema=R("User"))},
+ "/v1/customers": {"get": op("Customers the caller may see", "customers", okschema=A(R("Customer"))), "post": op("Create a customer (admin)", "customers", R("Customer"), ok="201")},
+ "/v1/customers/{name}": {"parameters": [P("name", "Customer name")], "get": op("One customer", "customers", okschema=R("Customer")), "put": op("Change the display name", "customers", R("Customer")), "delete": op("Delete a customer (admin)", "customers", ok="204")},
+ "/v1/cdn": {"get": op("CDN hostnames", "cdn", okschema=A(R("CdnConfig")), params=[cust]), "post": op("Add a CDN hostname (customer defaults to the caller's)", "cdn", R("CdnConfig"), ok="201")},
+ "/v1/cdn/{hostname}": {"parameters": [host], "get": op("One CDN hostname", "cdn", okschema=R("CdnConfig")), "put": op("Replace a CDN hostname", "cdn", R("CdnConfig")), "delete": op("Remove a CDN hostname", "cdn", ok="204")},
+ "/v1/gtm": {"get": op("GTM hostnames with their targets' sites and addresses", "gtm", okschema=A(R("GtmView")), params=[cust]), "post": op("Add a GTM hostname", "gtm", R("GtmConfig"), ok="201", okschema=R("GtmView"))},
+ "/v1/gtm/{hostname}": {"parameters": [host], "get": op("One GTM hostname", "gtm", okschema=R("GtmView")), "put": op("Replace a GTM hostname (weights, standby, persistence, weighting, TTL...)", "gtm", R("GtmConfig"), okschema=R("GtmView")), "delete": op("Remove a GTM hostname", "gtm", ok="204")},
+ "/v1/gtm/{hostname}/addresses": {"parameters": [host], "post": op("Publish an address (creating its server in an origin site) or an existing server", "gtm", R("NewAddress"), ok="201", okschema=R("GtmView"))},
+ "/v1/gtm/{hostname}/addresses/{address}": {"parameters": [host, P("address", "An address or server name")], "put": op("Change a target's weight", "gtm", {"type":"object","required":["weight"],"properties":{"weight":{"type":"integer","minimum":0}}}, okschema=R("GtmView")), "delete": op("Stop publishing an address", "gtm", okschema=R("GtmView"))},
+ "/v1/gtm/{hostname}/standby": {"parameters": [host], "put": op("Set the hidden standby addresses", "gtm", {"type":"object","required":["standby"],"properties":{"standby":A({"type":"string","format":"ip"})}}, okschema=R("GtmView"))},
+ "/v1/gtm/{hostname}/monitor": {"parameters": [host], "get": op("How the hostname's service is monitored", "gtm", okschema=R("ServiceConfig")), "put": op("Change monitoring (creates the hostname's own service `mon-<hostname>`)", "gtm", R("ServiceConfig"), okschema=R("ServiceConfig"))},
+ "/v1/static-mappings": {"get": op("Static mappings of the caller's hostnames (with their index)", "gtm", okschema=A(obj)), "post": op("Add a static mapping (customers must name their hostnames)", "gtm", R("StaticMapping"), ok="201")},
+ "/v1/static-mappings/{index}": {"parameters": [P("index", "Index in the list", "integer")], "delete": op("Remove a static mapping", "gtm", ok="204")},
+ "/v1/config": {"get": op("Current network configuration snapshot (agents with a bearer token, admins). Conditional GET with If-None-Match (ETag `\"v<version>\"`) answers 304; `since=V&wait=S` long-polls up to S (max 60) seconds for a version other than V", "config", okschema=R("ConfigSnapshot"), params=[Q("since","The version the caller has","integer"), Q("wait","Seconds to wait for a newer version","integer"), Q("format","`toml` for TOML text")], extra={"304": {"description": "not modified"}}), "put": op("Replace the whole configuration (admin); `base` guards against lost updates", "config", {"type":"object","required":["config"],"properties":{"base":{"type":"integer"},"config":R("Config")}}, okschema={"type":"object","properties":{"version":{"type":"integer"}}}, extra={"409": E})},
+ "/v1/config/versions/{version}": {"parameters": [P("version", "Version number", "integer")], "get": op("One past configuration version (admin)", "config", okschema=R("ConfigSnapshot"))},
+ "/v1/purge": {"get": op("Recent purges with their propagation", "purge", okschema=A(R("PurgeView")), params=[cust, Q("limit","Max entries (default 50)","integer")]), "post": op("Invalidate a URL, directory (prefix) or domain on every edge; answers at once with the sequence number, delivery continues in the background and retries edges that are down", "purge", R("PurgeRequest"), ok="202", okschema=R("PurgeView"))},
+ "/v1/purge/{seq}": {"parameters": [P("seq", "Sequence number", "integer")], "get": op("One purge and how many edges applied it", "purge", okschema=R("PurgeView"))},
+ "/v1/prefill": {"post": op("Ask every edge to fetch URLs into its cache; numbered and retried like purges (delivered after pending purges)", "purge", {"type":"object","required":["urls"],"properties":{"urls":A({"type":"string"})}}, ok="202", okschema=obj)},
+ "/v1/prefill/{seq}": {"parameters": [P("seq", "Sequence number", "integer")], "get": op("One prefill and how many edges accepted it", "purge", okschema=obj)},
+ "/v1/pagecheck": {"post": op("Run a page check from the chosen probe locations", "tests", R("PageCheckRequest"), okschema=R("PageCheckAnswer"))},
+ "/v1/traffic/cdn": {"get": op("CDN bytes and hits per minute", "traffic", okschema=obj, params=[cust, hours])},
+ "/v1/traffic/cdn/locations": {"get": op("CDN bytes and hits per POP", "traffic", okschema=obj, params=[cust, hours])},
+ "/v1/traffic/gtm": {"get": op("GTM answers per minute, hostname and address", "traffic", okschema=obj, params=[cust, hours])},
+ "/v1/traffic/gtm/locations": {"get": op("GTM answers per answering location and address", "traffic", okschema=obj, params=[cust, hours])},
+ "/v1/invoices": {"get": op("Issued invoices", "invoices", okschema=A(R("InvoiceSummary")), params=[cust])},
+ "/v1/invoices/{id}": {"parameters": [P("id", "Invoice id", "integer")], "get": op("One invoice with its HTML body", "invoices", okschema=obj)},
+ "/v1/invoices/{id}/html": {"parameters": [P("id", "Invoice id", "integer")], "get": op("The invoice as HTML", "invoices")},
+}
+ip = {"type": "string", "description": "IPv4 or IPv6 address"}
+schemas = {
+ "Error": {"type":"object","required":["error"],"properties":{"error":{"type":"string"},"errors":A({"type":"object","properties":{"field":{"type":"string","description":"Path of the field at fault, e.g. `gtm[0].targets[1].server` or `urls[2]`"},"message":{"type":"string"}}})}},
+ "Login": {"type":"object","required":["username","password"],"properties":{"username":{"type":"string"},"password":{"type":"string","format":"password"}}},
+ "User": {"type":"object","properties":{"id":{"type":"integer"},"username":{"type":"string"},"role":{"enum":["admin","customer"]},"customer":{"type":["string","null"]}}},
+ "NewUser": {"type":"object","required":["username","password","role"],"properties":{"username":{"type":"string"},"password":{"type":"string","minLength":8},"role":{"enum":["admin","customer"]},"customer":{"type":"string"}}},
+ "Customer": {"type":"object","required":["name"],"properties":{"name":{"type":"string"},"display_name":{"type":"string"}}},
+ "CdnConfig": {"type":"object","required":["hostname","origins"],"description":"udn_core::config::CdnConfig (see docs/config.md)","properties":{"hostname":{"type":"string"},"customer":{"type":"string"},"origins":A({"type":"string"}),"origin_urls":A({"type":"string"}),"check_interval_secs":{"type":"integer"},"pops":A({"type":"string"}),"service":{"type":"string"},"ttl":{"type":"integer"},"answers":{"type":"integer"}}},
+ "GtmConfig": {"type":"object","required":["hostname","service","targets"],"description":"udn_core::config::GtmConfig","properties":{"hostname":{"type":"string"},"customer":{"type":"string"},"service":{"type":"string"},"ttl":{"type":"integer"},"answers":{"type":"integer","minimum":1,"maximum":8},"all_down":{"enum":["standby","all","none"]},"unchecked":{"enum":["up","down"]},"standby":A(ip),"persistence":{"type":["object","null"],"properties":{"secs":{"type":"integer"}}},"weighting":{"type":"object","properties":{"latency":{"type":"number"},"load":{"type":"number"},"response_time":{"type":"number"}}},"near_equal":{"type":"number"},"targets":A({"type":"object","required":["server"],"properties":{"server":{"type":"string"},"weight":{"type":"integer"}}})}},
+ "GtmView": {"type":"object","properties":{"config":R("GtmConfig"),"targets":A({"type":"object","properties":{"server":{"type":"string"},"site":{"type":["string","null"]},"addresses":A(ip),"weight":{"type":"integer"}}}),"monitor":{"oneOf":[R("ServiceConfig"),{"type":"null"}]}}},
+ "NewAddress": {"type":"object","properties":{"address":ip,"server":{"type":"string"},"site":{"type":"string","description":"Origin site (location) of a new server; default `<customer>-origin`"},"weight":{"type":"integer"}}},
+ "ServiceConfig": {"type":"object","description":"udn_core::config::ServiceConfig without `name`","properties":{"kind":{"enum":["http","https","tcp","dns"]},"port":{"type":"integer"},"path":{"type":"string"},"host":{"type":"string"},"expect_status":A({"type":"integer"}),"expect_content":{"type":"string"},"expect_within":{"type":"integer"},"interval_secs":{"type":"integer"},"timeout_ms":{"type":"integer"}}},
+ "StaticMapping": {"type":"object","required":["network","target"],"properties":{"network":{"type":"string","description":"CIDR"},"target":{"type":"string"},"hostnames":A({"type":"string"})}},
+ "Config": {"type":"object","description":"The whole udn_core::Config in its serde JSON form (see docs/config.md)"},
+ "ConfigSnapshot": {"type":"object","properties":{"version":{"type":"integer"},"config":R("Config"),"created_at":{"type":"integer","description":"ms since the epoch"},"author":{"type":"string"}}},
+ "PurgeRequest": {"type":"object","required":["scope","target"],"properties":{"scope":{"enum":["url","prefix","domain"]},"target":{"type":"string","description":"URL (url), directory URL (prefix) or domain name (domain)"}}},
+ "PurgeView": {"type":"object","properties":{"seq":{"type":"integer"},"customer":{"type":"string"},"scope":{"enum":["url","prefix","domain"]},"target":{"type":"string"},"requested_by":{"type":"string"},"requested_at":{"type":"integer"},"applied":{"type":"integer"},"total":{"type":"integer"},"edges":A({"type":"object","properties":{"edge":{"type":"string"},"applied":{"type":"boolean"},"attempts":{"type":"integer"},"last_error":{"type":["string","null"]},"applied_at":{"type":["integer","null"]}}})}},
+ "PageCheckRequest": {"type":"object","required":["url","locations"],"properties":{"url":{"type":"string"},"locations":A({"type":"string"}),"repeat":{"type":"boolean","description":"Fetch the page a second time with warm DNS"}}},
+ "PageCheckAnswer": {"type":"object","properties":{"url":{"type":"string"},"results":A({"type":"object","properties":{"location":{"type":"string"},"ok":{"type":"boolean"},"error":{"type":["string","null"]},"rows":A(R("PageRow"))}})}},
+ "PageRow": {"type":"object","description":"Times in ms; stt/end are offsets from the page start, drt (DNS), cot (connect), tls, dst (first byte), fnt (receive) durations","properties":{k:{"type":"number"} for k in ["stt","drt","cot","tls","dst","fnt","end"]} | {"pass":{"type":"integer","description":"1, or 2 for the warm repeat"},"url":{"type":"string"},"ip":{"type":["string","null"]},"err":{},"hrc":{"type":["integer","null"]},"len":{"type":["integer","null"]},"chk":{}}},
+ "InvoiceSummary": {"type":"object","properties":{"id":{"type":"integer"},"number":{"type":"string"},"customer":{"type":"string"},"period_start":{"type":"integer"},"period_end":{"type":"integer"},"total":{"type":"string","description":"Exact decimal"},"currency":{"type":"string"},"issued_at":{"type":"integer"}}},
+}
+doc = {
+ "openapi": "3.1.0",
+ "info": {"title": "UDN control plane API", "version": "1", "description": "Versioned REST API of `udn control`. Authenticate with the session cookie from /v1/auth/login (send X-CSRF-Token on changes) or `Authorization: Bearer <token>`. A customer sees and changes only its own objects (403 otherwise); an admin sees all. Validation errors (422) name each field at fault."},
+ "servers": [{"url": "/"}],
+ "security": [{"cookie": []}, {"bearer": []}],
+ "paths": paths,
+ "components": {"schemas": schemas, "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": R("Error")}}}},
+   "securitySchemes": {"cookie": {"type": "apiKey", "in": "cookie", "name": "udn_session"}, "bearer": {"type": "http", "scheme": "bearer"}}},
+}
+json.dump(doc, open(__import__("os").path.join(__import__("os").path.dirname(__file__), "..", "docs", "openapi.json"), "w"), indent=1)

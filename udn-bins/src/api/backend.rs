@@ -1,0 +1,445 @@
+//! The control plane's storage interface: everything the REST API and the portal read
+//! and write goes through [`Backend`], so the store behind it (SQLite today, the log
+//! store and billing for traffic and invoices) can change without touching a handler.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use udn_core::{Config, ConfigErrors, Timestamp};
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Engineering staff: sees and changes everything.
+    Admin,
+    /// A customer's user: sees and changes only that customer's objects.
+    Customer,
+}
+
+impl Role {
+    /// The role's name in the store and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Customer => "customer",
+        }
+    }
+
+    /// Parses [`Role::as_str`] output.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "customer" => Some(Role::Customer),
+            _ => None,
+        }
+    }
+}
+
+/// A portal or API user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Row id.
+    pub id: i64,
+    /// Login name.
+    pub username: String,
+    /// What the user may do.
+    pub role: Role,
+    /// The customer a [`Role::Customer`] user belongs to.
+    pub customer: Option<String>,
+}
+
+impl User {
+    /// Whether this user may see and change objects of `customer`.
+    pub fn may_access(&self, customer: &str) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Customer => self.customer.as_deref() == Some(customer),
+        }
+    }
+}
+
+/// How a session token is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// A browser session cookie (expires, needs a CSRF token for changes).
+    Cookie,
+    /// A bearer token for machines (`Authorization: Bearer ...`).
+    Bearer,
+}
+
+impl SessionKind {
+    /// The kind's name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Cookie => "cookie",
+            SessionKind::Bearer => "bearer",
+        }
+    }
+}
+
+/// A freshly created session: the secrets are only ever shown here.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The session token (cookie value or bearer token).
+    pub token: String,
+    /// The CSRF token bound to the session.
+    pub csrf: String,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// A live session looked up by its token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Who it belongs to.
+    pub user: User,
+    /// How the token is presented.
+    pub kind: SessionKind,
+    /// The CSRF token bound to it.
+    pub csrf: String,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// One version of the network configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSnapshot {
+    /// Version number; 0 is the empty configuration before the first commit.
+    pub version: u64,
+    /// The configuration.
+    pub config: Config,
+    /// When it was committed (ms since the epoch).
+    pub created_at: Timestamp,
+    /// Who committed it.
+    pub author: String,
+}
+
+/// What a purge covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PurgeScope {
+    /// One URL.
+    Url,
+    /// A directory: every URL under the prefix.
+    Prefix,
+    /// A whole domain.
+    Domain,
+}
+
+impl PurgeScope {
+    /// The scope's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeScope::Url => "url",
+            PurgeScope::Prefix => "prefix",
+            PurgeScope::Domain => "domain",
+        }
+    }
+
+    /// Parses [`PurgeScope::as_str`] output.
+    pub fn parse(s: &str) -> Option<PurgeScope> {
+        match s {
+            "url" => Some(PurgeScope::Url),
+            "prefix" => Some(PurgeScope::Prefix),
+            "domain" => Some(PurgeScope::Domain),
+            _ => None,
+        }
+    }
+}
+
+/// A purge request, numbered in the order it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purge {
+    /// Sequence number (strictly increasing).
+    pub seq: u64,
+    /// The customer it belongs to.
+    pub customer: String,
+    /// What it covers.
+    pub scope: PurgeScope,
+    /// The URL, directory URL or domain.
+    pub target: String,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When (ms since the epoch).
+    pub requested_at: Timestamp,
+}
+
+/// A prefill request: URLs every edge should fetch into its cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prefill {
+    /// Sequence number (strictly increasing, separate from purges).
+    pub seq: u64,
+    /// The customer it belongs to.
+    pub customer: String,
+    /// The URLs.
+    pub urls: Vec<String>,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When (ms since the epoch).
+    pub requested_at: Timestamp,
+}
+
+/// Whether one edge has applied one purge (or prefill).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeEdgeStatus {
+    /// The edge's name.
+    pub edge: String,
+    /// Whether the edge acknowledged it.
+    pub applied: bool,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last delivery error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was applied.
+    pub applied_at: Option<Timestamp>,
+}
+
+/// CDN traffic in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficPoint {
+    /// Start of the minute (ms since the epoch).
+    pub minute: Timestamp,
+    /// Bytes served.
+    pub bytes: u64,
+    /// Requests served.
+    pub hits: u64,
+}
+
+/// CDN traffic served by one location over a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationTraffic {
+    /// The POP name.
+    pub pop: String,
+    /// Bytes served.
+    pub bytes: u64,
+    /// Requests served.
+    pub hits: u64,
+}
+
+/// How often one GTM address was given out in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerPoint {
+    /// Start of the minute (ms since the epoch).
+    pub minute: Timestamp,
+    /// The GTM hostname.
+    pub hostname: String,
+    /// The address given out.
+    pub address: String,
+    /// How many answers carried it.
+    pub answers: u64,
+}
+
+/// How often one address was given out to clients served by one DNS location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationAnswers {
+    /// The location (POP) of the DNS server that answered.
+    pub pop: String,
+    /// The address given out.
+    pub address: String,
+    /// How many answers carried it.
+    pub answers: u64,
+}
+
+/// An issued invoice, without its rendered body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceSummary {
+    /// Row id.
+    pub id: i64,
+    /// Invoice number.
+    pub number: String,
+    /// The customer billed.
+    pub customer: String,
+    /// Start of the billed period (ms since the epoch).
+    pub period_start: Timestamp,
+    /// End of the billed period (exclusive).
+    pub period_end: Timestamp,
+    /// Total due.
+    pub total: Decimal,
+    /// ISO 4217 currency code.
+    pub currency: String,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+}
+
+/// An invoice with its rendered HTML body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    /// The summary.
+    pub summary: InvoiceSummary,
+    /// The invoice as an HTML fragment, as billing rendered it.
+    pub html: String,
+}
+
+/// A time range `[from, to)` and an optional customer filter (`None`: every customer).
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    /// The customer, or `None` for all.
+    pub customer: Option<&'a str>,
+    /// Start (inclusive).
+    pub from: Timestamp,
+    /// End (exclusive).
+    pub to: Timestamp,
+}
+
+/// What can go wrong in a [`Backend`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique name is taken.
+    #[error("{0} already exists")]
+    Duplicate(String),
+    /// Someone committed another config version first.
+    #[error("config version conflict: based on {base}, current is {current}")]
+    Conflict {
+        /// The version the change was based on.
+        base: u64,
+        /// The current version.
+        current: u64,
+    },
+    /// The configuration does not validate; every field at fault is named.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// The configuration could not be compiled for another reason.
+    #[error("config: {0}")]
+    Config(#[from] udn_core::Error),
+    /// A stored value could not be decoded.
+    #[error("stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A password hash could not be computed or parsed.
+    #[error("password hash: {0}")]
+    Hash(argon2::password_hash::Error),
+    /// The database failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A lock was poisoned by a panicking thread.
+    #[error("store lock poisoned")]
+    Poisoned,
+}
+
+/// Result of a [`Backend`] call.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// Storage of the control plane: users, sessions, versioned network configuration,
+/// purges, traffic and invoices.
+///
+/// Methods are synchronous (the SQLite implementation runs them under a mutex); the HTTP
+/// layer calls them from `spawn_blocking`.
+pub trait Backend: Send + Sync + 'static {
+    /// Creates a user with an argon2 hash of `password`.
+    fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        customer: Option<&str>,
+    ) -> BackendResult<User>;
+    /// Checks a password; `None` when the user is unknown or the password wrong.
+    fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>>;
+    /// Every user.
+    fn users(&self) -> BackendResult<Vec<User>>;
+
+    /// Opens a session for `user_id` that lives `ttl_secs` from `now`.
+    fn create_session(
+        &self,
+        user_id: i64,
+        kind: SessionKind,
+        now: Timestamp,
+        ttl_secs: u64,
+    ) -> BackendResult<NewSession>;
+    /// The live session for `token`, if any and not expired at `now`.
+    fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>>;
+    /// Ends a session (logout).
+    fn delete_session(&self, token: &str) -> BackendResult<()>;
+
+    /// The newest configuration (version 0, empty, before the first commit).
+    fn current_config(&self) -> BackendResult<ConfigSnapshot>;
+    /// One past version.
+    fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>>;
+    /// Validates `config` with [`Config::compile`] and stores it as version `base + 1`;
+    /// fails with [`BackendError::Conflict`] unless `base` is the current version.
+    fn commit_config(
+        &self,
+        base: u64,
+        config: &Config,
+        author: &str,
+        now: Timestamp,
+    ) -> BackendResult<u64>;
+
+    /// Records a purge with the next sequence number, pending on every edge in `edges`.
+    fn create_purge(
+        &self,
+        customer: &str,
+        scope: PurgeScope,
+        target: &str,
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Purge>;
+    /// One purge.
+    fn purge(&self, seq: u64) -> BackendResult<Option<Purge>>;
+    /// The newest purges first, of one customer or all.
+    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>>;
+    /// Per-edge delivery status of one purge.
+    fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+    /// Records one delivery attempt: `Ok` when the edge applied it.
+    fn record_purge_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()>;
+    /// Purges not yet applied by `edge`, oldest first.
+    fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>>;
+
+    /// Records a prefill with the next sequence number, pending on every edge in `edges`.
+    fn create_prefill(
+        &self,
+        customer: &str,
+        urls: &[String],
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Prefill>;
+    /// One prefill.
+    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>>;
+    /// Per-edge delivery status of one prefill.
+    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+    /// Records one prefill delivery attempt: `Ok` when the edge accepted it.
+    fn record_prefill_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()>;
+    /// Prefills not yet accepted by `edge`, oldest first.
+    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>>;
+
+    /// CDN bytes and hits per minute (summed over hostnames and POPs).
+    ///
+    /// The SQLite implementation reads `cp_cdn_traffic_minute(customer, hostname, pop,
+    /// minute, bytes, hits)`; the log store re-backs it from its per-minute rollups.
+    fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>>;
+    /// CDN bytes and hits per POP over the window (same table as [`Backend::cdn_traffic`]).
+    fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>>;
+    /// GTM answers per (minute, hostname, address).
+    ///
+    /// The SQLite implementation reads `cp_gtm_answers_minute(customer, hostname, pop,
+    /// address, minute, answers)`; the log store re-backs it from DNS query logs.
+    fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>>;
+    /// GTM answers per (POP of the answering DNS server, address) over the window.
+    fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>>;
+
+    /// Issued invoices, newest first, of one customer or all.
+    ///
+    /// The SQLite implementation reads `cp_invoices(id, number, customer, period_start,
+    /// period_end, total, currency, issued_at, html)`; billing re-backs it.
+    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>>;
+    /// One invoice with its HTML body.
+    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
+}

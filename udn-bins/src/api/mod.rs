@@ -1,0 +1,314 @@
+//! The control plane's versioned REST API (`/v1/...`), its storage interface
+//! ([`Backend`]), config distribution ([`config_watcher`]) and the purge, prefill and
+//! page-check fan-out to edges and probes.
+//!
+//! `udn control` builds an [`ApiState`] from a [`Backend`] and [`ControlOptions`], starts
+//! the purge distributor with [`ApiState::start_purge_distributor`], and serves
+//! [`crate::portal::app`] (API + portal) over HTTPS with [`crate::portal::serve_https`]
+//! and, for machines on the internal network, over plain HTTP with [`serve_http`].
+
+pub mod auth;
+pub mod backend;
+pub mod fanout;
+pub(crate) mod routes;
+pub mod sqlite;
+pub mod watcher;
+
+pub use auth::{Auth, LoginLimiter};
+pub use backend::{Backend, BackendError, Role, User};
+pub use fanout::{EdgeApi, ProbeApi};
+pub use routes::{ClientIp, IsTls, OverTls};
+pub use sqlite::SqliteBackend;
+pub use watcher::{ConfigUpdate, config_watcher};
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{Mutex, watch};
+use udn_core::{ConfigErrors, Timestamp};
+
+/// The OpenAPI 3.1 description of the API, served at `/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
+/// Start-up options of the control plane's API.
+#[derive(Debug, Clone, Default)]
+pub struct ControlOptions {
+    /// Every edge and the base URL of its HTTP API (purge and prefill go there).
+    pub edges: Vec<EdgeApi>,
+    /// Every probe, by location, and the base URL of its HTTP API (page checks).
+    pub probes: Vec<ProbeApi>,
+    /// Bearer token sent to edges with `POST /v1/purge`.
+    pub edge_token: String,
+    /// Bearer tokens that may read `GET /v1/config` (DNS servers, edges, probes).
+    pub agent_tokens: Vec<String>,
+    /// Seconds between retries of a purge an edge did not acknowledge (default 2).
+    pub purge_retry_secs: Option<u64>,
+}
+
+/// Shared state of the API and portal handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) opts: ControlOptions,
+    /// The newest committed config version; long-polls wait on it.
+    pub(crate) config_version: watch::Sender<u64>,
+    /// The newest purge sequence number; edge delivery tasks wake on it (a prefill
+    /// notifies it too).
+    pub(crate) purge_seq: watch::Sender<u64>,
+    /// Serialises read-modify-write changes of the config.
+    pub(crate) config_write: Mutex<()>,
+    pub(crate) limiter: std::sync::Mutex<LoginLimiter>,
+    pub(crate) http: fanout::HttpClient,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("edges", &self.inner.opts.edges)
+            .field("probes", &self.inner.opts.probes)
+            .finish()
+    }
+}
+
+impl ApiState {
+    /// Builds the state; reads the current config version from the backend.
+    pub fn new(backend: Arc<dyn Backend>, opts: ControlOptions) -> Result<ApiState, BackendError> {
+        let version = backend.current_config()?.version;
+        let last_purge = backend.purges(None, 1)?.first().map(|p| p.seq).unwrap_or(0);
+        Ok(ApiState {
+            inner: Arc::new(Inner {
+                backend,
+                opts,
+                config_version: watch::channel(version).0,
+                purge_seq: watch::channel(last_purge).0,
+                config_write: Mutex::new(()),
+                limiter: std::sync::Mutex::new(LoginLimiter::default()),
+                http: fanout::HttpClient::new(),
+            }),
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The start-up options.
+    pub fn options(&self) -> &ControlOptions {
+        &self.inner.opts
+    }
+
+    /// Tells long-polling config readers that `version` was committed outside the API
+    /// (for example by `udn control --config` at start).
+    pub fn config_committed(&self, version: u64) {
+        self.inner.config_version.send_replace(version);
+    }
+
+    /// Starts one delivery task per edge that sends every pending purge in sequence
+    /// order and retries an edge that did not acknowledge until it does; returns the
+    /// tasks' handles (abort them to stop).
+    pub fn start_purge_distributor(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        fanout::start_distributor(self.clone())
+    }
+
+    /// Runs a backend call off the async threads.
+    pub(crate) async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
+    {
+        let b = self.inner.backend.clone();
+        tokio::task::spawn_blocking(move || f(b.as_ref()))
+            .await
+            .map_err(|_| ApiError::Internal("backend task failed".into()))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// The versioned REST API: every `/v1/...` route and `/health`.
+pub fn router(state: ApiState) -> axum::Router {
+    routes::router(state)
+}
+
+/// Serves `app` over plain HTTP on `addr` (the internal listener for machines: config
+/// distribution to DNS servers, edges and probes). Returns the bound address and the
+/// server task.
+pub async fn serve_http(
+    addr: SocketAddr,
+    app: axum::Router,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, svc).await {
+            tracing::error!("control HTTP server: {e}");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// The wall clock, in the type the backend takes.
+pub(crate) fn now() -> Timestamp {
+    crate::logging::now()
+}
+
+/// One field at fault in a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldError {
+    /// Path of the field (in the config: `gtm[0].targets[1].server`; in a request body:
+    /// the body's field name).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An API error, rendered as JSON `{"error": "...", "errors": [{"field", "message"}]}`.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request body or query is malformed.
+    BadRequest(String),
+    /// 422: validation failed; each field at fault is named.
+    Invalid(Vec<FieldError>),
+    /// 401: not logged in.
+    Unauthorized,
+    /// 403: logged in, but the object belongs to someone else (or needs an admin).
+    Forbidden,
+    /// 403: a cookie-authenticated change without a valid CSRF token.
+    Csrf,
+    /// 404.
+    NotFound,
+    /// 409: a name is taken or the config changed underneath.
+    Conflict(String),
+    /// 429: too many failed logins.
+    TooManyAttempts(u64),
+    /// 502: an edge or probe could not be reached.
+    Upstream(String),
+    /// 500.
+    Internal(String),
+}
+
+impl ApiError {
+    /// One invalid field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A one-line description.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) => m.clone(),
+            ApiError::Invalid(errs) => errs
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::Unauthorized => "login required".into(),
+            ApiError::Forbidden => "not allowed".into(),
+            ApiError::Csrf => "missing or wrong CSRF token".into(),
+            ApiError::NotFound => "not found".into(),
+            ApiError::Conflict(m) => m.clone(),
+            ApiError::TooManyAttempts(s) => format!("too many failed logins; retry in {s} s"),
+            ApiError::Upstream(m) => m.clone(),
+            ApiError::Internal(m) => m.clone(),
+        }
+    }
+
+    pub(crate) fn from_config_errors(errs: &ConfigErrors) -> ApiError {
+        ApiError::Invalid(
+            errs.0
+                .iter()
+                .map(|e| {
+                    let full = e.to_string();
+                    let message = full
+                        .strip_prefix(&format!("{}: ", e.path))
+                        .unwrap_or(&full)
+                        .to_owned();
+                    FieldError {
+                        field: e.path.clone(),
+                        message,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> ApiError {
+        match e {
+            BackendError::NotFound => ApiError::NotFound,
+            BackendError::Duplicate(n) => ApiError::Conflict(format!("{n} already exists")),
+            BackendError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            BackendError::Invalid(errs) => ApiError::from_config_errors(&errs),
+            BackendError::Config(udn_core::Error::Invalid(errs)) => {
+                ApiError::from_config_errors(&errs)
+            }
+            other => {
+                tracing::error!("backend: {other}");
+                ApiError::Internal("storage error".into())
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let errors = match &self {
+            ApiError::Invalid(e) => e.clone(),
+            _ => Vec::new(),
+        };
+        let retry = match &self {
+            ApiError::TooManyAttempts(s) => Some(*s),
+            _ => None,
+        };
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: self.message(),
+                errors,
+            }),
+        )
+            .into_response();
+        if let Some(s) = retry
+            && let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,1651 @@
+//! The `/v1` handlers.
+
+use super::auth::{self, Auth};
+use super::backend::*;
+use super::fanout::{self, LocationCheck};
+use super::{ApiError, ApiState, FieldError};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use udn_core::Config;
+use udn_core::config::{
+    CdnConfig, CustomerConfig, GtmConfig, OriginConfig, ServerConfig, ServiceConfig,
+    StaticMappingConfig, TargetConfig, canonical_hostname,
+};
+
+/// Marks a request that arrived over TLS (inserted by `portal::serve_https`), so session
+/// cookies get the `Secure` attribute.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+/// Whether the request came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct IsTls(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for IsTls {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<IsTls, Self::Rejection> {
+        Ok(IsTls(parts.extensions.get::<OverTls>().is_some()))
+    }
+}
+
+/// The client's address, when the server recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientIp, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        let text = r.body_text();
+        if let JsonRejection::JsonDataError(_) = r {
+            // "Failed to deserialize the JSON body into the target type: ttl: invalid ..."
+            if let Some(rest) = text.split_once("target type: ").map(|(_, r)| r)
+                && let Some((field, msg)) = rest.split_once(": ")
+                && !field.contains(' ')
+            {
+                return ApiError::field(field, msg);
+            }
+            return ApiError::field("body", text);
+        }
+        ApiError::BadRequest(text)
+    }
+}
+
+type Body<T> = Result<Json<T>, JsonRejection>;
+type ApiResult<T> = Result<T, ApiError>;
+
+pub(super) fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/token", post(token))
+        .route("/v1/me", get(me))
+        .route("/v1/users", get(users).post(create_user))
+        .route("/v1/customers", get(customers).post(create_customer))
+        .route(
+            "/v1/customers/{name}",
+            get(customer).put(update_customer).delete(delete_customer),
+        )
+        .route("/v1/cdn", get(cdn_list).post(cdn_create))
+        .route(
+            "/v1/cdn/{hostname}",
+            get(cdn_get).put(cdn_update).delete(cdn_delete),
+        )
+        .route("/v1/gtm", get(gtm_list).post(gtm_create))
+        .route(
+            "/v1/gtm/{hostname}",
+            get(gtm_get).put(gtm_update).delete(gtm_delete),
+        )
+        .route("/v1/gtm/{hostname}/addresses", post(address_add))
+        .route(
+            "/v1/gtm/{hostname}/addresses/{address}",
+            put(address_weight).delete(address_remove),
+        )
+        .route("/v1/gtm/{hostname}/standby", put(standby_set))
+        .route(
+            "/v1/gtm/{hostname}/monitor",
+            get(monitor_get).put(monitor_set),
+        )
+        .route("/v1/static-mappings", get(mappings).post(mapping_add))
+        .route(
+            "/v1/static-mappings/{index}",
+            axum::routing::delete(mapping_delete),
+        )
+        .route("/v1/config", get(config_get).put(config_put))
+        .route("/v1/config/versions/{version}", get(config_version))
+        .route("/v1/purge", get(purge_list).post(purge_create))
+        .route("/v1/purge/{seq}", get(purge_get))
+        .route("/v1/prefill", post(prefill))
+        .route("/v1/prefill/{seq}", get(prefill_get))
+        .route("/v1/pagecheck", post(pagecheck))
+        .route("/v1/traffic/cdn", get(traffic_cdn))
+        .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
+        .route("/v1/traffic/gtm", get(traffic_gtm))
+        .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
+        .route("/v1/invoices", get(invoices))
+        .route("/v1/invoices/{id}", get(invoice))
+        .route("/v1/invoices/{id}/html", get(invoice_html))
+        .with_state(state)
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- auth
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct LoginAnswer {
+    user: User,
+    csrf: String,
+    expires_at: udn_core::Timestamp,
+}
+
+async fn login(
+    State(st): State<ApiState>,
+    IsTls(tls): IsTls,
+    ClientIp(ip): ClientIp,
+    body: Body<LoginBody>,
+) -> ApiResult<Response> {
+    let Json(b) = body?;
+    let (user, s) = auth::login(&st, &b.username, &b.password, ip, SessionKind::Cookie).await?;
+    let mut resp = Json(LoginAnswer {
+        user,
+        csrf: s.csrf,
+        expires_at: s.expires_at,
+    })
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&s.token, tls)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiResult<Response> {
+    let t = a.token.clone();
+    st.db(move |b| b.delete_session(&t)).await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie(tls)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+struct TokenAnswer {
+    token: String,
+    user: User,
+    expires_at: udn_core::Timestamp,
+}
+
+async fn token(
+    State(st): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    body: Body<LoginBody>,
+) -> ApiResult<Json<TokenAnswer>> {
+    let Json(b) = body?;
+    let (user, s) = auth::login(&st, &b.username, &b.password, ip, SessionKind::Bearer).await?;
+    Ok(Json(TokenAnswer {
+        token: s.token,
+        user,
+        expires_at: s.expires_at,
+    }))
+}
+
+#[derive(Serialize)]
+struct MeAnswer {
+    user: User,
+    csrf: String,
+}
+
+async fn me(a: Auth) -> Json<MeAnswer> {
+    Json(MeAnswer {
+        user: a.user,
+        csrf: a.csrf,
+    })
+}
+
+async fn users(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<User>>> {
+    a.require_admin()?;
+    Ok(Json(st.db(|b| b.users()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    username: String,
+    password: String,
+    role: Role,
+    #[serde(default)]
+    customer: Option<String>,
+}
+
+async fn create_user(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    a.require_admin()?;
+    let Json(u) = body?;
+    if u.username.is_empty()
+        || u.username.len() > 64
+        || !u
+            .username
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.@".contains(&c))
+    {
+        return Err(ApiError::field("username", "1-64 letters, digits or -_.@"));
+    }
+    if u.password.chars().count() < 8 {
+        return Err(ApiError::field("password", "at least 8 characters"));
+    }
+    match (u.role, &u.customer) {
+        (Role::Customer, None) => {
+            return Err(ApiError::field("customer", "required for role customer"));
+        }
+        (Role::Customer, Some(c)) => {
+            let cfg = st.db(|b| b.current_config()).await?.config;
+            if !cfg.customers.iter().any(|x| &x.name == c) {
+                return Err(ApiError::field(
+                    "customer",
+                    format!("unknown customer {c:?}"),
+                ));
+            }
+        }
+        (Role::Admin, Some(_)) => {
+            return Err(ApiError::field(
+                "customer",
+                "an admin belongs to no customer",
+            ));
+        }
+        (Role::Admin, None) => {}
+    }
+    let user = st
+        .db(move |b| b.create_user(&u.username, &u.password, u.role, u.customer.as_deref()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+// ---------------------------------------------------------------- config helpers
+
+/// Applies `f` to a copy of the current config and commits it (validated) as the next
+/// version; returns `f`'s value and the new version.
+pub(crate) async fn mutate<T, F>(st: &ApiState, a: &Auth, f: F) -> ApiResult<(T, u64)>
+where
+    F: FnOnce(&mut Config) -> ApiResult<T>,
+{
+    let _guard = st.inner.config_write.lock().await;
+    let snap = st.db(|b| b.current_config()).await?;
+    let mut cfg = snap.config;
+    let out = f(&mut cfg)?;
+    let author = a.user.username.clone();
+    let base = snap.version;
+    let now = super::now();
+    let version = st
+        .db(move |b| b.commit_config(base, &cfg, &author, now))
+        .await?;
+    st.config_committed(version);
+    Ok((out, version))
+}
+
+pub(crate) async fn current(st: &ApiState) -> ApiResult<ConfigSnapshot> {
+    st.db(|b| b.current_config()).await
+}
+
+fn same_host(a: &str, b: &str) -> bool {
+    canonical_hostname(a) == canonical_hostname(b)
+}
+
+pub(crate) fn gtm_index(cfg: &Config, host: &str) -> Option<usize> {
+    cfg.gtm.iter().position(|g| same_host(&g.hostname, host))
+}
+
+fn cdn_index(cfg: &Config, host: &str) -> Option<usize> {
+    cfg.cdn.iter().position(|c| same_host(&c.hostname, host))
+}
+
+/// The origin site or POP that holds `server`.
+pub(crate) fn site_of(cfg: &Config, server: &str) -> Option<String> {
+    cfg.origins
+        .iter()
+        .find(|o| o.servers.iter().any(|s| s.name == server))
+        .map(|o| o.name.clone())
+        .or_else(|| {
+            cfg.pops
+                .iter()
+                .find(|p| p.servers.iter().any(|s| s.name == server))
+                .map(|p| p.name.clone())
+        })
+}
+
+fn server_addresses(cfg: &Config, server: &str) -> Vec<IpAddr> {
+    cfg.origins
+        .iter()
+        .flat_map(|o| o.servers.iter())
+        .chain(cfg.pops.iter().flat_map(|p| p.servers.iter()))
+        .find(|s| s.name == server)
+        .map(|s| s.addresses.clone())
+        .unwrap_or_default()
+}
+
+/// Whether origin site `site` serves GTM hostnames of a customer other than `customer`.
+fn site_foreign(cfg: &Config, site: &str, customer: &str) -> bool {
+    let Some(o) = cfg.origins.iter().find(|o| o.name == site) else {
+        return false;
+    };
+    cfg.gtm.iter().any(|g| {
+        g.customer != customer
+            && g.targets
+                .iter()
+                .any(|t| o.servers.iter().any(|s| s.name == t.server))
+    })
+}
+
+/// A customer may point its hostnames only at POP servers and at origin servers no
+/// other customer uses.
+fn check_targets(cfg: &Config, a: &Auth, g: &GtmConfig) -> ApiResult<()> {
+    if a.user.role == Role::Admin {
+        return Ok(());
+    }
+    for t in &g.targets {
+        if let Some(site) = site_of(cfg, &t.server)
+            && site_foreign(cfg, &site, &g.customer)
+        {
+            return Err(ApiError::Forbidden);
+        }
+    }
+    Ok(())
+}
+
+/// Fills in a missing `customer` with the caller's own and refuses another's.
+fn own_customer(a: &Auth, v: &mut Value) -> ApiResult<String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::field("body", "expected a JSON object"))?;
+    match obj.get("customer").and_then(Value::as_str) {
+        Some(c) => {
+            a.require_customer(c)?;
+            Ok(c.to_owned())
+        }
+        None => {
+            let own = a
+                .user
+                .customer
+                .clone()
+                .ok_or_else(|| ApiError::field("customer", "required"))?;
+            obj.insert("customer".into(), Value::String(own.clone()));
+            Ok(own)
+        }
+    }
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::field(
+            if path == "." { "body".into() } else { path },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+// ---------------------------------------------------------------- customers
+
+#[derive(Deserialize)]
+struct CustomerQuery {
+    customer: Option<String>,
+}
+
+async fn customers(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<CustomerConfig>>> {
+    let cfg = current(&st).await?.config;
+    Ok(Json(
+        cfg.customers
+            .into_iter()
+            .filter(|c| a.user.may_access(&c.name))
+            .collect(),
+    ))
+}
+
+async fn customer(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<CustomerConfig>> {
+    a.require_customer(&name)?;
+    let cfg = current(&st).await?.config;
+    cfg.customers
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+async fn create_customer(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<CustomerConfig>,
+) -> ApiResult<(StatusCode, Json<CustomerConfig>)> {
+    a.require_admin()?;
+    let Json(c) = body?;
+    if !valid_name(&c.name) {
+        return Err(ApiError::field("name", "1-63 letters, digits, - or _"));
+    }
+    let out = c.clone();
+    mutate(&st, &a, move |cfg| {
+        cfg.customers.push(c);
+        Ok(())
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn update_customer(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(name): Path<String>,
+    body: Body<CustomerConfig>,
+) -> ApiResult<Json<CustomerConfig>> {
+    a.require_customer(&name)?;
+    let Json(c) = body?;
+    if c.name != name {
+        return Err(ApiError::field("name", "cannot be changed"));
+    }
+    let out = c.clone();
+    mutate(&st, &a, move |cfg| {
+        let slot = cfg
+            .customers
+            .iter_mut()
+            .find(|x| x.name == name)
+            .ok_or(ApiError::NotFound)?;
+        *slot = c;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+async fn delete_customer(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    a.require_admin()?;
+    mutate(&st, &a, move |cfg| {
+        let before = cfg.customers.len();
+        cfg.customers.retain(|c| c.name != name);
+        if cfg.customers.len() == before {
+            return Err(ApiError::NotFound);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- CDN
+
+async fn cdn_list(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<CustomerQuery>,
+) -> ApiResult<Json<Vec<CdnConfig>>> {
+    let scope = a.scope(q.customer.as_deref())?;
+    let cfg = current(&st).await?.config;
+    Ok(Json(
+        cfg.cdn
+            .into_iter()
+            .filter(|c| scope.is_none_or(|s| s == c.customer))
+            .collect(),
+    ))
+}
+
+async fn cdn_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<Json<CdnConfig>> {
+    let cfg = current(&st).await?.config;
+    let i = cdn_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    a.require_customer(&cfg.cdn[i].customer)?;
+    Ok(Json(cfg.cdn[i].clone()))
+}
+
+async fn cdn_create(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<Value>,
+) -> ApiResult<(StatusCode, Json<CdnConfig>)> {
+    let Json(mut v) = body?;
+    own_customer(&a, &mut v)?;
+    let c: CdnConfig = from_value(v)?;
+    let out = c.clone();
+    mutate(&st, &a, move |cfg| {
+        if cdn_index(cfg, &c.hostname).is_some() || gtm_index(cfg, &c.hostname).is_some() {
+            return Err(ApiError::field(
+                "hostname",
+                format!("{} is already configured", c.hostname),
+            ));
+        }
+        cfg.cdn.push(c);
+        Ok(())
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn cdn_update(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+    body: Body<Value>,
+) -> ApiResult<Json<CdnConfig>> {
+    let Json(mut v) = body?;
+    own_customer(&a, &mut v)?;
+    let c: CdnConfig = from_value(v)?;
+    if !same_host(&c.hostname, &host) {
+        return Err(ApiError::field("hostname", "must match the URL"));
+    }
+    let out = c.clone();
+    let a2 = a.clone();
+    mutate(&st, &a, move |cfg| {
+        let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(&cfg.cdn[i].customer)?;
+        cfg.cdn[i] = c;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+async fn cdn_delete(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<StatusCode> {
+    let a2 = a.clone();
+    mutate(&st, &a, move |cfg| {
+        let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(&cfg.cdn[i].customer)?;
+        cfg.cdn.remove(i);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- GTM
+
+/// One published address of a GTM hostname, with its site.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetView {
+    /// The server name.
+    pub server: String,
+    /// Its origin site or POP.
+    pub site: Option<String>,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// A GTM hostname with its targets resolved to sites and addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GtmView {
+    /// The hostname's configuration.
+    pub config: GtmConfig,
+    /// Its published targets.
+    pub targets: Vec<TargetView>,
+    /// How its service is monitored.
+    pub monitor: Option<ServiceConfig>,
+}
+
+pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
+    GtmView {
+        targets: g
+            .targets
+            .iter()
+            .map(|t| TargetView {
+                server: t.server.clone(),
+                site: site_of(cfg, &t.server),
+                addresses: server_addresses(cfg, &t.server),
+                weight: t.weight,
+            })
+            .collect(),
+        monitor: cfg.services.iter().find(|s| s.name == g.service).cloned(),
+        config: g.clone(),
+    }
+}
+
+async fn gtm_list(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<CustomerQuery>,
+) -> ApiResult<Json<Vec<GtmView>>> {
+    let scope = a.scope(q.customer.as_deref())?;
+    let cfg = current(&st).await?.config;
+    Ok(Json(
+        cfg.gtm
+            .iter()
+            .filter(|g| scope.is_none_or(|s| s == g.customer))
+            .map(|g| gtm_view(&cfg, g))
+            .collect(),
+    ))
+}
+
+async fn gtm_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<Json<GtmView>> {
+    let cfg = current(&st).await?.config;
+    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    a.require_customer(&cfg.gtm[i].customer)?;
+    Ok(Json(gtm_view(&cfg, &cfg.gtm[i])))
+}
+
+async fn gtm_create(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<Value>,
+) -> ApiResult<(StatusCode, Json<GtmView>)> {
+    let Json(mut v) = body?;
+    own_customer(&a, &mut v)?;
+    let g: GtmConfig = from_value(v)?;
+    let a2 = a.clone();
+    let (view, _) = mutate(&st, &a, move |cfg| {
+        if cdn_index(cfg, &g.hostname).is_some() || gtm_index(cfg, &g.hostname).is_some() {
+            return Err(ApiError::field(
+                "hostname",
+                format!("{} is already configured", g.hostname),
+            ));
+        }
+        check_targets(cfg, &a2, &g)?;
+        cfg.gtm.push(g.clone());
+        Ok(gtm_view(cfg, &g))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn gtm_update(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+    body: Body<Value>,
+) -> ApiResult<Json<GtmView>> {
+    let Json(mut v) = body?;
+    own_customer(&a, &mut v)?;
+    let g: GtmConfig = from_value(v)?;
+    if !same_host(&g.hostname, &host) {
+        return Err(ApiError::field("hostname", "must match the URL"));
+    }
+    let a2 = a.clone();
+    let (view, _) = mutate(&st, &a, move |cfg| {
+        let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(&cfg.gtm[i].customer)?;
+        check_targets(cfg, &a2, &g)?;
+        cfg.gtm[i] = g.clone();
+        Ok(gtm_view(cfg, &g))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn gtm_delete(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<StatusCode> {
+    let a2 = a.clone();
+    mutate(&st, &a, move |cfg| {
+        let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(&cfg.gtm[i].customer)?;
+        cfg.gtm.remove(i);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs `f` on GTM hostname `host` after checking the caller owns it.
+pub(crate) async fn with_gtm<T, F>(st: &ApiState, a: &Auth, host: String, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut Config, usize) -> ApiResult<T>,
+{
+    let a2 = a.clone();
+    let (out, _) = mutate(st, a, move |cfg| {
+        let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(&cfg.gtm[i].customer)?;
+        f(cfg, i)
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Body of `POST /v1/gtm/{hostname}/addresses`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAddress {
+    /// The address to publish (a server with it is created when none exists).
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// An existing server to publish instead of an address.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// The origin site (location) a new server goes to (default `<customer>-origin`).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// Adds an address to GTM hostname `i` of `cfg` (shared by the API and the portal).
+pub(crate) fn add_address(cfg: &mut Config, i: usize, a: &Auth, n: &NewAddress) -> ApiResult<()> {
+    let customer = cfg.gtm[i].customer.clone();
+    let admin = a.user.role == Role::Admin;
+    let server = match (&n.server, n.address) {
+        (Some(s), _) => {
+            let site = site_of(cfg, s)
+                .ok_or_else(|| ApiError::field("server", format!("unknown server {s:?}")))?;
+            if !admin && site_foreign(cfg, &site, &customer) {
+                return Err(ApiError::Forbidden);
+            }
+            s.clone()
+        }
+        (None, Some(addr)) => {
+            let site = n
+                .site
+                .clone()
+                .unwrap_or_else(|| format!("{customer}-origin"));
+            if !valid_name(&site) {
+                return Err(ApiError::field("site", "1-63 letters, digits, - or _"));
+            }
+            if cfg.pops.iter().any(|p| p.name == site) {
+                return Err(ApiError::field("site", "is a POP, not an origin site"));
+            }
+            if !admin && site_foreign(cfg, &site, &customer) {
+                return Err(ApiError::Forbidden);
+            }
+            let existing = cfg
+                .origins
+                .iter()
+                .find(|o| o.name == site)
+                .and_then(|o| o.servers.iter().find(|s| s.addresses == [addr]))
+                .map(|s| s.name.clone());
+            match existing {
+                Some(s) => s,
+                None => {
+                    let name = format!("{site}-{}", addr.to_string().replace(['.', ':'], "-"));
+                    let server = ServerConfig {
+                        name: name.clone(),
+                        addresses: vec![addr],
+                    };
+                    match cfg.origins.iter_mut().find(|o| o.name == site) {
+                        Some(o) => o.servers.push(server),
+                        None => cfg.origins.push(OriginConfig {
+                            name: site,
+                            pop: None,
+                            location: None,
+                            servers: vec![server],
+                        }),
+                    }
+                    name
+                }
+            }
+        }
+        (None, None) => return Err(ApiError::field("address", "address or server required")),
+    };
+    if cfg.gtm[i].targets.iter().any(|t| t.server == server) {
+        return Err(ApiError::field("address", "already published"));
+    }
+    cfg.gtm[i].targets.push(TargetConfig {
+        server,
+        weight: n.weight.unwrap_or(1),
+    });
+    Ok(())
+}
+
+/// Index of the target of GTM hostname `i` named by `key` (a server name or one of its
+/// addresses).
+pub(crate) fn target_index(cfg: &Config, i: usize, key: &str) -> Option<usize> {
+    let ip: Option<IpAddr> = key.parse().ok();
+    cfg.gtm[i].targets.iter().position(|t| {
+        t.server == key || ip.is_some_and(|ip| server_addresses(cfg, &t.server).contains(&ip))
+    })
+}
+
+async fn address_add(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+    body: Body<NewAddress>,
+) -> ApiResult<(StatusCode, Json<GtmView>)> {
+    let Json(n) = body?;
+    let a2 = a.clone();
+    let view = with_gtm(&st, &a, host, move |cfg, i| {
+        add_address(cfg, i, &a2, &n)?;
+        Ok(gtm_view(cfg, &cfg.gtm[i]))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: u32,
+}
+
+async fn address_weight(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path((host, key)): Path<(String, String)>,
+    body: Body<WeightBody>,
+) -> ApiResult<Json<GtmView>> {
+    let Json(w) = body?;
+    let view = with_gtm(&st, &a, host, move |cfg, i| {
+        let t = target_index(cfg, i, &key).ok_or(ApiError::NotFound)?;
+        cfg.gtm[i].targets[t].weight = w.weight;
+        Ok(gtm_view(cfg, &cfg.gtm[i]))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn address_remove(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path((host, key)): Path<(String, String)>,
+) -> ApiResult<Json<GtmView>> {
+    let view = with_gtm(&st, &a, host, move |cfg, i| {
+        let t = target_index(cfg, i, &key).ok_or(ApiError::NotFound)?;
+        cfg.gtm[i].targets.remove(t);
+        Ok(gtm_view(cfg, &cfg.gtm[i]))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StandbyBody {
+    standby: Vec<IpAddr>,
+}
+
+async fn standby_set(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+    body: Body<StandbyBody>,
+) -> ApiResult<Json<GtmView>> {
+    let Json(s) = body?;
+    let view = with_gtm(&st, &a, host, move |cfg, i| {
+        cfg.gtm[i].standby = s.standby;
+        Ok(gtm_view(cfg, &cfg.gtm[i]))
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn monitor_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<Json<ServiceConfig>> {
+    let cfg = current(&st).await?.config;
+    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    a.require_customer(&cfg.gtm[i].customer)?;
+    cfg.services
+        .iter()
+        .find(|s| s.name == cfg.gtm[i].service)
+        .cloned()
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+/// The per-hostname service a monitor change creates, so that other hostnames sharing
+/// the old service are unaffected.
+pub(crate) fn monitor_name(host: &str) -> String {
+    format!("mon-{}", canonical_hostname(host))
+}
+
+/// Sets how GTM hostname `i` is monitored (shared by the API and the portal).
+pub(crate) fn set_monitor(cfg: &mut Config, i: usize, mut v: Value) -> ApiResult<ServiceConfig> {
+    let name = monitor_name(&cfg.gtm[i].hostname);
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::field("body", "expected a JSON object"))?;
+    obj.insert("name".into(), Value::String(name.clone()));
+    let svc: ServiceConfig = from_value(v)?;
+    match cfg.services.iter_mut().find(|s| s.name == name) {
+        Some(s) => *s = svc.clone(),
+        None => cfg.services.push(svc.clone()),
+    }
+    cfg.gtm[i].service = name;
+    Ok(svc)
+}
+
+async fn monitor_set(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+    body: Body<Value>,
+) -> ApiResult<Json<ServiceConfig>> {
+    let Json(v) = body?;
+    let svc = with_gtm(&st, &a, host, move |cfg, i| set_monitor(cfg, i, v)).await?;
+    Ok(Json(svc))
+}
+
+// ---------------------------------------------------------------- static mappings
+
+fn host_owner(cfg: &Config, host: &str) -> Option<String> {
+    cfg.gtm
+        .iter()
+        .find(|g| same_host(&g.hostname, host))
+        .map(|g| g.customer.clone())
+        .or_else(|| {
+            cfg.cdn
+                .iter()
+                .find(|c| same_host(&c.hostname, host))
+                .map(|c| c.customer.clone())
+        })
+}
+
+fn mapping_visible(cfg: &Config, a: &Auth, m: &StaticMappingConfig) -> bool {
+    a.user.role == Role::Admin
+        || (!m.hostnames.is_empty()
+            && m.hostnames
+                .iter()
+                .all(|h| host_owner(cfg, h).is_some_and(|c| a.user.may_access(&c))))
+}
+
+#[derive(Serialize)]
+struct MappingView {
+    index: usize,
+    #[serde(flatten)]
+    mapping: StaticMappingConfig,
+}
+
+async fn mappings(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<Value>>> {
+    let cfg = current(&st).await?.config;
+    let out = cfg
+        .static_mappings
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| mapping_visible(&cfg, &a, m))
+        .filter_map(|(index, m)| {
+            serde_json::to_value(MappingView {
+                index,
+                mapping: m.clone(),
+            })
+            .ok()
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+async fn mapping_add(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<Value>,
+) -> ApiResult<(StatusCode, Json<StaticMappingConfig>)> {
+    let Json(v) = body?;
+    let m: StaticMappingConfig = from_value(v)?;
+    if a.user.role != Role::Admin && m.hostnames.is_empty() {
+        return Err(ApiError::field(
+            "hostnames",
+            "name the hostnames the mapping applies to",
+        ));
+    }
+    let out = m.clone();
+    let a2 = a.clone();
+    mutate(&st, &a, move |cfg| {
+        for (i, h) in m.hostnames.iter().enumerate() {
+            match host_owner(cfg, h) {
+                None => {
+                    return Err(ApiError::field(
+                        format!("hostnames[{i}]"),
+                        format!("unknown hostname {h:?}"),
+                    ));
+                }
+                Some(c) => a2.require_customer(&c)?,
+            }
+        }
+        cfg.static_mappings.push(m);
+        Ok(())
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn mapping_delete(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(index): Path<usize>,
+) -> ApiResult<StatusCode> {
+    let a2 = a.clone();
+    mutate(&st, &a, move |cfg| {
+        let m = cfg.static_mappings.get(index).ok_or(ApiError::NotFound)?;
+        if !mapping_visible(cfg, &a2, m) {
+            return Err(ApiError::Forbidden);
+        }
+        cfg.static_mappings.remove(index);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- config distribution
+
+#[derive(Deserialize)]
+struct ConfigQuery {
+    since: Option<u64>,
+    wait: Option<u64>,
+    format: Option<String>,
+}
+
+fn etag(version: u64) -> String {
+    format!("\"v{version}\"")
+}
+
+async fn config_get(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<ConfigQuery>,
+    parts: ConfigReader,
+) -> ApiResult<Response> {
+    let _ = parts;
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // The version the caller already has: `since`, or the one its ETag names.
+    let known = q.since.or_else(|| {
+        inm.as_deref()
+            .and_then(|t| t.trim_matches('"').strip_prefix('v'))
+            .and_then(|v| v.parse().ok())
+    });
+    let mut rx = st.inner.config_version.subscribe();
+    if let (Some(known), Some(wait)) = (known, q.wait) {
+        let wait = Duration::from_secs(wait.min(60));
+        let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != known)).await;
+    }
+    let snap = current(&st).await?;
+    if known == Some(snap.version) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag(snap.version)) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(resp);
+    }
+    let mut resp = if q.format.as_deref() == Some("toml") {
+        let text = toml::to_string(&snap.config)
+            .map_err(|e| ApiError::Internal(format!("config as TOML: {e}")))?;
+        ([(header::CONTENT_TYPE, "application/toml")], text).into_response()
+    } else {
+        Json(&snap).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag(snap.version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&snap.version.to_string()) {
+        resp.headers_mut().insert("x-config-version", v);
+    }
+    Ok(resp)
+}
+
+/// An agent token from `ControlOptions::agent_tokens`, or an admin session.
+struct ConfigReader;
+
+impl FromRequestParts<ApiState> for ConfigReader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> ApiResult<ConfigReader> {
+        if let Some(t) = auth::bearer(parts)
+            && st
+                .inner
+                .opts
+                .agent_tokens
+                .iter()
+                .any(|a| auth::same_secret(a, t))
+        {
+            return Ok(ConfigReader);
+        }
+        let a = Auth::from_request_parts(parts, st).await?;
+        a.require_admin()?;
+        Ok(ConfigReader)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigPut {
+    base: Option<u64>,
+    config: Value,
+}
+
+#[derive(Serialize)]
+struct VersionAnswer {
+    version: u64,
+}
+
+async fn config_put(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<ConfigPut>,
+) -> ApiResult<Json<VersionAnswer>> {
+    a.require_admin()?;
+    let Json(p) = body?;
+    let new: Config = from_value(p.config).map_err(|e| match e {
+        ApiError::Invalid(mut errs) => {
+            for f in &mut errs {
+                f.field = format!("config.{}", f.field);
+            }
+            ApiError::Invalid(errs)
+        }
+        e => e,
+    })?;
+    let _guard = st.inner.config_write.lock().await;
+    let base = match p.base {
+        Some(b) => b,
+        None => current(&st).await?.version,
+    };
+    let author = a.user.username.clone();
+    let now = super::now();
+    let version = st
+        .db(move |b| b.commit_config(base, &new, &author, now))
+        .await?;
+    st.config_committed(version);
+    Ok(Json(VersionAnswer { version }))
+}
+
+async fn config_version(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(version): Path<u64>,
+) -> ApiResult<Json<ConfigSnapshot>> {
+    a.require_admin()?;
+    st.db(move |b| b.config_at(version))
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+// ---------------------------------------------------------------- purge, prefill, page check
+
+/// The host part of an `http(s)://host[:port]/...` URL.
+pub(crate) fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split_once(']').map(|(h, _)| &h[1..])?
+    } else {
+        host.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// The customer owning CDN content of `host`: a CDN hostname or one of its origin
+/// domains.
+pub(crate) fn cdn_owner(cfg: &Config, host: &str) -> Option<String> {
+    cfg.cdn
+        .iter()
+        .find(|c| same_host(&c.hostname, host) || c.origins.iter().any(|o| same_host(o, host)))
+        .map(|c| c.customer.clone())
+}
+
+/// A purge request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeBody {
+    /// `url`, `prefix` or `domain`.
+    pub scope: PurgeScope,
+    /// The URL, directory URL or domain.
+    pub target: String,
+}
+
+/// A purge with its propagation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeView {
+    /// The purge.
+    #[serde(flatten)]
+    pub purge: Purge,
+    /// Edges that applied it.
+    pub applied: usize,
+    /// Edges it goes to.
+    pub total: usize,
+    /// Per-edge status.
+    pub edges: Vec<PurgeEdgeStatus>,
+}
+
+pub(crate) async fn purge_view(st: &ApiState, p: Purge) -> ApiResult<PurgeView> {
+    let seq = p.seq;
+    let edges = st.db(move |b| b.purge_status(seq)).await?;
+    Ok(PurgeView {
+        applied: edges.iter().filter(|e| e.applied).count(),
+        total: edges.len(),
+        edges,
+        purge: p,
+    })
+}
+
+/// Validates, authorises and records a purge and wakes the edge delivery tasks
+/// (shared by the API and the portal).
+pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiResult<PurgeView> {
+    let target = b.target.trim().to_owned();
+    if target.len() > 2048 {
+        return Err(ApiError::field("target", "longer than 2048 bytes"));
+    }
+    let (host, target) = match b.scope {
+        PurgeScope::Url | PurgeScope::Prefix => {
+            let h = url_host(&target)
+                .ok_or_else(|| ApiError::field("target", "expected an http:// or https:// URL"))?
+                .to_owned();
+            // Edges key their caches by the http:// form of a URL.
+            let target = match target.strip_prefix("https://") {
+                Some(rest) => format!("http://{rest}"),
+                None => target,
+            };
+            (h, target)
+        }
+        PurgeScope::Domain => {
+            let h = url_host(&target).unwrap_or(&target).to_owned();
+            if !udn_core::config::is_valid_hostname(&h) {
+                return Err(ApiError::field("target", "expected a domain name"));
+            }
+            let h = canonical_hostname(&h);
+            // The edge contract names a domain by its root URL.
+            let target = format!("http://{h}/");
+            (h, target)
+        }
+    };
+    let cfg = current(st).await?.config;
+    let customer = cdn_owner(&cfg, &host).ok_or_else(|| {
+        ApiError::field(
+            "target",
+            format!("{host} is not a CDN hostname or origin domain"),
+        )
+    })?;
+    a.require_customer(&customer)?;
+    let edges: Vec<String> = st.inner.opts.edges.iter().map(|e| e.name.clone()).collect();
+    let by = a.user.username.clone();
+    let scope = b.scope;
+    let now = super::now();
+    let p = st
+        .db(move |b| b.create_purge(&customer, scope, &target, &by, &edges, now))
+        .await?;
+    st.inner.purge_seq.send_replace(p.seq);
+    purge_view(st, p).await
+}
+
+async fn purge_create(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<PurgeBody>,
+) -> ApiResult<(StatusCode, Json<PurgeView>)> {
+    let Json(b) = body?;
+    let v = start_purge(&st, &a, b).await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    customer: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn purge_list(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<PurgeView>>> {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let list = st.db(move |b| b.purges(scope.as_deref(), limit)).await?;
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        out.push(purge_view(&st, p).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn purge_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PurgeView>> {
+    let p = st
+        .db(move |b| b.purge(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    a.require_customer(&p.customer)?;
+    Ok(Json(purge_view(&st, p).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefillBody {
+    urls: Vec<String>,
+}
+
+/// A prefill with its propagation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrefillView {
+    /// The prefill.
+    #[serde(flatten)]
+    pub prefill: Prefill,
+    /// Edges that accepted it.
+    pub applied: usize,
+    /// Edges it goes to.
+    pub total: usize,
+    /// Per-edge status.
+    pub edges: Vec<PurgeEdgeStatus>,
+}
+
+async fn prefill_view(st: &ApiState, p: Prefill) -> ApiResult<PrefillView> {
+    let seq = p.seq;
+    let edges = st.db(move |b| b.prefill_status(seq)).await?;
+    Ok(PrefillView {
+        applied: edges.iter().filter(|e| e.applied).count(),
+        total: edges.len(),
+        edges,
+        prefill: p,
+    })
+}
+
+async fn prefill(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<PrefillBody>,
+) -> ApiResult<(StatusCode, Json<PrefillView>)> {
+    let Json(b) = body?;
+    if b.urls.is_empty() || b.urls.len() > 1000 {
+        return Err(ApiError::field("urls", "1 to 1000 URLs"));
+    }
+    let cfg = current(&st).await?.config;
+    let mut customer = None;
+    for (i, u) in b.urls.iter().enumerate() {
+        let field = format!("urls[{i}]");
+        let host = url_host(u).ok_or_else(|| ApiError::field(&field, "not an http(s) URL"))?;
+        let owner = cdn_owner(&cfg, host)
+            .ok_or_else(|| ApiError::field(&field, "not a CDN hostname or origin domain"))?;
+        a.require_customer(&owner)?;
+        match &customer {
+            None => customer = Some(owner),
+            Some(c) if *c != owner => {
+                return Err(ApiError::field(&field, "one customer's URLs per prefill"));
+            }
+            Some(_) => {}
+        }
+    }
+    let customer = customer.unwrap_or_default();
+    let edges: Vec<String> = st.inner.opts.edges.iter().map(|e| e.name.clone()).collect();
+    let by = a.user.username.clone();
+    let now = super::now();
+    let urls = b.urls;
+    let p = st
+        .db(move |b| b.create_prefill(&customer, &urls, &by, &edges, now))
+        .await?;
+    st.inner.purge_seq.send_modify(|_| {});
+    Ok((StatusCode::ACCEPTED, Json(prefill_view(&st, p).await?)))
+}
+
+async fn prefill_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PrefillView>> {
+    let p = st
+        .db(move |b| b.prefill(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    a.require_customer(&p.customer)?;
+    Ok(Json(prefill_view(&st, p).await?))
+}
+
+/// A page-check request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageCheckBody {
+    /// The page.
+    pub url: String,
+    /// The probe locations (POP names) to run it from.
+    pub locations: Vec<String>,
+    /// Fetch the page a second time with warm DNS (default false).
+    #[serde(default)]
+    pub repeat: bool,
+}
+
+/// Page-check results per location.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PageCheckAnswer {
+    /// The page.
+    pub url: String,
+    /// One entry per requested location.
+    pub results: Vec<LocationCheck>,
+}
+
+/// Validates, authorises and runs a page check (shared by the API and the portal).
+pub(crate) async fn run_pagecheck(
+    st: &ApiState,
+    a: &Auth,
+    b: PageCheckBody,
+) -> ApiResult<PageCheckAnswer> {
+    let host = url_host(&b.url)
+        .ok_or_else(|| ApiError::field("url", "expected an http:// or https:// URL"))?;
+    let cfg = current(st).await?.config;
+    let owner = cdn_owner(&cfg, host)
+        .or_else(|| host_owner(&cfg, host))
+        .ok_or_else(|| {
+            ApiError::field("url", format!("{host} is not a hostname of this network"))
+        })?;
+    a.require_customer(&owner)?;
+    if b.locations.is_empty() {
+        return Err(ApiError::field("locations", "choose at least one location"));
+    }
+    let mut errs = Vec::new();
+    for (i, l) in b.locations.iter().enumerate() {
+        if !st.inner.opts.probes.iter().any(|p| &p.location == l) {
+            errs.push(FieldError {
+                field: format!("locations[{i}]"),
+                message: format!("no probe at location {l:?}"),
+            });
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let results = fanout::pagecheck(st, &b.url, &b.locations, b.repeat).await;
+    Ok(PageCheckAnswer {
+        url: b.url,
+        results,
+    })
+}
+
+async fn pagecheck(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<PageCheckBody>,
+) -> ApiResult<Json<PageCheckAnswer>> {
+    let Json(b) = body?;
+    Ok(Json(run_pagecheck(&st, &a, b).await?))
+}
+
+// ---------------------------------------------------------------- traffic, invoices
+
+#[derive(Deserialize)]
+struct TrafficQuery {
+    customer: Option<String>,
+    hours: Option<u64>,
+}
+
+/// A traffic answer.
+#[derive(Serialize)]
+struct Series<T> {
+    customer: Option<String>,
+    from: udn_core::Timestamp,
+    to: udn_core::Timestamp,
+    points: Vec<T>,
+}
+
+fn window(q: &TrafficQuery) -> ApiResult<(udn_core::Timestamp, udn_core::Timestamp)> {
+    let hours = q.hours.unwrap_or(24);
+    if !(1..=24 * 31).contains(&hours) {
+        return Err(ApiError::field("hours", "1 to 744"));
+    }
+    let to = super::now();
+    let from = udn_core::Timestamp::from_millis(to.as_millis().saturating_sub(hours * 3_600_000));
+    Ok((from, to))
+}
+
+macro_rules! traffic_handler {
+    ($name:ident, $method:ident, $ty:ty) => {
+        async fn $name(
+            State(st): State<ApiState>,
+            a: Auth,
+            Query(q): Query<TrafficQuery>,
+        ) -> ApiResult<Json<Series<$ty>>> {
+            let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
+            let (from, to) = window(&q)?;
+            let c = customer.clone();
+            let points = st
+                .db(move |b| {
+                    b.$method(Window {
+                        customer: c.as_deref(),
+                        from,
+                        to,
+                    })
+                })
+                .await?;
+            Ok(Json(Series {
+                customer,
+                from,
+                to,
+                points,
+            }))
+        }
+    };
+}
+
+traffic_handler!(traffic_cdn, cdn_traffic, TrafficPoint);
+traffic_handler!(
+    traffic_cdn_locations,
+    cdn_traffic_by_location,
+    LocationTraffic
+);
+traffic_handler!(traffic_gtm, gtm_answers, AnswerPoint);
+traffic_handler!(
+    traffic_gtm_locations,
+    gtm_answers_by_location,
+    LocationAnswers
+);
+
+async fn invoices(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<CustomerQuery>,
+) -> ApiResult<Json<Vec<InvoiceSummary>>> {
+    let c = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    Ok(Json(st.db(move |b| b.invoices(c.as_deref())).await?))
+}
+
+pub(crate) async fn load_invoice(st: &ApiState, a: &Auth, id: i64) -> ApiResult<Invoice> {
+    let inv = st
+        .db(move |b| b.invoice(id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    a.require_customer(&inv.summary.customer)?;
+    Ok(inv)
+}
+
+async fn invoice(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Invoice>> {
+    Ok(Json(load_invoice(&st, &a, id).await?))
+}
+
+async fn invoice_html(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    let inv = load_invoice(&st, &a, id).await?;
+    let mut resp = Html(inv.html).into_response();
+    // The body is billing's HTML: no scripts, no framing.
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn url_host_never_panics(s in ".*") {
+            let _ = url_host(&s);
+        }
+
+        #[test]
+        fn url_host_finds_the_host(
+            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}",
+            port in proptest::option::of(1u16..),
+            path in "(/[a-zA-Z0-9._~%-]{0,10}){0,4}",
+            tls in any::<bool>(),
+        ) {
+            let url = format!(
+                "{}://{host}{}{path}",
+                if tls { "https" } else { "http" },
+                port.map(|p| format!(":{p}")).unwrap_or_default()
+            );
+            prop_assert_eq!(url_host(&url), Some(host.as_str()));
+        }
+
+        #[test]
+        fn page_rows_from_arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = super::fanout::parse_rows(&b);
+        }
+    }
+
+    #[test]
+    fn url_host_handles_ipv6_and_userinfo() {
+        assert_eq!(url_host("http://[::1]:8080/a"), Some("::1"));
+        assert_eq!(
+            url_host("https://user:pw@cdn.example/x"),
+            Some("cdn.example")
+        );
+        assert_eq!(url_host("ftp://cdn.example/"), None);
+        assert_eq!(url_host("http:///nohost"), None);
+    }
+}

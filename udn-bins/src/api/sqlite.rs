@@ -1,0 +1,809 @@
+//! [`Backend`] on SQLite (rusqlite, bundled). The control plane's own tables are named
+//! `cp_*`; see [`SCHEMA`].
+
+use super::backend::*;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use rusqlite::{Connection, OptionalExtension, params};
+use rust_decimal::Decimal;
+use std::path::Path;
+use std::sync::Mutex;
+use udn_core::{Config, Timestamp};
+
+/// The control plane's tables.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS cp_users (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    customer TEXT
+);
+CREATE TABLE IF NOT EXISTS cp_sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES cp_users(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_config_versions (
+    version INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    config_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_purges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    customer TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    target TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_purge_status (
+    seq INTEGER NOT NULL REFERENCES cp_purges(seq),
+    edge TEXT NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at INTEGER,
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX IF NOT EXISTS cp_purge_pending ON cp_purge_status(edge, applied, seq);
+CREATE TABLE IF NOT EXISTS cp_prefills (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    customer TEXT NOT NULL,
+    urls_json TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_prefill_status (
+    seq INTEGER NOT NULL REFERENCES cp_prefills(seq),
+    edge TEXT NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at INTEGER,
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX IF NOT EXISTS cp_prefill_pending ON cp_prefill_status(edge, applied, seq);
+CREATE TABLE IF NOT EXISTS cp_cdn_traffic_minute (
+    customer TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pop TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    hits INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cp_cdn_traffic_by_time ON cp_cdn_traffic_minute(customer, minute);
+CREATE TABLE IF NOT EXISTS cp_gtm_answers_minute (
+    customer TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pop TEXT NOT NULL,
+    address TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    answers INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cp_gtm_answers_by_time ON cp_gtm_answers_minute(customer, minute);
+CREATE TABLE IF NOT EXISTS cp_invoices (
+    id INTEGER PRIMARY KEY,
+    number TEXT NOT NULL UNIQUE,
+    customer TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    period_end INTEGER NOT NULL,
+    total TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    html TEXT NOT NULL
+);
+"#;
+
+/// The control plane's store on one SQLite file.
+pub struct SqliteBackend {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteBackend")
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_hash(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ts(v: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(v).unwrap_or(0))
+}
+
+fn ms(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(User, String)> {
+    let role: String = row.get(2)?;
+    Ok((
+        User {
+            id: row.get(0)?,
+            username: row.get(1)?,
+            role: Role::parse(&role).unwrap_or(Role::Customer),
+            customer: row.get(3)?,
+        },
+        row.get(4)?,
+    ))
+}
+
+fn purge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purge> {
+    let scope: String = row.get(2)?;
+    Ok(Purge {
+        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        customer: row.get(1)?,
+        scope: PurgeScope::parse(&scope).unwrap_or(PurgeScope::Url),
+        target: row.get(3)?,
+        requested_by: row.get(4)?,
+        requested_at: ts(row.get(5)?),
+    })
+}
+
+fn prefill_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Prefill> {
+    let urls: String = row.get(2)?;
+    Ok(Prefill {
+        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        customer: row.get(1)?,
+        urls: serde_json::from_str(&urls).unwrap_or_default(),
+        requested_by: row.get(3)?,
+        requested_at: ts(row.get(4)?),
+    })
+}
+
+/// Per-edge status rows of `table` (`cp_purge_status` or `cp_prefill_status`).
+fn edge_status(db: &Connection, table: &str, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+    let mut st = db.prepare(&format!(
+        "SELECT edge, applied, attempts, last_error, applied_at FROM {table}
+         WHERE seq = ?1 ORDER BY edge"
+    ))?;
+    let rows = st.query_map(params![i64::try_from(seq).unwrap_or(i64::MAX)], |r| {
+        Ok(PurgeEdgeStatus {
+            edge: r.get(0)?,
+            applied: r.get::<_, i64>(1)? != 0,
+            attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+            last_error: r.get(3)?,
+            applied_at: r.get::<_, Option<i64>>(4)?.map(ts),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records a delivery attempt in `table`.
+fn record_attempt(
+    db: &Connection,
+    table: &str,
+    seq: u64,
+    edge: &str,
+    result: Result<(), String>,
+    now: Timestamp,
+) -> BackendResult<()> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    match result {
+        Ok(()) => db.execute(
+            &format!(
+                "UPDATE {table} SET applied = 1, attempts = attempts + 1, last_error = NULL,
+                 applied_at = ?3 WHERE seq = ?1 AND edge = ?2"
+            ),
+            params![seq, edge, ms(now)],
+        )?,
+        Err(e) => db.execute(
+            &format!(
+                "UPDATE {table} SET attempts = attempts + 1, last_error = ?3
+                 WHERE seq = ?1 AND edge = ?2"
+            ),
+            params![seq, edge, e],
+        )?,
+    };
+    Ok(())
+}
+
+const PURGE_COLS: &str = "seq, customer, scope, target, requested_by, requested_at";
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database at `path` and its `cp_*` tables.
+    pub fn open(path: &Path) -> BackendResult<SqliteBackend> {
+        let conn = Connection::open(path)?;
+        Self::with_connection(conn)
+    }
+
+    /// An in-memory database (for tools and examples).
+    pub fn in_memory() -> BackendResult<SqliteBackend> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(conn: Connection) -> BackendResult<SqliteBackend> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteBackend {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn db(&self) -> BackendResult<std::sync::MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| BackendError::Poisoned)
+    }
+
+    /// Adds per-minute CDN traffic of one (customer, hostname, POP) to
+    /// `cp_cdn_traffic_minute` (until the log store re-backs the traffic queries).
+    pub fn record_cdn_traffic(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        minute: Timestamp,
+        bytes: u64,
+        hits: u64,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            "INSERT INTO cp_cdn_traffic_minute (customer, hostname, pop, minute, bytes, hits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                customer,
+                hostname,
+                pop,
+                ms(minute),
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+                i64::try_from(hits).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Adds per-minute GTM answer counts to `cp_gtm_answers_minute`.
+    pub fn record_gtm_answers(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        address: &str,
+        minute: Timestamp,
+        answers: u64,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            "INSERT INTO cp_gtm_answers_minute (customer, hostname, pop, address, minute, answers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                customer,
+                hostname,
+                pop,
+                address,
+                ms(minute),
+                i64::try_from(answers).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores an issued invoice in `cp_invoices`; returns its id.
+    pub fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64> {
+        let db = self.db()?;
+        db.execute(
+            "INSERT INTO cp_invoices (number, customer, period_start, period_end, total, currency, issued_at, html)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                summary.number,
+                summary.customer,
+                ms(summary.period_start),
+                ms(summary.period_end),
+                summary.total.to_string(),
+                summary.currency,
+                ms(summary.issued_at),
+                html
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                BackendError::Duplicate(summary.number.clone())
+            }
+            e => e.into(),
+        })?;
+        Ok(db.last_insert_rowid())
+    }
+}
+
+fn customer_filter(customer: Option<&str>) -> (&'static str, String) {
+    match customer {
+        Some(c) => ("customer = ?3", c.to_owned()),
+        None => ("?3 = ?3", String::new()),
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        customer: Option<&str>,
+    ) -> BackendResult<User> {
+        let salt = SaltString::encode_b64(random_hex(16).as_bytes()).map_err(BackendError::Hash)?;
+        let hash = argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(BackendError::Hash)?
+            .to_string();
+        let db = self.db()?;
+        db.execute(
+            "INSERT INTO cp_users (username, password_hash, role, customer) VALUES (?1, ?2, ?3, ?4)",
+            params![username, hash, role.as_str(), customer],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                BackendError::Duplicate(username.to_owned())
+            }
+            e => e.into(),
+        })?;
+        Ok(User {
+            id: db.last_insert_rowid(),
+            username: username.to_owned(),
+            role,
+            customer: customer.map(str::to_owned),
+        })
+    }
+
+    fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>> {
+        let found = self
+            .db()?
+            .query_row(
+                "SELECT id, username, role, customer, password_hash FROM cp_users WHERE username = ?1",
+                params![username],
+                user_row,
+            )
+            .optional()?;
+        let Some((user, hash)) = found else {
+            return Ok(None);
+        };
+        let parsed = PasswordHash::new(&hash).map_err(BackendError::Hash)?;
+        Ok(argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+            .then_some(user))
+    }
+
+    fn users(&self) -> BackendResult<Vec<User>> {
+        let db = self.db()?;
+        let mut st = db.prepare(
+            "SELECT id, username, role, customer, password_hash FROM cp_users ORDER BY username",
+        )?;
+        let rows = st.query_map([], user_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?.0);
+        }
+        Ok(out)
+    }
+
+    fn create_session(
+        &self,
+        user_id: i64,
+        kind: SessionKind,
+        now: Timestamp,
+        ttl_secs: u64,
+    ) -> BackendResult<NewSession> {
+        let token = random_hex(32);
+        let csrf = random_hex(24);
+        let expires_at = now.plus(std::time::Duration::from_secs(ttl_secs));
+        let db = self.db()?;
+        db.execute(
+            "DELETE FROM cp_sessions WHERE expires_at <= ?1",
+            params![ms(now)],
+        )?;
+        db.execute(
+            "INSERT INTO cp_sessions (token_hash, user_id, kind, csrf, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash(&token), user_id, kind.as_str(), csrf, ms(expires_at)],
+        )?;
+        Ok(NewSession {
+            token,
+            csrf,
+            expires_at,
+        })
+    }
+
+    fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>> {
+        let db = self.db()?;
+        let row = db
+            .query_row(
+                "SELECT u.id, u.username, u.role, u.customer, u.password_hash, s.kind, s.csrf, s.expires_at
+                 FROM cp_sessions s JOIN cp_users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+                params![token_hash(token), ms(now)],
+                |row| {
+                    let (user, _) = user_row(row)?;
+                    let kind: String = row.get(5)?;
+                    Ok(Session {
+                        user,
+                        kind: if kind == "bearer" {
+                            SessionKind::Bearer
+                        } else {
+                            SessionKind::Cookie
+                        },
+                        csrf: row.get(6)?,
+                        expires_at: ts(row.get(7)?),
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    fn delete_session(&self, token: &str) -> BackendResult<()> {
+        self.db()?.execute(
+            "DELETE FROM cp_sessions WHERE token_hash = ?1",
+            params![token_hash(token)],
+        )?;
+        Ok(())
+    }
+
+    fn current_config(&self) -> BackendResult<ConfigSnapshot> {
+        let db = self.db()?;
+        let row = db
+            .query_row(
+                "SELECT version, created_at, author, config_json FROM cp_config_versions
+                 ORDER BY version DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        match row {
+            None => Ok(ConfigSnapshot {
+                version: 0,
+                config: Config::default(),
+                created_at: Timestamp::from_millis(0),
+                author: String::new(),
+            }),
+            Some((v, at, author, json)) => Ok(ConfigSnapshot {
+                version: u64::try_from(v).unwrap_or(0),
+                config: serde_json::from_str(&json)?,
+                created_at: ts(at),
+                author,
+            }),
+        }
+    }
+
+    fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
+        let db = self.db()?;
+        let row = db
+            .query_row(
+                "SELECT created_at, author, config_json FROM cp_config_versions WHERE version = ?1",
+                params![i64::try_from(version).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((at, author, json)) => Ok(Some(ConfigSnapshot {
+                version,
+                config: serde_json::from_str(&json)?,
+                created_at: ts(at),
+                author,
+            })),
+        }
+    }
+
+    fn commit_config(
+        &self,
+        base: u64,
+        config: &Config,
+        author: &str,
+        now: Timestamp,
+    ) -> BackendResult<u64> {
+        match config.compile() {
+            Ok(_) => {}
+            Err(udn_core::Error::Invalid(errs)) => return Err(BackendError::Invalid(errs)),
+            Err(e) => return Err(e.into()),
+        }
+        let json = serde_json::to_string(config)?;
+        let mut db = self.db()?;
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM cp_config_versions",
+            [],
+            |r| r.get(0),
+        )?;
+        let current = u64::try_from(current).unwrap_or(0);
+        if current != base {
+            return Err(BackendError::Conflict { base, current });
+        }
+        let next = current + 1;
+        tx.execute(
+            "INSERT INTO cp_config_versions (version, created_at, author, config_json) VALUES (?1, ?2, ?3, ?4)",
+            params![i64::try_from(next).unwrap_or(i64::MAX), ms(now), author, json],
+        )?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    fn create_purge(
+        &self,
+        customer: &str,
+        scope: PurgeScope,
+        target: &str,
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Purge> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO cp_purges (customer, scope, target, requested_by, requested_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![customer, scope.as_str(), target, requested_by, ms(now)],
+        )?;
+        let seq = tx.last_insert_rowid();
+        for e in edges {
+            tx.execute(
+                "INSERT INTO cp_purge_status (seq, edge) VALUES (?1, ?2)",
+                params![seq, e],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Purge {
+            seq: u64::try_from(seq).unwrap_or(0),
+            customer: customer.to_owned(),
+            scope,
+            target: target.to_owned(),
+            requested_by: requested_by.to_owned(),
+            requested_at: now,
+        })
+    }
+
+    fn purge(&self, seq: u64) -> BackendResult<Option<Purge>> {
+        Ok(self
+            .db()?
+            .query_row(
+                &format!("SELECT {PURGE_COLS} FROM cp_purges WHERE seq = ?1"),
+                params![i64::try_from(seq).unwrap_or(i64::MAX)],
+                purge_row,
+            )
+            .optional()?)
+    }
+
+    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
+        let db = self.db()?;
+        let (cond, c) = customer_filter(customer);
+        let cond = cond.replace("?3", "?1");
+        let mut st = db.prepare(&format!(
+            "SELECT {PURGE_COLS} FROM cp_purges WHERE {cond} ORDER BY seq DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![c, limit], purge_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        edge_status(&*self.db()?, "cp_purge_status", seq)
+    }
+
+    fn record_purge_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        record_attempt(&*self.db()?, "cp_purge_status", seq, edge, result, now)
+    }
+
+    fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
+        let db = self.db()?;
+        let mut st = db.prepare(
+            "SELECT p.seq, p.customer, p.scope, p.target, p.requested_by, p.requested_at
+             FROM cp_purge_status s JOIN cp_purges p ON p.seq = s.seq
+             WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
+        )?;
+        let rows = st.query_map(params![edge], purge_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn create_prefill(
+        &self,
+        customer: &str,
+        urls: &[String],
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Prefill> {
+        let json = serde_json::to_string(urls)?;
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO cp_prefills (customer, urls_json, requested_by, requested_at) VALUES (?1, ?2, ?3, ?4)",
+            params![customer, json, requested_by, ms(now)],
+        )?;
+        let seq = tx.last_insert_rowid();
+        for e in edges {
+            tx.execute(
+                "INSERT INTO cp_prefill_status (seq, edge) VALUES (?1, ?2)",
+                params![seq, e],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Prefill {
+            seq: u64::try_from(seq).unwrap_or(0),
+            customer: customer.to_owned(),
+            urls: urls.to_vec(),
+            requested_by: requested_by.to_owned(),
+            requested_at: now,
+        })
+    }
+
+    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>> {
+        Ok(self
+            .db()?
+            .query_row(
+                "SELECT seq, customer, urls_json, requested_by, requested_at FROM cp_prefills WHERE seq = ?1",
+                params![i64::try_from(seq).unwrap_or(i64::MAX)],
+                prefill_row,
+            )
+            .optional()?)
+    }
+
+    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        edge_status(&*self.db()?, "cp_prefill_status", seq)
+    }
+
+    fn record_prefill_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        record_attempt(&*self.db()?, "cp_prefill_status", seq, edge, result, now)
+    }
+
+    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
+        let db = self.db()?;
+        let mut st = db.prepare(
+            "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
+             FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
+             WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
+        )?;
+        let rows = st.query_map(params![edge], prefill_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
+        let db = self.db()?;
+        let (cond, c) = customer_filter(w.customer);
+        let mut st = db.prepare(&format!(
+            "SELECT minute, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
+             WHERE minute >= ?1 AND minute < ?2 AND {cond} GROUP BY minute ORDER BY minute"
+        ))?;
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+            Ok(TrafficPoint {
+                minute: ts(r.get(0)?),
+                bytes: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                hits: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
+        let db = self.db()?;
+        let (cond, c) = customer_filter(w.customer);
+        let mut st = db.prepare(&format!(
+            "SELECT pop, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
+             WHERE minute >= ?1 AND minute < ?2 AND {cond} GROUP BY pop ORDER BY pop"
+        ))?;
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+            Ok(LocationTraffic {
+                pop: r.get(0)?,
+                bytes: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                hits: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>> {
+        let db = self.db()?;
+        let (cond, c) = customer_filter(w.customer);
+        let mut st = db.prepare(&format!(
+            "SELECT minute, hostname, address, SUM(answers) FROM cp_gtm_answers_minute
+             WHERE minute >= ?1 AND minute < ?2 AND {cond}
+             GROUP BY minute, hostname, address ORDER BY minute, hostname, address"
+        ))?;
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+            Ok(AnswerPoint {
+                minute: ts(r.get(0)?),
+                hostname: r.get(1)?,
+                address: r.get(2)?,
+                answers: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>> {
+        let db = self.db()?;
+        let (cond, c) = customer_filter(w.customer);
+        let mut st = db.prepare(&format!(
+            "SELECT pop, address, SUM(answers) FROM cp_gtm_answers_minute
+             WHERE minute >= ?1 AND minute < ?2 AND {cond}
+             GROUP BY pop, address ORDER BY pop, address"
+        ))?;
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+            Ok(LocationAnswers {
+                pop: r.get(0)?,
+                address: r.get(1)?,
+                answers: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
+        let db = self.db()?;
+        let (cond, c) = customer_filter(customer);
+        let cond = cond.replace("?3", "?1");
+        let mut st = db.prepare(&format!(
+            "SELECT id, number, customer, period_start, period_end, total, currency, issued_at
+             FROM cp_invoices WHERE {cond} ORDER BY issued_at DESC, id DESC"
+        ))?;
+        let rows = st.query_map(params![c], invoice_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
+        let db = self.db()?;
+        Ok(db
+            .query_row(
+                "SELECT id, number, customer, period_start, period_end, total, currency, issued_at, html
+                 FROM cp_invoices WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(Invoice {
+                        summary: invoice_row(r)?,
+                        html: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+fn invoice_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceSummary> {
+    let total: String = r.get(5)?;
+    Ok(InvoiceSummary {
+        id: r.get(0)?,
+        number: r.get(1)?,
+        customer: r.get(2)?,
+        period_start: ts(r.get(3)?),
+        period_end: ts(r.get(4)?),
+        total: total.parse::<Decimal>().unwrap_or_default(),
+        currency: r.get(6)?,
+        issued_at: ts(r.get(7)?),
+    })
+}

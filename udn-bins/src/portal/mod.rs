@@ -1,0 +1,1328 @@
+//! The customer portal: server-rendered HTML (maud) over HTTPS, charts as server-side
+//! SVG (plotters), every change through the same validated paths as the REST API.
+//!
+//! `udn control` serves [`app`] (API + portal) with [`serve_https`] on a certificate
+//! from [`tls::server_config`].
+
+pub mod charts;
+pub mod tls;
+
+pub use tls::{CertSource, serve_https, server_config};
+
+use crate::api::auth::{self, Auth, SESSION_COOKIE};
+use crate::api::backend::{PurgeScope, Role, SessionKind, Window};
+use crate::api::fanout::{LocationCheck, PageRow};
+use crate::api::routes::{self as r, NewAddress, PageCheckBody, PurgeBody};
+use crate::api::{ApiError, ApiState, ClientIp, IsTls};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use udn_core::Timestamp;
+
+/// The world outlines (world-atlas 2.0.2 `countries-110m.json`, Natural Earth 4.1.0,
+/// public domain; ISC-licensed packaging, see `udn-bins/assets/`).
+pub const WORLD_TOPOJSON: &str = include_str!("../../assets/countries-110m.json");
+
+/// The API and the portal in one router.
+pub fn app(state: ApiState) -> Router {
+    crate::api::router(state.clone()).merge(router(state))
+}
+
+/// The portal's pages.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/domains") }))
+        .route("/login", get(login_page).post(login_submit))
+        .route("/logout", post(logout))
+        .route("/domains", get(domains))
+        .route("/cache", get(cache_page).post(cache_submit))
+        .route("/activity/cdn", get(cdn_activity))
+        .route("/activity/cdn/locations", get(cdn_locations))
+        .route("/activity/gtm", get(gtm_activity))
+        .route("/activity/gtm/locations", get(gtm_locations))
+        .route("/tests", get(tests_page).post(tests_submit))
+        .route("/gtm", get(gtm_page))
+        .route("/gtm/add", post(gtm_add))
+        .route("/gtm/{hostname}/delete", post(gtm_delete))
+        .route("/gtm/{hostname}/addresses", post(gtm_address_add))
+        .route(
+            "/gtm/{hostname}/addresses/{key}/delete",
+            post(gtm_address_delete),
+        )
+        .route("/gtm/{hostname}/monitor", post(gtm_monitor))
+        .route("/invoices", get(invoices))
+        .route("/invoices/{id}", get(invoice))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------- plumbing
+
+/// A logged-in portal user; anyone else is sent to the login page.
+pub struct PortalUser(pub Auth);
+
+impl FromRequestParts<ApiState> for PortalUser {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> Result<Self, Response> {
+        match auth::authenticate(parts, st).await {
+            Ok(Some(a)) if a.kind == SessionKind::Cookie => Ok(PortalUser(a)),
+            Ok(_) => Err(Redirect::to("/login").into_response()),
+            Err(e) => Err(PortalError(e).into_response()),
+        }
+    }
+}
+
+/// An error shown as a page.
+pub struct PortalError(pub ApiError);
+
+impl From<ApiError> for PortalError {
+    fn from(e: ApiError) -> Self {
+        PortalError(e)
+    }
+}
+
+impl IntoResponse for PortalError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        let title = match status {
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::UNPROCESSABLE_ENTITY => "Invalid input",
+            StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
+            _ => "Error",
+        };
+        let body = html! {
+            (DOCTYPE)
+            html { head { meta charset="utf-8"; title { "UDN: " (title) } (style()) }
+            body { main {
+                h1 id="error" { (title) }
+                p class="error" { (self.0.message()) }
+                p { a href="/domains" { "Back to the portal" } }
+            } } }
+        };
+        (status, body).into_response()
+    }
+}
+
+type Page = Result<Response, PortalError>;
+
+fn style() -> Markup {
+    html! { style { (PreEscaped(r#"
+body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#f6f7f9}
+nav{background:#1f3b57;padding:.5em 1em;display:flex;flex-wrap:wrap;gap:1em;align-items:center}
+nav a{color:#fff;text-decoration:none}nav a.on{font-weight:bold;text-decoration:underline}
+nav form{margin-left:auto}nav span{color:#cde}
+main{padding:1em 2em;max-width:1100px}
+table{border-collapse:collapse;margin:.5em 0 1.5em;background:#fff}
+td,th{border:1px solid #ccd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#e8edf3}.num{text-align:right}
+.error{color:#b00020}.ok{color:#17702a}.pending{color:#a15c00}
+form.inline{display:inline}fieldset{border:1px solid #ccd;margin:.5em 0;background:#fff}
+svg{max-width:100%;height:auto;background:#fff}
+"#)) } }
+}
+
+const NAV: [(&str, &str); 9] = [
+    ("/domains", "Domains"),
+    ("/cache", "Cache Control"),
+    ("/activity/cdn", "CDN Recent Activity"),
+    ("/activity/cdn/locations", "CDN By Location"),
+    ("/activity/gtm", "GTM Recent Activity"),
+    ("/activity/gtm/locations", "GTM By Location"),
+    ("/tests", "Tests"),
+    ("/gtm", "GTM Configuration"),
+    ("/invoices", "Invoices"),
+];
+
+fn layout(a: &Auth, active: &str, title: &str, refresh: bool, body: Markup) -> Response {
+    let who = match (&a.user.role, &a.user.customer) {
+        (Role::Admin, _) => format!("{} (admin)", a.user.username),
+        (_, Some(c)) => format!("{} ({c})", a.user.username),
+        _ => a.user.username.clone(),
+    };
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                @if refresh { meta http-equiv="refresh" content="2"; }
+                title { "UDN: " (title) }
+                (style())
+            }
+            body {
+                nav {
+                    strong style="color:#fff" { "UDN" }
+                    @for (href, label) in NAV {
+                        a href=(href) class=[(href == active).then_some("on")] { (label) }
+                    }
+                    form method="post" action="/logout" {
+                        span id="who" { (who) " " }
+                        input type="hidden" name="csrf" value=(a.csrf);
+                        button type="submit" id="logout" { "Log out" }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    };
+    let mut resp = page.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+type FormPairs = Vec<(String, String)>;
+
+fn field<'a>(f: &'a FormPairs, name: &str) -> Option<&'a str> {
+    f.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn check_csrf(a: &Auth, f: &FormPairs) -> Result<(), PortalError> {
+    let sent = f
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    if auth::same_secret(sent, &a.csrf) {
+        Ok(())
+    } else {
+        Err(ApiError::Csrf.into())
+    }
+}
+
+fn csrf_input(a: &Auth) -> Markup {
+    html! { input type="hidden" name="csrf" value=(a.csrf); }
+}
+
+fn fmt_time(t: Timestamp) -> String {
+    let secs = (t.as_millis() / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct ScopeQuery {
+    customer: Option<String>,
+    hours: Option<u64>,
+    seq: Option<u64>,
+}
+
+fn window_of(q: &ScopeQuery) -> Result<(Timestamp, Timestamp, u64), PortalError> {
+    let hours = q.hours.unwrap_or(24);
+    if !(1..=24 * 31).contains(&hours) {
+        return Err(ApiError::field("hours", "1 to 744").into());
+    }
+    let now = crate::logging::now().as_millis();
+    // Whole minutes up to the last complete one, whose value is the "current" one at
+    // the right edge (the running minute is still filling).
+    let to = (now / 60_000) * 60_000;
+    Ok((
+        Timestamp::from_millis(to - hours * 3_600_000),
+        Timestamp::from_millis(to),
+        hours,
+    ))
+}
+
+// ---------------------------------------------------------------- login
+
+const LOGIN_CSRF_COOKIE: &str = "udn_login_csrf";
+
+fn random_token() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 24];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn login_form(token: &str, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" { head { meta charset="utf-8"; title { "UDN: log in" } (style()) }
+        body { main {
+            h1 { "UDN portal" }
+            @if let Some(e) = error { p class="error" id="login-error" { (e) } }
+            form method="post" action="/login" id="login" {
+                input type="hidden" name="csrf" value=(token);
+                p { label { "User name " input type="text" name="username" id="username" autocomplete="username" required; } }
+                p { label { "Password " input type="password" name="password" id="password" autocomplete="current-password" required; } }
+                p { button type="submit" id="login-submit" { "Log in" } }
+            }
+        } } }
+    }
+}
+
+async fn login_page(IsTls(tls): IsTls) -> Response {
+    let token = random_token();
+    let mut resp = login_form(&token, None).into_response();
+    let cookie = format!(
+        "{LOGIN_CSRF_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{}",
+        if tls { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn login_submit(
+    State(st): State<ApiState>,
+    IsTls(tls): IsTls,
+    ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<FormPairs>,
+) -> Response {
+    let cookie_token = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == LOGIN_CSRF_COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default();
+    let sent = field(&f, "csrf").unwrap_or("");
+    let again = |status: StatusCode, msg: &str| {
+        let token = random_token();
+        let mut resp = (status, login_form(&token, Some(msg))).into_response();
+        let cookie = format!(
+            "{LOGIN_CSRF_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{}",
+            if tls { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        resp
+    };
+    if cookie_token.is_empty() || !auth::same_secret(sent, &cookie_token) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "The form expired; please log in again.",
+        );
+    }
+    let user = field(&f, "username").unwrap_or("");
+    let pass = f
+        .iter()
+        .find(|(k, _)| k == "password")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    match auth::login(&st, user, pass, ip, SessionKind::Cookie).await {
+        Ok((_, s)) => {
+            let mut resp = Redirect::to("/domains").into_response();
+            if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&s.token, tls)) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(ApiError::TooManyAttempts(s)) => again(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed logins; try again in {s} seconds."),
+        ),
+        Err(ApiError::Unauthorized) => {
+            again(StatusCode::UNAUTHORIZED, "Wrong user name or password.")
+        }
+        Err(e) => PortalError(e).into_response(),
+    }
+}
+
+async fn logout(
+    State(st): State<ApiState>,
+    IsTls(tls): IsTls,
+    PortalUser(a): PortalUser,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let t = a.token.clone();
+    st.db(move |b| b.delete_session(&t)).await?;
+    let mut resp = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie(tls)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    let _ = SESSION_COOKIE;
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------- domains
+
+/// A GTM hostname's addresses grouped by location (origin site or POP).
+fn addresses_by_site(view: &r::GtmView) -> BTreeMap<String, Vec<String>> {
+    let mut by_site: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in &view.targets {
+        by_site
+            .entry(t.site.clone().unwrap_or_else(|| "?".into()))
+            .or_default()
+            .extend(
+                t.addresses
+                    .iter()
+                    .map(|x| format!("{x} (weight {})", t.weight)),
+            );
+    }
+    by_site
+}
+
+async fn domains(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let cfg = r::current(&st).await?.config;
+    let visible = |c: &str| scope.as_deref().is_none_or(|s| s == c);
+    let admin = a.user.role == Role::Admin;
+    let body = html! {
+        h2 { "CDN domains" }
+        table id="cdn-domains" {
+            tr { th { "CDN domain" } th { "Origin domains" } @if admin { th { "Customer" } } }
+            @for c in cfg.cdn.iter().filter(|c| visible(&c.customer)) {
+                tr {
+                    td class="cdn-host" { (c.hostname) }
+                    td { @for (i, o) in c.origins.iter().enumerate() {
+                        @if i > 0 { br; } (o)
+                        @if let Some(u) = c.origin_urls.get(i) { " (" (u) ")" }
+                    } }
+                    @if admin { td { (c.customer) } }
+                }
+            }
+        }
+        h2 { "GTM domains" }
+        table id="gtm-domains" {
+            tr { th { "GTM domain" } th { "Location" } th { "Addresses" } @if admin { th { "Customer" } } }
+            @for g in cfg.gtm.iter().filter(|g| visible(&g.customer)) {
+                @let view = r::gtm_view(&cfg, g);
+                @let by_site = addresses_by_site(&view);
+                @let n = by_site.len().max(1);
+                @for (i, (site, addrs)) in by_site.iter().enumerate() {
+                    tr {
+                        @if i == 0 { td rowspan=(n) class="gtm-host" { (g.hostname) } }
+                        td { (site)
+                            @if let Some(p) = cfg.origins.iter().find(|o| &o.name == site).and_then(|o| o.pop.clone()) {
+                                " (near " (p) ")"
+                            }
+                        }
+                        td { @for (k, x) in addrs.iter().enumerate() { @if k > 0 { br; } (x) } }
+                        @if admin && i == 0 { td rowspan=(n) { (g.customer) } }
+                    }
+                }
+                @if !g.standby.is_empty() {
+                    tr { td { (g.hostname) } td { "standby (hidden)" }
+                         td { @for (k, x) in g.standby.iter().enumerate() { @if k > 0 { br; } (x.to_string()) } }
+                         @if admin { td { (g.customer) } } }
+                }
+            }
+        }
+    };
+    Ok(layout(&a, "/domains", "Domains", false, body))
+}
+
+// ---------------------------------------------------------------- cache control
+
+async fn cache_view(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<String>) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let list = st.db(move |b| b.purges(scope.as_deref(), 30)).await?;
+    let mut views = Vec::with_capacity(list.len());
+    for p in list {
+        views.push(r::purge_view(st, p).await?);
+    }
+    let pending = views.iter().any(|v| v.applied < v.total);
+    let body = html! {
+        @if let Some(e) = &error { p class="error" id="purge-error" { (e) } }
+        form method="post" action="/cache" id="purge-form" {
+            (csrf_input(a))
+            fieldset {
+                legend { "Invalidate" }
+                label { input type="radio" name="scope" value="url" checked; " a URL" } " "
+                label { input type="radio" name="scope" value="prefix"; " a directory" } " "
+                label { input type="radio" name="scope" value="domain"; " a whole domain" }
+                p { input type="text" name="target" id="purge-target" size="70"
+                    placeholder="http://cdn.example.com/img/logo.gif"; " "
+                    button type="submit" id="purge-submit" { "Invalidate" } }
+            }
+        }
+        h2 { "Recent invalidations" }
+        @if pending { p class="pending" { "Propagating; this page refreshes itself." } }
+        table id="purges" {
+            tr { th { "#" } th { "What" } th { "Target" } th { "Requested" } th { "Propagation" } th { "Edges" } }
+            @for v in &views {
+                tr id=(format!("purge-{}", v.purge.seq)) class=[(q.seq == Some(v.purge.seq)).then_some("new")] {
+                    td { (v.purge.seq) }
+                    td { (v.purge.scope.as_str()) }
+                    td class="target" { (v.purge.target) }
+                    td { (fmt_time(v.purge.requested_at)) " by " (v.purge.requested_by) }
+                    td class=(if v.applied == v.total { "ok propagation" } else { "pending propagation" }) {
+                        (v.applied) " of " (v.total) " edges"
+                    }
+                    td { @for e in &v.edges {
+                        (e.edge) ": "
+                        @if e.applied { span class="ok" { "applied" } }
+                        @else { span class="pending" { "pending" }
+                            @if let Some(err) = &e.last_error { " (" (err) ")" } }
+                        br;
+                    } }
+                }
+            }
+        }
+    };
+    Ok(layout(a, "/cache", "Cache Control", pending, body))
+}
+
+async fn cache_page(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    cache_view(&st, &a, &q, None).await
+}
+
+async fn cache_submit(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let scope = field(&f, "scope")
+        .and_then(PurgeScope::parse)
+        .unwrap_or(PurgeScope::Url);
+    let target = field(&f, "target").unwrap_or("").to_owned();
+    match r::start_purge(&st, &a, PurgeBody { scope, target }).await {
+        Ok(v) => Ok(Redirect::to(&format!("/cache?seq={}", v.purge.seq)).into_response()),
+        Err(e @ ApiError::Invalid(_)) => {
+            let mut resp = cache_view(&st, &a, &ScopeQuery::default(), Some(e.message())).await?;
+            *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------- activity
+
+fn zero_filled(
+    from: Timestamp,
+    to: Timestamp,
+    pts: impl Iterator<Item = (u64, f64)>,
+) -> Vec<(f64, f64)> {
+    let start = from.as_millis() / 60_000;
+    let end = to.as_millis() / 60_000;
+    let n = end.saturating_sub(start) as usize;
+    let mut v = vec![0.0; n];
+    for (m, x) in pts {
+        let i = (m / 60_000).saturating_sub(start) as usize;
+        if let Some(slot) = v.get_mut(i) {
+            *slot += x;
+        }
+    }
+    v.into_iter()
+        .enumerate()
+        .map(|(i, x)| (((start + i as u64) * 60_000) as f64, x))
+        .collect()
+}
+
+fn customer_param(q: &ScopeQuery) -> String {
+    q.customer
+        .as_deref()
+        .map(|c| format!("&customer={c}"))
+        .unwrap_or_default()
+}
+
+fn hours_links(path: &str, q: &ScopeQuery, hours: u64) -> Markup {
+    html! { p { "Window: "
+        @for h in [1u64, 6, 24, 72] {
+            @if h == hours { strong { (h) " h" } } @else {
+                a href=(format!("{path}?hours={h}{}", customer_param(q))) { (h) " h" } }
+            " "
+        }
+    } }
+}
+
+async fn cdn_activity(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let (from, to, hours) = window_of(&q)?;
+    let c = scope.clone();
+    let pts = st
+        .db(move |b| {
+            b.cdn_traffic(Window {
+                customer: c.as_deref(),
+                from,
+                to,
+            })
+        })
+        .await?;
+    let total_hits: u64 = pts.iter().map(|p| p.hits).sum();
+    let total_bytes: u64 = pts.iter().map(|p| p.bytes).sum();
+    let bits = zero_filled(
+        from,
+        to,
+        pts.iter()
+            .map(|p| (p.minute.as_millis(), p.bytes as f64 * 8.0 / 60.0)),
+    );
+    let hits = zero_filled(
+        from,
+        to,
+        pts.iter()
+            .map(|p| (p.minute.as_millis(), p.hits as f64 / 60.0)),
+    );
+    let (f, t) = (from.as_millis() as f64, to.as_millis() as f64);
+    let traffic_svg = charts::time_chart(
+        &format!(
+            "Traffic, last {hours} h (total {}B)",
+            charts::si(total_bytes as f64)
+        ),
+        "bit/s",
+        f,
+        t,
+        &[charts::Line {
+            label: "traffic".into(),
+            points: bits,
+        }],
+    );
+    let hits_svg = charts::time_chart(
+        &format!("Hits per second (total {total_hits} hits)"),
+        "/s",
+        f,
+        t,
+        &[charts::Line {
+            label: "hits".into(),
+            points: hits,
+        }],
+    );
+    let body = html! {
+        (hours_links("/activity/cdn", &q, hours))
+        div id="traffic-chart" { (PreEscaped(traffic_svg)) }
+        div id="hits-chart" { (PreEscaped(hits_svg)) }
+        p { "Times are UTC; the dotted line marks midnight; the value at the right edge is the current minute." }
+        table id="cdn-totals" { tr { th { "Hits" } th { "Bytes" } }
+            tr { td class="num" id="total-hits" { (total_hits) } td class="num" id="total-bytes" { (total_bytes) } } }
+    };
+    Ok(layout(
+        &a,
+        "/activity/cdn",
+        "CDN Recent Activity",
+        false,
+        body,
+    ))
+}
+
+async fn cdn_locations(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let (from, to, hours) = window_of(&q)?;
+    let c = scope.clone();
+    let rows = st
+        .db(move |b| {
+            b.cdn_traffic_by_location(Window {
+                customer: c.as_deref(),
+                from,
+                to,
+            })
+        })
+        .await?;
+    let cfg = r::current(&st).await?.config;
+    let points: Vec<charts::MapPoint> = rows
+        .iter()
+        .filter_map(|l| {
+            let p = cfg.pops.iter().find(|p| p.name == l.pop)?;
+            Some(charts::MapPoint {
+                label: l.pop.clone(),
+                lat: p.location.lat,
+                lon: p.location.lon,
+                value: l.bytes as f64,
+            })
+        })
+        .collect();
+    let map = charts::world_map(
+        &format!("Bytes served by location, last {hours} h"),
+        "B",
+        &points,
+    );
+    let bytes = charts::bar_chart(
+        "Bytes by location",
+        "B",
+        &rows
+            .iter()
+            .map(|l| (l.pop.clone(), l.bytes as f64))
+            .collect::<Vec<_>>(),
+    );
+    let hits = charts::bar_chart(
+        "Hits by location",
+        "",
+        &rows
+            .iter()
+            .map(|l| (l.pop.clone(), l.hits as f64))
+            .collect::<Vec<_>>(),
+    );
+    let body = html! {
+        (hours_links("/activity/cdn/locations", &q, hours))
+        div id="map" { (PreEscaped(map)) }
+        div id="bytes-by-location" { (PreEscaped(bytes)) }
+        div id="hits-by-location" { (PreEscaped(hits)) }
+        table id="locations" { tr { th { "Location" } th { "Bytes" } th { "Hits" } }
+            @for l in &rows { tr { td { (l.pop) } td class="num" { (l.bytes) } td class="num" { (l.hits) } } } }
+        p { small { "Map: Natural Earth 1:110m (public domain) via world-atlas 2.0.2 (ISC)." } }
+    };
+    Ok(layout(
+        &a,
+        "/activity/cdn/locations",
+        "CDN By Location",
+        false,
+        body,
+    ))
+}
+
+async fn gtm_activity(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let (from, to, hours) = window_of(&q)?;
+    let c = scope.clone();
+    let pts = st
+        .db(move |b| {
+            b.gtm_answers(Window {
+                customer: c.as_deref(),
+                from,
+                to,
+            })
+        })
+        .await?;
+    let mut by_addr: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
+    for p in &pts {
+        by_addr
+            .entry((p.hostname.clone(), p.address.clone()))
+            .or_default()
+            .push((p.minute.as_millis(), p.answers as f64));
+    }
+    let mut totals = Vec::new();
+    let lines: Vec<charts::Line> = by_addr
+        .into_iter()
+        .map(|((host, addr), v)| {
+            totals.push((
+                host.clone(),
+                addr.clone(),
+                v.iter().map(|x| x.1).sum::<f64>(),
+            ));
+            charts::Line {
+                label: format!("{addr} ({host})"),
+                points: zero_filled(from, to, v.into_iter()),
+            }
+        })
+        .collect();
+    let svg = charts::time_chart(
+        &format!("Answers per minute by address, last {hours} h"),
+        "",
+        from.as_millis() as f64,
+        to.as_millis() as f64,
+        &lines,
+    );
+    let body = html! {
+        (hours_links("/activity/gtm", &q, hours))
+        div id="answers-chart" { (PreEscaped(svg)) }
+        p { "How often each address was given out; a failover shows as one line dropping and another rising." }
+        table id="answers" { tr { th { "Hostname" } th { "Address" } th { "Answers" } }
+            @for (h, ad, n) in &totals { tr { td { (h) } td { (ad) } td class="num" { (n) } } } }
+    };
+    Ok(layout(
+        &a,
+        "/activity/gtm",
+        "GTM Recent Activity",
+        false,
+        body,
+    ))
+}
+
+async fn gtm_locations(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let (from, to, hours) = window_of(&q)?;
+    let c = scope.clone();
+    let rows = st
+        .db(move |b| {
+            b.gtm_answers_by_location(Window {
+                customer: c.as_deref(),
+                from,
+                to,
+            })
+        })
+        .await?;
+    let cfg = r::current(&st).await?.config;
+    let mut per_pop: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for l in &rows {
+        per_pop
+            .entry(l.pop.clone())
+            .or_default()
+            .push((l.address.clone(), l.answers as f64));
+    }
+    let points: Vec<charts::MapPoint> = per_pop
+        .iter()
+        .filter_map(|(pop, v)| {
+            let p = cfg.pops.iter().find(|p| &p.name == pop)?;
+            Some(charts::MapPoint {
+                label: pop.clone(),
+                lat: p.location.lat,
+                lon: p.location.lon,
+                value: v.iter().map(|x| x.1).sum(),
+            })
+        })
+        .collect();
+    let map = charts::world_map(
+        &format!("GTM answers by location, last {hours} h"),
+        "",
+        &points,
+    );
+    let body = html! {
+        (hours_links("/activity/gtm/locations", &q, hours))
+        div id="map" { (PreEscaped(map)) }
+        @for (pop, v) in &per_pop {
+            h2 { "Answers given at " (pop) }
+            div class="location-bars" { (PreEscaped(charts::bar_chart(&format!("Addresses given out at {pop}"), "", v))) }
+        }
+        table id="answers-by-location" { tr { th { "Location" } th { "Address" } th { "Answers" } }
+            @for l in &rows { tr { td { (l.pop) } td { (l.address) } td class="num" { (l.answers) } } } }
+    };
+    Ok(layout(
+        &a,
+        "/activity/gtm/locations",
+        "GTM By Location",
+        false,
+        body,
+    ))
+}
+
+// ---------------------------------------------------------------- tests (page check)
+
+fn tests_form(st: &ApiState, a: &Auth, url: &str, chosen: &[String]) -> Markup {
+    html! {
+        form method="post" action="/tests" id="pagecheck-form" {
+            (csrf_input(a))
+            p { label { "Page URL " input type="text" name="url" id="pagecheck-url" size="70" value=(url); } }
+            p { "Locations: "
+                @for p in &st.options().probes {
+                    label { input type="checkbox" name="locations" value=(p.location)
+                        checked[chosen.contains(&p.location)]; " " (p.location) } " "
+                }
+            }
+            p { label { input type="checkbox" name="repeat" value="on"; " repeat with warm DNS" } " "
+                button type="submit" id="pagecheck-submit" { "Run page check" } }
+        }
+    }
+}
+
+async fn tests_page(State(st): State<ApiState>, PortalUser(a): PortalUser) -> Page {
+    let body = tests_form(&st, &a, "", &[]);
+    Ok(layout(&a, "/tests", "Tests", false, body))
+}
+
+/// Page time, bytes and failed components of one pass.
+fn pass_summary(rows: &[PageRow]) -> (f64, u64, usize) {
+    let total = rows.iter().map(|r| r.end).fold(0.0f64, f64::max);
+    let bytes = rows.iter().filter_map(|r| r.len).sum();
+    let errors = rows.iter().filter(|r| r.failed()).count();
+    (total, bytes, errors)
+}
+
+/// A location's rows split by pass.
+fn passes(c: &LocationCheck) -> Vec<(u8, Vec<PageRow>)> {
+    let mut by: BTreeMap<u8, Vec<PageRow>> = BTreeMap::new();
+    for r in &c.rows {
+        by.entry(r.pass).or_default().push(r.clone());
+    }
+    by.into_iter().collect()
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// A JSON cell of a page-check row: strings without quotes, null as empty.
+fn cell(v: &Option<serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+async fn tests_submit(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let url = field(&f, "url").unwrap_or("").to_owned();
+    let locations: Vec<String> = f
+        .iter()
+        .filter(|(k, _)| k == "locations")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let repeat = field(&f, "repeat").is_some();
+    let result = r::run_pagecheck(
+        &st,
+        &a,
+        PageCheckBody {
+            url: url.clone(),
+            locations: locations.clone(),
+            repeat,
+        },
+    )
+    .await;
+    let (status, body) = match result {
+        Err(e @ ApiError::Invalid(_)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            html! { p class="error" id="pagecheck-error" { (e.message()) } (tests_form(&st, &a, &url, &locations)) },
+        ),
+        Err(e) => return Err(e.into()),
+        Ok(ans) => (
+            StatusCode::OK,
+            html! {
+                (tests_form(&st, &a, &url, &locations))
+                h2 { "Overall" }
+                table id="pagecheck-overall" {
+                    tr { th { "Location" } th { "Pass" } th { "Result" } th { "Components" } th { "Page time (ms)" } th { "Bytes" } th { "Errors" } }
+                    @for c in &ans.results {
+                        @if c.ok {
+                            @for (pass, rows) in passes(c) {
+                                @let (total, bytes, errors) = pass_summary(&rows);
+                                tr { td { (c.location) } td { (pass) } td class="ok" { "ok" }
+                                     td class="num" { (rows.len()) } td class="num" { (format!("{total:.1}")) }
+                                     td class="num" { (bytes) } td class="num" { (errors) } }
+                            }
+                        } @else {
+                            tr { td { (c.location) } td {} td class="error" { (c.error.clone().unwrap_or_default()) }
+                                 td {} td {} td {} td {} }
+                        }
+                    }
+                }
+                @for c in ans.results.iter().filter(|c| c.ok) {
+                    @for (pass, rows) in passes(c) {
+                        h2 { "From " (c.location) @if pass > 1 { ", pass " (pass) " (warm DNS)" } }
+                        div class="waterfall" id=(format!("waterfall-{}-{pass}", c.location)) {
+                            (PreEscaped(charts::waterfall(&format!("{} from {}, pass {pass}", ans.url, c.location), &rows)))
+                        }
+                        table class="raw-rows" {
+                            tr { @for h in ["URL","IP","ERR","HRC","LEN","CHK","STT","DRT","COT","TLS","DST","FNT","END"] { th { (h) } } }
+                            @for row in &rows {
+                                tr { td { (row.url) } td { (opt(&row.ip)) } td { (cell(&row.err)) } td { (opt(&row.hrc)) }
+                                     td class="num" { (opt(&row.len)) } td { (cell(&row.chk)) }
+                                     @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.1}")) } } }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    };
+    let mut resp = layout(&a, "/tests", "Tests", false, body);
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+// ---------------------------------------------------------------- GTM configuration
+
+async fn gtm_page(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    gtm_view_page(&st, &a, &q, None).await
+}
+
+async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<String>) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let cfg = r::current(st).await?.config;
+    let body = html! {
+        @if let Some(e) = &error { p class="error" id="gtm-error" { (e) } }
+        form method="post" action="/gtm/add" id="gtm-add" {
+            (csrf_input(a))
+            fieldset { legend { "Add a GTM domain" }
+                input type="text" name="hostname" placeholder="www.example.com" required; " first address "
+                input type="text" name="address" placeholder="192.0.2.10" required; " location "
+                input type="text" name="site" placeholder="site name (optional)"; " "
+                button type="submit" { "Add domain" } }
+        }
+        @for g in cfg.gtm.iter().filter(|g| scope.as_deref().is_none_or(|s| s == g.customer)) {
+            @let view = r::gtm_view(&cfg, g);
+            @let base = format!("/gtm/{}", g.hostname);
+            section class="gtm-domain" id=(format!("gtm-{}", g.hostname)) {
+                h2 { (g.hostname) }
+                form method="post" action=(format!("{base}/delete")) class="inline" {
+                    (csrf_input(a)) button type="submit" { "Remove domain" } }
+                table { tr { th { "Location" } th { "Server" } th { "Addresses" } th { "Weight" } th {} }
+                    @for t in &view.targets {
+                        tr { td { (opt(&t.site)) } td { (t.server) }
+                             td { @for x in &t.addresses { (x.to_string()) " " } } td class="num" { (t.weight) }
+                             td { form method="post" action=(format!("{base}/addresses/{}/delete", t.server)) class="inline" {
+                                 (csrf_input(a)) button type="submit" { "Remove" } } } }
+                    }
+                }
+                form method="post" action=(format!("{base}/addresses")) {
+                    (csrf_input(a))
+                    "Add address " input type="text" name="address" placeholder="192.0.2.11" required;
+                    " location " input type="text" name="site" placeholder="site (optional)";
+                    " weight " input type="number" name="weight" value="1" min="0";
+                    " " button type="submit" { "Add address" }
+                }
+                @let m = view.monitor.clone();
+                form method="post" action=(format!("{base}/monitor")) {
+                    (csrf_input(a))
+                    fieldset { legend { "Monitoring (service " (g.service) ")" }
+                        "check " select name="kind" {
+                            @for k in ["http", "https", "tcp", "dns"] {
+                                option value=(k) selected[m.as_ref().is_some_and(|m| serde_json::to_value(m.kind).ok() == Some(serde_json::Value::String(k.into())))] { (k) }
+                            }
+                        }
+                        " path " input type="text" name="path" value=(m.as_ref().map(|m| m.path.clone()).unwrap_or_else(|| "/".into()));
+                        " expect " input type="text" name="expect_content" value=(m.as_ref().and_then(|m| m.expect_content.clone()).unwrap_or_default());
+                        " every " input type="number" name="interval_secs" value=(m.as_ref().map(|m| m.interval_secs).unwrap_or(10)) min="1"; " s"
+                        " timeout " input type="number" name="timeout_ms" value=(m.as_ref().map(|m| m.timeout_ms).unwrap_or(4000)) min="1"; " ms "
+                        button type="submit" { "Save monitoring" }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout(a, "/gtm", "GTM Configuration", false, body))
+}
+
+async fn gtm_result(st: &ApiState, a: &Auth, r: Result<(), ApiError>) -> Page {
+    match r {
+        Ok(()) => Ok(Redirect::to("/gtm").into_response()),
+        Err(e @ ApiError::Invalid(_)) => {
+            let mut resp = gtm_view_page(st, a, &ScopeQuery::default(), Some(e.message())).await?;
+            *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_ip(f: &FormPairs, name: &str) -> Result<Option<std::net::IpAddr>, ApiError> {
+    match field(f, name) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::field(name, format!("not an IP address: {v:?}"))),
+    }
+}
+
+async fn gtm_add(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let r = async {
+        let host = field(&f, "hostname").unwrap_or("").trim().to_owned();
+        let address = parse_ip(&f, "address")?;
+        let customer = a
+            .user
+            .customer
+            .clone()
+            .ok_or_else(|| ApiError::field("customer", "admins add domains through the API"))?;
+        let a2 = a.clone();
+        let n = NewAddress {
+            address,
+            server: None,
+            site: field(&f, "site").map(str::to_owned),
+            weight: None,
+        };
+        r::mutate(&st, &a, move |cfg| {
+            if r::gtm_index(cfg, &host).is_some() {
+                return Err(ApiError::field(
+                    "hostname",
+                    format!("{host} is already configured"),
+                ));
+            }
+            let service = if cfg.services.iter().any(|s| s.name == "http") {
+                "http".to_owned()
+            } else {
+                cfg.services
+                    .first()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default()
+            };
+            let g: udn_core::config::GtmConfig = serde_json::from_value(serde_json::json!({
+                "hostname": host, "customer": customer, "service": service, "targets": []
+            }))
+            .map_err(|e| ApiError::field("hostname", e.to_string()))?;
+            cfg.gtm.push(g);
+            let i = cfg.gtm.len() - 1;
+            r::add_address(cfg, i, &a2, &n)
+        })
+        .await
+        .map(|_| ())
+    }
+    .await;
+    gtm_result(&st, &a, r).await
+}
+
+async fn gtm_delete(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Path(host): Path<String>,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let r = r::with_gtm(&st, &a, host, |cfg, i| {
+        cfg.gtm.remove(i);
+        Ok(())
+    })
+    .await;
+    gtm_result(&st, &a, r).await
+}
+
+async fn gtm_address_add(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Path(host): Path<String>,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let r = async {
+        let n = NewAddress {
+            address: parse_ip(&f, "address")?,
+            server: None,
+            site: field(&f, "site").map(str::to_owned),
+            weight: match field(&f, "weight") {
+                None => None,
+                Some(w) => Some(
+                    w.parse()
+                        .map_err(|_| ApiError::field("weight", "a whole number"))?,
+                ),
+            },
+        };
+        let a2 = a.clone();
+        r::with_gtm(&st, &a, host, move |cfg, i| r::add_address(cfg, i, &a2, &n)).await
+    }
+    .await;
+    gtm_result(&st, &a, r).await
+}
+
+async fn gtm_address_delete(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Path((host, key)): Path<(String, String)>,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let r = r::with_gtm(&st, &a, host, move |cfg, i| {
+        let t = r::target_index(cfg, i, &key).ok_or(ApiError::NotFound)?;
+        cfg.gtm[i].targets.remove(t);
+        Ok(())
+    })
+    .await;
+    gtm_result(&st, &a, r).await
+}
+
+async fn gtm_monitor(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Path(host): Path<String>,
+    Form(f): Form<FormPairs>,
+) -> Page {
+    check_csrf(&a, &f)?;
+    let mut v = serde_json::Map::new();
+    for k in ["kind", "path", "expect_content"] {
+        if let Some(x) = field(&f, k) {
+            v.insert(k.into(), serde_json::Value::String(x.to_owned()));
+        }
+    }
+    let mut bad = None;
+    for k in ["interval_secs", "timeout_ms"] {
+        if let Some(x) = field(&f, k) {
+            match x.trim().parse::<u64>() {
+                Ok(n) => {
+                    v.insert(k.into(), serde_json::Value::from(n));
+                }
+                Err(_) => bad = Some(ApiError::field(k, "a whole number")),
+            }
+        }
+    }
+    let r = match bad {
+        Some(e) => Err(e),
+        None => {
+            r::with_gtm(&st, &a, host, move |cfg, i| {
+                r::set_monitor(cfg, i, serde_json::Value::Object(v)).map(|_| ())
+            })
+            .await
+        }
+    };
+    gtm_result(&st, &a, r).await
+}
+
+// ---------------------------------------------------------------- invoices
+
+async fn invoices(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<ScopeQuery>,
+) -> Page {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let list = st.db(move |b| b.invoices(scope.as_deref())).await?;
+    let body = html! {
+        table id="invoices" {
+            tr { th { "Number" } th { "Customer" } th { "Period" } th { "Total" } th { "Issued" } }
+            @for i in &list {
+                tr { td { a href=(format!("/invoices/{}", i.id)) { (i.number) } } td { (i.customer) }
+                     td { (fmt_time(i.period_start)) " – " (fmt_time(i.period_end)) }
+                     td class="num" { (i.total.to_string()) " " (i.currency) } td { (fmt_time(i.issued_at)) } }
+            }
+        }
+        @if list.is_empty() { p { "No invoices yet." } }
+    };
+    Ok(layout(&a, "/invoices", "Invoices", false, body))
+}
+
+async fn invoice(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Path(id): Path<i64>,
+) -> Page {
+    let inv = r::load_invoice(&st, &a, id).await?;
+    let body = html! {
+        p { "Invoice " strong id="invoice-number" { (inv.summary.number) } " for " (inv.summary.customer)
+            ", total " (inv.summary.total.to_string()) " " (inv.summary.currency) }
+        // Billing renders the body; it is trusted HTML from our own store.
+        div class="invoice-body" { (PreEscaped(inv.html)) }
+    };
+    Ok(layout(
+        &a,
+        "/invoices",
+        &format!("Invoice {}", inv.summary.number),
+        false,
+        body,
+    ))
+}
+
+// ---------------------------------------------------------------- start-up
+
+/// How `udn control` runs the API and the portal.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Where the portal and the API listen over HTTPS.
+    pub https: std::net::SocketAddr,
+    /// Where the API also listens over plain HTTP for machines on the internal network
+    /// (config distribution to DNS servers, edges and probes); `None`: not at all.
+    pub http: Option<std::net::SocketAddr>,
+    /// The certificate.
+    pub cert: CertSource,
+    /// Edges, probes and tokens.
+    pub options: crate::api::ControlOptions,
+    /// Committed as the first config version when the store has none yet.
+    pub seed_config: Option<udn_core::Config>,
+    /// Admin user (name, password) created when the store has no users yet.
+    pub bootstrap_admin: Option<(String, String)>,
+}
+
+/// A running control-plane front end.
+#[derive(Debug)]
+pub struct PortalHandle {
+    /// Bound HTTPS address.
+    pub https: std::net::SocketAddr,
+    /// Bound plain-HTTP address, if any.
+    pub http: Option<std::net::SocketAddr>,
+    /// The certificate in PEM (to pin it in clients).
+    pub cert_pem: String,
+    /// The handlers' state (backend, options).
+    pub state: ApiState,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl PortalHandle {
+    /// Stops the servers and the purge delivery tasks.
+    pub fn shutdown(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for PortalHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Seeds the store if empty, starts the purge distributor and serves [`app`] over
+/// HTTPS (and plain HTTP when configured).
+pub async fn start(
+    backend: std::sync::Arc<dyn crate::api::Backend>,
+    cfg: PortalConfig,
+) -> anyhow::Result<PortalHandle> {
+    use anyhow::Context as _;
+    crate::install_crypto();
+    if let Some(seed) = &cfg.seed_config
+        && backend.current_config()?.version == 0
+    {
+        backend
+            .commit_config(0, seed, "bootstrap", crate::logging::now())
+            .context("seeding the configuration")?;
+    }
+    if let Some((user, pass)) = &cfg.bootstrap_admin
+        && backend.users()?.is_empty()
+    {
+        backend
+            .create_user(user, pass, Role::Admin, None)
+            .context("creating the first admin")?;
+    }
+    let state = ApiState::new(backend, cfg.options.clone())?;
+    let mut tasks = state.start_purge_distributor();
+    let (tls, cert_pem) = server_config(&cfg.cert)?;
+    let (https, t) = serve_https(cfg.https, app(state.clone()), tls)
+        .await
+        .with_context(|| format!("binding the portal on {}", cfg.https))?;
+    tasks.push(t);
+    let http = match cfg.http {
+        Some(addr) => {
+            let (bound, t) = crate::api::serve_http(addr, crate::api::router(state.clone()))
+                .await
+                .with_context(|| format!("binding the internal API on {addr}"))?;
+            tasks.push(t);
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok(PortalHandle {
+        https,
+        http,
+        cert_pem,
+        state,
+        tasks,
+    })
+}

@@ -1,0 +1,1365 @@
+//! The REST API over real HTTP on loopback, against a real SQLite file: every endpoint,
+//! its authorisation (a customer never reaches another customer's objects) and bad input.
+
+mod api_support;
+
+use api_support::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+use udn_bins::api::backend::InvoiceSummary;
+use udn_core::Timestamp;
+
+fn fields(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn login_cookie_is_httponly_samesite_and_wrong_password_is_refused() {
+    let h = Harness::start("api-login").await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(h.url("/v1/auth/login"))
+        .json(&json!({"username": "shopuser", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("udn_session="), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["user"]["customer"], "shop");
+    assert_eq!(body["user"]["role"], "customer");
+
+    let r = c
+        .post(h.url("/v1/auth/login"))
+        .json(&json!({"username": "shopuser", "password": "wrong password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // Malformed body: the missing field is named.
+    let r = c
+        .post(h.url("/v1/auth/login"))
+        .json(&json!({"username": "shopuser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // Not logged in.
+    let r = c.get(h.url("/v1/me")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_per_user() {
+    let h = Harness::start("api-ratelimit").await;
+    let c = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let r = c
+            .post(h.url("/v1/auth/login"))
+            .json(&json!({"username": "acmeuser", "password": "guess"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(&statuses[..5], &[401; 5]);
+    assert_eq!(&statuses[5..], &[429, 429]);
+    // Even the right password is refused while the limit holds.
+    let r = c
+        .post(h.url("/v1/auth/login"))
+        .json(&json!({"username": "acmeuser", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    // Another user is not affected.
+    h.login("shopuser").await;
+}
+
+#[tokio::test]
+async fn cookie_changes_need_the_csrf_token_and_logout_ends_the_session() {
+    let h = Harness::start("api-csrf").await;
+    let s = h.login("shopuser").await;
+    let body = json!({"scope": "url", "target": "http://cdn.shop.udn.example/a.gif"});
+    let r = s
+        .client
+        .post(h.url("/v1/purge"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no CSRF header");
+    let r = s
+        .client
+        .post(h.url("/v1/purge"))
+        .header("x-csrf-token", "not-the-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "wrong CSRF header");
+    let (st, _) = s.send("POST", "/v1/purge", body).await;
+    assert_eq!(st, 202);
+
+    let (st, me) = s.get("/v1/me").await;
+    assert_eq!(st, 200);
+    assert_eq!(me["user"]["username"], "shopuser");
+    let (st, _) = s.send("POST", "/v1/auth/logout", json!({})).await;
+    assert_eq!(st, 204);
+    let (st, _) = s.get("/v1/me").await;
+    assert_eq!(st, 401);
+}
+
+#[tokio::test]
+async fn bearer_tokens_work_without_csrf() {
+    let h = Harness::start("api-bearer").await;
+    let c = reqwest::Client::new();
+    let r: Value = c
+        .post(h.url("/v1/auth/token"))
+        .json(&json!({"username": "shopuser", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["token"].as_str().unwrap();
+    let r = c
+        .post(h.url("/v1/purge"))
+        .bearer_auth(token)
+        .json(&json!({"scope": "domain", "target": "cdn.shop.udn.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        p["target"], "http://cdn.shop.udn.example/",
+        "a domain as its root URL"
+    );
+    let r = c
+        .post(h.url("/v1/purge"))
+        .bearer_auth(token)
+        .json(&json!({"scope": "url", "target": "https://cdn.shop.udn.example/a.css"}))
+        .send()
+        .await
+        .unwrap();
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        p["target"], "http://cdn.shop.udn.example/a.css",
+        "cache-key form"
+    );
+    let r = c
+        .get(h.url("/v1/cdn"))
+        .bearer_auth("0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn customers_and_users_are_admin_business() {
+    let h = Harness::start("api-customers").await;
+    let shop = h.login("shopuser").await;
+    let admin = h.login("admin").await;
+
+    let (st, list) = shop.get("/v1/customers").await;
+    assert_eq!(st, 200);
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("shop")]);
+    let (st, list) = admin.get("/v1/customers").await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    assert_eq!(shop.get("/v1/customers/acme").await.0, 403);
+    assert_eq!(shop.get("/v1/customers/shop").await.0, 200);
+    assert_eq!(
+        shop.send(
+            "PUT",
+            "/v1/customers/acme",
+            json!({"name": "acme", "display_name": "x"})
+        )
+        .await
+        .0,
+        403
+    );
+    let (st, c) = shop
+        .send(
+            "PUT",
+            "/v1/customers/shop",
+            json!({"name": "shop", "display_name": "Shop 2"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(
+        shop.send("POST", "/v1/customers", json!({"name": "new"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        shop.send("DELETE", "/v1/customers/acme", json!({})).await.0,
+        403
+    );
+    assert_eq!(shop.get("/v1/users").await.0, 403);
+
+    let (st, e) = admin
+        .send("POST", "/v1/customers", json!({"name": "bad name!"}))
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["name"]);
+    let (st, _) = admin
+        .send("POST", "/v1/customers", json!({"name": "newco"}))
+        .await;
+    assert_eq!(st, 201);
+    let (st, e) = admin
+        .send("POST", "/v1/customers", json!({"name": "newco"}))
+        .await;
+    assert_eq!(st, 422, "duplicate customer: {e}");
+    assert!(
+        fields(&e).iter().any(|f| f.starts_with("customers[")),
+        "{e}"
+    );
+    // Deleting a customer that still owns hostnames names the references.
+    let (st, e) = admin.send("DELETE", "/v1/customers/acme", json!({})).await;
+    assert_eq!(st, 422);
+    assert!(fields(&e).iter().any(|f| f.ends_with(".customer")), "{e}");
+
+    let (st, e) = admin
+        .send(
+            "POST",
+            "/v1/users",
+            json!({"username": "newbie", "password": "short", "role": "customer", "customer": "newco"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["password"]);
+    let (st, e) = admin
+        .send(
+            "POST",
+            "/v1/users",
+            json!({"username": "newbie", "password": PASSWORD, "role": "customer", "customer": "ghost"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["customer"]);
+    let (st, _) = admin
+        .send(
+            "POST",
+            "/v1/users",
+            json!({"username": "newbie", "password": PASSWORD, "role": "customer", "customer": "newco"}),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let newbie = h.login("newbie").await;
+    assert_eq!(newbie.get("/v1/cdn").await.1, json!([]));
+    let (st, users) = admin.get("/v1/users").await;
+    assert_eq!(st, 200);
+    assert_eq!(users.as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn cdn_crud_is_validated_versioned_and_owner_only() {
+    let h = Harness::start("api-cdn").await;
+    let shop = h.login("shopuser").await;
+    let admin = h.login("admin").await;
+    let v0 = h.state.backend().current_config().unwrap().version;
+
+    let (st, list) = shop.get("/v1/cdn").await;
+    assert_eq!(st, 200);
+    let hosts: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["hostname"].clone())
+        .collect();
+    assert_eq!(hosts, vec![json!("cdn.shop.udn.example")]);
+    assert_eq!(shop.get("/v1/cdn?customer=acme").await.0, 403);
+    assert_eq!(admin.get("/v1/cdn").await.1.as_array().unwrap().len(), 2);
+    assert_eq!(
+        admin
+            .get("/v1/cdn?customer=acme")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let new = json!({"hostname": "img.shop.udn.example", "origins": ["www.shop.udn.example"]});
+    let (st, c) = shop.send("POST", "/v1/cdn", new.clone()).await;
+    assert_eq!(st, 201, "{c}");
+    assert_eq!(c["customer"], "shop");
+    assert_eq!(h.state.backend().current_config().unwrap().version, v0 + 1);
+    let (st, _) = shop.send("POST", "/v1/cdn", new).await;
+    assert_eq!(st, 422, "same hostname twice");
+    let (st, c) = shop.get("/v1/cdn/img.shop.udn.example").await;
+    assert_eq!(
+        (st, c["origins"].clone()),
+        (200, json!(["www.shop.udn.example"]))
+    );
+
+    // Bad input names the field.
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "x.shop.udn.example", "origins": ["ok.example"], "ttl": "soon"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["ttl"]);
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "y.shop.udn.example", "origins": ["bad host!"]}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert!(
+        fields(&e)[0].starts_with("cdn[") && fields(&e)[0].ends_with("origins[0]"),
+        "{e}"
+    );
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "z.shop.udn.example", "origins": [], "colour": 1}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+
+    // Another customer's objects.
+    let (st, _) = shop
+        .send("POST", "/v1/cdn", json!({"hostname": "evil.acme.udn.example", "customer": "acme", "origins": ["www.acme.udn.example"]}))
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(shop.get("/v1/cdn/cdn.acme.udn.example").await.0, 403);
+    let (st, _) = shop
+        .send(
+            "PUT",
+            "/v1/cdn/cdn.acme.udn.example",
+            json!({"hostname": "cdn.acme.udn.example", "origins": ["www.acme.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        shop.send("DELETE", "/v1/cdn/cdn.acme.udn.example", json!({}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(shop.get("/v1/cdn/nothing.udn.example").await.0, 404);
+
+    let (st, c) = shop
+        .send("PUT", "/v1/cdn/img.shop.udn.example", json!({"hostname": "img.shop.udn.example", "origins": ["www.shop.udn.example"], "ttl": 60}))
+        .await;
+    assert_eq!((st, c["ttl"].clone()), (200, json!(60)));
+    let (st, _) = shop
+        .send(
+            "PUT",
+            "/v1/cdn/img.shop.udn.example",
+            json!({"hostname": "other.shop.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(
+        shop.send("DELETE", "/v1/cdn/img.shop.udn.example", json!({}))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(shop.get("/v1/cdn/img.shop.udn.example").await.0, 404);
+    // acme's hostname is untouched.
+    assert_eq!(admin.get("/v1/cdn/cdn.acme.udn.example").await.0, 200);
+}
+
+#[tokio::test]
+async fn gtm_domains_addresses_standby_and_monitors() {
+    let h = Harness::start("api-gtm").await;
+    let shop = h.login("shopuser").await;
+    let acme = h.login("acmeuser").await;
+
+    let (st, list) = shop.get("/v1/gtm").await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let view = &list[0];
+    assert_eq!(view["config"]["hostname"], "www.shop.udn.example");
+    let sites: Vec<_> = view["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["site"].clone())
+        .collect();
+    assert_eq!(sites, vec![json!("shop-east"), json!("shop-west")]);
+    assert_eq!(view["targets"][0]["addresses"], json!(["127.0.0.21"]));
+
+    // Create a domain, add an address in a new site, weight it, remove it.
+    let (st, v) = shop
+        .send("POST", "/v1/gtm", json!({"hostname": "api.shop.udn.example", "service": "http", "targets": [{"server": "shop-east-1"}]}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = shop
+        .send(
+            "POST",
+            "/v1/gtm/api.shop.udn.example/addresses",
+            json!({"address": "127.0.0.41", "site": "shop-south", "weight": 3}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let t = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["site"] == "shop-south")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (t["addresses"].clone(), t["weight"].clone()),
+        (json!(["127.0.0.41"]), json!(3))
+    );
+    let (st, v) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/addresses/127.0.0.41",
+            json!({"weight": 5}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert!(
+        v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["weight"] == 5)
+    );
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/gtm/api.shop.udn.example/addresses",
+            json!({"address": "not-an-ip"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["address"]);
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/gtm/api.shop.udn.example/addresses",
+            json!({"server": "nope-1"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["server"]);
+    // acme's site cannot be borrowed.
+    let (st, _) = shop
+        .send(
+            "POST",
+            "/v1/gtm/api.shop.udn.example/addresses",
+            json!({"server": "acme-1"}),
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, _) = shop
+        .send(
+            "POST",
+            "/v1/gtm/api.shop.udn.example/addresses",
+            json!({"address": "127.0.0.42", "site": "acme-site"}),
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, v) = shop
+        .send(
+            "DELETE",
+            "/v1/gtm/api.shop.udn.example/addresses/127.0.0.41",
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["targets"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        shop.send(
+            "DELETE",
+            "/v1/gtm/api.shop.udn.example/addresses/127.0.0.99",
+            json!({})
+        )
+        .await
+        .0,
+        404
+    );
+
+    // A bad reference is named by its config path.
+    let (st, e) = shop
+        .send("PUT", "/v1/gtm/api.shop.udn.example", json!({"hostname": "api.shop.udn.example", "service": "http", "targets": [{"server": "ghost-1"}]}))
+        .await;
+    assert_eq!(st, 422);
+    let f = fields(&e);
+    assert!(
+        f.iter()
+            .any(|f| f.starts_with("gtm[") && f.ends_with("targets[0].server")),
+        "{e}"
+    );
+    let (st, e) = shop
+        .send("PUT", "/v1/gtm/api.shop.udn.example", json!({"hostname": "api.shop.udn.example", "service": "http", "answers": 0, "targets": [{"server": "shop-east-1"}]}))
+        .await;
+    assert_eq!(st, 422);
+    assert!(fields(&e).iter().any(|f| f.ends_with(".answers")), "{e}");
+
+    // Standby and persistence via PUT.
+    let (st, v) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/standby",
+            json!({"standby": ["127.0.0.49"]}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["config"]["standby"].clone()),
+        (200, json!(["127.0.0.49"]))
+    );
+    let (st, v) = shop
+        .send("PUT", "/v1/gtm/api.shop.udn.example", json!({"hostname": "api.shop.udn.example", "service": "http", "persistence": {"secs": 600}, "targets": [{"server": "shop-east-1", "weight": 2}]}))
+        .await;
+    assert_eq!(
+        (st, v["config"]["persistence"]["secs"].clone()),
+        (200, json!(600))
+    );
+
+    // Monitor change creates the hostname's own service, leaving the shared one alone.
+    let (st, m) = shop.get("/v1/gtm/api.shop.udn.example/monitor").await;
+    assert_eq!((st, m["name"].clone()), (200, json!("http")));
+    let (st, m) = shop
+        .send("PUT", "/v1/gtm/api.shop.udn.example/monitor", json!({"kind": "https", "path": "/status", "interval_secs": 30, "expect_content": "up"}))
+        .await;
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(m["name"], "mon-api.shop.udn.example");
+    let cfg = h.state.backend().current_config().unwrap().config;
+    assert_eq!(
+        cfg.services.iter().find(|s| s.name == "http").unwrap().path,
+        "/health"
+    );
+    let (st, e) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/monitor",
+            json!({"kind": "carrier-pigeon"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["kind"]);
+    let (st, e) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/monitor",
+            json!({"interval_secs": 0}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert!(
+        fields(&e).iter().any(|f| f.ends_with("interval_secs")),
+        "{e}"
+    );
+
+    // Every GTM endpoint refuses another customer's hostname.
+    let other = "/v1/gtm/api.shop.udn.example";
+    assert_eq!(acme.get(other).await.0, 403);
+    assert_eq!(acme.get(&format!("{other}/monitor")).await.0, 403);
+    assert_eq!(
+        acme.send(
+            "PUT",
+            other,
+            json!({"hostname": "api.shop.udn.example", "service": "http", "targets": []})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        acme.send(
+            "POST",
+            &format!("{other}/addresses"),
+            json!({"address": "127.0.0.50"})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        acme.send(
+            "PUT",
+            &format!("{other}/addresses/shop-east-1"),
+            json!({"weight": 9})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        acme.send(
+            "DELETE",
+            &format!("{other}/addresses/shop-east-1"),
+            json!({})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        acme.send("PUT", &format!("{other}/standby"), json!({"standby": []}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        acme.send("PUT", &format!("{other}/monitor"), json!({"kind": "tcp"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(acme.send("DELETE", other, json!({})).await.0, 403);
+    assert_eq!(acme.get("/v1/gtm?customer=shop").await.0, 403);
+    let (_, acme_list) = acme.get("/v1/gtm").await;
+    assert_eq!(acme_list.as_array().unwrap().len(), 1);
+
+    assert_eq!(shop.send("DELETE", other, json!({})).await.0, 204);
+    assert_eq!(shop.get(other).await.0, 404);
+}
+
+#[tokio::test]
+async fn static_mappings_are_owner_only() {
+    let h = Harness::start("api-static").await;
+    let shop = h.login("shopuser").await;
+    let acme = h.login("acmeuser").await;
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/static-mappings",
+            json!({"network": "198.51.100.0/24", "target": "shop-west-1"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["hostnames"]);
+    let (st, e) = shop
+        .send("POST", "/v1/static-mappings", json!({"network": "not a cidr", "target": "shop-west-1", "hostnames": ["www.shop.udn.example"]}))
+        .await;
+    assert_eq!(st, 422, "{e}");
+    let (st, _) = shop
+        .send("POST", "/v1/static-mappings", json!({"network": "198.51.100.0/24", "target": "shop-west-1", "hostnames": ["www.acme.udn.example"]}))
+        .await;
+    assert_eq!(st, 403);
+    let (st, m) = shop
+        .send("POST", "/v1/static-mappings", json!({"network": "198.51.100.0/24", "target": "shop-west-1", "hostnames": ["www.shop.udn.example"]}))
+        .await;
+    assert_eq!(st, 201, "{m}");
+    let (_, list) = shop.get("/v1/static-mappings").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["target"], "shop-west-1");
+    let (_, list) = acme.get("/v1/static-mappings").await;
+    assert_eq!(list, json!([]));
+    assert_eq!(
+        acme.send("DELETE", "/v1/static-mappings/0", json!({}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        shop.send("DELETE", "/v1/static-mappings/7", json!({}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        shop.send("DELETE", "/v1/static-mappings/0", json!({}))
+            .await
+            .0,
+        204
+    );
+}
+
+#[tokio::test]
+async fn config_distribution_by_etag_and_long_poll() {
+    let h = Harness::start("api-config").await;
+    let c = reqwest::Client::new();
+    let r = c.get(h.url("/v1/config")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let shop = h.login("shopuser").await;
+    assert_eq!(shop.get("/v1/config").await.0, 403);
+    let r = c
+        .get(h.url("/v1/config"))
+        .bearer_auth("wrong-agent-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = c
+        .get(h.url("/v1/config"))
+        .bearer_auth(AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r
+        .headers()
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let snap: Value = r.json().await.unwrap();
+    let v1 = snap["version"].as_u64().unwrap();
+    assert_eq!(etag, format!("\"v{v1}\""));
+    assert_eq!(snap["config"]["gtm"][0]["hostname"], "www.shop.udn.example");
+
+    let r = c
+        .get(h.url("/v1/config"))
+        .bearer_auth(AGENT_TOKEN)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // A long poll returns as soon as a change is committed.
+    let poll = {
+        let c = c.clone();
+        let url = h.url(&format!("/v1/config?since={v1}&wait=20"));
+        tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(AGENT_TOKEN).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "long poll answered before any change");
+    let (st, _) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/www.shop.udn.example/standby",
+            json!({"standby": ["127.0.0.28"]}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, snap) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("long poll answers after the change")
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(snap["version"].as_u64().unwrap(), v1 + 1);
+    assert_eq!(snap["config"]["gtm"][0]["standby"], json!(["127.0.0.28"]));
+
+    // A long poll with nothing new ends in 304.
+    let r = c
+        .get(h.url(&format!("/v1/config?since={}&wait=1", v1 + 1)))
+        .bearer_auth(AGENT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // TOML form for operators, and admin-only whole-config replacement.
+    let admin = h.login("admin").await;
+    let text = admin
+        .client
+        .get(h.url("/v1/config?format=toml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parsed = udn_core::Config::from_toml(&text).unwrap();
+    assert_eq!(
+        parsed.gtm[0].standby,
+        vec!["127.0.0.28".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let mut cfg = serde_json::to_value(&parsed).unwrap();
+    cfg["gtm"][0]["answers"] = json!(0);
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({"config": cfg}))
+        .await;
+    assert_eq!(st, 422);
+    assert!(fields(&e).contains(&"gtm[0].answers".to_owned()), "{e}");
+    cfg["gtm"][0]["answers"] = json!(1);
+    cfg["gtm"][0]["ttl"] = json!(45);
+    let (st, e) = admin
+        .send(
+            "PUT",
+            "/v1/config",
+            json!({"base": v1, "config": cfg.clone()}),
+        )
+        .await;
+    assert_eq!(st, 409, "stale base: {e}");
+    let (st, v) = admin
+        .send("PUT", "/v1/config", json!({"config": cfg}))
+        .await;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(v1 + 2)));
+    assert_eq!(
+        shop.send("PUT", "/v1/config", json!({"config": {}}))
+            .await
+            .0,
+        403
+    );
+    let (st, old) = admin.get(&format!("/v1/config/versions/{v1}")).await;
+    assert_eq!(
+        (st, old["config"]["gtm"][0]["ttl"].clone()),
+        (200, json!(20))
+    );
+    assert_eq!(shop.get(&format!("/v1/config/versions/{v1}")).await.0, 403);
+}
+
+#[tokio::test]
+async fn config_watcher_follows_changes_and_survives_an_outage() {
+    let h = Harness::start("api-watcher").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // First point the watcher at a control plane that is not there.
+    let dead = free_addr();
+    let w = udn_bins::api::config_watcher(
+        format!("http://{dead}"),
+        Some(AGENT_TOKEN.into()),
+        Duration::from_millis(200),
+        {
+            let tx = tx.clone();
+            move |u| {
+                let _ = tx.send(u);
+            }
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing delivered while unreachable"
+    );
+    w.abort();
+
+    let w = udn_bins::api::config_watcher(
+        h.base.clone(),
+        Some(AGENT_TOKEN.into()),
+        Duration::from_millis(200),
+        move |u| {
+            let _ = tx.send(u);
+        },
+    );
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(first.config.gtm.len(), 2);
+    let shop = h.login("shopuser").await;
+    shop.send("DELETE", "/v1/cdn/cdn.shop.udn.example", json!({}))
+        .await;
+    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(second.config.cdn.len(), 1);
+    w.abort();
+}
+
+#[tokio::test]
+async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge() {
+    let h = Harness::start("api-purge").await;
+    let shop = h.login("shopuser").await;
+    let acme = h.login("acmeuser").await;
+
+    let (st, p) = shop
+        .send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "url", "target": "http://www.shop.udn.example/img/a.gif"}),
+        )
+        .await;
+    assert_eq!(st, 202, "{p}");
+    let seq1 = p["seq"].as_u64().unwrap();
+    assert_eq!(p["total"], 2);
+    let (st, p2) = shop
+        .send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "prefix", "target": "http://cdn.shop.udn.example/img/"}),
+        )
+        .await;
+    assert_eq!(st, 202);
+    let seq2 = p2["seq"].as_u64().unwrap();
+    assert!(seq2 > seq1);
+
+    // The live edge receives both, in order, with the bearer token.
+    assert!(eventually(10, || async { h.edge1.calls("/v1/purge").len() == 2 }).await);
+    let calls = h.edge1.calls("/v1/purge");
+    assert_eq!(
+        calls[0].body,
+        json!({"scope": "url", "target": "http://www.shop.udn.example/img/a.gif", "seq": seq1})
+    );
+    assert_eq!(calls[1].body["seq"], seq2);
+    assert_eq!(
+        calls[0].authorization.as_deref(),
+        Some(&*format!("Bearer {EDGE_TOKEN}"))
+    );
+    let (_, status) = shop.get(&format!("/v1/purge/{seq1}")).await;
+    assert_eq!(status["applied"], 1);
+    let down = status["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["edge"] == "nyc-edge-1")
+        .unwrap()
+        .clone();
+    assert_eq!(down["applied"], false);
+    assert!(down["last_error"].as_str().is_some());
+
+    // The edge that was down comes back and gets what it missed, in order.
+    let task = h.edge2.serve(h.edge2_addr).await;
+    assert!(eventually(15, || async { h.edge2.calls("/v1/purge").len() == 2 }).await);
+    let seqs: Vec<_> = h
+        .edge2
+        .calls("/v1/purge")
+        .iter()
+        .map(|c| c.body["seq"].clone())
+        .collect();
+    assert_eq!(seqs, vec![json!(seq1), json!(seq2)]);
+    assert!(
+        eventually(5, || async {
+            shop.get(&format!("/v1/purge/{seq2}")).await.1["applied"] == 2
+        })
+        .await
+    );
+    task.abort();
+
+    // Listing shows own purges only; another customer is refused.
+    let (_, list) = shop.get("/v1/purge").await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let (_, list) = acme.get("/v1/purge").await;
+    assert_eq!(list, json!([]));
+    assert_eq!(acme.get(&format!("/v1/purge/{seq1}")).await.0, 403);
+    assert_eq!(acme.get("/v1/purge?customer=shop").await.0, 403);
+    assert_eq!(
+        acme.send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "domain", "target": "cdn.shop.udn.example"})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(shop.get("/v1/purge/99999").await.0, 404);
+
+    // Bad input.
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "everything", "target": "x"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["scope"]);
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "url", "target": "cdn.shop.udn.example/a"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["target"]);
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "url", "target": "http://elsewhere.example/a"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert_eq!(fields(&e), vec!["target"]);
+    let (st, _) = shop
+        .send(
+            "POST",
+            "/v1/purge",
+            json!({"scope": "domain", "target": "bad domain"}),
+        )
+        .await;
+    assert_eq!(st, 422);
+}
+
+#[tokio::test]
+async fn prefill_fans_out_to_every_edge() {
+    let h = Harness::start("api-prefill").await;
+    let shop = h.login("shopuser").await;
+    let urls = json!([
+        "http://cdn.shop.udn.example/a.gif",
+        "http://cdn.shop.udn.example/b.gif"
+    ]);
+    let (st, r) = shop
+        .send("POST", "/v1/prefill", json!({"urls": urls}))
+        .await;
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["urls"], urls);
+    assert_eq!(r["total"], 2);
+    let seq = r["seq"].as_u64().unwrap();
+    assert!(eventually(10, || async { h.edge1.calls("/v1/prefill").len() == 1 }).await);
+    let calls = h.edge1.calls("/v1/prefill");
+    assert_eq!(calls[0].body, json!({"urls": urls}));
+    assert_eq!(
+        calls[0].authorization.as_deref(),
+        Some(&*format!("Bearer {EDGE_TOKEN}"))
+    );
+    let (_, v) = shop.get(&format!("/v1/prefill/{seq}")).await;
+    assert_eq!(v["applied"], 1);
+    // The edge that was down gets the prefill when it comes back.
+    let task = h.edge2.serve(h.edge2_addr).await;
+    assert!(eventually(15, || async { h.edge2.calls("/v1/prefill").len() == 1 }).await);
+    assert!(
+        eventually(5, || async {
+            shop.get(&format!("/v1/prefill/{seq}")).await.1["applied"] == 2
+        })
+        .await
+    );
+    task.abort();
+    assert_eq!(
+        h.login("acmeuser")
+            .await
+            .get(&format!("/v1/prefill/{seq}"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(shop.get("/v1/prefill/4242").await.0, 404);
+
+    let acme = h.login("acmeuser").await;
+    assert_eq!(
+        acme.send("POST", "/v1/prefill", json!({"urls": urls}))
+            .await
+            .0,
+        403
+    );
+    let (st, e) = shop.send("POST", "/v1/prefill", json!({"urls": []})).await;
+    assert_eq!((st, fields(&e)), (422, vec!["urls".to_owned()]));
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/prefill",
+            json!({"urls": ["http://cdn.shop.udn.example/a", "ftp://x"]}),
+        )
+        .await;
+    assert_eq!((st, fields(&e)), (422, vec!["urls[1]".to_owned()]));
+}
+
+#[tokio::test]
+async fn page_check_runs_on_the_chosen_probes() {
+    let h = Harness::start("api-pagecheck").await;
+    *h.probe_fra.rows.lock().unwrap() = json!([
+        {"URL": "http://cdn.shop.udn.example/", "IP": "127.0.0.11", "ERR": null, "HRC": 200, "LEN": 5120, "CHK": "ok",
+         "STT": 0.0, "DRT": 1.5, "COT": 0.5, "TLS": 0.0, "DST": 3.0, "FNT": 2.0, "END": 7.0},
+        {"URL": "http://cdn.shop.udn.example/a.gif", "IP": "127.0.0.11", "HRC": 200, "LEN": 43,
+         "STT": 7.0, "DRT": 0.0, "COT": 0.4, "TLS": 0.0, "DST": 1.0, "FNT": 0.6, "END": 9.0}
+    ]);
+    let shop = h.login("shopuser").await;
+    let (st, r) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://cdn.shop.udn.example/", "locations": ["fra"], "repeat": true}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let res = &r["results"][0];
+    assert_eq!(
+        (res["location"].clone(), res["ok"].clone()),
+        (json!("fra"), json!(true))
+    );
+    assert_eq!(res["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(res["rows"][1]["url"], "http://cdn.shop.udn.example/a.gif");
+    assert_eq!(res["rows"][1]["end"], 9.0);
+    let calls = h.probe_fra.calls("/v1/pagecheck");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].body,
+        json!({"url": "http://cdn.shop.udn.example/", "repeat": true})
+    );
+    assert!(
+        h.probe_nyc.calls("/v1/pagecheck").is_empty(),
+        "nyc not chosen"
+    );
+
+    // The probe's own answer form: passes, times in µs, error code and message.
+    *h.probe_nyc.rows.lock().unwrap() = json!({"pop": "nyc", "reports": [
+        {"overall": {"url": "http://cdn.shop.udn.example/", "pass": 1}, "rows": [
+            {"url": "http://cdn.shop.udn.example/", "ip": "127.0.0.12", "err": 0, "hrc": 200, "len": 10, "chk": 305419896,
+             "stt_us": 0, "drt_us": 1500, "cot_us": 250, "tls_us": 0, "dst_us": 3000, "fnt_us": 250, "end_us": 5000},
+            {"url": "http://cdn.shop.udn.example/gone.gif", "ip": null, "err": 3, "error": {"Connect": "refused"}, "hrc": 0, "len": 0, "chk": 0,
+             "stt_us": 5000, "drt_us": 0, "cot_us": 1000, "tls_us": 0, "dst_us": 0, "fnt_us": 0, "end_us": 6000}]},
+        {"overall": {"url": "http://cdn.shop.udn.example/", "pass": 2}, "rows": [
+            {"url": "http://cdn.shop.udn.example/", "ip": "127.0.0.12", "err": 0, "hrc": 200, "len": 10, "chk": 305419896,
+             "stt_us": 0, "drt_us": 0, "cot_us": 250, "tls_us": 0, "dst_us": 2000, "fnt_us": 250, "end_us": 2500}]}
+    ]});
+    let (st, r) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://cdn.shop.udn.example/", "locations": ["nyc"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let rows = &r["results"][0]["rows"];
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(
+        (
+            rows[0]["pass"].clone(),
+            rows[0]["drt"].clone(),
+            rows[0]["end"].clone()
+        ),
+        (json!(1), json!(1.5), json!(5.0))
+    );
+    assert_eq!(rows[1]["err"], json!("{\"Connect\":\"refused\"}"));
+    assert_eq!(rows[1]["hrc"], Value::Null);
+    assert_eq!(
+        (rows[2]["pass"].clone(), rows[2]["end"].clone()),
+        (json!(2), json!(2.5))
+    );
+    assert_eq!(
+        h.probe_nyc.calls("/v1/pagecheck")[0].body,
+        json!({"url": "http://cdn.shop.udn.example/", "repeat": false})
+    );
+
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://cdn.shop.udn.example/", "locations": ["fra", "mars"]}),
+        )
+        .await;
+    assert_eq!((st, fields(&e)), (422, vec!["locations[1]".to_owned()]));
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://cdn.shop.udn.example/", "locations": ["fra"], "repeat": 50}),
+        )
+        .await;
+    assert_eq!((st, fields(&e)), (422, vec!["repeat".to_owned()]));
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "nonsense", "locations": ["fra"]}),
+        )
+        .await;
+    assert_eq!((st, fields(&e)), (422, vec!["url".to_owned()]));
+    let (st, _) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://www.acme.udn.example/", "locations": ["fra"]}),
+        )
+        .await;
+    assert_eq!(st, 403);
+}
+
+#[tokio::test]
+async fn traffic_queries_sum_own_rows_only() {
+    let h = Harness::start("api-traffic").await;
+    let now = udn_bins::logging::now().as_millis();
+    let minute = |ago: u64| Timestamp::from_millis((now - ago * 60_000) / 60_000 * 60_000);
+    h.db.record_cdn_traffic("shop", "cdn.shop.udn.example", "fra", minute(5), 1000, 10)
+        .unwrap();
+    h.db.record_cdn_traffic("shop", "cdn.shop.udn.example", "nyc", minute(5), 500, 5)
+        .unwrap();
+    h.db.record_cdn_traffic("shop", "cdn.shop.udn.example", "fra", minute(3), 700, 7)
+        .unwrap();
+    h.db.record_cdn_traffic(
+        "shop",
+        "cdn.shop.udn.example",
+        "fra",
+        minute(60 * 30),
+        9999,
+        99,
+    )
+    .unwrap();
+    h.db.record_cdn_traffic("acme", "cdn.acme.udn.example", "sin", minute(5), 123_456, 1)
+        .unwrap();
+    h.db.record_gtm_answers(
+        "shop",
+        "www.shop.udn.example",
+        "fra",
+        "127.0.0.21",
+        minute(4),
+        40,
+    )
+    .unwrap();
+    h.db.record_gtm_answers(
+        "shop",
+        "www.shop.udn.example",
+        "nyc",
+        "127.0.0.22",
+        minute(4),
+        2,
+    )
+    .unwrap();
+    h.db.record_gtm_answers(
+        "acme",
+        "www.acme.udn.example",
+        "fra",
+        "127.0.0.31",
+        minute(4),
+        77,
+    )
+    .unwrap();
+
+    let shop = h.login("shopuser").await;
+    let (st, t) = shop.get("/v1/traffic/cdn").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        t["points"],
+        json!([
+            {"minute": minute(5).as_millis(), "bytes": 1500, "hits": 15},
+            {"minute": minute(3).as_millis(), "bytes": 700, "hits": 7}
+        ])
+    );
+    let (_, t) = shop.get("/v1/traffic/cdn?hours=48").await;
+    assert_eq!(t["points"].as_array().unwrap().len(), 3);
+    let (_, t) = shop.get("/v1/traffic/cdn/locations").await;
+    assert_eq!(
+        t["points"],
+        json!([{"pop": "fra", "bytes": 1700, "hits": 17}, {"pop": "nyc", "bytes": 500, "hits": 5}])
+    );
+    let (_, t) = shop.get("/v1/traffic/gtm").await;
+    assert_eq!(t["points"].as_array().unwrap().len(), 2);
+    assert_eq!(t["points"][0]["address"], "127.0.0.21");
+    assert_eq!(t["points"][0]["answers"], 40);
+    let (_, t) = shop.get("/v1/traffic/gtm/locations").await;
+    assert_eq!(
+        t["points"],
+        json!([{"pop": "fra", "address": "127.0.0.21", "answers": 40}, {"pop": "nyc", "address": "127.0.0.22", "answers": 2}])
+    );
+    for path in [
+        "/v1/traffic/cdn",
+        "/v1/traffic/cdn/locations",
+        "/v1/traffic/gtm",
+        "/v1/traffic/gtm/locations",
+    ] {
+        assert_eq!(
+            shop.get(&format!("{path}?customer=acme")).await.0,
+            403,
+            "{path}"
+        );
+    }
+    let (st, e) = shop.get("/v1/traffic/cdn?hours=0").await;
+    assert_eq!((st, fields(&e)), (422, vec!["hours".to_owned()]));
+    let admin = h.login("admin").await;
+    let (_, t) = admin.get("/v1/traffic/cdn/locations?customer=acme").await;
+    assert_eq!(
+        t["points"],
+        json!([{"pop": "sin", "bytes": 123456, "hits": 1}])
+    );
+    let (_, t) = admin.get("/v1/traffic/cdn/locations").await;
+    assert_eq!(t["points"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn invoices_are_the_customers_own() {
+    let h = Harness::start("api-invoices").await;
+    let inv = |number: &str, customer: &str, total: &str| InvoiceSummary {
+        id: 0,
+        number: number.into(),
+        customer: customer.into(),
+        period_start: Timestamp::from_secs(1_761_955_200),
+        period_end: Timestamp::from_secs(1_764_547_200),
+        total: total.parse().unwrap(),
+        currency: "EUR".into(),
+        issued_at: Timestamp::from_secs(1_764_547_300),
+    };
+    let shop_id =
+        h.db.insert_invoice(
+            &inv("2025-11-0001", "shop", "1234.50"),
+            "<p>Shop invoice 2025-11-0001</p>",
+        )
+        .unwrap();
+    let acme_id =
+        h.db.insert_invoice(&inv("2025-11-0002", "acme", "99.00"), "<p>Acme invoice</p>")
+            .unwrap();
+    let shop = h.login("shopuser").await;
+    let (st, list) = shop.get("/v1/invoices").await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["number"], "2025-11-0001");
+    assert_eq!(list[0]["total"], "1234.50");
+    let (st, one) = shop.get(&format!("/v1/invoices/{shop_id}")).await;
+    assert_eq!(
+        (st, one["html"].clone()),
+        (200, json!("<p>Shop invoice 2025-11-0001</p>"))
+    );
+    let html = shop
+        .client
+        .get(h.url(&format!("/v1/invoices/{shop_id}/html")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Shop invoice"));
+    assert_eq!(shop.get(&format!("/v1/invoices/{acme_id}")).await.0, 403);
+    assert_eq!(
+        shop.get(&format!("/v1/invoices/{acme_id}/html")).await.0,
+        403
+    );
+    assert_eq!(shop.get("/v1/invoices?customer=acme").await.0, 403);
+    assert_eq!(shop.get("/v1/invoices/424242").await.0, 404);
+    let admin = h.login("admin").await;
+    assert_eq!(
+        admin.get("/v1/invoices").await.1.as_array().unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_describes_every_route() {
+    let h = Harness::start("api-openapi").await;
+    let r = reqwest::get(h.url("/v1/openapi.json")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let src = include_str!("../src/api/routes.rs");
+    let mut routes = 0;
+    for piece in src.split(".route(").skip(1) {
+        let path = piece.split('"').nth(1).unwrap();
+        routes += 1;
+        assert!(
+            paths.contains_key(path),
+            "{path} is not in docs/openapi.json"
+        );
+    }
+    assert!(routes > 25, "found {routes} routes");
+}

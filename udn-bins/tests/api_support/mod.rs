@@ -1,0 +1,356 @@
+//! Shared set-up of the API and portal tests: a real SQLite file, the real router served
+//! on loopback, and small real HTTP servers standing in for edges and probes that record
+//! what they receive.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use udn_bins::api::{
+    ApiState, Backend, ControlOptions, EdgeApi, ProbeApi, Role, SqliteBackend, serve_http,
+};
+use udn_core::Config;
+
+pub const EDGE_TOKEN: &str = "edge-secret-token";
+pub const AGENT_TOKEN: &str = "agent-secret-token";
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The sample network plus a second customer, `acme`, with its own GTM and CDN hostnames.
+pub fn two_customer_config() -> Config {
+    let mut text = udn_core::config::SAMPLE.to_owned();
+    text.push_str(
+        r#"
+[[origins]]
+name = "acme-site"
+pop = "fra"
+servers = [{ name = "acme-1", addresses = ["127.0.0.31"] }]
+
+[[customers]]
+name = "acme"
+display_name = "Acme Corp."
+
+[[gtm]]
+hostname = "www.acme.udn.example"
+customer = "acme"
+service = "http"
+targets = [{ server = "acme-1" }]
+
+[[cdn]]
+hostname = "cdn.acme.udn.example"
+customer = "acme"
+origins = ["www.acme.udn.example"]
+"#,
+    );
+    Config::from_toml(&text).expect("test config parses")
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "udn-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// What a stand-in edge or probe received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// A small real HTTP server recording `POST /v1/purge`, `/v1/prefill` and answering
+/// `POST /v1/pagecheck` with rows.
+#[derive(Clone)]
+pub struct Recorder {
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub rows: Arc<Mutex<Value>>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            calls: Arc::new(Mutex::new(Vec::new())),
+            rows: Arc::new(Mutex::new(json!([]))),
+        }
+    }
+
+    pub fn calls(&self, path: &str) -> Vec<Call> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|c| c.path == path)
+            .cloned()
+            .collect()
+    }
+
+    fn router(&self) -> Router {
+        async fn record(
+            State(r): State<Recorder>,
+            uri: axum::http::Uri,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse as _;
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let path = uri.path().to_owned();
+            r.calls.lock().expect("lock").push(Call {
+                path: path.clone(),
+                authorization: headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body,
+            });
+            if path == "/v1/pagecheck" {
+                let rows = r.rows.lock().expect("lock").clone();
+                return axum::Json(rows).into_response();
+            }
+            axum::Json(json!({"ok": true})).into_response()
+        }
+        Router::new()
+            .route("/v1/purge", post(record))
+            .route("/v1/prefill", post(record))
+            .route("/v1/pagecheck", post(record))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` until the returned task is aborted.
+    pub async fn serve(&self, addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind recorder");
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+    }
+}
+
+/// A loopback port nothing listens on (yet).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A running control plane API with two edges (the first up, the second down until the
+/// test starts it) and two probes (`fra`, `nyc`).
+pub struct Harness {
+    pub dir: PathBuf,
+    pub db: Arc<SqliteBackend>,
+    pub state: ApiState,
+    pub base: String,
+    /// The API and portal over HTTPS (self-signed certificate `cert_pem`).
+    pub https_base: String,
+    pub cert_pem: String,
+    pub edge1: Recorder,
+    pub edge2: Recorder,
+    pub edge2_addr: SocketAddr,
+    pub probe_fra: Recorder,
+    pub probe_nyc: Recorder,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Harness {
+    pub async fn start(tag: &str) -> Harness {
+        udn_bins::install_crypto();
+        let dir = temp_dir(tag);
+        let db = Arc::new(SqliteBackend::open(&dir.join("control.db")).expect("open db"));
+        db.commit_config(0, &two_customer_config(), "test", udn_bins::logging::now())
+            .expect("seed config");
+        db.create_user("admin", PASSWORD, Role::Admin, None)
+            .expect("admin");
+        db.create_user("shopuser", PASSWORD, Role::Customer, Some("shop"))
+            .expect("shop user");
+        db.create_user("acmeuser", PASSWORD, Role::Customer, Some("acme"))
+            .expect("acme user");
+
+        let mut tasks = Vec::new();
+        let edge1 = Recorder::new();
+        let edge1_addr = free_addr();
+        tasks.push(edge1.serve(edge1_addr).await);
+        let edge2 = Recorder::new();
+        let edge2_addr = free_addr();
+        let probe_fra = Recorder::new();
+        let fra_addr = free_addr();
+        tasks.push(probe_fra.serve(fra_addr).await);
+        let probe_nyc = Recorder::new();
+        let nyc_addr = free_addr();
+        tasks.push(probe_nyc.serve(nyc_addr).await);
+
+        let opts = ControlOptions {
+            edges: vec![
+                EdgeApi {
+                    name: "fra-edge-1".into(),
+                    url: format!("http://{edge1_addr}"),
+                },
+                EdgeApi {
+                    name: "nyc-edge-1".into(),
+                    url: format!("http://{edge2_addr}"),
+                },
+            ],
+            probes: vec![
+                ProbeApi {
+                    location: "fra".into(),
+                    url: format!("http://{fra_addr}"),
+                },
+                ProbeApi {
+                    location: "nyc".into(),
+                    url: format!("http://{nyc_addr}"),
+                },
+            ],
+            edge_token: EDGE_TOKEN.into(),
+            agent_tokens: vec![AGENT_TOKEN.into()],
+            purge_retry_secs: Some(1),
+        };
+        let backend: Arc<dyn Backend> = db.clone();
+        let state = ApiState::new(backend, opts).expect("state");
+        tasks.extend(state.start_purge_distributor());
+        let app = udn_bins::api::router(state.clone());
+        let (addr, task) = serve_http("127.0.0.1:0".parse().expect("addr"), app)
+            .await
+            .expect("serve");
+        tasks.push(task);
+        let (tls, cert_pem) =
+            udn_bins::portal::server_config(&udn_bins::portal::CertSource::SelfSigned {
+                dir: dir.join("tls"),
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+            })
+            .expect("certificate");
+        let (https, task) = udn_bins::portal::serve_https(
+            "127.0.0.1:0".parse().expect("addr"),
+            udn_bins::portal::app(state.clone()),
+            tls,
+        )
+        .await
+        .expect("serve https");
+        tasks.push(task);
+        Harness {
+            dir,
+            db,
+            state,
+            base: format!("http://{addr}"),
+            https_base: format!("https://127.0.0.1:{}", https.port()),
+            cert_pem,
+            edge1,
+            edge2,
+            edge2_addr,
+            probe_fra,
+            probe_nyc,
+            tasks,
+        }
+    }
+
+    /// A client that trusts only the portal's certificate, keeps cookies and does not
+    /// follow redirects.
+    pub fn https_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_only(
+                [reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("pem")],
+            )
+            .build()
+            .expect("client")
+    }
+
+    pub fn https(&self, path: &str) -> String {
+        format!("{}{}", self.https_base, path)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A client logged in as `user` with a cookie; returns it and the CSRF token.
+    pub async fn login(&self, user: &str) -> Session {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .build()
+            .expect("client");
+        let resp = client
+            .post(self.url("/v1/auth/login"))
+            .json(&json!({"username": user, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(resp.status(), 200, "login as {user}");
+        let body: Value = resp.json().await.expect("json");
+        Session {
+            client,
+            csrf: body["csrf"].as_str().expect("csrf").to_owned(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+/// A logged-in client that sends the CSRF header on changes.
+pub struct Session {
+    pub client: reqwest::Client,
+    pub csrf: String,
+    pub base: String,
+}
+
+impl Session {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .expect("GET");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let r = self
+            .client
+            .request(m, format!("{}{}", self.base, path))
+            .header("x-csrf-token", &self.csrf)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Polls `f` every 100 ms for up to `secs` seconds until it returns true.
+pub async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 10 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
