@@ -1,5 +1,8 @@
-//! `udn control`: Control plane. Today: the log collector and the store; the REST API,
-//! portal and billing runs mount their routers next to the collector's in [`start`].
+//! `udn control`: the control plane. It always runs the log collector and the store
+//! (`--listen`); with `--portal-listen` it also serves the customer portal and the REST
+//! API over HTTPS (and, with `--api-listen`, the API over plain HTTP for the DNS
+//! servers, edges and probes that fetch their configuration). The portal's charts read
+//! the log store's rollups ([`crate::api::StoreBackend`]).
 
 use crate::collector::{self, Collector};
 use crate::store::{self, Location};
@@ -35,6 +38,113 @@ pub struct Args {
     /// answered 503 (and kept by the distributors) until space is made.
     #[arg(long)]
     pub sqlite_max_pages: Option<u64>,
+    /// Serve the customer portal and the REST API over HTTPS on this address.
+    #[arg(long)]
+    pub portal_listen: Option<SocketAddr>,
+    /// Also serve the REST API over plain HTTP here (config distribution to the roles).
+    #[arg(long, requires = "portal_listen")]
+    pub api_listen: Option<SocketAddr>,
+    /// Portal certificate (PEM); default: a self-signed one generated into the data
+    /// directory on first start.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Portal private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Admin login created when the control plane has no users yet (`user:password`).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub bootstrap_admin: Option<String>,
+    /// An edge's API for purge and prefill fan-out (`name=http://ip:port`); repeatable.
+    #[arg(long = "edge", value_name = "NAME=URL")]
+    pub edges: Vec<String>,
+    /// A probe's API for page checks (`pop=http://ip:port`); repeatable.
+    #[arg(long = "probe", value_name = "POP=URL")]
+    pub probes: Vec<String>,
+    /// Bearer token sent to the edges with purges and prefills.
+    #[arg(long, default_value = "")]
+    pub edge_token: String,
+    /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
+    #[arg(long = "agent-token")]
+    pub agent_tokens: Vec<String>,
+}
+
+fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    s.split_once(['=', ':'])
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .with_context(|| format!("{what} must look like NAME=VALUE, got {s:?}"))
+}
+
+impl Args {
+    /// The portal settings, if `--portal-listen` was given.
+    pub fn portal_config(&self) -> anyhow::Result<Option<crate::portal::PortalConfig>> {
+        let Some(https) = self.portal_listen else {
+            return Ok(None);
+        };
+        let cert = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::portal::CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => crate::portal::CertSource::SelfSigned {
+                dir: self.data_dir.join("tls"),
+                names: vec!["localhost".into(), https.ip().to_string()],
+            },
+        };
+        let mut edges = Vec::new();
+        for e in &self.edges {
+            let (name, url) = split_pair(e, "--edge")?;
+            edges.push(crate::api::EdgeApi {
+                name: name.into(),
+                url: url.into(),
+            });
+        }
+        let mut probes = Vec::new();
+        for p in &self.probes {
+            let (location, url) = p
+                .split_once('=')
+                .with_context(|| format!("--probe must look like POP=URL, got {p:?}"))?;
+            probes.push(crate::api::ProbeApi {
+                location: location.into(),
+                url: url.into(),
+            });
+        }
+        let seed_config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let cfg = udn_core::Config::from_toml(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                cfg.compile()
+                    .with_context(|| format!("validating {}", path.display()))?;
+                Some(cfg)
+            }
+            None => None,
+        };
+        let bootstrap_admin = match &self.bootstrap_admin {
+            Some(s) => {
+                let (u, p) = s
+                    .split_once(':')
+                    .filter(|(u, p)| !u.is_empty() && !p.is_empty())
+                    .context("--bootstrap-admin must look like USER:PASSWORD")?;
+                Some((u.to_string(), p.to_string()))
+            }
+            None => None,
+        };
+        Ok(Some(crate::portal::PortalConfig {
+            https,
+            http: self.api_listen,
+            cert,
+            options: crate::api::ControlOptions {
+                edges,
+                probes,
+                edge_token: self.edge_token.clone(),
+                agent_tokens: self.agent_tokens.clone(),
+                purge_retry_secs: None,
+            },
+            seed_config,
+            bootstrap_admin,
+        }))
+    }
 }
 
 impl Args {
@@ -56,13 +166,18 @@ pub struct Handle {
     pub addr: SocketAddr,
     /// The collector (and through it the store).
     pub collector: Arc<Collector>,
+    /// The portal and REST API, if started.
+    pub portal: Option<crate::portal::PortalHandle>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Handle {
     /// Stops serving and waits for the server to finish.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(p) = self.portal.as_mut() {
+            p.shutdown();
+        }
         let _ = self.shutdown.send(true);
         self.task.await.context("control server task")??;
         Ok(())
@@ -72,6 +187,7 @@ impl Handle {
 /// Opens the store, binds `args.listen` and serves the control plane's HTTP API until
 /// [`Handle::shutdown`].
 pub async fn start(args: &Args) -> anyhow::Result<Handle> {
+    let portal_cfg = args.portal_config()?;
     let loc = args.location();
     let store = tokio::task::spawn_blocking(move || store::open(&loc))
         .await
@@ -133,9 +249,22 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         });
     }
 
+    let portal = match portal_cfg {
+        Some(cfg) => {
+            let db = args.data_dir.join("control.db");
+            let control = crate::api::SqliteBackend::open(&db)
+                .with_context(|| format!("opening {}", db.display()))?;
+            let backend: Arc<dyn crate::api::Backend> =
+                Arc::new(crate::api::StoreBackend::new(control, collector.clone()));
+            Some(crate::portal::start(backend, cfg).await?)
+        }
+        None => None,
+    };
+
     Ok(Handle {
         addr,
         collector,
+        portal,
         shutdown: tx,
         task,
     })
@@ -147,6 +276,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let handle = start(&args).await?;
         // One line on stdout so scripts and tests learn the bound address.
         println!("udn control: listening on {}", handle.addr);
+        if let Some(p) = &handle.portal {
+            println!("udn control: portal on https://{}", p.https);
+            if let Some(h) = p.http {
+                println!("udn control: API on http://{h}");
+            }
+        }
         wait_for_signal().await;
         handle.shutdown().await
     })

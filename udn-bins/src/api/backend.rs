@@ -318,6 +318,9 @@ pub enum BackendError {
     /// A lock was poisoned by a panicking thread.
     #[error("store lock poisoned")]
     Poisoned,
+    /// The log store (traffic and answer rollups) failed.
+    #[error("log store: {0}")]
+    LogStore(#[from] crate::store::Error),
 }
 
 /// Result of a [`Backend`] call.

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod fanout;
 pub(crate) mod routes;
 pub mod sqlite;
+pub mod store_backend;
 pub mod watcher;
 
 pub use auth::{Auth, LoginLimiter};
@@ -19,6 +20,7 @@ pub use backend::{Backend, BackendError, Role, User};
 pub use fanout::{EdgeApi, ProbeApi};
 pub use routes::{ClientIp, IsTls, OverTls};
 pub use sqlite::SqliteBackend;
+pub use store_backend::StoreBackend;
 pub use watcher::{ConfigUpdate, config_watcher};
 
 use axum::Json;

@@ -1,0 +1,274 @@
+//! [`StoreBackend`]: the control plane's [`Backend`] with its traffic and GTM-answer
+//! queries served from the log store's per-minute rollups (`rollup_http`,
+//! `rollup_dns_answer`), so the portal's charts show what the edges and DNS servers
+//! really logged. Everything else (users, sessions, config versions, purges, invoices)
+//! is delegated to the control plane's own tables ([`SqliteBackend`]).
+
+use super::backend::*;
+use super::sqlite::SqliteBackend;
+use crate::collector::Collector;
+use crate::store::Range;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use udn_core::{Config, Timestamp};
+
+/// The control plane's backend over the log store.
+pub struct StoreBackend {
+    control: SqliteBackend,
+    collector: Arc<Collector>,
+}
+
+impl std::fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBackend").finish_non_exhaustive()
+    }
+}
+
+impl StoreBackend {
+    /// Serves traffic from `collector`'s store and everything else from `control`.
+    pub fn new(control: SqliteBackend, collector: Arc<Collector>) -> Self {
+        StoreBackend { control, collector }
+    }
+
+    fn range(w: &Window<'_>) -> Range {
+        Range {
+            from: w.from,
+            to: w.to,
+        }
+    }
+
+    /// The GTM and CDN hostnames of `customer` in the current configuration.
+    fn hostnames_of(&self, customer: &str) -> BackendResult<HashSet<String>> {
+        let cfg: Config = self.control.current_config()?.config;
+        let mut names = HashSet::new();
+        for g in cfg.gtm.iter().filter(|g| g.customer == customer) {
+            names.insert(udn_core::config::canonical_hostname(&g.hostname));
+        }
+        for c in cfg.cdn.iter().filter(|c| c.customer == customer) {
+            names.insert(udn_core::config::canonical_hostname(&c.hostname));
+        }
+        Ok(names)
+    }
+
+    fn answers(&self, w: &Window<'_>) -> BackendResult<Vec<crate::store::AddressPoint>> {
+        let range = Self::range(w);
+        let rows = self
+            .collector
+            .with_store(|s| s.answers_by_address(range, None))?;
+        Ok(match w.customer {
+            None => rows,
+            Some(c) => {
+                let own = self.hostnames_of(c)?;
+                rows.into_iter()
+                    .filter(|r| own.contains(&r.hostname))
+                    .collect()
+            }
+        })
+    }
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms.max(0) as u64)
+}
+
+impl Backend for StoreBackend {
+    fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        customer: Option<&str>,
+    ) -> BackendResult<User> {
+        self.control.create_user(username, password, role, customer)
+    }
+
+    fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>> {
+        self.control.verify_login(username, password)
+    }
+
+    fn users(&self) -> BackendResult<Vec<User>> {
+        self.control.users()
+    }
+
+    fn create_session(
+        &self,
+        user_id: i64,
+        kind: SessionKind,
+        now: Timestamp,
+        ttl_secs: u64,
+    ) -> BackendResult<NewSession> {
+        self.control.create_session(user_id, kind, now, ttl_secs)
+    }
+
+    fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>> {
+        self.control.session(token, now)
+    }
+
+    fn delete_session(&self, token: &str) -> BackendResult<()> {
+        self.control.delete_session(token)
+    }
+
+    fn current_config(&self) -> BackendResult<ConfigSnapshot> {
+        self.control.current_config()
+    }
+
+    fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
+        self.control.config_at(version)
+    }
+
+    fn commit_config(
+        &self,
+        base: u64,
+        config: &Config,
+        author: &str,
+        now: Timestamp,
+    ) -> BackendResult<u64> {
+        self.control.commit_config(base, config, author, now)
+    }
+
+    fn create_purge(
+        &self,
+        customer: &str,
+        scope: PurgeScope,
+        target: &str,
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Purge> {
+        self.control
+            .create_purge(customer, scope, target, requested_by, edges, now)
+    }
+
+    fn purge(&self, seq: u64) -> BackendResult<Option<Purge>> {
+        self.control.purge(seq)
+    }
+
+    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
+        self.control.purges(customer, limit)
+    }
+
+    fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        self.control.purge_status(seq)
+    }
+
+    fn record_purge_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        self.control.record_purge_attempt(seq, edge, result, now)
+    }
+
+    fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
+        self.control.pending_purges(edge)
+    }
+
+    fn create_prefill(
+        &self,
+        customer: &str,
+        urls: &[String],
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Prefill> {
+        self.control
+            .create_prefill(customer, urls, requested_by, edges, now)
+    }
+
+    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>> {
+        self.control.prefill(seq)
+    }
+
+    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        self.control.prefill_status(seq)
+    }
+
+    fn record_prefill_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        self.control.record_prefill_attempt(seq, edge, result, now)
+    }
+
+    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
+        self.control.pending_prefills(edge)
+    }
+
+    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
+        self.control.invoices(customer)
+    }
+
+    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
+        self.control.invoice(id)
+    }
+
+    fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
+        let range = Self::range(&w);
+        let rows = self
+            .collector
+            .with_store(|s| s.traffic(range, w.customer))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TrafficPoint {
+                minute: ts(r.minute),
+                bytes: r.bytes.max(0) as u64,
+                hits: r.requests.max(0) as u64,
+            })
+            .collect())
+    }
+
+    fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
+        let range = Self::range(&w);
+        let rows = self
+            .collector
+            .with_store(|s| s.traffic_by_pop(range, w.customer))?;
+        let mut by_pop: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for r in rows {
+            let e = by_pop.entry(r.pop).or_default();
+            e.0 += r.bytes.max(0) as u64;
+            e.1 += r.requests.max(0) as u64;
+        }
+        Ok(by_pop
+            .into_iter()
+            .map(|(pop, (bytes, hits))| LocationTraffic { pop, bytes, hits })
+            .collect())
+    }
+
+    fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>> {
+        let mut sum: BTreeMap<(i64, String, String), u64> = BTreeMap::new();
+        for r in self.answers(&w)? {
+            *sum.entry((r.minute, r.hostname, r.address)).or_default() += r.answers.max(0) as u64;
+        }
+        Ok(sum
+            .into_iter()
+            .map(|((minute, hostname, address), answers)| AnswerPoint {
+                minute: ts(minute),
+                hostname,
+                address,
+                answers,
+            })
+            .collect())
+    }
+
+    fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>> {
+        let mut sum: HashMap<(String, String), u64> = HashMap::new();
+        for r in self.answers(&w)? {
+            *sum.entry((r.pop, r.address)).or_default() += r.answers.max(0) as u64;
+        }
+        let mut out: Vec<LocationAnswers> = sum
+            .into_iter()
+            .map(|((pop, address), answers)| LocationAnswers {
+                pop,
+                address,
+                answers,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.pop, &a.address).cmp(&(&b.pop, &b.address)));
+        Ok(out)
+    }
+}

@@ -1,0 +1,170 @@
+//! `udn control` with the portal: log files shipped to its collector show up in the
+//! portal API's traffic and GTM-answer series (the charts' data), per customer.
+
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use udn_bins::logging::FileLog;
+use udn_core::Timestamp;
+use udn_core::log::{DnsRecord, HttpRecord, LogRecord, Role, RotationPolicy};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("udn-ctlportal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn shipped_logs_reach_the_portal_series() {
+    udn_bins::install_crypto();
+    let dir = tmp("main");
+    let cfg = dir.join("network.toml");
+    std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["control", "--listen", "127.0.0.1:0"])
+        .args([
+            "--portal-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--bootstrap-admin", "admin:correct-horse"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let _guard = Proc(child);
+    let (mut collector, mut portal, mut api) = (None, None, None);
+    for _ in 0..3 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line.split_whitespace().last().unwrap_or("").to_string();
+        if line.contains("listening on") {
+            collector = Some(format!("http://{addr}"));
+        } else if line.contains("portal on") {
+            portal = Some(addr);
+        } else if line.contains("API on") {
+            api = Some(addr);
+        }
+    }
+    let (collector, portal, api) = (collector.unwrap(), portal.unwrap(), api.unwrap());
+    assert!(portal.starts_with("https://"), "{portal}");
+
+    // A minute of edge and DNS logs, written by the shared logger.
+    let now = udn_bins::logging::now();
+    let logs = dir.join("logs");
+    let log = FileLog::new(&logs, Role::Edge, "fra-edge-1", RotationPolicy::default()).unwrap();
+    for i in 0..50u64 {
+        let rec = LogRecord::Http(HttpRecord {
+            ts: Timestamp::from_millis(now.as_millis() - 60_000 + i),
+            customer: Some("shop".into()),
+            host: "cdn.shop.udn.example".into(),
+            path: "/img/logo.svg".into(),
+            method: "GET".into(),
+            status: 200,
+            bytes: 1000,
+            fill_bytes: 0,
+            outcome: "hit".into(),
+            duration_us: 100,
+            client: "127.0.0.41".parse().unwrap(),
+            pop: "fra".into(),
+        });
+        log.write_at(&rec, now).unwrap();
+    }
+    for i in 0..20u64 {
+        let addr = if i < 15 { "127.0.0.21" } else { "127.0.0.22" };
+        let rec = LogRecord::Dns(DnsRecord {
+            ts: Timestamp::from_millis(now.as_millis() - 30_000 + i),
+            hostname: "www.shop.udn.example".into(),
+            qtype: "A".into(),
+            client: "127.0.0.42".parse().unwrap(),
+            ecs: None,
+            addrs: vec![addr.parse().unwrap()],
+            reason: "latency".into(),
+            pop: Some("nyc".into()),
+            customer: Some("shop".into()),
+            server: "dns-a".into(),
+        });
+        log.write_at(&rec, now).unwrap();
+    }
+    let file = log.flush_complete().unwrap().unwrap();
+    let body = std::fs::read(&file).unwrap();
+    let sum = hex(&Sha256::digest(&body));
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(format!("{collector}/v1/logs"))
+        .header("x-udn-sha256", sum)
+        .body(body)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+
+    // The API (plain HTTP, for machines) with a bearer token.
+    let tok: serde_json::Value = http
+        .post(format!("{api}/v1/auth/token"))
+        .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = tok["token"].as_str().expect("token").to_string();
+    let get = |path: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v: serde_json::Value = http
+                .get(format!("{api}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if v["points"].as_array().is_some_and(|p| !p.is_empty()) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let cdn = get("/v1/traffic/cdn?customer=shop");
+    let pts = cdn["points"].as_array().expect("points");
+    let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+    let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
+    assert_eq!((bytes, hits), (50_000, 50), "{cdn}");
+
+    let gtm = get("/v1/traffic/gtm?customer=shop");
+    let mut by_addr = std::collections::BTreeMap::new();
+    for p in gtm["points"].as_array().expect("points") {
+        *by_addr
+            .entry(p["address"].as_str().unwrap().to_string())
+            .or_insert(0u64) += p["answers"].as_u64().unwrap();
+    }
+    assert_eq!(by_addr.get("127.0.0.21"), Some(&15), "{gtm}");
+    assert_eq!(by_addr.get("127.0.0.22"), Some(&5), "{gtm}");
+
+    // Another customer's series is empty: the rows are the shop's.
+    let other = http
+        .get(format!("{api}/v1/traffic/cdn?customer=nobody"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    let v: serde_json::Value = other.json().unwrap();
+    assert!(v["points"].as_array().is_none_or(|p| p.is_empty()), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
