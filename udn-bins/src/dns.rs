@@ -78,6 +78,13 @@ pub struct Args {
     /// Worker threads of the runtime (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
+    /// version is written to `--config` and reloaded without dropping a query.
+    #[arg(long, requires = "config")]
+    pub control: Option<String>,
+    /// Agent bearer token for `--control`.
+    #[arg(long, requires = "control")]
+    pub control_token: Option<String>,
 }
 
 /// Where the served data comes from.
@@ -931,6 +938,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(a) = h.http {
             println!("udn dns: HTTP API on http://{a}");
         }
+        let follow = match (&args.control, &args.config) {
+            (Some(url), Some(path)) => {
+                let h = h.clone();
+                Some(crate::api::watcher::follow_control(
+                    url.clone(),
+                    args.control_token.clone(),
+                    path.clone(),
+                    move || h.reload().map(|_| ()),
+                ))
+            }
+            _ => None,
+        };
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP")?;
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM")?;
@@ -947,6 +966,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
             }
+        }
+        if let Some(f) = follow {
+            f.abort();
         }
         h.shutdown();
         Ok(())

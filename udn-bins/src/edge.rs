@@ -70,6 +70,13 @@ pub struct Options {
     /// Origin response-header timeout in milliseconds (then 504, or stale-if-error).
     #[arg(long, default_value_t = 10_000)]
     pub origin_timeout_ms: u64,
+    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
+    /// version is written to `--config` and the routes are swapped without a restart.
+    #[arg(long, requires = "config")]
+    pub control: Option<String>,
+    /// Agent bearer token for `--control`.
+    #[arg(long, requires = "control")]
+    pub control_token: Option<String>,
 }
 
 /// A running edge started by [`start`].
@@ -203,6 +210,8 @@ impl Default for Options {
             check_interval_secs: None,
             origin_ca: None,
             origin_timeout_ms: 10_000,
+            control: None,
+            control_token: None,
         }
     }
 }
@@ -314,7 +323,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(a) = h.server.https_addr {
             println!("udn edge: listening on https://{a}");
         }
+        let follow = match (&args_for_reload.control, &args_for_reload.config) {
+            (Some(url), Some(path)) => {
+                let opts = args_for_reload.clone();
+                let edge = h.server.edge.clone();
+                Some(crate::api::watcher::follow_control(
+                    url.clone(),
+                    args_for_reload.control_token.clone(),
+                    path.clone(),
+                    move || {
+                        edge.set_router(router(&opts)?);
+                        Ok(())
+                    },
+                ))
+            }
+            _ => None,
+        };
         wait_for_stop(&args_for_reload, &h).await?;
+        if let Some(f) = follow {
+            f.abort();
+        }
         h.shutdown().await;
         Ok(())
     })

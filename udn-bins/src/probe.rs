@@ -98,6 +98,13 @@ pub struct AgentArgs {
     /// Network configuration file (TOML).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
+    /// version is written to `--config` and applied without a restart.
+    #[arg(long, requires = "config")]
+    pub control: Option<String>,
+    /// Agent bearer token for `--control`.
+    #[arg(long, requires = "control")]
+    pub control_token: Option<String>,
     /// This probe's POP.
     #[arg(long)]
     pub pop: Option<String>,
@@ -1084,6 +1091,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return run_check(c);
     }
     let config_path = args.agent.config.clone().unwrap_or_default();
+    let control = args
+        .agent
+        .control
+        .clone()
+        .map(|url| (url, args.agent.control_token.clone()));
     let (opts, file_log) = build_options(*args.agent)?;
     let rt = crate::runtime()?;
     rt.block_on(async move {
@@ -1105,6 +1117,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut term =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        // A new version from the control plane is written to the config file and then
+        // applied like a SIGHUP.
+        let (tx, mut from_control) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let follow = control.map(|(url, token)| {
+            crate::api::watcher::follow_control(url, token, config_path.clone(), move || {
+                tx.send(()).map_err(|_| anyhow::anyhow!("the probe is stopping"))
+            })
+        });
         let mut handle = handle;
         loop {
             tokio::select! {
@@ -1113,6 +1133,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     break;
                 }
                 _ = term.recv() => break,
+                Some(()) = from_control.recv() => match load_network(&config_path) {
+                    Ok(net) => {
+                        if let Err(e) = handle.reload(net).await {
+                            tracing::error!(error = %format!("{e:#}"), "control-plane config refused");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "control-plane config failed; keeping the running config"),
+                },
                 _ = hup.recv() => match load_network(&config_path) {
                     Ok(net) => {
                         if let Err(e) = handle.reload(net).await {
@@ -1122,6 +1150,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running config"),
                 },
             }
+        }
+        if let Some(f) = follow {
+            f.abort();
         }
         handle.shutdown().await;
         if let Some(t) = ticker {

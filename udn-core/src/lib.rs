@@ -53,8 +53,3 @@ pub use net::{Cidr, ClientPrefix};
 pub use network::{HostId, Network, PopId, ServerId, ServiceId};
 pub use state::{Health, LatencySample, PersistWrite, ServiceSample, State};
 pub use time::Timestamp;
-
-/// The README's Rust examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

@@ -84,26 +84,47 @@ where
 /// as TOML to `path` (through a temporary file and a rename, so the role never reads a
 /// half-written file), then posts `reload_url` if given. Must be called inside a tokio
 /// runtime (the reload request runs as a task).
+/// Writes `u`'s configuration to `path` as TOML, atomically (a temporary file renamed
+/// over it), so a role that re-reads `path` never sees half a file.
+pub fn write_config(path: &std::path::Path, u: &ConfigUpdate) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let text = toml::to_string(&u.config)
+        .with_context(|| format!("config version {} as TOML", u.version))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing config version {} to {}", u.version, path.display()))
+}
+
+/// Runs [`config_watcher`] for a role whose configuration lives in `path`: each new
+/// version is written there and `apply` is called to load it (the role keeps its old
+/// snapshot if `apply` fails).
+pub fn follow_control(
+    control_url: String,
+    token: Option<String>,
+    path: std::path::PathBuf,
+    apply: impl Fn() -> anyhow::Result<()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    config_watcher(control_url, token, Duration::from_secs(2), move |u| {
+        let version = u.version;
+        match write_config(&path, &u).and_then(|_| apply()) {
+            Ok(()) => tracing::info!(version, "applied configuration from the control plane"),
+            Err(e) => tracing::warn!(
+                version,
+                "configuration from the control plane not applied: {e:#}"
+            ),
+        }
+    })
+}
+
 pub fn write_and_reload(
     path: std::path::PathBuf,
     reload_url: Option<String>,
 ) -> impl FnMut(ConfigUpdate) + Send + 'static {
     let http = HttpClient::new();
     move |u: ConfigUpdate| {
-        let text = match toml::to_string(&u.config) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("config version {} as TOML: {e}", u.version);
-                return;
-            }
-        };
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
-            tracing::warn!(
-                "writing config version {} to {}: {e}",
-                u.version,
-                path.display()
-            );
+        if let Err(e) = write_config(&path, &u) {
+            tracing::warn!("{e:#}");
             return;
         }
         if let Some(url) = reload_url.clone() {

@@ -1,0 +1,195 @@
+//! Config distribution: a change made through the control plane's API reaches a
+//! running `udn dns` and a running `udn edge` (both started with `--control`) within
+//! seconds, without a restart.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `udn ARGS`, returns it and the first `n` lines of its stdout.
+fn udn(args: &[&str], n: usize) -> (Proc, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let p = Proc(child);
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        lines.push(l.trim().to_string());
+    }
+    // Keep draining stdout so the role never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    (p, lines)
+}
+
+fn word_after(line: &str, marker: &str) -> String {
+    line.split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("{marker:?} not in {line:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn dig(server: &str, name: &str) -> String {
+    let (ip, port) = server.rsplit_once(':').unwrap();
+    let out = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            name,
+            "A",
+            "+short",
+            "+tries=1",
+            "+time=2",
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils) is installed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what}: not within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn api_changes_reach_running_dns_and_edge() {
+    udn_bins::install_crypto();
+    let dir = std::env::temp_dir().join(format!("udn-cfgpush-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let (_origin, lines) = udn(&["origin", "--listen", "127.0.0.1:0", "--name", "o1"], 1);
+    let origin_url = word_after(&lines[0], "on ");
+    let text = udn_core::config::SAMPLE.replace("http://127.0.0.21:8080", &origin_url);
+    let seed = dir.join("seed.toml");
+    std::fs::write(&seed, &text).unwrap();
+    for role in ["dns", "edge"] {
+        std::fs::write(dir.join(format!("{role}.toml")), &text).unwrap();
+    }
+
+    let data = dir.join("data");
+    let (_control, lines) = udn(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--portal-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--bootstrap-admin",
+            "admin:s3cret-pass",
+            "--agent-token",
+            "agent-t",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            seed.to_str().unwrap(),
+        ],
+        3,
+    );
+    let api = word_after(&lines[2], "API on ");
+
+    let dns_cfg = dir.join("dns.toml");
+    let (_dns, lines) = udn(
+        &[
+            "dns",
+            "--config",
+            dns_cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--control",
+            &api,
+            "--control-token",
+            "agent-t",
+        ],
+        1,
+    );
+    let dns = word_after(&lines[0], "DNS on ");
+    let edge_cfg = dir.join("edge.toml");
+    let (_edge, lines) = udn(
+        &[
+            "edge",
+            "--config",
+            edge_cfg.to_str().unwrap(),
+            "--pop",
+            "fra",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            &api,
+            "--control-token",
+            "agent-t",
+        ],
+        1,
+    );
+    let edge = word_after(&lines[0], "on ");
+
+    let http = reqwest::blocking::Client::new();
+    let img = |edge: &str| {
+        http.get(format!("{edge}/img/logo.svg"))
+            .header("host", "img.shop.udn.example")
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    // Before: both sites answer, and the new CDN name is unknown everywhere.
+    assert!(!dig(&dns, "www.shop.udn.example").is_empty());
+    assert_eq!(dig(&dns, "img.shop.udn.example"), "");
+    assert_eq!(img(&edge), 403, "an unconfigured host is refused");
+
+    // The admin drops the east site from the GTM pool and adds a CDN hostname.
+    let token: serde_json::Value = http
+        .post(format!("{api}/v1/auth/token"))
+        .json(&serde_json::json!({"username": "admin", "password": "s3cret-pass"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    let mut cfg = udn_core::Config::from_toml(&text).unwrap();
+    cfg.gtm[0].targets.retain(|t| t.server == "shop-west-1");
+    let mut img_cdn = cfg.cdn[0].clone();
+    img_cdn.hostname = "img.shop.udn.example".into();
+    cfg.cdn.push(img_cdn);
+    let r = http
+        .put(format!("{api}/v1/config"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"config": serde_json::to_value(&cfg).unwrap()}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+
+    let t_dns = eventually("dns follows the GTM change", || {
+        (0..5).all(|_| dig(&dns, "www.shop.udn.example") == "127.0.0.22")
+            && !dig(&dns, "img.shop.udn.example").is_empty()
+    });
+    let t_edge = eventually("edge serves the new CDN hostname", || img(&edge) == 200);
+    println!("config change reached udn dns in {t_dns:?} and udn edge in {t_edge:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
