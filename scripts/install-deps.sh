@@ -8,6 +8,8 @@ PKGS=(
   nsd              # reference authoritative server for the DNS load benchmark
   nginx            # reference cache for the edge load benchmark
   wrk              # HTTP load client
+  sqlite3          # the README tour's store query (udn-bins/tests/demo.rs)
+  curl             # the README tour's CDN requests (udn-bins/tests/demo.rs)
   postgresql       # the store's PostgreSQL tests
   chromium         # portal browser tests
   chromium-driver
