@@ -114,6 +114,9 @@ pub struct Endpoints {
     pub cdn_hostnames: Vec<String>,
     /// Edges: POP name and HTTP base URL.
     pub edges: Vec<EdgeEndpoint>,
+    /// Probes: POP name and the agent's HTTP API (`/v1/status`, `/metrics`).
+    #[serde(default)]
+    pub probes: Vec<EdgeEndpoint>,
     /// Origin base URLs.
     pub origins: Vec<String>,
     /// CDN URLs of the sample site's page and objects.
@@ -520,6 +523,10 @@ pub async fn start(
         let p = crate::probe::start(po)
             .await
             .with_context(|| format!("starting the probe of {pop}"))?;
+        ep.probes.push(EdgeEndpoint {
+            pop: pop.clone(),
+            http: format!("http://{}", p.http),
+        });
         probes.push(p);
         probe_logs.push((log, ticker));
     }

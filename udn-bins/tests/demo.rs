@@ -158,6 +158,16 @@ fn readme_tour_runs_against_the_demo() {
         assert_eq!(e["http"], format!("http://{edge}:8080"));
     }
 
+    // Each POP's probe serves its status from the POP's address.
+    let probes = ep["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 3);
+    for p in probes {
+        let url = format!("{}/v1/status", p["http"].as_str().unwrap());
+        let out = Command::new("curl").args(["-s", &url]).output().unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["pop"], p["pop"], "{url}");
+    }
+
     // DNS answers per region go to the nearest POP once the probes have measured.
     for (line, region, edge) in DIG_REGIONS {
         poll(
