@@ -93,6 +93,26 @@ fn udn(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The demo binds fixed addresses: its tests take turns.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start_demo(dir: &Path, extra: &[&str]) -> Demo {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let mut args = vec!["demo", "--state-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(&args)
+        .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    Demo {
+        child,
+        dir: dir.to_path_buf(),
+    }
+}
+
 fn drill(line: &str) -> String {
     let out = udn(&line.split(' ').collect::<Vec<_>>());
     assert!(
@@ -111,17 +131,9 @@ fn readme_tour_runs_against_the_demo() {
             return;
         }
     }
+    let _turn = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("udn-demo-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_udn"))
-        .args(["demo", "--state-dir", dir.to_str().unwrap()])
-        .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
-        .spawn()
-        .unwrap();
-    let demo = Demo { child, dir };
-    let dir = demo.dir.clone();
+    let demo = start_demo(&dir, &[]);
 
     // endpoints.json describes what runs.
     let ep: serde_json::Value = poll("endpoints.json", Duration::from_secs(60), || {
@@ -286,6 +298,62 @@ fn readme_tour_runs_against_the_demo() {
         .filter(|p| p.to_string_lossy().ends_with(".open"))
         .collect::<Vec<_>>();
     assert!(open.is_empty(), "log files left open: {open:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--traffic`: each region's simulated client ends up fetching the sample page from
+/// its nearest POP's edge, and those requests reach the store.
+#[test]
+fn background_traffic_goes_to_each_regions_nearest_pop() {
+    if !have("dig") {
+        eprintln!("skipped: dig is not installed (scripts/install-deps.sh)");
+        return;
+    }
+    let _turn = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("udn-demo-traffic-{}", std::process::id()));
+    let demo = start_demo(&dir, &["--traffic"]);
+    let ep: serde_json::Value = poll("endpoints.json", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(dir.join("endpoints.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    });
+    assert!(
+        ep["roles"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("traffic"))
+    );
+    let db = dir.join("control").join("udn.sqlite");
+    let pairs = [
+        ("127.0.41.%", "fra"),
+        ("127.0.42.%", "nyc"),
+        ("127.0.43.%", "sin"),
+    ];
+    poll(
+        "traffic of every region at its nearest POP in the store",
+        Duration::from_secs(90),
+        || {
+            let c = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok()?;
+            for (client, pop) in pairs {
+                let n: i64 = c
+                    .query_row(
+                        "SELECT count(*) FROM raw_http WHERE client LIKE ?1 AND pop = ?2 \
+                         AND path = '/index.html' AND status = 200",
+                        [client, pop],
+                        |r| r.get(0),
+                    )
+                    .ok()?;
+                if n == 0 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    );
+    drop(demo);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
