@@ -76,7 +76,6 @@ fn poll<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T 
 
 struct Demo {
     child: Child,
-    dir: PathBuf,
 }
 
 impl Drop for Demo {
@@ -107,10 +106,7 @@ fn start_demo(dir: &Path, extra: &[&str]) -> Demo {
         .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
         .spawn()
         .unwrap();
-    Demo {
-        child,
-        dir: dir.to_path_buf(),
-    }
+    Demo { child }
 }
 
 fn drill(line: &str) -> String {
