@@ -9,6 +9,7 @@
 //! stop a POP or fail an origin. It writes `endpoints.json` into its state directory and
 //! runs until Ctrl-C or SIGTERM.
 
+pub mod billing;
 mod traffic;
 
 use anyhow::Context as _;
@@ -53,6 +54,9 @@ pub struct Args {
 pub enum DemoCommand {
     /// Run a fault drill against the running demo.
     Drill(DrillArgs),
+    /// Bill the demo customer for a period (default: the last full hour) from the
+    /// demo's store, and print the invoice.
+    Billing(billing::BillingDemoArgs),
 }
 
 /// `udn demo drill ACTION TARGET`.
@@ -304,8 +308,13 @@ pub fn origin_servers(cfg: &Config) -> Vec<(String, IpAddr)> {
 
 /// Runs `udn demo` (or a drill).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(DemoCommand::Drill(d)) = args.command {
-        return drill(d);
+    match args.command {
+        Some(DemoCommand::Drill(d)) => return drill(d),
+        Some(DemoCommand::Billing(b)) => {
+            print!("{}", billing::run(b)?);
+            return Ok(());
+        }
+        None => {}
     }
     let (mut cfg, text) = load_config_text(args.config.as_deref())?;
     let dir = state_dir(args.state_dir)?;

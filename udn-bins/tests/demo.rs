@@ -42,6 +42,7 @@ const DRILLS: [&str; 4] = [
     "demo drill origin-fail shop-west-1",
     "demo drill origin-restore shop-west-1",
 ];
+const BILLING: &str = "demo billing --state-dir /tmp/udn-demo";
 const SQL: &str = r#"sqlite3 /tmp/udn-demo/control/udn.sqlite "SELECT pop, outcome, status FROM raw_http WHERE path = '/index.html' ORDER BY ts""#;
 
 /// How long DNS may take to move away from a failed server: the service test runs
@@ -273,6 +274,13 @@ fn readme_tour_runs_against_the_demo() {
         eprintln!("sqlite3 not installed: the README's store query was not run");
     }
 
+    // A billing run for the demo customer issues an invoice (the last full hour).
+    let line = BILLING.replace(README_STATE, dir.to_str().unwrap());
+    let billed = drill(&line);
+    assert!(billed.contains("\"account\": \"shop\""), "{billed}");
+    assert!(billed.contains("Invoice INV-"), "{billed}");
+    assert!(billed.contains("Total"), "{billed}");
+
     // SIGTERM stops everything and completes every open log file.
     let mut demo = demo;
     let pid = demo.child.id().to_string();
@@ -380,6 +388,7 @@ fn readme_tour_lists_the_tested_commands() {
     let mut lines: Vec<&str> = DIG_REGIONS.iter().map(|(l, ..)| *l).collect();
     lines.extend([DIG_GTM, CURL_PAGE, PURGE, SQL]);
     lines.extend(DRILLS);
+    lines.push(BILLING);
     for l in lines {
         assert!(tour.contains(l), "README's tour lacks `{l}`");
     }
