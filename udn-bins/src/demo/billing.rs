@@ -143,3 +143,60 @@ fn usage_of(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_of_the_stores_rollups_is_billed() {
+        let state = std::env::temp_dir().join(format!("udn-demo-billing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let dir = state.join("control");
+        drop(
+            crate::store::open(&crate::store::Location::Sqlite {
+                dir: dir.clone(),
+                max_pages: None,
+            })
+            .unwrap(),
+        );
+        let period = Period::parse("2025-01-01T00").unwrap();
+        let c = rusqlite::Connection::open(dir.join(crate::store::sqlite::DB_FILE)).unwrap();
+        let start = period.start.as_millis() as i64;
+        // Two minutes in the period (fra, nyc) and one just after it (not billed).
+        for (minute, pop, requests, bytes) in [
+            (start, "fra", 20_000i64, 500_000_000_000i64),
+            (start + 60_000, "nyc", 30_000, 250_000_000_000),
+            (start + 3_600_000, "fra", 1_000_000, 1_000_000_000_000),
+        ] {
+            c.execute(
+                "INSERT INTO rollup_http VALUES (?1, 'shop', 'cdn.shop.udn.example', ?2, ?3, \
+                 ?4, 0, 0, ?3, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+                rusqlite::params![minute, pop, requests, bytes],
+            )
+            .unwrap();
+        }
+        drop(c);
+        let out = run(BillingDemoArgs {
+            state_dir: state.clone(),
+            period: Some("2025-01-01T00".into()),
+        })
+        .unwrap();
+        // 750 GB x 0.04 = 30.00; 5 x 10,000 requests x 0.0075 = 0.0375 -> 0.04;
+        // + 1.00 platform = 31.04 (rounding per line), + 19 % VAT.
+        assert!(out.contains("4 usage records"), "{out}");
+        assert!(out.contains("Traffic (750 GB"), "{out}");
+        assert!(out.contains("30.00 EUR"), "{out}");
+        // A second run issues nothing new.
+        let again = run(BillingDemoArgs {
+            state_dir: state.clone(),
+            period: Some("2025-01-01T00".into()),
+        })
+        .unwrap();
+        assert!(
+            again.contains("\"already_invoiced\": [\n    \"shop\""),
+            "{again}"
+        );
+        let _ = std::fs::remove_dir_all(&state);
+    }
+}
