@@ -8,8 +8,9 @@ PKGS=(
   nsd              # reference authoritative server for the DNS load benchmark
   nginx            # reference cache for the edge load benchmark
   wrk              # HTTP load client
-  curl             # edge integration tests (udn-bins/tests/edge.rs): the real HTTP client
+  curl             # edge tests and the README tour's CDN requests: the real HTTP client
   openssl          # edge HTTPS test: self-signed certificates per hostname
+  sqlite3          # the README tour's store query (udn-bins/tests/demo.rs)
   postgresql       # the store's PostgreSQL tests
   chromium         # portal browser tests
   chromium-driver

@@ -1,0 +1,202 @@
+//! `udn demo billing`: a billing run for the demo customer from the demo's store.
+//!
+//! It puts a demo plan (hourly, so a period is over soon) and the sample customer's
+//! account into the store's database, turns the store's HTTP rollups of the period into
+//! a usage batch (one per period: its idempotency key), runs the period and prints the
+//! run report and the invoices issued, rendered as text.
+
+use anyhow::Context as _;
+use std::path::PathBuf;
+use udn_billing::usage::{Metric, UsageRecord};
+use udn_billing::{Account, Period, Plan, Timestamp, UsageBatch};
+
+use crate::billing::{BillingStore, Issuer, SqliteBillingStore, render_text, run_period};
+
+/// `udn demo billing`.
+#[derive(Debug, clap::Args)]
+pub struct BillingDemoArgs {
+    /// State directory of the demo (its store is `control/udn.sqlite`).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// The period to bill (default: the last full hour), e.g. 2026-11-26T13.
+    #[arg(long)]
+    pub period: Option<String>,
+}
+
+/// The demo plan: a platform fee per hour, traffic per GB and requests per 10,000.
+pub const PLAN: &str = r#"{
+  "id": "demo-cdn", "version": 1, "name": "CDN Demo (hourly)", "currency": "EUR",
+  "period": "hour",
+  "components": [
+    {"name": "Platform", "pricing": {"type": "recurring", "amount": "1.00"}},
+    {"name": "Traffic", "pricing": {"type": "metered", "metric": "bytes_delivered",
+      "unit": "gb", "mode": "graduated", "tiers": [{"unit_price": "0.04"}]}},
+    {"name": "Requests", "pricing": {"type": "metered", "metric": "http_requests",
+      "unit": "ten_thousand", "mode": "volume", "tiers": [{"unit_price": "0.0075"}]}}
+  ]}"#;
+
+fn account(customer: &str, company: &str) -> anyhow::Result<Account> {
+    Ok(serde_json::from_str(&format!(
+        r#"{{
+        "id": {customer:?}, "currency": "EUR", "delivery": "post", "services": "gtm_cdn",
+        "payment": {{"method": "invoice", "terms_days": 14}}, "billing_period": "hour",
+        "tax": {{"name": "VAT 19%", "rate": "0.19"}},
+        "invoicing": {{"company": {company:?}, "address": ["1 Demo Street", "Loopback 127"],
+                      "contact": "Demo User", "email": "billing@shop.udn.example"}},
+        "subscriptions": [{{"plan": "demo-cdn", "version": 1, "start": 0}}]
+    }}"#
+    ))?)
+}
+
+/// Runs the billing of the demo customer(s) and returns what to print.
+pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
+    let db = a
+        .state_dir
+        .join("control")
+        .join(crate::store::sqlite::DB_FILE);
+    anyhow::ensure!(
+        db.exists(),
+        "no store at {} (start `udn demo --state-dir {}` first)",
+        db.display(),
+        a.state_dir.display()
+    );
+    let now = crate::logging::now();
+    let period = match &a.period {
+        Some(p) => Period::parse(p)?,
+        None => Period::containing(udn_billing::PeriodKind::Hour, now)?.previous()?,
+    };
+    let cfg = super::load_config(None)?;
+    let plan: Plan = serde_json::from_str(PLAN).context("the demo plan")?;
+    let mut store = SqliteBillingStore::open(&db)?;
+    store.put_plan(&plan)?;
+    let mut usage = 0;
+    for c in &cfg.customers {
+        let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
+        store.put_account(&account(&c.name, &company)?)?;
+        let records = usage_of(&db, &c.name, &period)?;
+        usage += records.len();
+        // A batch per customer and period: running the period again replays it.
+        let _ = store.record_usage(&UsageBatch {
+            key: format!("demo-store-{}-{period}", c.name),
+            records,
+        })?;
+    }
+    let report = run_period(&mut store, &period, now)?;
+    let issuer = Issuer {
+        name: "UDN Demo Networks".into(),
+        address: vec!["127.0.0.1".into()],
+        email: "billing@udn.example".into(),
+        tax_id: None,
+        bank: None,
+    };
+    let mut out = format!(
+        "billing run for {period}: {usage} usage records from the store\n{}\n",
+        serde_json::to_string_pretty(&report)?
+    );
+    for i in &report.issued {
+        if let Some(inv) = store.invoice(&i.number)? {
+            out.push('\n');
+            out.push_str(&render_text(&inv, &issuer));
+        }
+    }
+    Ok(out)
+}
+
+/// The store's HTTP rollups of `customer` in `period`, as usage records per minute and
+/// POP.
+fn usage_of(
+    db: &std::path::Path,
+    customer: &str,
+    period: &Period,
+) -> anyhow::Result<Vec<UsageRecord>> {
+    let c = rusqlite::Connection::open(db)?;
+    let mut st = c.prepare(
+        "SELECT minute, pop, requests, bytes FROM rollup_http \
+         WHERE customer = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute, pop",
+    )?;
+    let from = crate::store::to_i64(period.start.as_millis());
+    let to = crate::store::to_i64(period.end.as_millis());
+    let rows = st.query_map(rusqlite::params![customer, from, to], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (minute, pop, requests, bytes) = row?;
+        let at = Timestamp::from_millis(u64::try_from(minute).unwrap_or(0));
+        for (metric, q) in [
+            (Metric::HttpRequests, requests),
+            (Metric::BytesDelivered, bytes),
+        ] {
+            out.push(UsageRecord {
+                account: customer.to_string(),
+                at,
+                metric,
+                region: pop.clone(),
+                quantity: u64::try_from(q).unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_of_the_stores_rollups_is_billed() {
+        let state = std::env::temp_dir().join(format!("udn-demo-billing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let dir = state.join("control");
+        drop(
+            crate::store::open(&crate::store::Location::Sqlite {
+                dir: dir.clone(),
+                max_pages: None,
+            })
+            .unwrap(),
+        );
+        let period = Period::parse("2025-01-01T00").unwrap();
+        let c = rusqlite::Connection::open(dir.join(crate::store::sqlite::DB_FILE)).unwrap();
+        let start = period.start.as_millis() as i64;
+        // Two minutes in the period (fra, nyc) and one just after it (not billed).
+        for (minute, pop, requests, bytes) in [
+            (start, "fra", 20_000i64, 500_000_000_000i64),
+            (start + 60_000, "nyc", 30_000, 250_000_000_000),
+            (start + 3_600_000, "fra", 1_000_000, 1_000_000_000_000),
+        ] {
+            c.execute(
+                "INSERT INTO rollup_http VALUES (?1, 'shop', 'cdn.shop.udn.example', ?2, ?3, \
+                 ?4, 0, 0, ?3, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+                rusqlite::params![minute, pop, requests, bytes],
+            )
+            .unwrap();
+        }
+        drop(c);
+        let out = run(BillingDemoArgs {
+            state_dir: state.clone(),
+            period: Some("2025-01-01T00".into()),
+        })
+        .unwrap();
+        // 750 GB x 0.04 = 30.00; 5 x 10,000 requests x 0.0075 = 0.0375 -> 0.04;
+        // + 1.00 platform = 31.04 (rounding per line), + 19 % VAT.
+        assert!(out.contains("4 usage records"), "{out}");
+        assert!(out.contains("Traffic (750 GB"), "{out}");
+        assert!(out.contains("30.00 EUR"), "{out}");
+        // A second run issues nothing new.
+        let again = run(BillingDemoArgs {
+            state_dir: state.clone(),
+            period: Some("2025-01-01T00".into()),
+        })
+        .unwrap();
+        assert!(
+            again.contains("\"already_invoiced\": [\n    \"shop\""),
+            "{again}"
+        );
+        let _ = std::fs::remove_dir_all(&state);
+    }
+}
