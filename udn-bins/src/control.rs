@@ -17,7 +17,12 @@ use std::time::Duration;
 
 /// Command-line arguments of `udn control`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// `billing …`: billing runs, invoices and payments (without it: run the control
+    /// plane).
+    #[command(subcommand)]
+    pub command: Option<ControlCommand>,
     /// Configuration file (TOML).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -66,6 +71,15 @@ pub struct Args {
     /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
     #[arg(long = "agent-token")]
     pub agent_tokens: Vec<String>,
+}
+
+/// Subcommands of `udn control`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ControlCommand {
+    /// Billing: plans, accounts, usage, billing runs for a period, invoices (text/HTML),
+    /// delivery, payments, credit notes and audits (see docs/billing.md). `--db` is the
+    /// control plane's SQLite file (`<data-dir>/udn.sqlite`).
+    Billing(crate::billing::BillingArgs),
 }
 
 fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
@@ -254,8 +268,12 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             let db = args.data_dir.join("control.db");
             let control = crate::api::SqliteBackend::open(&db)
                 .with_context(|| format!("opening {}", db.display()))?;
-            let backend: Arc<dyn crate::api::Backend> =
-                Arc::new(crate::api::StoreBackend::new(control, collector.clone()));
+            let mut backend = crate::api::StoreBackend::new(control, collector.clone());
+            if args.postgres.is_none() {
+                // Billing runs keep their `billing_*` tables in the store's SQLite file.
+                backend = backend.with_billing(args.data_dir.join(crate::store::sqlite::DB_FILE));
+            }
+            let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
             Some(crate::portal::start(backend, cfg).await?)
         }
         None => None,
@@ -272,6 +290,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
 
 /// Runs the role until it is stopped (Ctrl-C or SIGTERM).
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ControlCommand::Billing(b)) = &args.command {
+        print!("{}", crate::billing::execute(b, crate::logging::now())?);
+        return Ok(());
+    }
     crate::runtime()?.block_on(async move {
         let handle = start(&args).await?;
         // One line on stdout so scripts and tests learn the bound address.

@@ -413,6 +413,7 @@ pub async fn start(
         .map(|(pop, ip)| format!("{pop}=http://{}", SocketAddr::new(ip, PROBE_PORT)))
         .collect();
     let control = crate::control::start(&crate::control::Args {
+        command: None,
         config: Some(net_file.to_path_buf()),
         data_dir: control_dir.clone(),
         listen: sa(CONTROL.0, CONTROL.1),

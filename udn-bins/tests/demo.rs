@@ -354,6 +354,20 @@ fn readme_tour_runs_against_the_demo() {
     assert!(billed.contains("\"account\": \"shop\""), "{billed}");
     assert!(billed.contains("Invoice INV-"), "{billed}");
     assert!(billed.contains("Total"), "{billed}");
+    // The customer sees the issued invoice in the portal.
+    let number = billed
+        .split_whitespace()
+        .find(|w| w.starts_with("INV-"))
+        .expect("an invoice number")
+        .to_string();
+    let invoices: serde_json::Value = https
+        .get(format!("{portal}/v1/invoices"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(invoices.to_string().contains(&number), "{invoices}");
 
     // SIGTERM stops everything and completes every open log file.
     let mut demo = demo;

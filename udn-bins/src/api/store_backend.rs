@@ -1,8 +1,10 @@
 //! [`StoreBackend`]: the control plane's [`Backend`] with its traffic and GTM-answer
 //! queries served from the log store's per-minute rollups (`rollup_http`,
 //! `rollup_dns_answer`), so the portal's charts show what the edges and DNS servers
-//! really logged. Everything else (users, sessions, config versions, purges, invoices)
-//! is delegated to the control plane's own tables ([`SqliteBackend`]).
+//! really logged, and its invoices from the billing store's issued invoices (the
+//! `billing_*` tables, in the same SQLite file as the log store; an account's id is its
+//! customer name). Everything else (users, sessions, config versions, purges) is
+//! delegated to the control plane's own tables ([`SqliteBackend`]).
 
 use super::backend::*;
 use super::sqlite::SqliteBackend;
@@ -16,6 +18,7 @@ use udn_core::{Config, Timestamp};
 pub struct StoreBackend {
     control: SqliteBackend,
     collector: Arc<Collector>,
+    billing: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for StoreBackend {
@@ -27,9 +30,71 @@ impl std::fmt::Debug for StoreBackend {
 impl StoreBackend {
     /// Serves traffic from `collector`'s store and everything else from `control`.
     pub fn new(control: SqliteBackend, collector: Arc<Collector>) -> Self {
-        StoreBackend { control, collector }
+        StoreBackend {
+            control,
+            collector,
+            billing: None,
+        }
     }
 
+    /// Also lists the invoices issued by billing runs into the SQLite database `db`.
+    pub fn with_billing(mut self, db: std::path::PathBuf) -> Self {
+        self.billing = Some(db);
+        self
+    }
+
+    /// Issued billing invoices (and credit notes), newest first; none when billing has
+    /// never run (no database or no `billing_*` tables yet).
+    fn billed(&self) -> Vec<crate::billing::StoredInvoice> {
+        use crate::billing::BillingStore as _;
+        let Some(db) = &self.billing else {
+            return Vec::new();
+        };
+        if !db.exists() {
+            return Vec::new();
+        }
+        match crate::billing::SqliteBillingStore::open(db).and_then(|s| s.issued()) {
+            Ok(mut v) => {
+                v.sort_by_key(|i| std::cmp::Reverse(i.id));
+                v
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading issued invoices");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Billing invoices get ids above this in the portal, so they never collide with the
+/// control plane's own `cp_invoices` rows.
+const BILLING_ID_BASE: i64 = 1 << 40;
+
+fn summary(i: &crate::billing::StoredInvoice) -> InvoiceSummary {
+    InvoiceSummary {
+        id: BILLING_ID_BASE + i.id,
+        number: i.number.clone().unwrap_or_default(),
+        customer: i.invoice.account.clone(),
+        period_start: i.invoice.period.start,
+        period_end: i.invoice.period.end,
+        total: i.invoice.total,
+        currency: i.invoice.currency.code().to_string(),
+        issued_at: i.issued_at.unwrap_or_default(),
+    }
+}
+
+/// The issuer printed on invoices shown in the portal.
+fn issuer() -> crate::billing::Issuer {
+    crate::billing::Issuer {
+        name: "UDN".into(),
+        address: Vec::new(),
+        email: "billing@udn.example".into(),
+        tax_id: None,
+        bank: None,
+    }
+}
+
+impl StoreBackend {
     fn range(w: &Window<'_>) -> Range {
         Range {
             from: w.from,
@@ -200,10 +265,28 @@ impl Backend for StoreBackend {
     }
 
     fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
-        self.control.invoices(customer)
+        let mut out: Vec<InvoiceSummary> = self
+            .billed()
+            .iter()
+            .filter(|i| customer.is_none_or(|c| i.invoice.account == c))
+            .map(summary)
+            .collect();
+        out.extend(self.control.invoices(customer)?);
+        Ok(out)
     }
 
     fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
+        if id >= BILLING_ID_BASE {
+            let want = id - BILLING_ID_BASE;
+            return Ok(self
+                .billed()
+                .into_iter()
+                .find(|i| i.id == want)
+                .map(|i| Invoice {
+                    summary: summary(&i),
+                    html: crate::billing::render_html(&i, &issuer()),
+                }));
+        }
         self.control.invoice(id)
     }
 

@@ -15,7 +15,7 @@ use super::run::{audit, run_period};
 use super::store::{BillingStore, SqliteBillingStore};
 
 /// `udn control billing` arguments.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BillingArgs {
     /// The SQLite database (shared with the log store).
     #[arg(long)]
@@ -29,7 +29,7 @@ pub struct BillingArgs {
 }
 
 /// The billing commands.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum BillingCommand {
     /// Adds a plan version from a JSON or TOML file (versions are immutable).
     PlanAdd {
