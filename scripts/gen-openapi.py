@@ -56,6 +56,7 @@ paths = {
  "/v1/invoices": {"get": op("Issued invoices", "invoices", okschema=A(R("InvoiceSummary")), params=[cust])},
  "/v1/invoices/{id}": {"parameters": [P("id", "Invoice id", "integer")], "get": op("One invoice with its HTML body", "invoices", okschema=obj)},
  "/v1/invoices/{id}/html": {"parameters": [P("id", "Invoice id", "integer")], "get": op("The invoice as HTML", "invoices")},
+ "/v1/billing/runs": {"post": op("Admin: a billing run for a period (2026-11, 2026-Q4, 2026-W48, 2026-11-26T13, 2026); issues gap-free numbered invoices, and nothing new when the period was billed already", "invoices", {"type": "object", "required": ["period"], "properties": {"period": {"type": "string"}}}, okschema=obj)},
 }
 ip = {"type": "string", "description": "IPv4 or IPv6 address"}
 schemas = {

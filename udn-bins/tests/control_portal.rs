@@ -162,6 +162,67 @@ fn shipped_logs_reach_the_portal_series() {
         .unwrap();
     let v: serde_json::Value = other.json().unwrap();
     assert!(v["points"].as_array().is_none_or(|p| p.is_empty()), "{v}");
+    // Billing through the control plane: plan and account by `udn control billing`,
+    // the run by the API; the invoice then shows in the portal's invoice list.
+    let db = dir.join("data").join("udn.sqlite");
+    std::fs::write(dir.join("plan.json"), udn_bins::demo::billing::PLAN).unwrap();
+    std::fs::write(
+        dir.join("account.json"),
+        r#"{"id": "shop", "currency": "EUR", "delivery": "post", "services": "gtm_cdn",
+            "payment": {"method": "invoice", "terms_days": 14}, "billing_period": "hour",
+            "invoicing": {"company": "Shop Example Inc.", "address": ["1 Demo Street"],
+                          "contact": "Demo User", "email": "billing@shop.udn.example"},
+            "subscriptions": [{"plan": "demo-cdn", "version": 1, "start": 0}]}"#,
+    )
+    .unwrap();
+    for (cmd, file) in [("plan-add", "plan.json"), ("account-put", "account.json")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_udn"))
+            .args(["control", "billing", "--db"])
+            .arg(&db)
+            .arg(cmd)
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hour = udn_billing::Period::containing(udn_billing::PeriodKind::Hour, now)
+        .unwrap()
+        .previous()
+        .unwrap();
+    let run = |period: &str| {
+        http.post(format!("{api}/v1/billing/runs"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"period": period}))
+            .send()
+            .unwrap()
+    };
+    let first = run(&hour.to_string());
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().unwrap();
+    let number = first["issued"][0]["number"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an invoice issued: {first}"))
+        .to_string();
+    let again: serde_json::Value = run(&hour.to_string()).json().unwrap();
+    assert!(
+        again["issued"].as_array().is_some_and(|a| a.is_empty()),
+        "a second run of the period issues nothing: {again}"
+    );
+    let bad = run("last tuesday");
+    assert_eq!(bad.status(), 422);
+    assert!(bad.text().unwrap().contains("period"));
+    let list: serde_json::Value = http
+        .get(format!("{api}/v1/invoices?customer=shop"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(list.to_string().contains(&number), "{list}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

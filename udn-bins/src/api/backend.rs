@@ -321,6 +321,15 @@ pub enum BackendError {
     /// The log store (traffic and answer rollups) failed.
     #[error("log store: {0}")]
     LogStore(#[from] crate::store::Error),
+    /// This backend does not do that (for example billing runs without a billing store).
+    #[error("not supported here: {0}")]
+    Unsupported(&'static str),
+    /// A billing period label does not parse.
+    #[error("period: {0}")]
+    BadPeriod(udn_billing::Error),
+    /// A billing run failed.
+    #[error("billing: {0:#}")]
+    Billing(anyhow::Error),
 }
 
 /// Result of a [`Backend`] call.
@@ -445,4 +454,13 @@ pub trait Backend: Send + Sync + 'static {
     fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>>;
     /// One invoice with its HTML body.
     fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
+
+    /// Runs billing for the period `label` (`2026-11`, `2026-Q4`, `2026-W48`,
+    /// `2026-11-26T13`, `2026`) at `now` and returns the run report (issued invoices;
+    /// a period already billed issues nothing new). Backends without a billing store
+    /// answer [`BackendError::Unsupported`].
+    fn billing_run(&self, label: &str, now: Timestamp) -> BackendResult<serde_json::Value> {
+        let _ = (label, now);
+        Err(BackendError::Unsupported("billing runs"))
+    }
 }

@@ -271,6 +271,8 @@ impl From<BackendError> for ApiError {
             BackendError::Config(udn_core::Error::Invalid(errs)) => {
                 ApiError::from_config_errors(&errs)
             }
+            BackendError::BadPeriod(e) => ApiError::field("period", e.to_string()),
+            BackendError::Unsupported(_) => ApiError::NotFound,
             other => {
                 tracing::error!("backend: {other}");
                 ApiError::Internal("storage error".into())

@@ -125,6 +125,7 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/v1/invoices", get(invoices))
         .route("/v1/invoices/{id}", get(invoice))
         .route("/v1/invoices/{id}/html", get(invoice_html))
+        .route("/v1/billing/runs", post(billing_run))
         .with_state(state)
 }
 
@@ -1562,6 +1563,24 @@ traffic_handler!(
     gtm_answers_by_location,
     LocationAnswers
 );
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillingRunBody {
+    period: String,
+}
+
+/// `POST /v1/billing/runs {"period": "2026-11"}` (admin): issues the period's invoices.
+async fn billing_run(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<BillingRunBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    a.require_admin()?;
+    let Json(b) = body?;
+    let now = super::now();
+    Ok(Json(st.db(move |be| be.billing_run(&b.period, now)).await?))
+}
 
 async fn invoices(
     State(st): State<ApiState>,

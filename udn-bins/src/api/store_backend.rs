@@ -354,4 +354,18 @@ impl Backend for StoreBackend {
         out.sort_by(|a, b| (&a.pop, &a.address).cmp(&(&b.pop, &b.address)));
         Ok(out)
     }
+
+    fn billing_run(&self, label: &str, now: Timestamp) -> BackendResult<serde_json::Value> {
+        let Some(db) = &self.billing else {
+            return Err(BackendError::Unsupported(
+                "billing runs need the SQLite store",
+            ));
+        };
+        let period = udn_billing::Period::parse(label).map_err(BackendError::BadPeriod)?;
+        let mut store =
+            crate::billing::SqliteBillingStore::open(db).map_err(BackendError::Billing)?;
+        let report =
+            crate::billing::run_period(&mut store, &period, now).map_err(BackendError::Billing)?;
+        Ok(serde_json::to_value(&report)?)
+    }
 }
