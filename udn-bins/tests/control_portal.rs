@@ -101,6 +101,28 @@ fn shipped_logs_reach_the_portal_series() {
         });
         log.write_at(&rec, now).unwrap();
     }
+    // Ten 1 GB responses in the previous hour: what the billing run below must bill.
+    let prev_hour = udn_billing::Period::containing(udn_billing::PeriodKind::Hour, now)
+        .unwrap()
+        .previous()
+        .unwrap();
+    for i in 0..10u64 {
+        let rec = LogRecord::Http(HttpRecord {
+            ts: Timestamp::from_millis(prev_hour.start.as_millis() + 60_000 + i),
+            customer: Some("shop".into()),
+            host: "cdn.shop.udn.example".into(),
+            path: "/gen/1000000000".into(),
+            method: "GET".into(),
+            status: 200,
+            bytes: 1_000_000_000,
+            fill_bytes: 0,
+            outcome: "hit".into(),
+            duration_us: 100,
+            client: "127.0.0.41".parse().unwrap(),
+            pop: "fra".into(),
+        });
+        log.write_at(&rec, now).unwrap();
+    }
     let file = log.flush_complete().unwrap().unwrap();
     let body = std::fs::read(&file).unwrap();
     let sum = hex(&Sha256::digest(&body));
@@ -142,7 +164,7 @@ fn shipped_logs_reach_the_portal_series() {
     let pts = cdn["points"].as_array().expect("points");
     let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
     let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
-    assert_eq!((bytes, hits), (50_000, 50), "{cdn}");
+    assert_eq!((bytes, hits), (50_000 + 10_000_000_000, 60), "{cdn}");
 
     let gtm = get("/v1/traffic/gtm?customer=shop");
     let mut by_addr = std::collections::BTreeMap::new();
@@ -189,10 +211,7 @@ fn shipped_logs_reach_the_portal_series() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let hour = udn_billing::Period::containing(udn_billing::PeriodKind::Hour, now)
-        .unwrap()
-        .previous()
-        .unwrap();
+    let hour = prev_hour;
     let run = |period: &str| {
         http.post(format!("{api}/v1/billing/runs"))
             .bearer_auth(&token)
@@ -207,6 +226,8 @@ fn shipped_logs_reach_the_portal_series() {
         .as_str()
         .unwrap_or_else(|| panic!("an invoice issued: {first}"))
         .to_string();
+    // The hour's platform fee plus 10 GB at 0.04 EUR/GB, from the log store's usage.
+    assert_eq!(first["issued"][0]["total"], "1.40 EUR", "{first}");
     let again: serde_json::Value = run(&hour.to_string()).json().unwrap();
     assert!(
         again["issued"].as_array().is_some_and(|a| a.is_empty()),

@@ -364,8 +364,35 @@ impl Backend for StoreBackend {
         let period = udn_billing::Period::parse(label).map_err(BackendError::BadPeriod)?;
         let mut store =
             crate::billing::SqliteBillingStore::open(db).map_err(BackendError::Billing)?;
+        ingest_usage(&mut store, db, &period).map_err(BackendError::Billing)?;
         let report =
             crate::billing::run_period(&mut store, &period, now).map_err(BackendError::Billing)?;
         Ok(serde_json::to_value(&report)?)
     }
+}
+
+/// Records every billing account's usage of `period` from the log store (one batch per
+/// account and period: its idempotency key, so running the period again changes
+/// nothing).
+fn ingest_usage(
+    store: &mut crate::billing::SqliteBillingStore,
+    db: &std::path::Path,
+    period: &udn_billing::Period,
+) -> anyhow::Result<()> {
+    use crate::billing::BillingStore as _;
+    for account in store.accounts()? {
+        let records = crate::billing::usage_from_store(db, &account.id, period)?;
+        if records.is_empty() {
+            continue;
+        }
+        // A period billed before keeps the usage it was billed with (issued invoices are
+        // immutable); usage that arrived later is reported, not silently merged.
+        if let Err(e) = store.record_usage(&udn_billing::UsageBatch {
+            key: format!("store-{}-{period}", account.id),
+            records,
+        }) {
+            tracing::warn!(account = %account.id, %period, "usage not recorded: {e:#}");
+        }
+    }
+    Ok(())
 }

@@ -29,6 +29,7 @@ pub mod payment;
 pub mod render;
 pub mod run;
 pub mod store;
+pub mod usage;
 
 pub use cli::{BillingArgs, BillingCommand, execute};
 pub use delivery::{DeliveryReport, SmtpConfig, SmtpSecurity, deliver_pending};
@@ -36,3 +37,4 @@ pub use payment::{PaymentProvider, collect_card_payments, record_manual_payment}
 pub use render::{Issuer, render_html, render_text};
 pub use run::{Audit, RunReport, audit, run_period};
 pub use store::{BillingStore, SqliteBillingStore, Status, StoredInvoice};
+pub use usage::usage_from_store;

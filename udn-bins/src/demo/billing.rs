@@ -7,8 +7,7 @@
 
 use anyhow::Context as _;
 use std::path::PathBuf;
-use udn_billing::usage::{Metric, UsageRecord};
-use udn_billing::{Account, Period, Plan, Timestamp, UsageBatch};
+use udn_billing::{Account, Period, Plan, UsageBatch};
 
 use crate::billing::{BillingStore, Issuer, SqliteBillingStore, render_text, run_period};
 
@@ -73,7 +72,7 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
     for c in &cfg.customers {
         let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
         store.put_account(&account(&c.name, &company)?)?;
-        let records = usage_of(&db, &c.name, &period)?;
+        let records = crate::billing::usage_from_store(&db, &c.name, &period)?;
         usage += records.len();
         // A batch per customer and period: running the period again replays it.
         let _ = store.record_usage(&UsageBatch {
@@ -97,48 +96,6 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
         if let Some(inv) = store.invoice(&i.number)? {
             out.push('\n');
             out.push_str(&render_text(&inv, &issuer));
-        }
-    }
-    Ok(out)
-}
-
-/// The store's HTTP rollups of `customer` in `period`, as usage records per minute and
-/// POP.
-fn usage_of(
-    db: &std::path::Path,
-    customer: &str,
-    period: &Period,
-) -> anyhow::Result<Vec<UsageRecord>> {
-    let c = rusqlite::Connection::open(db)?;
-    let mut st = c.prepare(
-        "SELECT minute, pop, requests, bytes FROM rollup_http \
-         WHERE customer = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute, pop",
-    )?;
-    let from = crate::store::to_i64(period.start.as_millis());
-    let to = crate::store::to_i64(period.end.as_millis());
-    let rows = st.query_map(rusqlite::params![customer, from, to], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (minute, pop, requests, bytes) = row?;
-        let at = Timestamp::from_millis(u64::try_from(minute).unwrap_or(0));
-        for (metric, q) in [
-            (Metric::HttpRequests, requests),
-            (Metric::BytesDelivered, bytes),
-        ] {
-            out.push(UsageRecord {
-                account: customer.to_string(),
-                at,
-                metric,
-                region: pop.clone(),
-                quantity: u64::try_from(q).unwrap_or(0),
-            });
         }
     }
     Ok(out)
