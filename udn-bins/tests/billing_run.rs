@@ -310,9 +310,12 @@ fn sql_usage_totals_match_the_pure_ledger() {
                 Timestamp::from_millis(week.end.as_millis() - 7_654_321),
             ),
         ] {
-            let sql = s.usage_totals(acct, from, to).unwrap();
+            let sql = s.usage_totals(acct, from, to, true).unwrap();
             assert_eq!(sql, ledger.totals(acct, from, to));
             assert!(sql.total(Metric::BytesDelivered, None) > 0);
+            let no_samples = s.usage_totals(acct, from, to, false).unwrap();
+            assert!(no_samples.bandwidth.is_empty());
+            assert_eq!(no_samples.counters, sql.counters);
         }
     }
 }

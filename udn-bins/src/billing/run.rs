@@ -43,11 +43,8 @@ fn stored_usage(
     account: &str,
     segment: &udn_billing::Segment,
 ) -> Result<udn_billing::UsageTotals> {
-    let mut usage = store.usage_totals(account, segment.from, segment.to)?;
-    if !plans.get(&segment.plan, segment.version)?.uses_samples() {
-        usage.bandwidth = Vec::new();
-    }
-    Ok(usage)
+    let samples = plans.get(&segment.plan, segment.version)?.uses_samples();
+    store.usage_totals(account, segment.from, segment.to, samples)
 }
 
 /// Computes the draft invoice of one account for a period from the store's usage.

@@ -205,8 +205,15 @@ pub trait BillingStore {
     fn plans(&self) -> Result<PlanBook>;
     /// Records a usage batch once (idempotency key); a replay changes nothing.
     fn record_usage(&mut self, batch: &UsageBatch) -> Result<Applied>;
-    /// Usage of an account in the 5-minute buckets starting in `[from, to)`.
-    fn usage_totals(&self, account: &str, from: Timestamp, to: Timestamp) -> Result<UsageTotals>;
+    /// Usage of an account in the 5-minute buckets starting in `[from, to)`: the totals,
+    /// and the bandwidth samples (one per bucket) if `with_samples`, else none.
+    fn usage_totals(
+        &self,
+        account: &str,
+        from: Timestamp,
+        to: Timestamp,
+        with_samples: bool,
+    ) -> Result<UsageTotals>;
     /// The non-cancelled invoice (draft, issued or paid) of an account for a period.
     fn live_invoice(&self, account: &str, period: &Period) -> Result<Option<StoredInvoice>>;
     /// Stores a draft, replacing an earlier draft of the same account and period.
@@ -540,36 +547,48 @@ impl BillingStore for SqliteBillingStore {
         Ok(Applied::New)
     }
 
-    fn usage_totals(&self, account: &str, from: Timestamp, to: Timestamp) -> Result<UsageTotals> {
+    fn usage_totals(
+        &self,
+        account: &str,
+        from: Timestamp,
+        to: Timestamp,
+        with_samples: bool,
+    ) -> Result<UsageTotals> {
         let b0 = from.as_millis().div_ceil(BUCKET_MS);
         let b1 = to.as_millis().div_ceil(BUCKET_MS);
-        let mut t = UsageTotals::zero(b1.saturating_sub(b0) as usize);
+        let buckets = b1.saturating_sub(b0) as usize;
+        let mut t = UsageTotals::zero(if with_samples { buckets } else { 0 });
+        // One range scan of the primary key (account, bucket, metric, region), folded
+        // here: faster than two GROUP BY queries, which make SQLite sort.
         let mut st = self.conn.prepare_cached(
             "SELECT bucket, metric, region, quantity FROM billing_usage
              WHERE account = ?1 AND bucket >= ?2 AND bucket < ?3",
         )?;
-        let rows = st.query_map(params![account, b0 as i64, b1 as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (bucket, metric, region, q) = row?;
+        let mut rows = st.query(params![account, b0 as i64, b1 as i64])?;
+        // the few distinct (metric, region) pairs, searched linearly without allocating
+        let mut sums: Vec<(Metric, String, u64)> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let bucket: i64 = r.get(0)?;
+            let metric = r.get_ref(1)?.as_str()?;
             let metric =
-                Metric::from_name(&metric).ok_or_else(|| anyhow!("unknown metric {metric:?}"))?;
-            let q = u64::try_from(q).context("negative usage quantity")?;
-            let c = t.counters.entry((metric, region)).or_insert(0);
-            *c = c.saturating_add(q);
-            if metric == Metric::BytesDelivered {
+                Metric::from_name(metric).ok_or_else(|| anyhow!("unknown metric {metric:?}"))?;
+            let region = r.get_ref(2)?.as_str()?;
+            let q = u64::try_from(r.get::<_, i64>(3)?).context("negative usage quantity")?;
+            match sums
+                .iter_mut()
+                .find(|(m, reg, _)| *m == metric && reg == region)
+            {
+                Some((_, _, sum)) => *sum = sum.saturating_add(q),
+                None => sums.push((metric, region.to_owned(), q)),
+            }
+            if with_samples && metric == Metric::BytesDelivered {
                 let i = (bucket as u64).saturating_sub(b0) as usize;
                 if let Some(s) = t.bandwidth.get_mut(i) {
                     *s = s.saturating_add(q);
                 }
             }
         }
+        t.counters = sums.into_iter().map(|(m, r, q)| ((m, r), q)).collect();
         Ok(t)
     }
 
