@@ -16,7 +16,9 @@
 //!    (lower is better; unknown latency counts as the configured default and is asked of
 //!    the probes; unknown load as 50 %; unknown response time as 100 ms);
 //! 6. among targets within `near_equal` points of the best, a pick by weight that is
-//!    reproducible from the query's seed and the client prefix;
+//!    reproducible from the query's seed and the client prefix; with persistence on,
+//!    the pick is recorded, unless a candidate's latency was still unmeasured (such a
+//!    provisional pick is not pinned);
 //! 7. further answers (up to the hostname's answer count) by ascending score.
 
 // The decision walks several per-target arrays in step; index loops read best here.
@@ -359,6 +361,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
     let row = state.latency.row(prefix);
     let w = host.weighting;
     let mut used_latency = false;
+    let mut missing_latency = false;
     for i in 0..n {
         if !usable[i] {
             continue;
@@ -377,6 +380,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
                         sample.rtt_us as f32 / 1000.0
                     }
                     None => {
+                        missing_latency = true;
                         d.refresh.push((prefix, pop));
                         net.latency.default_ms as f32
                     }
@@ -450,7 +454,9 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
         } else {
             Reason::Latency
         };
-        if let (Some(dur), Some(i)) = (host.persistence, chosen) {
+        // A pick made while latencies are still being measured is provisional: it is
+        // not pinned, so the client gets the measured best once the probes answer.
+        if let (Some(dur), Some(i), false) = (host.persistence, chosen, missing_latency) {
             d.persist = Some(PersistWrite {
                 host: q.host,
                 prefix,

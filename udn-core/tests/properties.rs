@@ -252,6 +252,17 @@ proptest! {
     ) {
         let net = network(&[1, 1, 1], UncheckedPolicy::Up, AllDownPolicy::Standby, Some(secs), vec![]);
         let mut engine = Engine::new(net.clone());
+        // Before any measurement the pick is provisional and not pinned.
+        let provisional = engine.decide_and_record(&query(&net, client, 0), NOW);
+        prop_assert!(provisional.persist.is_none());
+        prop_assert_eq!(engine.state().persistence_len(), 0);
+        for p in 0..N_POPS {
+            engine.state_mut().apply_latency(
+                ClientPrefix::of(client),
+                net.pop_id(&format!("pop{p}")).unwrap(),
+                LatencySample { rtt_us: 20_000, at: NOW },
+            );
+        }
         let first = engine.decide_and_record(&query(&net, client, 0), NOW);
         let held = first.addrs.as_slice()[0];
         for (k, seed) in seeds.iter().enumerate() {
