@@ -32,7 +32,9 @@ pub struct Args {
     /// Address of the HTTP API (log collector `POST /v1/logs`, `/health`, `/metrics`).
     #[arg(long, default_value = "127.0.0.1:8480")]
     pub listen: SocketAddr,
-    /// Store in PostgreSQL at this URL (`postgres://user@host:port/db`) instead of SQLite.
+    /// Store in PostgreSQL at this URL (`postgres://user@host:port/db`) instead of SQLite:
+    /// the log store and the control plane's own tables (users, sessions, config
+    /// versions, purges) both go there.
     #[arg(long)]
     pub postgres: Option<String>,
     /// Days to keep raw records (rollups and the file ledger are kept for good); 0 keeps
@@ -265,14 +267,26 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
 
     let portal = match portal_cfg {
         Some(cfg) => {
-            let db = args.data_dir.join("control.db");
-            let control = crate::api::SqliteBackend::open(&db)
-                .with_context(|| format!("opening {}", db.display()))?;
-            let mut backend = crate::api::StoreBackend::new(control, collector.clone());
-            if args.postgres.is_none() {
-                // Billing runs keep their `billing_*` tables in the store's SQLite file.
-                backend = backend.with_billing(args.data_dir.join(crate::store::sqlite::DB_FILE));
-            }
+            let backend = match &args.postgres {
+                Some(url) => {
+                    let url = url.clone();
+                    let control =
+                        tokio::task::spawn_blocking(move || crate::api::PgBackend::connect(&url))
+                            .await
+                            .context("control store task")?
+                            .context("opening the control plane's tables in PostgreSQL")?;
+                    crate::api::StoreBackend::new(control, collector.clone())
+                }
+                None => {
+                    let db = args.data_dir.join("control.db");
+                    let control = crate::api::SqliteBackend::open(&db)
+                        .with_context(|| format!("opening {}", db.display()))?;
+                    // Billing runs keep their `billing_*` tables in the store's SQLite
+                    // file.
+                    crate::api::StoreBackend::new(control, collector.clone())
+                        .with_billing(args.data_dir.join(crate::store::sqlite::DB_FILE))
+                }
+            };
             let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
             Some(crate::portal::start(backend, cfg).await?)
         }

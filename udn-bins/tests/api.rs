@@ -1,5 +1,7 @@
-//! The REST API over real HTTP on loopback, against a real SQLite file: every endpoint,
-//! its authorisation (a customer never reaches another customer's objects) and bad input.
+//! The REST API over real HTTP on loopback: every endpoint, its authorisation (a customer
+//! never reaches another customer's objects) and bad input. Every test runs twice, on a
+//! real SQLite file (`sqlite::…`) and on a real PostgreSQL database (`postgres::…`, from
+//! `UDN_TEST_POSTGRES`; see scripts/start-postgres.sh).
 
 mod api_support;
 
@@ -8,6 +10,25 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use udn_bins::api::backend::InvoiceSummary;
 use udn_core::Timestamp;
+
+on_both_stores!(
+    login_cookie_is_httponly_samesite_and_wrong_password_is_refused,
+    login_is_rate_limited_per_user,
+    cookie_changes_need_the_csrf_token_and_logout_ends_the_session,
+    bearer_tokens_work_without_csrf,
+    customers_and_users_are_admin_business,
+    cdn_crud_is_validated_versioned_and_owner_only,
+    gtm_domains_addresses_standby_and_monitors,
+    static_mappings_are_owner_only,
+    config_distribution_by_etag_and_long_poll,
+    config_watcher_follows_changes_and_survives_an_outage,
+    purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge,
+    prefill_fans_out_to_every_edge,
+    page_check_runs_on_the_chosen_probes,
+    traffic_queries_sum_own_rows_only,
+    invoices_are_the_customers_own,
+    openapi_document_describes_every_route,
+);
 
 fn fields(body: &Value) -> Vec<String> {
     body["errors"]
@@ -20,9 +41,8 @@ fn fields(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn login_cookie_is_httponly_samesite_and_wrong_password_is_refused() {
-    let h = Harness::start("api-login").await;
+async fn login_cookie_is_httponly_samesite_and_wrong_password_is_refused(store: Store) {
+    let h = Harness::start_on(store, "api-login").await;
     let c = reqwest::Client::new();
     let r = c
         .post(h.url("/v1/auth/login"))
@@ -68,9 +88,8 @@ async fn login_cookie_is_httponly_samesite_and_wrong_password_is_refused() {
     assert_eq!(r.status(), 401);
 }
 
-#[tokio::test]
-async fn login_is_rate_limited_per_user() {
-    let h = Harness::start("api-ratelimit").await;
+async fn login_is_rate_limited_per_user(store: Store) {
+    let h = Harness::start_on(store, "api-ratelimit").await;
     let c = reqwest::Client::new();
     let mut statuses = Vec::new();
     for _ in 0..7 {
@@ -97,9 +116,8 @@ async fn login_is_rate_limited_per_user() {
     h.login("shopuser").await;
 }
 
-#[tokio::test]
-async fn cookie_changes_need_the_csrf_token_and_logout_ends_the_session() {
-    let h = Harness::start("api-csrf").await;
+async fn cookie_changes_need_the_csrf_token_and_logout_ends_the_session(store: Store) {
+    let h = Harness::start_on(store, "api-csrf").await;
     let s = h.login("shopuser").await;
     let body = json!({"scope": "url", "target": "http://cdn.shop.udn.example/a.gif"});
     let r = s
@@ -131,9 +149,8 @@ async fn cookie_changes_need_the_csrf_token_and_logout_ends_the_session() {
     assert_eq!(st, 401);
 }
 
-#[tokio::test]
-async fn bearer_tokens_work_without_csrf() {
-    let h = Harness::start("api-bearer").await;
+async fn bearer_tokens_work_without_csrf(store: Store) {
+    let h = Harness::start_on(store, "api-bearer").await;
     let c = reqwest::Client::new();
     let r: Value = c
         .post(h.url("/v1/auth/token"))
@@ -179,9 +196,8 @@ async fn bearer_tokens_work_without_csrf() {
     assert_eq!(r.status(), 401);
 }
 
-#[tokio::test]
-async fn customers_and_users_are_admin_business() {
-    let h = Harness::start("api-customers").await;
+async fn customers_and_users_are_admin_business(store: Store) {
+    let h = Harness::start_on(store, "api-customers").await;
     let shop = h.login("shopuser").await;
     let admin = h.login("admin").await;
 
@@ -285,12 +301,11 @@ async fn customers_and_users_are_admin_business() {
     assert_eq!(users.as_array().unwrap().len(), 4);
 }
 
-#[tokio::test]
-async fn cdn_crud_is_validated_versioned_and_owner_only() {
-    let h = Harness::start("api-cdn").await;
+async fn cdn_crud_is_validated_versioned_and_owner_only(store: Store) {
+    let h = Harness::start_on(store, "api-cdn").await;
     let shop = h.login("shopuser").await;
     let admin = h.login("admin").await;
-    let v0 = h.state.backend().current_config().unwrap().version;
+    let v0 = h.db.run(|db| db.current_config()).unwrap().version;
 
     let (st, list) = shop.get("/v1/cdn").await;
     assert_eq!(st, 200);
@@ -318,7 +333,7 @@ async fn cdn_crud_is_validated_versioned_and_owner_only() {
     let (st, c) = shop.send("POST", "/v1/cdn", new.clone()).await;
     assert_eq!(st, 201, "{c}");
     assert_eq!(c["customer"], "shop");
-    assert_eq!(h.state.backend().current_config().unwrap().version, v0 + 1);
+    assert_eq!(h.db.run(|db| db.current_config()).unwrap().version, v0 + 1);
     let (st, _) = shop.send("POST", "/v1/cdn", new).await;
     assert_eq!(st, 422, "same hostname twice");
     let (st, c) = shop.get("/v1/cdn/img.shop.udn.example").await;
@@ -403,9 +418,8 @@ async fn cdn_crud_is_validated_versioned_and_owner_only() {
     assert_eq!(admin.get("/v1/cdn/cdn.acme.udn.example").await.0, 200);
 }
 
-#[tokio::test]
-async fn gtm_domains_addresses_standby_and_monitors() {
-    let h = Harness::start("api-gtm").await;
+async fn gtm_domains_addresses_standby_and_monitors(store: Store) {
+    let h = Harness::start_on(store, "api-gtm").await;
     let shop = h.login("shopuser").await;
     let acme = h.login("acmeuser").await;
 
@@ -562,7 +576,7 @@ async fn gtm_domains_addresses_standby_and_monitors() {
         .await;
     assert_eq!(st, 200, "{m}");
     assert_eq!(m["name"], "mon-api.shop.udn.example");
-    let cfg = h.state.backend().current_config().unwrap().config;
+    let cfg = h.db.run(|db| db.current_config()).unwrap().config;
     assert_eq!(
         cfg.services.iter().find(|s| s.name == "http").unwrap().path,
         "/health"
@@ -654,9 +668,8 @@ async fn gtm_domains_addresses_standby_and_monitors() {
     assert_eq!(shop.get(other).await.0, 404);
 }
 
-#[tokio::test]
-async fn static_mappings_are_owner_only() {
-    let h = Harness::start("api-static").await;
+async fn static_mappings_are_owner_only(store: Store) {
+    let h = Harness::start_on(store, "api-static").await;
     let shop = h.login("shopuser").await;
     let acme = h.login("acmeuser").await;
     let (st, e) = shop
@@ -705,9 +718,8 @@ async fn static_mappings_are_owner_only() {
     );
 }
 
-#[tokio::test]
-async fn config_distribution_by_etag_and_long_poll() {
-    let h = Harness::start("api-config").await;
+async fn config_distribution_by_etag_and_long_poll(store: Store) {
+    let h = Harness::start_on(store, "api-config").await;
     let c = reqwest::Client::new();
     let r = c.get(h.url("/v1/config")).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -836,9 +848,8 @@ async fn config_distribution_by_etag_and_long_poll() {
     assert_eq!(shop.get(&format!("/v1/config/versions/{v1}")).await.0, 403);
 }
 
-#[tokio::test]
-async fn config_watcher_follows_changes_and_survives_an_outage() {
-    let h = Harness::start("api-watcher").await;
+async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
+    let h = Harness::start_on(store, "api-watcher").await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // First point the watcher at a control plane that is not there.
     let dead = free_addr();
@@ -886,9 +897,8 @@ async fn config_watcher_follows_changes_and_survives_an_outage() {
     w.abort();
 }
 
-#[tokio::test]
-async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge() {
-    let h = Harness::start("api-purge").await;
+async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge(store: Store) {
+    let h = Harness::start_on(store, "api-purge").await;
     let shop = h.login("shopuser").await;
     let acme = h.login("acmeuser").await;
 
@@ -1012,9 +1022,8 @@ async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge() 
     assert_eq!(st, 422);
 }
 
-#[tokio::test]
-async fn prefill_fans_out_to_every_edge() {
-    let h = Harness::start("api-prefill").await;
+async fn prefill_fans_out_to_every_edge(store: Store) {
+    let h = Harness::start_on(store, "api-prefill").await;
     let shop = h.login("shopuser").await;
     let urls = json!([
         "http://cdn.shop.udn.example/a.gif",
@@ -1075,9 +1084,8 @@ async fn prefill_fans_out_to_every_edge() {
     assert_eq!((st, fields(&e)), (422, vec!["urls[1]".to_owned()]));
 }
 
-#[tokio::test]
-async fn page_check_runs_on_the_chosen_probes() {
-    let h = Harness::start("api-pagecheck").await;
+async fn page_check_runs_on_the_chosen_probes(store: Store) {
+    let h = Harness::start_on(store, "api-pagecheck").await;
     *h.probe_fra.rows.lock().unwrap() = json!([
         {"URL": "http://cdn.shop.udn.example/", "IP": "127.0.0.11", "ERR": null, "HRC": 200, "LEN": 5120, "CHK": "ok",
          "STT": 0.0, "DRT": 1.5, "COT": 0.5, "TLS": 0.0, "DST": 3.0, "FNT": 2.0, "END": 7.0},
@@ -1186,9 +1194,8 @@ async fn page_check_runs_on_the_chosen_probes() {
     assert_eq!(st, 403);
 }
 
-#[tokio::test]
-async fn traffic_queries_sum_own_rows_only() {
-    let h = Harness::start("api-traffic").await;
+async fn traffic_queries_sum_own_rows_only(store: Store) {
+    let h = Harness::start_on(store, "api-traffic").await;
     let now = udn_bins::logging::now().as_millis();
     let minute = |ago: u64| Timestamp::from_millis((now - ago * 60_000) / 60_000 * 60_000);
     h.db.record_cdn_traffic("shop", "cdn.shop.udn.example", "fra", minute(5), 1000, 10)
@@ -1286,9 +1293,8 @@ async fn traffic_queries_sum_own_rows_only() {
     assert_eq!(t["points"].as_array().unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn invoices_are_the_customers_own() {
-    let h = Harness::start("api-invoices").await;
+async fn invoices_are_the_customers_own(store: Store) {
+    let h = Harness::start_on(store, "api-invoices").await;
     let inv = |number: &str, customer: &str, total: &str| InvoiceSummary {
         id: 0,
         number: number.into(),
@@ -1343,9 +1349,8 @@ async fn invoices_are_the_customers_own() {
     );
 }
 
-#[tokio::test]
-async fn openapi_document_describes_every_route() {
-    let h = Harness::start("api-openapi").await;
+async fn openapi_document_describes_every_route(store: Store) {
+    let h = Harness::start_on(store, "api-openapi").await;
     let r = reqwest::get(h.url("/v1/openapi.json")).await.unwrap();
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();

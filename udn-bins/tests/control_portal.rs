@@ -1,5 +1,9 @@
 //! `udn control` with the portal: log files shipped to its collector show up in the
-//! portal API's traffic and GTM-answer series (the charts' data), per customer.
+//! portal API's traffic and GTM-answer series (the charts' data), per customer; with
+//! `--postgres` the control plane's own state (users, config versions, purges) lives in
+//! PostgreSQL and survives a restart on another machine's (empty) data directory.
+
+mod pg_support;
 
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -24,6 +28,29 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// The addresses `udn control` prints on stdout: collector, portal, plain-HTTP API.
+fn control_addrs(child: &mut Child) -> (String, String, String) {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut collector, mut portal, mut api) = (None, None, None);
+    for _ in 0..3 {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read stdout");
+        let addr = line.split_whitespace().last().unwrap_or("").to_string();
+        if line.contains("listening on") {
+            collector = Some(format!("http://{addr}"));
+        } else if line.contains("portal on") {
+            portal = Some(addr);
+        } else if line.contains("API on") {
+            api = Some(addr);
+        }
+    }
+    (
+        collector.expect("collector address"),
+        portal.expect("portal address"),
+        api.expect("API address"),
+    )
+}
+
 #[test]
 fn shipped_logs_reach_the_portal_series() {
     udn_bins::install_crypto();
@@ -46,22 +73,8 @@ fn shipped_logs_reach_the_portal_series() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (collector, portal, api) = control_addrs(&mut child);
     let _guard = Proc(child);
-    let (mut collector, mut portal, mut api) = (None, None, None);
-    for _ in 0..3 {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let addr = line.split_whitespace().last().unwrap_or("").to_string();
-        if line.contains("listening on") {
-            collector = Some(format!("http://{addr}"));
-        } else if line.contains("portal on") {
-            portal = Some(addr);
-        } else if line.contains("API on") {
-            api = Some(addr);
-        }
-    }
-    let (collector, portal, api) = (collector.unwrap(), portal.unwrap(), api.unwrap());
     assert!(portal.starts_with("https://"), "{portal}");
 
     // A minute of edge and DNS logs, written by the shared logger.
@@ -244,6 +257,169 @@ fn shipped_logs_reach_the_portal_series() {
         .json()
         .unwrap();
     assert!(list.to_string().contains(&number), "{list}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `udn control --postgres URL` with the portal and its API on free ports.
+fn start_on_postgres(
+    url: &str,
+    data_dir: &std::path::Path,
+    config: &std::path::Path,
+) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["control", "--listen", "127.0.0.1:0", "--postgres", url])
+        .args([
+            "--portal-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--bootstrap-admin", "admin:correct-horse"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start udn control");
+    let (_, _, api) = control_addrs(&mut child);
+    (Proc(child), api)
+}
+
+#[test]
+fn control_plane_state_lives_in_postgres() {
+    let Some(url) = pg_support::fresh_database("control_plane_state") else {
+        return;
+    };
+    udn_bins::install_crypto();
+    let dir = tmp("pg");
+    let cfg = dir.join("network.toml");
+    std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let token = |api: &str, user: &str, password: &str| -> Option<String> {
+        let r = http
+            .post(format!("{api}/v1/auth/token"))
+            .json(&serde_json::json!({"username": user, "password": password}))
+            .send()
+            .unwrap();
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: serde_json::Value = r.json().unwrap();
+        v["token"].as_str().map(str::to_owned)
+    };
+    let call =
+        |method: reqwest::Method, url: String, tok: &str, body: Option<serde_json::Value>| {
+            let mut req = http.request(method, url).bearer_auth(tok);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let r = req.send().unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().unwrap_or_default())
+        };
+
+    // First control plane: seeds the config, creates the admin, takes changes.
+    let (first, api) = start_on_postgres(&url, &dir.join("data-1"), &cfg);
+    let admin = token(&api, "admin", "correct-horse").expect("admin token");
+    let (st, v) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/customers"),
+        &admin,
+        Some(serde_json::json!({"name": "newco", "display_name": "New Co"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/users"),
+        &admin,
+        Some(
+            serde_json::json!({"username": "newbie", "password": "a long enough password",
+                                "role": "customer", "customer": "newco"}),
+        ),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/purge"),
+        &admin,
+        Some(serde_json::json!({"scope": "url", "target": "http://cdn.shop.udn.example/a.css"})),
+    );
+    assert_eq!(st, 202, "{v}");
+    let purge_seq = v["seq"].as_u64().expect("purge seq");
+    let (_, before) = call(
+        reqwest::Method::GET,
+        format!("{api}/v1/config"),
+        &admin,
+        None,
+    );
+    let version = before["version"].as_u64().expect("version");
+    assert_eq!(version, 2, "seed + the new customer: {before}");
+    drop(first);
+    // No control-plane state went to a local SQLite file.
+    assert!(!dir.join("data-1").join("control.db").exists());
+
+    // The tables are in PostgreSQL, read with a real client.
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let users: i64 = pg
+        .query_one("SELECT COUNT(*) FROM cp_users", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 2);
+    let versions: i64 = pg
+        .query_one("SELECT MAX(version) FROM cp_config_versions", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 2);
+
+    // A second control plane on an empty data directory and the same database sees all
+    // of it: the customer's login, the config version (not re-seeded), the purge.
+    let (_second, api) = start_on_postgres(&url, &dir.join("data-2"), &cfg);
+    let newbie = token(&api, "newbie", "a long enough password").expect("newbie logs in");
+    let (st, me) = call(reqwest::Method::GET, format!("{api}/v1/me"), &newbie, None);
+    assert_eq!(
+        (st, me["user"]["customer"].clone()),
+        (200, serde_json::json!("newco")),
+        "{me}"
+    );
+    assert!(token(&api, "newbie", "wrong password").is_none());
+    let admin = token(&api, "admin", "correct-horse").expect("admin token");
+    let (_, after) = call(
+        reqwest::Method::GET,
+        format!("{api}/v1/config"),
+        &admin,
+        None,
+    );
+    assert_eq!(after["version"], before["version"], "{after}");
+    assert!(after.to_string().contains("New Co"), "{after}");
+    let (st, p) = call(
+        reqwest::Method::GET,
+        format!("{api}/v1/purge/{purge_seq}"),
+        &admin,
+        None,
+    );
+    assert_eq!(st, 200, "{p}");
+    assert!(p.to_string().contains("/a.css"), "{p}");
+
+    // PostgreSQL drops the control plane's connections (a restart, an operator's
+    // pg_terminate_backend): the call that notices fails, the control plane reconnects.
+    pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        &[],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut statuses = Vec::new();
+    loop {
+        let (st, _) = call(reqwest::Method::GET, format!("{api}/v1/me"), &newbie, None);
+        statuses.push(st);
+        if st == 200 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(statuses.last(), Some(&200), "reconnected: {statuses:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

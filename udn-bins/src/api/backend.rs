@@ -1,6 +1,7 @@
 //! The control plane's storage interface: everything the REST API and the portal read
-//! and write goes through [`Backend`], so the store behind it (SQLite today, the log
-//! store and billing for traffic and invoices) can change without touching a handler.
+//! and write goes through [`Backend`], so the store behind it (SQLite by default,
+//! PostgreSQL at scale, the log store and billing for traffic and invoices) can change
+//! without touching a handler.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -315,6 +316,9 @@ pub enum BackendError {
     /// The database failed.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed (or could not be reached).
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
     /// A lock was poisoned by a panicking thread.
     #[error("store lock poisoned")]
     Poisoned,
@@ -463,4 +467,92 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (label, now);
         Err(BackendError::Unsupported("billing runs"))
     }
+}
+
+/// A [`Backend`] on its own `cp_*` tables ([`super::SqliteBackend`],
+/// [`super::PgBackend`]): also writes the per-minute traffic and answer tables and the
+/// invoice table its traffic and invoice queries read, for tools, examples and tests
+/// that need traffic without running edges (a running control plane serves those
+/// queries from the log store and billing instead, see [`super::StoreBackend`]).
+pub trait ControlTables: Backend {
+    /// Adds per-minute CDN traffic of one (customer, hostname, POP).
+    fn record_cdn_traffic(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        minute: Timestamp,
+        bytes: u64,
+        hits: u64,
+    ) -> BackendResult<()>;
+
+    /// Adds per-minute GTM answer counts of one (customer, hostname, POP, address).
+    fn record_gtm_answers(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        address: &str,
+        minute: Timestamp,
+        answers: u64,
+    ) -> BackendResult<()>;
+
+    /// Stores an issued invoice; returns its id. A number already stored is
+    /// [`BackendError::Duplicate`].
+    fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64>;
+}
+
+/// A random secret of `bytes` bytes, hex-encoded (session tokens, CSRF tokens, salts).
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the store keeps of a session token: its SHA-256, hex-encoded (a stolen database
+/// yields no usable token).
+pub(crate) fn token_hash(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The argon2id PHC string of `password` with a fresh random salt.
+pub(crate) fn hash_password(password: &str) -> BackendResult<String> {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let salt = SaltString::encode_b64(random_hex(16).as_bytes()).map_err(BackendError::Hash)?;
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(BackendError::Hash)?
+        .to_string())
+}
+
+/// Whether `password` matches the stored PHC string `hash`.
+pub(crate) fn password_matches(password: &str, hash: &str) -> BackendResult<bool> {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+    let parsed = PasswordHash::new(hash).map_err(BackendError::Hash)?;
+    Ok(argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok())
+}
+
+/// A stored millisecond count as a [`Timestamp`] (negative values, which no writer
+/// produces, read as the epoch).
+pub(crate) fn ts(v: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(v).unwrap_or(0))
+}
+
+/// A [`Timestamp`] as the stored millisecond count.
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A count or sequence number as a database integer (saturating).
+pub(crate) fn db_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A database integer as a count or sequence number (negative reads as 0).
+pub(crate) fn from_db_int(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }

@@ -10,14 +10,16 @@
 pub mod auth;
 pub mod backend;
 pub mod fanout;
+pub mod postgres;
 pub(crate) mod routes;
 pub mod sqlite;
 pub mod store_backend;
 pub mod watcher;
 
 pub use auth::{Auth, LoginLimiter};
-pub use backend::{Backend, BackendError, Role, User};
+pub use backend::{Backend, BackendError, ControlTables, Role, User};
 pub use fanout::{EdgeApi, ProbeApi};
+pub use postgres::PgBackend;
 pub use routes::{ClientIp, IsTls, OverTls};
 pub use sqlite::SqliteBackend;
 pub use store_backend::StoreBackend;

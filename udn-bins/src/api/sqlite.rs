@@ -2,7 +2,6 @@
 //! `cp_*`; see [`SCHEMA`].
 
 use super::backend::*;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
 use std::path::Path;
@@ -106,26 +105,6 @@ impl std::fmt::Debug for SqliteBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteBackend")
     }
-}
-
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore as _;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn token_hash(token: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn ts(v: i64) -> Timestamp {
-    Timestamp::from_millis(u64::try_from(v).unwrap_or(0))
-}
-
-fn ms(t: Timestamp) -> i64 {
-    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(User, String)> {
@@ -238,85 +217,6 @@ impl SqliteBackend {
     fn db(&self) -> BackendResult<std::sync::MutexGuard<'_, Connection>> {
         self.conn.lock().map_err(|_| BackendError::Poisoned)
     }
-
-    /// Adds per-minute CDN traffic of one (customer, hostname, POP) to
-    /// `cp_cdn_traffic_minute` (until the log store re-backs the traffic queries).
-    pub fn record_cdn_traffic(
-        &self,
-        customer: &str,
-        hostname: &str,
-        pop: &str,
-        minute: Timestamp,
-        bytes: u64,
-        hits: u64,
-    ) -> BackendResult<()> {
-        self.db()?.execute(
-            "INSERT INTO cp_cdn_traffic_minute (customer, hostname, pop, minute, bytes, hits)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                customer,
-                hostname,
-                pop,
-                ms(minute),
-                i64::try_from(bytes).unwrap_or(i64::MAX),
-                i64::try_from(hits).unwrap_or(i64::MAX)
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Adds per-minute GTM answer counts to `cp_gtm_answers_minute`.
-    pub fn record_gtm_answers(
-        &self,
-        customer: &str,
-        hostname: &str,
-        pop: &str,
-        address: &str,
-        minute: Timestamp,
-        answers: u64,
-    ) -> BackendResult<()> {
-        self.db()?.execute(
-            "INSERT INTO cp_gtm_answers_minute (customer, hostname, pop, address, minute, answers)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                customer,
-                hostname,
-                pop,
-                address,
-                ms(minute),
-                i64::try_from(answers).unwrap_or(i64::MAX)
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Stores an issued invoice in `cp_invoices`; returns its id.
-    pub fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64> {
-        let db = self.db()?;
-        db.execute(
-            "INSERT INTO cp_invoices (number, customer, period_start, period_end, total, currency, issued_at, html)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                summary.number,
-                summary.customer,
-                ms(summary.period_start),
-                ms(summary.period_end),
-                summary.total.to_string(),
-                summary.currency,
-                ms(summary.issued_at),
-                html
-            ],
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                BackendError::Duplicate(summary.number.clone())
-            }
-            e => e.into(),
-        })?;
-        Ok(db.last_insert_rowid())
-    }
 }
 
 fn customer_filter(customer: Option<&str>) -> (&'static str, String) {
@@ -334,11 +234,7 @@ impl Backend for SqliteBackend {
         role: Role,
         customer: Option<&str>,
     ) -> BackendResult<User> {
-        let salt = SaltString::encode_b64(random_hex(16).as_bytes()).map_err(BackendError::Hash)?;
-        let hash = argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(BackendError::Hash)?
-            .to_string();
+        let hash = hash_password(password)?;
         let db = self.db()?;
         db.execute(
             "INSERT INTO cp_users (username, password_hash, role, customer) VALUES (?1, ?2, ?3, ?4)",
@@ -372,11 +268,7 @@ impl Backend for SqliteBackend {
         let Some((user, hash)) = found else {
             return Ok(None);
         };
-        let parsed = PasswordHash::new(&hash).map_err(BackendError::Hash)?;
-        Ok(argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            .then_some(user))
+        Ok(password_matches(password, &hash)?.then_some(user))
     }
 
     fn users(&self) -> BackendResult<Vec<User>> {
@@ -791,6 +683,83 @@ impl Backend for SqliteBackend {
                 },
             )
             .optional()?)
+    }
+}
+
+impl ControlTables for SqliteBackend {
+    fn record_cdn_traffic(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        minute: Timestamp,
+        bytes: u64,
+        hits: u64,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            "INSERT INTO cp_cdn_traffic_minute (customer, hostname, pop, minute, bytes, hits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                customer,
+                hostname,
+                pop,
+                ms(minute),
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+                i64::try_from(hits).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn record_gtm_answers(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        address: &str,
+        minute: Timestamp,
+        answers: u64,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            "INSERT INTO cp_gtm_answers_minute (customer, hostname, pop, address, minute, answers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                customer,
+                hostname,
+                pop,
+                address,
+                ms(minute),
+                i64::try_from(answers).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64> {
+        let db = self.db()?;
+        db.execute(
+            "INSERT INTO cp_invoices (number, customer, period_start, period_end, total, currency, issued_at, html)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                summary.number,
+                summary.customer,
+                ms(summary.period_start),
+                ms(summary.period_end),
+                summary.total.to_string(),
+                summary.currency,
+                ms(summary.issued_at),
+                html
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                BackendError::Duplicate(summary.number.clone())
+            }
+            e => e.into(),
+        })?;
+        Ok(db.last_insert_rowid())
     }
 }
 

@@ -4,10 +4,10 @@
 //! really logged, and its invoices from the billing store's issued invoices (the
 //! `billing_*` tables, in the same SQLite file as the log store; an account's id is its
 //! customer name). Everything else (users, sessions, config versions, purges) is
-//! delegated to the control plane's own tables ([`SqliteBackend`]).
+//! delegated to the control plane's own tables ([`super::SqliteBackend`] or
+//! [`super::PgBackend`]).
 
 use super::backend::*;
-use super::sqlite::SqliteBackend;
 use crate::collector::Collector;
 use crate::store::Range;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,7 +16,7 @@ use udn_core::{Config, Timestamp};
 
 /// The control plane's backend over the log store.
 pub struct StoreBackend {
-    control: SqliteBackend,
+    control: Box<dyn Backend>,
     collector: Arc<Collector>,
     billing: Option<std::path::PathBuf>,
 }
@@ -29,9 +29,9 @@ impl std::fmt::Debug for StoreBackend {
 
 impl StoreBackend {
     /// Serves traffic from `collector`'s store and everything else from `control`.
-    pub fn new(control: SqliteBackend, collector: Arc<Collector>) -> Self {
+    pub fn new(control: impl Backend, collector: Arc<Collector>) -> Self {
         StoreBackend {
-            control,
+            control: Box::new(control),
             collector,
             billing: None,
         }

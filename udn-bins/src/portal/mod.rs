@@ -1287,21 +1287,30 @@ pub async fn start(
 ) -> anyhow::Result<PortalHandle> {
     use anyhow::Context as _;
     crate::install_crypto();
-    if let Some(seed) = &cfg.seed_config
-        && backend.current_config()?.version == 0
-    {
-        backend
-            .commit_config(0, seed, "bootstrap", crate::logging::now())
-            .context("seeding the configuration")?;
-    }
-    if let Some((user, pass)) = &cfg.bootstrap_admin
-        && backend.users()?.is_empty()
-    {
-        backend
-            .create_user(user, pass, Role::Admin, None)
-            .context("creating the first admin")?;
-    }
-    let state = ApiState::new(backend, cfg.options.clone())?;
+    // Backends block (and the PostgreSQL one refuses to run on an async thread).
+    let state = {
+        let seed = cfg.seed_config.clone();
+        let admin = cfg.bootstrap_admin.clone();
+        let options = cfg.options.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<ApiState> {
+            if let Some(seed) = &seed
+                && backend.current_config()?.version == 0
+            {
+                backend
+                    .commit_config(0, seed, "bootstrap", crate::logging::now())
+                    .context("seeding the configuration")?;
+            }
+            if let Some((user, pass)) = &admin
+                && backend.users()?.is_empty()
+            {
+                backend
+                    .create_user(user, pass, Role::Admin, None)
+                    .context("creating the first admin")?;
+            }
+            Ok(ApiState::new(backend, options)?)
+        })
+    };
+    let state = state.await.context("seeding task")??;
     let mut tasks = state.start_purge_distributor();
     let (tls, cert_pem) = server_config(&cfg.cert)?;
     let (https, t) = serve_https(cfg.https, app(state.clone()), tls)

@@ -1,7 +1,10 @@
-//! Shared set-up of the API and portal tests: a real SQLite file, the real router served
-//! on loopback, and small real HTTP servers standing in for edges and probes that record
-//! what they receive.
+//! Shared set-up of the API and portal tests: a real SQLite file or PostgreSQL database,
+//! the real router served on loopback, and small real HTTP servers standing in for edges
+//! and probes that record what they receive.
 #![allow(dead_code)]
+
+#[path = "../pg_support/mod.rs"]
+mod pg_support;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,10 +14,12 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use udn_bins::api::backend::{BackendResult, InvoiceSummary};
 use udn_bins::api::{
-    ApiState, Backend, ControlOptions, EdgeApi, ProbeApi, Role, SqliteBackend, serve_http,
+    ApiState, Backend, ControlOptions, ControlTables, EdgeApi, PgBackend, ProbeApi, Role,
+    SqliteBackend, serve_http,
 };
-use udn_core::Config;
+use udn_core::{Config, Timestamp};
 
 pub const EDGE_TOKEN: &str = "edge-secret-token";
 pub const AGENT_TOKEN: &str = "agent-secret-token";
@@ -146,11 +151,112 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// Which database holds the control plane's tables in a test.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A SQLite file in the test's directory.
+    Sqlite,
+    /// A fresh PostgreSQL database at this URL.
+    Postgres(String),
+}
+
+impl Store {
+    /// A fresh PostgreSQL database for `test`, or `None` when `UDN_TEST_POSTGRES` is
+    /// unset outside CI (see `pg_support::fresh_database`). Blocks.
+    pub fn postgres(test: &str) -> Option<Store> {
+        pg_support::fresh_database(test).map(Store::Postgres)
+    }
+}
+
+/// Generates, for each named `async fn test(store: Store)`, a `sqlite::test` and a
+/// `postgres::test` (the latter skipped loudly without `UDN_TEST_POSTGRES`, failing in
+/// CI), so the same test runs against both control-plane stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::run_on(super::Store::Sqlite, super::$name);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(store) = super::Store::postgres(stringify!($name)) {
+                        super::run_on(store, super::$name);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Runs an async test on a fresh current-thread runtime (what `#[tokio::test]` does).
+pub fn run_on<F, Fut>(store: Store, test: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(test(store));
+}
+
+/// The harness's control store. Each call runs on a thread of its own, so tests can
+/// call it from async code (the PostgreSQL client refuses to block an async thread).
+#[derive(Clone)]
+pub struct TestDb(pub Arc<dyn ControlTables>);
+
+impl TestDb {
+    /// Runs `f` on the store, off the async thread.
+    pub fn run<T: Send>(&self, f: impl FnOnce(&dyn ControlTables) -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| f(self.0.as_ref()))
+                .join()
+                .expect("store call panicked")
+        })
+    }
+
+    pub fn record_cdn_traffic(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        minute: Timestamp,
+        bytes: u64,
+        hits: u64,
+    ) -> BackendResult<()> {
+        self.run(|db| db.record_cdn_traffic(customer, hostname, pop, minute, bytes, hits))
+    }
+
+    pub fn record_gtm_answers(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        address: &str,
+        minute: Timestamp,
+        answers: u64,
+    ) -> BackendResult<()> {
+        self.run(|db| db.record_gtm_answers(customer, hostname, pop, address, minute, answers))
+    }
+
+    pub fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64> {
+        self.run(|db| db.insert_invoice(summary, html))
+    }
+}
+
 /// A running control plane API with two edges (the first up, the second down until the
 /// test starts it) and two probes (`fra`, `nyc`).
 pub struct Harness {
     pub dir: PathBuf,
-    pub db: Arc<SqliteBackend>,
+    pub db: TestDb,
     pub state: ApiState,
     pub base: String,
     /// The API and portal over HTTPS (self-signed certificate `cert_pem`).
@@ -174,18 +280,39 @@ impl Drop for Harness {
 }
 
 impl Harness {
+    /// A harness on a SQLite file.
     pub async fn start(tag: &str) -> Harness {
+        Harness::start_on(Store::Sqlite, tag).await
+    }
+
+    /// A harness on `store`, seeded with [`two_customer_config`] and the users `admin`,
+    /// `shopuser` and `acmeuser` (password [`PASSWORD`]).
+    pub async fn start_on(store: Store, tag: &str) -> Harness {
         udn_bins::install_crypto();
         let dir = temp_dir(tag);
-        let db = Arc::new(SqliteBackend::open(&dir.join("control.db")).expect("open db"));
-        db.commit_config(0, &two_customer_config(), "test", udn_bins::logging::now())
-            .expect("seed config");
-        db.create_user("admin", PASSWORD, Role::Admin, None)
-            .expect("admin");
-        db.create_user("shopuser", PASSWORD, Role::Customer, Some("shop"))
-            .expect("shop user");
-        db.create_user("acmeuser", PASSWORD, Role::Customer, Some("acme"))
-            .expect("acme user");
+        let db_file = dir.join("control.db");
+        let db = std::thread::scope(|s| {
+            s.spawn(|| -> Arc<dyn ControlTables> {
+                let db: Arc<dyn ControlTables> = match &store {
+                    Store::Sqlite => Arc::new(SqliteBackend::open(&db_file).expect("open db")),
+                    Store::Postgres(url) => {
+                        Arc::new(PgBackend::connect(url).expect("open postgres"))
+                    }
+                };
+                db.commit_config(0, &two_customer_config(), "test", udn_bins::logging::now())
+                    .expect("seed config");
+                db.create_user("admin", PASSWORD, Role::Admin, None)
+                    .expect("admin");
+                db.create_user("shopuser", PASSWORD, Role::Customer, Some("shop"))
+                    .expect("shop user");
+                db.create_user("acmeuser", PASSWORD, Role::Customer, Some("acme"))
+                    .expect("acme user");
+                db
+            })
+            .join()
+            .expect("seeding the store")
+        });
+        let db = TestDb(db);
 
         let mut tasks = Vec::new();
         let edge1 = Recorder::new();
@@ -225,8 +352,8 @@ impl Harness {
             agent_tokens: vec![AGENT_TOKEN.into()],
             purge_retry_secs: Some(1),
         };
-        let backend: Arc<dyn Backend> = db.clone();
-        let state = ApiState::new(backend, opts).expect("state");
+        let backend: Arc<dyn Backend> = db.0.clone();
+        let state = db.run(|_| ApiState::new(backend, opts).expect("state"));
         tasks.extend(state.start_purge_distributor());
         let app = udn_bins::api::router(state.clone());
         let (addr, task) = serve_http("127.0.0.1:0".parse().expect("addr"), app)

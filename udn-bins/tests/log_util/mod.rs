@@ -2,6 +2,9 @@
 //! real log files, open the real databases.
 #![allow(dead_code)]
 
+#[path = "../pg_support/mod.rs"]
+mod pg_support;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -70,37 +73,9 @@ impl Backend {
     }
 }
 
-/// A fresh PostgreSQL database for one test, from `UDN_TEST_POSTGRES`. Returns `None`
-/// (after a loud message) when the variable is unset outside CI; in CI (`CI=true`) a
-/// missing PostgreSQL fails the test.
+/// A fresh PostgreSQL database for one test (see `pg_support::fresh_database`).
 pub fn postgres(test: &str) -> Option<Backend> {
-    let Ok(url) = std::env::var("UDN_TEST_POSTGRES") else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but UDN_TEST_POSTGRES is unset: run `eval \"$(bash scripts/start-postgres.sh)\"` first"
-            );
-        }
-        eprintln!(
-            "\n!!!!!!!! SKIPPING the PostgreSQL half of {test}: UDN_TEST_POSTGRES is unset.\n\
-             !!!!!!!! Run `eval \"$(bash scripts/start-postgres.sh)\"` to include it.\n"
-        );
-        return None;
-    };
-    let db = format!(
-        "udn_{}_{}",
-        test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-        std::process::id()
-    );
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls)
-        .unwrap_or_else(|e| panic!("UDN_TEST_POSTGRES={url} unreachable: {e}"));
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .expect("drop old test database");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .expect("create test database");
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
-    Some(Backend::Postgres(format!("{base}/{db}")))
+    pg_support::fresh_database(test).map(Backend::Postgres)
 }
 
 /// The backends to run: SQLite always, PostgreSQL when available.

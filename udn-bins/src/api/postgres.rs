@@ -1,0 +1,792 @@
+//! [`Backend`] on PostgreSQL (the synchronous `postgres` crate, like the trait): the same
+//! `cp_*` tables as [`super::SqliteBackend`] in PostgreSQL types, so a control plane at
+//! scale keeps its users, sessions, configuration versions and purges in the same
+//! database as its log store (`udn control --postgres URL`). See [`SCHEMA`].
+//!
+//! One connection behind a mutex, like SQLite: the control plane's writes are few
+//! (logins, config commits, purges) and each call is one or two statements. A lost
+//! connection (server restart, terminated backend) fails the call that notices it and is
+//! re-opened by the next one.
+//!
+//! Every method blocks: call them from a blocking thread (`spawn_blocking`), never from
+//! an async task (the `postgres` crate runs its own runtime and refuses to nest).
+
+use super::backend::*;
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Row};
+use rust_decimal::Decimal;
+use std::sync::{Mutex, MutexGuard};
+use udn_core::{Config, Timestamp};
+
+/// The control plane's tables in PostgreSQL: the same tables, columns and meanings as
+/// [`super::sqlite::SCHEMA`] (times are milliseconds since the epoch in `BIGINT`).
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS cp_users (
+    id BIGSERIAL PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    customer TEXT
+);
+CREATE TABLE IF NOT EXISTS cp_sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES cp_users(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cp_sessions_expiry ON cp_sessions(expires_at);
+CREATE TABLE IF NOT EXISTS cp_config_versions (
+    version BIGINT PRIMARY KEY,
+    created_at BIGINT NOT NULL,
+    author TEXT NOT NULL,
+    config_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_purges (
+    seq BIGSERIAL PRIMARY KEY,
+    customer TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    target TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_purge_status (
+    seq BIGINT NOT NULL REFERENCES cp_purges(seq),
+    edge TEXT NOT NULL,
+    applied BOOLEAN NOT NULL DEFAULT FALSE,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at BIGINT,
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX IF NOT EXISTS cp_purge_pending ON cp_purge_status(edge, applied, seq);
+CREATE TABLE IF NOT EXISTS cp_prefills (
+    seq BIGSERIAL PRIMARY KEY,
+    customer TEXT NOT NULL,
+    urls_json TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cp_prefill_status (
+    seq BIGINT NOT NULL REFERENCES cp_prefills(seq),
+    edge TEXT NOT NULL,
+    applied BOOLEAN NOT NULL DEFAULT FALSE,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at BIGINT,
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX IF NOT EXISTS cp_prefill_pending ON cp_prefill_status(edge, applied, seq);
+CREATE TABLE IF NOT EXISTS cp_cdn_traffic_minute (
+    customer TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pop TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    hits BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cp_cdn_traffic_by_time ON cp_cdn_traffic_minute(customer, minute);
+CREATE TABLE IF NOT EXISTS cp_gtm_answers_minute (
+    customer TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pop TEXT NOT NULL,
+    address TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    answers BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cp_gtm_answers_by_time ON cp_gtm_answers_minute(customer, minute);
+CREATE TABLE IF NOT EXISTS cp_invoices (
+    id BIGSERIAL PRIMARY KEY,
+    number TEXT NOT NULL UNIQUE,
+    customer TEXT NOT NULL,
+    period_start BIGINT NOT NULL,
+    period_end BIGINT NOT NULL,
+    total TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    html TEXT NOT NULL
+);
+"#;
+
+/// Advisory lock keys: schema creation (several control planes may start at once) and
+/// config commits (one version at a time). The log store uses 7007.
+const LOCK_SCHEMA: i64 = 7010;
+const LOCK_CONFIG: i64 = 7011;
+
+/// The control plane's store in a PostgreSQL database.
+pub struct PgBackend {
+    client: Mutex<Client>,
+    url: String,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never print it.
+        f.write_str("PgBackend")
+    }
+}
+
+fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn user_row(r: &Row) -> (User, String) {
+    let role: String = r.get(2);
+    (
+        User {
+            id: r.get(0),
+            username: r.get(1),
+            role: Role::parse(&role).unwrap_or(Role::Customer),
+            customer: r.get(3),
+        },
+        r.get(4),
+    )
+}
+
+fn purge_row(r: &Row) -> Purge {
+    let scope: String = r.get(2);
+    Purge {
+        seq: from_db_int(r.get(0)),
+        customer: r.get(1),
+        scope: PurgeScope::parse(&scope).unwrap_or(PurgeScope::Url),
+        target: r.get(3),
+        requested_by: r.get(4),
+        requested_at: ts(r.get(5)),
+    }
+}
+
+fn prefill_row(r: &Row) -> Prefill {
+    let urls: String = r.get(2);
+    Prefill {
+        seq: from_db_int(r.get(0)),
+        customer: r.get(1),
+        urls: serde_json::from_str(&urls).unwrap_or_default(),
+        requested_by: r.get(3),
+        requested_at: ts(r.get(4)),
+    }
+}
+
+fn invoice_row(r: &Row) -> InvoiceSummary {
+    let total: String = r.get(5);
+    InvoiceSummary {
+        id: r.get(0),
+        number: r.get(1),
+        customer: r.get(2),
+        period_start: ts(r.get(3)),
+        period_end: ts(r.get(4)),
+        total: total.parse::<Decimal>().unwrap_or_default(),
+        currency: r.get(6),
+        issued_at: ts(r.get(7)),
+    }
+}
+
+/// The two per-edge delivery tables (purges and prefills share their shape).
+#[derive(Clone, Copy)]
+enum Delivery {
+    Purge,
+    Prefill,
+}
+
+impl Delivery {
+    fn table(self) -> &'static str {
+        match self {
+            Delivery::Purge => "cp_purge_status",
+            Delivery::Prefill => "cp_prefill_status",
+        }
+    }
+}
+
+const PURGE_COLS: &str = "seq, customer, scope, target, requested_by, requested_at";
+const PREFILL_COLS: &str = "seq, customer, urls_json, requested_by, requested_at";
+const INVOICE_COLS: &str =
+    "id, number, customer, period_start, period_end, total, currency, issued_at";
+
+impl PgBackend {
+    /// Connects to `url` (`postgres://user@host:port/db`) and creates the `cp_*` tables
+    /// if they are missing. Blocks.
+    pub fn connect(url: &str) -> BackendResult<PgBackend> {
+        let mut client = Client::connect(url, NoTls)?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
+        tx.batch_execute(SCHEMA)?;
+        tx.commit()?;
+        Ok(PgBackend {
+            client: Mutex::new(client),
+            url: url.to_owned(),
+        })
+    }
+
+    /// The connection, re-opened first if it was lost.
+    fn db(&self) -> BackendResult<MutexGuard<'_, Client>> {
+        let mut c = self.client.lock().map_err(|_| BackendError::Poisoned)?;
+        if c.is_closed() {
+            tracing::warn!("control plane: postgres connection lost; reconnecting");
+            *c = Client::connect(&self.url, NoTls)?;
+        }
+        Ok(c)
+    }
+
+    fn edge_status(&self, d: Delivery, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        let rows = self.db()?.query(
+            &format!(
+                "SELECT edge, applied, attempts, last_error, applied_at FROM {}
+                 WHERE seq = $1 ORDER BY edge",
+                d.table()
+            ),
+            &[&db_int(seq)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| PurgeEdgeStatus {
+                edge: r.get(0),
+                applied: r.get(1),
+                attempts: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                last_error: r.get(3),
+                applied_at: r.get::<_, Option<i64>>(4).map(ts),
+            })
+            .collect())
+    }
+
+    fn record_attempt(
+        &self,
+        d: Delivery,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        let seq = db_int(seq);
+        let mut db = self.db()?;
+        match result {
+            Ok(()) => db.execute(
+                &format!(
+                    "UPDATE {} SET applied = TRUE, attempts = attempts + 1, last_error = NULL,
+                     applied_at = $3 WHERE seq = $1 AND edge = $2",
+                    d.table()
+                ),
+                &[&seq, &edge, &ms(now)],
+            )?,
+            Err(e) => db.execute(
+                &format!(
+                    "UPDATE {} SET attempts = attempts + 1, last_error = $3
+                     WHERE seq = $1 AND edge = $2",
+                    d.table()
+                ),
+                &[&seq, &edge, &e],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Inserts a purge or prefill row (`insert` returns its sequence number) and one
+    /// pending status row per edge, in one transaction.
+    fn create_delivery(
+        &self,
+        d: Delivery,
+        insert: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+        edges: &[String],
+    ) -> BackendResult<u64> {
+        let mut db = self.db()?;
+        let mut tx = db.transaction()?;
+        let seq: i64 = tx.query_one(insert, params)?.get(0);
+        let status = tx.prepare(&format!(
+            "INSERT INTO {} (seq, edge) VALUES ($1, $2)",
+            d.table()
+        ))?;
+        for e in edges {
+            tx.execute(&status, &[&seq, e])?;
+        }
+        tx.commit()?;
+        Ok(from_db_int(seq))
+    }
+}
+
+impl Backend for PgBackend {
+    fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        customer: Option<&str>,
+    ) -> BackendResult<User> {
+        let hash = hash_password(password)?;
+        let row = self
+            .db()?
+            .query_one(
+                "INSERT INTO cp_users (username, password_hash, role, customer)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&username, &hash, &role.as_str(), &customer],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    BackendError::Duplicate(username.to_owned())
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(User {
+            id: row.get(0),
+            username: username.to_owned(),
+            role,
+            customer: customer.map(str::to_owned),
+        })
+    }
+
+    fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>> {
+        let row = self.db()?.query_opt(
+            "SELECT id, username, role, customer, password_hash FROM cp_users
+             WHERE username = $1",
+            &[&username],
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (user, hash) = user_row(&row);
+        Ok(password_matches(password, &hash)?.then_some(user))
+    }
+
+    fn users(&self) -> BackendResult<Vec<User>> {
+        let rows = self.db()?.query(
+            "SELECT id, username, role, customer, password_hash FROM cp_users ORDER BY username",
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| user_row(r).0).collect())
+    }
+
+    fn create_session(
+        &self,
+        user_id: i64,
+        kind: SessionKind,
+        now: Timestamp,
+        ttl_secs: u64,
+    ) -> BackendResult<NewSession> {
+        let token = random_hex(32);
+        let csrf = random_hex(24);
+        let expires_at = now.plus(std::time::Duration::from_secs(ttl_secs));
+        let mut db = self.db()?;
+        db.execute(
+            "DELETE FROM cp_sessions WHERE expires_at <= $1",
+            &[&ms(now)],
+        )?;
+        db.execute(
+            "INSERT INTO cp_sessions (token_hash, user_id, kind, csrf, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &token_hash(&token),
+                &user_id,
+                &kind.as_str(),
+                &csrf,
+                &ms(expires_at),
+            ],
+        )?;
+        Ok(NewSession {
+            token,
+            csrf,
+            expires_at,
+        })
+    }
+
+    fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>> {
+        let row = self.db()?.query_opt(
+            "SELECT u.id, u.username, u.role, u.customer, u.password_hash, s.kind, s.csrf,
+                    s.expires_at
+             FROM cp_sessions s JOIN cp_users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
+            &[&token_hash(token), &ms(now)],
+        )?;
+        Ok(row.map(|r| {
+            let (user, _) = user_row(&r);
+            let kind: String = r.get(5);
+            Session {
+                user,
+                kind: if kind == "bearer" {
+                    SessionKind::Bearer
+                } else {
+                    SessionKind::Cookie
+                },
+                csrf: r.get(6),
+                expires_at: ts(r.get(7)),
+            }
+        }))
+    }
+
+    fn delete_session(&self, token: &str) -> BackendResult<()> {
+        self.db()?.execute(
+            "DELETE FROM cp_sessions WHERE token_hash = $1",
+            &[&token_hash(token)],
+        )?;
+        Ok(())
+    }
+
+    fn current_config(&self) -> BackendResult<ConfigSnapshot> {
+        let row = self.db()?.query_opt(
+            "SELECT version, created_at, author, config_json FROM cp_config_versions
+             ORDER BY version DESC LIMIT 1",
+            &[],
+        )?;
+        match row {
+            None => Ok(ConfigSnapshot {
+                version: 0,
+                config: Config::default(),
+                created_at: Timestamp::from_millis(0),
+                author: String::new(),
+            }),
+            Some(r) => Ok(ConfigSnapshot {
+                version: from_db_int(r.get(0)),
+                config: serde_json::from_str(r.get::<_, &str>(3))?,
+                created_at: ts(r.get(1)),
+                author: r.get(2),
+            }),
+        }
+    }
+
+    fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
+        let row = self.db()?.query_opt(
+            "SELECT created_at, author, config_json FROM cp_config_versions WHERE version = $1",
+            &[&db_int(version)],
+        )?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(ConfigSnapshot {
+                version,
+                config: serde_json::from_str(r.get::<_, &str>(2))?,
+                created_at: ts(r.get(0)),
+                author: r.get(1),
+            })),
+        }
+    }
+
+    fn commit_config(
+        &self,
+        base: u64,
+        config: &Config,
+        author: &str,
+        now: Timestamp,
+    ) -> BackendResult<u64> {
+        match config.compile() {
+            Ok(_) => {}
+            Err(udn_core::Error::Invalid(errs)) => return Err(BackendError::Invalid(errs)),
+            Err(e) => return Err(e.into()),
+        }
+        let json = serde_json::to_string(config)?;
+        let mut db = self.db()?;
+        let mut tx = db.transaction()?;
+        // Serializes committers across control planes sharing the database, so the
+        // version check and the insert see the same current version.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CONFIG])?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM cp_config_versions",
+                &[],
+            )?
+            .get(0);
+        let current = from_db_int(current);
+        if current != base {
+            return Err(BackendError::Conflict { base, current });
+        }
+        let next = current + 1;
+        tx.execute(
+            "INSERT INTO cp_config_versions (version, created_at, author, config_json)
+             VALUES ($1, $2, $3, $4)",
+            &[&db_int(next), &ms(now), &author, &json],
+        )?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    fn create_purge(
+        &self,
+        customer: &str,
+        scope: PurgeScope,
+        target: &str,
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Purge> {
+        let seq = self.create_delivery(
+            Delivery::Purge,
+            "INSERT INTO cp_purges (customer, scope, target, requested_by, requested_at)
+             VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+            &[&customer, &scope.as_str(), &target, &requested_by, &ms(now)],
+            edges,
+        )?;
+        Ok(Purge {
+            seq,
+            customer: customer.to_owned(),
+            scope,
+            target: target.to_owned(),
+            requested_by: requested_by.to_owned(),
+            requested_at: now,
+        })
+    }
+
+    fn purge(&self, seq: u64) -> BackendResult<Option<Purge>> {
+        let row = self.db()?.query_opt(
+            &format!("SELECT {PURGE_COLS} FROM cp_purges WHERE seq = $1"),
+            &[&db_int(seq)],
+        )?;
+        Ok(row.as_ref().map(purge_row))
+    }
+
+    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
+        let rows = self.db()?.query(
+            &format!(
+                "SELECT {PURGE_COLS} FROM cp_purges
+                 WHERE ($1::TEXT IS NULL OR customer = $1) ORDER BY seq DESC LIMIT $2"
+            ),
+            &[&customer, &i64::from(limit)],
+        )?;
+        Ok(rows.iter().map(purge_row).collect())
+    }
+
+    fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        self.edge_status(Delivery::Purge, seq)
+    }
+
+    fn record_purge_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        self.record_attempt(Delivery::Purge, seq, edge, result, now)
+    }
+
+    fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
+        let rows = self.db()?.query(
+            "SELECT p.seq, p.customer, p.scope, p.target, p.requested_by, p.requested_at
+             FROM cp_purge_status s JOIN cp_purges p ON p.seq = s.seq
+             WHERE s.edge = $1 AND NOT s.applied ORDER BY p.seq",
+            &[&edge],
+        )?;
+        Ok(rows.iter().map(purge_row).collect())
+    }
+
+    fn create_prefill(
+        &self,
+        customer: &str,
+        urls: &[String],
+        requested_by: &str,
+        edges: &[String],
+        now: Timestamp,
+    ) -> BackendResult<Prefill> {
+        let json = serde_json::to_string(urls)?;
+        let seq = self.create_delivery(
+            Delivery::Prefill,
+            "INSERT INTO cp_prefills (customer, urls_json, requested_by, requested_at)
+             VALUES ($1, $2, $3, $4) RETURNING seq",
+            &[&customer, &json, &requested_by, &ms(now)],
+            edges,
+        )?;
+        Ok(Prefill {
+            seq,
+            customer: customer.to_owned(),
+            urls: urls.to_vec(),
+            requested_by: requested_by.to_owned(),
+            requested_at: now,
+        })
+    }
+
+    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>> {
+        let row = self.db()?.query_opt(
+            &format!("SELECT {PREFILL_COLS} FROM cp_prefills WHERE seq = $1"),
+            &[&db_int(seq)],
+        )?;
+        Ok(row.as_ref().map(prefill_row))
+    }
+
+    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        self.edge_status(Delivery::Prefill, seq)
+    }
+
+    fn record_prefill_attempt(
+        &self,
+        seq: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        self.record_attempt(Delivery::Prefill, seq, edge, result, now)
+    }
+
+    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
+        let rows = self.db()?.query(
+            "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
+             FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
+             WHERE s.edge = $1 AND NOT s.applied ORDER BY p.seq",
+            &[&edge],
+        )?;
+        Ok(rows.iter().map(prefill_row).collect())
+    }
+
+    fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
+        let rows = self.db()?.query(
+            "SELECT minute, SUM(bytes)::BIGINT, SUM(hits)::BIGINT FROM cp_cdn_traffic_minute
+             WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
+             GROUP BY minute ORDER BY minute",
+            &[&ms(w.from), &ms(w.to), &w.customer],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| TrafficPoint {
+                minute: ts(r.get(0)),
+                bytes: from_db_int(r.get(1)),
+                hits: from_db_int(r.get(2)),
+            })
+            .collect())
+    }
+
+    fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
+        let rows = self.db()?.query(
+            "SELECT pop, SUM(bytes)::BIGINT, SUM(hits)::BIGINT FROM cp_cdn_traffic_minute
+             WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
+             GROUP BY pop ORDER BY pop",
+            &[&ms(w.from), &ms(w.to), &w.customer],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| LocationTraffic {
+                pop: r.get(0),
+                bytes: from_db_int(r.get(1)),
+                hits: from_db_int(r.get(2)),
+            })
+            .collect())
+    }
+
+    fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>> {
+        let rows = self.db()?.query(
+            "SELECT minute, hostname, address, SUM(answers)::BIGINT FROM cp_gtm_answers_minute
+             WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
+             GROUP BY minute, hostname, address ORDER BY minute, hostname, address",
+            &[&ms(w.from), &ms(w.to), &w.customer],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| AnswerPoint {
+                minute: ts(r.get(0)),
+                hostname: r.get(1),
+                address: r.get(2),
+                answers: from_db_int(r.get(3)),
+            })
+            .collect())
+    }
+
+    fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>> {
+        let rows = self.db()?.query(
+            "SELECT pop, address, SUM(answers)::BIGINT FROM cp_gtm_answers_minute
+             WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
+             GROUP BY pop, address ORDER BY pop, address",
+            &[&ms(w.from), &ms(w.to), &w.customer],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| LocationAnswers {
+                pop: r.get(0),
+                address: r.get(1),
+                answers: from_db_int(r.get(2)),
+            })
+            .collect())
+    }
+
+    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
+        let rows = self.db()?.query(
+            &format!(
+                "SELECT {INVOICE_COLS} FROM cp_invoices
+                 WHERE ($1::TEXT IS NULL OR customer = $1) ORDER BY issued_at DESC, id DESC"
+            ),
+            &[&customer],
+        )?;
+        Ok(rows.iter().map(invoice_row).collect())
+    }
+
+    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
+        let row = self.db()?.query_opt(
+            &format!("SELECT {INVOICE_COLS}, html FROM cp_invoices WHERE id = $1"),
+            &[&id],
+        )?;
+        Ok(row.map(|r| Invoice {
+            summary: invoice_row(&r),
+            html: r.get(8),
+        }))
+    }
+}
+
+impl ControlTables for PgBackend {
+    fn record_cdn_traffic(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        minute: Timestamp,
+        bytes: u64,
+        hits: u64,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            "INSERT INTO cp_cdn_traffic_minute (customer, hostname, pop, minute, bytes, hits)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &customer,
+                &hostname,
+                &pop,
+                &ms(minute),
+                &db_int(bytes),
+                &db_int(hits),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn record_gtm_answers(
+        &self,
+        customer: &str,
+        hostname: &str,
+        pop: &str,
+        address: &str,
+        minute: Timestamp,
+        answers: u64,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            "INSERT INTO cp_gtm_answers_minute (customer, hostname, pop, address, minute, answers)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &customer,
+                &hostname,
+                &pop,
+                &address,
+                &ms(minute),
+                &db_int(answers),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64> {
+        let row = self
+            .db()?
+            .query_one(
+                "INSERT INTO cp_invoices (number, customer, period_start, period_end, total,
+                                          currency, issued_at, html)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[
+                    &summary.number,
+                    &summary.customer,
+                    &ms(summary.period_start),
+                    &ms(summary.period_end),
+                    &summary.total.to_string(),
+                    &summary.currency,
+                    &ms(summary.issued_at),
+                    &html,
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    BackendError::Duplicate(summary.number.clone())
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(row.get(0))
+    }
+}
