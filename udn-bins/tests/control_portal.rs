@@ -57,24 +57,7 @@ fn shipped_logs_reach_the_portal_series() {
     let dir = tmp("main");
     let cfg = dir.join("network.toml");
     std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
-        .args(["control", "--listen", "127.0.0.1:0"])
-        .args([
-            "--portal-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--bootstrap-admin", "admin:correct-horse"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (collector, portal, api) = control_addrs(&mut child);
-    let _guard = Proc(child);
+    let (_guard, collector, portal, api) = start_control(&[], &dir.join("data"), &cfg);
     assert!(portal.starts_with("https://"), "{portal}");
 
     // A minute of edge and DNS logs, written by the shared logger.
@@ -260,20 +243,19 @@ fn shipped_logs_reach_the_portal_series() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts `udn control --postgres URL` with the portal and its API on free ports.
-fn start_on_postgres(
-    url: &str,
+/// Starts `udn control` (plus `extra` arguments) with the portal and its API on free
+/// ports, the admin `admin:correct-horse` and the network `config`; returns the process
+/// and the collector, portal and API addresses.
+fn start_control(
+    extra: &[&str],
     data_dir: &std::path::Path,
     config: &std::path::Path,
-) -> (Proc, String) {
+) -> (Proc, String, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
-        .args(["control", "--listen", "127.0.0.1:0", "--postgres", url])
-        .args([
-            "--portal-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["control", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .args(["--portal-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0"])
         .args(["--bootstrap-admin", "admin:correct-horse"])
         .arg("--data-dir")
         .arg(data_dir)
@@ -282,8 +264,8 @@ fn start_on_postgres(
         .stdout(Stdio::piped())
         .spawn()
         .expect("start udn control");
-    let (_, _, api) = control_addrs(&mut child);
-    (Proc(child), api)
+    let (collector, portal, api) = control_addrs(&mut child);
+    (Proc(child), collector, portal, api)
 }
 
 #[test]
@@ -320,7 +302,7 @@ fn control_plane_state_lives_in_postgres() {
         };
 
     // First control plane: seeds the config, creates the admin, takes changes.
-    let (first, api) = start_on_postgres(&url, &dir.join("data-1"), &cfg);
+    let (first, _, _, api) = start_control(&["--postgres", &url], &dir.join("data-1"), &cfg);
     let admin = token(&api, "admin", "correct-horse").expect("admin token");
     let (st, v) = call(
         reqwest::Method::POST,
@@ -374,7 +356,7 @@ fn control_plane_state_lives_in_postgres() {
 
     // A second control plane on an empty data directory and the same database sees all
     // of it: the customer's login, the config version (not re-seeded), the purge.
-    let (_second, api) = start_on_postgres(&url, &dir.join("data-2"), &cfg);
+    let (_second, _, _, api) = start_control(&["--postgres", &url], &dir.join("data-2"), &cfg);
     let newbie = token(&api, "newbie", "a long enough password").expect("newbie logs in");
     let (st, me) = call(reqwest::Method::GET, format!("{api}/v1/me"), &newbie, None);
     assert_eq!(
