@@ -281,12 +281,13 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                     let db = args.data_dir.join("control.db");
                     let control = crate::api::SqliteBackend::open(&db)
                         .with_context(|| format!("opening {}", db.display()))?;
-                    // Billing runs keep their `billing_*` tables in the store's SQLite
-                    // file.
                     crate::api::StoreBackend::new(control, collector.clone())
-                        .with_billing(args.data_dir.join(crate::store::sqlite::DB_FILE))
                 }
             };
+            // Billing keeps its `billing_*` tables in `<data-dir>/udn.sqlite` (the log
+            // store's file with SQLite; a file of its own with PostgreSQL) and reads
+            // usage from the log store, whichever database holds it.
+            let backend = backend.with_billing(args.data_dir.join(crate::store::sqlite::DB_FILE));
             let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
             Some(crate::portal::start(backend, cfg).await?)
         }

@@ -52,12 +52,25 @@ fn control_addrs(child: &mut Child) -> (String, String, String) {
 }
 
 #[test]
-fn shipped_logs_reach_the_portal_series() {
+fn shipped_logs_reach_the_portal_series_on_sqlite() {
+    shipped_logs_reach_the_portal_series(&[], "sqlite");
+}
+
+#[test]
+fn shipped_logs_reach_the_portal_series_on_postgres() {
+    if let Some(url) = pg_support::fresh_database("shipped_logs_portal") {
+        shipped_logs_reach_the_portal_series(&["--postgres", &url], "postgres");
+    }
+}
+
+/// Logs shipped to the collector show in the traffic and answer series, and a billing
+/// run bills them; `extra` picks the store (nothing: SQLite; `--postgres URL`).
+fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     udn_bins::install_crypto();
-    let dir = tmp("main");
+    let dir = tmp(tag);
     let cfg = dir.join("network.toml");
     std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
-    let (_guard, collector, portal, api) = start_control(&[], &dir.join("data"), &cfg);
+    let (_guard, collector, portal, api) = start_control(extra, &dir.join("data"), &cfg);
     assert!(portal.starts_with("https://"), "{portal}");
 
     // A minute of edge and DNS logs, written by the shared logger.

@@ -358,13 +358,13 @@ impl Backend for StoreBackend {
     fn billing_run(&self, label: &str, now: Timestamp) -> BackendResult<serde_json::Value> {
         let Some(db) = &self.billing else {
             return Err(BackendError::Unsupported(
-                "billing runs need the SQLite store",
+                "billing runs need a billing database",
             ));
         };
         let period = udn_billing::Period::parse(label).map_err(BackendError::BadPeriod)?;
         let mut store =
             crate::billing::SqliteBillingStore::open(db).map_err(BackendError::Billing)?;
-        ingest_usage(&mut store, db, &period).map_err(BackendError::Billing)?;
+        ingest_usage(&mut store, &self.collector, &period).map_err(BackendError::Billing)?;
         let report =
             crate::billing::run_period(&mut store, &period, now).map_err(BackendError::Billing)?;
         Ok(serde_json::to_value(&report)?)
@@ -376,12 +376,13 @@ impl Backend for StoreBackend {
 /// nothing).
 fn ingest_usage(
     store: &mut crate::billing::SqliteBillingStore,
-    db: &std::path::Path,
+    collector: &Collector,
     period: &udn_billing::Period,
 ) -> anyhow::Result<()> {
     use crate::billing::BillingStore as _;
     for account in store.accounts()? {
-        let records = crate::billing::usage_from_store(db, &account.id, period)?;
+        let records =
+            collector.with_store(|s| crate::billing::usage_from_store(s, &account.id, period))?;
         if records.is_empty() {
             continue;
         }

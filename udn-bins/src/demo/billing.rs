@@ -67,12 +67,14 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
     let cfg = super::load_config(None)?;
     let plan: Plan = serde_json::from_str(PLAN).context("the demo plan")?;
     let mut store = SqliteBillingStore::open(&db)?;
+    let mut logs = crate::store::sqlite::SqliteStore::open(&a.state_dir.join("control"), None)
+        .context("opening the demo's log store")?;
     store.put_plan(&plan)?;
     let mut usage = 0;
     for c in &cfg.customers {
         let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
         store.put_account(&account(&c.name, &company)?)?;
-        let records = crate::billing::usage_from_store(&db, &c.name, &period)?;
+        let records = crate::billing::usage_from_store(&mut logs, &c.name, &period)?;
         usage += records.len();
         // A batch per customer and period: running the period again replays it.
         let _ = store.record_usage(&UsageBatch {

@@ -553,6 +553,23 @@ pub struct Usage {
     pub dns_queries: i64,
 }
 
+/// One customer's metered usage in one minute at one POP: the rows a billing run bills.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MinuteUsage {
+    /// Minute start (ms since the epoch).
+    pub minute: i64,
+    /// The POP (edge location, or the answering DNS server's location; empty if unknown).
+    pub pop: String,
+    /// HTTP requests served.
+    pub requests: i64,
+    /// Bytes sent to clients.
+    pub bytes: i64,
+    /// Bytes fetched from origins.
+    pub fill_bytes: i64,
+    /// DNS queries answered for the customer's names.
+    pub dns_queries: i64,
+}
+
 /// Bytes sent in one 5-minute bucket by one POP (95th-percentile billing input).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BandwidthSample {
@@ -762,6 +779,42 @@ pub trait Store: Send {
                 .transpose()?
                 .unwrap_or(0),
         })
+    }
+
+    /// A customer's usage per minute and POP over a period, from the rollups (which
+    /// outlive the raw records): HTTP rows from `rollup_http`, then DNS rows from
+    /// `rollup_dns`, each ordered by minute and POP.
+    fn usage_by_minute(&mut self, customer: &str, range: Range) -> Result<Vec<MinuteUsage>> {
+        let from = Param::Int(to_i64(range.from.as_millis()));
+        let to = Param::Int(to_i64(range.to.as_millis()));
+        let params = [from, to, Param::Text(customer)];
+        let sql = "SELECT minute, pop, CAST(SUM(requests) AS BIGINT), \
+                   CAST(SUM(bytes) AS BIGINT), CAST(SUM(fill_bytes) AS BIGINT) \
+                   FROM rollup_http WHERE minute >= $1 AND minute < $2 AND customer = $3 \
+                   GROUP BY minute, pop ORDER BY minute, pop";
+        let mut out = Vec::new();
+        for r in self.select(sql, &params)? {
+            out.push(MinuteUsage {
+                minute: int(&r, 0, sql)?,
+                pop: text(&r, 1, sql)?,
+                requests: int(&r, 2, sql)?,
+                bytes: int(&r, 3, sql)?,
+                fill_bytes: int(&r, 4, sql)?,
+                dns_queries: 0,
+            });
+        }
+        let sql = "SELECT minute, pop, CAST(SUM(queries) AS BIGINT) FROM rollup_dns \
+                   WHERE minute >= $1 AND minute < $2 AND customer = $3 \
+                   GROUP BY minute, pop ORDER BY minute, pop";
+        for r in self.select(sql, &params)? {
+            out.push(MinuteUsage {
+                minute: int(&r, 0, sql)?,
+                pop: text(&r, 1, sql)?,
+                dns_queries: int(&r, 2, sql)?,
+                ..MinuteUsage::default()
+            });
+        }
+        Ok(out)
     }
 
     /// Bytes per 5-minute bucket per POP for a customer (sum across POPs per bucket
