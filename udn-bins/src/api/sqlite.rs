@@ -123,7 +123,7 @@ fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(User, String)> {
 fn purge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purge> {
     let scope: String = row.get(2)?;
     Ok(Purge {
-        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        seq: from_db_int(row.get(0)?),
         customer: row.get(1)?,
         scope: PurgeScope::parse(&scope).unwrap_or(PurgeScope::Url),
         target: row.get(3)?,
@@ -135,7 +135,7 @@ fn purge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purge> {
 fn prefill_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Prefill> {
     let urls: String = row.get(2)?;
     Ok(Prefill {
-        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        seq: from_db_int(row.get(0)?),
         customer: row.get(1)?,
         urls: serde_json::from_str(&urls).unwrap_or_default(),
         requested_by: row.get(3)?,
@@ -149,7 +149,7 @@ fn edge_status(db: &Connection, table: &str, seq: u64) -> BackendResult<Vec<Purg
         "SELECT edge, applied, attempts, last_error, applied_at FROM {table}
          WHERE seq = ?1 ORDER BY edge"
     ))?;
-    let rows = st.query_map(params![i64::try_from(seq).unwrap_or(i64::MAX)], |r| {
+    let rows = st.query_map(params![db_int(seq)], |r| {
         Ok(PurgeEdgeStatus {
             edge: r.get(0)?,
             applied: r.get::<_, i64>(1)? != 0,
@@ -170,7 +170,7 @@ fn record_attempt(
     result: Result<(), String>,
     now: Timestamp,
 ) -> BackendResult<()> {
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let seq = db_int(seq);
     match result {
         Ok(()) => db.execute(
             &format!(
@@ -216,6 +216,31 @@ impl SqliteBackend {
 
     fn db(&self) -> BackendResult<std::sync::MutexGuard<'_, Connection>> {
         self.conn.lock().map_err(|_| BackendError::Poisoned)
+    }
+
+    /// Inserts a purge or prefill row (`insert`) and one pending row per edge in
+    /// `status_table`, in one transaction; returns the new sequence number.
+    fn create_delivery(
+        &self,
+        insert: &str,
+        params: impl rusqlite::Params,
+        status_table: &str,
+        edges: &[String],
+    ) -> BackendResult<u64> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        tx.execute(insert, params)?;
+        let seq = tx.last_insert_rowid();
+        {
+            let mut st = tx.prepare(&format!(
+                "INSERT INTO {status_table} (seq, edge) VALUES (?1, ?2)"
+            ))?;
+            for e in edges {
+                st.execute(params![seq, e])?;
+            }
+        }
+        tx.commit()?;
+        Ok(from_db_int(seq))
     }
 }
 
@@ -370,7 +395,7 @@ impl Backend for SqliteBackend {
                 author: String::new(),
             }),
             Some((v, at, author, json)) => Ok(ConfigSnapshot {
-                version: u64::try_from(v).unwrap_or(0),
+                version: from_db_int(v),
                 config: serde_json::from_str(&json)?,
                 created_at: ts(at),
                 author,
@@ -383,7 +408,7 @@ impl Backend for SqliteBackend {
         let row = db
             .query_row(
                 "SELECT created_at, author, config_json FROM cp_config_versions WHERE version = ?1",
-                params![i64::try_from(version).unwrap_or(i64::MAX)],
+                params![db_int(version)],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
@@ -424,14 +449,14 @@ impl Backend for SqliteBackend {
             [],
             |r| r.get(0),
         )?;
-        let current = u64::try_from(current).unwrap_or(0);
+        let current = from_db_int(current);
         if current != base {
             return Err(BackendError::Conflict { base, current });
         }
         let next = current + 1;
         tx.execute(
             "INSERT INTO cp_config_versions (version, created_at, author, config_json) VALUES (?1, ?2, ?3, ?4)",
-            params![i64::try_from(next).unwrap_or(i64::MAX), ms(now), author, json],
+            params![db_int(next), ms(now), author, json],
         )?;
         tx.commit()?;
         Ok(next)
@@ -446,22 +471,15 @@ impl Backend for SqliteBackend {
         edges: &[String],
         now: Timestamp,
     ) -> BackendResult<Purge> {
-        let mut db = self.db()?;
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO cp_purges (customer, scope, target, requested_by, requested_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        let seq = self.create_delivery(
+            "INSERT INTO cp_purges (customer, scope, target, requested_by, requested_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![customer, scope.as_str(), target, requested_by, ms(now)],
+            "cp_purge_status",
+            edges,
         )?;
-        let seq = tx.last_insert_rowid();
-        for e in edges {
-            tx.execute(
-                "INSERT INTO cp_purge_status (seq, edge) VALUES (?1, ?2)",
-                params![seq, e],
-            )?;
-        }
-        tx.commit()?;
         Ok(Purge {
-            seq: u64::try_from(seq).unwrap_or(0),
+            seq,
             customer: customer.to_owned(),
             scope,
             target: target.to_owned(),
@@ -475,7 +493,7 @@ impl Backend for SqliteBackend {
             .db()?
             .query_row(
                 &format!("SELECT {PURGE_COLS} FROM cp_purges WHERE seq = ?1"),
-                params![i64::try_from(seq).unwrap_or(i64::MAX)],
+                params![db_int(seq)],
                 purge_row,
             )
             .optional()?)
@@ -526,22 +544,15 @@ impl Backend for SqliteBackend {
         now: Timestamp,
     ) -> BackendResult<Prefill> {
         let json = serde_json::to_string(urls)?;
-        let mut db = self.db()?;
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO cp_prefills (customer, urls_json, requested_by, requested_at) VALUES (?1, ?2, ?3, ?4)",
+        let seq = self.create_delivery(
+            "INSERT INTO cp_prefills (customer, urls_json, requested_by, requested_at)
+             VALUES (?1, ?2, ?3, ?4)",
             params![customer, json, requested_by, ms(now)],
+            "cp_prefill_status",
+            edges,
         )?;
-        let seq = tx.last_insert_rowid();
-        for e in edges {
-            tx.execute(
-                "INSERT INTO cp_prefill_status (seq, edge) VALUES (?1, ?2)",
-                params![seq, e],
-            )?;
-        }
-        tx.commit()?;
         Ok(Prefill {
-            seq: u64::try_from(seq).unwrap_or(0),
+            seq,
             customer: customer.to_owned(),
             urls: urls.to_vec(),
             requested_by: requested_by.to_owned(),
@@ -554,7 +565,7 @@ impl Backend for SqliteBackend {
             .db()?
             .query_row(
                 "SELECT seq, customer, urls_json, requested_by, requested_at FROM cp_prefills WHERE seq = ?1",
-                params![i64::try_from(seq).unwrap_or(i64::MAX)],
+                params![db_int(seq)],
                 prefill_row,
             )
             .optional()?)
@@ -595,8 +606,8 @@ impl Backend for SqliteBackend {
         let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
             Ok(TrafficPoint {
                 minute: ts(r.get(0)?),
-                bytes: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                hits: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                bytes: from_db_int(r.get(1)?),
+                hits: from_db_int(r.get(2)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -612,8 +623,8 @@ impl Backend for SqliteBackend {
         let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
             Ok(LocationTraffic {
                 pop: r.get(0)?,
-                bytes: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                hits: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                bytes: from_db_int(r.get(1)?),
+                hits: from_db_int(r.get(2)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -632,7 +643,7 @@ impl Backend for SqliteBackend {
                 minute: ts(r.get(0)?),
                 hostname: r.get(1)?,
                 address: r.get(2)?,
-                answers: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                answers: from_db_int(r.get(3)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -650,7 +661,7 @@ impl Backend for SqliteBackend {
             Ok(LocationAnswers {
                 pop: r.get(0)?,
                 address: r.get(1)?,
-                answers: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                answers: from_db_int(r.get(2)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -704,8 +715,8 @@ impl ControlTables for SqliteBackend {
                 hostname,
                 pop,
                 ms(minute),
-                i64::try_from(bytes).unwrap_or(i64::MAX),
-                i64::try_from(hits).unwrap_or(i64::MAX)
+                db_int(bytes),
+                db_int(hits)
             ],
         )?;
         Ok(())
@@ -729,7 +740,7 @@ impl ControlTables for SqliteBackend {
                 pop,
                 address,
                 ms(minute),
-                i64::try_from(answers).unwrap_or(i64::MAX)
+                db_int(answers)
             ],
         )?;
         Ok(())
