@@ -318,6 +318,7 @@ async fn customer_journey_against_the_running_demo() {
     }
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("udn-browser-demo-{}", std::process::id()));
+    eprintln!("demo state directory {}", dir.display());
     let mut demo = start_demo(&dir);
 
     // endpoints.json says what runs (written once every role has started).
@@ -361,7 +362,16 @@ async fn customer_journey_against_the_running_demo() {
     assert_eq!(regions.len(), 3);
     let mut gtm_answers = Vec::new();
     for r in &regions {
-        gtm_answers.push(dig_gtm(r));
+        let (a, _) = poll(
+            &format!("{GTM_HOST} from {r}"),
+            Duration::from_secs(20),
+            || {
+                let a = dig_gtm(r);
+                async move { (!a.is_empty()).then_some(a) }
+            },
+        )
+        .await;
+        gtm_answers.push(a);
     }
     eprintln!("{GTM_HOST} answered {gtm_answers:?}");
     assert!(
