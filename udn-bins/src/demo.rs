@@ -317,6 +317,39 @@ pub fn origin_servers(cfg: &Config) -> Vec<(String, IpAddr)> {
         .collect()
 }
 
+/// How the probe of POP `pop` (at `edge`) resolves the network's hostnames in the page
+/// checks the portal asks for (the demo's names are in no system resolver): a CDN
+/// hostname to the POP's own edge, a GTM hostname to its target whose origin site is
+/// near the POP, else to its first target.
+pub fn pagecheck_resolve(cfg: &Config, pop: &str, edge: IpAddr) -> Vec<(String, IpAddr)> {
+    let mut out: Vec<(String, IpAddr)> = cfg
+        .cdn
+        .iter()
+        .map(|c| (udn_core::config::canonical_hostname(&c.hostname), edge))
+        .collect();
+    let server_addr = |name: &str| {
+        cfg.origins.iter().find_map(|o| {
+            let s = o.servers.iter().find(|s| s.name == name)?;
+            Some((o.pop.as_deref() == Some(pop), *s.addresses.first()?))
+        })
+    };
+    for g in &cfg.gtm {
+        let targets: Vec<(bool, IpAddr)> = g
+            .targets
+            .iter()
+            .filter_map(|t| server_addr(&t.server))
+            .collect();
+        let pick = targets
+            .iter()
+            .find(|(near, _)| *near)
+            .or_else(|| targets.first());
+        if let Some((_, ip)) = pick {
+            out.push((udn_core::config::canonical_hostname(&g.hostname), *ip));
+        }
+    }
+    out
+}
+
 /// Runs `udn demo` (or a drill).
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
@@ -597,6 +630,7 @@ pub async fn start(
             .iter()
             .map(|s| (s.name.clone(), HTTP_PORT))
             .collect();
+        po.pagecheck_resolve = pagecheck_resolve(&cfg, pop, *ip);
         let p = crate::probe::start(po)
             .await
             .with_context(|| format!("starting the probe of {pop}"))?;

@@ -198,6 +198,10 @@ pub struct ProbeOptions {
     /// Per-service port overrides (`service name`, port), for networks whose servers
     /// listen on other ports than the config says (the demo on loopback).
     pub service_ports: Vec<(String, u16)>,
+    /// Fixed name resolutions (`host` -> address) of the page checks this agent runs
+    /// for the control plane (`POST /v1/pagecheck`), like curl's `--resolve`; empty:
+    /// the system resolver. The demo points its hostnames at its own loopback servers.
+    pub pagecheck_resolve: Vec<(String, IpAddr)>,
 }
 
 impl ProbeOptions {
@@ -219,6 +223,7 @@ impl ProbeOptions {
             load_servers: Vec::new(),
             report: ReporterOptions::default(),
             service_ports: Vec::new(),
+            pagecheck_resolve: Vec::new(),
         }
     }
 }
@@ -936,7 +941,11 @@ async fn pagecheck_handler(
     State(sh): State<Arc<Shared>>,
     axum::Json(req): axum::Json<PageCheckRequest>,
 ) -> axum::Json<PageCheckAnswer> {
-    let reports = page_check(&req.url, req.repeat, &PageCheckOptions::default()).await;
+    let opts = PageCheckOptions {
+        resolve: sh.opts.pagecheck_resolve.clone(),
+        ..PageCheckOptions::default()
+    };
+    let reports = page_check(&req.url, req.repeat, &opts).await;
     for r in &reports {
         let at = now();
         sh.opts.log.record(LogRecord::Probe(ProbeRecord {

@@ -5,99 +5,23 @@
 //! `target/screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages chromium and
-//! chromium-driver); without them the test says so and returns.
+//! chromium-driver); without them the test says so and returns (in CI, `CI=true`, it
+//! fails). `portal_browser_demo.rs` runs the same journey against a running `udn demo`.
 
 mod api_support;
+mod browser_support;
 
 use api_support::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use browser_support::*;
+use fantoccini::Locator;
 use serde_json::json;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use udn_bins::api::backend::InvoiceSummary;
 use udn_core::Timestamp;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn screenshots_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("screenshots");
-    std::fs::create_dir_all(&dir).expect("screenshots dir");
-    dir
-}
-
-async fn shot(c: &Client, name: &str) {
-    let png = c.screenshot().await.expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    std::fs::write(screenshots_dir().join(format!("{name}.png")), png).expect("write png");
-}
-
-async fn start_browser(profile: &std::path::Path) -> (Driver, Client) {
-    let port = free_addr().port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let driver = Driver(child);
-    let url = format!("http://127.0.0.1:{port}");
-    let caps = json!({
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1100",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }
-    });
-    let caps = caps.as_object().expect("object").clone();
-    let mut last = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&url)
-            .await
-        {
-            Ok(c) => return (driver, c),
-            Err(e) => {
-                last = Some(e.to_string());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    panic!("could not start a browser session: {last:?}");
-}
-
-async fn source_contains(c: &Client, needle: &str) -> bool {
-    c.source()
-        .await
-        .map(|s| s.contains(needle))
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_journey_in_headless_chromium() {
-    if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
-        eprintln!("SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is not installed");
+    if !tools_present(&[CHROMIUM, CHROMEDRIVER]) {
         return;
     }
     let h = Harness::start("portal-browser").await;
