@@ -362,7 +362,7 @@ fn dns_record(d: &Decided, server: &str) -> Option<DnsRecord> {
         reason: dec.reason.as_str().into(),
         pop: dec
             .server
-            .and_then(|s| net.pop_of(s))
+            .and_then(|s| net.site_pop(s))
             .and_then(|p| net.pops.get(p.index()))
             .map(|p| p.name.clone()),
         customer: net

@@ -656,14 +656,18 @@ async fn customer_journey_against_the_running_demo() {
     for (pop, _) in EDGES {
         assert!(source_contains(&c, &format!("Addresses given out at {pop}")).await);
     }
-    // The origin addresses given out for the GTM hostname are counted too (the DNS log
-    // names no POP for an origin server, so they are listed under an empty location).
+    // The origin addresses given out for the GTM hostname are counted at the POP that
+    // stands in for their site (shop-east-1 at nyc, shop-west-1 at fra), and every
+    // answer has a location.
     assert!(
         by_loc
             .iter()
-            .any(|x| (x[1] == "127.0.0.21" || x[1] == "127.0.0.22") && num(&x[2]) > 0.0),
+            .any(|x| ((x[0] == "nyc" && x[1] == "127.0.0.21")
+                || (x[0] == "fra" && x[1] == "127.0.0.22"))
+                && num(&x[2]) > 0.0),
         "{by_loc:?}"
     );
+    assert!(by_loc.iter().all(|x| !x[0].is_empty()), "{by_loc:?}");
     shot(&c, "demo-07-gtm-by-location").await;
 
     // A page check from two chosen locations: the demo's probes fetch the page and its

@@ -78,7 +78,8 @@ pub struct DnsRecord {
     pub addrs: Vec<IpAddr>,
     /// Decision reason (`Reason::as_str`) or the response code for non-GTM answers.
     pub reason: String,
-    /// POP of the chosen server, if any.
+    /// POP of the chosen server (for an origin server, the POP that stands in for its
+    /// site: [`crate::Network::site_pop`]), if any.
     pub pop: Option<String>,
     /// Owning customer, if the name is a customer's.
     pub customer: Option<String>,

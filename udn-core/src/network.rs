@@ -376,6 +376,16 @@ impl Network {
             Site::Origin(_) => None,
         }
     }
+
+    /// The POP where answers naming `server` are counted (logs, the portal's GTM By
+    /// Location, billing regions): its own POP, or for an origin server the POP that
+    /// stands in for its site (`[[origins]] pop`), if the site has one.
+    pub fn site_pop(&self, server: ServerId) -> Option<PopId> {
+        match self.servers.get(server.index())?.site {
+            Site::Pop(p) => Some(p),
+            Site::Origin(o) => self.origins.get(o.index())?.pop,
+        }
+    }
 }
 
 struct Errors(Vec<ConfigError>);

@@ -231,10 +231,11 @@ pub struct AnswerPoint {
     pub answers: u64,
 }
 
-/// How often one address was given out to clients served by one DNS location.
+/// How often one address was given out, by the location of that address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocationAnswers {
-    /// The location (POP) of the DNS server that answered.
+    /// The location (POP) of the address given out: the edge's POP, or for an origin
+    /// server the POP that stands in for its site.
     pub pop: String,
     /// The address given out.
     pub address: String,
@@ -448,7 +449,7 @@ pub trait Backend: Send + Sync + 'static {
     /// The SQLite implementation reads `cp_gtm_answers_minute(customer, hostname, pop,
     /// address, minute, answers)`; the log store re-backs it from DNS query logs.
     fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>>;
-    /// GTM answers per (POP of the answering DNS server, address) over the window.
+    /// GTM answers per (POP of the address given out, address) over the window.
     fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>>;
 
     /// Issued invoices, newest first, of one customer or all.
