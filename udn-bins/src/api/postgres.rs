@@ -3,18 +3,22 @@
 //! scale keeps its users, sessions, configuration versions and purges in the same
 //! database as its log store (`udn control --postgres URL`). See [`SCHEMA`].
 //!
-//! One connection behind a mutex, like SQLite: the control plane's writes are few
-//! (logins, config commits, purges) and each call is one or two statements. A lost
-//! connection (server restart, terminated backend) fails the call that notices it and is
-//! re-opened by the next one.
+//! A small pool of connections ([`PgBackend::connect_with`]; 4 by default), each with
+//! its prepared statements cached, so a call is one round trip and concurrent API
+//! requests do not queue behind one connection. A lost connection (server restart,
+//! terminated backend) fails the call that notices it and is re-opened by the next call
+//! that picks it.
 //!
 //! Every method blocks: call them from a blocking thread (`spawn_blocking`), never from
 //! an async task (the `postgres` crate runs its own runtime and refuses to nest).
 
 use super::backend::*;
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Row};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
 use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use udn_core::{Config, Timestamp};
 
@@ -113,10 +117,61 @@ CREATE TABLE IF NOT EXISTS cp_invoices (
 const LOCK_SCHEMA: i64 = 7010;
 const LOCK_CONFIG: i64 = 7011;
 
+/// Connections in the pool unless [`PgBackend::connect_with`] says otherwise.
+pub const DEFAULT_POOL: usize = 4;
+
 /// The control plane's store in a PostgreSQL database.
 pub struct PgBackend {
-    client: Mutex<Client>,
+    pool: Vec<Mutex<Conn>>,
+    next: AtomicUsize,
     url: String,
+}
+
+/// One pooled connection and its prepared statements (by SQL text).
+struct Conn {
+    client: Client,
+    cache: HashMap<String, Statement>,
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    fn open(url: &str) -> Result<Conn, postgres::Error> {
+        Ok(Conn {
+            client: Client::connect(url, NoTls)?,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The prepared statement for `sql`, prepared on first use.
+    fn stmt(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.cache.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.cache.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        let st = self.stmt(sql)?;
+        self.client.query(&st, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
+        let st = self.stmt(sql)?;
+        self.client.query_opt(&st, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
+        let st = self.stmt(sql)?;
+        self.client.query_one(&st, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        let st = self.stmt(sql)?;
+        self.client.execute(&st, params)
+    }
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -202,26 +257,45 @@ const INVOICE_COLS: &str =
     "id, number, customer, period_start, period_end, total, currency, issued_at";
 
 impl PgBackend {
-    /// Connects to `url` (`postgres://user@host:port/db`) and creates the `cp_*` tables
-    /// if they are missing. Blocks.
+    /// Connects to `url` (`postgres://user@host:port/db`) with [`DEFAULT_POOL`]
+    /// connections and creates the `cp_*` tables if they are missing. Blocks.
     pub fn connect(url: &str) -> BackendResult<PgBackend> {
-        let mut client = Client::connect(url, NoTls)?;
-        let mut tx = client.transaction()?;
+        Self::connect_with(url, DEFAULT_POOL)
+    }
+
+    /// Like [`PgBackend::connect`] with `pool` connections (at least 1).
+    pub fn connect_with(url: &str, pool: usize) -> BackendResult<PgBackend> {
+        let mut first = Conn::open(url)?;
+        let mut tx = first.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
         tx.batch_execute(SCHEMA)?;
         tx.commit()?;
+        let mut conns = vec![Mutex::new(first)];
+        for _ in 1..pool.max(1) {
+            conns.push(Mutex::new(Conn::open(url)?));
+        }
         Ok(PgBackend {
-            client: Mutex::new(client),
+            pool: conns,
+            next: AtomicUsize::new(0),
             url: url.to_owned(),
         })
     }
 
-    /// The connection, re-opened first if it was lost.
-    fn db(&self) -> BackendResult<MutexGuard<'_, Client>> {
-        let mut c = self.client.lock().map_err(|_| BackendError::Poisoned)?;
-        if c.is_closed() {
+    /// A free pooled connection (else the next one in turn, waiting for it), re-opened
+    /// first if it was lost.
+    fn db(&self) -> BackendResult<MutexGuard<'_, Conn>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.pool.len();
+        let free = (0..n).find_map(|i| self.pool[(start + i) % n].try_lock().ok());
+        let mut c = match free {
+            Some(c) => c,
+            None => self.pool[start % n]
+                .lock()
+                .map_err(|_| BackendError::Poisoned)?,
+        };
+        if c.client.is_closed() {
             tracing::warn!("control plane: postgres connection lost; reconnecting");
-            *c = Client::connect(&self.url, NoTls)?;
+            *c = Conn::open(&self.url)?;
         }
         Ok(c)
     }
@@ -284,16 +358,17 @@ impl PgBackend {
         &self,
         d: Delivery,
         insert: &str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
+        params: Params<'_>,
         edges: &[String],
     ) -> BackendResult<u64> {
         let mut db = self.db()?;
-        let mut tx = db.transaction()?;
-        let seq: i64 = tx.query_one(insert, params)?.get(0);
-        let status = tx.prepare(&format!(
+        let insert = db.stmt(insert)?;
+        let status = db.stmt(&format!(
             "INSERT INTO {} (seq, edge) VALUES ($1, $2)",
             d.table()
         ))?;
+        let mut tx = db.client.transaction()?;
+        let seq: i64 = tx.query_one(&insert, params)?.get(0);
         for e in edges {
             tx.execute(&status, &[&seq, e])?;
         }
@@ -471,7 +546,7 @@ impl Backend for PgBackend {
         }
         let json = serde_json::to_string(config)?;
         let mut db = self.db()?;
-        let mut tx = db.transaction()?;
+        let mut tx = db.client.transaction()?;
         // Serializes committers across control planes sharing the database, so the
         // version check and the insert see the same current version.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CONFIG])?;
