@@ -317,37 +317,25 @@ pub fn origin_servers(cfg: &Config) -> Vec<(String, IpAddr)> {
         .collect()
 }
 
-/// How the probe of POP `pop` (at `edge`) resolves the network's hostnames in the page
-/// checks the portal asks for (the demo's names are in no system resolver): a CDN
-/// hostname to the POP's own edge, a GTM hostname to its target whose origin site is
-/// near the POP, else to its first target.
-pub fn pagecheck_resolve(cfg: &Config, pop: &str, edge: IpAddr) -> Vec<(String, IpAddr)> {
-    let mut out: Vec<(String, IpAddr)> = cfg
-        .cdn
+/// How the probe of POP `pop` resolves names in the page checks the portal asks for
+/// (the demo's names are in no system resolver): it asks the demo's first DNS server,
+/// from the resolver address of the region nearest to the POP, so the GTM answers as it
+/// does for that region's users (the CDN hostname with the POP's own edge once the
+/// region is measured) and the lookup is timed like a real one.
+pub fn pagecheck_dns(pop: &str) -> udn_probe::agent::fetch::DnsServer {
+    let (_, [a, b, c, d], port, _) = DNS_SERVERS[0];
+    let source = REGIONS
         .iter()
-        .map(|c| (udn_core::config::canonical_hostname(&c.hostname), edge))
-        .collect();
-    let server_addr = |name: &str| {
-        cfg.origins.iter().find_map(|o| {
-            let s = o.servers.iter().find(|s| s.name == name)?;
-            Some((o.pop.as_deref() == Some(pop), *s.addresses.first()?))
+        .filter_map(|(_, addr, delays)| {
+            let ms = delays.iter().find(|(p, _)| *p == pop)?.1;
+            Some((ms, IpAddr::from(*addr)))
         })
-    };
-    for g in &cfg.gtm {
-        let targets: Vec<(bool, IpAddr)> = g
-            .targets
-            .iter()
-            .filter_map(|t| server_addr(&t.server))
-            .collect();
-        let pick = targets
-            .iter()
-            .find(|(near, _)| *near)
-            .or_else(|| targets.first());
-        if let Some((_, ip)) = pick {
-            out.push((udn_core::config::canonical_hostname(&g.hostname), *ip));
-        }
+        .min_by_key(|(ms, _)| *ms)
+        .map(|(_, ip)| ip);
+    udn_probe::agent::fetch::DnsServer {
+        source,
+        ..udn_probe::agent::fetch::DnsServer::new(SocketAddr::from(([a, b, c, d], port)))
     }
-    out
 }
 
 /// Runs `udn demo` (or a drill).
@@ -630,7 +618,7 @@ pub async fn start(
             .iter()
             .map(|s| (s.name.clone(), HTTP_PORT))
             .collect();
-        po.pagecheck_resolve = pagecheck_resolve(&cfg, pop, *ip);
+        po.pagecheck_dns = Some(pagecheck_dns(pop));
         let p = crate::probe::start(po)
             .await
             .with_context(|| format!("starting the probe of {pop}"))?;

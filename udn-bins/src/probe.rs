@@ -26,6 +26,7 @@ use std::time::Duration;
 use udn_core::log::{LogRecord, LogSink, NullSink, ProbeRecord, Role, RotationPolicy};
 use udn_core::network::Network;
 use udn_core::{Cidr, LatencySample, Metric, ServiceSample, Timestamp};
+use udn_probe::agent::fetch::DnsServer;
 use udn_probe::agent::load::ProcSource;
 use udn_probe::agent::methods::{DnsQuery, IcmpEcho, TcpConnect};
 use udn_probe::agent::pagecheck::{PageCheckOptions, page_check};
@@ -78,6 +79,13 @@ pub struct CheckArgs {
     /// Fixed name resolution, `HOST:IP` (repeatable), like curl's `--resolve`.
     #[arg(long)]
     pub resolve: Vec<String>,
+    /// Ask this DNS server (`IP:PORT`, like `dig @server`) for the other names instead
+    /// of the system resolver; the lookups are timed (DRT).
+    #[arg(long)]
+    pub dns_server: Option<SocketAddr>,
+    /// Local address those DNS queries are sent from (the client the server sees).
+    #[arg(long, requires = "dns_server")]
+    pub dns_source: Option<IpAddr>,
 }
 
 /// Which servers a probe tests.
@@ -164,6 +172,14 @@ pub struct AgentArgs {
     /// Metrics held per DNS server while it is unreachable (oldest dropped first).
     #[arg(long, default_value_t = 10_000)]
     pub queue_capacity: usize,
+    /// DNS server the page checks ask for names (`IP:PORT`, like `dig @server`) instead
+    /// of the system resolver.
+    #[arg(long)]
+    pub pagecheck_dns: Option<SocketAddr>,
+    /// Local address the page checks' DNS queries are sent from (the client the DNS
+    /// server sees, so a GTM answers as it would for this location's users).
+    #[arg(long, requires = "pagecheck_dns")]
+    pub pagecheck_dns_source: Option<IpAddr>,
 }
 
 /// Everything [`start`] needs (the demo builds it directly).
@@ -202,6 +218,9 @@ pub struct ProbeOptions {
     /// for the control plane (`POST /v1/pagecheck`), like curl's `--resolve`; empty:
     /// the system resolver. The demo points its hostnames at its own loopback servers.
     pub pagecheck_resolve: Vec<(String, IpAddr)>,
+    /// The DNS server the page checks ask for the other names (`None`: the system
+    /// resolver).
+    pub pagecheck_dns: Option<DnsServer>,
 }
 
 impl ProbeOptions {
@@ -224,6 +243,7 @@ impl ProbeOptions {
             report: ReporterOptions::default(),
             service_ports: Vec::new(),
             pagecheck_resolve: Vec::new(),
+            pagecheck_dns: None,
         }
     }
 }
@@ -943,6 +963,7 @@ async fn pagecheck_handler(
 ) -> axum::Json<PageCheckAnswer> {
     let opts = PageCheckOptions {
         resolve: sh.opts.pagecheck_resolve.clone(),
+        dns: sh.opts.pagecheck_dns.clone(),
         ..PageCheckOptions::default()
     };
     let reports = page_check(&req.url, req.repeat, &opts).await;
@@ -1051,6 +1072,10 @@ fn build_options(
     opts.load_servers = a.load_servers;
     opts.report.capacity = a.queue_capacity.max(1);
     opts.service_ports = a.service_ports;
+    opts.pagecheck_dns = a.pagecheck_dns.map(|server| DnsServer {
+        source: a.pagecheck_dns_source,
+        ..DnsServer::new(server)
+    });
     Ok((opts, file_log))
 }
 
@@ -1060,6 +1085,10 @@ fn run_check(a: CheckArgs) -> anyhow::Result<()> {
         timeout: Duration::from_millis(a.timeout_ms.max(1)),
         ..Default::default()
     };
+    opts.dns = a.dns_server.map(|server| DnsServer {
+        source: a.dns_source,
+        ..DnsServer::new(server)
+    });
     for r in &a.resolve {
         let (h, ip) = r
             .rsplit_once(':')

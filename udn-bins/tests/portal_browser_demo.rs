@@ -728,6 +728,9 @@ async fn customer_journey_against_the_running_demo() {
             assert_eq!(l[3], "200", "{pop}: {l:?}");
         }
         assert!(lines.iter().any(|l| l[0].ends_with("/img/logo.svg")));
+        // The probe asked the demo's DNS server for the page's name: a timed lookup
+        // (DRT, ms) on the page's row.
+        assert!(num(&lines[0][7]) > 0.0, "{pop}: {:?}", lines[0]);
     }
     shot(&c, "demo-08-page-check").await;
 

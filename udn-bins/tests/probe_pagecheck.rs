@@ -263,3 +263,90 @@ fn page_check_text_and_errors() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["reports"][0]["rows"][0]["err"], 3);
 }
+
+/// Starts `udn dns --zone ZONE --listen 127.0.0.1:0` (killed on drop); returns its DNS
+/// address.
+fn zone_server(zone: &std::path::Path) -> (probe_common::Killed, std::net::SocketAddr) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["dns", "--zone"])
+        .arg(zone)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let guard = probe_common::Killed(child);
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "udn dns exited");
+        if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
+            let addr = rest.split(' ').next().unwrap().trim().parse().unwrap();
+            return (guard, addr);
+        }
+    }
+}
+
+#[test]
+fn page_check_asks_the_chosen_dns_server() {
+    let (site, _) = site();
+    let addr = serve_site("127.0.0.1:0", site);
+    let dir = probe_common::temp_dir("pagecheck-dns");
+    let zone = dir.join("test.zone");
+    std::fs::write(
+        &zone,
+        "$ORIGIN pagecheck.test.\n$TTL 60\n\
+         @ IN SOA ns1 hostmaster ( 1 7200 900 1209600 60 )\n@ IN NS ns1\nns1 IN A 127.0.0.53\n\
+         www IN A 127.0.0.1\nshop IN CNAME www\nv6only IN AAAA ::1\n",
+    )
+    .unwrap();
+    let (_dns, dns) = zone_server(&zone);
+    let dns = dns.to_string();
+
+    // Through a CNAME inside the zone: every row fetched from the zone's address, and
+    // the page's DNS phase is the timed lookup.
+    let url = format!("http://shop.pagecheck.test:{}/", addr.port());
+    let v = check_json(&url, &["--dns-server", &dns, "--dns-source", "127.0.0.1"]);
+    let rows = v["reports"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    for r in rows {
+        assert_eq!(r["err"], 0, "{r}");
+        assert_eq!(r["ip"].as_str(), Some("127.0.0.1"), "{r}");
+    }
+    assert!(u(&rows[0], "drt_us") > 0, "{}", rows[0]);
+
+    // A name the server does not have: the page fails with a DNS error naming it.
+    let out = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["probe", "check", "--json", "--dns-server", &dns])
+        .arg(format!("http://missing.pagecheck.test:{}/", addr.port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let page = &v["reports"][0]["rows"][0];
+    assert_eq!(page["err"], 2, "{v}");
+    assert!(v.to_string().contains("NXDOMAIN"), "{v}");
+
+    // No A record: the AAAA answer is used (and ::1 has no site: connect fails, ERR 3).
+    let out = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["probe", "check", "--json", "--dns-server", &dns])
+        .arg(format!("http://v6only.pagecheck.test:{}/", addr.port()))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let page = &v["reports"][0]["rows"][0];
+    assert_eq!(page["ip"].as_str(), Some("::1"), "{v}");
+
+    // A server that does not answer: ERR 2 after the two attempts, not a hang.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["probe", "check", "--json", "--dns-server"])
+        .arg(silent.local_addr().unwrap().to_string())
+        .arg(format!("http://www.pagecheck.test:{}/", addr.port()))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reports"][0]["rows"][0]["err"], 2, "{v}");
+    assert!(v.to_string().contains("did not answer"), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

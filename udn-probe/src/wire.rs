@@ -20,10 +20,16 @@
 
 use crate::Error;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
+use std::net::IpAddr;
 
 /// A DNS query (`A`, recursion desired) for `name` with id `id`, in wire form.
 pub fn dns_query(id: u16, name: &str) -> Result<Vec<u8>, Error> {
+    dns_query_type(id, name, RecordType::A)
+}
+
+/// A DNS query (recursion desired) for `name`'s `qtype` records with id `id`.
+pub fn dns_query_type(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>, Error> {
     let bad = |source| Error::BadDnsName {
         name: name.chars().take(255).collect(),
         source,
@@ -31,7 +37,7 @@ pub fn dns_query(id: u16, name: &str) -> Result<Vec<u8>, Error> {
     let n = Name::from_ascii(name).map_err(bad)?;
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(n, RecordType::A));
+    m.add_query(Query::query(n, qtype));
     m.to_vec().map_err(bad)
 }
 
@@ -49,6 +55,40 @@ pub fn dns_message_code(buf: &[u8], id: u16) -> Option<u16> {
     let m = Message::from_vec(buf).ok()?;
     (m.metadata.id == id && m.metadata.message_type == MessageType::Response)
         .then(|| u16::from(m.metadata.response_code))
+}
+
+/// What a DNS reply to query `id` says about the name asked: its addresses (the A and
+/// AAAA records of the answer section, in order, CNAME chains followed by the server),
+/// or the server's error code (`Err(3)` for NXDOMAIN, `Err(5)` for REFUSED). `None` when
+/// `buf` is not a reply to `id` (or does not parse). Never panics.
+///
+/// ```
+/// use udn_probe::wire::{dns_query, dns_reply_addrs};
+/// let q = dns_query(7, "www.example.").unwrap();
+/// assert_eq!(dns_reply_addrs(&q, 7), None, "a query is not a reply");
+/// let mut nx = q.clone();
+/// nx[2] |= 0x80;
+/// nx[3] = (nx[3] & 0xf0) | 3;
+/// assert_eq!(dns_reply_addrs(&nx, 7), Some(Err(3)));
+/// ```
+pub fn dns_reply_addrs(buf: &[u8], id: u16) -> Option<Result<Vec<IpAddr>, u16>> {
+    let m = Message::from_vec(buf).ok()?;
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let code = u16::from(m.metadata.response_code);
+    if code != 0 {
+        return Some(Err(code));
+    }
+    Some(Ok(m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()))
 }
 
 fn inet_checksum(data: &[u8]) -> u16 {
@@ -147,8 +187,45 @@ mod tests {
         fn parsers_never_panic(buf in prop::collection::vec(any::<u8>(), 0..128), id in any::<u16>()) {
             let _ = dns_reply_code(&buf, id);
             let _ = dns_message_code(&buf, id);
+            let _ = dns_reply_addrs(&buf, id);
             let _ = parse_echo_reply(&buf, Some(id));
             let _ = parse_echo_reply(&buf, None);
+        }
+
+        #[test]
+        fn reply_addresses_round_trip(
+            id in any::<u16>(),
+            v4 in prop::collection::vec(any::<[u8; 4]>(), 0..6),
+            v6 in prop::collection::vec(any::<[u8; 16]>(), 0..3),
+            cut in any::<usize>(),
+        ) {
+            use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+            use hickory_proto::rr::Record;
+            let name = Name::from_ascii("www.example.").unwrap();
+            let target = Name::from_ascii("edge.example.").unwrap();
+            let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+            m.add_query(Query::query(name.clone(), RecordType::A));
+            // A CNAME first, as a server following a chain answers; it is skipped.
+            m.add_answer(Record::from_rdata(name, 60, RData::CNAME(CNAME(target.clone()))));
+            let mut want = Vec::new();
+            for o in &v4 {
+                let ip = std::net::Ipv4Addr::from(*o);
+                m.add_answer(Record::from_rdata(target.clone(), 60, RData::A(A(ip))));
+                want.push(IpAddr::V4(ip));
+            }
+            for o in &v6 {
+                let ip = std::net::Ipv6Addr::from(*o);
+                m.add_answer(Record::from_rdata(target.clone(), 60, RData::AAAA(AAAA(ip))));
+                want.push(IpAddr::V6(ip));
+            }
+            let bytes = m.to_vec().unwrap();
+            prop_assert_eq!(dns_reply_addrs(&bytes, id), Some(Ok(want)));
+            prop_assert_eq!(dns_reply_addrs(&bytes, id.wrapping_add(1)), None);
+            // A truncated reply never panics and never invents an address.
+            let short = &bytes[..cut % (bytes.len() + 1)];
+            if let Some(Ok(addrs)) = dns_reply_addrs(short, id) {
+                prop_assert!(addrs.len() <= v4.len() + v6.len());
+            }
         }
     }
 }

@@ -938,7 +938,7 @@ async fn tests_submit(
                             @for row in &rows {
                                 tr { td { (row.url) } td { (opt(&row.ip)) } td { (cell(&row.err)) } td { (opt(&row.hrc)) }
                                      td class="num" { (opt(&row.len)) } td { (cell(&row.chk)) }
-                                     @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.1}")) } } }
+                                     @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.3}")) } } }
                             }
                         }
                     }

@@ -18,11 +18,133 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Name resolution for fetches: fixed overrides (like curl's `--resolve`), an optional
-/// cache (the warm second pass of a page check), else the system resolver.
+/// cache (the warm second pass of a page check), else a chosen DNS server
+/// ([`Resolver::with_dns_server`], like `dig @server`) or the system resolver.
 #[derive(Debug, Clone, Default)]
 pub struct Resolver {
     overrides: HashMap<String, IpAddr>,
     cache: Option<Arc<Mutex<HashMap<String, IpAddr>>>>,
+    dns: Option<DnsServer>,
+}
+
+/// A DNS server to ask directly instead of the system resolver: a page check then sees
+/// the answer (and the lookup time) that server gives a client at `source`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DnsServer {
+    /// The server (resolver or authoritative) and its port.
+    pub server: SocketAddr,
+    /// The local address queries are sent from (the client the server sees); `None`:
+    /// the system's choice.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+    /// Time limit per attempt (two attempts over UDP).
+    #[serde(default = "DnsServer::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl DnsServer {
+    fn default_timeout_ms() -> u64 {
+        2000
+    }
+
+    /// `server`, from the system's choice of source address, 2 s per attempt.
+    pub fn new(server: SocketAddr) -> DnsServer {
+        DnsServer {
+            server,
+            source: None,
+            timeout_ms: Self::default_timeout_ms(),
+        }
+    }
+
+    /// Asks for `host`'s A records (then AAAA when there is none); the first address.
+    async fn lookup(&self, host: &str) -> Result<IpAddr, PageError> {
+        let name = if host.ends_with('.') {
+            host.to_string()
+        } else {
+            format!("{host}.")
+        };
+        for qtype in [
+            hickory_proto::rr::RecordType::A,
+            hickory_proto::rr::RecordType::AAAA,
+        ] {
+            let addrs = self.ask(&name, qtype).await?;
+            if let Some(ip) = addrs.first() {
+                return Ok(*ip);
+            }
+        }
+        Err(PageError::Dns(format!(
+            "{} has no address for {host}",
+            self.server
+        )))
+    }
+
+    async fn ask(
+        &self,
+        name: &str,
+        qtype: hickory_proto::rr::RecordType,
+    ) -> Result<Vec<IpAddr>, PageError> {
+        use tokio::net::UdpSocket;
+        let id: u16 = rand_id();
+        let query = crate::wire::dns_query_type(id, name, qtype)
+            .map_err(|e| PageError::Dns(e.to_string()))?;
+        let local = SocketAddr::new(
+            self.source.unwrap_or(match self.server {
+                SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            }),
+            0,
+        );
+        let sock = UdpSocket::bind(local)
+            .await
+            .map_err(|e| PageError::Dns(format!("udp bind {local}: {e}")))?;
+        let wait = Duration::from_millis(self.timeout_ms.max(1));
+        for _attempt in 0..2 {
+            sock.send_to(&query, self.server)
+                .await
+                .map_err(|e| PageError::Dns(format!("send to {}: {e}", self.server)))?;
+            let reply = async {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let (n, from) = sock.recv_from(&mut buf).await?;
+                    if from == self.server
+                        && let Some(r) = crate::wire::dns_reply_addrs(&buf[..n], id)
+                    {
+                        return Ok::<_, std::io::Error>(r);
+                    }
+                }
+            };
+            match tokio::time::timeout(wait, reply).await {
+                Ok(Ok(Ok(addrs))) => return Ok(addrs),
+                Ok(Ok(Err(3))) => {
+                    return Err(PageError::Dns(format!(
+                        "{}: NXDOMAIN for {name}",
+                        self.server
+                    )));
+                }
+                Ok(Ok(Err(code))) => {
+                    return Err(PageError::Dns(format!(
+                        "{}: response code {code} for {name}",
+                        self.server
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(PageError::Dns(format!("recv from {}: {e}", self.server)));
+                }
+                Err(_) => continue,
+            }
+        }
+        Err(PageError::Dns(format!(
+            "{} did not answer for {name}",
+            self.server
+        )))
+    }
+}
+
+/// A query id that differs between lookups (and processes).
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503) ^ (std::process::id() as u16)
 }
 
 impl Resolver {
@@ -35,6 +157,14 @@ impl Resolver {
     #[must_use]
     pub fn with_override(mut self, host: &str, ip: IpAddr) -> Self {
         self.overrides.insert(host.to_ascii_lowercase(), ip);
+        self
+    }
+
+    /// Asks `dns` instead of the system resolver (overrides and the cache still come
+    /// first).
+    #[must_use]
+    pub fn with_dns_server(mut self, dns: DnsServer) -> Self {
+        self.dns = Some(dns);
         self
     }
 
@@ -58,13 +188,18 @@ impl Resolver {
         {
             return Ok(*ip);
         }
-        let mut addrs = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| PageError::Dns(e.to_string()))?;
-        let ip = addrs
-            .next()
-            .map(|a| a.ip())
-            .ok_or_else(|| PageError::Dns(format!("no address for {host}")))?;
+        let ip = match &self.dns {
+            Some(dns) => dns.lookup(host).await?,
+            None => {
+                let mut addrs = tokio::net::lookup_host((host, port))
+                    .await
+                    .map_err(|e| PageError::Dns(e.to_string()))?;
+                addrs
+                    .next()
+                    .map(|a| a.ip())
+                    .ok_or_else(|| PageError::Dns(format!("no address for {host}")))?
+            }
+        };
         if let Some(c) = &self.cache {
             c.lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -21,6 +21,9 @@ pub struct PageCheckOptions {
     pub max_components: usize,
     /// Fixed name resolutions (`host` -> address), like curl's `--resolve`.
     pub resolve: Vec<(String, std::net::IpAddr)>,
+    /// Ask this DNS server for the other names instead of the system resolver (the
+    /// lookup is timed as the row's DRT).
+    pub dns: Option<super::fetch::DnsServer>,
 }
 
 impl Default for PageCheckOptions {
@@ -30,6 +33,7 @@ impl Default for PageCheckOptions {
             timeout: Duration::from_secs(10),
             max_components: 200,
             resolve: Vec::new(),
+            dns: None,
         }
     }
 }
@@ -38,6 +42,9 @@ impl Default for PageCheckOptions {
 /// the first pass cached (warm DNS) and returns both reports, the warm one last.
 pub async fn page_check(url: &str, repeat: bool, opts: &PageCheckOptions) -> Vec<PageReport> {
     let mut resolver = Resolver::system().with_cache();
+    if let Some(dns) = &opts.dns {
+        resolver = resolver.with_dns_server(dns.clone());
+    }
     for (h, ip) in &opts.resolve {
         resolver = resolver.with_override(h, *ip);
     }
