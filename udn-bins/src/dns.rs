@@ -526,6 +526,8 @@ pub struct Handle {
     /// The server's shared state.
     pub server: Arc<Server>,
     source: Source,
+    name: Option<String>,
+    peer_timeout: Duration,
     observer: Arc<DnsObserver>,
     registry: Arc<Registry>,
     shutdown: watch::Sender<bool>,
@@ -542,16 +544,19 @@ impl std::fmt::Debug for Handle {
 
 impl Handle {
     /// Reloads the source and swaps the snapshot atomically (the engine's state carries
-    /// over by name). On error the old snapshot stays.
+    /// over by name; zones, hostnames and peers change together). On error (including
+    /// a peer list without this server's `--name`) the old snapshot stays.
     pub fn reload(&self) -> anyhow::Result<usize> {
         let auth = Arc::new(self.source.load()?);
         let zones = auth.zones().len();
+        let peers = peers_of(auth.network(), self.name.as_deref(), self.peer_timeout)?;
         let mut g = self
             .server
             .served
             .write()
             .unwrap_or_else(|e| e.into_inner());
         g.replace(auth);
+        g.set_peers(peers);
         drop(g);
         self.observer.metrics.reloads.inc();
         Ok(zones)
@@ -646,27 +651,38 @@ impl Handle {
     }
 }
 
+/// The peers of `net` with this server (`name`) among them; `None` (no proxying) without
+/// a name or peers. A name that is not among the peers is an error.
+fn peers_of(
+    net: &udn_core::Network,
+    name: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Option<Peers>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    if net.peers.is_empty() {
+        return Ok(None);
+    }
+    let me = net
+        .peers
+        .iter()
+        .position(|p| p.name == name)
+        .with_context(|| format!("--name {name} is not one of dns.peers"))?;
+    let mut p = Peers::new(
+        net.peers.iter().map(|p| p.name.clone()).collect(),
+        net.peers.iter().map(|p| p.addr).collect(),
+        me,
+    );
+    p.timeout = timeout;
+    Ok(Some(p))
+}
+
 /// Binds the DNS and HTTP addresses and starts serving on the current tokio runtime.
 pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
     let auth = Arc::new(opts.source.load()?);
     let net = auth.network().clone();
-    let peers = match &opts.name {
-        Some(name) if !net.peers.is_empty() => {
-            let me = net
-                .peers
-                .iter()
-                .position(|p| &p.name == name)
-                .with_context(|| format!("--name {name} is not one of dns.peers"))?;
-            let mut p = Peers::new(
-                net.peers.iter().map(|p| p.name.clone()).collect(),
-                net.peers.iter().map(|p| p.addr).collect(),
-                me,
-            );
-            p.timeout = opts.peer_timeout;
-            Some(p)
-        }
-        _ => None,
-    };
+    let peers = peers_of(&net, opts.name.as_deref(), opts.peer_timeout)?;
     let name = opts.name.clone().unwrap_or_else(|| "dns".into());
 
     let mut registry = Registry::with_prefix("udn_dns");
@@ -769,8 +785,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         Served {
             engine,
             authority: auth,
+            peers: peers.map(Arc::new),
         },
-        peers,
         opts.limits.clone(),
         observer.clone(),
         crate::logging::now,
@@ -785,6 +801,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         http: None,
         server,
         source: opts.source.clone(),
+        name: opts.name.clone(),
+        peer_timeout: opts.peer_timeout,
         observer,
         registry: Arc::new(registry),
         shutdown: tx,

@@ -695,3 +695,116 @@ fn peers_proxy_to_the_owner_and_answer_locally_when_it_is_down() {
     drop(a);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The `relayed` query count in `udn dns`'s Prometheus metrics.
+fn relayed(http: SocketAddr) -> u64 {
+    let m = curl(&[&format!("http://{http}/metrics")]);
+    m.lines()
+        .find(|l| {
+            l.starts_with(
+                r#"udn_dns_queries_total{transport="udp",rcode="NOERROR",path="relayed"}"#,
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn peers_follow_a_reload() {
+    let dir = tmpdir("peers-reload");
+    let (pa, pb) = (free_port(), free_port());
+    let base = std::fs::read_to_string(write_config(&dir, "")).unwrap();
+    let cfg = dir.join("network.toml");
+    let write_peers = |names: &[(&str, u16)]| {
+        let peers: String = names
+            .iter()
+            .map(|(n, p)| format!("\n[[dns.peers]]\nname = \"{n}\"\naddr = \"127.0.0.1:{p}\"\n"))
+            .collect();
+        std::fs::write(&cfg, format!("{base}{peers}")).unwrap();
+    };
+    // Version 1: no peers, so no proxying, though each server has a name.
+    write_peers(&[]);
+    let c = cfg.to_str().unwrap();
+    let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let a = start(
+        &[
+            "--config",
+            c,
+            "--listen",
+            &la,
+            "--http",
+            "127.0.0.1:0",
+            "--name",
+            "dns-a",
+        ],
+        true,
+    );
+    let b = start(
+        &[
+            "--config",
+            c,
+            "--listen",
+            &lb,
+            "--http",
+            "127.0.0.1:0",
+            "--name",
+            "dns-b",
+        ],
+        true,
+    );
+    let (ah, bh) = (a.http.unwrap(), b.http.unwrap());
+    let names = ["dns-a", "dns-b"];
+    let b_owned: Vec<std::net::IpAddr> = (1..=40u8)
+        .map(|i| format!("198.51.{i}.0").parse().unwrap())
+        .filter(|n| {
+            udn_core::shard::owner(udn_core::ClientPrefix::of(*n), &names, |_| true) == Some(1)
+        })
+        .collect();
+    assert!(!b_owned.is_empty());
+    let now = now_ms();
+    let lat: Vec<String> = b_owned
+        .iter()
+        .map(|n| {
+            format!(
+                r#"{{"kind":"latency","client":"{n}/24","pop":"fra","rtt_us":1000,"at":{now}}},{{"kind":"latency","client":"{n}/24","pop":"nyc","rtt_us":200000,"at":{now}}}"#
+            )
+        })
+        .collect();
+    let r = post_json(bh, "/v1/metrics", &format!("[{}]", lat.join(",")));
+    assert!(r.contains(&format!("\"applied\":{}", lat.len() * 2)), "{r}");
+    let ask_a =
+        |n: &std::net::IpAddr| dig(a.dns, &["www.shop.udn.example", &format!("+subnet={n}/24")]);
+    for n in &b_owned {
+        ask_a(n);
+    }
+    assert_eq!(relayed(ah), 0, "no peers, nothing proxied");
+
+    // Version 2 adds both peers: after a reload A proxies B's clients to B, whose
+    // latency data answers them (the west site, near fra).
+    write_peers(&[("dns-a", pa), ("dns-b", pb)]);
+    for h in [ah, bh] {
+        let r = post_json(h, "/v1/reload", "");
+        assert!(r.contains("\"reloaded\":true"), "{r}");
+    }
+    for n in &b_owned {
+        let out = ask_a(n);
+        assert!(out.contains("IN\tA\t127.0.0.22"), "{n}: {out}");
+    }
+    assert_eq!(relayed(ah), b_owned.len() as u64);
+
+    // A peer list without A's own name is refused; A keeps its peers and proxies on.
+    write_peers(&[("dns-b", pb), ("dns-c", free_port())]);
+    let r = curl(&["-X", "POST", &format!("http://{ah}/v1/reload")]);
+    assert!(r.contains("dns-a is not one of dns.peers"), "{r}");
+    ask_a(&b_owned[0]);
+    assert_eq!(relayed(ah), b_owned.len() as u64 + 1);
+
+    // Version 3 drops the peers again: A answers everything itself.
+    write_peers(&[]);
+    let r = post_json(ah, "/v1/reload", "");
+    assert!(r.contains("\"reloaded\":true"), "{r}");
+    ask_a(&b_owned[0]);
+    assert_eq!(relayed(ah), b_owned.len() as u64 + 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

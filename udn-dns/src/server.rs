@@ -31,14 +31,29 @@ pub struct Served {
     pub engine: Engine,
     /// The zones and hostnames answered.
     pub authority: Arc<Authority>,
+    /// The peers queries are proxied among, if proxying is on: part of the snapshot, so
+    /// a reload changes them together with the zones.
+    pub peers: Option<Arc<Peers>>,
 }
 
 impl Served {
     /// Replaces the snapshot with `authority`'s network, carrying the engine's state
-    /// over by name.
+    /// over by name. The peers stay as they are.
     pub fn replace(&mut self, authority: Arc<Authority>) {
         self.engine.replace_network(authority.network().clone());
         self.authority = authority;
+    }
+
+    /// Replaces the peers (`None`: proxying off). A peer kept by name and address keeps
+    /// its down state, so a reload does not retry a peer that just timed out.
+    pub fn set_peers(&mut self, peers: Option<Peers>) {
+        let peers = peers.map(|new| {
+            if let Some(old) = &self.peers {
+                new.carry_down_state(old);
+            }
+            Arc::new(new)
+        });
+        self.peers = peers;
     }
 }
 
@@ -167,6 +182,27 @@ impl Peers {
         }
     }
 
+    /// Copies the down state of the peers `old` also has (same name and address).
+    fn carry_down_state(&self, old: &Peers) {
+        for (i, (name, addr)) in self.names.iter().zip(&self.addrs).enumerate() {
+            let kept = old
+                .names
+                .iter()
+                .zip(&old.addrs)
+                .position(|(n, a)| n == name && a == addr);
+            if let Some(j) = kept
+                && j != old.me
+                && let (Some(from), Some(to)) =
+                    (old.down_until_ms.get(j), self.down_until_ms.get(i))
+            {
+                let left = from.load(Ordering::Relaxed).saturating_sub(old.now_ms());
+                if left > 0 {
+                    to.store(self.now_ms() + left, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// The peer that owns `prefix`, if it is not us.
     pub fn owner(&self, prefix: ClientPrefix) -> Option<usize> {
         udn_core::shard::owner(prefix, &self.names, |i| self.is_up(i)).filter(|&o| o != self.me)
@@ -202,10 +238,8 @@ impl Default for Limits {
 
 /// The server's shared state.
 pub struct Server {
-    /// The snapshot answered from.
+    /// The snapshot answered from (with the peers).
     pub served: RwLock<Served>,
-    /// Peers, if proxying is on.
-    pub peers: Option<Peers>,
     /// Limits.
     pub limits: Limits,
     observer: Arc<dyn Observer>,
@@ -216,7 +250,6 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("peers", &self.peers)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -271,14 +304,12 @@ impl Server {
     /// the time from `clock`.
     pub fn new(
         served: Served,
-        peers: Option<Peers>,
         limits: Limits,
         observer: Arc<dyn Observer>,
         clock: fn() -> Timestamp,
     ) -> Arc<Server> {
         Arc::new(Server {
             served: RwLock::new(served),
-            peers,
             limits,
             observer,
             clock,
@@ -384,7 +415,7 @@ impl Server {
         let guard = self.served.read().unwrap_or_else(|e| e.into_inner());
         let served = &*guard;
         let shard_fn;
-        let shard: Option<crate::Shard<'_>> = match (&self.peers, allow_forward) {
+        let shard: Option<crate::Shard<'_>> = match (&served.peers, allow_forward) {
             (Some(p), true) if p.names.len() > 1 => {
                 shard_fn = move |prefix: ClientPrefix| p.owner(prefix);
                 Some(&shard_fn)
@@ -418,7 +449,10 @@ impl Server {
                 }
                 Local::Reply(bytes)
             }
-            Outcome::Forward { peer, query } => Local::Forward(peer, query.to_vec()),
+            Outcome::Forward { peer, query } => match &served.peers {
+                Some(p) => Local::Forward(p.clone(), peer, query.to_vec()),
+                None => Local::Nothing,
+            },
             Outcome::Drop => {
                 self.observer.dropped(transport, "not a query");
                 Local::Nothing
@@ -431,6 +465,7 @@ impl Server {
         self: &Arc<Self>,
         responder: &mut Responder,
         inc: &Incoming<'_>,
+        peers: Arc<Peers>,
         peer: usize,
         query: Vec<u8>,
     ) -> Option<Vec<u8>> {
@@ -440,7 +475,6 @@ impl Server {
             transport,
             started,
         } = *inc;
-        let peers = self.peers.as_ref()?;
         let addr = *peers.addrs.get(peer)?;
         match forward_udp(addr, &query, peers.timeout).await {
             Some(answer) => {
@@ -541,7 +575,7 @@ impl Server {
                         dests.push(Some(SockaddrStorage::from(from)));
                     }
                     Local::Nothing => {}
-                    Local::Forward(peer, forward) => {
+                    Local::Forward(peers, peer, forward) => {
                         let Ok(reply_sock) = sock.try_clone() else {
                             continue;
                         };
@@ -555,7 +589,9 @@ impl Server {
                                 transport: Transport::Udp,
                                 started,
                             };
-                            if let Some(bytes) = this.proxied(&mut r, &inc, peer, forward).await {
+                            if let Some(bytes) =
+                                this.proxied(&mut r, &inc, peers, peer, forward).await
+                            {
                                 // A UDP send does not block for long: the kernel queues
                                 // or drops it.
                                 let _ = reply_sock.send_to(&bytes, from);
@@ -676,8 +712,10 @@ impl Server {
                         None
                     }
                     Local::Nothing => continue,
-                    Local::Forward(peer, forward) => {
-                        let answer = self.proxied(&mut responder, &inc, peer, forward).await;
+                    Local::Forward(peers, peer, forward) => {
+                        let answer = self
+                            .proxied(&mut responder, &inc, peers, peer, forward)
+                            .await;
                         if answer.is_none() {
                             continue;
                         }
@@ -722,8 +760,8 @@ struct Incoming<'a> {
 enum Local<'r> {
     /// Send these bytes.
     Reply(&'r [u8]),
-    /// Forward this query to that peer.
-    Forward(usize, Vec<u8>),
+    /// Forward this query to that peer (of the peer set the decision was made with).
+    Forward(Arc<Peers>, usize, Vec<u8>),
     /// Send nothing.
     Nothing,
 }
