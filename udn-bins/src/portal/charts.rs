@@ -48,7 +48,7 @@ pub fn si(v: f64) -> String {
         format!("{:.2} M", v / 1e6)
     } else if a >= 1e3 {
         format!("{:.2} k", v / 1e3)
-    } else if a >= 10.0 || a == 0.0 {
+    } else if a >= 10.0 || v.fract() == 0.0 {
         format!("{v:.0} ")
     } else {
         format!("{v:.2} ")
@@ -435,6 +435,17 @@ pub fn world_map(title: &str, unit: &str, points: &[MapPoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn si_prints_counts_without_decimals_and_scales_large_values() {
+        assert_eq!(si(0.0), "0 ");
+        assert_eq!(si(3.0), "3 ");
+        assert_eq!(si(2.5), "2.50 ");
+        assert_eq!(si(42.0), "42 ");
+        assert_eq!(si(1_500.0), "1.50 k");
+        assert_eq!(si(2_000_000.0), "2.00 M");
+        assert_eq!(si(3e9), "3.00 G");
+    }
 
     #[test]
     fn world_outlines_load_and_stay_inside_the_antimeridian() {
