@@ -726,6 +726,11 @@ async fn customer_journey_against_the_running_demo() {
             assert!(l[0].starts_with(&format!("http://{CDN_HOST}:")), "{l:?}");
             assert_eq!(l[1], ip, "{pop}: {l:?}");
             assert_eq!(l[3], "200", "{pop}: {l:?}");
+            // CHK: the body's CRC-32 in hex, as `udn probe check` prints it.
+            assert!(
+                l[5].len() == 8 && l[5].chars().all(|c| c.is_ascii_hexdigit()),
+                "{pop}: {l:?}"
+            );
         }
         assert!(lines.iter().any(|l| l[0].ends_with("/img/logo.svg")));
         // The probe asked the demo's DNS server for the page's name: a timed lookup

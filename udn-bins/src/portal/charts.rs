@@ -187,6 +187,17 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
     })
 }
 
+/// The last `max` characters of `s` (an ellipsis first when cut); cuts on character
+/// boundaries, so any URL text is safe.
+fn tail(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_owned();
+    }
+    let keep: String = s.chars().skip(n - (max - 1)).collect();
+    format!("…{keep}")
+}
+
 /// The phases of a page-check row, in order, with their colours.
 const PHASES: [(&str, RGBColor); 5] = [
     ("DNS", RGBColor(148, 103, 189)),
@@ -224,21 +235,19 @@ pub fn waterfall(title: &str, rows: &[PageRow]) -> String {
                 if (*y - 0.5 - i).abs() < 0.01 && i >= 0.0 {
                     // Row 0 at the top.
                     let idx = n - 1 - i as usize;
-                    rows.get(idx)
-                        .map(|r| {
-                            let u = r.url.as_str();
-                            if u.len() > 38 {
-                                format!("…{}", &u[u.len() - 37..])
-                            } else {
-                                u.to_owned()
-                            }
-                        })
-                        .unwrap_or_default()
+                    rows.get(idx).map(|r| tail(&r.url, 38)).unwrap_or_default()
                 } else {
                     String::new()
                 }
             })
-            .x_label_formatter(&|x| format!("{x:.0} ms"))
+            .x_label_formatter(&|x| {
+                // Whole milliseconds repeat on a short page ("0 ms, 0 ms, 1 ms").
+                if end < 20.0 {
+                    format!("{x:.1} ms")
+                } else {
+                    format!("{x:.0} ms")
+                }
+            })
             .draw()?;
         for (i, r) in rows.iter().enumerate() {
             let y = (n - 1 - i) as f64;
@@ -435,6 +444,21 @@ pub fn world_map(title: &str, unit: &str, points: &[MapPoint]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waterfall_labels_cut_long_urls_on_character_boundaries() {
+        assert_eq!(tail("http://a/b", 38), "http://a/b");
+        let long = format!("http://cdn.example/{}", "é".repeat(40));
+        let t = tail(&long, 38);
+        assert_eq!(t.chars().count(), 38);
+        assert!(t.starts_with('…') && t.ends_with('é'), "{t}");
+        // A whole waterfall with such a URL renders.
+        let row = PageRow {
+            url: long,
+            ..PageRow::default()
+        };
+        assert!(waterfall("w", &[row]).contains("<svg"));
+    }
 
     #[test]
     fn si_prints_counts_without_decimals_and_scales_large_values() {

@@ -877,6 +877,15 @@ fn cell(v: &Option<serde_json::Value>) -> String {
     }
 }
 
+/// A content check as the probes print it: a CRC-32 in 8 hex digits (a verdict or
+/// anything else as it came).
+fn chk_cell(v: &Option<serde_json::Value>) -> String {
+    match v.as_ref().and_then(serde_json::Value::as_u64) {
+        Some(crc) if crc <= u64::from(u32::MAX) => format!("{crc:08x}"),
+        _ => cell(v),
+    }
+}
+
 async fn tests_submit(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
@@ -937,7 +946,7 @@ async fn tests_submit(
                             tr { @for h in ["URL","IP","ERR","HRC","LEN","CHK","STT","DRT","COT","TLS","DST","FNT","END"] { th { (h) } } }
                             @for row in &rows {
                                 tr { td { (row.url) } td { (opt(&row.ip)) } td { (cell(&row.err)) } td { (opt(&row.hrc)) }
-                                     td class="num" { (opt(&row.len)) } td { (cell(&row.chk)) }
+                                     td class="num" { (opt(&row.len)) } td { (chk_cell(&row.chk)) }
                                      @for v in [row.stt,row.drt,row.cot,row.tls,row.dst,row.fnt,row.end] { td class="num" { (format!("{v:.3}")) } } }
                             }
                         }
