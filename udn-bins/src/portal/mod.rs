@@ -618,7 +618,7 @@ async fn cdn_activity(
         (hours_links("/activity/cdn", &q, hours))
         div id="traffic-chart" { (PreEscaped(traffic_svg)) }
         div id="hits-chart" { (PreEscaped(hits_svg)) }
-        p { "Times are UTC; the dotted line marks midnight; the value at the right edge is the current minute." }
+        p { "Times are UTC; the dotted line marks midnight; the value at the right edge is the last complete minute's." }
         table id="cdn-totals" { tr { th { "Hits" } th { "Bytes" } }
             tr { td class="num" id="total-hits" { (total_hits) } td class="num" id="total-bytes" { (total_bytes) } } }
     };
