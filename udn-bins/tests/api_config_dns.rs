@@ -4,41 +4,18 @@
 //! it keeps answering from its last snapshot.
 
 mod api_support;
+mod proc_support;
 
 use api_support::*;
+use proc_support::{Killed, dig_short};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use udn_bins::api::{config_watcher, watcher::write_and_reload};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn dig(server: SocketAddr, name: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .args([
-            &format!("@{}", server.ip()),
-            "-p",
-            &server.port().to_string(),
-            name,
-            "A",
-            "+short",
-            "+tries=1",
-            "+time=2",
-        ])
-        .output()
-        .expect("run dig");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    dig_short(server, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +43,7 @@ async fn a_change_in_the_api_reaches_a_running_udn_dns_within_seconds() {
         eventually(10, || async { dns_cfg.exists() }).await,
         "first snapshot written"
     );
-    let _dns = Proc(
+    let _dns = Killed(
         Command::new(env!("CARGO_BIN_EXE_udn"))
             .args(["dns", "--config", dns_cfg.to_str().unwrap()])
             .args([

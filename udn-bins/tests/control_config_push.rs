@@ -2,37 +2,10 @@
 //! running `udn dns` and a running `udn edge` (both started with `--control`) within
 //! seconds, without a restart.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod proc_support;
+
+use proc_support::{dig_short, udn_with_lines as udn};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `udn ARGS`, returns it and the first `n` lines of its stdout.
-fn udn(args: &[&str], n: usize) -> (Proc, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let p = Proc(child);
-    let mut lines = Vec::new();
-    for _ in 0..n {
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        lines.push(l.trim().to_string());
-    }
-    // Keep draining stdout so the role never blocks on a full pipe.
-    std::thread::spawn(move || for _ in out.lines() {});
-    (p, lines)
-}
 
 fn word_after(line: &str, marker: &str) -> String {
     line.split(marker)
@@ -45,21 +18,7 @@ fn word_after(line: &str, marker: &str) -> String {
 }
 
 fn dig(server: &str, name: &str) -> String {
-    let (ip, port) = server.rsplit_once(':').unwrap();
-    let out = Command::new("dig")
-        .args([
-            &format!("@{ip}"),
-            "-p",
-            port,
-            name,
-            "A",
-            "+short",
-            "+tries=1",
-            "+time=2",
-        ])
-        .output()
-        .expect("dig (bind9-dnsutils) is installed");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    dig_short(server.parse().expect("DNS address"), name).join("\n")
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {

@@ -3,25 +3,18 @@
 //! down when the purge was made gets it (with its sequence number) when it starts.
 
 mod api_support;
+mod proc_support;
 
 use api_support::*;
 use axum::Router;
+use proc_support::Killed as Edge;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use udn_bins::api::{ApiState, Backend, ControlOptions, EdgeApi, Role, SqliteBackend};
-
-struct Edge(Child);
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn start_edge(config: &std::path::Path, pop: &str, addr: SocketAddr) -> Edge {
     let child = Command::new(env!("CARGO_BIN_EXE_udn"))

@@ -267,12 +267,7 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// A child process killed (and reaped) on drop.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "../proc_support/mod.rs"]
+mod proc_support;
+#[allow(unused_imports)] // used by some of the probe test files only
+pub use proc_support::Killed;

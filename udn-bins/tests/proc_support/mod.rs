@@ -1,0 +1,64 @@
+//! Running the real `udn` binary and asking real DNS servers with `dig`, shared by the
+//! integration tests: a child-process guard, start-and-read-the-address-lines, and a
+//! `dig +short` wrapper.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+/// A child process killed (and reaped) on drop, so a failing test leaves nothing running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `udn ARGS` and returns it with the first `n` lines of its stdout (where the
+/// roles print their bound addresses); stdout keeps being drained afterwards so the
+/// process never blocks on a full pipe.
+pub fn udn_with_lines(args: &[&str], n: usize) -> (Killed, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start udn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let guard = Killed(child);
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        let mut l = String::new();
+        out.read_line(&mut l).expect("read udn's stdout");
+        assert!(
+            !l.is_empty(),
+            "udn {args:?} exited after printing {lines:?}"
+        );
+        lines.push(l.trim().to_string());
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    (guard, lines)
+}
+
+/// `dig @server -p port NAME A +short` (one try, 2 s): the answer lines.
+pub fn dig_short(server: SocketAddr, name: &str) -> Vec<String> {
+    let out = Command::new("dig")
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            name,
+            "A",
+            "+short",
+            "+tries=1",
+            "+time=2",
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils) is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
