@@ -233,6 +233,51 @@ struct ScopeQuery {
     seq: Option<u64>,
 }
 
+/// One chart page's rows: `query` run over the page's window (`?hours=`) for the
+/// customer in scope (`?customer=`, checked against the user). Returns the rows and
+/// the window.
+async fn chart_rows<T: Send + 'static>(
+    st: &ApiState,
+    a: &Auth,
+    q: &ScopeQuery,
+    query: fn(&dyn crate::api::Backend, Window<'_>) -> Result<T, crate::api::BackendError>,
+) -> Result<(T, Timestamp, Timestamp, u64), PortalError> {
+    let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let (from, to, hours) = window_of(q)?;
+    let rows = st
+        .db(move |b| {
+            query(
+                b,
+                Window {
+                    customer: customer.as_deref(),
+                    from,
+                    to,
+                },
+            )
+        })
+        .await?;
+    Ok((rows, from, to, hours))
+}
+
+/// Map points at the configured POPs' locations (names not in the config are skipped).
+fn pop_points<'a>(
+    cfg: &udn_core::Config,
+    values: impl IntoIterator<Item = (&'a str, f64)>,
+) -> Vec<charts::MapPoint> {
+    values
+        .into_iter()
+        .filter_map(|(pop, value)| {
+            let p = cfg.pops.iter().find(|p| p.name == pop)?;
+            Some(charts::MapPoint {
+                label: pop.to_owned(),
+                lat: p.location.lat,
+                lon: p.location.lon,
+                value,
+            })
+        })
+        .collect()
+}
+
 fn window_of(q: &ScopeQuery) -> Result<(Timestamp, Timestamp, u64), PortalError> {
     let hours = q.hours.unwrap_or(24);
     if !(1..=24 * 31).contains(&hours) {
@@ -564,18 +609,7 @@ async fn cdn_activity(
     PortalUser(a): PortalUser,
     Query(q): Query<ScopeQuery>,
 ) -> Page {
-    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let (from, to, hours) = window_of(&q)?;
-    let c = scope.clone();
-    let pts = st
-        .db(move |b| {
-            b.cdn_traffic(Window {
-                customer: c.as_deref(),
-                from,
-                to,
-            })
-        })
-        .await?;
+    let (pts, from, to, hours) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic(w)).await?;
     let total_hits: u64 = pts.iter().map(|p| p.hits).sum();
     let total_bytes: u64 = pts.iter().map(|p| p.bytes).sum();
     let bits = zero_filled(
@@ -636,31 +670,9 @@ async fn cdn_locations(
     PortalUser(a): PortalUser,
     Query(q): Query<ScopeQuery>,
 ) -> Page {
-    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let (from, to, hours) = window_of(&q)?;
-    let c = scope.clone();
-    let rows = st
-        .db(move |b| {
-            b.cdn_traffic_by_location(Window {
-                customer: c.as_deref(),
-                from,
-                to,
-            })
-        })
-        .await?;
+    let (rows, _, _, hours) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic_by_location(w)).await?;
     let cfg = r::current(&st).await?.config;
-    let points: Vec<charts::MapPoint> = rows
-        .iter()
-        .filter_map(|l| {
-            let p = cfg.pops.iter().find(|p| p.name == l.pop)?;
-            Some(charts::MapPoint {
-                label: l.pop.clone(),
-                lat: p.location.lat,
-                lon: p.location.lon,
-                value: l.bytes as f64,
-            })
-        })
-        .collect();
+    let points = pop_points(&cfg, rows.iter().map(|l| (l.pop.as_str(), l.bytes as f64)));
     let map = charts::world_map(
         &format!("Bytes served by location, last {hours} h"),
         "B",
@@ -705,18 +717,7 @@ async fn gtm_activity(
     PortalUser(a): PortalUser,
     Query(q): Query<ScopeQuery>,
 ) -> Page {
-    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let (from, to, hours) = window_of(&q)?;
-    let c = scope.clone();
-    let pts = st
-        .db(move |b| {
-            b.gtm_answers(Window {
-                customer: c.as_deref(),
-                from,
-                to,
-            })
-        })
-        .await?;
+    let (pts, from, to, hours) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers(w)).await?;
     let mut by_addr: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
     for p in &pts {
         by_addr
@@ -767,18 +768,7 @@ async fn gtm_locations(
     PortalUser(a): PortalUser,
     Query(q): Query<ScopeQuery>,
 ) -> Page {
-    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let (from, to, hours) = window_of(&q)?;
-    let c = scope.clone();
-    let rows = st
-        .db(move |b| {
-            b.gtm_answers_by_location(Window {
-                customer: c.as_deref(),
-                from,
-                to,
-            })
-        })
-        .await?;
+    let (rows, _, _, hours) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers_by_location(w)).await?;
     let cfg = r::current(&st).await?.config;
     let mut per_pop: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     for l in &rows {
@@ -787,18 +777,12 @@ async fn gtm_locations(
             .or_default()
             .push((l.address.clone(), l.answers as f64));
     }
-    let points: Vec<charts::MapPoint> = per_pop
-        .iter()
-        .filter_map(|(pop, v)| {
-            let p = cfg.pops.iter().find(|p| &p.name == pop)?;
-            Some(charts::MapPoint {
-                label: pop.clone(),
-                lat: p.location.lat,
-                lon: p.location.lon,
-                value: v.iter().map(|x| x.1).sum(),
-            })
-        })
-        .collect();
+    let points = pop_points(
+        &cfg,
+        per_pop
+            .iter()
+            .map(|(pop, v)| (pop.as_str(), v.iter().map(|x| x.1).sum())),
+    );
     let map = charts::world_map(
         &format!("GTM answers by location, last {hours} h"),
         "",
