@@ -318,7 +318,7 @@ pub enum BackendError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed (or could not be reached).
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
     /// A lock was poisoned by a panicking thread.
     #[error("store lock poisoned")]
@@ -501,6 +501,14 @@ pub trait ControlTables: Backend {
     /// Stores an issued invoice; returns its id. A number already stored is
     /// [`BackendError::Duplicate`].
     fn insert_invoice(&self, summary: &InvoiceSummary, html: &str) -> BackendResult<i64>;
+}
+
+/// A PostgreSQL error with the server's message ("db error" alone says nothing).
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// A random secret of `bytes` bytes, hex-encoded (session tokens, CSRF tokens, salts).

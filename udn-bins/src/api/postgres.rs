@@ -6,8 +6,8 @@
 //! A small pool of connections ([`PgBackend::connect_with`]; 4 by default), each with
 //! its prepared statements cached, so a call is one round trip and concurrent API
 //! requests do not queue behind one connection. A lost connection (server restart,
-//! terminated backend) fails the call that notices it and is re-opened by the next call
-//! that picks it.
+//! terminated backend) is re-opened: a read that notices it is run again on the new
+//! connection; a write fails (500) and the next call gets a fresh connection.
 //!
 //! Every method blocks: call them from a blocking thread (`spawn_blocking`), never from
 //! an async task (the `postgres` crate runs its own runtime and refuses to nest).
@@ -158,11 +158,6 @@ impl Conn {
         self.client.query(&st, params)
     }
 
-    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
-        let st = self.stmt(sql)?;
-        self.client.query_opt(&st, params)
-    }
-
     fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
         let st = self.stmt(sql)?;
         self.client.query_one(&st, params)
@@ -179,6 +174,17 @@ impl std::fmt::Debug for PgBackend {
         // The URL may carry a password: never print it.
         f.write_str("PgBackend")
     }
+}
+
+/// Whether `e` means the connection is gone (closed, or the server shutting the
+/// session down), so a new connection may succeed.
+fn is_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+        })
 }
 
 fn is_unique_violation(e: &postgres::Error) -> bool {
@@ -300,8 +306,30 @@ impl PgBackend {
         Ok(c)
     }
 
+    /// Runs a read-only statement. When the connection turns out to be lost (a
+    /// PostgreSQL restart, a terminated backend) it reconnects and runs it once more:
+    /// safe, since a read changes nothing. Writes are not retried (one may have been
+    /// applied before the connection broke).
+    fn read(&self, sql: &str, params: Params<'_>) -> BackendResult<Vec<Row>> {
+        let mut c = self.db()?;
+        match c.query(sql, params) {
+            Err(e) if is_lost(&e) => {
+                let e = BackendError::from(e);
+                tracing::warn!("control plane: connection lost ({e}); reconnecting");
+                *c = Conn::open(&self.url)?;
+                Ok(c.query(sql, params)?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// [`PgBackend::read`] for at most one row (the first).
+    fn read_opt(&self, sql: &str, params: Params<'_>) -> BackendResult<Option<Row>> {
+        Ok(self.read(sql, params)?.into_iter().next())
+    }
+
     fn edge_status(&self, d: Delivery, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             &format!(
                 "SELECT edge, applied, attempts, last_error, applied_at FROM {}
                  WHERE seq = $1 ORDER BY edge",
@@ -409,7 +437,7 @@ impl Backend for PgBackend {
     }
 
     fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             "SELECT id, username, role, customer, password_hash FROM cp_users
              WHERE username = $1",
             &[&username],
@@ -422,7 +450,7 @@ impl Backend for PgBackend {
     }
 
     fn users(&self) -> BackendResult<Vec<User>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT id, username, role, customer, password_hash FROM cp_users ORDER BY username",
             &[],
         )?;
@@ -463,7 +491,7 @@ impl Backend for PgBackend {
     }
 
     fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             "SELECT u.id, u.username, u.role, u.customer, u.password_hash, s.kind, s.csrf,
                     s.expires_at
              FROM cp_sessions s JOIN cp_users u ON u.id = s.user_id
@@ -495,7 +523,7 @@ impl Backend for PgBackend {
     }
 
     fn current_config(&self) -> BackendResult<ConfigSnapshot> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             "SELECT version, created_at, author, config_json FROM cp_config_versions
              ORDER BY version DESC LIMIT 1",
             &[],
@@ -517,7 +545,7 @@ impl Backend for PgBackend {
     }
 
     fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             "SELECT created_at, author, config_json FROM cp_config_versions WHERE version = $1",
             &[&db_int(version)],
         )?;
@@ -597,7 +625,7 @@ impl Backend for PgBackend {
     }
 
     fn purge(&self, seq: u64) -> BackendResult<Option<Purge>> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             &format!("SELECT {PURGE_COLS} FROM cp_purges WHERE seq = $1"),
             &[&db_int(seq)],
         )?;
@@ -605,7 +633,7 @@ impl Backend for PgBackend {
     }
 
     fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             &format!(
                 "SELECT {PURGE_COLS} FROM cp_purges
                  WHERE ($1::TEXT IS NULL OR customer = $1) ORDER BY seq DESC LIMIT $2"
@@ -630,7 +658,7 @@ impl Backend for PgBackend {
     }
 
     fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT p.seq, p.customer, p.scope, p.target, p.requested_by, p.requested_at
              FROM cp_purge_status s JOIN cp_purges p ON p.seq = s.seq
              WHERE s.edge = $1 AND NOT s.applied ORDER BY p.seq",
@@ -665,7 +693,7 @@ impl Backend for PgBackend {
     }
 
     fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             &format!("SELECT {PREFILL_COLS} FROM cp_prefills WHERE seq = $1"),
             &[&db_int(seq)],
         )?;
@@ -687,7 +715,7 @@ impl Backend for PgBackend {
     }
 
     fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
              FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
              WHERE s.edge = $1 AND NOT s.applied ORDER BY p.seq",
@@ -697,7 +725,7 @@ impl Backend for PgBackend {
     }
 
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT minute, SUM(bytes)::BIGINT, SUM(hits)::BIGINT FROM cp_cdn_traffic_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
              GROUP BY minute ORDER BY minute",
@@ -714,7 +742,7 @@ impl Backend for PgBackend {
     }
 
     fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT pop, SUM(bytes)::BIGINT, SUM(hits)::BIGINT FROM cp_cdn_traffic_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
              GROUP BY pop ORDER BY pop",
@@ -731,7 +759,7 @@ impl Backend for PgBackend {
     }
 
     fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT minute, hostname, address, SUM(answers)::BIGINT FROM cp_gtm_answers_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
              GROUP BY minute, hostname, address ORDER BY minute, hostname, address",
@@ -749,7 +777,7 @@ impl Backend for PgBackend {
     }
 
     fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             "SELECT pop, address, SUM(answers)::BIGINT FROM cp_gtm_answers_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
              GROUP BY pop, address ORDER BY pop, address",
@@ -766,7 +794,7 @@ impl Backend for PgBackend {
     }
 
     fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
-        let rows = self.db()?.query(
+        let rows = self.read(
             &format!(
                 "SELECT {INVOICE_COLS} FROM cp_invoices
                  WHERE ($1::TEXT IS NULL OR customer = $1) ORDER BY issued_at DESC, id DESC"
@@ -777,7 +805,7 @@ impl Backend for PgBackend {
     }
 
     fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
-        let row = self.db()?.query_opt(
+        let row = self.read_opt(
             &format!("SELECT {INVOICE_COLS}, html FROM cp_invoices WHERE id = $1"),
             &[&id],
         )?;
