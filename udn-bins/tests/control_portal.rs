@@ -1,7 +1,8 @@
 //! `udn control` with the portal: log files shipped to its collector show up in the
 //! portal API's traffic and GTM-answer series (the charts' data), per customer; with
-//! `--postgres` the control plane's own state (users, config versions, purges) lives in
-//! PostgreSQL and survives a restart on another machine's (empty) data directory.
+//! `--postgres` the control plane's own state (users, config versions, purges) and its
+//! billing tables live in PostgreSQL (no SQLite file is involved) and survive a restart
+//! on another machine's (empty) data directory.
 
 mod pg_support;
 
@@ -194,8 +195,18 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let v: serde_json::Value = other.json().unwrap();
     assert!(v["points"].as_array().is_none_or(|p| p.is_empty()), "{v}");
     // Billing through the control plane: plan and account by `udn control billing`,
-    // the run by the API; the invoice then shows in the portal's invoice list.
+    // the run by the API; the invoice then shows in the portal's invoice list. The
+    // billing tables are where the control plane's store is: `--db` the SQLite file,
+    // or `--postgres` the same database.
     let db = dir.join("data").join("udn.sqlite");
+    let pg_url = extra
+        .windows(2)
+        .find(|w| w[0] == "--postgres")
+        .map(|w| w[1].to_owned());
+    let billing_db: Vec<std::ffi::OsString> = match &pg_url {
+        Some(url) => vec!["--postgres".into(), url.into()],
+        None => vec!["--db".into(), db.clone().into()],
+    };
     std::fs::write(dir.join("plan.json"), udn_bins::demo::billing::PLAN).unwrap();
     std::fs::write(
         dir.join("account.json"),
@@ -208,8 +219,8 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     .unwrap();
     for (cmd, file) in [("plan-add", "plan.json"), ("account-put", "account.json")] {
         let out = Command::new(env!("CARGO_BIN_EXE_udn"))
-            .args(["control", "billing", "--db"])
-            .arg(&db)
+            .args(["control", "billing"])
+            .args(&billing_db)
             .arg(cmd)
             .arg(dir.join(file))
             .output()
@@ -253,6 +264,30 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         .json()
         .unwrap();
     assert!(list.to_string().contains(&number), "{list}");
+    // The invoice is in the store the flags named, and only there.
+    match &pg_url {
+        Some(url) => {
+            assert!(
+                !db.exists(),
+                "with --postgres billing creates no SQLite file ({})",
+                db.display()
+            );
+            let mut pg = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let row = pg
+                .query_one(
+                    "SELECT status, account FROM billing_invoices WHERE number = $1",
+                    &[&number],
+                )
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), "issued");
+            assert_eq!(row.get::<_, String>(1), "shop");
+        }
+        None => {
+            use udn_bins::billing::BillingStore as _;
+            let s = udn_bins::billing::SqliteBillingStore::open(&db).unwrap();
+            assert!(s.invoice(&number).unwrap().is_some());
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
