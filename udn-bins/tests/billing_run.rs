@@ -418,6 +418,113 @@ fn concurrent_runs_invoice_each_account_once(db: &Db) {
     assert_eq!(issued_by_runs, 30);
 }
 
+/// A November invoice of `seed` and what it was computed from: the template the race
+/// tests below re-address to other accounts and periods.
+fn template(
+    db: &Db,
+) -> (
+    udn_billing::Invoice,
+    udn_bins::billing::store::InvoiceInputs,
+) {
+    let mut s = store(db);
+    s.put_account(&account("seed", "Seed Co", "email", BY_INVOICE, true))
+        .unwrap();
+    let r = run_period(&mut s, &nov(), dec_1()).unwrap();
+    assert_eq!(r.issued[0].number, "INV-000001");
+    let inv = s.invoice("INV-000001").unwrap().unwrap();
+    (inv.invoice, inv.inputs)
+}
+
+/// Two handles (two connections) issue invoices for different accounts at the same
+/// time: every number is used once, the series has no gap, and each handle sees its
+/// own numbers rising.
+fn concurrent_handles_issue_gap_free_unique_numbers(db: &Db) {
+    let (invoice, inputs) = template(db);
+    let per_handle = 25;
+    let barrier = std::sync::Barrier::new(2);
+    let numbers: Vec<Vec<String>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|side| {
+                let (invoice, inputs, barrier) = (&invoice, &inputs, &barrier);
+                sc.spawn(move || {
+                    let mut s = db.open();
+                    barrier.wait();
+                    (0..per_handle)
+                        .map(|i| {
+                            let mut inv = invoice.clone();
+                            inv.account = format!("{side}-{i:02}");
+                            let id = s.put_draft(&inv, inputs).unwrap();
+                            s.issue(id, dec_1(), dec_1()).unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for mine in &numbers {
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+    }
+    let mut all: Vec<_> = numbers.concat();
+    all.sort();
+    let want: Vec<_> = (2..=2 * per_handle + 1)
+        .map(|n| format!("INV-{n:06}"))
+        .collect();
+    assert_eq!(all, want, "unique and gap-free");
+    let issued = db.open().issued().unwrap();
+    assert_eq!(issued.len(), 2 * per_handle + 1);
+    for i in &issued {
+        assert_eq!(i.status, Status::Issued);
+    }
+}
+
+/// Two handles race to issue a draft each for the same account and period: exactly one
+/// invoice is issued (the database's unique index), the loser's attempt takes no number,
+/// and the series stays gap-free.
+fn racing_issues_of_one_account_and_period_issue_one_invoice(db: &Db) {
+    let (mut invoice, inputs) = template(db);
+    invoice.account = "race".into();
+    let rounds = 12;
+    let mut s = db.open();
+    for m in 1..=rounds {
+        invoice.period = Period::parse(&format!("2027-{m:02}")).unwrap();
+        // two runs that each computed a draft for the account and period
+        let first = s.put_draft(&invoice, &inputs).unwrap();
+        let second = db.query_i64(&format!(
+            "INSERT INTO billing_invoices (kind, account, period, currency, total, status, document, inputs)
+             SELECT kind, account, period, currency, total, status, document, inputs
+             FROM billing_invoices WHERE id = {first} RETURNING id"
+        ));
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<anyhow::Result<String>> = std::thread::scope(|sc| {
+            let racers: Vec<_> = [first, second]
+                .into_iter()
+                .map(|id| {
+                    let barrier = &barrier;
+                    sc.spawn(move || {
+                        let mut s = db.open();
+                        barrier.wait();
+                        s.issue(id, dec_1(), dec_1())
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "round {m}: {results:?}");
+        assert_eq!(*won[0], format!("INV-{:06}", m + 1), "round {m}: gap-free");
+        let live = s.live_invoice("race", &invoice.period).unwrap().unwrap();
+        assert_eq!(live.number.as_deref(), Some(won[0].as_str()));
+    }
+    let issued = s.issued().unwrap();
+    assert_eq!(issued.len(), rounds + 1);
+    assert_eq!(
+        issued.last().unwrap().number.as_deref(),
+        Some(format!("INV-{:06}", rounds + 1).as_str())
+    );
+}
+
 /// A provider plugged in through the trait (a test double: UDN ships no provider).
 struct RecordingProvider(std::cell::RefCell<Vec<(String, Decimal)>>);
 
@@ -543,4 +650,6 @@ on_both_stores!(
     concurrent_runs_invoice_each_account_once,
     a_configured_provider_charges_card_on_file_invoices_once,
     burstable_invoices_keep_their_samples_for_audit,
+    concurrent_handles_issue_gap_free_unique_numbers,
+    racing_issues_of_one_account_and_period_issue_one_invoice,
 );
