@@ -281,6 +281,24 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
                 .unwrap();
             assert_eq!(row.get::<_, String>(0), "issued");
             assert_eq!(row.get::<_, String>(1), "shop");
+            // The server drops the billing store's connection (a restart, an operator's
+            // pg_terminate_backend): the next invoice list still shows the invoice.
+            let killed = pg
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'udn billing'",
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(killed, 1, "the control plane keeps one billing connection");
+            let list: serde_json::Value = http
+                .get(format!("{api}/v1/invoices?customer=shop"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert!(list.to_string().contains(&number), "after reconnecting: {list}");
         }
         None => {
             use udn_bins::billing::BillingStore as _;

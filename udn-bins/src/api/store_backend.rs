@@ -32,12 +32,15 @@ struct Billing {
 impl Billing {
     /// Runs `f` on the store, opening it first if needed. `None` when the store is an
     /// SQLite file that does not exist and `create` is false (billing never ran). After
-    /// an error the store is dropped, so the next call re-opens it (a lost PostgreSQL
-    /// connection heals).
+    /// an error the store is dropped, so the next call re-opens it; when the error is a
+    /// kept PostgreSQL connection the server closed (a restart, `pg_terminate_backend`),
+    /// `f` is tried once more on a new connection (billing runs and reads are
+    /// idempotent), so the portal does not answer one empty invoice list per lost
+    /// connection.
     fn with<T>(
         &self,
         create: bool,
-        f: impl FnOnce(&mut dyn BillingStore) -> anyhow::Result<T>,
+        mut f: impl FnMut(&mut dyn BillingStore) -> anyhow::Result<T>,
     ) -> Option<anyhow::Result<T>> {
         if let BillingLocation::Sqlite(db) = &self.location
             && !create
@@ -46,19 +49,58 @@ impl Billing {
             return None;
         }
         let mut slot = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let store = match &mut *slot {
-            Some(s) => s,
-            None => match self.location.open() {
-                Ok(s) => slot.insert(s),
-                Err(e) => return Some(Err(e)),
-            },
-        };
-        let r = f(&mut **store);
-        if r.is_err() {
-            *slot = None;
+        let mut retried = false;
+        loop {
+            let kept = slot.is_some();
+            let store = match &mut *slot {
+                Some(s) => s,
+                None => match self.location.open() {
+                    Ok(s) => slot.insert(s),
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            match f(&mut **store) {
+                Ok(v) => return Some(Ok(v)),
+                Err(e) => {
+                    *slot = None;
+                    if retried || !kept || !connection_lost(&e) {
+                        return Some(Err(e));
+                    }
+                    tracing::info!("billing store: connection lost, reconnecting");
+                    retried = true;
+                }
+            }
         }
-        Some(r)
     }
+}
+
+impl Drop for Billing {
+    fn drop(&mut self) {
+        // Closing a PostgreSQL connection blocks on the `postgres` crate's own runtime,
+        // which panics inside another one (a control plane shutting down drops its
+        // backend in async code): close it on a thread of its own then.
+        let Some(store) = self
+            .open
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::spawn(move || drop(store)).join();
+        }
+    }
+}
+
+/// Whether `e` says the database connection is gone (closed, or the server shutting it
+/// down: SQLSTATE class 57P), rather than a failed statement.
+fn connection_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<postgres::Error>().is_some_and(|p| {
+            p.is_closed() || p.code().is_some_and(|c| c.code().starts_with("57P"))
+        }) || c.is::<std::io::Error>()
+    })
 }
 
 impl std::fmt::Debug for StoreBackend {

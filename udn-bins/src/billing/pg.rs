@@ -17,8 +17,9 @@
 //! * Decimal amounts are kept as `TEXT`, like in SQLite (exact, and the stores share
 //!   their decoding).
 //!
-//! Every method blocks: call them from a blocking thread, never from an async task (the
-//! `postgres` crate runs its own runtime and refuses to nest).
+//! Every method blocks, and so does dropping the store (it closes the connection): call
+//! them from a blocking thread, never from an async task (the `postgres` crate runs its
+//! own runtime and refuses to nest).
 //!
 //! [`SqliteBillingStore`]: super::SqliteBillingStore
 
@@ -229,9 +230,25 @@ fn one_row(n: u64, what: &str) -> Result<()> {
 
 impl PgBillingStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`) and creates
-    /// the billing tables if needed, under an advisory lock.
+    /// the billing tables if needed, under an advisory lock. The connection shows as
+    /// `udn billing` in `pg_stat_activity` unless the URL names an `application_name`.
+    ///
+    /// ```no_run
+    /// use udn_bins::billing::{BillingStore, PgBillingStore};
+    /// let store = PgBillingStore::connect("postgres://udn@127.0.0.1/udn")?;
+    /// for i in store.issued()? {
+    ///     println!("{:?} {} {}", i.number, i.invoice.account, i.invoice.total);
+    /// }
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn connect(url: &str) -> Result<Self> {
-        let mut client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
+        let mut config: postgres::Config = url.parse().context("parsing the PostgreSQL URL")?;
+        if config.get_application_name().is_none() {
+            config.application_name("udn billing");
+        }
+        let mut client = config
+            .connect(NoTls)
+            .context("connecting to PostgreSQL")?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
         tx.batch_execute(SCHEMA)
