@@ -181,6 +181,18 @@ impl std::fmt::Debug for PgBackend {
     }
 }
 
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the `postgres` crate's own runtime, which panics
+        // inside another one (`udn control` shutting down drops its backend in async
+        // code): close them on a thread of their own then.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let pool = std::mem::take(&mut self.pool);
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
 fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
