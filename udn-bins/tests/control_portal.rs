@@ -298,7 +298,10 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
                 .unwrap()
                 .json()
                 .unwrap();
-            assert!(list.to_string().contains(&number), "after reconnecting: {list}");
+            assert!(
+                list.to_string().contains(&number),
+                "after reconnecting: {list}"
+            );
         }
         None => {
             use udn_bins::billing::BillingStore as _;

@@ -97,9 +97,9 @@ impl Drop for Billing {
 /// down: SQLSTATE class 57P), rather than a failed statement.
 fn connection_lost(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<postgres::Error>().is_some_and(|p| {
-            p.is_closed() || p.code().is_some_and(|c| c.code().starts_with("57P"))
-        }) || c.is::<std::io::Error>()
+        c.downcast_ref::<postgres::Error>()
+            .is_some_and(|p| p.is_closed() || p.code().is_some_and(|c| c.code().starts_with("57P")))
+            || c.is::<std::io::Error>()
     })
 }
 

@@ -246,9 +246,7 @@ impl PgBillingStore {
         if config.get_application_name().is_none() {
             config.application_name("udn billing");
         }
-        let mut client = config
-            .connect(NoTls)
-            .context("connecting to PostgreSQL")?;
+        let mut client = config.connect(NoTls).context("connecting to PostgreSQL")?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
         tx.batch_execute(SCHEMA)
