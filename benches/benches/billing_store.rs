@@ -1,15 +1,17 @@
-//! The SQL side of a monthly billing run on SQLite: reading each account's month of
-//! 5-minute usage rows from `billing_usage` and pricing it (what `run_period` does per
-//! account before storing the draft), for 100 CDN accounts with 8,640 buckets x 3 rows
-//! (bytes in two POPs, requests) each, about 2.6 million rows. Ingest speed is printed
-//! once during setup.
+//! The SQL side of a monthly billing run: reading each account's month of 5-minute usage
+//! rows from `billing_usage` and pricing it (what `run_period` does per account before
+//! storing the draft), for 100 CDN accounts with 8,640 buckets x 3 rows (bytes in two
+//! POPs, requests) each, about 2.6 million rows. Ingest speed is printed once during
+//! setup. On SQLite (`billing_store/…`) and, when `UDN_TEST_POSTGRES` names a server
+//! (`eval "$(bash scripts/start-postgres.sh)"`), on PostgreSQL in a fresh database
+//! (`billing_store_pg/…`), in the same session.
 //!
 //! `cargo bench -p udn-benches --bench billing_store`
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
 use udn_billing::*;
 use udn_bins::billing::run::draft_for;
-use udn_bins::billing::{BillingStore, SqliteBillingStore};
+use udn_bins::billing::{BillingStore, PgBillingStore, SqliteBillingStore};
 
 const ACCOUNTS: usize = 100;
 
@@ -17,7 +19,31 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("udn-billing-store-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut store = SqliteBillingStore::open(&dir.join("udn.sqlite")).expect("store");
+    let store = SqliteBillingStore::open(&dir.join("udn.sqlite")).expect("store");
+    run(c, "billing_store", Box::new(store));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Ok(server) = std::env::var("UDN_TEST_POSTGRES") {
+        let db = format!("udn_bench_billing_{}", std::process::id());
+        let mut admin = postgres::Client::connect(&server, postgres::NoTls).expect("postgres");
+        // two statements: CREATE DATABASE cannot run in a multi-statement transaction
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+            .expect("drop old bench database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .expect("bench database");
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        let store = PgBillingStore::connect(&format!("{base}/{db}")).expect("store");
+        run(c, "billing_store_pg", Box::new(store));
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+            .expect("drop bench database");
+    } else {
+        eprintln!("billing_store: UDN_TEST_POSTGRES unset, PostgreSQL not measured");
+    }
+}
+
+fn run(c: &mut Criterion, group: &str, mut store: Box<dyn BillingStore>) {
     let plan: Plan = serde_json::from_str(
         r#"{"id": "cdn-burst", "version": 1, "name": "CDN burstable", "currency": "EUR", "period": "month",
         "components": [
@@ -78,11 +104,11 @@ fn bench(c: &mut Criterion) {
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "billing_store: ingested {rows} usage rows in {secs:.1} s ({:.0} rows/s)",
+        "{group}: ingested {rows} usage rows in {secs:.1} s ({:.0} rows/s)",
         rows as f64 / secs
     );
     let accounts = store.accounts().expect("accounts");
-    let mut g = c.benchmark_group("billing_store");
+    let mut g = c.benchmark_group(group);
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.bench_function("read_and_price_100_accounts_month", |b| {
         b.iter(|| {
@@ -96,8 +122,6 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 criterion_group!(benches, bench);

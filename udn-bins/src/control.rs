@@ -33,8 +33,8 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8480")]
     pub listen: SocketAddr,
     /// Store in PostgreSQL at this URL (`postgres://user@host:port/db`) instead of SQLite:
-    /// the log store and the control plane's own tables (users, sessions, config
-    /// versions, purges) both go there.
+    /// the log store, the control plane's own tables (users, sessions, config versions,
+    /// purges) and billing's `billing_*` tables all go there.
     #[arg(long)]
     pub postgres: Option<String>,
     /// Days to keep raw records (rollups and the file ledger are kept for good); 0 keeps
@@ -80,8 +80,9 @@ pub struct Args {
 pub enum ControlCommand {
     /// Billing: plans, accounts, usage, billing runs for a period, invoices (text/HTML),
     /// delivery, payments, credit notes and audits (see docs/billing.md). `--db` is the
-    /// control plane's SQLite file (`<data-dir>/udn.sqlite`).
-    Billing(crate::billing::BillingArgs),
+    /// control plane's SQLite file (`<data-dir>/udn.sqlite`); `--postgres` the URL given
+    /// to `udn control --postgres`.
+    Billing(Box<crate::billing::BillingArgs>),
 }
 
 fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
@@ -284,10 +285,16 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                     crate::api::StoreBackend::new(control, collector.clone())
                 }
             };
-            // Billing keeps its `billing_*` tables in `<data-dir>/udn.sqlite` (the log
-            // store's file with SQLite; a file of its own with PostgreSQL) and reads
-            // usage from the log store, whichever database holds it.
-            let backend = backend.with_billing(args.data_dir.join(crate::store::sqlite::DB_FILE));
+            // Billing keeps its `billing_*` tables next to the log store: in
+            // `<data-dir>/udn.sqlite`, or in the PostgreSQL database with `--postgres`
+            // (no SQLite file then); it reads usage from the log store either way.
+            let billing = match &args.postgres {
+                Some(url) => crate::billing::BillingLocation::Postgres(url.clone()),
+                None => crate::billing::BillingLocation::Sqlite(
+                    args.data_dir.join(crate::store::sqlite::DB_FILE),
+                ),
+            };
+            let backend = backend.with_billing(billing);
             let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
             Some(crate::portal::start(backend, cfg).await?)
         }

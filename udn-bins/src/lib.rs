@@ -58,6 +58,18 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Drops `value` where blocking is allowed: on a thread of its own when called inside a
+/// tokio runtime, else right here. A synchronous `postgres` client closes its
+/// connection by blocking on the crate's own runtime, which panics inside another
+/// runtime (a role shutting down drops its stores in async code).
+pub fn drop_off_runtime<T: Send + 'static>(value: T) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = std::thread::spawn(move || drop(value)).join();
+    } else {
+        drop(value);
+    }
+}
+
 /// Sets up `tracing` output on stderr: `RUST_LOG` if set, else by verbosity.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {

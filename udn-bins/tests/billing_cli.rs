@@ -1,11 +1,13 @@
 //! The billing command line as `udn control billing` will run it: plan, account and
-//! usage files in, JSON reports and rendered documents out, on a real SQLite file.
+//! usage files in, JSON reports and rendered documents out, on a real SQLite file
+//! (`--db`) and a real PostgreSQL database (`--postgres`).
 
+#[macro_use]
 mod billing_common;
 
 use billing_common::*;
 use clap::Parser;
-use udn_bins::billing::{BillingArgs, execute};
+use udn_bins::billing::{BillingArgs, BillingLocation, execute};
 
 #[derive(Parser)]
 struct Cli {
@@ -13,25 +15,20 @@ struct Cli {
     billing: BillingArgs,
 }
 
-fn run(dir: &TempDir, args: &[&str]) -> anyhow::Result<String> {
-    let db = dir.0.join("udn.sqlite");
-    let cfg = dir.0.join("billing.toml");
-    let mut argv = vec![
-        "billing",
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ];
+fn run(db: &Db, args: &[&str]) -> anyhow::Result<String> {
+    let cfg = db.dir.0.join("billing.toml");
+    let mut argv = vec!["billing", "--config", cfg.to_str().unwrap()];
+    match &db.location {
+        BillingLocation::Sqlite(file) => argv.extend(["--db", file.to_str().unwrap()]),
+        BillingLocation::Postgres(url) => argv.extend(["--postgres", url.as_str()]),
+    }
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(argv)?;
     execute(&cli.billing, dec_1())
 }
 
-#[test]
-fn the_billing_command_line_runs_a_month_end_to_end() {
-    let dir = TempDir::new("cli");
-    let p = |name: &str| dir.0.join(name).to_str().unwrap().to_owned();
+fn the_billing_command_line_runs_a_month_end_to_end(db: &Db) {
+    let p = |name: &str| db.dir.0.join(name).to_str().unwrap().to_owned();
     std::fs::write(
         p("billing.toml"),
         format!(
@@ -77,51 +74,47 @@ start = {}
     .unwrap();
 
     assert!(
-        run(&dir, &["plan-add", &p("plan.json")])
+        run(db, &["plan-add", &p("plan.json")])
             .unwrap()
             .contains("cdn-standard")
     );
     assert!(
-        run(&dir, &["account-put", &p("acme.toml")])
+        run(db, &["account-put", &p("acme.toml")])
             .unwrap()
             .contains("acme")
     );
     assert!(
-        run(&dir, &["usage-add", &p("usage.json")])
+        run(db, &["usage-add", &p("usage.json")])
             .unwrap()
             .contains("\"new\"")
     );
     assert!(
-        run(&dir, &["usage-add", &p("usage.json")])
+        run(db, &["usage-add", &p("usage.json")])
             .unwrap()
             .contains("\"replay\"")
     );
     let report: serde_json::Value =
-        serde_json::from_str(&run(&dir, &["run", "--period", "2026-11"]).unwrap()).unwrap();
+        serde_json::from_str(&run(db, &["run", "--period", "2026-11"]).unwrap()).unwrap();
     assert_eq!(report["issued"][0]["number"], "INV-000001");
     assert_eq!(report["issued"][0]["total"], "998.26 EUR");
     let again: serde_json::Value =
-        serde_json::from_str(&run(&dir, &["run", "--period", "2026-11"]).unwrap()).unwrap();
+        serde_json::from_str(&run(db, &["run", "--period", "2026-11"]).unwrap()).unwrap();
     assert_eq!(again["issued"].as_array().unwrap().len(), 0);
-    assert!(
-        run(&dir, &["show", "INV-000001"])
-            .unwrap()
-            .contains("Total")
-    );
+    assert!(run(db, &["show", "INV-000001"]).unwrap().contains("Total"));
     let audit: serde_json::Value =
-        serde_json::from_str(&run(&dir, &["audit", "INV-000001"]).unwrap()).unwrap();
+        serde_json::from_str(&run(db, &["audit", "INV-000001"]).unwrap()).unwrap();
     assert_eq!(audit["reproducible"], true);
     let delivered: serde_json::Value =
-        serde_json::from_str(&run(&dir, &["deliver"]).unwrap()).unwrap();
+        serde_json::from_str(&run(db, &["deliver"]).unwrap()).unwrap();
     assert_eq!(delivered["printable"][0][0], "INV-000001");
     assert!(
-        std::fs::read_to_string(dir.0.join("print/INV-000001.html"))
+        std::fs::read_to_string(db.dir.0.join("print/INV-000001.html"))
             .unwrap()
             .contains("998.26 EUR")
     );
     assert!(
         run(
-            &dir,
+            db,
             &[
                 "pay",
                 "INV-000001",
@@ -134,14 +127,52 @@ start = {}
         .unwrap()
         .contains("paid")
     );
-    assert!(run(&dir, &["void", "INV-000001"]).is_err());
+    assert!(run(db, &["void", "INV-000001"]).is_err());
     assert!(
-        run(&dir, &["credit", "INV-000001"])
+        run(db, &["credit", "INV-000001"])
             .unwrap()
             .contains("CN-000001")
     );
-    let list: serde_json::Value = serde_json::from_str(&run(&dir, &["list"]).unwrap()).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&run(db, &["list"]).unwrap()).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
-    assert!(run(&dir, &["run", "--period", "2026-13"]).is_err());
-    assert!(run(&dir, &["show", "INV-999999"]).is_err());
+    assert!(run(db, &["run", "--period", "2026-13"]).is_err());
+    assert!(run(db, &["show", "INV-999999"]).is_err());
+    // the state is where the flags said, and only there
+    assert_eq!(
+        db.dir.0.join("udn.sqlite").exists(),
+        !db.is_postgres(),
+        "an SQLite file exists only with --db"
+    );
+    assert!(db.open().invoice("CN-000001").unwrap().is_some());
 }
+
+#[test]
+fn exactly_one_of_db_and_postgres() {
+    let parse = |args: &[&str]| {
+        let mut argv = vec!["billing"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| c.billing.location().unwrap())
+    };
+    assert!(parse(&["list"]).is_err(), "one of them is required");
+    assert!(
+        parse(&[
+            "--db",
+            "a.sqlite",
+            "--postgres",
+            "postgres://x@127.0.0.1/y",
+            "list"
+        ])
+        .is_err(),
+        "not both"
+    );
+    assert_eq!(
+        parse(&["--db", "a.sqlite", "list"]).unwrap(),
+        BillingLocation::Sqlite("a.sqlite".into())
+    );
+    assert_eq!(
+        parse(&["--postgres", "postgres://x@127.0.0.1/y", "list"]).unwrap(),
+        BillingLocation::Postgres("postgres://x@127.0.0.1/y".into())
+    );
+}
+
+on_both_stores!(the_billing_command_line_runs_a_month_end_to_end,);

@@ -2,6 +2,7 @@
 //! by the test and storing what it receives in a Maildir), printable documents for
 //! accounts invoiced by post, and the delivery log.
 
+#[macro_use]
 mod billing_common;
 
 use billing_common::*;
@@ -103,10 +104,8 @@ fn unfold(raw: &str) -> String {
         .replace("=3D", "=")
 }
 
-#[test]
-fn invoices_are_emailed_or_printed_and_every_delivery_is_logged() {
-    let dir = TempDir::new("smtp");
-    let mut s = store(&dir);
+fn invoices_are_emailed_or_printed_and_every_delivery_is_logged(db: &Db) {
+    let mut s = store(db);
     s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
         .unwrap();
     s.put_account(&account("beta", "Beta <AG> & Co", "post", BY_INVOICE, true))
@@ -116,7 +115,7 @@ fn invoices_are_emailed_or_printed_and_every_delivery_is_logged() {
         Applied::New
     );
     let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
-    let print_dir = dir.0.join("print");
+    let print_dir = db.dir.0.join("print");
 
     // first pass with the SMTP server down: the e-mail fails and is logged, the
     // printable document is written
@@ -125,7 +124,7 @@ fn invoices_are_emailed_or_printed_and_every_delivery_is_logged() {
         .local_addr()
         .unwrap()
         .port();
-    let mut down = SmtpServer::start(&dir.0.join("unused")).config();
+    let mut down = SmtpServer::start(&db.dir.0.join("unused")).config();
     down.port = closed;
     let r = deliver_pending(&mut s, &issuer(), Some(&down), &print_dir, dec_1()).unwrap();
     assert_eq!(r.failed.len(), 1);
@@ -142,7 +141,7 @@ fn invoices_are_emailed_or_printed_and_every_delivery_is_logged() {
     assert_eq!(log[0].channel, "post");
 
     // second pass with a real SMTP server: the failed e-mail is retried and received
-    let server = SmtpServer::start(&dir.0.join("maildir"));
+    let server = SmtpServer::start(&db.dir.0.join("maildir"));
     let r = deliver_pending(
         &mut s,
         &issuer(),
@@ -206,10 +205,8 @@ fn invoices_are_emailed_or_printed_and_every_delivery_is_logged() {
     ))));
 }
 
-#[test]
-fn text_and_html_renderings_show_lines_tiers_and_totals() {
-    let dir = TempDir::new("render");
-    let mut s = store(&dir);
+fn text_and_html_renderings_show_lines_tiers_and_totals(db: &Db) {
+    let mut s = store(db);
     s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
         .unwrap();
     assert_eq!(
@@ -245,16 +242,14 @@ fn text_and_html_renderings_show_lines_tiers_and_totals() {
     assert_eq!(html.matches("<tr>").count(), inv.invoice.lines.len() + 3);
 }
 
-#[test]
-fn without_smtp_emails_wait_and_nothing_is_logged_for_them() {
-    let dir = TempDir::new("nosmtp");
-    let mut s = store(&dir);
+fn without_smtp_emails_wait_and_nothing_is_logged_for_them(db: &Db) {
+    let mut s = store(db);
     s.put_account(&account("acme", "Acme GmbH", "email", BY_INVOICE, true))
         .unwrap();
     s.put_account(&account("beta", "Beta AG", "post", BY_INVOICE, true))
         .unwrap();
     let _ = run_period(&mut s, &nov(), dec_1()).unwrap();
-    let r = deliver_pending(&mut s, &issuer(), None, &dir.0.join("print"), dec_1()).unwrap();
+    let r = deliver_pending(&mut s, &issuer(), None, &db.dir.0.join("print"), dec_1()).unwrap();
     assert_eq!(r.waiting_for_smtp, vec!["INV-000001"]);
     assert_eq!(r.printable.len(), 1);
     assert!(s.deliveries("INV-000001").unwrap().is_empty());
@@ -264,6 +259,13 @@ fn without_smtp_emails_wait_and_nothing_is_logged_for_them() {
         "DELETE FROM billing_deliveries",
         "UPDATE billing_deliveries SET status = 'sent'",
     ] {
-        assert!(s.connection().execute(sql, []).is_err(), "{sql}");
+        let e = db.exec(sql).expect_err(sql);
+        assert!(e.contains("append-only"), "{sql}: {e}");
     }
 }
+
+on_both_stores!(
+    invoices_are_emailed_or_printed_and_every_delivery_is_logged,
+    text_and_html_renderings_show_lines_tiers_and_totals,
+    without_smtp_emails_wait_and_nothing_is_logged_for_them,
+);

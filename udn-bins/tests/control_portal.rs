@@ -1,7 +1,8 @@
 //! `udn control` with the portal: log files shipped to its collector show up in the
 //! portal API's traffic and GTM-answer series (the charts' data), per customer; with
-//! `--postgres` the control plane's own state (users, config versions, purges) lives in
-//! PostgreSQL and survives a restart on another machine's (empty) data directory.
+//! `--postgres` the control plane's own state (users, config versions, purges) and its
+//! billing tables live in PostgreSQL (no SQLite file is involved) and survive a restart
+//! on another machine's (empty) data directory.
 
 mod pg_support;
 
@@ -194,8 +195,18 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let v: serde_json::Value = other.json().unwrap();
     assert!(v["points"].as_array().is_none_or(|p| p.is_empty()), "{v}");
     // Billing through the control plane: plan and account by `udn control billing`,
-    // the run by the API; the invoice then shows in the portal's invoice list.
+    // the run by the API; the invoice then shows in the portal's invoice list. The
+    // billing tables are where the control plane's store is: `--db` the SQLite file,
+    // or `--postgres` the same database.
     let db = dir.join("data").join("udn.sqlite");
+    let pg_url = extra
+        .windows(2)
+        .find(|w| w[0] == "--postgres")
+        .map(|w| w[1].to_owned());
+    let billing_db: Vec<std::ffi::OsString> = match &pg_url {
+        Some(url) => vec!["--postgres".into(), url.into()],
+        None => vec!["--db".into(), db.clone().into()],
+    };
     std::fs::write(dir.join("plan.json"), udn_bins::demo::billing::PLAN).unwrap();
     std::fs::write(
         dir.join("account.json"),
@@ -208,8 +219,8 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     .unwrap();
     for (cmd, file) in [("plan-add", "plan.json"), ("account-put", "account.json")] {
         let out = Command::new(env!("CARGO_BIN_EXE_udn"))
-            .args(["control", "billing", "--db"])
-            .arg(&db)
+            .args(["control", "billing"])
+            .args(&billing_db)
             .arg(cmd)
             .arg(dir.join(file))
             .output()
@@ -253,6 +264,51 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         .json()
         .unwrap();
     assert!(list.to_string().contains(&number), "{list}");
+    // The invoice is in the store the flags named, and only there.
+    match &pg_url {
+        Some(url) => {
+            assert!(
+                !db.exists(),
+                "with --postgres billing creates no SQLite file ({})",
+                db.display()
+            );
+            let mut pg = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let row = pg
+                .query_one(
+                    "SELECT status, account FROM billing_invoices WHERE number = $1",
+                    &[&number],
+                )
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), "issued");
+            assert_eq!(row.get::<_, String>(1), "shop");
+            // The server drops the billing store's connection (a restart, an operator's
+            // pg_terminate_backend): the next invoice list still shows the invoice.
+            let killed = pg
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'udn billing'",
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(killed, 1, "the control plane keeps one billing connection");
+            let list: serde_json::Value = http
+                .get(format!("{api}/v1/invoices?customer=shop"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert!(
+                list.to_string().contains(&number),
+                "after reconnecting: {list}"
+            );
+        }
+        None => {
+            use udn_bins::billing::BillingStore as _;
+            let s = udn_bins::billing::SqliteBillingStore::open(&db).unwrap();
+            assert!(s.invoice(&number).unwrap().is_some());
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -275,6 +331,8 @@ fn start_control(
         .arg("--config")
         .arg(config)
         .stdout(Stdio::piped())
+        // Kept for the test to read (a panic in a task does not change the exit code).
+        .stderr(std::fs::File::create(data_dir.with_extension("stderr")).expect("stderr file"))
         .spawn()
         .expect("start udn control");
     let (collector, portal, api) = control_addrs(&mut child);
@@ -350,7 +408,31 @@ fn control_plane_state_lives_in_postgres() {
     );
     let version = before["version"].as_u64().expect("version");
     assert_eq!(version, 2, "seed + the new customer: {before}");
-    drop(first);
+    // SIGTERM: a clean exit (closing PostgreSQL connections inside the async runtime
+    // used to panic and abort).
+    let mut first = first;
+    let term = Command::new("kill")
+        .args(["-TERM", &first.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = first.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "udn control did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "udn control --postgres exited with {status}"
+    );
+    let stderr = std::fs::read_to_string(dir.join("data-1.stderr")).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // No control-plane state went to a local SQLite file.
     assert!(!dir.join("data-1").join("control.db").exists());
 

@@ -187,6 +187,13 @@ fn is_lost(e: &postgres::Error) -> bool {
         })
 }
 
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        // `udn control` shutting down drops its backend in async code.
+        crate::drop_off_runtime(std::mem::take(&mut self.pool));
+    }
+}
+
 fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }

@@ -2,23 +2,100 @@
 //! queries served from the log store's per-minute rollups (`rollup_http`,
 //! `rollup_dns_answer`), so the portal's charts show what the edges and DNS servers
 //! really logged, and its invoices from the billing store's issued invoices (the
-//! `billing_*` tables, in the same SQLite file as the log store; an account's id is its
-//! customer name). Everything else (users, sessions, config versions, purges) is
+//! `billing_*` tables: in the log store's SQLite file, or in the PostgreSQL database with
+//! `udn control --postgres`; an account's id is its customer name). Everything else (users, sessions, config versions, purges) is
 //! delegated to the control plane's own tables ([`super::SqliteBackend`] or
 //! [`super::PgBackend`]).
 
 use super::backend::*;
+use crate::billing::{BillingLocation, BillingStore};
 use crate::collector::Collector;
 use crate::store::Range;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use udn_core::{Config, Timestamp};
 
 /// The control plane's backend over the log store.
 pub struct StoreBackend {
     control: Box<dyn Backend>,
     collector: Arc<Collector>,
-    billing: Option<std::path::PathBuf>,
+    billing: Option<Billing>,
+}
+
+/// The billing store: where it is, and the store opened there, kept between calls (a
+/// PostgreSQL connection is not opened per request). One call at a time uses it.
+struct Billing {
+    location: BillingLocation,
+    open: Mutex<Option<Box<dyn BillingStore + Send>>>,
+}
+
+impl Billing {
+    /// Runs `f` on the store, opening it first if needed. `None` when the store is an
+    /// SQLite file that does not exist and `create` is false (billing never ran). After
+    /// an error the store is dropped, so the next call re-opens it; when the error is a
+    /// kept PostgreSQL connection the server closed (a restart, `pg_terminate_backend`),
+    /// `f` is tried once more on a new connection (billing runs and reads are
+    /// idempotent), so the portal does not answer one empty invoice list per lost
+    /// connection.
+    fn with<T>(
+        &self,
+        create: bool,
+        mut f: impl FnMut(&mut dyn BillingStore) -> anyhow::Result<T>,
+    ) -> Option<anyhow::Result<T>> {
+        if let BillingLocation::Sqlite(db) = &self.location
+            && !create
+            && !db.exists()
+        {
+            return None;
+        }
+        let mut slot = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut retried = false;
+        loop {
+            let kept = slot.is_some();
+            let store = match &mut *slot {
+                Some(s) => s,
+                None => match self.location.open() {
+                    Ok(s) => slot.insert(s),
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            match f(&mut **store) {
+                Ok(v) => return Some(Ok(v)),
+                Err(e) => {
+                    *slot = None;
+                    if retried || !kept || !connection_lost(&e) {
+                        return Some(Err(e));
+                    }
+                    tracing::info!("billing store: connection lost, reconnecting");
+                    retried = true;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Billing {
+    fn drop(&mut self) {
+        // A control plane shutting down drops its backend in async code.
+        if let Some(store) = self
+            .open
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            crate::drop_off_runtime(store);
+        }
+    }
+}
+
+/// Whether `e` says the database connection is gone (closed, or the server shutting it
+/// down: SQLSTATE class 57P), rather than a failed statement.
+fn connection_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<postgres::Error>()
+            .is_some_and(|p| p.is_closed() || p.code().is_some_and(|c| c.code().starts_with("57P")))
+            || c.is::<std::io::Error>()
+    })
 }
 
 impl std::fmt::Debug for StoreBackend {
@@ -37,28 +114,29 @@ impl StoreBackend {
         }
     }
 
-    /// Also lists the invoices issued by billing runs into the SQLite database `db`.
-    pub fn with_billing(mut self, db: std::path::PathBuf) -> Self {
-        self.billing = Some(db);
+    /// Also runs billing (`POST /v1/billing/runs`) and lists its issued invoices, with
+    /// the billing tables at `location` (opened on first use).
+    pub fn with_billing(mut self, location: BillingLocation) -> Self {
+        self.billing = Some(Billing {
+            location,
+            open: Mutex::new(None),
+        });
         self
     }
 
     /// Issued billing invoices (and credit notes), newest first; none when billing has
     /// never run (no database or no `billing_*` tables yet).
     fn billed(&self) -> Vec<crate::billing::StoredInvoice> {
-        use crate::billing::BillingStore as _;
-        let Some(db) = &self.billing else {
+        let Some(billing) = &self.billing else {
             return Vec::new();
         };
-        if !db.exists() {
-            return Vec::new();
-        }
-        match crate::billing::SqliteBillingStore::open(db).and_then(|s| s.issued()) {
-            Ok(mut v) => {
+        match billing.with(false, |s| s.issued()) {
+            None => Vec::new(),
+            Some(Ok(mut v)) => {
                 v.sort_by_key(|i| std::cmp::Reverse(i.id));
                 v
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "reading issued invoices");
                 Vec::new()
             }
@@ -356,17 +434,19 @@ impl Backend for StoreBackend {
     }
 
     fn billing_run(&self, label: &str, now: Timestamp) -> BackendResult<serde_json::Value> {
-        let Some(db) = &self.billing else {
+        let Some(billing) = &self.billing else {
             return Err(BackendError::Unsupported(
                 "billing runs need a billing database",
             ));
         };
         let period = udn_billing::Period::parse(label).map_err(BackendError::BadPeriod)?;
-        let mut store =
-            crate::billing::SqliteBillingStore::open(db).map_err(BackendError::Billing)?;
-        ingest_usage(&mut store, &self.collector, &period).map_err(BackendError::Billing)?;
-        let report =
-            crate::billing::run_period(&mut store, &period, now).map_err(BackendError::Billing)?;
+        let report = billing
+            .with(true, |store| {
+                ingest_usage(store, &self.collector, &period)?;
+                crate::billing::run_period(store, &period, now)
+            })
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
+            .map_err(BackendError::Billing)?;
         Ok(serde_json::to_value(&report)?)
     }
 }
@@ -375,11 +455,10 @@ impl Backend for StoreBackend {
 /// account and period: its idempotency key, so running the period again changes
 /// nothing).
 fn ingest_usage(
-    store: &mut crate::billing::SqliteBillingStore,
+    store: &mut dyn BillingStore,
     collector: &Collector,
     period: &udn_billing::Period,
 ) -> anyhow::Result<()> {
-    use crate::billing::BillingStore as _;
     for account in store.accounts()? {
         let records =
             collector.with_store(|s| crate::billing::usage_from_store(s, &account.id, period))?;

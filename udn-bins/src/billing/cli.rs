@@ -1,5 +1,5 @@
 //! The billing command line, ready to be mounted under `udn control billing`:
-//! `udn control billing --db udn.sqlite [--config billing.toml] COMMAND`.
+//! `udn control billing (--db udn.sqlite | --postgres URL) [--config billing.toml] COMMAND`.
 //! Every command prints JSON (or the rendered document for `show`).
 
 use anyhow::{Context as _, Result, anyhow};
@@ -12,14 +12,22 @@ use super::delivery::{SmtpConfig, deliver_pending};
 use super::payment::{collect_card_payments, record_manual_payment};
 use super::render::{Issuer, render_html, render_text};
 use super::run::{audit, run_period};
-use super::store::{BillingStore, SqliteBillingStore};
+use super::store::{BillingLocation, BillingStore};
 
 /// `udn control billing` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BillingArgs {
     /// The SQLite database (shared with the log store).
+    #[arg(
+        long,
+        required_unless_present = "postgres",
+        conflicts_with = "postgres"
+    )]
+    pub db: Option<PathBuf>,
+    /// The PostgreSQL database instead (`postgres://user@host:port/db`, the one given to
+    /// `udn control --postgres`).
     #[arg(long)]
-    pub db: PathBuf,
+    pub postgres: Option<String>,
     /// Billing configuration (TOML): `[issuer]`, optional `[smtp]`, `print_dir`.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -122,9 +130,22 @@ fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     }
 }
 
-/// Runs one billing command at `now`; returns what to print.
+impl BillingArgs {
+    /// Where the billing tables are: `--db` or `--postgres` (clap requires exactly one).
+    pub fn location(&self) -> Result<BillingLocation> {
+        match (&self.db, &self.postgres) {
+            (Some(db), None) => Ok(BillingLocation::Sqlite(db.clone())),
+            (None, Some(url)) => Ok(BillingLocation::Postgres(url.clone())),
+            _ => Err(anyhow!("give exactly one of --db FILE and --postgres URL")),
+        }
+    }
+}
+
+/// Runs one billing command at `now`; returns what to print. Blocks (file or network
+/// I/O): call it outside async code.
 pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
-    let mut store = SqliteBillingStore::open(&args.db)?;
+    let mut opened = args.location()?.open()?;
+    let store: &mut dyn BillingStore = &mut *opened;
     let config = args
         .config
         .as_deref()
@@ -158,19 +179,19 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
         }
         BillingCommand::Run { period } => {
             let period = Period::parse(period)?;
-            json(&run_period(&mut store, &period, now)?)?
+            json(&run_period(store, &period, now)?)?
         }
         BillingCommand::Deliver => {
             let c = need_config()?;
             json(&deliver_pending(
-                &mut store,
+                store,
                 &c.issuer,
                 c.smtp.as_ref(),
                 &c.print_dir,
                 now,
             )?)?
         }
-        BillingCommand::Collect => json(&collect_card_payments(&mut store, None, now)?)?,
+        BillingCommand::Collect => json(&collect_card_payments(store, None, now)?)?,
         BillingCommand::List => {
             let rows: Vec<_> = store
                 .issued()?
@@ -199,13 +220,13 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
                 other => return Err(anyhow!("unknown format {other:?}: text, html or json")),
             }
         }
-        BillingCommand::Audit { number } => json(&audit(&store, number)?)?,
+        BillingCommand::Audit { number } => json(&audit(store, number)?)?,
         BillingCommand::Pay {
             number,
             amount,
             reference,
         } => {
-            let status = record_manual_payment(&mut store, number, *amount, reference, now)?;
+            let status = record_manual_payment(store, number, *amount, reference, now)?;
             serde_json::json!({"number": number, "status": status}).to_string()
         }
         BillingCommand::Void { number } => {

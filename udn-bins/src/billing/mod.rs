@@ -2,6 +2,8 @@
 //!
 //! * [`store`]: the [`BillingStore`] trait and [`SqliteBillingStore`] (tables
 //!   `billing_*`, gap-free numbering, immutability enforced by triggers);
+//! * [`pg`]: [`PgBillingStore`], the same tables and guarantees in PostgreSQL
+//!   ([`BillingLocation`] opens either store);
 //! * [`run`]: [`run_period`] issues the invoices of a period, [`audit`] recomputes one;
 //! * [`render`]: plain text and HTML (with a print stylesheet);
 //! * [`delivery`]: e-mail through SMTP (lettre) or printable documents for post, each
@@ -26,6 +28,7 @@
 pub mod cli;
 pub mod delivery;
 pub mod payment;
+pub mod pg;
 pub mod render;
 pub mod run;
 pub mod store;
@@ -34,7 +37,8 @@ pub mod usage;
 pub use cli::{BillingArgs, BillingCommand, execute};
 pub use delivery::{DeliveryReport, SmtpConfig, SmtpSecurity, deliver_pending};
 pub use payment::{PaymentProvider, collect_card_payments, record_manual_payment};
+pub use pg::PgBillingStore;
 pub use render::{Issuer, render_html, render_text};
 pub use run::{Audit, RunReport, audit, run_period};
-pub use store::{BillingStore, SqliteBillingStore, Status, StoredInvoice};
+pub use store::{BillingLocation, BillingStore, SqliteBillingStore, Status, StoredInvoice};
 pub use usage::usage_from_store;

@@ -1,6 +1,7 @@
 //! Where billing keeps its state: the [`BillingStore`] trait and its SQLite
 //! implementation in tables named `billing_*`, so that it can share one database file
-//! with the log store.
+//! with the log store (the PostgreSQL implementation, with the same tables and
+//! guarantees, is [`super::PgBillingStore`]; [`BillingLocation`] opens either).
 //!
 //! Issued invoices are immutable in the database itself: triggers refuse any change to
 //! an invoice's content once it has left `draft`, and refuse deleting it; only its
@@ -47,7 +48,7 @@ impl DocKind {
             DocKind::CreditNote => "CN",
         }
     }
-    fn parse(s: &str) -> Result<Self> {
+    pub(super) fn parse(s: &str) -> Result<Self> {
         match s {
             "invoice" => Ok(DocKind::Invoice),
             "credit_note" => Ok(DocKind::CreditNote),
@@ -83,7 +84,7 @@ impl Status {
             Status::Credited => "credited",
         }
     }
-    fn parse(s: &str) -> Result<Self> {
+    pub(super) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "draft" => Status::Draft,
             "issued" => Status::Issued,
@@ -156,14 +157,14 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Sent => "sent",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Printable => "printable",
         }
     }
-    fn parse(s: &str) -> Result<Self> {
+    pub(super) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "sent" => DeliveryStatus::Sent,
             "failed" => DeliveryStatus::Failed,
@@ -190,7 +191,8 @@ pub struct DeliveryLog {
     pub at: Timestamp,
 }
 
-/// The state billing needs. One implementation ships: [`SqliteBillingStore`].
+/// The state billing needs. Two implementations ship: [`SqliteBillingStore`] and
+/// [`super::PgBillingStore`], with the same tables and the same guarantees.
 pub trait BillingStore {
     /// Inserts or replaces an account (invoices keep their own snapshot).
     fn put_account(&mut self, account: &Account) -> Result<()>;
@@ -237,6 +239,102 @@ pub trait BillingStore {
     fn log_delivery(&mut self, entry: &DeliveryLog) -> Result<()>;
     /// The delivery log of an invoice, oldest first.
     fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>>;
+}
+
+/// A boxed store is a store (what [`BillingLocation::open`] returns can be passed
+/// wherever a `&mut dyn BillingStore` is wanted).
+impl<T: BillingStore + ?Sized> BillingStore for Box<T> {
+    fn put_account(&mut self, account: &Account) -> Result<()> {
+        (**self).put_account(account)
+    }
+    fn account(&self, id: &str) -> Result<Option<Account>> {
+        (**self).account(id)
+    }
+    fn accounts(&self) -> Result<Vec<Account>> {
+        (**self).accounts()
+    }
+    fn put_plan(&mut self, plan: &udn_billing::Plan) -> Result<()> {
+        (**self).put_plan(plan)
+    }
+    fn plans(&self) -> Result<PlanBook> {
+        (**self).plans()
+    }
+    fn record_usage(&mut self, batch: &UsageBatch) -> Result<Applied> {
+        (**self).record_usage(batch)
+    }
+    fn usage_totals(
+        &self,
+        account: &str,
+        from: Timestamp,
+        to: Timestamp,
+        with_samples: bool,
+    ) -> Result<UsageTotals> {
+        (**self).usage_totals(account, from, to, with_samples)
+    }
+    fn live_invoice(&self, account: &str, period: &Period) -> Result<Option<StoredInvoice>> {
+        (**self).live_invoice(account, period)
+    }
+    fn put_draft(&mut self, invoice: &Invoice, inputs: &InvoiceInputs) -> Result<i64> {
+        (**self).put_draft(invoice, inputs)
+    }
+    fn issue(&mut self, id: i64, now: Timestamp, due: Timestamp) -> Result<String> {
+        (**self).issue(id, now, due)
+    }
+    fn invoice(&self, number: &str) -> Result<Option<StoredInvoice>> {
+        (**self).invoice(number)
+    }
+    fn issued(&self) -> Result<Vec<StoredInvoice>> {
+        (**self).issued()
+    }
+    fn void(&mut self, number: &str, now: Timestamp) -> Result<()> {
+        (**self).void(number, now)
+    }
+    fn credit(&mut self, number: &str, now: Timestamp) -> Result<String> {
+        (**self).credit(number, now)
+    }
+    fn record_payment(&mut self, payment: &Payment) -> Result<Status> {
+        (**self).record_payment(payment)
+    }
+    fn payments(&self, number: &str) -> Result<Vec<Payment>> {
+        (**self).payments(number)
+    }
+    fn log_delivery(&mut self, entry: &DeliveryLog) -> Result<()> {
+        (**self).log_delivery(entry)
+    }
+    fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>> {
+        (**self).deliveries(number)
+    }
+}
+
+/// Where the billing tables live: an SQLite file (shared with the log store) or a
+/// PostgreSQL database (shared with the log store and the control plane's tables).
+#[derive(Clone, PartialEq, Eq)]
+pub enum BillingLocation {
+    /// The SQLite file at this path ([`SqliteBillingStore`]).
+    Sqlite(std::path::PathBuf),
+    /// The PostgreSQL database at this URL ([`super::PgBillingStore`]).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for BillingLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BillingLocation::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            // The URL may carry a password: never print it.
+            BillingLocation::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+impl BillingLocation {
+    /// Opens the store, creating the billing tables if needed. With PostgreSQL this
+    /// blocks on the network: call it from a blocking thread, never from an async task.
+    pub fn open(&self) -> Result<Box<dyn BillingStore + Send>> {
+        Ok(match self {
+            BillingLocation::Sqlite(path) => Box::new(SqliteBillingStore::open(path)?),
+            BillingLocation::Postgres(url) => Box::new(super::PgBillingStore::connect(url)?),
+        })
+    }
 }
 
 /// [`BillingStore`] on SQLite (rusqlite, bundled SQLite).
@@ -338,15 +436,16 @@ CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_d
   BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
 "#;
 
-fn ts(v: Option<i64>) -> Option<Timestamp> {
+pub(super) fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(|v| Timestamp::from_millis(v.max(0) as u64))
 }
 
-fn ms(t: Timestamp) -> Result<i64> {
+pub(super) fn ms(t: Timestamp) -> Result<i64> {
     i64::try_from(t.as_millis()).context("timestamp out of range")
 }
 
-const INVOICE_COLS: &str = "id, kind, number, status, document, inputs, issued_at, due_at, credits";
+pub(super) const INVOICE_COLS: &str =
+    "id, kind, number, status, document, inputs, issued_at, due_at, credits";
 
 fn invoice_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawInvoice> {
     Ok(RawInvoice {
@@ -362,20 +461,22 @@ fn invoice_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawInvoice> {
     })
 }
 
-struct RawInvoice {
-    id: i64,
-    kind: String,
-    number: Option<String>,
-    status: String,
-    document: String,
-    inputs: String,
-    issued_at: Option<i64>,
-    due_at: Option<i64>,
-    credits: Option<String>,
+/// An invoice row as stored ([`INVOICE_COLS`]), before decoding; both stores read
+/// their rows into it.
+pub(super) struct RawInvoice {
+    pub(super) id: i64,
+    pub(super) kind: String,
+    pub(super) number: Option<String>,
+    pub(super) status: String,
+    pub(super) document: String,
+    pub(super) inputs: String,
+    pub(super) issued_at: Option<i64>,
+    pub(super) due_at: Option<i64>,
+    pub(super) credits: Option<String>,
 }
 
 impl RawInvoice {
-    fn decode(self) -> Result<StoredInvoice> {
+    pub(super) fn decode(self) -> Result<StoredInvoice> {
         Ok(StoredInvoice {
             id: self.id,
             kind: DocKind::parse(&self.kind)?,
@@ -388,6 +489,211 @@ impl RawInvoice {
             credits: self.credits,
         })
     }
+}
+
+// ---- What both stores share: everything that is not SQL. ----
+
+/// Whether a plan version must be inserted: `false` when the same version is stored
+/// with the same content (a replay), an error when it is stored with other content.
+pub(super) fn plan_needs_insert(
+    plan: &udn_billing::Plan,
+    doc: &str,
+    stored: Option<&str>,
+) -> Result<bool> {
+    match stored {
+        Some(old) if old == doc => Ok(false),
+        Some(_) => bail!(
+            "plan {} version {} exists with other content: plan versions are immutable, add version {}",
+            plan.id,
+            plan.version,
+            plan.version + 1
+        ),
+        None => Ok(true),
+    }
+}
+
+/// A usage batch whose key is already recorded with fingerprint `seen`: a replay when
+/// the content is the same, a conflict otherwise.
+pub(super) fn replay_or_conflict(batch: &UsageBatch, seen: i64) -> Result<Applied> {
+    if seen == batch_fingerprint(batch) {
+        return Ok(Applied::Replay);
+    }
+    Err(udn_billing::Error::BatchConflict {
+        key: batch.key.clone(),
+    }
+    .into())
+}
+
+/// A batch's fingerprint as stored (the `u64` bits in a signed 64-bit column).
+pub(super) fn batch_fingerprint(batch: &UsageBatch) -> i64 {
+    batch.fingerprint() as i64
+}
+
+/// One usage record's row: its 5-minute bucket and its quantity as stored.
+pub(super) fn usage_row(r: &udn_billing::UsageRecord) -> Result<(i64, i64)> {
+    let q = i64::try_from(r.quantity).context("usage quantity above 2^63")?;
+    Ok(((r.at.as_millis() / BUCKET_MS) as i64, q))
+}
+
+/// Folds the usage rows of one account in `[from, to)` into [`UsageTotals`]: the few
+/// distinct (metric, region) pairs are searched linearly without allocating, and the
+/// bandwidth samples (one per bucket) are kept if asked for.
+pub(super) struct UsageFold {
+    b0: u64,
+    b1: u64,
+    with_samples: bool,
+    totals: UsageTotals,
+    sums: Vec<(Metric, String, u64)>,
+}
+
+impl UsageFold {
+    pub(super) fn new(from: Timestamp, to: Timestamp, with_samples: bool) -> Self {
+        let b0 = from.as_millis().div_ceil(BUCKET_MS);
+        let b1 = to.as_millis().div_ceil(BUCKET_MS);
+        let buckets = b1.saturating_sub(b0) as usize;
+        UsageFold {
+            b0,
+            b1,
+            with_samples,
+            totals: UsageTotals::zero(if with_samples { buckets } else { 0 }),
+            sums: Vec::new(),
+        }
+    }
+
+    /// The bucket range to read, `[first, end)`.
+    pub(super) fn buckets(&self) -> (i64, i64) {
+        (self.b0 as i64, self.b1 as i64)
+    }
+
+    /// Adds one stored row.
+    pub(super) fn add(&mut self, bucket: i64, metric: &str, region: &str, q: i64) -> Result<()> {
+        let metric =
+            Metric::from_name(metric).ok_or_else(|| anyhow!("unknown metric {metric:?}"))?;
+        let q = u64::try_from(q).context("negative usage quantity")?;
+        match self
+            .sums
+            .iter_mut()
+            .find(|(m, reg, _)| *m == metric && reg == region)
+        {
+            Some((_, _, sum)) => *sum = sum.saturating_add(q),
+            None => self.sums.push((metric, region.to_owned(), q)),
+        }
+        if self.with_samples && metric == Metric::BytesDelivered {
+            let i = (bucket as u64).saturating_sub(self.b0) as usize;
+            if let Some(s) = self.totals.bandwidth.get_mut(i) {
+                *s = s.saturating_add(q);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(mut self) -> UsageTotals {
+        self.totals.counters = self.sums.into_iter().map(|(m, r, q)| ((m, r), q)).collect();
+        self.totals
+    }
+}
+
+/// Refuses voiding anything but an issued invoice without payments.
+pub(super) fn check_voidable(inv: &StoredInvoice, number: &str, payments: i64) -> Result<()> {
+    if inv.status != Status::Issued || inv.kind != DocKind::Invoice {
+        bail!(
+            "{number} is {}: only an issued, unpaid invoice can be voided",
+            inv.status.as_str()
+        );
+    }
+    if payments > 0 {
+        bail!("{number} has payments: issue a credit note instead");
+    }
+    Ok(())
+}
+
+/// The credit note cancelling `inv` (numbered `number`): every amount negated.
+pub(super) fn credit_note_for(inv: &StoredInvoice, number: &str) -> Result<Invoice> {
+    if inv.kind != DocKind::Invoice || !matches!(inv.status, Status::Issued | Status::Paid) {
+        bail!(
+            "{number} is {}: only an issued or paid invoice can be credited",
+            inv.status.as_str()
+        );
+    }
+    let mut note = inv.invoice.clone();
+    for l in &mut note.lines {
+        l.amount = -l.amount;
+        l.description = format!("Credit of {number}: {}", l.description);
+    }
+    note.subtotal = -note.subtotal;
+    if let Some(t) = &mut note.tax {
+        t.amount = -t.amount;
+    }
+    note.total = -note.total;
+    Ok(note)
+}
+
+/// Refuses a payment against anything but an issued invoice, or of no amount.
+pub(super) fn check_payable(inv: &StoredInvoice, p: &Payment) -> Result<()> {
+    if inv.kind != DocKind::Invoice || inv.status != Status::Issued {
+        bail!(
+            "{} is {}: payments are recorded against issued invoices",
+            p.invoice,
+            inv.status.as_str()
+        );
+    }
+    if p.amount <= Decimal::ZERO {
+        bail!("a payment amount must be positive");
+    }
+    Ok(())
+}
+
+/// Whether the stored payment amounts (decimal text) cover `total`.
+pub(super) fn paid_in_full(
+    amounts: impl IntoIterator<Item = String>,
+    total: Decimal,
+) -> Result<bool> {
+    let mut paid = Decimal::ZERO;
+    for a in amounts {
+        paid += Decimal::from_str(&a).context("stored payment amount")?;
+    }
+    Ok(paid >= total)
+}
+
+/// A payment row (`amount, method, reference, at`) of invoice `number`.
+pub(super) fn payment_row(
+    number: &str,
+    amount: &str,
+    method: String,
+    reference: String,
+    at: i64,
+) -> Result<Payment> {
+    Ok(Payment {
+        invoice: number.to_owned(),
+        amount: Decimal::from_str(amount).context("stored payment amount")?,
+        method,
+        reference,
+        at: Timestamp::from_millis(at.max(0) as u64),
+    })
+}
+
+/// A delivery-log row (`channel, recipient, status, detail, at`) of invoice `number`.
+pub(super) fn delivery_row(
+    number: &str,
+    channel: String,
+    recipient: String,
+    status: &str,
+    detail: String,
+    at: i64,
+) -> Result<DeliveryLog> {
+    Ok(DeliveryLog {
+        invoice: number.to_owned(),
+        channel,
+        recipient,
+        status: DeliveryStatus::parse(status)?,
+        detail,
+        at: Timestamp::from_millis(at.max(0) as u64),
+    })
+}
+
+/// The document number for counter value `n` of `kind`'s series: `INV-000042`.
+pub(super) fn format_number(kind: DocKind, n: i64) -> String {
+    format!("{}-{n:06}", kind.series())
 }
 
 impl SqliteBillingStore {
@@ -479,22 +785,13 @@ impl BillingStore for SqliteBillingStore {
                 |r| r.get(0),
             )
             .optional()?;
-        match existing {
-            Some(old) if old == doc => Ok(()),
-            Some(_) => bail!(
-                "plan {} version {} exists with other content: plan versions are immutable, add version {}",
-                plan.id,
-                plan.version,
-                plan.version + 1
-            ),
-            None => {
-                self.conn.execute(
-                    "INSERT INTO billing_plans (id, version, doc) VALUES (?1, ?2, ?3)",
-                    params![plan.id, plan.version, doc],
-                )?;
-                Ok(())
-            }
+        if plan_needs_insert(plan, &doc, existing.as_deref())? {
+            self.conn.execute(
+                "INSERT INTO billing_plans (id, version, doc) VALUES (?1, ?2, ?3)",
+                params![plan.id, plan.version, doc],
+            )?;
         }
+        Ok(())
     }
 
     fn plans(&self) -> Result<PlanBook> {
@@ -508,7 +805,7 @@ impl BillingStore for SqliteBillingStore {
     }
 
     fn record_usage(&mut self, batch: &UsageBatch) -> Result<Applied> {
-        let fp = batch.fingerprint() as i64;
+        let fp = batch_fingerprint(batch);
         let tx = self.write_tx()?;
         let seen: Option<i64> = tx
             .query_row(
@@ -518,13 +815,7 @@ impl BillingStore for SqliteBillingStore {
             )
             .optional()?;
         if let Some(seen) = seen {
-            if seen == fp {
-                return Ok(Applied::Replay);
-            }
-            return Err(udn_billing::Error::BatchConflict {
-                key: batch.key.clone(),
-            }
-            .into());
+            return replay_or_conflict(batch, seen);
         }
         {
             let mut up = tx.prepare_cached(
@@ -534,8 +825,7 @@ impl BillingStore for SqliteBillingStore {
                  DO UPDATE SET quantity = quantity + excluded.quantity",
             )?;
             for r in &batch.records {
-                let q = i64::try_from(r.quantity).context("usage quantity above 2^63")?;
-                let bucket = (r.at.as_millis() / BUCKET_MS) as i64;
+                let (bucket, q) = usage_row(r)?;
                 up.execute(params![r.account, bucket, r.metric.as_str(), r.region, q])?;
             }
         }
@@ -554,42 +844,24 @@ impl BillingStore for SqliteBillingStore {
         to: Timestamp,
         with_samples: bool,
     ) -> Result<UsageTotals> {
-        let b0 = from.as_millis().div_ceil(BUCKET_MS);
-        let b1 = to.as_millis().div_ceil(BUCKET_MS);
-        let buckets = b1.saturating_sub(b0) as usize;
-        let mut t = UsageTotals::zero(if with_samples { buckets } else { 0 });
+        let mut fold = UsageFold::new(from, to, with_samples);
+        let (b0, b1) = fold.buckets();
         // One range scan of the primary key (account, bucket, metric, region), folded
         // here: faster than two GROUP BY queries, which make SQLite sort.
         let mut st = self.conn.prepare_cached(
             "SELECT bucket, metric, region, quantity FROM billing_usage
              WHERE account = ?1 AND bucket >= ?2 AND bucket < ?3",
         )?;
-        let mut rows = st.query(params![account, b0 as i64, b1 as i64])?;
-        // the few distinct (metric, region) pairs, searched linearly without allocating
-        let mut sums: Vec<(Metric, String, u64)> = Vec::new();
+        let mut rows = st.query(params![account, b0, b1])?;
         while let Some(r) = rows.next()? {
-            let bucket: i64 = r.get(0)?;
-            let metric = r.get_ref(1)?.as_str()?;
-            let metric =
-                Metric::from_name(metric).ok_or_else(|| anyhow!("unknown metric {metric:?}"))?;
-            let region = r.get_ref(2)?.as_str()?;
-            let q = u64::try_from(r.get::<_, i64>(3)?).context("negative usage quantity")?;
-            match sums
-                .iter_mut()
-                .find(|(m, reg, _)| *m == metric && reg == region)
-            {
-                Some((_, _, sum)) => *sum = sum.saturating_add(q),
-                None => sums.push((metric, region.to_owned(), q)),
-            }
-            if with_samples && metric == Metric::BytesDelivered {
-                let i = (bucket as u64).saturating_sub(b0) as usize;
-                if let Some(s) = t.bandwidth.get_mut(i) {
-                    *s = s.saturating_add(q);
-                }
-            }
+            fold.add(
+                r.get(0)?,
+                r.get_ref(1)?.as_str()?,
+                r.get_ref(2)?.as_str()?,
+                r.get(3)?,
+            )?;
         }
-        t.counters = sums.into_iter().map(|(m, r, q)| ((m, r), q)).collect();
-        Ok(t)
+        Ok(fold.finish())
     }
 
     fn live_invoice(&self, account: &str, period: &Period) -> Result<Option<StoredInvoice>> {
@@ -667,20 +939,12 @@ impl BillingStore for SqliteBillingStore {
 
     fn void(&mut self, number: &str, _now: Timestamp) -> Result<()> {
         let inv = self.need(number)?;
-        if inv.status != Status::Issued || inv.kind != DocKind::Invoice {
-            bail!(
-                "{number} is {}: only an issued, unpaid invoice can be voided",
-                inv.status.as_str()
-            );
-        }
         let paid: i64 = self.conn.query_row(
             "SELECT count(*) FROM billing_payments WHERE invoice = ?1",
             [number],
             |r| r.get(0),
         )?;
-        if paid > 0 {
-            bail!("{number} has payments: issue a credit note instead");
-        }
+        check_voidable(&inv, number, paid)?;
         self.conn.execute(
             "UPDATE billing_invoices SET status = 'void' WHERE number = ?1",
             [number],
@@ -690,22 +954,7 @@ impl BillingStore for SqliteBillingStore {
 
     fn credit(&mut self, number: &str, now: Timestamp) -> Result<String> {
         let inv = self.need(number)?;
-        if inv.kind != DocKind::Invoice || !matches!(inv.status, Status::Issued | Status::Paid) {
-            bail!(
-                "{number} is {}: only an issued or paid invoice can be credited",
-                inv.status.as_str()
-            );
-        }
-        let mut note = inv.invoice.clone();
-        for l in &mut note.lines {
-            l.amount = -l.amount;
-            l.description = format!("Credit of {number}: {}", l.description);
-        }
-        note.subtotal = -note.subtotal;
-        if let Some(t) = &mut note.tax {
-            t.amount = -t.amount;
-        }
-        note.total = -note.total;
+        let note = credit_note_for(&inv, number)?;
         let tx = self.write_tx()?;
         let cn = next_number(&tx, DocKind::CreditNote)?;
         tx.execute(
@@ -738,29 +987,18 @@ impl BillingStore for SqliteBillingStore {
 
     fn record_payment(&mut self, p: &Payment) -> Result<Status> {
         let inv = self.need(&p.invoice)?;
-        if inv.kind != DocKind::Invoice || inv.status != Status::Issued {
-            bail!(
-                "{} is {}: payments are recorded against issued invoices",
-                p.invoice,
-                inv.status.as_str()
-            );
-        }
-        if p.amount <= Decimal::ZERO {
-            bail!("a payment amount must be positive");
-        }
+        check_payable(&inv, p)?;
         let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO billing_payments (invoice, amount, method, reference, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![p.invoice, p.amount.to_string(), p.method, p.reference, ms(p.at)?],
         )?;
-        let mut paid = Decimal::ZERO;
-        {
+        let amounts = {
             let mut st = tx.prepare("SELECT amount FROM billing_payments WHERE invoice = ?1")?;
-            for a in st.query_map([&p.invoice], |r| r.get::<_, String>(0))? {
-                paid += Decimal::from_str(&a?).context("stored payment amount")?;
-            }
-        }
-        let status = if paid >= inv.invoice.total {
+            st.query_map([&p.invoice], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let status = if paid_in_full(amounts, inv.invoice.total)? {
             tx.execute(
                 "UPDATE billing_invoices SET status = 'paid' WHERE number = ?1",
                 [&p.invoice],
@@ -787,13 +1025,7 @@ impl BillingStore for SqliteBillingStore {
         })?;
         rows.map(|r| {
             let (amount, method, reference, at) = r?;
-            Ok(Payment {
-                invoice: number.to_owned(),
-                amount: Decimal::from_str(&amount)?,
-                method,
-                reference,
-                at: Timestamp::from_millis(at.max(0) as u64),
-            })
+            payment_row(number, &amount, method, reference, at)
         })
         .collect()
     }
@@ -830,14 +1062,7 @@ impl BillingStore for SqliteBillingStore {
         })?;
         rows.map(|r| {
             let (channel, recipient, status, detail, at) = r?;
-            Ok(DeliveryLog {
-                invoice: number.to_owned(),
-                channel,
-                recipient,
-                status: DeliveryStatus::parse(&status)?,
-                detail,
-                at: Timestamp::from_millis(at.max(0) as u64),
-            })
+            delivery_row(number, channel, recipient, &status, detail, at)
         })
         .collect()
     }
@@ -857,5 +1082,5 @@ fn next_number(tx: &rusqlite::Transaction<'_>, kind: DocKind) -> Result<String> 
         [series],
         |r| r.get(0),
     )?;
-    Ok(format!("{series}-{n:06}"))
+    Ok(format_number(kind, n))
 }

@@ -11,8 +11,17 @@ use udn_core::log::LogRecord;
 
 /// The PostgreSQL store.
 pub struct PgStore {
-    client: Client,
+    /// `None` only while being dropped or after a failed reconnect.
+    client: Option<Client>,
     url: String,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            crate::drop_off_runtime(c);
+        }
+    }
 }
 
 impl PgStore {
@@ -20,26 +29,34 @@ impl PgStore {
     pub fn connect(url: &str) -> Result<PgStore> {
         let client = Client::connect(url, NoTls)?;
         let mut store = PgStore {
-            client,
+            client: Some(client),
             url: url.to_owned(),
         };
         store.migrate()?;
         Ok(store)
     }
 
-    /// Reconnects if the connection was lost (server restart, network, terminated
+    /// The connection, re-opened if it was lost (server restart, network, terminated
     /// backend): the call that noticed the loss failed with 503, the next one works.
-    fn ensure_connected(&mut self) -> Result<()> {
-        if self.client.is_closed() {
+    fn client(&mut self) -> Result<&mut Client> {
+        if let Some(c) = &self.client
+            && c.is_closed()
+        {
             tracing::warn!("postgres connection lost; reconnecting");
-            self.client = Client::connect(&self.url, NoTls)?;
+            if let Some(old) = self.client.take() {
+                crate::drop_off_runtime(old);
+            }
         }
-        Ok(())
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => Client::connect(&self.url, NoTls)?,
+        };
+        Ok(self.client.insert(client))
     }
 
     fn migrate(&mut self) -> Result<()> {
         // Several collectors may start at once: serialize on an advisory lock.
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client()?.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock(7007)", &[])?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations \
@@ -71,10 +88,9 @@ fn ip(a: std::net::IpAddr) -> String {
 
 impl Store for PgStore {
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
-        self.ensure_connected()?;
         let h = &file.header;
         let rows = file.records.len() as i64;
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client()?.transaction()?;
         // The ledger row first: a concurrent insert of the same file blocks here on the
         // primary key until the other transaction ends, then sees it.
         let fresh = tx.execute(
@@ -347,9 +363,8 @@ impl Store for PgStore {
     }
 
     fn prune_raw(&mut self, before: Timestamp) -> Result<u64> {
-        self.ensure_connected()?;
         let t = to_i64(before.as_millis());
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client()?.transaction()?;
         let mut n = 0;
         for table in ["raw_http", "raw_dns", "raw_probe"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < $1"), &[&t])?;
@@ -359,7 +374,6 @@ impl Store for PgStore {
     }
 
     fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
-        self.ensure_connected()?;
         let owned: Vec<Box<dyn ToSql + Sync>> = params
             .iter()
             .map(|p| -> Box<dyn ToSql + Sync> {
@@ -370,7 +384,7 @@ impl Store for PgStore {
             })
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
-        let rows = self.client.query(sql, &refs)?;
+        let rows = self.client()?.query(sql, &refs)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut cells = Vec::with_capacity(row.len());

@@ -1,11 +1,41 @@
-//! Fixtures shared by the billing integration tests: a temporary SQLite store, the
-//! README's plans and accounts, and usage batches.
+//! Fixtures shared by the billing integration tests: a fresh billing database (an SQLite
+//! file, or a PostgreSQL database from `UDN_TEST_POSTGRES`), the README's plans and
+//! accounts, and usage batches. [`on_both_stores!`] runs a test on both stores.
 #![allow(dead_code)]
+
+#[path = "../pg_support/mod.rs"]
+mod pg_support;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use udn_billing::{Account, Metric, Period, Plan, Timestamp, UsageBatch, UsageRecord};
-use udn_bins::billing::{BillingStore, Issuer, SqliteBillingStore};
+use udn_bins::billing::{BillingLocation, BillingStore, Issuer};
+
+/// Runs each named `fn(&Db)` as two tests, `sqlite::NAME` on a fresh SQLite file and
+/// `postgres::NAME` on a fresh PostgreSQL database (skipped loudly without
+/// `UDN_TEST_POSTGRES` outside CI, failing in CI).
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&crate::billing_common::Db::sqlite(stringify!($name)));
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(db) = crate::billing_common::Db::postgres(stringify!($name)) {
+                        super::$name(&db);
+                    }
+                }
+            )*
+        }
+    };
+}
 
 static N: AtomicU32 = AtomicU32::new(0);
 
@@ -122,9 +152,76 @@ pub fn issuer() -> Issuer {
     }
 }
 
-/// A store in a fresh file with the CDN plan.
-pub fn store(dir: &TempDir) -> SqliteBillingStore {
-    let mut s = SqliteBillingStore::open(&dir.0.join("udn.sqlite")).unwrap();
+/// A test's billing database, and a scratch directory for its files.
+pub struct Db {
+    /// Scratch files (and the SQLite database, `udn.sqlite`, for the SQLite store).
+    pub dir: TempDir,
+    /// Where the billing tables are.
+    pub location: BillingLocation,
+}
+
+impl Db {
+    /// A fresh SQLite file.
+    pub fn sqlite(test: &str) -> Db {
+        let dir = TempDir::new(test);
+        let location = BillingLocation::Sqlite(dir.0.join("udn.sqlite"));
+        Db { dir, location }
+    }
+
+    /// A fresh PostgreSQL database, if the test server is configured.
+    pub fn postgres(test: &str) -> Option<Db> {
+        let url = pg_support::fresh_database(&format!("billing_{test}"))?;
+        Some(Db {
+            dir: TempDir::new(test),
+            location: BillingLocation::Postgres(url),
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.location, BillingLocation::Postgres(_))
+    }
+
+    /// A new handle on the store (its own connection).
+    pub fn open(&self) -> Box<dyn BillingStore + Send> {
+        self.location.open().expect("opening the billing store")
+    }
+
+    /// Runs one SQL statement on a connection of its own, bypassing the store: the
+    /// number of rows changed, or the database's error message.
+    pub fn exec(&self, sql: &str) -> Result<u64, String> {
+        match &self.location {
+            BillingLocation::Sqlite(path) => rusqlite::Connection::open(path)
+                .and_then(|c| c.execute(sql, []))
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string()),
+            BillingLocation::Postgres(url) => postgres::Client::connect(url, postgres::NoTls)
+                .and_then(|mut c| c.execute(sql, &[]))
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => e.to_string(),
+                }),
+        }
+    }
+
+    /// The first column of the first row of `sql` (e.g. `INSERT … RETURNING id`).
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        match &self.location {
+            BillingLocation::Sqlite(path) => rusqlite::Connection::open(path)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            BillingLocation::Postgres(url) => postgres::Client::connect(url, postgres::NoTls)
+                .unwrap()
+                .query_one(sql, &[])
+                .unwrap()
+                .get(0),
+        }
+    }
+}
+
+/// A handle on the test's store, with the CDN plan added.
+pub fn store(db: &Db) -> Box<dyn BillingStore + Send> {
+    let mut s = db.open();
     s.put_plan(&cdn_plan()).unwrap();
     s
 }
