@@ -316,3 +316,79 @@ async fn icmp_echo_where_permitted() {
     let o = m.measure("::1".parse().unwrap()).await;
     assert!(matches!(o, Outcome::Unavailable(_)));
 }
+
+/// Runs inside the network namespace `icmp_echo_over_a_datagram_socket_in_a_namespace`
+/// creates (where `ping_group_range` admits everyone), never on its own.
+#[tokio::test]
+#[ignore = "run inside a network namespace by icmp_echo_over_a_datagram_socket_in_a_namespace"]
+async fn icmp_datagram_inside_the_namespace() {
+    use udn_probe::agent::methods::{IcmpAccess, IcmpEcho, icmp_access};
+    use udn_probe::latency::{LatencyMethod, Outcome};
+    assert_eq!(
+        std::env::var("UDN_ICMP_NETNS").as_deref(),
+        Ok("1"),
+        "run by icmp_echo_over_a_datagram_socket_in_a_namespace only"
+    );
+    assert_eq!(icmp_access(), IcmpAccess::Datagram);
+    let m = IcmpEcho {
+        timeout: Duration::from_secs(2),
+    };
+    for _ in 0..3 {
+        let o = m.measure("127.0.0.1".parse().unwrap()).await;
+        match o {
+            Outcome::Rtt(rtt) => assert!(rtt < Duration::from_secs(2), "{rtt:?}"),
+            other => panic!("datagram ICMP echo: {other:?}"),
+        }
+    }
+    // An address nothing answers in this namespace (no route off loopback): no result
+    // within the time limit, not a hang and not a crash.
+    let o = IcmpEcho {
+        timeout: Duration::from_millis(300),
+    }
+    .measure("10.255.255.1".parse().unwrap())
+    .await;
+    assert!(!matches!(o, Outcome::Rtt(_)), "{o:?}");
+}
+
+/// The unprivileged ICMP path (a datagram socket, allowed by `net.ipv4.ping_group_range`)
+/// in a network namespace of our own, where that sysctl can be set without touching the
+/// host: only loopback is up inside. Needs root and `unshare`/`ip` (util-linux,
+/// iproute2); otherwise skipped with the reason.
+#[test]
+fn icmp_echo_over_a_datagram_socket_in_a_namespace() {
+    use std::process::Command;
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = ["unshare", "ip", "sysctl"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !root || !tools {
+        eprintln!(
+            "SKIPPED icmp_echo_over_a_datagram_socket_in_a_namespace: needs root, unshare, ip and sysctl"
+        );
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg(
+            "ip link set lo up && sysctl -qw net.ipv4.ping_group_range='0 2147483647' \
+             && exec \"$0\" --exact icmp_datagram_inside_the_namespace --include-ignored --nocapture",
+        )
+        .arg(&me)
+        .env("UDN_ICMP_NETNS", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the inner test ran: {text}");
+}
