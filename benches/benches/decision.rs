@@ -55,6 +55,8 @@ fn build() -> Engine {
         expect_regex: None,
         interval_secs: 10,
         timeout_ms: 1000,
+        tls_verify: true,
+        tls_ca: None,
     };
     let pops = (0..POPS)
         .map(|p| PopConfig {

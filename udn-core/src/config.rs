@@ -194,8 +194,20 @@ pub struct ServiceConfig {
     /// A test taking longer than this many ms fails.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// HTTPS tests check the server's certificate as a browser would (trusted chain,
+    /// valid now, issued for `host`); `false` accepts any certificate (the handshake is
+    /// still timed).
+    #[serde(default = "default_tls_verify")]
+    pub tls_verify: bool,
+    /// Extra trusted roots for HTTPS tests (PEM certificates, e.g. a private CA), on top
+    /// of the probe host's trust store.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
 }
 
+fn default_tls_verify() -> bool {
+    true
+}
 fn default_path() -> String {
     "/".into()
 }

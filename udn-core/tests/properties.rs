@@ -38,6 +38,8 @@ fn network(
         expect_regex: None,
         interval_secs: 10,
         timeout_ms: 1000,
+        tls_verify: true,
+        tls_ca: None,
     };
     let pops = (0..N_POPS)
         .map(|p| PopConfig {

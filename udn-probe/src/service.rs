@@ -171,6 +171,10 @@ pub struct ServiceSpec {
     pub interval: Duration,
     /// Time limit of a test.
     pub timeout: Duration,
+    /// HTTPS: check the server's certificate (chain, validity, name).
+    pub tls_verify: bool,
+    /// HTTPS: extra trusted roots (PEM).
+    pub tls_ca: Option<String>,
 }
 
 impl ServiceSpec {
@@ -203,6 +207,8 @@ impl ServiceSpec {
             within: cfg.expect_within,
             interval: Duration::from_secs(cfg.interval_secs.max(1)),
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
+            tls_verify: cfg.tls_verify,
+            tls_ca: cfg.tls_ca.clone(),
         })
     }
 

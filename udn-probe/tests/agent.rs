@@ -18,17 +18,48 @@ fn spec(toml_text: &str) -> ServiceSpec {
 
 const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-async fn https_server(body: &'static str) -> SocketAddr {
-    let ck = rcgen::generate_simple_self_signed(vec!["origin.shop.example".into()]).unwrap();
-    let cert = ck.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+/// A private CA and a certificate it issued for `name`, valid until `not_after`.
+struct Pki {
+    ca_pem: String,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn pki(name: &str, expired: bool) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        chain: vec![cert.der().clone(), ca.der().clone()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+/// An HTTPS origin for `origin.shop.example` with a certificate from its own CA;
+/// returns its address and the CA (PEM).
+async fn https_server(body: &'static str) -> (SocketAddr, String) {
+    https_server_with(body, pki("origin.shop.example", false)).await
+}
+
+async fn https_server_with(body: &'static str, pki: Pki) -> (SocketAddr, String) {
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![cert], key)
+    .with_single_cert(pki.chain, pki.key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -60,14 +91,14 @@ async fn https_server(body: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, pki.ca_pem)
 }
 
 #[tokio::test]
 async fn https_service_test_times_tls_separately() {
-    let addr = https_server("status: healthy v42").await;
+    let (addr, ca) = https_server("status: healthy v42").await;
     let s = spec(&format!(
-        "name = \"https\"\nkind = \"https\"\nport = {}\nhost = \"origin.shop.example\"\nexpect_content = \"healthy\"\nexpect_regex = \"v[0-9]+\"\ntimeout_ms = 3000",
+        "name = \"https\"\nkind = \"https\"\nport = {}\nhost = \"origin.shop.example\"\nexpect_content = \"healthy\"\nexpect_regex = \"v[0-9]+\"\ntimeout_ms = 3000\ntls_ca = {ca:?}",
         addr.port()
     ));
     let obs = run_test(&s, LOCAL).await;
@@ -83,7 +114,7 @@ async fn https_service_test_times_tls_separately() {
     assert!(v.ok, "{v:?}");
 
     let wrong = spec(&format!(
-        "name = \"https\"\nkind = \"https\"\nport = {}\nhost = \"origin.shop.example\"\nexpect_content = \"sick\"",
+        "name = \"https\"\nkind = \"https\"\nport = {}\nhost = \"origin.shop.example\"\nexpect_content = \"sick\"\ntls_ca = {ca:?}",
         addr.port()
     ));
     assert_eq!(
@@ -98,6 +129,50 @@ async fn https_service_test_times_tls_separately() {
     ));
     let v = plain.evaluate(&run_test(&plain, LOCAL).await);
     assert!(!v.ok, "{v:?}");
+}
+
+/// An HTTPS service test checks the certificate as a browser would, unless told not to.
+#[tokio::test]
+async fn https_service_test_checks_the_certificate() {
+    let https = |port: u16, extra: &str| {
+        spec(&format!(
+            "name = \"https\"\nkind = \"https\"\nport = {port}\nhost = \"origin.shop.example\"\ntimeout_ms = 3000\n{extra}"
+        ))
+    };
+    let tls_error = |obs: &udn_probe::service::Observation| match &obs.error {
+        Some((FailPhase::Tls, detail)) => detail.clone(),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    };
+    let (addr, ca) = https_server("ok").await;
+    // The private CA is not in the host's trust store: down, and the reason says why.
+    let s = https(addr.port(), "");
+    let obs = run_test(&s, LOCAL).await;
+    let why = tls_error(&obs);
+    assert!(why.contains("UnknownIssuer"), "{why}");
+    assert!(!s.evaluate(&obs).ok);
+    // Trusted through `tls_ca`: up.
+    let s = https(addr.port(), &format!("tls_ca = {ca:?}"));
+    assert!(s.evaluate(&run_test(&s, LOCAL).await).ok);
+    // Not checked at all: up too (the handshake is still made and timed).
+    let s = https(addr.port(), "tls_verify = false");
+    let obs = run_test(&s, LOCAL).await;
+    assert!(s.evaluate(&obs).ok, "{obs:?}");
+    assert!(obs.phases.tls > Duration::ZERO);
+    // A `tls_ca` with no certificate in it is reported, not ignored.
+    let s = https(addr.port(), "tls_ca = \"not a certificate\"");
+    let why = tls_error(&run_test(&s, LOCAL).await);
+    assert!(why.contains("tls_ca"), "{why}");
+
+    // Issued for another name: down even with the CA trusted.
+    let (other, other_ca) = https_server_with("ok", pki("elsewhere.example", false)).await;
+    let s = https(other.port(), &format!("tls_ca = {other_ca:?}"));
+    let why = tls_error(&run_test(&s, LOCAL).await);
+    assert!(why.contains("not valid for name"), "{why}");
+    // Expired: down even with the CA trusted.
+    let (old, old_ca) = https_server_with("ok", pki("origin.shop.example", true)).await;
+    let s = https(old.port(), &format!("tls_ca = {old_ca:?}"));
+    let why = tls_error(&run_test(&s, LOCAL).await);
+    assert!(why.to_lowercase().contains("expired"), "{why}");
 }
 
 #[tokio::test]
@@ -182,7 +257,7 @@ async fn reporter_drops_oldest_when_a_server_stays_down() {
 #[tokio::test]
 async fn https_page_check_reports_tls_separately() {
     use udn_probe::agent::pagecheck::{PageCheckOptions, page_check};
-    let addr = https_server("<html><body>no components</body></html>").await;
+    let (addr, _) = https_server("<html><body>no components</body></html>").await;
     let opts = PageCheckOptions {
         resolve: vec![("origin.shop.example".into(), LOCAL)],
         ..Default::default()

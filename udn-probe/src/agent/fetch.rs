@@ -3,7 +3,9 @@
 //!
 //! reqwest hides these phases, so the fetch is built from `tokio::net::lookup_host`,
 //! `TcpStream::connect`, tokio-rustls and `hyper::client::conn::http1::handshake`.
-//! Certificates are not verified: a probe measures availability and timing, not trust.
+//! Certificates are checked only when the request carries a verifying TLS configuration
+//! ([`FetchRequest::tls`], [`verifying_tls_config`]: HTTPS service tests by default);
+//! page checks accept any certificate and time the handshake.
 
 use crate::pagecheck::PageError;
 use crate::service::Phases;
@@ -228,6 +230,9 @@ pub struct FetchRequest {
     pub keep: usize,
     /// Body bytes read at most.
     pub max_read: u64,
+    /// TLS settings for `https` URLs; `None` accepts any certificate (the handshake
+    /// signatures are still checked).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl FetchRequest {
@@ -242,6 +247,7 @@ impl FetchRequest {
             timeout: Duration::from_secs(10),
             keep: 16 << 20,
             max_read: 64 << 20,
+            tls: None,
         }
     }
 }
@@ -343,7 +349,11 @@ async fn fetch_inner(
         let sni = strip_port(&host_header).to_string();
         let name = rustls::pki_types::ServerName::try_from(sni)
             .map_err(|e| PageError::Tls(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+        let config = match &req.tls {
+            Some(c) => c.clone(),
+            None => tls_config()?,
+        };
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| PageError::Tls(e.to_string()))?;
@@ -469,6 +479,53 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, PageError> {
         })
         .clone()
         .map_err(PageError::Tls)
+}
+
+/// A TLS configuration that checks server certificates as a browser would: a chain to
+/// the host's trust store (`/etc/ssl/certs` via rustls-native-certs) or to one of the
+/// PEM certificates in `extra_roots`, valid now, issued for the name asked. Built once
+/// per distinct `extra_roots` and shared.
+pub fn verifying_tls_config(
+    extra_roots: Option<&str>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    static NATIVE: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    static BUILT: OnceLock<Mutex<HashMap<Option<String>, Arc<rustls::ClientConfig>>>> =
+        OnceLock::new();
+    let built = BUILT.get_or_init(Mutex::default);
+    let key = extra_roots.map(str::to_owned);
+    if let Some(c) = built.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(c.clone());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs) {
+        let _ = roots.add(c.clone());
+    }
+    if let Some(pem) = extra_roots {
+        let mut added = 0;
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let c = c.map_err(|e| format!("tls_ca: {e}"))?;
+            roots.add(c).map_err(|e| format!("tls_ca: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("tls_ca: no PEM certificate in it".into());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    built
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, cfg.clone());
+    Ok(cfg)
 }
 
 /// Accepts any server certificate but checks the handshake signatures.

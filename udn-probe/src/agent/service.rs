@@ -51,6 +51,12 @@ async fn http_test(spec: &ServiceSpec, ip: IpAddr) -> Observation {
     req.keep = spec.within;
     req.max_read = 16 << 20;
     req.connect_to = Some(ip);
+    if spec.kind == ServiceKind::Https && spec.tls_verify {
+        match super::fetch::verifying_tls_config(spec.tls_ca.as_deref()) {
+            Ok(c) => req.tls = Some(c),
+            Err(e) => return failed(FailPhase::Tls, e, Phases::default()),
+        }
+    }
     if let Some(h) = &spec.host {
         let v = if spec.port
             == if spec.kind == ServiceKind::Https {
