@@ -469,7 +469,7 @@ async fn gtm_configuration_forms_change_the_config() {
     let r = post(
         "/gtm/shop2.shop.udn.example/monitor",
         vec![
-            ("kind", "tcp"),
+            ("kind", "https"),
             ("path", "/"),
             ("interval_secs", "15"),
             ("timeout_ms", "900"),
@@ -495,6 +495,10 @@ async fn gtm_configuration_forms_change_the_config() {
         .find(|s| s.name == g.service)
         .unwrap();
     assert_eq!((svc.interval_secs, svc.timeout_ms), (15, 900));
+    // The "check the certificate" box was not ticked: HTTPS accepts any certificate.
+    assert!(!svc.tls_verify);
+    let (_, body) = page(&c, h.https("/gtm")).await;
+    assert!(body.contains("name=\"tls_verify\""), "the form offers it");
     let (_, body) = page(&c, h.https("/gtm")).await;
     assert!(body.contains("shop2.shop.udn.example") && body.contains("127.0.0.52"));
 
@@ -534,6 +538,24 @@ async fn gtm_configuration_forms_change_the_config() {
     ] {
         assert_eq!(post(path, form).await.status(), 403, "{path}");
     }
+    // Ticked, the certificate is checked.
+    let r = post(
+        "/gtm/shop2.shop.udn.example/monitor",
+        vec![("kind", "https"), ("tls_verify", "on")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let cfg = h.state.backend().current_config().unwrap().config;
+    let g = cfg
+        .gtm
+        .iter()
+        .find(|g| g.hostname == "shop2.shop.udn.example")
+        .unwrap();
+    assert!(
+        cfg.services
+            .iter()
+            .any(|s| s.name == g.service && s.tls_verify)
+    );
     let r = post("/gtm/shop2.shop.udn.example/delete", vec![]).await;
     assert_eq!(r.status(), 303);
     let cfg = h.state.backend().current_config().unwrap().config;

@@ -1002,6 +1002,7 @@ async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<St
                         " expect " input type="text" name="expect_content" value=(m.as_ref().and_then(|m| m.expect_content.clone()).unwrap_or_default());
                         " every " input type="number" name="interval_secs" value=(m.as_ref().map(|m| m.interval_secs).unwrap_or(10)) min="1"; " s"
                         " timeout " input type="number" name="timeout_ms" value=(m.as_ref().map(|m| m.timeout_ms).unwrap_or(4000)) min="1"; " ms "
+                        label { input type="checkbox" name="tls_verify" value="on" checked[m.as_ref().is_none_or(|m| m.tls_verify)]; " check the certificate (https) " }
                         button type="submit" { "Save monitoring" }
                     }
                 }
@@ -1156,6 +1157,11 @@ async fn gtm_monitor(
             v.insert(k.into(), serde_json::Value::String(x.to_owned()));
         }
     }
+    // An unticked checkbox is not sent at all.
+    v.insert(
+        "tls_verify".into(),
+        serde_json::Value::Bool(field(&f, "tls_verify").is_some()),
+    );
     let mut bad = None;
     for k in ["interval_secs", "timeout_ms"] {
         if let Some(x) = field(&f, k) {
