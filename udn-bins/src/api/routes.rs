@@ -566,10 +566,7 @@ async fn cdn_update(
         return Err(ApiError::field("hostname", "must match the URL"));
     }
     let out = c.clone();
-    let a2 = a.clone();
-    mutate(&st, &a, move |cfg| {
-        let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
-        a2.require_customer(&cfg.cdn[i].customer)?;
+    with_cdn(&st, &a, host, move |cfg, i| {
         cfg.cdn[i] = c;
         Ok(())
     })
@@ -582,10 +579,7 @@ async fn cdn_delete(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let a2 = a.clone();
-    mutate(&st, &a, move |cfg| {
-        let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
-        a2.require_customer(&cfg.cdn[i].customer)?;
+    with_cdn(&st, &a, host, |cfg, i| {
         cfg.cdn.remove(i);
         Ok(())
     })
@@ -700,9 +694,7 @@ async fn gtm_update(
         return Err(ApiError::field("hostname", "must match the URL"));
     }
     let a2 = a.clone();
-    let (view, _) = mutate(&st, &a, move |cfg| {
-        let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
-        a2.require_customer(&cfg.gtm[i].customer)?;
+    let view = with_gtm(&st, &a, host, move |cfg, i| {
         check_targets(cfg, &a2, &g)?;
         cfg.gtm[i] = g.clone();
         Ok(gtm_view(cfg, &g))
@@ -716,10 +708,7 @@ async fn gtm_delete(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let a2 = a.clone();
-    mutate(&st, &a, move |cfg| {
-        let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
-        a2.require_customer(&cfg.gtm[i].customer)?;
+    with_gtm(&st, &a, host, |cfg, i| {
         cfg.gtm.remove(i);
         Ok(())
     })
@@ -732,10 +721,35 @@ pub(crate) async fn with_gtm<T, F>(st: &ApiState, a: &Auth, host: String, f: F) 
 where
     F: FnOnce(&mut Config, usize) -> ApiResult<T>,
 {
+    with_owned(st, a, host, gtm_index, |cfg, i| &cfg.gtm[i].customer, f).await
+}
+
+/// Runs `f` on CDN hostname `host` after checking the caller owns it.
+async fn with_cdn<T, F>(st: &ApiState, a: &Auth, host: String, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut Config, usize) -> ApiResult<T>,
+{
+    with_owned(st, a, host, cdn_index, |cfg, i| &cfg.cdn[i].customer, f).await
+}
+
+/// Commits `f`'s change to entry `i` of a hostname section (found by `find`), after
+/// checking that the caller may act for its customer (`owner`): 404 when the hostname
+/// is not configured, 403 when it is another customer's.
+async fn with_owned<T, F>(
+    st: &ApiState,
+    a: &Auth,
+    host: String,
+    find: fn(&Config, &str) -> Option<usize>,
+    owner: fn(&Config, usize) -> &String,
+    f: F,
+) -> ApiResult<T>
+where
+    F: FnOnce(&mut Config, usize) -> ApiResult<T>,
+{
     let a2 = a.clone();
     let (out, _) = mutate(st, a, move |cfg| {
-        let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
-        a2.require_customer(&cfg.gtm[i].customer)?;
+        let i = find(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(owner(cfg, i))?;
         f(cfg, i)
     })
     .await?;
