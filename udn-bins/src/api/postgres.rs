@@ -176,17 +176,6 @@ impl std::fmt::Debug for PgBackend {
     }
 }
 
-/// Whether `e` means the connection is gone (closed, or the server shutting the
-/// session down), so a new connection may succeed.
-fn is_lost(e: &postgres::Error) -> bool {
-    e.is_closed()
-        || e.code().is_some_and(|c| {
-            *c == SqlState::ADMIN_SHUTDOWN
-                || *c == SqlState::CRASH_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW
-        })
-}
-
 impl Drop for PgBackend {
     fn drop(&mut self) {
         // `udn control` shutting down drops its backend in async code.
@@ -320,7 +309,7 @@ impl PgBackend {
     fn read(&self, sql: &str, params: Params<'_>) -> BackendResult<Vec<Row>> {
         let mut c = self.db()?;
         match c.query(sql, params) {
-            Err(e) if is_lost(&e) => {
+            Err(e) if crate::store::postgres::connection_lost(&e) => {
                 let e = BackendError::from(e);
                 tracing::warn!("control plane: connection lost ({e}); reconnecting");
                 *c = Conn::open(&self.url)?;

@@ -88,12 +88,12 @@ impl Drop for Billing {
     }
 }
 
-/// Whether `e` says the database connection is gone (closed, or the server shutting it
-/// down: SQLSTATE class 57P), rather than a failed statement.
+/// Whether `e` says the database connection is gone rather than that a statement failed
+/// ([`crate::store::postgres::connection_lost`], or an I/O error).
 fn connection_lost(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<postgres::Error>()
-            .is_some_and(|p| p.is_closed() || p.code().is_some_and(|c| c.code().starts_with("57P")))
+            .is_some_and(crate::store::postgres::connection_lost)
             || c.is::<std::io::Error>()
     })
 }

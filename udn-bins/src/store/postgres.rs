@@ -82,6 +82,13 @@ impl PgStore {
     }
 }
 
+/// Whether `e` says the connection is gone (closed, or the server ending the session:
+/// SQLSTATE class 57P, e.g. a restart or `pg_terminate_backend`) rather than that a
+/// statement failed, so a new connection may succeed. Shared by every PostgreSQL store.
+pub fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P"))
+}
+
 fn ip(a: std::net::IpAddr) -> String {
     a.to_string()
 }
