@@ -145,7 +145,7 @@ fn prefill_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Prefill> {
 
 /// Per-edge status rows of `table` (`cp_purge_status` or `cp_prefill_status`).
 fn edge_status(db: &Connection, table: &str, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-    let mut st = db.prepare(&format!(
+    let mut st = db.prepare_cached(&format!(
         "SELECT edge, applied, attempts, last_error, applied_at FROM {table}
          WHERE seq = ?1 ORDER BY edge"
     ))?;
@@ -298,7 +298,7 @@ impl Backend for SqliteBackend {
 
     fn users(&self) -> BackendResult<Vec<User>> {
         let db = self.db()?;
-        let mut st = db.prepare(
+        let mut st = db.prepare_cached(
             "SELECT id, username, role, customer, password_hash FROM cp_users ORDER BY username",
         )?;
         let rows = st.query_map([], user_row)?;
@@ -336,12 +336,15 @@ impl Backend for SqliteBackend {
     }
 
     fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>> {
+        // Every authenticated request looks its session up: a cached statement.
         let db = self.db()?;
         let row = db
-            .query_row(
+            .prepare_cached(
                 "SELECT u.id, u.username, u.role, u.customer, u.password_hash, s.kind, s.csrf, s.expires_at
                  FROM cp_sessions s JOIN cp_users u ON u.id = s.user_id
                  WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+            )?
+            .query_row(
                 params![token_hash(token), ms(now)],
                 |row| {
                     let (user, _) = user_row(row)?;
@@ -373,19 +376,18 @@ impl Backend for SqliteBackend {
     fn current_config(&self) -> BackendResult<ConfigSnapshot> {
         let db = self.db()?;
         let row = db
-            .query_row(
+            .prepare_cached(
                 "SELECT version, created_at, author, config_json FROM cp_config_versions
                  ORDER BY version DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
-            )
+            )?
+            .query_row([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
             .optional()?;
         match row {
             None => Ok(ConfigSnapshot {
@@ -503,7 +505,7 @@ impl Backend for SqliteBackend {
         let db = self.db()?;
         let (cond, c) = customer_filter(customer);
         let cond = cond.replace("?3", "?1");
-        let mut st = db.prepare(&format!(
+        let mut st = db.prepare_cached(&format!(
             "SELECT {PURGE_COLS} FROM cp_purges WHERE {cond} ORDER BY seq DESC LIMIT ?2"
         ))?;
         let rows = st.query_map(params![c, limit], purge_row)?;
@@ -526,7 +528,7 @@ impl Backend for SqliteBackend {
 
     fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
         let db = self.db()?;
-        let mut st = db.prepare(
+        let mut st = db.prepare_cached(
             "SELECT p.seq, p.customer, p.scope, p.target, p.requested_by, p.requested_at
              FROM cp_purge_status s JOIN cp_purges p ON p.seq = s.seq
              WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
@@ -587,7 +589,7 @@ impl Backend for SqliteBackend {
 
     fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
         let db = self.db()?;
-        let mut st = db.prepare(
+        let mut st = db.prepare_cached(
             "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
              FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
              WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
@@ -599,7 +601,7 @@ impl Backend for SqliteBackend {
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
         let db = self.db()?;
         let (cond, c) = customer_filter(w.customer);
-        let mut st = db.prepare(&format!(
+        let mut st = db.prepare_cached(&format!(
             "SELECT minute, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
              WHERE minute >= ?1 AND minute < ?2 AND {cond} GROUP BY minute ORDER BY minute"
         ))?;
@@ -616,7 +618,7 @@ impl Backend for SqliteBackend {
     fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
         let db = self.db()?;
         let (cond, c) = customer_filter(w.customer);
-        let mut st = db.prepare(&format!(
+        let mut st = db.prepare_cached(&format!(
             "SELECT pop, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
              WHERE minute >= ?1 AND minute < ?2 AND {cond} GROUP BY pop ORDER BY pop"
         ))?;
@@ -633,7 +635,7 @@ impl Backend for SqliteBackend {
     fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>> {
         let db = self.db()?;
         let (cond, c) = customer_filter(w.customer);
-        let mut st = db.prepare(&format!(
+        let mut st = db.prepare_cached(&format!(
             "SELECT minute, hostname, address, SUM(answers) FROM cp_gtm_answers_minute
              WHERE minute >= ?1 AND minute < ?2 AND {cond}
              GROUP BY minute, hostname, address ORDER BY minute, hostname, address"
@@ -652,7 +654,7 @@ impl Backend for SqliteBackend {
     fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>> {
         let db = self.db()?;
         let (cond, c) = customer_filter(w.customer);
-        let mut st = db.prepare(&format!(
+        let mut st = db.prepare_cached(&format!(
             "SELECT pop, address, SUM(answers) FROM cp_gtm_answers_minute
              WHERE minute >= ?1 AND minute < ?2 AND {cond}
              GROUP BY pop, address ORDER BY pop, address"
@@ -671,7 +673,7 @@ impl Backend for SqliteBackend {
         let db = self.db()?;
         let (cond, c) = customer_filter(customer);
         let cond = cond.replace("?3", "?1");
-        let mut st = db.prepare(&format!(
+        let mut st = db.prepare_cached(&format!(
             "SELECT id, number, customer, period_start, period_end, total, currency, issued_at
              FROM cp_invoices WHERE {cond} ORDER BY issued_at DESC, id DESC"
         ))?;
