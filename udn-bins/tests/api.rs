@@ -28,6 +28,7 @@ on_both_stores!(
     traffic_queries_sum_own_rows_only,
     invoices_are_the_customers_own,
     openapi_document_describes_every_route,
+    a_config_committed_elsewhere_is_served_at_once,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -1367,4 +1368,37 @@ async fn openapi_document_describes_every_route(store: Store) {
         );
     }
     assert!(routes > 25, "found {routes} routes");
+}
+
+/// The API keeps the parsed configuration while the stored version stays the same; a
+/// version committed by another control plane sharing the database (here: straight
+/// into the store) is served by the next request.
+async fn a_config_committed_elsewhere_is_served_at_once(store: Store) {
+    let h = Harness::start_on(store, "api-config-cache").await;
+    let shop = h.login("shopuser").await;
+    let hosts = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["hostname"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (st, list) = shop.get("/v1/cdn").await;
+    assert_eq!(st, 200);
+    assert_eq!(hosts(&list), ["cdn.shop.udn.example"]);
+    let snap = h.db.run(|db| db.current_config()).unwrap();
+    let mut cfg = snap.config.clone();
+    let mut extra = cfg.cdn[0].clone();
+    extra.hostname = "static.shop.udn.example".into();
+    cfg.cdn.push(extra);
+    let v =
+        h.db.run(|db| db.commit_config(snap.version, &cfg, "elsewhere", udn_bins::logging::now()))
+            .unwrap();
+    let (_, list) = shop.get("/v1/cdn").await;
+    assert_eq!(
+        hosts(&list),
+        ["cdn.shop.udn.example", "static.shop.udn.example"]
+    );
+    let (_, c) = h.login("admin").await.get("/v1/config").await;
+    assert_eq!(c["version"], v, "{c}");
 }

@@ -374,6 +374,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The newest configuration (version 0, empty, before the first commit).
     fn current_config(&self) -> BackendResult<ConfigSnapshot>;
+
+    /// The newest version number (0 before the first commit), without reading the
+    /// configuration itself: lets callers keep a parsed snapshot until it changes.
+    fn current_version(&self) -> BackendResult<u64> {
+        Ok(self.current_config()?.version)
+    }
     /// One past version.
     fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>>;
     /// Validates `config` with [`Config::compile`] and stores it as version `base + 1`;

@@ -68,6 +68,9 @@ pub(crate) struct Inner {
     pub(crate) purge_seq: watch::Sender<u64>,
     /// Serialises read-modify-write changes of the config.
     pub(crate) config_write: Mutex<()>,
+    /// The last configuration read, parsed: reused while the stored version is the same
+    /// (most requests read the config; parsing it each time was their main cost).
+    pub(crate) config_cache: std::sync::Mutex<Option<backend::ConfigSnapshot>>,
     pub(crate) limiter: std::sync::Mutex<LoginLimiter>,
     pub(crate) http: fanout::HttpClient,
 }
@@ -84,7 +87,7 @@ impl std::fmt::Debug for ApiState {
 impl ApiState {
     /// Builds the state; reads the current config version from the backend.
     pub fn new(backend: Arc<dyn Backend>, opts: ControlOptions) -> Result<ApiState, BackendError> {
-        let version = backend.current_config()?.version;
+        let version = backend.current_version()?;
         let last_purge = backend.purges(None, 1)?.first().map(|p| p.seq).unwrap_or(0);
         Ok(ApiState {
             inner: Arc::new(Inner {
@@ -93,6 +96,7 @@ impl ApiState {
                 config_version: watch::channel(version).0,
                 purge_seq: watch::channel(last_purge).0,
                 config_write: Mutex::new(()),
+                config_cache: std::sync::Mutex::new(None),
                 limiter: std::sync::Mutex::new(LoginLimiter::default()),
                 http: fanout::HttpClient::new(),
             }),

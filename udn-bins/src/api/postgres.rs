@@ -540,6 +540,14 @@ impl Backend for PgBackend {
         }
     }
 
+    fn current_version(&self) -> BackendResult<u64> {
+        let row = self.read_opt(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM cp_config_versions",
+            &[],
+        )?;
+        Ok(row.map_or(0, |r| from_db_int(r.get(0))))
+    }
+
     fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
         let row = self.read_opt(
             "SELECT created_at, author, config_json FROM cp_config_versions WHERE version = $1",

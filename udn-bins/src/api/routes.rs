@@ -256,7 +256,7 @@ async fn create_user(
             return Err(ApiError::field("customer", "required for role customer"));
         }
         (Role::Customer, Some(c)) => {
-            let cfg = st.db(|b| b.current_config()).await?.config;
+            let cfg = current(&st).await?.config;
             if !cfg.customers.iter().any(|x| &x.name == c) {
                 return Err(ApiError::field(
                     "customer",
@@ -287,7 +287,7 @@ where
     F: FnOnce(&mut Config) -> ApiResult<T>,
 {
     let _guard = st.inner.config_write.lock().await;
-    let snap = st.db(|b| b.current_config()).await?;
+    let snap = current(st).await?;
     let mut cfg = snap.config;
     let out = f(&mut cfg)?;
     let author = a.user.username.clone();
@@ -300,8 +300,24 @@ where
     Ok((out, version))
 }
 
+/// The current configuration: the cached parse when the stored version has not moved
+/// (one cheap version query), else read, parsed and cached. Other control planes
+/// sharing the database commit too, so the version is always asked.
 pub(crate) async fn current(st: &ApiState) -> ApiResult<ConfigSnapshot> {
-    st.db(|b| b.current_config()).await
+    let state = st.clone();
+    st.db(move |b| {
+        let cache = &state.inner.config_cache;
+        let version = b.current_version()?;
+        if let Some(snap) = cache.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && snap.version == version
+        {
+            return Ok(snap.clone());
+        }
+        let snap = b.current_config()?;
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap.clone());
+        Ok(snap)
+    })
+    .await
 }
 
 fn same_host(a: &str, b: &str) -> bool {

@@ -405,6 +405,14 @@ impl Backend for SqliteBackend {
         }
     }
 
+    fn current_version(&self) -> BackendResult<u64> {
+        let db = self.db()?;
+        let v: i64 = db
+            .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM cp_config_versions")?
+            .query_row([], |r| r.get(0))?;
+        Ok(from_db_int(v))
+    }
+
     fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
         let db = self.db()?;
         let row = db

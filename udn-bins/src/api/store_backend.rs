@@ -255,6 +255,10 @@ impl Backend for StoreBackend {
         self.control.current_config()
     }
 
+    fn current_version(&self) -> BackendResult<u64> {
+        self.control.current_version()
+    }
+
     fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
         self.control.config_at(version)
     }
