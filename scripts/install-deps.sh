@@ -14,6 +14,9 @@ PKGS=(
   postgresql       # the store's PostgreSQL tests
   chromium         # portal browser tests
   chromium-driver
+  util-linux       # unshare: the ICMP datagram test's own network namespace (probe_latency.rs)
+  iproute2         # ip: brings loopback up inside that namespace
+  procps           # sysctl: opens ping_group_range inside that namespace only
 )
 missing=()
 for p in "${PKGS[@]}"; do
