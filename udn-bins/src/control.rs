@@ -83,6 +83,84 @@ pub enum ControlCommand {
     /// control plane's SQLite file (`<data-dir>/udn.sqlite`); `--postgres` the URL given
     /// to `udn control --postgres`.
     Billing(Box<crate::billing::BillingArgs>),
+    /// Issues an instance certificate for a role (`dns`, `edge`, `probe`, `control`) and
+    /// writes `cert.pem`, `key.pem` and `ca.pem` into `--out` (give that directory to the
+    /// role as `--pki DIR`). Creates the instance CA in `<data-dir>/pki` on first use.
+    Enroll(EnrollArgs),
+    /// Revokes every certificate of an instance (by name or fingerprint); the running
+    /// control plane and, within one configuration interval, every role refuse it.
+    Revoke(RevokeArgs),
+    /// Lists the instance certificates issued, with their revocation state.
+    Instances,
+}
+
+/// `udn control enroll ROLE NAME --out DIR`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnrollArgs {
+    /// The role: control, dns, edge or probe.
+    pub role: crate::pki::InstanceRole,
+    /// The instance's name (its POP, its DNS server name, ...).
+    pub name: String,
+    /// Directory to write the credentials into (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A DNS name or IP address the instance serves its admin listener on; repeatable.
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+}
+
+/// `udn control revoke NAME|FINGERPRINT`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RevokeArgs {
+    /// Instance name or certificate fingerprint.
+    pub what: String,
+    /// Only certificates of this role.
+    #[arg(long)]
+    pub role: Option<crate::pki::InstanceRole>,
+}
+
+/// Runs an instance-identity subcommand against `<data_dir>/pki`; returns what to print.
+pub fn pki_command(data_dir: &std::path::Path, cmd: &ControlCommand) -> anyhow::Result<String> {
+    let ca = crate::pki::Ca::load_or_create(&data_dir.join("pki"))?;
+    match cmd {
+        ControlCommand::Enroll(a) => {
+            let issued = ca.issue(a.role, &a.name, &a.sans, a.days)?;
+            issued.write_to(&a.out)?;
+            Ok(format!(
+                "enrolled {}/{} (fingerprint {}); credentials in {}\n",
+                a.role,
+                a.name,
+                issued.record.fingerprint,
+                a.out.display()
+            ))
+        }
+        ControlCommand::Revoke(a) => {
+            let n = ca.revoke(&a.what, a.role)?;
+            anyhow::ensure!(n > 0, "no live certificate named {:?}", a.what);
+            Ok(format!("revoked {n} certificate(s) of {}\n", a.what))
+        }
+        ControlCommand::Instances => {
+            let mut out = String::new();
+            for r in ca.instances()? {
+                out.push_str(&format!(
+                    "{}/{}\t{}\t{}\n",
+                    r.role,
+                    r.name,
+                    r.fingerprint,
+                    if r.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "live"
+                    }
+                ));
+            }
+            Ok(out)
+        }
+        ControlCommand::Billing(_) => anyhow::bail!("not an instance-identity command"),
+    }
 }
 
 fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
@@ -314,6 +392,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ControlCommand::Billing(b)) = &args.command {
         print!("{}", crate::billing::execute(b, crate::logging::now())?);
+        return Ok(());
+    }
+    if let Some(cmd) = &args.command {
+        print!("{}", pki_command(&args.data_dir, cmd)?);
         return Ok(());
     }
     crate::runtime()?.block_on(async move {

@@ -152,15 +152,7 @@ pub async fn serve_http(
     addr: SocketAddr,
     app: axum::Router,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, svc).await {
-            tracing::error!("control HTTP server: {e}");
-        }
-    });
-    Ok((bound, task))
+    crate::listener::bind_and_serve(addr, app, None, crate::listener::Limits::default()).await
 }
 
 /// The wall clock, in the type the backend takes.

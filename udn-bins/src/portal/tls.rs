@@ -2,9 +2,7 @@
 //! first start and kept next to the database so browsers see the same one after a
 //! restart; and the TLS accept loop (tokio-rustls + hyper-util, rustls `ring`).
 
-use crate::api::OverTls;
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,61 +100,23 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
-/// Serves `app` over HTTPS on `addr` until the returned task is aborted. Every request
-/// carries `ConnectInfo<SocketAddr>` (for login rate limiting) and the marker that makes
-/// session cookies `Secure`.
+/// Serves `app` over HTTPS on `addr` until the returned task is aborted, with the
+/// listener limits of [`crate::listener::Limits`]. Every request carries
+/// `ConnectInfo<SocketAddr>` (for login rate limiting) and the marker that makes session
+/// cookies `Secure`.
 pub async fn serve_https(
     addr: SocketAddr,
     app: axum::Router,
     tls: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let task = tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("portal accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let stream = match tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    acceptor.accept(tcp),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!("TLS handshake with {peer}: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req.extensions_mut().insert(OverTls);
-                    let mut app = app.clone();
-                    async move {
-                        use tower_service::Service as _;
-                        app.call(req.map(axum::body::Body::new)).await
-                    }
-                });
-                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await
-                {
-                    tracing::debug!("portal connection from {peer}: {e}");
-                }
-            });
-        }
-    });
-    Ok((bound, task))
+    crate::listener::bind_and_serve(
+        addr,
+        app,
+        Some(crate::listener::Tls {
+            config: tls,
+            revoked: Default::default(),
+        }),
+        crate::listener::Limits::default(),
+    )
+    .await
 }
