@@ -91,7 +91,7 @@ pub enum ControlCommand {
     /// control plane and, within one configuration interval, every role refuse it.
     Revoke(RevokeArgs),
     /// Lists the instance certificates issued, with their revocation state.
-    Instances,
+    Instances(InstancesArgs),
 }
 
 /// `udn control enroll ROLE NAME --out DIR`.
@@ -110,6 +110,9 @@ pub struct EnrollArgs {
     /// Validity in days.
     #[arg(long, default_value_t = 365)]
     pub days: u32,
+    /// The control plane's data directory (the CA is in its `pki/`).
+    #[arg(long, default_value = "udn-data")]
+    pub data_dir: PathBuf,
 }
 
 /// `udn control revoke NAME|FINGERPRINT`.
@@ -120,10 +123,27 @@ pub struct RevokeArgs {
     /// Only certificates of this role.
     #[arg(long)]
     pub role: Option<crate::pki::InstanceRole>,
+    /// The control plane's data directory (the CA is in its `pki/`).
+    #[arg(long, default_value = "udn-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `udn control instances`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstancesArgs {
+    /// The control plane's data directory (the CA is in its `pki/`).
+    #[arg(long, default_value = "udn-data")]
+    pub data_dir: PathBuf,
 }
 
 /// Runs an instance-identity subcommand against `<data_dir>/pki`; returns what to print.
-pub fn pki_command(data_dir: &std::path::Path, cmd: &ControlCommand) -> anyhow::Result<String> {
+pub fn pki_command(cmd: &ControlCommand) -> anyhow::Result<String> {
+    let data_dir = match cmd {
+        ControlCommand::Enroll(a) => &a.data_dir,
+        ControlCommand::Revoke(a) => &a.data_dir,
+        ControlCommand::Instances(a) => &a.data_dir,
+        ControlCommand::Billing(_) => anyhow::bail!("not an instance-identity command"),
+    };
     let ca = crate::pki::Ca::load_or_create(&data_dir.join("pki"))?;
     match cmd {
         ControlCommand::Enroll(a) => {
@@ -142,7 +162,7 @@ pub fn pki_command(data_dir: &std::path::Path, cmd: &ControlCommand) -> anyhow::
             anyhow::ensure!(n > 0, "no live certificate named {:?}", a.what);
             Ok(format!("revoked {n} certificate(s) of {}\n", a.what))
         }
-        ControlCommand::Instances => {
+        ControlCommand::Instances(_) => {
             let mut out = String::new();
             for r in ca.instances()? {
                 out.push_str(&format!(
@@ -395,7 +415,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(cmd) = &args.command {
-        print!("{}", pki_command(&args.data_dir, cmd)?);
+        print!("{}", pki_command(cmd)?);
         return Ok(());
     }
     crate::runtime()?.block_on(async move {

@@ -541,6 +541,30 @@ impl Ca {
         })
     }
 
+    /// The credentials of `role`/`name` in `dir`: those already there when they name
+    /// that instance and are not revoked, else newly issued ones (valid for a year).
+    /// This is how `udn demo` enrolls its own roles.
+    pub fn enroll_into(
+        &self,
+        role: InstanceRole,
+        name: &str,
+        sans: &[String],
+        dir: &Path,
+    ) -> anyhow::Result<Credentials> {
+        if let Ok(c) = Credentials::load(dir) {
+            let revoked = revoked_in(&self.dir)?;
+            if c.identity().role == role
+                && c.identity().name == name
+                && c.ca_pem() == self.cert_pem
+                && !revoked.contains(&c.identity().fingerprint)
+            {
+                return Ok(c);
+            }
+        }
+        self.issue(role, name, sans, 365)?.write_to(dir)?;
+        Credentials::load(dir)
+    }
+
     fn instances_path(&self) -> PathBuf {
         self.dir.join("instances.json")
     }
