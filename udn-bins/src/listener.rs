@@ -231,3 +231,96 @@ async fn serve_conn<I>(
         tracing::debug!("connection from {addr}: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn start(limits: Limits) -> SocketAddr {
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (addr, _task) = bind_and_serve("127.0.0.1:0".parse().unwrap(), app, None, limits)
+            .await
+            .unwrap();
+        addr
+    }
+
+    /// Reads until EOF (or a 5 s guard); returns what was read and whether EOF came.
+    async fn read_to_close(s: &mut tokio::net::TcpStream) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_header_and_an_idle_connection_are_closed_at_the_header_timeout() {
+        let addr = start(Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        // Slowloris: half a request line, then nothing.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let (_, closed) = read_to_close(&mut slow).await;
+        assert!(closed, "a connection sending half a header must be closed");
+        // Idle after a complete request on keep-alive.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, closed) = read_to_close(&mut idle).await;
+        assert!(String::from_utf8_lossy(&got).contains("200 OK"));
+        assert!(closed, "an idle keep-alive connection must be closed");
+    }
+
+    #[tokio::test]
+    async fn connections_per_client_are_capped_and_an_oversized_header_is_refused() {
+        let addr = start(Limits {
+            max_per_client: 3,
+            ..Limits::default()
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (got, closed) = read_to_close(&mut fourth).await;
+        assert!(
+            closed && got.is_empty(),
+            "the fourth connection must be closed unserved"
+        );
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A freed slot serves again; a 40 KiB header is refused.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(40 * 1024)
+        );
+        let _ = s.write_all(big.as_bytes()).await;
+        let (got, _) = read_to_close(&mut s).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            !text.contains("200 OK"),
+            "an oversized header must not be served: {text}"
+        );
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, _) = read_to_close(&mut ok).await;
+        assert!(String::from_utf8_lossy(&got).contains("200 OK"));
+    }
+}
