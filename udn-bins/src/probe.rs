@@ -487,7 +487,12 @@ fn spawn_service_loops(
         // the target policy allows. POP servers are the operator's own.
         let customer = net
             .server_id(&server)
-            .map(|id| matches!(net.servers[id.index()].site, udn_core::network::Site::Origin(_)))
+            .map(|id| {
+                matches!(
+                    net.servers[id.index()].site,
+                    udn_core::network::Site::Origin(_)
+                )
+            })
             .unwrap_or(true);
         set.spawn(service_loop(
             sh.clone(),

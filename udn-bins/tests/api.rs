@@ -1428,7 +1428,10 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
     for (url, range) in [
         (format!("http://127.0.0.1:{port}/"), "loopback"),
         (format!("http://[::ffff:127.0.0.1]:{port}/"), "loopback"),
-        ("http://169.254.169.254/latest/meta-data/".into(), "cloud-metadata"),
+        (
+            "http://169.254.169.254/latest/meta-data/".into(),
+            "cloud-metadata",
+        ),
         ("https://10.0.0.1/".into(), "private"),
     ] {
         let (st, b) = shop
@@ -1450,7 +1453,11 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
             json!({"hostname": "evil.shop.udn.example", "origins": ["127.0.0.1"]}),
         )
         .await;
-    assert_eq!((st, fields(&b)), (422, vec!["origins[0]".to_string()]), "{b}");
+    assert_eq!(
+        (st, fields(&b)),
+        (422, vec!["origins[0]".to_string()]),
+        "{b}"
+    );
     let (st, b) = shop
         .send(
             "POST",
@@ -1466,13 +1473,23 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
             json!({"standby": ["127.0.0.29", "::1"]}),
         )
         .await;
-    assert_eq!((st, fields(&b)), (422, vec!["standby[1]".to_string()]), "{b}");
+    assert_eq!(
+        (st, fields(&b)),
+        (422, vec!["standby[1]".to_string()]),
+        "{b}"
+    );
     // The same rule holds for a whole configuration, with the config's field path.
     let mut bad = cfg.clone();
     bad.origins[0].servers[0].addresses = vec!["127.0.0.1".parse().unwrap()];
-    let (st, b) = admin.send("PUT", "/v1/config", json!({"config": bad})).await;
+    let (st, b) = admin
+        .send("PUT", "/v1/config", json!({"config": bad}))
+        .await;
     assert_eq!(st, 422, "{b}");
-    assert_eq!(fields(&b), vec!["origins[0].servers[0].addresses[0]"], "{b}");
+    assert_eq!(
+        fields(&b),
+        vec!["origins[0].servers[0].addresses[0]"],
+        "{b}"
+    );
     assert_eq!(h.db.run(|db| db.current_config()).unwrap().version, v0);
     assert!(
         matches!(secret.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -1499,7 +1516,11 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
                    "allow_hosts": ["bad host!"]}),
         )
         .await;
-    assert_eq!((st, fields(&b)), (422, vec!["allow_hosts[0]".to_string()]), "{b}");
+    assert_eq!(
+        (st, fields(&b)),
+        (422, vec!["allow_hosts[0]".to_string()]),
+        "{b}"
+    );
     let (st, b) = shop
         .send(
             "POST",
@@ -1510,5 +1531,8 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
         .await;
     assert_eq!(st, 200, "{b}");
     let calls = h.probe_fra.calls("/v1/pagecheck");
-    assert_eq!(calls.last().unwrap().body["allow_hosts"], json!(["static.example"]));
+    assert_eq!(
+        calls.last().unwrap().body["allow_hosts"],
+        json!(["static.example"])
+    );
 }

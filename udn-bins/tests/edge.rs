@@ -1072,7 +1072,12 @@ origin_urls = ["http://localhost:{port}"]
     let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
     for path in ["/secret/a", "/nostore/b"] {
         let r = curl(&edge.url(path), &["Host: cdn.test.example"]);
-        assert_eq!(r.status, 502, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            502,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.headers["x-udn-origin-refused"], "loopback");
         assert!(!String::from_utf8_lossy(&r.body).contains("content of"));
         assert_eq!(st.count(path), 0, "{path} reached the origin");

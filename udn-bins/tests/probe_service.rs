@@ -473,7 +473,11 @@ allow_target_ranges = ["127.0.0.0/8"]"#;
     let probe = Udn::probe(&["--config", path.to_str().unwrap(), "--pop", "fra"]);
     let pc = page_check(probe.http, &secret);
     let row = &pc["reports"][0]["rows"][0];
-    assert_eq!((row["err"].clone(), row["hrc"].clone()), (0.into(), 200.into()), "{pc}");
+    assert_eq!(
+        (row["err"].clone(), row["hrc"].clone()),
+        (0.into(), 200.into()),
+        "{pc}"
+    );
     assert_eq!(row["len"], 10, "the secret's length: {pc}");
 
     // Components: only the page's host unless listed.

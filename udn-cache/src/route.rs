@@ -28,8 +28,8 @@
 use crate::error::{Error, RouteError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use udn_core::netpolicy::TargetPolicy;
 use std::time::Duration;
+use udn_core::netpolicy::TargetPolicy;
 
 /// One origin domain the edge may fetch from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -291,8 +291,14 @@ mod tests {
     #[test]
     fn url_ip_finds_literals_only() {
         assert_eq!(url_ip("http://127.0.0.1:8080/x"), Some(ip("127.0.0.1")));
-        assert_eq!(url_ip("https://[::ffff:10.0.0.1]:443"), Some(ip("::ffff:10.0.0.1")));
-        assert_eq!(url_ip("http://u:p@169.254.169.254/"), Some(ip("169.254.169.254")));
+        assert_eq!(
+            url_ip("https://[::ffff:10.0.0.1]:443"),
+            Some(ip("::ffff:10.0.0.1"))
+        );
+        assert_eq!(
+            url_ip("http://u:p@169.254.169.254/"),
+            Some(ip("169.254.169.254"))
+        );
         assert_eq!(url_ip("http://origin.example:81"), None);
         assert_eq!(url_ip("ftp://127.0.0.1/"), None);
     }
