@@ -134,6 +134,10 @@ fn build() -> Engine {
         }],
         gtm,
         static_mappings,
+        // The generated origins use private addresses.
+        security: udn_core::config::SecurityConfig {
+            allow_target_ranges: vec!["10.0.0.0/8".parse().unwrap()],
+        },
         ..Default::default()
     };
     let net = Arc::new(cfg.compile().expect("bench network compiles"));

@@ -337,6 +337,8 @@ struct MethodLabels {
 
 struct Shared {
     opts: ProbeOptions,
+    /// The network in force (replaced on reload).
+    network: Mutex<Arc<Network>>,
     reporter: Reporter,
     policy: Mutex<Escalation>,
     services: Mutex<BTreeMap<(String, String), ServiceStatus>>,
@@ -407,6 +409,7 @@ impl ProbeHandle {
             lock(&self.shared.services).retain(|k, _| keep.contains(k));
         }
         spawn_service_loops(&mut self.service_tasks, &self.shared, &net, targets);
+        *lock(&self.shared.network) = net;
         tracing::info!(tests = n, "probe configuration reloaded");
         Ok(n)
     }
@@ -478,14 +481,26 @@ fn spawn_service_loops(
     targets: Vec<(String, Vec<IpAddr>, ServiceSpec)>,
 ) {
     let (up_after, down_after) = (net.health.up_after, net.health.down_after);
+    let policy = Arc::new(net.target_policy.clone());
     for (server, addrs, spec) in targets {
+        // Origin-site servers are the customer's: they are tested only at addresses
+        // the target policy allows. POP servers are the operator's own.
+        let customer = net
+            .server_id(&server)
+            .map(|id| {
+                matches!(
+                    net.servers[id.index()].site,
+                    udn_core::network::Site::Origin(_)
+                )
+            })
+            .unwrap_or(true);
         set.spawn(service_loop(
             sh.clone(),
             server,
             addrs,
             spec,
-            up_after,
-            down_after,
+            (up_after, down_after),
+            customer.then(|| policy.clone()),
         ));
     }
 }
@@ -510,6 +525,7 @@ pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
         samples.clone(),
     );
     let shared = Arc::new(Shared {
+        network: Mutex::new(opts.network.clone()),
         opts: opts.clone(),
         reporter: reporter.clone(),
         policy: Mutex::new(Escalation::new(infos)),
@@ -573,8 +589,8 @@ async fn service_loop(
     server: String,
     addrs: Vec<IpAddr>,
     spec: ServiceSpec,
-    up_after: u32,
-    down_after: u32,
+    (up_after, down_after): (u32, u32),
+    policy: Option<Arc<udn_core::netpolicy::TargetPolicy>>,
 ) {
     let mut hyst = Hysteresis::new(up_after, down_after);
     let mut tick = tokio::time::interval(spec.interval);
@@ -587,7 +603,16 @@ async fn service_loop(
         let mut reason = String::from("ok");
         let mut detail = String::new();
         for &ip in &addrs {
-            let obs = run_test(&spec, ip).await;
+            let obs = match policy.as_ref().map(|p| p.check(ip)) {
+                Some(Err(range)) => udn_probe::service::Observation {
+                    error: Some((
+                        udn_probe::service::FailPhase::Connect,
+                        format!("refused: {ip} is a {range} address (not a permitted target)"),
+                    )),
+                    ..Default::default()
+                },
+                _ => run_test(&spec, ip).await,
+            };
             let v = spec.evaluate(&obs);
             response_ms = response_ms.max(v.response_ms);
             if !v.ok && ok {
@@ -946,6 +971,10 @@ pub struct PageCheckRequest {
     /// Run twice (the second pass with warm DNS).
     #[serde(default)]
     pub repeat: bool,
+    /// Hosts components may be fetched from besides the page's host and its owner's
+    /// hostnames and origin domains.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Answer of `POST /v1/pagecheck` and of `udn probe check --json`.
@@ -961,9 +990,19 @@ async fn pagecheck_handler(
     State(sh): State<Arc<Shared>>,
     axum::Json(req): axum::Json<PageCheckRequest>,
 ) -> axum::Json<PageCheckAnswer> {
+    let net = lock(&sh.network).clone();
+    let mut hosts = req.allow_hosts.clone();
+    if let Some(owner) = udn_probe::url::HttpUrl::parse(&req.url)
+        .ok()
+        .and_then(|u| owner_of(&net, &u.host))
+    {
+        hosts.extend(customer_hostnames(&net, &owner));
+    }
     let opts = PageCheckOptions {
         resolve: sh.opts.pagecheck_resolve.clone(),
         dns: sh.opts.pagecheck_dns.clone(),
+        policy: Some(Arc::new(net.target_policy.clone())),
+        component_hosts: Some(hosts),
         ..PageCheckOptions::default()
     };
     let reports = page_check(&req.url, req.repeat, &opts).await;
@@ -984,6 +1023,43 @@ async fn pagecheck_handler(
         pop: Some(sh.opts.pop.clone()),
         reports,
     })
+}
+
+/// The customer owning `host`: a GTM or CDN hostname or a CDN origin domain.
+fn owner_of(net: &Network, host: &str) -> Option<String> {
+    let host = udn_core::config::canonical_hostname(host);
+    let cfg = &net.config;
+    cfg.gtm
+        .iter()
+        .find(|g| udn_core::config::canonical_hostname(&g.hostname) == host)
+        .map(|g| g.customer.clone())
+        .or_else(|| {
+            cfg.cdn
+                .iter()
+                .find(|c| {
+                    udn_core::config::canonical_hostname(&c.hostname) == host
+                        || c.origins
+                            .iter()
+                            .any(|o| udn_core::config::canonical_hostname(o) == host)
+                })
+                .map(|c| c.customer.clone())
+        })
+}
+
+/// Every GTM and CDN hostname and CDN origin domain of `customer`.
+fn customer_hostnames(net: &Network, customer: &str) -> Vec<String> {
+    let cfg = &net.config;
+    let gtm = cfg
+        .gtm
+        .iter()
+        .filter(|g| g.customer == customer)
+        .map(|g| g.hostname.clone());
+    let cdn = cfg
+        .cdn
+        .iter()
+        .filter(|c| c.customer == customer)
+        .flat_map(|c| std::iter::once(c.hostname.clone()).chain(c.origins.iter().cloned()));
+    gtm.chain(cdn).collect()
 }
 
 /// Reads, parses and compiles a network config file.

@@ -29,6 +29,7 @@ on_both_stores!(
     invoices_are_the_customers_own,
     openapi_document_describes_every_route,
     a_config_committed_elsewhere_is_served_at_once,
+    customer_destinations_in_the_providers_network_are_refused,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -1114,7 +1115,7 @@ async fn page_check_runs_on_the_chosen_probes(store: Store) {
     assert_eq!(calls.len(), 1);
     assert_eq!(
         calls[0].body,
-        json!({"url": "http://cdn.shop.udn.example/", "repeat": true})
+        json!({"url": "http://cdn.shop.udn.example/", "repeat": true, "allow_hosts": []})
     );
     assert!(
         h.probe_nyc.calls("/v1/pagecheck").is_empty(),
@@ -1158,7 +1159,7 @@ async fn page_check_runs_on_the_chosen_probes(store: Store) {
     );
     assert_eq!(
         h.probe_nyc.calls("/v1/pagecheck")[0].body,
-        json!({"url": "http://cdn.shop.udn.example/", "repeat": false})
+        json!({"url": "http://cdn.shop.udn.example/", "repeat": false, "allow_hosts": []})
     );
 
     let (st, e) = shop
@@ -1401,4 +1402,137 @@ async fn a_config_committed_elsewhere_is_served_at_once(store: Store) {
     );
     let (_, c) = h.login("admin").await.get("/v1/config").await;
     assert_eq!(c["version"], v, "{c}");
+}
+
+/// From the attacker's side: a customer names destinations inside the provider's
+/// network (a real server with a secret listens on 127.0.0.1) and every one is refused
+/// with 422 naming the field; the configuration does not change and nothing connects
+/// to the server. The operator's allow list here covers only the sample's origins
+/// (127.0.0.16/28), and an origin there is accepted, so the refusal is the policy's.
+async fn customer_destinations_in_the_providers_network_are_refused(store: Store) {
+    let h = Harness::start_on(store, "api-ssrf").await;
+    let shop = h.login("shopuser").await;
+    let admin = h.login("admin").await;
+    let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    secret.set_nonblocking(true).unwrap();
+    let port = secret.local_addr().unwrap().port();
+
+    let mut cfg = h.db.run(|db| db.current_config()).unwrap().config;
+    cfg.security.allow_target_ranges = vec!["127.0.0.16/28".parse().unwrap()];
+    let (st, b) = admin
+        .send("PUT", "/v1/config", json!({"config": cfg.clone()}))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let v0 = h.db.run(|db| db.current_config()).unwrap().version;
+
+    for (url, range) in [
+        (format!("http://127.0.0.1:{port}/"), "loopback"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/"), "loopback"),
+        (
+            "http://169.254.169.254/latest/meta-data/".into(),
+            "cloud-metadata",
+        ),
+        ("https://10.0.0.1/".into(), "private"),
+    ] {
+        let (st, b) = shop
+            .send(
+                "POST",
+                "/v1/cdn",
+                json!({"hostname": "evil.shop.udn.example", "origins": ["www.evil.example"],
+                       "origin_urls": [url]}),
+            )
+            .await;
+        assert_eq!(st, 422, "{url}: {b}");
+        assert_eq!(fields(&b), vec!["origin_urls[0]"], "{b}");
+        assert!(b["error"].as_str().unwrap().contains(range), "{b}");
+    }
+    let (st, b) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "evil.shop.udn.example", "origins": ["127.0.0.1"]}),
+        )
+        .await;
+    assert_eq!(
+        (st, fields(&b)),
+        (422, vec!["origins[0]".to_string()]),
+        "{b}"
+    );
+    let (st, b) = shop
+        .send(
+            "POST",
+            "/v1/gtm/www.shop.udn.example/addresses",
+            json!({"address": "100.64.0.1"}),
+        )
+        .await;
+    assert_eq!((st, fields(&b)), (422, vec!["address".to_string()]), "{b}");
+    let (st, b) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/www.shop.udn.example/standby",
+            json!({"standby": ["127.0.0.29", "::1"]}),
+        )
+        .await;
+    assert_eq!(
+        (st, fields(&b)),
+        (422, vec!["standby[1]".to_string()]),
+        "{b}"
+    );
+    // The same rule holds for a whole configuration, with the config's field path.
+    let mut bad = cfg.clone();
+    bad.origins[0].servers[0].addresses = vec!["127.0.0.1".parse().unwrap()];
+    let (st, b) = admin
+        .send("PUT", "/v1/config", json!({"config": bad}))
+        .await;
+    assert_eq!(st, 422, "{b}");
+    assert_eq!(
+        fields(&b),
+        vec!["origins[0].servers[0].addresses[0]"],
+        "{b}"
+    );
+    assert_eq!(h.db.run(|db| db.current_config()).unwrap().version, v0);
+    assert!(
+        matches!(secret.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing connected to the provider's server"
+    );
+
+    // Inside the operator's allow list: accepted.
+    let (st, b) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "ok.shop.udn.example", "origins": ["www.ok.example"],
+                   "origin_urls": ["http://127.0.0.21:8080"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+
+    // Page checks: extra component hosts must be hostnames, and reach the probe.
+    let (st, b) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://www.shop.udn.example/", "locations": ["fra"],
+                   "allow_hosts": ["bad host!"]}),
+        )
+        .await;
+    assert_eq!(
+        (st, fields(&b)),
+        (422, vec!["allow_hosts[0]".to_string()]),
+        "{b}"
+    );
+    let (st, b) = shop
+        .send(
+            "POST",
+            "/v1/pagecheck",
+            json!({"url": "http://www.shop.udn.example/", "locations": ["fra"],
+                   "allow_hosts": ["static.example"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let calls = h.probe_fra.calls("/v1/pagecheck");
+    assert_eq!(
+        calls.last().unwrap().body["allow_hosts"],
+        json!(["static.example"])
+    );
 }

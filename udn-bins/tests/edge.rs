@@ -381,6 +381,10 @@ fn network_toml(dir: &Path, origin: SocketAddr, check: u64) -> PathBuf {
         &p,
         format!(
             r#"
+# The test origins run on loopback, which customer destinations may not reach by
+# default.
+[security]
+allow_target_ranges = ["127.0.0.0/8"]
 [[services]]
 name = "http"
 [[customers]]
@@ -1026,6 +1030,66 @@ fn large_object_streams_with_flat_memory() {
     assert_eq!(st.count("/big"), 1);
     drop(edge);
     let _ = std::fs::remove_dir_all(&disk);
+}
+
+/// A customer origin named by a hostname that resolves into the provider's own network
+/// (`localhost`: loopback, where a real server listens) passes the accept-time check,
+/// which sees only a name; the edge resolves it at fetch time, refuses every address,
+/// never connects, and answers 502 with the reason. The same network with the operator
+/// allow list is fetched, so the refusal is the policy's doing.
+#[test]
+fn origin_resolving_to_loopback_is_refused_at_fetch_time() {
+    let (origin, st) = start_origin();
+    let dir = tempdir("ssrf");
+    let write = |allow: &str| {
+        let p = dir.join("network.toml");
+        std::fs::write(
+            &p,
+            format!(
+                r#"
+{allow}
+[[services]]
+name = "http"
+[[customers]]
+name = "test"
+[[pops]]
+name = "fra"
+location = {{ lat = 50.0, lon = 8.0 }}
+servers = [{{ name = "fra-edge-1", addresses = ["127.0.0.1"] }}]
+[[cdn]]
+hostname = "cdn.test.example"
+customer = "test"
+origins = ["www.test.example"]
+origin_urls = ["http://localhost:{port}"]
+"#,
+                port = origin.port()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let cfg = write("");
+    let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
+    for path in ["/secret/a", "/nostore/b"] {
+        let r = curl(&edge.url(path), &["Host: cdn.test.example"]);
+        assert_eq!(
+            r.status,
+            502,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.headers["x-udn-origin-refused"], "loopback");
+        assert!(!String::from_utf8_lossy(&r.body).contains("content of"));
+        assert_eq!(st.count(path), 0, "{path} reached the origin");
+    }
+    drop(edge);
+    let cfg = write("[security]\nallow_target_ranges = [\"127.0.0.0/8\", \"::1/128\"]");
+    let edge = EdgeProc::start(&["--config", cfg.to_str().unwrap(), "--pop", "fra"]);
+    let r = curl(&edge.url("/secret/a"), &["Host: cdn.test.example"]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"content of /secret/a");
+    assert_eq!(st.count("/secret/a"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

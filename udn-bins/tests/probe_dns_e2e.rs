@@ -136,6 +136,11 @@ admin = "hostmaster.udn.example"
 fn failover_config(port: u16) -> String {
     format!(
         r#"
+# The test origins run on loopback, which customer destinations may not reach by
+# default.
+[security]
+allow_target_ranges = ["127.0.0.0/8"]
+
 [health]
 up_after = 2
 down_after = 3

@@ -17,6 +17,11 @@ use udn_core::{Config, Engine, Family, Health, Metric, Query, Timestamp};
 fn config(port: u16) -> String {
     format!(
         r#"
+# The test origins run on loopback, which customer destinations may not reach by
+# default.
+[security]
+allow_target_ranges = ["127.0.0.0/8"]
+
 [health]
 up_after = 2
 down_after = 3
@@ -396,5 +401,108 @@ fn sighup_reloads_the_service_tests() {
             .then_some(())
     })
     .expect("passing after the reload");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A network whose only customer destinations are names (a CDN hostname over POP
+/// servers, which are the operator's own), with `allow` as its `[security]` section.
+fn names_only_config(allow: &str) -> String {
+    format!(
+        r#"
+{allow}
+[[services]]
+name = "http"
+path = "/health"
+interval_secs = 5
+[[pops]]
+name = "fra"
+location = {{ lat = 50.11, lon = 8.68 }}
+servers = [{{ name = "fra-edge-1", addresses = ["127.0.0.41"] }}]
+[[customers]]
+name = "shop"
+[[cdn]]
+hostname = "cdn.shop.udn.example"
+customer = "shop"
+origins = ["www.shop.udn.example"]
+"#
+    )
+}
+
+fn page_check(probe: std::net::SocketAddr, body: &str) -> serde_json::Value {
+    let (s, text) = http("POST", probe, "/v1/pagecheck", body);
+    assert_eq!(s, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// From the attacker's side: a page check of a name that resolves into the provider's
+/// network (`localhost`, where a real server holds a secret) is refused after
+/// resolution and never reaches the server; a component on another host is skipped
+/// as refused unless the request lists it in `allow_hosts`. The same checks with the
+/// operator's allow list fetch the page, so the refusal is the policy's.
+#[test]
+fn page_checks_refuse_the_providers_network_and_foreign_components() {
+    let site: probe_common::Site = Arc::new(Mutex::new(HashMap::new()));
+    let addr = serve_site("127.0.0.1:0", site.clone());
+    let port = addr.port();
+    let page = format!(
+        r#"<html><body><img src="/own.gif"><img src="http://127.0.0.1:{port}/other.gif"></body></html>"#
+    );
+    {
+        let mut s = site.lock().unwrap();
+        s.insert("/secret".into(), health("top secret", 200));
+        s.insert("/page".into(), health(&page, 200));
+        s.insert("/own.gif".into(), health("gif", 200));
+        s.insert("/other.gif".into(), health("gif2", 200));
+    }
+    let dir = temp_dir("probe-ssrf");
+    let path = dir.join("net.toml");
+    let secret = format!(r#"{{"url":"http://localhost:{port}/secret"}}"#);
+
+    std::fs::write(&path, names_only_config("")).unwrap();
+    let probe = Udn::probe(&["--config", path.to_str().unwrap(), "--pop", "fra"]);
+    let pc = page_check(probe.http, &secret);
+    let row = &pc["reports"][0]["rows"][0];
+    assert_eq!(row["err"], 7, "refused: {pc}");
+    assert_eq!(row["len"], 0, "{pc}");
+    assert!(row["hrc"].is_null() || row["hrc"] == 0, "{pc}");
+    drop(probe);
+
+    let allow = r#"[security]
+allow_target_ranges = ["127.0.0.0/8"]"#;
+    std::fs::write(&path, names_only_config(allow)).unwrap();
+    let probe = Udn::probe(&["--config", path.to_str().unwrap(), "--pop", "fra"]);
+    let pc = page_check(probe.http, &secret);
+    let row = &pc["reports"][0]["rows"][0];
+    assert_eq!(
+        (row["err"].clone(), row["hrc"].clone()),
+        (0.into(), 200.into()),
+        "{pc}"
+    );
+    assert_eq!(row["len"], 10, "the secret's length: {pc}");
+
+    // Components: only the page's host unless listed.
+    let url = format!("http://localhost:{port}/page");
+    let pc = page_check(probe.http, &format!(r#"{{"url":"{url}"}}"#));
+    let rows = pc["reports"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{pc}");
+    let by_url = |u: &str| {
+        rows.iter()
+            .find(|r| r["url"].as_str().is_some_and(|x| x.ends_with(u)))
+            .unwrap_or_else(|| panic!("{u} in {pc}"))
+            .clone()
+    };
+    assert_eq!(by_url("/own.gif")["hrc"], 200, "{pc}");
+    let other = by_url("/other.gif");
+    assert_eq!(other["err"], 7, "{pc}");
+    assert_eq!(other["len"], 0, "{pc}");
+    let pc = page_check(
+        probe.http,
+        &format!(r#"{{"url":"{url}","allow_hosts":["127.0.0.1"]}}"#),
+    );
+    let rows = pc["reports"][0]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter().all(|r| r["err"] == 0 && r["hrc"] == 200),
+        "listed host fetched: {pc}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,6 +29,7 @@ use crate::error::{Error, RouteError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use udn_core::netpolicy::TargetPolicy;
 
 /// One origin domain the edge may fetch from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct Router {
     cdn_hosts: HashMap<String, CdnHost>,
     /// A single-origin edge (`udn edge --origin URL`) serves every host from it.
     single: Option<usize>,
+    /// Which addresses origin fetches may connect to.
+    policy: Arc<TargetPolicy>,
 }
 
 /// Where a request goes.
@@ -88,19 +91,25 @@ impl Router {
     ///
     /// Each hostname's `origin_urls[i]` is where `origins[i]` is fetched from
     /// (default `http://<origin>`).
+    ///
+    /// Origin fetches may connect only to addresses the config's `[security]` policy
+    /// allows (see [`udn_core::netpolicy`]).
     pub fn from_config(cfg: &udn_core::Config) -> Result<Router, Error> {
-        Self::from_cdn(&cfg.cdn, None)
+        Self::from_cdn(cfg, None)
     }
 
     /// The router of the CDN hostnames served by one POP (those whose `pops` list is
     /// empty or names `pop`).
     pub fn for_pop(cfg: &udn_core::Config, pop: &str) -> Result<Router, Error> {
-        Self::from_cdn(&cfg.cdn, Some(pop))
+        Self::from_cdn(cfg, Some(pop))
     }
 
-    fn from_cdn(cdn: &[udn_core::config::CdnConfig], pop: Option<&str>) -> Result<Router, Error> {
-        let mut r = Router::default();
-        for c in cdn {
+    fn from_cdn(cfg: &udn_core::Config, pop: Option<&str>) -> Result<Router, Error> {
+        let mut r = Router {
+            policy: Arc::new(cfg.security.target_policy()),
+            ..Router::default()
+        };
+        for c in &cfg.cdn {
             if let Some(p) = pop
                 && !c.pops.is_empty()
                 && !c.pops.iter().any(|x| x == p)
@@ -141,7 +150,8 @@ impl Router {
     }
 
     /// A router that serves every request from one origin (`udn edge --origin URL`,
-    /// like `varnishd -b`). The cache-key host is the origin URL's host.
+    /// like `varnishd -b`). The cache-key host is the origin URL's host. The operator
+    /// names this origin, so any address may be fetched.
     pub fn single(base_url: &str) -> Result<Router, Error> {
         let base = base_url.trim_end_matches('/').to_string();
         let rest = base
@@ -168,6 +178,7 @@ impl Router {
         r.by_domain.insert(o.domain.clone(), 0);
         r.origins.push(Arc::new(o));
         r.single = Some(0);
+        r.policy = Arc::new(TargetPolicy::unrestricted());
         Ok(r)
     }
 
@@ -178,6 +189,11 @@ impl Router {
             Arc::make_mut(o).check_interval = every;
         }
         self
+    }
+
+    /// Which addresses origin fetches may connect to.
+    pub fn target_policy(&self) -> &Arc<TargetPolicy> {
+        &self.policy
     }
 
     /// The configured origins.

@@ -67,6 +67,27 @@ pub struct Config {
     /// Static mappings of client networks to targets.
     #[serde(default)]
     pub static_mappings: Vec<StaticMappingConfig>,
+    /// Which addresses customer-given destinations may reach.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// Limits on customer-given destinations (origins, GTM addresses, monitor targets,
+/// page checks): see [`crate::netpolicy`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Ranges a customer destination may reach although the deny list (loopback,
+    /// private, link-local, CGNAT, multicast, metadata, reserved) refuses them, e.g.
+    /// `["127.0.0.0/8"]` for a network whose origins run on loopback.
+    pub allow_target_ranges: Vec<Cidr>,
+}
+
+impl SecurityConfig {
+    /// The policy these settings give.
+    pub fn target_policy(&self) -> crate::netpolicy::TargetPolicy {
+        crate::netpolicy::TargetPolicy::new(self.allow_target_ranges.clone())
+    }
 }
 
 /// Up/down hysteresis and staleness of service metrics.

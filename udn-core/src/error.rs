@@ -48,6 +48,14 @@ pub enum ConfigErrorKind {
     BadHostname(String),
     /// A list that must not be empty is empty.
     Empty,
+    /// A customer-given destination lies in a range customer targets may not reach
+    /// (see [`crate::netpolicy`]).
+    DeniedTarget {
+        /// The address (or URL host) found.
+        addr: String,
+        /// The kind of range it lies in.
+        range: crate::netpolicy::Denied,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -62,6 +70,11 @@ impl fmt::Display for ConfigError {
             ConfigErrorKind::BadNetwork(n) => write!(f, "not a network or address: {n:?}"),
             ConfigErrorKind::BadHostname(n) => write!(f, "not a valid hostname: {n:?}"),
             ConfigErrorKind::Empty => write!(f, "must not be empty"),
+            ConfigErrorKind::DeniedTarget { addr, range } => write!(
+                f,
+                "{addr} is a {range} address; customer destinations may not reach it \
+                 (an operator may allow the range in security.allow_target_ranges)"
+            ),
         }
     }
 }

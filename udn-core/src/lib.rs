@@ -10,7 +10,8 @@
 //! * [`decide`](mod@decide): the routing decision, and [`Engine`] which bundles a
 //!   snapshot with its state;
 //! * [`shard`]: rendezvous assignment of client prefixes to DNS servers;
-//! * [`log`]: the log-record schema and rotation policy shared by every role.
+//! * [`log`]: the log-record schema and rotation policy shared by every role;
+//! * [`netpolicy`]: which addresses customer-given destinations may reach.
 //!
 //! # Examples
 //!
@@ -40,6 +41,7 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod net;
+pub mod netpolicy;
 pub mod network;
 pub mod shard;
 pub mod state;

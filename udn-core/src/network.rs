@@ -8,6 +8,7 @@ use crate::config::{
 };
 use crate::error::{ConfigError, ConfigErrorKind, ConfigErrors};
 use crate::net::{Cidr, mask};
+use crate::netpolicy::TargetPolicy;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -310,6 +311,8 @@ pub struct Network {
     pub statics: StaticTable,
     /// DNS peers.
     pub peers: Vec<PeerConfig>,
+    /// Which addresses customer-given destinations may reach (`[security]`).
+    pub target_policy: TargetPolicy,
     host_index: HashMap<String, HostId>,
     server_index: HashMap<String, ServerId>,
     pop_index: HashMap<String, PopId>,
@@ -950,6 +953,8 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
         &mut errs,
     );
 
+    check_targets(cfg, &cfg.security.target_policy(), &mut errs);
+
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
     }
@@ -980,6 +985,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
         hosts,
         statics: StaticTable::build(mappings),
         peers: cfg.dns.peers.clone(),
+        target_policy: cfg.security.target_policy(),
         host_index,
         server_index,
         pop_index,
@@ -987,6 +993,48 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
         service_index,
         customer_index,
     })
+}
+
+/// Customer-given destinations (origin-site servers, which GTM hostnames publish and
+/// probes test; standby addresses; CDN origin URLs and origin domains written as
+/// addresses) must not lie in a range the policy refuses. POP servers are the
+/// operator's own and are not checked.
+fn check_targets(cfg: &Config, policy: &TargetPolicy, errs: &mut Errors) {
+    let mut check = |path: String, ip: IpAddr| {
+        if let Err(range) = policy.check(ip) {
+            errs.push(
+                path,
+                ConfigErrorKind::DeniedTarget {
+                    addr: ip.to_string(),
+                    range,
+                },
+            );
+        }
+    };
+    for (i, o) in cfg.origins.iter().enumerate() {
+        for (j, s) in o.servers.iter().enumerate() {
+            for (k, a) in s.addresses.iter().enumerate() {
+                check(format!("origins[{i}].servers[{j}].addresses[{k}]"), *a);
+            }
+        }
+    }
+    for (i, g) in cfg.gtm.iter().enumerate() {
+        for (k, a) in g.standby.iter().enumerate() {
+            check(format!("gtm[{i}].standby[{k}]"), *a);
+        }
+    }
+    for (i, c) in cfg.cdn.iter().enumerate() {
+        for (j, u) in c.origin_urls.iter().enumerate() {
+            if let Some(ip) = crate::netpolicy::url_ip(u) {
+                check(format!("cdn[{i}].origin_urls[{j}]"), ip);
+            }
+        }
+        for (j, o) in c.origins.iter().enumerate().skip(c.origin_urls.len()) {
+            if let Ok(ip) = o.parse::<IpAddr>() {
+                check(format!("cdn[{i}].origins[{j}]"), ip);
+            }
+        }
+    }
 }
 
 fn default_cdn_near_equal() -> f32 {

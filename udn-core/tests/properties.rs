@@ -102,6 +102,10 @@ fn network(
                 .collect(),
         }],
         static_mappings: statics,
+        // The generated network uses private addresses for its origins.
+        security: udn_core::config::SecurityConfig {
+            allow_target_ranges: vec!["10.0.0.0/8".parse().unwrap()],
+        },
         ..Default::default()
     };
     Arc::new(cfg.compile().expect("test network compiles"))

@@ -51,10 +51,15 @@ pub enum PageError {
     /// The fetch took longer than its time limit.
     #[error("timeout after {0} ms")]
     Timeout(u64),
+    /// Not fetched: the host is not one the check may fetch from, or its address lies
+    /// in a range customer destinations may not reach (the reason is given).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl PageError {
-    /// The ERR column: 1 bad URL, 2 DNS, 3 connect, 4 TLS, 5 transfer, 6 timeout.
+    /// The ERR column: 1 bad URL, 2 DNS, 3 connect, 4 TLS, 5 transfer, 6 timeout,
+    /// 7 refused.
     pub fn code(&self) -> u16 {
         match self {
             PageError::BadUrl(_) => 1,
@@ -63,6 +68,7 @@ impl PageError {
             PageError::Tls(_) => 4,
             PageError::Transfer(_) => 5,
             PageError::Timeout(_) => 6,
+            PageError::Refused(_) => 7,
         }
     }
 
@@ -75,6 +81,7 @@ impl PageError {
             PageError::Tls(_) => FailPhase::Tls,
             PageError::Transfer(_) => FailPhase::Transfer,
             PageError::Timeout(_) => FailPhase::Timeout,
+            PageError::Refused(_) => FailPhase::Connect,
         }
     }
 }

@@ -439,8 +439,9 @@ pub async fn pagecheck(
     url: &str,
     locations: &[String],
     repeat: bool,
+    allow_hosts: &[String],
 ) -> Vec<LocationCheck> {
-    let body = serde_json::json!({ "url": url, "repeat": repeat });
+    let body = serde_json::json!({ "url": url, "repeat": repeat, "allow_hosts": allow_hosts });
     let calls = locations.iter().map(|loc| {
         let body = &body;
         async move {

@@ -407,6 +407,37 @@ fn own_customer(a: &Auth, v: &mut Value) -> ApiResult<String> {
     }
 }
 
+/// Refuses a customer destination address the network's target policy does not allow
+/// (loopback, private, link-local, metadata...), naming the request field.
+fn check_destination(cfg: &Config, field: &str, ip: IpAddr) -> ApiResult<()> {
+    match cfg.security.target_policy().check(ip) {
+        Ok(()) => Ok(()),
+        Err(range) => Err(ApiError::field(
+            field,
+            format!(
+                "{ip} is a {range} address; customer destinations may not reach it \
+                 (an operator may allow the range in security.allow_target_ranges)"
+            ),
+        )),
+    }
+}
+
+/// [`check_destination`] for every literal address of a CDN hostname: its origin URLs
+/// and the origin domains fetched as `http://<domain>`.
+fn check_cdn_destinations(cfg: &Config, c: &CdnConfig) -> ApiResult<()> {
+    for (j, u) in c.origin_urls.iter().enumerate() {
+        if let Some(ip) = udn_core::netpolicy::url_ip(u) {
+            check_destination(cfg, &format!("origin_urls[{j}]"), ip)?;
+        }
+    }
+    for (j, o) in c.origins.iter().enumerate().skip(c.origin_urls.len()) {
+        if let Ok(ip) = o.parse::<IpAddr>() {
+            check_destination(cfg, &format!("origins[{j}]"), ip)?;
+        }
+    }
+    Ok(())
+}
+
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
@@ -562,6 +593,7 @@ async fn cdn_create(
                 format!("{} is already configured", c.hostname),
             ));
         }
+        check_cdn_destinations(cfg, &c)?;
         cfg.cdn.push(c);
         Ok(())
     })
@@ -583,6 +615,7 @@ async fn cdn_update(
     }
     let out = c.clone();
     with_cdn(&st, &a, host, move |cfg, i| {
+        check_cdn_destinations(cfg, &c)?;
         cfg.cdn[i] = c;
         Ok(())
     })
@@ -804,6 +837,7 @@ pub(crate) fn add_address(cfg: &mut Config, i: usize, a: &Auth, n: &NewAddress) 
             s.clone()
         }
         (None, Some(addr)) => {
+            check_destination(cfg, "address", addr)?;
             let site = n
                 .site
                 .clone()
@@ -931,6 +965,9 @@ async fn standby_set(
 ) -> ApiResult<Json<GtmView>> {
     let Json(s) = body?;
     let view = with_gtm(&st, &a, host, move |cfg, i| {
+        for (k, ip) in s.standby.iter().enumerate() {
+            check_destination(cfg, &format!("standby[{k}]"), *ip)?;
+        }
         cfg.gtm[i].standby = s.standby;
         Ok(gtm_view(cfg, &cfg.gtm[i]))
     })
@@ -1468,6 +1505,11 @@ pub struct PageCheckBody {
     /// Fetch the page a second time with warm DNS (default false).
     #[serde(default)]
     pub repeat: bool,
+    /// Hosts components may also be fetched from, besides the page's host and the
+    /// customer's own hostnames and origin domains (others are skipped and reported
+    /// as refused).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Page-check results per location.
@@ -1506,10 +1548,24 @@ pub(crate) async fn run_pagecheck(
             });
         }
     }
+    if b.allow_hosts.len() > 64 {
+        errs.push(FieldError {
+            field: "allow_hosts".into(),
+            message: "at most 64 hosts".into(),
+        });
+    }
+    for (i, h) in b.allow_hosts.iter().enumerate() {
+        if !udn_core::config::is_valid_hostname(h) {
+            errs.push(FieldError {
+                field: format!("allow_hosts[{i}]"),
+                message: format!("not a valid hostname: {h:?}"),
+            });
+        }
+    }
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let results = fanout::pagecheck(st, &b.url, &b.locations, b.repeat).await;
+    let results = fanout::pagecheck(st, &b.url, &b.locations, b.repeat, &b.allow_hosts).await;
     Ok(PageCheckAnswer {
         url: b.url,
         results,

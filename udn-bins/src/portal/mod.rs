@@ -890,6 +890,7 @@ async fn tests_submit(
             url: url.clone(),
             locations: locations.clone(),
             repeat,
+            allow_hosts: Vec::new(),
         },
     )
     .await;

@@ -21,6 +21,7 @@
 //! ```
 
 mod body;
+mod guard;
 pub mod store;
 mod tls;
 
@@ -56,7 +57,9 @@ use udn_core::log::{LogSink, NullSink};
 
 type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 type OriginClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    hyper_rustls::HttpsConnector<
+        hyper_util::client::legacy::connect::HttpConnector<guard::GuardedResolver>,
+    >,
     ReqBody,
 >;
 
@@ -228,7 +231,8 @@ impl EdgeBuilder {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(store)
             .with_no_client_auth();
-        let client = origin_client(&tls, None);
+        let policy = guard::SharedPolicy::new(self.router.target_policy().clone());
+        let client = origin_client(&tls, None, &policy);
         let metrics = Metrics::default();
         let mut registry = Registry::with_prefix("udn_edge");
         registry.register(
@@ -275,6 +279,7 @@ impl EdgeBuilder {
             client,
             sni_clients: Mutex::new(HashMap::new()),
             tls,
+            policy,
             purge_token: self.purge_token,
             origin_timeout: self.origin_timeout,
             hooks: self.hooks,
@@ -308,6 +313,8 @@ enum FetchError {
     Unreachable,
     Timeout,
     Status(StatusCode),
+    /// The origin's address lies in a range customer destinations may not reach.
+    Refused(udn_core::netpolicy::Denied),
 }
 
 /// What the request that started a fill gets.
@@ -343,6 +350,8 @@ pub struct Edge {
     /// names the origin domain: SNI and verification use the domain.
     sni_clients: Mutex<HashMap<String, OriginClient>>,
     tls: rustls::ClientConfig,
+    /// The router's target policy, shared with the clients' resolver.
+    policy: guard::SharedPolicy,
     purge_token: Option<String>,
     origin_timeout: Duration,
     hooks: Arc<dyn EdgeHooks>,
@@ -354,7 +363,13 @@ pub struct Edge {
 
 /// A pooled HTTP/1.1 + HTTP/2 client for origins over HTTP or HTTPS; with `sni`, TLS
 /// names and verifies that server name instead of the URL's host.
-fn origin_client(tls: &rustls::ClientConfig, sni: Option<String>) -> OriginClient {
+/// Names resolve through `policy` (addresses it refuses are dropped, so a name that
+/// resolves only into the provider's network is never connected to).
+fn origin_client(
+    tls: &rustls::ClientConfig,
+    sni: Option<String>,
+    policy: &guard::SharedPolicy,
+) -> OriginClient {
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_or_http();
@@ -364,7 +379,12 @@ fn origin_client(tls: &rustls::ClientConfig, sni: Option<String>) -> OriginClien
         }),
         None => b,
     };
-    let connector = b.enable_http1().enable_http2().build();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
+        guard::GuardedResolver::new(policy.clone()),
+    );
+    // The HTTPS connector checks the scheme.
+    http.enforce_http(false);
+    let connector = b.enable_http1().enable_http2().wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)
@@ -499,12 +519,13 @@ impl Edge {
         }
         let mut map = self.sni_clients.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(o.domain.clone())
-            .or_insert_with(|| origin_client(&self.tls, Some(domain.to_string())))
+            .or_insert_with(|| origin_client(&self.tls, Some(domain.to_string()), &self.policy))
             .clone()
     }
 
     /// Replaces the router (config reload) without dropping traffic.
     pub fn set_router(&self, router: Router) {
+        self.policy.set(router.target_policy().clone());
         *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
     }
 
@@ -763,17 +784,10 @@ impl Edge {
             .unwrap_or_default();
         let oreq = self.origin_request(route, Method::GET, req, cond);
         self.metrics.origin_fetches.inc();
-        let resp =
-            match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq))
-                .await
-            {
-                Err(_) => return FillResult::Failed(FetchError::Timeout),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
-                    return FillResult::Failed(FetchError::Unreachable);
-                }
-                Ok(Ok(r)) => r,
-            };
+        let resp = match self.send(route, oreq).await {
+            Err(e) => return FillResult::Failed(e),
+            Ok(r) => r,
+        };
         let response_time = self.now();
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED
@@ -1038,6 +1052,17 @@ impl Edge {
         match e {
             FetchError::Timeout => simple(StatusCode::GATEWAY_TIMEOUT, "origin timed out"),
             FetchError::Unreachable => simple(StatusCode::BAD_GATEWAY, "origin unreachable"),
+            FetchError::Refused(range) => {
+                let mut r = simple(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("origin refused: its address is {range} (not a permitted target)"),
+                );
+                r.headers_mut().insert(
+                    guard::REFUSED_HEADER,
+                    HeaderValue::from_static(range.as_str()),
+                );
+                r
+            }
             FetchError::Status(s) => simple(
                 if s == StatusCode::GATEWAY_TIMEOUT {
                     s
@@ -1046,6 +1071,37 @@ impl Edge {
                 },
                 &format!("origin answered {}", s.as_u16()),
             ),
+        }
+    }
+
+    /// Sends one request to the route's origin within the origin timeout. An origin URL
+    /// whose host is an address the policy refuses is not connected to; a name is
+    /// resolved and filtered by the clients' resolver ([`guard::GuardedResolver`]).
+    async fn send(
+        &self,
+        route: &Route,
+        oreq: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, FetchError> {
+        if let Some(ip) = udn_core::netpolicy::url_ip(&route.fetch_url)
+            && let Err(range) = self.policy.get().check(ip)
+        {
+            tracing::warn!(url = %route.fetch_url, %ip, range = range.as_str(),
+                "origin fetch refused: the address is not a permitted target");
+            return Err(FetchError::Refused(range));
+        }
+        match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq)).await
+        {
+            Err(_) => Err(FetchError::Timeout),
+            Ok(Err(e)) => {
+                if let Some(r) = guard::refusal_in(&e) {
+                    tracing::warn!(url = %route.fetch_url, reason = %r,
+                        "origin fetch refused: the name resolves only to addresses that are not permitted targets");
+                    return Err(FetchError::Refused(r.range));
+                }
+                tracing::debug!(error = %e, url = %route.fetch_url, "origin fetch failed");
+                Err(FetchError::Unreachable)
+            }
+            Ok(Ok(r)) => Ok(r),
         }
     }
 
@@ -1070,11 +1126,9 @@ impl Edge {
         }
         *oreq.body_mut() = body.boxed_unsync();
         self.metrics.origin_fetches.inc();
-        match tokio::time::timeout(self.origin_timeout, self.client_for(route).request(oreq)).await
-        {
-            Err(_) => Self::error_response(FetchError::Timeout),
-            Ok(Err(_)) => Self::error_response(FetchError::Unreachable),
-            Ok(Ok(resp)) => self.passthrough(resp),
+        match self.send(route, oreq).await {
+            Err(e) => Self::error_response(e),
+            Ok(resp) => self.passthrough(resp),
         }
     }
 

@@ -233,6 +233,9 @@ pub struct FetchRequest {
     /// TLS settings for `https` URLs; `None` accepts any certificate (the handshake
     /// signatures are still checked).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Which addresses may be connected to, checked after resolution (so a name
+    /// rebound into the provider's network is refused); `None`: any.
+    pub policy: Option<Arc<udn_core::netpolicy::TargetPolicy>>,
 }
 
 impl FetchRequest {
@@ -248,6 +251,7 @@ impl FetchRequest {
             keep: 16 << 20,
             max_read: 64 << 20,
             tls: None,
+            policy: None,
         }
     }
 }
@@ -325,6 +329,15 @@ async fn fetch_inner(
         Some(ip) => ip,
         None => resolver.resolve(&url.host, url.port).await?,
     };
+    if let Some(policy) = &req.policy
+        && let Err(range) = policy.check(ip)
+    {
+        set(&|p| p.1 = Some(ip));
+        return Err(PageError::Refused(format!(
+            "{} resolves to {ip}, a {range} address (not a permitted target)",
+            url.host
+        )));
+    }
     let t_dns = Instant::now();
     let mut phases = Phases {
         dns: t_dns - started,

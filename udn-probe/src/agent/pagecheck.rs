@@ -24,6 +24,12 @@ pub struct PageCheckOptions {
     /// Ask this DNS server for the other names instead of the system resolver (the
     /// lookup is timed as the row's DRT).
     pub dns: Option<super::fetch::DnsServer>,
+    /// Which addresses the page and its components may be fetched from (checked after
+    /// resolution); `None`: any.
+    pub policy: Option<Arc<udn_core::netpolicy::TargetPolicy>>,
+    /// Hosts components may be fetched from besides the page's own (case-insensitive);
+    /// a component elsewhere is not fetched and its row says refused. `None`: any host.
+    pub component_hosts: Option<Vec<String>>,
 }
 
 impl Default for PageCheckOptions {
@@ -34,6 +40,8 @@ impl Default for PageCheckOptions {
             max_components: 200,
             resolve: Vec::new(),
             dns: None,
+            policy: None,
+            component_hosts: None,
         }
     }
 }
@@ -94,6 +102,21 @@ fn row_of(
     }
 }
 
+/// Whether a component on `host` may be fetched: the page's host, or any listed one
+/// (every host when there is no list).
+fn host_allowed(host: &str, page_host: &str, hosts: Option<&[String]>) -> bool {
+    let host = host.trim_end_matches('.');
+    match hosts {
+        None => true,
+        Some(list) => {
+            host.eq_ignore_ascii_case(page_host)
+                || list
+                    .iter()
+                    .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host))
+        }
+    }
+}
+
 async fn one_pass(url: &str, pass: u8, opts: &PageCheckOptions, resolver: &Resolver) -> PageReport {
     let page_start = Instant::now();
     let parsed = match HttpUrl::parse(url) {
@@ -115,8 +138,10 @@ async fn one_pass(url: &str, pass: u8, opts: &PageCheckOptions, resolver: &Resol
             };
         }
     };
+    let page_host = parsed.host.to_ascii_lowercase();
     let mut req = FetchRequest::get(parsed);
     req.timeout = opts.timeout;
+    req.policy = opts.policy.clone();
     let (page_row, body) = row_of(url, page_start, fetch(&req, resolver).await);
     let html = String::from_utf8_lossy(&body);
     let comps: Vec<String> = if page_row.err == 0 {
@@ -135,12 +160,29 @@ async fn one_pass(url: &str, pass: u8, opts: &PageCheckOptions, resolver: &Resol
         let resolver = resolver.clone();
         let c = c.clone();
         let timeout = opts.timeout;
+        let policy = opts.policy.clone();
+        let hosts = opts.component_hosts.clone();
+        let page_host = page_host.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
             let row = match HttpUrl::parse(&c) {
+                Ok(u) if !host_allowed(&u.host, &page_host, hosts.as_deref()) => Row::new(
+                    &c,
+                    None,
+                    Some(PageError::Refused(format!(
+                        "{} is not the page's host nor one of the customer's hostnames \
+                         (list it in allow_hosts)",
+                        u.host
+                    ))),
+                    None,
+                    b"",
+                    page_start.elapsed(),
+                    Phases::default(),
+                ),
                 Ok(u) => {
                     let mut req = FetchRequest::get(u);
                     req.timeout = timeout;
+                    req.policy = policy;
                     row_of(&c, page_start, fetch(&req, &resolver).await).0
                 }
                 Err(e) => Row::new(
