@@ -35,6 +35,7 @@ pub mod invalidate;
 pub mod outcome;
 pub mod policy;
 pub mod route;
+pub mod target;
 #[cfg(feature = "server")]
 pub mod server;
 

@@ -1248,6 +1248,14 @@ pub(crate) fn cdn_owner(cfg: &Config, host: &str) -> Option<String> {
         .map(|c| c.customer.clone())
 }
 
+/// The reason text of a target the edges' parser refuses.
+fn purge_reason(e: &udn_cache::PurgeError) -> String {
+    match e {
+        udn_cache::PurgeError::BadTarget(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A purge request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1286,33 +1294,10 @@ pub(crate) async fn purge_view(st: &ApiState, p: Purge) -> ApiResult<PurgeView> 
 /// Validates, authorises and records a purge and wakes the edge delivery tasks
 /// (shared by the API and the portal).
 pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiResult<PurgeView> {
-    let target = b.target.trim().to_owned();
-    if target.len() > 2048 {
-        return Err(ApiError::field("target", "longer than 2048 bytes"));
-    }
-    let (host, target) = match b.scope {
-        PurgeScope::Url | PurgeScope::Prefix => {
-            let h = url_host(&target)
-                .ok_or_else(|| ApiError::field("target", "expected an http:// or https:// URL"))?
-                .to_owned();
-            // Edges key their caches by the http:// form of a URL.
-            let target = match target.strip_prefix("https://") {
-                Some(rest) => format!("http://{rest}"),
-                None => target,
-            };
-            (h, target)
-        }
-        PurgeScope::Domain => {
-            let h = url_host(&target).unwrap_or(&target).to_owned();
-            if !udn_core::config::is_valid_hostname(&h) {
-                return Err(ApiError::field("target", "expected a domain name"));
-            }
-            let h = canonical_hostname(&h);
-            // The edge contract names a domain by its root URL.
-            let target = format!("http://{h}/");
-            (h, target)
-        }
-    };
+    // The edges' own parser: a target accepted here is one every edge applies.
+    let t = udn_cache::target::parse_purge_target(b.scope.as_str(), &b.target)
+        .map_err(|e| ApiError::field("target", purge_reason(&e)))?;
+    let (host, target) = (t.host, t.target);
     let cfg = current(st).await?.config;
     let customer = cdn_owner(&cfg, &host).ok_or_else(|| {
         ApiError::field(
@@ -1420,8 +1405,9 @@ async fn prefill(
     let mut customer = None;
     for (i, u) in b.urls.iter().enumerate() {
         let field = format!("urls[{i}]");
-        let host = url_host(u).ok_or_else(|| ApiError::field(&field, "not an http(s) URL"))?;
-        let owner = cdn_owner(&cfg, host)
+        let parsed = udn_cache::target::parse_url(u)
+            .map_err(|e| ApiError::field(&field, purge_reason(&e)))?;
+        let owner = cdn_owner(&cfg, &parsed.host)
             .ok_or_else(|| ApiError::field(&field, "not a CDN hostname or origin domain"))?;
         a.require_customer(&owner)?;
         match &customer {
@@ -1440,7 +1426,7 @@ async fn prefill(
     let p = st
         .db(move |b| b.create_prefill(&customer, &urls, &by, &edges, now))
         .await?;
-    st.inner.purge_seq.send_modify(|_| {});
+    st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok((StatusCode::ACCEPTED, Json(prefill_view(&st, p).await?)))
 }
 
