@@ -115,8 +115,10 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/v1/config/versions/{version}", get(config_version))
         .route("/v1/purge", get(purge_list).post(purge_create))
         .route("/v1/purge/{seq}", get(purge_get))
+        .route("/v1/purge/{seq}/cancel", post(purge_cancel))
         .route("/v1/prefill", post(prefill))
         .route("/v1/prefill/{seq}", get(prefill_get))
+        .route("/v1/prefill/{seq}/cancel", post(prefill_cancel))
         .route("/v1/pagecheck", post(pagecheck))
         .route("/v1/traffic/cdn", get(traffic_cdn))
         .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
@@ -1440,6 +1442,43 @@ async fn prefill_get(
         .await?
         .ok_or(ApiError::NotFound)?;
     a.require_customer(&p.customer)?;
+    Ok(Json(prefill_view(&st, p).await?))
+}
+
+/// `POST /v1/purge/{seq}/cancel` (admins): the purge becomes `cancelled` on every
+/// edge that has not applied it, and their queues move on.
+async fn purge_cancel(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PurgeView>> {
+    a.require_admin()?;
+    let p = st
+        .db(move |b| b.purge(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (by, now) = (a.user.username.clone(), super::now());
+    st.db(move |b| b.cancel_delivery(DeliveryKind::Purge, seq, &by, now))
+        .await?;
+    st.inner.purge_seq.send_modify(|_| {});
+    Ok(Json(purge_view(&st, p).await?))
+}
+
+/// `POST /v1/prefill/{seq}/cancel` (admins), like [`purge_cancel`].
+async fn prefill_cancel(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PrefillView>> {
+    a.require_admin()?;
+    let p = st
+        .db(move |b| b.prefill(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (by, now) = (a.user.username.clone(), super::now());
+    st.db(move |b| b.cancel_delivery(DeliveryKind::Prefill, seq, &by, now))
+        .await?;
+    st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok(Json(prefill_view(&st, p).await?))
 }
 
