@@ -157,7 +157,7 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     let delivery = state.start_purge_distributor();
     let (api, server) = udn_bins::api::serve_http(
         "127.0.0.1:0".parse().unwrap(),
-        udn_bins::api::router(state.clone()),
+        udn_bins::portal::app(state.clone()),
     )
     .await
     .unwrap();
@@ -216,6 +216,24 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     );
     // The edge that is down keeps both pending (a connection error is retried).
     assert_eq!(edge_row(&v, "nyc-edge-1")["state"], "pending", "{v}");
+    // The portal's Cache Control page shows it failed on that edge, with the reason.
+    let page = shop
+        .client
+        .get(format!("http://{api}/cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let row = page
+        .split(&format!("id=\"purge-{poison}\""))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_default();
+    assert!(
+        row.contains("fra-edge-1: <span class=\"failed\">failed</span>") && row.contains("userinfo"),
+        "{row}"
+    );
 
     // 3. A long prefill does not delay a purge made after it.
     let slow: Vec<String> = (0..3)
