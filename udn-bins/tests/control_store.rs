@@ -228,7 +228,12 @@ fn refused_items_fail_cancelled_items_leave_the_queue() {
         assert_eq!(fra.last_error.as_deref(), Some("HTTP 400: bad"));
         assert!(!fra.applied);
         let seqs = |e: &str| -> Vec<u64> {
-            other.pending_purges(e).unwrap().iter().map(|p| p.seq).collect()
+            other
+                .pending_purges(e)
+                .unwrap()
+                .iter()
+                .map(|p| p.seq)
+                .collect()
         };
         assert_eq!(seqs("fra-edge-1"), vec![b]);
         assert_eq!(seqs("nyc-edge-1"), vec![a, b]);
@@ -239,7 +244,9 @@ fn refused_items_fail_cancelled_items_leave_the_queue() {
         assert_eq!(seqs("fra-edge-1"), vec![b]);
 
         // `b` applied on fra, then cancelled: only nyc's pending row changes.
-        other.record_purge_attempt(b, "fra-edge-1", Ok(()), t(5)).unwrap();
+        other
+            .record_purge_attempt(b, "fra-edge-1", Ok(()), t(5))
+            .unwrap();
         assert_eq!(
             other
                 .cancel_delivery(DeliveryKind::Purge, b, "admin", t(6))

@@ -184,7 +184,11 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
         .await;
     assert_eq!(st, 422, "{e}");
     let (_, list) = shop.get("/v1/purge").await;
-    assert_eq!(list.as_array().map(Vec::len), Some(1), "only the old poison item");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "only the old poison item"
+    );
 
     // 2. The poison item in the queue: the running edge refuses it (400), it is marked
     // failed with the edge's reason, and a later purge is applied: the edge MISSes.
@@ -199,7 +203,10 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     let later = p["seq"].as_u64().unwrap();
     assert!(
         eventually(10, || async {
-            edge_row(&shop.get(&format!("/v1/purge/{later}")).await.1, "fra-edge-1")["state"]
+            edge_row(
+                &shop.get(&format!("/v1/purge/{later}")).await.1,
+                "fra-edge-1",
+            )["state"]
                 == "applied"
         })
         .await,
@@ -231,7 +238,8 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
         .and_then(|r| r.split("</tr>").next())
         .unwrap_or_default();
     assert!(
-        row.contains("fra-edge-1: <span class=\"failed\">failed</span>") && row.contains("userinfo"),
+        row.contains("fra-edge-1: <span class=\"failed\">failed</span>")
+            && row.contains("userinfo"),
         "{row}"
     );
 
@@ -239,7 +247,9 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     let slow: Vec<String> = (0..3)
         .map(|i| format!("http://cdn.shop.udn.example/slow/{i}"))
         .collect();
-    let (st, pf) = shop.send("POST", "/v1/prefill", json!({ "urls": slow })).await;
+    let (st, pf) = shop
+        .send("POST", "/v1/prefill", json!({ "urls": slow }))
+        .await;
     assert_eq!(st, 202, "{pf}");
     let pf_seq = pf["seq"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // the prefill is being sent
@@ -256,7 +266,10 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     let b_seq = p["seq"].as_u64().unwrap();
     assert!(
         eventually(10, || async {
-            edge_row(&shop.get(&format!("/v1/purge/{b_seq}")).await.1, "fra-edge-1")["state"]
+            edge_row(
+                &shop.get(&format!("/v1/purge/{b_seq}")).await.1,
+                "fra-edge-1",
+            )["state"]
                 == "applied"
         })
         .await
@@ -272,8 +285,10 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     assert_eq!(x_cache(a_addr, "/img/b.gif").await, "MISS");
     assert!(
         eventually(15, || async {
-            edge_row(&shop.get(&format!("/v1/prefill/{pf_seq}")).await.1, "fra-edge-1")
-                ["state"]
+            edge_row(
+                &shop.get(&format!("/v1/prefill/{pf_seq}")).await.1,
+                "fra-edge-1",
+            )["state"]
                 == "applied"
         })
         .await,
@@ -306,7 +321,10 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     let _edge_b = start_edge(&toml_path, "nyc", b_addr).await;
     assert!(
         eventually(15, || async {
-            edge_row(&shop.get(&format!("/v1/purge/{b_seq}")).await.1, "nyc-edge-1")["state"]
+            edge_row(
+                &shop.get(&format!("/v1/purge/{b_seq}")).await.1,
+                "nyc-edge-1",
+            )["state"]
                 == "applied"
         })
         .await

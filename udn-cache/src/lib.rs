@@ -35,9 +35,9 @@ pub mod invalidate;
 pub mod outcome;
 pub mod policy;
 pub mod route;
-pub mod target;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod target;
 
 pub use error::{Error, PurgeError, RouteError};
 pub use invalidate::{InvalidationTree, Purge, Scope};

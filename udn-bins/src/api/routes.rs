@@ -282,6 +282,21 @@ async fn create_user(
 
 // ---------------------------------------------------------------- config helpers
 
+/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`], the
+/// check the roles run themselves); fields are named under `prefix`.
+fn roles_check(cfg: &Config, prefix: &str) -> ApiResult<()> {
+    super::watcher::roles_would_load(cfg).map_err(|errs| {
+        ApiError::Invalid(
+            errs.into_iter()
+                .map(|(field, message)| FieldError {
+                    field: format!("{prefix}{field}"),
+                    message,
+                })
+                .collect(),
+        )
+    })
+}
+
 /// Applies `f` to a copy of the current config and commits it (validated) as the next
 /// version; returns `f`'s value and the new version.
 pub(crate) async fn mutate<T, F>(st: &ApiState, a: &Auth, f: F) -> ApiResult<(T, u64)>
@@ -292,6 +307,7 @@ where
     let snap = current(st).await?;
     let mut cfg = snap.config;
     let out = f(&mut cfg)?;
+    roles_check(&cfg, "")?;
     let author = a.user.username.clone();
     let base = snap.version;
     let now = super::now();
@@ -1198,6 +1214,7 @@ async fn config_put(
         }
         e => e,
     })?;
+    roles_check(&new, "config.")?;
     let _guard = st.inner.config_write.lock().await;
     let base = match p.base {
         Some(b) => b,
