@@ -127,12 +127,25 @@ pub fn follow_control(
             );
             return;
         }
+        // The role loads from `path`: keep the last good file, and put it back if the
+        // role cannot load the new one, so a restart comes up on the last good version.
+        let previous = std::fs::read(&path).ok();
         match write_config(&path, &u).and_then(|_| apply()) {
             Ok(()) => tracing::info!(version, "applied configuration from the control plane"),
-            Err(e) => tracing::warn!(
-                version,
-                "configuration from the control plane not applied: {e:#}"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    version,
+                    "configuration from the control plane not applied: {e:#}"
+                );
+                if let Some(old) = previous {
+                    let tmp = path.with_extension("tmp");
+                    if let Err(e) =
+                        std::fs::write(&tmp, old).and_then(|_| std::fs::rename(&tmp, &path))
+                    {
+                        tracing::error!("restoring {}: {e}", path.display());
+                    }
+                }
+            }
         }
     })
 }
