@@ -30,6 +30,7 @@ on_both_stores!(
     openapi_document_describes_every_route,
     a_config_committed_elsewhere_is_served_at_once,
     customer_destinations_in_the_providers_network_are_refused,
+    a_config_no_probe_can_load_is_refused,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -1535,4 +1536,50 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
         calls.last().unwrap().body["allow_hosts"],
         json!(["static.example"])
     );
+/// A monitor regex no probe can compile (over the probe's size limit) is refused with
+/// 422 naming the field, by the probe's own check, and never becomes a version; a
+/// compilable one is accepted.
+async fn a_config_no_probe_can_load_is_refused(store: Store) {
+    let h = Harness::start_on(store, "api-roles-load").await;
+    let admin = h.login("admin").await;
+    let text = admin
+        .client
+        .get(h.url("/v1/config?format=toml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut cfg = udn_core::Config::from_toml(&text).unwrap();
+    let n = cfg.services.len();
+    cfg.services
+        .push(toml::from_str("name = \"evil\"\nexpect_regex = \"(a{1000}){1000}\"").unwrap());
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": cfg.clone() }))
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(
+        fields(&e),
+        vec![format!("config.services[{n}].expect_regex")],
+        "{e}"
+    );
+    let now = admin
+        .client
+        .get(h.url("/v1/config?format=toml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !now.contains("evil"),
+        "the refused version was not committed"
+    );
+    cfg.services[n].expect_regex = Some("ok|fine".into());
+    let (st, v) = admin
+        .send("PUT", "/v1/config", json!({ "config": cfg }))
+        .await;
+    assert_eq!(st, 200, "{v}");
 }

@@ -8,7 +8,7 @@
 mod pg_support;
 
 use std::sync::{Arc, Barrier};
-use udn_bins::api::backend::{BackendError, PurgeScope, SessionKind};
+use udn_bins::api::backend::{BackendError, DeliveryKind, DeliveryState, PurgeScope, SessionKind};
 use udn_bins::api::{Backend, PgBackend, Role, SqliteBackend};
 use udn_core::{Config, Timestamp, config::SAMPLE};
 
@@ -198,6 +198,140 @@ fn purge_sequence_numbers_are_unique_across_handles() {
         );
         assert_eq!(db.pending_prefills("nyc-edge-1").unwrap().len(), 1);
     });
+}
+
+#[test]
+fn refused_items_fail_cancelled_items_leave_the_queue() {
+    on_both("failcancel", |open| {
+        let db = open();
+        let edges = vec!["fra-edge-1".to_string(), "nyc-edge-1".to_string()];
+        let purge = |i: u64| {
+            db.create_purge(
+                "shop",
+                PurgeScope::Url,
+                &format!("http://cdn.shop.udn.example/{i}"),
+                "test",
+                &edges,
+                t(i),
+            )
+            .unwrap()
+            .seq
+        };
+        let (a, b) = (purge(1), purge(2));
+        // fra refuses `a` for good: failed with the reason, out of fra's queue only.
+        db.fail_delivery(DeliveryKind::Purge, a, "fra-edge-1", "HTTP 400: bad", t(3))
+            .unwrap();
+        let other = open();
+        let st = other.purge_status(a).unwrap();
+        let fra = st.iter().find(|s| s.edge == "fra-edge-1").unwrap();
+        assert_eq!(fra.state, DeliveryState::Failed);
+        assert_eq!(fra.last_error.as_deref(), Some("HTTP 400: bad"));
+        assert!(!fra.applied);
+        let seqs = |e: &str| -> Vec<u64> {
+            other
+                .pending_purges(e)
+                .unwrap()
+                .iter()
+                .map(|p| p.seq)
+                .collect()
+        };
+        assert_eq!(seqs("fra-edge-1"), vec![b]);
+        assert_eq!(seqs("nyc-edge-1"), vec![a, b]);
+        // A later retry error does not bring it back.
+        other
+            .record_purge_attempt(a, "fra-edge-1", Err("timeout".into()), t(4))
+            .unwrap();
+        assert_eq!(seqs("fra-edge-1"), vec![b]);
+
+        // `b` applied on fra, then cancelled: only nyc's pending row changes.
+        other
+            .record_purge_attempt(b, "fra-edge-1", Ok(()), t(5))
+            .unwrap();
+        assert_eq!(
+            other
+                .cancel_delivery(DeliveryKind::Purge, b, "admin", t(6))
+                .unwrap(),
+            1
+        );
+        let st = db.purge_status(b).unwrap();
+        let state = |e: &str| st.iter().find(|s| s.edge == e).unwrap().clone();
+        assert_eq!(state("fra-edge-1").state, DeliveryState::Applied);
+        assert_eq!(state("nyc-edge-1").state, DeliveryState::Cancelled);
+        assert_eq!(
+            state("nyc-edge-1").last_error.as_deref(),
+            Some("cancelled by admin")
+        );
+        assert_eq!(seqs("nyc-edge-1"), vec![a]);
+
+        // Prefills: the same states in their own table.
+        let p = db
+            .create_prefill(
+                "shop",
+                &["http://cdn.shop.udn.example/big.iso".to_string()],
+                "test",
+                &edges,
+                t(7),
+            )
+            .unwrap();
+        db.fail_delivery(DeliveryKind::Prefill, p.seq, "nyc-edge-1", "HTTP 413", t(8))
+            .unwrap();
+        assert_eq!(
+            db.cancel_delivery(DeliveryKind::Prefill, p.seq, "admin", t(9))
+                .unwrap(),
+            1
+        );
+        let st = db.prefill_status(p.seq).unwrap();
+        let states: Vec<_> = st.iter().map(|s| (s.edge.as_str(), s.state)).collect();
+        assert_eq!(
+            states,
+            vec![
+                ("fra-edge-1", DeliveryState::Cancelled),
+                ("nyc-edge-1", DeliveryState::Failed)
+            ]
+        );
+        assert!(db.pending_prefills("fra-edge-1").unwrap().is_empty());
+        assert!(db.pending_prefills("nyc-edge-1").unwrap().is_empty());
+        // Purge status is untouched by prefill changes.
+        assert_eq!(seqs("nyc-edge-1"), vec![a]);
+    });
+}
+
+#[test]
+fn a_status_table_made_before_delivery_states_is_migrated() {
+    let (open, dir) = sqlite("migrate");
+    let file = dir.join("control.db");
+    {
+        let c = rusqlite::Connection::open(&file).unwrap();
+        c.execute_batch(
+            "CREATE TABLE cp_purges (seq INTEGER PRIMARY KEY AUTOINCREMENT, customer TEXT NOT NULL,
+               scope TEXT NOT NULL, target TEXT NOT NULL, requested_by TEXT NOT NULL,
+               requested_at INTEGER NOT NULL);
+             CREATE TABLE cp_purge_status (seq INTEGER NOT NULL REFERENCES cp_purges(seq),
+               edge TEXT NOT NULL, applied INTEGER NOT NULL DEFAULT 0,
+               attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, applied_at INTEGER,
+               PRIMARY KEY (seq, edge));
+             INSERT INTO cp_purges VALUES (1, 'shop', 'url', 'http://cdn.shop.udn.example/a', 't', 1);
+             INSERT INTO cp_purges VALUES (2, 'shop', 'url', 'http://cdn.shop.udn.example/b', 't', 2);
+             INSERT INTO cp_purge_status VALUES (1, 'fra-edge-1', 1, 1, NULL, 5);
+             INSERT INTO cp_purge_status VALUES (2, 'fra-edge-1', 0, 3, 'down', NULL);",
+        )
+        .unwrap();
+    }
+    let db = open();
+    let st = db.purge_status(1).unwrap();
+    assert_eq!(st[0].state, DeliveryState::Applied);
+    assert_eq!(db.purge_status(2).unwrap()[0].state, DeliveryState::Pending);
+    let pending: Vec<u64> = db
+        .pending_purges("fra-edge-1")
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(pending, vec![2]);
+    drop(db);
+    // Opening again (the column now exists) changes nothing.
+    assert_eq!(open().pending_purges("fra-edge-1").unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -68,24 +68,15 @@ pub struct Purge {
 }
 
 impl Purge {
-    /// Parses the wire form (`{"scope":"url","target":"http://h/p","seq":N}`).
+    /// Parses the wire form (`{"scope":"url","target":"http://h/p","seq":N}`) with
+    /// [`crate::target::parse_purge_target`], the parser the control plane runs too.
     pub fn parse(scope: &str, target: &str, seq: u64) -> Result<Purge, PurgeError> {
-        let scope = match scope {
-            "url" => Scope::Url,
-            "prefix" => Scope::Prefix,
-            "domain" => Scope::Domain,
-            other => return Err(PurgeError::BadScope(other.to_string())),
-        };
-        let Some((host, _)) = key_parts(target) else {
-            return Err(PurgeError::BadTarget(target.to_string()));
-        };
-        if !udn_core::config::is_valid_hostname(host.split(':').next().unwrap_or(host)) {
-            return Err(PurgeError::BadTarget(target.to_string()));
-        }
-        let scheme_len = if target.starts_with("https://") { 8 } else { 7 };
-        let rest = &target[scheme_len + host.len()..];
-        let target = format!("http://{}{}", host.to_ascii_lowercase(), rest);
-        Ok(Purge { scope, target, seq })
+        let t = crate::target::parse_purge_target(scope, target)?;
+        Ok(Purge {
+            scope: t.scope,
+            target: t.target,
+            seq,
+        })
     }
 }
 

@@ -37,6 +37,7 @@ pub mod policy;
 pub mod route;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod target;
 
 pub use error::{Error, PurgeError, RouteError};
 pub use invalidate::{InvalidationTree, Purge, Scope};

@@ -177,16 +177,52 @@ pub struct ServiceSpec {
     pub tls_ca: Option<String>,
 }
 
+/// The most memory one compiled `expect_regex` may take (its program and its lazy DFA
+/// each); a larger one is refused, so no accepted regex can exhaust a probe.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The longest `expect_regex` source accepted, in bytes.
+pub const MAX_REGEX_LEN: usize = 1024;
+
+/// Compiles an `expect_regex` as a probe does, within [`REGEX_SIZE_LIMIT`].
+pub fn compile_expect_regex(r: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    if r.len() > MAX_REGEX_LEN {
+        return Err(regex::Error::Syntax(format!(
+            "longer than {MAX_REGEX_LEN} bytes"
+        )));
+    }
+    regex::bytes::RegexBuilder::new(r)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+/// Whether every probe would load `cfg`'s services: each one compiles with
+/// [`ServiceSpec::from_config`], the probe's own load path. Returns the failures as
+/// (`services[i].expect_regex`, reason) for the control plane to refuse with.
+pub fn check_services(cfg: &udn_core::Config) -> Vec<(String, String)> {
+    cfg.services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match ServiceSpec::from_config(s) {
+            Ok(_) => None,
+            Err(Error::BadRegex { source, .. }) => Some((
+                format!("services[{i}].expect_regex"),
+                format!("a probe cannot compile it: {source}"),
+            )),
+            Err(e) => Some((format!("services[{i}]"), e.to_string())),
+        })
+        .collect()
+}
+
 impl ServiceSpec {
     /// Compiles a service's config (its `expect_regex`, defaults for port and statuses).
     pub fn from_config(cfg: &ServiceConfig) -> Result<ServiceSpec, Error> {
         let expect_regex = match &cfg.expect_regex {
-            Some(r) => Some(
-                regex::bytes::Regex::new(r).map_err(|source| Error::BadRegex {
-                    service: cfg.name.clone(),
-                    source,
-                })?,
-            ),
+            Some(r) => Some(compile_expect_regex(r).map_err(|source| Error::BadRegex {
+                service: cfg.name.clone(),
+                source,
+            })?),
             None => None,
         };
         let port = cfg.port.unwrap_or(match cfg.kind {

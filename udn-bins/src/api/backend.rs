@@ -181,11 +181,70 @@ pub struct Prefill {
     pub requested_at: Timestamp,
 }
 
+/// The two delivery queues to the edges: purges and prefills (each with its own
+/// sequence numbers, status rows and delivery task per edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryKind {
+    /// `cp_purge_status`.
+    Purge,
+    /// `cp_prefill_status`.
+    Prefill,
+}
+
+impl DeliveryKind {
+    /// The status table of the queue.
+    pub fn table(self) -> &'static str {
+        match self {
+            DeliveryKind::Purge => "cp_purge_status",
+            DeliveryKind::Prefill => "cp_prefill_status",
+        }
+    }
+}
+
+/// Where one purge (or prefill) stands on one edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Not delivered yet (being retried after a connection error or a 5xx).
+    Pending,
+    /// The edge applied (purge) or accepted (prefill) it.
+    Applied,
+    /// The edge refused it with a 4xx: never retried; `last_error` has its reason.
+    Failed,
+    /// An admin cancelled it before this edge applied it.
+    Cancelled,
+}
+
+impl DeliveryState {
+    /// The state's name in the store (`state` column) and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Applied => "applied",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`DeliveryState::as_str`] output (anything else reads as pending).
+    pub fn parse(s: &str) -> DeliveryState {
+        match s {
+            "applied" => DeliveryState::Applied,
+            "failed" => DeliveryState::Failed,
+            "cancelled" => DeliveryState::Cancelled,
+            _ => DeliveryState::Pending,
+        }
+    }
+}
+
 /// Whether one edge has applied one purge (or prefill).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeEdgeStatus {
     /// The edge's name.
     pub edge: String,
+    /// Where it stands on this edge.
+    pub state: DeliveryState,
     /// Whether the edge acknowledged it.
     pub applied: bool,
     /// Delivery attempts so far.
@@ -442,6 +501,27 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BackendResult<()>;
     /// Prefills not yet accepted by `edge`, oldest first.
     fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>>;
+
+    /// Marks a purge or prefill failed on `edge` (the edge refused it with a 4xx):
+    /// it leaves the edge's queue for good, with `reason` as its `last_error`. Only a
+    /// pending row changes.
+    fn fail_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        edge: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> BackendResult<()>;
+    /// Cancels a purge or prefill on every edge that has not applied it yet (their
+    /// rows become `cancelled`, `last_error` says by whom); returns how many rows.
+    fn cancel_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        by: &str,
+        now: Timestamp,
+    ) -> BackendResult<u64>;
 
     /// CDN bytes and hits per minute (summed over hostnames and POPs).
     ///

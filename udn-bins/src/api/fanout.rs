@@ -2,7 +2,7 @@
 //! check), over their HTTP APIs (contracts in `docs/api.md`).
 
 use super::ApiState;
-use super::backend::{Prefill, Purge};
+use super::backend::{DeliveryKind, Prefill, Purge};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
@@ -174,19 +174,99 @@ pub async fn send_purge(
 }
 
 pub(crate) fn start_distributor(state: ApiState) -> Vec<tokio::task::JoinHandle<()>> {
-    state
-        .inner
-        .opts
-        .edges
-        .clone()
-        .into_iter()
-        .map(|edge| tokio::spawn(deliver_to_edge(state.clone(), edge)))
-        .collect()
+    let mut tasks = Vec::new();
+    for edge in state.inner.opts.edges.clone() {
+        tasks.push(tokio::spawn(deliver_purges(state.clone(), edge.clone())));
+        tasks.push(tokio::spawn(deliver_prefills(state.clone(), edge)));
+    }
+    tasks
 }
 
-/// Delivers every pending purge to one edge, in sequence order; on a failure waits for
-/// the retry interval (or a new purge) and starts again from the oldest pending one.
-async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
+/// Whether a failed call means the edge refused the item itself (a 4xx about the
+/// request: bad target, bad body, too large), so retrying it can never succeed. An
+/// authentication or routing answer (401, 403, 404), a timeout (408), a rate limit (429),
+/// a 5xx or a connection error is about the channel, not the item: it is retried.
+pub fn is_item_rejection(e: &CallError) -> bool {
+    matches!(e, CallError::Status { status, .. }
+        if (400..500).contains(status) && ![401, 403, 404, 408, 429].contains(status))
+}
+
+/// What one delivery attempt did.
+enum Attempt {
+    /// Applied (or refused for good): go on with the next item.
+    Done,
+    /// Not delivered: stop this pass and retry after the interval.
+    Retry,
+}
+
+/// Records the result of one attempt and says whether to go on.
+async fn record(
+    state: &ApiState,
+    kind: DeliveryKind,
+    edge: &EdgeApi,
+    seq: u64,
+    result: Result<(), CallError>,
+) -> Attempt {
+    let (name, now) = (edge.name.clone(), super::now());
+    let (stored, next) = match result {
+        Ok(()) => (
+            state
+                .db(move |b| match kind {
+                    DeliveryKind::Purge => b.record_purge_attempt(seq, &name, Ok(()), now),
+                    DeliveryKind::Prefill => b.record_prefill_attempt(seq, &name, Ok(()), now),
+                })
+                .await,
+            Attempt::Done,
+        ),
+        Err(e) if is_item_rejection(&e) => {
+            let reason = e.to_string();
+            tracing::warn!(
+                "{} {seq} refused by {}: {reason}; marked failed",
+                kind_name(kind),
+                edge.name
+            );
+            (
+                state
+                    .db(move |b| b.fail_delivery(kind, seq, &name, &reason, now))
+                    .await,
+                Attempt::Done,
+            )
+        }
+        Err(e) => {
+            tracing::info!("{} {seq} to {}: {e}", kind_name(kind), edge.name);
+            let r = Err(e.to_string());
+            (
+                state
+                    .db(move |b| match kind {
+                        DeliveryKind::Purge => b.record_purge_attempt(seq, &name, r, now),
+                        DeliveryKind::Prefill => b.record_prefill_attempt(seq, &name, r, now),
+                    })
+                    .await,
+                Attempt::Retry,
+            )
+        }
+    };
+    if let Err(e) = stored {
+        tracing::warn!("recording {} {seq}: {}", kind_name(kind), e.message());
+        // Not recorded: it is still pending, so the next pass sends it again.
+        return Attempt::Retry;
+    }
+    next
+}
+
+fn kind_name(kind: DeliveryKind) -> &'static str {
+    match kind {
+        DeliveryKind::Purge => "purge",
+        DeliveryKind::Prefill => "prefill",
+    }
+}
+
+/// Delivers every pending purge to one edge, in sequence order. An item the edge
+/// refuses (a 4xx) is marked failed and the next one goes on; on a connection error or
+/// a 5xx it waits for the retry interval (or a new purge, or a cancel) and starts again
+/// from the oldest pending one. Prefills have their own task, so a long prefill never
+/// holds a purge back.
+async fn deliver_purges(state: ApiState, edge: EdgeApi) {
     let mut wake = state.inner.purge_seq.subscribe();
     let retry = Duration::from_secs(state.inner.opts.purge_retry_secs.unwrap_or(2).max(1));
     loop {
@@ -203,53 +283,61 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
             }
         };
         let mut failed = false;
-        'purges: for p in pending {
+        for p in pending {
             let result =
                 send_purge(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
-            let ok = result.is_ok();
-            let record = result.map_err(|e| e.to_string());
-            if let Err(e) = &record {
-                tracing::info!("purge {} to {}: {e}", p.seq, edge.name);
-            }
-            let (name, seq, now) = (edge.name.clone(), p.seq, super::now());
-            if let Err(e) = state
-                .db(move |b| b.record_purge_attempt(seq, &name, record, now))
-                .await
+            if let Attempt::Retry = record(&state, DeliveryKind::Purge, &edge, p.seq, result).await
             {
-                tracing::warn!("recording purge {}: {}", p.seq, e.message());
-            }
-            if !ok {
                 failed = true;
-                break 'purges;
-            }
-        }
-        // Prefills after purges, so a prefill made after a purge brings fresh content.
-        if !failed {
-            let name = edge.name.clone();
-            let pending = state
-                .db(move |b| b.pending_prefills(&name))
-                .await
-                .unwrap_or_default();
-            for p in pending {
-                let result =
-                    send_prefill(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
-                let ok = result.is_ok();
-                let record = result.map_err(|e| e.to_string());
-                let (name, seq, now) = (edge.name.clone(), p.seq, super::now());
-                if let Err(e) = state
-                    .db(move |b| b.record_prefill_attempt(seq, &name, record, now))
-                    .await
-                {
-                    tracing::warn!("recording prefill {}: {}", p.seq, e.message());
-                }
-                if !ok {
-                    failed = true;
-                    break;
-                }
+                break;
             }
         }
         // After a failure retry soon; otherwise sleep until a new purge (with a slow
         // sweep for purges recorded by another control-plane process).
+        let wait = if failed { retry } else { retry * 30 };
+        if let Ok(Err(_)) = tokio::time::timeout(wait, wake.changed()).await {
+            return;
+        }
+    }
+}
+
+/// Delivers every pending prefill to one edge, in sequence order, like
+/// [`deliver_purges`]; a prefill waits while the edge still has a purge pending that was
+/// made before it, so a prefill made after a purge brings fresh content.
+async fn deliver_prefills(state: ApiState, edge: EdgeApi) {
+    let mut wake = state.inner.prefill_wake.subscribe();
+    let retry = Duration::from_secs(state.inner.opts.purge_retry_secs.unwrap_or(2).max(1));
+    loop {
+        wake.mark_unchanged();
+        let name = edge.name.clone();
+        let pending = match state.db(move |b| b.pending_prefills(&name)).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("pending prefills of {}: {}", edge.name, e.message());
+                Vec::new()
+            }
+        };
+        let mut failed = false;
+        for p in pending {
+            let name = edge.name.clone();
+            let older_purge = state
+                .db(move |b| b.pending_purges(&name))
+                .await
+                .map(|list| list.iter().any(|q| q.requested_at <= p.requested_at))
+                .unwrap_or(true);
+            if older_purge {
+                failed = true;
+                break;
+            }
+            let result =
+                send_prefill(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
+            if let Attempt::Retry =
+                record(&state, DeliveryKind::Prefill, &edge, p.seq, result).await
+            {
+                failed = true;
+                break;
+            }
+        }
         let wait = if failed { retry } else { retry * 30 };
         if let Ok(Err(_)) = tokio::time::timeout(wait, wake.changed()).await {
             return;

@@ -63,9 +63,10 @@ pub(crate) struct Inner {
     pub(crate) opts: ControlOptions,
     /// The newest committed config version; long-polls wait on it.
     pub(crate) config_version: watch::Sender<u64>,
-    /// The newest purge sequence number; edge delivery tasks wake on it (a prefill
-    /// notifies it too).
+    /// The newest purge sequence number; the edges' purge delivery tasks wake on it.
     pub(crate) purge_seq: watch::Sender<u64>,
+    /// Bumped by a new or cancelled prefill; the prefill delivery tasks wake on it.
+    pub(crate) prefill_wake: watch::Sender<u64>,
     /// Serialises read-modify-write changes of the config.
     pub(crate) config_write: Mutex<()>,
     /// The last configuration read, parsed: reused while the stored version is the same
@@ -95,6 +96,7 @@ impl ApiState {
                 opts,
                 config_version: watch::channel(version).0,
                 purge_seq: watch::channel(last_purge).0,
+                prefill_wake: watch::channel(0).0,
                 config_write: Mutex::new(()),
                 config_cache: std::sync::Mutex::new(None),
                 limiter: std::sync::Mutex::new(LoginLimiter::default()),

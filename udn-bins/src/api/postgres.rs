@@ -61,9 +61,12 @@ CREATE TABLE IF NOT EXISTS cp_purge_status (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     applied_at BIGINT,
+    state TEXT NOT NULL DEFAULT 'pending',
     PRIMARY KEY (seq, edge)
 );
-CREATE INDEX IF NOT EXISTS cp_purge_pending ON cp_purge_status(edge, applied, seq);
+ALTER TABLE cp_purge_status ADD COLUMN IF NOT EXISTS state TEXT NOT NULL DEFAULT 'pending';
+UPDATE cp_purge_status SET state = 'applied' WHERE applied AND state = 'pending';
+CREATE INDEX IF NOT EXISTS cp_purge_status_queue ON cp_purge_status(edge, state, seq);
 CREATE TABLE IF NOT EXISTS cp_prefills (
     seq BIGSERIAL PRIMARY KEY,
     customer TEXT NOT NULL,
@@ -78,9 +81,12 @@ CREATE TABLE IF NOT EXISTS cp_prefill_status (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     applied_at BIGINT,
+    state TEXT NOT NULL DEFAULT 'pending',
     PRIMARY KEY (seq, edge)
 );
-CREATE INDEX IF NOT EXISTS cp_prefill_pending ON cp_prefill_status(edge, applied, seq);
+ALTER TABLE cp_prefill_status ADD COLUMN IF NOT EXISTS state TEXT NOT NULL DEFAULT 'pending';
+UPDATE cp_prefill_status SET state = 'applied' WHERE applied AND state = 'pending';
+CREATE INDEX IF NOT EXISTS cp_prefill_status_queue ON cp_prefill_status(edge, state, seq);
 CREATE TABLE IF NOT EXISTS cp_cdn_traffic_minute (
     customer TEXT NOT NULL,
     hostname TEXT NOT NULL,
@@ -237,22 +243,6 @@ fn invoice_row(r: &Row) -> InvoiceSummary {
     }
 }
 
-/// The two per-edge delivery tables (purges and prefills share their shape).
-#[derive(Clone, Copy)]
-enum Delivery {
-    Purge,
-    Prefill,
-}
-
-impl Delivery {
-    fn table(self) -> &'static str {
-        match self {
-            Delivery::Purge => "cp_purge_status",
-            Delivery::Prefill => "cp_prefill_status",
-        }
-    }
-}
-
 const PURGE_COLS: &str = "seq, customer, scope, target, requested_by, requested_at";
 const PREFILL_COLS: &str = "seq, customer, urls_json, requested_by, requested_at";
 const INVOICE_COLS: &str =
@@ -324,10 +314,10 @@ impl PgBackend {
         Ok(self.read(sql, params)?.into_iter().next())
     }
 
-    fn edge_status(&self, d: Delivery, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+    fn edge_status(&self, d: DeliveryKind, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
         let rows = self.read(
             &format!(
-                "SELECT edge, applied, attempts, last_error, applied_at FROM {}
+                "SELECT edge, applied, attempts, last_error, applied_at, state FROM {}
                  WHERE seq = $1 ORDER BY edge",
                 d.table()
             ),
@@ -337,6 +327,7 @@ impl PgBackend {
             .iter()
             .map(|r| PurgeEdgeStatus {
                 edge: r.get(0),
+                state: DeliveryState::parse(r.get::<_, &str>(5)),
                 applied: r.get(1),
                 attempts: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
                 last_error: r.get(3),
@@ -347,7 +338,7 @@ impl PgBackend {
 
     fn record_attempt(
         &self,
-        d: Delivery,
+        d: DeliveryKind,
         seq: u64,
         edge: &str,
         result: Result<(), String>,
@@ -358,8 +349,8 @@ impl PgBackend {
         match result {
             Ok(()) => db.execute(
                 &format!(
-                    "UPDATE {} SET applied = TRUE, attempts = attempts + 1, last_error = NULL,
-                     applied_at = $3 WHERE seq = $1 AND edge = $2",
+                    "UPDATE {} SET applied = TRUE, state = 'applied', attempts = attempts + 1,
+                     last_error = NULL, applied_at = $3 WHERE seq = $1 AND edge = $2",
                     d.table()
                 ),
                 &[&seq, &edge, &ms(now)],
@@ -367,7 +358,7 @@ impl PgBackend {
             Err(e) => db.execute(
                 &format!(
                     "UPDATE {} SET attempts = attempts + 1, last_error = $3
-                     WHERE seq = $1 AND edge = $2",
+                     WHERE seq = $1 AND edge = $2 AND state = 'pending'",
                     d.table()
                 ),
                 &[&seq, &edge, &e],
@@ -380,7 +371,7 @@ impl PgBackend {
     /// pending status row per edge, in one transaction.
     fn create_delivery(
         &self,
-        d: Delivery,
+        d: DeliveryKind,
         insert: &str,
         params: Params<'_>,
         edges: &[String],
@@ -612,7 +603,7 @@ impl Backend for PgBackend {
         now: Timestamp,
     ) -> BackendResult<Purge> {
         let seq = self.create_delivery(
-            Delivery::Purge,
+            DeliveryKind::Purge,
             "INSERT INTO cp_purges (customer, scope, target, requested_by, requested_at)
              VALUES ($1, $2, $3, $4, $5) RETURNING seq",
             &[&customer, &scope.as_str(), &target, &requested_by, &ms(now)],
@@ -648,7 +639,7 @@ impl Backend for PgBackend {
     }
 
     fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        self.edge_status(Delivery::Purge, seq)
+        self.edge_status(DeliveryKind::Purge, seq)
     }
 
     fn record_purge_attempt(
@@ -658,14 +649,14 @@ impl Backend for PgBackend {
         result: Result<(), String>,
         now: Timestamp,
     ) -> BackendResult<()> {
-        self.record_attempt(Delivery::Purge, seq, edge, result, now)
+        self.record_attempt(DeliveryKind::Purge, seq, edge, result, now)
     }
 
     fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
         let rows = self.read(
             "SELECT p.seq, p.customer, p.scope, p.target, p.requested_by, p.requested_at
              FROM cp_purge_status s JOIN cp_purges p ON p.seq = s.seq
-             WHERE s.edge = $1 AND NOT s.applied ORDER BY p.seq",
+             WHERE s.edge = $1 AND s.state = 'pending' ORDER BY p.seq",
             &[&edge],
         )?;
         Ok(rows.iter().map(purge_row).collect())
@@ -681,7 +672,7 @@ impl Backend for PgBackend {
     ) -> BackendResult<Prefill> {
         let json = serde_json::to_string(urls)?;
         let seq = self.create_delivery(
-            Delivery::Prefill,
+            DeliveryKind::Prefill,
             "INSERT INTO cp_prefills (customer, urls_json, requested_by, requested_at)
              VALUES ($1, $2, $3, $4) RETURNING seq",
             &[&customer, &json, &requested_by, &ms(now)],
@@ -705,7 +696,7 @@ impl Backend for PgBackend {
     }
 
     fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        self.edge_status(Delivery::Prefill, seq)
+        self.edge_status(DeliveryKind::Prefill, seq)
     }
 
     fn record_prefill_attempt(
@@ -715,17 +706,54 @@ impl Backend for PgBackend {
         result: Result<(), String>,
         now: Timestamp,
     ) -> BackendResult<()> {
-        self.record_attempt(Delivery::Prefill, seq, edge, result, now)
+        self.record_attempt(DeliveryKind::Prefill, seq, edge, result, now)
     }
 
     fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
         let rows = self.read(
             "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
              FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
-             WHERE s.edge = $1 AND NOT s.applied ORDER BY p.seq",
+             WHERE s.edge = $1 AND s.state = 'pending' ORDER BY p.seq",
             &[&edge],
         )?;
         Ok(rows.iter().map(prefill_row).collect())
+    }
+
+    fn fail_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        edge: &str,
+        reason: &str,
+        _now: Timestamp,
+    ) -> BackendResult<()> {
+        self.db()?.execute(
+            &format!(
+                "UPDATE {} SET state = 'failed', attempts = attempts + 1, last_error = $3
+                 WHERE seq = $1 AND edge = $2 AND state = 'pending'",
+                kind.table()
+            ),
+            &[&db_int(seq), &edge, &reason],
+        )?;
+        Ok(())
+    }
+
+    fn cancel_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        by: &str,
+        _now: Timestamp,
+    ) -> BackendResult<u64> {
+        let why = format!("cancelled by {by}");
+        Ok(self.db()?.execute(
+            &format!(
+                "UPDATE {} SET state = 'cancelled', last_error = $2
+                 WHERE seq = $1 AND state = 'pending'",
+                kind.table()
+            ),
+            &[&db_int(seq), &why],
+        )?)
     }
 
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {

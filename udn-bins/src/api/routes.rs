@@ -115,8 +115,10 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/v1/config/versions/{version}", get(config_version))
         .route("/v1/purge", get(purge_list).post(purge_create))
         .route("/v1/purge/{seq}", get(purge_get))
+        .route("/v1/purge/{seq}/cancel", post(purge_cancel))
         .route("/v1/prefill", post(prefill))
         .route("/v1/prefill/{seq}", get(prefill_get))
+        .route("/v1/prefill/{seq}/cancel", post(prefill_cancel))
         .route("/v1/pagecheck", post(pagecheck))
         .route("/v1/traffic/cdn", get(traffic_cdn))
         .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
@@ -280,6 +282,21 @@ async fn create_user(
 
 // ---------------------------------------------------------------- config helpers
 
+/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`], the
+/// check the roles run themselves); fields are named under `prefix`.
+fn roles_check(cfg: &Config, prefix: &str) -> ApiResult<()> {
+    super::watcher::roles_would_load(cfg).map_err(|errs| {
+        ApiError::Invalid(
+            errs.into_iter()
+                .map(|(field, message)| FieldError {
+                    field: format!("{prefix}{field}"),
+                    message,
+                })
+                .collect(),
+        )
+    })
+}
+
 /// Applies `f` to a copy of the current config and commits it (validated) as the next
 /// version; returns `f`'s value and the new version.
 pub(crate) async fn mutate<T, F>(st: &ApiState, a: &Auth, f: F) -> ApiResult<(T, u64)>
@@ -290,6 +307,7 @@ where
     let snap = current(st).await?;
     let mut cfg = snap.config;
     let out = f(&mut cfg)?;
+    roles_check(&cfg, "")?;
     let author = a.user.username.clone();
     let base = snap.version;
     let now = super::now();
@@ -1233,6 +1251,7 @@ async fn config_put(
         }
         e => e,
     })?;
+    roles_check(&new, "config.")?;
     let _guard = st.inner.config_write.lock().await;
     let base = match p.base {
         Some(b) => b,
@@ -1285,6 +1304,14 @@ pub(crate) fn cdn_owner(cfg: &Config, host: &str) -> Option<String> {
         .map(|c| c.customer.clone())
 }
 
+/// The reason text of a target the edges' parser refuses.
+fn purge_reason(e: &udn_cache::PurgeError) -> String {
+    match e {
+        udn_cache::PurgeError::BadTarget(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A purge request.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1323,33 +1350,10 @@ pub(crate) async fn purge_view(st: &ApiState, p: Purge) -> ApiResult<PurgeView> 
 /// Validates, authorises and records a purge and wakes the edge delivery tasks
 /// (shared by the API and the portal).
 pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiResult<PurgeView> {
-    let target = b.target.trim().to_owned();
-    if target.len() > 2048 {
-        return Err(ApiError::field("target", "longer than 2048 bytes"));
-    }
-    let (host, target) = match b.scope {
-        PurgeScope::Url | PurgeScope::Prefix => {
-            let h = url_host(&target)
-                .ok_or_else(|| ApiError::field("target", "expected an http:// or https:// URL"))?
-                .to_owned();
-            // Edges key their caches by the http:// form of a URL.
-            let target = match target.strip_prefix("https://") {
-                Some(rest) => format!("http://{rest}"),
-                None => target,
-            };
-            (h, target)
-        }
-        PurgeScope::Domain => {
-            let h = url_host(&target).unwrap_or(&target).to_owned();
-            if !udn_core::config::is_valid_hostname(&h) {
-                return Err(ApiError::field("target", "expected a domain name"));
-            }
-            let h = canonical_hostname(&h);
-            // The edge contract names a domain by its root URL.
-            let target = format!("http://{h}/");
-            (h, target)
-        }
-    };
+    // The edges' own parser: a target accepted here is one every edge applies.
+    let t = udn_cache::target::parse_purge_target(b.scope.as_str(), &b.target)
+        .map_err(|e| ApiError::field("target", purge_reason(&e)))?;
+    let (host, target) = (t.host, t.target);
     let cfg = current(st).await?.config;
     let customer = cdn_owner(&cfg, &host).ok_or_else(|| {
         ApiError::field(
@@ -1457,8 +1461,9 @@ async fn prefill(
     let mut customer = None;
     for (i, u) in b.urls.iter().enumerate() {
         let field = format!("urls[{i}]");
-        let host = url_host(u).ok_or_else(|| ApiError::field(&field, "not an http(s) URL"))?;
-        let owner = cdn_owner(&cfg, host)
+        let parsed = udn_cache::target::parse_url(u)
+            .map_err(|e| ApiError::field(&field, purge_reason(&e)))?;
+        let owner = cdn_owner(&cfg, &parsed.host)
             .ok_or_else(|| ApiError::field(&field, "not a CDN hostname or origin domain"))?;
         a.require_customer(&owner)?;
         match &customer {
@@ -1477,7 +1482,7 @@ async fn prefill(
     let p = st
         .db(move |b| b.create_prefill(&customer, &urls, &by, &edges, now))
         .await?;
-    st.inner.purge_seq.send_modify(|_| {});
+    st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok((StatusCode::ACCEPTED, Json(prefill_view(&st, p).await?)))
 }
 
@@ -1491,6 +1496,43 @@ async fn prefill_get(
         .await?
         .ok_or(ApiError::NotFound)?;
     a.require_customer(&p.customer)?;
+    Ok(Json(prefill_view(&st, p).await?))
+}
+
+/// `POST /v1/purge/{seq}/cancel` (admins): the purge becomes `cancelled` on every
+/// edge that has not applied it, and their queues move on.
+async fn purge_cancel(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PurgeView>> {
+    a.require_admin()?;
+    let p = st
+        .db(move |b| b.purge(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (by, now) = (a.user.username.clone(), super::now());
+    st.db(move |b| b.cancel_delivery(DeliveryKind::Purge, seq, &by, now))
+        .await?;
+    st.inner.purge_seq.send_modify(|_| {});
+    Ok(Json(purge_view(&st, p).await?))
+}
+
+/// `POST /v1/prefill/{seq}/cancel` (admins), like [`purge_cancel`].
+async fn prefill_cancel(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<PrefillView>> {
+    a.require_admin()?;
+    let p = st
+        .db(move |b| b.prefill(seq))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (by, now) = (a.user.username.clone(), super::now());
+    st.db(move |b| b.cancel_delivery(DeliveryKind::Prefill, seq, &by, now))
+        .await?;
+    st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok(Json(prefill_view(&st, p).await?))
 }
 

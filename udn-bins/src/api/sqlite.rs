@@ -45,9 +45,9 @@ CREATE TABLE IF NOT EXISTS cp_purge_status (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     applied_at INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',
     PRIMARY KEY (seq, edge)
 );
-CREATE INDEX IF NOT EXISTS cp_purge_pending ON cp_purge_status(edge, applied, seq);
 CREATE TABLE IF NOT EXISTS cp_prefills (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     customer TEXT NOT NULL,
@@ -62,9 +62,9 @@ CREATE TABLE IF NOT EXISTS cp_prefill_status (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     applied_at INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',
     PRIMARY KEY (seq, edge)
 );
-CREATE INDEX IF NOT EXISTS cp_prefill_pending ON cp_prefill_status(edge, applied, seq);
 CREATE TABLE IF NOT EXISTS cp_cdn_traffic_minute (
     customer TEXT NOT NULL,
     hostname TEXT NOT NULL,
@@ -146,12 +146,13 @@ fn prefill_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Prefill> {
 /// Per-edge status rows of `table` (`cp_purge_status` or `cp_prefill_status`).
 fn edge_status(db: &Connection, table: &str, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
     let mut st = db.prepare_cached(&format!(
-        "SELECT edge, applied, attempts, last_error, applied_at FROM {table}
+        "SELECT edge, applied, attempts, last_error, applied_at, state FROM {table}
          WHERE seq = ?1 ORDER BY edge"
     ))?;
     let rows = st.query_map(params![db_int(seq)], |r| {
         Ok(PurgeEdgeStatus {
             edge: r.get(0)?,
+            state: DeliveryState::parse(&r.get::<_, String>(5)?),
             applied: r.get::<_, i64>(1)? != 0,
             attempts: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
             last_error: r.get(3)?,
@@ -174,15 +175,15 @@ fn record_attempt(
     match result {
         Ok(()) => db.execute(
             &format!(
-                "UPDATE {table} SET applied = 1, attempts = attempts + 1, last_error = NULL,
-                 applied_at = ?3 WHERE seq = ?1 AND edge = ?2"
+                "UPDATE {table} SET applied = 1, state = 'applied', attempts = attempts + 1,
+                 last_error = NULL, applied_at = ?3 WHERE seq = ?1 AND edge = ?2"
             ),
             params![seq, edge, ms(now)],
         )?,
         Err(e) => db.execute(
             &format!(
                 "UPDATE {table} SET attempts = attempts + 1, last_error = ?3
-                 WHERE seq = ?1 AND edge = ?2"
+                 WHERE seq = ?1 AND edge = ?2 AND state = 'pending'"
             ),
             params![seq, edge, e],
         )?,
@@ -191,6 +192,48 @@ fn record_attempt(
 }
 
 const PURGE_COLS: &str = "seq, customer, scope, target, requested_by, requested_at";
+
+/// Gives status tables of a database made before delivery states their `state` column
+/// (applied rows `applied`, the rest `pending`), then the index the queues read by.
+fn migrate_delivery_state(db: &Connection) -> BackendResult<()> {
+    for kind in [DeliveryKind::Purge, DeliveryKind::Prefill] {
+        let table = kind.table();
+        let has: bool = db.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'state'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has {
+            db.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+                 UPDATE {table} SET state = 'applied' WHERE applied = 1;"
+            ))?;
+        }
+        db.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {table}_queue ON {table}(edge, state, seq);"
+        ))?;
+    }
+    Ok(())
+}
+
+/// [`Backend::fail_delivery`] on `kind`'s table.
+fn fail_delivery(
+    db: &Connection,
+    kind: DeliveryKind,
+    seq: u64,
+    edge: &str,
+    reason: &str,
+) -> BackendResult<()> {
+    db.execute(
+        &format!(
+            "UPDATE {} SET state = 'failed', attempts = attempts + 1, last_error = ?3
+             WHERE seq = ?1 AND edge = ?2 AND state = 'pending'",
+            kind.table()
+        ),
+        params![db_int(seq), edge, reason],
+    )?;
+    Ok(())
+}
 
 impl SqliteBackend {
     /// Opens (creating if needed) the database at `path` and its `cp_*` tables.
@@ -209,6 +252,7 @@ impl SqliteBackend {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate_delivery_state(&conn)?;
         Ok(SqliteBackend {
             conn: Mutex::new(conn),
         })
@@ -539,7 +583,7 @@ impl Backend for SqliteBackend {
         let mut st = db.prepare_cached(
             "SELECT p.seq, p.customer, p.scope, p.target, p.requested_by, p.requested_at
              FROM cp_purge_status s JOIN cp_purges p ON p.seq = s.seq
-             WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
+             WHERE s.edge = ?1 AND s.state = 'pending' ORDER BY p.seq",
         )?;
         let rows = st.query_map(params![edge], purge_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -600,10 +644,39 @@ impl Backend for SqliteBackend {
         let mut st = db.prepare_cached(
             "SELECT p.seq, p.customer, p.urls_json, p.requested_by, p.requested_at
              FROM cp_prefill_status s JOIN cp_prefills p ON p.seq = s.seq
-             WHERE s.edge = ?1 AND s.applied = 0 ORDER BY p.seq",
+             WHERE s.edge = ?1 AND s.state = 'pending' ORDER BY p.seq",
         )?;
         let rows = st.query_map(params![edge], prefill_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn fail_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        edge: &str,
+        reason: &str,
+        _now: Timestamp,
+    ) -> BackendResult<()> {
+        fail_delivery(&*self.db()?, kind, seq, edge, reason)
+    }
+
+    fn cancel_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        by: &str,
+        _now: Timestamp,
+    ) -> BackendResult<u64> {
+        let n = self.db()?.execute(
+            &format!(
+                "UPDATE {} SET state = 'cancelled', last_error = ?2
+                 WHERE seq = ?1 AND state = 'pending'",
+                kind.table()
+            ),
+            params![db_int(seq), format!("cancelled by {by}")],
+        )?;
+        Ok(n as u64)
     }
 
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {

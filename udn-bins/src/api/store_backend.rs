@@ -346,6 +346,27 @@ impl Backend for StoreBackend {
         self.control.pending_prefills(edge)
     }
 
+    fn fail_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        edge: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        self.control.fail_delivery(kind, seq, edge, reason, now)
+    }
+
+    fn cancel_delivery(
+        &self,
+        kind: DeliveryKind,
+        seq: u64,
+        by: &str,
+        now: Timestamp,
+    ) -> BackendResult<u64> {
+        self.control.cancel_delivery(kind, seq, by, now)
+    }
+
     fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
         let mut out: Vec<InvoiceSummary> = self
             .billed()

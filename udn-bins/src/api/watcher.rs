@@ -96,6 +96,15 @@ pub fn write_config(path: &std::path::Path, u: &ConfigUpdate) -> anyhow::Result<
         .with_context(|| format!("writing config version {} to {}", u.version, path.display()))
 }
 
+/// Whether every role would load `cfg`: the checks the roles run on their load path
+/// beyond parsing (today: each service's `expect_regex` compiles within the probe's
+/// size limit, [`udn_probe::service::check_services`]). The control plane refuses a
+/// version that fails (422 naming the field) and a role refuses to write or apply one.
+pub fn roles_would_load(cfg: &udn_core::Config) -> Result<(), Vec<(String, String)>> {
+    let errs = udn_probe::service::check_services(cfg);
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
 /// Runs [`config_watcher`] for a role whose configuration lives in `path`: each new
 /// version is written there and `apply` is called to load it (the role keeps its old
 /// snapshot if `apply` fails).
@@ -107,12 +116,36 @@ pub fn follow_control(
 ) -> tokio::task::JoinHandle<()> {
     config_watcher(control_url, token, Duration::from_secs(2), move |u| {
         let version = u.version;
+        // A version no role would load is neither written (a restart comes up on the
+        // last good one) nor applied.
+        if let Err(errs) = roles_would_load(&u.config) {
+            let why: Vec<String> = errs.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+            tracing::warn!(
+                version,
+                "configuration from the control plane refused: {}",
+                why.join("; ")
+            );
+            return;
+        }
+        // The role loads from `path`: keep the last good file, and put it back if the
+        // role cannot load the new one, so a restart comes up on the last good version.
+        let previous = std::fs::read(&path).ok();
         match write_config(&path, &u).and_then(|_| apply()) {
             Ok(()) => tracing::info!(version, "applied configuration from the control plane"),
-            Err(e) => tracing::warn!(
-                version,
-                "configuration from the control plane not applied: {e:#}"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    version,
+                    "configuration from the control plane not applied: {e:#}"
+                );
+                if let Some(old) = previous {
+                    let tmp = path.with_extension("tmp");
+                    if let Err(e) =
+                        std::fs::write(&tmp, old).and_then(|_| std::fs::rename(&tmp, &path))
+                    {
+                        tracing::error!("restoring {}: {e}", path.display());
+                    }
+                }
+            }
         }
     })
 }

@@ -10,7 +10,7 @@ pub mod tls;
 pub use tls::{CertSource, serve_https, server_config};
 
 use crate::api::auth::{self, Auth, SESSION_COOKIE};
-use crate::api::backend::{PurgeScope, Role, SessionKind, Window};
+use crate::api::backend::{DeliveryState, PurgeScope, Role, SessionKind, Window};
 use crate::api::fanout::{LocationCheck, PageRow};
 use crate::api::routes::{self as r, NewAddress, PageCheckBody, PurgeBody};
 use crate::api::{ApiError, ApiState, ClientIp, IsTls};
@@ -120,7 +120,7 @@ main{padding:1em 2em;max-width:1100px}
 table{border-collapse:collapse;margin:.5em 0 1.5em;background:#fff}
 td,th{border:1px solid #ccd;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#e8edf3}.num{text-align:right}
-.error{color:#b00020}.ok{color:#17702a}.pending{color:#a15c00}
+.error{color:#b00020}.ok{color:#17702a}.pending{color:#a15c00}.failed{color:#b00020}.cancelled{color:#666}
 form.inline{display:inline}fieldset{border:1px solid #ccd;margin:.5em 0;background:#fff}
 svg{max-width:100%;height:auto;background:#fff}
 "#)) } }
@@ -493,7 +493,9 @@ async fn cache_view(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<Strin
     for p in list {
         views.push(r::purge_view(st, p).await?);
     }
-    let pending = views.iter().any(|v| v.applied < v.total);
+    let pending = views
+        .iter()
+        .any(|v| v.edges.iter().any(|e| e.state == DeliveryState::Pending));
     let body = html! {
         @if let Some(e) = &error { p class="error" id="purge-error" { (e) } }
         form method="post" action="/cache" id="purge-form" {
@@ -523,9 +525,15 @@ async fn cache_view(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<Strin
                     }
                     td { @for e in &v.edges {
                         (e.edge) ": "
-                        @if e.applied { span class="ok" { "applied" } }
-                        @else { span class="pending" { "pending" }
-                            @if let Some(err) = &e.last_error { " (" (err) ")" } }
+                        @match e.state {
+                            DeliveryState::Applied => { span class="ok" { "applied" } }
+                            DeliveryState::Failed => { span class="failed" { "failed" }
+                                @if let Some(err) = &e.last_error { " (" (err) ")" } }
+                            DeliveryState::Cancelled => { span class="cancelled" { "cancelled" }
+                                @if let Some(err) = &e.last_error { " (" (err) ")" } }
+                            DeliveryState::Pending => { span class="pending" { "pending" }
+                                @if let Some(err) = &e.last_error { " (" (err) ")" } }
+                        }
                         br;
                     } }
                 }

@@ -1295,10 +1295,8 @@ impl Edge {
     }
 
     async fn prefill_one(self: &Arc<Self>, url: &str) -> Result<&'static str, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .ok_or_else(|| "not an http(s) URL".to_string())?;
+        let u = crate::target::parse_url(url).map_err(|e| e.to_string())?;
+        let rest = &u.key["http://".len()..];
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
