@@ -1318,7 +1318,7 @@ pub async fn start(
     tasks.push(t);
     let http = match cfg.http {
         Some(addr) => {
-            let (bound, t) = crate::api::serve_http(addr, crate::api::router(state.clone()))
+            let (bound, t) = crate::api::serve_http(addr, crate::api::machine_router(state.clone()))
                 .await
                 .with_context(|| format!("binding the internal API on {addr}"))?;
             tasks.push(t);
