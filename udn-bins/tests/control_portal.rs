@@ -391,16 +391,29 @@ fn control_plane_state_lives_in_postgres() {
         Some(serde_json::json!({"name": "newco", "display_name": "New Co"})),
     );
     assert_eq!(st, 201, "{v}");
-    let (st, v) = call(
-        reqwest::Method::POST,
-        format!("{portal}/v1/users"),
-        &admin,
-        Some(
-            serde_json::json!({"username": "newbie", "password": "a long enough password",
+    // Users are credentials: created with a login session (an API token may not).
+    let cookies = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let login: serde_json::Value = cookies
+        .post(format!("{portal}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let r = cookies
+        .post(format!("{portal}/v1/users"))
+        .header("x-csrf-token", login["csrf"].as_str().expect("csrf"))
+        .json(
+            &serde_json::json!({"username": "newbie", "password": "a long enough password",
                                 "role": "customer", "customer": "newco"}),
-        ),
-    );
-    assert_eq!(st, 201, "{v}");
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
     let (st, v) = call(
         reqwest::Method::POST,
         format!("{api}/v1/purge"),
