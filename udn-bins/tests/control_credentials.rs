@@ -178,9 +178,18 @@ fn plain_http_listener_takes_no_passwords() {
         assert!(r.headers().get("set-cookie").is_none(), "{path}");
     }
     for (path, body) in [
-        ("/v1/users", json!({"username": "x", "password": "long enough pw", "role": "admin"})),
-        ("/v1/me/password", json!({"current": ADMIN_PW, "new": "another password"})),
-        ("/v1/tokens", json!({"name": "t", "scopes": ["read"], "expires_in_days": 1})),
+        (
+            "/v1/users",
+            json!({"username": "x", "password": "long enough pw", "role": "admin"}),
+        ),
+        (
+            "/v1/me/password",
+            json!({"current": ADMIN_PW, "new": "another password"}),
+        ),
+        (
+            "/v1/tokens",
+            json!({"name": "t", "scopes": ["read"], "expires_in_days": 1}),
+        ),
     ] {
         let r = http
             .post(format!("{}{path}", c.api))
@@ -332,8 +341,11 @@ fn customer_credentials(c: &Control, db: &dyn Fn(&str) -> Vec<String>) {
         Some(json!({"name": "other", "display_name": "Other Co"})),
     );
     assert_eq!(st, 201, "{v}");
-    for (user, customer) in [("shopuser", "shop"), ("shopmate", "shop"), ("otheruser", "other")]
-    {
+    for (user, customer) in [
+        ("shopuser", "shop"),
+        ("shopmate", "shop"),
+        ("otheruser", "other"),
+    ] {
         let (st, v) = admin.send(
             "POST",
             "/v1/users",
@@ -347,14 +359,33 @@ fn customer_credentials(c: &Control, db: &dyn Fn(&str) -> Vec<String>) {
 
     // Bad token requests are refused with the field named.
     for (body, field) in [
-        (json!({"name": "x", "scopes": ["write"], "expires_in_days": 1}), "scopes"),
-        (json!({"name": "x", "scopes": [], "expires_in_days": 1}), "scopes"),
-        (json!({"name": "x", "scopes": ["read"], "expires_in_days": 0}), "expires_in_days"),
-        (json!({"name": "x", "scopes": ["read"], "expires_in_days": 366}), "expires_in_days"),
-        (json!({"name": "", "scopes": ["read"], "expires_in_days": 1}), "name"),
+        (
+            json!({"name": "x", "scopes": ["write"], "expires_in_days": 1}),
+            "scopes",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_in_days": 1}),
+            "scopes",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_in_days": 0}),
+            "expires_in_days",
+        ),
+        (
+            json!({"name": "x", "scopes": ["read"], "expires_in_days": 366}),
+            "expires_in_days",
+        ),
+        (
+            json!({"name": "", "scopes": ["read"], "expires_in_days": 1}),
+            "name",
+        ),
     ] {
         let (st, v) = shop.send("POST", "/v1/tokens", Some(body.clone()));
-        assert_eq!((st, v["errors"][0]["field"].as_str()), (422, Some(field)), "{body}: {v}");
+        assert_eq!(
+            (st, v["errors"][0]["field"].as_str()),
+            (422, Some(field)),
+            "{body}: {v}"
+        );
     }
 
     let make = |name: &str, scopes: Value| -> (i64, String) {
@@ -374,7 +405,11 @@ fn customer_credentials(c: &Control, db: &dyn Fn(&str) -> Vec<String>) {
 
     // A token acts as its user within its scopes, on either listener.
     let (st, v) = bearer("GET", &format!("{}/v1/me", c.api), &read, None);
-    assert_eq!((st, v["user"]["username"].as_str()), (200, Some("shopuser")), "{v}");
+    assert_eq!(
+        (st, v["user"]["username"].as_str()),
+        (200, Some("shopuser")),
+        "{v}"
+    );
     let (st, _) = bearer("GET", &format!("{}/v1/cdn", c.portal), &read, None);
     assert_eq!(st, 200);
     let purge_body = json!({"scope": "url", "target": "http://cdn.shop.udn.example/a.css"});
@@ -444,16 +479,25 @@ fn customer_credentials(c: &Control, db: &dyn Fn(&str) -> Vec<String>) {
     assert_eq!(olist, json!([]));
     let (st, _) = other.send("DELETE", &format!("/v1/tokens/{keep_id}"), None);
     assert_eq!(st, 404);
-    assert_eq!(bearer("GET", &format!("{}/v1/me", c.api), &keep, None).0, 200);
+    assert_eq!(
+        bearer("GET", &format!("{}/v1/me", c.api), &keep, None).0,
+        200
+    );
 
     // Revoked and expired tokens are refused.
     let (st, _) = shop.send("DELETE", &format!("/v1/tokens/{read_id}"), None);
     assert_eq!(st, 204);
-    assert_eq!(bearer("GET", &format!("{}/v1/me", c.api), &read, None).0, 401);
+    assert_eq!(
+        bearer("GET", &format!("{}/v1/me", c.api), &read, None).0,
+        401
+    );
     let (st, _) = shop.send("DELETE", &format!("/v1/tokens/{read_id}"), None);
     assert_eq!(st, 404);
     db("UPDATE cp_api_tokens SET expires_at = 1 WHERE name = 'ci-purge'");
-    assert_eq!(bearer("GET", &format!("{}/v1/me", c.api), &purge, None).0, 401);
+    assert_eq!(
+        bearer("GET", &format!("{}/v1/me", c.api), &purge, None).0,
+        401
+    );
 
     // Password change: the current password is checked; other sessions end.
     let (st, v) = shop.send(
@@ -461,7 +505,11 @@ fn customer_credentials(c: &Control, db: &dyn Fn(&str) -> Vec<String>) {
         "/v1/me/password",
         Some(json!({"current": "not it", "new": "second password"})),
     );
-    assert_eq!((st, v["errors"][0]["field"].as_str()), (422, Some("current")), "{v}");
+    assert_eq!(
+        (st, v["errors"][0]["field"].as_str()),
+        (422, Some("current")),
+        "{v}"
+    );
     let (st, v) = shop.send(
         "POST",
         "/v1/me/password",
@@ -483,7 +531,10 @@ fn customer_credentials(c: &Control, db: &dyn Fn(&str) -> Vec<String>) {
     let (st, _) = admin.send("DELETE", "/v1/users/shopuser", None);
     assert_eq!(st, 204);
     assert_eq!(shop.send("GET", "/v1/me", None).0, 401);
-    assert_eq!(bearer("GET", &format!("{}/v1/me", c.api), &keep, None).0, 401);
+    assert_eq!(
+        bearer("GET", &format!("{}/v1/me", c.api), &keep, None).0,
+        401
+    );
     assert_eq!(c.login_status(&fresh, "shopuser", "second password"), 401);
     assert!(db("SELECT 1").is_empty(), "the user's tokens are gone");
     let (st, _) = admin.send("DELETE", "/v1/users/shopuser", None);

@@ -381,8 +381,7 @@ fn control_plane_state_lives_in_postgres() {
         };
 
     // First control plane: seeds the config, creates the admin, takes changes.
-    let (first, _, portal, api) =
-        start_control(&["--postgres", &url], &dir.join("data-1"), &cfg);
+    let (first, _, portal, api) = start_control(&["--postgres", &url], &dir.join("data-1"), &cfg);
     let admin = token(&portal, "admin", "correct-horse").expect("admin token");
     let (st, v) = call(
         reqwest::Method::POST,
@@ -473,8 +472,7 @@ fn control_plane_state_lives_in_postgres() {
 
     // A second control plane on an empty data directory and the same database sees all
     // of it: the customer's login, the config version (not re-seeded), the purge.
-    let (_second, _, portal, api) =
-        start_control(&["--postgres", &url], &dir.join("data-2"), &cfg);
+    let (_second, _, portal, api) = start_control(&["--postgres", &url], &dir.join("data-2"), &cfg);
     let newbie = token(&portal, "newbie", "a long enough password").expect("newbie logs in");
     let (st, me) = call(reqwest::Method::GET, format!("{api}/v1/me"), &newbie, None);
     assert_eq!(

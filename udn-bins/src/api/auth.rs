@@ -129,8 +129,7 @@ pub async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Option<Auth
 /// (a token must not mint a wider token or change the password).
 pub fn required_scope(method: &Method, path: &str) -> Result<Scope, &'static str> {
     let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
-    if under("/v1/tokens") || under("/v1/users") || under("/v1/auth") || under("/v1/me/password")
-    {
+    if under("/v1/tokens") || under("/v1/users") || under("/v1/auth") || under("/v1/me/password") {
         return Err("credentials are managed with a login session, not an API token");
     }
     if under("/v1/invoices") || under("/v1/billing") {
@@ -160,9 +159,8 @@ impl FromRequestParts<ApiState> for Auth {
             .await?
             .ok_or(ApiError::Unauthorized)?;
         if let Some(scopes) = &auth.scopes {
-            let need =
-                required_scope(&parts.method, parts.uri.path())
-                    .map_err(|m| ApiError::Denied(m.into()))?;
+            let need = required_scope(&parts.method, parts.uri.path())
+                .map_err(|m| ApiError::Denied(m.into()))?;
             if !scopes.contains(&need) {
                 return Err(ApiError::Denied(format!(
                     "this API token lacks the scope {:?} this request needs",

@@ -74,7 +74,9 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Every route: served over HTTPS.
 pub(super) fn router(state: ApiState) -> Router {
-    credential_routes().merge(machine_routes()).with_state(state)
+    credential_routes()
+        .merge(machine_routes())
+        .with_state(state)
 }
 
 /// The routes without any that takes a password or issues a credential: served on the
@@ -255,7 +257,8 @@ async fn issue_token(
             return Ok(None);
         }
         let expires = now.plus(Duration::from_secs(ttl_secs));
-        b.create_api_token(id, &name, &scopes, now, expires).map(Some)
+        b.create_api_token(id, &name, &scopes, now, expires)
+            .map(Some)
     })
     .await?
     .ok_or_else(|| {
@@ -423,9 +426,7 @@ async fn delete_user(
         return Err(ApiError::Forbidden);
     }
     if target.id == a.user.id {
-        return Err(ApiError::Conflict(
-            "a user cannot delete themselves".into(),
-        ));
+        return Err(ApiError::Conflict("a user cannot delete themselves".into()));
     }
     let id = target.id;
     st.db(move |b| b.delete_user(id)).await?;

@@ -334,8 +334,14 @@ impl Backend for SqliteBackend {
     fn delete_user(&self, user_id: i64) -> BackendResult<()> {
         let mut db = self.db()?;
         let tx = db.transaction()?;
-        tx.execute("DELETE FROM cp_sessions WHERE user_id = ?1", params![user_id])?;
-        tx.execute("DELETE FROM cp_api_tokens WHERE user_id = ?1", params![user_id])?;
+        tx.execute(
+            "DELETE FROM cp_sessions WHERE user_id = ?1",
+            params![user_id],
+        )?;
+        tx.execute(
+            "DELETE FROM cp_api_tokens WHERE user_id = ?1",
+            params![user_id],
+        )?;
         let n = tx.execute("DELETE FROM cp_users WHERE id = ?1", params![user_id])?;
         tx.commit()?;
         if n == 0 {
