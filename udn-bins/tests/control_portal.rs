@@ -136,7 +136,11 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let file = log.flush_complete().unwrap().unwrap();
     let body = std::fs::read(&file).unwrap();
     let sum = hex(&Sha256::digest(&body));
-    let http = reqwest::blocking::Client::new();
+    let http = reqwest::blocking::Client::builder()
+        // The portal's self-signed certificate, on loopback.
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
     let r = http
         .post(format!("{collector}/v1/logs"))
         .header("x-udn-sha256", sum)
@@ -145,9 +149,9 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text());
 
-    // The API (plain HTTP, for machines) with a bearer token.
+    // A bearer token (passwords only over HTTPS), used on the plain-HTTP API.
     let tok: serde_json::Value = http
-        .post(format!("{api}/v1/auth/token"))
+        .post(format!("{portal}/v1/auth/token"))
         .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
         .send()
         .unwrap()
@@ -348,7 +352,11 @@ fn control_plane_state_lives_in_postgres() {
     let dir = tmp("pg");
     let cfg = dir.join("network.toml");
     std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
-    let http = reqwest::blocking::Client::new();
+    let http = reqwest::blocking::Client::builder()
+        // The portal's self-signed certificate, on loopback.
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
     let token = |api: &str, user: &str, password: &str| -> Option<String> {
         let r = http
             .post(format!("{api}/v1/auth/token"))
@@ -373,8 +381,8 @@ fn control_plane_state_lives_in_postgres() {
         };
 
     // First control plane: seeds the config, creates the admin, takes changes.
-    let (first, _, _, api) = start_control(&["--postgres", &url], &dir.join("data-1"), &cfg);
-    let admin = token(&api, "admin", "correct-horse").expect("admin token");
+    let (first, _, portal, api) = start_control(&["--postgres", &url], &dir.join("data-1"), &cfg);
+    let admin = token(&portal, "admin", "correct-horse").expect("admin token");
     let (st, v) = call(
         reqwest::Method::POST,
         format!("{api}/v1/customers"),
@@ -382,16 +390,29 @@ fn control_plane_state_lives_in_postgres() {
         Some(serde_json::json!({"name": "newco", "display_name": "New Co"})),
     );
     assert_eq!(st, 201, "{v}");
-    let (st, v) = call(
-        reqwest::Method::POST,
-        format!("{api}/v1/users"),
-        &admin,
-        Some(
-            serde_json::json!({"username": "newbie", "password": "a long enough password",
+    // Users are credentials: created with a login session (an API token may not).
+    let cookies = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let login: serde_json::Value = cookies
+        .post(format!("{portal}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let r = cookies
+        .post(format!("{portal}/v1/users"))
+        .header("x-csrf-token", login["csrf"].as_str().expect("csrf"))
+        .json(
+            &serde_json::json!({"username": "newbie", "password": "a long enough password",
                                 "role": "customer", "customer": "newco"}),
-        ),
-    );
-    assert_eq!(st, 201, "{v}");
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text());
     let (st, v) = call(
         reqwest::Method::POST,
         format!("{api}/v1/purge"),
@@ -451,16 +472,16 @@ fn control_plane_state_lives_in_postgres() {
 
     // A second control plane on an empty data directory and the same database sees all
     // of it: the customer's login, the config version (not re-seeded), the purge.
-    let (_second, _, _, api) = start_control(&["--postgres", &url], &dir.join("data-2"), &cfg);
-    let newbie = token(&api, "newbie", "a long enough password").expect("newbie logs in");
+    let (_second, _, portal, api) = start_control(&["--postgres", &url], &dir.join("data-2"), &cfg);
+    let newbie = token(&portal, "newbie", "a long enough password").expect("newbie logs in");
     let (st, me) = call(reqwest::Method::GET, format!("{api}/v1/me"), &newbie, None);
     assert_eq!(
         (st, me["user"]["customer"].clone()),
         (200, serde_json::json!("newco")),
         "{me}"
     );
-    assert!(token(&api, "newbie", "wrong password").is_none());
-    let admin = token(&api, "admin", "correct-horse").expect("admin token");
+    assert!(token(&portal, "newbie", "wrong password").is_none());
+    let admin = token(&portal, "admin", "correct-horse").expect("admin token");
     let (_, after) = call(
         reqwest::Method::GET,
         format!("{api}/v1/config"),

@@ -280,8 +280,15 @@ impl Rest {
     async fn login(user: &str, password: &str) -> Rest {
         udn_bins::install_crypto();
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let v: Value = http
-            .post(format!("{}/v1/auth/token", api()))
+        // Passwords only over HTTPS (the demo's self-signed portal certificate, on
+        // loopback); the token then works on the plain-HTTP API.
+        let https = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let v: Value = https
+            .post(format!("{}/v1/auth/token", portal()))
             .json(&json!({"username": user, "password": password}))
             .send()
             .await

@@ -103,6 +103,79 @@ pub struct Session {
     pub expires_at: Timestamp,
 }
 
+/// What an API token may do. A token acts as its user, restricted to its scopes; every
+/// route needs one scope (see `auth::required_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Reading the user's objects (every `GET` outside billing).
+    Read,
+    /// Purges and prefills.
+    Purge,
+    /// Changes to CDN and GTM hostnames, customers, the configuration, page checks.
+    Config,
+    /// Invoices and billing runs.
+    Billing,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Purge, Scope::Config, Scope::Billing];
+
+    /// The scope's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Purge => "purge",
+            Scope::Config => "config",
+            Scope::Billing => "billing",
+        }
+    }
+
+    /// Parses [`Scope::as_str`] output.
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The stored form of a set of scopes: names joined by commas.
+    pub fn join(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Parses [`Scope::join`] output (unknown names are dropped).
+    pub fn split(s: &str) -> Vec<Scope> {
+        s.split(',').filter_map(Scope::parse).collect()
+    }
+}
+
+/// A named API token of a user (never its secret, which is shown once at creation and
+/// stored only as its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Row id (what `DELETE /v1/tokens/{id}` takes).
+    pub id: i64,
+    /// The name its owner gave it.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+    /// When it was created (ms since the epoch).
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was last used (updated at most once a minute), if ever.
+    pub last_used: Option<Timestamp>,
+}
+
+/// Prefix of every API token secret (tells them apart from session tokens).
+pub const API_TOKEN_PREFIX: &str = "udn_";
+
+/// How often [`Backend::api_token`] writes `last_used` for one token, ms.
+pub const LAST_USED_EVERY_MS: i64 = 60_000;
+
 /// One version of the network configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigSnapshot {
@@ -417,6 +490,10 @@ pub trait Backend: Send + Sync + 'static {
     fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>>;
     /// Every user.
     fn users(&self) -> BackendResult<Vec<User>>;
+    /// Replaces a user's password with an argon2 hash of `password`.
+    fn set_password(&self, user_id: i64, password: &str) -> BackendResult<()>;
+    /// Deletes a user with every session and API token of theirs.
+    fn delete_user(&self, user_id: i64) -> BackendResult<()>;
 
     /// Opens a session for `user_id` that lives `ttl_secs` from `now`.
     fn create_session(
@@ -430,6 +507,26 @@ pub trait Backend: Send + Sync + 'static {
     fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>>;
     /// Ends a session (logout).
     fn delete_session(&self, token: &str) -> BackendResult<()>;
+    /// Ends every session of `user_id` except the one of `keep` (a session token).
+    fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> BackendResult<()>;
+
+    /// Creates an API token for `user_id`; returns it and its secret (`udn_` + 64 hex
+    /// digits), which is stored only as its SHA-256. Removes the user's expired tokens.
+    fn create_api_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        scopes: &[Scope],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> BackendResult<(ApiToken, String)>;
+    /// The API tokens of `user_id`, oldest first.
+    fn api_tokens(&self, user_id: i64) -> BackendResult<Vec<ApiToken>>;
+    /// Revokes (deletes) token `id` of `user_id`; `false` when the user has no such token.
+    fn delete_api_token(&self, user_id: i64, id: i64) -> BackendResult<bool>;
+    /// The user and token for a token secret, if it exists and is not expired at `now`;
+    /// records `now` as its last use when the stored one is older than a minute.
+    fn api_token(&self, secret: &str, now: Timestamp) -> BackendResult<Option<(User, ApiToken)>>;
 
     /// The newest configuration (version 0, empty, before the first commit).
     fn current_config(&self) -> BackendResult<ConfigSnapshot>;
@@ -620,6 +717,40 @@ pub(crate) fn hash_password(password: &str) -> BackendResult<String> {
         .hash_password(password.as_bytes(), &salt)
         .map_err(BackendError::Hash)?
         .to_string())
+}
+
+/// A fresh API token secret: [`API_TOKEN_PREFIX`] and 32 random bytes in hex.
+pub(crate) fn new_api_secret() -> String {
+    format!("{API_TOKEN_PREFIX}{}", random_hex(32))
+}
+
+/// An argon2 hash (same parameters as every stored one) of a password nobody knows:
+/// a login for an unknown user is verified against it, so it costs the same time as a
+/// login for a known one.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_password(&random_hex(32)).unwrap_or_else(|_| {
+            // Unreachable (hashing a fixed-size input does not fail); a valid PHC string
+            // of the default parameters keeps the timing anyway.
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()
+        })
+    })
+}
+
+/// Checks `password` against a user's stored hash, or against [`dummy_hash`] when the
+/// user is unknown (`None`): both cost one argon2 verification.
+pub(crate) fn check_login(
+    found: Option<(User, String)>,
+    password: &str,
+) -> BackendResult<Option<User>> {
+    match found {
+        Some((user, hash)) => Ok(password_matches(password, &hash)?.then_some(user)),
+        None => {
+            let _ = password_matches(password, dummy_hash());
+            Ok(None)
+        }
+    }
 }
 
 /// Whether `password` matches the stored PHC string `hash`.

@@ -147,6 +147,13 @@ pub fn router(state: ApiState) -> axum::Router {
     routes::router(state)
 }
 
+/// The API for the plain-HTTP listener: [`router`] without the routes that take a
+/// password or issue a credential (`/v1/auth/*`, `/v1/me/password`, `/v1/users`,
+/// `/v1/tokens`), which exist only over HTTPS.
+pub fn machine_router(state: ApiState) -> axum::Router {
+    routes::machine_router(state)
+}
+
 /// Serves `app` over plain HTTP on `addr` (the internal listener for machines: config
 /// distribution to DNS servers, edges and probes). Returns the bound address and the
 /// server task.
@@ -185,6 +192,8 @@ pub enum ApiError {
     Forbidden,
     /// 403: a cookie-authenticated change without a valid CSRF token.
     Csrf,
+    /// 403 with the reason (an API token without the scope a route needs).
+    Denied(String),
     /// 404.
     NotFound,
     /// 409: a name is taken or the config changed underneath.
@@ -212,7 +221,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Csrf | ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -233,6 +242,7 @@ impl ApiError {
             ApiError::Unauthorized => "login required".into(),
             ApiError::Forbidden => "not allowed".into(),
             ApiError::Csrf => "missing or wrong CSRF token".into(),
+            ApiError::Denied(m) => m.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::Conflict(m) => m.clone(),
             ApiError::TooManyAttempts(s) => format!("too many failed logins; retry in {s} s"),

@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS cp_sessions (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cp_sessions_expiry ON cp_sessions(expires_at);
+CREATE TABLE IF NOT EXISTS cp_api_tokens (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES cp_users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    last_used BIGINT
+);
+CREATE INDEX IF NOT EXISTS cp_api_tokens_user ON cp_api_tokens(user_id);
 CREATE TABLE IF NOT EXISTS cp_config_versions (
     version BIGINT PRIMARY KEY,
     created_at BIGINT NOT NULL,
@@ -204,6 +215,21 @@ fn user_row(r: &Row) -> (User, String) {
         },
         r.get(4),
     )
+}
+
+/// An [`ApiToken`] from columns `at..at + 6` (id, name, scopes, created_at,
+/// expires_at, last_used).
+fn api_token_row(r: &Row, at: usize) -> ApiToken {
+    let scopes: String = r.get(at + 2);
+    let last_used: Option<i64> = r.get(at + 5);
+    ApiToken {
+        id: r.get(at),
+        name: r.get(at + 1),
+        scopes: Scope::split(&scopes),
+        created_at: ts(r.get(at + 3)),
+        expires_at: ts(r.get(at + 4)),
+        last_used: last_used.map(ts),
+    }
 }
 
 fn purge_row(r: &Row) -> Purge {
@@ -429,11 +455,30 @@ impl Backend for PgBackend {
              WHERE username = $1",
             &[&username],
         )?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let (user, hash) = user_row(&row);
-        Ok(password_matches(password, &hash)?.then_some(user))
+        check_login(row.as_ref().map(user_row), password)
+    }
+
+    fn set_password(&self, user_id: i64, password: &str) -> BackendResult<()> {
+        let hash = hash_password(password)?;
+        let n = self.db()?.execute(
+            "UPDATE cp_users SET password_hash = $1 WHERE id = $2",
+            &[&hash, &user_id],
+        )?;
+        if n == 0 {
+            return Err(BackendError::NotFound);
+        }
+        Ok(())
+    }
+
+    fn delete_user(&self, user_id: i64) -> BackendResult<()> {
+        let mut db = self.db()?;
+        db.execute("DELETE FROM cp_sessions WHERE user_id = $1", &[&user_id])?;
+        db.execute("DELETE FROM cp_api_tokens WHERE user_id = $1", &[&user_id])?;
+        let n = db.execute("DELETE FROM cp_users WHERE id = $1", &[&user_id])?;
+        if n == 0 {
+            return Err(BackendError::NotFound);
+        }
+        Ok(())
     }
 
     fn users(&self) -> BackendResult<Vec<User>> {
@@ -507,6 +552,95 @@ impl Backend for PgBackend {
             &[&token_hash(token)],
         )?;
         Ok(())
+    }
+
+    fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> BackendResult<()> {
+        let keep = keep.map(token_hash).unwrap_or_default();
+        self.db()?.execute(
+            "DELETE FROM cp_sessions WHERE user_id = $1 AND token_hash <> $2",
+            &[&user_id, &keep],
+        )?;
+        Ok(())
+    }
+
+    fn create_api_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        scopes: &[Scope],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> BackendResult<(ApiToken, String)> {
+        let secret = new_api_secret();
+        let mut db = self.db()?;
+        db.execute(
+            "DELETE FROM cp_api_tokens WHERE user_id = $1 AND expires_at <= $2",
+            &[&user_id, &ms(now)],
+        )?;
+        let row = db.query_one(
+            "INSERT INTO cp_api_tokens (user_id, name, token_hash, scopes, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[
+                &user_id,
+                &name,
+                &token_hash(&secret),
+                &Scope::join(scopes),
+                &ms(now),
+                &ms(expires_at),
+            ],
+        )?;
+        let token = ApiToken {
+            id: row.get(0),
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            created_at: now,
+            expires_at,
+            last_used: None,
+        };
+        Ok((token, secret))
+    }
+
+    fn api_tokens(&self, user_id: i64) -> BackendResult<Vec<ApiToken>> {
+        let rows = self.read(
+            "SELECT id, name, scopes, created_at, expires_at, last_used FROM cp_api_tokens
+             WHERE user_id = $1 ORDER BY id",
+            &[&user_id],
+        )?;
+        Ok(rows.iter().map(|r| api_token_row(r, 0)).collect())
+    }
+
+    fn delete_api_token(&self, user_id: i64, id: i64) -> BackendResult<bool> {
+        let n = self.db()?.execute(
+            "DELETE FROM cp_api_tokens WHERE user_id = $1 AND id = $2",
+            &[&user_id, &id],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn api_token(&self, secret: &str, now: Timestamp) -> BackendResult<Option<(User, ApiToken)>> {
+        let row = self.read_opt(
+            "SELECT u.id, u.username, u.role, u.customer, u.password_hash,
+                    t.id, t.name, t.scopes, t.created_at, t.expires_at, t.last_used
+             FROM cp_api_tokens t JOIN cp_users u ON u.id = t.user_id
+             WHERE t.token_hash = $1 AND t.expires_at > $2",
+            &[&token_hash(secret), &ms(now)],
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let user = user_row(&row).0;
+        let mut token = api_token_row(&row, 5);
+        if token
+            .last_used
+            .is_none_or(|t| ms(now) - ms(t) >= LAST_USED_EVERY_MS)
+        {
+            self.db()?.execute(
+                "UPDATE cp_api_tokens SET last_used = $1 WHERE id = $2",
+                &[&ms(now), &token.id],
+            )?;
+            token.last_used = Some(now);
+        }
+        Ok(Some((user, token)))
     }
 
     fn current_config(&self) -> BackendResult<ConfigSnapshot> {

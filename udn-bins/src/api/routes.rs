@@ -72,15 +72,37 @@ impl From<JsonRejection> for ApiError {
 type Body<T> = Result<Json<T>, JsonRejection>;
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Every route: served over HTTPS.
 pub(super) fn router(state: ApiState) -> Router {
+    credential_routes()
+        .merge(machine_routes())
+        .with_state(state)
+}
+
+/// The routes without any that takes a password or issues a credential: served on the
+/// plain-HTTP listener for roles.
+pub(super) fn machine_router(state: ApiState) -> Router {
+    machine_routes().with_state(state)
+}
+
+/// The routes that take a password or issue a credential (HTTPS only).
+fn credential_routes() -> Router<ApiState> {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/openapi.json", get(openapi))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/token", post(token))
-        .route("/v1/me", get(me))
+        .route("/v1/me/password", post(change_password))
         .route("/v1/users", get(users).post(create_user))
+        .route("/v1/users/{name}", axum::routing::delete(delete_user))
+        .route("/v1/tokens", get(tokens_list).post(token_create))
+        .route("/v1/tokens/{id}", axum::routing::delete(token_delete))
+}
+
+fn machine_routes() -> Router<ApiState> {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/me", get(me))
         .route("/v1/customers", get(customers).post(create_customer))
         .route(
             "/v1/customers/{name}",
@@ -128,7 +150,6 @@ pub(super) fn router(state: ApiState) -> Router {
         .route("/v1/invoices/{id}", get(invoice))
         .route("/v1/invoices/{id}/html", get(invoice_html))
         .route("/v1/billing/runs", post(billing_run))
-        .with_state(state)
 }
 
 async fn openapi() -> Response {
@@ -192,18 +213,226 @@ struct TokenAnswer {
     expires_at: udn_core::Timestamp,
 }
 
+/// Logs in and issues an API token named `login` with every scope, for a year: the
+/// one-call way for scripts (`POST /v1/tokens` picks the name, scopes and expiry).
 async fn token(
     State(st): State<ApiState>,
     ClientIp(ip): ClientIp,
     body: Body<LoginBody>,
 ) -> ApiResult<Json<TokenAnswer>> {
     let Json(b) = body?;
-    let (user, s) = auth::login(&st, &b.username, &b.password, ip, SessionKind::Bearer).await?;
+    let user = auth::check_password(&st, &b.username, &b.password, ip)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let (tok, secret) = issue_token(
+        &st,
+        &user,
+        "login".into(),
+        Scope::ALL.to_vec(),
+        auth::TOKEN_TTL_SECS,
+    )
+    .await?;
     Ok(Json(TokenAnswer {
-        token: s.token,
+        token: secret,
         user,
-        expires_at: s.expires_at,
+        expires_at: tok.expires_at,
     }))
+}
+
+/// Creates an API token of `user` living `ttl_secs`, within the per-user cap.
+async fn issue_token(
+    st: &ApiState,
+    user: &User,
+    name: String,
+    scopes: Vec<Scope>,
+    ttl_secs: u64,
+) -> ApiResult<(ApiToken, String)> {
+    let id = user.id;
+    let now = super::now();
+    st.db(move |b| {
+        let live = b
+            .api_tokens(id)?
+            .iter()
+            .filter(|t| t.expires_at > now)
+            .count();
+        if live >= auth::MAX_TOKENS_PER_USER {
+            return Ok(None);
+        }
+        let expires = now.plus(Duration::from_secs(ttl_secs));
+        b.create_api_token(id, &name, &scopes, now, expires)
+            .map(Some)
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "at most {} API tokens per user: revoke one first",
+            auth::MAX_TOKENS_PER_USER
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    scopes: Vec<String>,
+    expires_in_days: u64,
+}
+
+#[derive(Serialize)]
+struct CreatedToken {
+    #[serde(flatten)]
+    token: ApiToken,
+    /// The secret: shown only here.
+    secret: String,
+}
+
+/// Refuses a request authenticated by an API token (credential changes need a login).
+fn require_login_session(a: &Auth) -> ApiResult<()> {
+    if a.scopes.is_some() {
+        return Err(ApiError::Denied(
+            "credentials are managed with a login session, not an API token".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn token_create(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<NewToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    require_login_session(&a)?;
+    let Json(t) = body?;
+    let name = t.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::field("name", "1-64 printable characters"));
+    }
+    let mut scopes = Vec::new();
+    for s in &t.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "scopes",
+                format!("unknown scope {s:?} (read, purge, config, billing)"),
+            )
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::field(
+            "scopes",
+            "at least one of read, purge, config, billing",
+        ));
+    }
+    scopes.sort();
+    if t.expires_in_days == 0 || t.expires_in_days > auth::MAX_TOKEN_DAYS {
+        return Err(ApiError::field(
+            "expires_in_days",
+            format!("1 to {} days", auth::MAX_TOKEN_DAYS),
+        ));
+    }
+    let (token, secret) =
+        issue_token(&st, &a.user, name, scopes, t.expires_in_days * 86_400).await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
+}
+
+async fn tokens_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<ApiToken>>> {
+    require_login_session(&a)?;
+    let id = a.user.id;
+    Ok(Json(st.db(move |b| b.api_tokens(id)).await?))
+}
+
+async fn token_delete(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_login_session(&a)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::field("id", "a token id (a number)"))?;
+    let user = a.user.id;
+    if st.db(move |b| b.delete_api_token(user, id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current: String,
+    new: String,
+}
+
+/// The rule for a new password.
+fn check_new_password(field: &str, p: &str) -> ApiResult<()> {
+    let n = p.chars().count();
+    if !(8..=1024).contains(&n) {
+        return Err(ApiError::field(field, "8 to 1024 characters"));
+    }
+    Ok(())
+}
+
+/// Changes the caller's password (the current one is checked through the login
+/// limiter) and ends every other session of theirs.
+async fn change_password(
+    State(st): State<ApiState>,
+    ClientIp(ip): ClientIp,
+    a: Auth,
+    body: Body<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    require_login_session(&a)?;
+    let Json(b) = body?;
+    check_new_password("new", &b.new)?;
+    if auth::check_password(&st, &a.user.username, &b.current, ip)
+        .await?
+        .is_none_or(|u| u.id != a.user.id)
+    {
+        return Err(ApiError::field("current", "wrong password"));
+    }
+    let (id, keep) = (a.user.id, a.token.clone());
+    st.db(move |be| {
+        be.set_password(id, &b.new)?;
+        be.end_sessions(id, Some(&keep))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a user with their sessions and tokens: an admin any other user, a customer's
+/// user another user of the same customer.
+async fn delete_user(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_login_session(&a)?;
+    let users = st.db(|b| b.users()).await?;
+    let target = users
+        .into_iter()
+        .find(|u| u.username == name)
+        .ok_or(ApiError::NotFound)?;
+    let allowed = match a.user.role {
+        Role::Admin => true,
+        Role::Customer => {
+            target.role == Role::Customer
+                && target.customer.is_some()
+                && target.customer == a.user.customer
+        }
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden);
+    }
+    if target.id == a.user.id {
+        return Err(ApiError::Conflict("a user cannot delete themselves".into()));
+    }
+    let id = target.id;
+    st.db(move |b| b.delete_user(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Serialize)]
@@ -250,9 +479,7 @@ async fn create_user(
     {
         return Err(ApiError::field("username", "1-64 letters, digits or -_.@"));
     }
-    if u.password.chars().count() < 8 {
-        return Err(ApiError::field("password", "at least 8 characters"));
-    }
+    check_new_password("password", &u.password)?;
     match (u.role, &u.customer) {
         (Role::Customer, None) => {
             return Err(ApiError::field("customer", "required for role customer"));

@@ -24,6 +24,17 @@ CREATE TABLE IF NOT EXISTS cp_sessions (
     csrf TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cp_api_tokens (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES cp_users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX IF NOT EXISTS cp_api_tokens_user ON cp_api_tokens(user_id);
 CREATE TABLE IF NOT EXISTS cp_config_versions (
     version INTEGER PRIMARY KEY,
     created_at INTEGER NOT NULL,
@@ -118,6 +129,21 @@ fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(User, String)> {
         },
         row.get(4)?,
     ))
+}
+
+/// An [`ApiToken`] from columns `at..at + 6` (id, name, scopes, created_at,
+/// expires_at, last_used).
+fn api_token_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ApiToken> {
+    let scopes: String = r.get(at + 2)?;
+    let last_used: Option<i64> = r.get(at + 5)?;
+    Ok(ApiToken {
+        id: r.get(at)?,
+        name: r.get(at + 1)?,
+        scopes: Scope::split(&scopes),
+        created_at: ts(r.get(at + 3)?),
+        expires_at: ts(r.get(at + 4)?),
+        last_used: last_used.map(ts),
+    })
 }
 
 fn purge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purge> {
@@ -334,10 +360,38 @@ impl Backend for SqliteBackend {
                 user_row,
             )
             .optional()?;
-        let Some((user, hash)) = found else {
-            return Ok(None);
-        };
-        Ok(password_matches(password, &hash)?.then_some(user))
+        check_login(found, password)
+    }
+
+    fn set_password(&self, user_id: i64, password: &str) -> BackendResult<()> {
+        let hash = hash_password(password)?;
+        let n = self.db()?.execute(
+            "UPDATE cp_users SET password_hash = ?1 WHERE id = ?2",
+            params![hash, user_id],
+        )?;
+        if n == 0 {
+            return Err(BackendError::NotFound);
+        }
+        Ok(())
+    }
+
+    fn delete_user(&self, user_id: i64) -> BackendResult<()> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "DELETE FROM cp_sessions WHERE user_id = ?1",
+            params![user_id],
+        )?;
+        tx.execute(
+            "DELETE FROM cp_api_tokens WHERE user_id = ?1",
+            params![user_id],
+        )?;
+        let n = tx.execute("DELETE FROM cp_users WHERE id = ?1", params![user_id])?;
+        tx.commit()?;
+        if n == 0 {
+            return Err(BackendError::NotFound);
+        }
+        Ok(())
     }
 
     fn users(&self) -> BackendResult<Vec<User>> {
@@ -415,6 +469,101 @@ impl Backend for SqliteBackend {
             params![token_hash(token)],
         )?;
         Ok(())
+    }
+
+    fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> BackendResult<()> {
+        let keep = keep.map(token_hash).unwrap_or_default();
+        self.db()?.execute(
+            "DELETE FROM cp_sessions WHERE user_id = ?1 AND token_hash <> ?2",
+            params![user_id, keep],
+        )?;
+        Ok(())
+    }
+
+    fn create_api_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        scopes: &[Scope],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> BackendResult<(ApiToken, String)> {
+        let secret = new_api_secret();
+        let db = self.db()?;
+        db.execute(
+            "DELETE FROM cp_api_tokens WHERE user_id = ?1 AND expires_at <= ?2",
+            params![user_id, ms(now)],
+        )?;
+        db.execute(
+            "INSERT INTO cp_api_tokens (user_id, name, token_hash, scopes, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                user_id,
+                name,
+                token_hash(&secret),
+                Scope::join(scopes),
+                ms(now),
+                ms(expires_at)
+            ],
+        )?;
+        let token = ApiToken {
+            id: db.last_insert_rowid(),
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            created_at: now,
+            expires_at,
+            last_used: None,
+        };
+        Ok((token, secret))
+    }
+
+    fn api_tokens(&self, user_id: i64) -> BackendResult<Vec<ApiToken>> {
+        let db = self.db()?;
+        let mut st = db.prepare_cached(
+            "SELECT id, name, scopes, created_at, expires_at, last_used FROM cp_api_tokens
+             WHERE user_id = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map(params![user_id], |r| api_token_row(r, 0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    fn delete_api_token(&self, user_id: i64, id: i64) -> BackendResult<bool> {
+        let n = self.db()?.execute(
+            "DELETE FROM cp_api_tokens WHERE user_id = ?1 AND id = ?2",
+            params![user_id, id],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn api_token(&self, secret: &str, now: Timestamp) -> BackendResult<Option<(User, ApiToken)>> {
+        let db = self.db()?;
+        let found = db
+            .prepare_cached(
+                "SELECT u.id, u.username, u.role, u.customer, u.password_hash,
+                        t.id, t.name, t.scopes, t.created_at, t.expires_at, t.last_used
+                 FROM cp_api_tokens t JOIN cp_users u ON u.id = t.user_id
+                 WHERE t.token_hash = ?1 AND t.expires_at > ?2",
+            )?
+            .query_row(params![token_hash(secret), ms(now)], |r| {
+                Ok((user_row(r)?.0, api_token_row(r, 5)?))
+            })
+            .optional()?;
+        let Some((user, mut token)) = found else {
+            return Ok(None);
+        };
+        if token
+            .last_used
+            .is_none_or(|t| ms(now) - ms(t) >= LAST_USED_EVERY_MS)
+        {
+            db.prepare_cached("UPDATE cp_api_tokens SET last_used = ?1 WHERE id = ?2")?
+                .execute(params![ms(now), token.id])?;
+            token.last_used = Some(now);
+        }
+        Ok(Some((user, token)))
     }
 
     fn current_config(&self) -> BackendResult<ConfigSnapshot> {

@@ -229,6 +229,14 @@ impl Backend for StoreBackend {
         self.control.verify_login(username, password)
     }
 
+    fn set_password(&self, user_id: i64, password: &str) -> BackendResult<()> {
+        self.control.set_password(user_id, password)
+    }
+
+    fn delete_user(&self, user_id: i64) -> BackendResult<()> {
+        self.control.delete_user(user_id)
+    }
+
     fn users(&self) -> BackendResult<Vec<User>> {
         self.control.users()
     }
@@ -249,6 +257,34 @@ impl Backend for StoreBackend {
 
     fn delete_session(&self, token: &str) -> BackendResult<()> {
         self.control.delete_session(token)
+    }
+
+    fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> BackendResult<()> {
+        self.control.end_sessions(user_id, keep)
+    }
+
+    fn create_api_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        scopes: &[Scope],
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> BackendResult<(ApiToken, String)> {
+        self.control
+            .create_api_token(user_id, name, scopes, now, expires_at)
+    }
+
+    fn api_tokens(&self, user_id: i64) -> BackendResult<Vec<ApiToken>> {
+        self.control.api_tokens(user_id)
+    }
+
+    fn delete_api_token(&self, user_id: i64, id: i64) -> BackendResult<bool> {
+        self.control.delete_api_token(user_id, id)
+    }
+
+    fn api_token(&self, secret: &str, now: Timestamp) -> BackendResult<Option<(User, ApiToken)>> {
+        self.control.api_token(secret, now)
     }
 
     fn current_config(&self) -> BackendResult<ConfigSnapshot> {

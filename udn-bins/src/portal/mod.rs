@@ -1327,9 +1327,10 @@ pub async fn start(
     tasks.push(t);
     let http = match cfg.http {
         Some(addr) => {
-            let (bound, t) = crate::api::serve_http(addr, crate::api::router(state.clone()))
-                .await
-                .with_context(|| format!("binding the internal API on {addr}"))?;
+            let (bound, t) =
+                crate::api::serve_http(addr, crate::api::machine_router(state.clone()))
+                    .await
+                    .with_context(|| format!("binding the internal API on {addr}"))?;
             tasks.push(t);
             Some(bound)
         }
