@@ -1536,6 +1536,8 @@ async fn customer_destinations_in_the_providers_network_are_refused(store: Store
         calls.last().unwrap().body["allow_hosts"],
         json!(["static.example"])
     );
+}
+
 /// A monitor regex no probe can compile (over the probe's size limit) is refused with
 /// 422 naming the field, by the probe's own check, and never becomes a version; a
 /// compilable one is accepted.
