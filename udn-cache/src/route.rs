@@ -73,6 +73,19 @@ pub struct Route {
     pub fetch_url: String,
 }
 
+impl Route {
+    /// The key objects are stored under: the primary key prefixed with the owning
+    /// customer (`shop http://www.shop.example/a.gif`), so two customers never share
+    /// an object even if their keys were equal; a single-origin edge has no customer
+    /// and stores under the primary key.
+    pub fn store_key(&self) -> String {
+        match &self.origin.customer {
+            Some(c) => format!("{c} {}", self.key),
+            None => self.key.clone(),
+        }
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
@@ -101,6 +114,10 @@ impl Router {
     fn from_cdn(cdn: &[udn_core::config::CdnConfig], pop: Option<&str>) -> Result<Router, Error> {
         let mut r = Router::default();
         for c in cdn {
+            // A pending hostname (ownership not yet proven) is not served.
+            if c.challenge.is_some() {
+                continue;
+            }
             if let Some(p) = pop
                 && !c.pops.is_empty()
                 && !c.pops.iter().any(|x| x == p)

@@ -48,6 +48,9 @@ pub enum ConfigErrorKind {
     BadHostname(String),
     /// A list that must not be empty is empty.
     Empty,
+    /// A hostname or origin domain already belongs to another customer (each name
+    /// has exactly one owner).
+    OwnedByOther(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -62,6 +65,9 @@ impl fmt::Display for ConfigError {
             ConfigErrorKind::BadNetwork(n) => write!(f, "not a network or address: {n:?}"),
             ConfigErrorKind::BadHostname(n) => write!(f, "not a valid hostname: {n:?}"),
             ConfigErrorKind::Empty => write!(f, "must not be empty"),
+            ConfigErrorKind::OwnedByOther(n) => {
+                write!(f, "{n:?} is already used by another customer")
+            }
         }
     }
 }
