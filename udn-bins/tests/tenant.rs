@@ -87,12 +87,14 @@ async fn another_customers_hostname_or_origin_domain_is_refused_with_409() {
         .await;
     assert_eq!(st, 422, "{v}");
     assert!(
-        v["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["field"].as_str().unwrap_or("").ends_with(".origins[0]")
-                && e["message"].as_str().unwrap_or("").contains("another customer")),
+        v["errors"].as_array().unwrap().iter().any(|e| e["field"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(".origins[0]")
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("another customer")),
         "{v}"
     );
 }
@@ -109,7 +111,11 @@ async fn a_purge_of_another_customers_url_is_refused_and_never_reaches_an_edge()
         ("domain", "cdn.shop.udn.example"),
     ] {
         let (st, v) = acme
-            .send("POST", "/v1/purge", json!({"scope": scope, "target": target}))
+            .send(
+                "POST",
+                "/v1/purge",
+                json!({"scope": scope, "target": target}),
+            )
             .await;
         assert_eq!(st, 403, "{target}: {v}");
     }
@@ -271,7 +277,10 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
         "the fed udn dns answers acme's verified hostname"
     );
     let roles_see = std::fs::read_to_string(&dns_cfg).unwrap();
-    assert!(!roles_see.contains("cdn-right"), "pending names are not sent");
+    assert!(
+        !roles_see.contains("cdn-right"),
+        "pending names are not sent"
+    );
     assert!(!roles_see.contains(&tokens[0]), "nor their tokens");
 
     // Wrong value, no record: still pending, still not served.
@@ -285,12 +294,18 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
             .await;
         assert_eq!(st, 422, "{host}: {v}");
         assert_eq!(field(&v), "challenge", "{v}");
-        let (_, g) = acme.get(&format!("/v1/cdn/cdn-{host}.acme.udn.example")).await;
+        let (_, g) = acme
+            .get(&format!("/v1/cdn/cdn-{host}.acme.udn.example"))
+            .await;
         assert_eq!(g["verification"]["status"], "pending");
     }
     // Another customer cannot verify (or learn about) acme's name.
     let (st, _) = shop
-        .send("POST", "/v1/cdn/cdn-right.acme.udn.example/verify", json!({}))
+        .send(
+            "POST",
+            "/v1/cdn/cdn-right.acme.udn.example/verify",
+            json!({}),
+        )
         .await;
     assert_eq!(st, 403);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -299,7 +314,11 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
 
     // The right value: verified, and the name goes live.
     let (st, v) = acme
-        .send("POST", "/v1/cdn/cdn-right.acme.udn.example/verify", json!({}))
+        .send(
+            "POST",
+            "/v1/cdn/cdn-right.acme.udn.example/verify",
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["verification"]["status"], "verified", "{v}");

@@ -357,6 +357,15 @@ check_interval_secs = 30
     }
 
     #[test]
+    fn objects_are_stored_under_the_owning_customer() {
+        let a = router().route("cdn.c.example", "/a.gif").unwrap();
+        assert_eq!(a.store_key(), format!("c {}", a.key));
+        let mut other = a.clone();
+        Arc::make_mut(&mut other.origin).customer = Some("d".into());
+        assert_ne!(a.store_key(), other.store_key());
+    }
+
+    #[test]
     fn single_origin() {
         let r = Router::single("http://127.0.0.1:9000/").unwrap();
         let a = r.route("anything", "/p?q").unwrap();

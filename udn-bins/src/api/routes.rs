@@ -1,8 +1,8 @@
 //! The `/v1` handlers.
 
 use super::auth::{self, Auth};
-use super::challenge::{self, Verification};
 use super::backend::*;
+use super::challenge::{self, Verification};
 use super::fanout::{self, LocationCheck};
 use super::{ApiError, ApiState, FieldError};
 use axum::extract::rejection::JsonRejection;
@@ -419,7 +419,9 @@ pub(crate) fn name_owner<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
         .or_else(|| {
             cfg.cdn
                 .iter()
-                .find(|c| same_host(&c.hostname, name) || c.origins.iter().any(|o| same_host(o, name)))
+                .find(|c| {
+                    same_host(&c.hostname, name) || c.origins.iter().any(|o| same_host(o, name))
+                })
                 .map(|c| c.customer.as_str())
         })
 }
@@ -442,7 +444,10 @@ pub(crate) fn check_names(
     if let Some(h) = new_hostname {
         match name_owner(cfg, h) {
             Some(c) if c != customer => {
-                return Err(taken("hostname", format!("{h} is used by another customer")));
+                return Err(taken(
+                    "hostname",
+                    format!("{h} is used by another customer"),
+                ));
             }
             _ if cdn_index(cfg, h).is_some() || gtm_index(cfg, h).is_some() => {
                 return Err(taken("hostname", format!("{h} is already configured")));
