@@ -97,6 +97,7 @@ fn build() -> Engine {
             persistence: (h >= HOSTS / 2).then_some(PersistenceConfig { secs: 600 }),
             weighting: Weighting::default(),
             near_equal: 5.0,
+            challenge: None,
             targets: (0..TARGETS_PER_HOST)
                 .map(|t| TargetConfig {
                     server: if h >= HOSTS - FAILOVER_HOSTS {

@@ -73,6 +73,10 @@ pub struct Args {
     /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
     #[arg(long = "agent-token")]
     pub agent_tokens: Vec<String>,
+    /// The DNS resolver (`ip:port`) asked for the TXT challenge of a new hostname
+    /// (default: the first `nameserver` of /etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    pub challenge_resolver: Option<std::net::SocketAddr>,
 }
 
 /// Subcommands of `udn control`.
@@ -255,6 +259,7 @@ impl Args {
                 edge_token: self.edge_token.clone(),
                 agent_tokens: self.agent_tokens.clone(),
                 purge_retry_secs: None,
+                challenge_resolver: self.challenge_resolver,
             },
             seed_config,
             bootstrap_admin,

@@ -450,6 +450,7 @@ pub async fn start(
         probes: probe_apis,
         edge_token: PURGE_TOKEN.into(),
         agent_tokens: Vec::new(),
+        challenge_resolver: None,
     })
     .await
     .context("starting the control plane")?;

@@ -337,8 +337,9 @@ async fn cdn_crud_is_validated_versioned_and_owner_only(store: Store) {
     assert_eq!(st, 201, "{c}");
     assert_eq!(c["customer"], "shop");
     assert_eq!(h.db.run(|db| db.current_config()).unwrap().version, v0 + 1);
-    let (st, _) = shop.send("POST", "/v1/cdn", new).await;
-    assert_eq!(st, 422, "same hostname twice");
+    let (st, e) = shop.send("POST", "/v1/cdn", new).await;
+    assert_eq!(st, 409, "same hostname twice");
+    assert_eq!(e["errors"][0]["field"], "hostname", "{e}");
     let (st, c) = shop.get("/v1/cdn/img.shop.udn.example").await;
     assert_eq!(
         (st, c["origins"].clone()),

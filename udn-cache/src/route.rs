@@ -76,6 +76,19 @@ pub struct Route {
     pub fetch_url: String,
 }
 
+impl Route {
+    /// The key objects are stored under: the primary key prefixed with the owning
+    /// customer (`shop http://www.shop.example/a.gif`), so two customers never share
+    /// an object even if their keys were equal; a single-origin edge has no customer
+    /// and stores under the primary key.
+    pub fn store_key(&self) -> String {
+        match &self.origin.customer {
+            Some(c) => format!("{c} {}", self.key),
+            None => self.key.clone(),
+        }
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
@@ -110,6 +123,10 @@ impl Router {
             ..Router::default()
         };
         for c in &cfg.cdn {
+            // A pending hostname (ownership not yet proven) is not served.
+            if c.challenge.is_some() {
+                continue;
+            }
             if let Some(p) = pop
                 && !c.pops.is_empty()
                 && !c.pops.iter().any(|x| x == p)
@@ -353,6 +370,15 @@ check_interval_secs = 30
         // An unconfigured domain in the path is just a path of the default origin.
         let e = r.route("cdn.c.example", "/evil.example/x").unwrap();
         assert_eq!(e.origin.domain, "www.c.example");
+    }
+
+    #[test]
+    fn objects_are_stored_under_the_owning_customer() {
+        let a = router().route("cdn.c.example", "/a.gif").unwrap();
+        assert_eq!(a.store_key(), format!("c {}", a.key));
+        let mut other = a.clone();
+        Arc::make_mut(&mut other.origin).customer = Some("d".into());
+        assert_ne!(a.store_key(), other.store_key());
     }
 
     #[test]

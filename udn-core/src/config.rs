@@ -436,6 +436,12 @@ pub struct GtmConfig {
     pub near_equal: f32,
     /// The published targets.
     pub targets: Vec<TargetConfig>,
+    /// The DNS TXT challenge token of a hostname not yet proven to be its customer's:
+    /// while set the hostname is pending (reserved for its customer, validated, but not
+    /// served) until `_udn-challenge.<hostname>` has a TXT record with this value and
+    /// the owner asks the control plane to check it. Absent: verified (live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
 }
 
 /// A CDN hostname: answered in DNS with the best edge POP, served by the edges from the
@@ -471,6 +477,12 @@ pub struct CdnConfig {
     /// Addresses per answer, 1..=8.
     #[serde(default = "default_answers")]
     pub answers: u8,
+    /// The DNS TXT challenge token of a hostname not yet proven to be its customer's:
+    /// while set the hostname is pending (reserved for its customer, validated, but not
+    /// served) until `_udn-challenge.<hostname>` has a TXT record with this value and
+    /// the owner asks the control plane to check it. Absent: verified (live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
 }
 
 fn default_cdn_service() -> String {
@@ -496,6 +508,15 @@ impl Config {
         Ok(toml::from_str(text)?)
     }
 
+    /// The configuration the roles serve: this one without the pending (not yet
+    /// verified) GTM and CDN hostnames, see [`GtmConfig::challenge`].
+    pub fn live(&self) -> Config {
+        let mut c = self.clone();
+        c.gtm.retain(|g| g.challenge.is_none());
+        c.cdn.retain(|h| h.challenge.is_none());
+        c
+    }
+
     /// Validates and compiles the configuration into an immutable snapshot.
     pub fn compile(&self) -> Result<crate::Network, crate::Error> {
         crate::network::compile(self).map_err(crate::Error::Invalid)
@@ -517,6 +538,11 @@ pub fn is_valid_hostname(name: &str) -> bool {
             && !l.starts_with('-')
             && !l.ends_with('-')
     })
+}
+
+/// The name of the TXT record that proves control of `hostname`.
+pub fn challenge_name(hostname: &str) -> String {
+    format!("_udn-challenge.{}", canonical_hostname(hostname))
 }
 
 /// The canonical form of a hostname: ASCII lower case, no final dot.

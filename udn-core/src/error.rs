@@ -56,6 +56,9 @@ pub enum ConfigErrorKind {
         /// The kind of range it lies in.
         range: crate::netpolicy::Denied,
     },
+    /// A hostname or origin domain already belongs to another customer (each name
+    /// has exactly one owner).
+    OwnedByOther(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -75,6 +78,9 @@ impl fmt::Display for ConfigError {
                 "{addr} is a {range} address; customer destinations may not reach it \
                  (an operator may allow the range in security.allow_target_ranges)"
             ),
+            ConfigErrorKind::OwnedByOther(n) => {
+                write!(f, "{n:?} is already used by another customer")
+            }
         }
     }
 }

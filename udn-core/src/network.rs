@@ -679,16 +679,20 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
     };
 
     // Hostnames.
+    check_ownership(cfg, &mut errs);
     let mut hosts = Vec::new();
     let mut host_index = HashMap::new();
-    let mut add_host = |path: String, host: Host, errs: &mut Errors| {
-        let id = HostId(hosts.len() as u32);
-        if host_index.insert(host.name.clone(), id).is_some() {
+    let mut seen = std::collections::HashSet::new();
+    // A pending hostname (not yet verified) is validated and reserves its name, but is
+    // not served.
+    let mut add_host = |path: String, host: Host, pending: bool, errs: &mut Errors| {
+        if !seen.insert(host.name.clone()) {
             errs.push(
                 format!("{path}.hostname"),
                 ConfigErrorKind::Duplicate(host.name.clone()),
             );
-        } else {
+        } else if !pending {
+            host_index.insert(host.name.clone(), HostId(hosts.len() as u32));
             hosts.push(host);
         }
     };
@@ -784,6 +788,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                     near_equal: g.near_equal,
                     targets,
                 },
+                g.challenge.is_some(),
                 &mut errs,
             );
         }
@@ -879,6 +884,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                     near_equal: default_cdn_near_equal(),
                     targets,
                 },
+                c.challenge.is_some(),
                 &mut errs,
             );
         }
@@ -1033,6 +1039,37 @@ fn check_targets(cfg: &Config, policy: &TargetPolicy, errs: &mut Errors) {
             if let Ok(ip) = o.parse::<IpAddr>() {
                 check(format!("cdn[{i}].origins[{j}]"), ip);
             }
+        }
+    }
+}
+
+/// Every GTM hostname, CDN hostname and origin domain has one owning customer: a name
+/// another customer already uses is an error at the later use.
+fn check_ownership(cfg: &Config, errs: &mut Errors) {
+    let mut owner: HashMap<String, &str> = HashMap::new();
+    let names = cfg
+        .gtm
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("gtm[{i}].hostname"), &g.hostname, &g.customer))
+        .chain(
+            cfg.cdn
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("cdn[{i}].hostname"), &c.hostname, &c.customer)),
+        )
+        .chain(cfg.cdn.iter().enumerate().flat_map(|(i, c)| {
+            c.origins
+                .iter()
+                .enumerate()
+                .map(move |(j, o)| (format!("cdn[{i}].origins[{j}]"), o, &c.customer))
+        }));
+    for (path, name, customer) in names {
+        let owned = owner
+            .entry(canonical_hostname(name))
+            .or_insert(customer.as_str());
+        if *owned != customer.as_str() {
+            errs.push(path, ConfigErrorKind::OwnedByOther(name.clone()));
         }
     }
 }

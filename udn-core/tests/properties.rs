@@ -92,6 +92,7 @@ fn network(
                 response_time: 0.0,
             },
             near_equal: 5.0,
+            challenge: None,
             targets: weights
                 .iter()
                 .enumerate()

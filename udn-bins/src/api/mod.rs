@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod challenge;
 pub mod fanout;
 pub mod postgres;
 pub(crate) mod routes;
@@ -50,6 +51,9 @@ pub struct ControlOptions {
     pub agent_tokens: Vec<String>,
     /// Seconds between retries of a purge an edge did not acknowledge (default 2).
     pub purge_retry_secs: Option<u64>,
+    /// The DNS resolver asked for hostname TXT challenges (default: the first
+    /// `nameserver` of `/etc/resolv.conf`).
+    pub challenge_resolver: Option<SocketAddr>,
 }
 
 /// Shared state of the API and portal handlers.
@@ -198,6 +202,8 @@ pub enum ApiError {
     NotFound,
     /// 409: a name is taken or the config changed underneath.
     Conflict(String),
+    /// 409: a hostname or origin domain belongs to another customer; the field is named.
+    Taken(FieldError),
     /// 429: too many failed logins.
     TooManyAttempts(u64),
     /// 502: an edge or probe could not be reached.
@@ -223,7 +229,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Csrf | ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Taken(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -245,6 +251,7 @@ impl ApiError {
             ApiError::Denied(m) => m.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::Conflict(m) => m.clone(),
+            ApiError::Taken(e) => format!("{}: {}", e.field, e.message),
             ApiError::TooManyAttempts(s) => format!("too many failed logins; retry in {s} s"),
             ApiError::Upstream(m) => m.clone(),
             ApiError::Internal(m) => m.clone(),
@@ -303,6 +310,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let errors = match &self {
             ApiError::Invalid(e) => e.clone(),
+            ApiError::Taken(e) => vec![e.clone()],
             _ => Vec::new(),
         };
         let retry = match &self {

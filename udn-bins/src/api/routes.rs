@@ -2,6 +2,7 @@
 
 use super::auth::{self, Auth};
 use super::backend::*;
+use super::challenge::{self, Verification};
 use super::fanout::{self, LocationCheck};
 use super::{ApiError, ApiState, FieldError};
 use axum::extract::rejection::JsonRejection;
@@ -109,6 +110,8 @@ fn machine_routes() -> Router<ApiState> {
             get(customer).put(update_customer).delete(delete_customer),
         )
         .route("/v1/cdn", get(cdn_list).post(cdn_create))
+        .route("/v1/cdn/{hostname}/verify", post(cdn_verify))
+        .route("/v1/gtm/{hostname}/verify", post(gtm_verify))
         .route(
             "/v1/cdn/{hostname}",
             get(cdn_get).put(cdn_update).delete(cdn_delete),
@@ -683,6 +686,106 @@ fn check_cdn_destinations(cfg: &Config, c: &CdnConfig) -> ApiResult<()> {
     Ok(())
 }
 
+/// The customer owning `name` as a GTM hostname, a CDN hostname or an origin domain.
+pub(crate) fn name_owner<'a>(cfg: &'a Config, name: &str) -> Option<&'a str> {
+    cfg.gtm
+        .iter()
+        .find(|g| same_host(&g.hostname, name))
+        .map(|g| g.customer.as_str())
+        .or_else(|| {
+            cfg.cdn
+                .iter()
+                .find(|c| {
+                    same_host(&c.hostname, name) || c.origins.iter().any(|o| same_host(o, name))
+                })
+                .map(|c| c.customer.as_str())
+        })
+}
+
+fn taken(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    ApiError::Taken(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// Refuses (409 naming the field) a new hostname that is configured already, and a
+/// hostname or origin domain another customer uses: each name has one owner.
+pub(crate) fn check_names(
+    cfg: &Config,
+    customer: &str,
+    new_hostname: Option<&str>,
+    origins: &[String],
+) -> ApiResult<()> {
+    if let Some(h) = new_hostname {
+        match name_owner(cfg, h) {
+            Some(c) if c != customer => {
+                return Err(taken(
+                    "hostname",
+                    format!("{h} is used by another customer"),
+                ));
+            }
+            _ if cdn_index(cfg, h).is_some() || gtm_index(cfg, h).is_some() => {
+                return Err(taken("hostname", format!("{h} is already configured")));
+            }
+            _ => {}
+        }
+    }
+    for (j, o) in origins.iter().enumerate() {
+        if name_owner(cfg, o).is_some_and(|c| c != customer) {
+            return Err(taken(
+                format!("origins[{j}]"),
+                format!("{o} is used by another customer"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Takes the admin-only `"verified": true` out of a hostname body (a client-given
+/// `challenge` is dropped: the control plane sets it); whether the DNS check is skipped.
+fn take_verified(a: &Auth, v: &mut Value) -> ApiResult<bool> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::field("body", "expected a JSON object"))?;
+    obj.remove("challenge");
+    obj.remove("verification");
+    let verified = match obj.remove("verified") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(ApiError::field("verified", "expected true or false")),
+    };
+    if verified && a.user.role != Role::Admin {
+        return Err(ApiError::field(
+            "verified",
+            "only an admin may skip the DNS TXT check (for zones the provider runs)",
+        ));
+    }
+    Ok(verified)
+}
+
+/// Asks the challenge resolver for the TXT record of `hostname`: `Ok` when one of its
+/// values is `token`, 422 naming `challenge` when none is, 502 when the resolver does
+/// not answer.
+async fn check_challenge(st: &ApiState, hostname: &str, token: &str) -> ApiResult<()> {
+    let resolver =
+        challenge::resolver(st.inner.opts.challenge_resolver).map_err(ApiError::Upstream)?;
+    let name = udn_core::config::challenge_name(hostname);
+    let values = challenge::txt_values(resolver, &name)
+        .await
+        .map_err(ApiError::Upstream)?;
+    if values.iter().any(|v| v == token) {
+        return Ok(());
+    }
+    Err(ApiError::field(
+        "challenge",
+        format!(
+            "{name} has no TXT record {token:?} (found {} other value(s)); the hostname stays pending",
+            values.len()
+        ),
+    ))
+}
+
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
@@ -796,17 +899,35 @@ async fn delete_customer(
 
 // ---------------------------------------------------------------- CDN
 
+/// A CDN hostname with its verification state.
+#[derive(Debug, Clone, Serialize)]
+pub struct CdnView {
+    /// The hostname's configuration.
+    #[serde(flatten)]
+    pub config: CdnConfig,
+    /// Pending (with the TXT record to publish) or verified.
+    pub verification: Verification,
+}
+
+fn cdn_view(c: &CdnConfig) -> CdnView {
+    CdnView {
+        verification: challenge::verification(&c.hostname, c.challenge.as_deref()),
+        config: c.clone(),
+    }
+}
+
 async fn cdn_list(
     State(st): State<ApiState>,
     a: Auth,
     Query(q): Query<CustomerQuery>,
-) -> ApiResult<Json<Vec<CdnConfig>>> {
+) -> ApiResult<Json<Vec<CdnView>>> {
     let scope = a.scope(q.customer.as_deref())?;
     let cfg = current(&st).await?.config;
     Ok(Json(
         cfg.cdn
-            .into_iter()
+            .iter()
             .filter(|c| scope.is_none_or(|s| s == c.customer))
+            .map(cdn_view)
             .collect(),
     ))
 }
@@ -815,29 +936,26 @@ async fn cdn_get(
     State(st): State<ApiState>,
     a: Auth,
     Path(host): Path<String>,
-) -> ApiResult<Json<CdnConfig>> {
+) -> ApiResult<Json<CdnView>> {
     let cfg = current(&st).await?.config;
     let i = cdn_index(&cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.cdn[i].customer)?;
-    Ok(Json(cfg.cdn[i].clone()))
+    Ok(Json(cdn_view(&cfg.cdn[i])))
 }
 
 async fn cdn_create(
     State(st): State<ApiState>,
     a: Auth,
     body: Body<Value>,
-) -> ApiResult<(StatusCode, Json<CdnConfig>)> {
+) -> ApiResult<(StatusCode, Json<CdnView>)> {
     let Json(mut v) = body?;
     own_customer(&a, &mut v)?;
-    let c: CdnConfig = from_value(v)?;
-    let out = c.clone();
+    let verified = take_verified(&a, &mut v)?;
+    let mut c: CdnConfig = from_value(v)?;
+    c.challenge = (!verified).then(challenge::new_token);
+    let out = cdn_view(&c);
     mutate(&st, &a, move |cfg| {
-        if cdn_index(cfg, &c.hostname).is_some() || gtm_index(cfg, &c.hostname).is_some() {
-            return Err(ApiError::field(
-                "hostname",
-                format!("{} is already configured", c.hostname),
-            ));
-        }
+        check_names(cfg, &c.customer, Some(&c.hostname), &c.origins)?;
         check_cdn_destinations(cfg, &c)?;
         cfg.cdn.push(c);
         Ok(())
@@ -851,18 +969,55 @@ async fn cdn_update(
     a: Auth,
     Path(host): Path<String>,
     body: Body<Value>,
-) -> ApiResult<Json<CdnConfig>> {
+) -> ApiResult<Json<CdnView>> {
     let Json(mut v) = body?;
     own_customer(&a, &mut v)?;
-    let c: CdnConfig = from_value(v)?;
+    let verified = take_verified(&a, &mut v)?;
+    let mut c: CdnConfig = from_value(v)?;
     if !same_host(&c.hostname, &host) {
         return Err(ApiError::field("hostname", "must match the URL"));
     }
-    let out = c.clone();
-    with_cdn(&st, &a, host, move |cfg, i| {
+    let out = with_cdn(&st, &a, host, move |cfg, i| {
+        check_names(cfg, &c.customer, None, &c.origins)?;
         check_cdn_destinations(cfg, &c)?;
+        if cfg.cdn[i].customer != c.customer {
+            // Moving a hostname to another customer makes it unproven again.
+            check_names(cfg, &c.customer, None, std::slice::from_ref(&c.hostname))?;
+        }
+        c.challenge = if verified {
+            None
+        } else if cfg.cdn[i].customer != c.customer {
+            Some(challenge::new_token())
+        } else {
+            cfg.cdn[i].challenge.clone()
+        };
+        let out = cdn_view(&c);
         cfg.cdn[i] = c;
-        Ok(())
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+/// `POST /v1/cdn/{hostname}/verify`: checks the hostname's TXT challenge with a real
+/// DNS query and, when it matches, makes the hostname live.
+async fn cdn_verify(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<Json<CdnView>> {
+    let cfg = current(&st).await?.config;
+    let i = cdn_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    a.require_customer(&cfg.cdn[i].customer)?;
+    let Some(token) = cfg.cdn[i].challenge.clone() else {
+        return Ok(Json(cdn_view(&cfg.cdn[i])));
+    };
+    check_challenge(&st, &cfg.cdn[i].hostname, &token).await?;
+    let out = with_cdn(&st, &a, host, move |cfg, i| {
+        if cfg.cdn[i].challenge.as_deref() == Some(token.as_str()) {
+            cfg.cdn[i].challenge = None;
+        }
+        Ok(cdn_view(&cfg.cdn[i]))
     })
     .await?;
     Ok(Json(out))
@@ -905,6 +1060,8 @@ pub struct GtmView {
     pub targets: Vec<TargetView>,
     /// How its service is monitored.
     pub monitor: Option<ServiceConfig>,
+    /// Pending (with the TXT record to publish) or verified.
+    pub verification: Verification,
 }
 
 pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
@@ -920,6 +1077,7 @@ pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
             })
             .collect(),
         monitor: cfg.services.iter().find(|s| s.name == g.service).cloned(),
+        verification: challenge::verification(&g.hostname, g.challenge.as_deref()),
         config: g.clone(),
     }
 }
@@ -958,15 +1116,12 @@ async fn gtm_create(
 ) -> ApiResult<(StatusCode, Json<GtmView>)> {
     let Json(mut v) = body?;
     own_customer(&a, &mut v)?;
-    let g: GtmConfig = from_value(v)?;
+    let verified = take_verified(&a, &mut v)?;
+    let mut g: GtmConfig = from_value(v)?;
+    g.challenge = (!verified).then(challenge::new_token);
     let a2 = a.clone();
     let (view, _) = mutate(&st, &a, move |cfg| {
-        if cdn_index(cfg, &g.hostname).is_some() || gtm_index(cfg, &g.hostname).is_some() {
-            return Err(ApiError::field(
-                "hostname",
-                format!("{} is already configured", g.hostname),
-            ));
-        }
+        check_names(cfg, &g.customer, Some(&g.hostname), &[])?;
         check_targets(cfg, &a2, &g)?;
         cfg.gtm.push(g.clone());
         Ok(gtm_view(cfg, &g))
@@ -983,18 +1138,54 @@ async fn gtm_update(
 ) -> ApiResult<Json<GtmView>> {
     let Json(mut v) = body?;
     own_customer(&a, &mut v)?;
-    let g: GtmConfig = from_value(v)?;
+    let verified = take_verified(&a, &mut v)?;
+    let mut g: GtmConfig = from_value(v)?;
     if !same_host(&g.hostname, &host) {
         return Err(ApiError::field("hostname", "must match the URL"));
     }
     let a2 = a.clone();
     let view = with_gtm(&st, &a, host, move |cfg, i| {
         check_targets(cfg, &a2, &g)?;
+        if cfg.gtm[i].customer != g.customer {
+            // Moving a hostname to another customer makes it unproven again.
+            check_names(cfg, &g.customer, None, std::slice::from_ref(&g.hostname))?;
+        }
+        g.challenge = if verified {
+            None
+        } else if cfg.gtm[i].customer != g.customer {
+            Some(challenge::new_token())
+        } else {
+            cfg.gtm[i].challenge.clone()
+        };
         cfg.gtm[i] = g.clone();
         Ok(gtm_view(cfg, &g))
     })
     .await?;
     Ok(Json(view))
+}
+
+/// `POST /v1/gtm/{hostname}/verify`: checks the hostname's TXT challenge with a real
+/// DNS query and, when it matches, makes the hostname live.
+async fn gtm_verify(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<Json<GtmView>> {
+    let cfg = current(&st).await?.config;
+    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    a.require_customer(&cfg.gtm[i].customer)?;
+    let Some(token) = cfg.gtm[i].challenge.clone() else {
+        return Ok(Json(gtm_view(&cfg, &cfg.gtm[i])));
+    };
+    check_challenge(&st, &cfg.gtm[i].hostname, &token).await?;
+    let out = with_gtm(&st, &a, host, move |cfg, i| {
+        if cfg.gtm[i].challenge.as_deref() == Some(token.as_str()) {
+            cfg.gtm[i].challenge = None;
+        }
+        Ok(gtm_view(cfg, &cfg.gtm[i]))
+    })
+    .await?;
+    Ok(Json(out))
 }
 
 async fn gtm_delete(
@@ -1386,9 +1577,8 @@ async fn config_get(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Query(q): Query<ConfigQuery>,
-    parts: ConfigReader,
+    reader: ConfigReader,
 ) -> ApiResult<Response> {
-    let _ = parts;
     let inm = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -1404,7 +1594,11 @@ async fn config_get(
         let wait = Duration::from_secs(wait.min(60));
         let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != known)).await;
     }
-    let snap = current(&st).await?;
+    let mut snap = current(&st).await?;
+    if reader.agent {
+        // The roles serve only verified hostnames (and never see the tokens).
+        snap.config = snap.config.live();
+    }
     if known == Some(snap.version) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&etag(snap.version)) {
@@ -1428,8 +1622,10 @@ async fn config_get(
     Ok(resp)
 }
 
-/// An agent token from `ControlOptions::agent_tokens`, or an admin session.
-struct ConfigReader;
+/// An agent token from `ControlOptions::agent_tokens` (`agent`), or an admin session.
+struct ConfigReader {
+    agent: bool,
+}
 
 impl FromRequestParts<ApiState> for ConfigReader {
     type Rejection = ApiError;
@@ -1442,11 +1638,11 @@ impl FromRequestParts<ApiState> for ConfigReader {
                 .iter()
                 .any(|a| auth::same_secret(a, t))
         {
-            return Ok(ConfigReader);
+            return Ok(ConfigReader { agent: true });
         }
         let a = Auth::from_request_parts(parts, st).await?;
         a.require_admin()?;
-        Ok(ConfigReader)
+        Ok(ConfigReader { agent: false })
     }
 }
 

@@ -430,6 +430,19 @@ fn addresses_by_site(view: &r::GtmView) -> BTreeMap<String, Vec<String>> {
     by_site
 }
 
+/// "verified", or "pending" with the TXT record the owner publishes before
+/// `POST /v1/{cdn,gtm}/{hostname}/verify`.
+fn verification_cell(hostname: &str, challenge: Option<&str>) -> maud::Markup {
+    let v = crate::api::challenge::verification(hostname, challenge);
+    html! {
+        (v.status)
+        @if let Some(r) = &v.record {
+            br; "publish " code { (r.name) " TXT \"" (r.value) "\"" }
+            " then verify (POST /v1/.../verify)"
+        }
+    }
+}
+
 async fn domains(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
@@ -442,7 +455,7 @@ async fn domains(
     let body = html! {
         h2 { "CDN domains" }
         table id="cdn-domains" {
-            tr { th { "CDN domain" } th { "Origin domains" } @if admin { th { "Customer" } } }
+            tr { th { "CDN domain" } th { "Origin domains" } th { "Status" } @if admin { th { "Customer" } } }
             @for c in cfg.cdn.iter().filter(|c| visible(&c.customer)) {
                 tr {
                     td class="cdn-host" { (c.hostname) }
@@ -450,7 +463,18 @@ async fn domains(
                         @if i > 0 { br; } (o)
                         @if let Some(u) = c.origin_urls.get(i) { " (" (u) ")" }
                     } }
+                    td class="verification" { (verification_cell(&c.hostname, c.challenge.as_deref())) }
                     @if admin { td { (c.customer) } }
+                }
+            }
+        }
+        @let pending: Vec<_> = cfg.gtm.iter().filter(|g| visible(&g.customer) && g.challenge.is_some()).collect();
+        @if !pending.is_empty() {
+            h2 { "GTM domains waiting for their DNS check" }
+            table id="gtm-pending" {
+                tr { th { "GTM domain" } th { "Status" } }
+                @for g in pending {
+                    tr { td { (g.hostname) } td class="verification" { (verification_cell(&g.hostname, g.challenge.as_deref())) } }
                 }
             }
         }
@@ -1066,12 +1090,7 @@ async fn gtm_add(
             weight: None,
         };
         r::mutate(&st, &a, move |cfg| {
-            if r::gtm_index(cfg, &host).is_some() {
-                return Err(ApiError::field(
-                    "hostname",
-                    format!("{host} is already configured"),
-                ));
-            }
+            r::check_names(cfg, &customer, Some(&host), &[])?;
             let service = if cfg.services.iter().any(|s| s.name == "http") {
                 "http".to_owned()
             } else {
@@ -1084,6 +1103,9 @@ async fn gtm_add(
                 "hostname": host, "customer": customer, "service": service, "targets": []
             }))
             .map_err(|e| ApiError::field("hostname", e.to_string()))?;
+            let mut g = g;
+            // A new hostname is pending until its TXT challenge is verified.
+            g.challenge = Some(crate::api::challenge::new_token());
             cfg.gtm.push(g);
             let i = cfg.gtm.len() - 1;
             r::add_address(cfg, i, &a2, &n)

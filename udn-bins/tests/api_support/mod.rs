@@ -288,6 +288,15 @@ impl Harness {
     /// A harness on `store`, seeded with [`two_customer_config`] and the users `admin`,
     /// `shopuser` and `acmeuser` (password [`PASSWORD`]).
     pub async fn start_on(store: Store, tag: &str) -> Harness {
+        Harness::start_full(store, tag, None).await
+    }
+
+    /// A SQLite harness whose control plane asks `resolver` for hostname TXT challenges.
+    pub async fn start_with_resolver(tag: &str, resolver: SocketAddr) -> Harness {
+        Harness::start_full(Store::Sqlite, tag, Some(resolver)).await
+    }
+
+    async fn start_full(store: Store, tag: &str, resolver: Option<SocketAddr>) -> Harness {
         udn_bins::install_crypto();
         let dir = temp_dir(tag);
         let db_file = dir.join("control.db");
@@ -351,6 +360,7 @@ impl Harness {
             edge_token: EDGE_TOKEN.into(),
             agent_tokens: vec![AGENT_TOKEN.into()],
             purge_retry_secs: Some(1),
+            challenge_resolver: resolver,
         };
         let backend: Arc<dyn Backend> = db.0.clone();
         let state = db.run(|_| ApiState::new(backend, opts).expect("state"));

@@ -665,12 +665,13 @@ impl Edge {
         Some(obj)
     }
 
-    fn full_key(&self, primary: &str, req: &HeaderMap) -> String {
-        match self.vary.get(primary) {
+    fn full_key(&self, route: &Route, req: &HeaderMap) -> String {
+        let primary = route.store_key();
+        match self.vary.get(&primary) {
             Some(names) if !names.is_empty() => {
                 format!("{primary}\n{}", policy::secondary_key(&names, req))
             }
-            _ => primary.to_string(),
+            _ => primary,
         }
     }
 
@@ -718,7 +719,7 @@ impl Edge {
         stale: Option<Arc<Object>>,
         lead: bool,
     ) -> Result<Lead, FillResult> {
-        let primary = route.key.clone();
+        let primary = route.store_key();
         let existing = {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match map.get(&primary) {
@@ -750,7 +751,7 @@ impl Edge {
                     edge.inflight
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&route.key);
+                        .remove(&route.store_key());
                     let _ = done.send(Some(r));
                 });
                 if lead && let Ok(l) = lrx.await {
@@ -824,12 +825,13 @@ impl Edge {
             }
             return FillResult::NotStored;
         };
+        let primary = route.store_key();
         let full_key = if names.is_empty() {
-            route.key.clone()
+            primary.clone()
         } else {
-            format!("{}\n{}", route.key, policy::secondary_key(&names, req))
+            format!("{primary}\n{}", policy::secondary_key(&names, req))
         };
-        self.vary.insert(route.key.clone(), Arc::new(names));
+        self.vary.insert(primary, Arc::new(names));
         let (parts, mut body) = resp.into_parts();
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
@@ -1306,7 +1308,7 @@ impl Edge {
             .cache_key(&self.router(), host, path)
             .map_err(|e| e.to_string())?;
         let req = HeaderMap::new();
-        let full = self.full_key(&route.key, &req);
+        let full = self.full_key(&route, &req);
         if let Some(o) = self.lookup(&full, &route.key).await
             && policy::evaluate(&o.meta, &req, self.now(), route.origin.check_interval)
                 == Action::Fresh
@@ -1421,7 +1423,7 @@ impl Edge {
             );
         }
         let headers = req.headers().clone();
-        let full_key = self.full_key(&route.key, &headers);
+        let full_key = self.full_key(&route, &headers);
         let now = self.now();
         let only_if_cached = policy::CacheControl::parse(&headers).only_if_cached;
         let stale = match self.lookup(&full_key, &route.key).await {
@@ -1493,7 +1495,7 @@ impl Edge {
             | Err(FillResult::Revalidated(_))
             | Err(FillResult::NotStored) => {
                 let revalidated = matches!(res, Err(FillResult::Revalidated(_)));
-                let full_key = self.full_key(&route.key, &headers);
+                let full_key = self.full_key(&route, &headers);
                 let filled = match res {
                     Err(FillResult::Stored(o)) | Err(FillResult::Revalidated(o))
                         if o.key == full_key =>
