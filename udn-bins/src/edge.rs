@@ -345,9 +345,16 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
 }
 
 /// A JSON error answer `{"error": ...}`.
-fn admin_error(status: axum::http::StatusCode, msg: impl std::fmt::Display) -> axum::response::Response {
+fn admin_error(
+    status: axum::http::StatusCode,
+    msg: impl std::fmt::Display,
+) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    (status, axum::Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
 }
 
 /// The admin listener's routes: purge, prefill, the purge journal and the metrics of
@@ -388,7 +395,10 @@ pub fn admin_router(edge: Arc<server::Edge>) -> axum::Router {
         #[serde(default)]
         since: u64,
     }
-    async fn purges(State(edge): St, q: Result<Query<Since>, axum::extract::rejection::QueryRejection>) -> axum::response::Response {
+    async fn purges(
+        State(edge): St,
+        q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
+    ) -> axum::response::Response {
         let Ok(Query(q)) = q else {
             return admin_error(StatusCode::BAD_REQUEST, "since must be a sequence number");
         };

@@ -317,7 +317,10 @@ impl EdgeProc {
         let admin: Option<SocketAddr> =
             pki.map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_udn"));
-        cmd.arg("edge").arg("--listen").arg(addr.to_string()).args(args);
+        cmd.arg("edge")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args);
         if let (Some(a), Some(p)) = (admin, pki) {
             cmd.arg("--admin-listen")
                 .arg(a.to_string())
@@ -361,7 +364,10 @@ impl EdgeProc {
         if let Some(b) = body {
             c.args(["-H", "Content-Type: application/json", "--data", b]);
         }
-        let out = c.arg(format!("https://{addr}{path}")).output().expect("curl");
+        let out = c
+            .arg(format!("https://{addr}{path}"))
+            .output()
+            .expect("curl");
         out.status.success().then(|| parse_curl(&out.stdout))
     }
 
@@ -602,10 +608,7 @@ fn purge_url_directory_and_domain() {
     let dir = tempdir("purge");
     let cfg = network_toml(&dir, origin, 3600);
     let pki = Pki::new("purge-pki");
-    let edge = EdgeProc::start_admin(
-        &["--config", cfg.to_str().unwrap(), "--pop", "fra"],
-        &pki,
-    );
+    let edge = EdgeProc::start_admin(&["--config", cfg.to_str().unwrap(), "--pop", "fra"], &pki);
     let host = "Host: cdn.test.example";
     let paths = [
         "/www.test.example/static/img/a.gif",
@@ -624,36 +627,20 @@ fn purge_url_directory_and_domain() {
             .collect()
     };
     assert_eq!(
-        purge(
-            &edge,
-            "url",
-            "http://www.test.example/static/img/a.gif",
-            1
-        ),
+        purge(&edge, "url", "http://www.test.example/static/img/a.gif", 1),
         200
     );
     assert_eq!(state(&edge), ["MISS", "HIT", "HIT", "HIT"]);
     assert_eq!(
-        purge(
-            &edge,
-            "prefix",
-            "http://www.test.example/static/img/",
-            2
-        ),
+        purge(&edge, "prefix", "http://www.test.example/static/img/", 2),
         200
     );
     assert_eq!(state(&edge), ["MISS", "MISS", "HIT", "HIT"]);
     // The CDN-hostname form of a URL names the same objects.
-    assert_eq!(
-        purge(&edge, "domain", "http://www.test.example/", 3),
-        200
-    );
+    assert_eq!(purge(&edge, "domain", "http://www.test.example/", 3), 200);
     assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "HIT"]);
     // A repeated sequence number is a no-op.
-    assert_eq!(
-        purge(&edge, "domain", "http://www.test.example/", 3),
-        200
-    );
+    assert_eq!(purge(&edge, "domain", "http://www.test.example/", 3), 200);
     assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
     assert_eq!(st.count("/static/img/a.gif"), 5);
     // The CDN-hostname forms: a URL with the origin in the path, and a whole CDN
@@ -661,10 +648,7 @@ fn purge_url_directory_and_domain() {
     let b_via_cdn = "http://cdn.test.example/www.test.example/static/img/b.gif";
     assert_eq!(purge(&edge, "url", b_via_cdn, 4), 200);
     assert_eq!(state(&edge), ["HIT", "MISS", "HIT", "HIT"]);
-    assert_eq!(
-        purge(&edge, "domain", "http://cdn.test.example/", 5),
-        200
-    );
+    assert_eq!(purge(&edge, "domain", "http://cdn.test.example/", 5), 200);
     assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "MISS"]);
     let since = String::from_utf8(edge.admin("/v1/purges?since=1", None).body).unwrap();
     assert!(
@@ -761,7 +745,12 @@ fn restart_keeps_the_disk_tier() {
     let disk = tempdir("disk");
     let origin_url = format!("http://{origin}");
     let pki = Pki::new("disk-pki");
-    let args = ["--origin", &origin_url, "--disk-dir", disk.to_str().unwrap()];
+    let args = [
+        "--origin",
+        &origin_url,
+        "--disk-dir",
+        disk.to_str().unwrap(),
+    ];
     let edge = EdgeProc::start_admin(&args, &pki);
     assert_eq!(curl(&edge.url("/static/keep"), &[]).cache(), "MISS");
     assert_eq!(curl(&edge.url("/static/gone"), &[]).cache(), "MISS");
@@ -853,10 +842,7 @@ fn stale_while_revalidate_and_prefill() {
     let dir = tempdir("swr");
     let cfg = network_toml(&dir, origin, 3600);
     let pki = Pki::new("swr-pki");
-    let edge = EdgeProc::start_admin(
-        &["--config", cfg.to_str().unwrap(), "--pop", "fra"],
-        &pki,
-    );
+    let edge = EdgeProc::start_admin(&["--config", cfg.to_str().unwrap(), "--pop", "fra"], &pki);
     let host = "Host: cdn.test.example";
     assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "MISS");
     std::thread::sleep(Duration::from_millis(2200));
@@ -1383,7 +1369,11 @@ fn admin_operations_only_on_the_admin_listener_for_control() {
         (r.status, r.body.as_slice()),
         (200, &b"content of /v1/purge"[..])
     );
-    assert_eq!(st.count("/v1/purge"), 1, "the origin saw the stranger's POST");
+    assert_eq!(
+        st.count("/v1/purge"),
+        1,
+        "the origin saw the stranger's POST"
+    );
     assert_eq!(victim(), "HIT", "the stranger purged the object");
     let r = curl_m(&edge.url("/v1/prefill"), &[], &["--data", r#"{"urls":[]}"#]);
     assert_eq!(r.body, b"content of /v1/prefill");
@@ -1413,7 +1403,15 @@ fn admin_operations_only_on_the_admin_listener_for_control() {
     let other = Pki::new("attack-other-ca");
     let foreign = other.creds("control-control");
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
         .arg("--cacert")
         .arg(pki.creds("edge-fra").join("ca.pem"))
         .arg("--cert")
@@ -1421,7 +1419,10 @@ fn admin_operations_only_on_the_admin_listener_for_control() {
         .arg("--key")
         .arg(foreign.join("key.pem"))
         .args(["--data", &body])
-        .arg(format!("https://{}/v1/purge", edge.admin.as_ref().unwrap().0))
+        .arg(format!(
+            "https://{}/v1/purge",
+            edge.admin.as_ref().unwrap().0
+        ))
         .output()
         .unwrap();
     let code = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -136,12 +136,10 @@ impl HttpClient {
                      (udn control --pki DIR)"
                 )));
             };
-            let (status, headers, body) = tokio::time::timeout(
-                timeout,
-                Self::call_tls(client, method, url, body, headers),
-            )
-            .await
-            .map_err(|_| CallError::Timeout)??;
+            let (status, headers, body) =
+                tokio::time::timeout(timeout, Self::call_tls(client, method, url, body, headers))
+                    .await
+                    .map_err(|_| CallError::Timeout)??;
             if !(200..300).contains(&status) && status != 304 {
                 let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
                 return Err(CallError::Status { status, body: text });
@@ -217,11 +215,7 @@ struct EdgePurge<'a> {
 }
 
 /// Sends one purge to one edge.
-pub async fn send_purge(
-    http: &HttpClient,
-    edge: &EdgeApi,
-    p: &Purge,
-) -> Result<(), CallError> {
+pub async fn send_purge(http: &HttpClient, edge: &EdgeApi, p: &Purge) -> Result<(), CallError> {
     http.post_json(
         &join(&edge.url, "/v1/purge"),
         &EdgePurge {
@@ -319,11 +313,7 @@ async fn deliver_to_edge(state: ApiState, edge: EdgeApi) {
 }
 
 /// Sends one prefill to one edge (`POST /v1/prefill {"urls": [...]}`).
-pub async fn send_prefill(
-    http: &HttpClient,
-    edge: &EdgeApi,
-    p: &Prefill,
-) -> Result<(), CallError> {
+pub async fn send_prefill(http: &HttpClient, edge: &EdgeApi, p: &Prefill) -> Result<(), CallError> {
     http.post_json(
         &join(&edge.url, "/v1/prefill"),
         &serde_json::json!({ "urls": p.urls }),
