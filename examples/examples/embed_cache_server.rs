@@ -36,7 +36,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let edge = Edge::builder(Router::single(&origin)?)
         .memory_bytes(64 << 20)
         .hooks(Arc::new(NoApi))
-        .purge_token("change-me")
         .build()?;
     let handle = start(edge, "127.0.0.1:8081".parse()?, None).await?;
     println!("caching {origin} on http://{}", handle.http_addr);

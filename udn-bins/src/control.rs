@@ -61,15 +61,18 @@ pub struct Args {
     /// Admin login created when the control plane has no users yet (`user:password`).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub bootstrap_admin: Option<String>,
-    /// An edge's API for purge and prefill fan-out (`name=http://ip:port`); repeatable.
+    /// An edge's admin listener for purge and prefill fan-out (`name=https://ip:port`,
+    /// reached with this control plane's instance credentials); repeatable.
     #[arg(long = "edge", value_name = "NAME=URL")]
     pub edges: Vec<String>,
     /// A probe's API for page checks (`pop=http://ip:port`); repeatable.
     #[arg(long = "probe", value_name = "POP=URL")]
     pub probes: Vec<String>,
-    /// Bearer token sent to the edges with purges and prefills.
-    #[arg(long, default_value = "")]
-    pub edge_token: String,
+    /// This control plane's instance credentials (`cert.pem`, `key.pem`, `ca.pem`, role
+    /// control), presented to the edges' admin listeners; default: enrolled from the
+    /// instance CA into `<data-dir>/pki/self`.
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
     /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
     #[arg(long = "agent-token")]
     pub agent_tokens: Vec<String>,
@@ -187,6 +190,39 @@ pub fn pki_command(cmd: &ControlCommand) -> anyhow::Result<String> {
     }
 }
 
+/// The control plane's own instance credentials: `--pki DIR`, else enrolled (role
+/// control, name `control`) from the instance CA in `<data-dir>/pki` into
+/// `<data-dir>/pki/self`.
+pub fn control_credentials(args: &Args) -> anyhow::Result<crate::pki::Credentials> {
+    let creds = match &args.pki {
+        Some(dir) => crate::pki::Credentials::load(dir)
+            .with_context(|| format!("--pki {}", dir.display()))?,
+        None => {
+            let pki = args.data_dir.join("pki");
+            let ca = crate::pki::Ca::load_or_create(&pki)?;
+            let mut sans = vec![args.listen.ip().to_string()];
+            if let Some(p) = args.portal_listen {
+                sans.push(p.ip().to_string());
+            }
+            sans.dedup();
+            ca.enroll_into(
+                crate::pki::InstanceRole::Control,
+                "control",
+                &sans,
+                &pki.join("self"),
+            )?
+        }
+    };
+    anyhow::ensure!(
+        creds.identity().role == crate::pki::InstanceRole::Control,
+        "the control plane's credentials name {} (role {}), not a control instance",
+        creds.identity(),
+        creds.identity().role
+    );
+    creds.client_config()?;
+    Ok(creds)
+}
+
 fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
     s.split_once(['=', ':'])
         .filter(|(a, b)| !a.is_empty() && !b.is_empty())
@@ -256,7 +292,7 @@ impl Args {
             options: crate::api::ControlOptions {
                 edges,
                 probes,
-                edge_token: self.edge_token.clone(),
+                credentials: Some(control_credentials(self)?),
                 agent_tokens: self.agent_tokens.clone(),
                 purge_retry_secs: None,
                 challenge_resolver: self.challenge_resolver,

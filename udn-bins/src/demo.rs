@@ -132,9 +132,10 @@ pub struct Endpoints {
     /// The demo's drill API (base URL).
     #[serde(default)]
     pub drill: String,
-    /// Bearer token of the edges' `/v1/purge` and `/v1/prefill`.
+    /// The control plane's instance credentials (directory with `ca.pem`, `cert.pem`,
+    /// `key.pem`): what the edges' admin listeners admit (`curl --cacert --cert --key`).
     #[serde(default)]
-    pub purge_token: String,
+    pub control_pki: String,
     /// The simulated regions of the world in miniature.
     #[serde(default)]
     pub regions: Vec<RegionEndpoint>,
@@ -152,6 +153,10 @@ pub struct EdgeEndpoint {
     pub pop: String,
     /// Base URL.
     pub http: String,
+    /// Base URL of its admin listener (purge, prefill, metrics; control certificates
+    /// only), for edges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 /// A simulated region.
@@ -189,8 +194,9 @@ pub const CONTROL: ([u8; 4], u16) = ([127, 0, 0, 5], 8480);
 pub const DRILL: ([u8; 4], u16) = ([127, 0, 0, 5], 8479);
 /// Port the simulated resolvers listen on (the probes' DNS-RTT method targets it).
 pub const WORLD_PORT: u16 = 5300;
-/// The edges' purge token.
-pub const PURGE_TOKEN: &str = "demo-purge-token";
+/// Port of the edges' admin listeners (HTTPS, control certificates only) on their POP
+/// address.
+pub const EDGE_ADMIN_PORT: u16 = 9443;
 /// The portal (HTTPS) port on the control plane's address.
 pub const PORTAL_PORT: u16 = 8443;
 /// The REST API's plain-HTTP port on the control plane's address (config distribution).
@@ -423,9 +429,9 @@ pub async fn start(
             let srv = p.servers.first()?;
             let ip = srv.addresses.first()?;
             Some(format!(
-                "{}=http://{}",
+                "{}=https://{}",
                 srv.name,
-                SocketAddr::new(*ip, HTTP_PORT)
+                SocketAddr::new(*ip, EDGE_ADMIN_PORT)
             ))
         })
         .collect();
@@ -448,7 +454,7 @@ pub async fn start(
         bootstrap_admin: Some(format!("{}:{}", LOGINS[0].0, LOGINS[0].1)),
         edges: edge_apis,
         probes: probe_apis,
-        edge_token: PURGE_TOKEN.into(),
+        pki: None,
         agent_tokens: Vec::new(),
         challenge_resolver: None,
     })
@@ -564,12 +570,22 @@ pub async fn start(
     }
     ep.roles.push("world".into());
 
-    // An edge and a probe per POP.
+    // An edge and a probe per POP; each edge enrolled with the control plane's CA.
+    let ca = crate::pki::Ca::load_or_create(&control_dir.join("pki"))?;
+    ep.control_pki = control_dir.join("pki").join("self").display().to_string();
     let mut edges = BTreeMap::new();
     let mut edge_opts = BTreeMap::new();
     let mut probes = Vec::new();
     let mut probe_logs = Vec::new();
     for (pop, ip) in &pops {
+        let edge_pki = dir.join("pki").join(format!("edge-{pop}"));
+        ca.enroll_into(
+            crate::pki::InstanceRole::Edge,
+            pop,
+            &[ip.to_string()],
+            &edge_pki,
+        )
+        .with_context(|| format!("enrolling the edge of {pop}"))?;
         let o = crate::edge::Options {
             config: Some(net_file.to_path_buf()),
             pop: pop.clone(),
@@ -581,7 +597,8 @@ pub async fn start(
             memory_object_kb: None,
             disk_dir: None,
             disk_mb: 0,
-            purge_token: Some(PURGE_TOKEN.into()),
+            admin_listen: Some(SocketAddr::new(*ip, EDGE_ADMIN_PORT)),
+            pki: Some(edge_pki),
             log_dir: Some(logs.join("edge").join(pop)),
             check_interval_secs: None,
             origin_timeout_ms: 5_000,
@@ -593,6 +610,7 @@ pub async fn start(
         ep.edges.push(EdgeEndpoint {
             pop: pop.clone(),
             http: format!("http://{}", h.http_addr()),
+            admin: h.admin_addr.map(|a| format!("https://{a}")),
         });
         edges.insert(pop.clone(), Some(h));
         edge_opts.insert(pop.clone(), o);
@@ -626,6 +644,7 @@ pub async fn start(
         ep.probes.push(EdgeEndpoint {
             pop: pop.clone(),
             http: format!("http://{}", p.http),
+            admin: None,
         });
         probes.push(p);
         probe_logs.push((log, ticker));
@@ -683,7 +702,6 @@ pub async fn start(
         .await
         .context("binding the drill API")?;
     ep.drill = format!("http://{}", listener.local_addr()?);
-    ep.purge_token = PURGE_TOKEN.into();
     let (drill_stop, mut rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![tokio::spawn(async move {
         let stop = async move {
@@ -934,10 +952,12 @@ fn print_tour(dir: &Path, path: &Path, ep: &Endpoints) {
             "  curl -si --resolve {cdn}:{HTTP_PORT}:{} http://{cdn}:{HTTP_PORT}/index.html | grep -i x-cache",
             host_port.split(':').next().unwrap_or("")
         );
-        println!(
-            "  curl -s -H 'Authorization: Bearer {PURGE_TOKEN}' -d '{{\"scope\":\"url\",\"target\":\"http://{cdn}/index.html\",\"seq\":1}}' {}/v1/purge",
-            e.http
-        );
+        if let Some(admin) = &e.admin {
+            let d = &ep.control_pki;
+            println!(
+                "  curl -s --cacert {d}/ca.pem --cert {d}/cert.pem --key {d}/key.pem -d '{{\"scope\":\"url\",\"target\":\"http://{cdn}/index.html\",\"seq\":1}}' {admin}/v1/purge",
+            );
+        }
     }
     println!(
         "  udn demo drill pop-down fra --state-dir {}",

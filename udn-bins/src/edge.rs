@@ -52,10 +52,15 @@ pub struct Options {
     /// Disk tier size in MiB.
     #[arg(long, default_value_t = 4096)]
     pub disk_mb: u64,
-    /// Bearer token for POST /v1/purge and /v1/prefill (else $UDN_PURGE_TOKEN; without
-    /// either, both are refused).
+    /// The admin listener (HTTPS, mutual TLS: only control-plane instance certificates
+    /// are admitted): `POST /v1/purge`, `POST /v1/prefill`, `GET /v1/purges`,
+    /// `GET /metrics`. Needs `--pki`; without it there is no admin listener.
+    #[arg(long, requires = "pki")]
+    pub admin_listen: Option<SocketAddr>,
+    /// This edge's instance credentials (`cert.pem`, `key.pem`, `ca.pem` from
+    /// `udn control enroll edge NAME --out DIR --san IP`).
     #[arg(long)]
-    pub purge_token: Option<String>,
+    pub pki: Option<PathBuf>,
     /// Access-log directory (rotated JSON Lines); no access log without it.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -83,6 +88,9 @@ pub struct Options {
 pub struct Handle {
     /// The edge server (addresses, the `Edge` itself).
     pub server: EdgeHandle,
+    /// The admin listener's address, if there is one.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<tokio::task::JoinHandle<()>>,
     log: Option<Arc<WriterSink>>,
 }
 
@@ -169,6 +177,9 @@ impl Handle {
 
     /// Stops the edge and completes the open access-log file.
     pub async fn shutdown(self) {
+        if let Some(a) = &self.admin {
+            a.abort();
+        }
         self.server.shutdown().await;
         if let Some(l) = self.log {
             let _ = tokio::task::spawn_blocking(move || l.flush()).await;
@@ -192,7 +203,7 @@ fn parse_cert(s: &str) -> anyhow::Result<TlsCert> {
 
 impl Default for Options {
     /// The command line's defaults: no origin, no config, `127.0.0.1:8080`, 256 MiB of
-    /// memory, no disk tier, no token, no access log.
+    /// memory, no disk tier, no admin listener, no access log.
     fn default() -> Self {
         Options {
             config: None,
@@ -205,7 +216,8 @@ impl Default for Options {
             memory_object_kb: None,
             disk_dir: None,
             disk_mb: 4096,
-            purge_token: None,
+            admin_listen: None,
+            pki: None,
             log_dir: None,
             check_interval_secs: None,
             origin_ca: None,
@@ -281,13 +293,6 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
     if let Some(dir) = &args.disk_dir {
         b = b.disk(dir.clone(), args.disk_mb << 20);
     }
-    let token = args
-        .purge_token
-        .clone()
-        .or_else(|| std::env::var("UDN_PURGE_TOKEN").ok());
-    if let Some(t) = &token {
-        b = b.purge_token(t);
-    }
     let edge = b.build().context("starting the edge cache")?;
     let https = match args.tls_listen {
         Some(addr) => {
@@ -310,7 +315,125 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
     let server = server::start(edge, args.listen, https)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    Ok(Handle { server, log })
+    let (admin_addr, admin) = match (args.admin_listen, &args.pki) {
+        (Some(addr), Some(dir)) => {
+            let creds = crate::pki::Credentials::load(dir)
+                .with_context(|| format!("--pki {}", dir.display()))?;
+            let tls = crate::listener::Tls {
+                config: creds.server_config()?,
+                revoked: crate::pki::Revocations::default(),
+            };
+            let (bound, task) = crate::listener::bind_and_serve(
+                addr,
+                admin_router(server.edge.clone()),
+                Some(tls),
+                crate::listener::Limits::default(),
+            )
+            .await
+            .with_context(|| format!("binding the admin listener {addr}"))?;
+            (Some(bound), Some(task))
+        }
+        (Some(_), None) => anyhow::bail!("--admin-listen needs --pki DIR"),
+        (None, _) => (None, None),
+    };
+    Ok(Handle {
+        server,
+        admin_addr,
+        admin,
+        log,
+    })
+}
+
+/// A JSON error answer `{"error": ...}`.
+fn admin_error(
+    status: axum::http::StatusCode,
+    msg: impl std::fmt::Display,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
+}
+
+/// The admin listener's routes: purge, prefill, the purge journal and the metrics of
+/// `edge`, for control-plane instances only (`/health` is open).
+pub fn admin_router(edge: Arc<server::Edge>) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    use axum::routing::{get, post};
+    type St = State<Arc<server::Edge>>;
+
+    async fn purge(State(edge): St, body: bytes::Bytes) -> axum::response::Response {
+        let req: server::PurgeRecord = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return admin_error(StatusCode::BAD_REQUEST, format!("bad purge body: {e}")),
+        };
+        match edge.purge_request(&req) {
+            Ok(o) => axum::Json(o).into_response(),
+            Err(e) => admin_error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+    async fn prefill(State(edge): St, body: bytes::Bytes) -> axum::response::Response {
+        #[derive(serde::Deserialize)]
+        struct Prefill {
+            urls: Vec<String>,
+        }
+        let req: Prefill = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return admin_error(StatusCode::BAD_REQUEST, format!("bad prefill body: {e}"));
+            }
+        };
+        let results = edge.prefill(req.urls).await;
+        axum::Json(serde_json::json!({ "results": results })).into_response()
+    }
+    #[derive(serde::Deserialize)]
+    struct Since {
+        #[serde(default)]
+        since: u64,
+    }
+    async fn purges(
+        State(edge): St,
+        q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
+    ) -> axum::response::Response {
+        let Ok(Query(q)) = q else {
+            return admin_error(StatusCode::BAD_REQUEST, "since must be a sequence number");
+        };
+        match edge.purges_since(q.since) {
+            Some(list) => axum::Json(list).into_response(),
+            None => admin_error(
+                StatusCode::GONE,
+                "purges since that sequence number were forgotten",
+            ),
+        }
+    }
+    async fn metrics(State(edge): St) -> axum::response::Response {
+        match edge.metrics_text() {
+            Ok(text) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+            Err(_) => admin_error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed"),
+        }
+    }
+    axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/purge", post(purge))
+        .route("/v1/prefill", post(prefill))
+        .route("/v1/purges", get(purges))
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(axum::middleware::from_fn(|req, next| {
+            crate::pki::require_roles(&[crate::pki::InstanceRole::Control], req, next)
+        }))
+        .with_state(edge)
 }
 
 /// Runs the role until Ctrl-C.
@@ -322,6 +445,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("udn edge: listening on http://{}", h.server.http_addr);
         if let Some(a) = h.server.https_addr {
             println!("udn edge: listening on https://{a}");
+        }
+        if let Some(a) = h.admin_addr {
+            println!("udn edge: admin on https://{a}");
         }
         let follow = match (&args_for_reload.control, &args_for_reload.config) {
             (Some(url), Some(path)) => {

@@ -927,7 +927,7 @@ async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge(st
     let seq2 = p2["seq"].as_u64().unwrap();
     assert!(seq2 > seq1);
 
-    // The live edge receives both, in order, with the bearer token.
+    // The live edge receives both, in order.
     assert!(eventually(10, || async { h.edge1.calls("/v1/purge").len() == 2 }).await);
     let calls = h.edge1.calls("/v1/purge");
     assert_eq!(
@@ -935,10 +935,9 @@ async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge(st
         json!({"scope": "url", "target": "http://www.shop.udn.example/img/a.gif", "seq": seq1})
     );
     assert_eq!(calls[1].body["seq"], seq2);
-    assert_eq!(
-        calls[0].authorization.as_deref(),
-        Some(&*format!("Bearer {EDGE_TOKEN}"))
-    );
+    // No bearer token: a real edge admits the control plane by its instance
+    // certificate on its admin listener (tests/edge.rs, tests/portal_edges.rs).
+    assert_eq!(calls[0].authorization, None);
     let (_, status) = shop.get(&format!("/v1/purge/{seq1}")).await;
     assert_eq!(status["applied"], 1);
     let down = status["edges"]
@@ -1043,10 +1042,9 @@ async fn prefill_fans_out_to_every_edge(store: Store) {
     assert!(eventually(10, || async { h.edge1.calls("/v1/prefill").len() == 1 }).await);
     let calls = h.edge1.calls("/v1/prefill");
     assert_eq!(calls[0].body, json!({"urls": urls}));
-    assert_eq!(
-        calls[0].authorization.as_deref(),
-        Some(&*format!("Bearer {EDGE_TOKEN}"))
-    );
+    // No bearer token: a real edge admits the control plane by its instance
+    // certificate on its admin listener (tests/edge.rs, tests/portal_edges.rs).
+    assert_eq!(calls[0].authorization, None);
     let (_, v) = shop.get(&format!("/v1/prefill/{seq}")).await;
     assert_eq!(v["applied"], 1);
     // The edge that was down gets the prefill when it comes back.

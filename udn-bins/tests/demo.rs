@@ -35,7 +35,7 @@ const DIG_REGIONS: [(&str, &str, &str); 3] = [
 ];
 const DIG_GTM: &str = "dig +short -b 127.0.41.1 @127.0.0.2 -p 5353 www.shop.udn.example";
 const CURL_PAGE: &str = "curl -si --resolve cdn.shop.udn.example:8080:127.0.0.11 http://cdn.shop.udn.example:8080/index.html | grep -i x-cache";
-const PURGE: &str = r#"curl -s -H 'Authorization: Bearer demo-purge-token' -d '{"scope":"url","target":"http://cdn.shop.udn.example/index.html","seq":1}' http://127.0.0.11:8080/v1/purge"#;
+const PURGE: &str = r#"curl -s --cacert /tmp/udn-demo/control/pki/self/ca.pem --cert /tmp/udn-demo/control/pki/self/cert.pem --key /tmp/udn-demo/control/pki/self/key.pem -d '{"scope":"url","target":"http://cdn.shop.udn.example/index.html","seq":1}' https://127.0.0.11:9443/v1/purge"#;
 const DRILLS: [&str; 4] = [
     "demo drill pop-down fra",
     "demo drill pop-up fra",

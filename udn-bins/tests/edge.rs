@@ -254,26 +254,127 @@ fn tempdir(name: &str) -> TempDir {
 struct EdgeProc {
     child: Child,
     addr: SocketAddr,
+    /// The admin listener and the credentials that may call it.
+    admin: Option<(SocketAddr, Pki)>,
+}
+
+/// An instance CA made with the real `udn control enroll`, and credentials of several
+/// roles issued by it.
+#[derive(Clone)]
+struct Pki {
+    dir: Arc<TempDir>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let pki = Pki {
+            dir: Arc::new(tempdir(name)),
+        };
+        for (role, name) in [
+            ("edge", "fra"),
+            ("control", "control"),
+            ("probe", "fra"),
+            ("edge", "nyc"),
+        ] {
+            pki.enroll(role, name);
+        }
+        pki
+    }
+
+    /// Issues `role`/`name` into `<dir>/<role>-<name>` (SAN 127.0.0.1).
+    fn enroll(&self, role: &str, name: &str) -> PathBuf {
+        let out = self.dir.join(format!("{role}-{name}"));
+        let st = Command::new(env!("CARGO_BIN_EXE_udn"))
+            .args(["control", "enroll", role, name, "--san", "127.0.0.1"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "udn control enroll {role} {name}");
+        out
+    }
+
+    fn creds(&self, which: &str) -> PathBuf {
+        self.dir.join(which)
+    }
 }
 
 impl EdgeProc {
     fn start(args: &[&str]) -> EdgeProc {
+        Self::start_inner(args, None)
+    }
+
+    /// An edge with an admin listener on a free port, enrolled as `edge/fra` of `pki`.
+    fn start_admin(args: &[&str], pki: &Pki) -> EdgeProc {
+        Self::start_inner(args, Some(pki))
+    }
+
+    fn start_inner(args: &[&str], pki: Option<&Pki>) -> EdgeProc {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_udn"))
-            .arg("edge")
+        let admin: Option<SocketAddr> =
+            pki.map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_udn"));
+        cmd.arg("edge")
             .arg("--listen")
             .arg(addr.to_string())
-            .args(args)
+            .args(args);
+        if let (Some(a), Some(p)) = (admin, pki) {
+            cmd.arg("--admin-listen")
+                .arg(a.to_string())
+                .arg("--pki")
+                .arg(p.creds("edge-fra"));
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start udn edge");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "udn edge did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        for a in std::iter::once(addr).chain(admin) {
+            while std::net::TcpStream::connect(a).is_err() {
+                assert!(Instant::now() < deadline, "udn edge did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        EdgeProc { child, addr }
+        EdgeProc {
+            child,
+            addr,
+            admin: admin.zip(pki.cloned()),
+        }
+    }
+
+    /// A request to the admin listener with the credentials in `<pki>/<who>` (`None`:
+    /// no client certificate; the server is verified against the instance CA either
+    /// way). `None` back when there was no HTTP answer (refused handshake).
+    fn admin_as(&self, who: Option<&str>, path: &str, body: Option<&str>) -> Option<Got> {
+        let (addr, pki) = self.admin.as_ref().expect("an edge with an admin listener");
+        let mut c = Command::new("curl");
+        c.args(["-s", "-D", "-", "--max-time", "30", "--cacert"])
+            .arg(pki.creds("edge-fra").join("ca.pem"));
+        if let Some(w) = who {
+            let d = pki.creds(w);
+            c.arg("--cert")
+                .arg(d.join("cert.pem"))
+                .arg("--key")
+                .arg(d.join("key.pem"));
+        }
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data", b]);
+        }
+        let out = c
+            .arg(format!("https://{addr}{path}"))
+            .output()
+            .expect("curl");
+        out.status.success().then(|| parse_curl(&out.stdout))
+    }
+
+    /// A request to the admin listener as the control plane.
+    fn admin(&self, path: &str, body: Option<&str>) -> Got {
+        self.admin_as(Some("control-control"), path, body)
+            .expect("the admin listener answers the control plane")
     }
 
     fn url(&self, path: &str) -> String {
@@ -362,17 +463,10 @@ fn parse_curl(raw: &[u8]) -> Got {
     }
 }
 
-fn purge(edge: &EdgeProc, token: &str, scope: &str, target: &str, seq: u64) -> u16 {
+/// A purge on the edge's admin listener, as the control plane.
+fn purge(edge: &EdgeProc, scope: &str, target: &str, seq: u64) -> u16 {
     let body = format!(r#"{{"scope":"{scope}","target":"{target}","seq":{seq}}}"#);
-    curl_m(
-        &edge.url("/v1/purge"),
-        &[
-            &format!("Authorization: Bearer {token}"),
-            "Content-Type: application/json",
-        ],
-        &["--data", &body],
-    )
-    .status
+    edge.admin("/v1/purge", Some(&body)).status
 }
 
 fn network_toml(dir: &Path, origin: SocketAddr, check: u64) -> PathBuf {
@@ -410,14 +504,18 @@ check_interval_secs = {check}
 fn miss_then_hit_with_age_and_access_log() {
     let (origin, st) = start_origin();
     let logs = tempdir("logs");
-    let mut edge = EdgeProc::start(&[
-        "--origin",
-        &format!("http://{origin}"),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "--pop",
-        "fra",
-    ]);
+    let pki = Pki::new("logs-pki");
+    let mut edge = EdgeProc::start_admin(
+        &[
+            "--origin",
+            &format!("http://{origin}"),
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--pop",
+            "fra",
+        ],
+        &pki,
+    );
     let a = curl(&edge.url("/static/a.txt"), &[]);
     assert_eq!(a.status, 200);
     assert_eq!(a.cache(), "MISS");
@@ -433,8 +531,8 @@ fn miss_then_hit_with_age_and_access_log() {
     assert_eq!(curl(&edge.url("/nostore/x"), &[]).cache(), "BYPASS");
     assert_eq!(curl(&edge.url("/nostore/x"), &[]).cache(), "BYPASS");
     assert_eq!(st.count("/nostore/x"), 2);
-    // Metrics count what happened.
-    let m = String::from_utf8(curl(&edge.url("/metrics"), &[]).body).unwrap();
+    // Metrics (on the admin listener) count what happened.
+    let m = String::from_utf8(edge.admin("/metrics", None).body).unwrap();
     assert!(
         m.contains(r#"udn_edge_requests_total{outcome="hit"} 1"#),
         "{m}"
@@ -513,14 +611,8 @@ fn purge_url_directory_and_domain() {
     let (origin, st) = start_origin();
     let dir = tempdir("purge");
     let cfg = network_toml(&dir, origin, 3600);
-    let edge = EdgeProc::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--pop",
-        "fra",
-        "--purge-token",
-        "s3cret",
-    ]);
+    let pki = Pki::new("purge-pki");
+    let edge = EdgeProc::start_admin(&["--config", cfg.to_str().unwrap(), "--pop", "fra"], &pki);
     let host = "Host: cdn.test.example";
     let paths = [
         "/www.test.example/static/img/a.gif",
@@ -539,62 +631,30 @@ fn purge_url_directory_and_domain() {
             .collect()
     };
     assert_eq!(
-        purge(
-            &edge,
-            "wrong",
-            "url",
-            "http://www.test.example/static/img/a.gif",
-            1
-        ),
-        401
-    );
-    assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
-    assert_eq!(
-        purge(
-            &edge,
-            "s3cret",
-            "url",
-            "http://www.test.example/static/img/a.gif",
-            1
-        ),
+        purge(&edge, "url", "http://www.test.example/static/img/a.gif", 1),
         200
     );
     assert_eq!(state(&edge), ["MISS", "HIT", "HIT", "HIT"]);
     assert_eq!(
-        purge(
-            &edge,
-            "s3cret",
-            "prefix",
-            "http://www.test.example/static/img/",
-            2
-        ),
+        purge(&edge, "prefix", "http://www.test.example/static/img/", 2),
         200
     );
     assert_eq!(state(&edge), ["MISS", "MISS", "HIT", "HIT"]);
     // The CDN-hostname form of a URL names the same objects.
-    assert_eq!(
-        purge(&edge, "s3cret", "domain", "http://www.test.example/", 3),
-        200
-    );
+    assert_eq!(purge(&edge, "domain", "http://www.test.example/", 3), 200);
     assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "HIT"]);
     // A repeated sequence number is a no-op.
-    assert_eq!(
-        purge(&edge, "s3cret", "domain", "http://www.test.example/", 3),
-        200
-    );
+    assert_eq!(purge(&edge, "domain", "http://www.test.example/", 3), 200);
     assert_eq!(state(&edge), ["HIT", "HIT", "HIT", "HIT"]);
     assert_eq!(st.count("/static/img/a.gif"), 5);
     // The CDN-hostname forms: a URL with the origin in the path, and a whole CDN
     // hostname (every one of its origin domains).
     let b_via_cdn = "http://cdn.test.example/www.test.example/static/img/b.gif";
-    assert_eq!(purge(&edge, "s3cret", "url", b_via_cdn, 4), 200);
+    assert_eq!(purge(&edge, "url", b_via_cdn, 4), 200);
     assert_eq!(state(&edge), ["HIT", "MISS", "HIT", "HIT"]);
-    assert_eq!(
-        purge(&edge, "s3cret", "domain", "http://cdn.test.example/", 5),
-        200
-    );
+    assert_eq!(purge(&edge, "domain", "http://cdn.test.example/", 5), 200);
     assert_eq!(state(&edge), ["MISS", "MISS", "MISS", "MISS"]);
-    let since = String::from_utf8(curl(&edge.url("/v1/purges?since=1"), &[]).body).unwrap();
+    let since = String::from_utf8(edge.admin("/v1/purges?since=1", None).body).unwrap();
     assert!(
         since.contains(r#""seq":2"#)
             && since.contains(r#""seq":3"#)
@@ -688,22 +748,21 @@ fn restart_keeps_the_disk_tier() {
     let (origin, st) = start_origin();
     let disk = tempdir("disk");
     let origin_url = format!("http://{origin}");
+    let pki = Pki::new("disk-pki");
     let args = [
         "--origin",
         &origin_url,
         "--disk-dir",
         disk.to_str().unwrap(),
-        "--purge-token",
-        "t",
     ];
-    let edge = EdgeProc::start(&args);
+    let edge = EdgeProc::start_admin(&args, &pki);
     assert_eq!(curl(&edge.url("/static/keep"), &[]).cache(), "MISS");
     assert_eq!(curl(&edge.url("/static/gone"), &[]).cache(), "MISS");
     std::thread::sleep(Duration::from_millis(500)); // the write-through is asynchronous
     let key = format!("http://{origin}/static/gone");
-    assert_eq!(purge(&edge, "t", "url", &key, 7), 200);
+    assert_eq!(purge(&edge, "url", &key, 7), 200);
     drop(edge); // SIGKILL: no graceful shutdown
-    let edge = EdgeProc::start(&args);
+    let edge = EdgeProc::start_admin(&args, &pki);
     let r = curl(&edge.url("/static/keep"), &[]);
     assert_eq!(
         (r.cache(), r.body.as_slice()),
@@ -720,16 +779,20 @@ fn restart_keeps_the_disk_tier() {
 fn tiers_are_bounded() {
     let (origin, st) = start_origin();
     let disk = tempdir("bounded");
-    let edge = EdgeProc::start(&[
-        "--origin",
-        &format!("http://{origin}"),
-        "--disk-dir",
-        disk.to_str().unwrap(),
-        "--disk-mb",
-        "1",
-        "--memory-mb",
-        "1",
-    ]);
+    let pki = Pki::new("bounded-pki");
+    let edge = EdgeProc::start_admin(
+        &[
+            "--origin",
+            &format!("http://{origin}"),
+            "--disk-dir",
+            disk.to_str().unwrap(),
+            "--disk-mb",
+            "1",
+            "--memory-mb",
+            "1",
+        ],
+        &pki,
+    );
     // 10 objects of 300 KiB: larger than the 128 KiB memory-object limit; 3 fit on disk.
     for i in 0..10 {
         let r = curl(&edge.url(&format!("/sized/{}", 300 * 1024 + i)), &[]);
@@ -745,7 +808,7 @@ fn tiers_are_bounded() {
         on_disk <= (1 << 20) + 64 * 1024,
         "disk tier holds {on_disk} bytes"
     );
-    let m = String::from_utf8(curl(&edge.url("/metrics"), &[]).body).unwrap();
+    let m = String::from_utf8(edge.admin("/metrics", None).body).unwrap();
     let disk_bytes: u64 = m
         .lines()
         .find_map(|l| l.strip_prefix("udn_edge_disk_bytes "))
@@ -782,14 +845,8 @@ fn stale_while_revalidate_and_prefill() {
     let (origin, st) = start_origin();
     let dir = tempdir("swr");
     let cfg = network_toml(&dir, origin, 3600);
-    let edge = EdgeProc::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--pop",
-        "fra",
-        "--purge-token",
-        "pf",
-    ]);
+    let pki = Pki::new("swr-pki");
+    let edge = EdgeProc::start_admin(&["--config", cfg.to_str().unwrap(), "--pop", "fra"], &pki);
     let host = "Host: cdn.test.example";
     assert_eq!(curl(&edge.url("/swr/a"), &[host]).cache(), "MISS");
     std::thread::sleep(Duration::from_millis(2200));
@@ -817,11 +874,11 @@ fn stale_while_revalidate_and_prefill() {
     }
     // Prefill: fetched before anyone asks, then served as hits.
     let body = r#"{"urls":["http://cdn.test.example/www.test.example/static/p1","http://img.test.example/static/p2","http://evil.example/x"]}"#;
-    let r = curl_m(
-        &edge.url("/v1/prefill"),
-        &["Authorization: Bearer pf"],
-        &["--data", body],
-    );
+    // A prefill from a probe's certificate is refused and fetches nothing.
+    let r = edge.admin_as(Some("probe-fra"), "/v1/prefill", Some(body));
+    assert_eq!(r.map(|r| r.status), Some(403));
+    assert_eq!(st.count("/static/p1"), 0);
+    let r = edge.admin("/v1/prefill", Some(body));
     assert_eq!(r.status, 200);
     let text = String::from_utf8(r.body).unwrap();
     assert_eq!(text.matches(r#""outcome":"stored""#).count(), 2, "{text}");
@@ -831,10 +888,6 @@ fn stale_while_revalidate_and_prefill() {
     assert_eq!(
         curl(&edge.url("/img.test.example/static/p2"), &[host]).cache(),
         "HIT"
-    );
-    assert_eq!(
-        curl_m(&edge.url("/v1/prefill"), &[], &["--data", body]).status,
-        401
     );
 }
 
@@ -1298,6 +1351,17 @@ fn bad_invocations_fail_clearly() {
     let (code, err) = run(&["--origin", "ftp://x"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("ftp://x"), "{err}");
+    // No admin listener without credentials: no default or empty credential.
+    let (code, err) = run(&[
+        "--origin",
+        "http://127.0.0.1:9",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--pki"), "{err}");
+    let (code, _) = run(&["--origin", "http://127.0.0.1:9", "--purge-token", "x"]);
+    assert_eq!(code, Some(2), "--purge-token is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1339,4 +1403,110 @@ fn client_conditionals_head_and_request_directives() {
     let r = curl_m(&edge.url("/lm/c"), &[], &["--data", "x"]);
     assert_eq!(r.cache(), "BYPASS");
     assert_eq!(st.count("/lm/c"), 4);
+}
+
+/// The attacker's side of the admin split: on the customer listener, `/v1/purge`,
+/// `/metrics` and `/v1/purges` are customer URLs (they reach the origin, nothing is
+/// purged, nothing leaks); the admin listener refuses callers without a certificate, with
+/// one of another role, or from another CA, and admits the control plane.
+#[test]
+fn admin_operations_only_on_the_admin_listener_for_control() {
+    let (origin, st) = start_origin();
+    let pki = Pki::new("attack-pki");
+    let edge = EdgeProc::start_admin(&["--origin", &format!("http://{origin}")], &pki);
+    let key = format!("http://{origin}/static/victim");
+    let secret_target = format!("http://{origin}/private/secret-launch-page");
+    assert_eq!(curl(&edge.url("/static/victim"), &[]).cache(), "MISS");
+    assert_eq!(curl(&edge.url("/static/victim"), &[]).cache(), "HIT");
+    // A real purge (as the control plane) so the journal holds a target.
+    assert_eq!(purge(&edge, "url", &secret_target, 1), 200);
+    let victim = || curl(&edge.url("/static/victim"), &[]).cache().to_string();
+
+    // A stranger's purge on the customer listener is proxied to the origin.
+    let body = format!(r#"{{"scope":"url","target":"{key}","seq":2}}"#);
+    let r = curl_m(
+        &edge.url("/v1/purge"),
+        &["Content-Type: application/json"],
+        &["--data", &body],
+    );
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"content of /v1/purge"[..])
+    );
+    assert_eq!(
+        st.count("/v1/purge"),
+        1,
+        "the origin saw the stranger's POST"
+    );
+    assert_eq!(victim(), "HIT", "the stranger purged the object");
+    let r = curl_m(&edge.url("/v1/prefill"), &[], &["--data", r#"{"urls":[]}"#]);
+    assert_eq!(r.body, b"content of /v1/prefill");
+
+    // Metrics and the purge journal are customer URLs too: the origin answers.
+    let m = curl(&edge.url("/metrics"), &[]);
+    assert_eq!(m.body, b"content of /metrics");
+    assert_eq!(st.count("/metrics"), 1);
+    let j = curl(&edge.url("/v1/purges?since=0"), &[]);
+    let text = String::from_utf8_lossy(&j.body).into_owned();
+    assert_eq!(text, "content of /v1/purges");
+    assert!(!text.contains("secret-launch-page"), "{text}");
+    assert_eq!(st.count("/v1/purges"), 1);
+
+    // The admin listener: no certificate 401, edge and probe certificates 403, a
+    // certificate of another CA refused in the handshake; nothing purged.
+    let no_cert = edge.admin_as(None, "/v1/purge", Some(&body));
+    assert_eq!(no_cert.as_ref().map(|g| g.status), Some(401));
+    for who in ["edge-nyc", "probe-fra", "edge-fra"] {
+        let g = edge.admin_as(Some(who), "/v1/purge", Some(&body));
+        assert_eq!(g.map(|g| g.status), Some(403), "{who}");
+        let g = edge.admin_as(Some(who), "/v1/purges", None);
+        assert_eq!(g.map(|g| g.status), Some(403), "{who}");
+        let g = edge.admin_as(Some(who), "/metrics", None);
+        assert_eq!(g.map(|g| g.status), Some(403), "{who}");
+    }
+    let other = Pki::new("attack-other-ca");
+    let foreign = other.creds("control-control");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(pki.creds("edge-fra").join("ca.pem"))
+        .arg("--cert")
+        .arg(foreign.join("cert.pem"))
+        .arg("--key")
+        .arg(foreign.join("key.pem"))
+        .args(["--data", &body])
+        .arg(format!(
+            "https://{}/v1/purge",
+            edge.admin.as_ref().unwrap().0
+        ))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && code == "000",
+        "a foreign CA's control certificate got HTTP {code}"
+    );
+    assert_eq!(victim(), "HIT");
+
+    // The control plane purges; the journal and metrics are there for it.
+    let g = edge.admin("/v1/purge", Some(&body));
+    assert_eq!(g.status, 200);
+    assert!(String::from_utf8_lossy(&g.body).contains(r#""applied":true"#));
+    assert_eq!(victim(), "MISS");
+    let j = String::from_utf8(edge.admin("/v1/purges?since=0", None).body).unwrap();
+    assert!(j.contains("secret-launch-page"), "{j}");
+    let m = String::from_utf8(edge.admin("/metrics", None).body).unwrap();
+    assert!(m.contains("udn_edge_purges_total 2"), "{m}");
+    // Bad input: a clear 400 with the reason.
+    let g = edge.admin("/v1/purge", Some(r#"{"scope":"everything","target":"x"}"#));
+    assert_eq!(g.status, 400);
+    assert!(String::from_utf8_lossy(&g.body).contains("error"));
 }

@@ -18,16 +18,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use udn_bins::api::backend::PurgeScope;
 use udn_bins::api::{ApiState, Backend, ControlOptions, EdgeApi, Role, SqliteBackend};
+use udn_bins::pki::InstanceRole;
 
-async fn start_edge(config: &std::path::Path, pop: &str, addr: SocketAddr) -> Edge {
+async fn start_edge(
+    config: &std::path::Path,
+    pop: &str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    pki: &std::path::Path,
+) -> Edge {
     let child = Command::new(env!("CARGO_BIN_EXE_udn"))
         .args(["edge", "--listen", &addr.to_string(), "--pop", pop])
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--purge-token",
-            EDGE_TOKEN,
-        ])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--pki")
+        .arg(pki)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -120,14 +125,25 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
         .unwrap();
     db.create_user("root", PASSWORD, Role::Admin, None).unwrap();
     let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a_admin, b_admin) = (free_addr(), free_addr());
+    let ca = udn_bins::pki::Ca::load_or_create(&dir.join("pki")).unwrap();
+    let san = ["127.0.0.1".to_string()];
+    let (a_pki, b_pki) = (dir.join("edge-fra"), dir.join("edge-nyc"));
+    ca.enroll_into(InstanceRole::Edge, "fra", &san, &a_pki)
+        .unwrap();
+    ca.enroll_into(InstanceRole::Edge, "nyc", &san, &b_pki)
+        .unwrap();
+    let control = ca
+        .enroll_into(InstanceRole::Control, "control", &san, &dir.join("control"))
+        .unwrap();
     let edges = vec![
         EdgeApi {
             name: "fra-edge-1".into(),
-            url: format!("http://{a_addr}"),
+            url: format!("https://{a_admin}"),
         },
         EdgeApi {
             name: "nyc-edge-1".into(),
-            url: format!("http://{b_addr}"),
+            url: format!("https://{b_admin}"),
         },
     ];
     let names: Vec<String> = edges.iter().map(|e| e.name.clone()).collect();
@@ -145,13 +161,13 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
         .seq;
     let opts = ControlOptions {
         edges,
-        edge_token: EDGE_TOKEN.into(),
+        credentials: Some(control.clone()),
         purge_retry_secs: Some(1),
         ..ControlOptions::default()
     };
     let backend: Arc<dyn Backend> = db.clone();
     let state = ApiState::new(backend, opts).unwrap();
-    let _edge_a = start_edge(&toml_path, "fra", a_addr).await;
+    let _edge_a = start_edge(&toml_path, "fra", a_addr, a_admin, &a_pki).await;
     assert_eq!(x_cache(a_addr, "/img/a.gif").await, "MISS");
     assert_eq!(x_cache(a_addr, "/img/a.gif").await, "HIT");
     let delivery = state.start_purge_distributor();
@@ -318,7 +334,7 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
     );
     // The edge comes back: it is sent the rest but not the cancelled purge, and its
     // poison row fails too.
-    let _edge_b = start_edge(&toml_path, "nyc", b_addr).await;
+    let _edge_b = start_edge(&toml_path, "nyc", b_addr, b_admin, &b_pki).await;
     assert!(
         eventually(15, || async {
             edge_row(
@@ -329,7 +345,11 @@ async fn a_poison_purge_neither_enters_nor_blocks_the_queue() {
         })
         .await
     );
-    let since: Value = reqwest::get(format!("http://{b_addr}/v1/purges?since=0"))
+    let since: Value = control
+        .reqwest_client(Duration::from_secs(10))
+        .unwrap()
+        .get(format!("https://{b_admin}/v1/purges?since=0"))
+        .send()
         .await
         .unwrap()
         .json()

@@ -15,23 +15,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use udn_bins::api::{ApiState, Backend, ControlOptions, EdgeApi, Role, SqliteBackend};
+use udn_bins::pki::InstanceRole;
 
-async fn start_edge(config: &std::path::Path, pop: &str, addr: SocketAddr) -> Edge {
+/// A real `udn edge` serving customers on `addr` and its admin listener on `admin`,
+/// with the credentials in `pki`.
+async fn start_edge(
+    config: &std::path::Path,
+    pop: &str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    pki: &std::path::Path,
+) -> Edge {
     let child = Command::new(env!("CARGO_BIN_EXE_udn"))
         .args(["edge", "--listen", &addr.to_string(), "--pop", pop])
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--purge-token",
-            EDGE_TOKEN,
-        ])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--pki")
+        .arg(pki)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start udn edge");
     let edge = Edge(child);
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && tokio::net::TcpStream::connect(admin).await.is_ok()
+        {
             return edge;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -94,18 +103,30 @@ async fn purge_reaches_running_udn_edges_and_one_that_starts_later() {
     db.create_user("shopuser", PASSWORD, Role::Customer, Some("shop"))
         .unwrap();
     let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a_admin, b_admin) = (free_addr(), free_addr());
+    // The instance CA; the edges and the control plane enrolled with it.
+    let ca = udn_bins::pki::Ca::load_or_create(&dir.join("pki")).unwrap();
+    let san = ["127.0.0.1".to_string()];
+    let (a_pki, b_pki) = (dir.join("edge-fra"), dir.join("edge-nyc"));
+    ca.enroll_into(InstanceRole::Edge, "fra", &san, &a_pki)
+        .unwrap();
+    ca.enroll_into(InstanceRole::Edge, "nyc", &san, &b_pki)
+        .unwrap();
+    let control = ca
+        .enroll_into(InstanceRole::Control, "control", &san, &dir.join("control"))
+        .unwrap();
     let opts = ControlOptions {
         edges: vec![
             EdgeApi {
                 name: "fra-edge-1".into(),
-                url: format!("http://{a_addr}"),
+                url: format!("https://{a_admin}"),
             },
             EdgeApi {
                 name: "nyc-edge-1".into(),
-                url: format!("http://{b_addr}"),
+                url: format!("https://{b_admin}"),
             },
         ],
-        edge_token: EDGE_TOKEN.into(),
+        credentials: Some(control.clone()),
         purge_retry_secs: Some(1),
         ..ControlOptions::default()
     };
@@ -119,7 +140,7 @@ async fn purge_reaches_running_udn_edges_and_one_that_starts_later() {
     .await
     .unwrap();
 
-    let _edge_a = start_edge(&toml_path, "fra", a_addr).await;
+    let _edge_a = start_edge(&toml_path, "fra", a_addr, a_admin, &a_pki).await;
     assert_eq!(fetch(a_addr, "/img/a.gif").await.0, "MISS");
     let (cache, body) = fetch(a_addr, "/img/a.gif").await;
     assert_eq!((cache.as_str(), body.as_str()), ("HIT", "/img/a.gif #1"));
@@ -175,7 +196,7 @@ async fn purge_reaches_running_udn_edges_and_one_that_starts_later() {
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 
     // The second edge was down; when it starts it receives the purge it missed.
-    let _edge_b = start_edge(&toml_path, "nyc", b_addr).await;
+    let _edge_b = start_edge(&toml_path, "nyc", b_addr, b_admin, &b_pki).await;
     assert!(
         eventually(15, || {
             let c = client.clone();
@@ -184,7 +205,11 @@ async fn purge_reaches_running_udn_edges_and_one_that_starts_later() {
         .await,
         "applied by the edge that came back"
     );
-    let since = reqwest::get(format!("http://{b_addr}/v1/purges?since=0"))
+    let since = control
+        .reqwest_client(Duration::from_secs(10))
+        .unwrap()
+        .get(format!("https://{b_admin}/v1/purges?since=0"))
+        .send()
         .await
         .unwrap()
         .text()

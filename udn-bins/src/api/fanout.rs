@@ -1,5 +1,7 @@
 //! Fan-out from the control plane to the edges (purge, prefill) and probes (page
-//! check), over their HTTP APIs (contracts in `docs/api.md`).
+//! check), over their HTTP APIs (contracts in `docs/api.md`). The edges' admin
+//! listeners are HTTPS with mutual TLS: the control plane presents its instance
+//! certificate (role control) and trusts only the instance CA.
 
 use super::ApiState;
 use super::backend::{DeliveryKind, Prefill, Purge};
@@ -11,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// An edge and the base URL of its HTTP API (`http://127.0.0.11:9080`).
+/// An edge and the base URL of its admin listener (`https://127.0.0.11:9443`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeApi {
     /// The edge's name (its server name in the config, e.g. `fra-edge-1`).
@@ -29,10 +31,13 @@ pub struct ProbeApi {
     pub url: String,
 }
 
-/// A small HTTP/1 client for the fan-out (plain HTTP on the internal network).
+/// A small HTTP/1 client for the fan-out: `https://` URLs go over mutual TLS with the
+/// control plane's instance credentials (refused without them), `http://` URLs over
+/// plain HTTP.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: Client<HttpConnector, Full<Bytes>>,
+    mtls: Option<reqwest::Client>,
 }
 
 impl Default for HttpClient {
@@ -72,7 +77,47 @@ impl HttpClient {
         conn.set_nodelay(true);
         HttpClient {
             client: Client::builder(TokioExecutor::new()).build(conn),
+            mtls: None,
         }
+    }
+
+    /// A client that also calls `https://` URLs, presenting `creds` and trusting only
+    /// their CA.
+    pub fn with_credentials(creds: &crate::pki::Credentials) -> anyhow::Result<HttpClient> {
+        Ok(HttpClient {
+            mtls: Some(creds.reqwest_client(Duration::from_secs(60))?),
+            ..HttpClient::new()
+        })
+    }
+
+    async fn call_tls(
+        client: &reqwest::Client,
+        method: axum::http::Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, axum::http::HeaderMap, Bytes), CallError> {
+        let mut req = client.request(method, url);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_builder() {
+                CallError::Url(e.to_string())
+            } else {
+                CallError::Unreachable(format!("{e:#}"))
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        Ok((status, headers, body))
     }
 
     /// Sends a request and returns the body of a 2xx answer.
@@ -84,6 +129,23 @@ impl HttpClient {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<(u16, axum::http::HeaderMap, Bytes), CallError> {
+        if url.starts_with("https://") {
+            let Some(client) = &self.mtls else {
+                return Err(CallError::Url(format!(
+                    "{url}: an https peer needs the control plane's instance credentials \
+                     (udn control --pki DIR)"
+                )));
+            };
+            let (status, headers, body) =
+                tokio::time::timeout(timeout, Self::call_tls(client, method, url, body, headers))
+                    .await
+                    .map_err(|_| CallError::Timeout)??;
+            if !(200..300).contains(&status) && status != 304 {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                return Err(CallError::Status { status, body: text });
+            }
+            return Ok((status, headers, body));
+        }
         let mut req = axum::http::Request::builder().method(method).uri(url);
         if body.is_some() {
             req = req.header("content-type", "application/json");
@@ -153,12 +215,7 @@ struct EdgePurge<'a> {
 }
 
 /// Sends one purge to one edge.
-pub async fn send_purge(
-    http: &HttpClient,
-    edge: &EdgeApi,
-    token: &str,
-    p: &Purge,
-) -> Result<(), CallError> {
+pub async fn send_purge(http: &HttpClient, edge: &EdgeApi, p: &Purge) -> Result<(), CallError> {
     http.post_json(
         &join(&edge.url, "/v1/purge"),
         &EdgePurge {
@@ -166,7 +223,7 @@ pub async fn send_purge(
             target: &p.target,
             seq: p.seq,
         },
-        Some(token),
+        None,
         Duration::from_secs(5),
     )
     .await
@@ -284,8 +341,7 @@ async fn deliver_purges(state: ApiState, edge: EdgeApi) {
         };
         let mut failed = false;
         for p in pending {
-            let result =
-                send_purge(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
+            let result = send_purge(&state.inner.http, &edge, &p).await;
             if let Attempt::Retry = record(&state, DeliveryKind::Purge, &edge, p.seq, result).await
             {
                 failed = true;
@@ -329,8 +385,7 @@ async fn deliver_prefills(state: ApiState, edge: EdgeApi) {
                 failed = true;
                 break;
             }
-            let result =
-                send_prefill(&state.inner.http, &edge, &state.inner.opts.edge_token, &p).await;
+            let result = send_prefill(&state.inner.http, &edge, &p).await;
             if let Attempt::Retry =
                 record(&state, DeliveryKind::Prefill, &edge, p.seq, result).await
             {
@@ -346,16 +401,11 @@ async fn deliver_prefills(state: ApiState, edge: EdgeApi) {
 }
 
 /// Sends one prefill to one edge (`POST /v1/prefill {"urls": [...]}`).
-pub async fn send_prefill(
-    http: &HttpClient,
-    edge: &EdgeApi,
-    token: &str,
-    p: &Prefill,
-) -> Result<(), CallError> {
+pub async fn send_prefill(http: &HttpClient, edge: &EdgeApi, p: &Prefill) -> Result<(), CallError> {
     http.post_json(
         &join(&edge.url, "/v1/prefill"),
         &serde_json::json!({ "urls": p.urls }),
-        Some(token),
+        None,
         Duration::from_secs(30),
     )
     .await

@@ -41,12 +41,13 @@ pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 /// Start-up options of the control plane's API.
 #[derive(Debug, Clone, Default)]
 pub struct ControlOptions {
-    /// Every edge and the base URL of its HTTP API (purge and prefill go there).
+    /// Every edge and the base URL of its admin listener (purge and prefill go there).
     pub edges: Vec<EdgeApi>,
     /// Every probe, by location, and the base URL of its HTTP API (page checks).
     pub probes: Vec<ProbeApi>,
-    /// Bearer token sent to edges with `POST /v1/purge`.
-    pub edge_token: String,
+    /// The control plane's instance credentials (role control), presented to the edges'
+    /// admin listeners (`https://` edge URLs); without them those calls fail.
+    pub credentials: Option<crate::pki::Credentials>,
     /// Bearer tokens that may read `GET /v1/config` (DNS servers, edges, probes).
     pub agent_tokens: Vec<String>,
     /// Seconds between retries of a purge an edge did not acknowledge (default 2).
@@ -92,6 +93,20 @@ impl std::fmt::Debug for ApiState {
 impl ApiState {
     /// Builds the state; reads the current config version from the backend.
     pub fn new(backend: Arc<dyn Backend>, opts: ControlOptions) -> Result<ApiState, BackendError> {
+        // A client that cannot be built leaves the edges unreachable (their calls fail
+        // and are retried), never unauthenticated.
+        let http = match opts
+            .credentials
+            .as_ref()
+            .map(fanout::HttpClient::with_credentials)
+        {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::error!("edge fan-out client: {e:#}");
+                fanout::HttpClient::new()
+            }
+            None => fanout::HttpClient::new(),
+        };
         let version = backend.current_version()?;
         let last_purge = backend.purges(None, 1)?.first().map(|p| p.seq).unwrap_or(0);
         Ok(ApiState {
@@ -104,7 +119,7 @@ impl ApiState {
                 config_write: Mutex::new(()),
                 config_cache: std::sync::Mutex::new(None),
                 limiter: std::sync::Mutex::new(LoginLimiter::default()),
-                http: fanout::HttpClient::new(),
+                http,
             }),
         })
     }

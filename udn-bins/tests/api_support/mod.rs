@@ -21,7 +21,6 @@ use udn_bins::api::{
 };
 use udn_core::{Config, Timestamp};
 
-pub const EDGE_TOKEN: &str = "edge-secret-token";
 pub const AGENT_TOKEN: &str = "agent-secret-token";
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -357,7 +356,7 @@ impl Harness {
                     url: format!("http://{nyc_addr}"),
                 },
             ],
-            edge_token: EDGE_TOKEN.into(),
+            credentials: None,
             agent_tokens: vec![AGENT_TOKEN.into()],
             purge_retry_secs: Some(1),
             challenge_resolver: resolver,

@@ -1,8 +1,14 @@
 //! The edge server (feature `server`): a caching reverse proxy on hyper 1 (HTTP/1.1 and
 //! HTTP/2, HTTPS with per-hostname certificates by SNI) with a memory tier (moka,
 //! weighed by bytes), a disk tier that survives restarts, request coalescing, Range,
-//! stale-while-revalidate / stale-if-error, purge and prefill endpoints, Prometheus
+//! stale-while-revalidate / stale-if-error, purge and prefill operations, Prometheus
 //! metrics and an access log through [`udn_core::log::LogSink`].
+//!
+//! The listeners started here serve customer traffic only (and `GET /health`): every
+//! other path, `/metrics` and `/v1/purge` included, goes to the origin like any URL.
+//! Purge, prefill, the purge journal and the metrics are methods of [`Edge`] (and
+//! [`EdgeHandle`]) for the embedding program to serve on an authenticated admin
+//! listener of its own (`udn edge --admin-listen`).
 //!
 //! # Examples
 //!
@@ -12,7 +18,6 @@
 //! let edge = Edge::builder(Router::single("http://127.0.0.1:8080")?)
 //!     .memory_bytes(64 << 20)
 //!     .disk("/var/cache/udn".into(), 1 << 30)
-//!     .purge_token("secret")
 //!     .build()?;
 //! let handle = start(edge, "127.0.0.1:0".parse().unwrap(), None).await?;
 //! println!("edge on http://{}", handle.http_addr);
@@ -114,7 +119,6 @@ pub struct EdgeBuilder {
     memory_bytes: u64,
     memory_object_max: Option<u64>,
     disk: Option<(PathBuf, u64)>,
-    purge_token: Option<String>,
     origin_timeout: Duration,
     origin_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     hooks: Arc<dyn EdgeHooks>,
@@ -158,12 +162,6 @@ impl EdgeBuilder {
     /// The disk tier: a directory and its size limit in bytes.
     pub fn disk(mut self, dir: PathBuf, max_bytes: u64) -> Self {
         self.disk = Some((dir, max_bytes));
-        self
-    }
-    /// The bearer token of `POST /v1/purge` and `/v1/prefill` (without one, both are
-    /// refused).
-    pub fn purge_token(mut self, token: &str) -> Self {
-        self.purge_token = Some(token.to_string());
         self
     }
     /// How long to wait for an origin's response headers (default 10 s).
@@ -280,7 +278,6 @@ impl EdgeBuilder {
             sni_clients: Mutex::new(HashMap::new()),
             tls,
             policy,
-            purge_token: self.purge_token,
             origin_timeout: self.origin_timeout,
             hooks: self.hooks,
             log: self.log,
@@ -352,7 +349,6 @@ pub struct Edge {
     tls: rustls::ClientConfig,
     /// The router's target policy, shared with the clients' resolver.
     policy: guard::SharedPolicy,
-    purge_token: Option<String>,
     origin_timeout: Duration,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
@@ -428,17 +424,6 @@ fn simple(status: StatusCode, text: &str) -> Response<RespBody> {
     r
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<RespBody> {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(full(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// A single `bytes=` range resolved against a length: `Ok(Some((start, len)))`,
 /// `Ok(None)` for no (or an ignored) Range header, `Err(())` when unsatisfiable.
 fn parse_range(h: Option<&HeaderValue>, total: u64) -> Result<Option<(u64, u64)>, ()> {
@@ -492,7 +477,6 @@ impl Edge {
             memory_bytes: 256 << 20,
             memory_object_max: None,
             disk: None,
-            purge_token: None,
             origin_timeout: Duration::from_secs(10),
             origin_roots: Vec::new(),
             hooks: Arc::new(DefaultHooks),
@@ -1143,100 +1127,39 @@ impl Edge {
         Response::from_parts(parts, body)
     }
 
-    fn authorized(&self, req: &HeaderMap) -> bool {
-        let Some(token) = &self.purge_token else {
-            return false;
-        };
-        req.get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.strip_prefix("Bearer "))
-            .is_some_and(|t| {
-                let (a, b) = (t.trim().as_bytes(), token.as_bytes());
-                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-            })
-    }
-
-    async fn admin(self: &Arc<Self>, req: Request<Incoming>) -> Response<RespBody> {
-        let path = req.uri().path().to_string();
-        match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/health") => simple(StatusCode::OK, "ok"),
-            (Method::GET, "/metrics") => {
-                self.memory.run_pending_tasks();
-                self.metrics
-                    .memory_bytes
-                    .set(self.memory.weighted_size() as i64);
-                if let Some(d) = &self.disk {
-                    self.metrics.disk_bytes.set(d.used() as i64);
-                }
-                let mut text = String::new();
-                if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
-                    return simple(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
-                }
-                let mut r = Response::new(full(Bytes::from(text)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                r
-            }
-            (Method::GET, "/v1/purges") => {
-                let since = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
-                match tree.since(since) {
-                    Some(list) => {
-                        let v: Vec<_> = list
-                            .iter()
-                            .map(|p| PurgeBody {
-                                scope: p.scope.as_str().into(),
-                                target: p.target.clone(),
-                                seq: p.seq,
-                            })
-                            .collect();
-                        json(StatusCode::OK, &v)
-                    }
-                    None => simple(
-                        StatusCode::GONE,
-                        "purges since that sequence number were forgotten",
-                    ),
-                }
-            }
-            (Method::POST, "/v1/purge") | (Method::POST, "/v1/prefill") => {
-                if !self.authorized(req.headers()) {
-                    let mut r = simple(StatusCode::UNAUTHORIZED, "bearer token required");
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    return r;
-                }
-                let limited = http_body_util::Limited::new(req.into_body(), 1 << 20);
-                let Ok(body) = limited.collect().await.map(|c| c.to_bytes()) else {
-                    return simple(StatusCode::BAD_REQUEST, "unreadable body");
-                };
-                if path == "/v1/purge" {
-                    self.purge_endpoint(&body)
-                } else {
-                    self.prefill_endpoint(&body).await
-                }
-            }
-            _ => simple(StatusCode::NOT_FOUND, "not found"),
+    /// The Prometheus text of the edge's metrics (OpenMetrics format).
+    pub fn metrics_text(&self) -> Result<String, std::fmt::Error> {
+        self.memory.run_pending_tasks();
+        self.metrics
+            .memory_bytes
+            .set(self.memory.weighted_size() as i64);
+        if let Some(d) = &self.disk {
+            self.metrics.disk_bytes.set(d.used() as i64);
         }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
     }
 
-    fn purge_endpoint(&self, body: &[u8]) -> Response<RespBody> {
-        let b: PurgeBody = match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(e) => return simple(StatusCode::BAD_REQUEST, &format!("bad purge body: {e}")),
-        };
-        let targets = match Purge::parse(&b.scope, &b.target, b.seq) {
-            Ok(p) => self.purge_targets(p),
-            Err(e) => return simple(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
+    /// The purges applied after sequence number `since` (the journal a restarted or
+    /// lagging peer catches up from); `None` when those were forgotten already.
+    pub fn purges_since(&self, since: u64) -> Option<Vec<PurgeRecord>> {
+        let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
+        tree.since(since).map(|list| {
+            list.iter()
+                .map(|p| PurgeRecord {
+                    scope: p.scope.as_str().into(),
+                    target: p.target.clone(),
+                    seq: p.seq,
+                })
+                .collect()
+        })
+    }
+
+    /// Parses and applies one purge (`scope` `url`, `prefix` or `domain`): a URL that
+    /// names a CDN hostname is mapped to its cache keys first.
+    pub fn purge_request(&self, req: &PurgeRecord) -> Result<PurgeOutcome, crate::PurgeError> {
+        let targets = self.purge_targets(Purge::parse(&req.scope, &req.target, req.seq)?);
         let first = self.purge(&targets[0]);
         if first != Applied::Duplicate {
             for q in &targets[1..] {
@@ -1254,31 +1177,21 @@ impl Edge {
                     .generation(),
             ),
         };
-        json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "applied": applied,
-                "seq": p.seq,
-                "scope": p.scope.as_str(),
-                "target": p.target,
-                "targets": targets.iter().map(|q| q.target.as_str()).collect::<Vec<_>>(),
-                "generation": generation,
-            }),
-        )
+        Ok(PurgeOutcome {
+            applied,
+            seq: p.seq,
+            scope: p.scope.as_str().into(),
+            target: p.target.clone(),
+            targets: targets.iter().map(|q| q.target.clone()).collect(),
+            generation,
+        })
     }
 
-    async fn prefill_endpoint(self: &Arc<Self>, body: &[u8]) -> Response<RespBody> {
-        #[derive(Deserialize)]
-        struct Prefill {
-            urls: Vec<String>,
-        }
-        let b: Prefill = match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(e) => return simple(StatusCode::BAD_REQUEST, &format!("bad prefill body: {e}")),
-        };
+    /// Fetches each URL (at most 10,000) into the cache unless it is fresh there.
+    pub async fn prefill(self: &Arc<Self>, urls: Vec<String>) -> Vec<PrefillResult> {
         let mut results = Vec::new();
         let mut tasks = Vec::new();
-        for url in b.urls.into_iter().take(10_000) {
+        for url in urls.into_iter().take(10_000) {
             let edge = self.clone();
             tasks.push(tokio::spawn(async move {
                 let r = edge.prefill_one(&url).await;
@@ -1288,12 +1201,20 @@ impl Edge {
         for t in tasks {
             if let Ok((url, r)) = t.await {
                 results.push(match r {
-                    Ok(o) => serde_json::json!({"url": url, "outcome": o}),
-                    Err(e) => serde_json::json!({"url": url, "error": e}),
+                    Ok(o) => PrefillResult {
+                        url,
+                        outcome: Some(o.into()),
+                        error: None,
+                    },
+                    Err(e) => PrefillResult {
+                        url,
+                        outcome: None,
+                        error: Some(e),
+                    },
                 });
             }
         }
-        json(StatusCode::OK, &serde_json::json!({ "results": results }))
+        results
     }
 
     async fn prefill_one(self: &Arc<Self>, url: &str) -> Result<&'static str, String> {
@@ -1354,11 +1275,8 @@ impl Edge {
             pop: self.pop.clone(),
             started,
         };
-        let resp = if matches!(
-            req.uri().path(),
-            "/health" | "/metrics" | "/v1/purge" | "/v1/prefill" | "/v1/purges"
-        ) {
-            self.admin(req).await
+        let resp = if req.uri().path() == "/health" && req.method() == Method::GET {
+            simple(StatusCode::OK, "ok")
         } else {
             match self.hooks.cache_key(&self.router(), &host, &path) {
                 Err(e) => {
@@ -1547,12 +1465,46 @@ impl Edge {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct PurgeBody {
-    scope: String,
-    target: String,
+/// A purge as sent to and listed by an edge: `{"scope", "target", "seq"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRecord {
+    /// `url`, `prefix` or `domain`.
+    pub scope: String,
+    /// The URL (or URL prefix, or `http://domain/`).
+    pub target: String,
+    /// The control plane's sequence number (0: unsequenced, always applied).
     #[serde(default)]
-    seq: u64,
+    pub seq: u64,
+}
+
+/// What [`Edge::purge_request`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgeOutcome {
+    /// Newly applied (false: a purge with this sequence number was applied before).
+    pub applied: bool,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its scope.
+    pub scope: String,
+    /// The first cache key it names.
+    pub target: String,
+    /// Every cache key it names (a CDN hostname's domain purge covers its origins).
+    pub targets: Vec<String>,
+    /// The invalidation tree's generation after it.
+    pub generation: u64,
+}
+
+/// One URL of a prefill: `outcome` (`cached`, `stored`, `not-storable`) or `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrefillResult {
+    /// The URL.
+    pub url: String,
+    /// What happened, when it worked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Why not, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A running edge: its bound addresses and a way to stop it.
@@ -1568,6 +1520,26 @@ pub struct EdgeHandle {
 }
 
 impl EdgeHandle {
+    /// Applies a purge ([`Edge::purge_request`]).
+    pub fn purge(&self, req: &PurgeRecord) -> Result<PurgeOutcome, crate::PurgeError> {
+        self.edge.purge_request(req)
+    }
+
+    /// Prefills URLs ([`Edge::prefill`]).
+    pub async fn prefill(&self, urls: Vec<String>) -> Vec<PrefillResult> {
+        self.edge.prefill(urls).await
+    }
+
+    /// The purges after `since` ([`Edge::purges_since`]).
+    pub fn purges_since(&self, since: u64) -> Option<Vec<PurgeRecord>> {
+        self.edge.purges_since(since)
+    }
+
+    /// The metrics as Prometheus text ([`Edge::metrics_text`]).
+    pub fn metrics_text(&self) -> Result<String, std::fmt::Error> {
+        self.edge.metrics_text()
+    }
+
     /// Stops accepting connections and waits for the accept loops to end.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
