@@ -497,7 +497,9 @@ impl Collector {
         let mut quarantined = Vec::new();
         if sender == InstanceRole::Edge {
             let (keep, bad) = self.check_owners(std::mem::take(&mut file.records));
-            if !bad.is_empty() {
+            if bad.is_empty() {
+                file.records = keep;
+            } else {
                 quarantined = bad;
                 file = PreparedFile::new(file.header, file.checksum, keep);
             }

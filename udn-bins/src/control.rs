@@ -517,17 +517,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let handle = start(&args).await?;
         // One line on stdout so scripts and tests learn the bound address.
         println!("udn control: listening on {}", handle.addr);
-        println!(
-            "udn control: collector over mutual TLS as {} (credentials in {})",
-            handle.credentials.identity(),
-            handle.credentials.dir().display()
-        );
         if let Some(p) = &handle.portal {
             println!("udn control: portal on https://{}", p.https);
             if let Some(h) = p.http {
                 println!("udn control: API on http://{h}");
             }
         }
+        tracing::info!(
+            "collector over mutual TLS as {} (credentials in {})",
+            handle.credentials.identity(),
+            handle.credentials.dir().display()
+        );
         wait_for_signal().await;
         handle.shutdown().await
     })
