@@ -391,6 +391,10 @@ fn full_disk_answers_503_and_loses_nothing() {
     let _unmount = Unmount(data.clone());
 
     let control = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
+    // Enrolled while the disk still has room (the CA's register is on it too).
+    for role in ROLES {
+        role_pki(&data, role);
+    }
     let files = write_files(&logs, "disk", 3000, 32 * 1024);
     let mut saw_full = false;
     for f in &files {
