@@ -20,6 +20,7 @@
 //! record names is not stored: it is quarantined (with its reason) and the file's other
 //! records are stored.
 
+use crate::pki::{InstanceRole, Peer, Revocations};
 use crate::store::{Ingested, PreparedFile, Store};
 use axum::Router;
 use axum::body::Bytes;
@@ -32,7 +33,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sha2::{Digest as _, Sha256};
-use crate::pki::{InstanceRole, Peer, Revocations};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -182,6 +182,18 @@ pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
     Ok(PreparedFile::new(header, actual, records))
 }
 
+/// `host` without a `:port` suffix (the Host header may carry one).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') =>
+        {
+            h
+        }
+        _ => host,
+    }
+}
+
 /// Refuses counts that could overflow a sum ([`MAX_COUNT`]).
 fn check_ranges(records: &[LogRecord]) -> Result<(), Invalid> {
     for (i, r) in records.iter().enumerate() {
@@ -206,7 +218,11 @@ fn check_ranges(records: &[LogRecord]) -> Result<(), Invalid> {
 
 /// Why a sender may not ship a file (answered 403, not quarantined: the file is fine,
 /// the sender is not the one to send it).
-pub fn sender_refusal(header: &FileHeader, records: &[LogRecord], sender: InstanceRole) -> Option<String> {
+pub fn sender_refusal(
+    header: &FileHeader,
+    records: &[LogRecord],
+    sender: InstanceRole,
+) -> Option<String> {
     let file_role = match header.role {
         Role::Dns => InstanceRole::Dns,
         Role::Edge => InstanceRole::Edge,
@@ -441,12 +457,15 @@ impl Collector {
         let mut bad = Vec::new();
         for r in records {
             let why = match (&r, guard.as_ref()) {
+                // Billed to nobody (the edge's own /health, a request for a hostname
+                // it does not serve): nothing to put on an invoice.
+                (LogRecord::Http(h), _) if h.customer.is_none() => None,
                 (LogRecord::Http(h), None) => Some(format!(
                     "hostname {:?}: the control plane has no configuration, so it is owned by nobody",
                     h.host
                 )),
                 (LogRecord::Http(h), Some(owners)) => {
-                    let host = udn_core::config::canonical_hostname(&h.host);
+                    let host = udn_core::config::canonical_hostname(strip_port(&h.host));
                     match (owners.get(&host), &h.customer) {
                         (None, _) => Some(format!(
                             "hostname {host:?} is not in the configuration (owned by nobody)"
@@ -513,7 +532,8 @@ impl Collector {
                 self.metrics.records.inc_by(rows);
                 self.metrics.bytes.inc_by(body.len() as u64);
                 tracing::info!(%file_id, rows, "stored log file");
-                let mut answer = serde_json::json!({"status": "inserted", "file_id": file_id, "rows": rows});
+                let mut answer =
+                    serde_json::json!({"status": "inserted", "file_id": file_id, "rows": rows});
                 if !quarantined.is_empty() {
                     let saved = self.save_quarantined_records(name, &quarantined);
                     tracing::warn!(%file_id, records = quarantined.len(), quarantined = ?saved,
@@ -624,10 +644,7 @@ impl Collector {
         );
         let path = self.quarantine.join(&base);
         std::fs::write(&path, body)?;
-        std::fs::write(
-            self.quarantine.join(format!("{base}.reason")),
-            why,
-        )?;
+        std::fs::write(self.quarantine.join(format!("{base}.reason")), why)?;
         Ok(path)
     }
 }
@@ -644,7 +661,9 @@ async fn post_logs(
             crate::pki::refusal_log(peer.as_ref(), &format!("instance {id} is revoked"));
             return (
                 StatusCode::UNAUTHORIZED,
-                axum::Json(serde_json::json!({"error": format!("instance {id}'s certificate is revoked")})),
+                axum::Json(
+                    serde_json::json!({"error": format!("instance {id}'s certificate is revoked")}),
+                ),
             )
                 .into_response();
         }
@@ -683,13 +702,14 @@ async fn post_logs(
         .get(FILE_NAME_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let answer =
-        tokio::task::spawn_blocking(move || c.receive(&body, sum.as_deref(), name.as_deref(), sender))
-            .await
-            .unwrap_or_else(|e| Answer {
-                status: 503,
-                body: serde_json::json!({"error": format!("collector task failed: {e}")}),
-            });
+    let answer = tokio::task::spawn_blocking(move || {
+        c.receive(&body, sum.as_deref(), name.as_deref(), sender)
+    })
+    .await
+    .unwrap_or_else(|e| Answer {
+        status: 503,
+        body: serde_json::json!({"error": format!("collector task failed: {e}")}),
+    });
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, axum::Json(answer.body)).into_response()
 }

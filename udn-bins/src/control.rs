@@ -381,8 +381,8 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
     if let Some(cfg) = portal_cfg.as_ref().and_then(|p| p.seed_config.as_ref()) {
         collector.set_config(cfg);
     } else if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let cfg = udn_core::Config::from_toml(&text)
             .with_context(|| format!("parsing {}", path.display()))?;
         collector.set_config(&cfg);

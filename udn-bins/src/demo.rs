@@ -655,11 +655,23 @@ pub async fn start(
     let mut distributors = Vec::new();
     let mut log_dirs = Vec::new();
     for (name, ..) in DNS_SERVERS {
-        log_dirs.push((crate::pki::InstanceRole::Dns, name.to_string(), logs.join("dns").join(name)));
+        log_dirs.push((
+            crate::pki::InstanceRole::Dns,
+            name.to_string(),
+            logs.join("dns").join(name),
+        ));
     }
     for (pop, _) in &pops {
-        log_dirs.push((crate::pki::InstanceRole::Edge, pop.to_string(), logs.join("edge").join(pop)));
-        log_dirs.push((crate::pki::InstanceRole::Probe, pop.to_string(), logs.join("probe").join(pop)));
+        log_dirs.push((
+            crate::pki::InstanceRole::Edge,
+            pop.to_string(),
+            logs.join("edge").join(pop),
+        ));
+        log_dirs.push((
+            crate::pki::InstanceRole::Probe,
+            pop.to_string(),
+            logs.join("probe").join(pop),
+        ));
     }
     for (role, name, d) in log_dirs {
         std::fs::create_dir_all(&d)?;

@@ -4,8 +4,8 @@
 //! billing tables live in PostgreSQL (no SQLite file is involved) and survive a restart
 //! on another machine's (empty) data directory.
 
-mod pg_support;
 mod log_util;
+mod pg_support;
 
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};

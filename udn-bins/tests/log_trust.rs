@@ -80,7 +80,10 @@ fn usage(data: &Path) -> (i64, i64, String) {
             &[],
         )
         .unwrap();
-    let per: Vec<String> = rows.iter().map(|r| format!("{:?}={:?}", r[0], r[1])).collect();
+    let per: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{:?}={:?}", r[0], r[1]))
+        .collect();
     (c.http, c.files, per.join(","))
 }
 
@@ -120,7 +123,11 @@ fn strangers_without_an_instance_certificate_are_refused() {
     // The real edge's file goes in (the check is not refusing everything) ...
     let edge = role_client(&data, "edge");
     let (status, v) = post(&edge, &url, &shop_file("real-1")).unwrap();
-    assert_eq!((status, v["status"].as_str()), (200, Some("inserted")), "{v}");
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("inserted")),
+        "{v}"
+    );
     drop(control);
     // ... and only it: one file, one row, 1,000,000 bytes for shop.
     let after = usage(&data);
@@ -170,7 +177,10 @@ fn an_instance_may_ship_only_its_own_roles_records() {
     let (status, v) = post(&probe, &url, &smuggled).unwrap();
     assert_eq!(status, 403, "{v}");
     assert!(
-        v["error"].as_str().unwrap().contains("line 3: an HTTP record"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("line 3: an HTTP record"),
         "{v}"
     );
     // Its own records are taken.
@@ -196,7 +206,11 @@ fn a_revoked_edge_is_refused_within_seconds() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let revoked_at = Instant::now();
     // The same client (its kept-alive connection) and a fresh one are both refused.
     let fresh = role_client(&data, "edge");
@@ -218,7 +232,10 @@ fn a_revoked_edge_is_refused_within_seconds() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("refused {:?} after udn control revoke", revoked_at.elapsed());
+    eprintln!(
+        "refused {:?} after udn control revoke",
+        revoked_at.elapsed()
+    );
     // Whatever slipped in before the list was reread, nothing after: wait, try again.
     std::thread::sleep(Duration::from_millis(500));
     let before = usage(&data);
@@ -239,7 +256,7 @@ fn http_records_of_a_hostname_not_owned_by_the_customer_are_quarantined() {
         "edge",
         "o-1",
         &[
-            http("shop", "www.shop.udn.example", "/ok", 700),
+            http("shop", "www.shop.udn.example:8080", "/ok", 700),
             // shop's hostname billed to another customer.
             http("acme", "www.shop.udn.example", "/theirs", 1_000_000_000),
             // A hostname nobody owns.

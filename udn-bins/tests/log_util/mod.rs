@@ -98,7 +98,15 @@ pub fn enroll(data_dir: &Path, role: &str, name: &str) -> PathBuf {
         return out;
     }
     let o = Command::new(UDN)
-        .args(["control", "enroll", role, name, "--san", "127.0.0.1", "--out"])
+        .args([
+            "control",
+            "enroll",
+            role,
+            name,
+            "--san",
+            "127.0.0.1",
+            "--out",
+        ])
         .arg(&out)
         .arg("--data-dir")
         .arg(data_dir)
@@ -226,7 +234,12 @@ pub struct Distributor {
 }
 
 impl Distributor {
-    pub fn start(dir: &Path, collectors: &[String], extra: &[&str], data_dir: &Path) -> Distributor {
+    pub fn start(
+        dir: &Path,
+        collectors: &[String],
+        extra: &[&str],
+        data_dir: &Path,
+    ) -> Distributor {
         let children = ROLES
             .iter()
             .map(|role| {
@@ -241,7 +254,10 @@ impl Distributor {
     /// One `udn distribute` for `dir` presenting the credentials in `pki`.
     pub fn spawn(dir: &Path, collectors: &[String], extra: &[&str], pki: &Path) -> Child {
         let mut cmd = Command::new(UDN);
-        cmd.args(["distribute", "--dir"]).arg(dir).arg("--pki").arg(pki);
+        cmd.args(["distribute", "--dir"])
+            .arg(dir)
+            .arg("--pki")
+            .arg(pki);
         for c in collectors {
             cmd.args(["--collector", c]);
         }
