@@ -5,7 +5,7 @@
 //! on another machine's (empty) data directory.
 
 mod log_util;
-mod pg_support;
+use log_util::pg_support;
 
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[path = "../pg_support/mod.rs"]
-mod pg_support;
+pub mod pg_support;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
