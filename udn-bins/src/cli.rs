@@ -19,6 +19,8 @@ pub struct Cli {
 
 /// The roles of a UDN network.
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Authoritative GTM DNS server.
     Dns(crate::dns::Args),

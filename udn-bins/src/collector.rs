@@ -10,7 +10,17 @@
 //! - `503 {"error":..}` when the store could not commit (full disk, database down): the
 //!   distributor keeps the file and retries. Nothing is acknowledged that was not
 //!   committed.
+//!
+//! Who may send (docs/logging.md, "Who may ship logs"): the collector is served over
+//! mutual TLS and takes files only from an enrolled, unrevoked instance
+//! ([`crate::pki::Peer`]): `401` without an instance certificate (or a revoked one),
+//! `403` when the file's role is not the sender's role or a record is not of that role
+//! (an edge ships HTTP records only, a DNS server DNS records, a probe probe records).
+//! An HTTP record whose hostname the configuration does not give to the customer the
+//! record names is not stored: it is quarantined (with its reason) and the file's other
+//! records are stored.
 
+use crate::pki::{InstanceRole, Peer, Revocations};
 use crate::store::{Ingested, PreparedFile, Store};
 use axum::Router;
 use axum::body::Bytes;
@@ -23,9 +33,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use udn_core::log::{FORMAT_VERSION, FileHeader, LogRecord, MAGIC};
+use std::sync::{Arc, Mutex, RwLock};
+use udn_core::log::{FORMAT_VERSION, FileHeader, LogRecord, MAGIC, Role};
 
 /// Header carrying the hex SHA-256 of the body.
 pub const CHECKSUM_HEADER: &str = "x-udn-sha256";
@@ -35,6 +46,10 @@ pub const FILE_NAME_HEADER: &str = "x-udn-file-name";
 pub const MAX_IN_FLIGHT: usize = 8;
 /// Largest file accepted (the default rotation closes files at 16 MiB).
 pub const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest byte count or duration a record may carry (2^48: 256 TiB in one response, or
+/// 8.9 years in microseconds). Larger values are refused: summed over a customer's
+/// records they could overflow the 64-bit totals billing adds up.
+pub const MAX_COUNT: u64 = 1 << 48;
 
 /// Why a file was rejected (answered 422 and quarantined).
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +107,16 @@ pub enum Invalid {
     BlankLine {
         /// 1-based line number.
         line: usize,
+    },
+    /// A count is larger than [`MAX_COUNT`].
+    #[error("line {line}: {field} = {value} is out of range (at most {MAX_COUNT})")]
+    OutOfRange {
+        /// 1-based line number.
+        line: usize,
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
     },
     /// A different file with this id was stored before.
     #[error("file id {file_id:?} was stored before with checksum {stored}, this one is {actual}")]
@@ -153,7 +178,82 @@ pub fn parse_file(body: &[u8], claimed: &str) -> Result<PreparedFile, Invalid> {
         return Err(Invalid::NulCharacter { line });
     }
     let records = parse_records(&body[header_end + 1..])?;
+    check_ranges(&records)?;
     Ok(PreparedFile::new(header, actual, records))
+}
+
+/// `host` without a `:port` suffix (the Host header may carry one).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') =>
+        {
+            h
+        }
+        _ => host,
+    }
+}
+
+/// Refuses counts that could overflow a sum ([`MAX_COUNT`]).
+fn check_ranges(records: &[LogRecord]) -> Result<(), Invalid> {
+    for (i, r) in records.iter().enumerate() {
+        if let LogRecord::Http(h) = r {
+            for (field, value) in [
+                ("bytes", h.bytes),
+                ("fill_bytes", h.fill_bytes),
+                ("duration_us", h.duration_us),
+            ] {
+                if value > MAX_COUNT {
+                    return Err(Invalid::OutOfRange {
+                        line: i + 2,
+                        field,
+                        value,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a sender may not ship a file (answered 403, not quarantined: the file is fine,
+/// the sender is not the one to send it).
+pub fn sender_refusal(
+    header: &FileHeader,
+    records: &[LogRecord],
+    sender: InstanceRole,
+) -> Option<String> {
+    let file_role = match header.role {
+        Role::Dns => InstanceRole::Dns,
+        Role::Edge => InstanceRole::Edge,
+        Role::Probe => InstanceRole::Probe,
+        Role::Control => InstanceRole::Control,
+    };
+    if file_role != sender {
+        return Some(format!(
+            "a {sender} instance may ship only {sender} logs; this file's role is {file_role}"
+        ));
+    }
+    for (i, r) in records.iter().enumerate() {
+        let ok = matches!(
+            (r, sender),
+            (LogRecord::Http(_), InstanceRole::Edge)
+                | (LogRecord::Dns(_), InstanceRole::Dns)
+                | (LogRecord::Probe(_), InstanceRole::Probe)
+        );
+        if !ok {
+            let kind = match r {
+                LogRecord::Http(_) => "an HTTP",
+                LogRecord::Dns(_) => "a DNS",
+                LogRecord::Probe(_) => "a probe",
+            };
+            return Some(format!(
+                "line {}: {kind} record; a {sender} instance may not ship it",
+                i + 2
+            ));
+        }
+    }
+    None
 }
 
 /// The 1-based line of the first JSON escape `\u0000` (a backslash-escaped backslash
@@ -288,6 +388,12 @@ pub struct Collector {
     store: Mutex<Box<dyn Store>>,
     in_flight: Arc<tokio::sync::Semaphore>,
     quarantine: PathBuf,
+    /// Hostname (canonical) -> owning customer, from the control plane's configuration;
+    /// `None` until a configuration is known (every HTTP record is then quarantined).
+    owners: RwLock<Option<HashMap<String, String>>>,
+    /// Revoked instance certificates (checked on every request, not only at the
+    /// handshake: a kept-alive connection of a revoked instance is refused too).
+    pub revoked: Revocations,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -309,7 +415,75 @@ impl Collector {
             quarantine: data_dir.join("quarantine"),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            owners: RwLock::new(None),
+            revoked: Revocations::default(),
         }
+    }
+
+    /// Uses `revoked` as the revocation list (the control plane's, kept in step with
+    /// `<data-dir>/pki/instances.json`).
+    pub fn with_revocations(mut self, revoked: Revocations) -> Collector {
+        self.revoked = revoked;
+        self
+    }
+
+    /// Takes the hostname owners (CDN and GTM hostnames) from `cfg`; returns whether
+    /// they changed.
+    pub fn set_config(&self, cfg: &udn_core::Config) -> bool {
+        let mut owners = HashMap::new();
+        for c in &cfg.cdn {
+            owners.insert(
+                udn_core::config::canonical_hostname(&c.hostname),
+                c.customer.clone(),
+            );
+        }
+        for g in &cfg.gtm {
+            owners.insert(
+                udn_core::config::canonical_hostname(&g.hostname),
+                g.customer.clone(),
+            );
+        }
+        let mut guard = self.owners.write().unwrap_or_else(|e| e.into_inner());
+        let changed = guard.as_ref() != Some(&owners);
+        *guard = Some(owners);
+        changed
+    }
+
+    /// Splits HTTP records into those whose hostname the configuration gives to the
+    /// customer the record names, and the others with the reason.
+    fn check_owners(&self, records: Vec<LogRecord>) -> (Vec<LogRecord>, Vec<(LogRecord, String)>) {
+        let guard = self.owners.read().unwrap_or_else(|e| e.into_inner());
+        let mut keep = Vec::with_capacity(records.len());
+        let mut bad = Vec::new();
+        for r in records {
+            let why = match (&r, guard.as_ref()) {
+                // Billed to nobody (the edge's own /health, a request for a hostname
+                // it does not serve): nothing to put on an invoice.
+                (LogRecord::Http(h), _) if h.customer.is_none() => None,
+                (LogRecord::Http(h), None) => Some(format!(
+                    "hostname {:?}: the control plane has no configuration, so it is owned by nobody",
+                    h.host
+                )),
+                (LogRecord::Http(h), Some(owners)) => {
+                    let host = udn_core::config::canonical_hostname(strip_port(&h.host));
+                    match (owners.get(&host), &h.customer) {
+                        (None, _) => Some(format!(
+                            "hostname {host:?} is not in the configuration (owned by nobody)"
+                        )),
+                        (Some(owner), Some(c)) if owner == c => None,
+                        (Some(owner), claimed) => Some(format!(
+                            "hostname {host:?} belongs to customer {owner:?}, the record names {claimed:?}"
+                        )),
+                    }
+                }
+                _ => None,
+            };
+            match why {
+                Some(w) => bad.push((r, w)),
+                None => keep.push(r),
+            }
+        }
+        (keep, bad)
     }
 
     /// The store, for queries (blocking: call from a blocking context).
@@ -318,12 +492,37 @@ impl Collector {
         f(guard.as_mut())
     }
 
-    /// Handles one received file (blocking: parses and writes to the database).
-    pub fn receive(&self, body: &[u8], checksum: Option<&str>, name: Option<&str>) -> Answer {
-        let file = match parse_file(body, checksum.unwrap_or("")) {
+    /// Handles one file received from `sender` (blocking: parses and writes to the
+    /// database).
+    pub fn receive(
+        &self,
+        body: &[u8],
+        checksum: Option<&str>,
+        name: Option<&str>,
+        sender: InstanceRole,
+    ) -> Answer {
+        let mut file = match parse_file(body, checksum.unwrap_or("")) {
             Ok(f) => f,
             Err(e) => return self.reject(body, name, &e),
         };
+        if let Some(why) = sender_refusal(&file.header, &file.records, sender) {
+            self.metrics.file("refused");
+            tracing::warn!(file_id = %file.header.file_id, "refused log file: {why}");
+            return Answer {
+                status: 403,
+                body: serde_json::json!({"error": why}),
+            };
+        }
+        let mut quarantined = Vec::new();
+        if sender == InstanceRole::Edge {
+            let (keep, bad) = self.check_owners(std::mem::take(&mut file.records));
+            if bad.is_empty() {
+                file.records = keep;
+            } else {
+                quarantined = bad;
+                file = PreparedFile::new(file.header, file.checksum, keep);
+            }
+        }
         let now = crate::logging::now();
         let result = self.with_store(|s| s.ingest(&file, now));
         let file_id = file.header.file_id.clone();
@@ -333,9 +532,22 @@ impl Collector {
                 self.metrics.records.inc_by(rows);
                 self.metrics.bytes.inc_by(body.len() as u64);
                 tracing::info!(%file_id, rows, "stored log file");
+                let mut answer =
+                    serde_json::json!({"status": "inserted", "file_id": file_id, "rows": rows});
+                if !quarantined.is_empty() {
+                    let saved = self.save_quarantined_records(name, &quarantined);
+                    tracing::warn!(%file_id, records = quarantined.len(), quarantined = ?saved,
+                        first_reason = %quarantined[0].1, "quarantined records of a log file");
+                    answer["quarantined_records"] = quarantined.len().into();
+                    answer["quarantine_reason"] = quarantined[0].1.clone().into();
+                    answer["quarantined"] = match saved {
+                        Ok(p) => p.display().to_string().into(),
+                        Err(e) => format!("not saved: {e}").into(),
+                    };
+                }
                 Answer {
                     status: 200,
-                    body: serde_json::json!({"status": "inserted", "file_id": file_id, "rows": rows}),
+                    body: answer,
                 }
             }
             Ok(Ingested::Duplicate { rows }) => {
@@ -382,11 +594,39 @@ impl Collector {
         }
     }
 
+    /// Saves records refused one by one (their lines, and a `.reason` file with one
+    /// reason per record) under the quarantine directory.
+    fn save_quarantined_records(
+        &self,
+        name: Option<&str>,
+        bad: &[(LogRecord, String)],
+    ) -> std::io::Result<PathBuf> {
+        let mut lines = String::new();
+        let mut reasons = String::new();
+        for (r, why) in bad {
+            lines.push_str(&r.to_line());
+            lines.push('\n');
+            reasons.push_str(why);
+            reasons.push('\n');
+        }
+        let name = format!("{}.records", name.unwrap_or("file"));
+        self.save_with_reason(lines.as_bytes(), Some(&name), &reasons)
+    }
+
     fn save_quarantined(
         &self,
         body: &[u8],
         name: Option<&str>,
         why: &Invalid,
+    ) -> std::io::Result<PathBuf> {
+        self.save_with_reason(body, name, &format!("{why}\n"))
+    }
+
+    fn save_with_reason(
+        &self,
+        body: &[u8],
+        name: Option<&str>,
+        why: &str,
     ) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.quarantine)?;
         let clean: String = name
@@ -404,19 +644,40 @@ impl Collector {
         );
         let path = self.quarantine.join(&base);
         std::fs::write(&path, body)?;
-        std::fs::write(
-            self.quarantine.join(format!("{base}.reason")),
-            format!("{why}\n"),
-        )?;
+        std::fs::write(self.quarantine.join(format!("{base}.reason")), why)?;
         Ok(path)
     }
 }
 
 async fn post_logs(
     State(c): State<Arc<Collector>>,
+    peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
+    let peer = peer.map(|p| p.0);
+    let sender = match peer.as_ref().and_then(|p| p.identity.as_ref()) {
+        Some(id) if c.revoked.is_revoked(&id.fingerprint) => {
+            crate::pki::refusal_log(peer.as_ref(), &format!("instance {id} is revoked"));
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(
+                    serde_json::json!({"error": format!("instance {id}'s certificate is revoked")}),
+                ),
+            )
+                .into_response();
+        }
+        Some(id) => id.role,
+        None => {
+            crate::pki::refusal_log(peer.as_ref(), "log file without an instance certificate");
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": "the collector takes log files only from \
+                    enrolled instances: present a UDN instance certificate (udn control enroll ROLE NAME)"})),
+            )
+                .into_response();
+        }
+    };
     // Bounded memory: at most `MAX_IN_FLIGHT` bodies are read and parsed at once; other
     // senders wait (TCP back-pressure) instead of piling files up in memory.
     let Ok(_permit) = c.in_flight.clone().acquire_owned().await else {
@@ -441,13 +702,14 @@ async fn post_logs(
         .get(FILE_NAME_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let answer =
-        tokio::task::spawn_blocking(move || c.receive(&body, sum.as_deref(), name.as_deref()))
-            .await
-            .unwrap_or_else(|e| Answer {
-                status: 503,
-                body: serde_json::json!({"error": format!("collector task failed: {e}")}),
-            });
+    let answer = tokio::task::spawn_blocking(move || {
+        c.receive(&body, sum.as_deref(), name.as_deref(), sender)
+    })
+    .await
+    .unwrap_or_else(|e| Answer {
+        status: 503,
+        body: serde_json::json!({"error": format!("collector task failed: {e}")}),
+    });
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, axum::Json(answer.body)).into_response()
 }

@@ -29,9 +29,16 @@ pub struct Args {
     /// Data directory (SQLite database, quarantined log files); created on first start.
     #[arg(long, default_value = "udn-data")]
     pub data_dir: PathBuf,
-    /// Address of the HTTP API (log collector `POST /v1/logs`, `/health`, `/metrics`).
+    /// Address of the log collector (`POST /v1/logs`, `/health`, `/metrics`), served over
+    /// mutual TLS with the control plane's instance certificate (`--pki`).
     #[arg(long, default_value = "127.0.0.1:8480")]
     pub listen: SocketAddr,
+    /// The control plane's own instance credentials (`cert.pem`, `key.pem`, `ca.pem`, as
+    /// written by `udn control enroll control NAME`). Default: enrolled on first start
+    /// into `<data-dir>/pki/self/` as `control/<hostname>`, valid for the listen
+    /// addresses.
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
     /// Store in PostgreSQL at this URL (`postgres://user@host:port/db`) instead of SQLite:
     /// the log store, the control plane's own tables (users, sessions, config versions,
     /// purges) and billing's `billing_*` tables all go there.
@@ -68,11 +75,6 @@ pub struct Args {
     /// A probe's API for page checks (`pop=http://ip:port`); repeatable.
     #[arg(long = "probe", value_name = "POP=URL")]
     pub probes: Vec<String>,
-    /// This control plane's instance credentials (`cert.pem`, `key.pem`, `ca.pem`, role
-    /// control), presented to the edges' admin listeners; default: enrolled from the
-    /// instance CA into `<data-dir>/pki/self`.
-    #[arg(long)]
-    pub pki: Option<PathBuf>,
     /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
     #[arg(long = "agent-token")]
     pub agent_tokens: Vec<String>,
@@ -190,39 +192,6 @@ pub fn pki_command(cmd: &ControlCommand) -> anyhow::Result<String> {
     }
 }
 
-/// The control plane's own instance credentials: `--pki DIR`, else enrolled (role
-/// control, name `control`) from the instance CA in `<data-dir>/pki` into
-/// `<data-dir>/pki/self`.
-pub fn control_credentials(args: &Args) -> anyhow::Result<crate::pki::Credentials> {
-    let creds = match &args.pki {
-        Some(dir) => crate::pki::Credentials::load(dir)
-            .with_context(|| format!("--pki {}", dir.display()))?,
-        None => {
-            let pki = args.data_dir.join("pki");
-            let ca = crate::pki::Ca::load_or_create(&pki)?;
-            let mut sans = vec![args.listen.ip().to_string()];
-            if let Some(p) = args.portal_listen {
-                sans.push(p.ip().to_string());
-            }
-            sans.dedup();
-            ca.enroll_into(
-                crate::pki::InstanceRole::Control,
-                "control",
-                &sans,
-                &pki.join("self"),
-            )?
-        }
-    };
-    anyhow::ensure!(
-        creds.identity().role == crate::pki::InstanceRole::Control,
-        "the control plane's credentials name {} (role {}), not a control instance",
-        creds.identity(),
-        creds.identity().role
-    );
-    creds.client_config()?;
-    Ok(creds)
-}
-
 fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
     s.split_once(['=', ':'])
         .filter(|(a, b)| !a.is_empty() && !b.is_empty())
@@ -316,16 +285,67 @@ impl Args {
     }
 }
 
+/// This host's name as an instance name (`control` when it has none that fits).
+fn host_instance_name() -> String {
+    let raw = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if crate::pki::valid_name(&raw) {
+        raw
+    } else {
+        "control".into()
+    }
+}
+
+/// The control plane's credentials: `--pki`, else its own enrollment in
+/// `<data-dir>/pki/self/` (kept across restarts).
+pub fn control_credentials(args: &Args) -> anyhow::Result<crate::pki::Credentials> {
+    if let Some(dir) = &args.pki {
+        let c = crate::pki::Credentials::load(dir)?;
+        anyhow::ensure!(
+            c.identity().role == crate::pki::InstanceRole::Control,
+            "{}: the certificate is for {}, not a control instance",
+            dir.display(),
+            c.identity()
+        );
+        return Ok(c);
+    }
+    let pki = args.data_dir.join("pki");
+    let ca = crate::pki::Ca::load_or_create(&pki)?;
+    let mut sans = vec!["localhost".to_string()];
+    for a in [Some(args.listen), args.api_listen, args.portal_listen]
+        .into_iter()
+        .flatten()
+    {
+        let ip = a.ip().to_string();
+        if !sans.contains(&ip) {
+            sans.push(ip);
+        }
+    }
+    ca.enroll_into(
+        crate::pki::InstanceRole::Control,
+        &host_instance_name(),
+        &sans,
+        &pki.join("self"),
+    )
+}
+
 /// A running control plane.
 pub struct Handle {
-    /// The bound HTTP address.
+    /// The bound collector address (HTTPS, mutual TLS).
     pub addr: SocketAddr,
+    /// The control plane's instance credentials.
+    pub credentials: crate::pki::Credentials,
+    /// The revocation list in force (from `<data-dir>/pki/instances.json`).
+    pub revoked: crate::pki::Revocations,
     /// The collector (and through it the store).
     pub collector: Arc<Collector>,
     /// The portal and REST API, if started.
     pub portal: Option<crate::portal::PortalHandle>,
-    shutdown: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Handle {
@@ -334,8 +354,10 @@ impl Handle {
         if let Some(p) = self.portal.as_mut() {
             p.shutdown();
         }
-        let _ = self.shutdown.send(true);
-        self.task.await.context("control server task")??;
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
         Ok(())
     }
 }
@@ -351,7 +373,26 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         .context("opening the store")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-    let collector = Arc::new(Collector::new(store, &args.data_dir));
+    let credentials = control_credentials(args)?;
+    let revoked = crate::pki::Revocations::default();
+    let pki_dir = args.data_dir.join("pki");
+    revoked.replace(crate::pki::revoked_in(&pki_dir).unwrap_or_default());
+    let mut tasks = vec![crate::pki::watch_revocations(
+        pki_dir,
+        revoked.clone(),
+        Duration::from_secs(1),
+    )];
+    let collector =
+        Arc::new(Collector::new(store, &args.data_dir).with_revocations(revoked.clone()));
+    if let Some(cfg) = portal_cfg.as_ref().and_then(|p| p.seed_config.as_ref()) {
+        collector.set_config(cfg);
+    } else if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg = udn_core::Config::from_toml(&text)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        collector.set_config(&cfg);
+    }
 
     let mut registry = Registry::default();
     collector.metrics.register(&mut registry);
@@ -368,18 +409,20 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         )
         .merge(collector::router(collector.clone()));
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    crate::install_crypto();
+    let tls = crate::listener::Tls {
+        config: credentials.server_config()?,
+        revoked: revoked.clone(),
+    };
+    let (addr, task) = crate::listener::bind_and_serve(
+        args.listen,
+        app,
+        Some(tls),
+        crate::listener::Limits::default(),
+    )
+    .await
+    .with_context(|| format!("binding {}", args.listen))?;
+    tasks.push(task);
 
     if args.raw_retention_days > 0 {
         let c = collector.clone();
@@ -435,6 +478,22 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             };
             let backend = backend.with_billing(billing);
             let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
+            // The collector checks HTTP records against the hostnames' owners in the
+            // current configuration.
+            let (b, c) = (backend.clone(), collector.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let (b2, c2) = (b.clone(), c.clone());
+                    let r = tokio::task::spawn_blocking(move || {
+                        b2.current_config().map(|snap| c2.set_config(&snap.config))
+                    })
+                    .await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!("collector: reading the configuration: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }));
             Some(crate::portal::start(backend, cfg).await?)
         }
         None => None,
@@ -442,10 +501,11 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
 
     Ok(Handle {
         addr,
+        credentials,
+        revoked,
         collector,
         portal,
-        shutdown: tx,
-        task,
+        tasks,
     })
 }
 
@@ -469,6 +529,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 println!("udn control: API on http://{h}");
             }
         }
+        tracing::info!(
+            "collector over mutual TLS as {} (credentials in {})",
+            handle.credentials.identity(),
+            handle.credentials.dir().display()
+        );
         wait_for_signal().await;
         handle.shutdown().await
     })

@@ -139,6 +139,10 @@ pub struct Endpoints {
     /// The simulated regions of the world in miniature.
     #[serde(default)]
     pub regions: Vec<RegionEndpoint>,
+    /// Instance credentials the demo enrolled (`control`, `edge-fra`, `dns-dns1`, ...)
+    /// and the directory holding each one's `cert.pem`, `key.pem` and `ca.pem`.
+    #[serde(default)]
+    pub pki: BTreeMap<String, String>,
     /// The SQLite store of the control plane.
     #[serde(default)]
     pub store: String,
@@ -444,6 +448,7 @@ pub async fn start(
         config: Some(net_file.to_path_buf()),
         data_dir: control_dir.clone(),
         listen: sa(CONTROL.0, CONTROL.1),
+        pki: None,
         postgres: None,
         raw_retention_days: 30,
         sqlite_max_pages: None,
@@ -454,14 +459,19 @@ pub async fn start(
         bootstrap_admin: Some(format!("{}:{}", LOGINS[0].0, LOGINS[0].1)),
         edges: edge_apis,
         probes: probe_apis,
-        pki: None,
         agent_tokens: Vec::new(),
         challenge_resolver: None,
     })
     .await
     .context("starting the control plane")?;
-    let collector_url = format!("http://{}", control.addr);
+    let collector_url = format!("https://{}", control.addr);
     ep.control.push(collector_url.clone());
+    ep.pki.insert(
+        "control".into(),
+        control.credentials.dir().display().to_string(),
+    );
+    // The instance CA is the control plane's (`<state>/control/pki`); every role the
+    // demo runs is enrolled from it into `<state>/pki/<role>-<name>/`.
     ep.store = control_dir
         .join(crate::store::sqlite::DB_FILE)
         .display()
@@ -663,18 +673,36 @@ pub async fn start(
     let mut distributors = Vec::new();
     let mut log_dirs = Vec::new();
     for (name, ..) in DNS_SERVERS {
-        log_dirs.push(logs.join("dns").join(name));
+        log_dirs.push((
+            crate::pki::InstanceRole::Dns,
+            name.to_string(),
+            logs.join("dns").join(name),
+        ));
     }
     for (pop, _) in &pops {
-        log_dirs.push(logs.join("edge").join(pop));
-        log_dirs.push(logs.join("probe").join(pop));
+        log_dirs.push((
+            crate::pki::InstanceRole::Edge,
+            pop.to_string(),
+            logs.join("edge").join(pop),
+        ));
+        log_dirs.push((
+            crate::pki::InstanceRole::Probe,
+            pop.to_string(),
+            logs.join("probe").join(pop),
+        ));
     }
-    for d in log_dirs {
+    for (role, name, d) in log_dirs {
         std::fs::create_dir_all(&d)?;
+        let key = format!("{role}-{name}");
+        let pki_dir = dir.join("pki").join(&key);
+        ca.enroll_into(role, &name, &[], &pki_dir)
+            .with_context(|| format!("enrolling {role}/{name}"))?;
+        ep.pki.insert(key, pki_dir.display().to_string());
         distributors.push(
             crate::distributor::start(&crate::distributor::Args {
                 dir: d,
                 collectors: vec![collector_url.clone()],
+                pki: Some(pki_dir),
                 poll_ms: 500,
                 min_backoff_ms: 200,
                 max_backoff_ms: 5_000,
@@ -912,7 +940,21 @@ fn print_tour(dir: &Path, path: &Path, ep: &Endpoints) {
     println!("udn demo: state directory {}", dir.display());
     println!("udn demo: endpoints written to {}", path.display());
     println!("udn demo: roles started: {}", ep.roles.join(", "));
-    if let Some(portal) = ep.control.iter().find(|u| u.starts_with("https://")) {
+    println!(
+        "udn demo: instance credentials (cert.pem, key.pem, ca.pem; CA in {}/control/pki): {}",
+        dir.display(),
+        ep.pki
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The portal is the https URL ending in "/" (the collector's has no path).
+    if let Some(portal) = ep
+        .control
+        .iter()
+        .find(|u| u.starts_with("https://") && u.ends_with('/'))
+    {
         let logins: Vec<String> = ep
             .credentials
             .iter()

@@ -8,7 +8,8 @@
 //!   collector failed, the distributor waits with exponential backoff and tries again.
 //!   A collector that is down costs delay, never data;
 //! - `2xx` (inserted, or "already have it"): the file is deleted;
-//! - `422` (the collector rejected and quarantined it) or `413` (too large for the
+//! - `422` (the collector rejected and quarantined it), `403` (this instance may not
+//!   ship this file: another role's records) or `413` (too large for the
 //!   collector): the file is moved to `DIR/rejected/` with a `.reason` file, never
 //!   deleted and never retried.
 //!
@@ -28,9 +29,14 @@ pub struct Args {
     /// Log directory to watch (the role's `FileLog` directory).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Collector base URL (`http://host:port`); repeat for fail-over and round-robin.
+    /// Collector base URL (`https://host:port`); repeat for fail-over and round-robin.
     #[arg(long = "collector", required = true)]
     pub collectors: Vec<String>,
+    /// The instance credentials presented to the collectors (`cert.pem`, `key.pem`,
+    /// `ca.pem` from `udn control enroll ROLE NAME`); the collector takes only the
+    /// records of this instance's role.
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
     /// How often to look for complete files, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub poll_ms: u64,
@@ -66,6 +72,7 @@ impl Args {
         Args {
             dir,
             collectors,
+            pki: None,
             poll_ms: 500,
             min_backoff_ms: 200,
             max_backoff_ms: 30_000,
@@ -248,8 +255,9 @@ impl Shipper {
                             .fetch_add(body.len() as u64, Ordering::Relaxed);
                         return Shipped::Acked { rows, duplicate };
                     }
-                    // 422: rejected and quarantined; 413: larger than the collector takes.
-                    Ok(r) if matches!(r.status().as_u16(), 413 | 422) => {
+                    // 422: rejected and quarantined; 413: larger than the collector takes;
+                    // 403: this instance may not ship this file (another role's records).
+                    Ok(r) if matches!(r.status().as_u16(), 403 | 413 | 422) => {
                         let text = r.text().await.unwrap_or_default();
                         return Shipped::Rejected(format!("{url}: {text}"));
                     }
@@ -300,11 +308,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating log directory {}", args.dir.display()))?;
     crate::install_crypto();
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("building the HTTP client")?;
+    let pki = args.pki.as_ref().context(
+        "--pki DIR is required: the collectors take log files only from enrolled instances",
+    )?;
+    let client = crate::pki::Credentials::load(pki)?.reqwest_client(Duration::from_secs(120))?;
     let stats = Arc::new(Stats::default());
     let shipper = Arc::new(Shipper {
         client,

@@ -4,7 +4,8 @@
 //! billing tables live in PostgreSQL (no SQLite file is involved) and survive a restart
 //! on another machine's (empty) data directory.
 
-mod pg_support;
+mod log_util;
+use log_util::pg_support;
 
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -38,7 +39,7 @@ fn control_addrs(child: &mut Child) -> (String, String, String) {
         out.read_line(&mut line).expect("read stdout");
         let addr = line.split_whitespace().last().unwrap_or("").to_string();
         if line.contains("listening on") {
-            collector = Some(format!("http://{addr}"));
+            collector = Some(format!("https://{addr}"));
         } else if line.contains("portal on") {
             portal = Some(addr);
         } else if line.contains("API on") {
@@ -78,6 +79,14 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let now = udn_bins::logging::now();
     let logs = dir.join("logs");
     let log = FileLog::new(&logs, Role::Edge, "fra-edge-1", RotationPolicy::default()).unwrap();
+    // DNS records come from a DNS server (the collector takes only the sender's role).
+    let dns_log = FileLog::new(
+        &logs.join("dns"),
+        Role::Dns,
+        "dns-a",
+        RotationPolicy::default(),
+    )
+    .unwrap();
     for i in 0..50u64 {
         let rec = LogRecord::Http(HttpRecord {
             ts: Timestamp::from_millis(now.as_millis() - 60_000 + i),
@@ -109,7 +118,7 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
             customer: Some("shop".into()),
             server: "dns-a".into(),
         });
-        log.write_at(&rec, now).unwrap();
+        dns_log.write_at(&rec, now).unwrap();
     }
     // Ten 1 GB responses in the previous hour: what the billing run below must bill.
     let prev_hour = udn_billing::Period::containing(udn_billing::PeriodKind::Hour, now)
@@ -133,21 +142,25 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         });
         log.write_at(&rec, now).unwrap();
     }
-    let file = log.flush_complete().unwrap().unwrap();
-    let body = std::fs::read(&file).unwrap();
-    let sum = hex(&Sha256::digest(&body));
+    // Each file shipped by an instance of its role, enrolled with `udn control enroll`.
+    let data = dir.join("data");
+    for (role, log) in [("edge", &log), ("dns", &dns_log)] {
+        let file = log.flush_complete().unwrap().unwrap();
+        let body = std::fs::read(&file).unwrap();
+        let sum = hex(&Sha256::digest(&body));
+        let r = log_util::role_client(&data, role)
+            .post(format!("{collector}/v1/logs"))
+            .header("x-udn-sha256", sum)
+            .body(body)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text());
+    }
     let http = reqwest::blocking::Client::builder()
         // The portal's self-signed certificate, on loopback.
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap();
-    let r = http
-        .post(format!("{collector}/v1/logs"))
-        .header("x-udn-sha256", sum)
-        .body(body)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text());
 
     // A bearer token (passwords only over HTTPS), used on the plain-HTTP API.
     let tok: serde_json::Value = http

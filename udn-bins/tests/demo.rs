@@ -281,10 +281,20 @@ fn readme_tour_runs_against_the_demo() {
         .unwrap()
         .iter()
         .filter_map(|v| v.as_str())
-        .find(|u| u.starts_with("https://"))
+        // The portal's URL ends in "/" (the collector's, also https, has no path).
+        .find(|u| u.starts_with("https://") && u.ends_with('/'))
         .expect("portal URL in endpoints.json")
         .trim_end_matches('/')
         .to_string();
+    // The instance credentials the demo enrolled from its CA (<state>/control/pki).
+    let pki = ep["pki"].as_object().expect("pki map in endpoints.json");
+    for key in ["control", "edge-fra", "dns-dns1", "probe-fra"] {
+        let d = pki.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+        assert!(
+            Path::new(d).join("cert.pem").exists() && Path::new(d).join("key.pem").exists(),
+            "{key}: {pki:?}"
+        );
+    }
     let cred = ep["credentials"]
         .as_array()
         .unwrap()

@@ -31,23 +31,26 @@ fn post(
     (status, v)
 }
 
-/// Writes `n` records of each kind into complete files in `dir` (instance `inst`);
-/// returns the paths of the files.
+/// Writes `n` records of each kind into complete files in `dir/<role>` (instance
+/// `inst`); returns the paths of the files (edge first, then DNS, then probe).
 fn write_files(dir: &Path, inst: &str, n: u64, max_bytes: u64) -> Vec<std::path::PathBuf> {
     let policy = RotationPolicy {
         max_bytes,
         max_age: Duration::from_secs(3600),
     };
     let t0 = Timestamp::from_secs(1_800_000_000);
+    let mut files = Vec::new();
     for (role, kind) in [(Role::Edge, 0u8), (Role::Dns, 1), (Role::Probe, 2)] {
-        let log = FileLog::new(dir, role, inst, policy).unwrap();
+        let d = dir.join(role.as_str());
+        let log = FileLog::new(&d, role, inst, policy).unwrap();
         for i in 0..n {
             let ts = Timestamp::from_millis(t0.as_millis() + i * 100);
             log.write_at(&record(kind, inst, i, ts), ts).unwrap();
         }
         log.flush_complete().unwrap();
+        files.extend(udn_bins::distributor::complete_files(&d).unwrap());
     }
-    udn_bins::distributor::complete_files(dir).unwrap()
+    files
 }
 
 fn http_bytes(n: u64) -> i64 {
@@ -66,16 +69,17 @@ fn bad_files_are_quarantined(backend: Backend) {
     let logs = tmp.path().join("logs");
     let control = Control::start(&data, &backend, "127.0.0.1:0", &[]);
     let url = control.url();
-    udn_bins::install_crypto();
-    let client = reqwest::blocking::Client::new();
+    // Edge first, as write_files returns the files.
+    let clients: Vec<_> = ROLES.iter().map(|r| role_client(&data, r)).collect();
+    let client = clients[0].clone();
 
     let good = write_files(&logs, "good", 50, 1 << 30);
     assert_eq!(good.len(), 3);
     let bodies: Vec<Vec<u8>> = good.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    let mut next_good = bodies.iter();
+    let mut next_good = bodies.iter().zip(clients.iter());
     let mut post_good = |expect_rows: u64| {
-        let b = next_good.next().unwrap();
-        let (status, v) = post(&client, &url, b, &sha256_hex(b));
+        let (b, client) = next_good.next().unwrap();
+        let (status, v) = post(client, &url, b, &sha256_hex(b));
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["status"], "inserted", "{v}");
         assert_eq!(v["rows"], expect_rows, "{v}");
@@ -201,20 +205,34 @@ fn bad_files_are_quarantined_and_the_rest_flows_postgres() {
     }
 }
 
-/// A drain run of `udn distribute`; returns its summary line.
-fn drain(logs: &Path, collectors: &[String]) -> String {
-    let mut d = Distributor::start(logs, collectors, &["--drain"]);
-    let mut out = String::new();
+/// A drain run of `udn distribute` per role directory; returns the files shipped and
+/// rejected over all of them, and their summary lines.
+fn drain(logs: &Path, collectors: &[String], data: &Path) -> (u64, u64, String) {
+    let mut d = Distributor::start(logs, collectors, &["--drain"], data);
+    let (mut shipped, mut rejected, mut all) = (0, 0, String::new());
     use std::io::Read as _;
-    d.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = d.child.wait().unwrap();
-    assert!(status.success(), "udn distribute --drain failed: {out}");
-    out
+    for child in &mut d.children {
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "udn distribute --drain failed: {out}");
+        let num = |after: &str| -> u64 {
+            out.split(after)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        shipped += num("shipped ");
+        rejected += num("rejected ");
+        all.push_str(&out);
+    }
+    (shipped, rejected, all)
 }
 
 #[test]
@@ -224,24 +242,21 @@ fn distributor_keeps_rejected_files_and_ships_the_rest() {
     let logs = tmp.path().join("logs");
     let control = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
     write_files(&logs, "a", 100, 4096);
-    let bad = logs.join("zz-garbage.jsonl");
+    let edge = logs.join("edge");
+    let bad = edge.join("zz-garbage.jsonl");
     std::fs::write(&bad, b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    let open = logs.join("edge-b-1-1.jsonl.open");
+    let open = edge.join("edge-b-1-1.jsonl.open");
     std::fs::write(&open, b"partial").unwrap();
 
-    let out = drain(&logs, &[control.url()]);
-    assert!(out.contains("rejected 1"), "{out}");
+    let (_, rejected, out) = drain(&logs, &[control.url()], &data);
+    assert_eq!(rejected, 1, "{out}");
     assert!(!bad.exists());
-    let kept = logs.join("rejected/zz-garbage.jsonl");
+    let kept = edge.join("rejected/zz-garbage.jsonl");
     assert_eq!(std::fs::read(&kept).unwrap(), b"GET / HTTP/1.1\r\n\r\n");
-    let reason = std::fs::read_to_string(logs.join("rejected/zz-garbage.jsonl.reason")).unwrap();
+    let reason = std::fs::read_to_string(edge.join("rejected/zz-garbage.jsonl.reason")).unwrap();
     assert!(reason.contains("not a udn log header"), "{reason}");
     assert!(open.exists(), "a file still being written is never shipped");
-    assert!(
-        udn_bins::distributor::complete_files(&logs)
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(log_files(&logs), vec![open.clone()]);
     drop(control);
     let mut store = Backend::Sqlite.open(&data);
     assert_store_matches(store.as_mut(), 100, 100, 100, http_bytes(100));
@@ -257,18 +272,14 @@ fn distributor_fails_over_and_round_robins() {
     let b = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
+        format!("https://{}", l.local_addr().unwrap())
     };
     let files = write_files(&logs, "rr", 300, 4096);
     assert!(files.len() >= 6, "{}", files.len());
-    let out = drain(&logs, &[dead, a.url(), b.url()]);
-    assert!(
-        out.contains(&format!("shipped {} files", files.len())),
-        "{out}"
-    );
+    let (shipped, _, out) = drain(&logs, &[dead, a.url(), b.url()], &data);
+    assert_eq!(shipped, files.len() as u64, "{out}");
 
-    udn_bins::install_crypto();
-    let client = reqwest::blocking::Client::new();
+    let client = role_client(&data, "edge");
     for c in [&a, &b] {
         let m = client
             .get(format!("{}/metrics", c.url()))
@@ -304,11 +315,10 @@ fn full_store_answers_503_and_loses_nothing() {
     let files = write_files(&logs, "full", 2000, 32 * 1024);
 
     // One file by hand: the answer says why.
-    udn_bins::install_crypto();
-    let client = reqwest::blocking::Client::new();
     let mut saw_full = false;
     for f in &files {
         let body = std::fs::read(f).unwrap();
+        let client = role_client(&data, role_of(f));
         let (status, v) = post(&client, &control.url(), &body, &sha256_hex(&body));
         if status == 503 {
             assert_eq!(v["full"], true, "{v}");
@@ -324,21 +334,21 @@ fn full_store_answers_503_and_loses_nothing() {
     assert!(saw_full, "the capped store never filled up");
 
     // The distributor keeps every file it could not deliver and retries.
-    let dist = Distributor::start(&logs, &[control.url()], &[]);
+    let dist = Distributor::start(&logs, &[control.url()], &[], &data);
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        !udn_bins::distributor::complete_files(&logs)
-            .unwrap()
-            .is_empty(),
+        !log_files(&logs).is_empty(),
         "files must wait while the store is full"
     );
-    assert!(
-        !logs.join("rejected").exists(),
-        "a full store is not the file's fault"
-    );
+    for role in ROLES {
+        assert!(
+            !logs.join(role).join("rejected").exists(),
+            "a full store is not the file's fault"
+        );
+    }
 
     // Make room: restart without the cap on the same address; everything arrives once.
     control.kill9();
@@ -381,11 +391,15 @@ fn full_disk_answers_503_and_loses_nothing() {
     let _unmount = Unmount(data.clone());
 
     let control = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
+    // Enrolled while the disk still has room (the CA's register is on it too).
+    for role in ROLES {
+        role_pki(&data, role);
+    }
     let files = write_files(&logs, "disk", 3000, 32 * 1024);
-    let client = reqwest::blocking::Client::new();
     let mut saw_full = false;
     for f in &files {
         let body = std::fs::read(f).unwrap();
+        let client = role_client(&data, role_of(f));
         let (status, v) = post(&client, &control.url(), &body, &sha256_hex(&body));
         if status == 503 {
             assert_eq!(v["full"], true, "{v}");
@@ -396,17 +410,15 @@ fn full_disk_answers_503_and_loses_nothing() {
     }
     assert!(saw_full, "the 256 KiB disk never filled up");
 
-    let dist = Distributor::start(&logs, &[control.url()], &[]);
+    let dist = Distributor::start(&logs, &[control.url()], &[], &data);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        !udn_bins::distributor::complete_files(&logs)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        !logs.join("rejected").exists(),
-        "a full disk is not the file's fault"
-    );
+    assert!(!log_files(&logs).is_empty());
+    for role in ROLES {
+        assert!(
+            !logs.join(role).join("rejected").exists(),
+            "a full disk is not the file's fault"
+        );
+    }
 
     // Room again, without restarting anything.
     let grown = std::process::Command::new("mount")
@@ -440,7 +452,7 @@ fn postgres_connection_loss_costs_a_retry_not_data() {
     let logs = tmp.path().join("logs");
     let control = Control::start(&data, &backend, "127.0.0.1:0", &[]);
     let first = write_files(&logs, "before", 100, 1 << 30);
-    let dist = Distributor::start(&logs, &[control.url()], &[]);
+    let dist = Distributor::start(&logs, &[control.url()], &[], &data);
     wait_drained(&logs, Duration::from_secs(30));
     assert_eq!(first.len(), 3);
 

@@ -37,17 +37,17 @@ fn write_logs(dir: &std::path::Path, per_writer: u64, secs: u64, stop: Arc<Atomi
     };
     let writers = [
         (
-            FileLog::new(dir, Role::Edge, "fra-edge-1", policy).unwrap(),
+            FileLog::new(&dir.join("edge"), Role::Edge, "fra-edge-1", policy).unwrap(),
             0u8,
             "e",
         ),
         (
-            FileLog::new(dir, Role::Dns, "dns-1", policy).unwrap(),
+            FileLog::new(&dir.join("dns"), Role::Dns, "dns-1", policy).unwrap(),
             1,
             "d",
         ),
         (
-            FileLog::new(dir, Role::Probe, "fra-probe", policy).unwrap(),
+            FileLog::new(&dir.join("probe"), Role::Probe, "fra-probe", policy).unwrap(),
             2,
             "p",
         ),
@@ -98,7 +98,7 @@ fn crash_run(backend: Backend, victim: Victim) {
     let mut control = Control::start(&data, &backend, "127.0.0.1:0", &[]);
     let addr = control.addr.clone();
     let collectors = vec![control.url()];
-    let mut dist = Distributor::start(&logs, &collectors, &[]);
+    let mut dist = Distributor::start(&logs, &collectors, &[], &data);
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -119,7 +119,7 @@ fn crash_run(backend: Backend, victim: Victim) {
             Victim::Distributor => {
                 dist.kill9();
                 std::thread::sleep(Duration::from_millis(rng.below(300)));
-                dist = Distributor::start(&logs, &collectors, &[]);
+                dist = Distributor::start(&logs, &collectors, &[], &data);
             }
         }
         kills += 1;
@@ -133,7 +133,12 @@ fn crash_run(backend: Backend, victim: Victim) {
     dist.kill9();
     control.kill9();
 
-    assert!(!logs.join("rejected").exists(), "nothing may be rejected");
+    for role in ROLES {
+        assert!(
+            !logs.join(role).join("rejected").exists(),
+            "nothing may be rejected"
+        );
+    }
     let q = data.join("quarantine");
     assert!(
         !q.exists() || std::fs::read_dir(&q).unwrap().next().is_none(),

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[path = "../pg_support/mod.rs"]
-mod pg_support;
+pub mod pg_support;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
@@ -85,6 +85,70 @@ pub fn backends(test: &str) -> Vec<Backend> {
     v
 }
 
+/// The roles that ship logs, each from its own subdirectory of a test's log directory
+/// (`logs/edge`, `logs/dns`, `logs/probe`) with its own enrolled instance.
+pub const ROLES: [&str; 3] = ["edge", "dns", "probe"];
+
+/// Enrolls `role`/`name` with the real `udn control enroll` against the control plane's
+/// data directory `data_dir` (its CA in `data_dir/pki`); returns the credentials'
+/// directory (reused when already enrolled).
+pub fn enroll(data_dir: &Path, role: &str, name: &str) -> PathBuf {
+    let out = PathBuf::from(format!("{}.pki/{role}-{name}", data_dir.display()));
+    if out.join("cert.pem").exists() {
+        return out;
+    }
+    let o = Command::new(UDN)
+        .args([
+            "control",
+            "enroll",
+            role,
+            name,
+            "--san",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run udn control enroll");
+    assert!(
+        o.status.success(),
+        "udn control enroll {role} {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// The credentials of the test instance of `role` (`test-<role>`).
+pub fn role_pki(data_dir: &Path, role: &str) -> PathBuf {
+    enroll(data_dir, role, &format!("test-{role}"))
+}
+
+/// A blocking HTTPS client presenting the credentials in `pki` and trusting only their CA.
+pub fn client_with(pki: &Path) -> reqwest::blocking::Client {
+    udn_bins::install_crypto();
+    let c = udn_bins::pki::Credentials::load(pki).expect("load credentials");
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(c.client_config().unwrap())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A client of the test instance of `role`.
+pub fn role_client(data_dir: &Path, role: &str) -> reqwest::blocking::Client {
+    client_with(&role_pki(data_dir, role))
+}
+
+/// The role a log file was written by, from its directory (`logs/<role>/...`).
+pub fn role_of(path: &Path) -> &str {
+    path.parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("edge")
+}
+
 /// A running `udn control` process.
 pub struct Control {
     pub child: Child,
@@ -115,6 +179,13 @@ impl Control {
             if let Backend::Postgres(url) = backend {
                 cmd.args(["--postgres", url]);
             }
+            // The sample network: the collector checks HTTP records against its
+            // hostnames' owners (www.shop.udn.example belongs to "shop").
+            if !extra.contains(&"--config") && !extra.contains(&"--portal-listen") {
+                let sample = data_dir.with_extension("sample.toml");
+                std::fs::write(&sample, udn_core::config::SAMPLE).unwrap();
+                cmd.arg("--config").arg(sample);
+            }
             let mut child = cmd.spawn().expect("spawn udn control");
             let out = child.stdout.take().unwrap();
             let mut line = String::new();
@@ -138,8 +209,9 @@ impl Control {
         }
     }
 
+    /// The collector's URL (mutual TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// SIGKILL, no goodbye.
@@ -155,15 +227,37 @@ impl Drop for Control {
     }
 }
 
-/// A running `udn distribute` process.
+/// Running `udn distribute` processes, one per role directory (`dir/edge`, `dir/dns`,
+/// `dir/probe`), each with its role's test instance enrolled against `data_dir`.
 pub struct Distributor {
-    pub child: Child,
+    pub children: Vec<Child>,
 }
 
 impl Distributor {
-    pub fn start(dir: &Path, collectors: &[String], extra: &[&str]) -> Distributor {
+    pub fn start(
+        dir: &Path,
+        collectors: &[String],
+        extra: &[&str],
+        data_dir: &Path,
+    ) -> Distributor {
+        let children = ROLES
+            .iter()
+            .map(|role| {
+                let d = dir.join(role);
+                std::fs::create_dir_all(&d).unwrap();
+                Self::spawn(&d, collectors, extra, &role_pki(data_dir, role))
+            })
+            .collect();
+        Distributor { children }
+    }
+
+    /// One `udn distribute` for `dir` presenting the credentials in `pki`.
+    pub fn spawn(dir: &Path, collectors: &[String], extra: &[&str], pki: &Path) -> Child {
         let mut cmd = Command::new(UDN);
-        cmd.args(["distribute", "--dir"]).arg(dir);
+        cmd.args(["distribute", "--dir"])
+            .arg(dir)
+            .arg("--pki")
+            .arg(pki);
         for c in collectors {
             cmd.args(["--collector", c]);
         }
@@ -179,13 +273,13 @@ impl Distributor {
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-        Distributor {
-            child: cmd.spawn().expect("spawn udn distribute"),
-        }
+        cmd.spawn().expect("spawn udn distribute")
     }
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -227,7 +321,9 @@ pub fn record(kind: u8, writer: &str, i: u64, ts: Timestamp) -> LogRecord {
     match kind % 3 {
         0 => LogRecord::Http(HttpRecord {
             ts,
-            customer: Some(format!("cust{}", i % 3)),
+            // The sample network gives www.shop.udn.example to "shop" (the collector
+            // quarantines HTTP records of a hostname not owned by the named customer).
+            customer: Some("shop".into()),
             host: "www.shop.udn.example".into(),
             path: format!("/o/{writer}/{i}"),
             method: "GET".into(),
@@ -268,15 +364,29 @@ pub fn record(kind: u8, writer: &str, i: u64, ts: Timestamp) -> LogRecord {
     }
 }
 
-/// Waits until `dir` holds no complete or open log file (everything shipped).
+/// The log files (complete or open) in `dir` and its role subdirectories (not in
+/// `rejected/`).
+pub fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "rejected") {
+                out.extend(log_files(&p));
+            }
+        } else if p.to_string_lossy().contains(".jsonl") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Waits until `dir` (and its role subdirectories) holds no complete or open log file
+/// (everything shipped).
 pub fn wait_drained(dir: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let left: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().to_string_lossy().contains(".jsonl"))
-            .collect();
+        let left = log_files(dir);
         if left.is_empty() {
             return;
         }
