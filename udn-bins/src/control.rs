@@ -478,6 +478,9 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             };
             let backend = backend.with_billing(billing);
             let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
+            // The portal seeds an empty store; only then is the configuration the
+            // owners come from.
+            let portal = crate::portal::start(backend.clone(), cfg).await?;
             // The collector checks HTTP records against the hostnames' owners in the
             // current configuration.
             let (b, c) = (backend.clone(), collector.clone());
@@ -494,7 +497,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             }));
-            Some(crate::portal::start(backend, cfg).await?)
+            Some(portal)
         }
         None => None,
     };
