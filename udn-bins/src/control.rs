@@ -73,6 +73,29 @@ pub struct Args {
     /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
     #[arg(long = "agent-token")]
     pub agent_tokens: Vec<String>,
+    /// This control plane's instance credentials (cert.pem, key.pem, ca.pem), presented
+    /// to the probes (`--probe POP=https://...`); default: enrolled into
+    /// `<data-dir>/pki/self` from the instance CA on first use.
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
+}
+
+/// The control plane's own instance credentials: `--pki DIR` when given, else enrolled
+/// (role control, name `control`, the listen address as SAN) into
+/// `<data-dir>/pki/self` from the instance CA in `<data-dir>/pki`.
+pub fn control_credentials(args: &Args) -> anyhow::Result<crate::pki::Credentials> {
+    if let Some(dir) = &args.pki {
+        return crate::pki::Credentials::load(dir);
+    }
+    let pki = args.data_dir.join("pki");
+    let ca = crate::pki::Ca::load_or_create(&pki)?;
+    let sans = vec![args.listen.ip().to_string()];
+    ca.enroll_into(
+        crate::pki::InstanceRole::Control,
+        "control",
+        &sans,
+        &pki.join("self"),
+    )
 }
 
 /// Subcommands of `udn control`.
@@ -223,6 +246,13 @@ impl Args {
                 url: url.into(),
             });
         }
+        // Probes reached over https get the control plane's instance certificate.
+        let machine_client = if probes.iter().any(|p| p.url.starts_with("https://")) {
+            let creds = control_credentials(self)?;
+            Some(creds.reqwest_client(std::time::Duration::from_secs(60))?)
+        } else {
+            None
+        };
         let seed_config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -255,6 +285,7 @@ impl Args {
                 edge_token: self.edge_token.clone(),
                 agent_tokens: self.agent_tokens.clone(),
                 purge_retry_secs: None,
+                machine_client,
             },
             seed_config,
             bootstrap_admin,

@@ -50,6 +50,9 @@ pub struct ControlOptions {
     pub agent_tokens: Vec<String>,
     /// Seconds between retries of a purge an edge did not acknowledge (default 2).
     pub purge_retry_secs: Option<u64>,
+    /// The client for `https://` machine channels (page checks on the probes): presents
+    /// the control plane's instance certificate, trusts only the instance CA.
+    pub machine_client: Option<reqwest::Client>,
 }
 
 /// Shared state of the API and portal handlers.

@@ -351,6 +351,7 @@ impl Harness {
             edge_token: EDGE_TOKEN.into(),
             agent_tokens: vec![AGENT_TOKEN.into()],
             purge_retry_secs: Some(1),
+            machine_client: None,
         };
         let backend: Arc<dyn Backend> = db.0.clone();
         let state = db.run(|_| ApiState::new(backend, opts).expect("state"));
