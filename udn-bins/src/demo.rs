@@ -532,7 +532,11 @@ pub async fn start(
         });
         o.listen = vec![sa(ip, port)];
         o.http = Some(sa(ip, http));
-        o.pki = Some(enroll(crate::pki::InstanceRole::Dns, name, IpAddr::from(ip))?);
+        o.pki = Some(enroll(
+            crate::pki::InstanceRole::Dns,
+            name,
+            IpAddr::from(ip),
+        )?);
         o.name = Some(name.into());
         o.log_dir = Some(logs.join("dns").join(name));
         let h = crate::dns::start(o)

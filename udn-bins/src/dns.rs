@@ -891,12 +891,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
     let handle = Arc::new(handle);
     if let Some((listener, tls)) = http_listener {
         let app = router(handle.clone());
-        let task = crate::listener::serve(
-            listener,
-            app,
-            Some(tls),
-            crate::listener::Limits::default(),
-        );
+        let task =
+            crate::listener::serve(listener, app, Some(tls), crate::listener::Limits::default());
         let mut rx = rx.clone();
         tokio::spawn(async move {
             let _ = rx.wait_for(|v| *v).await;

@@ -587,10 +587,7 @@ pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
             };
             (app, Some(tls))
         }
-        None => (
-            routes.route("/v1/pagecheck", post(pagecheck_refused)),
-            None,
-        ),
+        None => (routes.route("/v1/pagecheck", post(pagecheck_refused)), None),
     };
     let app = app
         .route("/health", get(|| async { "ok" }))

@@ -464,8 +464,15 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
         &service_metrics("shop-west-1", false, 3),
     );
     let v: serde_json::Value = serde_json::from_str(&r).unwrap();
-    assert_eq!((v["applied"].clone(), v["rejected"].clone()), (3.into(), serde_json::json!([])), "{r}");
-    assert!(v["received_at"].as_u64().unwrap() >= now_ms() - 60_000, "{r}");
+    assert_eq!(
+        (v["applied"].clone(), v["rejected"].clone()),
+        (3.into(), serde_json::json!([])),
+        "{r}"
+    );
+    assert!(
+        v["received_at"].as_u64().unwrap() >= now_ms() - 60_000,
+        "{r}"
+    );
     post_json(
         http,
         "/v1/metrics",
@@ -904,7 +911,13 @@ fn strangers_cannot_forge_samples_and_a_future_dated_sample_cannot_freeze_state(
     assert!(healthy(a));
     let ids = ids();
     // /health is open to anyone.
-    assert_eq!(curl_with(&curl_stranger(&ids.dns), &[&format!("https://{http}/health")]), "ok");
+    assert_eq!(
+        curl_with(
+            &curl_stranger(&ids.dns),
+            &[&format!("https://{http}/health")]
+        ),
+        "ok"
+    );
 
     // A stranger without a certificate: 401; an instance of the wrong role: 403.
     let forged = both_origins(false, now_ms() - 1000);
@@ -921,15 +934,29 @@ fn strangers_cannot_forge_samples_and_a_future_dated_sample_cannot_freeze_state(
     assert_eq!(code, 403, "a probe may not reload");
     let m = curl_with(
         &curl_stranger(&ids.dns),
-        &["-o", "/dev/null", "-w", "%{http_code}", &format!("https://{http}/metrics")],
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://{http}/metrics"),
+        ],
     );
     assert_eq!(m, "401");
     // Plain HTTP gets no answer at all.
     let plain = Command::new("curl")
-        .args(["-sS", "--max-time", "3", &format!("http://{http}/v1/refresh?pop=fra")])
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{http}/v1/refresh?pop=fra"),
+        ])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&plain.stdout).starts_with('['), "{plain:?}");
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).starts_with('['),
+        "{plain:?}"
+    );
     for _ in 0..3 {
         assert!(healthy(a), "forged samples moved traffic");
     }
@@ -937,15 +964,22 @@ fn strangers_cannot_forge_samples_and_a_future_dated_sample_cannot_freeze_state(
     // An enrolled probe whose samples are dated a day ahead: refused with the reason,
     // and they do not pin the state (they would, applied: later samples are older).
     let day = 86_400_000;
-    let (code, body) =
-        post_status(&curl_args(&ids.probe), http, "/v1/metrics", &both_origins(true, now_ms() + day))
-            .unwrap();
+    let (code, body) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(true, now_ms() + day),
+    )
+    .unwrap();
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["applied"], 0, "{body}");
     assert_eq!(v["rejected"].as_array().unwrap().len(), 6, "{body}");
     assert!(
-        v["rejected"][0]["error"].as_str().unwrap().contains("ahead"),
+        v["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ahead"),
         "{body}"
     );
     // A sample an hour and more old is refused too.
@@ -959,9 +993,13 @@ fn strangers_cannot_forge_samples_and_a_future_dated_sample_cannot_freeze_state(
     assert!(body.contains("older than"), "{body}");
     assert!(healthy(a));
     // An honest later sample still changes the answer.
-    let (code, body) =
-        post_status(&curl_args(&ids.probe), http, "/v1/metrics", &both_origins(false, now_ms()))
-            .unwrap();
+    let (code, body) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(false, now_ms()),
+    )
+    .unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"applied\":6"), "{body}");
     assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
@@ -995,25 +1033,39 @@ fn a_revoked_probe_is_refused() {
     };
     assert!(healthy(a));
     // The probe is admitted while its certificate is good ...
-    let (code, body) =
-        post_status(&curl_args(&probe), http, "/v1/metrics", &both_origins(false, now_ms()))
-            .unwrap();
+    let (code, body) = post_status(
+        &curl_args(&probe),
+        http,
+        "/v1/metrics",
+        &both_origins(false, now_ms()),
+    )
+    .unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
     // ... and refused once revoked (as `udn control revoke nyc` and the configuration
     // watcher would make it): its samples change nothing.
     ids.pki.revoke("nyc");
     assert!(revoked.replace([fingerprint]));
-    let r = post_status(&curl_args(&probe), http, "/v1/metrics", &both_origins(true, now_ms()));
+    let r = post_status(
+        &curl_args(&probe),
+        http,
+        "/v1/metrics",
+        &both_origins(true, now_ms()),
+    );
     assert!(
-        r.as_ref().is_none_or(|(code, _)| *code == 401 || *code == 403),
+        r.as_ref()
+            .is_none_or(|(code, _)| *code == 401 || *code == 403),
         "{r:?}"
     );
     assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
     // Another probe still gets through.
-    let (code, _) =
-        post_status(&curl_args(&ids.probe), http, "/v1/metrics", &both_origins(true, now_ms()))
-            .unwrap();
+    let (code, _) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(true, now_ms()),
+    )
+    .unwrap();
     assert_eq!(code, 200);
     assert!(healthy(a));
     h.shutdown();

@@ -40,7 +40,13 @@ fn pagecheck(id: &[String], api: &str, target: SocketAddr) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
         .args(id)
-        .args(["-X", "POST", "-H", "content-type: application/json", "--data"])
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+        ])
         .arg(format!(r#"{{"url":"http://{target}/"}}"#))
         .args(["-w", "\n%{http_code}"])
         .arg(format!("{api}/v1/pagecheck"))
@@ -91,7 +97,11 @@ fn only_the_control_plane_may_ask_a_probe_for_a_page_check() {
     let (code, _) = pagecheck(&curl_args(&ids.probe), &api, target);
     assert_eq!(code, 403);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(fetched.load(Ordering::SeqCst), 0, "a refused page check fetched");
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        0,
+        "a refused page check fetched"
+    );
 
     // Status and metrics are the control plane's too; /health is open.
     let out = Command::new("curl")

@@ -35,7 +35,10 @@ impl Pki {
             c.args(["--san", s]);
         }
         let o = c.output().expect("udn control enroll runs");
-        assert!(o.status.success(), "udn control enroll {role} {name}: {o:?}");
+        assert!(
+            o.status.success(),
+            "udn control enroll {role} {name}: {o:?}"
+        );
         out
     }
 
