@@ -441,8 +441,21 @@ pub async fn start(
         .collect();
     let probe_apis = pop_addresses(&cfg)
         .into_iter()
-        .map(|(pop, ip)| format!("{pop}=http://{}", SocketAddr::new(ip, PROBE_PORT)))
+        .map(|(pop, ip)| format!("{pop}=https://{}", SocketAddr::new(ip, PROBE_PORT)))
         .collect();
+    // The instance CA: each DNS server and probe gets its certificate (its address as
+    // SAN) in <state>/pki/<role>-<name>/; the control plane enrolls itself.
+    let ca = crate::pki::Ca::load_or_create(&control_dir.join("pki"))
+        .context("the demo's instance CA")?;
+    let enroll = |role: crate::pki::InstanceRole, name: &str, ip: IpAddr| {
+        ca.enroll_into(
+            role,
+            name,
+            &[ip.to_string()],
+            &dir.join("pki").join(format!("{role}-{name}")),
+        )
+        .with_context(|| format!("enrolling {role} {name}"))
+    };
     let control = crate::control::start(&crate::control::Args {
         command: None,
         config: Some(net_file.to_path_buf()),
@@ -535,6 +548,11 @@ pub async fn start(
         });
         o.listen = vec![sa(ip, port)];
         o.http = Some(sa(ip, http));
+        o.pki = Some(enroll(
+            crate::pki::InstanceRole::Dns,
+            name,
+            IpAddr::from(ip),
+        )?);
         o.name = Some(name.into());
         o.log_dir = Some(logs.join("dns").join(name));
         let h = crate::dns::start(o)
@@ -542,7 +560,7 @@ pub async fn start(
             .with_context(|| format!("starting DNS server {name}"))?;
         ep.dns.extend(h.dns.iter().map(|a| a.to_string()));
         if let Some(a) = h.http {
-            ep.dns_http.push(format!("http://{a}"));
+            ep.dns_http.push(format!("https://{a}"));
         }
         dns.push(h);
     }
@@ -648,12 +666,13 @@ pub async fn start(
             .map(|s| (s.name.clone(), HTTP_PORT))
             .collect();
         po.pagecheck_dns = Some(pagecheck_dns(pop));
+        po.pki = Some(enroll(crate::pki::InstanceRole::Probe, pop, *ip)?);
         let p = crate::probe::start(po)
             .await
             .with_context(|| format!("starting the probe of {pop}"))?;
         ep.probes.push(EdgeEndpoint {
             pop: pop.clone(),
-            http: format!("http://{}", p.http),
+            http: format!("https://{}", p.http),
             admin: None,
         });
         probes.push(p);

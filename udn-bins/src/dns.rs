@@ -7,9 +7,13 @@
 //!   full GTM: the configured zones (with their zone files), GTM and CDN hostnames
 //!   answered by the decision engine, peer proxying among `dns.peers`.
 //!
-//! The HTTP API (on `--http`) is the contract with probes and the control plane:
-//! `POST /v1/metrics` (a JSON array of `udn_core::Metric`), `GET /v1/refresh?pop=NAME`,
-//! `POST /v1/reload`, `GET /health`, `GET /metrics` (Prometheus text). SIGHUP reloads too.
+//! The HTTP API (on `--http`) is the contract with probes and the control plane. It is an
+//! admin listener (HTTPS with the server's `--pki` credentials, client certificates
+//! checked against the instance CA): `POST /v1/metrics` (a JSON array of
+//! `udn_core::Metric`) and `GET /v1/refresh?pop=NAME` for role probe; `POST /v1/reload`
+//! and `GET /metrics` (Prometheus text) for role control; `GET /health` open. SIGHUP
+//! (the local operator) reloads too. A sample dated more than [`MAX_FUTURE_SKEW`] ahead
+//! of this server's clock, or older than [`MAX_SAMPLE_AGE`], is refused with the reason.
 //! See `docs/dns.md`.
 
 use anyhow::Context as _;
@@ -51,9 +55,15 @@ pub struct Args {
     /// DNS address to serve UDP and TCP on (repeat for IPv4 and IPv6; port 0 = free).
     #[arg(long, default_value = "127.0.0.1:5353")]
     pub listen: Vec<SocketAddr>,
-    /// HTTP API address (metrics from probes, refresh list, reload, /health, /metrics).
-    #[arg(long)]
+    /// HTTP API address (metrics from probes, refresh list, reload, /health, /metrics);
+    /// served over HTTPS with the `--pki` credentials.
+    #[arg(long, requires = "pki")]
     pub http: Option<SocketAddr>,
+    /// This server's instance credentials (cert.pem, key.pem, ca.pem as written by
+    /// `udn control enroll dns NAME --out DIR`): the HTTP API's TLS and the roles it
+    /// admits.
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
     /// This server's name among `dns.peers` (turns peer proxying on) and in the logs.
     #[arg(long)]
     pub name: Option<String>,
@@ -156,8 +166,13 @@ pub struct Options {
     pub source: Source,
     /// DNS addresses (UDP + TCP each).
     pub listen: Vec<SocketAddr>,
-    /// HTTP API address.
+    /// HTTP API address (needs `pki`).
     pub http: Option<SocketAddr>,
+    /// The instance credentials the HTTP API serves TLS with.
+    pub pki: Option<crate::pki::Credentials>,
+    /// Certificates the HTTP API refuses although they verify (kept current by the
+    /// configuration watcher; empty without `--control`).
+    pub revoked: crate::pki::Revocations,
     /// Our peer name (proxying on when it is one of `dns.peers`).
     pub name: Option<String>,
     /// Query-log directory.
@@ -175,6 +190,8 @@ impl Options {
             source,
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             http: None,
+            pki: None,
+            revoked: crate::pki::Revocations::default(),
             name: None,
             log_dir: None,
             limits: Limits::default(),
@@ -562,13 +579,24 @@ impl Handle {
         Ok(zones)
     }
 
-    /// Applies metrics; returns (applied, rejected (index, error)).
-    pub fn apply_metrics(&self, items: &[serde_json::Value]) -> (usize, Vec<(usize, String)>) {
+    /// Applies metrics received at `received` (this server's clock); returns (applied,
+    /// rejected (index, error)). A sample dated more than [`MAX_FUTURE_SKEW`] after
+    /// `received`, or more than [`MAX_SAMPLE_AGE`] before it, is rejected: a probe's
+    /// clock is trusted only within that window, so no sample can pin a state by being
+    /// dated in the future.
+    pub fn apply_metrics(
+        &self,
+        items: &[serde_json::Value],
+        received: udn_core::Timestamp,
+    ) -> (usize, Vec<(usize, String)>) {
         let mut parsed = Vec::with_capacity(items.len());
         let mut rejected = Vec::new();
         for (i, v) in items.iter().enumerate() {
             match serde_json::from_value::<Metric>(v.clone()) {
-                Ok(m) => parsed.push((i, m)),
+                Ok(m) => match sample_time_error(&m, received) {
+                    None => parsed.push((i, m)),
+                    Some(e) => rejected.push((i, e)),
+                },
                 Err(e) => rejected.push((i, e.to_string())),
             }
         }
@@ -648,6 +676,40 @@ impl Handle {
                 let _ = w.join();
             }
         }
+    }
+}
+
+/// How far ahead of this server's clock a probe's sample may be dated.
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
+/// How old a probe's sample may be when it arrives (a probe queues samples while a DNS
+/// server is unreachable; older ones describe a state long gone).
+pub const MAX_SAMPLE_AGE: Duration = Duration::from_secs(3600);
+
+/// Why a sample's time is refused, if it is: too far in the future or the past of
+/// `received`.
+fn sample_time_error(m: &Metric, received: udn_core::Timestamp) -> Option<String> {
+    let at = match m {
+        Metric::Service { sample, .. } => sample.at,
+        Metric::Load { at, .. } => *at,
+        Metric::Latency { sample, .. } => sample.at,
+    };
+    let (at, now) = (at.as_millis(), received.as_millis());
+    let ahead = at.saturating_sub(now);
+    let behind = now.saturating_sub(at);
+    if ahead > MAX_FUTURE_SKEW.as_millis() as u64 {
+        Some(format!(
+            "sample dated {ahead} ms after this server received it (at {at}, received {now}): \
+             more than {} s ahead; check the probe's clock",
+            MAX_FUTURE_SKEW.as_secs()
+        ))
+    } else if behind > MAX_SAMPLE_AGE.as_millis() as u64 {
+        Some(format!(
+            "sample dated {behind} ms before this server received it (at {at}, received \
+             {now}): older than {} s",
+            MAX_SAMPLE_AGE.as_secs()
+        ))
+    } else {
+        None
     }
 }
 
@@ -808,29 +870,33 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         shutdown: tx,
     };
     let http_listener = match opts.http {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+        Some(addr) => {
+            let creds = opts.pki.as_ref().with_context(|| {
+                format!("the HTTP API ({addr}) is an admin listener: give --pki DIR")
+            })?;
+            let tls = crate::listener::Tls {
+                config: creds.server_config()?,
+                revoked: opts.revoked.clone(),
+            };
+            let l = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding HTTP {addr}"))?,
-        ),
+                .with_context(|| format!("binding HTTP {addr}"))?;
+            Some((l, tls))
+        }
         None => None,
     };
-    if let Some(l) = &http_listener {
+    if let Some((l, _)) = &http_listener {
         handle.http = Some(l.local_addr()?);
     }
     let handle = Arc::new(handle);
-    if let Some(listener) = http_listener {
+    if let Some((listener, tls)) = http_listener {
         let app = router(handle.clone());
+        let task =
+            crate::listener::serve(listener, app, Some(tls), crate::listener::Limits::default());
         let mut rx = rx.clone();
         tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|v| *v).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP API stopped");
-            }
+            let _ = rx.wait_for(|v| *v).await;
+            task.abort();
         });
     }
     Ok(handle)
@@ -846,6 +912,8 @@ struct Rejected {
 struct MetricsReply {
     applied: usize,
     rejected: Vec<Rejected>,
+    /// When this server received the batch (ms since the epoch, its own clock).
+    received_at: udn_core::Timestamp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -853,33 +921,25 @@ struct RefreshParams {
     pop: String,
 }
 
+/// The HTTP API: probes' routes for role probe, the operator's for role control,
+/// `/health` for anyone.
 fn router(h: Arc<Handle>) -> axum::Router {
-    axum::Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|AxState(h): AxState<Arc<Handle>>| async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    h.metrics_text(),
-                )
-            }),
-        )
+    use crate::pki::{InstanceRole, require_roles};
+    let probe = axum::Router::new()
         .route(
             "/v1/metrics",
             post(
                 |AxState(h): AxState<Arc<Handle>>,
                  body: axum::Json<Vec<serde_json::Value>>| async move {
-                    let (applied, rejected) = h.apply_metrics(&body.0);
+                    let received_at = crate::logging::now();
+                    let (applied, rejected) = h.apply_metrics(&body.0, received_at);
                     axum::Json(MetricsReply {
                         applied,
                         rejected: rejected
                             .into_iter()
                             .map(|(index, error)| Rejected { index, error })
                             .collect(),
+                        received_at,
                     })
                 },
             ),
@@ -891,6 +951,22 @@ fn router(h: Arc<Handle>) -> axum::Router {
                     axum::Json(h.take_refresh(&q.pop))
                 },
             ),
+        )
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            require_roles(&[InstanceRole::Probe], req, next)
+        }));
+    let control = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|AxState(h): AxState<Arc<Handle>>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    h.metrics_text(),
+                )
+            }),
         )
         .route(
             "/v1/reload",
@@ -912,6 +988,13 @@ fn router(h: Arc<Handle>) -> axum::Router {
                 }
             }),
         )
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            require_roles(&[InstanceRole::Control], req, next)
+        }));
+    axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(probe)
+        .merge(control)
         .with_state(h)
 }
 
@@ -929,6 +1012,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         source,
         listen: args.listen.clone(),
         http: args.http,
+        pki: match &args.pki {
+            Some(d) => Some(crate::pki::Credentials::load(d)?),
+            None => None,
+        },
+        revoked: crate::pki::Revocations::default(),
         name: args.name.clone(),
         log_dir: args.log_dir.clone(),
         limits: Limits {
@@ -954,7 +1042,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("udn dns: serving DNS on {a} (UDP and TCP)");
         }
         if let Some(a) = h.http {
-            println!("udn dns: HTTP API on http://{a}");
+            println!("udn dns: HTTP API on https://{a}");
         }
         let follow = match (&args.control, &args.config) {
             (Some(url), Some(path)) => {

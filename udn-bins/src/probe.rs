@@ -9,6 +9,12 @@
 //! * `POST /v1/pagecheck` `{"url": "...", "repeat": false}` -> `{"pop": ..., "reports": [...]}`
 //! * `GET /v1/status`: service states, latency method statistics, report queues
 //! * `GET /health`, `GET /metrics` (Prometheus text)
+//!
+//! With `--pki DIR` (the probe's instance credentials) the API is an admin listener:
+//! HTTPS, and every route but `/health` only for role control. The reports to the DNS
+//! servers (`https://` URLs then) present the same certificate. Without `--pki` the API
+//! is plain HTTP and read-only: `/v1/pagecheck` (which makes the probe fetch a URL) is
+//! refused.
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -123,6 +129,11 @@ pub struct AgentArgs {
     /// Address of the agent's HTTP API (page check, status, metrics).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub http: SocketAddr,
+    /// This probe's instance credentials (cert.pem, key.pem, ca.pem as written by
+    /// `udn control enroll probe POP --out DIR`): its API becomes HTTPS for role
+    /// control, and it presents them to the DNS servers (`--dns-http https://...`).
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
     /// Directory of the probe log (rotated JSON Lines); none: no log.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -221,6 +232,12 @@ pub struct ProbeOptions {
     /// The DNS server the page checks ask for the other names (`None`: the system
     /// resolver).
     pub pagecheck_dns: Option<DnsServer>,
+    /// The probe's instance credentials: the API's TLS (role control only) and the
+    /// certificate presented to the DNS servers. `None`: a plain, read-only API.
+    pub pki: Option<crate::pki::Credentials>,
+    /// Certificates the API refuses although they verify (kept current by the
+    /// configuration watcher; empty without `--control`).
+    pub revoked: crate::pki::Revocations,
 }
 
 impl ProbeOptions {
@@ -244,6 +261,8 @@ impl ProbeOptions {
             service_ports: Vec::new(),
             pagecheck_resolve: Vec::new(),
             pagecheck_dns: None,
+            pki: None,
+            revoked: crate::pki::Revocations::default(),
         }
     }
 }
@@ -507,8 +526,18 @@ fn spawn_service_loops(
 
 /// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
 /// service, load, refresh and latency tasks.
-pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
+pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
     let targets = targets_of(&opts, &opts.network)?;
+    if let Some(creds) = &opts.pki {
+        if let Some(u) = opts.dns_http.iter().find(|u| !u.starts_with("https://")) {
+            anyhow::bail!(
+                "--dns-http {u}: with --pki the DNS servers' API is reached over https://"
+            );
+        }
+        if opts.report.tls.is_none() {
+            opts.report.tls = Some(Arc::new(creds.client_config()?));
+        }
+    }
     let reporter = Reporter::new(&opts.dns_http, opts.report.clone());
     let infos = opts.methods.iter().map(|m| m.info()).collect();
     let mut registry = Registry::default();
@@ -557,22 +586,37 @@ pub async fn start(opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
         tasks.spawn(refresh_loop(shared.clone(), base.clone(), tx.clone()));
     }
     tasks.spawn(static_targets_loop(shared.clone(), tx));
-    let app = axum::Router::new()
-        .route("/health", get(|| async { "ok" }))
+    let routes = axum::Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/v1/status", get(status_handler))
-        .route("/v1/pagecheck", post(pagecheck_handler))
-        .with_state(shared.clone());
-    tasks.spawn(async move {
-        let stop = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "probe API stopped");
+        .route("/v1/status", get(status_handler));
+    let (app, tls) = match &opts.pki {
+        Some(creds) => {
+            use crate::pki::{InstanceRole, require_roles};
+            let app = routes
+                .route("/v1/pagecheck", post(pagecheck_handler))
+                .route_layer(axum::middleware::from_fn(|req, next| {
+                    require_roles(&[InstanceRole::Control], req, next)
+                }));
+            let tls = crate::listener::Tls {
+                config: creds.server_config()?,
+                revoked: opts.revoked.clone(),
+            };
+            (app, Some(tls))
         }
+        None => (routes.route("/v1/pagecheck", post(pagecheck_refused)), None),
+    };
+    let app = app
+        .route("/health", get(|| async { "ok" }))
+        .with_state(shared.clone());
+    let server = AbortOnDrop(crate::listener::serve(
+        listener,
+        app,
+        tls,
+        crate::listener::Limits::default(),
+    ));
+    tasks.spawn(async move {
+        let _server = server;
+        let _ = stop_rx.wait_for(|s| *s).await;
     });
     tracing::info!(pop = %opts.pop, %http, "probe agent started");
     Ok(ProbeHandle {
@@ -793,6 +837,7 @@ async fn refresh_loop(
             let mut req = FetchRequest::get(u);
             req.timeout = Duration::from_secs(2);
             req.keep = 4 << 20;
+            req.tls = sh.opts.report.tls.clone();
             match fetch(&req, &Resolver::system()).await {
                 Ok(f) if f.status == 200 => {
                     match serde_json::from_slice::<Vec<RefreshItem>>(&f.body) {
@@ -960,6 +1005,27 @@ async fn metrics_handler(State(sh): State<Arc<Shared>>) -> impl axum::response::
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text + &extra,
+    )
+}
+
+/// Aborts a task when dropped (the API's accept loop ends with the agent).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `POST /v1/pagecheck` on a probe without `--pki`: a page check makes the probe fetch
+/// any URL, so only the control plane, proven by its certificate, may ask for one.
+async fn pagecheck_refused() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    (
+        axum::http::StatusCode::FORBIDDEN,
+        axum::Json(serde_json::json!({
+            "error": "page checks are served only to the control plane over the admin \
+                      listener: start the probe with --pki DIR"
+        })),
     )
 }
 
@@ -1152,6 +1218,9 @@ fn build_options(
         source: a.pagecheck_dns_source,
         ..DnsServer::new(server)
     });
+    if let Some(d) = &a.pki {
+        opts.pki = Some(crate::pki::Credentials::load(d)?);
+    }
     Ok((opts, file_log))
 }
 
@@ -1211,11 +1280,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .map(|url| (url, args.agent.control_token.clone()));
     let (opts, file_log) = build_options(*args.agent)?;
+    let tls = opts.pki.is_some();
     let rt = crate::runtime()?;
     rt.block_on(async move {
         let handle = start(opts).await?;
         // One JSON line on stdout so scripts and tests learn the bound address.
-        println!("{}", serde_json::json!({ "http": handle.http.to_string() }));
+        println!(
+            "{}",
+            serde_json::json!({ "http": handle.http.to_string(), "tls": tls })
+        );
         let ticker = file_log.clone().map(|log| {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -81,8 +81,6 @@ fn api_changes_reach_running_dns_and_edge() {
             dns_cfg.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
             "--control",
             &api,
             "--control-token",

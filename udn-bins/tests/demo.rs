@@ -167,12 +167,27 @@ fn readme_tour_runs_against_the_demo() {
         assert_eq!(e["http"], format!("http://{edge}:8080"));
     }
 
-    // Each POP's probe serves its status from the POP's address.
+    // Each POP's probe serves its status from the POP's address, over its admin
+    // listener to the control plane's certificate (the demo enrolled it into
+    // <state>/control/pki/self); a caller without one is refused.
     let probes = ep["probes"].as_array().unwrap();
     assert_eq!(probes.len(), 3);
+    let me = dir.join("control").join("pki").join("self");
+    let pem = |f: &str| me.join(f).display().to_string();
     for p in probes {
         let url = format!("{}/v1/status", p["http"].as_str().unwrap());
-        let out = Command::new("curl").args(["-s", &url]).output().unwrap();
+        assert!(url.starts_with("https://"), "{url}");
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--cacert", &pem("ca.pem"), &url])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "{url}");
+        let out = Command::new("curl")
+            .args(["-s", "--cacert", &pem("ca.pem"), "--cert", &pem("cert.pem")])
+            .args(["--key", &pem("key.pem"), &url])
+            .output()
+            .unwrap();
         let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(st["pop"], p["pop"], "{url}");
     }

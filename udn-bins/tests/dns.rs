@@ -1,5 +1,9 @@
 //! Integration tests of `udn dns`: the real binary on loopback, queried with `dig`
-//! (bind9-dnsutils), raw std sockets for malformed input, and `curl` for the HTTP API.
+//! (bind9-dnsutils), raw std sockets for malformed input, and `curl` for the HTTP API
+//! (an admin listener: HTTPS, callers present certificates from `udn control enroll`).
+
+mod pki_support;
+use pki_support::{curl_args, curl_stranger, ids};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -57,9 +61,12 @@ fn tmpdir(tag: &str) -> PathBuf {
 /// Starts `udn dns` with `args` and waits for the lines that print its addresses.
 fn start(args: &[&str], want_http: bool) -> Udn {
     let listens = args.iter().filter(|a| **a == "--listen").count().max(1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
-        .arg("dns")
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_udn"));
+    cmd.arg("dns").args(args);
+    if args.contains(&"--http") {
+        cmd.arg("--pki").arg(&ids().dns);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -84,7 +91,7 @@ fn start(args: &[&str], want_http: bool) -> Udn {
             .expect("udn dns printed its addresses");
         if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
             all_dns.push(rest.split(' ').next().unwrap().parse().unwrap());
-        } else if let Some(rest) = line.strip_prefix("udn dns: HTTP API on http://") {
+        } else if let Some(rest) = line.strip_prefix("udn dns: HTTP API on https://") {
             http = Some(rest.trim().parse().unwrap());
         }
     }
@@ -131,14 +138,54 @@ fn flags(out: &str) -> String {
         .to_owned()
 }
 
+/// curl against the DNS API as the role that may call the URL's route: probe for
+/// `/v1/metrics` and `/v1/refresh`, control for the rest.
 fn curl(args: &[&str]) -> String {
+    let url = args.last().copied().unwrap_or("");
+    let id = if url.contains("/v1/metrics") || url.contains("/v1/refresh") {
+        &ids().probe
+    } else {
+        &ids().control
+    };
+    curl_with(&curl_args(id), args)
+}
+
+fn curl_with(id: &[String], args: &[&str]) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5"])
+        .args(id)
         .args(args)
         .output()
         .expect("curl runs");
     assert!(out.status.success(), "curl {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// curl's status code and body of a POST of JSON with `id`'s curl arguments; `None`
+/// when the connection was refused or cut (a revoked certificate).
+fn post_status(id: &[String], http: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(id)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("https://{http}{path}"),
+        ])
+        .output()
+        .expect("curl runs");
+    if !out.status.success() {
+        return None;
+    }
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    Some((code.trim().parse().unwrap(), body.to_owned()))
 }
 
 fn post_json(http: SocketAddr, path: &str, body: &str) -> String {
@@ -149,7 +196,7 @@ fn post_json(http: SocketAddr, path: &str, body: &str) -> String {
         "content-type: application/json",
         "--data",
         body,
-        &format!("http://{http}{path}"),
+        &format!("https://{http}{path}"),
     ])
 }
 
@@ -378,7 +425,7 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
         true,
     );
     let (a, http) = (udn.dns, udn.http.unwrap());
-    assert_eq!(curl(&[&format!("http://{http}/health")]), "ok");
+    assert_eq!(curl(&[&format!("https://{http}/health")]), "ok");
 
     // Static records of the zone file and the synthesized GTM answer side by side.
     assert_eq!(dig_short(a, &["static.udn.example"]), ["192.0.2.10"]);
@@ -399,7 +446,7 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
     assert!(out.contains(";wWw.ShOp.udn.example.\t\tIN\tA"), "{out}");
 
     // The decision asked for latency measurements: the probe of nyc takes them once.
-    let r = curl(&[&format!("http://{http}/v1/refresh?pop=nyc")]);
+    let r = curl(&[&format!("https://{http}/v1/refresh?pop=nyc")]);
     let items: Vec<serde_json::Value> = serde_json::from_str(&r).unwrap();
     assert!(
         items
@@ -407,7 +454,7 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
             .any(|i| i["client"] == "127.0.0.0/24" && i["pop"] == "nyc"),
         "{r}"
     );
-    let r = curl(&[&format!("http://{http}/v1/refresh?pop=nyc")]);
+    let r = curl(&[&format!("https://{http}/v1/refresh?pop=nyc")]);
     assert_eq!(r, "[]");
 
     // Health pushed by probes: west down, east up -> east.
@@ -416,7 +463,16 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
         "/v1/metrics",
         &service_metrics("shop-west-1", false, 3),
     );
-    assert_eq!(r, r#"{"applied":3,"rejected":[]}"#);
+    let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(
+        (v["applied"].clone(), v["rejected"].clone()),
+        (3.into(), serde_json::json!([])),
+        "{r}"
+    );
+    assert!(
+        v["received_at"].as_u64().unwrap() >= now_ms() - 60_000,
+        "{r}"
+    );
     post_json(
         http,
         "/v1/metrics",
@@ -436,7 +492,10 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
     let r = post_json(
         http,
         "/v1/metrics",
-        r#"[{"kind":"load","server":"nope","percent":3.0,"at":1},{"kind":"bogus"},{"kind":"load","server":"fra-edge-1","percent":35.0,"at":1}]"#,
+        &format!(
+            r#"[{{"kind":"load","server":"nope","percent":3.0,"at":{0}}},{{"kind":"bogus"}},{{"kind":"load","server":"fra-edge-1","percent":35.0,"at":{0}}}]"#,
+            now_ms()
+        ),
     );
     let v: serde_json::Value = serde_json::from_str(&r).unwrap();
     assert_eq!(v["applied"], 1, "{r}");
@@ -500,12 +559,12 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
         "$ORIGIN udn.example.\nbroken A 1.2.3\n",
     )
     .unwrap();
-    let r = curl(&["-X", "POST", &format!("http://{http}/v1/reload")]);
+    let r = curl(&["-X", "POST", &format!("https://{http}/v1/reload")]);
     assert!(r.contains("line 2"), "{r}");
     assert_eq!(dig_short(a, &["added.udn.example"]), ["192.0.2.45"]);
 
     // Prometheus metrics count what happened.
-    let m = curl(&[&format!("http://{http}/metrics")]);
+    let m = curl(&[&format!("https://{http}/metrics")]);
     assert!(
         m.contains(r#"udn_dns_queries_total{transport="udp",rcode="NOERROR",path="local"}"#),
         "{m}"
@@ -643,7 +702,7 @@ fn peers_proxy_to_the_owner_and_answer_locally_when_it_is_down() {
         assert!(out.contains(&format!("CLIENT-SUBNET: {n}/24/24")), "{out}");
         assert!(out.contains(";wWw.shop.udn.example."), "{out}");
     }
-    let m = curl(&[&format!("http://{}/metrics", a.http.unwrap())]);
+    let m = curl(&[&format!("https://{}/metrics", a.http.unwrap())]);
     let relayed = format!(
         r#"udn_dns_queries_total{{transport="udp",rcode="NOERROR",path="relayed"}} {}"#,
         b_owned.len()
@@ -690,7 +749,7 @@ fn peers_proxy_to_the_owner_and_answer_locally_when_it_is_down() {
     );
     assert!(out.contains("ANSWER: 1"), "{out}");
     // Only the first query waited for B: the second was answered locally at once.
-    let m = curl(&[&format!("http://{}/metrics", a.http.unwrap())]);
+    let m = curl(&[&format!("https://{}/metrics", a.http.unwrap())]);
     assert!(m.contains(r#"path="peer-timeout"} 1"#), "{m}");
     drop(a);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -698,7 +757,7 @@ fn peers_proxy_to_the_owner_and_answer_locally_when_it_is_down() {
 
 /// The `relayed` query count in `udn dns`'s Prometheus metrics.
 fn relayed(http: SocketAddr) -> u64 {
-    let m = curl(&[&format!("http://{http}/metrics")]);
+    let m = curl(&[&format!("https://{http}/metrics")]);
     m.lines()
         .find(|l| {
             l.starts_with(
@@ -795,7 +854,7 @@ fn peers_follow_a_reload() {
 
     // A peer list without A's own name is refused; A keeps its peers and proxies on.
     write_peers(&[("dns-b", pb), ("dns-c", free_port())]);
-    let r = curl(&["-X", "POST", &format!("http://{ah}/v1/reload")]);
+    let r = curl(&["-X", "POST", &format!("https://{ah}/v1/reload")]);
     assert!(r.contains("dns-a is not one of dns.peers"), "{r}");
     ask_a(&b_owned[0]);
     assert_eq!(relayed(ah), b_owned.len() as u64 + 1);
@@ -807,4 +866,208 @@ fn peers_follow_a_reload() {
     ask_a(&b_owned[0]);
     assert_eq!(relayed(ah), b_owned.len() as u64 + 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Service samples for both shop origins, dated `at` (ms): all down sends the shop to
+/// its hidden standby (127.0.0.29).
+fn both_origins(ok: bool, at: u64) -> String {
+    let items: Vec<String> = ["shop-west-1", "shop-east-1"]
+        .iter()
+        .flat_map(|server| {
+            (0..3).map(move |i| {
+                format!(
+                    r#"{{"kind":"service","server":"{server}","service":"http","ok":{ok},"response_ms":12.0,"at":{}}}"#,
+                    at + i
+                )
+            })
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+const STANDBY: &str = "127.0.0.29";
+
+#[test]
+fn strangers_cannot_forge_samples_and_a_future_dated_sample_cannot_freeze_state() {
+    let dir = tmpdir("forge");
+    let cfg = write_config(&dir, "");
+    let udn = start(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        true,
+    );
+    let (a, http) = (udn.dns, udn.http.unwrap());
+    // Both origins healthy: one of their sites answers, never the standby.
+    let healthy = |a: SocketAddr| {
+        let r = dig_short(a, &["www.shop.udn.example"]);
+        r.len() == 1 && r[0].starts_with("127.0.0.2") && r[0] != STANDBY
+    };
+    assert!(healthy(a));
+    let ids = ids();
+    // /health is open to anyone.
+    assert_eq!(
+        curl_with(
+            &curl_stranger(&ids.dns),
+            &[&format!("https://{http}/health")]
+        ),
+        "ok"
+    );
+
+    // A stranger without a certificate: 401; an instance of the wrong role: 403.
+    let forged = both_origins(false, now_ms() - 1000);
+    let (code, body) = post_status(&curl_stranger(&ids.dns), http, "/v1/metrics", &forged).unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("instance certificate"), "{body}");
+    let (code, body) = post_status(&curl_args(&ids.edge), http, "/v1/metrics", &forged).unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("allowed roles: probe"), "{body}");
+    // Nor may they reload, read the refresh list or the metrics.
+    let (code, _) = post_status(&curl_args(&ids.edge), http, "/v1/reload", "").unwrap();
+    assert_eq!(code, 403);
+    let (code, _) = post_status(&curl_args(&ids.probe), http, "/v1/reload", "").unwrap();
+    assert_eq!(code, 403, "a probe may not reload");
+    let m = curl_with(
+        &curl_stranger(&ids.dns),
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://{http}/metrics"),
+        ],
+    );
+    assert_eq!(m, "401");
+    // Plain HTTP gets no answer at all.
+    let plain = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{http}/v1/refresh?pop=fra"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).starts_with('['),
+        "{plain:?}"
+    );
+    for _ in 0..3 {
+        assert!(healthy(a), "forged samples moved traffic");
+    }
+
+    // An enrolled probe whose samples are dated a day ahead: refused with the reason,
+    // and they do not pin the state (they would, applied: later samples are older).
+    let day = 86_400_000;
+    let (code, body) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(true, now_ms() + day),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["applied"], 0, "{body}");
+    assert_eq!(v["rejected"].as_array().unwrap().len(), 6, "{body}");
+    assert!(
+        v["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ahead"),
+        "{body}"
+    );
+    // A sample an hour and more old is refused too.
+    let (_, body) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(false, now_ms() - 2 * 3_600_000),
+    )
+    .unwrap();
+    assert!(body.contains("older than"), "{body}");
+    assert!(healthy(a));
+    // An honest later sample still changes the answer.
+    let (code, body) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(false, now_ms()),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"applied\":6"), "{body}");
+    assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_revoked_probe_is_refused() {
+    let dir = tmpdir("revoked");
+    let cfg = write_config(&dir, "");
+    let ids = ids();
+    let probe = ids.pki.enroll("probe", "nyc", &["127.0.0.1"]);
+    let fingerprint = udn_bins::pki::Credentials::load(&probe)
+        .unwrap()
+        .identity()
+        .fingerprint
+        .clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let revoked = udn_bins::pki::Revocations::default();
+    let h = rt.block_on(async {
+        let mut o = udn_bins::dns::Options::new(udn_bins::dns::Source::ConfigFile(cfg.clone()));
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.pki = Some(udn_bins::pki::Credentials::load(&ids.dns).unwrap());
+        o.revoked = revoked.clone();
+        udn_bins::dns::start(o).await.unwrap()
+    });
+    let (a, http) = (h.dns[0], h.http.unwrap());
+    let healthy = |a: SocketAddr| {
+        let r = dig_short(a, &["www.shop.udn.example"]);
+        r.len() == 1 && r[0].starts_with("127.0.0.2") && r[0] != STANDBY
+    };
+    assert!(healthy(a));
+    // The probe is admitted while its certificate is good ...
+    let (code, body) = post_status(
+        &curl_args(&probe),
+        http,
+        "/v1/metrics",
+        &both_origins(false, now_ms()),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
+    // ... and refused once revoked (as `udn control revoke nyc` and the configuration
+    // watcher would make it): its samples change nothing.
+    ids.pki.revoke("nyc");
+    assert!(revoked.replace([fingerprint]));
+    let r = post_status(
+        &curl_args(&probe),
+        http,
+        "/v1/metrics",
+        &both_origins(true, now_ms()),
+    );
+    assert!(
+        r.as_ref()
+            .is_none_or(|(code, _)| *code == 401 || *code == 403),
+        "{r:?}"
+    );
+    assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
+    // Another probe still gets through.
+    let (code, _) = post_status(
+        &curl_args(&ids.probe),
+        http,
+        "/v1/metrics",
+        &both_origins(true, now_ms()),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(healthy(a));
+    h.shutdown();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,9 +13,12 @@
 //! (its `--help` has no `--listen`), the tests say SKIPPED. `UDN_DNS_BIN` may point at
 //! a `udn` binary that has it.
 
+mod pki_support;
 mod probe_common;
 
-use probe_common::{Resource, Udn, free_port, http, serve_site, temp_dir, wait_for};
+use pki_support::{curl_args, ids};
+
+use probe_common::{Resource, Udn, free_port, serve_site, temp_dir, wait_for};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -59,6 +62,8 @@ fn start_dns(bin: &PathBuf, config: &str) -> Dns {
             "127.0.0.1:0",
             "--name",
             "dns-e2e",
+            "--pki",
+            ids().dns.to_str().unwrap(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -81,7 +86,7 @@ fn start_dns(bin: &PathBuf, config: &str) -> Dns {
             .expect("udn dns printed its addresses");
         if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
             dns = rest.split(' ').next().and_then(|a| a.parse().ok());
-        } else if let Some(rest) = line.strip_prefix("udn dns: HTTP API on http://") {
+        } else if let Some(rest) = line.strip_prefix("udn dns: HTTP API on https://") {
             http = rest.trim().parse().ok();
         }
     }
@@ -90,6 +95,17 @@ fn start_dns(bin: &PathBuf, config: &str) -> Dns {
         dns: dns.unwrap(),
         http: http.unwrap(),
     }
+}
+
+/// A probe's `GET /v1/status` over its admin listener, as the control plane.
+fn probe_status(api: SocketAddr) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(curl_args(&ids().control))
+        .arg(format!("https://{api}/v1/status"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `dig +short` of the GTM name from `source` (dig's `-b`).
@@ -205,13 +221,15 @@ fn dig_follows_the_probes_failover() {
         "--pop",
         "fra",
         "--dns-http",
-        &format!("http://{}", dns.http),
+        &format!("https://{}", dns.http),
+        "--pki",
+        ids().probe.to_str().unwrap(),
         "--latency-methods",
         "dns",
     ]);
     let answer = || dig(dns.dns, "127.0.0.1");
     let both_up = || {
-        let (_, body) = http("GET", probe.http, "/v1/status", "");
+        let body = probe_status(probe.http);
         let st: serde_json::Value = serde_json::from_str(&body).ok()?;
         let s = st["services"].as_array()?;
         (s.len() == 2 && s.iter().all(|x| x["state"] == "up")).then_some(())
@@ -366,7 +384,9 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
                 "--pop",
                 pop,
                 "--dns-http",
-                &format!("http://{}", dns.http),
+                &format!("https://{}", dns.http),
+                "--pki",
+                ids().probe.to_str().unwrap(),
                 "--latency-methods",
                 "dns",
                 "--latency-port",
@@ -387,7 +407,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
         let measured = wait_for(Duration::from_secs(15), || {
             let _ = dig(dns.dns, resolver);
             let all = probes.iter().all(|p| {
-                let (_, body) = http("GET", p.http, "/v1/status", "");
+                let body = probe_status(p.http);
                 serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|st| {

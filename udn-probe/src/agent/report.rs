@@ -45,7 +45,7 @@ struct Queue {
 }
 
 /// Reporting settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReporterOptions {
     /// Metrics held per server at most.
     pub capacity: usize,
@@ -57,6 +57,10 @@ pub struct ReporterOptions {
     pub max_backoff: Duration,
     /// Time limit of one POST.
     pub timeout: Duration,
+    /// TLS for `https` DNS servers: the probe's instance credentials (its certificate
+    /// presented, the instance CA the only root). `None`: any certificate (plain
+    /// `http` servers need none).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ReporterOptions {
@@ -67,6 +71,7 @@ impl Default for ReporterOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             timeout: Duration::from_secs(3),
+            tls: None,
         }
     }
 }
@@ -157,7 +162,21 @@ enum PostResult {
     Retry,
 }
 
-async fn post(q: &Queue, batch: &[Metric], timeout: Duration) -> PostResult {
+impl std::fmt::Debug for ReporterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReporterOptions")
+            .field("capacity", &self.capacity)
+            .field("batch", &self.batch)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+async fn post(q: &Queue, batch: &[Metric], opts: &ReporterOptions) -> PostResult {
+    let timeout = opts.timeout;
     let Ok(url) = HttpUrl::parse(&format!("{}/v1/metrics", q.base)) else {
         return PostResult::BadBatch;
     };
@@ -171,6 +190,7 @@ async fn post(q: &Queue, batch: &[Metric], timeout: Duration) -> PostResult {
         .push(("content-type".into(), "application/json".into()));
     req.timeout = timeout;
     req.keep = 1 << 20;
+    req.tls = opts.tls.clone();
     match fetch(&req, &Resolver::system()).await {
         Ok(f) if f.status == 200 => {
             let rejected =
@@ -208,7 +228,7 @@ async fn sender(q: Arc<Queue>, opts: ReporterOptions) {
             q.notify.notified().await;
             continue;
         }
-        let remove = match post(&q, &batch, opts.timeout).await {
+        let remove = match post(&q, &batch, &opts).await {
             PostResult::Delivered { rejected } => {
                 q.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 q.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
