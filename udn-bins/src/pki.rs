@@ -274,7 +274,9 @@ impl Credentials {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .context("instance certificate and key do not match")?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Machine channels are request/answer: HTTP/1.1 only (a refusal answered before
+        // the body is read is a clean response, not an HTTP/2 stream reset).
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
 
