@@ -5,6 +5,7 @@
 //! GTM answer moves to the other site, the hidden standby only when both are down, and
 //! the origin comes back after the success threshold; a single lost check does not flap.
 
+mod pki_support;
 mod probe_common;
 
 use probe_common::{Receiver, Resource, Udn, free_port, http, serve_site, temp_dir, wait_for};
@@ -430,8 +431,16 @@ origins = ["www.shop.udn.example"]
     )
 }
 
+/// A page check asked of the probe's admin listener as the control plane (mutual TLS).
 fn page_check(probe: std::net::SocketAddr, body: &str) -> serde_json::Value {
-    let (s, text) = http("POST", probe, "/v1/pagecheck", body);
+    let r = pki_support::reqwest_blocking(&pki_support::ids().control)
+        .post(format!("https://{probe}/v1/pagecheck"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .unwrap();
+    let s = r.status().as_u16();
+    let text = r.text().unwrap();
     assert_eq!(s, 200, "{text}");
     serde_json::from_str(&text).unwrap()
 }
@@ -461,7 +470,14 @@ fn page_checks_refuse_the_providers_network_and_foreign_components() {
     let secret = format!(r#"{{"url":"http://localhost:{port}/secret"}}"#);
 
     std::fs::write(&path, names_only_config("")).unwrap();
-    let probe = Udn::probe(&["--config", path.to_str().unwrap(), "--pop", "fra"]);
+    let probe = Udn::probe(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--pki",
+        pki_support::ids().probe.to_str().unwrap(),
+    ]);
     let pc = page_check(probe.http, &secret);
     let row = &pc["reports"][0]["rows"][0];
     assert_eq!(row["err"], 7, "refused: {pc}");
@@ -472,7 +488,14 @@ fn page_checks_refuse_the_providers_network_and_foreign_components() {
     let allow = r#"[security]
 allow_target_ranges = ["127.0.0.0/8"]"#;
     std::fs::write(&path, names_only_config(allow)).unwrap();
-    let probe = Udn::probe(&["--config", path.to_str().unwrap(), "--pop", "fra"]);
+    let probe = Udn::probe(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--pki",
+        pki_support::ids().probe.to_str().unwrap(),
+    ]);
     let pc = page_check(probe.http, &secret);
     let row = &pc["reports"][0]["rows"][0];
     assert_eq!(

@@ -247,26 +247,17 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
     // A udn dns fed by the control plane's configuration.
     let dns_cfg = h.dir.join("dns-network.toml");
     let dns_addr = free_addr();
-    let http_addr = free_addr();
     let _watcher = config_watcher(
         h.base.clone(),
         Some(AGENT_TOKEN.into()),
         Duration::from_millis(200),
-        write_and_reload(
-            dns_cfg.clone(),
-            Some(format!("http://{http_addr}/v1/reload")),
-        ),
+        write_and_reload(dns_cfg.clone(), None),
     );
     assert!(eventually(10, || async { dns_cfg.exists() }).await);
     let _dns = Killed(
         Command::new(env!("CARGO_BIN_EXE_udn"))
             .args(["dns", "--config", dns_cfg.to_str().unwrap()])
-            .args([
-                "--listen",
-                &dns_addr.to_string(),
-                "--http",
-                &http_addr.to_string(),
-            ])
+            .args(["--listen", &dns_addr.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -325,8 +316,11 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["verification"]["status"], "verified", "{v}");
+    // The DNS server reloads its file on SIGHUP (its HTTP API needs --pki).
+    let pid = _dns.0.id().to_string();
     assert!(
         eventually(20, || async {
+            let _ = Command::new("kill").args(["-HUP", &pid]).status();
             !dig_short(dns_addr, "cdn-right.acme.udn.example").is_empty()
         })
         .await,

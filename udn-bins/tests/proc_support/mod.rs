@@ -57,8 +57,11 @@ pub fn dig_short(server: SocketAddr, name: &str) -> Vec<String> {
         ])
         .output()
         .expect("dig (bind9-dnsutils) is installed");
+    // Only answer lines: dig prints ";; communications error ..." on stdout when the
+    // server is not there, which must not read as an answer.
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
         .map(str::to_owned)
         .collect()
 }
