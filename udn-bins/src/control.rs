@@ -232,13 +232,6 @@ impl Args {
                 url: url.into(),
             });
         }
-        // Probes reached over https get the control plane's instance certificate.
-        let machine_client = if probes.iter().any(|p| p.url.starts_with("https://")) {
-            let creds = control_credentials(self)?;
-            Some(creds.reqwest_client(std::time::Duration::from_secs(60))?)
-        } else {
-            None
-        };
         let seed_config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -272,7 +265,6 @@ impl Args {
                 agent_tokens: self.agent_tokens.clone(),
                 purge_retry_secs: None,
                 challenge_resolver: self.challenge_resolver,
-                machine_client,
             },
             seed_config,
             bootstrap_admin,

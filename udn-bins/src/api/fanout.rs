@@ -571,32 +571,6 @@ pub(crate) fn parse_rows(body: &[u8]) -> Result<Vec<PageRow>, String> {
     Ok(out)
 }
 
-/// POSTs JSON to a role's admin listener with the control plane's instance certificate
-/// (mutual TLS); the 2xx body, or the reason.
-async fn machine_post(
-    client: Option<&reqwest::Client>,
-    url: &str,
-    body: &serde_json::Value,
-) -> Result<Bytes, String> {
-    let client = client.ok_or("no instance credentials for https:// probes (udn control --pki)")?;
-    let resp = client
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| format!("unreachable: {e}"))?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("unreachable: {e}"))?;
-    if !(200..300).contains(&status) {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-        return Err(CallError::Status { status, body: text }.to_string());
-    }
-    Ok(bytes)
-}
-
 /// Runs a page check of `url` on the probes of `locations` at once.
 pub async fn pagecheck(
     state: &ApiState,
@@ -618,17 +592,14 @@ pub async fn pagecheck(
                 };
             };
             let target = join(&probe.url, "/v1/pagecheck");
-            let r = if probe.url.starts_with("https://") {
-                machine_post(state.inner.opts.machine_client.as_ref(), &target, body).await
-            } else {
-                state
-                    .inner
-                    .http
-                    .post_json(&target, body, None, Duration::from_secs(60))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .and_then(|b| parse_rows(&b));
+            // https probes are reached with the control plane's instance certificate.
+            let r = state
+                .inner
+                .http
+                .post_json(&target, body, None, Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| parse_rows(&b));
             match r {
                 Ok(rows) => LocationCheck {
                     location: loc.clone(),

@@ -55,9 +55,6 @@ pub struct ControlOptions {
     /// The DNS resolver asked for hostname TXT challenges (default: the first
     /// `nameserver` of `/etc/resolv.conf`).
     pub challenge_resolver: Option<SocketAddr>,
-    /// The client for `https://` machine channels (page checks on the probes): presents
-    /// the control plane's instance certificate, trusts only the instance CA.
-    pub machine_client: Option<reqwest::Client>,
 }
 
 /// Shared state of the API and portal handlers.

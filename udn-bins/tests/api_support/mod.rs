@@ -360,7 +360,6 @@ impl Harness {
             agent_tokens: vec![AGENT_TOKEN.into()],
             purge_retry_secs: Some(1),
             challenge_resolver: resolver,
-            machine_client: None,
         };
         let backend: Arc<dyn Backend> = db.0.clone();
         let state = db.run(|_| ApiState::new(backend, opts).expect("state"));
