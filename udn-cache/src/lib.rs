@@ -8,6 +8,8 @@
 //! * [`policy`]: RFC 9111 shared-cache semantics (storability, freshness lifetime with
 //!   the heuristic, Age, Vary, request directives, 304 updates) and the customer's
 //!   periodic check interval, all with explicit [`Timestamp`](udn_core::Timestamp)s;
+//! * [`conditional`]: preconditions (If-Match, If-None-Match, If-Range, ...) answered
+//!   from a stored response with RFC 9110's precedence;
 //! * [`invalidate`]: the invalidation tree (purge a URL, a directory or a domain in
 //!   O(path depth)) with sequence numbers for catch-up;
 //! * [`CacheOutcome`] and the embedder hook trait [`EdgeHooks`].
@@ -30,6 +32,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod conditional;
 pub mod error;
 pub mod invalidate;
 pub mod outcome;

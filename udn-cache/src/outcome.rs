@@ -89,16 +89,18 @@ pub trait EdgeHooks: Send + Sync {
         router.route(host, target)
     }
 
-    /// Whether a response may be stored (default: [`policy::storable`]).
+    /// Whether a response may be stored (default: [`policy::storable_with`], with
+    /// `Set-Cookie` allowed when the route's hostname sets `cache_set_cookie`).
     fn cacheable(
         &self,
-        _route: &Route,
+        route: &Route,
         method: &Method,
         req: &HeaderMap,
         status: StatusCode,
         resp: &HeaderMap,
     ) -> Result<(), BypassReason> {
-        policy::storable(method, req, status, resp).map_err(BypassReason::NotStorable)
+        policy::storable_with(method, req, status, resp, route.origin.cache_set_cookie)
+            .map_err(BypassReason::NotStorable)
     }
 
     /// Whether a stored response may be served stale because the origin failed

@@ -66,10 +66,44 @@ pub struct CacheControl {
     pub stale_while_revalidate: Option<u64>,
     /// `stale-if-error=N` (RFC 5861).
     pub stale_if_error: Option<u64>,
+    /// The directives came from a targeted field (`UDN-Cache-Control` or
+    /// `CDN-Cache-Control`, RFC 9213), so `Cache-Control` and `Expires` are ignored.
+    pub targeted: bool,
+}
+
+/// The targeted cache-control fields this edge obeys, most specific first (RFC 9213):
+/// the first one with a valid, non-empty value replaces `Cache-Control` (and
+/// `Expires`) for the edge. Neither is forwarded to clients.
+pub const TARGETED_FIELDS: [&str; 2] = ["udn-cache-control", "cdn-cache-control"];
+
+/// A directive value without its quotes: a quoted-string has its `\x` escapes
+/// resolved (RFC 9110 5.6.4); a token is returned as is.
+pub fn unquote(v: &str) -> std::borrow::Cow<'_, str> {
+    let v = v.trim();
+    let Some(inner) = v.strip_prefix('"') else {
+        return v.into();
+    };
+    let inner = inner.strip_suffix('"').unwrap_or(inner);
+    if !inner.contains('\\') {
+        return inner.into();
+    }
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 fn parse_secs(v: Option<&str>) -> Option<u64> {
-    let v = v?.trim().trim_matches('"');
+    let v = unquote(v?);
+    let v = v.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -89,9 +123,16 @@ impl<'a> Iterator for Directives<'a> {
         while self.pos <= self.s.len() {
             let rest = &self.s.as_bytes()[self.pos..];
             let mut in_q = false;
+            let mut escaped = false;
             let mut end = rest.len();
             for (i, &b) in rest.iter().enumerate() {
+                if escaped {
+                    escaped = false;
+                    continue;
+                }
                 match b {
+                    // A quoted-pair (`\"`, `\,`) inside a quoted-string is literal.
+                    b'\\' if in_q => escaped = true,
                     b'"' => in_q = !in_q,
                     b',' if !in_q => {
                         end = i;
@@ -130,40 +171,175 @@ const NAMES: [&str; 13] = [
     "stale-if-error",
 ];
 
+/// Merges a duplicate delta-seconds directive (RFC 9111 4.2.1: with more than one
+/// value a cache uses the first or treats the response as stale). This cache picks
+/// the most restrictive reading: equal duplicates keep their value, differing ones
+/// become 0 (stale / revalidate).
+fn merge_dup(slot: &mut Option<u64>, v: u64) {
+    *slot = match *slot {
+        Some(old) if old != v => Some(0),
+        _ => Some(v),
+    };
+}
+
+/// Keeps the smaller of two values (the more restrictive for stale-while-revalidate,
+/// stale-if-error and max-stale).
+fn merge_min(slot: &mut Option<u64>, v: Option<u64>) {
+    let Some(v) = v else { return };
+    *slot = Some(slot.map_or(v, |old| old.min(v)));
+}
+
+/// An RFC 8941 key: `lcalpha / "*"` then `lcalpha / DIGIT / "_" / "-" / "." / "*"`.
+fn is_sf_key(k: &str) -> bool {
+    let b = k.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_lowercase() || b[0] == b'*')
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.' | b'*')
+        })
+}
+
+/// Whether a value is a bare item of RFC 8941 (integer, decimal, string, token,
+/// byte sequence, boolean); parameters after `;` are checked for shape only.
+fn is_sf_value(v: &str) -> bool {
+    let item = split_params(v).0;
+    let b = item.as_bytes();
+    match b.first() {
+        None => false,
+        Some(b'"') => item.len() >= 2 && item.ends_with('"'),
+        Some(b'?') => item == "?0" || item == "?1",
+        Some(b':') => item.len() >= 2 && item.ends_with(':'),
+        Some(c) if c.is_ascii_digit() || *c == b'-' => {
+            item.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        }
+        Some(c) if c.is_ascii_alphabetic() || *c == b'*' => item
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b',' | b';' | b'=')),
+        _ => false,
+    }
+}
+
+/// Splits `item;param=..` at its first `;` outside quotes.
+fn split_params(v: &str) -> (&str, &str) {
+    let mut in_q = false;
+    let mut esc = false;
+    for (i, c) in v.char_indices() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' if in_q => esc = true,
+            '"' => in_q = !in_q,
+            ';' if !in_q => return (v[..i].trim(), &v[i..]),
+            _ => {}
+        }
+    }
+    (v.trim(), "")
+}
+
 impl CacheControl {
-    /// Parses every Cache-Control header of `headers`. Unknown directives are ignored;
-    /// a malformed duplicate never panics.
+    /// Parses every Cache-Control header of `headers` (a request's directives, or a
+    /// response's as any cache reads them). Unknown directives are ignored; a
+    /// malformed duplicate never panics; duplicates merge as [`merge_dup`] says.
     pub fn parse(headers: &HeaderMap) -> CacheControl {
         let mut cc = CacheControl::default();
         for v in headers.get_all(header::CACHE_CONTROL) {
             let Ok(s) = v.to_str() else { continue };
-            for d in directives(s) {
-                let (name, val) = match d.split_once('=') {
-                    Some((n, v)) => (n.trim(), Some(v)),
-                    None => (d, None),
-                };
-                let Some(known) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
-                    continue;
-                };
-                match known {
-                    0 => cc.no_store = true,
-                    1 => cc.no_cache = true,
-                    2 => cc.private = true,
-                    3 => cc.public = true,
-                    4 => cc.must_revalidate = true,
-                    5 => cc.proxy_revalidate = true,
-                    6 => cc.only_if_cached = true,
-                    // An invalid max-age makes the response stale (RFC 9111 4.2.1).
-                    7 => cc.max_age = Some(parse_secs(val).unwrap_or(0)),
-                    8 => cc.s_maxage = Some(parse_secs(val).unwrap_or(0)),
-                    9 => cc.max_stale = Some(parse_secs(val)),
-                    10 => cc.min_fresh = parse_secs(val),
-                    11 => cc.stale_while_revalidate = parse_secs(val),
-                    _ => cc.stale_if_error = parse_secs(val),
-                }
-            }
+            cc.apply(s, false);
         }
         cc
+    }
+
+    /// A response's directives for this edge: the first targeted field
+    /// ([`TARGETED_FIELDS`]) with a valid, non-empty value (RFC 9213 2.2), else
+    /// `Cache-Control`.
+    pub fn parse_response(headers: &HeaderMap) -> CacheControl {
+        for name in TARGETED_FIELDS {
+            let mut joined = String::new();
+            let mut bad = false;
+            for v in headers.get_all(name) {
+                match v.to_str() {
+                    Ok(s) => {
+                        if !joined.is_empty() {
+                            joined.push(',');
+                        }
+                        joined.push_str(s);
+                    }
+                    Err(_) => bad = true,
+                }
+            }
+            if bad || joined.trim().is_empty() || !Self::valid_targeted(&joined) {
+                continue;
+            }
+            let mut cc = CacheControl {
+                targeted: true,
+                ..CacheControl::default()
+            };
+            cc.apply(&joined, true);
+            return cc;
+        }
+        Self::parse(headers)
+    }
+
+    /// Whether a targeted field value is an RFC 8941 dictionary (lower-case keys,
+    /// bare-item values); a field that is not is ignored as a whole.
+    fn valid_targeted(s: &str) -> bool {
+        let mut any = false;
+        for d in directives(s) {
+            any = true;
+            let (key, val) = match d.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (split_params(d).0, None),
+            };
+            if !is_sf_key(key) || val.is_some_and(|v| !is_sf_value(v)) {
+                return false;
+            }
+        }
+        any
+    }
+
+    fn apply(&mut self, s: &str, structured: bool) {
+        let cc = self;
+        for d in directives(s) {
+            let (name, val) = match d.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(split_params(v).0)),
+                None => (split_params(d).0, None),
+            };
+            // In a structured field `name=?0` turns a boolean directive off.
+            if structured && val == Some("?0") {
+                continue;
+            }
+            let Some(known) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
+                continue;
+            };
+            match known {
+                0 => cc.no_store = true,
+                1 => cc.no_cache = true,
+                2 => cc.private = true,
+                3 => cc.public = true,
+                4 => cc.must_revalidate = true,
+                5 => cc.proxy_revalidate = true,
+                6 => cc.only_if_cached = true,
+                // An invalid max-age makes the response stale (RFC 9111 4.2.1).
+                7 => merge_dup(&mut cc.max_age, parse_secs(val).unwrap_or(0)),
+                8 => merge_dup(&mut cc.s_maxage, parse_secs(val).unwrap_or(0)),
+                9 => {
+                    cc.max_stale = match (cc.max_stale, parse_secs(val)) {
+                        (None | Some(None), v) => Some(v),
+                        (Some(Some(old)), Some(v)) => Some(Some(old.min(v))),
+                        (Some(Some(old)), None) => Some(Some(old)),
+                    }
+                }
+                10 => {
+                    if let Some(v) = parse_secs(val) {
+                        cc.min_fresh = Some(cc.min_fresh.map_or(v, |o| o.max(v)));
+                    }
+                }
+                11 => merge_min(&mut cc.stale_while_revalidate, parse_secs(val)),
+                _ => merge_min(&mut cc.stale_if_error, parse_secs(val)),
+            }
+        }
     }
 }
 
@@ -201,6 +377,8 @@ pub enum NotStorable {
     VaryStar,
     /// No explicit freshness, no heuristic, no validator: storing would not help.
     NoFreshness,
+    /// The response sets a cookie and its hostname does not allow storing those.
+    SetCookie,
 }
 
 impl NotStorable {
@@ -214,6 +392,7 @@ impl NotStorable {
             NotStorable::Authorization => "authorization",
             NotStorable::VaryStar => "vary-star",
             NotStorable::NoFreshness => "no-freshness",
+            NotStorable::SetCookie => "set-cookie",
         }
     }
 }
@@ -227,18 +406,38 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Whether a shared cache may store this response (RFC 9111 3 and 3.5).
+/// Whether a shared cache may store this response (RFC 9111 3 and 3.5); a response
+/// with `Set-Cookie` is never stored ([`storable_with`] for a hostname that allows it).
 pub fn storable(
     method: &Method,
     req: &HeaderMap,
     status: StatusCode,
     resp: &HeaderMap,
 ) -> Result<(), NotStorable> {
+    storable_with(method, req, status, resp, false)
+}
+
+/// [`storable`], with `Set-Cookie` allowed when `set_cookie_ok` (the hostname's
+/// `cache_set_cookie`; the cookie is then removed from the stored copy). 1xx, 206 and
+/// 304 are never stored; a targeted field (RFC 9213) replaces `Cache-Control`.
+pub fn storable_with(
+    method: &Method,
+    req: &HeaderMap,
+    status: StatusCode,
+    resp: &HeaderMap,
+    set_cookie_ok: bool,
+) -> Result<(), NotStorable> {
     if method != Method::GET {
         return Err(NotStorable::Method);
     }
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Err(NotStorable::Status);
+    }
     let rq = CacheControl::parse(req);
-    let rs = CacheControl::parse(resp);
+    let rs = CacheControl::parse_response(resp);
     if rq.no_store || rs.no_store {
         return Err(NotStorable::NoStore);
     }
@@ -257,14 +456,14 @@ pub fn storable(
     }) {
         return Err(NotStorable::VaryStar);
     }
+    if !set_cookie_ok && resp.contains_key(header::SET_COOKIE) {
+        return Err(NotStorable::SetCookie);
+    }
     let explicit = rs.s_maxage.is_some()
         || rs.max_age.is_some()
-        || resp.contains_key(header::EXPIRES)
+        || (!rs.targeted && resp.contains_key(header::EXPIRES))
         || rs.public;
     if !explicit && !heuristically_cacheable(status) {
-        return Err(NotStorable::Status);
-    }
-    if status == StatusCode::PARTIAL_CONTENT || status.is_informational() {
         return Err(NotStorable::Status);
     }
     let validator = resp.contains_key(header::ETAG) || resp.contains_key(header::LAST_MODIFIED);
@@ -316,7 +515,7 @@ impl StoredMeta {
     /// The freshness lifetime (RFC 9111 4.2.1): s-maxage, max-age, Expires - Date,
     /// else the heuristic: 10 % of Date - Last-Modified, capped at [`HEURISTIC_CAP`].
     pub fn freshness_lifetime(&self) -> Duration {
-        self.lifetime_with(&CacheControl::parse(&self.headers))
+        self.lifetime_with(&CacheControl::parse_response(&self.headers))
     }
 
     fn lifetime_with(&self, cc: &CacheControl) -> Duration {
@@ -326,11 +525,13 @@ impl StoredMeta {
         if let Some(s) = cc.max_age {
             return Duration::from_secs(s);
         }
-        if let Some(v) = self.headers.get(header::EXPIRES) {
-            // An invalid Expires (e.g. "0") means already expired.
+        if !cc.targeted && let Some(v) = self.headers.get(header::EXPIRES) {
+            // An invalid Expires (e.g. "0") means already expired, and so do several
+            // Expires lines that disagree (RFC 9111 4.2.1: treated as stale).
+            let disagree = self.headers.get_all(header::EXPIRES).iter().any(|o| o != v);
             return match parse_date(v) {
-                Some(exp) => exp.since(self.date()),
-                None => Duration::ZERO,
+                Some(exp) if !disagree => exp.since(self.date()),
+                _ => Duration::ZERO,
             };
         }
         if let Some(lm) = date_header(&self.headers, header::LAST_MODIFIED) {
@@ -388,6 +589,8 @@ impl StoredMeta {
                 || name == header::TRANSFER_ENCODING
                 || name == header::CONTENT_RANGE
                 || name == header::CONNECTION
+                // A cookie is never stored.
+                || name == header::SET_COOKIE
             {
                 continue;
             }
@@ -404,6 +607,97 @@ impl StoredMeta {
         self.response_time = response_time;
         self.validated_at = response_time;
     }
+}
+
+/// Whether a 304 may update this stored response (RFC 9111 4.3.4): a strong ETag in
+/// the 304 must equal the stored strong ETag; a weak one must match it weakly; without
+/// an ETag, a Last-Modified must equal the stored one; a 304 with no validator updates
+/// only a stored response that has none either.
+pub fn not_modified_matches(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let text = |h: &HeaderMap, n: HeaderName| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string())
+    };
+    if let Some(new) = text(not_modified, header::ETAG) {
+        let Some(old) = text(stored, header::ETAG) else {
+            return false;
+        };
+        return if new.starts_with("W/") {
+            crate::conditional::weak_eq(&new, &old)
+        } else {
+            crate::conditional::strong_eq(&new, &old)
+        };
+    }
+    if let Some(new) = not_modified.get(header::LAST_MODIFIED) {
+        return match (parse_date(new), date_header(stored, header::LAST_MODIFIED)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        };
+    }
+    !stored.contains_key(header::ETAG) && !stored.contains_key(header::LAST_MODIFIED)
+}
+
+/// The paths (absolute-path form, on the request's own host) a cache invalidates after
+/// an unsafe request (RFC 9111 4.4): for a method other than GET, HEAD, OPTIONS and
+/// TRACE answered with a 2xx or 3xx, the target itself and the `Location` and
+/// `Content-Location` of the response when they name the same host (`host`, the
+/// request's Host, compared without case). Relative references are resolved against
+/// the target's directory (dot segments are not collapsed); other hosts are ignored
+/// (they could be used to purge another site's objects).
+pub fn invalidated_paths(
+    method: &Method,
+    status: StatusCode,
+    host: &str,
+    target: &str,
+    resp: &HeaderMap,
+) -> Vec<String> {
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE];
+    if safe.contains(method) || !(status.is_success() || status.is_redirection()) {
+        return Vec::new();
+    }
+    let mut out = vec![target.to_string()];
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        for v in resp.get_all(name) {
+            let Ok(s) = v.to_str() else { continue };
+            let s = s.trim();
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                continue;
+            }
+            let s = s.split('#').next().unwrap_or("");
+            let after_scheme = s
+                .strip_prefix("http://")
+                .or_else(|| s.strip_prefix("https://"))
+                .or_else(|| s.strip_prefix("//"));
+            let path = match after_scheme {
+                Some(rest) => {
+                    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+                    if !rest[..end].eq_ignore_ascii_case(host) {
+                        continue;
+                    }
+                    let p = &rest[end..];
+                    if p.starts_with('/') {
+                        p.to_string()
+                    } else {
+                        format!("/{p}")
+                    }
+                }
+                None if s.starts_with('/') => s.to_string(),
+                // Another scheme (`ftp:`, `mailto:`): not this cache's.
+                None if s.split('/').next().is_some_and(|f| f.contains(':')) => continue,
+                None => {
+                    let base = target.split('?').next().unwrap_or("/");
+                    let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+                    let dir = if dir.is_empty() { "/" } else { dir };
+                    format!("{dir}{s}")
+                }
+            };
+            if !out.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 /// What to do with a stored response for a request.
@@ -441,7 +735,7 @@ pub fn evaluate(
     check_interval: Option<Duration>,
 ) -> Action {
     let rq = CacheControl::parse(req);
-    let rs = CacheControl::parse(&meta.headers);
+    let rs = CacheControl::parse_response(&meta.headers);
     // `Pragma: no-cache` in a request without Cache-Control means no-cache.
     let pragma_no_cache = !req.contains_key(header::CACHE_CONTROL)
         && req
@@ -495,7 +789,7 @@ pub fn evaluate(
 /// (`stale-if-error` of the response or the request, RFC 5861 4; never with
 /// must-revalidate / proxy-revalidate / s-maxage).
 pub fn stale_if_error(meta: &StoredMeta, req: &HeaderMap, now: Timestamp) -> bool {
-    let rs = CacheControl::parse(&meta.headers);
+    let rs = CacheControl::parse_response(&meta.headers);
     if rs.must_revalidate || rs.proxy_revalidate || rs.s_maxage.is_some() || rs.no_cache {
         return false;
     }

@@ -43,6 +43,9 @@ pub struct Origin {
     /// Content older than this (since it was fetched or last validated) is revalidated
     /// before it is served, even if HTTP says it is fresh.
     pub check_interval: Option<Duration>,
+    /// Whether responses with `Set-Cookie` may be stored (then without that header);
+    /// the CDN hostname's `cache_set_cookie`.
+    pub cache_set_cookie: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +154,7 @@ impl Router {
                     base_url: base,
                     customer: Some(c.customer.clone()),
                     check_interval: c.check_interval_secs.map(Duration::from_secs),
+                    cache_set_cookie: c.cache_set_cookie,
                 };
                 let id = *r.by_domain.entry(domain).or_insert_with(|| {
                     r.origins.push(Arc::new(o));
@@ -190,6 +194,7 @@ impl Router {
             base_url: base,
             customer: None,
             check_interval: None,
+            cache_set_cookie: false,
         };
         let mut r = Router::default();
         r.by_domain.insert(o.domain.clone(), 0);

@@ -465,6 +465,12 @@ pub struct CdnConfig {
     /// (If-Modified-Since / If-None-Match) even if still fresh; absent = only HTTP rules.
     #[serde(default)]
     pub check_interval_secs: Option<u64>,
+    /// Whether the edges may store responses that carry `Set-Cookie` (default false:
+    /// such responses are passed through, never shared). When true they are stored
+    /// *without* their `Set-Cookie` header: only the client whose request fetched the
+    /// response receives the cookie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_set_cookie: bool,
     /// The POPs serving it (empty: all).
     #[serde(default)]
     pub pops: Vec<String>,

@@ -29,6 +29,7 @@ mod body;
 mod guard;
 pub mod store;
 mod tls;
+mod upstream;
 
 pub use body::RespBody;
 pub use tls::{TlsCert, tls_config};
@@ -124,9 +125,18 @@ pub struct EdgeBuilder {
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
+    cdn_id: String,
 }
 
 impl EdgeBuilder {
+    /// The token this edge adds to `CDN-Loop` and refuses to see there (RFC 8586;
+    /// default `udn`): every edge of one network must share it so a loop through any
+    /// of them is detected.
+    pub fn cdn_id(mut self, id: &str) -> Self {
+        self.cdn_id = id.to_string();
+        self
+    }
+
     /// Also trusts these CA certificates (PEM file) for HTTPS origins, besides the
     /// system's roots (for origins with a private CA).
     pub fn origin_ca_file(mut self, pem: &std::path::Path) -> Result<Self, crate::Error> {
@@ -282,6 +292,8 @@ impl EdgeBuilder {
             hooks: self.hooks,
             log: self.log,
             clock: self.clock,
+            cdn_id: self.cdn_id,
+            unsafe_marks: moka::sync::Cache::new(100_000),
             metrics,
             registry,
         }))
@@ -353,6 +365,12 @@ pub struct Edge {
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
+    /// The CDN-Loop token.
+    cdn_id: String,
+    /// Store keys invalidated by an unsafe request (RFC 9111 4.4) and when: an object
+    /// of that key fetched no later is dropped on lookup (bounded; the plain object is
+    /// also removed at once).
+    unsafe_marks: moka::sync::Cache<String, Timestamp>,
     metrics: Metrics,
     registry: Registry,
 }
@@ -463,11 +481,6 @@ fn parse_range(h: Option<&HeaderValue>, total: u64) -> Result<Option<(u64, u64)>
     Ok(Some((start, end - start + 1)))
 }
 
-fn etag_matches(inm: &str, etag: &str) -> bool {
-    let weak = |s: &str| s.trim().trim_start_matches("W/").to_string();
-    inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag))
-}
-
 impl Edge {
     /// Starts building an edge that serves `router`'s origins.
     pub fn builder(router: Router) -> EdgeBuilder {
@@ -482,6 +495,7 @@ impl Edge {
             hooks: Arc::new(DefaultHooks),
             log: Arc::new(NullSink),
             clock: Arc::new(system_clock),
+            cdn_id: upstream::DEFAULT_CDN_ID.to_string(),
         }
     }
 
@@ -639,6 +653,13 @@ impl Edge {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .is_valid(primary, obj.generation);
+        // Invalidated by a later unsafe request to its URL (RFC 9111 4.4)?
+        let store_key = full_key.split('\n').next().unwrap_or(full_key);
+        let valid = valid
+            && self
+                .unsafe_marks
+                .get(store_key)
+                .is_none_or(|at| obj.meta.request_time > at);
         if !valid {
             self.memory.invalidate(full_key);
             if let Some(d) = &self.disk {
@@ -659,39 +680,39 @@ impl Edge {
         }
     }
 
-    fn origin_request(
-        &self,
-        route: &Route,
-        method: Method,
-        req: &HeaderMap,
-        extra: HeaderMap,
-    ) -> Request<ReqBody> {
-        let mut h = req.clone();
-        strip_hop_by_hop(&mut h);
-        for n in [
-            header::HOST,
-            header::RANGE,
-            header::IF_RANGE,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-        ] {
-            h.remove(n);
-        }
-        h.extend(extra);
-        if let Ok(v) = HeaderValue::from_str(&route.origin.domain) {
-            h.insert(header::HOST, v);
-        }
-        let mut r = Request::new(
-            http_body_util::Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
+    /// After an unsafe request answered with 2xx or 3xx: invalidates its target and
+    /// the `Location` / `Content-Location` on the same origin (the origin domain, as
+    /// the origin names its own URLs; RFC 9111 4.4). Objects whose fetch started no
+    /// later than the response's arrival are dropped when next looked up.
+    fn invalidate_after_unsafe(&self, route: &Route, method: &Method, resp: &Response<RespBody>) {
+        let sent = self.now();
+        let host = route.origin.domain.clone();
+        let paths = policy::invalidated_paths(
+            method,
+            resp.status(),
+            &host,
+            &route.path,
+            resp.headers(),
         );
-        *r.method_mut() = method;
-        *r.uri_mut() = route.fetch_url.parse().unwrap_or_default();
-        *r.headers_mut() = h;
-        r
+        if paths.is_empty() {
+            return;
+        }
+        let router = self.router();
+        // The target is `route`; the other paths are on the same origin domain.
+        let mut keys = vec![route.store_key()];
+        for p in &paths[1..] {
+            if let Ok(r) = self.hooks.cache_key(&router, &host, p) {
+                keys.push(r.store_key());
+            }
+        }
+        for k in keys {
+            tracing::debug!(key = %k, %method, "invalidated by an unsafe request");
+            self.unsafe_marks.insert(k.clone(), sent);
+            self.memory.invalidate(&k);
+            if let Some(d) = &self.disk {
+                d.remove(&k);
+            }
+        }
     }
 
     /// Coalesced fill: the first caller for `primary` starts the origin exchange and
@@ -767,7 +788,8 @@ impl Edge {
             .as_ref()
             .map(|o| o.meta.conditional_headers())
             .unwrap_or_default();
-        let oreq = self.origin_request(route, Method::GET, req, cond);
+        let oreq =
+            upstream::origin_request(route, Method::GET, req, cond, false, &self.cdn_id);
         self.metrics.origin_fetches.inc();
         let resp = match self.send(route, oreq).await {
             Err(e) => return FillResult::Failed(e),
@@ -778,15 +800,35 @@ impl Edge {
         if status == StatusCode::NOT_MODIFIED
             && let Some(old) = &stale
         {
-            let mut obj = (**old).clone();
-            obj.meta
-                .update_from_304(resp.headers(), request_time, response_time);
-            let obj = Arc::new(obj);
-            self.memory.insert(obj.key.clone(), obj.clone());
-            if let Some(d) = &self.disk {
-                d.update_meta(&obj);
+            // Only a 304 whose validator matches may update the stored response, and
+            // only if the result is still storable by a shared cache (RFC 9111 4.3.4).
+            if policy::not_modified_matches(&old.meta.headers, resp.headers()) {
+                let mut obj = (**old).clone();
+                obj.meta
+                    .update_from_304(resp.headers(), request_time, response_time);
+                let mut check = obj.meta.headers.clone();
+                for v in resp.headers().get_all(header::SET_COOKIE) {
+                    check.append(header::SET_COOKIE, v.clone());
+                }
+                if self
+                    .hooks
+                    .cacheable(route, &Method::GET, req, obj.meta.status, &check)
+                    .is_ok()
+                {
+                    let obj = Arc::new(obj);
+                    self.memory.insert(obj.key.clone(), obj.clone());
+                    if let Some(d) = &self.disk {
+                        d.update_meta(&obj);
+                    }
+                    return FillResult::Revalidated(obj);
+                }
             }
-            return FillResult::Revalidated(obj);
+            tracing::debug!(key = %old.key, "304 not applicable to the stored response: dropped");
+            self.memory.invalidate(&old.key);
+            if let Some(d) = &self.disk {
+                d.remove(&old.key);
+            }
+            return FillResult::NotStored;
         }
         if status.is_server_error() && stale.is_some() {
             return FillResult::Failed(FetchError::Status(status));
@@ -829,6 +871,8 @@ impl Edge {
             });
             client_tx = Some(tx);
         }
+        // Only the client whose request fetched it gets the cookie.
+        headers.remove(header::SET_COOKIE);
         // Stream the body to the client and into memory or a disk temp file.
         let mut mem: Vec<Bytes> = Vec::new();
         let mut mem_len: u64 = 0;
@@ -961,37 +1005,42 @@ impl Edge {
         now: Timestamp,
     ) -> Response<RespBody> {
         let mut headers = obj.meta.headers.clone();
+        headers.remove(header::SET_COOKIE);
+        upstream::strip_targeted(&mut headers);
         let age = obj.meta.current_age(now).as_secs();
         headers.insert(header::AGE, HeaderValue::from(age));
         headers.insert("x-cache", HeaderValue::from_static(outcome.as_str()));
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         headers.remove(header::CONTENT_LENGTH);
-        // Conditional requests from the client.
+        // Conditional requests from the client (RFC 9110 13.2.2).
+        let mut use_range = true;
         if obj.meta.status == StatusCode::OK {
-            let not_modified = match (req.get(header::IF_NONE_MATCH), headers.get(header::ETAG)) {
-                (Some(inm), Some(etag)) => {
-                    etag_matches(inm.to_str().unwrap_or(""), etag.to_str().unwrap_or(""))
+            use crate::conditional::Precondition;
+            match crate::conditional::evaluate(method, req, &headers) {
+                Precondition::NotModified => {
+                    let mut r = Response::new(empty());
+                    *r.status_mut() = StatusCode::NOT_MODIFIED;
+                    *r.headers_mut() = headers;
+                    return r;
                 }
-                (Some(_), None) => false,
-                (None, _) => match (
-                    req.get(header::IF_MODIFIED_SINCE)
-                        .and_then(policy::parse_date),
-                    headers
-                        .get(header::LAST_MODIFIED)
-                        .and_then(policy::parse_date),
-                ) {
-                    (Some(ims), Some(lm)) => lm <= ims,
-                    _ => false,
-                },
-            };
-            if not_modified {
-                let mut r = Response::new(empty());
-                *r.status_mut() = StatusCode::NOT_MODIFIED;
-                *r.headers_mut() = headers;
-                return r;
+                Precondition::Failed => {
+                    let mut r = simple(StatusCode::PRECONDITION_FAILED, "precondition failed");
+                    for n in [
+                        header::ETAG,
+                        header::LAST_MODIFIED,
+                        header::AGE,
+                        HeaderName::from_static("x-cache"),
+                    ] {
+                        if let Some(v) = headers.get(&n) {
+                            r.headers_mut().insert(n, v.clone());
+                        }
+                    }
+                    return r;
+                }
+                Precondition::Proceed { range } => use_range = range,
             }
         }
-        let range = if obj.meta.status == StatusCode::OK {
+        let range = if obj.meta.status == StatusCode::OK && use_range {
             parse_range(req.get(header::RANGE), obj.len)
         } else {
             Ok(None)
@@ -1094,22 +1143,15 @@ impl Edge {
     /// Passes a request through to the origin without caching.
     async fn pass(&self, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
         let (parts, body) = req.into_parts();
-        let mut oreq = self.origin_request(
+        // Conditionals and ranges are the client's own here: all are forwarded.
+        let mut oreq = upstream::origin_request(
             route,
             parts.method.clone(),
             &parts.headers,
             HeaderMap::new(),
+            true,
+            &self.cdn_id,
         );
-        // Conditionals and ranges are the client's own here.
-        for n in [
-            header::RANGE,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-        ] {
-            if let Some(v) = parts.headers.get(&n) {
-                oreq.headers_mut().insert(n, v.clone());
-            }
-        }
         *oreq.body_mut() = body.boxed_unsync();
         self.metrics.origin_fetches.inc();
         match self.send(route, oreq).await {
@@ -1121,6 +1163,7 @@ impl Edge {
     fn passthrough(&self, resp: Response<Incoming>) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        upstream::strip_targeted(&mut parts.headers);
         parts.version = http::Version::default();
         parts.extensions.insert(FromOrigin);
         let body = body.map_err(std::io::Error::other).boxed_unsync();
@@ -1247,7 +1290,7 @@ impl Edge {
     /// Serves one request.
     pub async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<RespBody> {
         let started = Instant::now();
@@ -1275,9 +1318,19 @@ impl Edge {
             pop: self.pop.clone(),
             started,
         };
+        let refused = upstream::refusal(req.method(), req.headers(), &self.cdn_id);
         let resp = if req.uri().path() == "/health" && req.method() == Method::GET {
             simple(StatusCode::OK, "ok")
+        } else if let Some((status, why)) = refused {
+            tracing::info!(%client, %method, %host, %path, status = status.as_u16(), why, "request refused");
+            info.outcome = "refused";
+            let mut r = simple(status, why);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
         } else {
+            let version = req.version();
+            upstream::prepare(req.headers_mut(), client.ip(), version, &self.cdn_id, &self.pop);
             match self.hooks.cache_key(&self.router(), &host, &path) {
                 Err(e) => {
                     info.outcome = "refused";
@@ -1335,10 +1388,9 @@ impl Edge {
     ) -> (Response<RespBody>, CacheOutcome) {
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
-            return (
-                self.pass(&route, req).await,
-                CacheOutcome::Bypass(BypassReason::Method),
-            );
+            let r = self.pass(&route, req).await;
+            self.invalidate_after_unsafe(&route, &method, &r);
+            return (r, CacheOutcome::Bypass(BypassReason::Method));
         }
         let headers = req.headers().clone();
         let full_key = self.full_key(&route, &headers);
@@ -1391,7 +1443,10 @@ impl Edge {
             );
         }
         // Range requests and HEAD wait for the whole object, then are served from it.
-        let lead = method == Method::GET && !headers.contains_key(header::RANGE);
+        // So do conditional requests: their preconditions are evaluated on the object.
+        let lead = method == Method::GET
+            && !headers.contains_key(header::RANGE)
+            && !crate::conditional::is_conditional(&headers);
         let had_stale = stale.clone();
         let res = self.fill(&route, &headers, stale, lead).await;
         let now = self.now();
@@ -1401,7 +1456,12 @@ impl Edge {
                 mut headers,
                 rx,
             }) => {
-                headers.insert(header::AGE, HeaderValue::from_static("0"));
+                // The origin's Age is kept (RFC 9111 4.2.3; the fill took no time yet).
+                let age = policy::StoredMeta::new(status, headers.clone(), now, now)
+                    .current_age(now)
+                    .as_secs();
+                headers.insert(header::AGE, HeaderValue::from(age));
+                upstream::strip_targeted(&mut headers);
                 let mut r = Response::new(stream_body(rx));
                 r.extensions_mut().insert(FromOrigin);
                 *r.status_mut() = status;
