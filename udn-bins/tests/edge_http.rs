@@ -70,12 +70,15 @@ fn respond(st: &OriginState, r: &Seen) -> (u16, Vec<(&'static str, String)>, Vec
         {
             return (412, vec![("etag", etag)], b"precondition failed".to_vec());
         }
-        if r.header("x-fail").first().is_some() {
+        if !r.header("x-fail").is_empty() {
             return (500, vec![], b"failed".to_vec());
         }
         *st.versions.lock().unwrap().entry(p.clone()).or_insert(1) += 1;
         let mut h = Vec::new();
-        for (k, hv) in [("x-location", "location"), ("x-content-location", "content-location")] {
+        for (k, hv) in [
+            ("x-location", "location"),
+            ("x-content-location", "content-location"),
+        ] {
             if let Some(v) = r.header(k).first() {
                 h.push((hv, v.to_string()));
             }
@@ -330,7 +333,10 @@ struct Got {
 
 impl Got {
     fn cache(&self) -> &str {
-        self.headers.get("x-cache").map(String::as_str).unwrap_or("")
+        self.headers
+            .get("x-cache")
+            .map(String::as_str)
+            .unwrap_or("")
     }
 }
 
@@ -349,7 +355,14 @@ fn curl(url: &str, headers: &[&str], extra: &[&str]) -> Got {
         .unwrap_or_else(|| panic!("no answer from {url}: {:?}", String::from_utf8_lossy(&raw)));
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -406,12 +419,22 @@ fn smuggled_body_loop_and_bad_methods_never_reach_the_origin() {
         assert_eq!(status_of(&raw(edge.addr, chunked.as_bytes())), 400);
     }
     // CONNECT and TRACE are answered by the edge itself.
-    let r = raw(edge.addr, b"TRACE /obj/t HTTP/1.1\r\nHost: cdn.test.example\r\n\r\n");
+    let r = raw(
+        edge.addr,
+        b"TRACE /obj/t HTTP/1.1\r\nHost: cdn.test.example\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 405, "{r}");
-    let r = raw(edge.addr, b"CONNECT www.test.example:80 HTTP/1.1\r\nHost: www.test.example:80\r\n\r\n");
+    let r = raw(
+        edge.addr,
+        b"CONNECT www.test.example:80 HTTP/1.1\r\nHost: www.test.example:80\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 501, "{r}");
     // A request that already went through this CDN.
-    let r = curl(&edge.url("/obj/l"), &[HOST, "CDN-Loop: other-cdn, udn"], &[]);
+    let r = curl(
+        &edge.url("/obj/l"),
+        &[HOST, "CDN-Loop: other-cdn, udn"],
+        &[],
+    );
     assert_eq!(r.status, 508);
     std::thread::sleep(Duration::from_millis(300));
     {
@@ -455,7 +478,10 @@ fn smuggled_body_loop_and_bad_methods_never_reach_the_origin() {
     assert_eq!(fill.header("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(fill.header("forwarded"), ["for=127.0.0.1"]);
     assert!(fill.header("x-real-ip").is_empty());
-    assert_eq!(fill.header("via").join(", "), "1.1 client-proxy, 1.1 udn-fra");
+    assert_eq!(
+        fill.header("via").join(", "),
+        "1.1 client-proxy, 1.1 udn-fra"
+    );
     assert_eq!(fill.header("cdn-loop").join(", "), "other-cdn, udn");
     assert!(st.requests("/hidden").is_empty());
 
@@ -473,7 +499,11 @@ fn smuggled_body_loop_and_bad_methods_never_reach_the_origin() {
         }
     }
     refused.sort();
-    assert_eq!(refused, [400, 400, 400, 400, 400, 400, 405, 501, 508], "{refused:?}");
+    assert_eq!(
+        refused,
+        [400, 400, 400, 400, 400, 400, 405, 501, 508],
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -491,8 +521,16 @@ fn cdn_loop_through_udn_edges_is_refused() {
     let (pa, pb) = (free_port(), free_port());
     let da = tempdir("loop-a");
     let db = tempdir("loop-b");
-    let a = EdgeProc::start(&config(&da.0, format!("127.0.0.1:{pb}").parse().unwrap()), pa, None);
-    let _b = EdgeProc::start(&config(&db.0, format!("127.0.0.1:{pa}").parse().unwrap()), pb, None);
+    let a = EdgeProc::start(
+        &config(&da.0, format!("127.0.0.1:{pb}").parse().unwrap()),
+        pa,
+        None,
+    );
+    let _b = EdgeProc::start(
+        &config(&db.0, format!("127.0.0.1:{pa}").parse().unwrap()),
+        pb,
+        None,
+    );
     let t = Instant::now();
     let r = curl(&a.url("/obj/y"), &[HOST], &[]);
     assert_eq!(r.status, 508);
@@ -542,7 +580,11 @@ fn unsafe_methods_invalidate_target_and_same_origin_locations() {
     }
     // A failed unsafe request invalidates nothing.
     assert_eq!(get("/obj/a").cache(), "HIT");
-    let r = curl(&edge.url("/obj/a"), &[HOST, "X-Fail: 1"], &["-X", "POST", "--data", "z"]);
+    let r = curl(
+        &edge.url("/obj/a"),
+        &[HOST, "X-Fail: 1"],
+        &["-X", "POST", "--data", "z"],
+    );
     assert_eq!(r.status, 500);
     assert_eq!(get("/obj/a").cache(), "HIT");
     assert_eq!(st.count("/obj/a"), 1 + 4 + 4 + 1);
@@ -578,8 +620,14 @@ fn preconditions_on_hits_and_on_pass() {
     assert_eq!(get(&["If-Match: \"v1\""]).status, 200);
     assert_eq!(get(&["If-Match: W/\"v1\""]).status, 412);
     assert_eq!(get(&["If-None-Match: W/\"v1\""]).status, 304);
-    assert_eq!(get(&["If-Match: \"v0\"", "If-None-Match: \"v1\""]).status, 412);
-    assert_eq!(get(&["If-Unmodified-Since: Sun, 31 Dec 2023 00:00:00 GMT"]).status, 412);
+    assert_eq!(
+        get(&["If-Match: \"v0\"", "If-None-Match: \"v1\""]).status,
+        412
+    );
+    assert_eq!(
+        get(&["If-Unmodified-Since: Sun, 31 Dec 2023 00:00:00 GMT"]).status,
+        412
+    );
     assert_eq!(get(&[&format!("If-Modified-Since: {LM}")]).status, 304);
     assert_eq!(st.count("/obj/r"), 1, "all answered from the cache");
 
@@ -611,9 +659,16 @@ fn preconditions_on_hits_and_on_pass() {
         assert_eq!(last.header(h), [v], "{h} on pass: {last:?}");
     }
     // A conditional PUT stays conditional: the origin refuses it, nothing changes.
-    let r = curl(&edge.url("/obj/r"), &[HOST, "If-Match: \"v0\""], &["-X", "PUT", "--data", "n"]);
+    let r = curl(
+        &edge.url("/obj/r"),
+        &[HOST, "If-Match: \"v0\""],
+        &["-X", "PUT", "--data", "n"],
+    );
     assert_eq!(r.status, 412);
-    assert_eq!(st.requests("/obj/r").last().unwrap().header("if-match"), ["\"v0\""]);
+    assert_eq!(
+        st.requests("/obj/r").last().unwrap().header("if-match"),
+        ["\"v0\""]
+    );
     assert_eq!(st.version("/obj/r"), 1);
     assert_eq!(get(&[]).cache(), "HIT");
 }
@@ -627,7 +682,11 @@ fn targeted_cache_control_age_and_set_cookie() {
     let get = |p: &str| curl(&edge.url(p), &[HOST], &[]);
     // RFC 9213: CDN-Cache-Control over Cache-Control, UDN-Cache-Control over both;
     // neither reaches the client.
-    for (p, second) in [("/targeted/a", "HIT"), ("/targeted/b", "BYPASS"), ("/targeted/c", "HIT")] {
+    for (p, second) in [
+        ("/targeted/a", "HIT"),
+        ("/targeted/b", "BYPASS"),
+        ("/targeted/c", "HIT"),
+    ] {
         let first = get(p);
         assert_eq!(first.status, 200);
         let again = get(p);
@@ -652,8 +711,14 @@ fn targeted_cache_control_age_and_set_cookie() {
     assert!(b.headers["age"].parse::<u64>().unwrap() >= 101);
 
     // Set-Cookie: two real clients with their own cookie jars.
-    let alice = reqwest::blocking::Client::builder().cookie_store(true).build().unwrap();
-    let bob = reqwest::blocking::Client::builder().cookie_store(true).build().unwrap();
+    let alice = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let bob = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
     let fetch = |c: &reqwest::blocking::Client, host: &str| {
         let r = c
             .get(edge.url("/cookie/page"))

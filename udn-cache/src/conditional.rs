@@ -159,10 +159,7 @@ pub fn evaluate(method: &Method, req: &HeaderMap, stored: &HeaderMap) -> Precond
             if ir.starts_with('"') || ir.starts_with("W/") {
                 etag.is_some_and(|e| strong_eq(ir, e))
             } else {
-                match (
-                    req.get(header::IF_RANGE).and_then(parse_date),
-                    lm,
-                ) {
+                match (req.get(header::IF_RANGE).and_then(parse_date), lm) {
                     (Some(d), Some(lm)) => d == lm,
                     _ => false,
                 }

@@ -209,9 +209,10 @@ fn is_sf_value(v: &str) -> bool {
         Some(b'"') => item.len() >= 2 && item.ends_with('"'),
         Some(b'?') => item == "?0" || item == "?1",
         Some(b':') => item.len() >= 2 && item.ends_with(':'),
-        Some(c) if c.is_ascii_digit() || *c == b'-' => {
-            item.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit() || c == b'.')
-        }
+        Some(c) if c.is_ascii_digit() || *c == b'-' => item
+            .trim_start_matches('-')
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b'.'),
         Some(c) if c.is_ascii_alphabetic() || *c == b'*' => item
             .bytes()
             .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b',' | b';' | b'=')),
@@ -525,7 +526,9 @@ impl StoredMeta {
         if let Some(s) = cc.max_age {
             return Duration::from_secs(s);
         }
-        if !cc.targeted && let Some(v) = self.headers.get(header::EXPIRES) {
+        if !cc.targeted
+            && let Some(v) = self.headers.get(header::EXPIRES)
+        {
             // An invalid Expires (e.g. "0") means already expired, and so do several
             // Expires lines that disagree (RFC 9111 4.2.1: treated as stale).
             let disagree = self.headers.get_all(header::EXPIRES).iter().any(|o| o != v);

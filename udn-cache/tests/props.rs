@@ -408,7 +408,8 @@ proptest! {
         let strong = |w: bool, v: u8| !w && !stored_weak && v == 0;
         let expected = if let Some((w, v, star)) = im {
             if star || strong(w, v) { None } else { Some(Precondition::Failed) }
-        } else if ius.is_some_and(|d| LM_T + 1 > LM_T + d) {
+        } else if ius.is_some_and(|d| d < 1) {
+            // Last-Modified (LM_T + 1) is after If-Unmodified-Since (LM_T + d).
             Some(Precondition::Failed)
         } else {
             None
@@ -416,7 +417,8 @@ proptest! {
         let expected = expected.unwrap_or_else(|| {
             if let Some((_, v, star)) = inm {
                 if star || v == 0 { return Precondition::NotModified; }
-            } else if ims.is_some_and(|d| LM_T + 1 <= LM_T + d) {
+            } else if ims.is_some_and(|d| d >= 1) {
+                // Last-Modified (LM_T + 1) is not after If-Modified-Since (LM_T + d).
                 return Precondition::NotModified;
             }
             let range = !head && match ir {

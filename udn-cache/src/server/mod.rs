@@ -687,13 +687,8 @@ impl Edge {
     fn invalidate_after_unsafe(&self, route: &Route, method: &Method, resp: &Response<RespBody>) {
         let sent = self.now();
         let host = route.origin.domain.clone();
-        let paths = policy::invalidated_paths(
-            method,
-            resp.status(),
-            &host,
-            &route.path,
-            resp.headers(),
-        );
+        let paths =
+            policy::invalidated_paths(method, resp.status(), &host, &route.path, resp.headers());
         if paths.is_empty() {
             return;
         }
@@ -788,8 +783,7 @@ impl Edge {
             .as_ref()
             .map(|o| o.meta.conditional_headers())
             .unwrap_or_default();
-        let oreq =
-            upstream::origin_request(route, Method::GET, req, cond, false, &self.cdn_id);
+        let oreq = upstream::origin_request(route, Method::GET, req, cond, false, &self.cdn_id);
         self.metrics.origin_fetches.inc();
         let resp = match self.send(route, oreq).await {
             Err(e) => return FillResult::Failed(e),
@@ -1330,7 +1324,13 @@ impl Edge {
             r
         } else {
             let version = req.version();
-            upstream::prepare(req.headers_mut(), client.ip(), version, &self.cdn_id, &self.pop);
+            upstream::prepare(
+                req.headers_mut(),
+                client.ip(),
+                version,
+                &self.cdn_id,
+                &self.pop,
+            );
             match self.hooks.cache_key(&self.router(), &host, &path) {
                 Err(e) => {
                     info.outcome = "refused";

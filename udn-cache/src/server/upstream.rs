@@ -201,7 +201,13 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         h.insert("via", HeaderValue::from_static("1.1 proxy"));
         h.insert("cdn-loop", HeaderValue::from_static("other"));
-        prepare(&mut h, "192.0.2.1".parse().unwrap(), Version::HTTP_11, "udn", "fra");
+        prepare(
+            &mut h,
+            "192.0.2.1".parse().unwrap(),
+            Version::HTTP_11,
+            "udn",
+            "fra",
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["forwarded"], "for=192.0.2.1");
         let via: Vec<_> = h.get_all("via").iter().collect();
