@@ -114,7 +114,11 @@ fn now_ms() -> i64 {
 }
 
 /// Posts metrics as the identity in `id`; returns the reply.
-fn post(client: &reqwest::blocking::Client, dns: &Dns, body: serde_json::Value) -> serde_json::Value {
+fn post(
+    client: &reqwest::blocking::Client,
+    dns: &Dns,
+    body: serde_json::Value,
+) -> serde_json::Value {
     let r = client
         .post(format!("https://{}/v1/metrics", dns.http))
         .json(&body)
@@ -223,7 +227,11 @@ targets = [{{ server = "shop-east-1" }}, {{ server = "shop-west-1" }}]
             let d = dig(dns.dns);
             (d == want).then_some(d)
         });
-        assert!(got.is_some(), "{what}: want {want:?}, dig says {:?}", dig(dns.dns));
+        assert!(
+            got.is_some(),
+            "{what}: want {want:?}, dig says {:?}",
+            dig(dns.dns)
+        );
         for _ in 0..3 {
             assert_eq!(dig(dns.dns), want, "{what}: stable");
         }
@@ -232,7 +240,10 @@ targets = [{{ server = "shop-east-1" }}, {{ server = "shop-west-1" }}]
 
     // Raise east's swap and disk only: 0.4*20 + 0.3*20 + 0.2*100 + 0.1*100 = 44 > 40.
     write_load(&east_file, 20.0, 20.0, 100.0, 100.0);
-    want(&["127.0.0.32", "127.0.0.31"], "east's swap and disk move it behind west");
+    want(
+        &["127.0.0.32", "127.0.0.31"],
+        "east's swap and disk move it behind west",
+    );
 
     // East crosses the cut-off (score 95 >= 90): it is no longer answered at all.
     write_load(&east_file, 95.0, 95.0, 95.0, 95.0);
@@ -240,7 +251,10 @@ targets = [{{ server = "shop-east-1" }}, {{ server = "shop-west-1" }}]
 
     // Both over the cut-off: no other is available, so both are answered again.
     write_load(&west_file, 99.0, 99.0, 99.0, 99.0);
-    want(&["127.0.0.31", "127.0.0.32"], "both overloaded: both answered, by score");
+    want(
+        &["127.0.0.31", "127.0.0.32"],
+        "both overloaded: both answered, by score",
+    );
 
     // The attacker's side: east's loadp identity claims west is idle, and posts a
     // service result; both are refused with the reason and change nothing.
@@ -267,11 +281,18 @@ targets = [{{ server = "shop-east-1" }}, {{ server = "shop-west-1" }}]
         "{reply}"
     );
     assert!(
-        rejected[1]["error"].as_str().unwrap().contains("role loadp"),
+        rejected[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("role loadp"),
         "{reply}"
     );
     for _ in 0..5 {
-        assert_eq!(dig(dns.dns), ["127.0.0.31", "127.0.0.32"], "nothing changed");
+        assert_eq!(
+            dig(dns.dns),
+            ["127.0.0.31", "127.0.0.32"],
+            "nothing changed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -393,7 +414,11 @@ targets = [{{ server = "shop-east-1", weight = 1 }}, {{ server = "shop-west-1", 
             let d = dig(dns.dns);
             (d == [want]).then_some(())
         });
-        assert!(got.is_some(), "{what}: want {want}, dig says {:?}", dig(dns.dns));
+        assert!(
+            got.is_some(),
+            "{what}: want {want}, dig says {:?}",
+            dig(dns.dns)
+        );
     };
     let holds = |want: &str, for_: Duration, what: &str| {
         let t = Instant::now();
@@ -402,7 +427,11 @@ targets = [{{ server = "shop-east-1", weight = 1 }}, {{ server = "shop-west-1", 
             std::thread::sleep(Duration::from_millis(150));
         }
     };
-    answer("127.0.0.31", Duration::from_secs(10), "all three see east up");
+    answer(
+        "127.0.0.31",
+        Duration::from_secs(10),
+        "all three see east up",
+    );
 
     // One of three probes (fra) sees east down: the answer stays, for longer than the
     // grace (its vote stays fresh all along).
@@ -432,7 +461,11 @@ targets = [{{ server = "shop-east-1", weight = 1 }}, {{ server = "shop-west-1", 
     // the all-down policy (the standby address) applies.
     p.on[2].store(false, Ordering::SeqCst);
     let silent = Instant::now();
-    holds("127.0.0.31", Duration::from_secs(4), "silent: last known state");
+    holds(
+        "127.0.0.31",
+        Duration::from_secs(4),
+        "silent: last known state",
+    );
     answer("127.0.0.39", Duration::from_secs(6), "silent past the hold");
     let took = silent.elapsed();
     eprintln!("all probes silent: standby after {took:?} (grace 2 s + hold 4 s)");
@@ -469,7 +502,10 @@ fn dig_adds_health_checked_standby_servers_below_min_healthy() {
         })
         .collect();
     let set_up = |a: &str, ok: bool| {
-        sites[a].lock().unwrap().insert("/health".into(), health(ok));
+        sites[a]
+            .lock()
+            .unwrap()
+            .insert("/health".into(), health(ok));
     };
     let mut text = format!(
         r#"{ZONE}
@@ -526,7 +562,11 @@ targets = [{{ server = "s1" }}, {{ server = "s2" }}, {{ server = "s3" }}]
         let got = wait_for(Duration::from_secs(10), || {
             (dig_set(dns.dns) == w).then_some(())
         });
-        assert!(got.is_some(), "{what}: want {w:?}, dig says {:?}", dig(dns.dns));
+        assert!(
+            got.is_some(),
+            "{what}: want {w:?}, dig says {:?}",
+            dig(dns.dns)
+        );
         for _ in 0..3 {
             assert_eq!(dig_set(dns.dns), w, "{what}: stable");
             std::thread::sleep(Duration::from_millis(200));
@@ -541,7 +581,10 @@ targets = [{{ server = "s1" }}, {{ server = "s2" }}, {{ server = "s3" }}]
         "one up < min_healthy: the standby servers are added",
     );
     set_up(STBY[0], false);
-    want(&[PUB[2], STBY[1]], "a down standby server is never answered");
+    want(
+        &[PUB[2], STBY[1]],
+        "a down standby server is never answered",
+    );
     set_up(PUB[2], false);
     want(&[STBY[1]], "every published down: the up standby server");
     set_up(STBY[1], false);
@@ -550,6 +593,9 @@ targets = [{{ server = "s1" }}, {{ server = "s2" }}, {{ server = "s3" }}]
         "everything down: the all-down policy (unchecked standby address)",
     );
     set_up(PUB[0], true);
-    want(&[PUB[0]], "one published up, both standby servers down: only it");
+    want(
+        &[PUB[0]],
+        "one published up, both standby servers down: only it",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -305,13 +305,18 @@ fn failing_origin_goes_down_after_threshold_and_comes_back() {
         "oldest dropped: {body}"
     );
     assert!(
-        recv.metrics().iter().any(|m| matches!(m, Metric::Load { server, percent, parts: Some(p), .. }
+        recv.metrics().iter().any(
+            |m| matches!(m, Metric::Load { server, percent, parts: Some(p), .. }
             if server == "fra-edge-1" && (0.0..=100.0).contains(percent)
-                && [p.cpu, p.memory, p.swap, p.disk].iter().all(|x| (0.0..=100.0).contains(x)))),
+                && [p.cpu, p.memory, p.swap, p.disk].iter().all(|x| (0.0..=100.0).contains(x)))
+        ),
         "LOADP reported with its four figures"
     );
     assert!(
-        !recv.metrics().iter().any(|m| matches!(m, Metric::Load { server, .. } if server != "fra-edge-1")),
+        !recv
+            .metrics()
+            .iter()
+            .any(|m| matches!(m, Metric::Load { server, .. } if server != "fra-edge-1")),
         "the probe's host load is reported only for the server on its host"
     );
 

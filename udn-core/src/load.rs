@@ -60,7 +60,10 @@ impl LoadParts {
             return p.cpu.max(p.memory);
         }
         clamp_percent(
-            (p.cpu * rules.cpu + p.memory * rules.memory + p.swap * rules.swap + p.disk * rules.disk)
+            (p.cpu * rules.cpu
+                + p.memory * rules.memory
+                + p.swap * rules.swap
+                + p.disk * rules.disk)
                 / total,
         )
     }

@@ -50,9 +50,7 @@ servers = [{{ name = "edge-a", addresses = ["10.99.0.1"] }}]
             i + 1
         );
     }
-    let targets: Vec<String> = (0..n)
-        .map(|i| format!("{{ server = \"p{i}\" }}"))
-        .collect();
+    let targets: Vec<String> = (0..n).map(|i| format!("{{ server = \"p{i}\" }}")).collect();
     let standby: Vec<String> = (0..m).map(|i| format!("\"s{i}\"")).collect();
     t += &format!(
         r#"

@@ -141,7 +141,11 @@ fn standby_only_when_every_published_site_is_down_and_stale_is_not_up() {
     w.round(false);
     assert_eq!(w.answer(), WEST);
     w.now = w.now.plus(Duration::from_secs(31));
-    assert_eq!(w.answer(), WEST, "every probe silent: the last known state holds");
+    assert_eq!(
+        w.answer(),
+        WEST,
+        "every probe silent: the last known state holds"
+    );
     w.now = w.now.plus(Duration::from_secs(120));
     let d = w.engine.decide(&w.query(0), w.now);
     assert_eq!(d.reason, Reason::Standby, "stale metrics never count as up");
