@@ -93,6 +93,8 @@ fn build() -> Engine {
             all_down: AllDownPolicy::Standby,
             unchecked: UncheckedPolicy::Up,
             standby: vec![IpAddr::V4(Ipv4Addr::new(10, 3, 0, 1))],
+            standby_servers: vec![],
+            min_healthy: 1,
             // The second half of the hostnames use persistence.
             persistence: (h >= HOSTS / 2).then_some(PersistenceConfig { secs: 600 }),
             weighting: Weighting::default(),

@@ -28,6 +28,9 @@ pub enum Command {
     Edge(crate::edge::Args),
     /// Probe agent (ServiceProbe, LOADP, LatencyProbe, page check).
     Probe(crate::probe::Args),
+    /// LOADP on a server's host: reports its CPU, memory, swap and disk use to the DNS
+    /// servers.
+    Loadp(crate::loadp::Args),
     /// Control plane: log collector, store, REST API, portal, billing.
     Control(crate::control::Args),
     /// Run the whole network on loopback with a sample network.

@@ -10,11 +10,14 @@
 //! The HTTP API (on `--http`) is the contract with probes and the control plane. It is an
 //! admin listener (HTTPS with the server's `--pki` credentials, client certificates
 //! checked against the instance CA): `POST /v1/metrics` (a JSON array of
-//! `udn_core::Metric`) and `GET /v1/refresh?pop=NAME` for role probe; `POST /v1/reload`
+//! `udn_core::Metric`) for roles probe and loadp (a loadp instance only the load of the
+//! server named as itself), `GET /v1/refresh?pop=NAME` for role probe; `POST /v1/reload`
 //! and `GET /metrics` (Prometheus text) for role control; `GET /health` open. SIGHUP
 //! (the local operator) reloads too. A sample dated more than [`MAX_FUTURE_SKEW`] ahead
-//! of this server's clock, or older than [`MAX_SAMPLE_AGE`], is refused with the reason.
-//! See `docs/dns.md`.
+//! of this server's clock, or older than [`MAX_SAMPLE_AGE`], is refused with the reason;
+//! what is accepted is stamped with this server's receive time, and health and load go
+//! stale by that time, never by the probe's clock. Each probe identity is one vote in the
+//! health quorum. See `docs/dns.md`.
 
 use anyhow::Context as _;
 use axum::extract::{Query as UrlQuery, State as AxState};
@@ -589,17 +592,32 @@ impl Handle {
         items: &[serde_json::Value],
         received: udn_core::Timestamp,
     ) -> (usize, Vec<(usize, String)>) {
+        self.apply_metrics_from(items, received, None)
+    }
+
+    /// [`Handle::apply_metrics`] for the instance `from` (the verified client
+    /// certificate): a probe's service results count as its vote in the health quorum
+    /// (see `udn_core::health`); an instance of role `loadp` may report only the load of
+    /// the server named as itself (anything else is rejected with the reason). `None`:
+    /// one anonymous reporter (embedders, tests).
+    pub fn apply_metrics_from(
+        &self,
+        items: &[serde_json::Value],
+        received: udn_core::Timestamp,
+        from: Option<&crate::pki::Identity>,
+    ) -> (usize, Vec<(usize, String)>) {
         let mut parsed = Vec::with_capacity(items.len());
         let mut rejected = Vec::new();
         for (i, v) in items.iter().enumerate() {
             match serde_json::from_value::<Metric>(v.clone()) {
-                Ok(m) => match sample_time_error(&m, received) {
+                Ok(m) => match sample_time_error(&m, received).or_else(|| role_error(&m, from)) {
                     None => parsed.push((i, m)),
                     Some(e) => rejected.push((i, e)),
                 },
                 Err(e) => rejected.push((i, e.to_string())),
             }
         }
+        let reporter = from.map_or("", |id| id.name.as_str());
         let mut applied = 0;
         {
             let mut g = self
@@ -608,7 +626,7 @@ impl Handle {
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             for (i, m) in &parsed {
-                match g.engine.apply(m) {
+                match g.engine.apply_from(m, reporter, received) {
                     Ok(_) => applied += 1,
                     Err(e) => rejected.push((*i, e.to_string())),
                 }
@@ -710,6 +728,22 @@ fn sample_time_error(m: &Metric, received: udn_core::Timestamp) -> Option<String
         ))
     } else {
         None
+    }
+}
+
+/// Why an instance may not report `m`, if it may not: role `loadp` reports only the
+/// load of the server named as its identity.
+fn role_error(m: &Metric, from: Option<&crate::pki::Identity>) -> Option<String> {
+    let id = from.filter(|id| id.role == crate::pki::InstanceRole::Loadp)?;
+    match m {
+        Metric::Load { server, .. } if *server == id.name => None,
+        Metric::Load { server, .. } => Some(format!(
+            "instance {id} may report only the load of server {:?}, not of {server:?}",
+            id.name
+        )),
+        _ => Some(format!(
+            "instance {id} (role loadp) may report only load, not service or latency results"
+        )),
     }
 }
 
@@ -925,14 +959,17 @@ struct RefreshParams {
 /// `/health` for anyone.
 fn router(h: Arc<Handle>) -> axum::Router {
     use crate::pki::{InstanceRole, require_roles};
-    let probe = axum::Router::new()
+    let metrics = axum::Router::new()
         .route(
             "/v1/metrics",
             post(
                 |AxState(h): AxState<Arc<Handle>>,
+                 peer: Option<axum::Extension<crate::pki::Peer>>,
                  body: axum::Json<Vec<serde_json::Value>>| async move {
+                    // Stamped on arrival: freshness is judged on this server's clock.
                     let received_at = crate::logging::now();
-                    let (applied, rejected) = h.apply_metrics(&body.0, received_at);
+                    let from = peer.as_ref().and_then(|p| p.identity.as_ref());
+                    let (applied, rejected) = h.apply_metrics_from(&body.0, received_at, from);
                     axum::Json(MetricsReply {
                         applied,
                         rejected: rejected
@@ -944,6 +981,10 @@ fn router(h: Arc<Handle>) -> axum::Router {
                 },
             ),
         )
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            require_roles(&[InstanceRole::Probe, InstanceRole::Loadp], req, next)
+        }));
+    let probe = axum::Router::new()
         .route(
             "/v1/refresh",
             get(
@@ -993,6 +1034,7 @@ fn router(h: Arc<Handle>) -> axum::Router {
         }));
     axum::Router::new()
         .route("/health", get(|| async { "ok" }))
+        .merge(metrics)
         .merge(probe)
         .merge(control)
         .with_state(h)

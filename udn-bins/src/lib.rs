@@ -12,6 +12,7 @@ pub mod distributor;
 pub mod dns;
 pub mod edge;
 pub mod listener;
+pub mod loadp;
 pub mod logging;
 pub mod origin;
 pub mod pki;

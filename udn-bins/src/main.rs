@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
         Command::Dns(args) => udn_bins::dns::run(args),
         Command::Edge(args) => udn_bins::edge::run(args),
         Command::Probe(args) => udn_bins::probe::run(args),
+        Command::Loadp(args) => udn_bins::loadp::run(args),
         Command::Control(args) => udn_bins::control::run(args),
         Command::Demo(args) => udn_bins::demo::run(args),
         Command::Origin(args) => udn_bins::origin::run(args),

@@ -36,15 +36,19 @@ pub enum InstanceRole {
     Edge,
     /// `udn probe`: reports metrics to DNS servers, ships probe logs, fetches configuration.
     Probe,
+    /// `udn loadp`: reports the load of the host a server runs on, for the server named
+    /// as the identity, and nothing else.
+    Loadp,
 }
 
 impl InstanceRole {
     /// Every role, in a stable order.
-    pub const ALL: [InstanceRole; 4] = [
+    pub const ALL: [InstanceRole; 5] = [
         InstanceRole::Control,
         InstanceRole::Dns,
         InstanceRole::Edge,
         InstanceRole::Probe,
+        InstanceRole::Loadp,
     ];
 
     /// The name used in certificates, on the command line and in logs.
@@ -54,6 +58,7 @@ impl InstanceRole {
             InstanceRole::Dns => "dns",
             InstanceRole::Edge => "edge",
             InstanceRole::Probe => "probe",
+            InstanceRole::Loadp => "loadp",
         }
     }
 
@@ -73,7 +78,7 @@ impl std::str::FromStr for InstanceRole {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         InstanceRole::parse(s).ok_or_else(|| {
-            format!("unknown role {s:?} (expected one of control, dns, edge, probe)")
+            format!("unknown role {s:?} (expected one of control, dns, edge, probe, loadp)")
         })
     }
 }

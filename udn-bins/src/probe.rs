@@ -171,7 +171,8 @@ pub struct AgentArgs {
     /// Seconds between LOADP readings.
     #[arg(long, default_value_t = 5)]
     pub load_interval_secs: u64,
-    /// Servers the local load is reported for (default: the servers of the POP).
+    /// Servers running on this probe's own host, whose load (LOADP) it reports; none by
+    /// default (each server's host runs `udn loadp`, see docs/probe.md).
     #[arg(long = "load-server")]
     pub load_servers: Vec<String>,
     /// Port override for a service, `NAME=PORT` (repeatable).
@@ -727,21 +728,9 @@ async fn service_loop(
 }
 
 async fn load_loop(sh: Arc<Shared>) {
-    let servers: Vec<String> = if sh.opts.load_servers.is_empty() {
-        sh.opts
-            .network
-            .pop_id(&sh.opts.pop)
-            .map(|p| {
-                sh.opts.network.pops[p.index()]
-                    .servers
-                    .iter()
-                    .map(|s| sh.opts.network.servers[s.index()].name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    } else {
-        sh.opts.load_servers.clone()
-    };
+    // The probe's host load describes only the servers on this host (none unless
+    // named): a POP's other servers report their own through `udn loadp`.
+    let servers: Vec<String> = sh.opts.load_servers.clone();
     let src = ProcSource::default();
     let mut tick = tokio::time::interval(sh.opts.load_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -769,6 +758,7 @@ async fn load_loop(sh: Arc<Shared>) {
                             server: server.clone(),
                             percent: r.percent as f32,
                             at,
+                            parts: Some(r.parts()),
                         },
                         ProbeRecord {
                             ts: at,

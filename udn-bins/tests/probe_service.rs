@@ -160,6 +160,9 @@ fn failing_origin_goes_down_after_threshold_and_comes_back() {
         "dns",
         "--load-interval-secs",
         "1",
+        // This probe shares fra-edge-1's host: it reports that server's load.
+        "--load-server",
+        "fra-edge-1",
         "--queue-capacity",
         "20",
         "--log-dir",
@@ -302,8 +305,19 @@ fn failing_origin_goes_down_after_threshold_and_comes_back() {
         "oldest dropped: {body}"
     );
     assert!(
-        recv.metrics().iter().any(|m| matches!(m, Metric::Load { server, percent, .. } if server == "fra-edge-1" && (0.0..=100.0).contains(percent))),
-        "LOADP reported"
+        recv.metrics().iter().any(
+            |m| matches!(m, Metric::Load { server, percent, parts: Some(p), .. }
+            if server == "fra-edge-1" && (0.0..=100.0).contains(percent)
+                && [p.cpu, p.memory, p.swap, p.disk].iter().all(|x| (0.0..=100.0).contains(x)))
+        ),
+        "LOADP reported with its four figures"
+    );
+    assert!(
+        !recv
+            .metrics()
+            .iter()
+            .any(|m| matches!(m, Metric::Load { server, .. } if server != "fra-edge-1")),
+        "the probe's host load is reported only for the server on its host"
     );
 
     // Without --pki the API is read-only: a page check (the probe fetching a URL for

@@ -43,6 +43,9 @@ pub struct Config {
     /// Latency-table rules.
     #[serde(default)]
     pub latency: LatencyConfig,
+    /// LOADP rules: weights of the four load figures and the overload cut-off.
+    #[serde(default)]
+    pub load: LoadConfig,
     /// The DNS role: zones and the peer set.
     #[serde(default)]
     pub dns: DnsConfig,
@@ -98,8 +101,16 @@ pub struct HealthConfig {
     pub up_after: u32,
     /// Consecutive failed checks before an up target counts as down.
     pub down_after: u32,
-    /// A metric older than this many seconds is stale: unknown, never up.
+    /// A probe's result received (by the DNS server's clock) more than this many
+    /// seconds ago no longer counts.
     pub grace_secs: u64,
+    /// How many probes (instance identities, one per POP) must agree that a target is
+    /// down before it counts as down (at most the number of probes heard from lately).
+    pub quorum: u32,
+    /// When every probe has fallen silent, the last known state holds this many seconds
+    /// past the grace; then the targets are stale (never up) and the all-down policy
+    /// applies.
+    pub silent_hold_secs: u64,
 }
 
 impl Default for HealthConfig {
@@ -108,6 +119,37 @@ impl Default for HealthConfig {
             up_after: 2,
             down_after: 3,
             grace_secs: 60,
+            quorum: 2,
+            silent_hold_secs: 120,
+        }
+    }
+}
+
+/// LOADP rules (see [`crate::load`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Weight of CPU use (1-minute load average per CPU).
+    pub cpu: f32,
+    /// Weight of memory use.
+    pub memory: f32,
+    /// Weight of swap use.
+    pub swap: f32,
+    /// Weight of disk use.
+    pub disk: f32,
+    /// A server whose load score is at or above this percentage is overloaded: not
+    /// answered while another usable target is not.
+    pub overload_percent: f32,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            cpu: 0.4,
+            memory: 0.3,
+            swap: 0.2,
+            disk: 0.1,
+            overload_percent: 90.0,
         }
     }
 }
@@ -395,6 +437,9 @@ fn default_ttl() -> u32 {
 fn default_answers() -> u8 {
     1
 }
+fn default_min_healthy() -> u32 {
+    1
+}
 fn default_near_equal() -> f32 {
     10.0
 }
@@ -421,9 +466,19 @@ pub struct GtmConfig {
     /// How targets not yet checked count.
     #[serde(default)]
     pub unchecked: UncheckedPolicy,
-    /// Hidden standby addresses, given out only when every published target is down.
+    /// Hidden standby addresses (not health-checked), given out only when every
+    /// published target is down and no standby server is up.
     #[serde(default)]
     pub standby: Vec<IpAddr>,
+    /// Hidden standby servers (names of POP or origin servers, health-checked like the
+    /// targets): added to the answer candidates while fewer than `min_healthy` published
+    /// targets are usable; never given out while down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby_servers: Vec<String>,
+    /// The minimum number of usable published targets below which the standby servers
+    /// are added (1..=256; default 1: only when none is left).
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy: u32,
     /// Persistence; absent means off.
     #[serde(default)]
     pub persistence: Option<PersistenceConfig>,

@@ -7,7 +7,10 @@
 //! The steps, in order:
 //! 1. the hostname's published targets that have an address of the query's family;
 //!    a target is *usable* when its health is up (or unchecked, if the hostname counts
-//!    unchecked targets as up); down and stale targets are never usable;
+//!    unchecked targets as up); down and stale targets are never usable; standby
+//!    servers are usable only while fewer than `min_healthy` published targets are, and
+//!    overloaded targets only while no usable target is not (see
+//!    [`crate::health::standby_and_overload`]);
 //! 2. no usable target: the all-down policy (hidden standby, all published, or NODATA);
 //! 3. a static mapping for the client's network (longest prefix first) whose target is
 //!    usable wins;
@@ -77,7 +80,8 @@ pub enum Reason {
     Latency,
     /// A weighted pick among near-equal targets.
     Weighted,
-    /// Every published target is down: the hidden standby addresses.
+    /// Too few published targets are usable: a hidden standby server (or, with every
+    /// published target down, the hidden standby addresses).
     Standby,
     /// Every published target is down and there is no standby (or the policy says so):
     /// the published addresses, rather than failing.
@@ -254,7 +258,6 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
     let mut usable = [false; MAX_TARGETS];
     let mut has_family = [false; MAX_TARGETS];
     let mut n_family = 0usize;
-    let mut n_usable = 0usize;
     for (i, t) in host.targets.iter().take(n).enumerate() {
         let srv = &net.servers[t.server.index()];
         if !srv.addrs.iter().any(|a| q.family.matches(a)) {
@@ -269,9 +272,9 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
         };
         if ok {
             usable[i] = true;
-            n_usable += 1;
         }
     }
+    let n_usable = crate::health::standby_and_overload(net, state, host, now, &mut usable[..n]);
     let first_addr = |i: usize| {
         net.servers[host.targets[i].server.index()]
             .addrs
@@ -301,7 +304,10 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
                 // Prefer the least-known-bad: stale or unchecked before down.
                 for pass in 0..2 {
                     for i in 0..n {
-                        if !has_family[i] || d.addrs.len() >= host.answers as usize {
+                        if !has_family[i]
+                            || host.targets[i].standby
+                            || d.addrs.len() >= host.answers as usize
+                        {
                             continue;
                         }
                         let h = state.health(net, host.targets[i].server, host.service, now);
@@ -390,7 +396,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
             s += w.latency * rtt_ms;
         }
         if w.load > 0.0 {
-            s += w.load * state.load(t.server, now, net.health.grace).unwrap_or(50.0);
+            s += w.load * state.load_score(net, t.server, now).unwrap_or(50.0);
         }
         if w.response_time > 0.0 {
             s += w.response_time * state.response_ms(t.server, host.service).unwrap_or(100.0);
@@ -471,6 +477,9 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
         return Decision::empty(host.ttl, Reason::NoData);
     };
     d.server = Some(host.targets[first].server);
+    if host.targets[first].standby && d.reason != Reason::Sticky {
+        d.reason = Reason::Standby;
+    }
     if let Some(a) = first_addr(first) {
         d.addrs.push(a);
     }

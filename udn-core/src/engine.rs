@@ -2,6 +2,7 @@
 //! that arrive by name (as probes send them) and atomic snapshot replacement.
 
 use crate::decide::{Decision, Query, decide};
+use crate::load::LoadParts;
 use crate::net::{Cidr, ClientPrefix};
 use crate::network::Network;
 use crate::state::{Health, LatencySample, ServiceSample, State};
@@ -24,14 +25,18 @@ pub enum Metric {
         #[serde(flatten)]
         sample: ServiceSample,
     },
-    /// A LOADP report.
+    /// A LOADP report of the host a server runs on.
     Load {
         /// Server name.
         server: String,
-        /// Load in percent (0..=100).
+        /// Load in percent (0..=100): the score when the four figures are absent.
         percent: f32,
         /// When it was measured.
         at: Timestamp,
+        /// CPU, memory, swap and disk use, percent; when present they make the score
+        /// with the network's `[load]` weights (see [`crate::load`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parts: Option<LoadParts>,
     },
     /// A latency sample from a POP to a client network.
     Latency {
@@ -139,8 +144,27 @@ impl Engine {
         d
     }
 
-    /// Applies a metric reported by name. Returns the health after a service update.
+    /// Applies a metric reported by name, as one anonymous reporter whose sample times
+    /// are also the receive times. Returns the health after a service update.
     pub fn apply(&mut self, m: &Metric) -> Result<Option<Health>, MetricError> {
+        let at = match m {
+            Metric::Service { sample, .. } => sample.at,
+            Metric::Load { at, .. } => *at,
+            Metric::Latency { sample, .. } => sample.at,
+        };
+        self.apply_from(m, "", at)
+    }
+
+    /// Applies a metric from `reporter` (the probe's identity name, which counts towards
+    /// the health quorum) that this server received at `received` (its own clock: the
+    /// freshness of health and load is judged on it). Returns the health after a
+    /// service update.
+    pub fn apply_from(
+        &mut self,
+        m: &Metric,
+        reporter: &str,
+        received: Timestamp,
+    ) -> Result<Option<Health>, MetricError> {
         match m {
             Metric::Service {
                 server,
@@ -155,18 +179,22 @@ impl Engine {
                     .net
                     .service_id(service)
                     .ok_or_else(|| MetricError::UnknownService(service.clone()))?;
-                Ok(Some(self.state.apply_service(&self.net, s, v, *sample)))
+                Ok(Some(self.state.apply_service_from(
+                    &self.net, s, v, reporter, *sample, received,
+                )))
             }
             Metric::Load {
                 server,
                 percent,
                 at,
+                parts,
             } => {
                 let s = self
                     .net
                     .server_id(server)
                     .ok_or_else(|| MetricError::UnknownServer(server.clone()))?;
-                self.state.apply_load(s, *percent, *at);
+                self.state
+                    .apply_load_from(s, *parts, *percent, *at, received);
                 Ok(None)
             }
             Metric::Latency {

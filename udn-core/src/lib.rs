@@ -39,6 +39,8 @@ pub mod config;
 pub mod decide;
 pub mod engine;
 pub mod error;
+pub mod health;
+pub mod load;
 pub mod log;
 pub mod net;
 pub mod netpolicy;

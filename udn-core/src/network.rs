@@ -130,6 +130,9 @@ pub struct Target {
     pub server: ServerId,
     /// Relative weight among near-equals.
     pub weight: u32,
+    /// A hidden standby server (`standby_servers`): a candidate only while fewer than
+    /// the hostname's `min_healthy` published targets are usable.
+    pub standby: bool,
 }
 
 /// A hostname with its compiled routing policy.
@@ -151,15 +154,17 @@ pub struct Host {
     pub all_down: AllDownPolicy,
     /// How unchecked targets count.
     pub unchecked: UncheckedPolicy,
-    /// Hidden standby addresses.
+    /// Hidden standby addresses (not health-checked; the all-down fallback).
     pub standby: Vec<IpAddr>,
+    /// Usable published targets below which the standby servers become candidates.
+    pub min_healthy: u32,
     /// Persistence duration, if on.
     pub persistence: Option<Duration>,
     /// Criteria weights.
     pub weighting: Weighting,
     /// Near-equal tolerance in score points.
     pub near_equal: f32,
-    /// Published targets.
+    /// Published targets, then the standby servers (`standby == true`).
     pub targets: Vec<Target>,
 }
 
@@ -273,8 +278,13 @@ pub struct HealthRules {
     pub up_after: u32,
     /// Consecutive failures to go down.
     pub down_after: u32,
-    /// Metric age beyond which it is stale.
+    /// Age (by the receiving server's clock) beyond which a probe's result no longer
+    /// counts.
     pub grace: Duration,
+    /// Probes that must agree for a target to be down.
+    pub quorum: u32,
+    /// How long the last known state holds once every probe is silent.
+    pub silent_hold: Duration,
 }
 
 /// Latency rules in effect.
@@ -295,6 +305,8 @@ pub struct Network {
     pub health: HealthRules,
     /// Latency rules.
     pub latency: LatencyRules,
+    /// LOADP weights and the overload cut-off.
+    pub load: crate::config::LoadConfig,
     /// Service types.
     pub services: Vec<Service>,
     /// POPs.
@@ -493,6 +505,51 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
             ConfigErrorKind::OutOfRange {
                 value: "0".into(),
                 allowed: ">= 1",
+            },
+        );
+    }
+    if cfg.health.quorum == 0 || cfg.health.quorum as usize > crate::health::MAX_REPORTERS {
+        errs.push(
+            "health.quorum",
+            ConfigErrorKind::OutOfRange {
+                value: cfg.health.quorum.to_string(),
+                allowed: "1..=32",
+            },
+        );
+    }
+    if cfg.health.silent_hold_secs > 86_400 {
+        errs.push(
+            "health.silent_hold_secs",
+            ConfigErrorKind::OutOfRange {
+                value: cfg.health.silent_hold_secs.to_string(),
+                allowed: "0..=86400",
+            },
+        );
+    }
+    let l = &cfg.load;
+    for (field, v) in [
+        ("load.cpu", l.cpu),
+        ("load.memory", l.memory),
+        ("load.swap", l.swap),
+        ("load.disk", l.disk),
+    ] {
+        if !(v.is_finite() && (0.0..=1000.0).contains(&v)) {
+            errs.push(
+                field,
+                ConfigErrorKind::OutOfRange {
+                    value: v.to_string(),
+                    allowed: "finite, 0..=1000",
+                },
+            );
+        }
+    }
+    if !(l.overload_percent.is_finite() && l.overload_percent > 0.0 && l.overload_percent <= 100.0)
+    {
+        errs.push(
+            "load.overload_percent",
+            ConfigErrorKind::OutOfRange {
+                value: l.overload_percent.to_string(),
+                allowed: "0 < x <= 100",
             },
         );
     }
@@ -726,6 +783,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                     targets.push(Target {
                         server: *s,
                         weight: t.weight,
+                        standby: false,
                     })
                 }
                 None => errs.push(
@@ -733,6 +791,38 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                     ConfigErrorKind::UnknownReference(t.server.clone()),
                 ),
             }
+        }
+        for (j, name) in g.standby_servers.iter().enumerate() {
+            let field = format!("{path}.standby_servers[{j}]");
+            match server_index.get(name) {
+                Some(s) if targets.iter().any(|x: &Target| x.server == *s) => {
+                    errs.push(field, ConfigErrorKind::Duplicate(name.clone()))
+                }
+                Some(s) => targets.push(Target {
+                    server: *s,
+                    weight: 1,
+                    standby: true,
+                }),
+                None => errs.push(field, ConfigErrorKind::UnknownReference(name.clone())),
+            }
+        }
+        if targets.len() > MAX_TARGETS && g.targets.len() <= MAX_TARGETS {
+            errs.push(
+                format!("{path}.standby_servers"),
+                ConfigErrorKind::OutOfRange {
+                    value: targets.len().to_string(),
+                    allowed: "at most 256 targets and standby servers together",
+                },
+            );
+        }
+        if g.min_healthy == 0 || g.min_healthy as usize > MAX_TARGETS {
+            errs.push(
+                format!("{path}.min_healthy"),
+                ConfigErrorKind::OutOfRange {
+                    value: g.min_healthy.to_string(),
+                    allowed: "1..=256",
+                },
+            );
         }
         if let Some(p) = g.persistence
             && (p.secs == 0 || p.secs > 86_400 * 7)
@@ -783,6 +873,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                     all_down: g.all_down,
                     unchecked: g.unchecked,
                     standby: g.standby.clone(),
+                    min_healthy: g.min_healthy,
                     persistence: g.persistence.map(|p| Duration::from_secs(p.secs)),
                     weighting: g.weighting,
                     near_equal: g.near_equal,
@@ -848,6 +939,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
             .map(|s| Target {
                 server: *s,
                 weight: 1,
+                standby: false,
             })
             .collect();
         if targets.is_empty() {
@@ -875,6 +967,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                     all_down: AllDownPolicy::All,
                     unchecked: UncheckedPolicy::Up,
                     standby: Vec::new(),
+                    min_healthy: 1,
                     persistence: None,
                     weighting: Weighting {
                         latency: 1.0,
@@ -971,7 +1064,10 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
             up_after: cfg.health.up_after,
             down_after: cfg.health.down_after,
             grace: Duration::from_secs(cfg.health.grace_secs),
+            quorum: cfg.health.quorum,
+            silent_hold: Duration::from_secs(cfg.health.silent_hold_secs),
         },
+        load: cfg.load.clone(),
         latency: LatencyRules {
             max_age: Duration::from_secs(cfg.latency.max_age_secs),
             default_ms: cfg.latency.default_ms,

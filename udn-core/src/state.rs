@@ -15,8 +15,9 @@ pub enum Health {
     Up,
     /// Failing its checks.
     Down,
-    /// Checked before, but the last result is older than the grace period: unknown,
-    /// never counted as up.
+    /// Checked before, but every probe has been silent for longer than the grace period
+    /// plus the silent hold (by the receiving server's clock): unknown, never counted as
+    /// up.
     Stale,
     /// Never checked yet; counts as the hostname's `unchecked` policy says.
     Unchecked,
@@ -45,20 +46,18 @@ pub struct ServiceSample {
     pub at: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct HealthCell {
-    checked: bool,
-    up: bool,
-    successes: u32,
-    failures: u32,
-    response_ms: f32,
-    at: Timestamp,
-}
+use crate::health::{HealthCell, Reporters};
+use crate::load::{LoadParts, clamp_percent};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct LoadCell {
+    /// The four figures, or `None` for a single-number report (`percent`).
+    parts: Option<LoadParts>,
     percent: f32,
+    /// The sample's own time (orders reports).
     at: Option<Timestamp>,
+    /// When this server received it (judges freshness).
+    received: Timestamp,
 }
 
 /// One latency sample: RTT from a POP to a client prefix.
@@ -190,6 +189,7 @@ pub struct PersistWrite {
 pub struct State {
     n_services: usize,
     health: Vec<HealthCell>,
+    reporters: Reporters,
     load: Vec<LoadCell>,
     /// The latency table.
     pub latency: LatencyTable,
@@ -203,6 +203,7 @@ impl State {
         State {
             n_services,
             health: vec![HealthCell::default(); net.servers.len() * n_services],
+            reporters: Reporters::default(),
             load: vec![LoadCell::default(); net.servers.len()],
             latency: LatencyTable::new(net.pops.len()),
             persistence: HashMap::new(),
@@ -213,6 +214,7 @@ impl State {
     /// belongs to `old`) whose server, POP, service or hostname still exists by name.
     pub fn carry_over(&self, old: &Network, new: &Network) -> State {
         let mut st = State::new(new);
+        st.reporters = self.reporters.clone();
         for (si, s) in old.servers.iter().enumerate() {
             let Some(ns) = new.server_id(&s.name) else {
                 continue;
@@ -221,7 +223,7 @@ impl State {
             for (vi, v) in old.services.iter().enumerate() {
                 if let Some(nv) = new.service_id(&v.name) {
                     st.health[ns.index() * st.n_services + nv.index()] =
-                        self.health[si * self.n_services + vi];
+                        self.health[si * self.n_services + vi].clone();
                 }
             }
         }
@@ -258,10 +260,9 @@ impl State {
             .get(server.index() * self.n_services + service.index())
     }
 
-    /// Applies a service-test result with the network's hysteresis: the first result
-    /// sets the state directly; afterwards `up_after` consecutive successes bring a down
-    /// target up and `down_after` consecutive failures bring an up target down. Results
-    /// older than the last one applied are ignored. Returns the health after the update.
+    /// Applies a service-test result as one anonymous reporter whose sample time is
+    /// also its receive time (embedders and tests without probes identities); see
+    /// [`State::apply_service_from`].
     pub fn apply_service(
         &mut self,
         net: &Network,
@@ -269,50 +270,102 @@ impl State {
         service: ServiceId,
         sample: ServiceSample,
     ) -> Health {
+        self.apply_service_from(net, server, service, "", sample, sample.at)
+    }
+
+    /// Applies a service-test result of `reporter` (a probe's identity) that this server
+    /// received at `received`, with the network's hysteresis per reporter: the first
+    /// result sets that reporter's vote directly; afterwards `up_after` consecutive
+    /// successes bring it up and `down_after` consecutive failures bring it down.
+    /// Results dated before the last one applied from the same reporter are ignored.
+    /// The target's health is then decided by quorum (see [`crate::health`]). Returns
+    /// the health at `received`.
+    pub fn apply_service_from(
+        &mut self,
+        net: &Network,
+        server: ServerId,
+        service: ServiceId,
+        reporter: &str,
+        sample: ServiceSample,
+        received: Timestamp,
+    ) -> Health {
         let i = server.index() * self.n_services + service.index();
-        let Some(c) = self.health.get_mut(i) else {
+        if i >= self.health.len() {
             return Health::Unchecked;
-        };
-        if c.checked && sample.at < c.at {
-            return if c.up { Health::Up } else { Health::Down };
         }
-        if sample.ok {
-            c.successes = c.successes.saturating_add(1);
-            c.failures = 0;
-        } else {
-            c.failures = c.failures.saturating_add(1);
-            c.successes = 0;
-        }
-        if !c.checked {
-            c.up = sample.ok;
-            c.checked = true;
-        } else if c.up && c.failures >= net.health.down_after {
-            c.up = false;
-        } else if !c.up && c.successes >= net.health.up_after {
-            c.up = true;
-        }
-        if sample.ok {
-            c.response_ms = sample.response_ms;
-        }
-        c.at = sample.at;
-        if c.up { Health::Up } else { Health::Down }
+        let r = self.reporters.intern(reporter);
+        let c = &mut self.health[i];
+        c.apply(
+            &net.health,
+            r,
+            sample.ok,
+            sample.response_ms,
+            sample.at,
+            received,
+        );
+        c.health(&net.health, received)
+    }
+
+    /// The reporters of (server, service) with their current votes (`true`: up), for
+    /// diagnostics.
+    pub fn votes(&self, server: ServerId, service: ServiceId) -> Vec<(String, bool)> {
+        self.cell(server, service)
+            .map(|c| {
+                c.votes
+                    .iter()
+                    .map(|v| (self.reporters.name(v.reporter).to_owned(), v.up))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Records a server's load (0..=100 percent, clamped) measured at `at`.
     pub fn apply_load(&mut self, server: ServerId, percent: f32, at: Timestamp) {
-        if let Some(c) = self.load.get_mut(server.index()) {
-            let p = if percent.is_finite() {
-                percent.clamp(0.0, 100.0)
-            } else {
-                100.0
+        self.apply_load_from(server, None, percent, at, at);
+    }
+
+    /// Records a LOADP report of a server: its four figures (`parts`; `None` for a
+    /// single-number report, then `percent` is the score), measured at `at` and received
+    /// by this server at `received` (freshness is judged on `received`). A report dated
+    /// before the one held is ignored.
+    pub fn apply_load_from(
+        &mut self,
+        server: ServerId,
+        parts: Option<LoadParts>,
+        percent: f32,
+        at: Timestamp,
+        received: Timestamp,
+    ) {
+        if let Some(c) = self.load.get_mut(server.index())
+            && c.at.is_none_or(|t| t <= at)
+        {
+            *c = LoadCell {
+                parts: parts.map(LoadParts::clamped),
+                percent: clamp_percent(percent),
+                at: Some(at),
+                received,
             };
-            if c.at.is_none_or(|t| t <= at) {
-                *c = LoadCell {
-                    percent: p,
-                    at: Some(at),
-                };
-            }
         }
+    }
+
+    /// The server's load score (percent, see [`crate::load`]) if a report was received
+    /// within the health grace of `now`.
+    pub fn load_score(&self, net: &Network, server: ServerId, now: Timestamp) -> Option<f32> {
+        let c = self.load.get(server.index())?;
+        c.at?;
+        if now.since(c.received) > net.health.grace {
+            return None;
+        }
+        Some(match c.parts {
+            Some(p) => p.score(&net.load),
+            None => c.percent,
+        })
+    }
+
+    /// Whether the server's fresh load score is at or above the overload cut-off.
+    pub fn overloaded(&self, net: &Network, server: ServerId, now: Timestamp) -> bool {
+        self.load_score(net, server, now)
+            .is_some_and(|s| s >= net.load.overload_percent)
     }
 
     /// Records a latency sample.
@@ -361,24 +414,21 @@ impl State {
     ) -> Health {
         match self.cell(server, service) {
             None => Health::Unchecked,
-            Some(c) if !c.checked => Health::Unchecked,
-            Some(c) if now.since(c.at) > net.health.grace => Health::Stale,
-            Some(c) if c.up => Health::Up,
-            Some(_) => Health::Down,
+            Some(c) => c.health(&net.health, now),
         }
     }
 
     /// The last response time of (server, service), ms, if any.
     pub fn response_ms(&self, server: ServerId, service: ServiceId) -> Option<f32> {
-        self.cell(server, service)
-            .filter(|c| c.checked)
-            .map(|c| c.response_ms)
+        self.cell(server, service).and_then(|c| c.response_ms())
     }
 
-    /// The server's load in percent if measured within `grace` of `now`.
+    /// The server's reported single-number load in percent if received within `grace`
+    /// of `now` (see [`State::load_score`] for the score the decision uses).
     pub fn load(&self, server: ServerId, now: Timestamp, grace: Duration) -> Option<f32> {
-        self.load
-            .get(server.index())
-            .and_then(|c| c.at.filter(|t| now.since(*t) <= grace).map(|_| c.percent))
+        self.load.get(server.index()).and_then(|c| {
+            c.at.filter(|_| now.since(c.received) <= grace)
+                .map(|_| c.percent)
+        })
     }
 }

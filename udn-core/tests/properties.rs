@@ -85,6 +85,8 @@ fn network(
             all_down,
             unchecked,
             standby: vec!["10.9.9.1".parse().unwrap(), "10.9.9.2".parse().unwrap()],
+            standby_servers: vec![],
+            min_healthy: 1,
             persistence: persistence.map(|secs| PersistenceConfig { secs }),
             weighting: Weighting {
                 latency: 1.0,

@@ -135,11 +135,18 @@ fn standby_only_when_every_published_site_is_down_and_stale_is_not_up() {
     assert_eq!(d.reason, Reason::Standby);
     assert_eq!(d.addrs.as_slice()[0].to_string(), STANDBY);
 
-    // West recovers; then the probes go silent past the grace (30 s): stale, not up.
+    // West recovers; then the probes go silent: the last known state holds for the
+    // grace (30 s) plus the silent hold (120 s by default), then stale, not up.
     w.round(false);
     w.round(false);
     assert_eq!(w.answer(), WEST);
     w.now = w.now.plus(Duration::from_secs(31));
+    assert_eq!(
+        w.answer(),
+        WEST,
+        "every probe silent: the last known state holds"
+    );
+    w.now = w.now.plus(Duration::from_secs(120));
     let d = w.engine.decide(&w.query(0), w.now);
     assert_eq!(d.reason, Reason::Standby, "stale metrics never count as up");
 }

@@ -213,6 +213,23 @@ pub struct LoadReport {
     pub percent: f64,
 }
 
+impl LoadReport {
+    /// The four figures the DNS servers score (see `udn_core::load`): CPU, memory,
+    /// swap, and the fullest watched disk.
+    pub fn parts(&self) -> udn_core::load::LoadParts {
+        udn_core::load::LoadParts {
+            cpu: self.cpu_percent as f32,
+            memory: self.mem_percent as f32,
+            swap: self.swap_percent as f32,
+            disk: self
+                .disks
+                .iter()
+                .map(|d| d.used_percent)
+                .fold(0.0, f64::max) as f32,
+        }
+    }
+}
+
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0

@@ -239,6 +239,7 @@ async fn reporter_drops_oldest_when_a_server_stays_down() {
         server: "fra-edge-1".into(),
         percent: 1.0,
         at: udn_core::Timestamp::from_millis(i),
+        parts: None,
     };
     for i in 0..12 {
         r.push(&[m(i)]);
