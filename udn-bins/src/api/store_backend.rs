@@ -501,39 +501,15 @@ impl Backend for StoreBackend {
             ));
         };
         let period = udn_billing::Period::parse(label).map_err(BackendError::BadPeriod)?;
+        crate::billing::run::check_over(&period, now)
+            .map_err(|e| BackendError::Billing(e.into()))?;
         let report = billing
             .with(true, |store| {
-                ingest_usage(store, &self.collector, &period)?;
-                crate::billing::run_period(store, &period, now)
+                let mut read = |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
+                crate::billing::run::logged_run(store, &mut read, &period, now, "api", 1)
             })
             .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
             .map_err(BackendError::Billing)?;
         Ok(serde_json::to_value(&report)?)
     }
-}
-
-/// Records every billing account's usage of `period` from the log store (one batch per
-/// account and period: its idempotency key, so running the period again changes
-/// nothing).
-fn ingest_usage(
-    store: &mut dyn BillingStore,
-    collector: &Collector,
-    period: &udn_billing::Period,
-) -> anyhow::Result<()> {
-    for account in store.accounts()? {
-        let records =
-            collector.with_store(|s| crate::billing::usage_from_store(s, &account.id, period))?;
-        if records.is_empty() {
-            continue;
-        }
-        // A period billed before keeps the usage it was billed with (issued invoices are
-        // immutable); usage that arrived later is reported, not silently merged.
-        if let Err(e) = store.record_usage(&udn_billing::UsageBatch {
-            key: format!("store-{}-{period}", account.id),
-            records,
-        }) {
-            tracing::warn!(account = %account.id, %period, "usage not recorded: {e:#}");
-        }
-    }
-    Ok(())
 }

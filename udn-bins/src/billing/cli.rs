@@ -11,7 +11,8 @@ use udn_billing::{Account, Period, Plan, Timestamp, UsageBatch};
 use super::delivery::{SmtpConfig, deliver_pending};
 use super::payment::{collect_card_payments, record_manual_payment};
 use super::render::{Issuer, render_html, render_text};
-use super::run::{audit, run_period};
+use super::run::{audit_with, logged_run};
+use super::usage::usage_between;
 use super::store::{BillingLocation, BillingStore};
 
 /// `udn control billing` arguments.
@@ -179,7 +180,10 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
         }
         BillingCommand::Run { period } => {
             let period = Period::parse(period)?;
-            json(&run_period(store, &period, now)?)?
+            super::run::check_over(&period, now)?;
+            let mut logs = args.location()?.open_logs()?;
+            let mut read = |from| Ok(logs.file_usage_since(from)?);
+            json(&logged_run(store, &mut read, &period, now, "cli", 1)?)?
         }
         BillingCommand::Deliver => {
             let c = need_config()?;
@@ -220,7 +224,11 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
                 other => return Err(anyhow!("unknown format {other:?}: text, html or json")),
             }
         }
-        BillingCommand::Audit { number } => json(&audit(store, number)?)?,
+        BillingCommand::Audit { number } => {
+            let mut logs = args.location()?.open_logs()?;
+            let mut read = |c: &str, from, to| usage_between(&mut *logs, c, from, to);
+            json(&audit_with(store, Some(&mut read), number)?)?
+        }
         BillingCommand::Pay {
             number,
             amount,
