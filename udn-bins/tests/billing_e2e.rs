@@ -360,3 +360,94 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
     assert_eq!(st, 422, "{v}");
     assert!(v.to_string().contains("period"), "{v}");
 }
+
+/// Two control planes on one PostgreSQL database, each with its own collector, bill the
+/// same hour at the same moment: one invoice, each file's usage on it once.
+#[test]
+fn two_control_planes_bill_an_hour_once() {
+    let Some(url) = pg_support::fresh_database("billing_e2e_two_planes") else {
+        return;
+    };
+    udn_bins::install_crypto();
+    let tmp = log_util::TempDir::new("billing-e2e-two");
+    let dir = tmp.path();
+    let cfg = dir.join("network.toml");
+    std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true) // the portals' self-signed certificates, loopback
+        .build()
+        .unwrap();
+    let mut planes = Vec::new();
+    for i in 0..2 {
+        let data = dir.join(format!("data-{i}"));
+        let (proc_, collector, portal, api) = start_control(&["--postgres", &url], &data, &cfg);
+        let tok: serde_json::Value = http
+            .post(format!("{portal}/v1/auth/token"))
+            .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let env = Env {
+            http: http.clone(),
+            api,
+            token: tok["token"].as_str().expect("token").to_string(),
+            billing_db: vec!["--postgres".into(), url.clone()],
+        };
+        planes.push((proc_, data, collector, env));
+    }
+    let env = &planes[0].3;
+    std::fs::write(dir.join("plan.json"), udn_bins::demo::billing::PLAN).unwrap();
+    std::fs::write(
+        dir.join("account.json"),
+        r#"{"id": "shop", "currency": "EUR", "delivery": "post", "services": "gtm_cdn",
+            "payment": {"method": "invoice", "terms_days": 14}, "billing_period": "hour",
+            "invoicing": {"company": "Shop Example Inc.", "address": ["1 Demo Street"],
+                          "contact": "Demo User", "email": "billing@shop.udn.example"},
+            "subscriptions": [{"plan": "demo-cdn", "version": 1, "start": 0}]}"#,
+    )
+    .unwrap();
+    let _ = env.cli(&["plan-add", dir.join("plan.json").to_str().unwrap()]);
+    let _ = env.cli(&["account-put", dir.join("account.json").to_str().unwrap()]);
+    let now = udn_bins::logging::now();
+    let hour = Period::containing(PeriodKind::Hour, now)
+        .unwrap()
+        .previous()
+        .unwrap();
+    let at = Timestamp::from_millis(hour.start.as_millis() + 60_000);
+    // 10 GB through the first collector, 5 GB through the second.
+    for ((_, data, collector, _), (name, n)) in planes.iter().zip([("fra-edge-1", 10), ("fra-edge-2", 5)]) {
+        let f = gb_file(&dir.join("logs"), name, &[(at, n)], now);
+        let _ = ship(data, collector, &f);
+    }
+    let barrier = std::sync::Barrier::new(2);
+    let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|sc| {
+        let runs: Vec<_> = planes
+            .iter()
+            .map(|(_, _, _, env)| {
+                let barrier = &barrier;
+                sc.spawn(move || {
+                    barrier.wait();
+                    env.api_run(&hour.to_string())
+                })
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut issued = Vec::new();
+    for (st, r) in &results {
+        assert_eq!(*st, 200, "{r}");
+        issued.extend(r["issued"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(issued.len(), 1, "one invoice for the hour: {results:?}");
+    // platform 1.00 + 15 GB x 0.04
+    assert_eq!(issued[0]["total"], "1.60 EUR", "{results:?}");
+    let list = env.cli_json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let a = env.cli_json(&["audit", issued[0]["number"].as_str().unwrap()]);
+    assert_eq!(
+        (&a["reproducible"], &a["usage_unchanged"], &a["store_matches"]),
+        (&serde_json::json!(true), &serde_json::json!(true), &serde_json::json!(true)),
+        "{a}"
+    );
+}

@@ -702,16 +702,23 @@ impl UsageFold {
     }
 }
 
+/// A billing rule violation (409 through the API, see [`super::run::RuleViolation`]).
+fn rule(message: String) -> anyhow::Error {
+    super::run::RuleViolation::State(message).into()
+}
+
 /// Refuses voiding anything but an issued invoice without payments.
 pub(super) fn check_voidable(inv: &StoredInvoice, number: &str, payments: i64) -> Result<()> {
     if inv.status != Status::Issued || inv.kind != DocKind::Invoice {
-        bail!(
+        return Err(rule(format!(
             "{number} is {}: only an issued, unpaid invoice can be voided",
             inv.status.as_str()
-        );
+        )));
     }
     if payments > 0 {
-        bail!("{number} has payments: issue a credit note instead");
+        return Err(rule(format!(
+            "{number} has payments: issue a credit note instead"
+        )));
     }
     Ok(())
 }
@@ -719,10 +726,10 @@ pub(super) fn check_voidable(inv: &StoredInvoice, number: &str, payments: i64) -
 /// The credit note cancelling `inv` (numbered `number`): every amount negated.
 pub(super) fn credit_note_for(inv: &StoredInvoice, number: &str) -> Result<Invoice> {
     if inv.kind != DocKind::Invoice || !matches!(inv.status, Status::Issued | Status::Paid) {
-        bail!(
+        return Err(rule(format!(
             "{number} is {}: only an issued or paid invoice can be credited",
             inv.status.as_str()
-        );
+        )));
     }
     let mut note = inv.invoice.clone();
     for l in &mut note.lines {
@@ -740,14 +747,14 @@ pub(super) fn credit_note_for(inv: &StoredInvoice, number: &str) -> Result<Invoi
 /// Refuses a payment against anything but an issued invoice, or of no amount.
 pub(super) fn check_payable(inv: &StoredInvoice, p: &Payment) -> Result<()> {
     if inv.kind != DocKind::Invoice || inv.status != Status::Issued {
-        bail!(
+        return Err(rule(format!(
             "{} is {}: payments are recorded against issued invoices",
             p.invoice,
             inv.status.as_str()
-        );
+        )));
     }
     if p.amount <= Decimal::ZERO {
-        bail!("a payment amount must be positive");
+        return Err(rule("a payment amount must be positive".into()));
     }
     Ok(())
 }
