@@ -121,7 +121,8 @@ fn default_print_dir() -> PathBuf {
     PathBuf::from("invoices-to-print")
 }
 
-fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+/// Reads a JSON or TOML document (by its extension).
+pub fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "toml") {

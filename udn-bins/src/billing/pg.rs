@@ -704,6 +704,22 @@ impl BillingStore for PgBillingStore {
         Ok(())
     }
 
+    fn state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_opt("SELECT value FROM billing_state WHERE name = $1", &[&name])?
+            .map(|r| r.get(0)))
+    }
+
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO billing_state (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&name, &value],
+        )?;
+        Ok(())
+    }
+
     fn log_run(&mut self, run: &RunRecord) -> Result<()> {
         let attempt = i64::from(run.attempt);
         self.conn().execute(

@@ -261,6 +261,10 @@ pub trait BillingStore {
     fn lock_runs(&mut self) -> Result<()>;
     /// Releases [`BillingStore::lock_runs`].
     fn unlock_runs(&mut self) -> Result<()>;
+    /// A named counter of billing's own (the scheduler's progress per cadence).
+    fn state(&self, name: &str) -> Result<Option<i64>>;
+    /// Sets [`BillingStore::state`].
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()>;
     /// Appends a run to the run log.
     fn log_run(&mut self, run: &RunRecord) -> Result<()>;
     /// The newest `limit` runs, newest first.
@@ -372,6 +376,12 @@ impl<T: BillingStore + ?Sized> BillingStore for Box<T> {
     }
     fn unlock_runs(&mut self) -> Result<()> {
         (**self).unlock_runs()
+    }
+    fn state(&self, name: &str) -> Result<Option<i64>> {
+        (**self).state(name)
+    }
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
+        (**self).set_state(name, value)
     }
     fn log_run(&mut self, run: &RunRecord) -> Result<()> {
         (**self).log_run(run)
@@ -1239,6 +1249,26 @@ impl BillingStore for SqliteBillingStore {
     }
 
     fn unlock_runs(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM billing_state WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO billing_state (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
         Ok(())
     }
 

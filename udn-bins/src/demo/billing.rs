@@ -7,9 +7,25 @@
 
 use anyhow::Context as _;
 use std::path::PathBuf;
-use udn_billing::{Account, Period, Plan, UsageBatch};
+use udn_billing::{Account, Period, Plan};
 
-use crate::billing::{BillingStore, Issuer, SqliteBillingStore, render_text, run_period};
+use crate::billing::{BillingStore, Issuer, SqliteBillingStore, render_text};
+
+/// The demo control plane's `--billing-grace`.
+pub const DEMO_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Puts the demo plan and one account per customer of `cfg` into the billing tables of
+/// the SQLite file `db`.
+pub fn seed(db: &std::path::Path, cfg: &udn_core::Config) -> anyhow::Result<()> {
+    let plan: Plan = serde_json::from_str(PLAN).context("the demo plan")?;
+    let mut store = SqliteBillingStore::open(db)?;
+    store.put_plan(&plan)?;
+    for c in &cfg.customers {
+        let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
+        store.put_account(&account(&c.name, &company)?)?;
+    }
+    Ok(())
+}
 
 /// `udn demo billing`.
 #[derive(Debug, clap::Args)]
@@ -65,24 +81,14 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
         None => Period::containing(udn_billing::PeriodKind::Hour, now)?.previous()?,
     };
     let cfg = super::load_config(None)?;
-    let plan: Plan = serde_json::from_str(PLAN).context("the demo plan")?;
+    seed(&db, &cfg)?;
     let mut store = SqliteBillingStore::open(&db)?;
     let mut logs = crate::store::sqlite::SqliteStore::open(&a.state_dir.join("control"), None)
         .context("opening the demo's log store")?;
-    store.put_plan(&plan)?;
-    let mut usage = 0;
-    for c in &cfg.customers {
-        let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
-        store.put_account(&account(&c.name, &company)?)?;
-        let records = crate::billing::usage_from_store(&mut logs, &c.name, &period)?;
-        usage += records.len();
-        // A batch per customer and period: running the period again replays it.
-        let _ = store.record_usage(&UsageBatch {
-            key: format!("demo-store-{}-{period}", c.name),
-            records,
-        })?;
-    }
-    let report = run_period(&mut store, &period, now)?;
+    // The one billing run: each log file's usage under its own key, then the period.
+    let mut read = |from| Ok(crate::store::Store::file_usage_since(&mut logs, from)?);
+    let report = crate::billing::run::logged_run(&mut store, &mut read, &period, now, "cli", 1)?;
+    let usage = report.ingested.as_ref().map_or(0, |i| i.new);
     let issuer = Issuer {
         name: "UDN Demo Networks".into(),
         address: vec!["127.0.0.1".into()],
@@ -91,12 +97,22 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
         bank: None,
     };
     let mut out = format!(
-        "billing run for {period}: {usage} usage records from the store\n{}\n",
+        "billing run for {period}: {usage} new log-file usage batches from the store\n{}\n",
         serde_json::to_string_pretty(&report)?
     );
     for i in &report.issued {
         if let Some(inv) = store.invoice(&i.number)? {
             out.push('\n');
+            out.push_str(&render_text(&inv, &issuer));
+        }
+    }
+    // The demo control plane's scheduler bills each hour shortly after it closes: show
+    // the invoice it issued.
+    for account in &report.already_invoiced {
+        if let Some(inv) = store.live_invoice(account, &period)? {
+            out.push_str(&format!(
+                "\n{account}: {period} was billed by the scheduler\n"
+            ));
             out.push_str(&render_text(&inv, &issuer));
         }
     }
