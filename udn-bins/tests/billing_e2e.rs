@@ -184,13 +184,13 @@ fn billed_quantity(doc: &serde_json::Value, period: &Period, component: &str) ->
 
 #[test]
 fn late_logs_are_billed_once_on_sqlite() {
-    late_logs_are_billed_once(&[], "sqlite");
+    late_logs_are_billed_once(&["--no-billing-scheduler"], "sqlite");
 }
 
 #[test]
 fn late_logs_are_billed_once_on_postgres() {
     if let Some(url) = pg_support::fresh_database("billing_e2e_late") {
-        late_logs_are_billed_once(&["--postgres", &url], "postgres");
+        late_logs_are_billed_once(&["--no-billing-scheduler", "--postgres", &url], "postgres");
     }
 }
 
@@ -214,7 +214,7 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
         .json()
         .unwrap();
     let billing_db = match extra {
-        ["--postgres", url] => vec!["--postgres".to_string(), url.to_string()],
+        [_, "--postgres", url] | ["--postgres", url] => vec!["--postgres".to_string(), url.to_string()],
         _ => vec![
             "--db".to_string(),
             data.join("udn.sqlite").display().to_string(),
@@ -380,7 +380,8 @@ fn two_control_planes_bill_an_hour_once() {
     let mut planes = Vec::new();
     for i in 0..2 {
         let data = dir.join(format!("data-{i}"));
-        let (proc_, collector, portal, api) = start_control(&["--postgres", &url], &data, &cfg);
+        let (proc_, collector, portal, api) =
+            start_control(&["--no-billing-scheduler", "--postgres", &url], &data, &cfg);
         let tok: serde_json::Value = http
             .post(format!("{portal}/v1/auth/token"))
             .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
@@ -450,4 +451,154 @@ fn two_control_planes_bill_an_hour_once() {
         (&serde_json::json!(true), &serde_json::json!(true), &serde_json::json!(true)),
         "{a}"
     );
+}
+
+#[test]
+fn the_scheduler_bills_a_closed_hour_on_sqlite() {
+    the_scheduler_bills_a_closed_hour(&[], "sqlite");
+}
+
+#[test]
+fn the_scheduler_bills_a_closed_hour_on_postgres() {
+    if let Some(url) = pg_support::fresh_database("billing_e2e_scheduler") {
+        the_scheduler_bills_a_closed_hour(&["--postgres", &url], "postgres");
+    }
+}
+
+/// `udn control --billing-grace 1s` bills the last closed hour without a manual command;
+/// the invoice shows in the portal, the run in the run log; after a downtime the missed
+/// hours are billed in order.
+fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
+    udn_bins::install_crypto();
+    let tmp = log_util::TempDir::new(&format!("billing-e2e-sched-{tag}"));
+    let dir = tmp.path();
+    let cfg = dir.join("network.toml");
+    std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
+    let data = dir.join("data");
+    let mut args = vec!["--billing-grace", "1s"];
+    args.extend_from_slice(extra);
+    let (control, collector, portal, api) = start_control(&args, &data, &cfg);
+    let http = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true) // the portal's self-signed certificate, loopback
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let tok: serde_json::Value = http
+        .post(format!("{portal}/v1/auth/token"))
+        .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let billing_db = match extra {
+        ["--postgres", url] => vec!["--postgres".to_string(), url.to_string()],
+        _ => vec!["--db".to_string(), data.join("udn.sqlite").display().to_string()],
+    };
+    let env = Env {
+        http: http.clone(),
+        api: api.clone(),
+        token: tok["token"].as_str().expect("token").to_string(),
+        billing_db,
+    };
+    let now = udn_bins::logging::now();
+    let hour = Period::containing(PeriodKind::Hour, now).unwrap().previous().unwrap();
+    // Logs first (3 GB in the last full hour), then the account: the scheduler has
+    // nothing to bill until an account exists.
+    let f = gb_file(
+        &dir.join("logs"),
+        "fra-edge-1",
+        &[(Timestamp::from_millis(hour.start.as_millis() + 60_000), 3)],
+        now,
+    );
+    let _ = ship(&data, &collector, &f);
+    std::fs::write(dir.join("plan.json"), udn_bins::demo::billing::PLAN).unwrap();
+    std::fs::write(
+        dir.join("account.json"),
+        r#"{"id": "shop", "currency": "EUR", "delivery": "post", "services": "gtm_cdn",
+            "payment": {"method": "invoice", "terms_days": 14}, "billing_period": "hour",
+            "invoicing": {"company": "Shop Example Inc.", "address": ["1 Demo Street"],
+                          "contact": "Demo User", "email": "billing@shop.udn.example"},
+            "subscriptions": [{"plan": "demo-cdn", "version": 1, "start": 0}]}"#,
+    )
+    .unwrap();
+    let _ = env.cli(&["plan-add", dir.join("plan.json").to_str().unwrap()]);
+    let _ = env.cli(&["account-put", dir.join("account.json").to_str().unwrap()]);
+
+    let invoices = |api: &str, want: usize| -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let v: serde_json::Value = http
+                .get(format!("{api}/v1/invoices?customer=shop"))
+                .bearer_auth(&env.token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if v.as_array().is_some_and(|a| a.len() >= want) || std::time::Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    let list = invoices(&api, 1);
+    let inv = &list.as_array().unwrap_or_else(|| panic!("{list}"))[0];
+    assert_eq!(inv["number"], "INV-000001", "billed without a command: {list}");
+    assert_eq!(inv["period_start"], serde_json::json!(hour.start.as_millis()), "{list}");
+    assert_eq!(dec(&inv["total"]), Decimal::new(112, 2), "1.00 + 3 GB x 0.04: {list}");
+
+    // The run log: the scheduler's run of the hour, in the API and the admin page.
+    let runs: serde_json::Value = http
+        .get(format!("{api}/v1/billing/runs"))
+        .bearer_auth(&env.token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let run = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["trigger"] == "scheduler" && r["period"] == hour.to_string())
+        .unwrap_or_else(|| panic!("the scheduler's run: {runs}"));
+    assert_eq!(run["outcome"], "ok", "{run}");
+    let login = http
+        .post(format!("{portal}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let page = http.get(format!("{portal}/invoices")).send().unwrap().text().unwrap();
+    assert!(page.contains("INV-000001"), "{page}");
+    let page = http.get(format!("{portal}/billing-runs")).send().unwrap().text().unwrap();
+    assert!(page.contains("scheduler") && page.contains(&hour.to_string()), "{page}");
+
+    // Downtime: the control plane is stopped, and (as if it had been down for the two
+    // hours before) its progress says the last hour billed ended three hours ago.
+    drop(control);
+    let two_before = hour.previous().unwrap();
+    let end = two_before.start.as_millis() as i64;
+    let sql = format!("UPDATE billing_state SET value = {end} WHERE name = 'schedule:hour'");
+    match extra {
+        ["--postgres", url] => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            assert_eq!(c.execute(sql.as_str(), &[]).unwrap(), 1);
+        }
+        _ => {
+            let c = rusqlite::Connection::open(data.join("udn.sqlite")).unwrap();
+            assert_eq!(c.execute(&sql, []).unwrap(), 1);
+        }
+    }
+    let (_control, _, _, api) = start_control(&args, &data, &cfg);
+    let list = invoices(&api, 2);
+    let periods: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["period_start"].as_u64().unwrap())
+        .collect();
+    assert!(
+        periods.contains(&two_before.start.as_millis()),
+        "the missed hour {two_before} is caught up: {list}"
+    );
+    assert_eq!(periods.len(), 2, "the hour billed before is not billed again: {list}");
 }
