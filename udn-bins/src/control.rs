@@ -525,7 +525,8 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             if !args.no_billing_scheduler {
                 // Each period is billed when it closes plus the grace; ticks are short
                 // for a short grace (the demo) and at most a minute apart.
-                let every = (args.billing_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                let every =
+                    (args.billing_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
                 let b = backend.clone();
                 tasks.push(tokio::spawn(async move {
                     loop {

@@ -13,8 +13,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr as _;
-use udn_bins::logging::FileLog;
 use udn_billing::{Period, PeriodKind};
+use udn_bins::logging::FileLog;
 use udn_core::Timestamp;
 use udn_core::log::{HttpRecord, LogRecord, Role, RotationPolicy};
 
@@ -214,7 +214,9 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
         .json()
         .unwrap();
     let billing_db = match extra {
-        [_, "--postgres", url] | ["--postgres", url] => vec!["--postgres".to_string(), url.to_string()],
+        [_, "--postgres", url] | ["--postgres", url] => {
+            vec!["--postgres".to_string(), url.to_string()]
+        }
         _ => vec![
             "--db".to_string(),
             data.join("udn.sqlite").display().to_string(),
@@ -257,7 +259,10 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
     assert_eq!(st, 200, "{first}");
     assert_eq!(first["issued"][0]["number"], "INV-000001", "{first}");
     assert_eq!(first["issued"][0]["total"], "1.40 EUR", "{first}");
-    assert_eq!(first["ingested"]["new"], 1, "one file, one customer: {first}");
+    assert_eq!(
+        first["ingested"]["new"], 1,
+        "one file, one customer: {first}"
+    );
 
     // The CLI gives the same invoice for the same period: credit the API's, bill again.
     let cn = env.cli_json(&["credit", "INV-000001"]);
@@ -306,7 +311,12 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| l["description"].as_str().unwrap().starts_with("Late usage of"))
+        .filter(|l| {
+            l["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Late usage of")
+        })
         .collect();
     let traffic = adj
         .iter()
@@ -329,7 +339,11 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
         assert!(r["issued"].as_array().unwrap().is_empty(), "{r}");
     }
     let list = env.cli_json(&["list"]);
-    assert_eq!(list.as_array().unwrap().len(), 4, "3 invoices, 1 credit note: {list}");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        4,
+        "3 invoices, 1 credit note: {list}"
+    );
 
     // Every gigabyte logged for h0 and h1 is billed exactly once over the live invoices.
     let live: Vec<serde_json::Value> = ["INV-000002", "INV-000003"]
@@ -417,7 +431,9 @@ fn two_control_planes_bill_an_hour_once() {
         .unwrap();
     let at = Timestamp::from_millis(hour.start.as_millis() + 60_000);
     // 10 GB through the first collector, 5 GB through the second.
-    for ((_, data, collector, _), (name, n)) in planes.iter().zip([("fra-edge-1", 10), ("fra-edge-2", 5)]) {
+    for ((_, data, collector, _), (name, n)) in
+        planes.iter().zip([("fra-edge-1", 10), ("fra-edge-2", 5)])
+    {
         let f = gb_file(&dir.join("logs"), name, &[(at, n)], now);
         let _ = ship(data, collector, &f);
     }
@@ -447,8 +463,16 @@ fn two_control_planes_bill_an_hour_once() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let a = env.cli_json(&["audit", issued[0]["number"].as_str().unwrap()]);
     assert_eq!(
-        (&a["reproducible"], &a["usage_unchanged"], &a["store_matches"]),
-        (&serde_json::json!(true), &serde_json::json!(true), &serde_json::json!(true)),
+        (
+            &a["reproducible"],
+            &a["usage_unchanged"],
+            &a["store_matches"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(true),
+            &serde_json::json!(true)
+        ),
         "{a}"
     );
 }
@@ -492,7 +516,10 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         .unwrap();
     let billing_db = match extra {
         ["--postgres", url] => vec!["--postgres".to_string(), url.to_string()],
-        _ => vec!["--db".to_string(), data.join("udn.sqlite").display().to_string()],
+        _ => vec![
+            "--db".to_string(),
+            data.join("udn.sqlite").display().to_string(),
+        ],
     };
     let env = Env {
         http: http.clone(),
@@ -501,7 +528,10 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         billing_db,
     };
     let now = udn_bins::logging::now();
-    let hour = Period::containing(PeriodKind::Hour, now).unwrap().previous().unwrap();
+    let hour = Period::containing(PeriodKind::Hour, now)
+        .unwrap()
+        .previous()
+        .unwrap();
     // Logs first (3 GB in the last full hour), then the account: the scheduler has
     // nothing to bill until an account exists.
     let f = gb_file(
@@ -534,7 +564,8 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
                 .unwrap()
                 .json()
                 .unwrap();
-            if v.as_array().is_some_and(|a| a.len() >= want) || std::time::Instant::now() > deadline {
+            if v.as_array().is_some_and(|a| a.len() >= want) || std::time::Instant::now() > deadline
+            {
                 return v;
             }
             std::thread::sleep(std::time::Duration::from_millis(250));
@@ -542,9 +573,20 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
     };
     let list = invoices(&api, 1);
     let inv = &list.as_array().unwrap_or_else(|| panic!("{list}"))[0];
-    assert_eq!(inv["number"], "INV-000001", "billed without a command: {list}");
-    assert_eq!(inv["period_start"], serde_json::json!(hour.start.as_millis()), "{list}");
-    assert_eq!(dec(&inv["total"]), Decimal::new(112, 2), "1.00 + 3 GB x 0.04: {list}");
+    assert_eq!(
+        inv["number"], "INV-000001",
+        "billed without a command: {list}"
+    );
+    assert_eq!(
+        inv["period_start"],
+        serde_json::json!(hour.start.as_millis()),
+        "{list}"
+    );
+    assert_eq!(
+        dec(&inv["total"]),
+        Decimal::new(112, 2),
+        "1.00 + 3 GB x 0.04: {list}"
+    );
 
     // The run log: the scheduler's run of the hour, in the API and the admin page.
     let runs: serde_json::Value = http
@@ -567,10 +609,23 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         .send()
         .unwrap();
     assert_eq!(login.status(), 200);
-    let page = http.get(format!("{portal}/invoices")).send().unwrap().text().unwrap();
+    let page = http
+        .get(format!("{portal}/invoices"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(page.contains("INV-000001"), "{page}");
-    let page = http.get(format!("{portal}/billing-runs")).send().unwrap().text().unwrap();
-    assert!(page.contains("scheduler") && page.contains(&hour.to_string()), "{page}");
+    let page = http
+        .get(format!("{portal}/billing-runs"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("scheduler") && page.contains(&hour.to_string()),
+        "{page}"
+    );
 
     // Downtime: the control plane is stopped, and (as if it had been down for the two
     // hours before) its progress says the last hour billed ended three hours ago.
@@ -600,5 +655,9 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         periods.contains(&two_before.start.as_millis()),
         "the missed hour {two_before} is caught up: {list}"
     );
-    assert_eq!(periods.len(), 2, "the hour billed before is not billed again: {list}");
+    assert_eq!(
+        periods.len(),
+        2,
+        "the hour billed before is not billed again: {list}"
+    );
 }

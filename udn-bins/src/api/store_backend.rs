@@ -514,7 +514,8 @@ impl Backend for StoreBackend {
             .map_err(|e| BackendError::Billing(e.into()))?;
         let report = billing
             .with(true, |store| {
-                let mut read = |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
+                let mut read =
+                    |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
                 crate::billing::run::logged_run(store, &mut read, &period, now, "api", 1)
             })
             .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
@@ -524,7 +525,9 @@ impl Backend for StoreBackend {
 
     fn billing_runs(&self, limit: u32) -> BackendResult<serde_json::Value> {
         let Some(billing) = &self.billing else {
-            return Err(BackendError::Unsupported("billing runs need a billing database"));
+            return Err(BackendError::Unsupported(
+                "billing runs need a billing database",
+            ));
         };
         let runs = billing
             .with(false, |store| store.runs(limit))

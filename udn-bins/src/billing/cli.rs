@@ -12,8 +12,8 @@ use super::delivery::{SmtpConfig, deliver_pending};
 use super::payment::{collect_card_payments, record_manual_payment};
 use super::render::{Issuer, render_html, render_text};
 use super::run::{audit_with, logged_run};
-use super::usage::usage_between;
 use super::store::{BillingLocation, BillingStore};
+use super::usage::usage_between;
 
 /// `udn control billing` arguments.
 #[derive(Debug, Clone, clap::Args)]

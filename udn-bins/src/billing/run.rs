@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use udn_billing::{
-    Account, Invoice, LineItem, Period, PlanBook, SegmentUsage, TaxLine, Timestamp, price,
-    segments,
+    Account, Invoice, LineItem, Period, PlanBook, SegmentUsage, TaxLine, Timestamp, price, segments,
 };
 
 use super::store::{BillingStore, DocKind, InvoiceInputs, Status, StoredInvoice};
@@ -124,7 +123,10 @@ fn current_usage(
 /// The lines of an adjustment: per (plan, version, component, unit) of the period's
 /// invoice, the quantity and amount of `after` less those of `before`; components
 /// whose quantity and amount are unchanged give no line.
-pub fn adjustment_lines(plans: &PlanBook, adj: &Adjustment) -> Result<Vec<LineItem>, udn_billing::Error> {
+pub fn adjustment_lines(
+    plans: &PlanBook,
+    adj: &Adjustment,
+) -> Result<Vec<LineItem>, udn_billing::Error> {
     let was = price(&adj.account, plans, &adj.period, &adj.before)?;
     let now = price(&adj.account, plans, &adj.period, &adj.after)?;
     let overflow = || udn_billing::Error::AmountOverflow {
@@ -135,39 +137,44 @@ pub fn adjustment_lines(plans: &PlanBook, adj: &Adjustment) -> Result<Vec<LineIt
     for (sign, inv) in [(Decimal::NEGATIVE_ONE, &was), (Decimal::ONE, &now)] {
         for l in &inv.lines {
             let e = diff
-                .entry((l.plan.clone(), l.plan_version, l.component.clone(), l.unit.clone()))
+                .entry((
+                    l.plan.clone(),
+                    l.plan_version,
+                    l.component.clone(),
+                    l.unit.clone(),
+                ))
                 .or_default();
-            e.0 = e
-                .0
-                .checked_add(l.quantity.checked_mul(sign).ok_or_else(overflow)?)
-                .ok_or_else(overflow)?;
-            e.1 = e
-                .1
-                .checked_add(l.amount.checked_mul(sign).ok_or_else(overflow)?)
-                .ok_or_else(overflow)?;
+            e.0 =
+                e.0.checked_add(l.quantity.checked_mul(sign).ok_or_else(overflow)?)
+                    .ok_or_else(overflow)?;
+            e.1 =
+                e.1.checked_add(l.amount.checked_mul(sign).ok_or_else(overflow)?)
+                    .ok_or_else(overflow)?;
         }
     }
     Ok(diff
         .into_iter()
         .filter(|(_, (q, a))| !q.is_zero() || !a.is_zero())
-        .map(|((plan, plan_version, component, unit), (quantity, amount))| LineItem {
-            description: format!(
-                "Late usage of {} (adjusts {}): {component}",
-                adj.period, adj.invoice
-            ),
-            plan,
-            plan_version,
-            component,
-            from: adj.period.start,
-            to: adj.period.end,
-            quantity: quantity.normalize(),
-            unit,
-            unit_price: None,
-            allowance: Decimal::ZERO,
-            tiers: Vec::new(),
-            proration: None,
-            amount,
-        })
+        .map(
+            |((plan, plan_version, component, unit), (quantity, amount))| LineItem {
+                description: format!(
+                    "Late usage of {} (adjusts {}): {component}",
+                    adj.period, adj.invoice
+                ),
+                plan,
+                plan_version,
+                component,
+                from: adj.period.start,
+                to: adj.period.end,
+                quantity: quantity.normalize(),
+                unit,
+                unit_price: None,
+                allowance: Decimal::ZERO,
+                tiers: Vec::new(),
+                proration: None,
+                amount,
+            },
+        )
         .collect())
 }
 
@@ -361,7 +368,10 @@ pub fn run_period(
             report.other_cadence.push(account.id);
             continue;
         }
-        let docs = by_account.get(account.id.as_str()).cloned().unwrap_or_default();
+        let docs = by_account
+            .get(account.id.as_str())
+            .cloned()
+            .unwrap_or_default();
         if let Some(inv) = store.live_invoice(&account.id, period)?
             && inv.number.is_some()
         {
@@ -370,10 +380,10 @@ pub fn run_period(
         }
         // Late usage of this period already billed on another invoice: a fresh invoice
         // of the period would bill it twice.
-        if let Some(on) = docs.iter().find(|d| {
-            live(d)
-                && d.inputs.adjustments.iter().any(|a| a.period == *period)
-        }) {
+        if let Some(on) = docs
+            .iter()
+            .find(|d| live(d) && d.inputs.adjustments.iter().any(|a| a.period == *period))
+        {
             report.failed.push((
                 account.id,
                 format!(
@@ -383,14 +393,15 @@ pub fn run_period(
             ));
             continue;
         }
-        let planned = due_adjustments(store, &plans, &account, &docs, period)
-            .and_then(|(adj, after, clear)| {
+        let planned = due_adjustments(store, &plans, &account, &docs, period).and_then(
+            |(adj, after, clear)| {
                 for q in &clear {
                     store.clear_late(&account.id, q)?;
                 }
                 let draft = draft_for(store, &account, period, adj)?;
                 Ok((draft, after))
-            });
+            },
+        );
         match planned {
             Ok((None, _)) => report.nothing_to_invoice.push(account.id),
             Ok((Some((invoice, inputs)), after)) => {
@@ -548,7 +559,7 @@ pub type StoreUsage<'a> =
 /// the billing store's and (when given) the log store's.
 pub fn audit_with(
     store: &dyn BillingStore,
-    mut logs: Option<&mut StoreUsage<'_>>,
+    logs: Option<&mut StoreUsage<'_>>,
     number: &str,
 ) -> Result<Audit> {
     let stored: StoredInvoice = store
@@ -564,7 +575,10 @@ pub fn audit_with(
     let again = compose(&plans, &stored.invoice.period, &stored.inputs)?;
     let account = stored.invoice.account.clone();
     let all = store.issued()?;
-    let docs: Vec<&StoredInvoice> = all.iter().filter(|d| d.invoice.account == account).collect();
+    let docs: Vec<&StoredInvoice> = all
+        .iter()
+        .filter(|d| d.invoice.account == account)
+        .collect();
     let (billed_usage, adjusted_on) = match billed(&docs, &stored.invoice.period) {
         Some(b) if b.invoice.number.as_deref() == Some(number) => (b.usage, b.adjusted_on),
         _ => (stored.inputs.segments.clone(), Vec::new()),
@@ -584,7 +598,7 @@ pub fn audit_with(
             ));
         }
     }
-    let store_matches = match logs.as_deref_mut() {
+    let store_matches = match logs {
         None => None,
         Some(read) => {
             let mut ok = true;

@@ -78,7 +78,8 @@ impl Scheduler {
         logs: &mut FileUsageSource<'_>,
         now: Timestamp,
     ) -> Result<Vec<Scheduled>> {
-        let mut kinds: Vec<PeriodKind> = store.accounts()?.iter().map(|a| a.billing_period).collect();
+        let mut kinds: Vec<PeriodKind> =
+            store.accounts()?.iter().map(|a| a.billing_period).collect();
         kinds.sort_by_key(|k| k.as_str());
         kinds.dedup();
         let Some(edge) = now.as_millis().checked_sub(self.grace.as_millis() as u64) else {
@@ -122,8 +123,10 @@ impl Scheduler {
                     }
                     Err(e) => {
                         tracing::warn!(period = %next, attempt, "scheduled billing run failed: {e:#}");
-                        self.retries
-                            .insert(kind.as_str(), (attempt + 1, now.plus(retry_delay(attempt + 1))));
+                        self.retries.insert(
+                            kind.as_str(),
+                            (attempt + 1, now.plus(retry_delay(attempt + 1))),
+                        );
                         out.push(Scheduled {
                             period: next.to_string(),
                             attempt,

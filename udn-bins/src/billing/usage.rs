@@ -130,7 +130,10 @@ pub fn ingest_file_usage(
                 }
             }
         }
-        match store.record_usage(&UsageBatch { key: key.clone(), records }) {
+        match store.record_usage(&UsageBatch {
+            key: key.clone(),
+            records,
+        }) {
             Ok(Applied::New) => report.new += 1,
             Ok(Applied::Replay) => report.replayed += 1,
             Err(e) => {
@@ -165,7 +168,9 @@ fn not_yet_recorded(
         let Some(first) = recs.first() else { continue };
         let from = Timestamp::from_millis(bucket * BUCKET_MS);
         let to = Timestamp::from_millis((bucket + 1) * BUCKET_MS);
-        let mut have = store.usage_totals(&first.account, from, to, false)?.counters;
+        let mut have = store
+            .usage_totals(&first.account, from, to, false)?
+            .counters;
         for mut r in recs {
             let held = have.entry((r.metric, r.region.clone())).or_default();
             let take = (*held).min(r.quantity);

@@ -71,9 +71,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// version in its own transaction, recorded in `schema_migrations`. The SQL is the
 /// common subset of SQLite and PostgreSQL (BIGINT, TEXT, DOUBLE PRECISION, composite
 /// primary keys, `ON CONFLICT`).
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE log_files (
     file_id     TEXT PRIMARY KEY,
     checksum    TEXT NOT NULL,
@@ -124,9 +125,10 @@ CREATE TABLE rollup_probe (
     PRIMARY KEY (minute, pop, kind, method)
 );
 ",
-), (
-    2,
-    "
+    ),
+    (
+        2,
+        "
 CREATE TABLE usage_file (
     file_id     TEXT NOT NULL,
     customer    TEXT NOT NULL,
@@ -150,7 +152,8 @@ FROM (SELECT customer, minute, pop, requests, bytes, fill_bytes, 0 AS dns_querie
       SELECT customer, minute, pop, 0, 0, 0, queries FROM rollup_dns WHERE customer <> '') u
 GROUP BY customer, minute, pop;
 ",
-)];
+    ),
+];
 
 /// The file id under which migration 2 recorded the usage rolled up before per-file
 /// usage was kept (billing applies it once, less what it had already recorded).

@@ -342,7 +342,8 @@ impl Store for PgStore {
         }
         let usage = super::file_usage(roll);
         if !usage.is_empty() {
-            let (mut c, mut m, mut p, mut q) = (vec![], vec![], vec![], [vec![], vec![], vec![], vec![]]);
+            let (mut c, mut m, mut p, mut q) =
+                (vec![], vec![], vec![], [vec![], vec![], vec![], vec![]]);
             for ((customer, minute, pop), u) in &usage {
                 c.push(customer.as_str());
                 m.push(*minute);
