@@ -628,3 +628,20 @@ pub async fn wait_for_signal() {
     }
     let _ = ctrl_c.await;
 }
+
+#[cfg(test)]
+mod grace_tests {
+    use super::parse_grace;
+    use std::time::Duration;
+
+    #[test]
+    fn billing_grace_parses_seconds_minutes_and_hours() {
+        assert_eq!(parse_grace("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_grace("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_grace("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_grace("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "m", "15x", "-1", "99999999999999999999h", "9000h"] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
+    }
+}

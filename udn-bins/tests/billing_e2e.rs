@@ -373,6 +373,25 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
     let (st, v) = env.api_run(&current.next().unwrap().to_string());
     assert_eq!(st, 422, "{v}");
     assert!(v.to_string().contains("period"), "{v}");
+    // Storage, not input: with a billing table gone, a run is 503 (never 500), and
+    // works again once the table is back.
+    let sql = |q: &str| match extra {
+        [_, "--postgres", url] => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            c.batch_execute(q).unwrap();
+        }
+        _ => {
+            let c = rusqlite::Connection::open(data.join("udn.sqlite")).unwrap();
+            c.execute_batch(q).unwrap();
+        }
+    };
+    sql("ALTER TABLE billing_accounts RENAME TO billing_accounts_away");
+    let (st, v) = env.api_run(&h1.to_string());
+    assert_eq!(st, 503, "{v}");
+    assert!(v.to_string().contains("billing store unavailable"), "{v}");
+    sql("ALTER TABLE billing_accounts_away RENAME TO billing_accounts");
+    let (st, v) = env.api_run(&h1.to_string());
+    assert_eq!(st, 200, "{v}");
 }
 
 /// Two control planes on one PostgreSQL database, each with its own collector, bill the
