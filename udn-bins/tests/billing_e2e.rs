@@ -518,7 +518,20 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
     let cfg = dir.join("network.toml");
     std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
     let data = dir.join("data");
-    let mut args = vec!["--billing-grace", "1s"];
+    // Delivery follows each scheduled run: the shop is billed by post, so a printable
+    // document lands in print_dir.
+    let print_dir = dir.join("print");
+    let billing_cfg = dir.join("billing.toml");
+    std::fs::write(
+        &billing_cfg,
+        format!(
+            "print_dir = {:?}\n[issuer]\nname = \"UDN Test Networks\"\naddress = [\"1 Loopback\"]\nemail = \"billing@udn.example\"\n",
+            print_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let billing_cfg = billing_cfg.display().to_string();
+    let mut args = vec!["--billing-grace", "1s", "--billing-config", &billing_cfg];
     args.extend_from_slice(extra);
     let (control, collector, portal, api) = start_control(&args, &data, &cfg);
     let http = reqwest::blocking::Client::builder()
@@ -606,6 +619,13 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         Decimal::new(112, 2),
         "1.00 + 3 GB x 0.04: {list}"
     );
+    let printed = print_dir.join("INV-000001.html");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !printed.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let doc = std::fs::read_to_string(&printed).expect("the scheduler delivered the invoice");
+    assert!(doc.contains("UDN Test Networks") && doc.contains("INV-000001"), "{doc}");
 
     // The run log: the scheduler's run of the hour, in the API and the admin page.
     let runs: serde_json::Value = http
