@@ -625,7 +625,10 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let doc = std::fs::read_to_string(&printed).expect("the scheduler delivered the invoice");
-    assert!(doc.contains("UDN Test Networks") && doc.contains("INV-000001"), "{doc}");
+    assert!(
+        doc.contains("UDN Test Networks") && doc.contains("INV-000001"),
+        "{doc}"
+    );
 
     // The run log: the scheduler's run of the hour, in the API and the admin page.
     let runs: serde_json::Value = http
