@@ -114,7 +114,10 @@ fn run(c: &mut Criterion, group: &str, mut store: Box<dyn BillingStore>) {
         b.iter(|| {
             let mut n = 0;
             for a in &accounts {
-                if draft_for(&store, a, &nov).expect("draft").is_some() {
+                if draft_for(&store, a, &nov, Vec::new())
+                    .expect("draft")
+                    .is_some()
+                {
                     n += 1;
                 }
             }

@@ -116,6 +116,9 @@ pub struct Subscription {
     pub quantity: u32,
 }
 
+/// The largest subscription quantity an account may hold (see [`crate::plan::MAX_PRICE`]).
+pub const MAX_QUANTITY: u32 = 1_000_000_000;
+
 fn one() -> u32 {
     1
 }
@@ -134,6 +137,12 @@ impl Account {
             return Err(bad(AccountProblem::NegativeTax));
         }
         for s in &self.subscriptions {
+            if s.quantity > MAX_QUANTITY {
+                return Err(bad(AccountProblem::QuantityTooLarge {
+                    plan: s.plan.clone(),
+                    quantity: s.quantity,
+                }));
+            }
             if s.end.is_some_and(|e| e < s.start) {
                 return Err(bad(AccountProblem::SubscriptionEndsBeforeStart {
                     plan: s.plan.clone(),

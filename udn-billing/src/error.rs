@@ -156,4 +156,12 @@ pub enum AccountProblem {
     /// A negative tax rate.
     #[error("negative tax rate")]
     NegativeTax,
+    /// A subscription quantity above [`crate::account::MAX_QUANTITY`].
+    #[error("subscription to {plan}: quantity {quantity} is above 1,000,000,000")]
+    QuantityTooLarge {
+        /// Plan id.
+        plan: String,
+        /// The quantity given.
+        quantity: u32,
+    },
 }

@@ -224,6 +224,12 @@ pub fn price(
     }
     let cur = &account.currency;
     let period_ms = Decimal::from(period.duration_ms());
+    // Every product and sum is checked: an amount beyond rust_decimal's 28 digits is
+    // `AmountOverflow` for the account, never a panic that would abort a billing run.
+    let overflow = || Error::AmountOverflow {
+        account: account.id.clone(),
+    };
+    let mul = |a: Decimal, b: Decimal| a.checked_mul(b).ok_or_else(overflow);
     let mut lines = Vec::new();
     let mut scratch = Vec::new();
     for (want, input) in expected.iter().zip(inputs) {
@@ -238,7 +244,12 @@ pub fn price(
         check_plan(account, plan)?;
         let seg_ms = Decimal::from(seg.to.as_millis() - seg.from.as_millis());
         let whole = seg_ms == period_ms;
-        let prorate = |amount: Decimal| amount * seg_ms / period_ms;
+        let prorate = |amount: Decimal| {
+            amount
+                .checked_mul(seg_ms)
+                .and_then(|x| x.checked_div(period_ms))
+                .ok_or_else(overflow)
+        };
         let proration = (!whole).then(|| seg_ms / period_ms);
         let line = |component: &str, description: String| LineItem {
             description,
@@ -262,7 +273,7 @@ pub fn price(
                 Pricing::Recurring { amount } => lines.push(LineItem {
                     unit_price: Some(*amount),
                     proration,
-                    amount: cur.round(prorate(*amount)),
+                    amount: cur.round(prorate(*amount)?),
                     ..line(&c.name, c.name.clone())
                 }),
                 Pricing::OneTime { amount } => {
@@ -282,7 +293,7 @@ pub fn price(
                         unit: format!("{unit} per {}", plan.period),
                         unit_price: Some(*unit_price),
                         proration,
-                        amount: cur.round(prorate(q * *unit_price)),
+                        amount: cur.round(prorate(mul(q, *unit_price)?)?),
                         ..line(&c.name, c.name.clone())
                     });
                 }
@@ -297,9 +308,10 @@ pub fn price(
                     let raw = to_decimal(input.usage.total(*metric, region.as_deref()));
                     let units = raw / Decimal::from(unit.divisor());
                     let billable = (units - *included).max(Decimal::ZERO);
-                    let (amount, breakdown) = tiered_amount(*mode, tiers, billable);
+                    let (amount, breakdown) =
+                        tiered_amount(*mode, tiers, billable).ok_or_else(overflow)?;
                     let amount = cur.round(amount);
-                    usage_charges += amount;
+                    usage_charges = usage_charges.checked_add(amount).ok_or_else(overflow)?;
                     let unit_price = match breakdown.as_slice() {
                         [one] => Some(one.unit_price),
                         _ => None,
@@ -325,12 +337,12 @@ pub fn price(
                         unit: "Mbps committed".to_owned(),
                         unit_price: Some(*commit_price),
                         proration,
-                        amount: cur.round(prorate(*commit_mbps * *commit_price)),
+                        amount: cur.round(prorate(mul(*commit_mbps, *commit_price)?)?),
                         ..line(&c.name, format!("{}: commit", c.name))
                     });
                     let over = (p95 - *commit_mbps).max(Decimal::ZERO);
-                    let amount = cur.round(over * *overage_price);
-                    usage_charges += amount;
+                    let amount = cur.round(mul(over, *overage_price)?);
+                    usage_charges = usage_charges.checked_add(amount).ok_or_else(overflow)?;
                     lines.push(LineItem {
                         quantity: over,
                         unit: "Mbps above commit".to_owned(),
@@ -351,13 +363,13 @@ pub fn price(
             }
         }
         for (c, amount) in commits {
-            let committed = prorate(amount);
+            let committed = prorate(amount)?;
             if usage_charges < committed {
                 lines.push(LineItem {
                     unit: "true-up".to_owned(),
                     unit_price: Some(amount),
                     proration,
-                    amount: cur.round(committed - usage_charges),
+                    amount: cur.round(committed.checked_sub(usage_charges).ok_or_else(overflow)?),
                     ..line(
                         &c.name,
                         format!("{}: usage below the committed spend", c.name),
@@ -369,15 +381,18 @@ pub fn price(
     let subtotal = lines
         .iter()
         .try_fold(Decimal::ZERO, |acc, l| acc.checked_add(l.amount))
-        .ok_or_else(|| Error::AmountOverflow {
-            account: account.id.clone(),
-        })?;
-    let tax = account.tax.as_ref().map(|t| TaxLine {
-        name: t.name.clone(),
-        rate: t.rate,
-        amount: cur.round(subtotal * t.rate),
-    });
-    let total = subtotal + tax.as_ref().map_or(Decimal::ZERO, |t| t.amount);
+        .ok_or_else(overflow)?;
+    let tax = match &account.tax {
+        Some(t) => Some(TaxLine {
+            name: t.name.clone(),
+            rate: t.rate,
+            amount: cur.round(mul(subtotal, t.rate)?),
+        }),
+        None => None,
+    };
+    let total = subtotal
+        .checked_add(tax.as_ref().map_or(Decimal::ZERO, |t| t.amount))
+        .ok_or_else(overflow)?;
     Ok(Invoice {
         account: account.id.clone(),
         period: *period,

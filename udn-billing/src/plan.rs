@@ -175,7 +175,9 @@ pub struct TierCharge {
 }
 
 /// Prices `quantity` units through `tiers`; returns the unrounded amount and the tier
-/// breakdown (graduated: every tier touched; volume: the one tier that applies).
+/// breakdown (graduated: every tier touched; volume: the one tier that applies), or
+/// `None` when an amount does not fit a [`Decimal`] (never for a validated plan and a
+/// quantity below 2^64: see [`MAX_PRICE`]).
 ///
 /// # Examples
 ///
@@ -186,16 +188,18 @@ pub struct TierCharge {
 ///     Tier { up_to: Some(Decimal::from(10)), unit_price: Decimal::from(2) },
 ///     Tier { up_to: None, unit_price: Decimal::ONE },
 /// ];
-/// let (g, _) = tiered_amount(TierMode::Graduated, &tiers, Decimal::from(15));
+/// let (g, _) = tiered_amount(TierMode::Graduated, &tiers, Decimal::from(15)).unwrap();
 /// assert_eq!(g, Decimal::from(25)); // 10 x 2 + 5 x 1
-/// let (v, _) = tiered_amount(TierMode::Volume, &tiers, Decimal::from(15));
+/// let (v, _) = tiered_amount(TierMode::Volume, &tiers, Decimal::from(15)).unwrap();
 /// assert_eq!(v, Decimal::from(15)); // 15 x 1
+/// let huge = [Tier { up_to: None, unit_price: Decimal::MAX }];
+/// assert!(tiered_amount(TierMode::Volume, &huge, Decimal::from(2)).is_none());
 /// ```
 pub fn tiered_amount(
     mode: TierMode,
     tiers: &[Tier],
     quantity: Decimal,
-) -> (Decimal, Vec<TierCharge>) {
+) -> Option<(Decimal, Vec<TierCharge>)> {
     let q = quantity.max(Decimal::ZERO);
     let mut lines = Vec::new();
     let mut lower = Decimal::ZERO;
@@ -210,8 +214,8 @@ pub fn tiered_amount(
                     Some(up) => q.min(up) - lower,
                     None => q - lower,
                 };
-                let amount = in_tier * t.unit_price;
-                total += amount;
+                let amount = in_tier.checked_mul(t.unit_price)?;
+                total = total.checked_add(amount)?;
                 lines.push(TierCharge {
                     from: lower,
                     to: t.up_to,
@@ -224,12 +228,12 @@ pub fn tiered_amount(
                     None => break,
                 }
             }
-            (total, lines)
+            Some((total, lines))
         }
         TierMode::Volume => {
             for t in tiers {
                 if t.up_to.is_none_or(|up| q <= up) {
-                    let amount = q * t.unit_price;
+                    let amount = q.checked_mul(t.unit_price)?;
                     lines.push(TierCharge {
                         from: lower,
                         to: t.up_to,
@@ -237,11 +241,11 @@ pub fn tiered_amount(
                         unit_price: t.unit_price,
                         amount,
                     });
-                    return (amount, lines);
+                    return Some((amount, lines));
                 }
                 lower = t.up_to.unwrap_or(lower);
             }
-            (Decimal::ZERO, lines)
+            Some((Decimal::ZERO, lines))
         }
     }
 }
@@ -350,7 +354,11 @@ impl Plan {
     }
 }
 
-/// The largest price or amount a plan may hold.
+/// The largest price or amount a plan may hold. With [`crate::account::MAX_QUANTITY`]
+/// and usage counters below 2^64 it keeps every product the fee engine forms (quantity
+/// x price x the milliseconds of a year, before dividing by the period) below
+/// [`Decimal::MAX`] (about 7.9 x 10^28); the engine still checks every operation and
+/// answers [`crate::Error::AmountOverflow`] rather than panic.
 pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 
 /// All plan versions known, by (id, version).

@@ -393,8 +393,8 @@ fn volume_amount_drops_when_a_threshold_is_crossed() {
             unit_price: d("0.08"),
         },
     ];
-    let (at, _) = plan::tiered_amount(TierMode::Volume, &tiers, d("1000"));
-    let (above, _) = plan::tiered_amount(TierMode::Volume, &tiers, d("1001"));
+    let (at, _) = plan::tiered_amount(TierMode::Volume, &tiers, d("1000")).unwrap();
+    let (above, _) = plan::tiered_amount(TierMode::Volume, &tiers, d("1001")).unwrap();
     assert_eq!(at, d("100.00"));
     assert_eq!(above, d("80.08"));
 }

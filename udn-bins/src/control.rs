@@ -82,6 +82,38 @@ pub struct Args {
     /// (default: the first `nameserver` of /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
     pub challenge_resolver: Option<std::net::SocketAddr>,
+    /// How long after a billing period closes the scheduler bills it (a grace for late
+    /// logs): `900` (seconds), `30s`, `15m`, `1h`.
+    #[arg(long, default_value = "15m", value_parser = parse_grace)]
+    pub billing_grace: Duration,
+    /// Billing configuration (TOML, as `udn control billing --config`): with it the
+    /// scheduler delivers the invoices it issues.
+    #[arg(long)]
+    pub billing_config: Option<PathBuf>,
+    /// Do not bill periods when they close (runs by `udn control billing run` or
+    /// `POST /v1/billing/runs` only).
+    #[arg(long)]
+    pub no_billing_scheduler: bool,
+}
+
+/// Parses `--billing-grace`: seconds, or a number with `s`, `m` or `h`.
+pub fn parse_grace(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected seconds, or a number with s, m or h"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .filter(|v| *v <= 366 * 86_400)
+    .ok_or_else(|| format!("{s:?}: expected seconds, or a number with s, m or h, up to a year"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 /// Subcommands of `udn control`.
@@ -476,8 +508,45 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                     args.data_dir.join(crate::store::sqlite::DB_FILE),
                 ),
             };
-            let backend = backend.with_billing(billing);
+            let mut backend = backend.with_billing(billing);
+            if !args.no_billing_scheduler {
+                let delivery = args
+                    .billing_config
+                    .as_deref()
+                    .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
+                    .transpose()
+                    .context("reading --billing-config")?;
+                backend = backend.with_scheduler(crate::billing::schedule::Scheduler::new(
+                    args.billing_grace,
+                    delivery,
+                ));
+            }
             let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
+            if !args.no_billing_scheduler {
+                // Each period is billed when it closes plus the grace; ticks are short
+                // for a short grace (the demo) and at most a minute apart.
+                let every =
+                    (args.billing_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                let b = backend.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let b2 = b.clone();
+                        let r = tokio::task::spawn_blocking(move || {
+                            b2.billing_tick(crate::logging::now())
+                        })
+                        .await;
+                        match r {
+                            Ok(Ok(v)) if v.as_array().is_some_and(|a| !a.is_empty()) => {
+                                tracing::info!(runs = %v, "billing scheduler")
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!("billing scheduler: {e}"),
+                            Err(e) => tracing::warn!("billing scheduler task: {e}"),
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                }));
+            }
             // The portal seeds an empty store; only then is the configuration the
             // owners come from.
             let portal = crate::portal::start(backend.clone(), cfg).await?;
@@ -558,4 +627,21 @@ pub async fn wait_for_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod grace_tests {
+    use super::parse_grace;
+    use std::time::Duration;
+
+    #[test]
+    fn billing_grace_parses_seconds_minutes_and_hours() {
+        assert_eq!(parse_grace("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_grace("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_grace("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_grace("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "m", "15x", "-1", "99999999999999999999h", "9000h"] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -474,9 +474,18 @@ pub async fn start(
         probes: probe_apis,
         agent_tokens: Vec::new(),
         challenge_resolver: None,
+        // A short grace: the scheduler bills the last full hour within seconds of the
+        // demo's start (and each hour a few seconds after it closes).
+        billing_grace: billing::DEMO_GRACE,
+        billing_config: None,
+        no_billing_scheduler: false,
     })
     .await
     .context("starting the control plane")?;
+    // The demo plan and an hourly account per demo customer, subscribed since the
+    // epoch: the scheduler's first tick bills the previous hour.
+    billing::seed(&control_dir.join(crate::store::sqlite::DB_FILE), &cfg)
+        .context("the demo's billing accounts")?;
     let collector_url = format!("https://{}", control.addr);
     ep.control.push(collector_url.clone());
     ep.pki.insert(

@@ -343,6 +343,8 @@ fn start_control(
         .args(["--portal-listen", "127.0.0.1:0"])
         .args(["--api-listen", "127.0.0.1:0"])
         .args(["--bootstrap-admin", "admin:correct-horse"])
+        // Billing runs here are the API's (the scheduler is tested in billing_e2e).
+        .arg("--no-billing-scheduler")
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--config")

@@ -651,6 +651,20 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (label, now);
         Err(BackendError::Unsupported("billing runs"))
     }
+
+    /// The newest `limit` billing runs (by the CLI, the API and the scheduler), with
+    /// their outcome, attempt and report or error, newest first.
+    fn billing_runs(&self, limit: u32) -> BackendResult<serde_json::Value> {
+        let _ = limit;
+        Err(BackendError::Unsupported("billing runs"))
+    }
+
+    /// One tick of the billing scheduler (bills every period due at `now`); backends
+    /// without a billing store or scheduler do nothing.
+    fn billing_tick(&self, now: Timestamp) -> BackendResult<serde_json::Value> {
+        let _ = now;
+        Ok(serde_json::Value::Null)
+    }
 }
 
 /// A [`Backend`] on its own `cp_*` tables ([`super::SqliteBackend`],

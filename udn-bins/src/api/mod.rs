@@ -225,6 +225,8 @@ pub enum ApiError {
     Upstream(String),
     /// 500.
     Internal(String),
+    /// 503: a store the request needs failed (retry later); the reason is given.
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -248,6 +250,7 @@ impl ApiError {
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -270,6 +273,7 @@ impl ApiError {
             ApiError::TooManyAttempts(s) => format!("too many failed logins; retry in {s} s"),
             ApiError::Upstream(m) => m.clone(),
             ApiError::Internal(m) => m.clone(),
+            ApiError::Unavailable(m) => m.clone(),
         }
     }
 
@@ -293,6 +297,27 @@ impl ApiError {
     }
 }
 
+/// A billing failure as an answer: a rule violation is 409 (422 for a period that is
+/// not over, naming `period`), a fee-engine refusal (an invalid account or plan, an
+/// amount beyond the decimal range) 422 with the reason, anything else a storage
+/// failure: 503.
+fn billing_error(e: &anyhow::Error) -> ApiError {
+    use crate::billing::run::RuleViolation;
+    for cause in e.chain() {
+        if let Some(v) = cause.downcast_ref::<RuleViolation>() {
+            return match v {
+                RuleViolation::PeriodNotOver { .. } => ApiError::field("period", v.to_string()),
+                RuleViolation::State(_) => ApiError::Conflict(v.to_string()),
+            };
+        }
+        if let Some(b) = cause.downcast_ref::<udn_billing::Error>() {
+            return ApiError::field("billing", b.to_string());
+        }
+    }
+    tracing::error!("billing: {e:#}");
+    ApiError::Unavailable("billing store unavailable; retry later".into())
+}
+
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> ApiError {
         match e {
@@ -305,6 +330,7 @@ impl From<BackendError> for ApiError {
             }
             BackendError::BadPeriod(e) => ApiError::field("period", e.to_string()),
             BackendError::Unsupported(_) => ApiError::NotFound,
+            BackendError::Billing(e) => billing_error(&e),
             other => {
                 tracing::error!("backend: {other}");
                 ApiError::Internal("storage error".into())

@@ -152,7 +152,7 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/invoices", get(invoices))
         .route("/v1/invoices/{id}", get(invoice))
         .route("/v1/invoices/{id}/html", get(invoice_html))
-        .route("/v1/billing/runs", post(billing_run))
+        .route("/v1/billing/runs", post(billing_run).get(billing_runs))
 }
 
 async fn openapi() -> Response {
@@ -2131,6 +2131,23 @@ async fn billing_run(
     let Json(b) = body?;
     let now = super::now();
     Ok(Json(st.db(move |be| be.billing_run(&b.period, now)).await?))
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /v1/billing/runs?limit=50` (admin): the newest billing runs (CLI, API,
+/// scheduler) with outcome, attempt and report or error.
+async fn billing_runs(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    a.require_admin()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(st.db(move |be| be.billing_runs(limit)).await?))
 }
 
 async fn invoices(

@@ -20,6 +20,7 @@ pub struct StoreBackend {
     control: Box<dyn Backend>,
     collector: Arc<Collector>,
     billing: Option<Billing>,
+    scheduler: Option<Mutex<crate::billing::schedule::Scheduler>>,
 }
 
 /// The billing store: where it is, and the store opened there, kept between calls (a
@@ -111,6 +112,7 @@ impl StoreBackend {
             control: Box::new(control),
             collector,
             billing: None,
+            scheduler: None,
         }
     }
 
@@ -121,6 +123,13 @@ impl StoreBackend {
             location,
             open: Mutex::new(None),
         });
+        self
+    }
+
+    /// Also bills each period when it closes (plus the scheduler's grace), on
+    /// [`Backend::billing_tick`].
+    pub fn with_scheduler(mut self, scheduler: crate::billing::schedule::Scheduler) -> Self {
+        self.scheduler = Some(Mutex::new(scheduler));
         self
     }
 
@@ -501,39 +510,45 @@ impl Backend for StoreBackend {
             ));
         };
         let period = udn_billing::Period::parse(label).map_err(BackendError::BadPeriod)?;
+        crate::billing::run::check_over(&period, now)
+            .map_err(|e| BackendError::Billing(e.into()))?;
         let report = billing
             .with(true, |store| {
-                ingest_usage(store, &self.collector, &period)?;
-                crate::billing::run_period(store, &period, now)
+                let mut read =
+                    |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
+                crate::billing::run::logged_run(store, &mut read, &period, now, "api", 1)
             })
             .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
             .map_err(BackendError::Billing)?;
         Ok(serde_json::to_value(&report)?)
     }
-}
 
-/// Records every billing account's usage of `period` from the log store (one batch per
-/// account and period: its idempotency key, so running the period again changes
-/// nothing).
-fn ingest_usage(
-    store: &mut dyn BillingStore,
-    collector: &Collector,
-    period: &udn_billing::Period,
-) -> anyhow::Result<()> {
-    for account in store.accounts()? {
-        let records =
-            collector.with_store(|s| crate::billing::usage_from_store(s, &account.id, period))?;
-        if records.is_empty() {
-            continue;
-        }
-        // A period billed before keeps the usage it was billed with (issued invoices are
-        // immutable); usage that arrived later is reported, not silently merged.
-        if let Err(e) = store.record_usage(&udn_billing::UsageBatch {
-            key: format!("store-{}-{period}", account.id),
-            records,
-        }) {
-            tracing::warn!(account = %account.id, %period, "usage not recorded: {e:#}");
-        }
+    fn billing_runs(&self, limit: u32) -> BackendResult<serde_json::Value> {
+        let Some(billing) = &self.billing else {
+            return Err(BackendError::Unsupported(
+                "billing runs need a billing database",
+            ));
+        };
+        let runs = billing
+            .with(false, |store| store.runs(limit))
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(BackendError::Billing)?;
+        Ok(serde_json::to_value(&runs)?)
     }
-    Ok(())
+
+    fn billing_tick(&self, now: Timestamp) -> BackendResult<serde_json::Value> {
+        let (Some(billing), Some(scheduler)) = (&self.billing, &self.scheduler) else {
+            return Ok(serde_json::Value::Null);
+        };
+        let mut sched = scheduler.lock().unwrap_or_else(PoisonError::into_inner);
+        let done = billing
+            .with(true, |store| {
+                let mut read =
+                    |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
+                sched.tick(store, &mut read, now)
+            })
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(BackendError::Billing)?;
+        Ok(serde_json::to_value(&done)?)
+    }
 }

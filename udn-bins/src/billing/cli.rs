@@ -11,8 +11,9 @@ use udn_billing::{Account, Period, Plan, Timestamp, UsageBatch};
 use super::delivery::{SmtpConfig, deliver_pending};
 use super::payment::{collect_card_payments, record_manual_payment};
 use super::render::{Issuer, render_html, render_text};
-use super::run::{audit, run_period};
+use super::run::{audit_with, logged_run};
 use super::store::{BillingLocation, BillingStore};
+use super::usage::usage_between;
 
 /// `udn control billing` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -120,7 +121,8 @@ fn default_print_dir() -> PathBuf {
     PathBuf::from("invoices-to-print")
 }
 
-fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+/// Reads a JSON or TOML document (by its extension).
+pub fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "toml") {
@@ -179,7 +181,10 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
         }
         BillingCommand::Run { period } => {
             let period = Period::parse(period)?;
-            json(&run_period(store, &period, now)?)?
+            super::run::check_over(&period, now)?;
+            let mut logs = args.location()?.open_logs()?;
+            let mut read = |from| Ok(logs.file_usage_since(from)?);
+            json(&logged_run(store, &mut read, &period, now, "cli", 1)?)?
         }
         BillingCommand::Deliver => {
             let c = need_config()?;
@@ -220,7 +225,11 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
                 other => return Err(anyhow!("unknown format {other:?}: text, html or json")),
             }
         }
-        BillingCommand::Audit { number } => json(&audit(store, number)?)?,
+        BillingCommand::Audit { number } => {
+            let mut logs = args.location()?.open_logs()?;
+            let mut read = |c: &str, from, to| usage_between(&mut *logs, c, from, to);
+            json(&audit_with(store, Some(&mut read), number)?)?
+        }
         BillingCommand::Pay {
             number,
             amount,

@@ -31,6 +31,7 @@ pub mod payment;
 pub mod pg;
 pub mod render;
 pub mod run;
+pub mod schedule;
 pub mod store;
 pub mod usage;
 

@@ -157,12 +157,34 @@ CREATE OR REPLACE TRIGGER billing_deliveries_append_only
 CREATE OR REPLACE TRIGGER billing_deliveries_no_truncate
   BEFORE TRUNCATE ON billing_deliveries
   FOR EACH STATEMENT EXECUTE FUNCTION billing_append_only('delivery');
+CREATE TABLE IF NOT EXISTS billing_state (
+  name TEXT PRIMARY KEY,
+  value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_late (
+  account TEXT NOT NULL,
+  period TEXT NOT NULL,
+  PRIMARY KEY (account, period)
+);
+CREATE TABLE IF NOT EXISTS billing_runs (
+  id BIGSERIAL PRIMARY KEY,
+  period TEXT NOT NULL,
+  trigger TEXT NOT NULL,
+  started_at BIGINT NOT NULL,
+  finished_at BIGINT NOT NULL,
+  attempt BIGINT NOT NULL,
+  outcome TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
 "#;
 
 /// Advisory lock key for creating the billing tables (several control planes or
 /// command-line runs may start at once). The log store uses 7007, the control plane's
 /// tables 7010 and 7011.
 const LOCK_SCHEMA: i64 = 7012;
+/// The advisory lock that serializes billing runs (usage ingestion, drafting, issuing)
+/// across control planes sharing one database.
+const LOCK_RUNS: i64 = 7013;
 
 /// [`BillingStore`] in a PostgreSQL database: one connection, used by one caller at a
 /// time (the trait's methods are short transactions; open one store per thread for
@@ -616,6 +638,127 @@ impl BillingStore for PgBillingStore {
             )?
             .iter()
             .map(|r| delivery_row(number, r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    fn ingest_mark(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_opt(
+                "SELECT value FROM billing_state WHERE name = 'ingest_mark'",
+                &[],
+            )?
+            .map_or(0, |r| r.get(0)))
+    }
+
+    fn set_ingest_mark(&mut self, ms: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO billing_state (name, value) VALUES ('ingest_mark', $1)
+             ON CONFLICT (name) DO UPDATE
+             SET value = GREATEST(billing_state.value, excluded.value)",
+            &[&ms],
+        )?;
+        Ok(())
+    }
+
+    fn mark_late(&mut self, account: &str, period: &Period) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO billing_late (account, period) VALUES ($1, $2)
+             ON CONFLICT (account, period) DO NOTHING",
+            &[&account, &period.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn late_periods(&self, account: &str) -> Result<Vec<Period>> {
+        let mut out = Vec::new();
+        for r in self.conn().query(
+            "SELECT period FROM billing_late WHERE account = $1",
+            &[&account],
+        )? {
+            out.push(Period::parse(r.get(0))?);
+        }
+        out.sort_by_key(|p| p.start);
+        Ok(out)
+    }
+
+    fn clear_late(&mut self, account: &str, period: &Period) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM billing_late WHERE account = $1 AND period = $2",
+            &[&account, &period.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn lock_runs(&mut self) -> Result<()> {
+        // Session-level: held across the run's transactions until unlock_runs, or
+        // until the connection ends.
+        self.conn()
+            .execute("SELECT pg_advisory_lock($1)", &[&LOCK_RUNS])?;
+        Ok(())
+    }
+
+    fn unlock_runs(&mut self) -> Result<()> {
+        self.conn()
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_RUNS])?;
+        Ok(())
+    }
+
+    fn state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .query_opt("SELECT value FROM billing_state WHERE name = $1", &[&name])?
+            .map(|r| r.get(0)))
+    }
+
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO billing_state (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&name, &value],
+        )?;
+        Ok(())
+    }
+
+    fn log_run(&mut self, run: &RunRecord) -> Result<()> {
+        let attempt = i64::from(run.attempt);
+        self.conn().execute(
+            "INSERT INTO billing_runs (period, trigger, started_at, finished_at, attempt,
+             outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &run.period,
+                &run.trigger,
+                &ms(run.started_at)?,
+                &ms(run.finished_at)?,
+                &attempt,
+                &run.outcome,
+                &run.detail,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        let limit = i64::from(limit);
+        self.conn()
+            .query(
+                "SELECT id, period, trigger, started_at, finished_at, attempt, outcome, detail
+                 FROM billing_runs ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(RunRecord {
+                    id: r.get(0),
+                    period: r.get(1),
+                    trigger: r.get(2),
+                    started_at: Timestamp::from_millis(r.get::<_, i64>(3).max(0) as u64),
+                    finished_at: Timestamp::from_millis(r.get::<_, i64>(4).max(0) as u64),
+                    attempt: u32::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+                    outcome: r.get(6),
+                    detail: r.get(7),
+                })
+            })
             .collect()
     }
 }

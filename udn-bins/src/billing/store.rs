@@ -104,6 +104,10 @@ pub struct InvoiceInputs {
     pub account: Account,
     /// The segments and their usage.
     pub segments: Vec<SegmentUsage>,
+    /// Late usage of earlier periods billed on this invoice (see
+    /// [`super::run::Adjustment`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjustments: Vec<super::run::Adjustment>,
 }
 
 /// An invoice or credit note as stored.
@@ -239,6 +243,54 @@ pub trait BillingStore {
     fn log_delivery(&mut self, entry: &DeliveryLog) -> Result<()>;
     /// The delivery log of an invoice, oldest first.
     fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>>;
+    /// The `received_at` (ms) of the newest log file whose usage was recorded (0 when
+    /// none): usage ingestion re-reads the log store from a margin before it.
+    fn ingest_mark(&self) -> Result<i64>;
+    /// Moves the ingest mark forward to `ms` (never back).
+    fn set_ingest_mark(&mut self, ms: i64) -> Result<()>;
+    /// Notes that usage of an account's already invoiced `period` arrived late: the
+    /// next invoice of the account bills it as an adjustment.
+    fn mark_late(&mut self, account: &str, period: &Period) -> Result<()>;
+    /// The periods of an account with late usage not yet put on an invoice.
+    fn late_periods(&self, account: &str) -> Result<Vec<Period>>;
+    /// Forgets a late mark (its usage is on an issued invoice now).
+    fn clear_late(&mut self, account: &str, period: &Period) -> Result<()>;
+    /// Takes the lock that serializes billing runs across processes (a PostgreSQL
+    /// advisory lock held by this connection; SQLite: a no-op, one process at a time
+    /// writes a file's billing tables).
+    fn lock_runs(&mut self) -> Result<()>;
+    /// Releases [`BillingStore::lock_runs`].
+    fn unlock_runs(&mut self) -> Result<()>;
+    /// A named counter of billing's own (the scheduler's progress per cadence).
+    fn state(&self, name: &str) -> Result<Option<i64>>;
+    /// Sets [`BillingStore::state`].
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()>;
+    /// Appends a run to the run log.
+    fn log_run(&mut self, run: &RunRecord) -> Result<()>;
+    /// The newest `limit` runs, newest first.
+    fn runs(&self, limit: u32) -> Result<Vec<RunRecord>>;
+}
+
+/// One billing run as logged (`billing_runs`): who started it, what it did or why it
+/// failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Row id (0 before it is stored).
+    pub id: i64,
+    /// The period label.
+    pub period: String,
+    /// `cli`, `api` or `scheduler`.
+    pub trigger: String,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Timestamp,
+    /// Attempt number for the scheduler's retries of one period (1 for the first).
+    pub attempt: u32,
+    /// `ok`, `partial` (some accounts failed) or `failed`.
+    pub outcome: String,
+    /// The run report (JSON), or the error.
+    pub detail: String,
 }
 
 /// A boxed store is a store (what [`BillingLocation::open`] returns can be passed
@@ -304,6 +356,39 @@ impl<T: BillingStore + ?Sized> BillingStore for Box<T> {
     fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>> {
         (**self).deliveries(number)
     }
+    fn ingest_mark(&self) -> Result<i64> {
+        (**self).ingest_mark()
+    }
+    fn set_ingest_mark(&mut self, ms: i64) -> Result<()> {
+        (**self).set_ingest_mark(ms)
+    }
+    fn mark_late(&mut self, account: &str, period: &Period) -> Result<()> {
+        (**self).mark_late(account, period)
+    }
+    fn late_periods(&self, account: &str) -> Result<Vec<Period>> {
+        (**self).late_periods(account)
+    }
+    fn clear_late(&mut self, account: &str, period: &Period) -> Result<()> {
+        (**self).clear_late(account, period)
+    }
+    fn lock_runs(&mut self) -> Result<()> {
+        (**self).lock_runs()
+    }
+    fn unlock_runs(&mut self) -> Result<()> {
+        (**self).unlock_runs()
+    }
+    fn state(&self, name: &str) -> Result<Option<i64>> {
+        (**self).state(name)
+    }
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
+        (**self).set_state(name, value)
+    }
+    fn log_run(&mut self, run: &RunRecord) -> Result<()> {
+        (**self).log_run(run)
+    }
+    fn runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        (**self).runs(limit)
+    }
 }
 
 /// Where the billing tables live: an SQLite file (shared with the log store) or a
@@ -327,6 +412,21 @@ impl std::fmt::Debug for BillingLocation {
 }
 
 impl BillingLocation {
+    /// Opens the log store in the same place (the SQLite file, or the PostgreSQL
+    /// database): what billing runs and audits read usage from.
+    pub fn open_logs(&self) -> Result<Box<dyn crate::store::Store>> {
+        Ok(match self {
+            BillingLocation::Sqlite(path) => Box::new(
+                crate::store::sqlite::SqliteStore::open_file(path, None)
+                    .with_context(|| format!("opening the log store in {}", path.display()))?,
+            ),
+            BillingLocation::Postgres(url) => Box::new(
+                crate::store::postgres::PgStore::connect(url)
+                    .context("opening the log store in PostgreSQL")?,
+            ),
+        })
+    }
+
     /// Opens the store, creating the billing tables if needed. With PostgreSQL this
     /// blocks on the network: call it from a blocking thread, never from an async task.
     pub fn open(&self) -> Result<Box<dyn BillingStore + Send>> {
@@ -434,6 +534,25 @@ CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_u
 CREATE TRIGGER IF NOT EXISTS billing_deliveries_append_only_d
   BEFORE DELETE ON billing_deliveries
   BEGIN SELECT RAISE(ABORT, 'the delivery log is append-only'); END;
+CREATE TABLE IF NOT EXISTS billing_state (
+  name TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS billing_late (
+  account TEXT NOT NULL,
+  period TEXT NOT NULL,
+  PRIMARY KEY (account, period)
+);
+CREATE TABLE IF NOT EXISTS billing_runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  period TEXT NOT NULL,
+  trigger TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  outcome TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
 "#;
 
 pub(super) fn ts(v: Option<i64>) -> Option<Timestamp> {
@@ -593,16 +712,23 @@ impl UsageFold {
     }
 }
 
+/// A billing rule violation (409 through the API, see [`super::run::RuleViolation`]).
+fn rule(message: String) -> anyhow::Error {
+    super::run::RuleViolation::State(message).into()
+}
+
 /// Refuses voiding anything but an issued invoice without payments.
 pub(super) fn check_voidable(inv: &StoredInvoice, number: &str, payments: i64) -> Result<()> {
     if inv.status != Status::Issued || inv.kind != DocKind::Invoice {
-        bail!(
+        return Err(rule(format!(
             "{number} is {}: only an issued, unpaid invoice can be voided",
             inv.status.as_str()
-        );
+        )));
     }
     if payments > 0 {
-        bail!("{number} has payments: issue a credit note instead");
+        return Err(rule(format!(
+            "{number} has payments: issue a credit note instead"
+        )));
     }
     Ok(())
 }
@@ -610,10 +736,10 @@ pub(super) fn check_voidable(inv: &StoredInvoice, number: &str, payments: i64) -
 /// The credit note cancelling `inv` (numbered `number`): every amount negated.
 pub(super) fn credit_note_for(inv: &StoredInvoice, number: &str) -> Result<Invoice> {
     if inv.kind != DocKind::Invoice || !matches!(inv.status, Status::Issued | Status::Paid) {
-        bail!(
+        return Err(rule(format!(
             "{number} is {}: only an issued or paid invoice can be credited",
             inv.status.as_str()
-        );
+        )));
     }
     let mut note = inv.invoice.clone();
     for l in &mut note.lines {
@@ -631,14 +757,14 @@ pub(super) fn credit_note_for(inv: &StoredInvoice, number: &str) -> Result<Invoi
 /// Refuses a payment against anything but an issued invoice, or of no amount.
 pub(super) fn check_payable(inv: &StoredInvoice, p: &Payment) -> Result<()> {
     if inv.kind != DocKind::Invoice || inv.status != Status::Issued {
-        bail!(
+        return Err(rule(format!(
             "{} is {}: payments are recorded against issued invoices",
             p.invoice,
             inv.status.as_str()
-        );
+        )));
     }
     if p.amount <= Decimal::ZERO {
-        bail!("a payment amount must be positive");
+        return Err(rule("a payment amount must be positive".into()));
     }
     Ok(())
 }
@@ -1065,6 +1191,122 @@ impl BillingStore for SqliteBillingStore {
             delivery_row(number, channel, recipient, &status, detail, at)
         })
         .collect()
+    }
+
+    fn ingest_mark(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM billing_state WHERE name = 'ingest_mark'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    fn set_ingest_mark(&mut self, ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO billing_state (name, value) VALUES ('ingest_mark', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
+            [ms],
+        )?;
+        Ok(())
+    }
+
+    fn mark_late(&mut self, account: &str, period: &Period) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO billing_late (account, period) VALUES (?1, ?2)
+             ON CONFLICT (account, period) DO NOTHING",
+            params![account, period.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn late_periods(&self, account: &str) -> Result<Vec<Period>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT period FROM billing_late WHERE account = ?1")?;
+        let labels = st.query_map([account], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for l in labels {
+            out.push(Period::parse(&l?)?);
+        }
+        out.sort_by_key(|p| p.start);
+        Ok(out)
+    }
+
+    fn clear_late(&mut self, account: &str, period: &Period) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM billing_late WHERE account = ?1 AND period = ?2",
+            params![account, period.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn lock_runs(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn unlock_runs(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM billing_state WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO billing_state (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    fn log_run(&mut self, run: &RunRecord) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO billing_runs (period, trigger, started_at, finished_at, attempt,
+             outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                run.period,
+                run.trigger,
+                ms(run.started_at)?,
+                ms(run.finished_at)?,
+                run.attempt,
+                run.outcome,
+                run.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, period, trigger, started_at, finished_at, attempt, outcome, detail
+             FROM billing_runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit], |r| {
+            Ok(RunRecord {
+                id: r.get(0)?,
+                period: r.get(1)?,
+                trigger: r.get(2)?,
+                started_at: Timestamp::from_millis(r.get::<_, i64>(3)?.max(0) as u64),
+                finished_at: Timestamp::from_millis(r.get::<_, i64>(4)?.max(0) as u64),
+                attempt: r.get(5)?,
+                outcome: r.get(6)?,
+                detail: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 

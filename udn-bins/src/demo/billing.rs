@@ -7,9 +7,25 @@
 
 use anyhow::Context as _;
 use std::path::PathBuf;
-use udn_billing::{Account, Period, Plan, UsageBatch};
+use udn_billing::{Account, Period, Plan};
 
-use crate::billing::{BillingStore, Issuer, SqliteBillingStore, render_text, run_period};
+use crate::billing::{BillingStore, Issuer, SqliteBillingStore, render_text};
+
+/// The demo control plane's `--billing-grace`.
+pub const DEMO_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Puts the demo plan and one account per customer of `cfg` into the billing tables of
+/// the SQLite file `db`.
+pub fn seed(db: &std::path::Path, cfg: &udn_core::Config) -> anyhow::Result<()> {
+    let plan: Plan = serde_json::from_str(PLAN).context("the demo plan")?;
+    let mut store = SqliteBillingStore::open(db)?;
+    store.put_plan(&plan)?;
+    for c in &cfg.customers {
+        let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
+        store.put_account(&account(&c.name, &company)?)?;
+    }
+    Ok(())
+}
 
 /// `udn demo billing`.
 #[derive(Debug, clap::Args)]
@@ -65,24 +81,14 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
         None => Period::containing(udn_billing::PeriodKind::Hour, now)?.previous()?,
     };
     let cfg = super::load_config(None)?;
-    let plan: Plan = serde_json::from_str(PLAN).context("the demo plan")?;
+    seed(&db, &cfg)?;
     let mut store = SqliteBillingStore::open(&db)?;
     let mut logs = crate::store::sqlite::SqliteStore::open(&a.state_dir.join("control"), None)
         .context("opening the demo's log store")?;
-    store.put_plan(&plan)?;
-    let mut usage = 0;
-    for c in &cfg.customers {
-        let company = c.display_name.clone().unwrap_or_else(|| c.name.clone());
-        store.put_account(&account(&c.name, &company)?)?;
-        let records = crate::billing::usage_from_store(&mut logs, &c.name, &period)?;
-        usage += records.len();
-        // A batch per customer and period: running the period again replays it.
-        let _ = store.record_usage(&UsageBatch {
-            key: format!("demo-store-{}-{period}", c.name),
-            records,
-        })?;
-    }
-    let report = run_period(&mut store, &period, now)?;
+    // The one billing run: each log file's usage under its own key, then the period.
+    let mut read = |from| Ok(crate::store::Store::file_usage_since(&mut logs, from)?);
+    let report = crate::billing::run::logged_run(&mut store, &mut read, &period, now, "cli", 1)?;
+    let usage = report.ingested.as_ref().map_or(0, |i| i.new);
     let issuer = Issuer {
         name: "UDN Demo Networks".into(),
         address: vec!["127.0.0.1".into()],
@@ -91,12 +97,22 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
         bank: None,
     };
     let mut out = format!(
-        "billing run for {period}: {usage} usage records from the store\n{}\n",
+        "billing run for {period}: {usage} new log-file usage batches from the store\n{}\n",
         serde_json::to_string_pretty(&report)?
     );
     for i in &report.issued {
         if let Some(inv) = store.invoice(&i.number)? {
             out.push('\n');
+            out.push_str(&render_text(&inv, &issuer));
+        }
+    }
+    // The demo control plane's scheduler bills each hour shortly after it closes: show
+    // the invoice it issued.
+    for account in &report.already_invoiced {
+        if let Some(inv) = store.live_invoice(account, &period)? {
+            out.push_str(&format!(
+                "\n{account}: {period} was billed by the scheduler\n"
+            ));
             out.push_str(&render_text(&inv, &issuer));
         }
     }
@@ -109,41 +125,63 @@ mod tests {
 
     #[test]
     fn a_period_of_the_stores_rollups_is_billed() {
+        use udn_core::log::{FileHeader, HttpRecord, LogRecord, MAGIC, Role};
         let state = std::env::temp_dir().join(format!("udn-demo-billing-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         let dir = state.join("control");
-        drop(
-            crate::store::open(&crate::store::Location::Sqlite {
-                dir: dir.clone(),
-                max_pages: None,
-            })
-            .unwrap(),
-        );
+        let mut logs = crate::store::open(&crate::store::Location::Sqlite {
+            dir: dir.clone(),
+            max_pages: None,
+        })
+        .unwrap();
         let period = Period::parse("2025-01-01T00").unwrap();
-        let c = rusqlite::Connection::open(dir.join(crate::store::sqlite::DB_FILE)).unwrap();
-        let start = period.start.as_millis() as i64;
-        // Two minutes in the period (fra, nyc) and one just after it (not billed).
-        for (minute, pop, requests, bytes) in [
-            (start, "fra", 20_000i64, 500_000_000_000i64),
-            (start + 60_000, "nyc", 30_000, 250_000_000_000),
-            (start + 3_600_000, "fra", 1_000_000, 1_000_000_000_000),
-        ] {
-            c.execute(
-                "INSERT INTO rollup_http VALUES (?1, 'shop', 'cdn.shop.udn.example', ?2, ?3, \
-                 ?4, 0, 0, ?3, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
-                rusqlite::params![minute, pop, requests, bytes],
-            )
+        let start = period.start.as_millis();
+        // One log file: three 250 GB responses in the period (fra, fra, nyc) and one
+        // just after it (not billed).
+        let rec = |at: u64, pop: &str| {
+            LogRecord::Http(HttpRecord {
+                ts: udn_core::Timestamp::from_millis(at),
+                customer: Some("shop".into()),
+                host: "cdn.shop.udn.example".into(),
+                path: "/big".into(),
+                method: "GET".into(),
+                status: 200,
+                bytes: 250_000_000_000,
+                fill_bytes: 0,
+                outcome: "hit".into(),
+                duration_us: 1,
+                client: "127.0.0.1".parse().unwrap(),
+                pop: pop.into(),
+            })
+        };
+        let file = crate::store::PreparedFile::new(
+            FileHeader {
+                magic: MAGIC.into(),
+                version: udn_core::log::FORMAT_VERSION,
+                file_id: "edge-fra-test-0001".into(),
+                role: Role::Edge,
+                instance: "fra-edge-1".into(),
+                opened_at: period.start,
+            },
+            "0".repeat(64),
+            vec![
+                rec(start, "fra"),
+                rec(start + 1, "fra"),
+                rec(start + 60_000, "nyc"),
+                rec(start + 3_600_000, "fra"),
+            ],
+        );
+        let _ = logs
+            .ingest(&file, udn_core::Timestamp::from_millis(start + 3_600_000))
             .unwrap();
-        }
-        drop(c);
+        drop(logs);
         let out = run(BillingDemoArgs {
             state_dir: state.clone(),
             period: Some("2025-01-01T00".into()),
         })
         .unwrap();
-        // 750 GB x 0.04 = 30.00; 5 x 10,000 requests x 0.0075 = 0.0375 -> 0.04;
-        // + 1.00 platform = 31.04 (rounding per line), + 19 % VAT.
-        assert!(out.contains("4 usage records"), "{out}");
+        // 750 GB x 0.04 = 30.00; 3 requests round to 0.00; + 1.00 platform, + 19 % VAT.
+        assert!(out.contains("1 new log-file usage batches"), "{out}");
         assert!(out.contains("Traffic (750 GB"), "{out}");
         assert!(out.contains("30.00 EUR"), "{out}");
         // A second run issues nothing new.

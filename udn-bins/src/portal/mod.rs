@@ -56,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/gtm/{hostname}/monitor", post(gtm_monitor))
         .route("/invoices", get(invoices))
+        .route("/billing-runs", get(billing_runs))
         .route("/invoices/{id}", get(invoice))
         .with_state(state)
 }
@@ -1218,6 +1219,36 @@ async fn gtm_monitor(
 
 // ---------------------------------------------------------------- invoices
 
+/// Admins: the billing run log (CLI, API, scheduler), newest first, with failures and
+/// retry attempts.
+async fn billing_runs(State(st): State<ApiState>, PortalUser(a): PortalUser) -> Page {
+    if a.user.role != Role::Admin {
+        return Err(ApiError::Forbidden.into());
+    }
+    let runs = st.db(move |b| b.billing_runs(100)).await?;
+    let runs = runs.as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let at = |v: &serde_json::Value| fmt_time(Timestamp::from_millis(v.as_u64().unwrap_or(0)));
+    let body = html! {
+        table id="billing-runs" {
+            tr { th { "Period" } th { "Trigger" } th { "Attempt" } th { "Outcome" } th { "Finished" } th { "Detail" } }
+            @for r in &runs {
+                tr class=(text(&r["outcome"])) {
+                    td { (text(&r["period"])) } td { (text(&r["trigger"])) }
+                    td class="num" { (text(&r["attempt"])) } td { (text(&r["outcome"])) }
+                    td { (at(&r["finished_at"])) }
+                    td { code { (text(&r["detail"]).chars().take(300).collect::<String>()) } }
+                }
+            }
+        }
+        @if runs.is_empty() { p { "No billing runs yet." } }
+    };
+    Ok(layout(&a, "/invoices", "Billing runs", false, body))
+}
+
 async fn invoices(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
@@ -1235,6 +1266,9 @@ async fn invoices(
             }
         }
         @if list.is_empty() { p { "No invoices yet." } }
+        @if a.user.role == Role::Admin {
+            p { a href="/billing-runs" id="billing-runs-link" { "Billing runs (scheduler, failures, retries)" } }
+        }
     };
     Ok(layout(&a, "/invoices", "Invoices", false, body))
 }

@@ -71,9 +71,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// version in its own transaction, recorded in `schema_migrations`. The SQL is the
 /// common subset of SQLite and PostgreSQL (BIGINT, TEXT, DOUBLE PRECISION, composite
 /// primary keys, `ON CONFLICT`).
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE log_files (
     file_id     TEXT PRIMARY KEY,
     checksum    TEXT NOT NULL,
@@ -124,7 +125,82 @@ CREATE TABLE rollup_probe (
     PRIMARY KEY (minute, pop, kind, method)
 );
 ",
-)];
+    ),
+    (
+        2,
+        "
+CREATE TABLE usage_file (
+    file_id     TEXT NOT NULL,
+    customer    TEXT NOT NULL,
+    minute      BIGINT NOT NULL,
+    pop         TEXT NOT NULL,
+    requests    BIGINT NOT NULL,
+    bytes       BIGINT NOT NULL,
+    fill_bytes  BIGINT NOT NULL,
+    dns_queries BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (file_id, customer, minute, pop)
+);
+CREATE INDEX usage_file_received ON usage_file (received_at);
+INSERT INTO usage_file (file_id, customer, minute, pop, requests, bytes, fill_bytes,
+                        dns_queries, received_at)
+SELECT 'rollups-before-usage-file', customer, minute, pop, SUM(requests), SUM(bytes),
+       SUM(fill_bytes), SUM(dns_queries), 0
+FROM (SELECT customer, minute, pop, requests, bytes, fill_bytes, 0 AS dns_queries
+        FROM rollup_http WHERE customer <> ''
+      UNION ALL
+      SELECT customer, minute, pop, 0, 0, 0, queries FROM rollup_dns WHERE customer <> '') u
+GROUP BY customer, minute, pop;
+",
+    ),
+];
+
+/// The file id under which migration 2 recorded the usage rolled up before per-file
+/// usage was kept (billing applies it once, less what it had already recorded).
+pub const LEGACY_USAGE_FILE: &str = "rollups-before-usage-file";
+
+/// One log file's metered usage of one customer in one minute at one POP (table
+/// `usage_file`, written in the file's ingest transaction): what billing records under
+/// the file's own idempotency key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileUsage {
+    /// The log file's id.
+    pub file_id: String,
+    /// When the collector received it (ms).
+    pub received_at: i64,
+    /// The customer.
+    pub customer: String,
+    /// The usage.
+    pub usage: MinuteUsage,
+}
+
+/// The per-(customer, minute, POP) usage of a file's rollups, customers named only:
+/// `(customer, minute, pop) -> [requests, bytes, fill_bytes, dns_queries]`.
+pub fn file_usage(r: &Rollups) -> std::collections::BTreeMap<(String, i64, String), [i64; 4]> {
+    let mut out: std::collections::BTreeMap<(String, i64, String), [i64; 4]> =
+        std::collections::BTreeMap::new();
+    for (k, a) in &r.http {
+        if k.customer.is_empty() {
+            continue;
+        }
+        let e = out
+            .entry((k.customer.clone(), k.minute, k.pop.clone()))
+            .or_default();
+        e[0] = e[0].saturating_add(a.requests);
+        e[1] = e[1].saturating_add(a.bytes);
+        e[2] = e[2].saturating_add(a.fill_bytes);
+    }
+    for (k, n) in &r.dns {
+        if k.customer.is_empty() {
+            continue;
+        }
+        let e = out
+            .entry((k.customer.clone(), k.minute, k.pop.clone()))
+            .or_default();
+        e[3] = e[3].saturating_add(*n);
+    }
+    out
+}
 
 /// A validated log file ready to be stored: its header, the checksum it arrived with,
 /// its records and their per-minute rollups.
@@ -838,6 +914,32 @@ pub trait Store: Send {
                     bucket: int(r, 0, sql)?,
                     pop: text(r, 1, sql)?,
                     bytes: int(r, 2, sql)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The per-file usage of every file received at or after `from` (table
+    /// `usage_file`), ordered by file.
+    fn file_usage_since(&mut self, from: Timestamp) -> Result<Vec<FileUsage>> {
+        let sql = "SELECT file_id, received_at, customer, minute, pop, requests, bytes, \
+                   fill_bytes, dns_queries FROM usage_file WHERE received_at >= $1 \
+                   ORDER BY file_id, customer, minute, pop";
+        let rows = self.select(sql, &[Param::Int(to_i64(from.as_millis()))])?;
+        rows.iter()
+            .map(|r| {
+                Ok(FileUsage {
+                    file_id: text(r, 0, sql)?,
+                    received_at: int(r, 1, sql)?,
+                    customer: text(r, 2, sql)?,
+                    usage: MinuteUsage {
+                        minute: int(r, 3, sql)?,
+                        pop: text(r, 4, sql)?,
+                        requests: int(r, 5, sql)?,
+                        bytes: int(r, 6, sql)?,
+                        fill_bytes: int(r, 7, sql)?,
+                        dns_queries: int(r, 8, sql)?,
+                    },
                 })
             })
             .collect()

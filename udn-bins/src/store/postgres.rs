@@ -340,6 +340,27 @@ impl Store for PgStore {
                 &[&m, &h, &a, &p, &n],
             )?;
         }
+        let usage = super::file_usage(roll);
+        if !usage.is_empty() {
+            let (mut c, mut m, mut p, mut q) =
+                (vec![], vec![], vec![], [vec![], vec![], vec![], vec![]]);
+            for ((customer, minute, pop), u) in &usage {
+                c.push(customer.as_str());
+                m.push(*minute);
+                p.push(pop.as_str());
+                for (col, v) in q.iter_mut().zip(u) {
+                    col.push(*v);
+                }
+            }
+            let at = to_i64(received_at.as_millis());
+            tx.execute(
+                "INSERT INTO usage_file (file_id, customer, minute, pop, requests, bytes, \
+                 fill_bytes, dns_queries, received_at) SELECT $1::TEXT, u.*, $9::BIGINT FROM \
+                 UNNEST($2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
+                 $7::BIGINT[], $8::BIGINT[]) AS u",
+                &[&h.file_id, &c, &m, &p, &q[0], &q[1], &q[2], &q[3], &at],
+            )?;
+        }
         if !roll.probe.is_empty() {
             let (mut m, mut p, mut k_, mut me, mut s, mut ok, mut v) =
                 (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);

@@ -25,7 +25,13 @@ impl SqliteStore {
             path: dir.to_owned(),
             source,
         })?;
-        let conn = Connection::open(dir.join(DB_FILE))?;
+        Self::open_file(&dir.join(DB_FILE), max_pages)
+    }
+
+    /// Opens (and migrates) the store in the SQLite file `path` (`udn control billing
+    /// --db FILE` reads usage from it).
+    pub fn open_file(path: &Path, max_pages: Option<u64>) -> Result<SqliteStore> {
+        let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -237,6 +243,24 @@ impl Store for SqliteStore {
             let mut st = tx.prepare_cached(UPSERT_ANSWER)?;
             for (k, n) in &roll.answers {
                 st.execute(params![k.minute, k.hostname, k.address, k.pop, n])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO usage_file (file_id, customer, minute, pop, requests, bytes, \
+                 fill_bytes, dns_queries, received_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for ((customer, minute, pop), u) in super::file_usage(roll) {
+                st.execute(params![
+                    h.file_id,
+                    customer,
+                    minute,
+                    pop,
+                    u[0],
+                    u[1],
+                    u[2],
+                    u[3],
+                    to_i64(received_at.as_millis()),
+                ])?;
             }
             let mut st = tx.prepare_cached(UPSERT_PROBE)?;
             for (k, a) in &roll.probe {
