@@ -35,9 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use udn_core::log::{DnsRecord, LogRecord, LogSink, Role, RotationPolicy};
-use udn_core::{
-    Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric, PopId, Reason,
-};
+use udn_core::{Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric, PopId, Reason};
 use udn_dns::Authority;
 use udn_dns::hickory_proto::op::ResponseCode;
 use udn_dns::server::{AnswerPath, Answered, Limits, Observer, Peers, Served, Server};
@@ -555,7 +553,10 @@ impl RefreshState {
         let secs = l
             .unreachable_backoff_secs
             .saturating_mul(1u64 << u32::from(b.failures - 1).min(20))
-            .min(l.unreachable_max_backoff_secs.max(l.unreachable_backoff_secs));
+            .min(
+                l.unreachable_max_backoff_secs
+                    .max(l.unreachable_backoff_secs),
+            );
         b.until = now.plus(Duration::from_secs(secs));
     }
 
@@ -814,7 +815,10 @@ impl Handle {
     /// (latency samples, persistence entries) held now.
     pub fn state_sizes(&self) -> (usize, usize) {
         let g = self.server.served.read().unwrap_or_else(|e| e.into_inner());
-        (g.engine.state().latency.len(), g.engine.state().persistence_len())
+        (
+            g.engine.state().latency.len(),
+            g.engine.state().persistence_len(),
+        )
     }
 
     /// Prometheus text of the role's metrics.

@@ -449,10 +449,10 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
     let r = curl(&[&format!("https://{http}/v1/refresh?pop=nyc")]);
     let items: Vec<serde_json::Value> = serde_json::from_str(&r).unwrap();
     assert!(
-        items
-            .iter()
-            .any(|i| i["client"] == "127.0.0.0/24" && i["pop"] == "nyc"),
-        "{r}"
+        items.iter().any(|i| i["client"] == "127.0.0.0/24"
+            && i["pop"] == "nyc"
+            && i["addr"] == "127.0.0.1"),
+        "the resolver that asked is the target: {r}"
     );
     let r = curl(&[&format!("https://{http}/v1/refresh?pop=nyc")]);
     assert_eq!(r, "[]");
@@ -1123,10 +1123,22 @@ fn ecs_host_bits_get_formerr_and_source_prefix_zero_means_no_client() {
         buf[3] & 0x0f
     };
     for name in ["www.shop.udn.example", "static.udn.example"] {
-        assert_eq!(rcode(name, [198, 51, 101, 0], 23), 1, "{name}: FORMERR beyond /23");
-        assert_eq!(rcode(name, [198, 51, 100, 0], 20), 1, "{name}: FORMERR beyond /20");
+        assert_eq!(
+            rcode(name, [198, 51, 101, 0], 23),
+            1,
+            "{name}: FORMERR beyond /23"
+        );
+        assert_eq!(
+            rcode(name, [198, 51, 100, 0], 20),
+            1,
+            "{name}: FORMERR beyond /20"
+        );
         // The same networks without host bits are answered.
-        assert_eq!(rcode(name, [198, 51, 100, 0], 23), 0, "{name}: /23 answered");
+        assert_eq!(
+            rcode(name, [198, 51, 100, 0], 23),
+            0,
+            "{name}: /23 answered"
+        );
         assert_eq!(rcode(name, [198, 51, 96, 0], 20), 0, "{name}: /20 answered");
     }
     // And the server answers dig after them, with ECS as dig writes it.
@@ -1140,7 +1152,15 @@ fn ecs_host_bits_get_formerr_and_source_prefix_zero_means_no_client() {
     );
     // ECS 0.0.0.0/0 is not the client 0.0.0.0 (in 0.0.0.0/8 -> west): the resolver
     // decides, and the scope is 0.
-    let out = dig(a, &["www.shop.udn.example", "-b", "127.0.0.1", "+subnet=0.0.0.0/0"]);
+    let out = dig(
+        a,
+        &[
+            "www.shop.udn.example",
+            "-b",
+            "127.0.0.1",
+            "+subnet=0.0.0.0/0",
+        ],
+    );
     assert_eq!(status(&out), "NOERROR", "{out}");
     assert!(out.contains("127.0.0.21"), "{out}");
     assert_eq!(client_subnet(&out).as_deref(), Some("0.0.0.0/0/0"), "{out}");
@@ -1151,7 +1171,11 @@ fn ecs_host_bits_get_formerr_and_source_prefix_zero_means_no_client() {
     // A weighted answer outside both mappings: not scope 0 (a mapping would change it
     // for other clients), but the client's /24.
     let out = dig(a, &["www.shop.udn.example", "+subnet=198.51.100.0/24"]);
-    assert_eq!(client_subnet(&out).as_deref(), Some("198.51.100.0/24/24"), "{out}");
+    assert_eq!(
+        client_subnet(&out).as_deref(),
+        Some("198.51.100.0/24/24"),
+        "{out}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1219,7 +1243,13 @@ targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_udn")));
     let mut child = Command::new(&bin)
-        .args(["dns", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args([
+            "dns",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -1249,7 +1279,8 @@ targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
     let socks: Vec<UdpSocket> = (0..8)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             s
         })
         .collect();
@@ -1271,7 +1302,12 @@ targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
                     let r = next();
                     let name = NAMES[(r % 4) as usize];
                     let source = ((r >> 8) % 33) as u8;
-                    let addr = ((r >> 16) as u32) & if source == 0 { 0 } else { u32::MAX << (32 - source) };
+                    let addr = ((r >> 16) as u32)
+                        & if source == 0 {
+                            0
+                        } else {
+                            u32::MAX << (32 - source)
+                        };
                     let pad = ((r >> 48) % 2000) as usize;
                     let q = query_bytes(r as u16, name, Some((addr.to_be_bytes(), source)), pad);
                     let _ = s.send_to(&q, a);

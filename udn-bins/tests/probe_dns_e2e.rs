@@ -604,7 +604,10 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
         let measured = |l: &(usize, String, String, Option<u64>, u64)| l.1 == client;
         let ok = wait_for(Duration::from_secs(20), || {
             let a = dig_with(dns.dns, asker, &[]);
-            let n = probe_latencies(&probes).iter().filter(|l| measured(l)).count();
+            let n = probe_latencies(&probes)
+                .iter()
+                .filter(|l| measured(l))
+                .count();
             (a == [want(delays)] && n == 3).then_some(())
         });
         let seen: Vec<_> = probe_latencies(&probes)
@@ -641,7 +644,10 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
         .into_iter()
         .filter(|l| l.1 == "127.0.7.0/24" || l.2 == STRANGER)
         .collect();
-    assert!(aimed.is_empty(), "ECS from a stranger aimed the probes: {aimed:?}");
+    assert!(
+        aimed.is_empty(),
+        "ECS from a stranger aimed the probes: {aimed:?}"
+    );
 
     // 3. ECS from the allow-listed resolver for 127.0.8.0/24: measured through it, and
     // its nearest POP answers that prefix, for the stranger's ECS too.

@@ -549,8 +549,8 @@ proptest! {
         cfg.gtm[0].near_equal = near_equal;
         let net = Arc::new(cfg.compile().unwrap());
         let mut engine = Engine::new(net.clone());
-        for i in 0..n {
-            set_health(&mut engine, i, up[i]);
+        for (i, h) in up.iter().enumerate().take(n) {
+            set_health(&mut engine, i, *h);
         }
         let host = net.host_id("www.c.example").unwrap();
         for &(net24, pop, rtt) in &rows {
@@ -604,7 +604,13 @@ fn ecs_source_prefix_zero_means_no_client_information() {
         target: "s2".into(),
         hostnames: vec![],
     }];
-    let net = network(&[1, 1, 1], UncheckedPolicy::Up, AllDownPolicy::Standby, None, statics);
+    let net = network(
+        &[1, 1, 1],
+        UncheckedPolicy::Up,
+        AllDownPolicy::Standby,
+        None,
+        statics,
+    );
     let engine = Engine::new(net.clone());
     // ECS 0.0.0.0/0 is not the client 0.0.0.0 (which the static mapping would catch):
     // the resolver's address decides, and the scope is 0.
@@ -613,7 +619,12 @@ fn ecs_source_prefix_zero_means_no_client_information() {
     let d = engine.decide(&q, NOW);
     assert_ne!(d.reason, Reason::Static);
     assert_eq!(d.ecs_scope, 0);
-    assert!(d.refresh.as_slice().iter().all(|(p, _)| *p == ClientPrefix::of(q.client)));
+    assert!(
+        d.refresh
+            .as_slice()
+            .iter()
+            .all(|(p, _)| *p == ClientPrefix::of(q.client))
+    );
     // A /8 source of 0.0.0.0 is client information: the mapping applies.
     q.ecs = Some(udn_core::Cidr::new("0.0.0.0".parse().unwrap(), 8));
     let d = engine.decide(&q, NOW);
