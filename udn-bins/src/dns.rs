@@ -316,6 +316,8 @@ struct Metrics {
     metrics_rejected: Counter,
     reloads: Counter,
     tcp_connections: Gauge,
+    latency_samples: Gauge,
+    persistence_entries: Gauge,
     log_dropped: Counter,
 }
 
@@ -827,6 +829,9 @@ impl Handle {
             .metrics
             .tcp_connections
             .set(self.server.tcp_connections() as i64);
+        let (lat, per) = self.state_sizes();
+        self.observer.metrics.latency_samples.set(lat as i64);
+        self.observer.metrics.persistence_entries.set(per as i64);
         if let Some(l) = &self.observer.log {
             let d = l.dropped.load(Ordering::Relaxed);
             let c = self.observer.metrics.log_dropped.get();
@@ -966,6 +971,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         metrics_rejected: Counter::default(),
         reloads: Counter::default(),
         tcp_connections: Gauge::default(),
+        latency_samples: Gauge::default(),
+        persistence_entries: Gauge::default(),
         log_dropped: Counter::default(),
     };
     registry.register(
@@ -1003,6 +1010,16 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         "tcp_connections",
         "Open TCP connections",
         metrics.tcp_connections.clone(),
+    );
+    registry.register(
+        "latency_samples",
+        "(client prefix, POP) latency samples held",
+        metrics.latency_samples.clone(),
+    );
+    registry.register(
+        "persistence_entries",
+        "Persistence entries held (expired ones until the next sweep)",
+        metrics.persistence_entries.clone(),
     );
     registry.register(
         "log_dropped",

@@ -1343,3 +1343,80 @@ targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
     assert_eq!(dig_short(a, &["sticky.shop.udn.example"]).len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A gauge of `udn dns`'s `/metrics` (as control), if present.
+fn gauge(http: SocketAddr, name: &str) -> Option<i64> {
+    let text = curl(&[&format!("https://{http}/metrics")]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Latency samples expire after `latency.expire_secs`, persistence entries after their
+/// hostname's `persistence.secs`: the server's tables empty themselves (shown by its
+/// `/metrics` gauges), and an expired prefix is requested from the probes again.
+#[test]
+fn latency_and_persistence_entries_expire() {
+    let dir = tmpdir("expire");
+    let cfg = write_config(&dir, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[latency]\n", "[latency]\nexpire_secs = 2\n")
+        .replace("persistence = { secs = 300 }", "persistence = { secs = 2 }")
+        + r#"
+[[gtm]]
+hostname = "sticky.shop.udn.example"
+customer = "shop"
+service = "http"
+ttl = 20
+persistence = { secs = 2 }
+weighting = { latency = 0.0, load = 1.0, response_time = 0.0 }
+targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
+"#;
+    assert!(text.contains("expire_secs = 2") && !text.contains("secs = 300"));
+    std::fs::write(&cfg, text).unwrap();
+    let udn = start(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        true,
+    );
+    let (a, http) = (udn.dns, udn.http.unwrap());
+    let r = post_json(
+        http,
+        "/v1/metrics",
+        &format!(
+            r#"[{{"kind":"latency","client":"127.0.0.0/24","pop":"fra","rtt_us":5000,"at":{0}}},
+                {{"kind":"latency","client":"127.0.0.0/24","pop":"nyc","rtt_us":90000,"at":{0}}}]"#,
+            now_ms()
+        ),
+    );
+    assert!(r.contains("\"applied\":2"), "{r}");
+    assert_eq!(dig_short(a, &["sticky.shop.udn.example"]).len(), 1);
+    assert_eq!(gauge(http, "udn_dns_latency_samples"), Some(2));
+    assert_eq!(gauge(http, "udn_dns_persistence_entries"), Some(1));
+    // The fra sample is fresh: the decision asks for nothing from fra.
+    let _ = dig(a, &["www.shop.udn.example"]);
+    let r = curl(&[&format!("https://{http}/v1/refresh?pop=fra")]);
+    assert_eq!(r, "[]");
+    // After the TTLs and a sweep (every 5 s) both tables are empty again ...
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15)
+        && (gauge(http, "udn_dns_latency_samples") != Some(0)
+            || gauge(http, "udn_dns_persistence_entries") != Some(0))
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(gauge(http, "udn_dns_latency_samples"), Some(0));
+    assert_eq!(gauge(http, "udn_dns_persistence_entries"), Some(0));
+    // ... and the expired prefix is requested again.
+    let _ = dig(a, &["www.shop.udn.example"]);
+    let r = curl(&[&format!("https://{http}/v1/refresh?pop=fra")]);
+    assert!(r.contains("\"client\":\"127.0.0.0/24\""), "{r}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
