@@ -30,15 +30,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use udn_core::log::{DnsRecord, LogRecord, LogSink, Role, RotationPolicy};
-use udn_core::{Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric, Reason};
+use udn_core::{Cidr, ClientPrefix, Config, Engine, Family as AddrFamily, Metric, PopId, Reason};
 use udn_dns::Authority;
 use udn_dns::hickory_proto::op::ResponseCode;
 use udn_dns::server::{AnswerPath, Answered, Limits, Observer, Peers, Served, Server};
@@ -91,6 +91,13 @@ pub struct Args {
     /// Worker threads of the runtime (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Bytes of the answer caches of all UDP sockets together (static and negative
+    /// answers; see docs/dns.md for the cost of an entry).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub answer_cache_bytes: usize,
+    /// Bytes of the answer cache of each TCP connection.
+    #[arg(long, default_value_t = 16 << 10)]
+    pub tcp_answer_cache_bytes: usize,
     /// Follow the control plane's configuration (`http://ip:port` of its API): each new
     /// version is written to `--config` and reloaded without dropping a query.
     #[arg(long, requires = "config")]
@@ -312,6 +319,8 @@ struct Metrics {
     metrics_rejected: Counter,
     reloads: Counter,
     tcp_connections: Gauge,
+    latency_samples: Gauge,
+    persistence_entries: Gauge,
     log_dropped: Counter,
 }
 
@@ -460,21 +469,119 @@ impl QueuedLog {
     }
 }
 
-/// Latency measurements requested by decisions, per POP name, until probes fetch them.
+/// Latency measurements requested by decisions, per POP name, until probes fetch them,
+/// and when each (client prefix, POP) may be requested again.
 #[derive(Default)]
 struct RefreshQueue {
-    by_pop: Mutex<HashMap<String, HashSet<ClientPrefix>>>,
+    inner: Mutex<RefreshState>,
 }
 
+#[derive(Default)]
+struct RefreshState {
+    /// Pending measurements per POP name: client prefix -> the resolver to measure (the
+    /// first one seen asking for that prefix while none was pending).
+    by_pop: HashMap<String, HashMap<ClientPrefix, IpAddr>>,
+    /// (client prefix, POP) -> not to be requested again before `until` (a request is
+    /// pending, or the probe reported the target unreachable `failures` times).
+    backoff: HashMap<(ClientPrefix, PopId), Backoff>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: udn_core::Timestamp,
+    failures: u8,
+}
+
+/// Pending measurements per POP at most (further requests wait for the next query).
 const MAX_REFRESH_PER_POP: usize = 10_000;
+/// (client prefix, POP) back-off entries at most.
+const MAX_BACKOFF: usize = 200_000;
+
+impl RefreshState {
+    /// Queues a measurement of `prefix` from `pop` through `target`, unless one is
+    /// pending or backed off; `retry` is how long a request stays pending.
+    fn request(
+        &mut self,
+        net: &udn_core::Network,
+        prefix: ClientPrefix,
+        pop: PopId,
+        target: IpAddr,
+        now: udn_core::Timestamp,
+    ) {
+        let Some(p) = net.pops.get(pop.index()) else {
+            return;
+        };
+        let retry = Duration::from_secs(net.config.latency.request_retry_secs);
+        let key = (prefix, pop);
+        match self.backoff.get_mut(&key) {
+            Some(b) if b.until > now => return,
+            Some(b) => b.until = now.plus(retry),
+            None => {
+                if self.backoff.len() >= MAX_BACKOFF {
+                    self.sweep(now, net);
+                    if self.backoff.len() >= MAX_BACKOFF {
+                        return;
+                    }
+                }
+                self.backoff.insert(
+                    key,
+                    Backoff {
+                        until: now.plus(retry),
+                        failures: 0,
+                    },
+                );
+            }
+        }
+        let set = match self.by_pop.get_mut(p.name.as_str()) {
+            Some(s) => s,
+            None => self.by_pop.entry(p.name.clone()).or_default(),
+        };
+        if set.len() < MAX_REFRESH_PER_POP {
+            set.entry(prefix).or_insert(target);
+        }
+    }
+
+    /// A probe of `pop` reported `prefix` unreachable: back off, doubling each time.
+    fn unreachable(
+        &mut self,
+        net: &udn_core::Network,
+        prefix: ClientPrefix,
+        pop: PopId,
+        now: udn_core::Timestamp,
+    ) {
+        let l = &net.config.latency;
+        let b = self.backoff.entry((prefix, pop)).or_insert(Backoff {
+            until: now,
+            failures: 0,
+        });
+        b.failures = b.failures.saturating_add(1);
+        let secs = l
+            .unreachable_backoff_secs
+            .saturating_mul(1u64 << u32::from(b.failures - 1).min(20))
+            .min(
+                l.unreachable_max_backoff_secs
+                    .max(l.unreachable_backoff_secs),
+            );
+        b.until = now.plus(Duration::from_secs(secs));
+    }
+
+    /// Drops back-off entries whose time has passed long enough ago.
+    fn sweep(&mut self, now: udn_core::Timestamp, net: &udn_core::Network) {
+        let keep = Duration::from_secs(net.config.latency.unreachable_max_backoff_secs);
+        self.backoff
+            .retain(|_, b| b.until > now || (b.failures > 0 && now.since(b.until) <= keep));
+    }
+}
 
 /// One item of `GET /v1/refresh`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshItem {
-    /// The client network to measure.
+    /// The client network to measure (results are keyed by it).
     pub client: Cidr,
     /// The POP to measure from.
     pub pop: String,
+    /// The address to measure: the resolver that asked (see `docs/probe.md`).
+    pub addr: IpAddr,
 }
 
 /// The observer: counters, query log and refresh requests.
@@ -500,21 +607,27 @@ impl Observer for DnsObserver {
             self.metrics.decision_counters[i].inc();
         }
         let net = a.network;
-        // A request lost to contention is asked again by the next decision for that
-        // client, so answering never waits for this lock.
-        if !d.refresh.is_empty()
-            && let Ok(mut q) = self.refresh.by_pop.try_lock()
+        // What is measured is the resolver that asked (a.client): for its own prefix, or
+        // for the ECS prefix it sent when it is on the operator's allow-list. ECS from
+        // any other resolver asks for nothing, so no one can aim the probes at a network
+        // they name. A request lost to contention is asked again by the next decision
+        // for that client, so answering never waits for this lock.
+        let resolver = a.client.ip();
+        let measurable = match g.ecs {
+            Some(c) if !c.is_empty() => net
+                .config
+                .latency
+                .ecs_measure_resolvers
+                .iter()
+                .any(|r| r.contains(resolver)),
+            _ => true,
+        };
+        if measurable
+            && !d.refresh.is_empty()
+            && let Ok(mut q) = self.refresh.inner.try_lock()
         {
             for (prefix, pop) in d.refresh.as_slice() {
-                if let Some(p) = net.pops.get(pop.index()) {
-                    let set = match q.get_mut(p.name.as_str()) {
-                        Some(s) => s,
-                        None => q.entry(p.name.clone()).or_default(),
-                    };
-                    if set.len() < MAX_REFRESH_PER_POP {
-                        set.insert(*prefix);
-                    }
-                }
+                q.request(net, *prefix, *pop, resolver, a.now);
             }
         }
         if let Some(log) = &self.log {
@@ -578,6 +691,14 @@ impl Handle {
         g.replace(auth);
         g.set_peers(peers);
         drop(g);
+        // POP ids may have changed: back-off entries start over.
+        self.observer
+            .refresh
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backoff
+            .clear();
         self.observer.metrics.reloads.inc();
         Ok(zones)
     }
@@ -631,6 +752,31 @@ impl Handle {
                     Err(e) => rejected.push((*i, e.to_string())),
                 }
             }
+            // Results settle the refresh requests: a sample ends the back-off, an
+            // unreachable report lengthens it.
+            let net = g.engine.network().clone();
+            drop(g);
+            let mut q = self
+                .observer
+                .refresh
+                .inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (_, m) in &parsed {
+                match m {
+                    Metric::Latency { client, pop, .. } => {
+                        if let Some(p) = net.pop_id(pop) {
+                            q.backoff.remove(&(ClientPrefix::of(client.addr()), p));
+                        }
+                    }
+                    Metric::Unreachable { client, pop, .. } => {
+                        if let Some(p) = net.pop_id(pop) {
+                            q.unreachable(&net, ClientPrefix::of(client.addr()), p, received);
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
         rejected.sort_by_key(|r| r.0);
         self.observer.metrics.metrics_applied.inc_by(applied as u64);
@@ -646,20 +792,53 @@ impl Handle {
         let mut q = self
             .observer
             .refresh
-            .by_pop
+            .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let mut items: Vec<RefreshItem> = q
+            .by_pop
             .remove(pop)
             .unwrap_or_default()
             .into_iter()
-            .map(|p| RefreshItem {
+            .map(|(p, addr)| RefreshItem {
                 client: p.network(),
                 pop: pop.to_owned(),
+                addr,
             })
             .collect();
         items.sort_by_key(|i| i.client.to_string());
         items
+    }
+
+    /// Drops latency samples older than `latency.expire_secs`, expired persistence
+    /// entries and spent refresh back-offs; returns (latency, persistence) dropped.
+    pub fn sweep(&self, now: udn_core::Timestamp) -> (usize, usize) {
+        let mut g = self
+            .server
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let net = g.engine.network().clone();
+        let st = g.engine.state_mut();
+        let lat = st.latency.expire(now, net.latency.expire);
+        let per = st.expire_persistence(now);
+        drop(g);
+        self.observer
+            .refresh
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep(now, &net);
+        (lat, per)
+    }
+
+    /// (latency samples, persistence entries) held now.
+    pub fn state_sizes(&self) -> (usize, usize) {
+        let g = self.server.served.read().unwrap_or_else(|e| e.into_inner());
+        (
+            g.engine.state().latency.len(),
+            g.engine.state().persistence_len(),
+        )
     }
 
     /// Prometheus text of the role's metrics.
@@ -668,6 +847,9 @@ impl Handle {
             .metrics
             .tcp_connections
             .set(self.server.tcp_connections() as i64);
+        let (lat, per) = self.state_sizes();
+        self.observer.metrics.latency_samples.set(lat as i64);
+        self.observer.metrics.persistence_entries.set(per as i64);
         if let Some(l) = &self.observer.log {
             let d = l.dropped.load(Ordering::Relaxed);
             let c = self.observer.metrics.log_dropped.get();
@@ -697,6 +879,9 @@ impl Handle {
     }
 }
 
+/// How often expired latency samples, persistence entries and back-offs are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How far ahead of this server's clock a probe's sample may be dated.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(30);
 /// How old a probe's sample may be when it arrives (a probe queues samples while a DNS
@@ -710,6 +895,7 @@ fn sample_time_error(m: &Metric, received: udn_core::Timestamp) -> Option<String
         Metric::Service { sample, .. } => sample.at,
         Metric::Load { at, .. } => *at,
         Metric::Latency { sample, .. } => sample.at,
+        Metric::Unreachable { at, .. } => *at,
     };
     let (at, now) = (at.as_millis(), received.as_millis());
     let ahead = at.saturating_sub(now);
@@ -819,6 +1005,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         metrics_rejected: Counter::default(),
         reloads: Counter::default(),
         tcp_connections: Gauge::default(),
+        latency_samples: Gauge::default(),
+        persistence_entries: Gauge::default(),
         log_dropped: Counter::default(),
     };
     registry.register(
@@ -856,6 +1044,16 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         "tcp_connections",
         "Open TCP connections",
         metrics.tcp_connections.clone(),
+    );
+    registry.register(
+        "latency_samples",
+        "(client prefix, POP) latency samples held",
+        metrics.latency_samples.clone(),
+    );
+    registry.register(
+        "persistence_entries",
+        "Persistence entries held (expired ones until the next sweep)",
+        metrics.persistence_entries.clone(),
     );
     registry.register(
         "log_dropped",
@@ -923,6 +1121,20 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         handle.http = Some(l.local_addr()?);
     }
     let handle = Arc::new(handle);
+    {
+        // Expiry of the latency and persistence tables.
+        let h = handle.clone();
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { h.sweep(crate::logging::now()); }
+                    _ = rx.wait_for(|v| *v) => return,
+                }
+            }
+        });
+    }
     if let Some((listener, tls)) = http_listener {
         let app = router(handle.clone());
         let task =
@@ -1066,6 +1278,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tcp_max_connections: args.tcp_max_connections,
             tcp_idle: Duration::from_millis(args.tcp_idle_ms),
             tcp_read: Duration::from_millis(args.tcp_read_ms),
+            answer_cache_bytes: args.answer_cache_bytes,
+            tcp_answer_cache_bytes: args.tcp_answer_cache_bytes,
             ..Limits::default()
         },
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),

@@ -153,6 +153,9 @@ pub struct AgentArgs {
     /// Time limit of one latency measurement, ms.
     #[arg(long, default_value_t = 1000)]
     pub latency_timeout_ms: u64,
+    /// Samples per latency measurement: the median RTT is reported, losses counted.
+    #[arg(long, default_value_t = 3)]
+    pub latency_samples: u8,
     /// Local address latency measurements are sent from (the POP's address).
     #[arg(long)]
     pub source_ip: Option<IpAddr>,
@@ -215,6 +218,8 @@ pub struct ProbeOptions {
     pub latency_targets: Vec<Cidr>,
     /// Period of the `latency_targets` measurements.
     pub latency_interval: Duration,
+    /// Samples per latency measurement (the median is reported).
+    pub latency_samples: u8,
     /// Period of the refresh requests.
     pub refresh_interval: Duration,
     /// Period of LOADP.
@@ -255,6 +260,7 @@ impl ProbeOptions {
             methods: default_methods(53, ".", None, Duration::from_secs(1)),
             latency_targets: Vec::new(),
             latency_interval: Duration::from_secs(30),
+            latency_samples: 3,
             refresh_interval: Duration::from_secs(1),
             load_interval: Duration::from_secs(5),
             load_servers: Vec::new(),
@@ -323,6 +329,10 @@ pub struct LatencyStatus {
     pub rtt_us: Option<u32>,
     /// The method that gave it.
     pub method: Option<String>,
+    /// Samples sent.
+    pub sent: u8,
+    /// Samples lost (no method gave an RTT).
+    pub lost: u8,
     /// When.
     pub at: Timestamp,
 }
@@ -792,8 +802,9 @@ pub fn representative(c: Cidr) -> IpAddr {
     }
 }
 
-/// One item of a `GET /v1/refresh` answer. `addr` (the resolver's own address) is an
-/// optional extension; without it the network's first host is measured.
+/// One item of a `GET /v1/refresh` answer: the client network the result is keyed by
+/// and `addr`, the resolver the DNS server saw asking for it. An item without `addr` is
+/// not measured (no address inside the network is guessed).
 #[derive(Debug, Clone, Deserialize)]
 struct RefreshItem {
     client: Cidr,
@@ -836,7 +847,10 @@ async fn refresh_loop(
                                 if it.pop.as_deref().is_some_and(|p| p != sh.opts.pop) {
                                     continue;
                                 }
-                                let addr = it.addr.unwrap_or_else(|| representative(it.client));
+                                let Some(addr) = it.addr else {
+                                    tracing::debug!(client = %it.client, "refresh item without an address: not measured");
+                                    continue;
+                                };
                                 let _ = tx.try_send((it.client, addr));
                             }
                         }
@@ -883,28 +897,35 @@ async fn latency_loop(sh: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<(Cidr
 }
 
 async fn measure_one(sh: &Shared, client: Cidr, addr: IpAddr) {
-    let attempt = measure_with(&sh.policy, &sh.opts.methods, addr, now).await;
-    let at = now();
+    // A measurement is the median of a few samples; a sample no method answered is lost.
+    let n = sh.opts.latency_samples.max(1);
     let infos: Vec<MethodInfo> = lock(&sh.policy).methods().to_vec();
-    let tried: Vec<String> = attempt
-        .tried()
-        .iter()
-        .map(|(m, o)| {
+    let mut rtts: Vec<(std::time::Duration, usize)> = Vec::new();
+    let mut tried: Vec<String> = Vec::new();
+    for _ in 0..n {
+        let attempt = measure_with(&sh.policy, &sh.opts.methods, addr, now).await;
+        for (m, o) in attempt.tried() {
             let name = infos.get(*m).map_or("?", |i| i.name.as_str());
-            match o {
+            tried.push(match o {
                 udn_probe::latency::Outcome::Rtt(d) => format!("{name}={}us", d.as_micros()),
                 udn_probe::latency::Outcome::NoResult(r) => format!("{name}: {r}"),
                 udn_probe::latency::Outcome::Unavailable(r) => format!("{name} unavailable: {r}"),
-            }
-        })
-        .collect();
-    let detail = format!("addr={addr} {}", tried.join("; "));
-    match attempt.result() {
-        Some(s) => {
+            });
+        }
+        if let Some(s) = attempt.result() {
+            rtts.push((s.rtt, s.method));
+        }
+    }
+    let at = now();
+    let lost = n - rtts.len() as u8;
+    let detail = format!("addr={addr} sent={n} lost={lost} {}", tried.join("; "));
+    rtts.sort();
+    match rtts.get(rtts.len() / 2).copied() {
+        Some((rtt, m)) => {
             let method = infos
-                .get(s.method)
+                .get(m)
                 .map_or_else(|| "?".to_string(), |i| i.name.clone());
-            let rtt_us = s.rtt.as_micros().clamp(1, u128::from(u32::MAX - 1)) as u32;
+            let rtt_us = rtt.as_micros().clamp(1, u128::from(u32::MAX - 1)) as u32;
             sh.samples
                 .get_or_create(&MethodLabels {
                     method: method.clone(),
@@ -917,6 +938,8 @@ async fn measure_one(sh: &Shared, client: Cidr, addr: IpAddr) {
                     addr,
                     rtt_us: Some(rtt_us),
                     method: Some(method.clone()),
+                    sent: n,
+                    lost,
                     at,
                 },
             );
@@ -951,19 +974,30 @@ async fn measure_one(sh: &Shared, client: Cidr, addr: IpAddr) {
                     addr,
                     rtt_us: None,
                     method: None,
+                    sent: n,
+                    lost,
                     at,
                 },
             );
-            sh.opts.log.record(LogRecord::Probe(ProbeRecord {
-                ts: at,
-                pop: sh.opts.pop.clone(),
-                kind: "latency".into(),
-                target: client.to_string(),
-                method: "none".into(),
-                ok: false,
-                value: 0.0,
-                detail,
-            }));
+            // The DNS servers back off before asking for this target again.
+            sh.emit(
+                Metric::Unreachable {
+                    client,
+                    pop: sh.opts.pop.clone(),
+                    sent: n,
+                    at,
+                },
+                ProbeRecord {
+                    ts: at,
+                    pop: sh.opts.pop.clone(),
+                    kind: "latency".into(),
+                    target: client.to_string(),
+                    method: "none".into(),
+                    ok: false,
+                    value: 0.0,
+                    detail,
+                },
+            );
         }
     }
 }
@@ -1199,6 +1233,7 @@ fn build_options(
     opts.methods = methods;
     opts.latency_targets = a.latency_targets;
     opts.latency_interval = Duration::from_secs(a.latency_interval_secs.max(1));
+    opts.latency_samples = a.latency_samples.clamp(1, 15);
     opts.refresh_interval = Duration::from_millis(a.refresh_interval_ms.max(10));
     opts.load_interval = Duration::from_secs(a.load_interval_secs.max(1));
     opts.load_servers = a.load_servers;

@@ -449,10 +449,10 @@ fn gtm_answers_failover_ecs_refresh_reload_and_query_log() {
     let r = curl(&[&format!("https://{http}/v1/refresh?pop=nyc")]);
     let items: Vec<serde_json::Value> = serde_json::from_str(&r).unwrap();
     assert!(
-        items
-            .iter()
-            .any(|i| i["client"] == "127.0.0.0/24" && i["pop"] == "nyc"),
-        "{r}"
+        items.iter().any(|i| i["client"] == "127.0.0.0/24"
+            && i["pop"] == "nyc"
+            && i["addr"] == "127.0.0.1"),
+        "the resolver that asked is the target: {r}"
     );
     let r = curl(&[&format!("https://{http}/v1/refresh?pop=nyc")]);
     assert_eq!(r, "[]");
@@ -1069,5 +1069,354 @@ fn a_revoked_probe_is_refused() {
     assert_eq!(code, 200);
     assert!(healthy(a));
     h.shutdown();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The sample network (zone from `udn.zone`) with static mappings 127.0.0.0/8 -> east
+/// and 0.0.0.0/8 -> west, and `extra` before it.
+fn write_mapped_config(dir: &Path, extra: &str) -> PathBuf {
+    let p = write_config(dir, extra);
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text += r#"
+[[static_mappings]]
+network = "127.0.0.0/8"
+target = "shop-east-1"
+
+[[static_mappings]]
+network = "0.0.0.0/8"
+target = "shop-west-1"
+"#;
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The `CLIENT-SUBNET: a/source/scope` dig prints, if any.
+fn client_subnet(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("; CLIENT-SUBNET: "))
+        .map(|s| s.trim().to_string())
+}
+
+/// RFC 7871 7.1.2: ECS with address bits set beyond the source prefix is FORMERR (not
+/// silently masked); source prefix 0 means no client information: the resolver's own
+/// address decides and the scope is 0.
+#[test]
+fn ecs_host_bits_get_formerr_and_source_prefix_zero_means_no_client() {
+    let dir = tmpdir("ecs-rules");
+    let cfg = write_mapped_config(&dir, "");
+    let udn = start(
+        &["--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        false,
+    );
+    let a = udn.dns;
+    // dig masks what it sends, so the bits beyond the source prefix are set by hand:
+    // 198.51.101.0/23 (the 24th bit set) and 198.51.100.77/20 (3 bytes: 198.51.100),
+    // for the GTM name (the fast path's shape) and a static name (the general path).
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let rcode = |name: &str, addr: [u8; 4], source: u8| {
+        let q = query_bytes(7, name, Some((addr, source)), 0);
+        sock.send_to(&q, a).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf).unwrap();
+        assert!(n >= 12 && buf[..2] == [0, 7], "an answer to the query");
+        buf[3] & 0x0f
+    };
+    for name in ["www.shop.udn.example", "static.udn.example"] {
+        assert_eq!(
+            rcode(name, [198, 51, 101, 0], 23),
+            1,
+            "{name}: FORMERR beyond /23"
+        );
+        assert_eq!(
+            rcode(name, [198, 51, 100, 0], 20),
+            1,
+            "{name}: FORMERR beyond /20"
+        );
+        // The same networks without host bits are answered.
+        assert_eq!(
+            rcode(name, [198, 51, 100, 0], 23),
+            0,
+            "{name}: /23 answered"
+        );
+        assert_eq!(rcode(name, [198, 51, 96, 0], 20), 0, "{name}: /20 answered");
+    }
+    // And the server answers dig after them, with ECS as dig writes it.
+    let out = dig(a, &["static.udn.example", "+subnet=198.51.100.77/20"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+
+    // No ECS: the resolver 127.0.0.1 is in 127.0.0.0/8 -> east.
+    assert_eq!(
+        dig_short(a, &["www.shop.udn.example", "-b", "127.0.0.1"]),
+        ["127.0.0.21"]
+    );
+    // ECS 0.0.0.0/0 is not the client 0.0.0.0 (in 0.0.0.0/8 -> west): the resolver
+    // decides, and the scope is 0.
+    let out = dig(
+        a,
+        &[
+            "www.shop.udn.example",
+            "-b",
+            "127.0.0.1",
+            "+subnet=0.0.0.0/0",
+        ],
+    );
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("127.0.0.21"), "{out}");
+    assert_eq!(client_subnet(&out).as_deref(), Some("0.0.0.0/0/0"), "{out}");
+    // A real /8 source of 0.0.0.0 is client information: west, scope 8.
+    let out = dig(a, &["www.shop.udn.example", "+subnet=0.0.0.0/8"]);
+    assert!(out.contains("127.0.0.22"), "{out}");
+    assert_eq!(client_subnet(&out).as_deref(), Some("0.0.0.0/8/8"), "{out}");
+    // A weighted answer outside both mappings: not scope 0 (a mapping would change it
+    // for other clients), but the client's /24.
+    let out = dig(a, &["www.shop.udn.example", "+subnet=198.51.100.0/24"]);
+    assert_eq!(
+        client_subnet(&out).as_deref(),
+        Some("198.51.100.0/24/24"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A query for `name` (A) with id `id`, EDNS(0), optional ECS (address bytes as given,
+/// source length) and `pad` bytes of EDNS padding (RFC 7830).
+fn query_bytes(id: u16, name: &str, ecs: Option<([u8; 4], u8)>, pad: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + pad);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for l in name.split('.') {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut opts = Vec::new();
+    if let Some((addr, source)) = ecs {
+        let n = (source as usize).div_ceil(8);
+        opts.extend_from_slice(&[0, 8]);
+        opts.extend_from_slice(&((4 + n) as u16).to_be_bytes());
+        opts.extend_from_slice(&[0, 1, source, 0]);
+        opts.extend_from_slice(&addr[..n]);
+    }
+    if pad > 0 {
+        opts.extend_from_slice(&[0, 12]);
+        opts.extend_from_slice(&(pad as u16).to_be_bytes());
+        opts.resize(opts.len() + pad, 0);
+    }
+    m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    m.extend_from_slice(&(opts.len() as u16).to_be_bytes());
+    m.extend_from_slice(&opts);
+    m
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Spoofed-looking traffic cannot grow the server: 200,000 queries with random ECS
+/// prefixes and random EDNS padding, for a GTM name with persistence, the sample's GTM
+/// name, a static name and a name of no zone (REFUSED), from several source ports;
+/// the RSS of the `udn dns` process grows by less than 64 MiB and dig is answered
+/// after. `UDN_DNS_BIN` may name another `udn` binary to compare.
+#[test]
+fn random_ecs_and_padding_do_not_grow_memory() {
+    let dir = tmpdir("bounded");
+    let cfg = write_config(&dir, "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text += r#"
+[[gtm]]
+hostname = "sticky.shop.udn.example"
+customer = "shop"
+service = "http"
+ttl = 20
+persistence = { secs = 300 }
+weighting = { latency = 0.0, load = 1.0, response_time = 0.0 }
+targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
+"#;
+    std::fs::write(&cfg, text).unwrap();
+    let bin = std::env::var_os("UDN_DNS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_udn")));
+    let mut child = Command::new(&bin)
+        .args([
+            "dns",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("udn starts");
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let a: SocketAddr = loop {
+        let line = lines.next().expect("udn dns prints its address").unwrap();
+        if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
+            break rest.split(' ').next().unwrap().parse().unwrap();
+        }
+    };
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    const NAMES: [&str; 4] = [
+        "sticky.shop.udn.example",
+        "www.shop.udn.example",
+        "static.udn.example",
+        "nowhere.example",
+    ];
+    let socks: Vec<UdpSocket> = (0..8)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut run = |total: usize| -> usize {
+        let mut answered = 0;
+        let mut buf = [0u8; 4096];
+        let mut sent = 0;
+        while sent < total {
+            // A window per socket, then collect the answers.
+            for s in &socks {
+                for _ in 0..32 {
+                    let r = next();
+                    let name = NAMES[(r % 4) as usize];
+                    let source = ((r >> 8) % 33) as u8;
+                    let addr = ((r >> 16) as u32)
+                        & if source == 0 {
+                            0
+                        } else {
+                            u32::MAX << (32 - source)
+                        };
+                    let pad = ((r >> 48) % 2000) as usize;
+                    let q = query_bytes(r as u16, name, Some((addr.to_be_bytes(), source)), pad);
+                    let _ = s.send_to(&q, a);
+                    sent += 1;
+                }
+            }
+            for s in &socks {
+                for _ in 0..32 {
+                    match s.recv_from(&mut buf) {
+                        Ok(_) => answered += 1,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        answered
+    };
+    // Warm up, then measure.
+    run(4_000);
+    let before = vm_rss_kib(pid);
+    let t = Instant::now();
+    let answered = run(200_000);
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = vm_rss_kib(pid);
+    let grew_mib = after.saturating_sub(before) as f64 / 1024.0;
+    eprintln!(
+        "200000 queries in {took:?}, {answered} answered; VmRSS {before} KiB -> {after} KiB (+{grew_mib:.1} MiB)"
+    );
+    assert!(answered > 150_000, "most queries answered: {answered}");
+    assert!(grew_mib < 64.0, "VmRSS grew by {grew_mib:.1} MiB");
+    assert_eq!(dig_short(a, &["static.udn.example"]), ["192.0.2.10"]);
+    assert_eq!(dig_short(a, &["sticky.shop.udn.example"]).len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A gauge of `udn dns`'s `/metrics` (as control), if present.
+fn gauge(http: SocketAddr, name: &str) -> Option<i64> {
+    let text = curl(&[&format!("https://{http}/metrics")]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Latency samples expire after `latency.expire_secs`, persistence entries after their
+/// hostname's `persistence.secs`: the server's tables empty themselves (shown by its
+/// `/metrics` gauges), and an expired prefix is requested from the probes again.
+#[test]
+fn latency_and_persistence_entries_expire() {
+    let dir = tmpdir("expire");
+    let cfg = write_config(&dir, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[latency]\n", "[latency]\nexpire_secs = 2\n")
+        .replace("persistence = { secs = 300 }", "persistence = { secs = 2 }")
+        + r#"
+[[gtm]]
+hostname = "sticky.shop.udn.example"
+customer = "shop"
+service = "http"
+ttl = 20
+persistence = { secs = 2 }
+weighting = { latency = 0.0, load = 1.0, response_time = 0.0 }
+targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
+"#;
+    assert!(text.contains("expire_secs = 2") && !text.contains("secs = 300"));
+    std::fs::write(&cfg, text).unwrap();
+    let udn = start(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        true,
+    );
+    let (a, http) = (udn.dns, udn.http.unwrap());
+    let r = post_json(
+        http,
+        "/v1/metrics",
+        &format!(
+            r#"[{{"kind":"latency","client":"127.0.0.0/24","pop":"fra","rtt_us":5000,"at":{0}}},
+                {{"kind":"latency","client":"127.0.0.0/24","pop":"nyc","rtt_us":90000,"at":{0}}}]"#,
+            now_ms()
+        ),
+    );
+    assert!(r.contains("\"applied\":2"), "{r}");
+    assert_eq!(dig_short(a, &["sticky.shop.udn.example"]).len(), 1);
+    assert_eq!(gauge(http, "udn_dns_latency_samples"), Some(2));
+    assert_eq!(gauge(http, "udn_dns_persistence_entries"), Some(1));
+    // The fra sample is fresh: the decision asks for nothing from fra.
+    let _ = dig(a, &["www.shop.udn.example"]);
+    let r = curl(&[&format!("https://{http}/v1/refresh?pop=fra")]);
+    assert_eq!(r, "[]");
+    // After the TTLs and a sweep (every 5 s) both tables are empty again ...
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15)
+        && (gauge(http, "udn_dns_latency_samples") != Some(0)
+            || gauge(http, "udn_dns_persistence_entries") != Some(0))
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(gauge(http, "udn_dns_latency_samples"), Some(0));
+    assert_eq!(gauge(http, "udn_dns_persistence_entries"), Some(0));
+    // ... and the expired prefix is requested again.
+    let _ = dig(a, &["www.shop.udn.example"]);
+    let r = curl(&[&format!("https://{http}/v1/refresh?pop=fra")]);
+    assert!(r.contains("\"client\":\"127.0.0.0/24\""), "{r}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

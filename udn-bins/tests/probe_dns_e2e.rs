@@ -438,3 +438,270 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fake resolver at `addr` answering REFUSED after `delays[p]` ms to POP p's probe.
+fn delaying_resolver_at(addr: &'static str, delays: [u64; 3], port: u16) {
+    let sock = UdpSocket::bind((addr, port)).expect("bind fake resolver");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut reply = buf[..n].to_vec();
+            reply[2] |= 0x80;
+            reply[3] = (reply[3] & 0xf0) | 5; // REFUSED
+            let d = POPS
+                .iter()
+                .position(|(_, a)| from.ip().to_string() == *a)
+                .map_or(150, |p| delays[p]);
+            let s = sock.try_clone().unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(d));
+                let _ = s.send_to(&reply, from);
+            });
+        }
+    });
+}
+
+/// `dig +short` of the GTM name from `source` with extra arguments.
+fn dig_with(dns: SocketAddr, source: &str, extra: &[&str]) -> Vec<String> {
+    let out = Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args(["-p", &dns.port().to_string(), "-b", source])
+        .args(["+time=2", "+tries=1", "+short"])
+        .args(extra)
+        .args(["www.shop.udn.example", "A"])
+        .output()
+        .expect("dig runs (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Every probe's latency entries: (POP index, client, addr, rtt_us or None, at).
+fn probe_latencies(probes: &[Udn]) -> Vec<(usize, String, String, Option<u64>, u64)> {
+    let mut out = Vec::new();
+    for (i, p) in probes.iter().enumerate() {
+        let body = probe_status(p.http);
+        let Ok(st) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        for x in st["latency"].as_array().into_iter().flatten() {
+            out.push((
+                i,
+                x["client"].as_str().unwrap_or("").to_string(),
+                x["addr"].as_str().unwrap_or("").to_string(),
+                x["rtt_us"].as_u64(),
+                x["at"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+/// The resolvers that asked are measured, wherever they sit in their /24 (none at `.1`,
+/// where nothing listens), and each gets its nearest POP; ECS from a resolver off the
+/// operator's allow-list aims no probe at the network it names, while ECS from one on
+/// it is measured through that resolver and shapes everyone's answer for the prefix; an
+/// unmeasurable resolver is backed off instead of re-requested on every query.
+#[test]
+fn dig_measures_the_resolver_that_asked_and_ecs_only_from_allowed_resolvers() {
+    let Some(bin) = dns_binary() else {
+        eprintln!("SKIPPED: `udn dns` is not built in this tree (set UDN_DNS_BIN)");
+        return;
+    };
+    const ASKERS: [(&str, [u64; 3]); 3] = [
+        ("127.0.1.77", [10, 50, 90]),
+        ("127.0.2.200", [90, 10, 50]),
+        ("127.0.3.9", [50, 90, 10]),
+    ];
+    const ALLOWED: &str = "127.0.4.4"; // on ecs_measure_resolvers; nearest sin
+    const STRANGER: &str = "127.0.5.5";
+    const SILENT: &str = "127.0.9.9"; // nothing answers the probes there
+    let dns_port = free_port("127.0.1.77");
+    for (a, d) in ASKERS {
+        delaying_resolver_at(a, d, dns_port);
+    }
+    delaying_resolver_at(ALLOWED, [90, 50, 10], dns_port);
+    // Anything at the stranger would answer too: it must not be asked at all.
+    delaying_resolver_at(STRANGER, [10, 10, 10], dns_port);
+    let http_port = free_port("127.0.0.11");
+    for (_, addr) in POPS {
+        site_at(addr, http_port);
+    }
+    let mut text = format!(
+        r#"
+[latency]
+ecs_measure_resolvers = ["127.0.4.0/24"]
+request_retry_secs = 1
+unreachable_backoff_secs = 120
+{ZONE}
+[[services]]
+name = "http"
+port = {http_port}
+path = "/health"
+expect_content = "ok"
+interval_secs = 1
+timeout_ms = 500
+
+[[customers]]
+name = "shop"
+
+[[gtm]]
+hostname = "www.shop.udn.example"
+customer = "shop"
+service = "http"
+ttl = 1
+near_equal = 5.0
+weighting = {{ latency = 1.0, load = 0.0, response_time = 0.0 }}
+targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server = "sin-edge-1" }}]
+"#
+    );
+    for (i, (pop, addr)) in POPS.iter().enumerate() {
+        text += &format!(
+            "\n[[pops]]\nname = \"{pop}\"\nlocation = {{ lat = {}.0, lon = 0.0 }}\nservers = [{{ name = \"{pop}-edge-1\", addresses = [\"{addr}\"] }}]\n",
+            i * 10
+        );
+    }
+    let dir = temp_dir("probe-dns-asker");
+    let cfg = dir.join("net.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let dns = start_dns(&bin, cfg.to_str().unwrap());
+    let port = dns_port.to_string();
+    let probes: Vec<Udn> = POPS
+        .iter()
+        .map(|(pop, addr)| {
+            Udn::probe(&[
+                "--config",
+                cfg.to_str().unwrap(),
+                "--pop",
+                pop,
+                "--dns-http",
+                &format!("https://{}", dns.http),
+                "--pki",
+                ids().probe.to_str().unwrap(),
+                "--latency-methods",
+                "dns",
+                "--latency-port",
+                &port,
+                "--latency-timeout-ms",
+                "400",
+                "--source-ip",
+                addr,
+                "--refresh-interval-ms",
+                "200",
+            ])
+        })
+        .collect();
+    let want = |delays: [u64; 3]| POPS[(0..3).min_by_key(|&p| delays[p]).unwrap()].1;
+
+    // 1. Each asker is measured at its own address and gets its nearest POP.
+    for (asker, delays) in ASKERS {
+        let client = format!("{}.0/24", asker.rsplit_once('.').unwrap().0);
+        let measured = |l: &(usize, String, String, Option<u64>, u64)| l.1 == client;
+        let ok = wait_for(Duration::from_secs(20), || {
+            let a = dig_with(dns.dns, asker, &[]);
+            let n = probe_latencies(&probes)
+                .iter()
+                .filter(|l| measured(l))
+                .count();
+            (a == [want(delays)] && n == 3).then_some(())
+        });
+        let seen: Vec<_> = probe_latencies(&probes)
+            .into_iter()
+            .filter(measured)
+            .collect();
+        assert!(
+            ok.is_some(),
+            "{asker}: expected {}, dig says {:?}; probes measured {seen:?}",
+            want(delays),
+            dig_with(dns.dns, asker, &[])
+        );
+        assert_eq!(seen.len(), 3, "every POP measured {client}: {seen:?}");
+        for (pop, _, addr, rtt, _) in &seen {
+            assert_eq!(addr, asker, "the resolver that asked is measured, not .1");
+            let rtt = rtt.expect("measured");
+            assert!(rtt >= delays[*pop] * 1000, "{asker} from {pop}: {rtt} µs");
+        }
+        for _ in 0..3 {
+            assert_eq!(dig_with(dns.dns, asker, &[]), [want(delays)]);
+        }
+        eprintln!("{asker} -> {}", want(delays));
+    }
+
+    // 2. ECS from the stranger names 127.0.7.0/24: nothing there or at the stranger is
+    // measured for it, however often it asks.
+    for _ in 0..10 {
+        let a = dig_with(dns.dns, STRANGER, &["+subnet=127.0.7.0/24"]);
+        assert_eq!(a.len(), 1, "the stranger is still answered: {a:?}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let aimed: Vec<_> = probe_latencies(&probes)
+        .into_iter()
+        .filter(|l| l.1 == "127.0.7.0/24" || l.2 == STRANGER)
+        .collect();
+    assert!(
+        aimed.is_empty(),
+        "ECS from a stranger aimed the probes: {aimed:?}"
+    );
+
+    // 3. ECS from the allow-listed resolver for 127.0.8.0/24: measured through it, and
+    // its nearest POP answers that prefix, for the stranger's ECS too.
+    let ok = wait_for(Duration::from_secs(20), || {
+        let a = dig_with(dns.dns, ALLOWED, &["+subnet=127.0.8.0/24"]);
+        (a == [want([90, 50, 10])]).then_some(())
+    });
+    let seen: Vec<_> = probe_latencies(&probes)
+        .into_iter()
+        .filter(|l| l.1 == "127.0.8.0/24")
+        .collect();
+    assert!(ok.is_some(), "allow-listed ECS measured: {seen:?}");
+    assert!(seen.iter().all(|l| l.2 == ALLOWED), "{seen:?}");
+    assert_eq!(
+        dig_with(dns.dns, STRANGER, &["+subnet=127.0.8.0/24"]),
+        [want([90, 50, 10])],
+        "ECS from others still shapes the answer"
+    );
+
+    // 4. A resolver nothing answers the probes at: measured once (all samples lost),
+    // then backed off although requests may be retried after 1 s.
+    wait_for(Duration::from_secs(15), || {
+        let _ = dig_with(dns.dns, SILENT, &[]);
+        let l: Vec<_> = probe_latencies(&probes)
+            .into_iter()
+            .filter(|l| l.1 == "127.0.9.0/24")
+            .collect();
+        (l.len() == 3 && l.iter().all(|x| x.3.is_none())).then_some(l)
+    })
+    .expect("every POP tried the silent resolver");
+    // Let a measurement requested before the first report arrived finish.
+    std::thread::sleep(Duration::from_secs(3));
+    let first: Vec<_> = probe_latencies(&probes)
+        .into_iter()
+        .filter(|l| l.1 == "127.0.9.0/24")
+        .collect();
+    for _ in 0..20 {
+        let _ = dig_with(dns.dns, SILENT, &[]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let later: Vec<_> = probe_latencies(&probes)
+        .into_iter()
+        .filter(|l| l.1 == "127.0.9.0/24")
+        .collect();
+    let stamps = |v: &[(usize, String, String, Option<u64>, u64)]| {
+        let mut s: Vec<(usize, u64)> = v.iter().map(|x| (x.0, x.4)).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(
+        stamps(&first),
+        stamps(&later),
+        "an unreachable target is not measured again within its back-off"
+    );
+    drop(probes);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,5 @@
-//! Latency routing that is measured, not configured: three fake resolvers on
-//! 127.0.{1,2,3}.1 answer each POP's probe after their own delay (a small delaying DNS
+//! Latency routing that is measured, not configured: three fake resolvers (127.0.1.77,
+//! 127.0.2.200, 127.0.3.9) answer each POP's probe after their own delay (a small delaying DNS
 //! responder per resolver); three real `udn probe` processes, one per POP, each sending
 //! from its POP's address, measure them when the (stand-in) DNS server's refresh list
 //! asks, and report. The RTT ranking matches the delays, and the decision engine fed
@@ -19,7 +19,8 @@ const POPS: [(&str, &str); 3] = [
     ("nyc", "127.0.0.12"),
     ("sin", "127.0.0.13"),
 ];
-const RESOLVERS: [&str; 3] = ["127.0.1.1", "127.0.2.1", "127.0.3.1"];
+// None at `.1` of its /24: the address the DNS server saw asking is measured.
+const RESOLVERS: [&str; 3] = ["127.0.1.77", "127.0.2.200", "127.0.3.9"];
 
 /// Delay (ms) of resolver `r` towards the POP whose probe sends from `src`.
 fn delay_ms(r: usize, src: IpAddr) -> u64 {
@@ -92,7 +93,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
 
 #[test]
 fn rtt_ranking_matches_the_delays_and_decides_the_answer() {
-    let dns_port = free_port("127.0.1.1");
+    let dns_port = free_port(RESOLVERS[0]);
     for r in 0..3 {
         delaying_resolver(r, dns_port);
     }
@@ -120,7 +121,7 @@ fn rtt_ranking_matches_the_delays_and_decides_the_answer() {
             .iter()
             .map(|r| {
                 let net = r.rsplit_once('.').unwrap().0;
-                serde_json::json!({ "client": format!("{net}.0/24"), "pop": pop })
+                serde_json::json!({ "client": format!("{net}.0/24"), "pop": pop, "addr": r })
             })
             .collect();
         recv.refresh.lock().unwrap().insert(pop.to_string(), items);

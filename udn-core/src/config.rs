@@ -46,6 +46,9 @@ pub struct Config {
     /// LOADP rules: weights of the four load figures and the overload cut-off.
     #[serde(default)]
     pub load: LoadConfig,
+    /// Persistence-table limits.
+    #[serde(default)]
+    pub persistence: PersistenceLimits,
     /// The DNS role: zones and the peer set.
     #[serde(default)]
     pub dns: DnsConfig,
@@ -163,6 +166,21 @@ pub struct LatencyConfig {
     pub max_age_secs: u64,
     /// The RTT assumed for a (client prefix, POP) pair with no sample, in ms.
     pub default_ms: u32,
+    /// A sample older than this many seconds is dropped from the table.
+    pub expire_secs: u64,
+    /// Resolvers (networks) whose EDNS Client Subnet may choose what the probes measure:
+    /// a query from one of them with ECS for a prefix asks for that prefix to be
+    /// measured, through this resolver. ECS from any other resolver still shapes the
+    /// answer but asks for no measurement.
+    pub ecs_measure_resolvers: Vec<Cidr>,
+    /// After a measurement of a (client prefix, POP) is requested, how many seconds
+    /// before it may be requested again if no result came.
+    pub request_retry_secs: u64,
+    /// The first back-off, seconds, after a probe reports a target unreachable; it
+    /// doubles with each further report, up to `unreachable_max_backoff_secs`.
+    pub unreachable_backoff_secs: u64,
+    /// The longest back-off for an unreachable target, seconds.
+    pub unreachable_max_backoff_secs: u64,
 }
 
 impl Default for LatencyConfig {
@@ -170,6 +188,28 @@ impl Default for LatencyConfig {
         LatencyConfig {
             max_age_secs: 3600,
             default_ms: 150,
+            expire_secs: 86_400,
+            ecs_measure_resolvers: Vec::new(),
+            request_retry_secs: 30,
+            unreachable_backoff_secs: 60,
+            unreachable_max_backoff_secs: 3600,
+        }
+    }
+}
+
+/// Limits of the persistence table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceLimits {
+    /// The most (client prefix, hostname) entries held; a new client prefix is not
+    /// pinned while the table is full (expired entries are swept every few seconds).
+    pub max_entries: usize,
+}
+
+impl Default for PersistenceLimits {
+    fn default() -> Self {
+        PersistenceLimits {
+            max_entries: 1_000_000,
         }
     }
 }

@@ -23,6 +23,14 @@
 //!    the pick is recorded, unless a candidate's latency was still unmeasured (such a
 //!    provisional pick is not pinned);
 //! 7. further answers (up to the hostname's answer count) by ascending score.
+//!
+//! The ECS scope of the answer is the prefix inside which every client gets the same
+//! answer from the same data: a static hit's mapping length, or the client prefix
+//! (/24, /48) when the answer read the prefix's latency row or persistence entry or made
+//! a weighted pick (which hashes the prefix), else 0; lengthened past every static
+//! mapping that would answer this hostname for some clients inside it (a more specific
+//! mapping, or any mapping under a non-static answer). An ECS source prefix of 0 carries
+//! no client information: the resolver's address is the client and the scope is 0.
 
 // The decision walks several per-target arrays in step; index loops read best here.
 #![allow(clippy::needless_range_loop)]
@@ -187,7 +195,9 @@ pub struct Decision {
     pub addrs: AddrList,
     /// TTL of the answer, seconds.
     pub ttl: u32,
-    /// The ECS scope prefix length the decision depended on (0: not client-specific).
+    /// The ECS scope prefix length: every client inside `client/ecs_scope` gets this
+    /// answer from the same data (0: not client-specific). May exceed a short ECS source
+    /// prefix (RFC 7871 7.2.1). Static mappings are searched only for ECS queries.
     pub ecs_scope: u8,
     /// Why.
     pub reason: Reason,
@@ -246,12 +256,11 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
     let Some(host) = net.hosts.get(q.host.index()) else {
         return Decision::empty(0, Reason::NoData);
     };
-    let client_ip = q.ecs.map(|c| c.addr()).unwrap_or(q.client);
+    // ECS with source prefix 0 carries no client information (RFC 7871 7.1.2): the
+    // resolver's own address stands for the client.
+    let ecs = q.ecs.filter(|c| !c.is_empty());
+    let client_ip = ecs.map(|c| c.addr()).unwrap_or(q.client);
     let prefix = ClientPrefix::of(client_ip);
-    let cap_scope = |s: u8| match q.ecs {
-        Some(c) => s.min(c.len()),
-        None => s,
-    };
 
     // 1. Candidates and their health.
     let n = host.targets.len().min(MAX_TARGETS);
@@ -341,7 +350,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
         });
         if let Some((i, m)) = hit {
             d.reason = Reason::Static;
-            d.ecs_scope = cap_scope(m.network.len());
+            d.ecs_scope = static_scope(net, host, &usable, q, client_ip, m.network.len());
             d.server = Some(host.targets[i].server);
             if let Some(a) = first_addr(i) {
                 d.addrs.push(a);
@@ -366,8 +375,10 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
     let mut score = [f32::INFINITY; MAX_TARGETS];
     let row = state.latency.row(prefix);
     let w = host.weighting;
-    let mut used_latency = false;
     let mut missing_latency = false;
+    // Whether the ranking read the client prefix's latency row (measured or not: a
+    // neighbouring prefix with a row would rank differently).
+    let mut read_latency = false;
     for i in 0..n {
         if !usable[i] {
             continue;
@@ -379,7 +390,6 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
             let rtt_ms = match srv.latency_pop {
                 Some(pop) => match row.and_then(|r| row_get(r, pop)) {
                     Some(sample) => {
-                        used_latency = true;
                         if now.since(sample.at) > net.latency.max_age {
                             d.refresh.push((prefix, pop));
                         }
@@ -393,6 +403,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
                 },
                 None => net.latency.default_ms as f32,
             };
+            read_latency |= srv.latency_pop.is_some();
             s += w.latency * rtt_ms;
         }
         if w.load > 0.0 {
@@ -415,6 +426,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
     }
 
     // 6. Best class and weighted pick.
+    let mut weighted = false;
     if chosen.is_none() {
         let mut best = f32::INFINITY;
         for &s in score.iter().take(n) {
@@ -455,6 +467,7 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
                 }
             }
         }
+        weighted = members > 1;
         d.reason = if members > 1 {
             Reason::Weighted
         } else {
@@ -503,10 +516,66 @@ pub fn decide(net: &Network, state: &State, q: &Query, now: Timestamp) -> Decisi
         }
     }
 
-    d.ecs_scope = if d.reason == Reason::Sticky || used_latency {
-        cap_scope(prefix.len())
+    // The answer depends on the client prefix when it read the prefix's latency row or
+    // persistence entry, or when the weighted pick (which hashes the prefix) had a choice.
+    let base = if read_latency || host.persistence.is_some() || weighted {
+        prefix.len()
     } else {
         0
     };
+    d.ecs_scope = static_scope(net, host, &usable, q, client_ip, base);
     d
+}
+
+/// The ECS scope of an answer that holds for every client of `client/base`: `base`
+/// lengthened until no static mapping that would answer this hostname (its hostnames
+/// include it and it covers a usable target) lies inside the scope without containing
+/// `client`, since such a mapping would answer the clients inside it differently.
+/// Without ECS (no scope is sent) the mappings are not searched and `base` is returned;
+/// with an ECS source prefix of 0 the scope is 0.
+fn static_scope(
+    net: &Network,
+    host: &crate::network::Host,
+    usable: &[bool; MAX_TARGETS],
+    q: &Query,
+    client: IpAddr,
+    base: u8,
+) -> u8 {
+    match q.ecs {
+        None => return base,
+        // Source prefix 0: the answer must not be tied to any client (RFC 7871 7.2.1).
+        Some(c) if c.is_empty() => return 0,
+        Some(_) => {}
+    }
+    let n = host.targets.len().min(MAX_TARGETS);
+    let mut scope = base;
+    for m in net.statics.mappings() {
+        let Some(common) = common_prefix(client, m.network.addr()) else {
+            continue;
+        };
+        if common >= m.network.len() || common < scope {
+            // Contains the client (it lost to a longer one or does not apply), or lies
+            // outside the scope already.
+            continue;
+        }
+        let applies = (m.hosts.is_empty() || m.hosts.contains(&q.host))
+            && (0..n).any(|i| usable[i] && m.target.covers(net, host.targets[i].server));
+        if applies {
+            scope = common + 1;
+        }
+    }
+    scope
+}
+
+/// The number of leading bits `a` and `b` share (`None` across families).
+fn common_prefix(a: IpAddr, b: IpAddr) -> Option<u8> {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            Some((u32::from(a) ^ u32::from(b)).leading_zeros().min(32) as u8)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            Some((u128::from(a) ^ u128::from(b)).leading_zeros().min(128) as u8)
+        }
+        _ => None,
+    }
 }

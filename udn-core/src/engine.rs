@@ -48,6 +48,18 @@ pub enum Metric {
         #[serde(flatten)]
         sample: LatencySample,
     },
+    /// A latency measurement that gave no RTT: every one of `sent` samples was lost.
+    /// The DNS server backs off before asking for this (client network, POP) again.
+    Unreachable {
+        /// The measured client network (its /24 or /48 is used).
+        client: Cidr,
+        /// POP name.
+        pop: String,
+        /// Samples sent (all lost).
+        sent: u8,
+        /// When it was measured.
+        at: Timestamp,
+    },
 }
 
 /// Why a [`Metric`] was not applied.
@@ -210,6 +222,11 @@ impl Engine {
                     .apply_latency(ClientPrefix::of(client.addr()), p, *sample);
                 Ok(None)
             }
+            // The engine keeps no negative entries (the DNS server's refresh queue does).
+            Metric::Unreachable { pop, .. } => match self.net.pop_id(pop) {
+                Some(_) => Ok(None),
+                None => Err(MetricError::UnknownPop(pop.clone())),
+            },
         }
     }
 }

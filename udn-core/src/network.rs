@@ -294,6 +294,8 @@ pub struct LatencyRules {
     pub max_age: Duration,
     /// RTT assumed when unknown, ms.
     pub default_ms: u32,
+    /// Sample age beyond which it is dropped.
+    pub expire: Duration,
 }
 
 /// The immutable compiled snapshot of a [`Config`].
@@ -1071,6 +1073,7 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
         latency: LatencyRules {
             max_age: Duration::from_secs(cfg.latency.max_age_secs),
             default_ms: cfg.latency.default_ms,
+            expire: Duration::from_secs(cfg.latency.expire_secs),
         },
         services: cfg
             .services

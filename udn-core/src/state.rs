@@ -194,6 +194,7 @@ pub struct State {
     /// The latency table.
     pub latency: LatencyTable,
     persistence: HashMap<(ClientPrefix, HostId), Stick>,
+    max_persistence: usize,
 }
 
 impl State {
@@ -207,6 +208,7 @@ impl State {
             load: vec![LoadCell::default(); net.servers.len()],
             latency: LatencyTable::new(net.pops.len()),
             persistence: HashMap::new(),
+            max_persistence: net.config.persistence.max_entries,
         }
     }
 
@@ -373,8 +375,14 @@ impl State {
         self.latency.insert(prefix, pop, sample);
     }
 
-    /// Applies a persistence write from a decision.
-    pub fn apply_persist(&mut self, w: PersistWrite) {
+    /// Applies a persistence write from a decision; returns false (and records nothing)
+    /// when it is for a new entry and the table already holds its maximum.
+    pub fn apply_persist(&mut self, w: PersistWrite) -> bool {
+        if self.persistence.len() >= self.max_persistence
+            && !self.persistence.contains_key(&(w.prefix, w.host))
+        {
+            return false;
+        }
         self.persistence.insert(
             (w.prefix, w.host),
             Stick {
@@ -382,6 +390,7 @@ impl State {
                 until: w.until,
             },
         );
+        true
     }
 
     /// The unexpired persistence entry of a client prefix for a hostname.

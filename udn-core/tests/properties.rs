@@ -456,7 +456,8 @@ fn latency_ranking_picks_the_nearest_pop_and_reports_scope() {
     let d = engine.decide(&q, NOW);
     assert_eq!(d.addrs.as_slice(), &[target_addr(1)]);
     assert_eq!(d.ecs_scope, 24);
-    // With a /16 source, the scope is capped to what the client told us.
+    // With a /16 source the answer is still that of the /24 it names: scope 24, longer
+    // than the source (RFC 7871 7.2.1: the source was not specific enough).
     let wide: IpAddr = "198.51.0.0".parse().unwrap();
     engine.state_mut().apply_latency(
         ClientPrefix::of(wide),
@@ -469,7 +470,7 @@ fn latency_ranking_picks_the_nearest_pop_and_reports_scope() {
     q.ecs = Some(udn_core::Cidr::new(client, 16));
     let d = engine.decide(&q, NOW);
     assert_eq!(d.addrs.as_slice(), &[target_addr(3)]);
-    assert_eq!(d.ecs_scope, 16);
+    assert_eq!(d.ecs_scope, 24);
 }
 
 #[test]
@@ -492,5 +493,143 @@ fn missing_latency_is_requested_from_the_probes() {
             .iter()
             .all(|(c, _)| *c == ClientPrefix::of(client))
     );
-    assert_eq!(d.ecs_scope, 0, "no client-specific data was used");
+    // The unmeasured answer still depends on the /24 (a measured neighbour would rank
+    // differently): scope 24, never 0.
+    assert_eq!(d.ecs_scope, 24);
+    let mut q = query(&net, client, 5);
+    q.ecs = Some(udn_core::Cidr::new(client, 24));
+    assert_eq!(engine.decide(&q, NOW).ecs_scope, 24);
+}
+
+/// Target names a generated static mapping may point at: a server, an origin site, or
+/// a POP (no target of the hostname stands in a POP, so that mapping never applies).
+fn mapping_target(k: usize, n: usize) -> String {
+    match k % 3 {
+        0 => format!("s{}", k / 3 % n),
+        1 => format!("site{}", k / 3 % n),
+        _ => format!("pop{}", k / 3 % N_POPS),
+    }
+}
+
+const SPACE: u32 = 0x0a00_0000; // 10.0.0.0/22: the addresses the generated data lives in
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    /// The ECS scope is honest: every client inside the returned scope gets the same
+    /// answer from the same data (nested static mappings, latency rows, persistence
+    /// entries, health, weights), checked by brute force: every address of the scope
+    /// inside the small space the data lives in (10.0.0.0/22), and 64 more of the
+    /// scope outside it.
+    #[test]
+    fn ecs_scope_holds_for_every_client_inside_it(
+        weights in proptest::collection::vec(0u32..3, 2..5),
+        up in proptest::collection::vec(prop_oneof![3 => Just(H::Up), 1 => Just(H::Down)], 5),
+        latency_weight in prop_oneof![Just(0.0f32), Just(1.0)],
+        near_equal in prop_oneof![Just(0.0f32), Just(5.0), Just(1e6)],
+        persist in any::<bool>(),
+        maps in proptest::collection::vec((0u32..1024, prop_oneof![Just(16u8), 20u8..=32], 0usize..15), 0..7),
+        rows in proptest::collection::vec((0u32..4, 0usize..N_POPS, 1u32..200_000), 0..12),
+        sticks in proptest::collection::vec((0u32..4, 0usize..5), 0..4),
+        client_off in 0u32..1024,
+        seed in any::<u64>(),
+    ) {
+        let n = weights.len();
+        let statics: Vec<StaticMappingConfig> = maps
+            .iter()
+            .map(|&(off, len, k)| StaticMappingConfig {
+                network: udn_core::Cidr::new(IpAddr::V4(Ipv4Addr::from(SPACE + off)), len),
+                target: mapping_target(k, n),
+                hostnames: vec![],
+            })
+            .collect();
+        let base = network(&weights, UncheckedPolicy::Up, AllDownPolicy::Standby,
+            persist.then_some(600), statics);
+        let mut cfg = base.config.clone();
+        cfg.gtm[0].weighting.latency = latency_weight;
+        cfg.gtm[0].weighting.load = if latency_weight == 0.0 { 1.0 } else { 0.0 };
+        cfg.gtm[0].near_equal = near_equal;
+        let net = Arc::new(cfg.compile().unwrap());
+        let mut engine = Engine::new(net.clone());
+        for (i, h) in up.iter().enumerate().take(n) {
+            set_health(&mut engine, i, *h);
+        }
+        let host = net.host_id("www.c.example").unwrap();
+        for &(net24, pop, rtt) in &rows {
+            engine.state_mut().apply_latency(
+                ClientPrefix::of(IpAddr::V4(Ipv4Addr::from(SPACE + (net24 << 8)))),
+                net.pop_id(&format!("pop{pop}")).unwrap(),
+                LatencySample { rtt_us: rtt, at: NOW },
+            );
+        }
+        for &(net24, server) in &sticks {
+            engine.state_mut().apply_persist(udn_core::PersistWrite {
+                host,
+                prefix: ClientPrefix::of(IpAddr::V4(Ipv4Addr::from(SPACE + (net24 << 8)))),
+                server: net.server_id(&format!("s{}", server % n)).unwrap(),
+                until: NOW.plus(std::time::Duration::from_secs(600)),
+            });
+        }
+        let ask = |ip: u32| {
+            let mut q = query(&net, "192.0.2.53".parse().unwrap(), seed);
+            q.ecs = Some(udn_core::Cidr::new(IpAddr::V4(Ipv4Addr::from(ip)), 32));
+            engine.decide(&q, NOW)
+        };
+        let client = SPACE + client_off;
+        let d = ask(client);
+        let scope = d.ecs_scope;
+        prop_assert!(scope <= 32);
+        let mask = if scope == 0 { 0 } else { u32::MAX << (32 - scope as u32) };
+        let inside = |ip: u32| ip & mask == client & mask;
+        let mut others: Vec<u32> = (SPACE..SPACE + 1024).filter(|&ip| inside(ip)).collect();
+        let mut r = seed;
+        for _ in 0..64 {
+            r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            others.push((client & mask) | ((r >> 32) as u32 & !mask));
+        }
+        for ip in others {
+            let e = ask(ip);
+            prop_assert_eq!(
+                e.addrs.as_slice(), d.addrs.as_slice(),
+                "client {} gets {:?} ({}) but {} got {:?} ({}) with scope {}",
+                Ipv4Addr::from(ip), e.addrs.as_slice(), e.reason.as_str(),
+                Ipv4Addr::from(client), d.addrs.as_slice(), d.reason.as_str(), scope
+            );
+        }
+    }
+}
+
+#[test]
+fn ecs_source_prefix_zero_means_no_client_information() {
+    let statics = vec![StaticMappingConfig {
+        network: "0.0.0.0/8".parse().unwrap(),
+        target: "s2".into(),
+        hostnames: vec![],
+    }];
+    let net = network(
+        &[1, 1, 1],
+        UncheckedPolicy::Up,
+        AllDownPolicy::Standby,
+        None,
+        statics,
+    );
+    let engine = Engine::new(net.clone());
+    // ECS 0.0.0.0/0 is not the client 0.0.0.0 (which the static mapping would catch):
+    // the resolver's address decides, and the scope is 0.
+    let mut q = query(&net, "198.51.100.7".parse().unwrap(), 1);
+    q.ecs = Some(udn_core::Cidr::new("0.0.0.0".parse().unwrap(), 0));
+    let d = engine.decide(&q, NOW);
+    assert_ne!(d.reason, Reason::Static);
+    assert_eq!(d.ecs_scope, 0);
+    assert!(
+        d.refresh
+            .as_slice()
+            .iter()
+            .all(|(p, _)| *p == ClientPrefix::of(q.client))
+    );
+    // A /8 source of 0.0.0.0 is client information: the mapping applies.
+    q.ecs = Some(udn_core::Cidr::new("0.0.0.0".parse().unwrap(), 8));
+    let d = engine.decide(&q, NOW);
+    assert_eq!(d.reason, Reason::Static);
+    assert_eq!(d.ecs_scope, 8);
 }

@@ -123,7 +123,12 @@ pub(crate) fn answer(
                         }
                         _ => return None,
                     };
-                    ecs = Some(Cidr::new(addr, source));
+                    let c = Cidr::new(addr, source);
+                    if c.addr() != addr {
+                        // Bits beyond the source prefix: FORMERR from the general path.
+                        return None;
+                    }
+                    ecs = Some(c);
                 }
                 PROXIED_OPTION => proxied = true,
                 _ => {}
@@ -142,7 +147,10 @@ pub(crate) fn answer(
     if let Some(shard) = shard
         && !proxied
     {
-        let client_ip = ecs.map(|c| c.addr()).unwrap_or(q.client);
+        let client_ip = ecs
+            .filter(|c| !c.is_empty())
+            .map(|c| c.addr())
+            .unwrap_or(q.client);
         if shard(ClientPrefix::of(client_ip)).is_some() {
             return None;
         }

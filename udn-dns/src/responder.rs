@@ -153,6 +153,9 @@ pub struct Responder {
     /// GTM/CDN decisions and forwards), keyed by transport + the query without its id.
     cache: HashMap<Vec<u8>, Cached>,
     cache_generation: u64,
+    /// Bytes the cache holds (see [`CACHE_ENTRY_OVERHEAD`]) and may hold.
+    cache_bytes: usize,
+    cache_budget: usize,
     key: Vec<u8>,
 }
 
@@ -163,8 +166,13 @@ struct Cached {
     truncated: bool,
 }
 
-/// The most answers one responder caches; the cache is emptied when full.
-const CACHE_MAX: usize = 65_536;
+/// What one cached answer costs besides its key and answer bytes: the hash-table slot
+/// (two `Vec` headers, the response code, the control byte, with the table's load
+/// factor and growth slack) and the allocator's overhead of the two heap blocks.
+pub const CACHE_ENTRY_OVERHEAD: usize = 192;
+
+/// The answer-cache budget of a [`Responder::new`], bytes.
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
 
 impl Default for Responder {
     fn default() -> Self {
@@ -190,8 +198,25 @@ impl Responder {
             max_udp: MAX_UDP_PAYLOAD,
             cache: HashMap::new(),
             cache_generation: 0,
+            cache_bytes: 0,
+            cache_budget: DEFAULT_CACHE_BYTES,
             key: Vec::with_capacity(512),
         }
+    }
+
+    /// A responder whose answer cache holds at most `bytes` (key + answer +
+    /// [`CACHE_ENTRY_OVERHEAD`] per entry; 0: no cache). When an answer would not fit,
+    /// the cache is emptied first.
+    pub fn with_cache_bytes(bytes: usize) -> Self {
+        Responder {
+            cache_budget: bytes,
+            ..Self::new()
+        }
+    }
+
+    /// Bytes the answer cache holds now (as counted against its budget).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
     }
 
     /// A responder with a different UDP payload cap (at least 512).
@@ -204,9 +229,10 @@ impl Responder {
 
     /// Answers one query. Never panics on any input.
     ///
-    /// Answers that do not depend on the client or the engine's state (static records,
-    /// negative answers, errors) are cached per responder, keyed by the exact query bytes
-    /// (case included) apart from the id, and dropped when `auth` is replaced.
+    /// Answers that do not depend on the client or the engine's state (static records and
+    /// negative answers, never errors) are cached per responder within its byte budget,
+    /// keyed by the exact query bytes (case included) apart from the id, and dropped when
+    /// `auth` is replaced.
     pub fn respond<'s>(
         &'s mut self,
         req: &Request<'_>,
@@ -235,6 +261,7 @@ impl Responder {
         }
         if self.cache_generation != auth.generation() {
             self.cache.clear();
+            self.cache_bytes = 0;
             self.cache_generation = auth.generation();
         }
         self.key.clear();
@@ -259,10 +286,18 @@ impl Responder {
         };
         match kind {
             Ok((rcode, truncated, gtm)) => {
-                if gtm.is_none() {
-                    if self.cache.len() >= CACHE_MAX {
+                // Only answers from the data are cached: no error answer (FORMERR,
+                // SERVFAIL, REFUSED, NOTIMP, BADVERS to garbage or strangers' names).
+                let cost = self.key.len() + self.buf.len() + CACHE_ENTRY_OVERHEAD;
+                if gtm.is_none()
+                    && matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain)
+                    && cost <= self.cache_budget
+                {
+                    if self.cache_bytes + cost > self.cache_budget {
                         self.cache.clear();
+                        self.cache_bytes = 0;
                     }
+                    self.cache_bytes += cost;
                     self.cache.insert(
                         self.key.clone(),
                         Cached {
@@ -345,7 +380,11 @@ impl Responder {
             }
             if let Some(EdnsOption::Subnet(cs)) = e.option(EdnsCode::Subnet) {
                 let max = if cs.addr().is_ipv4() { 32 } else { 128 };
-                if cs.source_prefix() > max {
+                // A source prefix beyond the family's length, or address bits set beyond
+                // the source prefix: FORMERR (RFC 7871 7.1.2), never silently masked.
+                if cs.source_prefix() > max
+                    || Cidr::new(cs.addr(), cs.source_prefix()).addr() != cs.addr()
+                {
                     resp.edns = Some(out);
                     resp.metadata.response_code = ResponseCode::FormErr;
                     return self.finish(resp, limit, None);
@@ -384,7 +423,11 @@ impl Responder {
             && matches!(qtype, RecordType::A | RecordType::AAAA)
             && zone.nodes.get(qname).is_some_and(|n| n.host.is_some())
         {
-            let client_ip = ecs.map(|c| c.addr()).unwrap_or(req.client);
+            // An ECS source prefix of 0 carries no client information.
+            let client_ip = ecs
+                .filter(|c| !c.is_empty())
+                .map(|c| c.addr())
+                .unwrap_or(req.client);
             if let Some(peer) = shard(ClientPrefix::of(client_ip)) {
                 return self.forward(msg, req.client, ecs, peer);
             }
@@ -416,7 +459,7 @@ impl Responder {
         ecs: Option<Cidr>,
         peer: usize,
     ) -> Outcome<'s> {
-        let subnet = match ecs {
+        let subnet = match ecs.filter(|c| !c.is_empty()) {
             Some(c) => ClientSubnet::new(c.addr(), c.len(), 0),
             None => {
                 let p = ClientPrefix::of(client).network();

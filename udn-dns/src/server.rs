@@ -222,6 +222,11 @@ pub struct Limits {
     pub tcp_read: Duration,
     /// A TCP length prefix above this closes the connection (queries are small).
     pub tcp_max_query: usize,
+    /// Answer-cache bytes of all UDP sockets together (each socket's thread gets its
+    /// share); see [`crate::responder::CACHE_ENTRY_OVERHEAD`] for what an entry costs.
+    pub answer_cache_bytes: usize,
+    /// Answer-cache bytes of each TCP connection.
+    pub tcp_answer_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -232,6 +237,8 @@ impl Default for Limits {
             tcp_idle: Duration::from_secs(10),
             tcp_read: Duration::from_secs(3),
             tcp_max_query: 4096,
+            answer_cache_bytes: 16 << 20,
+            tcp_answer_cache_bytes: 16 << 10,
         }
     }
 }
@@ -371,11 +378,12 @@ impl Server {
                     .map_err(io("setting UDP read timeout"))?;
                 let stop = Arc::new(AtomicBool::new(false));
                 let this = self.clone();
+                let cache = self.limits.answer_cache_bytes / (n_udp * addrs.len()).max(1);
                 let rt = tokio::runtime::Handle::current();
                 let flag = stop.clone();
                 std::thread::Builder::new()
                     .name("udn-dns-udp".into())
-                    .spawn(move || this.udp_thread(s, rt, flag))
+                    .spawn(move || this.udp_thread(s, rt, flag, cache))
                     .map_err(io("starting a UDP thread"))?;
                 let mut sd = shutdown.clone();
                 tokio::spawn(async move {
@@ -514,6 +522,7 @@ impl Server {
         sock: std::net::UdpSocket,
         rt: tokio::runtime::Handle,
         stop: Arc<AtomicBool>,
+        cache_bytes: usize,
     ) {
         use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
         use std::io::{IoSlice, IoSliceMut};
@@ -527,7 +536,7 @@ impl Server {
         let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(UDP_BATCH);
         let mut dests: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
         let mut ready: Vec<usize> = Vec::with_capacity(UDP_BATCH);
-        let mut responder = Responder::new();
+        let mut responder = Responder::with_cache_bytes(cache_bytes);
         while !stop.load(Ordering::Relaxed) {
             // Receive up to UDP_BATCH queries in one system call (waiting for the first).
             got.clear();
@@ -582,7 +591,7 @@ impl Server {
                         let this = self.clone();
                         let original = query.to_vec();
                         rt.spawn(async move {
-                            let mut r = Responder::new();
+                            let mut r = Responder::with_cache_bytes(0);
                             let inc = Incoming {
                                 bytes: &original,
                                 client: from,
@@ -672,7 +681,7 @@ impl Server {
         mut shutdown: watch::Receiver<bool>,
     ) -> Option<&'static str> {
         let _ = stream.set_nodelay(true);
-        let mut responder = Responder::new();
+        let mut responder = Responder::with_cache_bytes(self.limits.tcp_answer_cache_bytes);
         let mut buf = vec![0u8; self.limits.tcp_max_query.max(512)];
         let mut out = Vec::with_capacity(4096);
         loop {

@@ -551,3 +551,74 @@ proptest! {
         }
     }
 }
+
+/// The answer cache holds no error answer, and never more bytes than its budget however
+/// many distinct queries arrive (each with its own EDNS padding).
+#[test]
+fn answer_cache_is_bounded_in_bytes_and_holds_no_errors() {
+    let f = fixture();
+    let budget = 64 << 10;
+    let mut r = Responder::with_cache_bytes(budget);
+    let send = |r: &mut Responder, bytes: &[u8]| -> Option<ResponseCode> {
+        let req = Request {
+            bytes,
+            client: "198.51.100.7".parse().unwrap(),
+            transport: Transport::Udp,
+            now: NOW,
+        };
+        match r.respond(&req, &f.auth, &f.engine, None) {
+            Outcome::Reply(rep) => Some(rep.rcode),
+            _ => None,
+        }
+    };
+    // Garbage (FORMERR), a name of no zone (REFUSED), another class (REFUSED), an
+    // opcode we do not serve (NOTIMP), EDNS version 1 (BADVERS): none is cached.
+    let mut garbage = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    garbage.extend_from_slice(&[0xc0, 0xff, 0xff, 0x3f, 0x00]);
+    let refused = query("www.elsewhere.example.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    let mut chaos = query("static.udn.example.", RecordType::A);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    let mut notify = query("static.udn.example.", RecordType::SOA);
+    notify.metadata.op_code = OpCode::Notify;
+    let mut v1 = with_edns(query("static.udn.example.", RecordType::A), 1232, None);
+    v1.edns.as_mut().unwrap().set_version(1);
+    for (q, want) in [
+        (garbage, ResponseCode::FormErr),
+        (refused, ResponseCode::Refused),
+        (chaos.to_vec().unwrap(), ResponseCode::Refused),
+        (notify.to_vec().unwrap(), ResponseCode::NotImp),
+        (v1.to_vec().unwrap(), ResponseCode::BADVERS),
+    ] {
+        for _ in 0..3 {
+            assert_eq!(send(&mut r, &q), Some(want));
+        }
+        assert_eq!(r.cache_bytes(), 0, "{want:?} was cached");
+    }
+    // A static answer is cached ...
+    let ok = query("static.udn.example.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    assert_eq!(send(&mut r, &ok), Some(ResponseCode::NoError));
+    assert!(r.cache_bytes() > 0);
+    // ... and 5,000 distinct padded queries keep the cache within its budget.
+    for i in 0..5_000u32 {
+        let mut m = with_edns(query("static.udn.example.", RecordType::A), 1232, None);
+        m.edns
+            .as_mut()
+            .unwrap()
+            .options_mut()
+            .insert(EdnsOption::Unknown(12, vec![0; (i % 700) as usize]));
+        m.metadata.id = i as u16;
+        assert_eq!(
+            send(&mut r, &m.to_vec().unwrap()),
+            Some(ResponseCode::NoError)
+        );
+        assert!(r.cache_bytes() <= budget, "{} > {budget}", r.cache_bytes());
+    }
+    // No budget: no cache.
+    let mut none = Responder::with_cache_bytes(0);
+    assert_eq!(send(&mut none, &ok), Some(ResponseCode::NoError));
+    assert_eq!(none.cache_bytes(), 0);
+}
