@@ -472,7 +472,6 @@ pub async fn start(
         bootstrap_admin: Some(format!("{}:{}", LOGINS[0].0, LOGINS[0].1)),
         edges: edge_apis,
         probes: probe_apis,
-        agent_tokens: Vec::new(),
         challenge_resolver: None,
     })
     .await

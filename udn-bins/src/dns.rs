@@ -88,13 +88,12 @@ pub struct Args {
     /// Worker threads of the runtime (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
-    /// version is written to `--config` and reloaded without dropping a query.
-    #[arg(long, requires = "config")]
+    /// Follow the control plane's configuration (`https://ip:port` of its machine
+    /// listener, `udn control --listen`, reached over mutual TLS with `--pki`): each new
+    /// version is loaded without dropping a query and then written to `--config`; the
+    /// revoked certificates it carries are refused by the HTTP API.
+    #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
-    /// Agent bearer token for `--control`.
-    #[arg(long, requires = "control")]
-    pub control_token: Option<String>,
 }
 
 /// Where the served data comes from.
@@ -564,7 +563,13 @@ impl Handle {
     /// over by name; zones, hostnames and peers change together). On error (including
     /// a peer list without this server's `--name`) the old snapshot stays.
     pub fn reload(&self) -> anyhow::Result<usize> {
-        let auth = Arc::new(self.source.load()?);
+        self.load(&self.source)
+    }
+
+    /// Loads `source` (instead of the configured one) and swaps the snapshot like
+    /// [`Handle::reload`]; the old snapshot stays on error.
+    pub fn load(&self, source: &Source) -> anyhow::Result<usize> {
+        let auth = Arc::new(source.load()?);
         let zones = auth.zones().len();
         let peers = peers_of(auth.network(), self.name.as_deref(), self.peer_timeout)?;
         let mut g = self
@@ -1008,6 +1013,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => anyhow::bail!("give exactly one of --config FILE or --zone FILE"),
     };
+    let revoked = crate::pki::Revocations::default();
     let opts = Options {
         source,
         listen: args.listen.clone(),
@@ -1016,7 +1022,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(d) => Some(crate::pki::Credentials::load(d)?),
             None => None,
         },
-        revoked: crate::pki::Revocations::default(),
+        revoked: revoked.clone(),
         name: args.name.clone(),
         log_dir: args.log_dir.clone(),
         limits: Limits {
@@ -1028,6 +1034,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
     };
+    let credentials = opts.pki.clone();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         b.worker_threads(args.threads);
@@ -1044,15 +1051,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(a) = h.http {
             println!("udn dns: HTTP API on https://{a}");
         }
-        let follow = match (&args.control, &args.config) {
-            (Some(url), Some(path)) => {
+        let follow = match (&args.control, &args.config, &credentials) {
+            (Some(url), Some(path), Some(creds)) => {
                 let h = h.clone();
+                let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let control = crate::api::watcher::ControlChannel {
+                    url: url.clone(),
+                    credentials: creds.clone(),
+                    revoked: revoked.clone(),
+                };
                 Some(crate::api::watcher::follow_control(
-                    url.clone(),
-                    args.control_token.clone(),
+                    control,
                     path.clone(),
-                    move || h.reload().map(|_| ()),
-                ))
+                    move |u| {
+                        let (h, base) = (h.clone(), base.clone());
+                        async move {
+                            let source = Source::Config {
+                                config: Box::new(u.config),
+                                base,
+                            };
+                            tokio::task::spawn_blocking(move || h.load(&source))
+                                .await
+                                .context("loading task")?
+                                .map(|_| ())
+                        }
+                    },
+                )?)
             }
             _ => None,
         };

@@ -725,24 +725,39 @@ async fn static_mappings_are_owner_only(store: Store) {
 async fn config_distribution_by_etag_and_long_poll(store: Store) {
     let h = Harness::start_on(store, "api-config").await;
     let c = reqwest::Client::new();
+    // On the API, the configuration is for admins only.
     let r = c.get(h.url("/v1/config")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let shop = h.login("shopuser").await;
     assert_eq!(shop.get("/v1/config").await.0, 403);
     let r = c
         .get(h.url("/v1/config"))
-        .bearer_auth("wrong-agent-token")
+        .bearer_auth("agent-secret-token")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 401, "no bearer agent tokens any more");
 
-    let r = c
-        .get(h.url("/v1/config"))
-        .bearer_auth(AGENT_TOKEN)
+    // The roles' channel: mutual TLS, roles dns, edge and probe only.
+    let stranger = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(h.ids["dns"].ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = stranger.get(h.machine("/v1/config")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no certificate, no configuration");
+    let r = h
+        .role_client("control")
+        .get(h.machine("/v1/config"))
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "role control is not a configuration reader"
+    );
+    let dns = h.role_client("dns");
+    let r = dns.get(h.machine("/v1/config")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let etag = r
         .headers()
@@ -753,12 +768,12 @@ async fn config_distribution_by_etag_and_long_poll(store: Store) {
         .to_owned();
     let snap: Value = r.json().await.unwrap();
     let v1 = snap["version"].as_u64().unwrap();
-    assert_eq!(etag, format!("\"v{v1}\""));
+    assert!(etag.starts_with(&format!("\"v{v1}-r")), "{etag}");
     assert_eq!(snap["config"]["gtm"][0]["hostname"], "www.shop.udn.example");
+    assert_eq!(snap["revoked"], json!([]));
 
-    let r = c
-        .get(h.url("/v1/config"))
-        .bearer_auth(AGENT_TOKEN)
+    let r = dns
+        .get(h.machine("/v1/config"))
         .header("if-none-match", &etag)
         .send()
         .await
@@ -766,16 +781,26 @@ async fn config_distribution_by_etag_and_long_poll(store: Store) {
     assert_eq!(r.status(), 304);
 
     // A long poll returns as soon as a change is committed.
-    let poll = {
-        let c = c.clone();
-        let url = h.url(&format!("/v1/config?since={v1}&wait=20"));
+    let poll = |etag: String| {
+        let c = dns.clone();
+        let url = h.machine("/v1/config?wait=20");
         tokio::spawn(async move {
-            let r = c.get(url).bearer_auth(AGENT_TOKEN).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            let r = c
+                .get(url)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap();
+            let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+            (r.status().as_u16(), etag, r.json::<Value>().await.unwrap())
         })
     };
+    let waiting = poll(etag.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!poll.is_finished(), "long poll answered before any change");
+    assert!(
+        !waiting.is_finished(),
+        "long poll answered before any change"
+    );
     let (st, _) = shop
         .send(
             "PUT",
@@ -784,18 +809,37 @@ async fn config_distribution_by_etag_and_long_poll(store: Store) {
         )
         .await;
     assert_eq!(st, 200);
-    let (st, snap) = tokio::time::timeout(Duration::from_secs(10), poll)
+    let (st, etag2, snap) = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("long poll answers after the change")
         .unwrap();
     assert_eq!(st, 200);
     assert_eq!(snap["version"].as_u64().unwrap(), v1 + 1);
     assert_eq!(snap["config"]["gtm"][0]["standby"], json!(["127.0.0.28"]));
+    assert_ne!(etag2, etag);
+
+    // A revocation changes the ETag too: a waiting role wakes and learns the fingerprint.
+    let waiting = poll(etag2.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "long poll answered before any change"
+    );
+    let fp = h.ids["probe"].identity().fingerprint.clone();
+    h.revoked.replace([fp.clone()]);
+    let (st, etag3, snap) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("long poll answers after the revocation")
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(snap["version"].as_u64().unwrap(), v1 + 1, "same version");
+    assert_eq!(snap["revoked"], json!([fp]));
+    assert_ne!(etag3, etag2);
 
     // A long poll with nothing new ends in 304.
-    let r = c
-        .get(h.url(&format!("/v1/config?since={}&wait=1", v1 + 1)))
-        .bearer_auth(AGENT_TOKEN)
+    let r = dns
+        .get(h.machine("/v1/config?wait=1"))
+        .header("if-none-match", &etag3)
         .send()
         .await
         .unwrap();
@@ -857,17 +901,21 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // First point the watcher at a control plane that is not there.
     let dead = free_addr();
+    let revoked = udn_bins::pki::Revocations::default();
     let w = udn_bins::api::config_watcher(
-        format!("http://{dead}"),
-        Some(AGENT_TOKEN.into()),
+        format!("https://{dead}"),
+        &h.ids["edge"],
+        revoked.clone(),
         Duration::from_millis(200),
         {
             let tx = tx.clone();
             move |u| {
                 let _ = tx.send(u);
+                std::future::ready(())
             }
         },
-    );
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         rx.try_recv().is_err(),
@@ -876,13 +924,16 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     w.abort();
 
     let w = udn_bins::api::config_watcher(
-        h.base.clone(),
-        Some(AGENT_TOKEN.into()),
+        h.machine_base.clone(),
+        &h.ids["edge"],
+        revoked.clone(),
         Duration::from_millis(200),
         move |u| {
             let _ = tx.send(u);
+            std::future::ready(())
         },
-    );
+    )
+    .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap()
@@ -898,6 +949,22 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
         .unwrap();
     assert_eq!(second.version, 2);
     assert_eq!(second.config.cdn.len(), 1);
+    // A revocation reaches the watcher's list without a new version.
+    let fp = h.ids["probe"].identity().fingerprint.clone();
+    assert!(!revoked.is_revoked(&fp));
+    h.revoked.replace([fp.clone()]);
+    let start = std::time::Instant::now();
+    while !revoked.is_revoked(&fp) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "revocation not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "no new version delivered for a revocation"
+    );
     w.abort();
 }
 

@@ -248,11 +248,13 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
     let dns_cfg = h.dir.join("dns-network.toml");
     let dns_addr = free_addr();
     let _watcher = config_watcher(
-        h.base.clone(),
-        Some(AGENT_TOKEN.into()),
+        h.machine_base.clone(),
+        &h.ids["dns"],
+        udn_bins::pki::Revocations::default(),
         Duration::from_millis(200),
         write_and_reload(dns_cfg.clone(), None),
-    );
+    )
+    .expect("watcher");
     assert!(eventually(10, || async { dns_cfg.exists() }).await);
     let _dns = Killed(
         Command::new(env!("CARGO_BIN_EXE_udn"))

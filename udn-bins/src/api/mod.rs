@@ -24,7 +24,7 @@ pub use postgres::PgBackend;
 pub use routes::{ClientIp, IsTls, OverTls};
 pub use sqlite::SqliteBackend;
 pub use store_backend::StoreBackend;
-pub use watcher::{ConfigUpdate, config_watcher};
+pub use watcher::{ConfigUpdate, RoleSnapshot, config_watcher};
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -48,8 +48,6 @@ pub struct ControlOptions {
     /// The control plane's instance credentials (role control), presented to the edges'
     /// admin listeners (`https://` edge URLs); without them those calls fail.
     pub credentials: Option<crate::pki::Credentials>,
-    /// Bearer tokens that may read `GET /v1/config` (DNS servers, edges, probes).
-    pub agent_tokens: Vec<String>,
     /// Seconds between retries of a purge an edge did not acknowledge (default 2).
     pub purge_retry_secs: Option<u64>,
     /// The DNS resolver asked for hostname TXT challenges (default: the first
@@ -164,6 +162,13 @@ impl ApiState {
 /// The versioned REST API: every `/v1/...` route and `/health`.
 pub fn router(state: ApiState) -> axum::Router {
     routes::router(state)
+}
+
+/// The roles' configuration channel (`GET /v1/config` for instance roles dns, edge and
+/// probe, with the revoked fingerprints of `revoked`), for the control plane's
+/// mutual-TLS machine listener; see `docs/api.md`.
+pub fn role_config_router(state: ApiState, revoked: crate::pki::Revocations) -> axum::Router {
+    routes::role_config_router(state, revoked)
 }
 
 /// The API for the plain-HTTP listener: [`router`] without the routes that take a
