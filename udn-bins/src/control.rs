@@ -79,6 +79,12 @@ pub struct Args {
     /// A probe's API for page checks (`pop=http://ip:port`); repeatable.
     #[arg(long = "probe", value_name = "POP=URL")]
     pub probes: Vec<String>,
+    /// The directory of the zone files the configuration names (`dns.zones[].file`), the
+    /// same files the DNS servers load: a version is accepted only if they load with it
+    /// (no GTM or CDN hostname colliding with a zone-file name). Default: the directory
+    /// of `--config`.
+    #[arg(long, value_name = "DIR")]
+    pub zone_dir: Option<PathBuf>,
     /// The DNS resolver (`ip:port`) asked for the TXT challenge of a new hostname
     /// (default: the first `nameserver` of /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
@@ -263,6 +269,13 @@ impl Args {
                 edges,
                 probes,
                 credentials: Some(control_credentials(self)?),
+                zone_dir: self.zone_dir.clone().or_else(|| {
+                    self.config.as_ref().map(|c| {
+                        c.parent()
+                            .unwrap_or(std::path::Path::new("."))
+                            .to_path_buf()
+                    })
+                }),
                 purge_retry_secs: None,
                 challenge_resolver: self.challenge_resolver,
             },

@@ -472,6 +472,7 @@ pub async fn start(
         bootstrap_admin: Some(format!("{}:{}", LOGINS[0].0, LOGINS[0].1)),
         edges: edge_apis,
         probes: probe_apis,
+        zone_dir: None,
         challenge_resolver: None,
     })
     .await

@@ -140,7 +140,10 @@ impl Source {
     }
 }
 
-fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
+/// Compiles `cfg` and builds the DNS authority with its zone files read relative to
+/// `base`: what a DNS server runs when it loads a configuration, and what the control
+/// plane runs before accepting one ([`crate::api::watcher::zone_check`]).
+pub fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
     let net = Arc::new(cfg.compile().context("compiling the network")?);
     let mut files = HashMap::new();
     for z in &net.config.dns.zones {

@@ -31,6 +31,7 @@ on_both_stores!(
     a_config_committed_elsewhere_is_served_at_once,
     customer_destinations_in_the_providers_network_are_refused,
     a_config_no_probe_can_load_is_refused,
+    a_hostname_colliding_with_a_zone_file_name_is_refused,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -1650,4 +1651,86 @@ async fn a_config_no_probe_can_load_is_refused(store: Store) {
         .send("PUT", "/v1/config", json!({ "config": cfg }))
         .await;
     assert_eq!(st, 200, "{v}");
+}
+
+async fn a_hostname_colliding_with_a_zone_file_name_is_refused(store: Store) {
+    let h = Harness::start_on(store, "api-zone-collide").await;
+    let admin = h.login("admin").await;
+    let text = admin
+        .client
+        .get(h.url("/v1/config?format=toml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut cfg = udn_core::Config::from_toml(&text).unwrap();
+    // A zone file the control plane cannot read is refused, naming the field.
+    cfg.dns.zones[0].file = Some("udn.zone".into());
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": cfg.clone() }))
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(
+        fields(&e),
+        vec!["config.dns.zones[0].file".to_owned()],
+        "{e}"
+    );
+    // The operator's zone file has a static name.
+    std::fs::create_dir_all(h.dir.join("zones")).unwrap();
+    std::fs::write(
+        h.dir.join("zones").join("udn.zone"),
+        "$ORIGIN udn.example.\n$TTL 60\n\
+         @ IN SOA ns1 hostmaster ( 1 7200 900 1209600 60 )\n@ IN NS ns1\n\
+         ns1 IN A 127.0.0.53\nstatic.shop IN A 127.0.0.54\n",
+    )
+    .unwrap();
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": cfg.clone() }))
+        .await;
+    assert_eq!(st, 200, "{e}");
+    // The DNS role refuses the colliding configuration itself with the same function.
+    let mut colliding = cfg.clone();
+    colliding.cdn[0].hostname = "static.shop.udn.example".into();
+    assert!(udn_bins::dns::load_config(colliding.clone(), &h.dir.join("zones")).is_err());
+
+    // A customer cannot register that name, as GTM or CDN hostname (pending or not).
+    let shop = h.login("shopuser").await;
+    let n_cdn = cfg.cdn.len();
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "static.shop.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(fields(&e), vec![format!("cdn[{n_cdn}].hostname")], "{e}");
+    let n_gtm = cfg.gtm.len();
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/gtm",
+            json!({"hostname": "static.shop.udn.example", "service": cfg.gtm[0].service.clone(),
+                   "targets": [{"server": cfg.gtm[0].targets[0].server.clone()}]}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(fields(&e), vec![format!("gtm[{n_gtm}].hostname")], "{e}");
+    // Nor can an admin commit it whole.
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": colliding }))
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(fields(&e), vec!["config.cdn[0].hostname".to_owned()], "{e}");
+    // A name the zone file does not have is fine.
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "fresh.shop.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{e}");
 }

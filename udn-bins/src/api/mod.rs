@@ -48,6 +48,10 @@ pub struct ControlOptions {
     /// The control plane's instance credentials (role control), presented to the edges'
     /// admin listeners (`https://` edge URLs); without them those calls fail.
     pub credentials: Option<crate::pki::Credentials>,
+    /// The directory the configuration's zone files (`dns.zones[].file`) are read from
+    /// to check, before accepting a version, that the DNS servers would load it
+    /// ([`watcher::zone_check`]); `None`: a version naming a zone file is refused.
+    pub zone_dir: Option<std::path::PathBuf>,
     /// Seconds between retries of a purge an edge did not acknowledge (default 2).
     pub purge_retry_secs: Option<u64>,
     /// The DNS resolver asked for hostname TXT challenges (default: the first

@@ -512,19 +512,43 @@ async fn create_user(
 
 // ---------------------------------------------------------------- config helpers
 
-/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`], the
-/// check the roles run themselves); fields are named under `prefix`.
-fn roles_check(cfg: &Config, prefix: &str) -> ApiResult<()> {
-    super::watcher::roles_would_load(cfg).map_err(|errs| {
-        ApiError::Invalid(
-            errs.into_iter()
-                .map(|(field, message)| FieldError {
-                    field: format!("{prefix}{field}"),
-                    message,
+/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`] and
+/// [`super::watcher::zone_check`], the checks the roles run themselves); fields are
+/// named under `prefix`.
+fn roles_check(st: &ApiState, cfg: &Config, prefix: &str) -> ApiResult<()> {
+    let zones = || match &st.inner.opts.zone_dir {
+        Some(dir) => super::watcher::zone_check(cfg, dir),
+        None => {
+            let errs: Vec<(String, String)> = cfg
+                .dns
+                .zones
+                .iter()
+                .enumerate()
+                .filter(|(_, z)| z.file.is_some())
+                .map(|(i, _)| {
+                    (
+                        format!("dns.zones[{i}].file"),
+                        "the control plane has no zone directory (udn control --zone-dir DIR), \
+                         so it cannot check that the DNS servers would load this zone file"
+                            .to_owned(),
+                    )
                 })
-                .collect(),
-        )
-    })
+                .collect();
+            if errs.is_empty() { Ok(()) } else { Err(errs) }
+        }
+    };
+    super::watcher::roles_would_load(cfg)
+        .and_then(|()| zones())
+        .map_err(|errs| {
+            ApiError::Invalid(
+                errs.into_iter()
+                    .map(|(field, message)| FieldError {
+                        field: format!("{prefix}{field}"),
+                        message,
+                    })
+                    .collect(),
+            )
+        })
 }
 
 /// Applies `f` to a copy of the current config and commits it (validated) as the next
@@ -537,7 +561,7 @@ where
     let snap = current(st).await?;
     let mut cfg = snap.config;
     let out = f(&mut cfg)?;
-    roles_check(&cfg, "")?;
+    roles_check(st, &cfg, "")?;
     let author = a.user.username.clone();
     let base = snap.version;
     let now = super::now();
@@ -1734,7 +1758,7 @@ async fn config_put(
         }
         e => e,
     })?;
-    roles_check(&new, "config.")?;
+    roles_check(&st, &new, "config.")?;
     let _guard = st.inner.config_write.lock().await;
     let base = match p.base {
         Some(b) => b,

@@ -151,6 +151,77 @@ pub struct ControlChannel {
     pub revoked: Revocations,
 }
 
+/// Whether the DNS servers would load `cfg` with the zone files in `zone_dir`: the DNS
+/// role's own load ([`crate::dns::load_config`]: zone files parsed, GTM and CDN
+/// hostnames placed in their zones), run with every pending hostname counted as
+/// verified, so a name a zone file already has is refused when it is registered, not
+/// only once it is proven. Errors name the config field: `gtm[i].hostname` /
+/// `cdn[i].hostname` for a hostname that collides with a zone-file name,
+/// `dns.zones[i].file` for a zone file the control plane cannot read or parse. Errors
+/// of the configuration itself are left to `Config::compile` (which names them).
+pub fn zone_check(cfg: &Config, zone_dir: &std::path::Path) -> Result<(), Vec<(String, String)>> {
+    let mut errs = Vec::new();
+    for (i, z) in cfg.dns.zones.iter().enumerate() {
+        if let Some(f) = &z.file
+            && !zone_dir.join(f).is_file()
+        {
+            errs.push((
+                format!("dns.zones[{i}].file"),
+                format!(
+                    "zone file {f:?} is not readable by the control plane in {} (udn control \
+                     --zone-dir DIR, default: the directory of --config), so it cannot check \
+                     that the DNS servers would load this configuration",
+                    zone_dir.display()
+                ),
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let mut all = cfg.clone();
+    for g in &mut all.gtm {
+        g.challenge = None;
+    }
+    for c in &mut all.cdn {
+        c.challenge = None;
+    }
+    let e = match crate::dns::load_config(all, zone_dir) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let same = |a: &str, b: &str| {
+        udn_core::config::canonical_hostname(a) == udn_core::config::canonical_hostname(b)
+    };
+    match e.downcast_ref::<udn_dns::Error>() {
+        Some(udn_dns::Error::Conflict { zone, name }) => {
+            let field = cfg
+                .gtm
+                .iter()
+                .position(|g| same(&g.hostname, name))
+                .map(|i| format!("gtm[{i}].hostname"))
+                .or_else(|| {
+                    cfg.cdn
+                        .iter()
+                        .position(|c| same(&c.hostname, name))
+                        .map(|i| format!("cdn[{i}].hostname"))
+                })
+                .unwrap_or_else(|| "dns.zones".into());
+            Err(vec![(
+                field,
+                format!(
+                    "{name} already has records in the zone file of {zone}: the DNS servers \
+                     could not load this configuration"
+                ),
+            )])
+        }
+        Some(other) => Err(vec![("dns.zones".into(), other.to_string())]),
+        // The configuration's own errors: `Config::compile` names their fields.
+        None if e.downcast_ref::<udn_core::Error>().is_some() => Ok(()),
+        None => Err(vec![("dns.zones".into(), format!("{e:#}"))]),
+    }
+}
+
 /// Runs [`config_watcher`] for a role whose configuration lives in `path`: each new
 /// version is first loaded by `apply` (from memory); only a version the role loaded is
 /// then written to `path`, so a restart comes up on the last version the role served.

@@ -363,6 +363,8 @@ impl Harness {
                 },
             ],
             credentials: None,
+            // Zone files named by the configuration are read from `<dir>/zones`.
+            zone_dir: Some(dir.join("zones")),
             purge_retry_secs: Some(1),
             challenge_resolver: resolver,
         };
