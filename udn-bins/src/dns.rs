@@ -587,6 +587,23 @@ impl Handle {
         Ok(zones)
     }
 
+    /// The POP a probe's certificate speaks for: its instance name, which must be a POP
+    /// of the served configuration (`udn control enroll probe POP`); otherwise why not.
+    fn probe_pop(&self, peer: Option<&crate::pki::Peer>) -> Result<String, String> {
+        let Some(id) = peer.and_then(|p| p.identity.as_ref()) else {
+            return Err("no instance certificate".into());
+        };
+        let g = self.server.served.read().unwrap_or_else(|e| e.into_inner());
+        if g.engine.network().pops.iter().any(|p| p.name == id.name) {
+            Ok(id.name.clone())
+        } else {
+            Err(format!(
+                "probe certificate {id} names no POP of this configuration: a probe is \
+                 enrolled under its POP's name (udn control enroll probe POP)"
+            ))
+        }
+    }
+
     /// Applies metrics received at `received` (this server's clock); returns (applied,
     /// rejected (index, error)). A sample dated more than [`MAX_FUTURE_SKEW`] after
     /// `received`, or more than [`MAX_SAMPLE_AGE`] before it, is rejected: a probe's
@@ -924,6 +941,22 @@ struct MetricsReply {
     received_at: udn_core::Timestamp,
 }
 
+/// Why a metric (JSON) may not come from a probe of `pop`: a latency sample of another
+/// POP (or any latency sample when the sender's POP is unknown, `Err`).
+fn other_pop_latency(v: &serde_json::Value, pop: &Result<String, String>) -> Option<String> {
+    if v.get("kind").and_then(|k| k.as_str()) != Some("latency") {
+        return None;
+    }
+    let claimed = v.get("pop").and_then(|p| p.as_str()).unwrap_or("");
+    match pop {
+        Ok(own) if own == claimed => None,
+        Ok(own) => Some(format!(
+            "the probe of POP {own} may report latency only for its own POP, not {claimed:?}"
+        )),
+        Err(why) => Some(why.clone()),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct RefreshParams {
     pop: String,
@@ -938,15 +971,35 @@ fn router(h: Arc<Handle>) -> axum::Router {
             "/v1/metrics",
             post(
                 |AxState(h): AxState<Arc<Handle>>,
+                 peer: Option<axum::Extension<crate::pki::Peer>>,
                  body: axum::Json<Vec<serde_json::Value>>| async move {
                     let received_at = crate::logging::now();
-                    let (applied, rejected) = h.apply_metrics(&body.0, received_at);
+                    // Latency samples only for the sender's own POP.
+                    let pop = h.probe_pop(peer.as_ref().map(|p| &p.0));
+                    let mut own = Vec::with_capacity(body.0.len());
+                    let mut index = Vec::with_capacity(body.0.len());
+                    let mut rejected = Vec::new();
+                    for (i, v) in body.0.into_iter().enumerate() {
+                        match other_pop_latency(&v, &pop) {
+                            Some(why) => rejected.push(Rejected {
+                                index: i,
+                                error: why,
+                            }),
+                            None => {
+                                own.push(v);
+                                index.push(i);
+                            }
+                        }
+                    }
+                    let (applied, refused) = h.apply_metrics(&own, received_at);
+                    rejected.extend(refused.into_iter().map(|(i, error)| Rejected {
+                        index: index[i],
+                        error,
+                    }));
+                    rejected.sort_by_key(|r| r.index);
                     axum::Json(MetricsReply {
                         applied,
-                        rejected: rejected
-                            .into_iter()
-                            .map(|(index, error)| Rejected { index, error })
-                            .collect(),
+                        rejected,
                         received_at,
                     })
                 },
@@ -955,8 +1008,26 @@ fn router(h: Arc<Handle>) -> axum::Router {
         .route(
             "/v1/refresh",
             get(
-                |AxState(h): AxState<Arc<Handle>>, q: UrlQuery<RefreshParams>| async move {
-                    axum::Json(h.take_refresh(&q.pop))
+                |AxState(h): AxState<Arc<Handle>>,
+                 peer: Option<axum::Extension<crate::pki::Peer>>,
+                 q: UrlQuery<RefreshParams>| async move {
+                    match h.probe_pop(peer.as_ref().map(|p| &p.0)) {
+                        Ok(pop) if pop == q.pop => {
+                            axum::Json(h.take_refresh(&q.pop)).into_response()
+                        }
+                        Ok(pop) => (
+                            StatusCode::FORBIDDEN,
+                            axum::Json(serde_json::json!({"error": format!(
+                                "the probe of POP {pop} may take only its own refresh requests, \
+                                 not those of {:?}", q.pop)})),
+                        )
+                            .into_response(),
+                        Err(why) => (
+                            StatusCode::FORBIDDEN,
+                            axum::Json(serde_json::json!({ "error": why })),
+                        )
+                            .into_response(),
+                    }
                 },
             ),
         )

@@ -13,8 +13,8 @@
 //! With `--pki DIR` (the probe's instance credentials) the API is an admin listener:
 //! HTTPS, and every route but `/health` only for role control. The reports to the DNS
 //! servers (`https://` URLs then) present the same certificate. Without `--pki` the API
-//! is plain HTTP and read-only: `/v1/pagecheck` (which makes the probe fetch a URL) is
-//! refused.
+//! is plain HTTP, read-only and on a loopback address only (another `--http` address is
+//! refused at start): `/v1/pagecheck` (which makes the probe fetch a URL) is refused.
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -526,6 +526,16 @@ fn spawn_service_loops(
 /// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
 /// service, load, refresh and latency tasks.
 pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
+    // Without credentials the API is plain HTTP with nobody to check: only this host may
+    // reach it.
+    if opts.pki.is_none() && !opts.http.ip().is_loopback() {
+        anyhow::bail!(
+            "--http {}: without --pki the probe's API (status, metrics) is plain HTTP for \
+             anyone who can reach it, so it is served only on a loopback address; give the \
+             probe its credentials (--pki DIR) or --http 127.0.0.1:PORT",
+            opts.http
+        );
+    }
     let targets = targets_of(&opts, &opts.network)?;
     if let Some(creds) = &opts.pki {
         if let Some(u) = opts.dns_http.iter().find(|u| !u.starts_with("https://")) {
