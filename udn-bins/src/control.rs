@@ -418,7 +418,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             get(move || {
                 let reg = registry.clone();
                 async move { collector::render_metrics(&reg) }
-            }),
+            })
+            .route_layer(axum::middleware::from_fn(|req, next| {
+                crate::pki::require_roles(&[crate::pki::InstanceRole::Control], req, next)
+            })),
         )
         .merge(collector::router(collector.clone()));
 
