@@ -85,6 +85,10 @@ pub struct Args {
     /// of `--config`.
     #[arg(long, value_name = "DIR")]
     pub zone_dir: Option<PathBuf>,
+    /// Days a new hostname may stay pending (its TXT challenge not found) before it is
+    /// removed and its name is free again; 0 keeps pending hostnames for good.
+    #[arg(long, default_value_t = 7)]
+    pub pending_hostname_days: u64,
     /// The DNS resolver (`ip:port`) asked for the TXT challenge of a new hostname
     /// (default: the first `nameserver` of /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
@@ -276,6 +280,7 @@ impl Args {
                             .to_path_buf()
                     })
                 }),
+                pending_ttl: Some(Duration::from_secs(self.pending_hostname_days * 86_400)),
                 purge_retry_secs: None,
                 challenge_resolver: self.challenge_resolver,
             },

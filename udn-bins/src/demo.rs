@@ -473,6 +473,7 @@ pub async fn start(
         edges: edge_apis,
         probes: probe_apis,
         zone_dir: None,
+        pending_hostname_days: 7,
         challenge_resolver: None,
     })
     .await

@@ -330,3 +330,44 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
     );
     assert!(dig_short(dns_addr, "cdn-wrong.acme.udn.example").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_hostname_expires_and_frees_its_name() {
+    let h = Harness::start_with_pending_ttl("tenant-expiry", Duration::from_secs(2)).await;
+    let acme = h.login("acmeuser").await;
+    let shop = h.login("shopuser").await;
+    let squat = json!({"hostname": "cdn-squat.udn.example", "origins": ["www.acme.udn.example"]});
+    let (st, v) = acme.send("POST", "/v1/cdn", squat.clone()).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["verification"]["status"], "pending", "{v}");
+    // While pending it reserves the name ...
+    let (st, v) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "cdn-squat.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    // ... a verified hostname never expires ...
+    let (st, _) = acme.get("/v1/cdn/cdn.acme.udn.example").await;
+    assert_eq!(st, 200);
+    // ... and once its time is up (2 s here; 7 days by default) it is gone.
+    assert!(
+        eventually(10, || async {
+            acme.get("/v1/cdn/cdn-squat.udn.example").await.0 == 404
+        })
+        .await,
+        "the pending hostname expired"
+    );
+    let (st, _) = acme.get("/v1/cdn/cdn.acme.udn.example").await;
+    assert_eq!(st, 200, "verified hostnames stay");
+    let (st, v) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "cdn-squat.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "the name is free again: {v}");
+}

@@ -301,7 +301,21 @@ impl Harness {
         Harness::start_full(Store::Sqlite, tag, Some(resolver)).await
     }
 
+    /// A SQLite harness whose pending hostnames expire after `ttl`.
+    pub async fn start_with_pending_ttl(tag: &str, ttl: std::time::Duration) -> Harness {
+        Harness::start_opts(Store::Sqlite, tag, None, Some(ttl)).await
+    }
+
     async fn start_full(store: Store, tag: &str, resolver: Option<SocketAddr>) -> Harness {
+        Harness::start_opts(store, tag, resolver, None).await
+    }
+
+    async fn start_opts(
+        store: Store,
+        tag: &str,
+        resolver: Option<SocketAddr>,
+        pending_ttl: Option<std::time::Duration>,
+    ) -> Harness {
         udn_bins::install_crypto();
         let dir = temp_dir(tag);
         let db_file = dir.join("control.db");
@@ -365,6 +379,7 @@ impl Harness {
             credentials: None,
             // Zone files named by the configuration are read from `<dir>/zones`.
             zone_dir: Some(dir.join("zones")),
+            pending_ttl,
             purge_retry_secs: Some(1),
             challenge_resolver: resolver,
         };
