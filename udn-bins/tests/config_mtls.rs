@@ -318,3 +318,76 @@ fn a_version_the_dns_server_cannot_load_is_not_served_nor_saved() {
     drop(dns);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_probe_and_an_edge_follow_the_control_plane_over_mutual_tls() {
+    udn_bins::install_crypto();
+    let dir = temp("cfg-mtls-probe");
+    let data = dir.join("data");
+    let seed = udn_core::config::SAMPLE;
+    let (_control, machine, portal) = control(&dir, &data, seed);
+    let pki = Pki::new(&data);
+    let probe_pki = pki.enroll("probe", "fra", &["127.0.0.1"]);
+    let edge_pki = pki.enroll("edge", "fra", &["127.0.0.1"]);
+    let probe_cfg = dir.join("probe.toml");
+    let edge_cfg = dir.join("edge.toml");
+    std::fs::write(&probe_cfg, seed).unwrap();
+    std::fs::write(&edge_cfg, seed).unwrap();
+    // `--control` without credentials is refused at start.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["probe", "--config", probe_cfg.to_str().unwrap(), "--pop", "fra"])
+        .args(["--control", &machine])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    let (_probe, _) = udn(
+        &[
+            "probe",
+            "--config",
+            probe_cfg.to_str().unwrap(),
+            "--pop",
+            "fra",
+            "--latency-methods",
+            "dns",
+            "--pki",
+            probe_pki.to_str().unwrap(),
+            "--control",
+            &machine,
+        ],
+        1,
+    );
+    let (_edge, _) = udn(
+        &[
+            "edge",
+            "--config",
+            edge_cfg.to_str().unwrap(),
+            "--pop",
+            "fra",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki",
+            edge_pki.to_str().unwrap(),
+            "--control",
+            &machine,
+        ],
+        1,
+    );
+    for f in [&probe_cfg, &edge_cfg] {
+        eventually("version 1 loaded and saved", 20, || {
+            std::fs::read_to_string(f).is_ok_and(|t| t != seed)
+        });
+    }
+    // A new version reaches both (each saves it once loaded).
+    let mut cfg = udn_core::Config::from_toml(seed).unwrap();
+    cfg.gtm[0].ttl = 45;
+    put_config(&portal, &cfg);
+    for f in [&probe_cfg, &edge_cfg] {
+        eventually("version 2 loaded and saved", 20, || {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| udn_core::Config::from_toml(&t).ok())
+                .is_some_and(|c| c.gtm[0].ttl == 45)
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
