@@ -549,6 +549,9 @@ pub async fn start(
         });
         o.listen = vec![sa(ip, port)];
         o.http = Some(sa(ip, http));
+        // The demo's roles share the control plane's revocation list (read from
+        // `instances.json` every second): `udn control revoke` reaches them at once.
+        o.revoked = control.revoked.clone();
         o.pki = Some(enroll(
             crate::pki::InstanceRole::Dns,
             name,
@@ -631,6 +634,7 @@ pub async fn start(
             log_dir: Some(logs.join("edge").join(pop)),
             check_interval_secs: None,
             origin_timeout_ms: 5_000,
+            revoked: control.revoked.clone(),
             ..Default::default()
         };
         let h = crate::edge::start(o.clone())
@@ -668,6 +672,7 @@ pub async fn start(
             .collect();
         po.pagecheck_dns = Some(pagecheck_dns(pop));
         po.pki = Some(enroll(crate::pki::InstanceRole::Probe, pop, *ip)?);
+        po.revoked = control.revoked.clone();
         let p = crate::probe::start(po)
             .await
             .with_context(|| format!("starting the probe of {pop}"))?;

@@ -82,6 +82,10 @@ pub struct Options {
     /// listener.
     #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
+    /// Certificates the admin listener refuses although they verify: kept current by
+    /// `--control` (the demo shares its control plane's list).
+    #[arg(skip)]
+    pub revoked: crate::pki::Revocations,
 }
 
 /// A running edge started by [`start`].
@@ -226,6 +230,7 @@ impl Default for Options {
             origin_ca: None,
             origin_timeout_ms: 10_000,
             control: None,
+            revoked: crate::pki::Revocations::default(),
         }
     }
 }
@@ -320,7 +325,7 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
     let server = server::start(edge, args.listen, https)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let revoked = crate::pki::Revocations::default();
+    let revoked = args.revoked.clone();
     let (admin_addr, admin) = match (args.admin_listen, &args.pki) {
         (Some(addr), Some(dir)) => {
             let creds = crate::pki::Credentials::load(dir)

@@ -335,7 +335,13 @@ fn a_probe_and_an_edge_follow_the_control_plane_over_mutual_tls() {
     std::fs::write(&edge_cfg, seed).unwrap();
     // `--control` without credentials is refused at start.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_udn"))
-        .args(["probe", "--config", probe_cfg.to_str().unwrap(), "--pop", "fra"])
+        .args([
+            "probe",
+            "--config",
+            probe_cfg.to_str().unwrap(),
+            "--pop",
+            "fra",
+        ])
         .args(["--control", &machine])
         .output()
         .unwrap();
