@@ -334,6 +334,8 @@ impl Credentials {
         reqwest::Client::builder()
             .use_preconfigured_tls(self.client_config()?)
             .https_only(true)
+            // The peer's certificate, so a caller can check the peer's role too.
+            .tls_info(true)
             .timeout(timeout)
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
@@ -679,6 +681,15 @@ pub fn watch_revocations(
             tokio::time::sleep(every).await;
         }
     })
+}
+
+/// The instance identity of the server that answered `resp` (from its TLS certificate;
+/// the client must be built with `tls_info`, as [`Credentials::reqwest_client`] is).
+pub fn server_identity(resp: &reqwest::Response) -> Option<Identity> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|t| t.peer_certificate())
+        .and_then(identity_of)
 }
 
 /// The caller of a request on a listener served by [`crate::listener`]: its address and,

@@ -950,6 +950,38 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
         .unwrap();
     assert_eq!(second.version, 2);
     assert_eq!(second.config.cdn.len(), 1);
+    // A server with another role's certificate of the same CA (an edge posing as the
+    // control plane) hands out no configuration.
+    let (fake, fake_task) = udn_bins::listener::bind_and_serve(
+        "127.0.0.1:0".parse().unwrap(),
+        udn_bins::api::role_config_router(h.state.clone(), udn_bins::pki::Revocations::default()),
+        Some(udn_bins::listener::Tls {
+            config: h.ids["edge"].server_config().unwrap(),
+            revoked: udn_bins::pki::Revocations::default(),
+        }),
+        udn_bins::listener::Limits::default(),
+    )
+    .await
+    .unwrap();
+    let (ftx, mut frx) = tokio::sync::mpsc::unbounded_channel();
+    let fw = udn_bins::api::config_watcher(
+        format!("https://{fake}"),
+        &h.ids["dns"],
+        udn_bins::pki::Revocations::default(),
+        Duration::from_millis(200),
+        move |u| {
+            let _ = ftx.send(u);
+            std::future::ready(())
+        },
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        frx.try_recv().is_err(),
+        "nothing taken from a non-control server"
+    );
+    fw.abort();
+    fake_task.abort();
     // A revocation reaches the watcher's list without a new version.
     let fp = h.ids["probe"].identity().fingerprint.clone();
     assert!(!revoked.is_revoked(&fp));

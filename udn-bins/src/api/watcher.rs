@@ -59,63 +59,78 @@ where
         "--control {control_url:?}: configuration comes over mutual TLS from the control \
          plane's machine listener (https://IP:PORT of udn control --listen)"
     );
-    let http = HttpClient::with_credentials(creds)?;
+    let http = creds.reqwest_client(Duration::from_secs(40))?;
     Ok(tokio::spawn(async move {
         let mut version: u64 = 0;
         let mut etag: Option<String> = None;
         let base = control_url.trim_end_matches('/').to_owned();
         loop {
-            let url = format!("{base}/v1/config?wait=25");
-            let mut headers: Vec<(&str, &str)> = Vec::new();
-            if let Some(t) = etag.as_deref() {
-                headers.push(("if-none-match", t));
-            }
-            let answer = http
-                .call(
-                    axum::http::Method::GET,
-                    &url,
-                    None,
-                    &headers,
-                    Duration::from_secs(40),
-                )
-                .await;
-            match answer {
-                Ok((304, _, _)) => {}
-                Ok((_, h, body)) => match serde_json::from_slice::<RoleSnapshot>(&body) {
-                    Ok(snap) => {
-                        etag = h
-                            .get(axum::http::header::ETAG)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        let n = snap.revoked.len();
-                        if revoked.replace(snap.revoked) {
-                            tracing::info!(
-                                "instance revocations from the control plane: {n} revoked"
-                            );
-                        }
-                        if snap.snapshot.version > version {
-                            version = snap.snapshot.version;
-                            on_update(ConfigUpdate {
-                                version,
-                                config: snap.snapshot.config,
-                            })
-                            .await;
-                        } else if etag.is_none() {
-                            tokio::time::sleep(retry).await;
-                        }
+            match fetch(&http, &base, etag.as_deref()).await {
+                Ok(None) => {}
+                Ok(Some((tag, snap))) => {
+                    etag = tag;
+                    let n = snap.revoked.len();
+                    if revoked.replace(snap.revoked) {
+                        tracing::info!("instance revocations from the control plane: {n} revoked");
                     }
-                    Err(e) => {
-                        tracing::warn!("config from {base}: {e}; keeping version {version}");
+                    if snap.snapshot.version > version {
+                        version = snap.snapshot.version;
+                        on_update(ConfigUpdate {
+                            version,
+                            config: snap.snapshot.config,
+                        })
+                        .await;
+                    } else if etag.is_none() {
                         tokio::time::sleep(retry).await;
                     }
-                },
+                }
                 Err(e) => {
-                    tracing::warn!("config from {base}: {e}; keeping version {version}");
+                    tracing::warn!("config from {base}: {e:#}; keeping version {version}");
                     tokio::time::sleep(retry).await;
                 }
             }
         }
     }))
+}
+
+/// One long-poll: `None` for 304, else the answer's ETag and snapshot. The answering
+/// server must be a control instance of the CA (its certificate's role), so no other
+/// enrolled instance can hand a role its configuration.
+async fn fetch(
+    http: &reqwest::Client,
+    base: &str,
+    etag: Option<&str>,
+) -> anyhow::Result<Option<(Option<String>, RoleSnapshot)>> {
+    use anyhow::Context as _;
+    let mut req = http.get(format!("{base}/v1/config?wait=25"));
+    if let Some(t) = etag {
+        req = req.header(axum::http::header::IF_NONE_MATCH, t);
+    }
+    let resp = req.send().await.context("unreachable")?;
+    match crate::pki::server_identity(&resp) {
+        Some(id) if id.role == crate::pki::InstanceRole::Control => {}
+        other => anyhow::bail!(
+            "the configuration server is {}, not a control instance: refused",
+            other.map_or("unidentified".to_owned(), |i| i.to_string())
+        ),
+    }
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(None);
+    }
+    let tag = resp
+        .headers()
+        .get(axum::http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.bytes().await.context("reading the answer")?;
+    anyhow::ensure!(
+        status.is_success(),
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(200)])
+    );
+    let snap = serde_json::from_slice::<RoleSnapshot>(&body).context("the answer")?;
+    Ok(Some((tag, snap)))
 }
 
 /// Writes `u`'s configuration to `path` as TOML, atomically (a temporary file renamed
