@@ -20,7 +20,7 @@
 //! record names is not stored: it is quarantined (with its reason) and the file's other
 //! records are stored.
 
-use crate::pki::{InstanceRole, Peer, Revocations};
+use crate::pki::{Identity, InstanceRole, Peer, Revocations};
 use crate::store::{Ingested, PreparedFile, Store};
 use axum::Router;
 use axum::body::Bytes;
@@ -221,8 +221,9 @@ fn check_ranges(records: &[LogRecord]) -> Result<(), Invalid> {
 pub fn sender_refusal(
     header: &FileHeader,
     records: &[LogRecord],
-    sender: InstanceRole,
+    sender_id: &Identity,
 ) -> Option<String> {
+    let sender = sender_id.role;
     let file_role = match header.role {
         Role::Dns => InstanceRole::Dns,
         Role::Edge => InstanceRole::Edge,
@@ -252,6 +253,13 @@ pub fn sender_refusal(
                 i + 2
             ));
         }
+    }
+    if header.instance != sender_id.name {
+        return Some(format!(
+            "instance {sender_id} may ship only its own logs; this file was written by \
+             instance {:?}",
+            header.instance
+        ));
     }
     None
 }
@@ -499,13 +507,14 @@ impl Collector {
         body: &[u8],
         checksum: Option<&str>,
         name: Option<&str>,
-        sender: InstanceRole,
+        sender_id: &Identity,
     ) -> Answer {
+        let sender = sender_id.role;
         let mut file = match parse_file(body, checksum.unwrap_or("")) {
             Ok(f) => f,
             Err(e) => return self.reject(body, name, &e),
         };
-        if let Some(why) = sender_refusal(&file.header, &file.records, sender) {
+        if let Some(why) = sender_refusal(&file.header, &file.records, sender_id) {
             self.metrics.file("refused");
             tracing::warn!(file_id = %file.header.file_id, "refused log file: {why}");
             return Answer {
@@ -667,7 +676,7 @@ async fn post_logs(
             )
                 .into_response();
         }
-        Some(id) => id.role,
+        Some(id) => id.clone(),
         None => {
             crate::pki::refusal_log(peer.as_ref(), "log file without an instance certificate");
             return (
@@ -703,7 +712,7 @@ async fn post_logs(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let answer = tokio::task::spawn_blocking(move || {
-        c.receive(&body, sum.as_deref(), name.as_deref(), sender)
+        c.receive(&body, sum.as_deref(), name.as_deref(), &sender)
     })
     .await
     .unwrap_or_else(|e| Answer {
@@ -714,11 +723,17 @@ async fn post_logs(
     (status, axum::Json(answer.body)).into_response()
 }
 
-/// The collector's routes: `POST /v1/logs`, `GET /v1/logs/counts`.
+/// The collector's routes: `POST /v1/logs` (enrolled roles, each its own logs) and
+/// `GET /v1/logs/counts` (role control only).
 pub fn router(c: Arc<Collector>) -> Router {
+    let counts = Router::new()
+        .route("/v1/logs/counts", get(counts))
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            crate::pki::require_roles(&[InstanceRole::Control], req, next)
+        }));
     Router::new()
         .route("/v1/logs", post(post_logs))
-        .route("/v1/logs/counts", get(counts))
+        .merge(counts)
         .layer(DefaultBodyLimit::max(MAX_FILE_BYTES))
         .with_state(c)
 }

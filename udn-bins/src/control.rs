@@ -1,8 +1,9 @@
 //! `udn control`: the control plane. It always runs the log collector and the store
 //! (`--listen`); with `--portal-listen` it also serves the customer portal and the REST
-//! API over HTTPS (and, with `--api-listen`, the API over plain HTTP for the DNS
-//! servers, edges and probes that fetch their configuration). The portal's charts read
-//! the log store's rollups ([`crate::api::StoreBackend`]).
+//! API over HTTPS (and, with `--api-listen`, the API over plain HTTP for scripts with an
+//! API token). DNS servers, edges and probes fetch their configuration from `--listen`
+//! over mutual TLS with their instance certificates. The portal's charts read the log
+//! store's rollups ([`crate::api::StoreBackend`]).
 
 use crate::collector::{self, Collector};
 use crate::store::{self, Location};
@@ -29,8 +30,10 @@ pub struct Args {
     /// Data directory (SQLite database, quarantined log files); created on first start.
     #[arg(long, default_value = "udn-data")]
     pub data_dir: PathBuf,
-    /// Address of the log collector (`POST /v1/logs`, `/health`, `/metrics`), served over
-    /// mutual TLS with the control plane's instance certificate (`--pki`).
+    /// Address of the machine listener, served over mutual TLS with the control plane's
+    /// instance certificate (`--pki`): the log collector (`POST /v1/logs`, `/health`,
+    /// `/metrics`) and, with `--portal-listen`, the roles' configuration
+    /// (`GET /v1/config` for enrolled dns, edge and probe instances).
     #[arg(long, default_value = "127.0.0.1:8480")]
     pub listen: SocketAddr,
     /// The control plane's own instance credentials (`cert.pem`, `key.pem`, `ca.pem`, as
@@ -55,7 +58,8 @@ pub struct Args {
     /// Serve the customer portal and the REST API over HTTPS on this address.
     #[arg(long)]
     pub portal_listen: Option<SocketAddr>,
-    /// Also serve the REST API over plain HTTP here (config distribution to the roles).
+    /// Also serve the REST API over plain HTTP here (for scripts with an API token; no
+    /// password routes; the roles fetch their configuration from `--listen`).
     #[arg(long, requires = "portal_listen")]
     pub api_listen: Option<SocketAddr>,
     /// Portal certificate (PEM); default: a self-signed one generated into the data
@@ -75,9 +79,16 @@ pub struct Args {
     /// A probe's API for page checks (`pop=http://ip:port`); repeatable.
     #[arg(long = "probe", value_name = "POP=URL")]
     pub probes: Vec<String>,
-    /// Bearer tokens that may fetch `GET /v1/config` (DNS servers, edges, probes).
-    #[arg(long = "agent-token")]
-    pub agent_tokens: Vec<String>,
+    /// The directory of the zone files the configuration names (`dns.zones[].file`), the
+    /// same files the DNS servers load: a version is accepted only if they load with it
+    /// (no GTM or CDN hostname colliding with a zone-file name). Default: the directory
+    /// of `--config`.
+    #[arg(long, value_name = "DIR")]
+    pub zone_dir: Option<PathBuf>,
+    /// Days a new hostname may stay pending (its TXT challenge not found) before it is
+    /// removed and its name is free again; 0 keeps pending hostnames for good.
+    #[arg(long, default_value_t = 7)]
+    pub pending_hostname_days: u64,
     /// The DNS resolver (`ip:port`) asked for the TXT challenge of a new hostname
     /// (default: the first `nameserver` of /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
@@ -294,7 +305,14 @@ impl Args {
                 edges,
                 probes,
                 credentials: Some(control_credentials(self)?),
-                agent_tokens: self.agent_tokens.clone(),
+                zone_dir: self.zone_dir.clone().or_else(|| {
+                    self.config.as_ref().map(|c| {
+                        c.parent()
+                            .unwrap_or(std::path::Path::new("."))
+                            .to_path_buf()
+                    })
+                }),
+                pending_ttl: Some(Duration::from_secs(self.pending_hostname_days * 86_400)),
                 purge_retry_secs: None,
                 challenge_resolver: self.challenge_resolver,
             },
@@ -437,24 +455,12 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             get(move || {
                 let reg = registry.clone();
                 async move { collector::render_metrics(&reg) }
-            }),
+            })
+            .route_layer(axum::middleware::from_fn(|req, next| {
+                crate::pki::require_roles(&[crate::pki::InstanceRole::Control], req, next)
+            })),
         )
         .merge(collector::router(collector.clone()));
-
-    crate::install_crypto();
-    let tls = crate::listener::Tls {
-        config: credentials.server_config()?,
-        revoked: revoked.clone(),
-    };
-    let (addr, task) = crate::listener::bind_and_serve(
-        args.listen,
-        app,
-        Some(tls),
-        crate::listener::Limits::default(),
-    )
-    .await
-    .with_context(|| format!("binding {}", args.listen))?;
-    tasks.push(task);
 
     if args.raw_retention_days > 0 {
         let c = collector.clone();
@@ -570,6 +576,30 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         }
         None => None,
     };
+
+    // The machine listener: the collector and, with the portal's store, the roles'
+    // configuration channel (`GET /v1/config`, roles dns/edge/probe by certificate).
+    let app = match &portal {
+        Some(p) => app.merge(crate::api::role_config_router(
+            p.state.clone(),
+            revoked.clone(),
+        )),
+        None => app,
+    };
+    crate::install_crypto();
+    let tls = crate::listener::Tls {
+        config: credentials.server_config()?,
+        revoked: revoked.clone(),
+    };
+    let (addr, task) = crate::listener::bind_and_serve(
+        args.listen,
+        app,
+        Some(tls),
+        crate::listener::Limits::default(),
+    )
+    .await
+    .with_context(|| format!("binding {}", args.listen))?;
+    tasks.push(task);
 
     Ok(Handle {
         addr,

@@ -472,7 +472,8 @@ pub async fn start(
         bootstrap_admin: Some(format!("{}:{}", LOGINS[0].0, LOGINS[0].1)),
         edges: edge_apis,
         probes: probe_apis,
-        agent_tokens: Vec::new(),
+        zone_dir: None,
+        pending_hostname_days: 7,
         challenge_resolver: None,
         // A short grace: the scheduler bills the last full hour within seconds of the
         // demo's start (and each hour a few seconds after it closes).
@@ -557,6 +558,9 @@ pub async fn start(
         });
         o.listen = vec![sa(ip, port)];
         o.http = Some(sa(ip, http));
+        // The demo's roles share the control plane's revocation list (read from
+        // `instances.json` every second): `udn control revoke` reaches them at once.
+        o.revoked = control.revoked.clone();
         o.pki = Some(enroll(
             crate::pki::InstanceRole::Dns,
             name,
@@ -639,6 +643,7 @@ pub async fn start(
             log_dir: Some(logs.join("edge").join(pop)),
             check_interval_secs: None,
             origin_timeout_ms: 5_000,
+            revoked: control.revoked.clone(),
             ..Default::default()
         };
         let h = crate::edge::start(o.clone())
@@ -676,6 +681,7 @@ pub async fn start(
             .collect();
         po.pagecheck_dns = Some(pagecheck_dns(pop));
         po.pki = Some(enroll(crate::pki::InstanceRole::Probe, pop, *ip)?);
+        po.revoked = control.revoked.clone();
         let p = crate::probe::start(po)
             .await
             .with_context(|| format!("starting the probe of {pop}"))?;

@@ -98,13 +98,12 @@ pub struct Args {
     /// Bytes of the answer cache of each TCP connection.
     #[arg(long, default_value_t = 16 << 10)]
     pub tcp_answer_cache_bytes: usize,
-    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
-    /// version is written to `--config` and reloaded without dropping a query.
-    #[arg(long, requires = "config")]
+    /// Follow the control plane's configuration (`https://ip:port` of its machine
+    /// listener, `udn control --listen`, reached over mutual TLS with `--pki`): each new
+    /// version is loaded without dropping a query and then written to `--config`; the
+    /// revoked certificates it carries are refused by the HTTP API.
+    #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
-    /// Agent bearer token for `--control`.
-    #[arg(long, requires = "control")]
-    pub control_token: Option<String>,
 }
 
 /// Where the served data comes from.
@@ -151,7 +150,10 @@ impl Source {
     }
 }
 
-fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
+/// Compiles `cfg` and builds the DNS authority with its zone files read relative to
+/// `base`: what a DNS server runs when it loads a configuration, and what the control
+/// plane runs before accepting one ([`crate::api::watcher::zone_check`]).
+pub fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
     let net = Arc::new(cfg.compile().context("compiling the network")?);
     let mut files = HashMap::new();
     for z in &net.config.dns.zones {
@@ -680,7 +682,13 @@ impl Handle {
     /// over by name; zones, hostnames and peers change together). On error (including
     /// a peer list without this server's `--name`) the old snapshot stays.
     pub fn reload(&self) -> anyhow::Result<usize> {
-        let auth = Arc::new(self.source.load()?);
+        self.load(&self.source)
+    }
+
+    /// Loads `source` (instead of the configured one) and swaps the snapshot like
+    /// [`Handle::reload`]; the old snapshot stays on error.
+    pub fn load(&self, source: &Source) -> anyhow::Result<usize> {
+        let auth = Arc::new(source.load()?);
         let zones = auth.zones().len();
         let peers = peers_of(auth.network(), self.name.as_deref(), self.peer_timeout)?;
         let mut g = self
@@ -701,6 +709,23 @@ impl Handle {
             .clear();
         self.observer.metrics.reloads.inc();
         Ok(zones)
+    }
+
+    /// The POP a probe's certificate speaks for: its instance name, which must be a POP
+    /// of the served configuration (`udn control enroll probe POP`); otherwise why not.
+    fn probe_pop(&self, peer: Option<&crate::pki::Peer>) -> Result<String, String> {
+        let Some(id) = peer.and_then(|p| p.identity.as_ref()) else {
+            return Err("no instance certificate".into());
+        };
+        let g = self.server.served.read().unwrap_or_else(|e| e.into_inner());
+        if g.engine.network().pops.iter().any(|p| p.name == id.name) {
+            Ok(id.name.clone())
+        } else {
+            Err(format!(
+                "probe certificate {id} names no POP of this configuration: a probe is \
+                 enrolled under its POP's name (udn control enroll probe POP)"
+            ))
+        }
     }
 
     /// Applies metrics received at `received` (this server's clock); returns (applied,
@@ -1162,6 +1187,22 @@ struct MetricsReply {
     received_at: udn_core::Timestamp,
 }
 
+/// Why a metric (JSON) may not come from a probe of `pop`: a latency sample of another
+/// POP (or any latency sample when the sender's POP is unknown, `Err`).
+fn other_pop_latency(v: &serde_json::Value, pop: &Result<String, String>) -> Option<String> {
+    if v.get("kind").and_then(|k| k.as_str()) != Some("latency") {
+        return None;
+    }
+    let claimed = v.get("pop").and_then(|p| p.as_str()).unwrap_or("");
+    match pop {
+        Ok(own) if own == claimed => None,
+        Ok(own) => Some(format!(
+            "the probe of POP {own} may report latency only for its own POP, not {claimed:?}"
+        )),
+        Err(why) => Some(why.clone()),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct RefreshParams {
     pop: String,
@@ -1180,14 +1221,33 @@ fn router(h: Arc<Handle>) -> axum::Router {
                  body: axum::Json<Vec<serde_json::Value>>| async move {
                     // Stamped on arrival: freshness is judged on this server's clock.
                     let received_at = crate::logging::now();
+                    // Latency samples only for the sender's own POP.
+                    let pop = h.probe_pop(peer.as_ref().map(|p| &p.0));
+                    let mut own = Vec::with_capacity(body.0.len());
+                    let mut index = Vec::with_capacity(body.0.len());
+                    let mut rejected = Vec::new();
+                    for (i, v) in body.0.into_iter().enumerate() {
+                        match other_pop_latency(&v, &pop) {
+                            Some(why) => rejected.push(Rejected {
+                                index: i,
+                                error: why,
+                            }),
+                            None => {
+                                own.push(v);
+                                index.push(i);
+                            }
+                        }
+                    }
                     let from = peer.as_ref().and_then(|p| p.identity.as_ref());
-                    let (applied, rejected) = h.apply_metrics_from(&body.0, received_at, from);
+                    let (applied, refused) = h.apply_metrics_from(&own, received_at, from);
+                    rejected.extend(refused.into_iter().map(|(i, error)| Rejected {
+                        index: index[i],
+                        error,
+                    }));
+                    rejected.sort_by_key(|r| r.index);
                     axum::Json(MetricsReply {
                         applied,
-                        rejected: rejected
-                            .into_iter()
-                            .map(|(index, error)| Rejected { index, error })
-                            .collect(),
+                        rejected,
                         received_at,
                     })
                 },
@@ -1200,8 +1260,26 @@ fn router(h: Arc<Handle>) -> axum::Router {
         .route(
             "/v1/refresh",
             get(
-                |AxState(h): AxState<Arc<Handle>>, q: UrlQuery<RefreshParams>| async move {
-                    axum::Json(h.take_refresh(&q.pop))
+                |AxState(h): AxState<Arc<Handle>>,
+                 peer: Option<axum::Extension<crate::pki::Peer>>,
+                 q: UrlQuery<RefreshParams>| async move {
+                    match h.probe_pop(peer.as_ref().map(|p| &p.0)) {
+                        Ok(pop) if pop == q.pop => {
+                            axum::Json(h.take_refresh(&q.pop)).into_response()
+                        }
+                        Ok(pop) => (
+                            StatusCode::FORBIDDEN,
+                            axum::Json(serde_json::json!({"error": format!(
+                                "the probe of POP {pop} may take only its own refresh requests, \
+                                 not those of {:?}", q.pop)})),
+                        )
+                            .into_response(),
+                        Err(why) => (
+                            StatusCode::FORBIDDEN,
+                            axum::Json(serde_json::json!({ "error": why })),
+                        )
+                            .into_response(),
+                    }
                 },
             ),
         )
@@ -1262,6 +1340,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => anyhow::bail!("give exactly one of --config FILE or --zone FILE"),
     };
+    let revoked = crate::pki::Revocations::default();
     let opts = Options {
         source,
         listen: args.listen.clone(),
@@ -1270,7 +1349,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(d) => Some(crate::pki::Credentials::load(d)?),
             None => None,
         },
-        revoked: crate::pki::Revocations::default(),
+        revoked: revoked.clone(),
         name: args.name.clone(),
         log_dir: args.log_dir.clone(),
         limits: Limits {
@@ -1284,6 +1363,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),
     };
+    let credentials = opts.pki.clone();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         b.worker_threads(args.threads);
@@ -1300,15 +1380,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(a) = h.http {
             println!("udn dns: HTTP API on https://{a}");
         }
-        let follow = match (&args.control, &args.config) {
-            (Some(url), Some(path)) => {
+        let follow = match (&args.control, &args.config, &credentials) {
+            (Some(url), Some(path), Some(creds)) => {
                 let h = h.clone();
+                let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let control = crate::api::watcher::ControlChannel {
+                    url: url.clone(),
+                    credentials: creds.clone(),
+                    revoked: revoked.clone(),
+                };
                 Some(crate::api::watcher::follow_control(
-                    url.clone(),
-                    args.control_token.clone(),
+                    control,
                     path.clone(),
-                    move || h.reload().map(|_| ()),
-                ))
+                    move |u| {
+                        let (h, base) = (h.clone(), base.clone());
+                        async move {
+                            let source = Source::Config {
+                                config: Box::new(u.config),
+                                base,
+                            };
+                            tokio::task::spawn_blocking(move || h.load(&source))
+                                .await
+                                .context("loading task")?
+                                .map(|_| ())
+                        }
+                    },
+                )?)
             }
             _ => None,
         };

@@ -75,13 +75,17 @@ pub struct Options {
     /// Origin response-header timeout in milliseconds (then 504, or stale-if-error).
     #[arg(long, default_value_t = 10_000)]
     pub origin_timeout_ms: u64,
-    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
-    /// version is written to `--config` and the routes are swapped without a restart.
-    #[arg(long, requires = "config")]
+    /// Follow the control plane's configuration (`https://ip:port` of its machine
+    /// listener, `udn control --listen`, reached over mutual TLS with `--pki`): each new
+    /// version's routes are built and swapped in without a restart, then it is written
+    /// to `--config`; the revoked certificates it carries are refused by the admin
+    /// listener.
+    #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
-    /// Agent bearer token for `--control`.
-    #[arg(long, requires = "control")]
-    pub control_token: Option<String>,
+    /// Certificates the admin listener refuses although they verify: kept current by
+    /// `--control` (the demo shares its control plane's list).
+    #[arg(skip)]
+    pub revoked: crate::pki::Revocations,
 }
 
 /// A running edge started by [`start`].
@@ -90,6 +94,9 @@ pub struct Handle {
     pub server: EdgeHandle,
     /// The admin listener's address, if there is one.
     pub admin_addr: Option<SocketAddr>,
+    /// Certificates the admin listener refuses although they verify (kept current by
+    /// `--control`).
+    pub revoked: crate::pki::Revocations,
     admin: Option<tokio::task::JoinHandle<()>>,
     log: Option<Arc<WriterSink>>,
 }
@@ -223,7 +230,7 @@ impl Default for Options {
             origin_ca: None,
             origin_timeout_ms: 10_000,
             control: None,
-            control_token: None,
+            revoked: crate::pki::Revocations::default(),
         }
     }
 }
@@ -236,20 +243,23 @@ pub fn router(opts: &Options) -> anyhow::Result<Router> {
             .with_check_interval(opts.check_interval_secs.map(Duration::from_secs))),
         (None, Some(path)) => {
             let cfg = crate::demo::load_config(Some(path))?;
-            cfg.compile().context("validating the network config")?;
-            if !cfg.pops.iter().any(|p| p.name == opts.pop) {
-                let known: Vec<&str> = cfg.pops.iter().map(|p| p.name.as_str()).collect();
-                anyhow::bail!(
-                    "--pop {:?} is not a POP of {} (known: {})",
-                    opts.pop,
-                    path.display(),
-                    known.join(", ")
-                );
-            }
-            Router::for_pop(&cfg, &opts.pop).context("building the edge routes")
+            router_for(&cfg, &opts.pop).with_context(|| path.display().to_string())
         }
         (None, None) => anyhow::bail!("udn edge needs --origin URL or --config FILE"),
     }
+}
+
+/// The routes of POP `pop` in the network configuration `cfg` (validated first).
+pub fn router_for(cfg: &udn_core::Config, pop: &str) -> anyhow::Result<Router> {
+    cfg.compile().context("validating the network config")?;
+    if !cfg.pops.iter().any(|p| p.name == pop) {
+        let known: Vec<&str> = cfg.pops.iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!(
+            "--pop {pop:?} is not a POP of the configuration (known: {})",
+            known.join(", ")
+        );
+    }
+    Router::for_pop(cfg, pop).context("building the edge routes")
 }
 
 /// Builds and starts an edge from `args`: binds its addresses and returns them with a
@@ -315,13 +325,14 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
     let server = server::start(edge, args.listen, https)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let revoked = args.revoked.clone();
     let (admin_addr, admin) = match (args.admin_listen, &args.pki) {
         (Some(addr), Some(dir)) => {
             let creds = crate::pki::Credentials::load(dir)
                 .with_context(|| format!("--pki {}", dir.display()))?;
             let tls = crate::listener::Tls {
                 config: creds.server_config()?,
-                revoked: crate::pki::Revocations::default(),
+                revoked: revoked.clone(),
             };
             let (bound, task) = crate::listener::bind_and_serve(
                 addr,
@@ -339,6 +350,7 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
     Ok(Handle {
         server,
         admin_addr,
+        revoked,
         admin,
         log,
     })
@@ -449,19 +461,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(a) = h.admin_addr {
             println!("udn edge: admin on https://{a}");
         }
-        let follow = match (&args_for_reload.control, &args_for_reload.config) {
-            (Some(url), Some(path)) => {
-                let opts = args_for_reload.clone();
+        let follow = match (
+            &args_for_reload.control,
+            &args_for_reload.config,
+            &args_for_reload.pki,
+        ) {
+            (Some(url), Some(path), Some(pki)) => {
+                let pop = args_for_reload.pop.clone();
                 let edge = h.server.edge.clone();
+                let control = crate::api::watcher::ControlChannel {
+                    url: url.clone(),
+                    credentials: crate::pki::Credentials::load(pki)
+                        .with_context(|| format!("--pki {}", pki.display()))?,
+                    revoked: h.revoked.clone(),
+                };
                 Some(crate::api::watcher::follow_control(
-                    url.clone(),
-                    args_for_reload.control_token.clone(),
+                    control,
                     path.clone(),
-                    move || {
-                        edge.set_router(router(&opts)?);
-                        Ok(())
+                    move |u| {
+                        let r = router_for(&u.config, &pop).map(|r| edge.set_router(r));
+                        std::future::ready(r)
                     },
-                ))
+                )?)
             }
             _ => None,
         };

@@ -146,7 +146,7 @@ pub fn serve(
             conns.spawn(async move {
                 let _slot = slot;
                 match tls {
-                    None => serve_conn(TokioIo::new(tcp), peer, None, false, app, limits).await,
+                    None => serve_conn(TokioIo::new(tcp), peer, None, None, app, limits).await,
                     Some(tls) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
                         let stream = match tokio::time::timeout(
@@ -183,7 +183,15 @@ pub fn serve(
                             );
                             return;
                         }
-                        serve_conn(TokioIo::new(stream), peer, identity, true, app, limits).await
+                        serve_conn(
+                            TokioIo::new(stream),
+                            peer,
+                            identity,
+                            Some(tls.revoked.clone()),
+                            app,
+                            limits,
+                        )
+                        .await
                     }
                 }
             });
@@ -191,18 +199,40 @@ pub fn serve(
     })
 }
 
+/// The answer to a request on a connection whose certificate was revoked meanwhile (the
+/// connection is closed after it).
+fn revoked_answer(id: &Identity) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        axum::http::StatusCode::FORBIDDEN,
+        [(axum::http::header::CONNECTION, "close")],
+        axum::Json(serde_json::json!({ "error": format!("instance {id} is revoked") })),
+    )
+        .into_response()
+}
+
 async fn serve_conn<I>(
     io: TokioIo<I>,
     addr: SocketAddr,
     identity: Option<Identity>,
-    over_tls: bool,
+    revoked: Option<Revocations>,
     app: axum::Router,
     limits: Limits,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let over_tls = revoked.is_some();
     let peer = Peer { addr, identity };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // A certificate revoked after the handshake is refused on every later request
+        // of a kept-alive connection too.
+        let revoked_now = match (&revoked, &peer.identity) {
+            (Some(r), Some(id)) if r.is_revoked(&id.fingerprint) => {
+                crate::pki::refusal_log(Some(&peer), &format!("instance {id} is revoked"));
+                Some(revoked_answer(id))
+            }
+            _ => None,
+        };
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(addr));
         req.extensions_mut().insert(peer.clone());
@@ -212,6 +242,9 @@ async fn serve_conn<I>(
         let mut app = app.clone();
         async move {
             use tower_service::Service as _;
+            if let Some(r) = revoked_now {
+                return Ok(r);
+            }
             app.call(req.map(axum::body::Body::new)).await
         }
     });

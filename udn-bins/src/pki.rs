@@ -137,13 +137,27 @@ pub fn identity_of(der: &[u8]) -> Option<Identity> {
 
 /// The set of revoked certificate fingerprints, shared by a role's listeners and updated
 /// when a configuration answer (or, on the control plane, `instances.json`) changes it.
-#[derive(Debug, Clone, Default)]
-pub struct Revocations(Arc<RwLock<HashSet<String>>>);
+/// Every change bumps a generation that [`Revocations::subscribe`] wakes on (the control
+/// plane's configuration long-poll wakes the roles with it).
+#[derive(Debug, Clone)]
+pub struct Revocations {
+    set: Arc<RwLock<HashSet<String>>>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            set: Arc::default(),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
 
 impl Revocations {
     /// Whether this fingerprint is revoked.
     pub fn is_revoked(&self, fingerprint: &str) -> bool {
-        self.0
+        self.set
             .read()
             .map(|s| s.contains(fingerprint))
             .unwrap_or(true)
@@ -152,19 +166,40 @@ impl Revocations {
     /// Replaces the set; returns whether it changed.
     pub fn replace(&self, revoked: impl IntoIterator<Item = String>) -> bool {
         let new: HashSet<String> = revoked.into_iter().collect();
-        match self.0.write() {
+        let changed = match self.set.write() {
             Ok(mut g) if *g != new => {
                 *g = new;
                 true
             }
             _ => false,
+        };
+        if changed {
+            self.generation.send_modify(|g| *g += 1);
         }
+        changed
+    }
+
+    /// A receiver that is marked changed on every change of the set.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// A short digest of the set (16 hex digits of the SHA-256 of the sorted list; the
+    /// same set always gives the same tag): part of the configuration answer's ETag.
+    pub fn tag(&self) -> String {
+        let d = sha2::Sha256::digest(self.list().join("\n").as_bytes());
+        let mut s = String::with_capacity(16);
+        for b in &d[..8] {
+            use fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+        }
+        s
     }
 
     /// The revoked fingerprints, sorted.
     pub fn list(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .0
+            .set
             .read()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
@@ -304,6 +339,8 @@ impl Credentials {
         reqwest::Client::builder()
             .use_preconfigured_tls(self.client_config()?)
             .https_only(true)
+            // The peer's certificate, so a caller can check the peer's role too.
+            .tls_info(true)
             .timeout(timeout)
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
@@ -649,6 +686,15 @@ pub fn watch_revocations(
             tokio::time::sleep(every).await;
         }
     })
+}
+
+/// The instance identity of the server that answered `resp` (from its TLS certificate;
+/// the client must be built with `tls_info`, as [`Credentials::reqwest_client`] is).
+pub fn server_identity(resp: &reqwest::Response) -> Option<Identity> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|t| t.peer_certificate())
+        .and_then(identity_of)
 }
 
 /// The caller of a request on a listener served by [`crate::listener`]: its address and,

@@ -13,8 +13,8 @@
 //! With `--pki DIR` (the probe's instance credentials) the API is an admin listener:
 //! HTTPS, and every route but `/health` only for role control. The reports to the DNS
 //! servers (`https://` URLs then) present the same certificate. Without `--pki` the API
-//! is plain HTTP and read-only: `/v1/pagecheck` (which makes the probe fetch a URL) is
-//! refused.
+//! is plain HTTP, read-only and on a loopback address only (another `--http` address is
+//! refused at start): `/v1/pagecheck` (which makes the probe fetch a URL) is refused.
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -112,13 +112,12 @@ pub struct AgentArgs {
     /// Network configuration file (TOML).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Follow the control plane's configuration (`http://ip:port` of its API): each new
-    /// version is written to `--config` and applied without a restart.
-    #[arg(long, requires = "config")]
+    /// Follow the control plane's configuration (`https://ip:port` of its machine
+    /// listener, `udn control --listen`, reached over mutual TLS with `--pki`): each new
+    /// version is applied without a restart and then written to `--config`; the revoked
+    /// certificates it carries are refused by the probe's API.
+    #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
-    /// Agent bearer token for `--control`.
-    #[arg(long, requires = "control")]
-    pub control_token: Option<String>,
     /// This probe's POP.
     #[arg(long)]
     pub pop: Option<String>,
@@ -538,6 +537,16 @@ fn spawn_service_loops(
 /// Starts the agent on the current tokio runtime: binds the HTTP API and spawns the
 /// service, load, refresh and latency tasks.
 pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
+    // Without credentials the API is plain HTTP with nobody to check: only this host may
+    // reach it.
+    if opts.pki.is_none() && !opts.http.ip().is_loopback() {
+        anyhow::bail!(
+            "--http {}: without --pki the probe's API (status, metrics) is plain HTTP for \
+             anyone who can reach it, so it is served only on a loopback address; give the \
+             probe its credentials (--pki DIR) or --http 127.0.0.1:PORT",
+            opts.http
+        );
+    }
     let targets = targets_of(&opts, &opts.network)?;
     if let Some(creds) = &opts.pki {
         if let Some(u) = opts.dns_http.iter().find(|u| !u.starts_with("https://")) {
@@ -1299,13 +1308,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return run_check(c);
     }
     let config_path = args.agent.config.clone().unwrap_or_default();
-    let control = args
-        .agent
-        .control
-        .clone()
-        .map(|url| (url, args.agent.control_token.clone()));
+    let control_url = args.agent.control.clone();
     let (opts, file_log) = build_options(*args.agent)?;
     let tls = opts.pki.is_some();
+    let control = match (control_url, &opts.pki) {
+        (Some(url), Some(creds)) => Some(crate::api::watcher::ControlChannel {
+            url,
+            credentials: creds.clone(),
+            revoked: opts.revoked.clone(),
+        }),
+        _ => None,
+    };
     let rt = crate::runtime()?;
     rt.block_on(async move {
         let handle = start(opts).await?;
@@ -1329,14 +1342,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut term =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        // A new version from the control plane is written to the config file and then
-        // applied like a SIGHUP.
-        let (tx, mut from_control) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let follow = control.map(|(url, token)| {
-            crate::api::watcher::follow_control(url, token, config_path.clone(), move || {
-                tx.send(()).map_err(|_| anyhow::anyhow!("the probe is stopping"))
-            })
-        });
+        // A new version from the control plane is compiled and applied by the loop
+        // below (like a SIGHUP); the watcher writes it to the config file only once the
+        // probe has loaded it.
+        type Applied = tokio::sync::oneshot::Sender<anyhow::Result<()>>;
+        let (tx, mut from_control) =
+            tokio::sync::mpsc::unbounded_channel::<(udn_core::Config, Applied)>();
+        let follow = match control {
+            Some(c) => Some(crate::api::watcher::follow_control(
+                c,
+                config_path.clone(),
+                move |u| {
+                    let (done, result) = tokio::sync::oneshot::channel();
+                    let sent = tx.send((u.config, done));
+                    async move {
+                        sent.map_err(|_| anyhow::anyhow!("the probe is stopping"))?;
+                        result
+                            .await
+                            .map_err(|_| anyhow::anyhow!("the probe is stopping"))?
+                    }
+                },
+            )?),
+            None => None,
+        };
         let mut handle = handle;
         loop {
             tokio::select! {
@@ -1345,14 +1373,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     break;
                 }
                 _ = term.recv() => break,
-                Some(()) = from_control.recv() => match load_network(&config_path) {
-                    Ok(net) => {
-                        if let Err(e) = handle.reload(net).await {
-                            tracing::error!(error = %format!("{e:#}"), "control-plane config refused");
-                        }
+                Some((cfg, done)) = from_control.recv() => {
+                    let r = match cfg.compile() {
+                        Ok(net) => handle.reload(Arc::new(net)).await.map(|_| ()),
+                        Err(e) => Err(anyhow::Error::from(e).context("validating the configuration")),
+                    };
+                    if let Err(e) = &r {
+                        tracing::error!(error = %format!("{e:#}"), "control-plane config refused; keeping the running config");
                     }
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "control-plane config failed; keeping the running config"),
-                },
+                    let _ = done.send(r);
+                }
                 _ = hup.recv() => match load_network(&config_path) {
                     Ok(net) => {
                         if let Err(e) = handle.reload(net).await {

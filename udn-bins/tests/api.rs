@@ -31,6 +31,7 @@ on_both_stores!(
     a_config_committed_elsewhere_is_served_at_once,
     customer_destinations_in_the_providers_network_are_refused,
     a_config_no_probe_can_load_is_refused,
+    a_hostname_colliding_with_a_zone_file_name_is_refused,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -725,24 +726,39 @@ async fn static_mappings_are_owner_only(store: Store) {
 async fn config_distribution_by_etag_and_long_poll(store: Store) {
     let h = Harness::start_on(store, "api-config").await;
     let c = reqwest::Client::new();
+    // On the API, the configuration is for admins only.
     let r = c.get(h.url("/v1/config")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let shop = h.login("shopuser").await;
     assert_eq!(shop.get("/v1/config").await.0, 403);
     let r = c
         .get(h.url("/v1/config"))
-        .bearer_auth("wrong-agent-token")
+        .bearer_auth("agent-secret-token")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 401, "no bearer agent tokens any more");
 
-    let r = c
-        .get(h.url("/v1/config"))
-        .bearer_auth(AGENT_TOKEN)
+    // The roles' channel: mutual TLS, roles dns, edge and probe only.
+    let stranger = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(h.ids["dns"].ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let r = stranger.get(h.machine("/v1/config")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no certificate, no configuration");
+    let r = h
+        .role_client("control")
+        .get(h.machine("/v1/config"))
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "role control is not a configuration reader"
+    );
+    let dns = h.role_client("dns");
+    let r = dns.get(h.machine("/v1/config")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let etag = r
         .headers()
@@ -753,12 +769,12 @@ async fn config_distribution_by_etag_and_long_poll(store: Store) {
         .to_owned();
     let snap: Value = r.json().await.unwrap();
     let v1 = snap["version"].as_u64().unwrap();
-    assert_eq!(etag, format!("\"v{v1}\""));
+    assert!(etag.starts_with(&format!("\"v{v1}-r")), "{etag}");
     assert_eq!(snap["config"]["gtm"][0]["hostname"], "www.shop.udn.example");
+    assert_eq!(snap["revoked"], json!([]));
 
-    let r = c
-        .get(h.url("/v1/config"))
-        .bearer_auth(AGENT_TOKEN)
+    let r = dns
+        .get(h.machine("/v1/config"))
         .header("if-none-match", &etag)
         .send()
         .await
@@ -766,16 +782,26 @@ async fn config_distribution_by_etag_and_long_poll(store: Store) {
     assert_eq!(r.status(), 304);
 
     // A long poll returns as soon as a change is committed.
-    let poll = {
-        let c = c.clone();
-        let url = h.url(&format!("/v1/config?since={v1}&wait=20"));
+    let poll = |etag: String| {
+        let c = dns.clone();
+        let url = h.machine("/v1/config?wait=20");
         tokio::spawn(async move {
-            let r = c.get(url).bearer_auth(AGENT_TOKEN).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            let r = c
+                .get(url)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap();
+            let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+            (r.status().as_u16(), etag, r.json::<Value>().await.unwrap())
         })
     };
+    let waiting = poll(etag.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!poll.is_finished(), "long poll answered before any change");
+    assert!(
+        !waiting.is_finished(),
+        "long poll answered before any change"
+    );
     let (st, _) = shop
         .send(
             "PUT",
@@ -784,18 +810,37 @@ async fn config_distribution_by_etag_and_long_poll(store: Store) {
         )
         .await;
     assert_eq!(st, 200);
-    let (st, snap) = tokio::time::timeout(Duration::from_secs(10), poll)
+    let (st, etag2, snap) = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("long poll answers after the change")
         .unwrap();
     assert_eq!(st, 200);
     assert_eq!(snap["version"].as_u64().unwrap(), v1 + 1);
     assert_eq!(snap["config"]["gtm"][0]["standby"], json!(["127.0.0.28"]));
+    assert_ne!(etag2, etag);
+
+    // A revocation changes the ETag too: a waiting role wakes and learns the fingerprint.
+    let waiting = poll(etag2.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "long poll answered before any change"
+    );
+    let fp = h.ids["probe"].identity().fingerprint.clone();
+    h.revoked.replace([fp.clone()]);
+    let (st, etag3, snap) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("long poll answers after the revocation")
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(snap["version"].as_u64().unwrap(), v1 + 1, "same version");
+    assert_eq!(snap["revoked"], json!([fp]));
+    assert_ne!(etag3, etag2);
 
     // A long poll with nothing new ends in 304.
-    let r = c
-        .get(h.url(&format!("/v1/config?since={}&wait=1", v1 + 1)))
-        .bearer_auth(AGENT_TOKEN)
+    let r = dns
+        .get(h.machine("/v1/config?wait=1"))
+        .header("if-none-match", &etag3)
         .send()
         .await
         .unwrap();
@@ -857,17 +902,21 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // First point the watcher at a control plane that is not there.
     let dead = free_addr();
+    let revoked = udn_bins::pki::Revocations::default();
     let w = udn_bins::api::config_watcher(
-        format!("http://{dead}"),
-        Some(AGENT_TOKEN.into()),
+        format!("https://{dead}"),
+        &h.ids["edge"],
+        revoked.clone(),
         Duration::from_millis(200),
         {
             let tx = tx.clone();
             move |u| {
                 let _ = tx.send(u);
+                std::future::ready(())
             }
         },
-    );
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         rx.try_recv().is_err(),
@@ -876,13 +925,16 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     w.abort();
 
     let w = udn_bins::api::config_watcher(
-        h.base.clone(),
-        Some(AGENT_TOKEN.into()),
+        h.machine_base.clone(),
+        &h.ids["edge"],
+        revoked.clone(),
         Duration::from_millis(200),
         move |u| {
             let _ = tx.send(u);
+            std::future::ready(())
         },
-    );
+    )
+    .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap()
@@ -898,6 +950,54 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
         .unwrap();
     assert_eq!(second.version, 2);
     assert_eq!(second.config.cdn.len(), 1);
+    // A server with another role's certificate of the same CA (an edge posing as the
+    // control plane) hands out no configuration.
+    let (fake, fake_task) = udn_bins::listener::bind_and_serve(
+        "127.0.0.1:0".parse().unwrap(),
+        udn_bins::api::role_config_router(h.state.clone(), udn_bins::pki::Revocations::default()),
+        Some(udn_bins::listener::Tls {
+            config: h.ids["edge"].server_config().unwrap(),
+            revoked: udn_bins::pki::Revocations::default(),
+        }),
+        udn_bins::listener::Limits::default(),
+    )
+    .await
+    .unwrap();
+    let (ftx, mut frx) = tokio::sync::mpsc::unbounded_channel();
+    let fw = udn_bins::api::config_watcher(
+        format!("https://{fake}"),
+        &h.ids["dns"],
+        udn_bins::pki::Revocations::default(),
+        Duration::from_millis(200),
+        move |u| {
+            let _ = ftx.send(u);
+            std::future::ready(())
+        },
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        frx.try_recv().is_err(),
+        "nothing taken from a non-control server"
+    );
+    fw.abort();
+    fake_task.abort();
+    // A revocation reaches the watcher's list without a new version.
+    let fp = h.ids["probe"].identity().fingerprint.clone();
+    assert!(!revoked.is_revoked(&fp));
+    h.revoked.replace([fp.clone()]);
+    let start = std::time::Instant::now();
+    while !revoked.is_revoked(&fp) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "revocation not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "no new version delivered for a revocation"
+    );
     w.abort();
 }
 
@@ -1583,4 +1683,86 @@ async fn a_config_no_probe_can_load_is_refused(store: Store) {
         .send("PUT", "/v1/config", json!({ "config": cfg }))
         .await;
     assert_eq!(st, 200, "{v}");
+}
+
+async fn a_hostname_colliding_with_a_zone_file_name_is_refused(store: Store) {
+    let h = Harness::start_on(store, "api-zone-collide").await;
+    let admin = h.login("admin").await;
+    let text = admin
+        .client
+        .get(h.url("/v1/config?format=toml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut cfg = udn_core::Config::from_toml(&text).unwrap();
+    // A zone file the control plane cannot read is refused, naming the field.
+    cfg.dns.zones[0].file = Some("udn.zone".into());
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": cfg.clone() }))
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(
+        fields(&e),
+        vec!["config.dns.zones[0].file".to_owned()],
+        "{e}"
+    );
+    // The operator's zone file has a static name.
+    std::fs::create_dir_all(h.dir.join("zones")).unwrap();
+    std::fs::write(
+        h.dir.join("zones").join("udn.zone"),
+        "$ORIGIN udn.example.\n$TTL 60\n\
+         @ IN SOA ns1 hostmaster ( 1 7200 900 1209600 60 )\n@ IN NS ns1\n\
+         ns1 IN A 127.0.0.53\nstatic.shop IN A 127.0.0.54\n",
+    )
+    .unwrap();
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": cfg.clone() }))
+        .await;
+    assert_eq!(st, 200, "{e}");
+    // The DNS role refuses the colliding configuration itself with the same function.
+    let mut colliding = cfg.clone();
+    colliding.cdn[0].hostname = "static.shop.udn.example".into();
+    assert!(udn_bins::dns::load_config(colliding.clone(), &h.dir.join("zones")).is_err());
+
+    // A customer cannot register that name, as GTM or CDN hostname (pending or not).
+    let shop = h.login("shopuser").await;
+    let n_cdn = cfg.cdn.len();
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "static.shop.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(fields(&e), vec![format!("cdn[{n_cdn}].hostname")], "{e}");
+    let n_gtm = cfg.gtm.len();
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/gtm",
+            json!({"hostname": "static.shop.udn.example", "service": cfg.gtm[0].service.clone(),
+                   "targets": [{"server": cfg.gtm[0].targets[0].server.clone()}]}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(fields(&e), vec![format!("gtm[{n_gtm}].hostname")], "{e}");
+    // Nor can an admin commit it whole.
+    let (st, e) = admin
+        .send("PUT", "/v1/config", json!({ "config": colliding }))
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(fields(&e), vec!["config.cdn[0].hostname".to_owned()], "{e}");
+    // A name the zone file does not have is fine.
+    let (st, e) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "fresh.shop.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{e}");
 }

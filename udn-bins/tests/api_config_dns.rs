@@ -31,11 +31,13 @@ async fn a_change_in_the_api_reaches_a_running_udn_dns_within_seconds() {
 
     // The watcher writes the first snapshot before udn dns starts.
     let watcher = config_watcher(
-        h.base.clone(),
-        Some(AGENT_TOKEN.into()),
+        h.machine_base.clone(),
+        &h.ids["dns"],
+        udn_bins::pki::Revocations::default(),
         Duration::from_millis(200),
         write_and_reload(dns_cfg.clone(), None),
-    );
+    )
+    .expect("watcher");
     assert!(
         eventually(10, || async { dns_cfg.exists() }).await,
         "first snapshot written"

@@ -1,7 +1,8 @@
 //! Config distribution: a change made through the control plane's API reaches a
-//! running `udn dns` and a running `udn edge` (both started with `--control`) within
-//! seconds, without a restart.
+//! running `udn dns` and a running `udn edge` (both started with `--control` and their
+//! enrolled `--pki` credentials, over mutual TLS) within seconds, without a restart.
 
+mod pki_support;
 mod proc_support;
 
 use proc_support::{dig_short, udn_with_lines as udn};
@@ -61,8 +62,6 @@ fn api_changes_reach_running_dns_and_edge() {
             "127.0.0.1:0",
             "--bootstrap-admin",
             "admin:s3cret-pass",
-            "--agent-token",
-            "agent-t",
             "--data-dir",
             data.to_str().unwrap(),
             "--config",
@@ -72,6 +71,12 @@ fn api_changes_reach_running_dns_and_edge() {
     );
     let api = word_after(&lines[2], "API on ");
     let portal = word_after(&lines[1], "portal on ");
+    // The roles fetch their configuration from the machine listener with certificates
+    // from the control plane's CA.
+    let control = format!("https://{}", word_after(&lines[0], "listening on "));
+    let pki = pki_support::Pki::new(&data);
+    let dns_pki = pki.enroll("dns", "dns1", &["127.0.0.1"]);
+    let edge_pki = pki.enroll("edge", "fra", &["127.0.0.1"]);
 
     let dns_cfg = dir.join("dns.toml");
     let (_dns, lines) = udn(
@@ -82,9 +87,9 @@ fn api_changes_reach_running_dns_and_edge() {
             "--listen",
             "127.0.0.1:0",
             "--control",
-            &api,
-            "--control-token",
-            "agent-t",
+            &control,
+            "--pki",
+            dns_pki.to_str().unwrap(),
         ],
         1,
     );
@@ -100,9 +105,9 @@ fn api_changes_reach_running_dns_and_edge() {
             "--listen",
             "127.0.0.1:0",
             "--control",
-            &api,
-            "--control-token",
-            "agent-t",
+            &control,
+            "--pki",
+            edge_pki.to_str().unwrap(),
         ],
         1,
     );

@@ -78,12 +78,13 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     // A minute of edge and DNS logs, written by the shared logger.
     let now = udn_bins::logging::now();
     let logs = dir.join("logs");
-    let log = FileLog::new(&logs, Role::Edge, "fra-edge-1", RotationPolicy::default()).unwrap();
+    // Instance names are those of the shipping certificates (`test-<role>`, log_util).
+    let log = FileLog::new(&logs, Role::Edge, "test-edge", RotationPolicy::default()).unwrap();
     // DNS records come from a DNS server (the collector takes only the sender's role).
     let dns_log = FileLog::new(
         &logs.join("dns"),
         Role::Dns,
-        "dns-a",
+        "test-dns",
         RotationPolicy::default(),
     )
     .unwrap();

@@ -419,6 +419,50 @@ fn readme_tour_runs_against_the_demo() {
         .unwrap();
     assert!(invoices.to_string().contains(&number), "{invoices}");
 
+    // A probe revoked with `udn control revoke` is refused by the demo's DNS servers
+    // (they share the control plane's revocation list) and accepted before.
+    let probe_pki = Path::new(pki["probe-fra"].as_str().unwrap());
+    let probe = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            &std::fs::read(probe_pki.join("ca.pem")).unwrap(),
+        )
+        .unwrap()])
+        .identity(
+            reqwest::Identity::from_pem(
+                &[
+                    std::fs::read(probe_pki.join("cert.pem")).unwrap(),
+                    std::fs::read(probe_pki.join("key.pem")).unwrap(),
+                ]
+                .concat(),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let dns_api = ep["dns_http"][0].as_str().expect("a DNS API").to_owned();
+    let report = || {
+        probe
+            .post(format!("{dns_api}/v1/metrics"))
+            .json(&serde_json::json!([]))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(report(), 200, "the demo's probe reports to {dns_api}");
+    let out = udn(&[
+        "control",
+        "revoke",
+        "fra",
+        "--role",
+        "probe",
+        "--data-dir",
+        dir.join("control").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    poll("the revoked probe refused", Duration::from_secs(10), || {
+        (report() != 200).then_some(())
+    });
+
     // SIGTERM stops everything and completes every open log file.
     let mut demo = demo;
     let pid = demo.child.id().to_string();

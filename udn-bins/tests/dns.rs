@@ -142,12 +142,13 @@ fn flags(out: &str) -> String {
 /// `/v1/metrics` and `/v1/refresh`, control for the rest.
 fn curl(args: &[&str]) -> String {
     let url = args.last().copied().unwrap_or("");
-    let id = if url.contains("/v1/metrics") || url.contains("/v1/refresh") {
-        &ids().probe
-    } else {
-        &ids().control
+    // A probe takes only its own POP's refresh requests.
+    let id = match url.split_once("/v1/refresh?pop=") {
+        Some((_, pop)) if pop != "fra" => probe_of(pop),
+        _ if url.contains("/v1/metrics") || url.contains("/v1/refresh") => ids().probe.clone(),
+        _ => ids().control.clone(),
     };
-    curl_with(&curl_args(id), args)
+    curl_with(&curl_args(&id), args)
 }
 
 fn curl_with(id: &[String], args: &[&str]) -> String {
@@ -189,15 +190,72 @@ fn post_status(id: &[String], http: SocketAddr, path: &str, body: &str) -> Optio
 }
 
 fn post_json(http: SocketAddr, path: &str, body: &str) -> String {
-    curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "--data",
-        body,
-        &format!("https://{http}{path}"),
-    ])
+    let post = |id: &[String], body: &str| {
+        curl_with(
+            id,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data",
+                body,
+                &format!("https://{http}{path}"),
+            ],
+        )
+    };
+    // Metrics are sent as the probes would: latency samples by the probe of their POP
+    // (a probe may report latency only for its own), the rest by the `fra` probe; the
+    // answers are summed.
+    let items: Vec<serde_json::Value> = match serde_json::from_str(body) {
+        Ok(v) if path == "/v1/metrics" => v,
+        _ => {
+            return curl(&[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data",
+                body,
+                &format!("https://{http}{path}"),
+            ]);
+        }
+    };
+    let mut by_pop: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for v in items {
+        let pop = match v["kind"].as_str() {
+            Some("latency") => v["pop"].as_str().unwrap_or("fra").to_owned(),
+            _ => "fra".to_owned(),
+        };
+        by_pop.entry(pop).or_default().push(v);
+    }
+    let (mut applied, mut rejected, mut received_at) = (0, Vec::new(), 0);
+    for (pop, items) in by_pop {
+        let id = if pop == "fra" {
+            ids().probe.clone()
+        } else {
+            probe_of(&pop)
+        };
+        let r = post(&curl_args(&id), &serde_json::Value::from(items).to_string());
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap_or_else(|_| panic!("{r}"));
+        applied += v["applied"].as_u64().unwrap_or(0);
+        rejected.extend(v["rejected"].as_array().cloned().unwrap_or_default());
+        received_at = received_at.max(v["received_at"].as_u64().unwrap_or(0));
+    }
+    serde_json::json!({"applied": applied, "rejected": rejected, "received_at": received_at})
+        .to_string()
+}
+
+/// The credentials of the probe of `pop` (enrolled once per test binary).
+fn probe_of(pop: &str) -> PathBuf {
+    static PROBES: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut g = PROBES.lock().unwrap();
+    if let Some((_, d)) = g.iter().find(|(p, _)| p == pop) {
+        return d.clone();
+    }
+    let d = ids().pki.enroll("probe", pop, &["127.0.0.1"]);
+    g.push((pop.to_owned(), d.clone()));
+    d
 }
 
 fn now_ms() -> u64 {
@@ -1011,7 +1069,7 @@ fn a_revoked_probe_is_refused() {
     let dir = tmpdir("revoked");
     let cfg = write_config(&dir, "");
     let ids = ids();
-    let probe = ids.pki.enroll("probe", "nyc", &["127.0.0.1"]);
+    let probe = ids.pki.enroll("probe", "revoked-probe", &["127.0.0.1"]);
     let fingerprint = udn_bins::pki::Credentials::load(&probe)
         .unwrap()
         .identity()
@@ -1042,9 +1100,9 @@ fn a_revoked_probe_is_refused() {
     .unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(dig_short(a, &["www.shop.udn.example"]), [STANDBY]);
-    // ... and refused once revoked (as `udn control revoke nyc` and the configuration
+    // ... and refused once revoked (as `udn control revoke revoked-probe` and the configuration
     // watcher would make it): its samples change nothing.
-    ids.pki.revoke("nyc");
+    ids.pki.revoke("revoked-probe");
     assert!(revoked.replace([fingerprint]));
     let r = post_status(
         &curl_args(&probe),
@@ -1418,5 +1476,65 @@ targets = [{ server = "shop-east-1" }, { server = "shop-west-1" }]
     let _ = dig(a, &["www.shop.udn.example"]);
     let r = curl(&[&format!("https://{http}/v1/refresh?pop=fra")]);
     assert!(r.contains("\"client\":\"127.0.0.0/24\""), "{r}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_probe_reports_latency_and_takes_refreshes_only_for_its_own_pop() {
+    let dir = tmpdir("own-pop");
+    let cfg = write_config(&dir, "");
+    let ids = ids();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let h = rt.block_on(async {
+        let mut o = udn_bins::dns::Options::new(udn_bins::dns::Source::ConfigFile(cfg.clone()));
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.pki = Some(udn_bins::pki::Credentials::load(&ids.dns).unwrap());
+        udn_bins::dns::start(o).await.unwrap()
+    });
+    let http = h.http.unwrap();
+    let latency = |pop: &str| {
+        format!(
+            r#"[{{"kind":"latency","client":"203.0.113.0/24","pop":"{pop}","rtt_us":5000,"at":{}}}]"#,
+            now_ms()
+        )
+    };
+    // The probe of fra (certificate `probe/fra`) cannot speak for nyc ...
+    let fra = curl_args(&ids.probe);
+    let (code, body) = post_status(&fra, http, "/v1/metrics", &latency("nyc")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"applied\":0"), "{body}");
+    assert!(body.contains("only for its own POP"), "{body}");
+    // ... only for itself.
+    let (_, body) = post_status(&fra, http, "/v1/metrics", &latency("fra")).unwrap();
+    assert!(body.contains("\"applied\":1"), "{body}");
+    // A probe certificate that names no POP reports no latency; service samples are
+    // taken from any probe.
+    let stray = curl_args(&ids.pki.enroll("probe", "not-a-pop", &["127.0.0.1"]));
+    let (_, body) = post_status(&stray, http, "/v1/metrics", &latency("fra")).unwrap();
+    assert!(
+        body.contains("\"applied\":0") && body.contains("names no POP"),
+        "{body}"
+    );
+    let (_, body) =
+        post_status(&stray, http, "/v1/metrics", &both_origins(true, now_ms())).unwrap();
+    assert!(!body.contains("\"applied\":0"), "{body}");
+    // Refresh requests: only its own POP's.
+    let refresh = |id: &[String], pop: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(id)
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("https://{http}/v1/refresh?pop={pop}"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (code.trim().parse::<u16>().unwrap(), body.to_owned())
+    };
+    assert_eq!(refresh(&fra, "fra").0, 200);
+    let (code, body) = refresh(&fra, "nyc");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("only its own refresh"), "{body}");
+    h.shutdown();
     std::fs::remove_dir_all(&dir).unwrap();
 }

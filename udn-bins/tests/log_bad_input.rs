@@ -42,7 +42,8 @@ fn write_files(dir: &Path, inst: &str, n: u64, max_bytes: u64) -> Vec<std::path:
     let mut files = Vec::new();
     for (role, kind) in [(Role::Edge, 0u8), (Role::Dns, 1), (Role::Probe, 2)] {
         let d = dir.join(role.as_str());
-        let log = FileLog::new(&d, role, inst, policy).unwrap();
+        // The instance name is the shipping certificate's (`test-<role>`, log_util).
+        let log = FileLog::new(&d, role, &format!("test-{}", role.as_str()), policy).unwrap();
         for i in 0..n {
             let ts = Timestamp::from_millis(t0.as_millis() + i * 100);
             log.write_at(&record(kind, inst, i, ts), ts).unwrap();
@@ -279,7 +280,7 @@ fn distributor_fails_over_and_round_robins() {
     let (shipped, _, out) = drain(&logs, &[dead, a.url(), b.url()], &data);
     assert_eq!(shipped, files.len() as u64, "{out}");
 
-    let client = role_client(&data, "edge");
+    let client = role_client(&data, "control");
     for c in [&a, &b] {
         let m = client
             .get(format!("{}/metrics", c.url()))

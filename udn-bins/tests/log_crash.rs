@@ -37,17 +37,17 @@ fn write_logs(dir: &std::path::Path, per_writer: u64, secs: u64, stop: Arc<Atomi
     };
     let writers = [
         (
-            FileLog::new(&dir.join("edge"), Role::Edge, "fra-edge-1", policy).unwrap(),
+            FileLog::new(&dir.join("edge"), Role::Edge, "test-edge", policy).unwrap(),
             0u8,
             "e",
         ),
         (
-            FileLog::new(&dir.join("dns"), Role::Dns, "dns-1", policy).unwrap(),
+            FileLog::new(&dir.join("dns"), Role::Dns, "test-dns", policy).unwrap(),
             1,
             "d",
         ),
         (
-            FileLog::new(&dir.join("probe"), Role::Probe, "fra-probe", policy).unwrap(),
+            FileLog::new(&dir.join("probe"), Role::Probe, "test-probe", policy).unwrap(),
             2,
             "p",
         ),

@@ -13,9 +13,15 @@ use udn_bins::collector::sha256_hex;
 use udn_core::Timestamp;
 use udn_core::log::{HttpRecord, LogRecord, ProbeRecord};
 
+/// A file header of the test instance of `role` (`test-<role>`, the name its
+/// certificate has: the collector takes only an instance's own files).
 fn header(role: &str, id: &str) -> String {
+    header_of(role, &format!("test-{role}"), id)
+}
+
+fn header_of(role: &str, instance: &str, id: &str) -> String {
     format!(
-        "{{\"magic\":\"udn-log\",\"version\":1,\"file_id\":\"{id}\",\"role\":\"{role}\",\"instance\":\"t\",\"opened_at\":0}}\n"
+        "{{\"magic\":\"udn-log\",\"version\":1,\"file_id\":\"{id}\",\"role\":\"{role}\",\"instance\":\"{instance}\",\"opened_at\":0}}\n"
     )
 }
 
@@ -183,6 +189,19 @@ fn an_instance_may_ship_only_its_own_roles_records() {
             .contains("line 3: an HTTP record"),
         "{v}"
     );
+    // Another probe instance's file (its header names `nyc`), shipped by `test-probe`.
+    let mut other = header_of("probe", "nyc", "p-other");
+    other.push_str(&probe_rec.to_line());
+    other.push('\n');
+    let (status, v) = post(&probe, &url, other.as_bytes()).unwrap();
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("may ship only its own logs"),
+        "{v}"
+    );
     // Its own records are taken.
     let (status, v) = post(&probe, &url, &file("probe", "p-own", &[probe_rec])).unwrap();
     assert_eq!((status, v["rows"].as_u64()), (200, Some(1)), "{v}");
@@ -312,4 +331,35 @@ fn counts_that_could_overflow_a_sum_are_refused() {
     );
     drop(control);
     assert_eq!(usage(&data), (0, 0, String::new()));
+}
+
+#[test]
+fn collector_counts_and_metrics_are_for_the_control_role_only() {
+    let tmp = TempDir::new("trust-counts");
+    let data = tmp.path().join("data");
+    let control = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
+    let url = control.url();
+    let edge = role_client(&data, "edge");
+    let (status, v) = post(&edge, &url, &shop_file("c-1")).unwrap();
+    assert_eq!(status, 200, "{v}");
+    for path in ["/metrics", "/v1/logs/counts"] {
+        let r = edge.get(format!("{url}{path}")).send().unwrap();
+        assert_eq!(r.status(), 403, "an edge reads {path}");
+        let body = r.text().unwrap();
+        assert!(
+            !body.contains("udn_collector") && !body.contains("ledger_rows"),
+            "{body}"
+        );
+    }
+    let op = role_client(&data, "control");
+    let m = op.get(format!("{url}/metrics")).send().unwrap();
+    assert_eq!(m.status(), 200);
+    assert!(m.text().unwrap().contains("udn_collector_files_total"));
+    let c: serde_json::Value = op
+        .get(format!("{url}/v1/logs/counts"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(c["files"], 1, "{c}");
 }

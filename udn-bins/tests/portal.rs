@@ -615,10 +615,7 @@ async fn start_seeds_an_empty_store_once_and_serves_both_listeners() {
             dir: dir.join("tls"),
             names: vec!["127.0.0.1".into()],
         },
-        options: ControlOptions {
-            agent_tokens: vec![AGENT_TOKEN.into()],
-            ..ControlOptions::default()
-        },
+        options: ControlOptions::default(),
         seed_config: Some(seed),
         bootstrap_admin: Some(("root".into(), PASSWORD.into())),
     };
@@ -627,17 +624,12 @@ async fn start_seeds_an_empty_store_once_and_serves_both_listeners() {
         .await
         .unwrap();
     let http = h.http.unwrap();
-    let snap: serde_json::Value = reqwest::Client::new()
+    let r = reqwest::Client::new()
         .get(format!("http://{http}/v1/config"))
-        .bearer_auth(AGENT_TOKEN)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(snap["version"], 1);
-    assert_eq!(snap["config"]["customers"].as_array().unwrap().len(), 2);
+    assert_eq!(r.status(), 401, "the plain listener needs a credential");
     let c = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(h.cert_pem.as_bytes()).unwrap()])
         .build()
@@ -652,6 +644,29 @@ async fn start_seeds_an_empty_store_once_and_serves_both_listeners() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let token: serde_json::Value = c
+        .post(format!(
+            "https://127.0.0.1:{}/v1/auth/token",
+            h.https.port()
+        ))
+        .json(&serde_json::json!({"username": "root", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let snap: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{http}/v1/config"))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snap["version"], 1);
+    assert_eq!(snap["config"]["customers"].as_array().unwrap().len(), 2);
     let pem = h.cert_pem.clone();
     drop(h);
 

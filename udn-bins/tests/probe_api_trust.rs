@@ -136,3 +136,23 @@ fn only_the_control_plane_may_ask_a_probe_for_a_page_check() {
     assert_eq!(fetched.load(Ordering::SeqCst), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_probe_without_credentials_serves_its_api_only_on_loopback() {
+    let dir = temp_dir("probe-api-loopback");
+    let cfg = dir.join("net.toml");
+    std::fs::write(&cfg, udn_core::config::SAMPLE).unwrap();
+    // Every address (0.0.0.0) without --pki: refused at start, nothing is bound.
+    let o = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["probe", "--config", cfg.to_str().unwrap(), "--pop", "fra"])
+        .args(["--latency-methods", "dns", "--http", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("only on a loopback address"), "{err}");
+    // On loopback without credentials it starts (read-only: status and metrics).
+    let p = probe(&cfg, false);
+    assert!(p.http.ip().is_loopback());
+    let _ = std::fs::remove_dir_all(&dir);
+}

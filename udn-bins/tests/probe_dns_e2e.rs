@@ -378,6 +378,17 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     let probes: Vec<Udn> = POPS
         .iter()
         .map(|(pop, addr)| {
+            // Each POP's probe has its own certificate (a probe reports latency only for
+            // the POP its certificate names).
+            let pki = if *pop == "fra" {
+                ids().probe.clone()
+            } else {
+                ids().pki.enroll(
+                    "probe",
+                    pop,
+                    &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.31", "::1"],
+                )
+            };
             Udn::probe(&[
                 "--config",
                 cfg.to_str().unwrap(),
@@ -386,7 +397,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
                 "--dns-http",
                 &format!("https://{}", dns.http),
                 "--pki",
-                ids().probe.to_str().unwrap(),
+                pki.to_str().unwrap(),
                 "--latency-methods",
                 "dns",
                 "--latency-port",

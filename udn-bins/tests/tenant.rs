@@ -248,11 +248,13 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
     let dns_cfg = h.dir.join("dns-network.toml");
     let dns_addr = free_addr();
     let _watcher = config_watcher(
-        h.base.clone(),
-        Some(AGENT_TOKEN.into()),
+        h.machine_base.clone(),
+        &h.ids["dns"],
+        udn_bins::pki::Revocations::default(),
         Duration::from_millis(200),
         write_and_reload(dns_cfg.clone(), None),
-    );
+    )
+    .expect("watcher");
     assert!(eventually(10, || async { dns_cfg.exists() }).await);
     let _dns = Killed(
         Command::new(env!("CARGO_BIN_EXE_udn"))
@@ -327,4 +329,45 @@ async fn a_new_hostname_goes_live_only_after_its_txt_challenge_is_found_in_dns()
         "the verified hostname is served"
     );
     assert!(dig_short(dns_addr, "cdn-wrong.acme.udn.example").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_hostname_expires_and_frees_its_name() {
+    let h = Harness::start_with_pending_ttl("tenant-expiry", Duration::from_secs(2)).await;
+    let acme = h.login("acmeuser").await;
+    let shop = h.login("shopuser").await;
+    let squat = json!({"hostname": "cdn-squat.udn.example", "origins": ["www.acme.udn.example"]});
+    let (st, v) = acme.send("POST", "/v1/cdn", squat.clone()).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["verification"]["status"], "pending", "{v}");
+    // While pending it reserves the name ...
+    let (st, v) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "cdn-squat.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    // ... a verified hostname never expires ...
+    let (st, _) = acme.get("/v1/cdn/cdn.acme.udn.example").await;
+    assert_eq!(st, 200);
+    // ... and once its time is up (2 s here; 7 days by default) it is gone.
+    assert!(
+        eventually(10, || async {
+            acme.get("/v1/cdn/cdn-squat.udn.example").await.0 == 404
+        })
+        .await,
+        "the pending hostname expired"
+    );
+    let (st, _) = acme.get("/v1/cdn/cdn.acme.udn.example").await;
+    assert_eq!(st, 200, "verified hostnames stay");
+    let (st, v) = shop
+        .send(
+            "POST",
+            "/v1/cdn",
+            json!({"hostname": "cdn-squat.udn.example", "origins": ["www.shop.udn.example"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "the name is free again: {v}");
 }

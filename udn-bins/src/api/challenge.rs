@@ -13,9 +13,37 @@ use std::time::Duration;
 /// How long one challenge query waits for its answer.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A fresh challenge token.
+/// A fresh challenge token: `udn-verify-<issue time, hex seconds>-<32 random hex>`, so
+/// its age is known ([`issued_at`]) and a pending hostname can expire.
 pub(crate) fn new_token() -> String {
-    format!("udn-verify-{}", super::backend::random_hex(16))
+    format!(
+        "udn-verify-{:x}-{}",
+        super::now().as_millis() / 1000,
+        super::backend::random_hex(16)
+    )
+}
+
+/// When a token from [`new_token`] was issued (seconds since the epoch); `None` for a
+/// token without a time (issued before tokens carried one).
+pub(crate) fn issued_at(token: &str) -> Option<u64> {
+    let (secs, rest) = token.strip_prefix("udn-verify-")?.split_once('-')?;
+    (!rest.is_empty())
+        .then(|| u64::from_str_radix(secs, 16).ok())
+        .flatten()
+}
+
+/// Removes the GTM and CDN hostnames whose challenge was issued `ttl_secs` or more
+/// before `now_secs` (still pending); returns how many.
+pub(crate) fn drop_expired(cfg: &mut udn_core::Config, ttl_secs: u64, now_secs: u64) -> usize {
+    let expired = |c: &Option<String>| {
+        c.as_deref()
+            .and_then(issued_at)
+            .is_some_and(|t| now_secs.saturating_sub(t) >= ttl_secs)
+    };
+    let before = cfg.gtm.len() + cfg.cdn.len();
+    cfg.gtm.retain(|g| !expired(&g.challenge));
+    cfg.cdn.retain(|c| !expired(&c.challenge));
+    before - cfg.gtm.len() - cfg.cdn.len()
 }
 
 /// Whether a hostname is live or waits for its TXT challenge, and the record to publish.

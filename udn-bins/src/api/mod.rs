@@ -24,7 +24,7 @@ pub use postgres::PgBackend;
 pub use routes::{ClientIp, IsTls, OverTls};
 pub use sqlite::SqliteBackend;
 pub use store_backend::StoreBackend;
-pub use watcher::{ConfigUpdate, config_watcher};
+pub use watcher::{ConfigUpdate, RoleSnapshot, config_watcher};
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -48,14 +48,23 @@ pub struct ControlOptions {
     /// The control plane's instance credentials (role control), presented to the edges'
     /// admin listeners (`https://` edge URLs); without them those calls fail.
     pub credentials: Option<crate::pki::Credentials>,
-    /// Bearer tokens that may read `GET /v1/config` (DNS servers, edges, probes).
-    pub agent_tokens: Vec<String>,
+    /// The directory the configuration's zone files (`dns.zones[].file`) are read from
+    /// to check, before accepting a version, that the DNS servers would load it
+    /// ([`watcher::zone_check`]); `None`: a version naming a zone file is refused.
+    pub zone_dir: Option<std::path::PathBuf>,
+    /// How long a hostname may stay pending (its TXT challenge not yet found) before it
+    /// is removed, so nobody can hold a name they cannot prove; `None`: 7 days;
+    /// `Some(ZERO)`: never.
+    pub pending_ttl: Option<std::time::Duration>,
     /// Seconds between retries of a purge an edge did not acknowledge (default 2).
     pub purge_retry_secs: Option<u64>,
     /// The DNS resolver asked for hostname TXT challenges (default: the first
     /// `nameserver` of `/etc/resolv.conf`).
     pub challenge_resolver: Option<SocketAddr>,
 }
+
+/// How long a hostname may stay pending by default: 7 days.
+pub const DEFAULT_PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// Shared state of the API and portal handlers.
 #[derive(Clone)]
@@ -143,8 +152,48 @@ impl ApiState {
     /// Starts one delivery task per edge that sends every pending purge in sequence
     /// order and retries an edge that did not acknowledge until it does; returns the
     /// tasks' handles (abort them to stop).
+    /// Also starts the task that removes expired pending hostnames
+    /// ([`ControlOptions::pending_ttl`]).
     pub fn start_purge_distributor(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        fanout::start_distributor(self.clone())
+        let mut tasks = fanout::start_distributor(self.clone());
+        let ttl = self.inner.opts.pending_ttl.unwrap_or(DEFAULT_PENDING_TTL);
+        if !ttl.is_zero() {
+            let st = self.clone();
+            let every = (ttl / 2).clamp(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(60),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match st.expire_pending(ttl).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(removed = n, "expired pending hostnames"),
+                        Err(e) => tracing::warn!("expiring pending hostnames: {e:?}"),
+                    }
+                }
+            }));
+        }
+        tasks
+    }
+
+    /// Removes the hostnames pending for `ttl` or longer in one new configuration
+    /// version (author `pending-expiry`); returns how many.
+    async fn expire_pending(&self, ttl: std::time::Duration) -> Result<usize, ApiError> {
+        let _guard = self.inner.config_write.lock().await;
+        let snap = routes::current(self).await?;
+        let mut cfg = snap.config;
+        let now = now();
+        let n = challenge::drop_expired(&mut cfg, ttl.as_secs(), now.as_millis() / 1000);
+        if n == 0 {
+            return Ok(0);
+        }
+        let base = snap.version;
+        let version = self
+            .db(move |b| b.commit_config(base, &cfg, "pending-expiry", now))
+            .await?;
+        self.config_committed(version);
+        Ok(n)
     }
 
     /// Runs a backend call off the async threads.
@@ -164,6 +213,13 @@ impl ApiState {
 /// The versioned REST API: every `/v1/...` route and `/health`.
 pub fn router(state: ApiState) -> axum::Router {
     routes::router(state)
+}
+
+/// The roles' configuration channel (`GET /v1/config` for instance roles dns, edge and
+/// probe, with the revoked fingerprints of `revoked`), for the control plane's
+/// mutual-TLS machine listener; see `docs/api.md`.
+pub fn role_config_router(state: ApiState, revoked: crate::pki::Revocations) -> axum::Router {
+    routes::role_config_router(state, revoked)
 }
 
 /// The API for the plain-HTTP listener: [`router`] without the routes that take a

@@ -512,19 +512,43 @@ async fn create_user(
 
 // ---------------------------------------------------------------- config helpers
 
-/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`], the
-/// check the roles run themselves); fields are named under `prefix`.
-fn roles_check(cfg: &Config, prefix: &str) -> ApiResult<()> {
-    super::watcher::roles_would_load(cfg).map_err(|errs| {
-        ApiError::Invalid(
-            errs.into_iter()
-                .map(|(field, message)| FieldError {
-                    field: format!("{prefix}{field}"),
-                    message,
+/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`] and
+/// [`super::watcher::zone_check`], the checks the roles run themselves); fields are
+/// named under `prefix`.
+fn roles_check(st: &ApiState, cfg: &Config, prefix: &str) -> ApiResult<()> {
+    let zones = || match &st.inner.opts.zone_dir {
+        Some(dir) => super::watcher::zone_check(cfg, dir),
+        None => {
+            let errs: Vec<(String, String)> = cfg
+                .dns
+                .zones
+                .iter()
+                .enumerate()
+                .filter(|(_, z)| z.file.is_some())
+                .map(|(i, _)| {
+                    (
+                        format!("dns.zones[{i}].file"),
+                        "the control plane has no zone directory (udn control --zone-dir DIR), \
+                         so it cannot check that the DNS servers would load this zone file"
+                            .to_owned(),
+                    )
                 })
-                .collect(),
-        )
-    })
+                .collect();
+            if errs.is_empty() { Ok(()) } else { Err(errs) }
+        }
+    };
+    super::watcher::roles_would_load(cfg)
+        .and_then(|()| zones())
+        .map_err(|errs| {
+            ApiError::Invalid(
+                errs.into_iter()
+                    .map(|(field, message)| FieldError {
+                        field: format!("{prefix}{field}"),
+                        message,
+                    })
+                    .collect(),
+            )
+        })
 }
 
 /// Applies `f` to a copy of the current config and commits it (validated) as the next
@@ -537,7 +561,7 @@ where
     let snap = current(st).await?;
     let mut cfg = snap.config;
     let out = f(&mut cfg)?;
-    roles_check(&cfg, "")?;
+    roles_check(st, &cfg, "")?;
     let author = a.user.username.clone();
     let base = snap.version;
     let now = super::now();
@@ -1577,7 +1601,7 @@ async fn config_get(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Query(q): Query<ConfigQuery>,
-    reader: ConfigReader,
+    _reader: ConfigReader,
 ) -> ApiResult<Response> {
     let inm = headers
         .get(header::IF_NONE_MATCH)
@@ -1594,11 +1618,7 @@ async fn config_get(
         let wait = Duration::from_secs(wait.min(60));
         let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != known)).await;
     }
-    let mut snap = current(&st).await?;
-    if reader.agent {
-        // The roles serve only verified hostnames (and never see the tokens).
-        snap.config = snap.config.live();
-    }
+    let snap = current(&st).await?;
     if known == Some(snap.version) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&etag(snap.version)) {
@@ -1622,28 +1642,92 @@ async fn config_get(
     Ok(resp)
 }
 
-/// An agent token from `ControlOptions::agent_tokens` (`agent`), or an admin session.
-struct ConfigReader {
-    agent: bool,
-}
+/// An admin (session or API token): the full configuration, pending hostnames included.
+struct ConfigReader;
 
 impl FromRequestParts<ApiState> for ConfigReader {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> ApiResult<ConfigReader> {
-        if let Some(t) = auth::bearer(parts)
-            && st
-                .inner
-                .opts
-                .agent_tokens
-                .iter()
-                .any(|a| auth::same_secret(a, t))
-        {
-            return Ok(ConfigReader { agent: true });
-        }
         let a = Auth::from_request_parts(parts, st).await?;
         a.require_admin()?;
-        Ok(ConfigReader { agent: false })
+        Ok(ConfigReader)
     }
+}
+
+/// The configuration channel of the roles, served on the control plane's machine
+/// listener (`udn control --listen`, mutual TLS): `GET /v1/config?wait=S` admits roles
+/// dns, edge and probe by their instance certificate (401 without one, 403 another
+/// role). The answer is the live configuration (verified hostnames only) and the revoked
+/// certificate fingerprints ([`super::watcher::RoleSnapshot`]); its ETag
+/// (`"v<version>-r<revocations tag>"`) changes with either, so a long-poll waiting on
+/// `If-None-Match` wakes on a new version and on a revocation.
+pub fn role_config_router(state: ApiState, revoked: crate::pki::Revocations) -> Router {
+    use crate::pki::InstanceRole;
+    Router::new()
+        .route("/v1/config", get(role_config_get))
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            crate::pki::require_roles(
+                &[InstanceRole::Dns, InstanceRole::Edge, InstanceRole::Probe],
+                req,
+                next,
+            )
+        }))
+        .with_state((state, revoked))
+}
+
+fn role_etag(version: u64, revoked: &crate::pki::Revocations) -> String {
+    format!("\"v{version}-r{}\"", revoked.tag())
+}
+
+#[derive(Deserialize)]
+struct RoleConfigQuery {
+    wait: Option<u64>,
+}
+
+async fn role_config_get(
+    State((st, revoked)): State<(ApiState, crate::pki::Revocations)>,
+    headers: HeaderMap,
+    Query(q): Query<RoleConfigQuery>,
+) -> ApiResult<Response> {
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut versions = st.inner.config_version.subscribe();
+    let mut revocations = revoked.subscribe();
+    let current_tag = |v: u64| role_etag(v, &revoked);
+    if let (Some(inm), Some(wait)) = (inm.as_deref(), q.wait)
+        && inm == current_tag(*versions.borrow_and_update())
+    {
+        let wait = Duration::from_secs(wait.min(60));
+        let _ = tokio::time::timeout(wait, async {
+            tokio::select! {
+                _ = versions.changed() => {}
+                _ = revocations.changed() => {}
+            }
+        })
+        .await;
+    }
+    let mut snap = current(&st).await?;
+    // The roles serve only verified hostnames (and never see the tokens).
+    snap.config = snap.config.live();
+    let tag = current_tag(snap.version);
+    let mut resp = if inm.as_deref() == Some(tag.as_str()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(super::watcher::RoleSnapshot {
+            snapshot: snap.clone(),
+            revoked: revoked.list(),
+        })
+        .into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&snap.version.to_string()) {
+        resp.headers_mut().insert("x-config-version", v);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -1674,7 +1758,7 @@ async fn config_put(
         }
         e => e,
     })?;
-    roles_check(&new, "config.")?;
+    roles_check(&st, &new, "config.")?;
     let _guard = st.inner.config_write.lock().await;
     let base = match p.base {
         Some(b) => b,

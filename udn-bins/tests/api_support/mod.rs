@@ -21,7 +21,6 @@ use udn_bins::api::{
 };
 use udn_core::{Config, Timestamp};
 
-pub const AGENT_TOKEN: &str = "agent-secret-token";
 pub const PASSWORD: &str = "correct horse battery";
 
 /// The sample network plus a second customer, `acme`, with its own GTM and CDN hostnames.
@@ -266,6 +265,13 @@ pub struct Harness {
     pub edge2_addr: SocketAddr,
     pub probe_fra: Recorder,
     pub probe_nyc: Recorder,
+    /// The control plane's machine listener (mutual TLS): the roles' `GET /v1/config`.
+    pub machine_base: String,
+    /// The revocation list that listener enforces and publishes.
+    pub revoked: udn_bins::pki::Revocations,
+    /// Instance credentials from the harness's CA, by role: `dns`, `edge`, `probe`,
+    /// `control` (each in `<dir>/ids/<role>/`).
+    pub ids: std::collections::HashMap<&'static str, udn_bins::pki::Credentials>,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -295,7 +301,21 @@ impl Harness {
         Harness::start_full(Store::Sqlite, tag, Some(resolver)).await
     }
 
+    /// A SQLite harness whose pending hostnames expire after `ttl`.
+    pub async fn start_with_pending_ttl(tag: &str, ttl: std::time::Duration) -> Harness {
+        Harness::start_opts(Store::Sqlite, tag, None, Some(ttl)).await
+    }
+
     async fn start_full(store: Store, tag: &str, resolver: Option<SocketAddr>) -> Harness {
+        Harness::start_opts(store, tag, resolver, None).await
+    }
+
+    async fn start_opts(
+        store: Store,
+        tag: &str,
+        resolver: Option<SocketAddr>,
+        pending_ttl: Option<std::time::Duration>,
+    ) -> Harness {
         udn_bins::install_crypto();
         let dir = temp_dir(tag);
         let db_file = dir.join("control.db");
@@ -357,7 +377,9 @@ impl Harness {
                 },
             ],
             credentials: None,
-            agent_tokens: vec![AGENT_TOKEN.into()],
+            // Zone files named by the configuration are read from `<dir>/zones`.
+            zone_dir: Some(dir.join("zones")),
+            pending_ttl,
             purge_retry_secs: Some(1),
             challenge_resolver: resolver,
         };
@@ -383,7 +405,39 @@ impl Harness {
         .await
         .expect("serve https");
         tasks.push(task);
+        // The machine listener, as `udn control --listen` serves it: mutual TLS with the
+        // control plane's certificate from the instance CA.
+        udn_bins::install_crypto();
+        let ca = udn_bins::pki::Ca::load_or_create(&dir.join("pki")).expect("CA");
+        let mut ids = std::collections::HashMap::new();
+        for (role, r) in [
+            ("dns", udn_bins::pki::InstanceRole::Dns),
+            ("edge", udn_bins::pki::InstanceRole::Edge),
+            ("probe", udn_bins::pki::InstanceRole::Probe),
+            ("control", udn_bins::pki::InstanceRole::Control),
+        ] {
+            let c = ca
+                .enroll_into(r, role, &["127.0.0.1".into()], &dir.join("ids").join(role))
+                .expect("enroll");
+            ids.insert(role, c);
+        }
+        let revoked = udn_bins::pki::Revocations::default();
+        let (machine, task) = udn_bins::listener::bind_and_serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            udn_bins::api::role_config_router(state.clone(), revoked.clone()),
+            Some(udn_bins::listener::Tls {
+                config: ids["control"].server_config().expect("server config"),
+                revoked: revoked.clone(),
+            }),
+            udn_bins::listener::Limits::default(),
+        )
+        .await
+        .expect("serve machine listener");
+        tasks.push(task);
         Harness {
+            machine_base: format!("https://{machine}"),
+            revoked,
+            ids,
             dir,
             db,
             state,
@@ -414,6 +468,18 @@ impl Harness {
 
     pub fn https(&self, path: &str) -> String {
         format!("{}{}", self.https_base, path)
+    }
+
+    /// A URL on the machine listener.
+    pub fn machine(&self, path: &str) -> String {
+        format!("{}{}", self.machine_base, path)
+    }
+
+    /// A client presenting the credentials of `role` (see [`Harness::ids`]).
+    pub fn role_client(&self, role: &str) -> reqwest::Client {
+        self.ids[role]
+            .reqwest_client(std::time::Duration::from_secs(60))
+            .expect("client")
     }
 
     pub fn url(&self, path: &str) -> String {
