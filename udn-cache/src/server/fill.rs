@@ -1,7 +1,14 @@
-//! Fills: one origin exchange per primary key at a time (coalescing), its body stored
-//! into memory or a disk temp file while it is streamed to the request that started it.
+//! Fills, decoupled from their clients: one origin exchange per primary key at a time
+//! (coalescing). The body goes into a [`Growing`] buffer (memory, or a temp file for a
+//! large object) at the origin's pace; every client of the fill, the first and each
+//! coalesced waiter, reads what has arrived so far at its own pace. A client that stops
+//! reading holds only its own connection. A fill that fails mid-body (origin error,
+//! or no body bytes within the body timeout) is not stored, and its clients' bodies
+//! end with an error (an aborted response, never a short one that looks complete).
 
 use super::*;
+use hyper::body::Frame;
+use std::sync::OnceLock;
 
 /// The outcome of one origin exchange, shared with every coalesced waiter.
 #[derive(Clone)]
@@ -21,27 +28,187 @@ pub(super) enum FetchError {
     Refused(udn_core::netpolicy::Denied),
 }
 
-/// What the request that started a fill gets.
+/// What a fill's clients see while it runs: its body arriving, then its result.
+#[derive(Clone)]
+pub(super) enum FillState {
+    Streaming(Arc<Growing>),
+    Done(FillResult),
+}
+
+/// A fill in flight, as its coalesced waiters find it.
+pub(super) type Inflight = watch::Receiver<Option<FillState>>;
+
+/// What a caller of [`Edge::fill`] may take besides the final result.
+#[derive(Clone, Copy)]
+pub(super) struct Want {
+    /// The origin's response when it may not be stored (passed through).
+    pub pass: bool,
+    /// The body while it arrives, when its variant is the caller's.
+    pub stream: bool,
+}
+
+impl Want {
+    pub(super) const RESULT: Want = Want {
+        pass: false,
+        stream: false,
+    };
+}
+
+/// What a caller gets before the fill's end.
 pub(super) enum Lead {
-    /// A storable response, streamed while it is being stored.
-    Stream {
-        status: StatusCode,
-        headers: HeaderMap,
-        rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    },
+    /// A storable response, read as it arrives (`true`: this caller started the fill).
+    Growing(Arc<Growing>, bool),
     /// A response that may not be stored, passed through.
     Pass(Response<Incoming>, BypassReason),
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Done,
+    Failed,
+}
+
+/// A response body being filled: its bytes so far (memory chunks, or a file read by
+/// offset) and a watch of the length written.
+pub(super) struct Growing {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) full_key: String,
+    /// The length announced by the origin (`Content-Length`), if any.
+    pub(super) total: Option<u64>,
+    /// Chunks and their start offsets while the body is in memory.
+    mem: Mutex<Vec<(u64, Bytes)>>,
+    /// The body file once the body is on disk (opened for reading before any rename
+    /// or unlink, so it stays readable).
+    file: OnceLock<Arc<std::fs::File>>,
+    progress: watch::Sender<(u64, Phase)>,
+}
+
+const READ_CHUNK: u64 = 256 * 1024;
+
+impl Growing {
+    fn publish(&self, len: u64, phase: Phase) {
+        self.progress.send_replace((len, phase));
+    }
+
+    /// Bytes from `pos` (at most `max`), which must have been written.
+    async fn read_at(self: &Arc<Self>, pos: u64, max: u64) -> std::io::Result<Bytes> {
+        loop {
+            if let Some(f) = self.file.get() {
+                let f = f.clone();
+                let n = max.min(READ_CHUNK) as usize;
+                return tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt as _;
+                    let mut buf = vec![0u8; n];
+                    let mut got = 0;
+                    while got < n {
+                        match f.read_at(&mut buf[got..], pos + got as u64)? {
+                            0 => break,
+                            k => got += k,
+                        }
+                    }
+                    buf.truncate(got);
+                    if got == 0 {
+                        return Err(std::io::Error::other("fill file shorter than written"));
+                    }
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+            }
+            {
+                let mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+                let i = mem.partition_point(|(start, _)| *start <= pos);
+                if i > 0 {
+                    let (start, b) = &mem[i - 1];
+                    let off = (pos - start) as usize;
+                    if off < b.len() {
+                        let end = b.len().min(off + max as usize);
+                        return Ok(b.slice(off..end));
+                    }
+                }
+            }
+            // Moved to the file meanwhile.
+            if self.file.get().is_none() {
+                return Err(std::io::Error::other("fill bytes missing"));
+            }
+        }
+    }
+
+    /// The body from `start`, `len` bytes (`None`: to the end), read as it arrives;
+    /// an error frame if the fill fails or no byte arrives within `idle`.
+    pub(super) fn body(self: &Arc<Self>, start: u64, len: Option<u64>, idle: Duration) -> RespBody {
+        let end = len.map(|l| start + l);
+        let rx = self.progress.subscribe();
+        let s = futures_util::stream::unfold(
+            (self.clone(), rx, start, false),
+            move |(g, mut rx, pos, over)| async move {
+                if over || end.is_some_and(|e| pos >= e) {
+                    return None;
+                }
+                loop {
+                    let (written, phase) = *rx.borrow_and_update();
+                    if phase == Phase::Failed {
+                        let e = std::io::Error::other("origin fill failed mid-body");
+                        return Some((Err(e), (g, rx, pos, true)));
+                    }
+                    let avail = end.map_or(written, |e| e.min(written));
+                    if pos < avail {
+                        return Some(match g.read_at(pos, avail - pos).await {
+                            Ok(b) => {
+                                let next = pos + b.len() as u64;
+                                (Ok(Frame::data(b)), (g, rx, next, false))
+                            }
+                            Err(e) => (Err(e), (g, rx, pos, true)),
+                        });
+                    }
+                    if phase == Phase::Done {
+                        if end.is_some_and(|e| pos < e) {
+                            let e = std::io::Error::other("fill ended short of the range");
+                            return Some((Err(e), (g, rx, pos, true)));
+                        }
+                        return None;
+                    }
+                    match tokio::time::timeout(idle, rx.changed()).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            let e = std::io::Error::other("fill stalled");
+                            return Some((Err(e), (g, rx, pos, true)));
+                        }
+                    }
+                }
+            },
+        );
+        http_body_util::StreamBody::new(s).boxed_unsync()
+    }
+}
+
+/// A temp file for a fill without a disk tier: created, opened, and unlinked at once
+/// (it lives while its handles do).
+fn anonymous_file() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("udn-fill-{}-{n}.body", std::process::id()));
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)?;
+    let r = std::fs::File::open(&p);
+    let _ = std::fs::remove_file(&p);
+    Ok((w, r?))
+}
+
 impl Edge {
-    /// Coalesced fill: the first caller for `primary` starts the origin exchange and
-    /// gets a [`Lead`]; later callers wait for its result.
+    /// Coalesced fill: the first caller for `primary` starts the origin exchange; every
+    /// caller gets what `want` allows (the body as it arrives, or the origin's
+    /// response to pass through: only the first), else the final result.
     pub(super) async fn fill(
         self: &Arc<Self>,
         route: &Route,
         req: &HeaderMap,
         stale: Option<Arc<Object>>,
-        lead: bool,
+        want: Want,
     ) -> Result<Lead, FillResult> {
         let primary = route.store_key();
         let existing = {
@@ -55,38 +222,65 @@ impl Edge {
                 }
             }
         };
-        match existing {
-            Err(mut rx) => {
-                let res = rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
-                match res {
-                    Ok(Some(r)) => Err(r),
-                    _ => Err(FillResult::Failed(FetchError::Unreachable)),
-                }
-            }
-            Ok(done) => {
+        let (rx, started) = match existing {
+            Err(rx) => (rx, false),
+            Ok(state) => {
                 let (ltx, lrx) = oneshot::channel();
                 let edge = self.clone();
                 let route = route.clone();
                 let req = req.clone();
-                let mut done_rx = done.subscribe();
+                let rx = state.subscribe();
                 tokio::spawn(async move {
-                    let ltx = if lead { Some(ltx) } else { None };
-                    let r = edge.run_fill(&route, &req, stale, ltx).await;
+                    let ltx = if want.pass { Some(ltx) } else { None };
+                    let r = edge.run_fill(&route, &req, stale, ltx, &state).await;
                     edge.inflight
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&route.store_key());
-                    let _ = done.send(Some(r));
+                    let _ = state.send(Some(FillState::Done(r)));
                 });
-                if lead && let Ok(l) = lrx.await {
+                if want.pass
+                    && let Ok(l) = lrx.await
+                {
                     return Ok(l);
                 }
-                let res = done_rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
-                match res {
-                    Ok(Some(r)) => Err(r),
-                    _ => Err(FillResult::Failed(FetchError::Unreachable)),
-                }
+                (rx, true)
             }
+        };
+        self.await_fill(rx, route, req, want, started).await
+    }
+
+    /// Waits (at most the waiter timeout) for the fill's body, when `want` takes it
+    /// and its variant is the caller's, or for its result.
+    async fn await_fill(
+        &self,
+        mut rx: Inflight,
+        route: &Route,
+        req: &HeaderMap,
+        want: Want,
+        started: bool,
+    ) -> Result<Lead, FillResult> {
+        let ranged = req.contains_key(header::RANGE);
+        let mine = |g: &Growing| {
+            want.stream && (!ranged || g.total.is_some()) && g.full_key == self.full_key(route, req)
+        };
+        let res = tokio::time::timeout(
+            self.waiter_timeout,
+            rx.wait_for(|s| match s {
+                Some(FillState::Done(_)) => true,
+                Some(FillState::Streaming(g)) => mine(g),
+                None => false,
+            }),
+        )
+        .await;
+        match res {
+            Ok(Ok(s)) => match &*s {
+                Some(FillState::Streaming(g)) => Ok(Lead::Growing(g.clone(), started)),
+                Some(FillState::Done(r)) => Err(r.clone()),
+                None => Err(FillResult::Failed(FetchError::Unreachable)),
+            },
+            Ok(Err(_)) => Err(FillResult::Failed(FetchError::Unreachable)),
+            Err(_) => Err(FillResult::Failed(FetchError::Timeout)),
         }
     }
 
@@ -96,6 +290,7 @@ impl Edge {
         req: &HeaderMap,
         stale: Option<Arc<Object>>,
         lead: Option<oneshot::Sender<Lead>>,
+        state: &watch::Sender<Option<FillState>>,
     ) -> FillResult {
         let generation = self
             .tree
@@ -159,96 +354,117 @@ impl Edge {
         let (parts, mut body) = resp.into_parts();
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        let mut client_tx = None;
-        if let Some(l) = lead {
-            let (tx, rx) = mpsc::channel(8);
-            let _ = l.send(Lead::Stream {
-                status,
-                headers: headers.clone(),
-                rx,
-            });
-            client_tx = Some(tx);
-        }
-        // Stream the body to the client and into memory or a disk temp file.
-        let mut mem: Vec<Bytes> = Vec::new();
-        let mut mem_len: u64 = 0;
-        let mut file: Option<(tokio::fs::File, PathBuf)> = None;
-        let mut storing = true;
-        let mut total: u64 = 0;
+        let total = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let (progress, _) = watch::channel((0, Phase::Running));
+        let g = Arc::new(Growing {
+            status,
+            headers: headers.clone(),
+            full_key: full_key.clone(),
+            total,
+            mem: Mutex::new(Vec::new()),
+            file: OnceLock::new(),
+            progress,
+        });
+        // The first caller reads the body like every other one.
+        drop(lead);
+        let _ = state.send(Some(FillState::Streaming(g.clone())));
+        // The body goes into memory, or a file once it is larger than a memory object
+        // (the disk tier's temp file, or an unlinked one without a disk tier), at the
+        // origin's pace; clients read from `g`.
+        let mut file: Option<(tokio::fs::File, Option<PathBuf>)> = None;
+        let mut total_read: u64 = 0;
+        let fail = |g: &Growing, file: Option<(tokio::fs::File, Option<PathBuf>)>, n| {
+            g.publish(n, Phase::Failed);
+            if let Some((_, Some(p))) = file {
+                let _ = std::fs::remove_file(p);
+            }
+        };
         loop {
-            let frame = match body.frame().await {
-                None => break,
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    if let Some(tx) = &client_tx {
-                        let _ = tx.send(Err(std::io::Error::other(e))).await;
-                    }
-                    if let Some((_, p)) = file {
-                        let _ = tokio::fs::remove_file(p).await;
-                    }
+            let frame = match tokio::time::timeout(self.body_timeout, body.frame()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(f))) => f,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(url = %route.fetch_url, error = %e, "origin body failed mid-fill");
+                    fail(&g, file, total_read);
                     return FillResult::Failed(FetchError::Unreachable);
+                }
+                Err(_) => {
+                    tracing::warn!(url = %route.fetch_url, after = total_read,
+                        "origin body stalled: fill cut off at the body timeout");
+                    fail(&g, file, total_read);
+                    return FillResult::Failed(FetchError::Timeout);
                 }
             };
             let Ok(chunk) = frame.into_data() else {
                 continue;
             };
-            total += chunk.len() as u64;
             self.metrics.origin_bytes.inc_by(chunk.len() as u64);
-            if storing {
-                if file.is_none() && mem_len + chunk.len() as u64 > self.object_max {
-                    match &self.disk {
-                        Some(d) => {
-                            let p = d.temp_path();
-                            match tokio::fs::File::create(&p).await {
-                                Ok(mut f) => {
-                                    let mut ok = true;
-                                    for b in mem.drain(..) {
-                                        ok &= f.write_all(&b).await.is_ok();
-                                    }
-                                    file = Some((f, p));
-                                    storing = ok;
-                                }
-                                Err(_) => storing = false,
-                            }
-                        }
-                        None => storing = false,
+            let start = total_read;
+            total_read += chunk.len() as u64;
+            if file.is_none() && total_read > self.object_max {
+                // To a file: what is in memory first, then the handle for readers.
+                let opened = match &self.disk {
+                    Some(d) => {
+                        let p = d.temp_path();
+                        std::fs::File::create(&p)
+                            .and_then(|w| Ok((w, std::fs::File::open(&p)?)))
+                            .map(|(w, r)| (w, r, Some(p)))
                     }
-                    mem.clear();
+                    None => anonymous_file().map(|(w, r)| (w, r, None)),
+                };
+                let Ok((w, r, p)) = opened else {
+                    fail(&g, None, start);
+                    return FillResult::Failed(FetchError::Unreachable);
+                };
+                let mut w = tokio::fs::File::from_std(w);
+                let chunks = g.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut ok = true;
+                for (_, b) in &chunks {
+                    ok &= w.write_all(b).await.is_ok();
                 }
-                if let Some((f, _)) = &mut file {
-                    if f.write_all(&chunk).await.is_err() {
-                        storing = false;
+                ok &= w.flush().await.is_ok();
+                if !ok || g.file.set(Arc::new(r)).is_err() {
+                    fail(&g, Some((w, p)), start);
+                    return FillResult::Failed(FetchError::Unreachable);
+                }
+                // Readers find the file first now; the chunks can go.
+                g.mem.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                file = Some((w, p));
+            }
+            match &mut file {
+                Some((w, _)) => {
+                    if w.write_all(&chunk).await.is_err() || w.flush().await.is_err() {
+                        fail(&g, file, start);
+                        return FillResult::Failed(FetchError::Unreachable);
                     }
-                } else if storing {
-                    mem_len += chunk.len() as u64;
-                    mem.push(chunk.clone());
                 }
+                None => g
+                    .mem
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((start, chunk)),
             }
-            if let Some(tx) = &client_tx
-                && tx.send(Ok(chunk)).await.is_err()
-            {
-                client_tx = None; // the client left; keep filling the cache
-            }
+            g.publish(total_read, Phase::Running);
         }
-        drop(client_tx);
-        if !storing {
-            if let Some((_, p)) = file {
-                let _ = tokio::fs::remove_file(p).await;
-            }
-            return FillResult::NotStored;
+        if total.is_some_and(|t| t != total_read) {
+            fail(&g, file, total_read);
+            return FillResult::Failed(FetchError::Unreachable);
         }
+        // The whole body is here: every client can finish, stored or not.
+        g.publish(total_read, Phase::Done);
         let meta = StoredMeta::new(status, headers, request_time, response_time);
         let obj = match file {
-            Some((mut f, p)) => {
-                if f.flush().await.is_err() {
-                    return FillResult::NotStored;
-                }
-                drop(f);
+            Some((_, None)) => return FillResult::NotStored,
+            Some((w, Some(p))) => {
+                drop(w);
                 let obj = Object {
                     key: full_key.clone(),
                     meta,
                     generation,
-                    len: total,
+                    len: total_read,
                     body: BodyLoc::Disk(p.clone()),
                 };
                 let edge = self.clone();
@@ -262,16 +478,22 @@ impl Edge {
                 }
             }
             None => {
-                let mut buf = bytes::BytesMut::with_capacity(mem_len as usize);
-                for b in mem {
-                    buf.extend_from_slice(&b);
-                }
+                let chunks = g.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let body = if chunks.len() == 1 {
+                    chunks[0].1.clone()
+                } else {
+                    let mut buf = bytes::BytesMut::with_capacity(total_read as usize);
+                    for (_, b) in &chunks {
+                        buf.extend_from_slice(b);
+                    }
+                    buf.freeze()
+                };
                 let obj = Object {
                     key: full_key.clone(),
                     meta,
                     generation,
-                    len: total,
-                    body: BodyLoc::Memory(buf.freeze()),
+                    len: total_read,
+                    body: BodyLoc::Memory(body),
                 };
                 if self.disk.is_some() {
                     let edge = self.clone();
@@ -289,5 +511,60 @@ impl Edge {
         let obj = Arc::new(obj);
         self.memory.insert(full_key, obj.clone());
         FillResult::Stored(obj)
+    }
+
+    /// Answers a GET from a fill in flight (the caller sent no conditional): the
+    /// origin's status and headers, `Range` when the length is known, and the body read
+    /// as it arrives.
+    pub(super) fn serve_growing(
+        &self,
+        g: &Arc<Growing>,
+        method: &Method,
+        req: &HeaderMap,
+    ) -> Response<RespBody> {
+        let mut headers = g.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from_static("0"));
+        headers.insert(
+            "x-cache",
+            HeaderValue::from_static(CacheOutcome::Miss.as_str()),
+        );
+        let ok = g.status == StatusCode::OK;
+        let range = match (ok, g.total) {
+            (true, Some(total)) => {
+                headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                parse_range(req.get(header::RANGE), total)
+            }
+            _ => Ok(None),
+        };
+        let (status, start, len) = match range {
+            Err(()) => {
+                let mut r = simple(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+                if let Some(v) = g
+                    .total
+                    .and_then(|t| HeaderValue::from_str(&format!("bytes */{t}")).ok())
+                {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return r;
+            }
+            Ok(None) => (g.status, 0, g.total),
+            Ok(Some((s, l))) => {
+                let t = g.total.unwrap_or(0);
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{t}", s, s + l - 1)) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(l));
+                (StatusCode::PARTIAL_CONTENT, s, Some(l))
+            }
+        };
+        let body = if method == Method::HEAD {
+            empty()
+        } else {
+            g.body(start, len, self.waiter_timeout)
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        r
     }
 }

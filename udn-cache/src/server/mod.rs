@@ -28,10 +28,11 @@
 mod body;
 mod fill;
 mod guard;
+pub mod listener;
 pub mod store;
 mod tls;
 
-use fill::{FetchError, FillResult, Lead};
+use fill::{FetchError, FillResult, Lead, Want};
 
 pub use body::RespBody;
 pub use tls::{TlsCert, tls_config};
@@ -40,13 +41,13 @@ use crate::invalidate::{Applied, InvalidationTree, Purge};
 use crate::outcome::{BypassReason, CacheOutcome, DefaultHooks, EdgeHooks};
 use crate::policy::{self, Action, StoredMeta};
 use crate::route::{Route, Router};
-use body::{LogInfo, LoggedBody, empty, file_body, full, stream_body};
+use body::{LogInfo, LoggedBody, empty, file_body, full};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,7 +60,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use store::{BodyLoc, DiskTier, Object};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use udn_core::Timestamp;
 use udn_core::log::{LogSink, NullSink};
 
@@ -123,7 +124,10 @@ pub struct EdgeBuilder {
     memory_object_max: Option<u64>,
     disk: Option<(PathBuf, u64)>,
     origin_timeout: Duration,
+    body_timeout: Duration,
+    waiter_timeout: Duration,
     origin_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    limits: listener::Limits,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
@@ -170,6 +174,24 @@ impl EdgeBuilder {
     /// How long to wait for an origin's response headers (default 10 s).
     pub fn origin_timeout(mut self, d: Duration) -> Self {
         self.origin_timeout = d;
+        self
+    }
+    /// How long a fill waits for the origin's next body bytes before it is cut off
+    /// (not stored; its clients' responses are aborted). Default 30 s.
+    pub fn origin_body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = d;
+        self
+    }
+    /// How long a client of a fill waits for its response to start, or for its next
+    /// body bytes (then 504, or an aborted body). Default 30 s.
+    pub fn waiter_timeout(mut self, d: Duration) -> Self {
+        self.waiter_timeout = d;
+        self
+    }
+    /// The limits of the customer listeners [`start`] opens (default
+    /// [`listener::Limits::default`]).
+    pub fn listener_limits(mut self, limits: listener::Limits) -> Self {
+        self.limits = limits;
         self
     }
     /// Replaces the default hooks.
@@ -282,6 +304,9 @@ impl EdgeBuilder {
             tls,
             policy,
             origin_timeout: self.origin_timeout,
+            body_timeout: self.body_timeout,
+            waiter_timeout: self.waiter_timeout,
+            limits: self.limits,
             hooks: self.hooks,
             log: self.log,
             clock: self.clock,
@@ -314,7 +339,7 @@ pub struct Edge {
     disk: Option<DiskTier>,
     journal: Option<Mutex<PathBuf>>,
     tree: RwLock<InvalidationTree>,
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<FillResult>>>>,
+    inflight: Mutex<HashMap<String, fill::Inflight>>,
     client: OriginClient,
     /// Clients for HTTPS origins fetched by address (`origin_urls`) whose certificate
     /// names the origin domain: SNI and verification use the domain.
@@ -323,6 +348,9 @@ pub struct Edge {
     /// The router's target policy, shared with the clients' resolver.
     policy: guard::SharedPolicy,
     origin_timeout: Duration,
+    body_timeout: Duration,
+    waiter_timeout: Duration,
+    limits: listener::Limits,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
@@ -451,7 +479,10 @@ impl Edge {
             memory_object_max: None,
             disk: None,
             origin_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            waiter_timeout: Duration::from_secs(30),
             origin_roots: Vec::new(),
+            limits: listener::Limits::default(),
             hooks: Arc::new(DefaultHooks),
             log: Arc::new(NullSink),
             clock: Arc::new(system_clock),
@@ -952,7 +983,7 @@ impl Edge {
         {
             return Ok("cached");
         }
-        match self.fill(&route, &req, None, false).await {
+        match self.fill(&route, &req, None, Want::RESULT).await {
             Err(FillResult::Stored(_)) | Err(FillResult::Revalidated(_)) => Ok("stored"),
             Err(FillResult::NotStored) => Ok("not-storable"),
             Err(FillResult::Failed(e)) => Err(format!("origin: {e:?}")),
@@ -1081,7 +1112,7 @@ impl Edge {
                         let edge = self.clone();
                         let (r, h, o) = (route.clone(), headers.clone(), obj.clone());
                         tokio::spawn(async move {
-                            let _ = edge.fill(&r, &h, Some(o), false).await;
+                            let _ = edge.fill(&r, &h, Some(o), Want::RESULT).await;
                         });
                         return (
                             self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
@@ -1106,22 +1137,30 @@ impl Edge {
                 CacheOutcome::Bypass(BypassReason::Method),
             );
         }
-        // Range requests and HEAD wait for the whole object, then are served from it.
-        let lead = method == Method::GET && !headers.contains_key(header::RANGE);
+        // A GET without a conditional reads the body as it arrives (a Range when the
+        // length is known); only one without Range takes an unstorable response.
+        let conditional = [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+        ]
+        .iter()
+        .any(|h| headers.contains_key(h));
+        let want = Want {
+            pass: method == Method::GET && !headers.contains_key(header::RANGE),
+            stream: method == Method::GET && !conditional,
+        };
         let had_stale = stale.clone();
-        let res = self.fill(&route, &headers, stale, lead).await;
+        let res = self.fill(&route, &headers, stale, want).await;
         let now = self.now();
         match res {
-            Ok(Lead::Stream {
-                status,
-                mut headers,
-                rx,
-            }) => {
-                headers.insert(header::AGE, HeaderValue::from_static("0"));
-                let mut r = Response::new(stream_body(rx));
-                r.extensions_mut().insert(FromOrigin);
-                *r.status_mut() = status;
-                *r.headers_mut() = headers;
+            Ok(Lead::Growing(g, started)) => {
+                let mut r = self.serve_growing(&g, &method, &headers);
+                if started {
+                    r.extensions_mut().insert(FromOrigin);
+                }
                 (r, CacheOutcome::Miss)
             }
             Ok(Lead::Pass(resp, reason)) => (self.passthrough(resp), CacheOutcome::Bypass(reason)),
@@ -1231,7 +1270,6 @@ pub struct EdgeHandle {
     pub https_addr: Option<SocketAddr>,
     /// The edge (for purges and reloads from the embedding program).
     pub edge: Arc<Edge>,
-    stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -1256,90 +1294,78 @@ impl EdgeHandle {
         self.edge.metrics_text()
     }
 
-    /// Stops accepting connections and waits for the accept loops to end.
+    /// Stops accepting connections, closes the open ones and waits for the accept
+    /// loops to end.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
         for t in self.tasks {
+            t.abort();
             let _ = t.await;
         }
     }
 }
 
-/// Binds `http` (and `https` with its TLS config) and serves `edge` until the handle
-/// is shut down.
+/// Binds `http` (and `https` with its TLS config) and serves `edge` on them through
+/// [`listener::serve`] with the edge's limits until the handle is shut down.
 pub async fn start(
     edge: Arc<Edge>,
     http: SocketAddr,
     https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
 ) -> Result<EdgeHandle, crate::Error> {
-    let (stop, stop_rx) = watch::channel(false);
     let l = tokio::net::TcpListener::bind(http).await?;
     let http_addr = l.local_addr()?;
-    let mut tasks = vec![tokio::spawn(accept_loop(
-        edge.clone(),
+    let mut tasks = vec![listener::serve(
         l,
         None,
-        stop_rx.clone(),
-    ))];
+        edge.limits,
+        EdgeAccept(edge.clone()),
+    )];
     let mut https_addr = None;
     if let Some((addr, cfg)) = https {
         let l = tokio::net::TcpListener::bind(addr).await?;
         https_addr = Some(l.local_addr()?);
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        tasks.push(tokio::spawn(accept_loop(
-            edge.clone(),
+        tasks.push(listener::serve(
             l,
-            Some(acceptor),
-            stop_rx,
-        )));
+            Some(cfg),
+            edge.limits,
+            EdgeAccept(edge.clone()),
+        ));
     }
     Ok(EdgeHandle {
         http_addr,
         https_addr,
         edge,
-        stop,
         tasks,
     })
 }
 
-async fn accept_loop(
+/// The customer listeners' connections: each request goes to [`Edge::handle`].
+struct EdgeAccept(Arc<Edge>);
+
+impl listener::Accept for EdgeAccept {
+    type Service = EdgeService;
+    type Body = RespBody;
+    fn accept(&self, conn: &listener::Conn) -> Option<EdgeService> {
+        Some(EdgeService {
+            edge: self.0.clone(),
+            peer: conn.addr,
+        })
+    }
+}
+
+struct EdgeService {
     edge: Arc<Edge>,
-    listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let edge = edge.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let edge = edge.clone();
-                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let res = match tls {
-                Some(acc) => match acc.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
-                    Err(_) => return,
-                },
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
-            };
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for EdgeService {
+    type Response = Response<RespBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (edge, peer) = (self.edge.clone(), self.peer);
+        Box::pin(async move { Ok(edge.handle(req, peer).await) })
     }
 }
 
