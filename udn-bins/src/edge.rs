@@ -75,6 +75,35 @@ pub struct Options {
     /// Origin response-header timeout in milliseconds (then 504, or stale-if-error).
     #[arg(long, default_value_t = 10_000)]
     pub origin_timeout_ms: u64,
+    /// A fill is cut off (not stored, its clients' bodies aborted) when the origin
+    /// sends no body bytes for this many milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub origin_body_timeout_ms: u64,
+    /// A client of a fill waits at most this many milliseconds for its response to
+    /// start or for its next body bytes (then 504, or an aborted body).
+    #[arg(long, default_value_t = 30_000)]
+    pub waiter_timeout_ms: u64,
+    /// Customer listeners: time a client has to send a request's header, and the
+    /// longest an idle keep-alive connection is kept, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Customer HTTPS listener: time a client has to complete the TLS handshake, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub tls_handshake_timeout_ms: u64,
+    /// Customer listeners: largest request header in all, in KiB (then 431).
+    #[arg(long, default_value_t = 32)]
+    pub max_header_kb: usize,
+    /// Customer listeners: longest request line (then 414) or header line (then 431),
+    /// in KiB.
+    #[arg(long, default_value_t = 8)]
+    pub max_header_line_kb: usize,
+    /// Customer listeners: concurrent connections at most (each listener).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Customer listeners: concurrent connections from one client address at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_client: usize,
     /// Follow the control plane's configuration (`https://ip:port` of its machine
     /// listener, `udn control --listen`, reached over mutual TLS with `--pki`): each new
     /// version's routes are built and swapped in without a restart, then it is written
@@ -229,8 +258,30 @@ impl Default for Options {
             check_interval_secs: None,
             origin_ca: None,
             origin_timeout_ms: 10_000,
+            origin_body_timeout_ms: 30_000,
+            waiter_timeout_ms: 30_000,
+            header_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            max_header_kb: 32,
+            max_header_line_kb: 8,
+            max_connections: 1024,
+            max_connections_per_client: 64,
             control: None,
             revoked: crate::pki::Revocations::default(),
+        }
+    }
+}
+
+impl Options {
+    /// The customer listeners' limits these options ask for.
+    pub fn limits(&self) -> server::listener::Limits {
+        server::listener::Limits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.tls_handshake_timeout_ms),
+            max_header_bytes: self.max_header_kb << 10,
+            max_line_bytes: self.max_header_line_kb << 10,
+            max_connections: self.max_connections,
+            max_per_client: self.max_connections_per_client,
         }
     }
 }
@@ -290,6 +341,9 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
         .pop(&args.pop)
         .memory_bytes(args.memory_mb << 20)
         .origin_timeout(Duration::from_millis(args.origin_timeout_ms))
+        .origin_body_timeout(Duration::from_millis(args.origin_body_timeout_ms))
+        .waiter_timeout(Duration::from_millis(args.waiter_timeout_ms))
+        .listener_limits(args.limits())
         .log_sink(sink)
         .clock(Arc::new(crate::logging::now));
     if let Some(kb) = args.memory_object_kb {

@@ -1,49 +1,18 @@
-//! The one way UDN's HTTP listeners accept connections: optional TLS (with an optional
-//! client certificate checked against the instance CA and the revocation list), and the
-//! limits every listener has (docs/security.md): a TLS-handshake timeout, a
-//! request-header timeout (which also closes idle keep-alive connections), a header size
-//! limit, and caps on concurrent connections overall and per client address.
+//! UDN's HTTP listeners for axum apps (every admin listener): the one hardened accept
+//! loop [`udn_cache::server::listener`] (TLS-handshake timeout, request-header timeout,
+//! which also closes idle keep-alive connections, header line and size limits, caps on
+//! concurrent connections overall and per client address; docs/security.md), with an
+//! optional client certificate checked against the instance CA and the revocation list.
 //!
 //! Every request carries a [`Peer`] (address and verified identity) and
 //! `ConnectInfo<SocketAddr>`; requests over TLS also carry [`OverTls`].
 
 use crate::api::OverTls;
-use crate::pki::{Identity, Peer, Revocations};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use crate::pki::{Peer, Revocations};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-/// Limits of a listener. Defaults are near nginx's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Time a client has to send a request's whole header, and the longest an idle
-    /// keep-alive connection is kept (nginx: `client_header_timeout` 60 s,
-    /// `keepalive_timeout` 75 s). Default 10 s.
-    pub header_timeout: Duration,
-    /// Time a client has to complete the TLS handshake. Default 10 s.
-    pub handshake_timeout: Duration,
-    /// Largest request header accepted, in bytes (nginx: 4 x 8 KiB buffers). Default
-    /// 32 KiB; a larger one gets 431.
-    pub max_header_bytes: usize,
-    /// Concurrent connections at most; more are closed at once. Default 1,024.
-    pub max_connections: usize,
-    /// Concurrent connections from one client address at most. Default 64.
-    pub max_per_client: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            header_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            max_header_bytes: 32 * 1024,
-            max_connections: 1024,
-            max_per_client: 64,
-        }
-    }
-}
+pub use udn_cache::server::listener::Limits;
 
 /// TLS of a listener.
 #[derive(Clone)]
@@ -52,46 +21,6 @@ pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     /// Certificates refused even though they verify (by fingerprint).
     pub revoked: Revocations,
-}
-
-/// Counts connections overall and per address; a slot is given back when dropped.
-#[derive(Default)]
-struct Slots {
-    total: usize,
-    per: HashMap<IpAddr, usize>,
-}
-
-struct Slot {
-    slots: Arc<Mutex<Slots>>,
-    ip: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.slots.lock() {
-            s.total = s.total.saturating_sub(1);
-            if let Some(n) = s.per.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    s.per.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
-fn take_slot(slots: &Arc<Mutex<Slots>>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
-    let mut s = slots.lock().ok()?;
-    let mine = s.per.get(&ip).copied().unwrap_or(0);
-    if s.total >= limits.max_connections || mine >= limits.max_per_client {
-        return None;
-    }
-    s.total += 1;
-    *s.per.entry(ip).or_insert(0) += 1;
-    Some(Slot {
-        slots: slots.clone(),
-        ip,
-    })
 }
 
 /// Binds `addr` and serves `app` on it with [`serve`].
@@ -114,89 +43,59 @@ pub fn serve(
     tls: Option<Tls>,
     limits: Limits,
 ) -> tokio::task::JoinHandle<()> {
-    let slots = Arc::new(Mutex::new(Slots::default()));
-    tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            };
-            let Some(slot) = take_slot(&slots, peer.ip(), &limits) else {
-                crate::pki::refusal_log(
-                    Some(&Peer {
-                        addr: peer,
-                        identity: None,
-                    }),
-                    "connection limit reached",
-                );
-                drop(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let app = app.clone();
-            let tls = tls.clone();
-            conns.spawn(async move {
-                let _slot = slot;
-                match tls {
-                    None => serve_conn(TokioIo::new(tcp), peer, None, None, app, limits).await,
-                    Some(tls) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-                        let stream = match tokio::time::timeout(
-                            limits.handshake_timeout,
-                            acceptor.accept(tcp),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!("TLS handshake with {peer}: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake with {peer}: timed out");
-                                return;
-                            }
-                        };
-                        let identity = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| crate::pki::identity_of(c));
-                        if let Some(id) = &identity
-                            && tls.revoked.is_revoked(&id.fingerprint)
-                        {
-                            crate::pki::refusal_log(
-                                Some(&Peer {
-                                    addr: peer,
-                                    identity: identity.clone(),
-                                }),
-                                &format!("instance {id} is revoked"),
-                            );
-                            return;
-                        }
-                        serve_conn(
-                            TokioIo::new(stream),
-                            peer,
-                            identity,
-                            Some(tls.revoked.clone()),
-                            app,
-                            limits,
-                        )
-                        .await
-                    }
-                }
-            });
+    let (config, revoked) = match tls {
+        Some(t) => (Some(t.config), Some(t.revoked)),
+        None => (None, None),
+    };
+    udn_cache::server::listener::serve(listener, config, limits, AxumAccept { app, revoked })
+}
+
+struct AxumAccept {
+    app: axum::Router,
+    revoked: Option<Revocations>,
+}
+
+impl udn_cache::server::listener::Accept for AxumAccept {
+    type Service = AxumService;
+    type Body = axum::body::Body;
+
+    fn accept(&self, conn: &udn_cache::server::listener::Conn) -> Option<AxumService> {
+        let identity = conn
+            .peer_certificate
+            .as_ref()
+            .and_then(|c| crate::pki::identity_of(c));
+        if let (Some(id), Some(revoked)) = (&identity, &self.revoked)
+            && revoked.is_revoked(&id.fingerprint)
+        {
+            crate::pki::refusal_log(
+                Some(&Peer {
+                    addr: conn.addr,
+                    identity: identity.clone(),
+                }),
+                &format!("instance {id} is revoked"),
+            );
+            return None;
         }
-    })
+        Some(AxumService {
+            app: self.app.clone(),
+            peer: Peer {
+                addr: conn.addr,
+                identity,
+            },
+            over_tls: conn.over_tls,
+            revoked: self.revoked.clone(),
+        })
+    }
+
+    fn refused(&self, addr: SocketAddr, reason: &str) {
+        crate::pki::refusal_log(
+            Some(&Peer {
+                addr,
+                identity: None,
+            }),
+            reason,
+        );
+    }
 }
 
 /// The answer to a request on a connection whose certificate was revoked meanwhile (the
@@ -211,63 +110,51 @@ fn revoked_answer(id: &Identity) -> axum::response::Response {
         .into_response()
 }
 
-async fn serve_conn<I>(
-    io: TokioIo<I>,
-    addr: SocketAddr,
-    identity: Option<Identity>,
-    revoked: Option<Revocations>,
+struct AxumService {
     app: axum::Router,
-    limits: Limits,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let over_tls = revoked.is_some();
-    let peer = Peer { addr, identity };
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+    peer: Peer,
+    over_tls: bool,
+    revoked: Option<Revocations>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AxumService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         // A certificate revoked after the handshake is refused on every later request
         // of a kept-alive connection too.
-        let revoked_now = match (&revoked, &peer.identity) {
+        let revoked_now = match (&self.revoked, &self.peer.identity) {
             (Some(r), Some(id)) if r.is_revoked(&id.fingerprint) => {
-                crate::pki::refusal_log(Some(&peer), &format!("instance {id} is revoked"));
+                crate::pki::refusal_log(Some(&self.peer), &format!("instance {id} is revoked"));
                 Some(revoked_answer(id))
             }
             _ => None,
         };
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(addr));
-        req.extensions_mut().insert(peer.clone());
-        if over_tls {
+            .insert(axum::extract::ConnectInfo(self.peer.addr));
+        req.extensions_mut().insert(self.peer.clone());
+        if self.over_tls {
             req.extensions_mut().insert(OverTls);
         }
-        let mut app = app.clone();
-        async move {
+        let mut app = self.app.clone();
+        Box::pin(async move {
             use tower_service::Service as _;
             if let Some(r) = revoked_now {
                 return Ok(r);
             }
             app.call(req.map(axum::body::Body::new)).await
-        }
-    });
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(100);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(64)
-        .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
-    if let Err(e) = b.serve_connection_with_upgrades(io, svc).await {
-        tracing::debug!("connection from {addr}: {e}");
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     async fn start(limits: Limits) -> SocketAddr {
@@ -355,5 +242,32 @@ mod tests {
             .unwrap();
         let (got, _) = read_to_close(&mut ok).await;
         assert!(String::from_utf8_lossy(&got).contains("200 OK"));
+    }
+
+    #[tokio::test]
+    async fn a_header_line_over_8_kib_gets_431_and_a_long_request_line_414() {
+        let addr = start(Limits::default()).await;
+        let send = |req: String| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(req.as_bytes()).await;
+            let (got, _) = read_to_close(&mut s).await;
+            String::from_utf8_lossy(&got).to_string()
+        };
+        // 9 KiB in one line, 18 KiB in all: within the 32 KiB, over the 8 KiB a line.
+        let line = "a".repeat(9 * 1024);
+        let text = send(format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: {line}\r\nX-B: {line}\r\n\r\n"
+        ))
+        .await;
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+        let text = send(format!("GET /{line} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+        assert!(text.starts_with("HTTP/1.1 414"), "{text}");
+        // Four 7 KiB lines (28 KiB) are served.
+        let ok = "a".repeat(7 * 1024);
+        let text = send(format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: {ok}\r\nX-B: {ok}\r\nX-C: {ok}\r\nX-D: {ok}\r\n\r\n"
+        ))
+        .await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     }
 }

@@ -26,10 +26,14 @@
 //! ```
 
 mod body;
+mod fill;
 mod guard;
+pub mod listener;
 pub mod store;
 mod tls;
 mod upstream;
+
+use fill::{FetchError, FillResult, Lead, Want};
 
 pub use body::RespBody;
 pub use tls::{TlsCert, tls_config};
@@ -38,13 +42,13 @@ use crate::invalidate::{Applied, InvalidationTree, Purge};
 use crate::outcome::{BypassReason, CacheOutcome, DefaultHooks, EdgeHooks};
 use crate::policy::{self, Action, StoredMeta};
 use crate::route::{Route, Router};
-use body::{LogInfo, LoggedBody, empty, file_body, full, stream_body};
+use body::{LogInfo, LoggedBody, empty, file_body, full};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -57,7 +61,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use store::{BodyLoc, DiskTier, Object};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use udn_core::Timestamp;
 use udn_core::log::{LogSink, NullSink};
 
@@ -121,7 +125,10 @@ pub struct EdgeBuilder {
     memory_object_max: Option<u64>,
     disk: Option<(PathBuf, u64)>,
     origin_timeout: Duration,
+    body_timeout: Duration,
+    waiter_timeout: Duration,
     origin_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    limits: listener::Limits,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
@@ -177,6 +184,24 @@ impl EdgeBuilder {
     /// How long to wait for an origin's response headers (default 10 s).
     pub fn origin_timeout(mut self, d: Duration) -> Self {
         self.origin_timeout = d;
+        self
+    }
+    /// How long a fill waits for the origin's next body bytes before it is cut off
+    /// (not stored; its clients' responses are aborted). Default 30 s.
+    pub fn origin_body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = d;
+        self
+    }
+    /// How long a client of a fill waits for its response to start, or for its next
+    /// body bytes (then 504, or an aborted body). Default 30 s.
+    pub fn waiter_timeout(mut self, d: Duration) -> Self {
+        self.waiter_timeout = d;
+        self
+    }
+    /// The limits of the customer listeners [`start`] opens (default
+    /// [`listener::Limits::default`]).
+    pub fn listener_limits(mut self, limits: listener::Limits) -> Self {
+        self.limits = limits;
         self
     }
     /// Replaces the default hooks.
@@ -289,6 +314,9 @@ impl EdgeBuilder {
             tls,
             policy,
             origin_timeout: self.origin_timeout,
+            body_timeout: self.body_timeout,
+            waiter_timeout: self.waiter_timeout,
+            limits: self.limits,
             hooks: self.hooks,
             log: self.log,
             clock: self.clock,
@@ -308,36 +336,6 @@ struct JournalLine {
     generation: u64,
 }
 
-/// The outcome of one origin exchange, shared with every coalesced waiter.
-#[derive(Clone)]
-enum FillResult {
-    Stored(Arc<Object>),
-    Revalidated(Arc<Object>),
-    NotStored,
-    Failed(FetchError),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum FetchError {
-    Unreachable,
-    Timeout,
-    Status(StatusCode),
-    /// The origin's address lies in a range customer destinations may not reach.
-    Refused(udn_core::netpolicy::Denied),
-}
-
-/// What the request that started a fill gets.
-enum Lead {
-    /// A storable response, streamed while it is being stored.
-    Stream {
-        status: StatusCode,
-        headers: HeaderMap,
-        rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    },
-    /// A response that may not be stored, passed through.
-    Pass(Response<Incoming>, BypassReason),
-}
-
 /// Response extension: the body comes straight from the origin (it is this request's
 /// origin traffic, logged as `fill_bytes`).
 #[derive(Clone, Copy)]
@@ -353,7 +351,7 @@ pub struct Edge {
     disk: Option<DiskTier>,
     journal: Option<Mutex<PathBuf>>,
     tree: RwLock<InvalidationTree>,
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<FillResult>>>>,
+    inflight: Mutex<HashMap<String, fill::Inflight>>,
     client: OriginClient,
     /// Clients for HTTPS origins fetched by address (`origin_urls`) whose certificate
     /// names the origin domain: SNI and verification use the domain.
@@ -362,6 +360,9 @@ pub struct Edge {
     /// The router's target policy, shared with the clients' resolver.
     policy: guard::SharedPolicy,
     origin_timeout: Duration,
+    body_timeout: Duration,
+    waiter_timeout: Duration,
+    limits: listener::Limits,
     hooks: Arc<dyn EdgeHooks>,
     log: Arc<dyn LogSink>,
     clock: Clock,
@@ -491,7 +492,10 @@ impl Edge {
             memory_object_max: None,
             disk: None,
             origin_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            waiter_timeout: Duration::from_secs(30),
             origin_roots: Vec::new(),
+            limits: listener::Limits::default(),
             hooks: Arc::new(DefaultHooks),
             log: Arc::new(NullSink),
             clock: Arc::new(system_clock),
@@ -708,285 +712,6 @@ impl Edge {
                 d.remove(&k);
             }
         }
-    }
-
-    /// Coalesced fill: the first caller for `primary` starts the origin exchange and
-    /// gets a [`Lead`]; later callers wait for its result.
-    async fn fill(
-        self: &Arc<Self>,
-        route: &Route,
-        req: &HeaderMap,
-        stale: Option<Arc<Object>>,
-        lead: bool,
-    ) -> Result<Lead, FillResult> {
-        let primary = route.store_key();
-        let existing = {
-            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            match map.get(&primary) {
-                Some(rx) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    map.insert(primary.clone(), rx);
-                    Ok(tx)
-                }
-            }
-        };
-        match existing {
-            Err(mut rx) => {
-                let res = rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
-                match res {
-                    Ok(Some(r)) => Err(r),
-                    _ => Err(FillResult::Failed(FetchError::Unreachable)),
-                }
-            }
-            Ok(done) => {
-                let (ltx, lrx) = oneshot::channel();
-                let edge = self.clone();
-                let route = route.clone();
-                let req = req.clone();
-                let mut done_rx = done.subscribe();
-                tokio::spawn(async move {
-                    let ltx = if lead { Some(ltx) } else { None };
-                    let r = edge.run_fill(&route, &req, stale, ltx).await;
-                    edge.inflight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&route.store_key());
-                    let _ = done.send(Some(r));
-                });
-                if lead && let Ok(l) = lrx.await {
-                    return Ok(l);
-                }
-                let res = done_rx.wait_for(|r| r.is_some()).await.map(|r| r.clone());
-                match res {
-                    Ok(Some(r)) => Err(r),
-                    _ => Err(FillResult::Failed(FetchError::Unreachable)),
-                }
-            }
-        }
-    }
-
-    async fn run_fill(
-        self: &Arc<Self>,
-        route: &Route,
-        req: &HeaderMap,
-        stale: Option<Arc<Object>>,
-        lead: Option<oneshot::Sender<Lead>>,
-    ) -> FillResult {
-        let generation = self
-            .tree
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation();
-        let request_time = self.now();
-        let cond = stale
-            .as_ref()
-            .map(|o| o.meta.conditional_headers())
-            .unwrap_or_default();
-        let oreq = upstream::origin_request(route, Method::GET, req, cond, false, &self.cdn_id);
-        self.metrics.origin_fetches.inc();
-        let resp = match self.send(route, oreq).await {
-            Err(e) => return FillResult::Failed(e),
-            Ok(r) => r,
-        };
-        let response_time = self.now();
-        let status = resp.status();
-        if status == StatusCode::NOT_MODIFIED
-            && let Some(old) = &stale
-        {
-            // Only a 304 whose validator matches may update the stored response, and
-            // only if the result is still storable by a shared cache (RFC 9111 4.3.4).
-            if policy::not_modified_matches(&old.meta.headers, resp.headers()) {
-                let mut obj = (**old).clone();
-                obj.meta
-                    .update_from_304(resp.headers(), request_time, response_time);
-                let mut check = obj.meta.headers.clone();
-                for v in resp.headers().get_all(header::SET_COOKIE) {
-                    check.append(header::SET_COOKIE, v.clone());
-                }
-                if self
-                    .hooks
-                    .cacheable(route, &Method::GET, req, obj.meta.status, &check)
-                    .is_ok()
-                {
-                    let obj = Arc::new(obj);
-                    self.memory.insert(obj.key.clone(), obj.clone());
-                    if let Some(d) = &self.disk {
-                        d.update_meta(&obj);
-                    }
-                    return FillResult::Revalidated(obj);
-                }
-            }
-            tracing::debug!(key = %old.key, "304 not applicable to the stored response: dropped");
-            self.memory.invalidate(&old.key);
-            if let Some(d) = &self.disk {
-                d.remove(&old.key);
-            }
-            return FillResult::NotStored;
-        }
-        if status.is_server_error() && stale.is_some() {
-            return FillResult::Failed(FetchError::Status(status));
-        }
-        if let Err(reason) = self
-            .hooks
-            .cacheable(route, &Method::GET, req, status, resp.headers())
-        {
-            if let Some(l) = lead {
-                let _ = l.send(Lead::Pass(resp, reason));
-            }
-            return FillResult::NotStored;
-        }
-        let Some(names) = policy::vary_names(resp.headers()) else {
-            if let Some(l) = lead {
-                let _ = l.send(Lead::Pass(
-                    resp,
-                    BypassReason::NotStorable(policy::NotStorable::VaryStar),
-                ));
-            }
-            return FillResult::NotStored;
-        };
-        let primary = route.store_key();
-        let full_key = if names.is_empty() {
-            primary.clone()
-        } else {
-            format!("{primary}\n{}", policy::secondary_key(&names, req))
-        };
-        self.vary.insert(primary, Arc::new(names));
-        let (parts, mut body) = resp.into_parts();
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        let mut client_tx = None;
-        if let Some(l) = lead {
-            let (tx, rx) = mpsc::channel(8);
-            let _ = l.send(Lead::Stream {
-                status,
-                headers: headers.clone(),
-                rx,
-            });
-            client_tx = Some(tx);
-        }
-        // Only the client whose request fetched it gets the cookie.
-        headers.remove(header::SET_COOKIE);
-        // Stream the body to the client and into memory or a disk temp file.
-        let mut mem: Vec<Bytes> = Vec::new();
-        let mut mem_len: u64 = 0;
-        let mut file: Option<(tokio::fs::File, PathBuf)> = None;
-        let mut storing = true;
-        let mut total: u64 = 0;
-        loop {
-            let frame = match body.frame().await {
-                None => break,
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    if let Some(tx) = &client_tx {
-                        let _ = tx.send(Err(std::io::Error::other(e))).await;
-                    }
-                    if let Some((_, p)) = file {
-                        let _ = tokio::fs::remove_file(p).await;
-                    }
-                    return FillResult::Failed(FetchError::Unreachable);
-                }
-            };
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            total += chunk.len() as u64;
-            self.metrics.origin_bytes.inc_by(chunk.len() as u64);
-            if storing {
-                if file.is_none() && mem_len + chunk.len() as u64 > self.object_max {
-                    match &self.disk {
-                        Some(d) => {
-                            let p = d.temp_path();
-                            match tokio::fs::File::create(&p).await {
-                                Ok(mut f) => {
-                                    let mut ok = true;
-                                    for b in mem.drain(..) {
-                                        ok &= f.write_all(&b).await.is_ok();
-                                    }
-                                    file = Some((f, p));
-                                    storing = ok;
-                                }
-                                Err(_) => storing = false,
-                            }
-                        }
-                        None => storing = false,
-                    }
-                    mem.clear();
-                }
-                if let Some((f, _)) = &mut file {
-                    if f.write_all(&chunk).await.is_err() {
-                        storing = false;
-                    }
-                } else if storing {
-                    mem_len += chunk.len() as u64;
-                    mem.push(chunk.clone());
-                }
-            }
-            if let Some(tx) = &client_tx
-                && tx.send(Ok(chunk)).await.is_err()
-            {
-                client_tx = None; // the client left; keep filling the cache
-            }
-        }
-        drop(client_tx);
-        if !storing {
-            if let Some((_, p)) = file {
-                let _ = tokio::fs::remove_file(p).await;
-            }
-            return FillResult::NotStored;
-        }
-        let meta = StoredMeta::new(status, headers, request_time, response_time);
-        let obj = match file {
-            Some((mut f, p)) => {
-                if f.flush().await.is_err() {
-                    return FillResult::NotStored;
-                }
-                drop(f);
-                let obj = Object {
-                    key: full_key.clone(),
-                    meta,
-                    generation,
-                    len: total,
-                    body: BodyLoc::Disk(p.clone()),
-                };
-                let edge = self.clone();
-                let stored = tokio::task::spawn_blocking(move || {
-                    edge.disk.as_ref().map(|d| d.put(&obj, Some(&p)))
-                })
-                .await;
-                match stored {
-                    Ok(Some(Ok(Some(o)))) => o,
-                    _ => return FillResult::NotStored,
-                }
-            }
-            None => {
-                let mut buf = bytes::BytesMut::with_capacity(mem_len as usize);
-                for b in mem {
-                    buf.extend_from_slice(&b);
-                }
-                let obj = Object {
-                    key: full_key.clone(),
-                    meta,
-                    generation,
-                    len: total,
-                    body: BodyLoc::Memory(buf.freeze()),
-                };
-                if self.disk.is_some() {
-                    let edge = self.clone();
-                    let o = obj.clone();
-                    // Write-through so a restart keeps it; errors only cost the copy.
-                    tokio::task::spawn_blocking(move || {
-                        if let Some(d) = &edge.disk {
-                            let _ = d.put(&o, None);
-                        }
-                    });
-                }
-                obj
-            }
-        };
-        let obj = Arc::new(obj);
-        self.memory.insert(full_key, obj.clone());
-        FillResult::Stored(obj)
     }
 
     /// Answers from a stored object: conditional requests, Range, HEAD, Age, X-Cache.
@@ -1273,7 +998,7 @@ impl Edge {
         {
             return Ok("cached");
         }
-        match self.fill(&route, &req, None, false).await {
+        match self.fill(&route, &req, None, Want::RESULT).await {
             Err(FillResult::Stored(_)) | Err(FillResult::Revalidated(_)) => Ok("stored"),
             Err(FillResult::NotStored) => Ok("not-storable"),
             Err(FillResult::Failed(e)) => Err(format!("origin: {e:?}")),
@@ -1417,7 +1142,7 @@ impl Edge {
                         let edge = self.clone();
                         let (r, h, o) = (route.clone(), headers.clone(), obj.clone());
                         tokio::spawn(async move {
-                            let _ = edge.fill(&r, &h, Some(o), false).await;
+                            let _ = edge.fill(&r, &h, Some(o), Want::RESULT).await;
                         });
                         return (
                             self.serve_object(&obj, &method, &headers, CacheOutcome::Stale, now)
@@ -1442,30 +1167,22 @@ impl Edge {
                 CacheOutcome::Bypass(BypassReason::Method),
             );
         }
-        // Range requests and HEAD wait for the whole object, then are served from it.
-        // So do conditional requests: their preconditions are evaluated on the object.
-        let lead = method == Method::GET
-            && !headers.contains_key(header::RANGE)
-            && !crate::conditional::is_conditional(&headers);
+        // A GET without a conditional reads the body as it arrives (a Range when the
+        // length is known); only one without Range takes an unstorable response.
+        let conditional = crate::conditional::is_conditional(&headers);
+        let want = Want {
+            pass: method == Method::GET && !headers.contains_key(header::RANGE),
+            stream: method == Method::GET && !conditional,
+        };
         let had_stale = stale.clone();
-        let res = self.fill(&route, &headers, stale, lead).await;
+        let res = self.fill(&route, &headers, stale, want).await;
         let now = self.now();
         match res {
-            Ok(Lead::Stream {
-                status,
-                mut headers,
-                rx,
-            }) => {
-                // The origin's Age is kept (RFC 9111 4.2.3; the fill took no time yet).
-                let age = policy::StoredMeta::new(status, headers.clone(), now, now)
-                    .current_age(now)
-                    .as_secs();
-                headers.insert(header::AGE, HeaderValue::from(age));
-                upstream::strip_targeted(&mut headers);
-                let mut r = Response::new(stream_body(rx));
-                r.extensions_mut().insert(FromOrigin);
-                *r.status_mut() = status;
-                *r.headers_mut() = headers;
+            Ok(Lead::Growing(g, started)) => {
+                let mut r = self.serve_growing(&g, &method, &headers, started);
+                if started {
+                    r.extensions_mut().insert(FromOrigin);
+                }
                 (r, CacheOutcome::Miss)
             }
             Ok(Lead::Pass(resp, reason)) => (self.passthrough(resp), CacheOutcome::Bypass(reason)),
@@ -1575,7 +1292,6 @@ pub struct EdgeHandle {
     pub https_addr: Option<SocketAddr>,
     /// The edge (for purges and reloads from the embedding program).
     pub edge: Arc<Edge>,
-    stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -1600,90 +1316,78 @@ impl EdgeHandle {
         self.edge.metrics_text()
     }
 
-    /// Stops accepting connections and waits for the accept loops to end.
+    /// Stops accepting connections, closes the open ones and waits for the accept
+    /// loops to end.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
         for t in self.tasks {
+            t.abort();
             let _ = t.await;
         }
     }
 }
 
-/// Binds `http` (and `https` with its TLS config) and serves `edge` until the handle
-/// is shut down.
+/// Binds `http` (and `https` with its TLS config) and serves `edge` on them through
+/// [`listener::serve`] with the edge's limits until the handle is shut down.
 pub async fn start(
     edge: Arc<Edge>,
     http: SocketAddr,
     https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
 ) -> Result<EdgeHandle, crate::Error> {
-    let (stop, stop_rx) = watch::channel(false);
     let l = tokio::net::TcpListener::bind(http).await?;
     let http_addr = l.local_addr()?;
-    let mut tasks = vec![tokio::spawn(accept_loop(
-        edge.clone(),
+    let mut tasks = vec![listener::serve(
         l,
         None,
-        stop_rx.clone(),
-    ))];
+        edge.limits,
+        EdgeAccept(edge.clone()),
+    )];
     let mut https_addr = None;
     if let Some((addr, cfg)) = https {
         let l = tokio::net::TcpListener::bind(addr).await?;
         https_addr = Some(l.local_addr()?);
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        tasks.push(tokio::spawn(accept_loop(
-            edge.clone(),
+        tasks.push(listener::serve(
             l,
-            Some(acceptor),
-            stop_rx,
-        )));
+            Some(cfg),
+            edge.limits,
+            EdgeAccept(edge.clone()),
+        ));
     }
     Ok(EdgeHandle {
         http_addr,
         https_addr,
         edge,
-        stop,
         tasks,
     })
 }
 
-async fn accept_loop(
+/// The customer listeners' connections: each request goes to [`Edge::handle`].
+struct EdgeAccept(Arc<Edge>);
+
+impl listener::Accept for EdgeAccept {
+    type Service = EdgeService;
+    type Body = RespBody;
+    fn accept(&self, conn: &listener::Conn) -> Option<EdgeService> {
+        Some(EdgeService {
+            edge: self.0.clone(),
+            peer: conn.addr,
+        })
+    }
+}
+
+struct EdgeService {
     edge: Arc<Edge>,
-    listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let edge = edge.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let edge = edge.clone();
-                async move { Ok::<_, std::convert::Infallible>(edge.handle(req, peer).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let res = match tls {
-                Some(acc) => match acc.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
-                    Err(_) => return,
-                },
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
-            };
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for EdgeService {
+    type Response = Response<RespBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (edge, peer) = (self.edge.clone(), self.peer);
+        Box::pin(async move { Ok(edge.handle(req, peer).await) })
     }
 }
 
