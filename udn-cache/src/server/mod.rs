@@ -27,6 +27,7 @@
 
 mod body;
 mod guard;
+pub mod journal;
 pub mod store;
 mod tls;
 
@@ -203,20 +204,16 @@ impl EdgeBuilder {
         let (disk, journal) = match &self.disk {
             Some((dir, max)) => {
                 let d = DiskTier::open(dir, *max)?;
-                let journal = dir.join("purges.jsonl");
-                if let Ok(text) = std::fs::read_to_string(&journal) {
-                    for line in text.lines() {
-                        if let Ok(j) = serde_json::from_str::<JournalLine>(line)
-                            && let Ok(p) = Purge::parse(&j.scope, &j.target, j.seq)
-                        {
-                            tree.restore(&p, j.generation);
-                        }
-                    }
-                }
+                let journal = journal::PurgeJournal::open(dir, &mut tree, d.generation_range())?;
                 (Some(d), Some(journal))
             }
             None => (None, None),
         };
+        // The Vary names of what the disk tier holds, so its variants stay hits.
+        let vary = moka::sync::Cache::new(100_000);
+        for (primary, names) in disk.iter().flat_map(|d| d.vary_names()) {
+            vary.insert(primary, names);
+        }
         let mut store = rustls::RootCertStore::empty();
         for c in rustls_native_certs::load_native_certs().certs {
             let _ = store.add(c);
@@ -269,7 +266,7 @@ impl EdgeBuilder {
             pop: self.pop,
             object_max,
             memory,
-            vary: moka::sync::Cache::new(100_000),
+            vary,
             disk,
             journal: journal.map(Mutex::new),
             tree: RwLock::new(tree),
@@ -286,14 +283,6 @@ impl EdgeBuilder {
             registry,
         }))
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct JournalLine {
-    scope: String,
-    target: String,
-    seq: u64,
-    generation: u64,
 }
 
 /// The outcome of one origin exchange, shared with every coalesced waiter.
@@ -339,7 +328,7 @@ pub struct Edge {
     memory: moka::sync::Cache<String, Arc<Object>>,
     vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
     disk: Option<DiskTier>,
-    journal: Option<Mutex<PathBuf>>,
+    journal: Option<Mutex<journal::PurgeJournal>>,
     tree: RwLock<InvalidationTree>,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<FillResult>>>>,
     client: OriginClient,
@@ -534,19 +523,11 @@ impl Edge {
         if let Applied::New(generation) = applied {
             self.metrics.purges.inc();
             if let Some(j) = &self.journal {
-                let path = j.lock().unwrap_or_else(|e| e.into_inner());
-                let line = JournalLine {
-                    scope: p.scope.as_str().into(),
-                    target: p.target.clone(),
-                    seq: p.seq,
-                    generation,
-                };
-                let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
-                let res = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&*path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+                let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
+                let res = j.append(p, generation, || {
+                    let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
+                    tree.export(0)
+                });
                 if let Err(e) = res {
                     tracing::error!(error = %e, "purge journal write failed");
                 }
@@ -613,7 +594,7 @@ impl Edge {
             // A body on disk may have been evicted from the disk tier meanwhile.
             Some(o)
                 if matches!(o.body, BodyLoc::Disk(_))
-                    && !self.disk.as_ref().is_some_and(|d| d.contains(full_key)) =>
+                    && !self.disk.as_ref().is_some_and(|d| d.touch(full_key)) =>
             {
                 self.memory.invalidate(full_key);
                 return None;
@@ -651,7 +632,11 @@ impl Edge {
 
     fn full_key(&self, route: &Route, req: &HeaderMap) -> String {
         let primary = route.store_key();
-        match self.vary.get(&primary) {
+        let names = self.vary.get(&primary).or_else(|| {
+            // More primary keys than the map holds: the disk tier has them too.
+            self.disk.as_ref().and_then(|d| d.vary(&primary))
+        });
+        match names {
             Some(names) if !names.is_empty() => {
                 format!("{primary}\n{}", policy::secondary_key(&names, req))
             }
