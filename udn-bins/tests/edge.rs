@@ -812,8 +812,7 @@ fn meta_files(disk: &Path) -> HashMap<String, PathBuf> {
         .into_iter()
         .filter(|(p, _)| p.extension().is_some_and(|e| e == "meta"))
         .map(|(p, _)| {
-            let v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
             (v["key"].as_str().unwrap().to_string(), p)
         })
         .collect()
@@ -828,7 +827,12 @@ fn restart_keeps_vary_variants_and_compacted_purges() {
     let disk = tempdir("vary-restart");
     let origin_url = format!("http://{origin}");
     let pki = Pki::new("vary-restart-pki");
-    let args = ["--origin", &origin_url, "--disk-dir", disk.to_str().unwrap()];
+    let args = [
+        "--origin",
+        &origin_url,
+        "--disk-dir",
+        disk.to_str().unwrap(),
+    ];
     let encodings = ["Accept-Encoding: gzip", "Accept-Encoding: br", "X-None: 1"];
     let expect = |h: &str| match h {
         "Accept-Encoding: gzip" => "gzip-encoded /enc/a".to_string(),
@@ -838,7 +842,10 @@ fn restart_keeps_vary_variants_and_compacted_purges() {
     let edge = EdgeProc::start_admin(&args, &pki);
     for h in encodings {
         let r = curl(&edge.url("/enc/a"), &[h]);
-        assert_eq!((r.cache(), r.body.clone()), ("MISS", expect(h).into_bytes()));
+        assert_eq!(
+            (r.cache(), r.body.clone()),
+            ("MISS", expect(h).into_bytes())
+        );
     }
     for h in encodings {
         assert_eq!(curl(&edge.url("/enc/a"), &[h]).cache(), "HIT");
@@ -851,13 +858,20 @@ fn restart_keeps_vary_variants_and_compacted_purges() {
     let snapshot = disk.join("purges.snapshot.json");
     let lines = std::fs::read_to_string(&journal).unwrap();
     assert_eq!(lines.lines().count(), 1, "{lines}");
-    assert!(!std::fs::read_to_string(&snapshot).unwrap().contains("/static/gone"));
+    assert!(
+        !std::fs::read_to_string(&snapshot)
+            .unwrap()
+            .contains("/static/gone")
+    );
     drop(edge); // SIGKILL: no graceful shutdown
     let edge = EdgeProc::start_admin(&args, &pki);
     // Compacted at start: the journal is empty, the purge is in the snapshot.
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
     let snap = std::fs::read_to_string(&snapshot).unwrap();
-    assert!(snap.contains("/static/gone") || snap.contains(r#""gone""#), "{snap}");
+    assert!(
+        snap.contains("/static/gone") || snap.contains(r#""gone""#),
+        "{snap}"
+    );
     for h in encodings {
         let r = curl(&edge.url("/enc/a"), &[h]);
         assert_eq!(
@@ -890,7 +904,12 @@ fn disk_tier_mismatched_metadata_is_a_miss_and_orphans_are_removed() {
     let (origin, st) = start_origin();
     let disk = tempdir("disk-mismatch");
     let origin_url = format!("http://{origin}");
-    let args = ["--origin", &origin_url, "--disk-dir", disk.to_str().unwrap()];
+    let args = [
+        "--origin",
+        &origin_url,
+        "--disk-dir",
+        disk.to_str().unwrap(),
+    ];
     let edge = EdgeProc::start(&args);
     for p in ["/static/a", "/static/b", "/static/c"] {
         assert_eq!(curl(&edge.url(p), &[]).cache(), "MISS");
@@ -920,13 +939,26 @@ fn disk_tier_mismatched_metadata_is_a_miss_and_orphans_are_removed() {
     let left = files_under(&objects);
     assert_eq!((before, left.len()), (9, 2), "{left:?}");
     let a = curl(&edge.url("/static/a"), &[]);
-    assert_eq!((a.cache(), a.body.clone()), ("HIT", b"content of /static/a".to_vec()));
-    let b = curl(&edge.url("/static/b"), &[]);
-    assert_eq!((b.cache(), b.body.clone()), ("MISS", b"content of /static/b".to_vec()));
-    let c = curl(&edge.url("/static/c"), &[]);
-    assert_eq!((c.cache(), c.body.clone()), ("MISS", b"content of /static/c".to_vec()));
     assert_eq!(
-        (st.count("/static/a"), st.count("/static/b"), st.count("/static/c")),
+        (a.cache(), a.body.clone()),
+        ("HIT", b"content of /static/a".to_vec())
+    );
+    let b = curl(&edge.url("/static/b"), &[]);
+    assert_eq!(
+        (b.cache(), b.body.clone()),
+        ("MISS", b"content of /static/b".to_vec())
+    );
+    let c = curl(&edge.url("/static/c"), &[]);
+    assert_eq!(
+        (c.cache(), c.body.clone()),
+        ("MISS", b"content of /static/c".to_vec())
+    );
+    assert_eq!(
+        (
+            st.count("/static/a"),
+            st.count("/static/b"),
+            st.count("/static/c")
+        ),
         (1, 2, 2)
     );
 }

@@ -231,7 +231,13 @@ impl InvalidationTree {
     /// oldest object has generation `floor`), they invalidate nothing. `floor` 0 keeps
     /// every node.
     pub fn export(&self, floor: u64) -> TreeState {
-        fn walk(n: &Node, host: &str, path: &mut Vec<String>, floor: u64, out: &mut Vec<NodeState>) {
+        fn walk(
+            n: &Node,
+            host: &str,
+            path: &mut Vec<String>,
+            floor: u64,
+            out: &mut Vec<NodeState>,
+        ) {
             let tree = if n.tree > floor { n.tree } else { 0 };
             let exact = if n.exact > floor { n.exact } else { 0 };
             if tree != 0 || exact != 0 {

@@ -226,7 +226,13 @@ mod tests {
         let mut tree = InvalidationTree::new();
         let mut j = PurgeJournal::open(&d, &mut tree, None).unwrap();
         for i in 0..100 {
-            purge(&mut tree, &mut j, "url", &format!("http://h.example/old/{i}"), i + 1);
+            purge(
+                &mut tree,
+                &mut j,
+                "url",
+                &format!("http://h.example/old/{i}"),
+                i + 1,
+            );
         }
         let floor = tree.generation(); // the oldest object on disk is newer than these
         purge(&mut tree, &mut j, "url", "http://h.example/new", 101);

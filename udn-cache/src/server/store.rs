@@ -378,7 +378,9 @@ impl DiskTier {
             if let Some(h) = name.strip_suffix(".meta") {
                 let parsed = std::fs::read(&path).ok().and_then(|b| {
                     let size = b.len() as u64;
-                    serde_json::from_slice::<DiskMeta>(&b).ok().map(|m| (m, size))
+                    serde_json::from_slice::<DiskMeta>(&b)
+                        .ok()
+                        .map(|m| (m, size))
                 });
                 let valid = parsed.filter(|(m, _)| {
                     m.v == FORMAT
@@ -717,8 +719,7 @@ impl DiskTier {
                     idx.slots[i as usize].size = size;
                     idx.used -= old - size;
                 }
-                if std::fs::rename(&tmp, inner.objects.join(format!("{}.meta", hex(&h)))).is_err()
-                {
+                if std::fs::rename(&tmp, inner.objects.join(format!("{}.meta", hex(&h)))).is_err() {
                     let _ = std::fs::remove_file(&tmp);
                 }
             }
@@ -930,7 +931,10 @@ mod tests {
         let t = DiskTier::open(&d, 1 << 20).unwrap();
         t.put(&obj("http://h/a", b"body of a", &[]), None).unwrap();
         t.put(&obj("http://h/b", b"body of b", &[]), None).unwrap();
-        let meta = |k: &str| d.join("objects").join(format!("{}.meta", hex(&file_hash(k))));
+        let meta = |k: &str| {
+            d.join("objects")
+                .join(format!("{}.meta", hex(&file_hash(k))))
+        };
         // b's metadata file now holds a's metadata (another key, another body).
         std::fs::copy(meta("http://h/a"), meta("http://h/b")).unwrap();
         assert!(t.get("http://h/b").is_none(), "a's body served for b");
@@ -979,12 +983,16 @@ mod tests {
     fn eviction_is_lru_within_the_budget_and_kept_across_restarts() {
         let d = tmp("lru");
         let one = obj("http://h/0", &[b'x'; 1000], &[]);
-        let meta_size = serde_json::to_vec(&DiskMeta::of(&one, &format!("{}-1000.body", hex(&[0; 32])))).unwrap().len() as u64;
+        let meta_size =
+            serde_json::to_vec(&DiskMeta::of(&one, &format!("{}-1000.body", hex(&[0; 32]))))
+                .unwrap()
+                .len() as u64;
         // Room for about five objects.
         let budget = 5 * (1000 + meta_size + 10);
         let t = DiskTier::open(&d, budget).unwrap();
         for i in 0..5 {
-            t.put(&obj(&format!("http://h/{i}"), &[b'x'; 1000], &[]), None).unwrap();
+            t.put(&obj(&format!("http://h/{i}"), &[b'x'; 1000], &[]), None)
+                .unwrap();
         }
         assert_eq!(t.len(), 5);
         // 0 is used, so 1 is the least recent.
@@ -995,12 +1003,19 @@ mod tests {
         assert_eq!(t.len(), 5);
         t.put(&obj("http://h/5", &[b'x'; 1000], &[]), None).unwrap();
         assert!(t.used() <= budget, "{} > {budget}", t.used());
-        assert!(t.contains("http://h/0"), "the recently used object was evicted");
-        assert!(!t.contains("http://h/1"), "the least recent object was kept");
+        assert!(
+            t.contains("http://h/0"),
+            "the recently used object was evicted"
+        );
+        assert!(
+            !t.contains("http://h/1"),
+            "the least recent object was kept"
+        );
         assert_eq!(t.eviction_counts(), (1, 1));
         // Many more: the budget holds, and each victim cost one step.
         for i in 6..100 {
-            t.put(&obj(&format!("http://h/{i}"), &[b'x'; 1000], &[]), None).unwrap();
+            t.put(&obj(&format!("http://h/{i}"), &[b'x'; 1000], &[]), None)
+                .unwrap();
             assert!(t.used() <= budget);
         }
         let (evicted, steps) = t.eviction_counts();
@@ -1030,8 +1045,13 @@ mod tests {
         let d = tmp("vary");
         let t = DiskTier::open(&d, 1 << 20).unwrap();
         let vary = [("vary", "Accept-Encoding")];
-        t.put(&obj("http://h/v\naccept-encoding=gzip\n", b"gz", &vary), None).unwrap();
-        t.put(&obj("http://h/v\naccept-encoding=br\n", b"br", &vary), None).unwrap();
+        t.put(
+            &obj("http://h/v\naccept-encoding=gzip\n", b"gz", &vary),
+            None,
+        )
+        .unwrap();
+        t.put(&obj("http://h/v\naccept-encoding=br\n", b"br", &vary), None)
+            .unwrap();
         t.put(&obj("http://h/plain", b"p", &[]), None).unwrap();
         drop(t);
         let t = DiskTier::open(&d, 1 << 20).unwrap();
