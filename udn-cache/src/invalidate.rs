@@ -87,6 +87,47 @@ struct Node {
     children: HashMap<Box<str>, Node>,
 }
 
+/// One node of an exported tree: its host, path segments and generations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, serde::Deserialize))]
+pub struct NodeState {
+    /// The host (lower case).
+    pub host: String,
+    /// The path segments below the host.
+    pub path: Vec<String>,
+    /// The generation of the last purge of the subtree (0: none kept).
+    pub tree: u64,
+    /// The generation of the last purge of exactly this URL (0: none kept).
+    pub exact: u64,
+}
+
+/// One purge of the catch-up log, in its wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, serde::Deserialize))]
+pub struct LogEntry {
+    /// The control plane's sequence number.
+    pub seq: u64,
+    /// `url`, `prefix` or `domain`.
+    pub scope: String,
+    /// The URL.
+    pub target: String,
+}
+
+/// An invalidation tree's state ([`InvalidationTree::export`]), what a purge-journal
+/// snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "server", derive(serde::Serialize, serde::Deserialize))]
+pub struct TreeState {
+    /// The tree's generation.
+    pub generation: u64,
+    /// Sequence numbers at or below this were dropped from the catch-up log.
+    pub forgotten_upto: u64,
+    /// The nodes with a generation kept.
+    pub nodes: Vec<NodeState>,
+    /// The catch-up log.
+    pub log: Vec<LogEntry>,
+}
+
 /// Whether [`InvalidationTree::apply`] took a purge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -176,6 +217,99 @@ impl InvalidationTree {
             self.log.insert(p.seq, p.clone());
         }
         self.generation
+    }
+
+    /// Raises the generation to at least `g` (an edge whose disk tier holds objects
+    /// stamped up to `g`: a later purge must get a larger generation than theirs).
+    pub fn raise_generation(&mut self, g: u64) {
+        self.generation = self.generation.max(g);
+    }
+
+    /// The tree's state, for a snapshot: the generation, the catch-up log, and every
+    /// node with a generation above `floor`. Nodes at or below `floor` are left out:
+    /// when no entry older than `floor` exists (an edge at start, whose disk tier's
+    /// oldest object has generation `floor`), they invalidate nothing. `floor` 0 keeps
+    /// every node.
+    pub fn export(&self, floor: u64) -> TreeState {
+        fn walk(
+            n: &Node,
+            host: &str,
+            path: &mut Vec<String>,
+            floor: u64,
+            out: &mut Vec<NodeState>,
+        ) {
+            let tree = if n.tree > floor { n.tree } else { 0 };
+            let exact = if n.exact > floor { n.exact } else { 0 };
+            if tree != 0 || exact != 0 {
+                out.push(NodeState {
+                    host: host.to_string(),
+                    path: path.clone(),
+                    tree,
+                    exact,
+                });
+            }
+            for (s, c) in &n.children {
+                path.push(s.to_string());
+                walk(c, host, path, floor, out);
+                path.pop();
+            }
+        }
+        let mut nodes = Vec::new();
+        for (h, n) in &self.hosts {
+            walk(n, h, &mut Vec::new(), floor, &mut nodes);
+        }
+        TreeState {
+            generation: self.generation,
+            forgotten_upto: self.forgotten_upto,
+            nodes,
+            log: self
+                .log
+                .values()
+                .map(|p| LogEntry {
+                    seq: p.seq,
+                    scope: p.scope.as_str().to_string(),
+                    target: p.target.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Merges a snapshot made by [`export`](Self::export) into the tree (generations
+    /// are maxima: importing twice, or over the same purges replayed, changes nothing).
+    pub fn import(&mut self, s: &TreeState) {
+        self.generation = self.generation.max(s.generation);
+        self.forgotten_upto = self.forgotten_upto.max(s.forgotten_upto);
+        for n in &s.nodes {
+            let mut node = self
+                .hosts
+                .entry(n.host.to_ascii_lowercase().into())
+                .or_default();
+            for seg in &n.path {
+                node = node.children.entry(seg.as_str().into()).or_default();
+            }
+            node.tree = node.tree.max(n.tree);
+            node.exact = node.exact.max(n.exact);
+        }
+        for e in &s.log {
+            if e.seq > self.forgotten_upto
+                && let Ok(p) = Purge::parse(&e.scope, &e.target, e.seq)
+            {
+                self.log.insert(e.seq, p);
+            }
+        }
+        while self.log.len() > self.max_log {
+            if let Some((s, _)) = self.log.pop_first() {
+                self.forgotten_upto = s;
+            }
+        }
+    }
+
+    /// Nodes in the tree (each purged path and the segments leading to it).
+    pub fn node_count(&self) -> usize {
+        fn count(n: &Node) -> usize {
+            1 + n.children.values().map(count).sum::<usize>()
+        }
+        self.hosts.values().map(count).sum()
     }
 
     fn bump(&mut self, scope: Scope, url: &str) -> u64 {

@@ -28,6 +28,7 @@
 mod body;
 mod fill;
 mod guard;
+pub mod journal;
 pub mod listener;
 pub mod store;
 mod tls;
@@ -238,20 +239,16 @@ impl EdgeBuilder {
         let (disk, journal) = match &self.disk {
             Some((dir, max)) => {
                 let d = DiskTier::open(dir, *max)?;
-                let journal = dir.join("purges.jsonl");
-                if let Ok(text) = std::fs::read_to_string(&journal) {
-                    for line in text.lines() {
-                        if let Ok(j) = serde_json::from_str::<JournalLine>(line)
-                            && let Ok(p) = Purge::parse(&j.scope, &j.target, j.seq)
-                        {
-                            tree.restore(&p, j.generation);
-                        }
-                    }
-                }
+                let journal = journal::PurgeJournal::open(dir, &mut tree, d.generation_range())?;
                 (Some(d), Some(journal))
             }
             None => (None, None),
         };
+        // The Vary names of what the disk tier holds, so its variants stay hits.
+        let vary = moka::sync::Cache::new(100_000);
+        for (primary, names) in disk.iter().flat_map(|d| d.vary_names()) {
+            vary.insert(primary, names);
+        }
         let mut store = rustls::RootCertStore::empty();
         for c in rustls_native_certs::load_native_certs().certs {
             let _ = store.add(c);
@@ -304,7 +301,7 @@ impl EdgeBuilder {
             pop: self.pop,
             object_max,
             memory,
-            vary: moka::sync::Cache::new(100_000),
+            vary,
             disk,
             journal: journal.map(Mutex::new),
             tree: RwLock::new(tree),
@@ -328,6 +325,34 @@ impl EdgeBuilder {
     }
 }
 
+/// The outcome of one origin exchange, shared with every coalesced waiter.
+#[derive(Clone)]
+enum FillResult {
+    Stored(Arc<Object>),
+    Revalidated(Arc<Object>),
+    NotStored,
+    Failed(FetchError),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum FetchError {
+    Unreachable,
+    Timeout,
+    Status(StatusCode),
+    /// The origin's address lies in a range customer destinations may not reach.
+    Refused(udn_core::netpolicy::Denied),
+}
+
+/// What the request that started a fill gets.
+enum Lead {
+    /// A storable response, streamed while it is being stored.
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    },
+    /// A response that may not be stored, passed through.
+    Pass(Response<Incoming>, BypassReason),
 #[derive(Serialize, Deserialize)]
 struct JournalLine {
     scope: String,
@@ -349,7 +374,7 @@ pub struct Edge {
     memory: moka::sync::Cache<String, Arc<Object>>,
     vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
     disk: Option<DiskTier>,
-    journal: Option<Mutex<PathBuf>>,
+    journal: Option<Mutex<journal::PurgeJournal>>,
     tree: RwLock<InvalidationTree>,
     inflight: Mutex<HashMap<String, fill::Inflight>>,
     client: OriginClient,
@@ -552,19 +577,11 @@ impl Edge {
         if let Applied::New(generation) = applied {
             self.metrics.purges.inc();
             if let Some(j) = &self.journal {
-                let path = j.lock().unwrap_or_else(|e| e.into_inner());
-                let line = JournalLine {
-                    scope: p.scope.as_str().into(),
-                    target: p.target.clone(),
-                    seq: p.seq,
-                    generation,
-                };
-                let text = serde_json::to_string(&line).unwrap_or_default() + "\n";
-                let res = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&*path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+                let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
+                let res = j.append(p, generation, || {
+                    let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
+                    tree.export(0)
+                });
                 if let Err(e) = res {
                     tracing::error!(error = %e, "purge journal write failed");
                 }
@@ -631,7 +648,7 @@ impl Edge {
             // A body on disk may have been evicted from the disk tier meanwhile.
             Some(o)
                 if matches!(o.body, BodyLoc::Disk(_))
-                    && !self.disk.as_ref().is_some_and(|d| d.contains(full_key)) =>
+                    && !self.disk.as_ref().is_some_and(|d| d.touch(full_key)) =>
             {
                 self.memory.invalidate(full_key);
                 return None;
@@ -676,7 +693,11 @@ impl Edge {
 
     fn full_key(&self, route: &Route, req: &HeaderMap) -> String {
         let primary = route.store_key();
-        match self.vary.get(&primary) {
+        let names = self.vary.get(&primary).or_else(|| {
+            // More primary keys than the map holds: the disk tier has them too.
+            self.disk.as_ref().and_then(|d| d.vary(&primary))
+        });
+        match names {
             Some(names) if !names.is_empty() => {
                 format!("{primary}\n{}", policy::secondary_key(&names, req))
             }
