@@ -1190,7 +1190,11 @@ struct MetricsReply {
 /// Why a metric (JSON) may not come from a probe of `pop`: a latency sample of another
 /// POP (or any latency sample when the sender's POP is unknown, `Err`).
 fn other_pop_latency(v: &serde_json::Value, pop: &Result<String, String>) -> Option<String> {
-    if v.get("kind").and_then(|k| k.as_str()) != Some("latency") {
+    // Latency samples and unreachable reports (which back off a measurement) alike.
+    if !matches!(
+        v.get("kind").and_then(|k| k.as_str()),
+        Some("latency" | "unreachable")
+    ) {
         return None;
     }
     let claimed = v.get("pop").and_then(|p| p.as_str()).unwrap_or("");

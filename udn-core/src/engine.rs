@@ -163,6 +163,7 @@ impl Engine {
             Metric::Service { sample, .. } => sample.at,
             Metric::Load { at, .. } => *at,
             Metric::Latency { sample, .. } => sample.at,
+            Metric::Unreachable { at, .. } => *at,
         };
         self.apply_from(m, "", at)
     }
