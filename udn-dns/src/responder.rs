@@ -335,6 +335,8 @@ impl Responder {
             let mut out = Edns::new();
             out.set_max_payload(self.max_udp);
             out.set_version(0);
+            // RFC 3225: the DO bit is copied into the response.
+            out.set_dnssec_ok(e.flags().dnssec_ok);
             if e.version() != 0 {
                 resp.edns = Some(out);
                 resp.metadata.response_code = ResponseCode::BADVERS;
@@ -481,6 +483,7 @@ impl Responder {
             }
             let mut e = Edns::new();
             e.set_max_payload(self.max_udp);
+            e.set_dnssec_ok(oe.flags().dnssec_ok);
             ans.edns = Some(e);
         }
         match self.finish(ans, limit, ecs) {
@@ -640,7 +643,13 @@ fn lookup(
             return f;
         }
         if qtype == RecordType::ANY && !node.rrsets.is_empty() {
-            for (_, rs) in &node.rrsets {
+            // RFC 8482 over UDP: one RRset (the name's first, in zone-file order), so
+            // ANY cannot amplify; over TCP, every RRset.
+            let n = match req.transport {
+                Transport::Udp => 1,
+                Transport::Tcp => node.rrsets.len(),
+            };
+            for (_, rs) in node.rrsets.iter().take(n) {
                 f.answers.extend(rs.iter().map(|r| with_name(r, &name)));
             }
             return f;

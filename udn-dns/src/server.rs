@@ -11,7 +11,9 @@
 //! What happens to each answer (query log, counters, refresh requests) is up to the
 //! embedder's [`Observer`].
 
+use crate::cookie::{Pre, Seen};
 use crate::responder::{Decider, GtmAnswer, Outcome, Request, Responder, Transport};
+use crate::rrl::Verdict;
 use crate::{Authority, Error};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
@@ -222,6 +224,10 @@ pub struct Limits {
     pub tcp_read: Duration,
     /// A TCP length prefix above this closes the connection (queries are small).
     pub tcp_max_query: usize,
+    /// Response rate limiting of UDP answers (see [`crate::rrl`]).
+    pub rrl: crate::rrl::RrlConfig,
+    /// DNS Cookies and NSID (see [`crate::cookie`]).
+    pub extras: crate::cookie::Extras,
 }
 
 impl Default for Limits {
@@ -232,6 +238,8 @@ impl Default for Limits {
             tcp_idle: Duration::from_secs(10),
             tcp_read: Duration::from_secs(3),
             tcp_max_query: 4096,
+            rrl: crate::rrl::RrlConfig::default(),
+            extras: crate::cookie::Extras::default(),
         }
     }
 }
@@ -245,6 +253,7 @@ pub struct Server {
     observer: Arc<dyn Observer>,
     clock: fn() -> Timestamp,
     tcp_open: AtomicUsize,
+    rrl: Option<crate::rrl::Rrl>,
 }
 
 impl std::fmt::Debug for Server {
@@ -310,10 +319,11 @@ impl Server {
     ) -> Arc<Server> {
         Arc::new(Server {
             served: RwLock::new(served),
-            limits,
             observer,
             clock,
             tcp_open: AtomicUsize::new(0),
+            rrl: crate::rrl::Rrl::new(limits.rrl.clone()),
+            limits,
         })
     }
 
@@ -528,6 +538,7 @@ impl Server {
         let mut dests: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
         let mut ready: Vec<usize> = Vec::with_capacity(UDP_BATCH);
         let mut responder = Responder::new();
+        let mut scratch = Vec::with_capacity(512);
         while !stop.load(Ordering::Relaxed) {
             // Receive up to UDP_BATCH queries in one system call (waiting for the first).
             got.clear();
@@ -560,7 +571,27 @@ impl Server {
             for (i, &(n, from)) in got.iter().enumerate() {
                 let Some(from) = from else { continue };
                 let started = Instant::now();
-                let query = &bufs[i][..n.min(bufs[i].len())];
+                let received = &bufs[i][..n.min(bufs[i].len())];
+                let (seen, pre) = self.limits.extras.pre(
+                    received,
+                    from.ip(),
+                    true,
+                    now_secs(self.clock),
+                    &mut scratch,
+                );
+                let query: &[u8] = match pre {
+                    Pre::AsIs => received,
+                    Pre::Rewritten => &scratch,
+                    Pre::Reply => {
+                        outs[i].clear();
+                        outs[i].extend_from_slice(&scratch);
+                        if !outs[i].is_empty() && self.rate_limit(&seen, from, &mut outs[i]) {
+                            ready.push(i);
+                            dests.push(Some(SockaddrStorage::from(from)));
+                        }
+                        continue;
+                    }
+                };
                 let inc = Incoming {
                     bytes: query,
                     client: from,
@@ -571,8 +602,17 @@ impl Server {
                     Local::Reply(bytes) => {
                         outs[i].clear();
                         outs[i].extend_from_slice(bytes);
-                        ready.push(i);
-                        dests.push(Some(SockaddrStorage::from(from)));
+                        self.limits.extras.post(
+                            &seen,
+                            &mut outs[i],
+                            from.ip(),
+                            true,
+                            now_secs(self.clock),
+                        );
+                        if self.rate_limit(&seen, from, &mut outs[i]) {
+                            ready.push(i);
+                            dests.push(Some(SockaddrStorage::from(from)));
+                        }
                     }
                     Local::Nothing => {}
                     Local::Forward(peers, peer, forward) => {
@@ -589,12 +629,18 @@ impl Server {
                                 transport: Transport::Udp,
                                 started,
                             };
-                            if let Some(bytes) =
+                            if let Some(mut bytes) =
                                 this.proxied(&mut r, &inc, peers, peer, forward).await
                             {
+                                let now = now_secs(this.clock);
+                                this.limits
+                                    .extras
+                                    .post(&seen, &mut bytes, from.ip(), true, now);
                                 // A UDP send does not block for long: the kernel queues
                                 // or drops it.
-                                let _ = reply_sock.send_to(&bytes, from);
+                                if this.rate_limit(&seen, from, &mut bytes) {
+                                    let _ = reply_sock.send_to(&bytes, from);
+                                }
                             }
                         });
                     }
@@ -675,6 +721,7 @@ impl Server {
         let mut responder = Responder::new();
         let mut buf = vec![0u8; self.limits.tcp_max_query.max(512)];
         let mut out = Vec::with_capacity(4096);
+        let mut scratch = Vec::with_capacity(512);
         loop {
             let mut len = [0u8; 2];
             tokio::select! {
@@ -696,33 +743,55 @@ impl Server {
                 Err(_) => return Some("tcp slow client"),
             }
             let started = Instant::now();
-            let query = &buf[..n];
+            let now = now_secs(self.clock);
+            let (seen, pre) =
+                self.limits
+                    .extras
+                    .pre(&buf[..n], from.ip(), false, now, &mut scratch);
+            let query: &[u8] = match pre {
+                Pre::AsIs => &buf[..n],
+                Pre::Rewritten | Pre::Reply => &scratch,
+            };
             let inc = Incoming {
                 bytes: query,
                 client: from,
                 transport: Transport::Tcp,
                 started,
             };
-            let answer: Option<Vec<u8>> =
-                match self.answer_local(&mut responder, &inc, AnswerPath::Local, true) {
-                    Local::Reply(bytes) => {
-                        out.clear();
-                        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-                        out.extend_from_slice(bytes);
-                        None
+            let local = if pre == Pre::Reply {
+                Local::Reply(&scratch)
+            } else {
+                self.answer_local(&mut responder, &inc, AnswerPath::Local, true)
+            };
+            let answer: Option<Vec<u8>> = match local {
+                Local::Reply(bytes) => {
+                    out.clear();
+                    out.extend_from_slice(&[0, 0]);
+                    out.extend_from_slice(bytes);
+                    let mut body = out.split_off(2);
+                    self.limits
+                        .extras
+                        .post(&seen, &mut body, from.ip(), false, now);
+                    out.clear();
+                    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&body);
+                    None
+                }
+                Local::Nothing => continue,
+                Local::Forward(peers, peer, forward) => {
+                    let answer = self
+                        .proxied(&mut responder, &inc, peers, peer, forward)
+                        .await;
+                    if answer.is_none() {
+                        continue;
                     }
-                    Local::Nothing => continue,
-                    Local::Forward(peers, peer, forward) => {
-                        let answer = self
-                            .proxied(&mut responder, &inc, peers, peer, forward)
-                            .await;
-                        if answer.is_none() {
-                            continue;
-                        }
-                        answer
-                    }
-                };
-            if let Some(a) = answer {
+                    answer
+                }
+            };
+            if let Some(mut a) = answer {
+                self.limits
+                    .extras
+                    .post(&seen, &mut a, from.ip(), false, now);
                 out.clear();
                 out.extend_from_slice(&(a.len() as u16).to_be_bytes());
                 out.extend_from_slice(&a);
@@ -734,6 +803,54 @@ impl Server {
             }
         }
     }
+}
+
+impl Server {
+    /// Response rate limiting of one UDP answer in `out` to `from`: whether to send it
+    /// (it may have been turned into a truncated answer). Clients with a valid server
+    /// cookie and the configured DNS peers are not limited.
+    fn rate_limit(&self, seen: &Seen, from: SocketAddr, out: &mut Vec<u8>) -> bool {
+        let Some(rrl) = &self.rrl else { return true };
+        if seen.valid_cookie {
+            return true;
+        }
+        let verdict = rrl.check(from.ip(), out, now_secs(self.clock));
+        if verdict == Verdict::Send {
+            return true;
+        }
+        let from_peer = {
+            let g = self.served.read().unwrap_or_else(|e| e.into_inner());
+            g.peers
+                .as_ref()
+                .is_some_and(|p| p.addrs.iter().any(|a| a.ip() == from.ip()))
+        };
+        if from_peer {
+            return true;
+        }
+        match verdict {
+            Verdict::Slip => {
+                let mut t = Vec::with_capacity(out.len().min(512));
+                if crate::wire::truncated(out, None, &mut t).is_none() {
+                    return false;
+                }
+                *out = t;
+                true
+            }
+            _ => {
+                self.observer.dropped(Transport::Udp, "rate limited");
+                false
+            }
+        }
+    }
+
+    /// UDP answers sent truncated and dropped by response rate limiting so far.
+    pub fn rrl_counts(&self) -> (u64, u64) {
+        self.rrl.as_ref().map(|r| r.counts()).unwrap_or((0, 0))
+    }
+}
+
+fn now_secs(clock: fn() -> Timestamp) -> u64 {
+    clock().as_millis() / 1000
 }
 
 /// Queries received (and answers sent) per system call on a UDP socket.
