@@ -190,8 +190,13 @@ impl Source {
             Source::ZoneFile { path, origin } => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                Authority::from_zone_file(&text, origin.as_deref())
-                    .with_context(|| format!("loading zone file {}", path.display()))
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                Authority::from_zone_file_in(
+                    &text,
+                    origin.as_deref(),
+                    Some(dir.unwrap_or(Path::new("."))),
+                )
+                .with_context(|| format!("loading zone file {}", path.display()))
             }
         }
     }
@@ -208,7 +213,7 @@ fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
             files.insert(f.clone(), text);
         }
     }
-    let auth = Authority::new(net, &files)?;
+    let auth = Authority::new_in(net, &files, Some(base))?;
     for h in auth.unserved_hosts() {
         tracing::warn!(hostname = %h, "hostname lies in no configured zone: not answered");
     }
