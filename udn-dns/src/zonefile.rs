@@ -543,9 +543,13 @@ impl Parser<'_> {
         let mut i = start;
         while i <= stop {
             let mut tokens = Vec::with_capacity(t.len() - 2);
+            let mut after_type = false;
             for (k, tok) in t[2..].iter().enumerate() {
                 // lhs (first) and the data after the type are substituted.
-                let subst = k == 0 || !is_meta(&tok.text);
+                let subst = k == 0 || after_type;
+                if k > 0 && !after_type && is_type(&tok.text) {
+                    after_type = true;
+                }
                 tokens.push(Token {
                     text: if subst && !tok.quoted {
                         substitute(&tok.text, i).map_err(|m| g(&m))?
@@ -907,11 +911,13 @@ impl Parser<'_> {
     }
 }
 
-/// Whether a `$GENERATE` token is a TTL, a class or a type (not substituted).
-fn is_meta(t: &str) -> bool {
-    t.as_bytes().first().is_some_and(u8::is_ascii_digit)
-        || is_class(t)
-        || RecordType::from_str(&t.to_ascii_uppercase()).is_ok()
+/// Whether a `$GENERATE` token is the record type (not a TTL or a class).
+fn is_type(t: &str) -> bool {
+    let up = t.to_ascii_uppercase();
+    !t.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && !is_class(t)
+        && (RecordType::from_str(&up).is_ok()
+            || up.strip_prefix("TYPE").is_some_and(|n| n.parse::<u16>().is_ok()))
 }
 
 /// Substitutes the `$GENERATE` iterator `i` into `t`.
