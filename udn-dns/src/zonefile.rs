@@ -1149,6 +1149,35 @@ $ORIGIN 2.0.192.in-addr.arpa.
     }
 
     #[test]
+    fn generate_include_and_new_types() {
+        let text = "$ORIGIN g.\n$TTL 60\n$GENERATE 1-3/2 h$ 30 IN A 10.0.0.${100}\n\
+                    $INCLUDE part sub\nafter TXT x\nz TYPE65534 \\# 2 beef\n\
+                    d DNAME other.\ns HTTPS 1 . port=443 alpn=h2\n";
+        let mut seen = Vec::new();
+        let mut loader = |name: &str| {
+            seen.push(name.to_owned());
+            Ok::<_, String>("x A 192.0.2.1\n".to_owned())
+        };
+        let z = parse_with(text, None, &mut loader).unwrap();
+        assert_eq!(seen, ["part"]);
+        let names: Vec<String> = z.records.iter().map(|r| r.name.to_ascii()).collect();
+        assert_eq!(names, ["h1.g.", "h3.g.", "x.sub.g.", "after.g.", "z.g.", "d.g.", "s.g."]);
+        assert_eq!(z.records[1].data, RData::A(A("10.0.0.103".parse().unwrap())));
+        assert_eq!(z.records[1].ttl, 30);
+        assert_eq!(z.records[4].record_type(), RecordType::Unknown(65534));
+        // Without a loader, $INCLUDE is an error; bad $GENERATE ranges are refused.
+        assert!(parse(text, None).unwrap_err().to_string().contains("$INCLUDE"));
+        for bad in ["1-", "3-1", "1-2/0", "0-70000", "1-2 x$"] {
+            let e = parse(&format!("$ORIGIN g.\n$TTL 1\n$GENERATE {bad}\n"), None).unwrap_err();
+            assert!(e.to_string().contains("$GENERATE"), "{bad}: {e}");
+        }
+        let e = parse("$ORIGIN g.\n$TTL 1\nx TYPE1 \\# 3 c00002\n", None).unwrap_err();
+        assert!(e.to_string().contains("RFC 3597"), "{e}");
+        let e = parse("$ORIGIN g.\n$TTL 1\nx NSEC3PARAM 1 0 0 -\n", None).unwrap_err();
+        assert!(e.to_string().contains("RFC 3597 form"), "{e}");
+    }
+
+    #[test]
     fn ttl_units() {
         assert_eq!(parse_ttl("300"), Some(300));
         assert_eq!(parse_ttl("1h30m"), Some(5400));
@@ -1168,6 +1197,25 @@ $ORIGIN 2.0.192.in-addr.arpa.
             "(\\$ORIGIN|\\$TTL|@|www|  |ns1\\.x\\.)? ?(1h|60|IN|CH)? ?(A|AAAA|MX|TXT|SOA|SRV|CAA|CNAME|NS|PTR)? ?(\\(|\\)|\"|;|1\\.2\\.3\\.4|::1|10|x|\\\\)*",
             0..12)) {
             let _ = parse(&lines.join("\n"), None);
+        }
+
+        #[test]
+        fn directives_and_new_types_never_panic(lines in proptest::collection::vec(
+            "(\\$GENERATE|\\$INCLUDE|@|x\\$|  )? ?(0-3|5-1|1-2/0|1-99999999|[0-9]{1,3}-[0-9]{1,3}/[0-9])? ?(h\\$|\\$\\{-?[0-9]{0,3},?[0-9]{0,3},?[doxXn]?\\}|inc|\\.\\./x|/etc/x)? ?(60|IN)? ?(SVCB|HTTPS|DS|NAPTR|DNAME|TYPE[0-9]{1,6}|A|PTR)? ?(\\\\#|[0-9]{1,3}|\\.|alpn=|\"h2\"|port=[0-9]{1,6}|ipv4hint=1\\.2\\.3\\.4|mandatory=port|ab|c0000201|x\\$|\"S\"|\\$)*",
+            0..10)) {
+            let text = lines.join("\n");
+            // The include loader hands back the same text, so includes nest until the
+            // depth bound.
+            let mut loader = |_: &str| Ok::<String, String>(text.clone());
+            let _ = parse_with(&text, Some(&Name::from_ascii("example.").unwrap()), &mut loader);
+            let _ = parse(&text, None);
+        }
+
+        #[test]
+        fn generic_rdata_of_any_bytes_never_panics(t in 0u16.., data in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            let text = format!("$ORIGIN e.\n$TTL 1\nx TYPE{t} \\# {} {hex}\n", data.len());
+            let _ = parse(&text, None);
         }
 
         #[test]
