@@ -278,6 +278,11 @@ fn cookies_do_bit_nsid_and_minimal_any_with_dig() {
     let hex = line.split_whitespace().nth(2).unwrap();
     assert_eq!(hex.len(), 48, "{line}");
     assert_eq!(&hex[16..18], "01", "{line}");
+    // No question, only a cookie (dig +header-only): NOERROR and a server cookie.
+    let out = dig(addr, &["+header-only", "+cookie", "www.proto.example", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("QUERY: 0"), "{out}");
+    assert!(out.contains("; COOKIE: "), "{out}");
     // A made-up server cookie: BADCOOKIE with a fresh cookie, no answer.
     let out = dig(
         addr,
@@ -324,7 +329,10 @@ fn cookies_do_bit_nsid_and_minimal_any_with_dig() {
     assert!(out.contains("(\"udn-test-1\")"), "{out}");
     assert!(!dig(addr, &["www.proto.example", "A"]).contains("NSID"));
     // Minimal ANY (RFC 8482) over UDP: one RRset; over TCP: all four at the apex.
-    let udp = dig(addr, &["+notcp", "+noall", "+answer", "proto.example", "ANY"]);
+    let udp = dig(
+        addr,
+        &["+notcp", "+noall", "+answer", "proto.example", "ANY"],
+    );
     let types: std::collections::HashSet<&str> = udp
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3))
@@ -475,17 +483,18 @@ fn generate_and_include_serve_their_records() {
          $INCLUDE inc/part.zone part\nafter A 192.0.2.200\n",
     )
     .unwrap();
-    std::fs::write(dir.join("inc/part.zone"), "x A 192.0.2.99\n$INCLUDE more.zone\n").unwrap();
+    std::fs::write(
+        dir.join("inc/part.zone"),
+        "x A 192.0.2.99\n$INCLUDE more.zone\n",
+    )
+    .unwrap();
     // Nested includes are relative to the zone file's directory, not the includer's.
     std::fs::write(dir.join("more.zone"), "y TXT \"nested\"\n").unwrap();
     let (_p, addr) = start(&dir.join("main.zone"), &[]);
     let short = |n: &str, t: &str| dig(addr, &["+short", n, t]).trim().to_owned();
     assert_eq!(short("host1.gen.example", "A"), "192.0.2.1");
     assert_eq!(short("host20.gen.example", "A"), "192.0.2.20");
-    assert_eq!(
-        status(&dig(addr, &["host21.gen.example", "A"])),
-        "NXDOMAIN"
-    );
+    assert_eq!(status(&dig(addr, &["host21.gen.example", "A"])), "NXDOMAIN");
     assert_eq!(short("rev000.gen.example", "PTR"), "host0a.gen.example.");
     assert_eq!(short("rev004.gen.example", "PTR"), "host0e.gen.example.");
     assert_eq!(

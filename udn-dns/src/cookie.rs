@@ -9,7 +9,8 @@
 //! * no COOKIE option: nothing happens;
 //! * a malformed one (not 8 or 16 to 40 bytes): FORMERR (RFC 7873 section 5.2.2);
 //! * a client cookie alone, or with a valid server cookie: the normal answer with the
-//!   client cookie and a fresh server cookie;
+//!   client cookie and a fresh server cookie (a query without a question, the way to
+//!   ask only for a cookie, gets NOERROR and the cookie);
 //! * a client cookie with a server cookie that is not valid (wrong hash, another
 //!   secret, older than an hour or more than 5 minutes ahead): over UDP, BADCOOKIE
 //!   with a fresh server cookie and no answer (the client retries with it); over TCP,
@@ -200,6 +201,16 @@ impl Extras {
                 return (seen, Pre::Reply);
             }
         }
+        // A query with no question asks only for a server cookie (RFC 7873 5.4).
+        if wire::be16(query, 4) == Some(0) {
+            let fresh = secret.server_cookie(&cc, ip, now as u32);
+            let mut opt_data = Vec::with_capacity(28);
+            push_cookie(&mut opt_data, &cc, &fresh);
+            if error_reply(query, opt, 0, Some(&opt_data), scratch).is_none() {
+                scratch.clear();
+            }
+            return (seen, Pre::Reply);
+        }
         // Take the option out of the query.
         scratch.clear();
         scratch.extend_from_slice(&query[..at]);
@@ -233,8 +244,12 @@ impl Extras {
         };
         resp[opt.rdata - 2..opt.rdata].copy_from_slice(&rdlen16.to_be_bytes());
         resp.splice(opt.end..opt.end, add.iter().copied());
-        let limit = seen.payload.clamp(512, crate::MAX_UDP_PAYLOAD) as usize;
-        if udp && resp.len() > limit {
+        let limit = if udp {
+            seen.payload.clamp(512, crate::MAX_UDP_PAYLOAD) as usize
+        } else {
+            u16::MAX as usize
+        };
+        if resp.len() > limit {
             let opt_bytes = resp[opt.start..opt.end + add.len()].to_vec();
             let mut out = Vec::with_capacity(512);
             if wire::truncated(resp, Some(&opt_bytes), &mut out).is_some() && out.len() <= limit {

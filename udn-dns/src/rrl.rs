@@ -211,9 +211,12 @@ impl Rrl {
         h.write_u8(client.is_ipv6() as u8);
         h.write_u8(class as u8);
         if !matches!(class, Class::NxDomain | Class::Error) {
-            for &c in qname {
-                h.write_u8(c.to_ascii_lowercase());
+            let mut lower = [0u8; 255];
+            let n = qname.len().min(255);
+            for (d, s) in lower.iter_mut().zip(&qname[..n]) {
+                *d = s.to_ascii_lowercase();
             }
+            h.write(&lower[..n]);
         }
         Some(h.finish())
     }

@@ -568,24 +568,23 @@ impl Server {
             }
             ready.clear();
             dests.clear();
+            let now_s = now_secs(self.clock);
             for (i, &(n, from)) in got.iter().enumerate() {
                 let Some(from) = from else { continue };
                 let started = Instant::now();
                 let received = &bufs[i][..n.min(bufs[i].len())];
-                let (seen, pre) = self.limits.extras.pre(
-                    received,
-                    from.ip(),
-                    true,
-                    now_secs(self.clock),
-                    &mut scratch,
-                );
+                let (seen, pre) =
+                    self.limits
+                        .extras
+                        .pre(received, from.ip(), true, now_s, &mut scratch);
                 let query: &[u8] = match pre {
                     Pre::AsIs => received,
                     Pre::Rewritten => &scratch,
                     Pre::Reply => {
                         outs[i].clear();
                         outs[i].extend_from_slice(&scratch);
-                        if !outs[i].is_empty() && self.rate_limit(&seen, from, &mut outs[i]) {
+                        if !outs[i].is_empty() && self.rate_limit(&seen, from, &mut outs[i], now_s)
+                        {
                             ready.push(i);
                             dests.push(Some(SockaddrStorage::from(from)));
                         }
@@ -602,14 +601,10 @@ impl Server {
                     Local::Reply(bytes) => {
                         outs[i].clear();
                         outs[i].extend_from_slice(bytes);
-                        self.limits.extras.post(
-                            &seen,
-                            &mut outs[i],
-                            from.ip(),
-                            true,
-                            now_secs(self.clock),
-                        );
-                        if self.rate_limit(&seen, from, &mut outs[i]) {
+                        self.limits
+                            .extras
+                            .post(&seen, &mut outs[i], from.ip(), true, now_s);
+                        if self.rate_limit(&seen, from, &mut outs[i], now_s) {
                             ready.push(i);
                             dests.push(Some(SockaddrStorage::from(from)));
                         }
@@ -638,7 +633,7 @@ impl Server {
                                     .post(&seen, &mut bytes, from.ip(), true, now);
                                 // A UDP send does not block for long: the kernel queues
                                 // or drops it.
-                                if this.rate_limit(&seen, from, &mut bytes) {
+                                if this.rate_limit(&seen, from, &mut bytes, now) {
                                     let _ = reply_sock.send_to(&bytes, from);
                                 }
                             }
@@ -721,6 +716,7 @@ impl Server {
         let mut responder = Responder::new();
         let mut buf = vec![0u8; self.limits.tcp_max_query.max(512)];
         let mut out = Vec::with_capacity(4096);
+        let mut body = Vec::with_capacity(4096);
         let mut scratch = Vec::with_capacity(512);
         loop {
             let mut len = [0u8; 2];
@@ -765,10 +761,8 @@ impl Server {
             };
             let answer: Option<Vec<u8>> = match local {
                 Local::Reply(bytes) => {
-                    out.clear();
-                    out.extend_from_slice(&[0, 0]);
-                    out.extend_from_slice(bytes);
-                    let mut body = out.split_off(2);
+                    body.clear();
+                    body.extend_from_slice(bytes);
                     self.limits
                         .extras
                         .post(&seen, &mut body, from.ip(), false, now);
@@ -809,12 +803,12 @@ impl Server {
     /// Response rate limiting of one UDP answer in `out` to `from`: whether to send it
     /// (it may have been turned into a truncated answer). Clients with a valid server
     /// cookie and the configured DNS peers are not limited.
-    fn rate_limit(&self, seen: &Seen, from: SocketAddr, out: &mut Vec<u8>) -> bool {
+    fn rate_limit(&self, seen: &Seen, from: SocketAddr, out: &mut Vec<u8>, now: u64) -> bool {
         let Some(rrl) = &self.rrl else { return true };
         if seen.valid_cookie {
             return true;
         }
-        let verdict = rrl.check(from.ip(), out, now_secs(self.clock));
+        let verdict = rrl.check(from.ip(), out, now);
         if verdict == Verdict::Send {
             return true;
         }

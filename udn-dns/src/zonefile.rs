@@ -917,7 +917,9 @@ fn is_type(t: &str) -> bool {
     !t.as_bytes().first().is_some_and(u8::is_ascii_digit)
         && !is_class(t)
         && (RecordType::from_str(&up).is_ok()
-            || up.strip_prefix("TYPE").is_some_and(|n| n.parse::<u16>().is_ok()))
+            || up
+                .strip_prefix("TYPE")
+                .is_some_and(|n| n.parse::<u16>().is_ok()))
 }
 
 /// Substitutes the `$GENERATE` iterator `i` into `t`.
@@ -1161,12 +1163,25 @@ $ORIGIN 2.0.192.in-addr.arpa.
         let z = parse_with(text, None, &mut loader).unwrap();
         assert_eq!(seen, ["part"]);
         let names: Vec<String> = z.records.iter().map(|r| r.name.to_ascii()).collect();
-        assert_eq!(names, ["h1.g.", "h3.g.", "x.sub.g.", "after.g.", "z.g.", "d.g.", "s.g."]);
-        assert_eq!(z.records[1].data, RData::A(A("10.0.0.103".parse().unwrap())));
+        assert_eq!(
+            names,
+            [
+                "h1.g.", "h3.g.", "x.sub.g.", "after.g.", "z.g.", "d.g.", "s.g."
+            ]
+        );
+        assert_eq!(
+            z.records[1].data,
+            RData::A(A("10.0.0.103".parse().unwrap()))
+        );
         assert_eq!(z.records[1].ttl, 30);
         assert_eq!(z.records[4].record_type(), RecordType::Unknown(65534));
         // Without a loader, $INCLUDE is an error; bad $GENERATE ranges are refused.
-        assert!(parse(text, None).unwrap_err().to_string().contains("$INCLUDE"));
+        assert!(
+            parse(text, None)
+                .unwrap_err()
+                .to_string()
+                .contains("$INCLUDE")
+        );
         for bad in ["1-", "3-1", "1-2/0", "0-70000", "1-2 x$"] {
             let e = parse(&format!("$ORIGIN g.\n$TTL 1\n$GENERATE {bad}\n"), None).unwrap_err();
             assert!(e.to_string().contains("$GENERATE"), "{bad}: {e}");
