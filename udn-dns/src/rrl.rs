@@ -173,7 +173,7 @@ impl Rrl {
             return Verdict::Send;
         }
         let n = self.limited.fetch_add(1, Ordering::Relaxed);
-        if self.cfg.slip > 0 && n % self.cfg.slip as u64 == 0 {
+        if self.cfg.slip > 0 && n.is_multiple_of(self.cfg.slip as u64) {
             self.slipped.fetch_add(1, Ordering::Relaxed);
             Verdict::Slip
         } else {
