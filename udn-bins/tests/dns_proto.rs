@@ -62,7 +62,7 @@ fn have(tool: &str) -> bool {
 
 /// Starts `udn dns --zone FILE` with `args`; returns it and its DNS address.
 fn start(zone: &Path, args: &[&str]) -> (Proc, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_udn"))
+    let child = Command::new(env!("CARGO_BIN_EXE_udn"))
         .arg("dns")
         .arg("--zone")
         .arg(zone)
@@ -72,7 +72,8 @@ fn start(zone: &Path, args: &[&str]) -> (Proc, SocketAddr) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("udn starts");
-    let stdout = child.stdout.take().unwrap();
+    let mut p = Proc(child);
+    let stdout = p.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -88,7 +89,7 @@ fn start(zone: &Path, args: &[&str]) -> (Proc, SocketAddr) {
         let line = rx.recv_timeout(left).expect("udn dns printed its address");
         if let Some(rest) = line.strip_prefix("udn dns: serving DNS on ") {
             let addr = rest.split(' ').next().unwrap().parse().unwrap();
-            return (Proc(child), addr);
+            return (p, addr);
         }
     }
 }
