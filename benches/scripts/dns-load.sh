@@ -9,6 +9,14 @@
 #   static: `udn dns --zone Z` vs NSD, same 10k-name zone, same query file;
 #   gtm:    `udn dns --config` (the sample network; every query is a GTM/CDN decision
 #           with the query log on) vs NSD on the static zone.
+# Server CPU per query: user + system time of the server's processes (all threads; NSD's
+# children too) over the run, from /proc, divided by the queries answered.
+#
+# Response rate limiting stays ON for both udn servers (with cookies on by default):
+# every answer is counted in the RRL table. dnsperf sends everything from 127.0.0.1,
+# one /24, so the default 200 answers/s per name would limit it; the bench raises the
+# rate to the maximum (--rrl-rate 16777215) instead of exempting the client, so the
+# table work is measured and no query is limited. NSD runs without RRL.
 # Needs: dnsperf, nsd, dig (scripts/install-deps.sh). Every load is bounded by -l SECS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +27,7 @@ CLIENTS=${CLIENTS:-8}
 OUTSTANDING=${OUTSTANDING:-100}
 # Extra flags for both udn servers, e.g. UDN_FLAGS="--udp-sockets 1".
 UDN_FLAGS=${UDN_FLAGS:-}
+RRL_FLAGS=${RRL_FLAGS:---rrl-rate 16777215}
 for tool in dnsperf nsd dig; do
   command -v "$tool" >/dev/null || { echo "dns-load: $tool missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -95,16 +104,18 @@ zone:
   zonefile: bench.zone
 CONF
 nsd -d -c "$WORK/nsd/nsd.conf" &
-PIDS+=($!)
+NSD_PID=$!
+PIDS+=($NSD_PID)
 
 UDN_PORT=$(free_port)
-"$UDN" dns $UDN_FLAGS --zone "$ZONE" --listen "127.0.0.1:$UDN_PORT" >"$WORK/udn-static.log" 2>&1 &
-PIDS+=($!)
+"$UDN" dns $UDN_FLAGS $RRL_FLAGS --zone "$ZONE" --listen "127.0.0.1:$UDN_PORT" >"$WORK/udn-static.log" 2>&1 &
+UDN_PID=$!
+PIDS+=($UDN_PID)
 
 # The sample network with its zone, for GTM decisions; query log on.
 GTM_PORT=$(free_port)
 cp udn-core/src/sample.toml "$WORK/network.toml"
-"$UDN" dns $UDN_FLAGS --config "$WORK/network.toml" --listen "127.0.0.1:$GTM_PORT" --log-dir "$WORK/logs" --name bench >"$WORK/udn-gtm.log" 2>&1 &
+"$UDN" dns $UDN_FLAGS $RRL_FLAGS --config "$WORK/network.toml" --listen "127.0.0.1:$GTM_PORT" --log-dir "$WORK/logs" --name bench >"$WORK/udn-gtm.log" 2>&1 &
 GTM_PID=$!
 PIDS+=($GTM_PID)
 
@@ -125,15 +136,28 @@ for n in h1 h77 h$NAMES; do
   [ "$a" = "$b" ] || { echo "dns-load: answers differ for $n: nsd=$a udn=$b" >&2; exit 1; }
 done
 
-run() { # label port queryfile -> prints "qps lost sent"
-  local out
+cpu_ticks() { # pid -> user+system clock ticks of it and its descendants
+  local total=0 p kids
+  kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true)
+  for p in $1 $kids $(for k in $kids; do ps -o pid= --ppid "$k" 2>/dev/null || true; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+run() { # label port queryfile pid -> prints "qps lost cpu_us_per_query"
+  local out c0 c1
+  c0=$(cpu_ticks "$4")
   out=$(dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$SECS" -c "$CLIENTS" -T 1 -q "$OUTSTANDING" 2>&1)
-  local qps lost sent
+  c1=$(cpu_ticks "$4")
+  local qps lost sent cpu
   qps=$(echo "$out" | awk '/Queries per second:/ {print $4}')
   lost=$(echo "$out" | awk '/Queries lost:/ {print $3}')
   sent=$(echo "$out" | awk '/Queries sent:/ {print $3}')
-  printf '%-12s qps=%-12s sent=%-10s lost=%s\n' "$1" "$qps" "$sent" "$lost" >&2
-  echo "$qps $lost"
+  cpu=$(python3 -c "import os; t=os.sysconf('SC_CLK_TCK'); print(f'{($c1 - $c0) / t * 1e6 / max(1, $sent - $lost):.3f}')")
+  printf '%-12s qps=%-12s sent=%-10s lost=%-6s cpu/query=%s us\n' "$1" "$qps" "$sent" "$lost" "$cpu" >&2
+  echo "$qps $lost $cpu"
 }
 
 # Each round: NSD, udn static, NSD, udn GTM. Each udn run is compared with the NSD runs
@@ -143,11 +167,11 @@ RESULTS=$WORK/results.txt
 : > "$RESULTS"
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r/$ROUNDS (${SECS}s each)" >&2
-  read -r n1 l1 <<<"$(run nsd "$NSD_PORT" "$WORK/static.queries")"
-  read -r us ls <<<"$(run udn-static "$UDN_PORT" "$WORK/static.queries")"
-  read -r n2 l2 <<<"$(run nsd "$NSD_PORT" "$WORK/static.queries")"
-  read -r ug lg <<<"$(run udn-gtm "$GTM_PORT" "$WORK/gtm.queries")"
-  echo "$n1 $l1 $us $ls $n2 $l2 $ug $lg" >> "$RESULTS"
+  read -r n1 l1 c1 <<<"$(run nsd "$NSD_PORT" "$WORK/static.queries" "$NSD_PID")"
+  read -r us ls cs <<<"$(run udn-static "$UDN_PORT" "$WORK/static.queries" "$UDN_PID")"
+  read -r n2 l2 c2 <<<"$(run nsd "$NSD_PORT" "$WORK/static.queries" "$NSD_PID")"
+  read -r ug lg cg <<<"$(run udn-gtm "$GTM_PORT" "$WORK/gtm.queries" "$GTM_PID")"
+  echo "$n1 $l1 $us $ls $n2 $l2 $ug $lg $c1 $cs $c2 $cg" >> "$RESULTS"
 done
 python3 - "$RESULTS" <<'PY'
 import sys, statistics as st
@@ -161,6 +185,11 @@ print(f"rounds: {len(rows)}")
 print(f"NSD static          : median {st.median(nsd):10.0f} qps  (runs {', '.join(f'{x:.0f}' for x in nsd)}; lost {lost(1) + lost(5)})")
 print(f"udn static (--zone) : median {st.median(ust):10.0f} qps  (lost {lost(3)})  ratio to adjacent NSD: median {st.median(rs):.2f}x  (rounds {', '.join(f'{x:.2f}' for x in rs)})")
 print(f"udn GTM decisions   : median {st.median(ugt):10.0f} qps  (lost {lost(7)})  ratio to adjacent NSD: median {st.median(rg):.2f}x  (rounds {', '.join(f'{x:.2f}' for x in rg)})")
+# CPU per query: udn over the mean of the NSD runs next to it.
+cs = [r[9] / ((r[8] + r[10]) / 2) for r in rows]
+cg = [r[11] / r[10] for r in rows]
+print(f"server CPU per query: NSD median {st.median([x for r in rows for x in (r[8], r[10])]):.2f} us, udn static {st.median([r[9] for r in rows]):.2f} us, udn GTM {st.median([r[11] for r in rows]):.2f} us")
+print(f"CPU per query ratio : static median {st.median(cs):.2f}x (rounds {', '.join(f'{x:.2f}' for x in cs)}); GTM median {st.median(cg):.2f}x (rounds {', '.join(f'{x:.2f}' for x in cg)})")
 PY
 logs=$(cat "$WORK"/logs/*.jsonl* 2>/dev/null | grep -c '"type":"dns"' || true)
 echo "query-log records written by the GTM server: $logs"

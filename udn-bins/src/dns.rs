@@ -104,6 +104,62 @@ pub struct Args {
     /// revoked certificates it carries are refused by the HTTP API.
     #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
+    /// Response rate limiting: UDP responses per second per client network, answer
+    /// class and name (docs/dns.md); 0 turns it off.
+    #[arg(long, default_value_t = 200)]
+    pub rrl_rate: u32,
+    /// Every Nth rate-limited response goes out truncated (TC=1), the rest are dropped;
+    /// 0 drops them all.
+    #[arg(long, default_value_t = 2)]
+    pub rrl_slip: u32,
+    /// IPv4 clients share a rate-limit bucket per this prefix length.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub rrl_ipv4_prefix: u8,
+    /// IPv6 clients share a rate-limit bucket per this prefix length.
+    #[arg(long, default_value_t = 56, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub rrl_ipv6_prefix: u8,
+    /// Buckets in the rate-limit table (8 bytes each; fixed at start).
+    #[arg(long, default_value_t = 1 << 18)]
+    pub rrl_table_size: usize,
+    /// Clients never rate limited (CIDR; repeat).
+    #[arg(long)]
+    pub rrl_exempt: Vec<udn_core::Cidr>,
+    /// DNS Cookies server secret: a file holding 32 hexadecimal digits (shared by the
+    /// servers of one name for RFC 9018 interoperability). Without it a random secret
+    /// is made at start.
+    #[arg(long, conflicts_with = "no_cookies")]
+    pub cookie_secret_file: Option<PathBuf>,
+    /// Ignore DNS Cookies (no server cookies, no BADCOOKIE).
+    #[arg(long)]
+    pub no_cookies: bool,
+    /// The NSID (RFC 5001) sent to clients that ask for it (text, at most 128 bytes).
+    #[arg(long)]
+    pub nsid: Option<String>,
+}
+
+/// The cookie secret and NSID of `args`.
+fn protocol_extras(args: &Args) -> anyhow::Result<udn_dns::cookie::Extras> {
+    use udn_dns::cookie::CookieSecret;
+    let cookies = if args.no_cookies {
+        None
+    } else if let Some(path) = &args.cookie_secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the cookie secret {}", path.display()))?;
+        Some(
+            CookieSecret::from_hex(&text)
+                .map_err(|e| anyhow::anyhow!("cookie secret {}: {e}", path.display()))?,
+        )
+    } else {
+        Some(CookieSecret::generate().context("generating a cookie secret")?)
+    };
+    let nsid = match &args.nsid {
+        Some(n) if n.is_empty() || n.len() > 128 => {
+            anyhow::bail!("--nsid must be 1 to 128 bytes")
+        }
+        Some(n) => Some(n.as_bytes().to_vec()),
+        None => None,
+    };
+    Ok(udn_dns::cookie::Extras { cookies, nsid })
 }
 
 /// Where the served data comes from.
@@ -143,8 +199,13 @@ impl Source {
             Source::ZoneFile { path, origin } => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                Authority::from_zone_file(&text, origin.as_deref())
-                    .with_context(|| format!("loading zone file {}", path.display()))
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                Authority::from_zone_file_in(
+                    &text,
+                    origin.as_deref(),
+                    Some(dir.unwrap_or(Path::new("."))),
+                )
+                .with_context(|| format!("loading zone file {}", path.display()))
             }
         }
     }
@@ -164,7 +225,7 @@ pub fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
             files.insert(f.clone(), text);
         }
     }
-    let auth = Authority::new(net, &files)?;
+    let auth = Authority::new_in(net, &files, Some(base))?;
     for h in auth.unserved_hosts() {
         tracing::warn!(hostname = %h, "hostname lies in no configured zone: not answered");
     }
@@ -1363,6 +1424,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tcp_read: Duration::from_millis(args.tcp_read_ms),
             answer_cache_bytes: args.answer_cache_bytes,
             tcp_answer_cache_bytes: args.tcp_answer_cache_bytes,
+            rrl: udn_dns::rrl::RrlConfig {
+                rate: args.rrl_rate.min(udn_dns::rrl::MAX_RATE),
+                slip: args.rrl_slip,
+                ipv4_prefix: args.rrl_ipv4_prefix,
+                ipv6_prefix: args.rrl_ipv6_prefix,
+                table_size: args.rrl_table_size,
+                exempt: args.rrl_exempt.clone(),
+            },
+            extras: protocol_extras(&args)?,
             ..Limits::default()
         },
         peer_timeout: Duration::from_millis(args.peer_timeout_ms),

@@ -61,6 +61,8 @@ pub struct Zone {
     pub has_cuts: bool,
     /// Whether the zone has wildcard names.
     pub has_wildcards: bool,
+    /// Whether the zone has DNAME records (names below them are synthesized).
+    pub has_dnames: bool,
 }
 
 impl Zone {
@@ -80,6 +82,7 @@ impl Zone {
             nodes,
             has_cuts: false,
             has_wildcards: false,
+            has_dnames: false,
         }
     }
 
@@ -155,9 +158,20 @@ impl Authority {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(net: Arc<Network>, files: &HashMap<String, String>) -> Result<Authority, Error> {
+        Self::new_in(net, files, None)
+    }
+
+    /// [`Authority::new`] with the zone-file paths relative to `base`: a zone file's
+    /// `$INCLUDE`s are read from its own directory and may not leave it
+    /// ([`zonefile::dir_loader`]). Without `base`, `$INCLUDE` is an error.
+    pub fn new_in(
+        net: Arc<Network>,
+        files: &HashMap<String, String>,
+        base: Option<&std::path::Path>,
+    ) -> Result<Authority, Error> {
         let mut zones = Vec::new();
         for zc in &net.config.dns.zones {
-            zones.push(build_zone(zc, files)?);
+            zones.push(build_zone(zc, files, base)?);
         }
         Self::finish(zones, net)
     }
@@ -175,8 +189,22 @@ impl Authority {
     /// # Ok::<(), udn_dns::Error>(())
     /// ```
     pub fn from_zone_file(text: &str, origin: Option<&str>) -> Result<Authority, Error> {
+        Self::from_zone_file_in(text, origin, None)
+    }
+
+    /// [`Authority::from_zone_file`] for a file in `dir`: its `$INCLUDE`s are read from
+    /// `dir` and may not leave it ([`zonefile::dir_loader`]).
+    pub fn from_zone_file_in(
+        text: &str,
+        origin: Option<&str>,
+        dir: Option<&std::path::Path>,
+    ) -> Result<Authority, Error> {
         let origin = origin.map(|o| name_of(o, "zone origin")).transpose()?;
-        let zf = zonefile::parse(text, origin.as_ref()).map_err(|source| Error::ZoneFile {
+        let parsed = match dir {
+            Some(d) => zonefile::parse_with(text, origin.as_ref(), &mut zonefile::dir_loader(d)),
+            None => zonefile::parse(text, origin.as_ref()),
+        };
+        let zf = parsed.map_err(|source| Error::ZoneFile {
             zone: origin
                 .as_ref()
                 .map(|o| o.to_ascii())
@@ -281,14 +309,26 @@ impl Authority {
     }
 }
 
-fn build_zone(zc: &ZoneConfig, files: &HashMap<String, String>) -> Result<Zone, Error> {
+fn build_zone(
+    zc: &ZoneConfig,
+    files: &HashMap<String, String>,
+    base: Option<&std::path::Path>,
+) -> Result<Zone, Error> {
     let apex = name_of(&zc.apex, "zone apex")?;
     if let Some(path) = &zc.file {
         let text = files.get(path).ok_or_else(|| Error::MissingZoneFile {
             zone: zc.apex.clone(),
             path: path.clone(),
         })?;
-        let zf = zonefile::parse(text, Some(&apex)).map_err(|source| Error::ZoneFile {
+        let parsed = match base {
+            Some(b) => {
+                let full = b.join(path);
+                let dir = full.parent().unwrap_or(b);
+                zonefile::parse_with(text, Some(&apex), &mut zonefile::dir_loader(dir))
+            }
+            None => zonefile::parse(text, Some(&apex)),
+        };
+        let zf = parsed.map_err(|source| Error::ZoneFile {
             zone: zc.apex.clone(),
             source,
         })?;
@@ -380,6 +420,9 @@ fn zone_from_records(apex: Name, records: Vec<Record>) -> Result<Zone, Error> {
         }
         if r.name.is_wildcard() {
             zone.has_wildcards = true;
+        }
+        if t == RecordType::DNAME {
+            zone.has_dnames = true;
         }
         let at_apex = r.name == apex;
         let node = zone.node_mut(&r.name);

@@ -81,6 +81,7 @@ pub(crate) fn answer(
     let mut limit = 512usize;
     let mut ecs: Option<Cidr> = None;
     let mut proxied = false;
+    let mut dnssec_ok = 0u8;
     if arcount == 1 {
         if *b.get(i)? != 0 || be16(b, i + 1)? != 41 {
             return None;
@@ -90,6 +91,7 @@ pub(crate) fn answer(
         if version != 0 {
             return None;
         }
+        dnssec_ok = *b.get(i + 7)? & 0x80;
         let rdlen = be16(b, i + 9)? as usize;
         let mut o = i + 11;
         if o + rdlen != b.len() {
@@ -199,7 +201,8 @@ pub(crate) fn answer(
     if edns {
         out.extend_from_slice(&[0, 0, 41]);
         out.extend_from_slice(&max_udp.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0]);
+        // Extended RCODE 0, version 0, the DO bit copied (RFC 3225).
+        out.extend_from_slice(&[0, 0, dnssec_ok, 0]);
         match ecs {
             Some(c) => {
                 let n = (c.len() as usize).div_ceil(8);

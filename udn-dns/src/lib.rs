@@ -43,10 +43,16 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+#[cfg(feature = "server")]
+pub mod cookie;
 mod fast;
 pub mod responder;
 #[cfg(feature = "server")]
+pub mod rrl;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+mod wire;
 pub mod zonefile;
 
 pub use authority::Authority;

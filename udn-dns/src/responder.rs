@@ -370,6 +370,8 @@ impl Responder {
             let mut out = Edns::new();
             out.set_max_payload(self.max_udp);
             out.set_version(0);
+            // RFC 3225: the DO bit is copied into the response.
+            out.set_dnssec_ok(e.flags().dnssec_ok);
             if e.version() != 0 {
                 resp.edns = Some(out);
                 resp.metadata.response_code = ResponseCode::BADVERS;
@@ -524,6 +526,7 @@ impl Responder {
             }
             let mut e = Edns::new();
             e.set_max_payload(self.max_udp);
+            e.set_dnssec_ok(oe.flags().dnssec_ok);
             ans.edns = Some(e);
         }
         match self.finish(ans, limit, ecs) {
@@ -626,7 +629,7 @@ fn lookup(
     for _ in 0..MAX_CHAIN {
         // A delegation above (or at) the name: refer.
         if zone.has_cuts
-            && let Some(ns) = find_cut(zone, &name)
+            && let Some(ns) = find_cut(zone, &name, qtype == RecordType::DS)
         {
             if f.answers.is_empty() {
                 f.authoritative = false;
@@ -641,6 +644,32 @@ fn lookup(
             None => None,
         };
         let Some(node) = node else {
+            // RFC 6672: below a DNAME, the DNAME and a CNAME synthesized from it.
+            if zone.has_dnames
+                && let Some((dname, target)) = find_dname(zone, &name)
+            {
+                f.answers.push(dname);
+                let Some(cname) = target else {
+                    f.rcode = ResponseCode::YXDomain;
+                    return f;
+                };
+                let ttl = f.answers.last().map_or(0, |r| r.ttl);
+                let mut r = Record::from_rdata(
+                    name.clone(),
+                    ttl,
+                    RData::CNAME(hickory_proto::rr::rdata::CNAME(cname.clone())),
+                );
+                r.dns_class = DNSClass::IN;
+                f.answers.push(r);
+                match auth.zone_for(&cname) {
+                    Some(z) => {
+                        zone = z;
+                        name = cname;
+                        continue;
+                    }
+                    None => return f,
+                }
+            }
             f.rcode = ResponseCode::NXDomain;
             f.authorities.push(zone.negative_soa());
             return f;
@@ -683,7 +712,13 @@ fn lookup(
             return f;
         }
         if qtype == RecordType::ANY && !node.rrsets.is_empty() {
-            for (_, rs) in &node.rrsets {
+            // RFC 8482 over UDP: one RRset (the name's first, in zone-file order), so
+            // ANY cannot amplify; over TCP, every RRset.
+            let n = match req.transport {
+                Transport::Udp => 1,
+                Transport::Tcp => node.rrsets.len(),
+            };
+            for (_, rs) in node.rrsets.iter().take(n) {
                 f.answers.extend(rs.iter().map(|r| with_name(r, &name)));
             }
             return f;
@@ -720,10 +755,42 @@ fn lookup(
     f
 }
 
-/// The NS RRset of the zone cut at or above `name` (below the apex), if any.
-fn find_cut<'z>(zone: &'z Zone, name: &Name) -> Option<&'z [Record]> {
+/// The DNAME at the closest ancestor of `name` that has one, and the name `name`
+/// becomes under it (`None`: too long, YXDOMAIN).
+fn find_dname(zone: &Zone, name: &Name) -> Option<(Record, Option<Name>)> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
     let apex = crate::authority::labels(&zone.apex);
     let n = crate::authority::labels(name);
+    for l in (apex..n).rev() {
+        let mut anc = name.trim_to(l);
+        anc.set_fqdn(true);
+        let Some(rs) = zone
+            .nodes
+            .get(&anc)
+            .and_then(|nd| nd.rrset(RecordType::DNAME))
+        else {
+            continue;
+        };
+        let r = rs.first()?;
+        let RData::Unknown { rdata, .. } = &r.data else {
+            return None;
+        };
+        let target = Name::read(&mut BinDecoder::new(&rdata.anything)).ok()?;
+        let prefix: Vec<&[u8]> = name.iter().take(n - l).collect();
+        let synth = Name::from_labels(prefix)
+            .ok()
+            .and_then(|p| p.append_domain(&target).ok());
+        return Some((with_name(r, &anc), synth));
+    }
+    None
+}
+
+/// The NS RRset of the zone cut at or above `name` (below the apex), if any.
+/// With `above`, only cuts strictly above `name` count: a DS RRset lives on the parent
+/// side of its cut (RFC 4035 section 3.1.4.1).
+fn find_cut<'z>(zone: &'z Zone, name: &Name, above: bool) -> Option<&'z [Record]> {
+    let apex = crate::authority::labels(&zone.apex);
+    let n = crate::authority::labels(name).saturating_sub(usize::from(above));
     for l in (apex + 1)..=n {
         let mut anc = name.trim_to(l);
         anc.set_fqdn(true);

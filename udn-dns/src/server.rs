@@ -11,7 +11,9 @@
 //! What happens to each answer (query log, counters, refresh requests) is up to the
 //! embedder's [`Observer`].
 
+use crate::cookie::{Pre, Seen};
 use crate::responder::{Decider, GtmAnswer, Outcome, Request, Responder, Transport};
+use crate::rrl::Verdict;
 use crate::{Authority, Error};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
@@ -227,6 +229,10 @@ pub struct Limits {
     pub answer_cache_bytes: usize,
     /// Answer-cache bytes of each TCP connection.
     pub tcp_answer_cache_bytes: usize,
+    /// Response rate limiting of UDP answers (see [`crate::rrl`]).
+    pub rrl: crate::rrl::RrlConfig,
+    /// DNS Cookies and NSID (see [`crate::cookie`]).
+    pub extras: crate::cookie::Extras,
 }
 
 impl Default for Limits {
@@ -239,6 +245,8 @@ impl Default for Limits {
             tcp_max_query: 4096,
             answer_cache_bytes: 16 << 20,
             tcp_answer_cache_bytes: 16 << 10,
+            rrl: crate::rrl::RrlConfig::default(),
+            extras: crate::cookie::Extras::default(),
         }
     }
 }
@@ -252,6 +260,7 @@ pub struct Server {
     observer: Arc<dyn Observer>,
     clock: fn() -> Timestamp,
     tcp_open: AtomicUsize,
+    rrl: Option<crate::rrl::Rrl>,
 }
 
 impl std::fmt::Debug for Server {
@@ -317,10 +326,11 @@ impl Server {
     ) -> Arc<Server> {
         Arc::new(Server {
             served: RwLock::new(served),
-            limits,
             observer,
             clock,
             tcp_open: AtomicUsize::new(0),
+            rrl: crate::rrl::Rrl::new(limits.rrl.clone()),
+            limits,
         })
     }
 
@@ -537,6 +547,7 @@ impl Server {
         let mut dests: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
         let mut ready: Vec<usize> = Vec::with_capacity(UDP_BATCH);
         let mut responder = Responder::with_cache_bytes(cache_bytes);
+        let mut scratch = Vec::with_capacity(512);
         while !stop.load(Ordering::Relaxed) {
             // Receive up to UDP_BATCH queries in one system call (waiting for the first).
             got.clear();
@@ -566,10 +577,29 @@ impl Server {
             }
             ready.clear();
             dests.clear();
+            let now_s = now_secs(self.clock);
             for (i, &(n, from)) in got.iter().enumerate() {
                 let Some(from) = from else { continue };
                 let started = Instant::now();
-                let query = &bufs[i][..n.min(bufs[i].len())];
+                let received = &bufs[i][..n.min(bufs[i].len())];
+                let (seen, pre) =
+                    self.limits
+                        .extras
+                        .pre(received, from.ip(), true, now_s, &mut scratch);
+                let query: &[u8] = match pre {
+                    Pre::AsIs => received,
+                    Pre::Rewritten => &scratch,
+                    Pre::Reply => {
+                        outs[i].clear();
+                        outs[i].extend_from_slice(&scratch);
+                        if !outs[i].is_empty() && self.rate_limit(&seen, from, &mut outs[i], now_s)
+                        {
+                            ready.push(i);
+                            dests.push(Some(SockaddrStorage::from(from)));
+                        }
+                        continue;
+                    }
+                };
                 let inc = Incoming {
                     bytes: query,
                     client: from,
@@ -580,8 +610,13 @@ impl Server {
                     Local::Reply(bytes) => {
                         outs[i].clear();
                         outs[i].extend_from_slice(bytes);
-                        ready.push(i);
-                        dests.push(Some(SockaddrStorage::from(from)));
+                        self.limits
+                            .extras
+                            .post(&seen, &mut outs[i], from.ip(), true, now_s);
+                        if self.rate_limit(&seen, from, &mut outs[i], now_s) {
+                            ready.push(i);
+                            dests.push(Some(SockaddrStorage::from(from)));
+                        }
                     }
                     Local::Nothing => {}
                     Local::Forward(peers, peer, forward) => {
@@ -598,12 +633,18 @@ impl Server {
                                 transport: Transport::Udp,
                                 started,
                             };
-                            if let Some(bytes) =
+                            if let Some(mut bytes) =
                                 this.proxied(&mut r, &inc, peers, peer, forward).await
                             {
+                                let now = now_secs(this.clock);
+                                this.limits
+                                    .extras
+                                    .post(&seen, &mut bytes, from.ip(), true, now);
                                 // A UDP send does not block for long: the kernel queues
                                 // or drops it.
-                                let _ = reply_sock.send_to(&bytes, from);
+                                if this.rate_limit(&seen, from, &mut bytes, now) {
+                                    let _ = reply_sock.send_to(&bytes, from);
+                                }
                             }
                         });
                     }
@@ -684,6 +725,8 @@ impl Server {
         let mut responder = Responder::with_cache_bytes(self.limits.tcp_answer_cache_bytes);
         let mut buf = vec![0u8; self.limits.tcp_max_query.max(512)];
         let mut out = Vec::with_capacity(4096);
+        let mut body = Vec::with_capacity(4096);
+        let mut scratch = Vec::with_capacity(512);
         loop {
             let mut len = [0u8; 2];
             tokio::select! {
@@ -705,33 +748,53 @@ impl Server {
                 Err(_) => return Some("tcp slow client"),
             }
             let started = Instant::now();
-            let query = &buf[..n];
+            let now = now_secs(self.clock);
+            let (seen, pre) =
+                self.limits
+                    .extras
+                    .pre(&buf[..n], from.ip(), false, now, &mut scratch);
+            let query: &[u8] = match pre {
+                Pre::AsIs => &buf[..n],
+                Pre::Rewritten | Pre::Reply => &scratch,
+            };
             let inc = Incoming {
                 bytes: query,
                 client: from,
                 transport: Transport::Tcp,
                 started,
             };
-            let answer: Option<Vec<u8>> =
-                match self.answer_local(&mut responder, &inc, AnswerPath::Local, true) {
-                    Local::Reply(bytes) => {
-                        out.clear();
-                        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-                        out.extend_from_slice(bytes);
-                        None
+            let local = if pre == Pre::Reply {
+                Local::Reply(&scratch)
+            } else {
+                self.answer_local(&mut responder, &inc, AnswerPath::Local, true)
+            };
+            let answer: Option<Vec<u8>> = match local {
+                Local::Reply(bytes) => {
+                    body.clear();
+                    body.extend_from_slice(bytes);
+                    self.limits
+                        .extras
+                        .post(&seen, &mut body, from.ip(), false, now);
+                    out.clear();
+                    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&body);
+                    None
+                }
+                Local::Nothing => continue,
+                Local::Forward(peers, peer, forward) => {
+                    let answer = self
+                        .proxied(&mut responder, &inc, peers, peer, forward)
+                        .await;
+                    if answer.is_none() {
+                        continue;
                     }
-                    Local::Nothing => continue,
-                    Local::Forward(peers, peer, forward) => {
-                        let answer = self
-                            .proxied(&mut responder, &inc, peers, peer, forward)
-                            .await;
-                        if answer.is_none() {
-                            continue;
-                        }
-                        answer
-                    }
-                };
-            if let Some(a) = answer {
+                    answer
+                }
+            };
+            if let Some(mut a) = answer {
+                self.limits
+                    .extras
+                    .post(&seen, &mut a, from.ip(), false, now);
                 out.clear();
                 out.extend_from_slice(&(a.len() as u16).to_be_bytes());
                 out.extend_from_slice(&a);
@@ -743,6 +806,54 @@ impl Server {
             }
         }
     }
+}
+
+impl Server {
+    /// Response rate limiting of one UDP answer in `out` to `from`: whether to send it
+    /// (it may have been turned into a truncated answer). Clients with a valid server
+    /// cookie and the configured DNS peers are not limited.
+    fn rate_limit(&self, seen: &Seen, from: SocketAddr, out: &mut Vec<u8>, now: u64) -> bool {
+        let Some(rrl) = &self.rrl else { return true };
+        if seen.valid_cookie {
+            return true;
+        }
+        let verdict = rrl.check(from.ip(), out, now);
+        if verdict == Verdict::Send {
+            return true;
+        }
+        let from_peer = {
+            let g = self.served.read().unwrap_or_else(|e| e.into_inner());
+            g.peers
+                .as_ref()
+                .is_some_and(|p| p.addrs.iter().any(|a| a.ip() == from.ip()))
+        };
+        if from_peer {
+            return true;
+        }
+        match verdict {
+            Verdict::Slip => {
+                let mut t = Vec::with_capacity(out.len().min(512));
+                if crate::wire::truncated(out, None, &mut t).is_none() {
+                    return false;
+                }
+                *out = t;
+                true
+            }
+            _ => {
+                self.observer.dropped(Transport::Udp, "rate limited");
+                false
+            }
+        }
+    }
+
+    /// UDP answers sent truncated and dropped by response rate limiting so far.
+    pub fn rrl_counts(&self) -> (u64, u64) {
+        self.rrl.as_ref().map(|r| r.counts()).unwrap_or((0, 0))
+    }
+}
+
+fn now_secs(clock: fn() -> Timestamp) -> u64 {
+    clock().as_millis() / 1000
 }
 
 /// Queries received (and answers sent) per system call on a UDP socket.

@@ -29,7 +29,7 @@
 //! assert_eq!(err.line, 2);
 //! ```
 
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, HTTPS, MX, NAPTR, NS, PTR, SOA, SRV, SVCB, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use std::str::FromStr;
 
@@ -62,9 +62,31 @@ pub enum ZoneFileErrorKind {
     /// Parentheses do not balance.
     #[error("unbalanced parentheses")]
     UnbalancedParens,
-    /// `$INCLUDE` (this parser never reads files).
-    #[error("$INCLUDE is not supported: inline the included file")]
+    /// `$INCLUDE` where no include loader is given (see [`parse_with`]).
+    #[error(
+        "$INCLUDE needs the zone file's directory (inline the file, or load the zone from a file)"
+    )]
     Include,
+    /// An `$INCLUDE` that could not be read or is refused (outside the zone file's
+    /// directory, too deep).
+    #[error("$INCLUDE {file}: {reason}")]
+    IncludeRefused {
+        /// The file named.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// An error inside an included file.
+    #[error("in $INCLUDE {file}, {error}")]
+    InInclude {
+        /// The file named.
+        file: String,
+        /// The error, with its line in that file.
+        error: Box<ZoneFileError>,
+    },
+    /// A malformed `$GENERATE`.
+    #[error("bad $GENERATE: {0}")]
+    Generate(String),
     /// An unknown `$` directive.
     #[error("unknown directive {0:?}")]
     UnknownDirective(String),
@@ -351,7 +373,45 @@ fn is_class(t: &str) -> bool {
     )
 }
 
-struct Parser {
+/// Loads the text of an `$INCLUDE`d file by the name written in the zone file.
+pub type IncludeLoader<'a> = &'a mut dyn FnMut(&str) -> Result<String, String>;
+
+/// How deep `$INCLUDE`s may nest.
+pub const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// The most records one `$GENERATE` line may produce.
+pub const MAX_GENERATE: u64 = 65_536;
+
+/// An include loader reading files in `dir` (the zone file's directory) and refusing
+/// any path that leads outside it (`../`, an absolute path elsewhere, a symbolic link
+/// out).
+pub fn dir_loader(dir: &std::path::Path) -> impl FnMut(&str) -> Result<String, String> + use<> {
+    let dir = dir.to_path_buf();
+    move |name: &str| {
+        let base = dir
+            .canonicalize()
+            .map_err(|e| format!("zone directory {}: {e}", dir.display()))?;
+        let path = base.join(name);
+        let real = path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !real.starts_with(&base) {
+            return Err(format!(
+                "refused: outside the zone file's directory {}",
+                base.display()
+            ));
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+        if !meta.is_file() || meta.len() > 64 << 20 {
+            return Err("not a regular file of at most 64 MiB".into());
+        }
+        std::fs::read_to_string(&real).map_err(|e| format!("{}: {e}", real.display()))
+    }
+}
+
+struct Parser<'l> {
+    loader: Option<IncludeLoader<'l>>,
+    depth: usize,
     origin: Option<Name>,
     default_ttl: Option<u32>,
     last_ttl: Option<u32>,
@@ -363,7 +423,27 @@ struct Parser {
 /// Parses a zone file. `origin` is the origin before any `$ORIGIN` (the zone apex, if
 /// known from configuration).
 pub fn parse(text: &str, origin: Option<&Name>) -> Result<ZoneFile, ZoneFileError> {
+    parse_inner(text, origin, None)
+}
+
+/// Parses a zone file whose `$INCLUDE`s are read by `loader` (e.g. [`dir_loader`] of
+/// the zone file's directory). Includes nest at most [`MAX_INCLUDE_DEPTH`] deep.
+pub fn parse_with(
+    text: &str,
+    origin: Option<&Name>,
+    loader: IncludeLoader<'_>,
+) -> Result<ZoneFile, ZoneFileError> {
+    parse_inner(text, origin, Some(loader))
+}
+
+fn parse_inner(
+    text: &str,
+    origin: Option<&Name>,
+    loader: Option<IncludeLoader<'_>>,
+) -> Result<ZoneFile, ZoneFileError> {
     let mut p = Parser {
+        loader,
+        depth: 0,
         origin: origin.map(|o| {
             let mut o = o.clone();
             o.set_fqdn(true);
@@ -375,9 +455,7 @@ pub fn parse(text: &str, origin: Option<&Name>) -> Result<ZoneFile, ZoneFileErro
         soa_origin: None,
         records: Vec::new(),
     };
-    for e in lex(text)? {
-        p.entry(&e)?;
-    }
+    p.text(text)?;
     let origin = p.soa_origin.or(p.origin).unwrap_or_else(Name::root);
     Ok(ZoneFile {
         origin,
@@ -385,7 +463,112 @@ pub fn parse(text: &str, origin: Option<&Name>) -> Result<ZoneFile, ZoneFileErro
     })
 }
 
-impl Parser {
+impl Parser<'_> {
+    fn text(&mut self, text: &str) -> Result<(), ZoneFileError> {
+        for e in lex(text)? {
+            self.entry(&e)?;
+        }
+        Ok(())
+    }
+
+    /// `$INCLUDE file [origin]`: the file's records in place; the origin and the
+    /// current owner are restored after it (RFC 1035 section 5.1).
+    fn include(&mut self, t: &[Token], line: usize) -> Result<(), ZoneFileError> {
+        let file = t.get(1).map(|x| x.text.clone()).unwrap_or_default();
+        let refused = |reason: String| {
+            err(
+                line,
+                ZoneFileErrorKind::IncludeRefused {
+                    file: file.clone(),
+                    reason,
+                },
+            )
+        };
+        if file.is_empty() {
+            return Err(refused("no file named".into()));
+        }
+        if self.depth >= MAX_INCLUDE_DEPTH {
+            return Err(refused(format!(
+                "includes nest more than {MAX_INCLUDE_DEPTH} deep"
+            )));
+        }
+        let Some(loader) = self.loader.as_mut() else {
+            return Err(err(line, ZoneFileErrorKind::Include));
+        };
+        let text = loader(&file).map_err(refused)?;
+        let saved = (self.origin.clone(), self.owner.clone());
+        if let Some(o) = t.get(2) {
+            self.origin = Some(parse_name(&o.text, self.origin.as_ref(), line)?);
+        }
+        self.depth += 1;
+        let r = self.text(&text);
+        self.depth -= 1;
+        (self.origin, self.owner) = saved;
+        r.map_err(|e| {
+            err(
+                line,
+                ZoneFileErrorKind::InInclude {
+                    file: file.clone(),
+                    error: Box::new(e),
+                },
+            )
+        })
+    }
+
+    /// `$GENERATE start-stop[/step] lhs [ttl] [class] type rhs`, with `$`,
+    /// `${offset[,width[,base]]}` (base d, o, x or X) and `\$` in lhs and rhs.
+    fn generate(&mut self, t: &[Token], e: &Entry) -> Result<(), ZoneFileError> {
+        let line = e.line;
+        let g = |m: &str| err(line, ZoneFileErrorKind::Generate(m.into()));
+        let range = t.get(1).ok_or_else(|| g("no range"))?.text.as_str();
+        let (span, step) = match range.split_once('/') {
+            Some((a, b)) => (a, b.parse::<u64>().map_err(|_| g("bad step"))?),
+            None => (range, 1),
+        };
+        let (a, b) = span
+            .split_once('-')
+            .ok_or_else(|| g("range is start-stop"))?;
+        let (start, stop) = (
+            a.parse::<u64>().map_err(|_| g("bad range start"))?,
+            b.parse::<u64>().map_err(|_| g("bad range stop"))?,
+        );
+        if step == 0 || stop < start || (stop - start) / step >= MAX_GENERATE {
+            return Err(g(&format!(
+                "the range must be increasing, the step positive and at most {MAX_GENERATE} records"
+            )));
+        }
+        if t.len() < 4 {
+            return Err(g("needs lhs, type and rhs"));
+        }
+        let mut i = start;
+        while i <= stop {
+            let mut tokens = Vec::with_capacity(t.len() - 2);
+            let mut after_type = false;
+            for (k, tok) in t[2..].iter().enumerate() {
+                // lhs (first) and the data after the type are substituted.
+                let subst = k == 0 || after_type;
+                if k > 0 && !after_type && is_type(&tok.text) {
+                    after_type = true;
+                }
+                tokens.push(Token {
+                    text: if subst && !tok.quoted {
+                        substitute(&tok.text, i).map_err(|m| g(&m))?
+                    } else {
+                        tok.text.clone()
+                    },
+                    quoted: tok.quoted,
+                });
+            }
+            self.entry(&Entry {
+                line,
+                starts_blank: false,
+                tokens,
+            })?;
+            i += step;
+        }
+        Ok(())
+    }
+
     fn entry(&mut self, e: &Entry) -> Result<(), ZoneFileError> {
         let line = e.line;
         let t = &e.tokens;
@@ -405,7 +588,8 @@ impl Parser {
                         .ok_or_else(|| err(line, ZoneFileErrorKind::BadTtl(a.into())))?;
                     self.default_ttl = Some(v);
                 }
-                "$INCLUDE" => return Err(err(line, ZoneFileErrorKind::Include)),
+                "$INCLUDE" => return self.include(t, line),
+                "$GENERATE" => return self.generate(t, e),
                 other => {
                     return Err(err(line, ZoneFileErrorKind::UnknownDirective(other.into())));
                 }
@@ -442,8 +626,11 @@ impl Parser {
                 }
             } else {
                 let up = s.to_ascii_uppercase();
-                let rt = RecordType::from_str(&up)
-                    .map_err(|_| err(line, ZoneFileErrorKind::UnsupportedType(s.into())))?;
+                let rt = match up.strip_prefix("TYPE").map(str::parse::<u16>) {
+                    Some(Ok(n)) => RecordType::from(n),
+                    _ => RecordType::from_str(&up)
+                        .map_err(|_| err(line, ZoneFileErrorKind::UnsupportedType(s.into())))?,
+                };
                 rtype = Some(rt);
                 break;
             }
@@ -500,6 +687,19 @@ impl Parser {
         };
         let num16 = |field: &'static str, s: &str| s.parse::<u16>().map_err(|_| bad(field, s));
         let name = |s: &str| parse_name(s, origin, line);
+        // RFC 3597 generic form, for any type: `\# length hex...`.
+        if d.first().is_some_and(|t| !t.quoted && t.text == "\\#") {
+            let len = d
+                .get(1)
+                .and_then(|t| t.text.parse::<usize>().ok())
+                .ok_or_else(|| bad("RFC 3597 length", d.get(1).map_or("", |t| &t.text)))?;
+            let hexs: String = d[2..].iter().map(|t| t.text.as_str()).collect();
+            let bytes = hex_bytes(&hexs).ok_or_else(|| bad("RFC 3597 hex data", &hexs))?;
+            if bytes.len() != len || len > u16::MAX as usize {
+                return Err(bad("RFC 3597 length", &d[1].text));
+            }
+            return generic_rdata(rtype, bytes).ok_or_else(|| bad("RFC 3597 data", &hexs));
+        }
         Ok(match rtype {
             RecordType::A => {
                 count("1", d.len() == 1)?;
@@ -606,14 +806,233 @@ impl Parser {
                     .join(" ");
                 RData::try_from_str(rtype, &text).map_err(|_| bad("record data", &text))?
             }
+            RecordType::SVCB | RecordType::HTTPS => {
+                count("at least 2", d.len() >= 2)?;
+                num16("SvcPriority", &d[0].text)?;
+                let target = if d[1].text == "." {
+                    Name::root()
+                } else {
+                    name(&d[1].text)?
+                };
+                // key=value or key="value" (the lexer splits the quoted part off).
+                let mut params: Vec<String> = Vec::new();
+                let mut k = 2;
+                while k < d.len() {
+                    let mut p = d[k].text.clone();
+                    if d[k].quoted {
+                        return Err(bad("SvcParam", &p));
+                    }
+                    if p.ends_with('=') && d.get(k + 1).is_some_and(|n| n.quoted) {
+                        k += 1;
+                        p.push_str(&d[k].text);
+                    }
+                    if p.contains(char::is_whitespace) || p.contains('"') {
+                        return Err(bad("SvcParam", &p));
+                    }
+                    params.push(p);
+                    k += 1;
+                }
+                let text = format!("{} {} {}", d[0].text, target.to_ascii(), params.join(" "));
+                let rd = RData::try_from_str(rtype, &text).map_err(|_| bad("SVCB data", &text))?;
+                // Keys in ascending order on the wire (RFC 9460 section 2.2), each once.
+                let sort = |mut s: SVCB| -> Result<SVCB, ZoneFileError> {
+                    s.svc_params.sort_by_key(|(k, _)| u16::from(*k));
+                    if s.svc_params.windows(2).any(|w| w[0].0 == w[1].0) {
+                        return Err(bad("SvcParams (a key repeats)", &text));
+                    }
+                    Ok(s)
+                };
+                match rd {
+                    RData::SVCB(s) => RData::SVCB(sort(s)?),
+                    RData::HTTPS(h) => RData::HTTPS(HTTPS(sort(h.0)?)),
+                    other => other,
+                }
+            }
+            RecordType::NAPTR => {
+                count("6", d.len() == 6)?;
+                let s = |t: &Token| {
+                    if t.quoted {
+                        Some(t.text.as_bytes().to_vec())
+                    } else {
+                        unescape_bare(&t.text)
+                    }
+                };
+                let cs = |i: usize, f: &'static str| {
+                    s(&d[i])
+                        .filter(|b| b.len() <= 255)
+                        .map(Vec::into_boxed_slice)
+                        .ok_or_else(|| bad(f, &d[i].text))
+                };
+                RData::NAPTR(NAPTR::new(
+                    num16("NAPTR order", &d[0].text)?,
+                    num16("NAPTR preference", &d[1].text)?,
+                    cs(2, "NAPTR flags")?,
+                    cs(3, "NAPTR services")?,
+                    cs(4, "NAPTR regexp")?,
+                    if d[5].text == "." {
+                        Name::root()
+                    } else {
+                        name(&d[5].text)?
+                    },
+                ))
+            }
+            RecordType::DS | RecordType::CDS => {
+                count("at least 4", d.len() >= 4)?;
+                let mut w = Vec::new();
+                w.extend_from_slice(&num16("DS key tag", &d[0].text)?.to_be_bytes());
+                for (i, f) in [(1, "DS algorithm"), (2, "DS digest type")] {
+                    w.push(d[i].text.parse::<u8>().map_err(|_| bad(f, &d[i].text))?);
+                }
+                let hexs: String = d[3..].iter().map(|t| t.text.as_str()).collect();
+                w.extend(
+                    hex_bytes(&hexs)
+                        .filter(|b| !b.is_empty())
+                        .ok_or_else(|| bad("DS digest", &hexs))?,
+                );
+                generic_rdata(rtype, w).ok_or_else(|| bad("DS data", &hexs))?
+            }
+            RecordType::DNAME => {
+                count("1", d.len() == 1)?;
+                let target = name(&d[0].text)?;
+                generic_rdata(rtype, name_wire(&target))
+                    .ok_or_else(|| bad("DNAME target", &d[0].text))?
+            }
             other => {
                 return Err(err(
                     line,
-                    ZoneFileErrorKind::UnsupportedType(rtype_str(other).into()),
+                    ZoneFileErrorKind::UnsupportedType(format!(
+                        "{} (use the RFC 3597 form: TYPE{} \\# LENGTH HEX)",
+                        other,
+                        u16::from(other)
+                    )),
                 ));
             }
         })
     }
+}
+
+/// Whether a `$GENERATE` token is the record type (not a TTL or a class).
+fn is_type(t: &str) -> bool {
+    let up = t.to_ascii_uppercase();
+    !t.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && !is_class(t)
+        && (RecordType::from_str(&up).is_ok()
+            || up
+                .strip_prefix("TYPE")
+                .is_some_and(|n| n.parse::<u16>().is_ok()))
+}
+
+/// Substitutes the `$GENERATE` iterator `i` into `t`.
+fn substitute(t: &str, i: u64) -> Result<String, String> {
+    let b = t.as_bytes();
+    let mut out = String::with_capacity(t.len() + 8);
+    let mut k = 0;
+    while k < b.len() {
+        match b[k] {
+            b'\\' if b.get(k + 1) == Some(&b'$') => {
+                out.push_str("\\$");
+                k += 2;
+            }
+            b'\\' => {
+                out.push('\\');
+                if let Some(&c) = b.get(k + 1) {
+                    out.push(c as char);
+                }
+                k += 2;
+            }
+            b'$' if b.get(k + 1) == Some(&b'{') => {
+                let end = t[k..].find('}').ok_or("unclosed ${")? + k;
+                let spec: Vec<&str> = t[k + 2..end].split(',').collect();
+                let offset: i64 = spec[0].trim().parse().map_err(|_| "bad ${offset}")?;
+                let width: usize = match spec.get(1) {
+                    Some(w) => w.trim().parse().map_err(|_| "bad ${,width}")?,
+                    None => 0,
+                };
+                if spec.len() > 3 || width > 64 {
+                    return Err("bad ${offset,width,base}".into());
+                }
+                let v = (i as i64)
+                    .checked_add(offset)
+                    .filter(|v| *v >= 0)
+                    .ok_or("offset makes the value negative")?;
+                let s = match spec.get(2).map(|s| s.trim()) {
+                    None | Some("d") => format!("{v:0width$}"),
+                    Some("o") => format!("{v:0width$o}"),
+                    Some("x") => format!("{v:0width$x}"),
+                    Some("X") => format!("{v:0width$X}"),
+                    Some(o) => return Err(format!("unsupported base {o:?}")),
+                };
+                out.push_str(&s);
+                k = end + 1;
+            }
+            b'$' => {
+                out.push_str(&i.to_string());
+                k += 1;
+            }
+            _ => {
+                let c = t[k..].chars().next().unwrap_or('?');
+                out.push(c);
+                k += c.len_utf8().max(1);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A name in uncompressed wire form.
+fn name_wire(n: &Name) -> Vec<u8> {
+    let mut w = Vec::with_capacity(n.len() + 2);
+    for l in n.iter() {
+        w.push(l.len() as u8);
+        w.extend_from_slice(l);
+    }
+    w.push(0);
+    w
+}
+
+/// RDATA from its wire bytes: decoded by hickory-proto for the types it knows (so
+/// answers are the same as from the text form), kept opaque for the others.
+fn generic_rdata(rtype: RecordType, bytes: Vec<u8>) -> Option<RData> {
+    use hickory_proto::serialize::binary::{BinDecoder, Restrict};
+    let opaque = matches!(
+        rtype,
+        RecordType::DS | RecordType::CDS | RecordType::DNAME | RecordType::Unknown(_)
+    );
+    if !opaque
+        && !matches!(
+            rtype,
+            RecordType::OPT | RecordType::ANY | RecordType::AXFR | RecordType::IXFR
+        )
+    {
+        let len = u16::try_from(bytes.len()).ok()?;
+        let mut dec = BinDecoder::new(&bytes);
+        let rd = RData::read(&mut dec, rtype, Restrict::new(len)).ok()?;
+        if dec.index() != bytes.len() {
+            return None;
+        }
+        return Some(rd);
+    }
+    if !opaque {
+        return None;
+    }
+    Some(RData::Unknown {
+        code: rtype,
+        // (`NULL::with` refuses empty data.)
+        rdata: if bytes.is_empty() {
+            hickory_proto::rr::rdata::NULL::new()
+        } else {
+            hickory_proto::rr::rdata::NULL::with(bytes)
+        },
+    })
 }
 
 fn rtype_str(t: RecordType) -> &'static str {
@@ -732,6 +1151,48 @@ $ORIGIN 2.0.192.in-addr.arpa.
     }
 
     #[test]
+    fn generate_include_and_new_types() {
+        let text = "$ORIGIN g.\n$TTL 60\n$GENERATE 1-3/2 h$ 30 IN A 10.0.0.${100}\n\
+                    $INCLUDE part sub\nafter TXT x\nz TYPE65534 \\# 2 beef\n\
+                    d DNAME other.\ns HTTPS 1 . port=443 alpn=h2\n";
+        let mut seen = Vec::new();
+        let mut loader = |name: &str| {
+            seen.push(name.to_owned());
+            Ok::<_, String>("x A 192.0.2.1\n".to_owned())
+        };
+        let z = parse_with(text, None, &mut loader).unwrap();
+        assert_eq!(seen, ["part"]);
+        let names: Vec<String> = z.records.iter().map(|r| r.name.to_ascii()).collect();
+        assert_eq!(
+            names,
+            [
+                "h1.g.", "h3.g.", "x.sub.g.", "after.g.", "z.g.", "d.g.", "s.g."
+            ]
+        );
+        assert_eq!(
+            z.records[1].data,
+            RData::A(A("10.0.0.103".parse().unwrap()))
+        );
+        assert_eq!(z.records[1].ttl, 30);
+        assert_eq!(z.records[4].record_type(), RecordType::Unknown(65534));
+        // Without a loader, $INCLUDE is an error; bad $GENERATE ranges are refused.
+        assert!(
+            parse(text, None)
+                .unwrap_err()
+                .to_string()
+                .contains("$INCLUDE")
+        );
+        for bad in ["1-", "3-1", "1-2/0", "0-70000", "1-2 x$"] {
+            let e = parse(&format!("$ORIGIN g.\n$TTL 1\n$GENERATE {bad}\n"), None).unwrap_err();
+            assert!(e.to_string().contains("$GENERATE"), "{bad}: {e}");
+        }
+        let e = parse("$ORIGIN g.\n$TTL 1\nx TYPE1 \\# 3 c00002\n", None).unwrap_err();
+        assert!(e.to_string().contains("RFC 3597"), "{e}");
+        let e = parse("$ORIGIN g.\n$TTL 1\nx NSEC3PARAM 1 0 0 -\n", None).unwrap_err();
+        assert!(e.to_string().contains("RFC 3597 form"), "{e}");
+    }
+
+    #[test]
     fn ttl_units() {
         assert_eq!(parse_ttl("300"), Some(300));
         assert_eq!(parse_ttl("1h30m"), Some(5400));
@@ -751,6 +1212,25 @@ $ORIGIN 2.0.192.in-addr.arpa.
             "(\\$ORIGIN|\\$TTL|@|www|  |ns1\\.x\\.)? ?(1h|60|IN|CH)? ?(A|AAAA|MX|TXT|SOA|SRV|CAA|CNAME|NS|PTR)? ?(\\(|\\)|\"|;|1\\.2\\.3\\.4|::1|10|x|\\\\)*",
             0..12)) {
             let _ = parse(&lines.join("\n"), None);
+        }
+
+        #[test]
+        fn directives_and_new_types_never_panic(lines in proptest::collection::vec(
+            "(\\$GENERATE|\\$INCLUDE|@|x\\$|  )? ?(0-3|5-1|1-2/0|1-99999999|[0-9]{1,3}-[0-9]{1,3}/[0-9])? ?(h\\$|\\$\\{-?[0-9]{0,3},?[0-9]{0,3},?[doxXn]?\\}|inc|\\.\\./x|/etc/x)? ?(60|IN)? ?(SVCB|HTTPS|DS|NAPTR|DNAME|TYPE[0-9]{1,6}|A|PTR)? ?(\\\\#|[0-9]{1,3}|\\.|alpn=|\"h2\"|port=[0-9]{1,6}|ipv4hint=1\\.2\\.3\\.4|mandatory=port|ab|c0000201|x\\$|\"S\"|\\$)*",
+            0..10)) {
+            let text = lines.join("\n");
+            // The include loader hands back the same text, so includes nest until the
+            // depth bound.
+            let mut loader = |_: &str| Ok::<String, String>(text.clone());
+            let _ = parse_with(&text, Some(&Name::from_ascii("example.").unwrap()), &mut loader);
+            let _ = parse(&text, None);
+        }
+
+        #[test]
+        fn generic_rdata_of_any_bytes_never_panics(t in 0u16.., data in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            let text = format!("$ORIGIN e.\n$TTL 1\nx TYPE{t} \\# {} {hex}\n", data.len());
+            let _ = parse(&text, None);
         }
 
         #[test]
