@@ -100,7 +100,7 @@ impl udn_cache::server::listener::Accept for AxumAccept {
 
 /// The answer to a request on a connection whose certificate was revoked meanwhile (the
 /// connection is closed after it).
-fn revoked_answer(id: &Identity) -> axum::response::Response {
+fn revoked_answer(id: &crate::pki::Identity) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     (
         axum::http::StatusCode::FORBIDDEN,

@@ -379,7 +379,11 @@ impl Edge {
         strip_hop_by_hop(&mut headers);
         // Only the client whose request fetched it gets the cookie: it is kept apart
         // from the stored headers.
-        let set_cookie: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+        let set_cookie: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
         headers.remove(header::SET_COOKIE);
         let total = headers
             .get(header::CONTENT_LENGTH)

@@ -325,42 +325,6 @@ impl EdgeBuilder {
     }
 }
 
-/// The outcome of one origin exchange, shared with every coalesced waiter.
-#[derive(Clone)]
-enum FillResult {
-    Stored(Arc<Object>),
-    Revalidated(Arc<Object>),
-    NotStored,
-    Failed(FetchError),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum FetchError {
-    Unreachable,
-    Timeout,
-    Status(StatusCode),
-    /// The origin's address lies in a range customer destinations may not reach.
-    Refused(udn_core::netpolicy::Denied),
-}
-
-/// What the request that started a fill gets.
-enum Lead {
-    /// A storable response, streamed while it is being stored.
-    Stream {
-        status: StatusCode,
-        headers: HeaderMap,
-        rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    },
-    /// A response that may not be stored, passed through.
-    Pass(Response<Incoming>, BypassReason),
-#[derive(Serialize, Deserialize)]
-struct JournalLine {
-    scope: String,
-    target: String,
-    seq: u64,
-    generation: u64,
-}
-
 /// Response extension: the body comes straight from the origin (it is this request's
 /// origin traffic, logged as `fill_bytes`).
 #[derive(Clone, Copy)]
