@@ -7,6 +7,7 @@ PKGS=(
   dnsperf          # benches/scripts/dns-load.sh
   nsd              # reference authoritative server for the DNS load benchmark
   nginx            # reference cache for the edge load benchmark
+  varnish          # second reference cache for the edge load benchmark (malloc storage)
   wrk              # HTTP load client
   curl             # edge tests and the README tour's CDN requests: the real HTTP client
   openssl          # edge HTTPS test: self-signed certificates per hostname

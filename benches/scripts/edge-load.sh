@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # Load benchmark: cached 1 KiB and 1 MiB objects served by `udn edge` and, in the same
-# run, by nginx (Debian package) configured as a caching reverse proxy (proxy_cache) of
-# the same origin, with the same client (wrk) and the same bounded duration.
+# run, by nginx (Debian package) configured as a caching reverse proxy (proxy_cache) and
+# by Varnish (Debian package, malloc storage) in front of the same origin, with the same
+# client (wrk) and the same bounded duration.
 #
-# Everything listens on loopback; every process this script starts is stopped by its
-# pid on exit. Usage:
+# The references run in their fastest configuration (nginx `access_log off`, Varnish
+# without varnishncsa), UDN with its access log on (a CDN must log). Everything listens
+# on loopback; every process this script starts is stopped by its pid on exit. Usage:
 #   bash benches/scripts/edge-load.sh            # 5 rounds x 4 s per server and object
 #   DURATION=10 ROUNDS=1 CONNS=32 bash benches/scripts/edge-load.sh
-#   LOGS=0 bash benches/scripts/edge-load.sh     # both without access logs
-# Needs: nginx, wrk, curl, and a release build of `udn` (built here if missing).
+#   CONNS_1K=64 CONNS_1M=16 bash benches/scripts/edge-load.sh   # the defaults
+#   LOGS=0 bash benches/scripts/edge-load.sh     # udn without its access log too
+#   NGINX_LOGS=1 ...                             # nginx with a buffered access log
+# Needs: nginx, varnish, wrk, curl, and a release build of `udn` (built here if missing).
 set -euo pipefail
 
-# Each round runs udn and nginx back to back (alternating who goes first); the table
-# reports the median round of each, so a burst of other load on the machine hits both.
+# Each round runs udn, nginx and Varnish back to back (rotating who goes first); the
+# table reports the median of the per-round ratios, so a burst of other load on the
+# machine hits all of them.
 DURATION=${DURATION:-4}
 ROUNDS=${ROUNDS:-5}
-CONNS=${CONNS:-64}
+CONNS_1K=${CONNS_1K:-${CONNS:-64}}
+CONNS_1M=${CONNS_1M:-${CONNS:-16}}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-2}
 LOGS=${LOGS:-1}
+NGINX_LOGS=${NGINX_LOGS:-0}
 [ "$DURATION" -le 60 ] || { echo "DURATION is capped at 60 s" >&2; exit 2; }
 [ "$ROUNDS" -le 10 ] || { echo "ROUNDS is capped at 10" >&2; exit 2; }
 
@@ -27,7 +34,7 @@ UDN=${UDN:-$ROOT/target/release/udn}
 if [ ! -x "$UDN" ]; then
   (cd "$ROOT" && cargo build --release -p udn-bins)
 fi
-for tool in nginx wrk curl; do
+for tool in nginx varnishd wrk curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }
 done
 
@@ -45,6 +52,7 @@ free_port() {
 }
 ORIGIN_PORT=$(free_port)
 NGINX_PORT=$(free_port)
+VARNISH_PORT=$(free_port)
 EDGE_PORT=$(free_port)
 
 # The origin: static files with an hour of freshness, served by its own nginx.
@@ -55,11 +63,14 @@ head -c 1048576 /dev/urandom > "$TMP/www/1m.bin"
 USER_LINE=""
 [ "$(id -u)" = 0 ] && USER_LINE="user root;"
 if [ "$LOGS" = 1 ]; then
-  NGINX_LOG="access_log $TMP/logs/cache-access.log combined buffer=64k flush=1s;"
   EDGE_LOG=(--log-dir "$TMP/edge-logs")
 else
-  NGINX_LOG="access_log off;"
   EDGE_LOG=()
+fi
+if [ "$NGINX_LOGS" = 1 ]; then
+  NGINX_LOG="access_log $TMP/logs/cache-access.log combined buffer=64k flush=1s;"
+else
+  NGINX_LOG="access_log off;"
 fi
 
 cat > "$TMP/origin.conf" <<CONF
@@ -106,11 +117,16 @@ nginx -p "$TMP" -c "$TMP/origin.conf" -g 'daemon off;' &
 PIDS+=($!)
 nginx -p "$TMP" -c "$TMP/cache.conf" -g 'daemon off;' &
 PIDS+=($!)
+# Varnish: the Debian defaults (2 thread pools) with malloc storage; the origin's
+# `expires 1h` makes every object cacheable.
+varnishd -F -a "127.0.0.1:$VARNISH_PORT" -b "127.0.0.1:$ORIGIN_PORT" -s malloc,512m \
+  -n "$TMP/varnish" -p thread_pools="$WORKERS" >"$TMP/logs/varnish.out" 2>&1 &
+PIDS+=($!)
 "$UDN" edge --listen "127.0.0.1:$EDGE_PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" \
   --pop bench "${EDGE_LOG[@]}" 2>"$TMP/logs/edge.err" &
 PIDS+=($!)
 
-for port in $ORIGIN_PORT $NGINX_PORT $EDGE_PORT; do
+for port in $ORIGIN_PORT $NGINX_PORT $VARNISH_PORT $EDGE_PORT; do
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/1k.bin" && break
     sleep 0.1
@@ -118,12 +134,13 @@ for port in $ORIGIN_PORT $NGINX_PORT $EDGE_PORT; do
 done
 
 # Warm both caches and check that the second answer is a hit.
-for port in $NGINX_PORT $EDGE_PORT; do
+for port in $NGINX_PORT $VARNISH_PORT $EDGE_PORT; do
   for obj in 1k.bin 1m.bin; do
     curl -s -o /dev/null "http://127.0.0.1:$port/$obj"
     sleep 0.2
-    status=$(curl -s -o /dev/null -D - "http://127.0.0.1:$port/$obj" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
-    echo "warm: port $port $obj -> X-Cache: $status"
+    # nginx and udn say X-Cache; Varnish shows a hit as a non-zero Age.
+    status=$(curl -s -o /dev/null -D - "http://127.0.0.1:$port/$obj" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"||tolower($1)=="age"{printf "%s=%s ", $1, $2}')
+    echo "warm: port $port $obj -> $status"
   done
 done
 
@@ -135,9 +152,9 @@ to_mb() {
 }
 
 declare -A RPS MBS
-run() { # name url
+run() { # name url connections
   local out rps mbs
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "$2")
+  out=$(wrk -t"$THREADS" -c"$3" -d"${DURATION}s" "$2")
   rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
   mbs=$(echo "$out" | awk '/Transfer\/sec/{print $2}' | to_mb)
   RPS[$1]="${RPS[$1]:-} $rps"
@@ -149,33 +166,38 @@ run() { # name url
 }
 median() { echo "$@" | tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
-echo "wrk -t$THREADS -c$CONNS -d${DURATION}s x $ROUNDS rounds; nginx worker_processes $WORKERS; access logs: $LOGS"
+declare -A PORT=([udn]=$EDGE_PORT [nginx]=$NGINX_PORT [varnish]=$VARNISH_PORT)
+declare -A CONNS_OF=([1k]=$CONNS_1K [1m]=$CONNS_1M)
+ORDER=(udn nginx varnish)
+echo "wrk -t$THREADS -c$CONNS_1K (1 KiB) / -c$CONNS_1M (1 MiB) -d${DURATION}s x $ROUNDS rounds; nginx worker_processes $WORKERS, Varnish thread_pools $WORKERS; udn access log: $LOGS, nginx access log: $NGINX_LOGS"
 for r in $(seq "$ROUNDS"); do
   echo "round $r"
   for o in 1k 1m; do
-    if [ $((r % 2)) = 1 ]; then
-      run "udn-$o" "http://127.0.0.1:$EDGE_PORT/$o.bin"
-      run "nginx-$o" "http://127.0.0.1:$NGINX_PORT/$o.bin"
-    else
-      run "nginx-$o" "http://127.0.0.1:$NGINX_PORT/$o.bin"
-      run "udn-$o" "http://127.0.0.1:$EDGE_PORT/$o.bin"
-    fi
+    for i in 0 1 2; do
+      s=${ORDER[$(( (i + r) % 3 ))]}
+      run "$s-$o" "http://127.0.0.1:${PORT[$s]}/$o.bin" "${CONNS_OF[$o]}"
+    done
   done
 done
-# Paired ratios: udn over nginx within each round, then their median (robust against
-# load that other processes put on the machine between rounds).
+# Paired ratios: udn over each reference within each round, then their median (robust
+# against load that other processes put on the machine between rounds).
 declare -A RATIO_RPS RATIO_MBS
-for o in 1k 1m; do
-  read -r -a u <<<"${RPS[udn-$o]}"; read -r -a n <<<"${RPS[nginx-$o]}"
-  read -r -a um <<<"${MBS[udn-$o]}"; read -r -a nm <<<"${MBS[nginx-$o]}"
-  rr=""; rm=""
+ratios() { # udn-values ref-values
+  local -a u n; local out=""
+  read -r -a u <<<"$1"; read -r -a n <<<"$2"
   for i in "${!u[@]}"; do
-    rr="$rr $(awk -v a="${u[$i]}" -v b="${n[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
-    rm="$rm $(awk -v a="${um[$i]}" -v b="${nm[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
+    out="$out $(awk -v a="${u[$i]}" -v b="${n[$i]}" 'BEGIN{ if (b>0) printf "%.3f", a/b; else print 0 }')"
   done
-  echo "paired ratios $o (req/s): $rr"
-  RATIO_RPS[$o]=$(median $rr)
-  RATIO_MBS[$o]=$(median $rm)
+  echo "$out"
+}
+for ref in nginx varnish; do
+  for o in 1k 1m; do
+    rr=$(ratios "${RPS[udn-$o]}" "${RPS[$ref-$o]}")
+    rm=$(ratios "${MBS[udn-$o]}" "${MBS[$ref-$o]}")
+    echo "paired ratios udn/$ref $o (req/s): $rr"
+    RATIO_RPS[$ref-$o]=$(median $rr)
+    RATIO_MBS[$ref-$o]=$(median $rm)
+  done
 done
 for k in "${!RPS[@]}"; do
   RPS[$k]=$(median ${RPS[$k]})
@@ -183,11 +205,14 @@ for k in "${!RPS[@]}"; do
 done
 
 echo
-echo "medians of $ROUNDS rounds (ratio = median of the per-round udn/nginx ratios):"
-printf "%-8s %14s %14s %10s %12s %12s %10s\n" object "udn req/s" "nginx req/s" ratio "udn MB/s" "nginx MB/s" ratio
+echo "medians of $ROUNDS rounds (ratio = median of the per-round udn/reference ratios):"
+printf "%-8s %-8s %12s %12s %8s %10s %10s %8s\n" object ref "udn req/s" "ref req/s" ratio "udn MB/s" "ref MB/s" ratio
 for o in 1k 1m; do
-  printf "%-8s %14s %14s %10s %12s %12s %10s\n" "$o" "${RPS[udn-$o]}" "${RPS[nginx-$o]}" \
-    "$(printf %.2f "${RATIO_RPS[$o]}")x" "${MBS[udn-$o]}" "${MBS[nginx-$o]}" \
-    "$(printf %.2f "${RATIO_MBS[$o]}")x"
+  for ref in nginx varnish; do
+    printf "%-8s %-8s %12s %12s %8s %10s %10s %8s\n" "$o" "$ref" "${RPS[udn-$o]}" "${RPS[$ref-$o]}" \
+      "$(printf %.2f "${RATIO_RPS[$ref-$o]}")x" "${MBS[udn-$o]}" "${MBS[$ref-$o]}" \
+      "$(printf %.2f "${RATIO_MBS[$ref-$o]}")x"
+  done
 done
+echo "targets (issue 15, point 7): 1k udn/nginx req/s >= 1.0x at -c64; 1m udn/varnish MB/s >= 1.0x at -c16"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

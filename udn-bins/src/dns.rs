@@ -675,16 +675,25 @@ impl Observer for DnsObserver {
         // any other resolver asks for nothing, so no one can aim the probes at a network
         // they name. A request lost to contention is asked again by the next decision
         // for that client, so answering never waits for this lock.
-        let resolver = a.client.ip();
-        let measurable = match g.ecs {
-            Some(c) if !c.is_empty() => net
+        // A query a configured peer proxied here names the resolver that sent it to the
+        // peer, and whether the ECS is that resolver's own or the peer's addition.
+        let from_peer = net
+            .config
+            .dns
+            .peers
+            .iter()
+            .any(|p| p.addr.ip() == a.client.ip());
+        let (resolver, own_ecs) = match g.proxied_for {
+            Some((r, own)) if from_peer => (r, own),
+            _ => (a.client.ip(), g.ecs.is_some_and(|c| !c.is_empty())),
+        };
+        let measurable = !own_ecs
+            || net
                 .config
                 .latency
                 .ecs_measure_resolvers
                 .iter()
-                .any(|r| r.contains(resolver)),
-            _ => true,
-        };
+                .any(|r| r.contains(resolver));
         if measurable
             && !d.refresh.is_empty()
             && let Ok(mut q) = self.refresh.inner.try_lock()

@@ -104,10 +104,12 @@ fn gb_file(dir: &Path, instance: &str, batches: &[(Timestamp, u64)], now: Timest
     log.flush_complete().unwrap().unwrap()
 }
 
-/// Ships a file to the collector as the test edge; returns the collector's answer.
-fn ship(data: &Path, collector: &str, file: &Path) -> String {
+/// Ships a file to the collector as edge `instance`, the instance that wrote it (the
+/// collector takes a file only from the instance its header names); returns the
+/// collector's answer.
+fn ship(data: &Path, collector: &str, instance: &str, file: &Path) -> String {
     let body = std::fs::read(file).unwrap();
-    let r = log_util::role_client(data, "edge")
+    let r = log_util::client_with(&log_util::enroll(data, "edge", instance))
         .post(format!("{collector}/v1/logs"))
         .header("x-udn-sha256", hex(&Sha256::digest(&body)))
         .body(body)
@@ -252,7 +254,7 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
 
     // Hour h0: ten 1 GB responses, shipped in time.
     let a = gb_file(&logs, "fra-edge-1", &[(at(&h0, 1), 10)], now);
-    let _ = ship(&data, &collector, &a);
+    let _ = ship(&data, &collector, "fra-edge-1", &a);
 
     // The API bills h0 from the log store: platform 1.00 + 10 GB x 0.04.
     let (st, first) = env.api_run(&h0.to_string());
@@ -283,7 +285,7 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
         &[(at(&h0, 30), 5), (at(&h1, 2), 2)],
         now,
     );
-    let _ = ship(&data, &collector, &b);
+    let _ = ship(&data, &collector, "fra-edge-2", &b);
 
     // Billing h0 again issues nothing: its invoice is immutable; the usage is late.
     let (st, again) = env.api_run(&h0.to_string());
@@ -330,7 +332,7 @@ fn late_logs_are_billed_once(extra: &[&str], tag: &str) {
     assert_eq!(dec(&traffic["amount"]), Decimal::new(20, 2));
 
     // Repeating every run changes nothing, and a re-shipped file is a duplicate.
-    let _ = ship(&data, &collector, &b);
+    let _ = ship(&data, &collector, "fra-edge-2", &b);
     for p in [h0, h1] {
         let (st, r) = env.api_run(&p.to_string());
         assert_eq!(st, 200, "{r}");
@@ -454,7 +456,7 @@ fn two_control_planes_bill_an_hour_once() {
         planes.iter().zip([("fra-edge-1", 10), ("fra-edge-2", 5)])
     {
         let f = gb_file(&dir.join("logs"), name, &[(at, n)], now);
-        let _ = ship(data, collector, &f);
+        let _ = ship(data, collector, name, &f);
     }
     let barrier = std::sync::Barrier::new(2);
     let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|sc| {
@@ -572,7 +574,7 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         &[(Timestamp::from_millis(hour.start.as_millis() + 60_000), 3)],
         now,
     );
-    let _ = ship(&data, &collector, &f);
+    let _ = ship(&data, &collector, "fra-edge-1", &f);
     std::fs::write(dir.join("plan.json"), udn_bins::demo::billing::PLAN).unwrap();
     std::fs::write(
         dir.join("account.json"),

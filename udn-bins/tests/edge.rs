@@ -710,7 +710,13 @@ fn unconfigured_origin_is_refused() {
 #[test]
 fn coalescing_100_concurrent_misses() {
     let (origin, st) = start_origin();
-    let edge = EdgeProc::start(&["--origin", &format!("http://{origin}")]);
+    // 100 clients on one address: above the default per-address cap (64).
+    let edge = EdgeProc::start(&[
+        "--origin",
+        &format!("http://{origin}"),
+        "--max-connections-per-client",
+        "128",
+    ]);
     let url = edge.url("/slow/c1");
     let kids: Vec<_> = (0..100)
         .map(|_| {

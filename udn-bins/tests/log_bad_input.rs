@@ -38,7 +38,13 @@ fn write_files(dir: &Path, inst: &str, n: u64, max_bytes: u64) -> Vec<std::path:
         max_bytes,
         max_age: Duration::from_secs(3600),
     };
-    let t0 = Timestamp::from_secs(1_800_000_000);
+    // Files are named by their instance and opening time: each batch (`inst`) gets its
+    // own hour, so two batches of one test never share a file id.
+    let batch = inst
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        % 1000;
+    let t0 = Timestamp::from_secs(1_800_000_000 + batch * 3600);
     let mut files = Vec::new();
     for (role, kind) in [(Role::Edge, 0u8), (Role::Dns, 1), (Role::Probe, 2)] {
         let d = dir.join(role.as_str());

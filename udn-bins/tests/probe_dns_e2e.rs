@@ -378,17 +378,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     let probes: Vec<Udn> = POPS
         .iter()
         .map(|(pop, addr)| {
-            // Each POP's probe has its own certificate (a probe reports latency only for
-            // the POP its certificate names).
-            let pki = if *pop == "fra" {
-                ids().probe.clone()
-            } else {
-                ids().pki.enroll(
-                    "probe",
-                    pop,
-                    &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.31", "::1"],
-                )
-            };
+            let pki = pop_probe_pki(pop);
             Udn::probe(&[
                 "--config",
                 cfg.to_str().unwrap(),
@@ -585,6 +575,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     let probes: Vec<Udn> = POPS
         .iter()
         .map(|(pop, addr)| {
+            let pki = pop_probe_pki(pop);
             Udn::probe(&[
                 "--config",
                 cfg.to_str().unwrap(),
@@ -593,7 +584,7 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
                 "--dns-http",
                 &format!("https://{}", dns.http),
                 "--pki",
-                ids().probe.to_str().unwrap(),
+                pki.to_str().unwrap(),
                 "--latency-methods",
                 "dns",
                 "--latency-port",
@@ -715,4 +706,26 @@ targets = [{{ server = "fra-edge-1" }}, {{ server = "nyc-edge-1" }}, {{ server =
     );
     drop(probes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The credentials of `pop`'s probe: each POP's probe has its own certificate, since a
+/// probe reports latency only for the POP its certificate names. Enrolled once per test
+/// binary (tests run in parallel and must not rewrite each other's files).
+fn pop_probe_pki(pop: &str) -> std::path::PathBuf {
+    static MADE: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    if pop == "fra" {
+        return ids().probe.clone();
+    }
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = made.iter().find(|(n, _)| n == pop) {
+        return p.clone();
+    }
+    let p = ids().pki.enroll(
+        "probe",
+        pop,
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.31", "::1"],
+    );
+    made.push((pop.to_string(), p.clone()));
+    p
 }

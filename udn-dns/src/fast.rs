@@ -81,6 +81,7 @@ pub(crate) fn answer(
     let mut limit = 512usize;
     let mut ecs: Option<Cidr> = None;
     let mut proxied = false;
+    let mut proxied_for = None;
     let mut dnssec_ok = 0u8;
     if arcount == 1 {
         if *b.get(i)? != 0 || be16(b, i + 1)? != 41 {
@@ -132,7 +133,10 @@ pub(crate) fn answer(
                     }
                     ecs = Some(c);
                 }
-                PROXIED_OPTION => proxied = true,
+                PROXIED_OPTION => {
+                    proxied = true;
+                    proxied_for = crate::responder::parse_proxied_payload(data);
+                }
                 _ => {}
             }
             o += 4 + olen;
@@ -234,6 +238,7 @@ pub(crate) fn answer(
         family,
         client: q.client,
         ecs,
+        proxied_for,
         decision: d,
     })
 }

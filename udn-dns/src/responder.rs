@@ -72,8 +72,34 @@ pub struct GtmAnswer {
     pub client: IpAddr,
     /// The EDNS Client Subnet of the query, if any.
     pub ecs: Option<Cidr>,
+    /// For a query a peer proxied here: the resolver that sent it to the peer, and
+    /// whether the ECS is that resolver's own (else the peer added it). Claimed by the
+    /// sender: the observer believes it only from a configured peer's address.
+    pub proxied_for: Option<(IpAddr, bool)>,
     /// The decision.
     pub decision: Decision,
+}
+
+/// The payload of the proxied marker ([`PROXIED_OPTION`]): the address of the resolver
+/// that asked (4 or 16 bytes), then 1 if the ECS is that resolver's own, else 0.
+pub fn proxied_payload(resolver: IpAddr, own_ecs: bool) -> Vec<u8> {
+    let mut v = match resolver {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    v.push(own_ecs as u8);
+    v
+}
+
+/// Reads a [`proxied_payload`]; `None` for any other length (an empty marker included).
+pub fn parse_proxied_payload(data: &[u8]) -> Option<(IpAddr, bool)> {
+    let (addr, flag) = data.split_last().map(|(f, a)| (a, *f))?;
+    let ip = match addr.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+        _ => return None,
+    };
+    (flag <= 1).then_some((ip, flag == 1))
 }
 
 /// A response ready to send.
@@ -366,6 +392,7 @@ impl Responder {
         };
         let mut ecs: Option<Cidr> = None;
         let mut proxied = false;
+        let mut proxied_for = None;
         if let Some(e) = &msg.edns {
             let mut out = Edns::new();
             out.set_max_payload(self.max_udp);
@@ -393,7 +420,12 @@ impl Responder {
                 }
                 ecs = Some(Cidr::new(cs.addr(), cs.source_prefix()));
             }
-            proxied = e.option(EdnsCode::Unknown(PROXIED_OPTION)).is_some();
+            if let Some(o) = e.option(EdnsCode::Unknown(PROXIED_OPTION)) {
+                proxied = true;
+                if let EdnsOption::Unknown(_, data) = o {
+                    proxied_for = parse_proxied_payload(data);
+                }
+            }
             resp.edns = Some(out);
         }
 
@@ -443,7 +475,7 @@ impl Responder {
         resp.authorities = found.authorities;
         resp.additionals = found.additionals;
         let scope = found.gtm.map(|g| g.decision.ecs_scope).unwrap_or(0);
-        let gtm = found.gtm;
+        let gtm = found.gtm.map(|g| GtmAnswer { proxied_for, ..g });
         match self.finish(resp, limit, ecs.map(|c| (c, scope))) {
             Outcome::Reply(mut r) => {
                 r.gtm = gtm;
@@ -461,6 +493,7 @@ impl Responder {
         ecs: Option<Cidr>,
         peer: usize,
     ) -> Outcome<'s> {
+        let own_ecs = ecs.is_some_and(|c| !c.is_empty());
         let subnet = match ecs.filter(|c| !c.is_empty()) {
             Some(c) => ClientSubnet::new(c.addr(), c.len(), 0),
             None => {
@@ -474,8 +507,11 @@ impl Responder {
             e
         });
         edns.options_mut().insert(EdnsOption::Subnet(subnet));
-        edns.options_mut()
-            .insert(EdnsOption::Unknown(PROXIED_OPTION, Vec::new()));
+        // The owner measures the resolver that asked, so the marker names it.
+        edns.options_mut().insert(EdnsOption::Unknown(
+            PROXIED_OPTION,
+            proxied_payload(client, own_ecs),
+        ));
         msg.edns = Some(edns);
         self.buf.clear();
         let mut enc = BinEncoder::new(&mut self.buf);
@@ -704,6 +740,7 @@ fn lookup(
                 family,
                 client: req.client,
                 ecs,
+                proxied_for: None,
                 decision: d,
             });
             if d.addrs.is_empty() && f.answers.is_empty() {

@@ -494,7 +494,8 @@ impl Server {
             started,
         } = *inc;
         let addr = *peers.addrs.get(peer)?;
-        match forward_udp(addr, &query, peers.timeout).await {
+        let me = peers.addrs.get(peers.me).map(|a| a.ip());
+        match forward_udp(addr, me, &query, peers.timeout).await {
             Some(answer) => {
                 if let Some(bytes) = responder.relay(original, &answer, transport) {
                     let bytes = bytes.to_vec();
@@ -888,12 +889,30 @@ enum Local<'r> {
 
 /// Sends `query` to `addr` over UDP from a fresh socket and waits up to `timeout` for an
 /// answer with the same id.
-async fn forward_udp(addr: SocketAddr, query: &[u8], timeout: Duration) -> Option<Vec<u8>> {
-    let bind: SocketAddr = match addr.ip() {
+/// Sends `query` to the peer at `addr` and waits for its answer. The query leaves from
+/// `me` (this server's own peer address) when it is of the peer's family and can be
+/// bound, so the owner sees it come from a configured peer (which it believes the
+/// proxied marker from, and exempts from rate limiting).
+async fn forward_udp(
+    addr: SocketAddr,
+    me: Option<IpAddr>,
+    query: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let any: SocketAddr = match addr.ip() {
         IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let sock = UdpSocket::bind(bind).await.ok()?;
+    let own = me
+        .filter(|ip| ip.is_ipv4() == addr.is_ipv4() && !ip.is_unspecified())
+        .map(|ip| SocketAddr::new(ip, 0));
+    let sock = match own {
+        Some(a) => match UdpSocket::bind(a).await {
+            Ok(s) => s,
+            Err(_) => UdpSocket::bind(any).await.ok()?,
+        },
+        None => UdpSocket::bind(any).await.ok()?,
+    };
     sock.connect(addr).await.ok()?;
     sock.send(query).await.ok()?;
     let id = query.get(..2)?;

@@ -348,7 +348,14 @@ fn forward_and_relay() {
     };
     assert_eq!(cs.addr().to_string(), "198.51.100.0");
     assert_eq!(cs.source_prefix(), 24);
-    assert!(e.option(EdnsCode::Unknown(PROXIED_OPTION)).is_some());
+    // The marker names the resolver that asked, and that the ECS is the peer's addition.
+    let Some(EdnsOption::Unknown(_, marker)) = e.option(EdnsCode::Unknown(PROXIED_OPTION)) else {
+        panic!("proxied marker")
+    };
+    assert_eq!(
+        udn_dns::responder::parse_proxied_payload(marker),
+        Some((client, false))
+    );
     // The owner answers the marked query itself even though its shard says "peer 0".
     let mut owner = Responder::new();
     let oreq = Request {
@@ -362,6 +369,8 @@ fn forward_and_relay() {
         Outcome::Reply(rep) => {
             let g = rep.gtm.unwrap();
             assert_eq!(g.ecs.unwrap().to_string(), "198.51.100.0/24");
+            // The owner learns who asked (its observer measures that resolver).
+            assert_eq!(g.proxied_for, Some((client, false)));
             rep.bytes.to_vec()
         }
         o => panic!("{o:?}"),
@@ -376,6 +385,32 @@ fn forward_and_relay() {
     let other_q = query("static.udn.example.", RecordType::A);
     let other_ans = ask(&f, &other_q).to_vec().unwrap();
     assert!(r.relay(&bytes, &other_ans, Transport::Udp).is_none());
+    // A client's own ECS is forwarded as such, marked as the resolver's own.
+    let eq = with_edns(
+        query("www.shop.udn.example.", RecordType::A),
+        1232,
+        Some("203.0.113.0/24"),
+    )
+    .to_vec()
+    .unwrap();
+    let ereq = Request { bytes: &eq, ..req };
+    let efwd = match r.respond(&ereq, &f.auth, &f.engine, Some(&shard)) {
+        Outcome::Forward { query, .. } => query.to_vec(),
+        o => panic!("{o:?}"),
+    };
+    let efm = Message::from_vec(&efwd).unwrap();
+    let Some(EdnsOption::Unknown(_, marker)) = efm
+        .edns
+        .as_ref()
+        .unwrap()
+        .option(EdnsCode::Unknown(PROXIED_OPTION))
+    else {
+        panic!("proxied marker")
+    };
+    assert_eq!(
+        udn_dns::responder::parse_proxied_payload(marker),
+        Some((client, true))
+    );
     // Static names are never forwarded.
     let sq = query("static.udn.example.", RecordType::A)
         .to_vec()
