@@ -245,7 +245,11 @@ impl Edge {
                 if want.pass
                     && let Ok(l) = lrx.await
                 {
-                    return Ok(l);
+                    match l {
+                        // A conditional request is answered from the stored result.
+                        Lead::Growing(..) if !want.stream => {}
+                        l => return Ok(l),
+                    }
                 }
                 (rx, true)
             }
@@ -400,9 +404,13 @@ impl Edge {
             file: OnceLock::new(),
             progress,
         });
-        // The first caller reads the body like every other one.
-        drop(lead);
+        // The first caller reads the body like every other one, but is handed it
+        // directly: a small body may be complete (and the state `Done`) before it
+        // looks, and only it may receive the origin's `Set-Cookie`.
         let _ = state.send(Some(FillState::Streaming(g.clone())));
+        if let Some(l) = lead {
+            let _ = l.send(Lead::Growing(g.clone(), true));
+        }
         // The body goes into memory, or a file once it is larger than a memory object
         // (the disk tier's temp file, or an unlinked one without a disk tier), at the
         // origin's pace; clients read from `g`.
