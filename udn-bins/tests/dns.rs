@@ -1538,3 +1538,91 @@ fn a_probe_reports_latency_and_takes_refreshes_only_for_its_own_pop() {
     h.shutdown();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A query that one DNS server forwards to the peer owning its client prefix gets the
+/// resolver that asked measured by that peer (the proxied option names it); a stranger
+/// who sets the option naming another address is not believed: the query counts as its
+/// own, and the named address is never handed to the probes.
+#[test]
+fn a_peer_forwarded_query_is_measured_at_its_resolver_and_a_strangers_marker_is_not() {
+    let dir = tmpdir("proxied-for");
+    let (pa, pb) = (free_port(), free_port());
+    let peers = format!(
+        "[[dns.peers]]\nname = \"dns-a\"\naddr = \"127.0.0.1:{pa}\"\n\n[[dns.peers]]\nname = \"dns-b\"\naddr = \"127.0.0.1:{pb}\"\n"
+    );
+    let base = std::fs::read_to_string(write_config(&dir, "")).unwrap();
+    let cfg = dir.join("network.toml");
+    std::fs::write(&cfg, format!("{base}\n{peers}")).unwrap();
+    let c = cfg.to_str().unwrap();
+    let (la, lb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let a = start(
+        &[
+            "--config",
+            c,
+            "--listen",
+            &la,
+            "--http",
+            "127.0.0.1:0",
+            "--name",
+            "dns-a",
+        ],
+        true,
+    );
+    let b = start(
+        &[
+            "--config",
+            c,
+            "--listen",
+            &lb,
+            "--http",
+            "127.0.0.1:0",
+            "--name",
+            "dns-b",
+        ],
+        true,
+    );
+    let bh = b.http.unwrap();
+    // A resolver (not at .1 of its /24) whose prefix dns-b owns.
+    let names = ["dns-a", "dns-b"];
+    let resolver: std::net::IpAddr = (10..=250u8)
+        .map(|i| format!("127.0.{i}.77").parse().unwrap())
+        .find(|r| {
+            udn_core::shard::owner(udn_core::ClientPrefix::of(*r), &names, |_| true) == Some(1)
+        })
+        .expect("a prefix owned by dns-b");
+    let r = resolver.to_string();
+    // Asked at dns-a, answered (and measured) by dns-b.
+    let out = dig(a.dns, &["www.shop.udn.example", "-b", &r]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    let mut items = String::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) && !items.contains(&r) {
+        items += &curl(&[&format!("https://{bh}/v1/refresh?pop=fra")]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let prefix = format!("{}.0/24", r.rsplit_once('.').unwrap().0);
+    assert!(
+        items.contains(&format!(r#""client":"{prefix}","pop":"fra","addr":"{r}""#)),
+        "dns-b asks for the resolver that asked dns-a: {items}"
+    );
+
+    // A stranger (127.0.0.9, no peer) sends the marker naming 198.51.100.7, with and
+    // without ECS, straight to dns-b: it is not believed.
+    for extra in [&[][..], &["+subnet=198.51.100.0/24"][..]] {
+        let mut args = vec![
+            "www.shop.udn.example",
+            "-b",
+            "127.0.0.9",
+            "+ednsopt=65001:c633640700",
+        ];
+        args.extend_from_slice(extra);
+        let out = dig(b.dns, &args);
+        assert_eq!(status(&out), "NOERROR", "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let items = curl(&[&format!("https://{bh}/v1/refresh?pop=fra")]);
+    assert!(!items.contains("198.51.100.7"), "{items}");
+    // Without ECS the stranger's query is its own: its own address is what is measured.
+    assert!(items.contains(r#""addr":"127.0.0.9""#), "{items}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
