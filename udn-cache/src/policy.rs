@@ -242,7 +242,7 @@ fn split_params(v: &str) -> (&str, &str) {
 impl CacheControl {
     /// Parses every Cache-Control header of `headers` (a request's directives, or a
     /// response's as any cache reads them). Unknown directives are ignored; a
-    /// malformed duplicate never panics; duplicates merge as [`merge_dup`] says.
+    /// malformed duplicate never panics; duplicates merge as `merge_dup` says.
     pub fn parse(headers: &HeaderMap) -> CacheControl {
         let mut cc = CacheControl::default();
         for v in headers.get_all(header::CACHE_CONTROL) {
