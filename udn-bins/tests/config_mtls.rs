@@ -224,12 +224,31 @@ fn answers(dns: std::net::SocketAddr) -> (bool, bool) {
     )
 }
 
+/// A port free for both UDP and TCP, below Linux's ephemeral range (32768-60999), so
+/// no other test's outgoing connection takes it between now and the server's bind (the
+/// DNS server of the test below binds it again after a restart).
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let seed = std::process::id() as u64 ^ now_nanos();
+    (0..10_000u64)
+        .map(|i| {
+            20_000
+                + ((seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(i * 7919))
+                    % 12_000) as u16
+        })
+        .find(|&p| {
+            std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        })
+        .expect("a free port below the ephemeral range")
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 #[test]
