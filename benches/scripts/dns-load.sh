@@ -141,7 +141,9 @@ cpu_ticks() { # pid -> user+system clock ticks of it and its descendants
   kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true)
   for p in $1 $kids $(for k in $kids; do ps -o pid= --ppid "$k" 2>/dev/null || true; done); do
     [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    # Fields after the command name, which may hold spaces (NSD's children are named
+    # "nsd: server 1"): utime and stime are the 12th and 13th after it.
+    total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
   done
   echo "$total"
 }
