@@ -12,6 +12,7 @@ PKGS=(
   curl             # edge tests and the README tour's CDN requests: the real HTTP client
   openssl          # edge HTTPS test: self-signed certificates per hostname
   sqlite3          # the README tour's store query (udn-bins/tests/demo.rs)
+  poppler-utils    # pdftotext: reads the PDF invoices back (udn-bins/tests/billing_delivery.rs)
   postgresql       # the store's PostgreSQL tests
   chromium         # portal browser tests
   chromium-driver

@@ -98,7 +98,7 @@ pub struct Args {
     #[arg(long, default_value = "15m", value_parser = parse_grace)]
     pub billing_grace: Duration,
     /// Billing configuration (TOML, as `udn control billing --config`): with it the
-    /// scheduler delivers the invoices it issues.
+    /// scheduler delivers the invoices it issues, and the portal shows its issuer.
     #[arg(long)]
     pub billing_config: Option<PathBuf>,
     /// Do not bill periods when they close (runs by `udn control billing run` or
@@ -515,13 +515,16 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                 ),
             };
             let mut backend = backend.with_billing(billing);
+            let delivery = args
+                .billing_config
+                .as_deref()
+                .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
+                .transpose()
+                .context("reading --billing-config")?;
+            if let Some(c) = &delivery {
+                backend = backend.with_issuer(c.issuer.clone());
+            }
             if !args.no_billing_scheduler {
-                let delivery = args
-                    .billing_config
-                    .as_deref()
-                    .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
-                    .transpose()
-                    .context("reading --billing-config")?;
                 backend = backend.with_scheduler(crate::billing::schedule::Scheduler::new(
                     args.billing_grace,
                     delivery,

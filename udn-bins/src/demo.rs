@@ -478,7 +478,7 @@ pub async fn start(
         // A short grace: the scheduler bills the last full hour within seconds of the
         // demo's start (and each hour a few seconds after it closes).
         billing_grace: billing::DEMO_GRACE,
-        billing_config: None,
+        billing_config: Some(billing::write_config(&control_dir)?),
         no_billing_scheduler: false,
     })
     .await

@@ -101,6 +101,22 @@ start = {}
         serde_json::from_str(&run(db, &["run", "--period", "2026-11"]).unwrap()).unwrap();
     assert_eq!(again["issued"].as_array().unwrap().len(), 0);
     assert!(run(db, &["show", "INV-000001"]).unwrap().contains("Total"));
+    // a PDF goes to a file, never to the terminal
+    let e = format!(
+        "{:#}",
+        run(db, &["show", "INV-000001", "--format", "pdf"]).unwrap_err()
+    );
+    assert!(e.contains("--out"), "{e}");
+    let pdf = p("INV-000001.pdf");
+    assert!(
+        run(
+            db,
+            &["show", "INV-000001", "--format", "pdf", "--out", &pdf]
+        )
+        .unwrap()
+        .contains("bytes")
+    );
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
     let audit: serde_json::Value =
         serde_json::from_str(&run(db, &["audit", "INV-000001"]).unwrap()).unwrap();
     assert_eq!(audit["reproducible"], true);

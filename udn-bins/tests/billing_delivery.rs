@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use udn_billing::usage::Applied;
 use udn_bins::billing::store::DeliveryStatus;
 use udn_bins::billing::{
-    BillingStore, SmtpConfig, SmtpSecurity, deliver_pending, render_html, render_text, run_period,
+    BillingStore, SmtpConfig, SmtpSecurity, deliver_pending, render_html, render_pdf, render_text,
+    run_period,
 };
 
 /// A Python interpreter that has aiosmtpd (installed by scripts/install-deps.sh).
@@ -97,6 +98,53 @@ impl Drop for SmtpServer {
     }
 }
 
+/// The text of a PDF, by poppler's `pdftotext` (installed by scripts/install-deps.sh).
+fn pdftotext(pdf: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("pdftotext")
+        .args(["-layout", "-", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("pdftotext (poppler-utils): run scripts/install-deps.sh");
+    child.stdin.take().unwrap().write_all(pdf).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "pdftotext refused the PDF");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The one `application/pdf` attachment of a raw message (file name, bytes), taken out
+/// by Python's `email` package.
+fn pdf_attachment(raw: &str) -> (String, Vec<u8>) {
+    use std::io::Write as _;
+    const SCRIPT: &str = "import sys, email, email.policy\n\
+m = email.message_from_binary_file(sys.stdin.buffer, policy=email.policy.default)\n\
+parts = [p for p in m.iter_attachments() if p.get_content_type() == 'application/pdf']\n\
+assert len(parts) == 1, len(parts)\n\
+sys.stderr.write(parts[0].get_filename())\n\
+sys.stdout.buffer.write(parts[0].get_content())\n";
+    let mut child = Command::new(python_with_aiosmtpd())
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(raw.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "no single PDF attachment: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (String::from_utf8(out.stderr).unwrap(), out.stdout)
+}
+
 /// Undoes quoted-printable soft line breaks and `=3D`, enough to search the body.
 fn unfold(raw: &str) -> String {
     raw.replace("=\r\n", "")
@@ -130,7 +178,15 @@ fn invoices_are_emailed_or_printed_and_every_delivery_is_logged(db: &Db) {
     assert_eq!(r.failed.len(), 1);
     assert_eq!(r.failed[0].0, "INV-000001");
     assert_eq!(r.printable.len(), 1);
-    let printed = std::fs::read_to_string(&r.printable[0].1).unwrap();
+    // the document to print is a PDF, read back with poppler's pdftotext
+    let pdf = std::fs::read(&r.printable[0].1).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"), "{}", r.printable[0].1.display());
+    let text = pdftotext(&pdf);
+    assert!(text.contains("Beta <AG> & Co"), "{text}");
+    assert!(text.contains("INV-000002"), "{text}");
+    assert!(text.contains("415.31 EUR"), "{text}");
+    // its HTML screen copy sits beside it, escaped
+    let printed = std::fs::read_to_string(r.printable[0].1.with_extension("html")).unwrap();
     assert!(printed.contains("@media print"));
     assert!(printed.contains("Beta &lt;AG&gt; &amp; Co"));
     assert!(!printed.contains("Beta <AG>"));
@@ -167,8 +223,17 @@ fn invoices_are_emailed_or_printed_and_every_delivery_is_logged(db: &Db) {
         m.contains("From: \"UDN Billing\" <billing@udn.example>"),
         "{m}"
     );
-    assert!(m.contains("multipart/alternative"));
+    assert!(m.contains("multipart/mixed") && m.contains("multipart/alternative"));
     assert!(m.contains("text/plain") && m.contains("text/html"));
+    // the PDF attachment, taken out by Python's own MIME parser, reads as the invoice
+    let (name, pdf) = pdf_attachment(&mail[0]);
+    assert_eq!(name, "INV-000001.pdf");
+    let text = pdftotext(&pdf);
+    assert!(
+        text.contains("INV-000001") && text.contains("998.26 EUR"),
+        "{text}"
+    );
+    assert!(text.contains("VAT 19%"), "{text}");
     assert!(m.contains("Traffic"));
     assert!(m.contains("467.37 EUR"));
     assert!(m.contains("VAT 19%"));
@@ -233,6 +298,16 @@ fn text_and_html_renderings_show_lines_tiers_and_totals(db: &Db) {
         "Please pay by 2026-12-31 to IBAN",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // the PDF carries the same text: every wanted line reads back with pdftotext
+    let pdf = pdftotext(&render_pdf(&inv, &issuer()));
+    for want in [
+        "Invoice INV-000001",
+        "Acme GmbH",
+        "2245.678 GB at 0.03",
+        "998.26 EUR",
+    ] {
+        assert!(pdf.contains(want), "missing {want:?} in the PDF:\n{pdf}");
     }
     let html = render_html(&inv, &issuer());
     assert!(html.starts_with("<!DOCTYPE html>"));

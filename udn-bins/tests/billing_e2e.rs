@@ -660,6 +660,39 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         .text()
         .unwrap();
     assert!(page.contains("INV-000001"), "{page}");
+    // the invoice's own page: the configured issuer, its status, due date and lines
+    let page = http
+        .get(format!("{portal}/invoices/{}", inv["id"]))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("<iframe class=\"invoice-body\""), "{page}");
+    // the framed document, as the API gives it
+    let doc = http
+        .get(format!("{api}/v1/invoices/{}/html", inv["id"]))
+        .bearer_auth(&env.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for want in [
+        "UDN Test Networks",
+        "1 Loopback",
+        "status <strong class=\"status\">issued</strong>",
+        "&middot; due ",
+        "Total",
+    ] {
+        assert!(doc.contains(want), "missing {want:?} in the invoice: {doc}");
+    }
+    // ... and the same document is the frame's (attribute-escaped) source
+    assert!(
+        page.contains("UDN Test Networks") && page.contains("status &lt;strong"),
+        "{page}"
+    );
+    assert!(!page.contains("issuer not configured"), "{page}");
+    let pdf = std::fs::read(print_dir.join("INV-000001.pdf")).expect("the PDF to print");
+    assert!(pdf.starts_with(b"%PDF-"));
     let page = http
         .get(format!("{portal}/billing-runs"))
         .send()

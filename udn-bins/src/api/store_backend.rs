@@ -21,6 +21,7 @@ pub struct StoreBackend {
     collector: Arc<Collector>,
     billing: Option<Billing>,
     scheduler: Option<Mutex<crate::billing::schedule::Scheduler>>,
+    issuer: crate::billing::Issuer,
 }
 
 /// The billing store: where it is, and the store opened there, kept between calls (a
@@ -113,6 +114,7 @@ impl StoreBackend {
             collector,
             billing: None,
             scheduler: None,
+            issuer: placeholder_issuer(),
         }
     }
 
@@ -123,6 +125,13 @@ impl StoreBackend {
             location,
             open: Mutex::new(None),
         });
+        self
+    }
+
+    /// Shows invoices in the portal as issued by `issuer` (the billing configuration's,
+    /// as printed on the delivered documents).
+    pub fn with_issuer(mut self, issuer: crate::billing::Issuer) -> Self {
+        self.issuer = issuer;
         self
     }
 
@@ -170,10 +179,11 @@ fn summary(i: &crate::billing::StoredInvoice) -> InvoiceSummary {
     }
 }
 
-/// The issuer printed on invoices shown in the portal.
-fn issuer() -> crate::billing::Issuer {
+/// The issuer printed on invoices shown in the portal when `udn control` has no
+/// `--billing-config`: plainly a placeholder, so a missing configuration shows.
+fn placeholder_issuer() -> crate::billing::Issuer {
     crate::billing::Issuer {
-        name: "UDN".into(),
+        name: "UDN (no --billing-config: issuer not configured)".into(),
         address: Vec::new(),
         email: "billing@udn.example".into(),
         tax_id: None,
@@ -432,7 +442,7 @@ impl Backend for StoreBackend {
                 .find(|i| i.id == want)
                 .map(|i| Invoice {
                     summary: summary(&i),
-                    html: crate::billing::render_html(&i, &issuer()),
+                    html: crate::billing::render_html(&i, &self.issuer),
                 }));
         }
         self.control.invoice(id)

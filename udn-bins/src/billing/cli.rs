@@ -10,7 +10,7 @@ use udn_billing::{Account, Period, Plan, Timestamp, UsageBatch};
 
 use super::delivery::{SmtpConfig, deliver_pending};
 use super::payment::{collect_card_payments, record_manual_payment};
-use super::render::{Issuer, render_html, render_text};
+use super::render::{Issuer, render_html, render_pdf, render_text};
 use super::run::{audit_with, logged_run};
 use super::store::{BillingLocation, BillingStore};
 use super::usage::usage_between;
@@ -71,9 +71,12 @@ pub enum BillingCommand {
     Show {
         /// Its number, e.g. INV-000001.
         number: String,
-        /// text, html or json.
+        /// text, html, json or pdf (pdf needs --out).
         #[arg(long, default_value = "text")]
         format: String,
+        /// Writes the document to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Recomputes an invoice from its stored inputs and compares.
     Audit {
@@ -214,15 +217,35 @@ pub fn execute(args: &BillingArgs, now: Timestamp) -> Result<String> {
                 .collect();
             serde_json::to_string_pretty(&rows)?
         }
-        BillingCommand::Show { number, format } => {
+        BillingCommand::Show {
+            number,
+            format,
+            out,
+        } => {
             let inv = store
                 .invoice(number)?
                 .ok_or_else(|| anyhow!("no invoice numbered {number}"))?;
-            match format.as_str() {
-                "json" => serde_json::to_string_pretty(&inv)?,
-                "text" => render_text(&inv, &need_config()?.issuer),
-                "html" => render_html(&inv, &need_config()?.issuer),
-                other => return Err(anyhow!("unknown format {other:?}: text, html or json")),
+            let doc = match format.as_str() {
+                "json" => serde_json::to_string_pretty(&inv)?.into_bytes(),
+                "text" => render_text(&inv, &need_config()?.issuer).into_bytes(),
+                "html" => render_html(&inv, &need_config()?.issuer).into_bytes(),
+                "pdf" if out.is_none() => {
+                    return Err(anyhow!(
+                        "a PDF is binary and is not written to the terminal: give --out FILE"
+                    ));
+                }
+                "pdf" => render_pdf(&inv, &need_config()?.issuer),
+                other => {
+                    return Err(anyhow!("unknown format {other:?}: text, html, json or pdf"));
+                }
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(path, &doc)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    format!("wrote {} ({} bytes)\n", path.display(), doc.len())
+                }
+                None => String::from_utf8(doc).context("the document is not text")?,
             }
         }
         BillingCommand::Audit { number } => {

@@ -1,5 +1,5 @@
 //! Delivery of issued invoices and credit notes: by e-mail through the configured SMTP
-//! server (lettre), or, for accounts invoiced by post, as a printable HTML document
+//! server (lettre), or, for accounts invoiced by post, as a printable document (PDF, with an HTML copy)
 //! written to a directory for the print room. Every attempt is logged in the store.
 
 use anyhow::{Context as _, Result};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use udn_billing::{Delivery, Timestamp};
 
-use super::render::{Issuer, render_html, render_text};
+use super::render::{Issuer, render_html, render_pdf, render_text};
 use super::store::{BillingStore, DeliveryLog, DeliveryStatus, DocKind, Status, StoredInvoice};
 
 /// How to reach the SMTP server.
@@ -107,10 +107,17 @@ pub fn email_message(inv: &StoredInvoice, issuer: &Issuer, from: &str) -> Result
         .from(from)
         .to(to)
         .subject(subject)
-        .multipart(MultiPart::alternative_plain_html(
-            render_text(inv, issuer),
-            render_html(inv, issuer),
-        ))?)
+        .multipart(
+            MultiPart::mixed()
+                .multipart(MultiPart::alternative_plain_html(
+                    render_text(inv, issuer),
+                    render_html(inv, issuer),
+                ))
+                .singlepart(
+                    lettre::message::Attachment::new(pdf_name(inv))
+                        .body(render_pdf(inv, issuer), pdf_type()),
+                ),
+        )?)
 }
 
 /// Delivers every numbered document that has not been delivered yet: e-mail for
@@ -142,8 +149,12 @@ pub fn deliver_pending(
             Delivery::Post => {
                 std::fs::create_dir_all(print_dir)
                     .with_context(|| format!("creating {}", print_dir.display()))?;
-                let path = print_dir.join(format!("{number}.html"));
-                std::fs::write(&path, render_html(&inv, issuer))
+                // The PDF is the document to print; the HTML is its screen copy.
+                let html = print_dir.join(format!("{number}.html"));
+                std::fs::write(&html, render_html(&inv, issuer))
+                    .with_context(|| format!("writing {}", html.display()))?;
+                let path = print_dir.join(pdf_name(&inv));
+                std::fs::write(&path, render_pdf(&inv, issuer))
                     .with_context(|| format!("writing {}", path.display()))?;
                 store.log_delivery(&DeliveryLog {
                     invoice: number.clone(),
@@ -192,4 +203,14 @@ pub fn deliver_pending(
         }
     }
     Ok(report)
+}
+
+/// The file name of an invoice's PDF: its number (`INV-000001.pdf`).
+pub fn pdf_name(inv: &StoredInvoice) -> String {
+    format!("{}.pdf", inv.number.as_deref().unwrap_or("draft"))
+}
+
+fn pdf_type() -> lettre::message::header::ContentType {
+    lettre::message::header::ContentType::parse("application/pdf")
+        .unwrap_or(lettre::message::header::ContentType::TEXT_PLAIN)
 }

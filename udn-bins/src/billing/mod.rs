@@ -5,8 +5,8 @@
 //! * [`pg`]: [`PgBillingStore`], the same tables and guarantees in PostgreSQL
 //!   ([`BillingLocation`] opens either store);
 //! * [`run`]: [`run_period`] issues the invoices of a period, [`audit`] recomputes one;
-//! * [`render`]: plain text and HTML (with a print stylesheet);
-//! * [`delivery`]: e-mail through SMTP (lettre) or printable documents for post, each
+//! * [`render`]: plain text, HTML (with a print stylesheet) and PDF;
+//! * [`delivery`]: e-mail through SMTP (lettre, the PDF attached) or PDF documents for post, each
 //!   attempt logged;
 //! * [`payment`]: the [`PaymentProvider`] trait and manual payment recording.
 //!
@@ -39,7 +39,7 @@ pub use cli::{BillingArgs, BillingCommand, execute};
 pub use delivery::{DeliveryReport, SmtpConfig, SmtpSecurity, deliver_pending};
 pub use payment::{PaymentProvider, collect_card_payments, record_manual_payment};
 pub use pg::PgBillingStore;
-pub use render::{Issuer, render_html, render_text};
+pub use render::{Issuer, render_html, render_pdf, render_text};
 pub use run::{Audit, RunReport, audit, run_period};
 pub use store::{BillingLocation, BillingStore, SqliteBillingStore, Status, StoredInvoice};
 pub use usage::usage_from_store;

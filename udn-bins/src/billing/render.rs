@@ -229,6 +229,14 @@ pub fn render_html(inv: &StoredInvoice, issuer: &Issuer) -> String {
     if let Some(at) = inv.issued_at {
         let _ = write!(s, " &middot; issued {}", format_date(at));
     }
+    if let Some(at) = inv.due_at {
+        let _ = write!(s, " &middot; due {}", format_date(at));
+    }
+    let _ = write!(
+        s,
+        " &middot; status <strong class=\"status\">{}</strong>",
+        inv.status.as_str()
+    );
     if let Some(cr) = &inv.credits {
         let _ = write!(s, " &middot; credits invoice {}", e(cr));
     }
@@ -272,4 +280,158 @@ pub fn render_html(inv: &StoredInvoice, issuer: &Issuer) -> String {
         e(&payment_note(inv, issuer))
     );
     s
+}
+
+/// Points per millimetre.
+const PT_PER_MM: f32 = 72.0 / 25.4;
+/// A4 in points.
+const A4: (f32, f32) = (210.0 * PT_PER_MM, 297.0 * PT_PER_MM);
+/// Body text: Courier at this size keeps the text rendering's columns.
+const PDF_BODY_PT: f32 = 9.0;
+const PDF_LEADING: f32 = 12.0;
+const PDF_MARGIN: f32 = 20.0 * PT_PER_MM;
+/// Characters per line at [`PDF_BODY_PT`] within the margins (Courier is 0.6 em wide).
+const PDF_COLUMNS: usize = ((A4.0 - 2.0 * PDF_MARGIN) / (PDF_BODY_PT * 0.6)) as usize;
+
+/// The invoice as a PDF document (A4; the issuer, the recipient, every line, the totals
+/// and the payment note, as in [`render_text`]), for accounts invoiced by post and as the
+/// e-mail's attachment. Only the PDF base fonts (Courier, Helvetica-Bold) are used, so
+/// nothing is embedded; text is WinAnsi-encoded (`€` included), and a character
+/// outside it prints as `?`. Long lines are wrapped, and pages added as needed.
+pub fn render_pdf(inv: &StoredInvoice, issuer: &Issuer) -> Vec<u8> {
+    use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
+    let title = title(inv);
+    let text = render_text(inv, issuer);
+    let pages = pdf_pages(&text);
+    let mut pdf = Pdf::new();
+    let catalog = Ref::new(1);
+    let tree = Ref::new(2);
+    let body_font = Ref::new(3);
+    let title_font = Ref::new(4);
+    let info = Ref::new(5);
+    let page_ref = |i: usize| Ref::new(10 + 2 * i as i32);
+    let content_ref = |i: usize| Ref::new(11 + 2 * i as i32);
+    pdf.catalog(catalog).pages(tree);
+    pdf.pages(tree)
+        .kids((0..pages.len()).map(page_ref))
+        .count(pages.len() as i32);
+    pdf.document_info(info)
+        .title(TextStr(&title))
+        .author(TextStr(&issuer.name));
+    for (font, base) in [(body_font, "Courier"), (title_font, "Helvetica-Bold")] {
+        pdf.type1_font(font)
+            .base_font(Name(base.as_bytes()))
+            .encoding_predefined(Name(b"WinAnsiEncoding"));
+    }
+    let n = pages.len();
+    for (i, page_lines) in pages.iter().enumerate() {
+        let mut page = pdf.page(page_ref(i));
+        page.media_box(Rect::new(0.0, 0.0, A4.0, A4.1));
+        page.parent(tree);
+        page.contents(content_ref(i));
+        page.resources()
+            .fonts()
+            .pair(Name(b"F1"), body_font)
+            .pair(Name(b"F2"), title_font);
+        page.finish();
+
+        let mut c = Content::new();
+        let top = A4.1 - PDF_MARGIN;
+        c.begin_text();
+        c.set_font(Name(b"F2"), 14.0);
+        c.next_line(PDF_MARGIN, top);
+        let head = if n > 1 {
+            format!("{title} (page {} of {n})", i + 1)
+        } else {
+            title.clone()
+        };
+        c.show(Str(&win_ansi(&head)));
+        c.end_text();
+        c.begin_text();
+        c.set_font(Name(b"F1"), PDF_BODY_PT);
+        c.set_leading(PDF_LEADING);
+        c.next_line(PDF_MARGIN, top - 2.0 * PDF_LEADING);
+        for l in page_lines.iter() {
+            c.show(Str(&win_ansi(l)));
+            c.next_line_using_leading();
+        }
+        c.end_text();
+        pdf.stream(content_ref(i), &c.finish());
+    }
+    pdf.finish()
+}
+
+/// The body lines of [`render_text`]'s output laid out for the PDF: its title and
+/// underline dropped (the title is drawn large), lines longer than the page wrapped, and
+/// split into pages. Always at least one page.
+fn pdf_pages(text: &str) -> Vec<Vec<String>> {
+    let mut lines: Vec<String> = Vec::new();
+    for l in text.lines().skip(2) {
+        let chars: Vec<char> = l.chars().collect();
+        if chars.is_empty() {
+            lines.push(String::new());
+        }
+        for chunk in chars.chunks(PDF_COLUMNS.max(1)) {
+            lines.push(chunk.iter().collect());
+        }
+    }
+    let usable = A4.1 - 2.0 * PDF_MARGIN - 2.0 * PDF_LEADING;
+    let per_page = ((usable / PDF_LEADING) as usize).max(1);
+    let mut pages: Vec<Vec<String>> = lines.chunks(per_page).map(<[String]>::to_vec).collect();
+    if pages.is_empty() {
+        pages.push(Vec::new());
+    }
+    pages
+}
+
+/// `s` in the PDF WinAnsiEncoding (Windows-1252): ASCII and Latin-1 as themselves, the
+/// euro sign and the typographic marks at their 0x80-0x9F places, anything else `?`.
+fn win_ansi(s: &str) -> Vec<u8> {
+    s.chars()
+        .map(|ch| match ch {
+            '\u{20}'..='\u{7e}' | '\u{a0}'..='\u{ff}' => ch as u8,
+            '€' => 0x80,
+            '‚' => 0x82,
+            '„' => 0x84,
+            '…' => 0x85,
+            '‘' => 0x91,
+            '’' => 0x92,
+            '“' => 0x93,
+            '”' => 0x94,
+            '–' => 0x96,
+            '—' => 0x97,
+            _ => b'?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pdf_pages_wrap_long_lines_and_paginate() {
+        let long = "x".repeat(PDF_COLUMNS * 2 + 3);
+        let mut text = String::from("Title\n=====\n");
+        text.push_str(&long);
+        text.push('\n');
+        for i in 0..200 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        let pages = pdf_pages(&text);
+        let all: Vec<&String> = pages.iter().flatten().collect();
+        assert_eq!(all.len(), 3 + 200, "the long line becomes three");
+        assert!(all.iter().all(|l| l.chars().count() <= PDF_COLUMNS));
+        assert_eq!(all[0].len() + all[1].len() + all[2].len(), long.len());
+        assert!(pages.len() >= 3, "{} pages", pages.len());
+        assert!(!all.iter().any(|l| l.as_str() == "Title"));
+        assert_eq!(all.last().unwrap().as_str(), "line 199");
+        assert_eq!(pdf_pages("").len(), 1);
+    }
+
+    #[test]
+    fn win_ansi_maps_the_euro_and_replaces_what_it_cannot_show() {
+        assert_eq!(win_ansi("5 € – Müller"), b"5 \x80 \x96 M\xfcller");
+        assert_eq!(win_ansi("東京\u{7}"), b"???");
+    }
 }

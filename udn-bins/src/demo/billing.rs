@@ -89,13 +89,7 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
     let mut read = |from| Ok(crate::store::Store::file_usage_since(&mut logs, from)?);
     let report = crate::billing::run::logged_run(&mut store, &mut read, &period, now, "cli", 1)?;
     let usage = report.ingested.as_ref().map_or(0, |i| i.new);
-    let issuer = Issuer {
-        name: "UDN Demo Networks".into(),
-        address: vec!["127.0.0.1".into()],
-        email: "billing@udn.example".into(),
-        tax_id: None,
-        bank: None,
-    };
+    let issuer = issuer();
     let mut out = format!(
         "billing run for {period}: {usage} new log-file usage batches from the store\n{}\n",
         serde_json::to_string_pretty(&report)?
@@ -117,6 +111,34 @@ pub fn run(a: BillingDemoArgs) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The seller on the demo's invoices.
+fn issuer() -> Issuer {
+    Issuer {
+        name: "UDN Demo Networks".into(),
+        address: vec!["127.0.0.1".into()],
+        email: "billing@udn.example".into(),
+        tax_id: None,
+        bank: None,
+    }
+}
+
+/// Writes the demo control plane's `--billing-config` into `control_dir`: the demo
+/// issuer (shown on the portal's invoices) and a print directory beside it (no SMTP, so
+/// e-mailed invoices wait). Returns its path.
+pub fn write_config(control_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let i = issuer();
+    let path = control_dir.join("billing.toml");
+    let text = format!(
+        "print_dir = {:?}\n[issuer]\nname = {:?}\naddress = {:?}\nemail = {:?}\n",
+        control_dir.join("invoices-to-print").display().to_string(),
+        i.name,
+        i.address,
+        i.email
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 #[cfg(test)]

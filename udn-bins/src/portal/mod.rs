@@ -1282,8 +1282,10 @@ async fn invoice(
     let body = html! {
         p { "Invoice " strong id="invoice-number" { (inv.summary.number) } " for " (inv.summary.customer)
             ", total " (inv.summary.total.to_string()) " " (inv.summary.currency) }
-        // Billing renders the body; it is trusted HTML from our own store.
-        div class="invoice-body" { (PreEscaped(inv.html)) }
+        // Billing renders a whole document (its own A4 print stylesheet): it is shown in
+        // a sandboxed frame, so its styles stay out of the portal's and no script runs.
+        iframe class="invoice-body" title=(format!("Invoice {}", inv.summary.number))
+            sandbox="" srcdoc=(inv.html) style="width:100%;height:80vh;border:1px solid #ddd" {}
     };
     Ok(layout(
         &a,
