@@ -27,8 +27,10 @@ done
 # Python packages from PyPI, for whichever python3 is first on PATH.
 #   aiosmtpd: the real SMTP server the billing delivery tests start on loopback
 #   (udn-bins/tests/billing_delivery.rs).
-PY_PKGS=(aiosmtpd==1.4.6)
-if command -v python3 >/dev/null && ! python3 -c "import aiosmtpd" 2>/dev/null; then
+#   pyftpdlib: the real FTP server of the FTP service tests (udn-probe/tests/agent_ftp.rs,
+#   udn-bins/tests/probe_dns_e2e.rs).
+PY_PKGS=(aiosmtpd==1.4.6 pyftpdlib==1.5.10)
+if command -v python3 >/dev/null && ! python3 -c "import aiosmtpd, pyftpdlib" 2>/dev/null; then
   echo "install-deps: pip installing ${PY_PKGS[*]}"
   python3 -m pip install --quiet "${PY_PKGS[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "${PY_PKGS[@]}"

@@ -57,6 +57,9 @@ fn build() -> Engine {
         timeout_ms: 1000,
         tls_verify: true,
         tls_ca: None,
+        ftp_user: None,
+        ftp_password: None,
+        ftp_retrieve: true,
     };
     let pops = (0..POPS)
         .map(|p| PopConfig {

@@ -607,6 +607,46 @@ async fn gtm_domains_addresses_standby_and_monitors(store: Store) {
         fields(&e).iter().any(|f| f.ends_with("interval_secs")),
         "{e}"
     );
+    // An FTP monitor: a command smuggled after a line break is refused, the password is
+    // kept but never shown back, and sending the shown "(set)" back keeps it.
+    let (st, e) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/monitor",
+            json!({"kind": "ftp", "path": "health.txt\r\nDELE index.html"}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert!(fields(&e).iter().any(|f| f.ends_with(".path")), "{e}");
+    let (st, m) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/monitor",
+            json!({"kind": "ftp", "path": "health.txt", "ftp_user": "mon", "ftp_password": "s3cret"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(m["ftp_password"], "(set)");
+    let (_, m) = shop.get("/v1/gtm/api.shop.udn.example/monitor").await;
+    assert_eq!(
+        (m["kind"].clone(), m["ftp_password"].clone()),
+        (json!("ftp"), json!("(set)"))
+    );
+    let (st, _) = shop
+        .send(
+            "PUT",
+            "/v1/gtm/api.shop.udn.example/monitor",
+            json!({"kind": "ftp", "path": "health.txt", "ftp_user": "mon", "ftp_password": "(set)"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let cfg = h.db.run(|db| db.current_config()).unwrap().config;
+    let mon = cfg
+        .services
+        .iter()
+        .find(|s| s.name == "mon-api.shop.udn.example")
+        .unwrap();
+    assert_eq!(mon.ftp_password.as_deref(), Some("s3cret"));
 
     // Every GTM endpoint refuses another customer's hostname.
     let other = "/v1/gtm/api.shop.udn.example";

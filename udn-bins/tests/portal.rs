@@ -596,7 +596,9 @@ async fn invoices_list_and_show_own_only() {
     assert!(body.contains("2025-11-01 00:00 UTC"));
     let (st, body) = page(&c, h.https(&format!("/invoices/{shop}"))).await;
     assert_eq!(st, 200);
-    assert!(body.contains("<td>Traffic</td>"));
+    // billing's document, framed (sandboxed, attribute-escaped)
+    assert!(body.contains("&lt;td&gt;Traffic&lt;/td&gt;"), "{body}");
+    assert!(body.contains("sandbox=\"\""), "{body}");
     let (st, body) = page(&c, h.https(&format!("/invoices/{acme}"))).await;
     assert_eq!(st, 403);
     assert!(!body.contains("acme secret"));

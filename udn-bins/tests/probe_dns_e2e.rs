@@ -5,6 +5,8 @@
 //!   threshold + 1 s `dig` returns the other site; the hidden standby only when both are
 //!   down; the origin's answer returns after the success threshold; a single lost check
 //!   does not flap.
+//! * An FTP monitor: the same failover when the origins are FTP servers (pyftpdlib) and
+//!   the monitor retrieves a file and checks its content.
 //! * Latency routing, measured: three delaying fake resolvers (127.0.{1,2,3}.1) answer
 //!   each POP's probe after their own delay; `dig -b <resolver>` gets the POP with the
 //!   lowest measured RTT.
@@ -18,7 +20,7 @@ mod probe_common;
 
 use pki_support::{curl_args, ids};
 
-use probe_common::{Resource, Udn, free_port, serve_site, temp_dir, wait_for};
+use probe_common::{FtpServer, Resource, Udn, free_port, serve_site, temp_dir, wait_for};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -288,6 +290,66 @@ fn dig_follows_the_probes_failover() {
     .expect("dig answers east again");
     eprintln!("recovery seen by dig after {:?}", t1.elapsed());
     assert!(t1.elapsed() <= Duration::from_secs(3));
+    drop(probe);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dig_follows_an_ftp_monitor() {
+    let Some(bin) = dns_binary() else {
+        eprintln!("SKIPPED dig_follows_an_ftp_monitor: `udn dns` is not built in this tree");
+        return;
+    };
+    let port = free_port("127.0.0.31");
+    let dir = temp_dir("probe-dns-ftp");
+    let (east_dir, west_dir) = (dir.join("east"), dir.join("west"));
+    for d in [&east_dir, &west_dir] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("health.txt"), "ok\n").unwrap();
+    }
+    let _east = FtpServer::start("127.0.0.31", port, &east_dir);
+    let _west = FtpServer::start("127.0.0.32", port, &west_dir);
+    let cfg = dir.join("net.toml");
+    let text = failover_config(port).replace(
+        "path = \"/health\"",
+        "kind = \"ftp\"\npath = \"/health.txt\"",
+    );
+    assert!(text.contains("kind = \"ftp\""));
+    std::fs::write(&cfg, text).unwrap();
+    let dns = start_dns(&bin, cfg.to_str().unwrap());
+    let probe = Udn::probe(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--dns-http",
+        &format!("https://{}", dns.http),
+        "--pki",
+        ids().probe.to_str().unwrap(),
+        "--latency-methods",
+        "dns",
+    ]);
+    let answer = || dig(dns.dns, "127.0.0.1");
+    wait_for(Duration::from_secs(15), || {
+        let st: serde_json::Value = serde_json::from_str(&probe_status(probe.http)).ok()?;
+        let s = st["services"].as_array()?;
+        (s.len() == 2 && s.iter().all(|x| x["state"] == "up")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("both FTP origins up: {}", probe_status(probe.http)));
+    assert_eq!(answer(), ["127.0.0.31"]);
+
+    // East's file no longer says ok: the monitor fails it and dig answers west.
+    std::fs::write(east_dir.join("health.txt"), "maintenance\n").unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (answer() == ["127.0.0.32"]).then_some(())
+    })
+    .expect("dig answers west once east's FTP check fails");
+    // East's file back: its answer returns.
+    std::fs::write(east_dir.join("health.txt"), "ok\n").unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (answer() == ["127.0.0.31"]).then_some(())
+    })
+    .expect("dig answers east again");
     drop(probe);
     let _ = std::fs::remove_dir_all(&dir);
 }

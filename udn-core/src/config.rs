@@ -306,6 +306,21 @@ pub struct ServiceConfig {
     /// of the probe host's trust store.
     #[serde(default)]
     pub tls_ca: Option<String>,
+    /// FTP tests log in as this user (default `anonymous`).
+    #[serde(default)]
+    pub ftp_user: Option<String>,
+    /// FTP tests' password (default: the anonymous convention, an e-mail-like
+    /// `udn-probe@`). Sent in clear, as FTP does: use a monitoring account.
+    #[serde(default)]
+    pub ftp_password: Option<String>,
+    /// FTP tests retrieve the file at `path` (its content checked like an HTTP body);
+    /// `false`: they only ask its size (`SIZE`), for files too large to fetch.
+    #[serde(default = "default_ftp_retrieve")]
+    pub ftp_retrieve: bool,
+}
+
+fn default_ftp_retrieve() -> bool {
+    true
 }
 
 fn default_tls_verify() -> bool {
@@ -337,6 +352,8 @@ pub enum ServiceKind {
     Tcp,
     /// A DNS query.
     Dns,
+    /// An FTP session: log in, `SIZE` the file at `path`, retrieve it (passive mode).
+    Ftp,
 }
 
 /// A geographic location.

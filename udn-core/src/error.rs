@@ -59,6 +59,8 @@ pub enum ConfigErrorKind {
     /// A hostname or origin domain already belongs to another customer (each name
     /// has exactly one owner).
     OwnedByOther(String),
+    /// A value that cannot be used as given; the reason is given.
+    Invalid(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -81,6 +83,7 @@ impl fmt::Display for ConfigError {
             ConfigErrorKind::OwnedByOther(n) => {
                 write!(f, "{n:?} is already used by another customer")
             }
+            ConfigErrorKind::Invalid(why) => f.write_str(why),
         }
     }
 }

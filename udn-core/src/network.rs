@@ -584,6 +584,33 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
                 },
             );
         }
+        if s.kind == crate::config::ServiceKind::Ftp {
+            // These go into FTP commands verbatim: a line break would end the command
+            // and start another (`DELE`, `STOR`) on the customer's server.
+            let fields = [
+                ("path", Some(s.path.as_str())),
+                ("ftp_user", s.ftp_user.as_deref()),
+                ("ftp_password", s.ftp_password.as_deref()),
+            ];
+            for (field, v) in fields {
+                if v.is_some_and(|v| v.chars().any(char::is_control)) {
+                    errs.push(
+                        format!("services[{i}].{field}"),
+                        ConfigErrorKind::Invalid(
+                            "control characters (CR, LF) are not allowed in FTP commands",
+                        ),
+                    );
+                }
+            }
+            if !s.ftp_retrieve && (s.expect_content.is_some() || s.expect_regex.is_some()) {
+                errs.push(
+                    format!("services[{i}].ftp_retrieve"),
+                    ConfigErrorKind::Invalid(
+                        "expect_content and expect_regex need the file retrieved (ftp_retrieve = true)",
+                    ),
+                );
+            }
+        }
     }
 
     // POPs, origins and their servers.

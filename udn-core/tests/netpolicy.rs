@@ -144,3 +144,33 @@ fn the_default_refuses_every_customer_destination_with_its_path() {
     // POP servers are the operator's own.
     assert!(!errs.contains("pops["), "{errs}");
 }
+
+#[test]
+fn an_ftp_monitor_cannot_smuggle_a_command_into_the_session() {
+    let mut cfg = Config::from_toml(udn_core::config::SAMPLE).unwrap();
+    let s = &mut cfg.services[0];
+    s.kind = udn_core::config::ServiceKind::Ftp;
+    s.path = "health.txt\r\nDELE index.html".into();
+    s.ftp_user = Some("monitor\nSITE EXEC x".into());
+    s.ftp_password = Some("pw\r".into());
+    let errs = cfg.compile().unwrap_err().to_string();
+    for path in [
+        "services[0].path",
+        "services[0].ftp_user",
+        "services[0].ftp_password",
+    ] {
+        assert!(errs.contains(path), "{path} not in {errs}");
+    }
+    assert!(errs.contains("control characters"), "{errs}");
+    // Without retrieval there is no content to check.
+    let mut cfg = Config::from_toml(udn_core::config::SAMPLE).unwrap();
+    cfg.services[0].kind = udn_core::config::ServiceKind::Ftp;
+    cfg.services[0].path = "health.txt".into();
+    cfg.services[0].ftp_retrieve = false;
+    cfg.services[0].expect_content = Some("ok".into());
+    let errs = cfg.compile().unwrap_err().to_string();
+    assert!(errs.contains("services[0].ftp_retrieve"), "{errs}");
+    cfg.services[0].expect_content = None;
+    cfg.services[0].expect_regex = None;
+    cfg.compile().expect("a SIZE-only FTP monitor");
+}

@@ -40,6 +40,9 @@ fn network(
         timeout_ms: 1000,
         tls_verify: true,
         tls_ca: None,
+        ftp_user: None,
+        ftp_password: None,
+        ftp_retrieve: true,
     };
     let pops = (0..N_POPS)
         .map(|p| PopConfig {

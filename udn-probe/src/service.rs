@@ -175,7 +175,14 @@ pub struct ServiceSpec {
     pub tls_verify: bool,
     /// HTTPS: extra trusted roots (PEM).
     pub tls_ca: Option<String>,
+    /// FTP: the login (user, password).
+    pub ftp_login: (String, String),
+    /// FTP: retrieve the file (else only `SIZE` it).
+    pub ftp_retrieve: bool,
 }
+
+/// The FTP login of tests without `ftp_user`.
+pub const FTP_ANONYMOUS: (&str, &str) = ("anonymous", "udn-probe@");
 
 /// The most memory one compiled `expect_regex` may take (its program and its lazy DFA
 /// each); a larger one is refused, so no accepted regex can exhaust a probe.
@@ -230,6 +237,7 @@ impl ServiceSpec {
             ServiceKind::Https => 443,
             ServiceKind::Tcp => 80,
             ServiceKind::Dns => 53,
+            ServiceKind::Ftp => 21,
         });
         Ok(ServiceSpec {
             name: cfg.name.clone(),
@@ -245,6 +253,16 @@ impl ServiceSpec {
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
             tls_verify: cfg.tls_verify,
             tls_ca: cfg.tls_ca.clone(),
+            ftp_login: match &cfg.ftp_user {
+                Some(u) => (u.clone(), cfg.ftp_password.clone().unwrap_or_default()),
+                None => (
+                    FTP_ANONYMOUS.0.to_owned(),
+                    cfg.ftp_password
+                        .clone()
+                        .unwrap_or_else(|| FTP_ANONYMOUS.1.to_owned()),
+                ),
+            },
+            ftp_retrieve: cfg.ftp_retrieve,
         })
     }
 
@@ -285,7 +303,7 @@ impl ServiceSpec {
             (_, Some(s)) if !self.status_ok(s) => return VerdictReason::BadStatus(s),
             _ => {}
         }
-        if self.kind == ServiceKind::Dns {
+        if self.kind == ServiceKind::Dns || (self.kind == ServiceKind::Ftp && !self.ftp_retrieve) {
             return VerdictReason::Ok;
         }
         let body = &obs.body_prefix[..obs.body_prefix.len().min(self.within)];
@@ -407,6 +425,7 @@ mod tests {
                 ServiceKind::Https => "https",
                 ServiceKind::Tcp => "tcp",
                 ServiceKind::Dns => "dns",
+                ServiceKind::Ftp => "ftp",
             }
         ))
         .unwrap();
@@ -508,7 +527,7 @@ mod tests {
         /// Evaluation never panics, and `ok` agrees with the reason.
         #[test]
         fn evaluate_total(status in any::<u16>(), body in prop::collection::vec(any::<u8>(), 0..64), ms in 0u64..500) {
-            for kind in [ServiceKind::Http, ServiceKind::Https, ServiceKind::Tcp, ServiceKind::Dns] {
+            for kind in [ServiceKind::Http, ServiceKind::Https, ServiceKind::Tcp, ServiceKind::Dns, ServiceKind::Ftp] {
                 let v = spec(kind).evaluate(&obs(status, &body, ms));
                 prop_assert_eq!(v.ok, v.reason == VerdictReason::Ok);
             }

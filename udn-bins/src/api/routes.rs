@@ -1100,7 +1100,12 @@ pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
                 weight: t.weight,
             })
             .collect(),
-        monitor: cfg.services.iter().find(|s| s.name == g.service).cloned(),
+        monitor: cfg
+            .services
+            .iter()
+            .find(|s| s.name == g.service)
+            .cloned()
+            .map(redacted),
         verification: challenge::verification(&g.hostname, g.challenge.as_deref()),
         config: g.clone(),
     }
@@ -1447,8 +1452,17 @@ async fn monitor_get(
         .iter()
         .find(|s| s.name == cfg.gtm[i].service)
         .cloned()
-        .map(Json)
+        .map(|s| Json(redacted(s)))
         .ok_or(ApiError::NotFound)
+}
+
+/// A service as shown to customers: an FTP password is never sent back (it may be an
+/// operator's, on a shared service); `"ftp_password": "(set)"` says one is saved.
+fn redacted(mut s: ServiceConfig) -> ServiceConfig {
+    if s.ftp_password.is_some() {
+        s.ftp_password = Some("(set)".into());
+    }
+    s
 }
 
 /// The per-hostname service a monitor change creates, so that other hostnames sharing
@@ -1464,6 +1478,24 @@ pub(crate) fn set_monitor(cfg: &mut Config, i: usize, mut v: Value) -> ApiResult
         .as_object_mut()
         .ok_or_else(|| ApiError::field("body", "expected a JSON object"))?;
     obj.insert("name".into(), Value::String(name.clone()));
+    // The FTP password is never shown back: absent or `"(set)"` keeps the one saved on
+    // this hostname's own monitor (never a shared service's, which may be an operator's).
+    let keep = match obj.get("ftp_password") {
+        None => true,
+        Some(Value::String(p)) => p == "(set)",
+        Some(_) => false,
+    };
+    if keep {
+        obj.remove("ftp_password");
+        let saved = cfg
+            .services
+            .iter()
+            .find(|s| s.name == name && cfg.gtm[i].service == name)
+            .and_then(|s| s.ftp_password.clone());
+        if let Some(p) = saved {
+            obj.insert("ftp_password".into(), Value::String(p));
+        }
+    }
     let svc: ServiceConfig = from_value(v)?;
     match cfg.services.iter_mut().find(|s| s.name == name) {
         Some(s) => *s = svc.clone(),
@@ -1481,7 +1513,7 @@ async fn monitor_set(
 ) -> ApiResult<Json<ServiceConfig>> {
     let Json(v) = body?;
     let svc = with_gtm(&st, &a, host, move |cfg, i| set_monitor(cfg, i, v)).await?;
-    Ok(Json(svc))
+    Ok(Json(redacted(svc)))
 }
 
 // ---------------------------------------------------------------- static mappings

@@ -1028,7 +1028,7 @@ async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<St
                     (csrf_input(a))
                     fieldset { legend { "Monitoring (service " (g.service) ")" }
                         "check " select name="kind" {
-                            @for k in ["http", "https", "tcp", "dns"] {
+                            @for k in ["http", "https", "tcp", "dns", "ftp"] {
                                 option value=(k) selected[m.as_ref().is_some_and(|m| serde_json::to_value(m.kind).ok() == Some(serde_json::Value::String(k.into())))] { (k) }
                             }
                         }
@@ -1037,6 +1037,9 @@ async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<St
                         " every " input type="number" name="interval_secs" value=(m.as_ref().map(|m| m.interval_secs).unwrap_or(10)) min="1"; " s"
                         " timeout " input type="number" name="timeout_ms" value=(m.as_ref().map(|m| m.timeout_ms).unwrap_or(4000)) min="1"; " ms "
                         label { input type="checkbox" name="tls_verify" value="on" checked[m.as_ref().is_none_or(|m| m.tls_verify)]; " check the certificate (https) " }
+                        " ftp user " input type="text" name="ftp_user" placeholder="anonymous" value=(m.as_ref().and_then(|m| m.ftp_user.clone()).unwrap_or_default());
+                        " password " input type="password" name="ftp_password" autocomplete="off" placeholder="(unchanged if empty)";
+                        " "
                         button type="submit" { "Save monitoring" }
                     }
                 }
@@ -1194,6 +1197,14 @@ async fn gtm_monitor(
         "tls_verify".into(),
         serde_json::Value::Bool(field(&f, "tls_verify").is_some()),
     );
+    // FTP login: an empty user is anonymous; an empty password keeps the saved one (the
+    // page never shows it).
+    if let Some(u) = field(&f, "ftp_user").filter(|u| !u.is_empty()) {
+        v.insert("ftp_user".into(), serde_json::Value::String(u.to_owned()));
+    }
+    let new_password = field(&f, "ftp_password")
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
     let mut bad = None;
     for k in ["interval_secs", "timeout_ms"] {
         if let Some(x) = field(&f, k) {
@@ -1209,6 +1220,9 @@ async fn gtm_monitor(
         Some(e) => Err(e),
         None => {
             r::with_gtm(&st, &a, host, move |cfg, i| {
+                if let Some(p) = new_password {
+                    v.insert("ftp_password".into(), serde_json::Value::String(p));
+                }
                 r::set_monitor(cfg, i, serde_json::Value::Object(v)).map(|_| ())
             })
             .await

@@ -271,3 +271,34 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 mod proc_support;
 #[allow(unused_imports)] // used by some of the probe test files only
 pub use proc_support::Killed;
+
+/// A real FTP server (Python's pyftpdlib, installed by scripts/install-deps.sh) serving
+/// `dir` read-only to anonymous users at `ip:port`; killed on drop.
+pub struct FtpServer {
+    child: Child,
+}
+
+impl FtpServer {
+    pub fn start(ip: &str, port: u16, dir: &std::path::Path) -> FtpServer {
+        let child = Command::new("python3")
+            .args(["-m", "pyftpdlib", "-i", ip, "-p", &port.to_string()])
+            .arg("-d")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with pyftpdlib: run scripts/install-deps.sh");
+        wait_for(Duration::from_secs(20), || {
+            TcpStream::connect((ip, port)).ok().map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("pyftpdlib did not start on {ip}:{port}"));
+        FtpServer { child }
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,5 +1,5 @@
 //! Service tests as a user would run them: HTTP(S) GET with phase timings, a plain TCP
-//! connect, or a DNS query.
+//! connect, a DNS query, or an FTP session (log in, `SIZE`, `RETR` in passive mode).
 
 use super::fetch::{FetchRequest, Resolver, fetch};
 use crate::service::{FailPhase, Observation, Phases, ServiceSpec};
@@ -16,6 +16,7 @@ pub async fn run_test(spec: &ServiceSpec, ip: IpAddr) -> Observation {
         ServiceKind::Http | ServiceKind::Https => http_test(spec, ip).await,
         ServiceKind::Tcp => tcp_test(spec, ip).await,
         ServiceKind::Dns => dns_test(spec, ip).await,
+        ServiceKind::Ftp => ftp_test(spec, ip).await,
     }
 }
 
@@ -150,6 +151,164 @@ async fn dns_test(spec: &ServiceSpec, ip: IpAddr) -> Observation {
             format!("no answer within {:?}", spec.timeout),
             Phases::default(),
         ),
+    }
+}
+
+/// The most an FTP test reads of a file (as an HTTP test reads of a body).
+const FTP_MAX_READ: usize = 16 << 20;
+
+/// An FTP session as a user's client runs it: connect (timed as `connect`), read the
+/// greeting, log in, binary type, `SIZE`, `RETR` in passive mode until the first data
+/// byte (`wait`), the rest of the file and the completion reply (`receive`). The whole
+/// session is bounded by the spec's time limit.
+///
+/// The data connection goes only to the server's own address: the address in a `PASV`
+/// reply is ignored (`EPSV` on IPv6 carries none), and any other address is refused,
+/// so a hostile server cannot point the probe at a third host (the FTP bounce).
+async fn ftp_test(spec: &ServiceSpec, ip: IpAddr) -> Observation {
+    let mut phases = Phases::default();
+    let session = ftp_session(spec, SocketAddr::new(ip, spec.port), &mut phases);
+    match tokio::time::timeout(spec.timeout, session).await {
+        Ok(obs) => obs,
+        Err(_) => failed(
+            FailPhase::Timeout,
+            format!("the FTP session did not finish within {:?}", spec.timeout),
+            phases,
+        ),
+    }
+}
+
+async fn ftp_session(spec: &ServiceSpec, addr: SocketAddr, phases: &mut Phases) -> Observation {
+    use suppaftp::tokio::AsyncFtpStream;
+    use suppaftp::types::FileType;
+    use suppaftp::{FtpError, Mode};
+    use tokio::io::AsyncReadExt as _;
+
+    let start = Instant::now();
+    let tcp = match TcpStream::connect(addr).await {
+        Ok(t) => t,
+        Err(e) => return failed(FailPhase::Connect, e.to_string(), *phases),
+    };
+    phases.connect = start.elapsed();
+    let asked = Instant::now();
+    let server = addr.ip();
+    let ftp = match AsyncFtpStream::connect_with_stream(tcp).await {
+        Ok(f) => f,
+        Err(e) => return ftp_failed(e, "greeting", *phases),
+    };
+    let mut ftp = ftp.passive_stream_builder(move |data: SocketAddr| {
+        Box::pin(async move {
+            if data.ip() != server {
+                return Err(FtpError::ConnectionError(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("data connection to {data} refused: not the server {server}"),
+                )));
+            }
+            TcpStream::connect(data)
+                .await
+                .map_err(FtpError::ConnectionError)
+        })
+    });
+    if server.is_ipv4() {
+        ftp.set_mode(Mode::Passive);
+        ftp.set_passive_nat_workaround(true);
+    } else {
+        ftp.set_mode(Mode::ExtendedPassive);
+    }
+    let (user, password) = &spec.ftp_login;
+    if let Err(e) = ftp.login(user.as_str(), password.as_str()).await {
+        return ftp_failed(e, "login", *phases);
+    }
+    if let Err(e) = ftp.transfer_type(FileType::Binary).await {
+        return ftp_failed(e, "TYPE I", *phases);
+    }
+    let path = spec.path.as_str();
+    let mut headers = Vec::new();
+    match ftp.size(path).await {
+        Ok(n) => headers.push(("size".to_owned(), n.to_string())),
+        // Without retrieval the size is the test; with it, a server without SIZE
+        // (RFC 3659) still passes on the download.
+        Err(e) if !spec.ftp_retrieve => return ftp_failed(e, "SIZE", *phases),
+        Err(_) => {}
+    }
+    if !spec.ftp_retrieve {
+        phases.wait = asked.elapsed();
+        quit(ftp).await;
+        return Observation {
+            status: Some(213),
+            headers,
+            phases: *phases,
+            ..Default::default()
+        };
+    }
+    let mut data = match ftp.retr_as_stream(path).await {
+        Ok(d) => d,
+        Err(e) => return ftp_failed(e, "RETR", *phases),
+    };
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut read = 0usize;
+    let mut first = None;
+    loop {
+        let n = match data.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => return failed(FailPhase::Transfer, e.to_string(), *phases),
+        };
+        let now = Instant::now();
+        if first.is_none() {
+            phases.wait = now - asked;
+            first = Some(now);
+        }
+        if n == 0 {
+            break;
+        }
+        read += n;
+        if read > FTP_MAX_READ {
+            return failed(
+                FailPhase::Transfer,
+                format!(
+                    "{path} is larger than the {FTP_MAX_READ} bytes a test reads: set ftp_retrieve = false to only SIZE it"
+                ),
+                *phases,
+            );
+        }
+        let keep = spec.within.saturating_sub(body.len()).min(n);
+        body.extend_from_slice(&buf[..keep]);
+    }
+    if let Err(e) = data.finish().await {
+        return ftp_failed(e, "the end of the transfer", *phases);
+    }
+    phases.receive = first.map_or(std::time::Duration::ZERO, |f| f.elapsed());
+    quit(ftp).await;
+    Observation {
+        // the completion reply: suppaftp accepts 226 (or 250) there
+        status: Some(226),
+        headers,
+        body_prefix: body,
+        phases: *phases,
+        error: None,
+    }
+}
+
+/// Says goodbye, briefly: the test is over whatever the server does with `QUIT`.
+async fn quit(mut ftp: suppaftp::tokio::AsyncFtpStream) {
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), ftp.quit()).await;
+}
+
+/// An FTP failure as an observation: a refusal (4xx or 5xx reply, such as 530 for a bad
+/// login or 550 for a missing file) is the test's status, anything else a transfer
+/// failure with the step named.
+fn ftp_failed(e: suppaftp::FtpError, step: &str, phases: Phases) -> Observation {
+    match e {
+        suppaftp::FtpError::UnexpectedResponse(r) if r.status.code() >= 400 => Observation {
+            status: Some(r.status.code().min(u16::MAX as u32) as u16),
+            phases,
+            ..Default::default()
+        },
+        suppaftp::FtpError::ConnectionError(io) => {
+            failed(FailPhase::Transfer, format!("{step}: {io}"), phases)
+        }
+        e => failed(FailPhase::Transfer, format!("{step}: {e}"), phases),
     }
 }
 
