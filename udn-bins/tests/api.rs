@@ -32,6 +32,7 @@ on_both_stores!(
     customer_destinations_in_the_providers_network_are_refused,
     a_config_no_probe_can_load_is_refused,
     a_hostname_colliding_with_a_zone_file_name_is_refused,
+    every_rejection_is_json,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -1805,4 +1806,98 @@ async fn a_hostname_colliding_with_a_zone_file_name_is_refused(store: Store) {
         )
         .await;
     assert_eq!(st, 201, "{e}");
+}
+
+/// Unknown routes, bad path parameters and query strings, a wrong method and a body over
+/// the limit all answer JSON `{"error": ...}` with their status; the portal's unknown
+/// paths get a page; the plain-HTTP listener says where credentials go.
+async fn every_rejection_is_json(store: Store) {
+    let h = Harness::start_on(store, "api-rejections").await;
+    let shop = h.login("shopuser").await;
+    let check = |want: u16, (st, v): (u16, Value)| -> Value {
+        assert_eq!(st, want, "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        v
+    };
+    let v = check(404, shop.get("/v1/no-such-thing").await);
+    assert_eq!(v["error"], "no route GET /v1/no-such-thing");
+    check(400, shop.get("/v1/invoices/not-a-number").await);
+    let v = check(400, shop.get("/v1/traffic/cdn?hours=many").await);
+    assert_eq!(fields(&v), vec!["hours"], "{v}");
+    // 405 keeps its Allow header
+    let r = shop
+        .client
+        .delete(h.url("/v1/traffic/cdn"))
+        .header("x-csrf-token", &shop.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().contains_key("allow"));
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json",
+        "{:?}",
+        r.headers()
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "method not allowed");
+    // a body that is not JSON at all
+    let r = shop
+        .client
+        .put(h.url("/v1/gtm/api.shop.udn.example/standby"))
+        .header("x-csrf-token", &shop.csrf)
+        .header("content-type", "text/plain")
+        .body("purge everything")
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let v = check(415, (st, r.json().await.unwrap_or(Value::Null)));
+    assert!(
+        v["error"].as_str().unwrap().contains("application/json"),
+        "{v}"
+    );
+    // a body over the limit
+    let r = shop
+        .client
+        .put(h.url("/v1/gtm/api.shop.udn.example/standby"))
+        .header("x-csrf-token", &shop.csrf)
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"standby\": [{}\"\"]}}",
+            "\"192.0.2.1\",".repeat(400_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let v = r.json().await.unwrap_or(Value::Null);
+    check(413, (st, v));
+    // the portal's unknown path is a page, not JSON
+    let r = h
+        .https_client()
+        .get(h.https("/no-such-page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("<h1>Not found</h1>"));
+    // the plain-HTTP listener has no credential routes, and says so
+    let (plain, task) = udn_bins::api::serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        udn_bins::api::machine_router(h.state.clone()),
+    )
+    .await
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{plain}/v1/auth/login"))
+        .json(&json!({"username": "shopuser", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("HTTPS only"), "{v}");
+    task.abort();
 }

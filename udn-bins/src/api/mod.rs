@@ -259,6 +259,10 @@ pub struct FieldError {
 pub enum ApiError {
     /// 400: the request body or query is malformed.
     BadRequest(String),
+    /// 413: the request body is over the limit.
+    TooLarge(String),
+    /// 415: the request body is not `application/json`.
+    UnsupportedMediaType(String),
     /// 422: validation failed; each field at fault is named.
     Invalid(Vec<FieldError>),
     /// 401: not logged in.
@@ -298,6 +302,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Csrf | ApiError::Denied(_) => StatusCode::FORBIDDEN,
@@ -313,7 +319,9 @@ impl ApiError {
     /// A one-line description.
     pub fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) => m.clone(),
+            ApiError::BadRequest(m) | ApiError::TooLarge(m) | ApiError::UnsupportedMediaType(m) => {
+                m.clone()
+            }
             ApiError::Invalid(errs) => errs
                 .iter()
                 .map(|e| format!("{}: {}", e.field, e.message))

@@ -66,7 +66,11 @@ impl From<JsonRejection> for ApiError {
             }
             return ApiError::field("body", text);
         }
-        ApiError::BadRequest(text)
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(text),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+            _ => ApiError::BadRequest(text),
+        }
     }
 }
 
@@ -77,13 +81,109 @@ type ApiResult<T> = Result<T, ApiError>;
 pub(super) fn router(state: ApiState) -> Router {
     credential_routes()
         .merge(machine_routes())
+        .layer(axum::middleware::from_fn(json_errors))
+        .fallback(not_found)
         .with_state(state)
 }
 
 /// The routes without any that takes a password or issues a credential: served on the
 /// plain-HTTP listener for roles.
 pub(super) fn machine_router(state: ApiState) -> Router {
-    machine_routes().with_state(state)
+    machine_routes()
+        .layer(axum::middleware::from_fn(json_errors))
+        .fallback(not_found_plain_http)
+        .with_state(state)
+}
+
+/// The most of a non-JSON error body [`json_errors`] reads (axum's rejections are a line).
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Gives every error answer of the API a JSON body (`{"error": ..., "errors": [...]}`,
+/// as [`ApiError`] renders): the extractors' rejections (a bad path parameter or query
+/// string, a body over the size limit, a wrong content type) and 405 come from axum as
+/// plain text or nothing, and are turned into JSON here with their status and headers
+/// (`Allow`, `Retry-After`) kept. A query-string rejection names its field.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let errors = error
+        .strip_prefix("Failed to deserialize query string: ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(field, _)| !field.is_empty() && !field.contains(' '))
+        .map(|(field, message)| {
+            vec![FieldError {
+                field: field.to_owned(),
+                message: message.to_owned(),
+            }]
+        })
+        .unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&super::ErrorBody { error, errors }).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// No such route: JSON under `/v1/`, a short page elsewhere (the portal's paths share
+/// the listener).
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/v1" || uri.path().starts_with("/v1/") {
+        return no_route(&method, &uri, "");
+    }
+    (
+        StatusCode::NOT_FOUND,
+        Html("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Not found</title></head><body><h1>Not found</h1><p><a href=\"/\">UDN portal</a></p></body></html>\n"),
+    )
+        .into_response()
+}
+
+/// No such route on the plain-HTTP listener, which has no credential routes.
+async fn not_found_plain_http(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let credential = ["/v1/auth/", "/v1/me/password", "/v1/users", "/v1/tokens"]
+        .iter()
+        .any(|p| uri.path().starts_with(p));
+    let hint = if credential {
+        ": passwords and credentials are taken over HTTPS only"
+    } else {
+        ""
+    };
+    no_route(&method, &uri, hint)
+}
+
+fn no_route(method: &axum::http::Method, uri: &axum::http::Uri, hint: &str) -> Response {
+    // The path is echoed as JSON text, never as markup; a long one is cut.
+    let path: String = uri.path().chars().take(200).collect();
+    (
+        StatusCode::NOT_FOUND,
+        Json(super::ErrorBody {
+            error: format!("no route {method} {path}{hint}"),
+            errors: Vec::new(),
+        }),
+    )
+        .into_response()
 }
 
 /// The routes that take a password or issue a credential (HTTPS only).
