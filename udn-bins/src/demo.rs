@@ -102,6 +102,23 @@ impl DrillAction {
     }
 }
 
+/// The control plane's listeners in `endpoints.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ControlEndpoints {
+    /// The log collector (`POST /v1/logs`; HTTPS with client certificates).
+    pub collector: String,
+    /// The customer portal (HTTPS, logins).
+    #[serde(default)]
+    pub portal: Option<String>,
+    /// The REST API over HTTPS (`/v1/`; logins and tokens), on the portal's listener.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// The REST API over plain HTTP for machines on the internal network (no password or
+    /// credential routes).
+    #[serde(default)]
+    pub internal_api: Option<String>,
+}
+
 /// What the demo started, for people and scripts (`endpoints.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Endpoints {
@@ -125,8 +142,8 @@ pub struct Endpoints {
     pub origins: Vec<String>,
     /// CDN URLs of the sample site's page and objects.
     pub sample_urls: Vec<String>,
-    /// Control plane URLs (today: the log collector; the portal is added with it).
-    pub control: Vec<String>,
+    /// The control plane's URLs, each named by what it is.
+    pub control: ControlEndpoints,
     /// Demo logins (filled when the portal lands).
     pub credentials: Vec<Credential>,
     /// The demo's drill API (base URL).
@@ -488,7 +505,7 @@ pub async fn start(
     billing::seed(&control_dir.join(crate::store::sqlite::DB_FILE), &cfg)
         .context("the demo's billing accounts")?;
     let collector_url = format!("https://{}", control.addr);
-    ep.control.push(collector_url.clone());
+    ep.control.collector = collector_url.clone();
     ep.pki.insert(
         "control".into(),
         control.credentials.dir().display().to_string(),
@@ -501,10 +518,9 @@ pub async fn start(
         .to_string();
     // The customer portal and its logins.
     if let Some(portal) = &control.portal {
-        ep.control.push(format!("https://{}/", portal.https));
-        if let Some(api) = portal.http {
-            ep.control.push(format!("http://{api}/v1/"));
-        }
+        ep.control.portal = Some(format!("https://{}/", portal.https));
+        ep.control.api = Some(format!("https://{}/v1/", portal.https));
+        ep.control.internal_api = portal.http.map(|api| format!("http://{api}/v1/"));
         let backend = portal.state.backend().clone();
         let existing: Vec<String> = backend
             .users()
@@ -983,12 +999,7 @@ fn print_tour(dir: &Path, path: &Path, ep: &Endpoints) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // The portal is the https URL ending in "/" (the collector's has no path).
-    if let Some(portal) = ep
-        .control
-        .iter()
-        .find(|u| u.starts_with("https://") && u.ends_with('/'))
-    {
+    if let Some(portal) = &ep.control.portal {
         let logins: Vec<String> = ep
             .credentials
             .iter()
@@ -1048,8 +1059,16 @@ fn print_tour(dir: &Path, path: &Path, ep: &Endpoints) {
         "  udn demo drill origin-restore shop-east-1 --state-dir {}",
         dir.display()
     );
-    for c in &ep.control {
-        println!("  control plane: {c}");
+    let c = &ep.control;
+    println!("  log collector: {}", c.collector);
+    for (what, url) in [
+        ("portal", &c.portal),
+        ("API", &c.api),
+        ("internal API", &c.internal_api),
+    ] {
+        if let Some(u) = url {
+            println!("  {what}: {u}");
+        }
     }
     println!("udn demo: running; press Ctrl-C to stop");
 }

@@ -291,13 +291,16 @@ fn readme_tour_runs_against_the_demo() {
 
     // The portal logs in over HTTPS (trusting only the certificate the control plane
     // generated on first start), and the 24 h CDN chart shows the requests above.
-    let portal = ep["control"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        // The portal's URL ends in "/" (the collector's, also https, has no path).
-        .find(|u| u.starts_with("https://") && u.ends_with('/'))
+    // Each control-plane URL is named by what it is.
+    for key in ["collector", "portal", "api", "internal_api"] {
+        assert!(ep["control"][key].is_string(), "control.{key}: {ep}");
+    }
+    assert_eq!(
+        ep["control"]["api"].as_str().unwrap(),
+        format!("{}v1/", ep["control"]["portal"].as_str().unwrap())
+    );
+    let portal = ep["control"]["portal"]
+        .as_str()
         .expect("portal URL in endpoints.json")
         .trim_end_matches('/')
         .to_string();

@@ -348,11 +348,9 @@ async fn customer_journey_against_the_running_demo() {
         ep["roles"].as_array().unwrap().contains(&json!("traffic")),
         "{ep}"
     );
-    assert!(
-        ep["control"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(format!("{}/", portal()))),
+    assert_eq!(
+        ep["control"]["portal"],
+        json!(format!("{}/", portal())),
         "{ep}"
     );
     let (shop_user, shop_pass) = (LOGINS[1].0, LOGINS[1].1);
