@@ -7,7 +7,9 @@
 //!   1 KiB/s, fifty fast ones, one origin request);
 //! - an origin that stalls mid-body is cut off at the body timeout and the client sees
 //!   an aborted body, and the object is not stored;
-//! - a Range request on a cold large object is answered before the fill ends.
+//! - a Range request on a cold large object is answered before the fill ends;
+//! - a live HLS playlist's newest segments are fetched ahead, once, and served as hits
+//!   to every viewer (a VOD playlist's are not).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody};
@@ -81,6 +83,29 @@ async fn origin_handle(st: Arc<Origin>, req: Request<Incoming>) -> Response<OBod
         let mut r = Response::new(StreamBody::new(s).boxed());
         r.headers_mut().insert("content-length", (4 * MIB).into());
         r.headers_mut().insert("cache-control", cc.parse().unwrap());
+        return r;
+    }
+    if let Some(name) = path.strip_prefix("/live/")
+        && name.ends_with(".m3u8")
+    {
+        // A live media playlist (five segments, no ENDLIST), or the VOD one.
+        let mut text = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n",
+        );
+        let prefix = name.trim_end_matches(".m3u8");
+        for i in 1..=5 {
+            text.push_str(&format!("#EXTINF:2.0,\n{prefix}-seg{i}.ts\n"));
+        }
+        if name == "vod.m3u8" {
+            text.push_str("#EXT-X-ENDLIST\n");
+        }
+        let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+        r.headers_mut().insert(
+            "content-type",
+            "application/vnd.apple.mpegurl".parse().unwrap(),
+        );
+        r.headers_mut()
+            .insert("cache-control", "max-age=1".parse().unwrap());
         return r;
     }
     let mut r = Response::new(
@@ -440,4 +465,61 @@ fn a_range_on_a_cold_large_object_is_served_before_the_fill_ends() {
     assert_eq!(st.count("/paced/range"), 1);
     drop(edge);
     let _ = std::fs::remove_dir_all(&disk);
+}
+
+/// A viewer fetches a live playlist: the edge fetches its three newest segments from the
+/// origin before anyone asks; then eight viewers fetch the newest segment at once, all
+/// hits, and the origin has served it once. A VOD playlist (ENDLIST) is not prefetched.
+#[test]
+fn a_live_playlists_next_segments_are_fetched_ahead_once() {
+    let (origin, st) = start_origin();
+    let edge = start_edge(origin, &[]);
+    let base = format!("http://{}", edge.addr);
+    let (code, status, size, _) = curl(&format!("{base}/live/index.m3u8"), &[]);
+    assert_eq!((code, status), (0, 200));
+    assert!(size > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (3..=5).any(|i| st.count(&format!("/live/index-seg{i}.ts")) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the newest segments were not prefetched: {:?}",
+            st.hits.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Only the newest three.
+    assert_eq!(st.count("/live/index-seg1.ts"), 0);
+    assert_eq!(st.count("/live/index-seg2.ts"), 0);
+    let viewers: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{base}/live/index-seg5.ts");
+            std::thread::spawn(move || {
+                let out = Command::new("curl")
+                    .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "20"])
+                    .arg(&url)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+            })
+        })
+        .collect();
+    for v in viewers {
+        let head = v.join().unwrap();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("x-cache: hit"), "{head}");
+    }
+    assert_eq!(st.count("/live/index-seg5.ts"), 1);
+    // The playlist again (it is fresh for a second): nothing fetched twice.
+    let _ = curl(&format!("{base}/live/index.m3u8"), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(st.count("/live/index-seg4.ts"), 1);
+
+    let (_, status, _, _) = curl(&format!("{base}/live/vod.m3u8"), &[]);
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        (1..=5).all(|i| st.count(&format!("/live/vod-seg{i}.ts")) == 0),
+        "a VOD playlist is not prefetched: {:?}",
+        st.hits.lock().unwrap()
+    );
 }

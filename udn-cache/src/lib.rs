@@ -12,6 +12,7 @@
 //!   from a stored response with RFC 9110's precedence;
 //! * [`invalidate`]: the invalidation tree (purge a URL, a directory or a domain in
 //!   O(path depth)) with sequence numbers for catch-up;
+//! * [`hls`]: which segments a live HLS playlist names next (the edge prefetches them);
 //! * [`CacheOutcome`] and the embedder hook trait [`EdgeHooks`].
 //!
 //! Behind the `server` feature, `server` holds the hyper edge server (memory tier on
@@ -34,6 +35,7 @@
 
 pub mod conditional;
 pub mod error;
+pub mod hls;
 pub mod invalidate;
 pub mod outcome;
 pub mod policy;

@@ -80,6 +80,17 @@ pub struct Route {
 }
 
 impl Route {
+    /// Another path on the same origin (a segment named by a playlist): its key and
+    /// fetch URL built as [`Router::route`] builds them. `path` starts with `/`.
+    pub fn sibling(&self, path: &str) -> Route {
+        Route {
+            origin: self.origin.clone(),
+            path: path.to_owned(),
+            key: format!("http://{}{}", self.origin.domain, path),
+            fetch_url: format!("{}{}", self.origin.base_url, path),
+        }
+    }
+
     /// The key objects are stored under: the primary key prefixed with the owning
     /// customer (`shop http://www.shop.example/a.gif`), so two customers never share
     /// an object even if their keys were equal; a single-origin edge has no customer

@@ -550,7 +550,29 @@ impl Edge {
         };
         let obj = Arc::new(obj);
         self.memory.insert(full_key, obj.clone());
+        self.prefetch_next_segments(route, &obj);
         FillResult::Stored(obj)
+    }
+
+    /// When `obj` (just filled) is a live HLS media playlist, queues the newest segments
+    /// it names (on its origin) for [`start`]'s prefetch task; a full queue skips them.
+    fn prefetch_next_segments(&self, route: &Route, obj: &Object) {
+        let ct = obj
+            .meta
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !obj.meta.status.is_success() || !crate::hls::is_playlist(&route.path, ct) {
+            return;
+        }
+        let BodyLoc::Memory(body) = &obj.body else {
+            return;
+        };
+        for path in crate::hls::next_segments(body, &route.path, PREFETCH_SEGMENTS) {
+            if self.prefetch_tx.try_send(route.sibling(&path)).is_err() {
+                break;
+            }
+        }
     }
 
     /// Answers a GET from a fill in flight (the caller sent no conditional): the

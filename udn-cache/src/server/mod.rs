@@ -93,6 +93,7 @@ struct Metrics {
     bytes_sent: Counter,
     origin_fetches: Counter,
     origin_bytes: Counter,
+    prefetches: Counter,
     purges: Counter,
     memory_bytes: Gauge,
     disk_bytes: Gauge,
@@ -244,6 +245,7 @@ impl EdgeBuilder {
             }
             None => (None, None),
         };
+        let (prefetch_tx, prefetch_rx) = tokio::sync::mpsc::channel(PREFETCH_QUEUE);
         // The Vary names of what the disk tier holds, so its variants stay hits.
         let vary = moka::sync::Cache::new(100_000);
         for (primary, names) in disk.iter().flat_map(|d| d.vary_names()) {
@@ -285,6 +287,11 @@ impl EdgeBuilder {
             "Body bytes received from origins",
             metrics.origin_bytes.clone(),
         );
+        registry.register(
+            "prefetches",
+            "Segments named by a live HLS playlist fetched ahead of the viewers",
+            metrics.prefetches.clone(),
+        );
         registry.register("purges", "Purges applied", metrics.purges.clone());
         registry.register(
             "memory_bytes",
@@ -321,6 +328,8 @@ impl EdgeBuilder {
             unsafe_marks: moka::sync::Cache::new(100_000),
             metrics,
             registry,
+            prefetch_tx,
+            prefetch_rx: Mutex::new(Some(prefetch_rx)),
         }))
     }
 }
@@ -363,7 +372,20 @@ pub struct Edge {
     unsafe_marks: moka::sync::Cache<String, Timestamp>,
     metrics: Metrics,
     registry: Registry,
+    /// Segments to fetch ahead (named by a live HLS playlist just filled); a bounded
+    /// queue: when it is full, a prefetch is skipped (the viewers' own requests fill).
+    prefetch_tx: tokio::sync::mpsc::Sender<Route>,
+    /// Its receiver, taken by [`start`]'s prefetch task.
+    prefetch_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Route>>>,
 }
+
+/// Segments of one live playlist fetched ahead: the newest few (a player starts a few
+/// segments behind the live edge and then asks for each new one).
+pub const PREFETCH_SEGMENTS: usize = 3;
+/// Prefetches waiting at most.
+const PREFETCH_QUEUE: usize = 256;
+/// Prefetches running at once.
+const PREFETCH_CONCURRENCY: usize = 4;
 
 /// A pooled HTTP/1.1 + HTTP/2 client for origins over HTTP or HTTPS; with `sni`, TLS
 /// names and verifies that server name instead of the URL's host.
@@ -1320,6 +1342,12 @@ pub async fn start(
 ) -> Result<EdgeHandle, crate::Error> {
     let l = tokio::net::TcpListener::bind(http).await?;
     let http_addr = l.local_addr()?;
+    let prefetch = edge
+        .prefetch_rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|rx| tokio::spawn(prefetch_worker(edge.clone(), rx)));
     let mut tasks = vec![listener::serve(
         l,
         None,
@@ -1337,12 +1365,39 @@ pub async fn start(
             EdgeAccept(edge.clone()),
         ));
     }
+    tasks.extend(prefetch);
     Ok(EdgeHandle {
         http_addr,
         https_addr,
         edge,
         tasks,
     })
+}
+
+/// Runs the prefetches [`Edge::prefetch_next_segments`] queues, a few at a time: each is
+/// an ordinary fill (coalesced with viewers asking for the same segment), skipped when
+/// the segment is fresh in the cache already.
+async fn prefetch_worker(edge: Arc<Edge>, mut rx: tokio::sync::mpsc::Receiver<Route>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PREFETCH_CONCURRENCY));
+    while let Some(route) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let req = HeaderMap::new();
+            let full = edge.full_key(&route, &req);
+            if let Some(o) = edge.lookup(&full, &route.key).await
+                && policy::evaluate(&o.meta, &req, edge.now(), route.origin.check_interval)
+                    == Action::Fresh
+            {
+                return;
+            }
+            edge.metrics.prefetches.inc();
+            let _ = edge.fill(&route, &req, None, Want::RESULT).await;
+        });
+    }
 }
 
 /// The customer listeners' connections: each request goes to [`Edge::handle`].
