@@ -9,7 +9,9 @@
 //!   an aborted body, and the object is not stored;
 //! - a Range request on a cold large object is answered before the fill ends;
 //! - a live HLS playlist's newest segments are fetched ahead, once, and served as hits
-//!   to every viewer (a VOD playlist's are not).
+//!   to every viewer (a VOD playlist's are not);
+//! - LL-HLS blocking playlist reloads from many viewers are held at the edge and make
+//!   one origin request per `_HLS_msn`/`_HLS_part`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody};
@@ -47,6 +49,13 @@ type OBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 async fn origin_handle(st: Arc<Origin>, req: Request<Incoming>) -> Response<OBody> {
     let path = req.uri().path().to_string();
     *st.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    if let Some(q) = req.uri().query() {
+        *st.hits
+            .lock()
+            .unwrap()
+            .entry(format!("{path}?{q}"))
+            .or_default() += 1;
+    }
     let cc = "max-age=3600";
     if path.starts_with("/paced/") {
         let s = futures_util::stream::unfold(0u64, move |i| {
@@ -83,6 +92,25 @@ async fn origin_handle(st: Arc<Origin>, req: Request<Incoming>) -> Response<OBod
         let mut r = Response::new(StreamBody::new(s).boxed());
         r.headers_mut().insert("content-length", (4 * MIB).into());
         r.headers_mut().insert("cache-control", cc.parse().unwrap());
+        return r;
+    }
+    if path == "/ll/index.m3u8" {
+        // LL-HLS: a blocking reload (`_HLS_msn`, `_HLS_part`) is held until that part
+        // exists, here 800 ms.
+        let q = req.uri().query().unwrap_or("").to_string();
+        if q.contains("_HLS_msn=") {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let text = format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MEDIA-SEQUENCE:10\n#EXTINF:2.0,\nll-seg10.mp4\n# {q}\n"
+        );
+        let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+        r.headers_mut().insert(
+            "content-type",
+            "application/vnd.apple.mpegurl".parse().unwrap(),
+        );
+        r.headers_mut()
+            .insert("cache-control", "max-age=1".parse().unwrap());
         return r;
     }
     if let Some(name) = path.strip_prefix("/live/")
@@ -522,4 +550,49 @@ fn a_live_playlists_next_segments_are_fetched_ahead_once() {
         "a VOD playlist is not prefetched: {:?}",
         st.hits.lock().unwrap()
     );
+}
+
+/// Twelve viewers send the same LL-HLS blocking reload at once; the origin holds it for
+/// 800 ms. The edge holds them all on one origin request and answers each with it; a
+/// reload for the next part is a request of its own.
+#[test]
+fn ll_hls_blocking_reloads_are_held_and_coalesced() {
+    let (origin, st) = start_origin();
+    let edge = start_edge(origin, &[]);
+    let url = format!("http://{}/ll/index.m3u8?_HLS_msn=11&_HLS_part=2", edge.addr);
+    let t = Instant::now();
+    let viewers: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let out = Command::new("curl")
+                    .args(["-s", "--max-time", "20"])
+                    .arg(&url)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).to_string()
+            })
+        })
+        .collect();
+    for v in viewers {
+        let body = v.join().unwrap();
+        assert!(body.contains("_HLS_msn=11&_HLS_part=2"), "{body}");
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800),
+        "held until the origin answered"
+    );
+    assert_eq!(
+        st.count("/ll/index.m3u8?_HLS_msn=11&_HLS_part=2"),
+        1,
+        "{:?}",
+        st.hits.lock().unwrap()
+    );
+    let (_, status, _, _) = curl(
+        &format!("http://{}/ll/index.m3u8?_HLS_msn=11&_HLS_part=3", edge.addr),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(st.count("/ll/index.m3u8?_HLS_msn=11&_HLS_part=3"), 1);
 }
