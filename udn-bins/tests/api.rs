@@ -1485,6 +1485,22 @@ async fn invoices_are_the_customers_own(store: Store) {
     );
     assert_eq!(shop.get("/v1/invoices?customer=acme").await.0, 403);
     assert_eq!(shop.get("/v1/invoices/424242").await.0, 404);
+    assert_eq!(
+        shop.get(&format!("/v1/invoices/{acme_id}/pdf")).await.0,
+        403
+    );
+    // Payments, voids and credits are an admin's: a customer cannot mark its own
+    // invoice paid or cancel it.
+    for (path, body) in [
+        (
+            "/v1/billing/invoices/2025-11-0001/payments",
+            json!({"amount": "1234.50", "reference": "trust me"}),
+        ),
+        ("/v1/billing/invoices/2025-11-0001/void", json!({})),
+        ("/v1/billing/invoices/2025-11-0001/credit", json!({})),
+    ] {
+        assert_eq!(shop.send("POST", path, body).await.0, 403, "{path}");
+    }
     let admin = h.login("admin").await;
     assert_eq!(
         admin.get("/v1/invoices").await.1.as_array().unwrap().len(),

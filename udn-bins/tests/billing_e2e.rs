@@ -737,4 +737,69 @@ fn the_scheduler_bills_a_closed_hour(extra: &[&str], tag: &str) {
         2,
         "the hour billed before is not billed again: {list}"
     );
+
+    // An admin's actions through the API, on the running control plane.
+    let first = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["number"] == "INV-000001")
+        .unwrap_or_else(|| panic!("{list}"))
+        .clone();
+    let pdf = http
+        .get(format!("{api}/v1/invoices/{}/pdf", first["id"]))
+        .bearer_auth(&env.token)
+        .send()
+        .unwrap();
+    assert_eq!(pdf.status(), 200);
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        pdf.headers()["content-disposition"],
+        "attachment; filename=\"INV-000001.pdf\""
+    );
+    assert!(pdf.bytes().unwrap().starts_with(b"%PDF-"));
+    let act = |path: &str, body: Option<serde_json::Value>| {
+        let mut r = http
+            .post(format!("{api}/v1/billing/invoices/{path}"))
+            .bearer_auth(&env.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<serde_json::Value>().unwrap_or_default())
+    };
+    let (st, v) = act(
+        "INV-000001/payments",
+        Some(serde_json::json!({"amount": "lots", "reference": "x"})),
+    );
+    assert_eq!(
+        (st, v["errors"][0]["field"].clone()),
+        (422, "amount".into()),
+        "{v}"
+    );
+    let (st, v) = act(
+        "INV-000001/payments",
+        Some(serde_json::json!({"amount": "1.12", "reference": "SEPA 2026-12-03"})),
+    );
+    assert_eq!((st, v["status"].clone()), (200, "paid".into()), "{v}");
+    // a paid invoice cannot be voided: a rule, 409
+    let (st, v) = act("INV-000001/void", None);
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = act("INV-000002/credit", None);
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["credit_note"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("CN-")),
+        "{v}"
+    );
+    let (st, _) = act("INV-999999/void", None);
+    assert_eq!(st, 404);
+    // not for strangers (a client without the admin's cookie or token)
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{api}/v1/billing/invoices/INV-000002/void"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }

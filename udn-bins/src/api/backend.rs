@@ -405,6 +405,22 @@ pub struct Invoice {
     pub html: String,
 }
 
+/// What an admin does to an issued invoice ([`Backend::billing_invoice_action`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvoiceAction {
+    /// A payment received outside any card provider (a bank transfer).
+    Pay {
+        /// The amount, in the invoice's currency.
+        amount: rust_decimal::Decimal,
+        /// The payment's reference (bank statement line).
+        reference: String,
+    },
+    /// Cancelled before payment; keeps its number.
+    Void,
+    /// Cancelled by a credit note.
+    Credit,
+}
+
 /// A time range `[from, to)` and an optional customer filter (`None`: every customer).
 #[derive(Debug, Clone, Copy)]
 pub struct Window<'a> {
@@ -657,6 +673,26 @@ pub trait Backend: Send + Sync + 'static {
     fn billing_runs(&self, limit: u32) -> BackendResult<serde_json::Value> {
         let _ = limit;
         Err(BackendError::Unsupported("billing runs"))
+    }
+
+    /// An admin's action on an issued document, by number: record a payment, void it, or
+    /// cancel it by a credit note. Rule violations (a paid invoice voided, an amount
+    /// that does not match) are [`BackendError::Billing`] like a run's.
+    fn billing_invoice_action(
+        &self,
+        number: &str,
+        action: &InvoiceAction,
+        now: Timestamp,
+    ) -> BackendResult<serde_json::Value> {
+        let _ = (number, action, now);
+        Err(BackendError::Unsupported("billing actions"))
+    }
+
+    /// The PDF of the billed invoice with portal id `id`: its file name and bytes
+    /// (`None`: no such billed invoice).
+    fn invoice_pdf(&self, id: i64) -> BackendResult<Option<(String, Vec<u8>)>> {
+        let _ = id;
+        Ok(None)
     }
 
     /// One tick of the billing scheduler (bills every period due at `now`); backends

@@ -252,7 +252,14 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/invoices", get(invoices))
         .route("/v1/invoices/{id}", get(invoice))
         .route("/v1/invoices/{id}/html", get(invoice_html))
+        .route("/v1/invoices/{id}/pdf", get(invoice_pdf))
         .route("/v1/billing/runs", post(billing_run).get(billing_runs))
+        .route(
+            "/v1/billing/invoices/{number}/payments",
+            post(billing_payment),
+        )
+        .route("/v1/billing/invoices/{number}/void", post(billing_void))
+        .route("/v1/billing/invoices/{number}/credit", post(billing_credit))
 }
 
 async fn openapi() -> Response {
@@ -2407,6 +2414,101 @@ async fn invoice_html(
         ),
     );
     Ok(resp)
+}
+
+/// `GET /v1/invoices/{id}/pdf`: the invoice as the PDF that is printed and mailed
+/// (the owner or an admin).
+async fn invoice_pdf(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    load_invoice(&st, &a, id).await?;
+    let (name, pdf) = st
+        .db(move |b| b.invoice_pdf(id))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let mut resp = pdf.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pdf"),
+    );
+    // The name is an invoice number (`INV-000001.pdf`): letters, digits and dashes.
+    let safe: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentBody {
+    /// A decimal string in the invoice's currency, `"998.26"`.
+    amount: String,
+    reference: String,
+}
+
+/// `POST /v1/billing/invoices/{number}/payments {"amount": "998.26", "reference": "..."}`
+/// (admin): records a payment received by transfer.
+async fn billing_payment(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(number): Path<String>,
+    body: Body<PaymentBody>,
+) -> ApiResult<Json<Value>> {
+    a.require_admin()?;
+    let Json(b) = body?;
+    let amount: rust_decimal::Decimal = b
+        .amount
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::field("amount", "a decimal number such as \"998.26\""))?;
+    if b.reference.trim().is_empty() || b.reference.len() > 200 {
+        return Err(ApiError::field("reference", "1 to 200 characters"));
+    }
+    let action = InvoiceAction::Pay {
+        amount,
+        reference: b.reference,
+    };
+    billing_action(&st, number, action).await
+}
+
+/// `POST /v1/billing/invoices/{number}/void` (admin): cancels an unpaid invoice.
+async fn billing_void(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(number): Path<String>,
+) -> ApiResult<Json<Value>> {
+    a.require_admin()?;
+    billing_action(&st, number, InvoiceAction::Void).await
+}
+
+/// `POST /v1/billing/invoices/{number}/credit` (admin): cancels an invoice by a credit
+/// note (numbered, delivered like an invoice).
+async fn billing_credit(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(number): Path<String>,
+) -> ApiResult<Json<Value>> {
+    a.require_admin()?;
+    billing_action(&st, number, InvoiceAction::Credit).await
+}
+
+async fn billing_action(
+    st: &ApiState,
+    number: String,
+    action: InvoiceAction,
+) -> ApiResult<Json<Value>> {
+    let now = super::now();
+    Ok(Json(
+        st.db(move |be| be.billing_invoice_action(&number, &action, now))
+            .await?,
+    ))
 }
 
 #[cfg(test)]

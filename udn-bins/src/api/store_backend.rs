@@ -546,6 +546,57 @@ impl Backend for StoreBackend {
         Ok(serde_json::to_value(&runs)?)
     }
 
+    fn billing_invoice_action(
+        &self,
+        number: &str,
+        action: &InvoiceAction,
+        now: Timestamp,
+    ) -> BackendResult<serde_json::Value> {
+        let Some(billing) = &self.billing else {
+            return Err(BackendError::Unsupported(
+                "billing actions need a billing database",
+            ));
+        };
+        let v = billing
+            .with(false, |store| {
+                if store.invoice(number)?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(match action {
+                    InvoiceAction::Pay { amount, reference } => {
+                        let status = crate::billing::record_manual_payment(
+                            store, number, *amount, reference, now,
+                        )?;
+                        serde_json::json!({"number": number, "status": status})
+                    }
+                    InvoiceAction::Void => {
+                        store.void(number, now)?;
+                        serde_json::json!({"number": number, "status": "void"})
+                    }
+                    InvoiceAction::Credit => {
+                        let cn = store.credit(number, now)?;
+                        serde_json::json!({"number": number, "credit_note": cn})
+                    }
+                }))
+            })
+            .unwrap_or(Ok(None))
+            .map_err(BackendError::Billing)?;
+        v.ok_or(BackendError::NotFound)
+    }
+
+    fn invoice_pdf(&self, id: i64) -> BackendResult<Option<(String, Vec<u8>)>> {
+        if id < BILLING_ID_BASE {
+            return Ok(None);
+        }
+        let want = id - BILLING_ID_BASE;
+        Ok(self.billed().into_iter().find(|i| i.id == want).map(|i| {
+            (
+                crate::billing::delivery::pdf_name(&i),
+                crate::billing::render_pdf(&i, &self.issuer),
+            )
+        }))
+    }
+
     fn billing_tick(&self, now: Timestamp) -> BackendResult<serde_json::Value> {
         let (Some(billing), Some(scheduler)) = (&self.billing, &self.scheduler) else {
             return Ok(serde_json::Value::Null);

@@ -1295,7 +1295,8 @@ async fn invoice(
     let inv = r::load_invoice(&st, &a, id).await?;
     let body = html! {
         p { "Invoice " strong id="invoice-number" { (inv.summary.number) } " for " (inv.summary.customer)
-            ", total " (inv.summary.total.to_string()) " " (inv.summary.currency) }
+            ", total " (inv.summary.total.to_string()) " " (inv.summary.currency)
+            " · " a href=(format!("/v1/invoices/{id}/pdf")) id="invoice-pdf" { "Download PDF" } }
         // Billing renders a whole document (its own A4 print stylesheet): it is shown in
         // a sandboxed frame, so its styles stay out of the portal's and no script runs.
         iframe class="invoice-body" title=(format!("Invoice {}", inv.summary.number))
