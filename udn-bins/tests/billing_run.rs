@@ -429,6 +429,34 @@ fn concurrent_runs_invoice_each_account_once(db: &Db) {
     assert_eq!(issued_by_runs, 30);
 }
 
+/// The run lock is exclusive between two handles of one store (two processes on one
+/// SQLite file, such as the CLI beside a running `udn control`; two control planes on
+/// one PostgreSQL): the second waits until the first releases it.
+fn the_run_lock_makes_a_second_handle_wait(db: &Db) {
+    let mut a = db.open();
+    a.lock_runs().unwrap();
+    let taken = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let b = sc.spawn(|| {
+            let mut b = db.open();
+            b.lock_runs().unwrap();
+            taken.store(true, std::sync::atomic::Ordering::SeqCst);
+            b.unlock_runs().unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(
+            !taken.load(std::sync::atomic::Ordering::SeqCst),
+            "the second handle took the lock while the first held it"
+        );
+        a.unlock_runs().unwrap();
+        b.join().unwrap();
+    });
+    assert!(taken.load(std::sync::atomic::Ordering::SeqCst));
+    // and it can be taken again
+    a.lock_runs().unwrap();
+    a.unlock_runs().unwrap();
+}
+
 /// A November invoice of `seed` and what it was computed from: the template the race
 /// tests below re-address to other accounts and periods.
 fn template(
@@ -663,4 +691,5 @@ on_both_stores!(
     burstable_invoices_keep_their_samples_for_audit,
     concurrent_handles_issue_gap_free_unique_numbers,
     racing_issues_of_one_account_and_period_issue_one_invoice,
+    the_run_lock_makes_a_second_handle_wait,
 );

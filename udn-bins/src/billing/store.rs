@@ -256,8 +256,8 @@ pub trait BillingStore {
     /// Forgets a late mark (its usage is on an issued invoice now).
     fn clear_late(&mut self, account: &str, period: &Period) -> Result<()>;
     /// Takes the lock that serializes billing runs across processes (a PostgreSQL
-    /// advisory lock held by this connection; SQLite: a no-op, one process at a time
-    /// writes a file's billing tables).
+    /// advisory lock held by this connection; SQLite: an exclusive file lock beside the
+    /// database file).
     fn lock_runs(&mut self) -> Result<()>;
     /// Releases [`BillingStore::lock_runs`].
     fn unlock_runs(&mut self) -> Result<()>;
@@ -440,6 +440,8 @@ impl BillingLocation {
 /// [`BillingStore`] on SQLite (rusqlite, bundled SQLite).
 pub struct SqliteBillingStore {
     conn: Connection,
+    /// The run lock while held: an exclusive lock on `<database>.billing-runs.lock`.
+    run_lock: Option<std::fs::File>,
 }
 
 const SCHEMA: &str = r#"
@@ -838,7 +840,10 @@ impl SqliteBillingStore {
             .context("configuring SQLite")?;
         conn.execute_batch(SCHEMA)
             .context("creating billing tables")?;
-        Ok(SqliteBillingStore { conn })
+        Ok(SqliteBillingStore {
+            conn,
+            run_lock: None,
+        })
     }
 
     /// The connection (for tests and for sharing with the log store).
@@ -1244,11 +1249,32 @@ impl BillingStore for SqliteBillingStore {
         Ok(())
     }
 
+    /// An exclusive `flock` on `<database>.billing-runs.lock` beside the file, so the
+    /// CLI and a running `udn control` on one SQLite file take turns (an in-memory
+    /// database has nobody to share with). Blocks until the other run is done.
     fn lock_runs(&mut self) -> Result<()> {
+        if self.run_lock.is_some() {
+            return Ok(());
+        }
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        let path = format!("{db}.billing-runs.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
+        f.lock().with_context(|| format!("locking {path}"))?;
+        self.run_lock = Some(f);
         Ok(())
     }
 
     fn unlock_runs(&mut self) -> Result<()> {
+        if let Some(f) = self.run_lock.take() {
+            f.unlock().context("unlocking the billing run lock")?;
+        }
         Ok(())
     }
 
