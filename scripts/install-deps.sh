@@ -13,6 +13,7 @@ PKGS=(
   openssl          # edge HTTPS test: self-signed certificates per hostname
   sqlite3          # the README tour's store query (udn-bins/tests/demo.rs)
   poppler-utils    # pdftotext: reads the PDF invoices back (udn-bins/tests/billing_delivery.rs)
+  ffmpeg           # a live HLS stream and its viewers (udn-bins/tests/edge_hls.rs)
   postgresql       # the store's PostgreSQL tests
   chromium         # portal browser tests
   chromium-driver
