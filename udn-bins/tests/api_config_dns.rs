@@ -88,6 +88,18 @@ async fn a_change_in_the_api_reaches_a_running_udn_dns_within_seconds() {
     let started = std::time::Instant::now();
     assert!(
         eventually(10, || async {
+            // The watcher writes each version it sees: wait for the last one (both old
+            // addresses gone; an intermediate version may still answer .77 by chance).
+            let text = std::fs::read_to_string(&dns_cfg).unwrap_or_default();
+            let last = udn_core::Config::from_toml(&text).is_ok_and(|c| {
+                c.gtm
+                    .iter()
+                    .find(|g| g.hostname == "www.shop.udn.example")
+                    .is_some_and(|g| g.targets.len() == 1)
+            });
+            if !last {
+                return false;
+            }
             // The local operator's reload: SIGHUP after the watcher wrote the file.
             let _ = Command::new("kill")
                 .args(["-HUP", &dns_pid.to_string()])
