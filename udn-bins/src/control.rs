@@ -105,6 +105,53 @@ pub struct Args {
     /// `POST /v1/billing/runs` only).
     #[arg(long)]
     pub no_billing_scheduler: bool,
+    /// Lets prospective customers sign up in the portal (`/signup`): confirmed by an
+    /// e-mail link through the `[smtp]` of `--billing-config`, then approved or refused
+    /// by an operator (`/signups`).
+    #[arg(long, requires = "billing_config", requires = "portal_listen")]
+    pub self_signup: bool,
+    /// The portal's public base URL, where sign-up confirmation links point (default:
+    /// `https://` and the portal's listen address).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+}
+
+impl Args {
+    /// The sign-up settings of `--self-signup`: the SMTP server of `--billing-config`,
+    /// the key in `<data-dir>/signup.key`, the public URL.
+    fn signup_options(
+        &self,
+        portal: SocketAddr,
+    ) -> anyhow::Result<Option<crate::portal::signup::SignupOptions>> {
+        if !self.self_signup {
+            return Ok(None);
+        }
+        let cfg = self
+            .billing_config
+            .as_deref()
+            .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
+            .transpose()
+            .context("reading --billing-config")?;
+        let smtp = cfg.and_then(|c| c.smtp).context(
+            "--self-signup sends confirmation e-mails: give --billing-config an [smtp] section",
+        )?;
+        let public_url = match &self.public_url {
+            Some(u) if u.starts_with("https://") => u.trim_end_matches('/').to_owned(),
+            Some(u) => anyhow::bail!("--public-url {u}: the portal is reached over https://"),
+            None if portal.port() == 0 => anyhow::bail!(
+                "--self-signup with --portal-listen on port 0: give --public-url (the links in the e-mails)"
+            ),
+            None => format!("https://{portal}"),
+        };
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        Ok(Some(crate::portal::signup::SignupOptions {
+            public_url,
+            smtp,
+            key: crate::portal::signup::SignupOptions::load_key(&self.data_dir.join("signup.key"))?,
+            link_ttl: Duration::from_secs(24 * 3600),
+        }))
+    }
 }
 
 /// Parses `--billing-grace`: seconds, or a number with `s`, `m` or `h`.
@@ -315,6 +362,7 @@ impl Args {
                 pending_ttl: Some(Duration::from_secs(self.pending_hostname_days * 86_400)),
                 purge_retry_secs: None,
                 challenge_resolver: self.challenge_resolver,
+                signup: self.signup_options(https)?,
             },
             seed_config,
             bootstrap_admin,

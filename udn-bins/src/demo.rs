@@ -497,6 +497,8 @@ pub async fn start(
         billing_grace: billing::DEMO_GRACE,
         billing_config: Some(billing::write_config(&control_dir)?),
         no_billing_scheduler: false,
+        self_signup: false,
+        public_url: None,
     })
     .await
     .context("starting the control plane")?;

@@ -4,99 +4,17 @@
 
 #[macro_use]
 mod billing_common;
+mod smtp_support;
 
 use billing_common::*;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use smtp_support::{SmtpServer, python_with_aiosmtpd};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
 use udn_billing::usage::Applied;
 use udn_bins::billing::store::DeliveryStatus;
 use udn_bins::billing::{
-    BillingStore, SmtpConfig, SmtpSecurity, deliver_pending, render_html, render_pdf, render_text,
-    run_period,
+    BillingStore, deliver_pending, render_html, render_pdf, render_text, run_period,
 };
-
-/// A Python interpreter that has aiosmtpd (installed by scripts/install-deps.sh).
-fn python_with_aiosmtpd() -> String {
-    for py in ["python3", "/usr/bin/python3"] {
-        let ok = Command::new(py)
-            .args(["-c", "import aiosmtpd"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return py.to_owned();
-        }
-    }
-    panic!("no python3 with aiosmtpd: run scripts/install-deps.sh (pip install aiosmtpd)");
-}
-
-/// aiosmtpd on a free loopback port, killed on drop.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    maildir: PathBuf,
-}
-
-impl SmtpServer {
-    fn start(maildir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(python_with_aiosmtpd())
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpServer {
-            child,
-            port,
-            maildir: maildir.to_owned(),
-        }
-    }
-
-    fn config(&self) -> SmtpConfig {
-        SmtpConfig {
-            host: "127.0.0.1".into(),
-            port: self.port,
-            security: SmtpSecurity::None,
-            username: None,
-            password: None,
-            from: "UDN Billing <billing@udn.example>".into(),
-            timeout_secs: 10,
-        }
-    }
-
-    /// Messages received so far, as raw RFC 5322 text.
-    fn received(&self) -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(self.maildir.join("new")) else {
-            return Vec::new();
-        };
-        dir.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The text of a PDF, by poppler's `pdftotext` (installed by scripts/install-deps.sh).
 fn pdftotext(pdf: &[u8]) -> String {

@@ -405,6 +405,75 @@ pub struct Invoice {
     pub html: String,
 }
 
+/// A plan offered at sign-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignupPlan {
+    /// Plan id.
+    pub id: String,
+    /// Its newest version.
+    pub version: u32,
+    /// Display name.
+    pub name: String,
+    /// Currency code.
+    pub currency: String,
+    /// Billing period (`month`, `hour`, ...).
+    pub period: String,
+    /// Whether it charges for CDN usage (then the account must choose GTM and CDN).
+    pub uses_cdn: bool,
+}
+
+/// Where a sign-up stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignupStatus {
+    /// Confirmed by e-mail; an operator has not decided yet (its domains cannot be
+    /// verified, so nothing goes live).
+    AwaitingApproval,
+    /// Approved by an operator.
+    Approved,
+    /// Refused by an operator (the customer, its users and domains were removed).
+    Refused,
+}
+
+impl SignupStatus {
+    /// Stored code.
+    pub fn code(self) -> i64 {
+        match self {
+            SignupStatus::AwaitingApproval => 0,
+            SignupStatus::Approved => 1,
+            SignupStatus::Refused => 2,
+        }
+    }
+
+    /// From the stored code.
+    pub fn from_code(c: i64) -> Option<SignupStatus> {
+        match c {
+            0 => Some(SignupStatus::AwaitingApproval),
+            1 => Some(SignupStatus::Approved),
+            2 => Some(SignupStatus::Refused),
+            _ => None,
+        }
+    }
+
+    /// For people.
+    pub fn label(self) -> &'static str {
+        match self {
+            SignupStatus::AwaitingApproval => "awaiting operator approval",
+            SignupStatus::Approved => "approved",
+            SignupStatus::Refused => "refused",
+        }
+    }
+}
+
+/// A sign-up as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Signup {
+    /// The billing account (and customer) id.
+    pub account: udn_billing::Account,
+    /// The decision.
+    pub status: SignupStatus,
+}
+
 /// What an admin does to an issued invoice ([`Backend::billing_invoice_action`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvoiceAction {
@@ -693,6 +762,36 @@ pub trait Backend: Send + Sync + 'static {
     fn invoice_pdf(&self, id: i64) -> BackendResult<Option<(String, Vec<u8>)>> {
         let _ = id;
         Ok(None)
+    }
+
+    /// The plans a prospective customer may choose at sign-up: the newest version of
+    /// each plan in the billing store.
+    fn signup_plans(&self) -> BackendResult<Vec<SignupPlan>> {
+        Err(BackendError::Unsupported("sign-up"))
+    }
+
+    /// Records the billing account of a confirmed sign-up, awaiting an operator's
+    /// decision.
+    fn signup_account(&self, account: &udn_billing::Account) -> BackendResult<()> {
+        let _ = account;
+        Err(BackendError::Unsupported("sign-up"))
+    }
+
+    /// Every sign-up, newest account first, with its decision.
+    fn signups(&self) -> BackendResult<Vec<Signup>> {
+        Err(BackendError::Unsupported("sign-up"))
+    }
+
+    /// The decision on `account`'s sign-up (`None`: the account did not sign up).
+    fn signup_status(&self, account: &str) -> BackendResult<Option<SignupStatus>> {
+        let _ = account;
+        Ok(None)
+    }
+
+    /// Records an operator's decision on a sign-up.
+    fn signup_decide(&self, account: &str, status: SignupStatus) -> BackendResult<()> {
+        let _ = (account, status);
+        Err(BackendError::Unsupported("sign-up"))
     }
 
     /// One tick of the billing scheduler (bills every period due at `now`); backends

@@ -61,6 +61,8 @@ pub struct ControlOptions {
     /// The DNS resolver asked for hostname TXT challenges (default: the first
     /// `nameserver` of `/etc/resolv.conf`).
     pub challenge_resolver: Option<SocketAddr>,
+    /// Self sign-up in the portal (`--self-signup`); `None`: off.
+    pub signup: Option<crate::portal::signup::SignupOptions>,
 }
 
 /// How long a hostname may stay pending by default: 7 days.
@@ -87,6 +89,8 @@ pub(crate) struct Inner {
     /// (most requests read the config; parsing it each time was their main cost).
     pub(crate) config_cache: std::sync::Mutex<Option<backend::ConfigSnapshot>>,
     pub(crate) limiter: std::sync::Mutex<LoginLimiter>,
+    /// Sign-up submissions per client address.
+    pub(crate) signup_limiter: std::sync::Mutex<crate::portal::signup::SignupLimiter>,
     pub(crate) http: fanout::HttpClient,
 }
 
@@ -128,6 +132,7 @@ impl ApiState {
                 config_write: Mutex::new(()),
                 config_cache: std::sync::Mutex::new(None),
                 limiter: std::sync::Mutex::new(LoginLimiter::default()),
+                signup_limiter: std::sync::Mutex::new(Default::default()),
                 http,
             }),
         })

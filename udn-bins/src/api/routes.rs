@@ -258,6 +258,9 @@ fn machine_routes() -> Router<ApiState> {
             "/v1/billing/invoices/{number}/payments",
             post(billing_payment),
         )
+        .route("/v1/signups", get(signups_list))
+        .route("/v1/signups/{account}/approve", post(signup_approve))
+        .route("/v1/signups/{account}/refuse", post(signup_refuse))
         .route("/v1/billing/invoices/{number}/void", post(billing_void))
         .route("/v1/billing/invoices/{number}/credit", post(billing_credit))
 }
@@ -788,7 +791,7 @@ fn own_customer(a: &Auth, v: &mut Value) -> ApiResult<String> {
 
 /// Refuses a customer destination address the network's target policy does not allow
 /// (loopback, private, link-local, metadata...), naming the request field.
-fn check_destination(cfg: &Config, field: &str, ip: IpAddr) -> ApiResult<()> {
+pub(crate) fn check_destination(cfg: &Config, field: &str, ip: IpAddr) -> ApiResult<()> {
     match cfg.security.target_policy().check(ip) {
         Ok(()) => Ok(()),
         Err(range) => Err(ApiError::field(
@@ -1143,6 +1146,7 @@ async fn cdn_verify(
     let Some(token) = cfg.cdn[i].challenge.clone() else {
         return Ok(Json(cdn_view(&cfg.cdn[i])));
     };
+    signup_gate(&st, &cfg.cdn[i].customer).await?;
     check_challenge(&st, &cfg.cdn[i].hostname, &token).await?;
     let out = with_cdn(&st, &a, host, move |cfg, i| {
         if cfg.cdn[i].challenge.as_deref() == Some(token.as_str()) {
@@ -1313,6 +1317,7 @@ async fn gtm_verify(
     let Some(token) = cfg.gtm[i].challenge.clone() else {
         return Ok(Json(gtm_view(&cfg, &cfg.gtm[i])));
     };
+    signup_gate(&st, &cfg.gtm[i].customer).await?;
     check_challenge(&st, &cfg.gtm[i].hostname, &token).await?;
     let out = with_gtm(&st, &a, host, move |cfg, i| {
         if cfg.gtm[i].challenge.as_deref() == Some(token.as_str()) {
@@ -2414,6 +2419,51 @@ async fn invoice_html(
         ),
     );
     Ok(resp)
+}
+
+/// `GET /v1/signups` (admin): every self sign-up with its billing account and decision.
+async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Value>> {
+    a.require_admin()?;
+    let list = st.db(|b| b.signups()).await?;
+    Ok(Json(
+        serde_json::to_value(list).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+/// `POST /v1/signups/{account}/approve` (admin).
+async fn signup_approve(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(account): Path<String>,
+) -> ApiResult<Json<Value>> {
+    a.require_admin()?;
+    let s = crate::portal::signup::decide(&st, &account, true).await?;
+    Ok(Json(serde_json::json!({"account": account, "status": s})))
+}
+
+/// `POST /v1/signups/{account}/refuse` (admin): removes the customer, its users and
+/// domains.
+async fn signup_refuse(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(account): Path<String>,
+) -> ApiResult<Json<Value>> {
+    a.require_admin()?;
+    let s = crate::portal::signup::decide(&st, &account, false).await?;
+    Ok(Json(serde_json::json!({"account": account, "status": s})))
+}
+
+/// A customer that signed up may not verify domains (so nothing it configured goes
+/// live) until an operator approved the sign-up.
+async fn signup_gate(st: &ApiState, customer: &str) -> ApiResult<()> {
+    let c = customer.to_owned();
+    match st.db(move |b| b.signup_status(&c)).await? {
+        Some(SignupStatus::AwaitingApproval) => Err(ApiError::Conflict(
+            "the account awaits an operator's approval of its sign-up; domains are verified after it"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `GET /v1/invoices/{id}/pdf`: the invoice as the PDF that is printed and mailed

@@ -179,6 +179,11 @@ fn summary(i: &crate::billing::StoredInvoice) -> InvoiceSummary {
     }
 }
 
+/// Where a sign-up's decision is kept in the billing store's state table.
+fn signup_key(account: &str) -> String {
+    format!("signup:{account}")
+}
+
 /// The issuer printed on invoices shown in the portal when `udn control` has no
 /// `--billing-config`: plainly a placeholder, so a missing configuration shows.
 fn placeholder_issuer() -> crate::billing::Issuer {
@@ -595,6 +600,97 @@ impl Backend for StoreBackend {
                 crate::billing::render_pdf(&i, &self.issuer),
             )
         }))
+    }
+
+    fn signup_plans(&self) -> BackendResult<Vec<SignupPlan>> {
+        let Some(billing) = &self.billing else {
+            return Ok(Vec::new());
+        };
+        let book = billing
+            .with(false, |store| store.plans())
+            .unwrap_or_else(|| Ok(Default::default()))
+            .map_err(BackendError::Billing)?;
+        let mut newest: BTreeMap<String, &udn_billing::Plan> = BTreeMap::new();
+        for p in book.iter() {
+            if newest.get(&p.id).is_none_or(|q| q.version < p.version) {
+                newest.insert(p.id.clone(), p);
+            }
+        }
+        Ok(newest
+            .values()
+            .map(|p| SignupPlan {
+                id: p.id.clone(),
+                version: p.version,
+                name: p.name.clone(),
+                currency: p.currency.0.clone(),
+                period: p.period.as_str().to_owned(),
+                uses_cdn: p.uses_cdn(),
+            })
+            .collect())
+    }
+
+    fn signup_account(&self, account: &udn_billing::Account) -> BackendResult<()> {
+        let Some(billing) = &self.billing else {
+            return Err(BackendError::Unsupported(
+                "sign-up needs a billing database",
+            ));
+        };
+        billing
+            .with(true, |store| {
+                store.put_account(account)?;
+                store.set_state(
+                    &signup_key(&account.id),
+                    SignupStatus::AwaitingApproval.code(),
+                )
+            })
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
+            .map_err(BackendError::Billing)
+    }
+
+    fn signups(&self) -> BackendResult<Vec<Signup>> {
+        let Some(billing) = &self.billing else {
+            return Ok(Vec::new());
+        };
+        billing
+            .with(false, |store| {
+                let mut out = Vec::new();
+                for account in store.accounts()? {
+                    if let Some(status) = store
+                        .state(&signup_key(&account.id))?
+                        .and_then(SignupStatus::from_code)
+                    {
+                        out.push(Signup { account, status });
+                    }
+                }
+                Ok(out)
+            })
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(BackendError::Billing)
+    }
+
+    fn signup_status(&self, account: &str) -> BackendResult<Option<SignupStatus>> {
+        let Some(billing) = &self.billing else {
+            return Ok(None);
+        };
+        billing
+            .with(false, |store| store.state(&signup_key(account)))
+            .unwrap_or(Ok(None))
+            .map(|s| s.and_then(SignupStatus::from_code))
+            .map_err(BackendError::Billing)
+    }
+
+    fn signup_decide(&self, account: &str, status: SignupStatus) -> BackendResult<()> {
+        let Some(billing) = &self.billing else {
+            return Err(BackendError::Unsupported(
+                "sign-up needs a billing database",
+            ));
+        };
+        billing
+            .with(true, |store| {
+                store.set_state(&signup_key(account), status.code())
+            })
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
+            .map_err(BackendError::Billing)
     }
 
     fn billing_tick(&self, now: Timestamp) -> BackendResult<serde_json::Value> {

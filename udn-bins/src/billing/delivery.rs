@@ -54,7 +54,8 @@ fn default_timeout() -> u64 {
 }
 
 impl SmtpConfig {
-    fn transport(&self) -> Result<SmtpTransport> {
+    /// A lettre transport to this server.
+    pub(crate) fn transport(&self) -> Result<SmtpTransport> {
         let builder = match self.security {
             SmtpSecurity::None => SmtpTransport::builder_dangerous(&self.host),
             SmtpSecurity::StartTls => SmtpTransport::starttls_relay(&self.host)?,

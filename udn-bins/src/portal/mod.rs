@@ -5,6 +5,7 @@
 //! from [`tls::server_config`].
 
 pub mod charts;
+pub mod signup;
 pub mod tls;
 
 pub use tls::{CertSource, serve_https, server_config};
@@ -58,6 +59,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/invoices", get(invoices))
         .route("/billing-runs", get(billing_runs))
         .route("/invoices/{id}", get(invoice))
+        .route(
+            "/signup",
+            get(signup::signup_page).post(signup::signup_submit),
+        )
+        .route(
+            "/signup/confirm",
+            get(signup::confirm_page).post(signup::confirm_submit),
+        )
+        .route("/signups", get(signup::signups_page))
+        .route("/signups/{account}/{what}", post(signup::signups_decide))
         .with_state(state)
 }
 
@@ -159,6 +170,9 @@ fn layout(a: &Auth, active: &str, title: &str, refresh: bool, body: Markup) -> R
                     strong style="color:#fff" { "UDN" }
                     @for (href, label) in NAV {
                         a href=(href) class=[(href == active).then_some("on")] { (label) }
+                    }
+                    @if a.user.role == Role::Admin {
+                        a href="/signups" class=[("/signups" == active).then_some("on")] { "Sign-ups" }
                     }
                     form method="post" action="/logout" {
                         span id="who" { (who) " " }
@@ -319,6 +333,7 @@ fn login_form(token: &str, error: Option<&str>) -> Markup {
                 p { label { "Password " input type="password" name="password" id="password" autocomplete="current-password" required; } }
                 p { button type="submit" id="login-submit" { "Log in" } }
             }
+            p { "New here? " a href="/signup" id="to-signup" { "Sign up" } " (where the operator offers it)" }
         } } }
     }
 }
@@ -453,7 +468,24 @@ async fn domains(
     let cfg = r::current(&st).await?.config;
     let visible = |c: &str| scope.as_deref().is_none_or(|s| s == c);
     let admin = a.user.role == Role::Admin;
+    // A customer that signed up sees its plan and where its sign-up stands.
+    let signup = match a.user.customer.clone() {
+        Some(c) if !admin => st
+            .db(|b| b.signups())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.account.id == c),
+        _ => None,
+    };
     let body = html! {
+        @if let Some(s) = &signup {
+            p id="signup-status" {
+                "Plan: "
+                @for sub in &s.account.subscriptions { strong class="plan" { (sub.plan) } " (version " (sub.version) ") " }
+                "· Sign-up: " strong class="signup-state" { (s.status.label()) }
+            }
+        }
         h2 { "CDN domains" }
         table id="cdn-domains" {
             tr { th { "CDN domain" } th { "Origin domains" } th { "Status" } @if admin { th { "Customer" } } }

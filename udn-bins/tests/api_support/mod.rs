@@ -382,6 +382,7 @@ impl Harness {
             pending_ttl,
             purge_retry_secs: Some(1),
             challenge_resolver: resolver,
+            signup: None,
         };
         let backend: Arc<dyn Backend> = db.0.clone();
         let state = db.run(|_| ApiState::new(backend, opts).expect("state"));
