@@ -435,8 +435,8 @@ impl Collector {
         self
     }
 
-    /// Takes the hostname owners (CDN and GTM hostnames) from `cfg`; returns whether
-    /// they changed.
+    /// Takes the hostname owners (CDN and GTM hostnames, and CDN origin domains) from
+    /// `cfg`; returns whether they changed.
     pub fn set_config(&self, cfg: &udn_core::Config) -> bool {
         let mut owners = HashMap::new();
         for c in &cfg.cdn {
@@ -444,6 +444,13 @@ impl Collector {
                 udn_core::config::canonical_hostname(&c.hostname),
                 c.customer.clone(),
             );
+            // The edges' fill records name the origin domain (one owner per origin
+            // domain, as for hostnames).
+            for o in &c.origins {
+                owners
+                    .entry(udn_core::config::canonical_hostname(o))
+                    .or_insert_with(|| c.customer.clone());
+            }
         }
         for g in &cfg.gtm {
             owners.insert(

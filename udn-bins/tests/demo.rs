@@ -253,7 +253,8 @@ fn readme_tour_runs_against_the_demo() {
             rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .ok()?;
         let mut st = c
-            .prepare("SELECT outcome FROM raw_http WHERE path = '/index.html' AND pop = 'fra' ORDER BY ts")
+            // (The edge's own `fill` records, one per origin fetch, are not client requests.)
+            .prepare("SELECT outcome FROM raw_http WHERE path = '/index.html' AND pop = 'fra' AND outcome <> 'fill' ORDER BY ts")
             .ok()?;
         let outcomes: Vec<String> = st
             .query_map([], |r| r.get(0))

@@ -574,9 +574,19 @@ fn miss_then_hit_with_age_and_access_log() {
         && h.path == "/static/a.txt"
         && h.bytes == 24
         && h.pop == "fra"));
+    // The cache fill is the fill's own record (one per origin fetch); the client
+    // records carry none.
+    assert!(
+        http.iter().any(|h| h.outcome == "fill"
+            && h.status == 200
+            && h.fill_bytes == 24
+            && h.bytes == 0
+            && h.client.is_unspecified()),
+        "{http:?}"
+    );
     assert!(
         http.iter()
-            .any(|h| h.outcome == "miss" && h.status == 200 && h.fill_bytes == 24),
+            .any(|h| h.outcome == "miss" && h.status == 200 && h.fill_bytes == 0),
         "{http:?}"
     );
     assert!(http.iter().any(|h| h.outcome == "hit" && h.fill_bytes == 0));

@@ -277,3 +277,42 @@ fn store_ledger_rollups_and_queries() {
         eprintln!("store queries ok on {}", backend.name());
     }
 }
+
+/// An edge's fill record (one per origin fetch, outcome `fill`) counts its origin bytes
+/// as cache fill and is not a client request: a prefetch, or a fill whose first client
+/// left early, is billed for what the origin sent, once.
+#[test]
+fn fill_records_count_cache_fill_and_no_request() {
+    for backend in backends("store_fill") {
+        let tmp = TempDir::new(&format!("store-fill-{}", backend.name()));
+        let mut store = backend.open(&tmp.path().join("data"));
+        let now = Timestamp::from_millis(T0 + 3_600_000);
+        let fill = |sec: u64, origin_bytes: u64| {
+            let LogRecord::Http(mut h) = http(0, sec, "shop", "fra", 200, 0, "fill") else {
+                unreachable!()
+            };
+            h.fill_bytes = origin_bytes;
+            h.client = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            LogRecord::Http(h)
+        };
+        let edge = file(
+            "edge-fill",
+            Role::Edge,
+            vec![
+                // a prefetched segment nobody has asked for yet
+                fill(1, 4000),
+                // a fill whose client read only 100 of its 9000 bytes
+                fill(2, 9000),
+                http(0, 3, "shop", "fra", 200, 100, "hit"),
+            ],
+        );
+        store.ingest(&edge, now).unwrap();
+        let u = store.usage("shop", range(0, 60)).unwrap();
+        assert_eq!(
+            (u.requests, u.bytes, u.fill_bytes),
+            (1, 100, 13_000),
+            "{}",
+            backend.name()
+        );
+    }
+}

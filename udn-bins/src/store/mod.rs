@@ -175,6 +175,10 @@ pub struct FileUsage {
 }
 
 /// The per-(customer, minute, POP) usage of a file's rollups, customers named only:
+/// The outcome of an edge's fill record (`udn_cache::server::FILL_OUTCOME`): its
+/// `fill_bytes` count as cache fill, and it is not a client request.
+pub const FILL_OUTCOME: &str = "fill";
+
 /// `(customer, minute, pop) -> [requests, bytes, fill_bytes, dns_queries]`.
 pub fn file_usage(r: &Rollups) -> std::collections::BTreeMap<(String, i64, String), [i64; 4]> {
     let mut out: std::collections::BTreeMap<(String, i64, String), [i64; 4]> =
@@ -396,6 +400,11 @@ impl Rollups {
                         h.pop.as_str(),
                     );
                     let a = http.entry(key).or_default();
+                    if h.outcome == FILL_OUTCOME {
+                        // The edge's own origin fetch: cache fill, not a request.
+                        a.fill_bytes = a.fill_bytes.saturating_add(to_i64(h.fill_bytes));
+                        continue;
+                    }
                     a.requests += 1;
                     a.bytes = a.bytes.saturating_add(to_i64(h.bytes));
                     a.fill_bytes = a.fill_bytes.saturating_add(to_i64(h.fill_bytes));

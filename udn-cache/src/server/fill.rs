@@ -10,6 +10,41 @@ use super::*;
 use hyper::body::Frame;
 use std::sync::OnceLock;
 
+/// Logs one fill's origin body as a record of its own when dropped (outcome `fill`, no
+/// client bytes, the origin's body bytes as `fill_bytes`), so cache fill is counted once
+/// per origin fetch, including fills no client reads to the end.
+struct FillLog {
+    edge: Arc<Edge>,
+    route: Route,
+    status: u16,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Drop for FillLog {
+    fn drop(&mut self) {
+        self.edge
+            .log
+            .record(udn_core::log::LogRecord::Http(udn_core::log::HttpRecord {
+                ts: (self.edge.clock)(),
+                customer: self.route.origin.customer.clone(),
+                host: self.route.origin.domain.clone(),
+                path: self.route.path.clone(),
+                method: "GET".into(),
+                status: self.status,
+                bytes: 0,
+                fill_bytes: self.bytes,
+                outcome: FILL_OUTCOME.into(),
+                duration_us: self.started.elapsed().as_micros() as u64,
+                client: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                pop: self.edge.pop.clone(),
+            }));
+    }
+}
+
+/// The outcome of the access-log record a fill writes (`FillLog`).
+pub const FILL_OUTCOME: &str = "fill";
+
 /// The outcome of one origin exchange, shared with every coalesced waiter.
 #[derive(Clone)]
 pub(super) enum FillResult {
@@ -416,6 +451,16 @@ impl Edge {
         // origin's pace; clients read from `g`.
         let mut file: Option<(tokio::fs::File, Option<PathBuf>)> = None;
         let mut total_read: u64 = 0;
+        // The cache fill is logged by the fill itself, whoever (if anyone) reads it:
+        // a prefetch, a prefill, a background revalidation, a first client that leaves
+        // early; on every way out of the loop below.
+        let mut fill_log = FillLog {
+            edge: self.clone(),
+            route: route.clone(),
+            status: status.as_u16(),
+            started: Instant::now(),
+            bytes: 0,
+        };
         let fail = |g: &Growing, file: Option<(tokio::fs::File, Option<PathBuf>)>, n| {
             g.publish(n, Phase::Failed);
             if let Some((_, Some(p))) = file {
@@ -444,6 +489,7 @@ impl Edge {
             self.metrics.origin_bytes.inc_by(chunk.len() as u64);
             let start = total_read;
             total_read += chunk.len() as u64;
+            fill_log.bytes = total_read;
             if file.is_none() && total_read > self.object_max {
                 // To a file: what is in memory first, then the handle for readers.
                 let opened = match &self.disk {

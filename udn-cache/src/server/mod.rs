@@ -34,6 +34,9 @@ pub mod store;
 mod tls;
 mod upstream;
 
+/// The outcome of the access-log record each origin fill writes (its `fill_bytes`; no
+/// client bytes, no request counted).
+pub use fill::FILL_OUTCOME;
 use fill::{FetchError, FillResult, Lead, Want};
 
 pub use body::RespBody;
@@ -1186,11 +1189,12 @@ impl Edge {
         let now = self.now();
         match res {
             Ok(Lead::Growing(g, started)) => {
-                let mut r = self.serve_growing(&g, &method, &headers, started);
-                if started {
-                    r.extensions_mut().insert(FromOrigin);
-                }
-                (r, CacheOutcome::Miss)
+                // The fill logs its own origin bytes (`fill::FillLog`): the client's
+                // record carries none, however much of it the client reads.
+                (
+                    self.serve_growing(&g, &method, &headers, started),
+                    CacheOutcome::Miss,
+                )
             }
             Ok(Lead::Pass(resp, reason)) => (self.passthrough(resp), CacheOutcome::Bypass(reason)),
             Err(FillResult::Stored(_))
