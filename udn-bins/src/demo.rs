@@ -105,8 +105,10 @@ impl DrillAction {
 /// The control plane's listeners in `endpoints.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ControlEndpoints {
-    /// The log collector (`POST /v1/logs`; HTTPS with client certificates).
-    pub collector: String,
+    /// The log collector (`POST /v1/logs`; HTTPS with client certificates); `None`
+    /// before the control plane started (`--no-wait`).
+    #[serde(default)]
+    pub collector: Option<String>,
     /// The customer portal (HTTPS, logins).
     #[serde(default)]
     pub portal: Option<String>,
@@ -507,7 +509,7 @@ pub async fn start(
     billing::seed(&control_dir.join(crate::store::sqlite::DB_FILE), &cfg)
         .context("the demo's billing accounts")?;
     let collector_url = format!("https://{}", control.addr);
-    ep.control.collector = collector_url.clone();
+    ep.control.collector = Some(collector_url.clone());
     ep.pki.insert(
         "control".into(),
         control.credentials.dir().display().to_string(),
@@ -1062,8 +1064,8 @@ fn print_tour(dir: &Path, path: &Path, ep: &Endpoints) {
         dir.display()
     );
     let c = &ep.control;
-    println!("  log collector: {}", c.collector);
     for (what, url) in [
+        ("log collector", &c.collector),
         ("portal", &c.portal),
         ("API", &c.api),
         ("internal API", &c.internal_api),
