@@ -202,6 +202,29 @@ targets = [{{ server = "shop-east-1", weight = 1 }}, {{ server = "shop-west-1", 
     )
 }
 
+/// The fra probe of the failover tests, reporting to `dns`.
+fn failover_probe(cfg: &std::path::Path, dns: &Dns) -> Udn {
+    Udn::probe(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pop",
+        "fra",
+        "--dns-http",
+        &format!("https://{}", dns.http),
+        "--pki",
+        ids().probe.to_str().unwrap(),
+        "--latency-methods",
+        "dns",
+    ])
+}
+
+/// Whether the probe sees both origins' services up.
+fn both_up(probe: &Udn) -> Option<()> {
+    let st: serde_json::Value = serde_json::from_str(&probe_status(probe.http)).ok()?;
+    let s = st["services"].as_array()?;
+    (s.len() == 2 && s.iter().all(|x| x["state"] == "up")).then_some(())
+}
+
 #[test]
 fn dig_follows_the_probes_failover() {
     let Some(bin) = dns_binary() else {
@@ -217,26 +240,9 @@ fn dig_follows_the_probes_failover() {
     let cfg = dir.join("net.toml");
     std::fs::write(&cfg, failover_config(port)).unwrap();
     let dns = start_dns(&bin, cfg.to_str().unwrap());
-    let probe = Udn::probe(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--pop",
-        "fra",
-        "--dns-http",
-        &format!("https://{}", dns.http),
-        "--pki",
-        ids().probe.to_str().unwrap(),
-        "--latency-methods",
-        "dns",
-    ]);
+    let probe = failover_probe(&cfg, &dns);
     let answer = || dig(dns.dns, "127.0.0.1");
-    let both_up = || {
-        let body = probe_status(probe.http);
-        let st: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let s = st["services"].as_array()?;
-        (s.len() == 2 && s.iter().all(|x| x["state"] == "up")).then_some(())
-    };
-    wait_for(Duration::from_secs(10), both_up).expect("both origins up");
+    wait_for(Duration::from_secs(10), || both_up(&probe)).expect("both origins up");
     assert_eq!(answer(), ["127.0.0.31"]);
 
     // One lost check: the answer stays east.
@@ -317,25 +323,10 @@ fn dig_follows_an_ftp_monitor() {
     assert!(text.contains("kind = \"ftp\""));
     std::fs::write(&cfg, text).unwrap();
     let dns = start_dns(&bin, cfg.to_str().unwrap());
-    let probe = Udn::probe(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--pop",
-        "fra",
-        "--dns-http",
-        &format!("https://{}", dns.http),
-        "--pki",
-        ids().probe.to_str().unwrap(),
-        "--latency-methods",
-        "dns",
-    ]);
+    let probe = failover_probe(&cfg, &dns);
     let answer = || dig(dns.dns, "127.0.0.1");
-    wait_for(Duration::from_secs(15), || {
-        let st: serde_json::Value = serde_json::from_str(&probe_status(probe.http)).ok()?;
-        let s = st["services"].as_array()?;
-        (s.len() == 2 && s.iter().all(|x| x["state"] == "up")).then_some(())
-    })
-    .unwrap_or_else(|| panic!("both FTP origins up: {}", probe_status(probe.http)));
+    wait_for(Duration::from_secs(15), || both_up(&probe))
+        .unwrap_or_else(|| panic!("both FTP origins up: {}", probe_status(probe.http)));
     assert_eq!(answer(), ["127.0.0.31"]);
 
     // East's file no longer says ok: the monitor fails it and dig answers west.

@@ -108,6 +108,15 @@ fn start_control(dir: &Path, portal_port: u16, smtp_port: u16) -> (Proc, String)
     (Proc(child), api.expect("the API's address"))
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn fill(c: &Client, id: &str, text: &str) {
     let e = c.find(Locator::Css(&format!("#{id}"))).await.unwrap();
     e.clear().await.unwrap();
@@ -130,44 +139,58 @@ async fn sign_up_at(c: &Client, base: &str, account: &str, email: &str, domain: 
     fill(c, "username", &format!("{account}-kim")).await;
     fill(c, "domain", domain).await;
     fill(c, "ip", ip).await;
-    c.find(Locator::Css("input[name=service][value=gtm_cdn]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[name=invoicing][value=post]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("#signup-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "input[name=service][value=gtm_cdn]").await;
+    click(c, "input[name=invoicing][value=post]").await;
+    click(c, "#signup-submit").await;
 }
 
-/// Waits for the `n`th e-mail and returns the confirmation link in it.
-fn link_in_mail(smtp: &SmtpServer, n: usize) -> String {
+/// Waits for `n` e-mails and returns the confirmation link of the one containing
+/// `needle`.
+fn link_in_mail(smtp: &SmtpServer, n: usize, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let mut mail = smtp.received();
+        let mail = smtp.received();
         if mail.len() >= n {
-            mail.sort();
             let bodies: Vec<String> = mail.iter().map(|m| text_body(m)).collect();
             let body = bodies
                 .iter()
-                .find(|b| b.contains("/signup/confirm?t="))
-                .unwrap_or_else(|| panic!("no link in {bodies:?}"));
+                .find(|b| b.contains("/signup/confirm?t=") && b.contains(needle))
+                .unwrap_or_else(|| panic!("no link for {needle} in {bodies:?}"));
             let start = body.find("https://").unwrap();
             return body[start..].split_whitespace().next().unwrap().to_owned();
         }
         assert!(Instant::now() < deadline, "no confirmation e-mail arrived");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A bearer token for `user` from `POST {base}/v1/auth/token`; `None` when refused.
+async fn token_for(http: &reqwest::Client, base: &str, user: &str, pass: &str) -> Option<String> {
+    let r = http
+        .post(format!("{base}/v1/auth/token"))
+        .json(&json!({"username": user, "password": pass}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap_or_default();
+    v["token"].as_str().map(str::to_owned)
+}
+
+/// `POST url` as the holder of `token`: the status and the body.
+async fn post_as(http: &reqwest::Client, url: &str, token: &str) -> (u16, String) {
+    let r = http.post(url).bearer_auth(token).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +220,7 @@ async fn a_prospective_customer_signs_up_confirms_and_logs_in() {
         .await
         .expect("the 'check your e-mail' page");
     shot(&c, "signup-1-sent").await;
-    let link = link_in_mail(&smtp, 1);
+    let link = link_in_mail(&smtp, 1, "\"beta\"");
     assert!(
         link.starts_with(&format!("{base}/signup/confirm?t=")),
         "{link}"
@@ -216,12 +239,7 @@ async fn a_prospective_customer_signs_up_confirms_and_logs_in() {
         .expect("the password form");
     fill(&c, "password", "beta-secret-42").await;
     fill(&c, "password2", "beta-secret-42").await;
-    c.find(Locator::Css("#confirm-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#confirm-submit").await;
     c.wait()
         .for_element(Locator::Css("#signup-done"))
         .await
@@ -232,12 +250,7 @@ async fn a_prospective_customer_signs_up_confirms_and_logs_in() {
     c.goto(&format!("{base}/login")).await.unwrap();
     fill(&c, "username", "beta-kim").await;
     fill(&c, "password", "beta-secret-42").await;
-    c.find(Locator::Css("#login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-submit").await;
     let status = c
         .wait()
         .for_element(Locator::Css("#signup-status"))
@@ -293,61 +306,25 @@ async fn a_prospective_customer_signs_up_confirms_and_logs_in() {
     shot(&c, "signup-4-refused-fields").await;
     assert_eq!(smtp.received().len(), 1, "no mail for refused sign-ups");
 
-    // The operator's side, over the API.
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap();
-    let token = |user: &'static str, pass: &'static str| {
-        let (http, api) = (http.clone(), api.clone());
-        async move {
-            let v: Value = http
-                .post(format!("{api}/v1/auth/token"))
-                .json(&json!({"username": user, "password": pass}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["token"].as_str().map(str::to_owned)
-        }
-    };
-    // Tokens are issued over HTTPS only: log in at the portal's API instead.
+    // The operator's side, over the API. Tokens are issued over HTTPS only.
+    let plain = reqwest::Client::new();
     let https = reqwest::Client::builder()
         .danger_accept_invalid_certs(true) // the portal's self-signed certificate, loopback
         .build()
         .unwrap();
-    let login = |user: &'static str, pass: &'static str| {
-        let (https, base) = (https.clone(), base.clone());
-        async move {
-            let v: Value = https
-                .post(format!("{base}/v1/auth/token"))
-                .json(&json!({"username": user, "password": pass}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["token"].as_str().expect("a token").to_owned()
-        }
-    };
     assert!(
-        token("admin", "correct-horse").await.is_none(),
+        token_for(&plain, &api, "admin", "correct-horse")
+            .await
+            .is_none(),
         "no tokens over HTTP"
     );
-    let admin = login("admin", "correct-horse").await;
-    let kim = login("beta-kim", "beta-secret-42").await;
-    let list: Value = https
-        .get(format!("{base}/v1/signups"))
-        .bearer_auth(&admin)
-        .send()
+    let admin = token_for(&https, &base, "admin", "correct-horse")
         .await
-        .unwrap()
-        .json()
+        .expect("an admin token");
+    let kim = token_for(&https, &base, "beta-kim", "beta-secret-42")
         .await
-        .unwrap();
+        .expect("the new customer's token");
+    let list = get_json(&https, format!("{base}/v1/signups"), &admin).await;
     let one = list
         .as_array()
         .unwrap()
@@ -360,32 +337,16 @@ async fn a_prospective_customer_signs_up_confirms_and_logs_in() {
     assert_eq!(one["account"]["subscriptions"][0]["plan"], "cdn-standard");
     assert_eq!(one["account"]["invoicing"]["email"], "kim@beta.example");
     // The customer cannot approve itself, nor verify its domain before approval.
-    let r = https
-        .post(format!("{base}/v1/signups/beta/approve"))
-        .bearer_auth(&kim)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let verify = || {
-        https
-            .post(format!("{base}/v1/gtm/www.beta.example/verify"))
-            .bearer_auth(&kim)
-            .send()
-    };
-    let r = verify().await.unwrap();
-    assert_eq!(r.status(), 409);
-    assert!(r.text().await.unwrap().contains("approval"));
-    let r = https
-        .post(format!("{base}/v1/signups/beta/approve"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let approve = format!("{base}/v1/signups/beta/approve");
+    let verify = format!("{base}/v1/gtm/www.beta.example/verify");
+    assert_eq!(post_as(&https, &approve, &kim).await.0, 403);
+    let (st, body) = post_as(&https, &verify, &kim).await;
+    assert_eq!(st, 409);
+    assert!(body.contains("approval"), "{body}");
+    assert_eq!(post_as(&https, &approve, &admin).await.0, 200);
     // After approval the domain goes to its DNS check (which fails here: no TXT record).
-    let r = verify().await.unwrap();
-    assert!(!r.text().await.unwrap().contains("approval"));
+    let (_, body) = post_as(&https, &verify, &kim).await;
+    assert!(!body.contains("approval"), "{body}");
 
     // A second sign-up, refused: the customer and its user are gone.
     c.goto(&format!("{base}/login")).await.unwrap();
@@ -394,64 +355,28 @@ async fn a_prospective_customer_signs_up_confirms_and_logs_in() {
         .for_element(Locator::Css("#signup-sent"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while smtp.received().len() < 2 {
-        assert!(Instant::now() < deadline, "no second e-mail");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut mails = smtp.received();
-    mails.retain(|m| text_body(m).contains("\"delta\""));
-    let body = text_body(&mails[0]);
-    let link = body[body.find("https://").unwrap()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let link = link_in_mail(&smtp, 2, "\"delta\"");
     c.goto(&link).await.unwrap();
     fill(&c, "password", "delta-secret-42").await;
     fill(&c, "password2", "delta-secret-42").await;
-    c.find(Locator::Css("#confirm-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#confirm-submit").await;
     c.wait()
         .for_element(Locator::Css("#signup-done"))
         .await
         .unwrap();
-    let r = https
-        .post(format!("{base}/v1/signups/delta/refuse"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let customers: Value = https
-        .get(format!("{base}/v1/customers"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let refuse = format!("{base}/v1/signups/delta/refuse");
+    assert_eq!(post_as(&https, &refuse, &admin).await.0, 200);
+    let customers = get_json(&https, format!("{base}/v1/customers"), &admin).await;
     assert!(!customers.to_string().contains("\"delta\""), "{customers}");
-    let r = https
-        .post(format!("{base}/v1/auth/token"))
-        .json(&json!({"username": "delta-kim", "password": "delta-secret-42"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "the refused customer's user is gone");
+    assert!(
+        token_for(&https, &base, "delta-kim", "delta-secret-42")
+            .await
+            .is_none(),
+        "the refused customer's user is gone"
+    );
     // A decision is made once.
-    let r = https
-        .post(format!("{base}/v1/signups/delta/approve"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
+    let approve = format!("{base}/v1/signups/delta/approve");
+    assert_eq!(post_as(&https, &approve, &admin).await.0, 409);
     let _ = c.close().await;
     let _ = std::fs::remove_dir_all(&tmp);
 }

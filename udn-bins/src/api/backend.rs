@@ -782,6 +782,12 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("sign-up"))
     }
 
+    /// `account`'s sign-up with its billing account (`None`: it did not sign up).
+    fn signup(&self, account: &str) -> BackendResult<Option<Signup>> {
+        let _ = account;
+        Ok(None)
+    }
+
     /// The decision on `account`'s sign-up (`None`: the account did not sign up).
     fn signup_status(&self, account: &str) -> BackendResult<Option<SignupStatus>> {
         let _ = account;

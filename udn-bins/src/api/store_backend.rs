@@ -668,6 +668,26 @@ impl Backend for StoreBackend {
             .map_err(BackendError::Billing)
     }
 
+    fn signup(&self, account: &str) -> BackendResult<Option<Signup>> {
+        let Some(billing) = &self.billing else {
+            return Ok(None);
+        };
+        billing
+            .with(false, |store| {
+                let Some(status) = store
+                    .state(&signup_key(account))?
+                    .and_then(SignupStatus::from_code)
+                else {
+                    return Ok(None);
+                };
+                Ok(store
+                    .account(account)?
+                    .map(|account| Signup { account, status }))
+            })
+            .unwrap_or(Ok(None))
+            .map_err(BackendError::Billing)
+    }
+
     fn signup_status(&self, account: &str) -> BackendResult<Option<SignupStatus>> {
         let Some(billing) = &self.billing else {
             return Ok(None);

@@ -311,13 +311,67 @@ fn window_of(q: &ScopeQuery) -> Result<(Timestamp, Timestamp, u64), PortalError>
 
 // ---------------------------------------------------------------- login
 
-const LOGIN_CSRF_COOKIE: &str = "udn_login_csrf";
+/// The double-submit CSRF token of a form shown before login (the login form, the
+/// sign-up forms): a fresh token in an HttpOnly, SameSite=Strict cookie scoped to the
+/// form's path, and the same token in the form.
+struct FormCsrf {
+    cookie: &'static str,
+    path: &'static str,
+}
+
+const LOGIN_CSRF: FormCsrf = FormCsrf {
+    cookie: "udn_login_csrf",
+    path: "/login",
+};
+
+impl FormCsrf {
+    /// The page `make` builds with a fresh token, and the cookie holding it.
+    fn respond(
+        &self,
+        tls: bool,
+        status: StatusCode,
+        make: impl FnOnce(&str) -> Markup,
+    ) -> Response {
+        let token = random_token();
+        let mut resp = (status, make(&token)).into_response();
+        let cookie = format!(
+            "{}={token}; Path={}; HttpOnly; SameSite=Strict{}",
+            self.cookie,
+            self.path,
+            if tls { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        resp
+    }
+
+    /// Whether the form's `csrf` field matches the cookie (compared in constant time).
+    fn check(&self, headers: &axum::http::HeaderMap, f: &FormPairs) -> bool {
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == self.cookie)
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default();
+        let sent = field(f, "csrf").unwrap_or("");
+        !cookie.is_empty() && auth::same_secret(sent, &cookie)
+    }
+}
+
+/// Lower-case hex.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 
 fn random_token() -> String {
     use rand::RngCore as _;
     let mut b = [0u8; 24];
     rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex(&b)
 }
 
 fn login_form(token: &str, error: Option<&str>) -> Markup {
@@ -339,16 +393,7 @@ fn login_form(token: &str, error: Option<&str>) -> Markup {
 }
 
 async fn login_page(IsTls(tls): IsTls) -> Response {
-    let token = random_token();
-    let mut resp = login_form(&token, None).into_response();
-    let cookie = format!(
-        "{LOGIN_CSRF_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{}",
-        if tls { "; Secure" } else { "" }
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    resp
+    LOGIN_CSRF.respond(tls, StatusCode::OK, |t| login_form(t, None))
 }
 
 async fn login_submit(
@@ -358,29 +403,10 @@ async fn login_submit(
     headers: axum::http::HeaderMap,
     Form(f): Form<FormPairs>,
 ) -> Response {
-    let cookie_token = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == LOGIN_CSRF_COOKIE)
-        .map(|(_, v)| v.to_owned())
-        .unwrap_or_default();
-    let sent = field(&f, "csrf").unwrap_or("");
     let again = |status: StatusCode, msg: &str| {
-        let token = random_token();
-        let mut resp = (status, login_form(&token, Some(msg))).into_response();
-        let cookie = format!(
-            "{LOGIN_CSRF_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict{}",
-            if tls { "; Secure" } else { "" }
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            resp.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        resp
+        LOGIN_CSRF.respond(tls, status, |t| login_form(t, Some(msg)))
     };
-    if cookie_token.is_empty() || !auth::same_secret(sent, &cookie_token) {
+    if !LOGIN_CSRF.check(&headers, &f) {
         return again(
             StatusCode::FORBIDDEN,
             "The form expired; please log in again.",
@@ -470,12 +496,7 @@ async fn domains(
     let admin = a.user.role == Role::Admin;
     // A customer that signed up sees its plan and where its sign-up stands.
     let signup = match a.user.customer.clone() {
-        Some(c) if !admin => st
-            .db(|b| b.signups())
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .find(|s| s.account.id == c),
+        Some(c) if !admin => st.db(move |b| b.signup(&c)).await.unwrap_or_default(),
         _ => None,
     };
     let body = html! {

@@ -87,8 +87,6 @@ impl SignupOptions {
 pub const PER_ADDRESS: u32 = 5;
 /// Client addresses the limiter remembers at most (older windows are dropped first).
 const LIMITER_ENTRIES: usize = 10_000;
-/// The cookie holding the sign-up forms' CSRF token.
-const SIGNUP_CSRF_COOKIE: &str = "udn_signup_csrf";
 
 /// Confirmation e-mails one address may receive per hour.
 pub const PER_RECIPIENT: u32 = 3;
@@ -162,10 +160,6 @@ pub struct SignupRequest {
     pub username: String,
     /// When the link stops working (ms since the epoch).
     pub expires: u64,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -366,33 +360,10 @@ fn page(title: &str, body: Markup) -> Markup {
     }
 }
 
-/// A response with a fresh sign-up CSRF cookie, and the token for the form.
-fn with_csrf(tls: bool, status: StatusCode, make: impl FnOnce(&str) -> Markup) -> Response {
-    let token = random_token();
-    let mut resp = (status, make(&token)).into_response();
-    let cookie = format!(
-        "{SIGNUP_CSRF_COOKIE}={token}; Path=/signup; HttpOnly; SameSite=Strict{}",
-        if tls { "; Secure" } else { "" }
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    resp
-}
-
-fn csrf_ok(headers: &axum::http::HeaderMap, f: &FormPairs) -> bool {
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SIGNUP_CSRF_COOKIE)
-        .map(|(_, v)| v.to_owned())
-        .unwrap_or_default();
-    let sent = field(f, "csrf").unwrap_or("");
-    !cookie.is_empty() && crate::api::auth::same_secret(sent, &cookie)
-}
+const SIGNUP_CSRF: FormCsrf = FormCsrf {
+    cookie: "udn_signup_csrf",
+    path: "/signup",
+};
 
 fn options(st: &ApiState) -> Result<&SignupOptions, PortalError> {
     st.inner
@@ -456,9 +427,7 @@ fn form(
 pub(super) async fn signup_page(State(st): State<ApiState>, IsTls(tls): IsTls) -> Page {
     options(&st)?;
     let plans = st.db(|b| b.signup_plans()).await?;
-    Ok(with_csrf(tls, StatusCode::OK, |t| {
-        form(t, &plans, &Vec::new(), &[])
-    }))
+    Ok(SIGNUP_CSRF.respond(tls, StatusCode::OK, |t| form(t, &plans, &Vec::new(), &[])))
 }
 
 /// `POST /signup`.
@@ -472,9 +441,9 @@ pub(super) async fn signup_submit(
     let opts = options(&st)?.clone();
     let plans = st.db(|b| b.signup_plans()).await?;
     let again = |status: StatusCode, errors: Vec<crate::api::FieldError>| {
-        with_csrf(tls, status, |t| form(t, &plans, &f, &errors))
+        SIGNUP_CSRF.respond(tls, status, |t| form(t, &plans, &f, &errors))
     };
-    if !csrf_ok(&headers, &f) {
+    if !SIGNUP_CSRF.check(&headers, &f) {
         return Ok(again(
             StatusCode::FORBIDDEN,
             vec![crate::api::FieldError {
@@ -597,9 +566,9 @@ pub(super) async fn confirm_page(
     let opts = options(&st)?;
     let link = q.t.unwrap_or_default();
     match verify(&link, &opts.key, crate::logging::now()) {
-        Ok(req) => Ok(with_csrf(tls, StatusCode::OK, |t| {
-            confirm_form(t, &link, &req, None)
-        })),
+        Ok(req) => {
+            Ok(SIGNUP_CSRF.respond(tls, StatusCode::OK, |t| confirm_form(t, &link, &req, None)))
+        }
         Err(why) => Err(PortalError(ApiError::BadRequest(why.into()))),
     }
 }
@@ -616,9 +585,9 @@ pub(super) async fn confirm_submit(
     let req = verify(&link, &opts.key, crate::logging::now())
         .map_err(|why| PortalError(ApiError::BadRequest(why.into())))?;
     let again = |status: StatusCode, msg: &str| {
-        with_csrf(tls, status, |t| confirm_form(t, &link, &req, Some(msg)))
+        SIGNUP_CSRF.respond(tls, status, |t| confirm_form(t, &link, &req, Some(msg)))
     };
-    if !csrf_ok(&headers, &f) {
+    if !SIGNUP_CSRF.check(&headers, &f) {
         return Ok(again(
             StatusCode::FORBIDDEN,
             "the form expired; please send it again",
@@ -656,20 +625,29 @@ pub(super) async fn confirm_submit(
     .into_response())
 }
 
-/// The author of the sign-up's configuration changes.
-fn signup_auth(req: &SignupRequest) -> Auth {
+/// The author of the sign-up's configuration changes (`username` in the version log).
+fn author(username: String, role: Role, customer: Option<String>) -> Auth {
     Auth {
         user: User {
             id: 0,
-            username: format!("signup:{}", req.username),
-            role: Role::Customer,
-            customer: Some(req.account.clone()),
+            username,
+            role,
+            customer,
         },
         kind: SessionKind::Bearer,
         csrf: String::new(),
         token: String::new(),
         scopes: None,
     }
+}
+
+/// The new customer, as the author of its own first configuration change.
+fn signup_auth(req: &SignupRequest) -> Auth {
+    author(
+        format!("signup:{}", req.username),
+        Role::Customer,
+        Some(req.account.clone()),
+    )
 }
 
 /// The three stores in order, each undone when a later one fails: the configuration
@@ -808,18 +786,7 @@ fn billing_account(
 /// Removes `account`'s customer entry, its hostnames and its own origin site from the
 /// configuration (a failed or refused sign-up).
 async fn remove_customer(st: &ApiState, account: &str) {
-    let auth = Auth {
-        user: User {
-            id: 0,
-            username: "signup".into(),
-            role: Role::Admin,
-            customer: None,
-        },
-        kind: SessionKind::Bearer,
-        csrf: String::new(),
-        token: String::new(),
-        scopes: None,
-    };
+    let auth = author("signup".into(), Role::Admin, None);
     let acct = account.to_owned();
     let r = r::mutate(st, &auth, move |cfg| {
         cfg.customers.retain(|c| c.name != acct);
