@@ -87,6 +87,11 @@ pub struct DnsRecord {
     pub server: String,
 }
 
+/// The [`HttpRecord::outcome`] of the record an edge writes per origin fill: its
+/// `fill_bytes` are the origin's body bytes (cache fill); it carries no client bytes and
+/// is not a client request.
+pub const FILL_OUTCOME: &str = "fill";
+
 /// An HTTP request served by an edge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpRecord {

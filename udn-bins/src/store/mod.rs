@@ -18,7 +18,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 use udn_core::Timestamp;
-use udn_core::log::{FileHeader, LogRecord};
+use udn_core::log::{FILL_OUTCOME, FileHeader, LogRecord};
 
 /// Errors of the store. Every one of them means "not committed": the collector answers
 /// 503 and the distributor retries later.
@@ -175,10 +175,6 @@ pub struct FileUsage {
 }
 
 /// The per-(customer, minute, POP) usage of a file's rollups, customers named only:
-/// The outcome of an edge's fill record (`udn_cache::server::FILL_OUTCOME`): its
-/// `fill_bytes` count as cache fill, and it is not a client request.
-pub const FILL_OUTCOME: &str = "fill";
-
 /// `(customer, minute, pop) -> [requests, bytes, fill_bytes, dns_queries]`.
 pub fn file_usage(r: &Rollups) -> std::collections::BTreeMap<(String, i64, String), [i64; 4]> {
     let mut out: std::collections::BTreeMap<(String, i64, String), [i64; 4]> =

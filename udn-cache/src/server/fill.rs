@@ -43,7 +43,7 @@ impl Drop for FillLog {
 }
 
 /// The outcome of the access-log record a fill writes (`FillLog`).
-pub const FILL_OUTCOME: &str = "fill";
+pub use udn_core::log::FILL_OUTCOME;
 
 /// The outcome of one origin exchange, shared with every coalesced waiter.
 #[derive(Clone)]
