@@ -14,6 +14,7 @@ pub mod edge;
 pub mod listener;
 pub mod loadp;
 pub mod logging;
+pub mod migrate;
 pub mod origin;
 pub mod pki;
 pub mod portal;

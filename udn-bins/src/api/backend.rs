@@ -537,6 +537,9 @@ pub enum BackendError {
     /// PostgreSQL failed (or could not be reached).
     #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
+    /// The schema could not be brought up to date (see [`crate::migrate`]).
+    #[error("{0}")]
+    Migrate(#[from] crate::migrate::Error),
     /// A lock was poisoned by a panicking thread.
     #[error("store lock poisoned")]
     Poisoned,

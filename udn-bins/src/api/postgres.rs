@@ -13,6 +13,7 @@
 //! an async task (the `postgres` crate runs its own runtime and refuses to nest).
 
 use super::backend::*;
+use crate::migrate::Step;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
@@ -129,9 +130,15 @@ CREATE TABLE IF NOT EXISTS cp_invoices (
 );
 "#;
 
-/// Advisory lock keys: schema creation (several control planes may start at once) and
-/// config commits (one version at a time). The log store uses 7007.
-const LOCK_SCHEMA: i64 = 7010;
+/// The control plane's PostgreSQL migrations (append-only; see [`crate::migrate`]).
+pub const MIGRATIONS: &[Step] = &[Step {
+    version: 1,
+    name: "initial",
+    sql: SCHEMA,
+}];
+
+/// Advisory lock key of config commits (one version at a time). Migrations lock 7010
+/// ([`super::sqlite::CP_SCHEMA`]); the log store uses 7007.
 const LOCK_CONFIG: i64 = 7011;
 
 /// Connections in the pool unless [`PgBackend::connect_with`] says otherwise.
@@ -284,10 +291,7 @@ impl PgBackend {
     /// Like [`PgBackend::connect`] with `pool` connections (at least 1).
     pub fn connect_with(url: &str, pool: usize) -> BackendResult<PgBackend> {
         let mut first = Conn::open(url)?;
-        let mut tx = first.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
-        tx.batch_execute(SCHEMA)?;
-        tx.commit()?;
+        crate::migrate::postgres(&mut first.client, &super::sqlite::CP_SCHEMA)?;
         let mut conns = vec![Mutex::new(first)];
         for _ in 1..pool.max(1) {
             conns.push(Mutex::new(Conn::open(url)?));

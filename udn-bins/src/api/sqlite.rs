@@ -2,13 +2,15 @@
 //! `cp_*`; see [`SCHEMA`].
 
 use super::backend::*;
+use crate::migrate::{Legacy, Schema, Step};
 use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
 use std::path::Path;
 use std::sync::Mutex;
 use udn_core::{Config, Timestamp};
 
-/// The control plane's tables.
+/// The control plane's tables: the first step of [`MIGRATIONS`], written to run
+/// harmlessly over the tables of a database made before versioned migrations.
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS cp_users (
     id INTEGER PRIMARY KEY,
@@ -105,7 +107,27 @@ CREATE TABLE IF NOT EXISTS cp_invoices (
     issued_at INTEGER NOT NULL,
     html TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS cp_purge_status_queue ON cp_purge_status(edge, state, seq);
+CREATE INDEX IF NOT EXISTS cp_prefill_status_queue ON cp_prefill_status(edge, state, seq);
 "#;
+
+/// The control plane's SQLite migrations (append-only; see [`crate::migrate`]).
+pub const MIGRATIONS: &[Step] = &[Step {
+    version: 1,
+    name: "initial",
+    sql: SCHEMA,
+}];
+
+/// The control plane's schema on both dialects (PostgreSQL's steps are
+/// [`super::postgres::MIGRATIONS`]).
+pub const CP_SCHEMA: Schema = Schema {
+    store: "control plane",
+    history: "udn_cp_schema_history",
+    pg_lock: 7010,
+    sqlite: MIGRATIONS,
+    postgres: super::postgres::MIGRATIONS,
+    legacy: Legacy::None,
+};
 
 /// The control plane's store on one SQLite file.
 pub struct SqliteBackend {
@@ -219,25 +241,27 @@ fn record_attempt(
 
 const PURGE_COLS: &str = "seq, customer, scope, target, requested_by, requested_at";
 
-/// Gives status tables of a database made before delivery states their `state` column
-/// (applied rows `applied`, the rest `pending`), then the index the queues read by.
+/// Gives status tables of a database made before delivery states (and before versioned
+/// migrations) their `state` column: applied rows `applied`, the rest `pending`. SQLite
+/// has no `ADD COLUMN IF NOT EXISTS`, so this runs before the migrations, which index the
+/// column.
 fn migrate_delivery_state(db: &Connection) -> BackendResult<()> {
     for kind in [DeliveryKind::Purge, DeliveryKind::Prefill] {
         let table = kind.table();
-        let has: bool = db.query_row(
-            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'state'"),
+        let (exists, has): (bool, bool) = db.query_row(
+            &format!(
+                "SELECT (SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '{table}'), \
+                 (SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'state')"
+            ),
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        if !has {
+        if exists && !has {
             db.execute_batch(&format!(
                 "ALTER TABLE {table} ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
                  UPDATE {table} SET state = 'applied' WHERE applied = 1;"
             ))?;
         }
-        db.execute_batch(&format!(
-            "CREATE INDEX IF NOT EXISTS {table}_queue ON {table}(edge, state, seq);"
-        ))?;
     }
     Ok(())
 }
@@ -273,12 +297,12 @@ impl SqliteBackend {
         Self::with_connection(Connection::open_in_memory()?)
     }
 
-    fn with_connection(conn: Connection) -> BackendResult<SqliteBackend> {
+    fn with_connection(mut conn: Connection) -> BackendResult<SqliteBackend> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
         migrate_delivery_state(&conn)?;
+        crate::migrate::sqlite(&mut conn, &CP_SCHEMA)?;
         Ok(SqliteBackend {
             conn: Mutex::new(conn),
         })

@@ -178,10 +178,9 @@ CREATE TABLE IF NOT EXISTS billing_runs (
 );
 "#;
 
-/// Advisory lock key for creating the billing tables (several control planes or
-/// command-line runs may start at once). The log store uses 7007, the control plane's
-/// tables 7010 and 7011.
-const LOCK_SCHEMA: i64 = 7012;
+// Advisory lock keys: migrating the billing tables takes 7012
+// ([`super::store::BILLING_SCHEMA`]); the log store uses 7007, the control plane 7010 and
+// 7011.
 /// The advisory lock that serializes billing runs (usage ingestion, drafting, issuing)
 /// across control planes sharing one database.
 const LOCK_RUNS: i64 = 7013;
@@ -269,11 +268,7 @@ impl PgBillingStore {
             config.application_name("udn billing");
         }
         let mut client = config.connect(NoTls).context("connecting to PostgreSQL")?;
-        let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
-        tx.batch_execute(SCHEMA)
-            .context("creating billing tables")?;
-        tx.commit()?;
+        crate::migrate::postgres(&mut client, &super::store::BILLING_SCHEMA)?;
         Ok(PgBillingStore {
             client: Mutex::new(client),
         })

@@ -444,6 +444,26 @@ pub struct SqliteBillingStore {
     run_lock: Option<std::fs::File>,
 }
 
+/// Billing's schema on both dialects for [`crate::migrate`] (append-only steps; the
+/// first ones are written to run harmlessly over the tables of a database made before
+/// versioned migrations).
+pub const BILLING_SCHEMA: crate::migrate::Schema = crate::migrate::Schema {
+    store: "billing",
+    history: "udn_billing_schema_history",
+    pg_lock: 7012,
+    sqlite: &[crate::migrate::Step {
+        version: 1,
+        name: "initial",
+        sql: SCHEMA,
+    }],
+    postgres: &[crate::migrate::Step {
+        version: 1,
+        name: "initial",
+        sql: super::pg::SCHEMA,
+    }],
+    legacy: crate::migrate::Legacy::None,
+};
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS billing_accounts (
   id TEXT PRIMARY KEY,
@@ -833,13 +853,12 @@ impl SqliteBillingStore {
     }
 
     /// Uses an open connection (for example the log store's), creating the tables.
-    pub fn with_connection(conn: Connection) -> Result<Self> {
+    pub fn with_connection(mut conn: Connection) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .context("configuring SQLite")?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
             .context("configuring SQLite")?;
-        conn.execute_batch(SCHEMA)
-            .context("creating billing tables")?;
+        crate::migrate::sqlite(&mut conn, &BILLING_SCHEMA)?;
         Ok(SqliteBillingStore {
             conn,
             run_lock: None,
@@ -1260,14 +1279,7 @@ impl BillingStore for SqliteBillingStore {
             return Ok(());
         };
         let path = format!("{db}.billing-runs.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {path}"))?;
-        f.lock().with_context(|| format!("locking {path}"))?;
-        self.run_lock = Some(f);
+        self.run_lock = Some(crate::migrate::lock_file(Path::new(&path))?);
         Ok(())
     }
 

@@ -17,6 +17,8 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
+
+use crate::migrate::{Legacy, Schema, Step};
 use udn_core::Timestamp;
 use udn_core::log::{FILL_OUTCOME, FileHeader, LogRecord};
 
@@ -28,6 +30,9 @@ pub enum Error {
     /// SQLite failed (including a full disk or a full database: `SQLITE_FULL`).
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The schema could not be brought up to date (see [`crate::migrate`]).
+    #[error("{0}")]
+    Migrate(#[from] crate::migrate::Error),
     /// PostgreSQL failed or is unreachable.
     #[error("postgres: {0}")]
     Postgres(#[from] ::postgres::Error),
@@ -67,14 +72,15 @@ impl Error {
 /// The result type of the store.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The schema, shared by both backends: `(version, statements)`, applied in order, each
-/// version in its own transaction, recorded in `schema_migrations`. The SQL is the
-/// common subset of SQLite and PostgreSQL (BIGINT, TEXT, DOUBLE PRECISION, composite
-/// primary keys, `ON CONFLICT`).
-pub const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "
+/// The schema, shared by both backends and applied by [`crate::migrate`] (refinery,
+/// history in `udn_log_schema_history`). The SQL is the common subset of SQLite and
+/// PostgreSQL (BIGINT, TEXT, DOUBLE PRECISION, composite primary keys, `ON CONFLICT`).
+/// Steps are append-only: a released step is never edited.
+pub const MIGRATIONS: &[Step] = &[
+    Step {
+        version: 1,
+        name: "initial",
+        sql: "
 CREATE TABLE log_files (
     file_id     TEXT PRIMARY KEY,
     checksum    TEXT NOT NULL,
@@ -125,10 +131,11 @@ CREATE TABLE rollup_probe (
     PRIMARY KEY (minute, pop, kind, method)
 );
 ",
-    ),
-    (
-        2,
-        "
+    },
+    Step {
+        version: 2,
+        name: "usage_file",
+        sql: "
 CREATE TABLE usage_file (
     file_id     TEXT NOT NULL,
     customer    TEXT NOT NULL,
@@ -152,8 +159,30 @@ FROM (SELECT customer, minute, pop, requests, bytes, fill_bytes, 0 AS dns_querie
       SELECT customer, minute, pop, 0, 0, 0, queries FROM rollup_dns WHERE customer <> '') u
 GROUP BY customer, minute, pop;
 ",
-    ),
+    },
+    // Pruning deletes raw rows by time, and the recent-traffic views read them by time:
+    // without these every prune and every such view scanned the whole table.
+    Step {
+        version: 3,
+        name: "raw_time_indexes",
+        sql: "
+CREATE INDEX raw_http_ts ON raw_http (ts);
+CREATE INDEX raw_dns_ts ON raw_dns (ts);
+CREATE INDEX raw_probe_ts ON raw_probe (ts);
+",
+    },
 ];
+
+/// The log store's schema for [`crate::migrate`]. Databases from before refinery kept
+/// their versions in `schema_migrations`; those are marked as applied.
+pub const SCHEMA: Schema = Schema {
+    store: "log store",
+    history: "udn_log_schema_history",
+    pg_lock: 7007,
+    sqlite: MIGRATIONS,
+    postgres: MIGRATIONS,
+    legacy: Legacy::VersionTable("schema_migrations"),
+};
 
 /// The file id under which migration 2 recorded the usage rolled up before per-file
 /// usage was kept (billing applies it once, less what it had already recorded).

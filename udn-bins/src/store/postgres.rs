@@ -2,7 +2,7 @@
 //! `COPY`, rollups by one `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT` per table, all
 //! in the file's one transaction.
 
-use super::{Cell, Error, Ingested, MIGRATIONS, Param, PreparedFile, Result, Store, to_i64};
+use super::{Cell, Error, Ingested, Param, PreparedFile, Result, Store, to_i64};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
@@ -55,29 +55,9 @@ impl PgStore {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        // Several collectors may start at once: serialize on an advisory lock.
-        let mut tx = self.client()?.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock(7007)", &[])?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations \
-             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )?;
-        for (version, sql) in MIGRATIONS {
-            let done: i64 = tx
-                .query_one(
-                    "SELECT COUNT(*) FROM schema_migrations WHERE version = $1",
-                    &[version],
-                )?
-                .get(0);
-            if done == 0 {
-                tx.batch_execute(sql)?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                    &[version, &to_i64(crate::logging::now().as_millis())],
-                )?;
-            }
-        }
-        tx.commit()?;
+        // Several collectors may start at once: `migrate` serializes them on an advisory
+        // lock.
+        crate::migrate::postgres(self.client()?, &super::SCHEMA)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The embedded SQLite store: one file `udn.sqlite` in the data directory, WAL journal,
 //! `synchronous = FULL` (a commit that returned is on disk, so an ack is never lost).
 
-use super::{Cell, Error, Ingested, MIGRATIONS, Param, PreparedFile, Result, Store, to_i64};
+use super::{Cell, Error, Ingested, Param, PreparedFile, Result, Store, to_i64};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::path::Path;
@@ -45,28 +45,7 @@ impl SqliteStore {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        self.conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations \
-             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )?;
-        for (version, sql) in MIGRATIONS {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let done: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM schema_migrations WHERE version = ?1",
-                [version],
-                |r| r.get(0),
-            )?;
-            if done == 0 {
-                tx.execute_batch(sql)?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                    params![version, to_i64(crate::logging::now().as_millis())],
-                )?;
-            }
-            tx.commit()?;
-        }
+        crate::migrate::sqlite(&mut self.conn, &super::SCHEMA)?;
         Ok(())
     }
 }
