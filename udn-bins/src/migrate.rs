@@ -4,7 +4,7 @@
 //! Each store has a [`Schema`]: an ordered list of [`Step`]s per dialect and its own
 //! history table (`udn_log_schema_history`, `udn_cp_schema_history`,
 //! `udn_billing_schema_history`), so stores sharing one database file do not mix their
-//! versions. [`sqlite`] and [`postgres`] apply the steps a database lacks, each in its own
+//! versions. [`sqlite()`] and [`postgres()`] apply the steps a database lacks, each in its own
 //! transaction, under a lock held for the whole run (an exclusive `flock` on
 //! `<database>.migrate.lock` beside a SQLite file, `pg_advisory_lock` on PostgreSQL), so
 //! two processes starting at once take turns instead of racing. refinery refuses to start
