@@ -12,7 +12,9 @@
 //!   minimum-spend components;
 //! * [`period`]: UTC hours, ISO weeks, months, quarters and years;
 //! * [`percentile`]: the 95th-percentile definition;
-//! * [`invoice`](mod@invoice): proration and pricing into rounded line items.
+//! * [`invoice`](mod@invoice): proration and pricing into rounded line items;
+//! * [`lifecycle`]: invoices and credit notes from draft to paid, void or credited, and
+//!   the rules of a billing run (late usage billed once as adjustments).
 //!
 //! Money is [`rust_decimal::Decimal`]; each line item is rounded once to the
 //! currency's minor units, half away from zero ([`money::ROUNDING`]).
@@ -63,6 +65,7 @@
 pub mod account;
 pub mod error;
 pub mod invoice;
+pub mod lifecycle;
 pub mod money;
 pub mod percentile;
 pub mod period;

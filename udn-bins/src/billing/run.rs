@@ -9,54 +9,19 @@
 //! adjustment lines labelled with that period ([`Adjustment`]).
 
 use anyhow::{Context as _, Result};
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use udn_billing::{
-    Account, Invoice, LineItem, Period, PlanBook, SegmentUsage, TaxLine, Timestamp, price, segments,
+use udn_billing::{Account, Period, PlanBook, SegmentUsage, Timestamp, segments};
+
+pub use udn_billing::lifecycle::{
+    Adjustment, Billed, RuleViolation, adjustment_lines, billed, check_over, compose,
 };
 
-use super::store::{BillingStore, DocKind, InvoiceInputs, Status, StoredInvoice};
+use super::store::{BillingStore, DocKind, InvoiceInputs, StoredInvoice};
 use super::usage::{INGEST_MARGIN_MS, IngestReport, ingest_file_usage};
 use crate::store::FileUsage;
-
-/// A billing rule was violated (as opposed to storage failing): the API answers it
-/// with 409 (or 422 for a period that is not over), never 500 or 503.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleViolation {
-    /// The period has not ended yet.
-    #[error("period {period} ends at {ends}; it cannot be billed before it is over")]
-    PeriodNotOver {
-        /// The period label.
-        period: String,
-        /// Its end (RFC 3339).
-        ends: String,
-    },
-    /// The document is in a state that does not allow this (void a paid invoice, pay
-    /// a voided one, credit a credit note...).
-    #[error("{0}")]
-    State(String),
-}
-
-/// Late usage of an earlier period billed on a later invoice: the period's invoice
-/// stays as issued; this invoice carries the difference between pricing the period's
-/// usage as now recorded (`after`) and as billed so far (`before`: the period's
-/// invoice, or the last adjustment of it), per component, as lines labelled with the
-/// period. Stored with the invoice's inputs, so that audit recomputes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Adjustment {
-    /// The period the usage belongs to.
-    pub period: Period,
-    /// The number of that period's invoice.
-    pub invoice: String,
-    /// The account as that invoice priced it.
-    pub account: Account,
-    /// Usage billed before this adjustment, per segment of that invoice.
-    pub before: Vec<SegmentUsage>,
-    /// Usage billed once this adjustment is issued.
-    pub after: Vec<SegmentUsage>,
-}
+use udn_billing::lifecycle::live;
 
 /// One invoice issued by a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,146 +85,6 @@ fn current_usage(
         .collect()
 }
 
-/// The lines of an adjustment: per (plan, version, component, unit) of the period's
-/// invoice, the quantity and amount of `after` less those of `before`; components
-/// whose quantity and amount are unchanged give no line.
-pub fn adjustment_lines(
-    plans: &PlanBook,
-    adj: &Adjustment,
-) -> Result<Vec<LineItem>, udn_billing::Error> {
-    let was = price(&adj.account, plans, &adj.period, &adj.before)?;
-    let now = price(&adj.account, plans, &adj.period, &adj.after)?;
-    let overflow = || udn_billing::Error::AmountOverflow {
-        account: adj.account.id.clone(),
-    };
-    type Key = (String, u32, String, String);
-    let mut diff: BTreeMap<Key, (Decimal, Decimal)> = BTreeMap::new();
-    for (sign, inv) in [(Decimal::NEGATIVE_ONE, &was), (Decimal::ONE, &now)] {
-        for l in &inv.lines {
-            let e = diff
-                .entry((
-                    l.plan.clone(),
-                    l.plan_version,
-                    l.component.clone(),
-                    l.unit.clone(),
-                ))
-                .or_default();
-            e.0 =
-                e.0.checked_add(l.quantity.checked_mul(sign).ok_or_else(overflow)?)
-                    .ok_or_else(overflow)?;
-            e.1 =
-                e.1.checked_add(l.amount.checked_mul(sign).ok_or_else(overflow)?)
-                    .ok_or_else(overflow)?;
-        }
-    }
-    Ok(diff
-        .into_iter()
-        .filter(|(_, (q, a))| !q.is_zero() || !a.is_zero())
-        .map(
-            |((plan, plan_version, component, unit), (quantity, amount))| LineItem {
-                description: format!(
-                    "Late usage of {} (adjusts {}): {component}",
-                    adj.period, adj.invoice
-                ),
-                plan,
-                plan_version,
-                component,
-                from: adj.period.start,
-                to: adj.period.end,
-                quantity: quantity.normalize(),
-                unit,
-                unit_price: None,
-                allowance: Decimal::ZERO,
-                tiers: Vec::new(),
-                proration: None,
-                amount,
-            },
-        )
-        .collect())
-}
-
-/// The invoice of `inputs`: the period's own lines ([`price`]) followed by the lines of
-/// each adjustment, with the subtotal, tax and total over all of them. What a run
-/// issues and what audit recomputes.
-pub fn compose(
-    plans: &PlanBook,
-    period: &Period,
-    inputs: &InvoiceInputs,
-) -> Result<Invoice, udn_billing::Error> {
-    let account = &inputs.account;
-    let mut inv = price(account, plans, period, &inputs.segments)?;
-    if inputs.adjustments.is_empty() {
-        return Ok(inv);
-    }
-    for adj in &inputs.adjustments {
-        inv.lines.extend(adjustment_lines(plans, adj)?);
-    }
-    let overflow = || udn_billing::Error::AmountOverflow {
-        account: account.id.clone(),
-    };
-    let cur = &account.currency;
-    inv.subtotal = inv
-        .lines
-        .iter()
-        .try_fold(Decimal::ZERO, |acc, l| acc.checked_add(l.amount))
-        .ok_or_else(overflow)?;
-    inv.tax = match &account.tax {
-        Some(t) => Some(TaxLine {
-            name: t.name.clone(),
-            rate: t.rate,
-            amount: cur.round(inv.subtotal.checked_mul(t.rate).ok_or_else(overflow)?),
-        }),
-        None => None,
-    };
-    inv.total = inv
-        .subtotal
-        .checked_add(inv.tax.as_ref().map_or(Decimal::ZERO, |t| t.amount))
-        .ok_or_else(overflow)?;
-    Ok(inv)
-}
-
-fn live(d: &StoredInvoice) -> bool {
-    d.kind == DocKind::Invoice && matches!(d.status, Status::Issued | Status::Paid)
-}
-
-/// What has been billed for `period` of one account: the live invoice of the period,
-/// the usage billed (its own, or that of the newest adjustment of it on a live
-/// invoice), and the invoices carrying those adjustments. `docs` are the account's
-/// numbered documents in issue order.
-pub struct Billed<'a> {
-    /// The period's live invoice.
-    pub invoice: &'a StoredInvoice,
-    /// The usage billed for each of its segments.
-    pub usage: Vec<SegmentUsage>,
-    /// Numbers of the live invoices with adjustments of the period.
-    pub adjusted_on: Vec<String>,
-}
-
-/// See [`Billed`].
-pub fn billed<'a>(docs: &[&'a StoredInvoice], period: &Period) -> Option<Billed<'a>> {
-    let invoice = *docs
-        .iter()
-        .find(|d| live(d) && d.invoice.period == *period)?;
-    let number = invoice.number.as_deref()?;
-    let mut usage = invoice.inputs.segments.clone();
-    let mut adjusted_on = Vec::new();
-    let mut later: Vec<&&StoredInvoice> = docs.iter().filter(|d| live(d)).collect();
-    later.sort_by_key(|d| d.id);
-    for d in later {
-        for adj in &d.inputs.adjustments {
-            if adj.period == *period && adj.invoice == number {
-                usage = adj.after.clone();
-                adjusted_on.extend(d.number.clone());
-            }
-        }
-    }
-    Some(Billed {
-        invoice,
-        usage,
-        adjusted_on,
-    })
-}
-
 /// Computes the draft invoice of one account for a period from the store's usage,
 /// with `adjustments` of earlier periods.
 pub fn draft_for(
@@ -285,17 +110,6 @@ pub fn draft_for(
     };
     let invoice = compose(&plans, period, &inputs)?;
     Ok(Some((invoice, inputs)))
-}
-
-/// Refuses billing a period before it is over.
-pub fn check_over(period: &Period, now: Timestamp) -> Result<(), RuleViolation> {
-    if now < period.end {
-        return Err(RuleViolation::PeriodNotOver {
-            period: period.to_string(),
-            ends: udn_billing::period::format_utc(period.end),
-        });
-    }
-    Ok(())
 }
 
 /// The adjustments due on an account's next invoice (for `period`): one per late

@@ -17,136 +17,13 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::str::FromStr as _;
+pub use udn_billing::lifecycle::{DocKind, InvoiceInputs, Payment, Status, StoredInvoice};
+pub(super) use udn_billing::lifecycle::{check_payable, check_voidable, credit_note_for};
 use udn_billing::usage::Applied;
 use udn_billing::{
-    Account, Invoice, Metric, Period, PlanBook, SegmentUsage, Timestamp, UsageBatch, UsageTotals,
+    Account, Invoice, Metric, Period, PlanBook, Timestamp, UsageBatch, UsageTotals,
     period::BUCKET_MS,
 };
-
-/// Kind of an invoice document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DocKind {
-    /// An invoice for a period.
-    Invoice,
-    /// A credit note cancelling an issued invoice.
-    CreditNote,
-}
-
-impl DocKind {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DocKind::Invoice => "invoice",
-            DocKind::CreditNote => "credit_note",
-        }
-    }
-    /// Number series: `INV` or `CN`.
-    pub fn series(self) -> &'static str {
-        match self {
-            DocKind::Invoice => "INV",
-            DocKind::CreditNote => "CN",
-        }
-    }
-    pub(super) fn parse(s: &str) -> Result<Self> {
-        match s {
-            "invoice" => Ok(DocKind::Invoice),
-            "credit_note" => Ok(DocKind::CreditNote),
-            _ => bail!("unknown document kind {s:?}"),
-        }
-    }
-}
-
-/// Life cycle of an invoice: `draft -> issued -> paid | void | credited`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Computed, not numbered, may be replaced.
-    Draft,
-    /// Numbered and immutable; awaiting payment.
-    Issued,
-    /// Paid in full.
-    Paid,
-    /// Cancelled before payment; keeps its number.
-    Void,
-    /// Cancelled by a credit note; keeps its number.
-    Credited,
-}
-
-impl Status {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Draft => "draft",
-            Status::Issued => "issued",
-            Status::Paid => "paid",
-            Status::Void => "void",
-            Status::Credited => "credited",
-        }
-    }
-    pub(super) fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "draft" => Status::Draft,
-            "issued" => Status::Issued,
-            "paid" => Status::Paid,
-            "void" => Status::Void,
-            "credited" => Status::Credited,
-            _ => bail!("unknown invoice status {s:?}"),
-        })
-    }
-}
-
-/// Everything an invoice was computed from, kept with it for audit: the account as it
-/// was, and each segment's plan version and usage totals (bandwidth samples included).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvoiceInputs {
-    /// The account snapshot.
-    pub account: Account,
-    /// The segments and their usage.
-    pub segments: Vec<SegmentUsage>,
-    /// Late usage of earlier periods billed on this invoice (see
-    /// [`super::run::Adjustment`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub adjustments: Vec<super::run::Adjustment>,
-}
-
-/// An invoice or credit note as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredInvoice {
-    /// Row id.
-    pub id: i64,
-    /// Invoice or credit note.
-    pub kind: DocKind,
-    /// `INV-000001`; `None` while a draft.
-    pub number: Option<String>,
-    /// Status.
-    pub status: Status,
-    /// The content (a credit note's amounts are negative).
-    pub invoice: Invoice,
-    /// What it was computed from (for a credit note, the credited invoice's inputs).
-    pub inputs: InvoiceInputs,
-    /// When it was issued.
-    pub issued_at: Option<Timestamp>,
-    /// When payment is due.
-    pub due_at: Option<Timestamp>,
-    /// The invoice a credit note cancels.
-    pub credits: Option<String>,
-}
-
-/// A payment received.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    /// Invoice number.
-    pub invoice: String,
-    /// Amount received.
-    pub amount: Decimal,
-    /// `manual` or the payment provider's name.
-    pub method: String,
-    /// Bank or provider reference.
-    pub reference: String,
-    /// When it was received.
-    pub at: Timestamp,
-}
 
 /// How a delivery attempt went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -732,63 +609,6 @@ impl UsageFold {
         self.totals.counters = self.sums.into_iter().map(|(m, r, q)| ((m, r), q)).collect();
         self.totals
     }
-}
-
-/// A billing rule violation (409 through the API, see [`super::run::RuleViolation`]).
-fn rule(message: String) -> anyhow::Error {
-    super::run::RuleViolation::State(message).into()
-}
-
-/// Refuses voiding anything but an issued invoice without payments.
-pub(super) fn check_voidable(inv: &StoredInvoice, number: &str, payments: i64) -> Result<()> {
-    if inv.status != Status::Issued || inv.kind != DocKind::Invoice {
-        return Err(rule(format!(
-            "{number} is {}: only an issued, unpaid invoice can be voided",
-            inv.status.as_str()
-        )));
-    }
-    if payments > 0 {
-        return Err(rule(format!(
-            "{number} has payments: issue a credit note instead"
-        )));
-    }
-    Ok(())
-}
-
-/// The credit note cancelling `inv` (numbered `number`): every amount negated.
-pub(super) fn credit_note_for(inv: &StoredInvoice, number: &str) -> Result<Invoice> {
-    if inv.kind != DocKind::Invoice || !matches!(inv.status, Status::Issued | Status::Paid) {
-        return Err(rule(format!(
-            "{number} is {}: only an issued or paid invoice can be credited",
-            inv.status.as_str()
-        )));
-    }
-    let mut note = inv.invoice.clone();
-    for l in &mut note.lines {
-        l.amount = -l.amount;
-        l.description = format!("Credit of {number}: {}", l.description);
-    }
-    note.subtotal = -note.subtotal;
-    if let Some(t) = &mut note.tax {
-        t.amount = -t.amount;
-    }
-    note.total = -note.total;
-    Ok(note)
-}
-
-/// Refuses a payment against anything but an issued invoice, or of no amount.
-pub(super) fn check_payable(inv: &StoredInvoice, p: &Payment) -> Result<()> {
-    if inv.kind != DocKind::Invoice || inv.status != Status::Issued {
-        return Err(rule(format!(
-            "{} is {}: payments are recorded against issued invoices",
-            p.invoice,
-            inv.status.as_str()
-        )));
-    }
-    if p.amount <= Decimal::ZERO {
-        return Err(rule("a payment amount must be positive".into()));
-    }
-    Ok(())
 }
 
 /// Whether the stored payment amounts (decimal text) cover `total`.
