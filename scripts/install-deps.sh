@@ -11,9 +11,9 @@ PKGS=(
   wrk              # HTTP load client
   curl             # edge tests and the README tour's CDN requests: the real HTTP client
   openssl          # edge HTTPS test: self-signed certificates per hostname
-  sqlite3          # the README tour's store query (udn-bins/tests/demo.rs)
-  poppler-utils    # pdftotext: reads the PDF invoices back (udn-bins/tests/billing_delivery.rs)
-  ffmpeg           # a live HLS stream and its viewers (udn-bins/tests/edge_hls.rs)
+  sqlite3          # the README tour's store query (udn-bins/tests/it/demo.rs)
+  poppler-utils    # pdftotext: reads the PDF invoices back (udn-bins/tests/it/billing_delivery.rs)
+  ffmpeg           # a live HLS stream and its viewers (udn-bins/tests/it/edge_hls.rs)
   postgresql       # the store's PostgreSQL tests
   chromium         # portal browser tests
   chromium-driver
@@ -27,9 +27,9 @@ for p in "${PKGS[@]}"; do
 done
 # Python packages from PyPI, for whichever python3 is first on PATH.
 #   aiosmtpd: the real SMTP server the billing delivery tests start on loopback
-#   (udn-bins/tests/billing_delivery.rs).
+#   (udn-bins/tests/it/billing_delivery.rs).
 #   pyftpdlib: the real FTP server of the FTP service tests (udn-probe/tests/agent_ftp.rs,
-#   udn-bins/tests/probe_dns_e2e.rs).
+#   udn-bins/tests/it/probe_dns_e2e.rs).
 PY_PKGS=(aiosmtpd==1.4.6 pyftpdlib==1.5.10)
 if command -v python3 >/dev/null && ! python3 -c "import aiosmtpd, pyftpdlib" 2>/dev/null; then
   echo "install-deps: pip installing ${PY_PKGS[*]}"

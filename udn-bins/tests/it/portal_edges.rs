@@ -1,0 +1,225 @@
+//! Purge fan-out to real `udn edge` processes: a customer purges a URL through the API;
+//! the running edge serves a fresh copy from the origin at once; a second edge that was
+//! down when the purge was made gets it (with its sequence number) when it starts.
+
+use crate::api_support;
+use crate::proc_support;
+
+use api_support::*;
+use axum::Router;
+use proc_support::Killed as Edge;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use udn_bins::api::{ApiState, Backend, ControlOptions, EdgeApi, Role, SqliteBackend};
+use udn_bins::pki::InstanceRole;
+
+/// A real `udn edge` serving customers on `addr` and its admin listener on `admin`,
+/// with the credentials in `pki`.
+async fn start_edge(
+    config: &std::path::Path,
+    pop: &str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    pki: &std::path::Path,
+) -> Edge {
+    let child = Command::new(env!("CARGO_BIN_EXE_udn"))
+        .args(["edge", "--listen", &addr.to_string(), "--pop", pop])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--pki")
+        .arg(pki)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start udn edge");
+    let edge = Edge(child);
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && tokio::net::TcpStream::connect(admin).await.is_ok()
+        {
+            return edge;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("udn edge did not start on {addr}");
+}
+
+/// A real origin: every path answers its own name, cacheable for an hour; counts hits.
+async fn start_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().fallback(move |uri: axum::http::Uri| {
+        let h = h.clone();
+        async move {
+            let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+            (
+                [("cache-control", "max-age=3600")],
+                format!("{} #{n}", uri.path()),
+            )
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (addr, hits)
+}
+
+async fn fetch(edge: SocketAddr, path: &str) -> (String, String) {
+    let r = reqwest::Client::new()
+        .get(format!("http://{edge}{path}"))
+        .header("host", "cdn.shop.udn.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cache = r
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (cache, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_reaches_running_udn_edges_and_one_that_starts_later() {
+    udn_bins::install_crypto();
+    let dir = temp_dir("portal-edges");
+    let (origin, hits) = start_origin().await;
+    let mut cfg = two_customer_config();
+    cfg.cdn[0].origin_urls = vec![format!("http://{origin}")];
+    let toml_path = dir.join("network.toml");
+    std::fs::write(&toml_path, toml::to_string(&cfg).unwrap()).unwrap();
+
+    let db = Arc::new(SqliteBackend::open(&dir.join("control.db")).unwrap());
+    db.commit_config(0, &cfg, "test", udn_bins::logging::now())
+        .unwrap();
+    db.create_user("shopuser", PASSWORD, Role::Customer, Some("shop"))
+        .unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a_admin, b_admin) = (free_addr(), free_addr());
+    // The instance CA; the edges and the control plane enrolled with it.
+    let ca = udn_bins::pki::Ca::load_or_create(&dir.join("pki")).unwrap();
+    let san = ["127.0.0.1".to_string()];
+    let (a_pki, b_pki) = (dir.join("edge-fra"), dir.join("edge-nyc"));
+    ca.enroll_into(InstanceRole::Edge, "fra", &san, &a_pki)
+        .unwrap();
+    ca.enroll_into(InstanceRole::Edge, "nyc", &san, &b_pki)
+        .unwrap();
+    let control = ca
+        .enroll_into(InstanceRole::Control, "control", &san, &dir.join("control"))
+        .unwrap();
+    let opts = ControlOptions {
+        edges: vec![
+            EdgeApi {
+                name: "fra-edge-1".into(),
+                url: format!("https://{a_admin}"),
+            },
+            EdgeApi {
+                name: "nyc-edge-1".into(),
+                url: format!("https://{b_admin}"),
+            },
+        ],
+        credentials: Some(control.clone()),
+        purge_retry_secs: Some(1),
+        ..ControlOptions::default()
+    };
+    let backend: Arc<dyn Backend> = db.clone();
+    let state = ApiState::new(backend, opts).unwrap();
+    let delivery = state.start_purge_distributor();
+    let (api, server) = udn_bins::api::serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        udn_bins::api::router(state.clone()),
+    )
+    .await
+    .unwrap();
+
+    let _edge_a = start_edge(&toml_path, "fra", a_addr, a_admin, &a_pki).await;
+    assert_eq!(fetch(a_addr, "/img/a.gif").await.0, "MISS");
+    let (cache, body) = fetch(a_addr, "/img/a.gif").await;
+    assert_eq!((cache.as_str(), body.as_str()), ("HIT", "/img/a.gif #1"));
+
+    // Log in as the customer and purge the URL.
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let login: serde_json::Value = client
+        .post(format!("http://{api}/v1/auth/login"))
+        .json(&json!({"username": "shopuser", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let csrf = login["csrf"].as_str().unwrap().to_owned();
+    let p: serde_json::Value = client
+        .post(format!("http://{api}/v1/purge"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"scope": "url", "target": "http://cdn.shop.udn.example/img/a.gif"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seq = p["seq"].as_u64().unwrap();
+    let status = |client: reqwest::Client| async move {
+        let v: serde_json::Value = client
+            .get(format!("http://{api}/v1/purge/{seq}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["applied"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        eventually(10, || {
+            let c = client.clone();
+            async move { status(c).await == 1 }
+        })
+        .await,
+        "applied by the running edge"
+    );
+    // The running edge now fetches a fresh copy.
+    let (cache, body) = fetch(a_addr, "/img/a.gif").await;
+    assert_eq!((cache.as_str(), body.as_str()), ("MISS", "/img/a.gif #2"));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // The second edge was down; when it starts it receives the purge it missed.
+    let _edge_b = start_edge(&toml_path, "nyc", b_addr, b_admin, &b_pki).await;
+    assert!(
+        eventually(15, || {
+            let c = client.clone();
+            async move { status(c).await == 2 }
+        })
+        .await,
+        "applied by the edge that came back"
+    );
+    let since = control
+        .reqwest_client(Duration::from_secs(10))
+        .unwrap()
+        .get(format!("https://{b_admin}/v1/purges?since=0"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(since.contains(&format!("\"seq\":{seq}")), "{since}");
+
+    for t in delivery {
+        t.abort();
+    }
+    server.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}
