@@ -43,6 +43,7 @@ pub mod health;
 pub mod hex;
 pub mod load;
 pub mod log;
+pub mod logfile;
 pub mod net;
 pub mod netpolicy;
 pub mod network;
