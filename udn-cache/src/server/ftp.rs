@@ -236,6 +236,8 @@ impl Binder for PublicBinder {
                 IpAddr::V4(_) => TcpSocket::new_v4()?,
                 IpAddr::V6(_) => TcpSocket::new_v6()?,
             };
+            // A port whose last transfer is in TIME_WAIT can listen again.
+            s.set_reuseaddr(true)?;
             match s.bind(SocketAddr::new(self.ip, port as u16)) {
                 Ok(()) => return Ok(s),
                 Err(e) => last = e,
@@ -372,6 +374,8 @@ fn modified_of(h: &http::HeaderMap) -> Option<SystemTime> {
 }
 
 impl CacheStorage {
+    /// A request for `path` through the edge as `user`'s client; `start` is a `REST`
+    /// offset (`u64::MAX`: the first byte only, for `SIZE`).
     async fn request(
         &self,
         user: &FtpUser,
@@ -385,7 +389,9 @@ impl CacheStorage {
             .uri(path)
             .header(header::HOST, &user.host)
             .header(header::USER_AGENT, "udn-ftp");
-        if start > 0 {
+        if start == u64::MAX {
+            b = b.header(header::RANGE, "bytes=0-0");
+        } else if start > 0 {
             b = b.header(header::RANGE, format!("bytes={start}-"));
         }
         let req = b.body(empty_req()).map_err(|_| not_found())?;
@@ -425,15 +431,27 @@ impl StorageBackend<FtpUser> for CacheStorage {
                 modified: SystemTime::UNIX_EPOCH,
             });
         }
-        let resp = self.request(user, Method::HEAD, &path, 0, "SIZE").await?;
+        // A GET of the first byte, not a HEAD: a cold object is filled into the cache
+        // (SIZE usually comes before RETR) rather than asked of the origin twice. The
+        // body is never read, so the record shows no bytes sent.
+        let resp = self
+            .request(user, Method::GET, &path, u64::MAX, "SIZE")
+            .await?;
+        let h = resp.headers();
+        let len = |name| {
+            h.get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
         match resp.status() {
-            StatusCode::OK => {
-                let len = resp
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
+                let len = match resp.status() {
+                    // `bytes 0-0/TOTAL`
+                    StatusCode::PARTIAL_CONTENT => len(header::CONTENT_RANGE)
+                        .and_then(|v| v.rsplit_once('/').and_then(|(_, t)| t.parse().ok())),
+                    _ => len(header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+                }
+                .unwrap_or(0);
                 Ok(Entry {
                     len,
                     dir: false,
@@ -787,6 +805,23 @@ impl AsyncWrite for ClientStream {
     }
 }
 
+/// Closes after a refusal so that the client reads it: shuts the sending side, then
+/// reads and drops what the client still sends (at most 64 KiB, 1 s), so the close is
+/// no reset that would discard the reply.
+async fn linger_close(client: &mut ClientStream) {
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let mut left = 64usize << 10;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
 struct Relay {
     opts: Arc<FtpOptions>,
     sessions: Arc<Sessions>,
@@ -1111,7 +1146,7 @@ impl Relay {
             tokio::select! {
                 _ = login_wait => {
                     let _ = client.write_all(b"421 Login timeout: closing the connection.\r\n").await;
-                    let _ = client.shutdown().await;
+                    linger_close(&mut client).await;
                     return Ok(());
                 }
                 r = client.read(&mut cbuf) => {
@@ -1124,6 +1159,7 @@ impl Relay {
                         let raw: Vec<u8> = cline.drain(..=pos).collect();
                         if raw.len() > MAX_COMMAND_LINE {
                             let _ = client.write_all(b"500 Command line too long.\r\n").await;
+                            linger_close(&mut client).await;
                             return Ok(());
                         }
                         let Ok(text) = std::str::from_utf8(&raw) else {
@@ -1173,6 +1209,7 @@ impl Relay {
                     }
                     if cline.len() > MAX_COMMAND_LINE {
                         let _ = client.write_all(b"500 Command line too long.\r\n").await;
+                            linger_close(&mut client).await;
                         return Ok(());
                     }
                 }
