@@ -587,7 +587,7 @@ print(json.dumps(out))
 
 #[test]
 fn attacks_writes_long_lines_login_timeout_caps_bounce_and_traversal() {
-    let (origin, hits) = start_origin();
+    let (origin, _hits) = start_origin();
     let dir = tempdir("attacks");
     let cfg = network_toml(&dir.0, origin);
     let crt = cert(&dir.0);

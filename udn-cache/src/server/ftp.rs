@@ -4,9 +4,10 @@
 //! Two parts:
 //! - **libunftp** speaks the protocol (passive data connections, `REST`, `SIZE`, `MDTM`,
 //!   `LIST`, `MLSD`, `PROT P` data channels) with [`CacheStorage`] as its storage back
-//!   end: a `RETR` is a `GET` through [`Edge::serve`] (the same lookup, fill,
-//!   coalescing, purge and access log as HTTP; `REST n` is `Range: bytes=n-`), `SIZE`
-//!   and `MDTM` a `HEAD`, and a listing names what the cache holds under a directory.
+//!   end: a `RETR` is a `GET` through the edge's request path (`Edge::serve`: the same
+//!   lookup, fill, coalescing, purge and access log as HTTP; `REST n` is
+//!   `Range: bytes=n-`), `SIZE` and `MDTM` a `GET` of the first byte (which fills a
+//!   cold object), and a listing names what the cache holds under a directory.
 //! - **A control-connection relay** in front of it, on the public address: it caps
 //!   sessions (in all and per client address), the command line (2048 bytes) and the
 //!   time to log in; it answers `HOST` (RFC 7151) and `AUTH TLS` itself (TLS with the
