@@ -1238,3 +1238,59 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_site_and_are_encoded() {
+        let p = |s: &str| url_path(Path::new(s));
+        assert_eq!(p("/pub/a.txt").as_deref(), Some("/pub/a.txt"));
+        assert_eq!(p("../../etc/passwd").as_deref(), Some("/etc/passwd"));
+        assert_eq!(p("/a/../../../b").as_deref(), Some("/b"));
+        assert_eq!(p("/").as_deref(), Some("/"));
+        assert_eq!(p("..").as_deref(), Some("/"));
+        assert_eq!(p("/x/./y z?q#f%").as_deref(), Some("/x/y%20z%3Fq%23f%25"));
+        assert_eq!(p("/caf\u{e9}").as_deref(), Some("/caf%C3%A9"));
+        assert_eq!(p("/a\rb"), None);
+        assert_eq!(p("/a\nb"), None);
+        assert_eq!(percent_decode("y%20z%3Fq%C3%A9%zz%4"), "y z?q\u{e9}%zz%4");
+    }
+
+    #[test]
+    fn port_and_eprt_arguments() {
+        assert_eq!(
+            parse_port("127,0,0,1,200,10"),
+            Some("127.0.0.1:51210".parse().unwrap())
+        );
+        assert_eq!(parse_port("127,0,0,1,200"), None);
+        assert_eq!(parse_port("127,0,0,1,300,1"), None);
+        assert_eq!(parse_port(""), None);
+        assert_eq!(
+            parse_eprt("|1|127.0.0.2|2121|"),
+            Some("127.0.0.2:2121".parse().unwrap())
+        );
+        assert_eq!(
+            parse_eprt("|2|::1|2121|"),
+            Some("[::1]:2121".parse().unwrap())
+        );
+        assert_eq!(parse_eprt("|1|::1|2121|"), None);
+        assert_eq!(parse_eprt("|1|127.0.0.1|99999|"), None);
+        assert_eq!(parse_eprt(""), None);
+        assert_eq!(
+            canonical_ip("::ffff:127.0.0.1".parse().unwrap()),
+            IpAddr::from([127, 0, 0, 1])
+        );
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(hostname_like("www.shop.example"));
+        assert!(hostname_like("127.0.0.1:2121"));
+        assert!(!hostname_like(""));
+        assert!(!hostname_like("a b"));
+        assert!(!hostname_like("a/b"));
+        assert!(!hostname_like(&"a".repeat(254)));
+    }
+}
