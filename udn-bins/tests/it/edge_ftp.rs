@@ -5,8 +5,8 @@
 //! curl, openssl and python3 come from scripts/install-deps.sh.
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -35,15 +35,39 @@ fn body_of(path: &str) -> Option<Vec<u8>> {
     }
 }
 
-async fn origin(hits: Hits, req: Request<Incoming>) -> Response<Full<Bytes>> {
+type OBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: Vec<u8>) -> OBody {
+    Full::new(Bytes::from(b)).map_err(|e| match e {}).boxed()
+}
+
+async fn origin(hits: Hits, req: Request<Incoming>) -> Response<OBody> {
     let path = req.uri().path().to_string();
+    if path == "/pub/stall.bin" {
+        // 1000 bytes of 100,000, then nothing (for an hour).
+        *hits.lock().unwrap().entry(path).or_default() += 1;
+        let s = futures_util::stream::unfold(0u8, |n| async move {
+            if n == 0 {
+                Some((Ok(Frame::data(Bytes::from(vec![b's'; 1000]))), 1))
+            } else {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+        });
+        let mut r = Response::new(StreamBody::new(s).boxed());
+        r.headers_mut()
+            .insert("content-length", "100000".parse().unwrap());
+        r.headers_mut()
+            .insert("cache-control", "max-age=3600".parse().unwrap());
+        return r;
+    }
     let Some(body) = body_of(&path) else {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
+        let mut r = Response::new(full(b"not found".to_vec()));
         *r.status_mut() = hyper::StatusCode::NOT_FOUND;
         return r;
     };
     *hits.lock().unwrap().entry(path).or_default() += 1;
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     r.headers_mut()
         .insert("cache-control", "max-age=3600".parse().unwrap());
     r.headers_mut().insert("last-modified", LM.parse().unwrap());
@@ -594,7 +618,20 @@ fn attacks_writes_long_lines_login_timeout_caps_bounce_and_traversal() {
     let edge = Edge::start(
         &cfg,
         &crt,
-        &["--ftp-login-timeout-secs", "2", "--ftp-max-per-client", "3"],
+        &[
+            "--ftp-login-timeout-secs",
+            "2",
+            "--ftp-max-per-client",
+            "3",
+            "--ftp-idle-timeout-secs",
+            "3",
+            "--ftp-data-timeout-secs",
+            "2",
+            "--origin-body-timeout-ms",
+            "600000",
+            "--waiter-timeout-ms",
+            "600000",
+        ],
     );
     // A bounce target: nothing may connect to it.
     let bounce = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
@@ -653,6 +690,35 @@ fn attacks_writes_long_lines_login_timeout_caps_bounce_and_traversal() {
     );
     let all = v.to_string();
     assert!(!all.contains("root:"), "a local file was served: {v}");
+
+    // A download whose bytes stop (the origin stalls after 1000 bytes): aborted after
+    // the 2-second data timeout, not held for the origin's hour or the 600-second fill
+    // limits.
+    let (ok, body, err) = curl(&[
+        "--user",
+        &format!("anonymous@{SITE}:x"),
+        &edge.url("/pub/stall.bin"),
+    ]);
+    assert!(!ok, "a stalled download completed");
+    assert!(body.len() <= 1000, "{}", body.len());
+    // The edge ended it, not curl's own 30-second limit.
+    assert!(!err.contains("timed out"), "{err}");
+    eprintln!("stalled download: {err}");
+
+    // A logged-in session that sends nothing: closed at the idle timeout (3 s).
+    let mut s = TcpStream::connect(edge.ftp).unwrap();
+    assert!(read_reply(&mut s).starts_with("220"));
+    s.write_all(format!("USER anonymous@{SITE}\r\n").as_bytes())
+        .unwrap();
+    assert!(read_reply(&mut s).starts_with("331"));
+    s.write_all(b"PASS x\r\n").unwrap();
+    assert!(read_reply(&mut s).starts_with("230"));
+    let rest = read_to_close(&mut s);
+    assert!(
+        rest.starts_with("221") || rest.starts_with("421"),
+        "{rest:?}"
+    );
+    drop(s);
 
     // An over-long command line: refused and closed.
     let mut s = TcpStream::connect(edge.ftp).unwrap();
