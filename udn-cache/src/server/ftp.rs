@@ -399,6 +399,32 @@ impl CacheStorage {
         Ok(self.edge.serve(req, user.client, Some(label)).await)
     }
 
+    /// The body of `path` from `start` (and how many bytes of it to drop, when the
+    /// response is not the range asked for); `None`: nothing left after `start`.
+    async fn open(
+        &self,
+        user: &FtpUser,
+        path: &Path,
+        start: u64,
+    ) -> storage::Result<Option<(RespBody, u64)>> {
+        let path = url_path(path).ok_or_else(not_found)?;
+        let resp = self
+            .request(user, Method::GET, &path, start, "RETR")
+            .await?;
+        let skip = match resp.status() {
+            StatusCode::OK => start,
+            StatusCode::PARTIAL_CONTENT => 0,
+            // REST at (or past) the end: nothing left to send.
+            StatusCode::RANGE_NOT_SATISFIABLE => return Ok(None),
+            StatusCode::FORBIDDEN => return Err(denied()),
+            s if s.is_server_error() => {
+                return Err(storage::Error::from(ErrorKind::TransientFileNotAvailable));
+            }
+            _ => return Err(not_found()),
+        };
+        Ok(Some((resp.into_body(), skip)))
+    }
+
     /// A directory the cache holds something under.
     async fn known_dir(&self, user: &FtpUser, path: &str) -> bool {
         if path == "/" {
@@ -524,26 +550,12 @@ impl StorageBackend<FtpUser> for CacheStorage {
         path: P,
         start: u64,
     ) -> storage::Result<Box<dyn AsyncRead + Send + Sync + Unpin>> {
-        let path = url_path(path.as_ref()).ok_or_else(not_found)?;
-        let resp = self
-            .request(user, Method::GET, &path, start, "RETR")
-            .await?;
-        let skip = match resp.status() {
-            StatusCode::OK => start,
-            StatusCode::PARTIAL_CONTENT => 0,
-            // REST at (or past) the end: nothing left to send.
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Ok(Box::new(tokio::io::empty()));
-            }
-            StatusCode::FORBIDDEN => return Err(denied()),
-            s if s.is_server_error() => {
-                return Err(storage::Error::from(ErrorKind::TransientFileNotAvailable));
-            }
-            _ => return Err(not_found()),
+        let Some((body, skip)) = self.open(user, path.as_ref(), start).await? else {
+            return Ok(Box::new(tokio::io::empty()));
         };
         Ok(Box::new(BodyReader {
             inner: Mutex::new(ReaderState {
-                body: resp.into_body(),
+                body,
                 chunk: Bytes::new(),
                 skip,
                 timer: Box::pin(tokio::time::sleep(self.data_timeout)),
@@ -551,6 +563,53 @@ impl StorageBackend<FtpUser> for CacheStorage {
                 done: false,
             }),
         }))
+    }
+
+    /// `RETR`: the body's chunks written to the data connection as they come (no copy
+    /// through a reader's buffer); a chunk that does not arrive, or is not taken by the
+    /// client, within the data timeout aborts the transfer.
+    async fn get_into<'a, P, W: ?Sized>(
+        &self,
+        user: &FtpUser,
+        path: P,
+        start: u64,
+        output: &'a mut W,
+    ) -> storage::Result<u64>
+    where
+        W: AsyncWrite + Unpin + Sync + Send,
+        P: AsRef<Path> + Send + fmt::Debug,
+    {
+        let Some((mut body, mut skip)) = self.open(user, path.as_ref(), start).await? else {
+            return Ok(0);
+        };
+        let stalled = || {
+            storage::Error::new(
+                ErrorKind::LocalError,
+                io::Error::new(io::ErrorKind::TimedOut, "data timeout"),
+            )
+        };
+        let mut sent = 0u64;
+        loop {
+            let frame = match tokio::time::timeout(self.data_timeout, body.frame()).await {
+                Err(_) => return Err(stalled()),
+                Ok(None) => return Ok(sent),
+                Ok(Some(Err(e))) => return Err(storage::Error::new(ErrorKind::LocalError, e)),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(mut d) = frame.into_data() else {
+                continue;
+            };
+            if skip > 0 {
+                let k = skip.min(d.len() as u64) as usize;
+                d.advance(k);
+                skip -= k as u64;
+            }
+            match tokio::time::timeout(self.data_timeout, output.write_all(&d)).await {
+                Err(_) => return Err(stalled()),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(())) => sent += d.len() as u64,
+            }
+        }
     }
 
     async fn put<
