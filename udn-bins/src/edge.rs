@@ -111,10 +111,53 @@ pub struct Options {
     /// listener.
     #[arg(long, requires_all = ["config", "pki"])]
     pub control: Option<String>,
+    /// FTP listen address: serves the same cache over FTP (anonymous, read-only; the
+    /// site from `HOST` or the user name `anonymous@HOSTNAME`); FTPS with `AUTH TLS`
+    /// when `--tls-cert` is given. No FTP without it.
+    #[arg(long)]
+    pub ftp_listen: Option<SocketAddr>,
+    /// FTP passive data ports, `FIRST-LAST`.
+    #[arg(long, default_value = "50000-50100", value_parser = parse_port_range)]
+    pub ftp_passive_ports: (u16, u16),
+    /// The IPv4 address FTP's `PASV` names (default: the address the client connected
+    /// to; set it behind NAT).
+    #[arg(long)]
+    pub ftp_passive_host: Option<std::net::Ipv4Addr>,
+    /// FTP control connections at most.
+    #[arg(long, default_value_t = 256)]
+    pub ftp_max_sessions: usize,
+    /// FTP control connections from one client address at most.
+    #[arg(long, default_value_t = 8)]
+    pub ftp_max_per_client: usize,
+    /// An FTP connection not logged in within this many seconds is closed.
+    #[arg(long, default_value_t = 20)]
+    pub ftp_login_timeout_secs: u64,
+    /// A logged-in FTP session idle for this many seconds is closed.
+    #[arg(long, default_value_t = 120)]
+    pub ftp_idle_timeout_secs: u64,
+    /// An FTP download whose bytes stop arriving for this many seconds is aborted.
+    #[arg(long, default_value_t = 30)]
+    pub ftp_data_timeout_secs: u64,
+    /// Entries in one FTP `LIST` / `MLSD` at most.
+    #[arg(long, default_value_t = 1000)]
+    pub ftp_list_max: usize,
     /// Certificates the admin listener refuses although they verify: kept current by
     /// `--control` (the demo shares its control plane's list).
     #[arg(skip)]
     pub revoked: crate::pki::Revocations,
+}
+
+/// `FIRST-LAST` as a port range.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: want FIRST-LAST, e.g. 50000-50100"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: want 1 <= FIRST <= LAST"));
+    }
+    Ok((a, b))
 }
 
 /// A running edge started by [`start`].
@@ -127,6 +170,7 @@ pub struct Handle {
     /// `--control`).
     pub revoked: crate::pki::Revocations,
     admin: Option<tokio::task::JoinHandle<()>>,
+    ftp: Option<server::FtpHandle>,
     log: Option<Arc<WriterSink>>,
 }
 
@@ -211,10 +255,18 @@ impl Handle {
         self.server.http_addr
     }
 
+    /// The FTP listener's address, if there is one (`--ftp-listen`).
+    pub fn ftp_addr(&self) -> Option<SocketAddr> {
+        self.ftp.as_ref().map(|f| f.addr)
+    }
+
     /// Stops the edge and completes the open access-log file.
     pub async fn shutdown(self) {
         if let Some(a) = &self.admin {
             a.abort();
+        }
+        if let Some(f) = self.ftp {
+            f.shutdown().await;
         }
         self.server.shutdown().await;
         if let Some(l) = self.log {
@@ -267,6 +319,15 @@ impl Default for Options {
             max_connections: 1024,
             max_connections_per_client: 64,
             control: None,
+            ftp_listen: None,
+            ftp_passive_ports: (50000, 50100),
+            ftp_passive_host: None,
+            ftp_max_sessions: 256,
+            ftp_max_per_client: 8,
+            ftp_login_timeout_secs: 20,
+            ftp_idle_timeout_secs: 120,
+            ftp_data_timeout_secs: 30,
+            ftp_list_max: 1000,
             revoked: crate::pki::Revocations::default(),
         }
     }
@@ -283,6 +344,37 @@ impl Options {
             max_connections: self.max_connections,
             max_per_client: self.max_connections_per_client,
         }
+    }
+}
+
+impl Options {
+    /// The FTP listener these options ask for, on `listen`, with FTPS by `tls`.
+    pub fn ftp_options(
+        &self,
+        listen: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<server::FtpOptions> {
+        let (lo, hi) = self.ftp_passive_ports;
+        anyhow::ensure!(
+            lo >= 1 && lo <= hi,
+            "--ftp-passive-ports wants 1 <= FIRST <= LAST"
+        );
+        anyhow::ensure!(
+            self.ftp_max_sessions >= 1 && self.ftp_max_per_client >= 1,
+            "--ftp-max-sessions and --ftp-max-per-client must be at least 1"
+        );
+        Ok(server::FtpOptions {
+            listen,
+            passive_ports: lo..=hi,
+            passive_host: self.ftp_passive_host,
+            max_sessions: self.ftp_max_sessions,
+            max_per_client: self.ftp_max_per_client,
+            login_timeout: Duration::from_secs(self.ftp_login_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.ftp_idle_timeout_secs.max(1)),
+            data_timeout: Duration::from_secs(self.ftp_data_timeout_secs.max(1)),
+            list_max: self.ftp_list_max.clamp(1, 100_000),
+            tls,
+        })
     }
 }
 
@@ -358,27 +450,32 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
         b = b.disk(dir.clone(), args.disk_mb << 20);
     }
     let edge = b.build().context("starting the edge cache")?;
-    let https = match args.tls_listen {
-        Some(addr) => {
-            let certs = args
-                .tls_certs
-                .iter()
-                .map(|s| parse_cert(s))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            anyhow::ensure!(
-                !certs.is_empty(),
-                "--tls-listen needs at least one --tls-cert"
-            );
-            Some((
-                addr,
-                server::tls_config(&certs).context("loading TLS certificates")?,
-            ))
-        }
-        None => None,
+    let certs = args
+        .tls_certs
+        .iter()
+        .map(|s| parse_cert(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tls = if certs.is_empty() {
+        None
+    } else {
+        Some(server::tls_config(&certs).context("loading TLS certificates")?)
+    };
+    let https = match (args.tls_listen, &tls) {
+        (Some(addr), Some(cfg)) => Some((addr, cfg.clone())),
+        (Some(_), None) => anyhow::bail!("--tls-listen needs at least one --tls-cert"),
+        (None, _) => None,
     };
     let server = server::start(edge, args.listen, https)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let ftp = match args.ftp_listen {
+        Some(addr) => Some(
+            server::start_ftp(server.edge.clone(), args.ftp_options(addr, tls.clone())?)
+                .await
+                .with_context(|| format!("binding the FTP listener {addr}"))?,
+        ),
+        None => None,
+    };
     let revoked = args.revoked.clone();
     let (admin_addr, admin) = match (args.admin_listen, &args.pki) {
         (Some(addr), Some(dir)) => {
@@ -406,6 +503,7 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
         admin_addr,
         revoked,
         admin,
+        ftp,
         log,
     })
 }
@@ -514,6 +612,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Some(a) = h.admin_addr {
             println!("udn edge: admin on https://{a}");
+        }
+        if let Some(a) = h.ftp_addr() {
+            println!("udn edge: FTP on ftp://{a}");
         }
         let follow = match (
             &args_for_reload.control,

@@ -27,6 +27,7 @@
 
 mod body;
 mod fill;
+pub mod ftp;
 mod guard;
 pub mod journal;
 pub mod listener;
@@ -40,6 +41,7 @@ pub use fill::FILL_OUTCOME;
 use fill::{FetchError, FillResult, Lead, Want};
 
 pub use body::RespBody;
+pub use ftp::{FtpHandle, FtpOptions, start_ftp};
 pub use tls::{TlsCert, tls_config};
 
 use crate::invalidate::{Applied, InvalidationTree, Purge};
@@ -680,6 +682,72 @@ impl Edge {
         Some(obj)
     }
 
+    /// What the edge holds (memory and disk tiers, still valid) whose store key starts
+    /// with `route`'s (a directory's route): at most `max` of them, as (the rest of the
+    /// key after the prefix, length, metadata), for FTP's LIST and MLSD.
+    pub(crate) async fn known_under(
+        self: &Arc<Self>,
+        route: &Route,
+        max: usize,
+    ) -> Vec<(String, u64, StoredMeta)> {
+        let prefix = route.store_key();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let valid = |rest: &str, generation: u64| {
+            self.tree
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_valid(&format!("{}{rest}", route.key), generation)
+        };
+        for (k, o) in self.memory.iter() {
+            if out.len() >= max {
+                return out;
+            }
+            let Some(rest) = k.strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            let rest = rest.split('\n').next().unwrap_or(rest);
+            if valid(rest, o.generation) && seen.insert(rest.to_string()) {
+                out.push((rest.to_string(), o.len, o.meta.clone()));
+            }
+        }
+        if self.disk.is_some() {
+            let edge = self.clone();
+            let (p, left) = (prefix.clone(), max - out.len());
+            let found = tokio::task::spawn_blocking(move || {
+                let disk = edge.disk.as_ref()?;
+                let keys = disk.keys_with_prefix(&p, left.saturating_mul(2));
+                Some(
+                    keys.into_iter()
+                        .filter_map(|k| disk.get(&k))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            for o in found {
+                if out.len() >= max {
+                    break;
+                }
+                let Some(rest) = o.key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                let rest = rest.split('\n').next().unwrap_or(rest);
+                if valid(rest, o.generation) && seen.insert(rest.to_string()) {
+                    out.push((rest.to_string(), o.len, o.meta.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The route of `path` on `host` (as a request for it would be routed).
+    pub(crate) fn route_for(&self, host: &str, path: &str) -> Result<Route, crate::RouteError> {
+        self.hooks.cache_key(&self.router(), host, path)
+    }
+
     fn full_key(&self, route: &Route, req: &HeaderMap) -> String {
         let primary = route.store_key();
         let names = self.vary.get(&primary).or_else(|| {
@@ -870,7 +938,7 @@ impl Edge {
     }
 
     /// Passes a request through to the origin without caching.
-    async fn pass(&self, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
+    async fn pass(&self, route: &Route, req: Request<ReqBody>) -> Response<RespBody> {
         let (parts, body) = req.into_parts();
         // Conditionals and ranges are the client's own here: all are forwarded.
         let mut oreq = upstream::origin_request(
@@ -881,7 +949,7 @@ impl Edge {
             true,
             &self.cdn_id,
         );
-        *oreq.body_mut() = body.boxed_unsync();
+        *oreq.body_mut() = body;
         self.metrics.origin_fetches.inc();
         match self.send(route, oreq).await {
             Err(e) => Self::error_response(e),
@@ -1019,8 +1087,21 @@ impl Edge {
     /// Serves one request.
     pub async fn handle(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         client: SocketAddr,
+    ) -> Response<RespBody> {
+        self.serve(req.map(|b| b.boxed_unsync()), client, None)
+            .await
+    }
+
+    /// Serves one request whose body is boxed already (HTTP, or a request made for an
+    /// FTP command); `log_method` names what the access log records as the method (the
+    /// FTP command), the request's method without it.
+    pub(crate) async fn serve(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+        client: SocketAddr,
+        log_method: Option<&'static str>,
     ) -> Response<RespBody> {
         let started = Instant::now();
         let method = req.method().clone();
@@ -1040,7 +1121,7 @@ impl Edge {
             customer: None,
             host: host.clone(),
             path: path.clone(),
-            method: method.to_string(),
+            method: log_method.map_or_else(|| method.to_string(), str::to_string),
             outcome: "admin",
             fill_from_sent: false,
             client: client.ip(),
@@ -1119,7 +1200,7 @@ impl Edge {
     async fn cached(
         self: &Arc<Self>,
         route: Route,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
     ) -> (Response<RespBody>, CacheOutcome) {
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {

@@ -538,6 +538,24 @@ impl DiskTier {
         self.inner.objects.join(format!("tmp-{n}.body"))
     }
 
+    /// Up to `max` stored keys that start with `prefix` (a scan of the index: for
+    /// listings of what the edge holds, such as FTP's LIST).
+    pub fn keys_with_prefix(&self, prefix: &str, max: usize) -> Vec<String> {
+        let idx = self.inner.lock();
+        let mut keys = Vec::new();
+        for (_, &i) in idx.map.iter() {
+            if keys.len() >= max {
+                break;
+            }
+            if let Some(slot) = idx.slots.get(i as usize)
+                && slot.key.starts_with(prefix)
+            {
+                keys.push(slot.key.to_string());
+            }
+        }
+        keys
+    }
+
     /// Loads an object's metadata (its body stays on disk) and marks it used. A
     /// metadata file that does not parse, names another key or another body, or whose
     /// body has another length is a miss, and the entry is dropped.
