@@ -143,13 +143,13 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         });
         log.write_at(&rec, now).unwrap();
     }
-    // Five responses 200 days ago on another hostname: only a long range shows them.
+    // Five responses 200 days ago: only a long range shows them.
     let long_ago = now.as_millis() - 200 * 86_400_000;
     for i in 0..5u64 {
         let rec = LogRecord::Http(HttpRecord {
             ts: Timestamp::from_millis(long_ago + i),
             customer: Some("shop".into()),
-            host: "img.shop.udn.example".into(),
+            host: "cdn.shop.udn.example".into(),
             path: "/old.png".into(),
             method: "GET".into(),
             status: 200,
@@ -243,26 +243,41 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
     let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
     assert_eq!((bytes, hits), (50_000 + 10_000_000_000 + 35, 65), "{v}");
+    // One domain: the shop's CDN hostname has them all, its GTM hostname no CDN traffic.
     let v = get(&format!(
-        "/v1/traffic/cdn?customer=shop&host=img.shop.udn.example&{year}"
+        "/v1/traffic/cdn?customer=shop&host=cdn.shop.udn.example&{year}"
     ));
     let pts = v["points"].as_array().expect("points");
-    assert_eq!(pts.len(), 1, "{v}");
+    assert_eq!(pts.len(), 2, "two days with traffic: {v}");
     assert_eq!(
         (pts[0]["bytes"].as_u64(), pts[0]["hits"].as_u64()),
         (Some(35), Some(5))
     );
+    let v: serde_json::Value = http
+        .get(format!(
+            "{api}/v1/traffic/cdn?customer=shop&host=www.shop.udn.example&{year}"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["host"], "www.shop.udn.example");
+    assert_eq!(v["points"], serde_json::json!([]), "{v}");
     let csv = http
         .get(format!(
-            "{api}/v1/traffic/cdn?customer=shop&host=img.shop.udn.example&{year}&format=csv"
+            "{api}/v1/traffic/cdn?customer=shop&host=cdn.shop.udn.example&{year}&format=csv"
         ))
         .bearer_auth(&token)
         .send()
         .unwrap();
     assert_eq!(csv.status(), 200);
     let text = csv.text().unwrap();
-    assert!(text.starts_with("time,bytes,hits\r\n"), "{text}");
-    assert!(text.trim_end().ends_with(",35,5"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "time,bytes,hits");
+    assert!(lines[1].ends_with(",35,5"), "{text}");
+    assert!(lines[2].ends_with(",10000050000,60"), "{text}");
     let bad = http
         .get(format!("{api}/v1/traffic/cdn?from=last+week"))
         .bearer_auth(&token)
