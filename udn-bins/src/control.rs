@@ -782,7 +782,7 @@ pub async fn wait_for_signal() {
 
 #[cfg(test)]
 mod grace_tests {
-    use super::parse_grace;
+    use super::{Retention, parse_grace};
     use std::time::Duration;
 
     #[test]
@@ -794,5 +794,19 @@ mod grace_tests {
         for bad in ["", "m", "15x", "-1", "99999999999999999999h", "9000h"] {
             assert!(parse_grace(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rollups_are_kept_at_least_as_long_as_what_they_sum() {
+        assert!(Retention::check(30, 0, 0).is_ok());
+        assert!(Retention::check(30, 30, 90).is_ok());
+        assert!(Retention::check(0, 0, 0).is_ok_and(|r| !r.any()));
+        assert!(Retention::check(30, 400, 0).is_ok_and(|r| r.any()));
+        // Minute rollups going before raw rows, or hourly before minute ones: refused.
+        let e = Retention::check(30, 10, 0).unwrap_err().to_string();
+        assert!(e.contains("--minute-rollup-retention-days 10"), "{e}");
+        assert!(Retention::check(0, 10, 0).is_err(), "raw kept for good");
+        assert!(Retention::check(30, 100, 50).is_err());
+        assert!(Retention::check(30, 0, 50).is_err(), "minute kept for good");
     }
 }
