@@ -255,30 +255,7 @@ pub const REGIONS: [Region; 3] = [
     ),
 ];
 
-/// Loads the demo network config: `path` or the embedded sample. Returns it with its
-/// text.
-pub fn load_config_text(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    let text = match path {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
-        None => udn_core::config::SAMPLE.to_string(),
-    };
-    let cfg = Config::from_toml(&text).context("parsing the network config")?;
-    Ok((cfg, text))
-}
-
-/// Loads the demo network config: `path` or the embedded sample.
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Config::from_toml(&text).with_context(|| format!("parsing {}", p.display()))
-        }
-        None => Config::from_toml(udn_core::config::SAMPLE).context("embedded sample config"),
-    }
-}
+pub use crate::config_file::{load_config, load_config_text};
 
 /// Creates (or reuses) the state directory.
 pub fn state_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -213,7 +213,7 @@ impl Source {
 
 /// Compiles `cfg` and builds the DNS authority with its zone files read relative to
 /// `base`: what a DNS server runs when it loads a configuration, and what the control
-/// plane runs before accepting one ([`crate::api::watcher::zone_check`]).
+/// plane runs before accepting one ([`crate::distribution::zone_check`]).
 pub fn load_config(cfg: Config, base: &Path) -> anyhow::Result<Authority> {
     let net = Arc::new(cfg.compile().context("compiling the network")?);
     let mut files = HashMap::new();
@@ -1467,12 +1467,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (Some(url), Some(path), Some(creds)) => {
                 let h = h.clone();
                 let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-                let control = crate::api::watcher::ControlChannel {
+                let control = crate::distribution::ControlChannel {
                     url: url.clone(),
                     credentials: creds.clone(),
                     revoked: revoked.clone(),
                 };
-                Some(crate::api::watcher::follow_control(
+                Some(crate::distribution::follow_control(
                     control,
                     path.clone(),
                     move |u| {

@@ -293,7 +293,7 @@ pub fn router(opts: &Options) -> anyhow::Result<Router> {
             .with_context(|| format!("--origin {o}"))?
             .with_check_interval(opts.check_interval_secs.map(Duration::from_secs))),
         (None, Some(path)) => {
-            let cfg = crate::demo::load_config(Some(path))?;
+            let cfg = crate::config_file::load_config(Some(path))?;
             router_for(&cfg, &opts.pop).with_context(|| path.display().to_string())
         }
         (None, None) => anyhow::bail!("udn edge needs --origin URL or --config FILE"),
@@ -523,13 +523,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (Some(url), Some(path), Some(pki)) => {
                 let pop = args_for_reload.pop.clone();
                 let edge = h.server.edge.clone();
-                let control = crate::api::watcher::ControlChannel {
+                let control = crate::distribution::ControlChannel {
                     url: url.clone(),
                     credentials: crate::pki::Credentials::load(pki)
                         .with_context(|| format!("--pki {}", pki.display()))?,
                     revoked: h.revoked.clone(),
                 };
-                Some(crate::api::watcher::follow_control(
+                Some(crate::distribution::follow_control(
                     control,
                     path.clone(),
                     move |u| {

@@ -121,41 +121,6 @@ fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
-/// An HTTP date (IMF-fixdate) for `t`.
-pub fn http_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if mo <= 2 { 1 } else { 0 };
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MO: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        WD[(days % 7) as usize],
-        d,
-        MO[(mo - 1) as usize],
-        y,
-        h,
-        m,
-        s
-    )
-}
-
 fn unavailable(o: &Origin) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -182,7 +147,7 @@ async fn file(State(o): State<Arc<Origin>>, uri: axum::http::Uri, req: HeaderMap
                 .unwrap_or(0),
         );
     let etag = format!("\"{:016x}\"", fnv(body));
-    let last_modified = http_date(started);
+    let last_modified = httpdate::fmt_http_date(started);
     let mut headers = HeaderMap::new();
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
     headers.insert(header::CONTENT_TYPE, hv(ctype));
@@ -350,18 +315,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         h.stop();
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
-        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_709_208_000);
-        assert_eq!(http_date(t), "Thu, 29 Feb 2024 12:00:00 GMT");
-    }
 }

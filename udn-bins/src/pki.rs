@@ -112,13 +112,7 @@ pub fn valid_name(name: &str) -> bool {
 
 /// SHA-256 of a certificate, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    let d = sha2::Sha256::digest(der);
-    let mut s = String::with_capacity(64);
-    for b in d {
-        use fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    udn_core::hex::encode(&sha2::Sha256::digest(der))
 }
 
 /// The identity a certificate (already verified against the instance CA) names, from its
@@ -188,12 +182,7 @@ impl Revocations {
     /// same set always gives the same tag): part of the configuration answer's ETag.
     pub fn tag(&self) -> String {
         let d = sha2::Sha256::digest(self.list().join("\n").as_bytes());
-        let mut s = String::with_capacity(16);
-        for b in &d[..8] {
-            use fmt::Write as _;
-            let _ = write!(s, "{b:02x}");
-        }
-        s
+        udn_core::hex::encode(&d[..8])
     }
 
     /// The revoked fingerprints, sorted.
@@ -469,12 +458,7 @@ impl Ca {
         let meta_path = dir.join("ca.json");
         if !cert_path.exists() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut id = [0u8; 8];
-            rand::Rng::fill(&mut rand::rng(), &mut id);
-            let cn = format!(
-                "UDN instance CA {}",
-                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            );
+            let cn = format!("UDN instance CA {}", crate::api::backend::random_hex(8));
             let key = rcgen::KeyPair::generate().context("generating the CA key")?;
             let mut params = ca_params(&cn);
             let now = time::OffsetDateTime::now_utc();

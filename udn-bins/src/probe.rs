@@ -1312,7 +1312,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (opts, file_log) = build_options(*args.agent)?;
     let tls = opts.pki.is_some();
     let control = match (control_url, &opts.pki) {
-        (Some(url), Some(creds)) => Some(crate::api::watcher::ControlChannel {
+        (Some(url), Some(creds)) => Some(crate::distribution::ControlChannel {
             url,
             credentials: creds.clone(),
             revoked: opts.revoked.clone(),
@@ -1349,7 +1349,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (tx, mut from_control) =
             tokio::sync::mpsc::unbounded_channel::<(udn_core::Config, Applied)>();
         let follow = match control {
-            Some(c) => Some(crate::api::watcher::follow_control(
+            Some(c) => Some(crate::distribution::follow_control(
                 c,
                 config_path.clone(),
                 move |u| {

@@ -40,6 +40,7 @@ pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod hex;
 pub mod load;
 pub mod log;
 pub mod net;

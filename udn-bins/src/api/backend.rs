@@ -877,14 +877,14 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     use rand::RngCore as _;
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    udn_core::hex::encode(&buf)
 }
 
 /// What the store keeps of a session token: its SHA-256, hex-encoded (a stolen database
 /// yields no usable token).
 pub(crate) fn token_hash(token: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    udn_core::hex::encode(d.as_ref())
 }
 
 /// The argon2id PHC string of `password` with a fresh random salt.

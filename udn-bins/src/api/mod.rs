@@ -1,6 +1,7 @@
 //! The control plane's versioned REST API (`/v1/...`), its storage interface
-//! ([`Backend`]), config distribution ([`config_watcher`]) and the purge, prefill and
-//! page-check fan-out to edges and probes.
+//! ([`Backend`]), the snapshot every role fetches (read by
+//! [`crate::distribution::config_watcher`]) and the purge, prefill and page-check
+//! fan-out to edges and probes.
 //!
 //! `udn control` builds an [`ApiState`] from a [`Backend`] and [`ControlOptions`], starts
 //! the purge distributor with [`ApiState::start_purge_distributor`], and serves
@@ -16,7 +17,6 @@ pub(crate) mod routes;
 pub mod sqlite;
 pub mod store_backend;
 pub mod timerange;
-pub mod watcher;
 
 pub use auth::{Auth, LoginLimiter};
 pub use backend::{Backend, BackendError, ControlTables, Role, User};
@@ -25,7 +25,6 @@ pub use postgres::PgBackend;
 pub use routes::{ClientIp, IsTls, OverTls};
 pub use sqlite::SqliteBackend;
 pub use store_backend::StoreBackend;
-pub use watcher::{ConfigUpdate, RoleSnapshot, config_watcher};
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -51,7 +50,7 @@ pub struct ControlOptions {
     pub credentials: Option<crate::pki::Credentials>,
     /// The directory the configuration's zone files (`dns.zones[].file`) are read from
     /// to check, before accepting a version, that the DNS servers would load it
-    /// ([`watcher::zone_check`]); `None`: a version naming a zone file is refused.
+    /// ([`crate::distribution::zone_check`]); `None`: a version naming a zone file is refused.
     pub zone_dir: Option<std::path::PathBuf>,
     /// How long a hostname may stay pending (its TXT challenge not yet found) before it
     /// is removed, so nobody can hold a name they cannot prove; `None`: 7 days;

@@ -622,12 +622,12 @@ async fn create_user(
 
 // ---------------------------------------------------------------- config helpers
 
-/// 422 unless every role would load `cfg` ([`super::watcher::roles_would_load`] and
-/// [`super::watcher::zone_check`], the checks the roles run themselves); fields are
+/// 422 unless every role would load `cfg` ([`crate::distribution::roles_would_load`] and
+/// [`crate::distribution::zone_check`], the checks the roles run themselves); fields are
 /// named under `prefix`.
 fn roles_check(st: &ApiState, cfg: &Config, prefix: &str) -> ApiResult<()> {
     let zones = || match &st.inner.opts.zone_dir {
-        Some(dir) => super::watcher::zone_check(cfg, dir),
+        Some(dir) => crate::distribution::zone_check(cfg, dir),
         None => {
             let errs: Vec<(String, String)> = cfg
                 .dns
@@ -647,7 +647,7 @@ fn roles_check(st: &ApiState, cfg: &Config, prefix: &str) -> ApiResult<()> {
             if errs.is_empty() { Ok(()) } else { Err(errs) }
         }
     };
-    super::watcher::roles_would_load(cfg)
+    crate::distribution::roles_would_load(cfg)
         .and_then(|()| zones())
         .map_err(|errs| {
             ApiError::Invalid(
@@ -1802,7 +1802,7 @@ impl FromRequestParts<ApiState> for ConfigReader {
 /// listener (`udn control --listen`, mutual TLS): `GET /v1/config?wait=S` admits roles
 /// dns, edge and probe by their instance certificate (401 without one, 403 another
 /// role). The answer is the live configuration (verified hostnames only) and the revoked
-/// certificate fingerprints ([`super::watcher::RoleSnapshot`]); its ETag
+/// certificate fingerprints ([`crate::distribution::RoleSnapshot`]); its ETag
 /// (`"v<version>-r<revocations tag>"`) changes with either, so a long-poll waiting on
 /// `If-None-Match` wakes on a new version and on a revocation.
 pub fn role_config_router(state: ApiState, revoked: crate::pki::Revocations) -> Router {
@@ -1859,7 +1859,7 @@ async fn role_config_get(
     let mut resp = if inm.as_deref() == Some(tag.as_str()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(super::watcher::RoleSnapshot {
+        Json(crate::distribution::RoleSnapshot {
             snapshot: snap.clone(),
             revoked: revoked.list(),
         })

@@ -334,16 +334,8 @@ impl FormCsrf {
     }
 }
 
-/// Lower-case hex.
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn random_token() -> String {
-    use rand::RngCore as _;
-    let mut b = [0u8; 24];
-    rand::rng().fill_bytes(&mut b);
-    hex(&b)
+    crate::api::backend::random_hex(24)
 }
 
 fn login_form(token: &str, error: Option<&str>) -> Markup {

@@ -946,7 +946,7 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     // First point the watcher at a control plane that is not there.
     let dead = free_addr();
     let revoked = udn_bins::pki::Revocations::default();
-    let w = udn_bins::api::config_watcher(
+    let w = udn_bins::distribution::config_watcher(
         format!("https://{dead}"),
         &h.ids["edge"],
         revoked.clone(),
@@ -967,7 +967,7 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     );
     w.abort();
 
-    let w = udn_bins::api::config_watcher(
+    let w = udn_bins::distribution::config_watcher(
         h.machine_base.clone(),
         &h.ids["edge"],
         revoked.clone(),
@@ -1007,7 +1007,7 @@ async fn config_watcher_follows_changes_and_survives_an_outage(store: Store) {
     .await
     .unwrap();
     let (ftx, mut frx) = tokio::sync::mpsc::unbounded_channel();
-    let fw = udn_bins::api::config_watcher(
+    let fw = udn_bins::distribution::config_watcher(
         format!("https://{fake}"),
         &h.ids["dns"],
         udn_bins::pki::Revocations::default(),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use udn_bins::api::{config_watcher, watcher::write_and_reload};
+use udn_bins::distribution::{config_watcher, write_and_reload};
 
 fn field(v: &Value) -> &str {
     v["errors"][0]["field"].as_str().unwrap_or("")

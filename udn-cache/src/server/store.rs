@@ -68,22 +68,11 @@ pub fn file_hash(key: &str) -> KeyHash {
 }
 
 fn hex(h: &KeyHash) -> String {
-    let mut s = String::with_capacity(64);
-    for b in h {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    udn_core::hex::encode(h)
 }
 
 fn unhex(s: &str) -> Option<KeyHash> {
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut h = [0u8; 32];
-    for (i, b) in h.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(h)
+    udn_core::hex::decode_array(s)
 }
 
 /// The metadata format's version.

@@ -5,8 +5,8 @@
 //! listener's [`Revocations`]. When the control plane cannot be reached the role keeps
 //! running on its last good snapshot (and revocation list) and the task retries.
 
-use super::backend::ConfigSnapshot;
-use super::fanout::HttpClient;
+use crate::api::backend::ConfigSnapshot;
+use crate::api::fanout::HttpClient;
 use crate::pki::{Credentials, Revocations};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
