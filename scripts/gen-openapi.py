@@ -20,8 +20,22 @@ P = lambda n, desc, t="string": {"name": n, "in": "path", "required": True, "des
 Q = lambda n, desc, t="string": {"name": n, "in": "query", "required": False, "description": desc, "schema": {"type": t}}
 host = P("hostname", "The hostname")
 cust = Q("customer", "Admin only: restrict to one customer (a customer may only name itself)")
-hours = Q("hours", "Window length in hours, 1..744 (default 24)", "integer")
 obj = {"type": "object", "additionalProperties": True}
+hours = Q("hours", "Without `from`: the last N hours before `to`, 1..43920 (default 24)", "integer")
+frm = Q("from", "Start of the range: RFC 3339 (`2026-12-01T00:00:00Z`) or a local date-time (`2026-12-01T00:00`) read in `tz`", "string")
+to = Q("to", "End of the range (exclusive), same forms; default the end of the last complete minute", "string")
+tz = Q("tz", "IANA time zone of the answer's times and of local `from`/`to` (default UTC)", "string")
+hostq = Q("host", "One CDN or GTM hostname (default all)", "string")
+fmt = Q("format", "`json` (default) or `csv`; `Accept: text/csv` also asks for CSV", "string")
+series = {"type": "object", "required": ["from", "to", "from_ms", "to_ms", "tz", "granularity", "step_ms", "points"], "properties": {
+  "customer": {"type": ["string", "null"]}, "host": {"type": ["string", "null"]},
+  "from": {"type": "string", "format": "date-time", "description": "Start of the range covered (widened to whole buckets), RFC 3339 in `tz`"},
+  "to": {"type": "string", "format": "date-time", "description": "End of the range covered (exclusive), RFC 3339 in `tz`"},
+  "from_ms": {"type": "integer"}, "to_ms": {"type": "integer"}, "tz": {"type": "string"},
+  "granularity": {"type": "string", "enum": ["minute", "hour", "day"], "description": "minute up to 2 days, hour up to 90 days, day beyond"},
+  "step_ms": {"type": "integer"}, "points": A(obj)}}
+csv = {"200": {"description": "the series as JSON, or as CSV (`format=csv`)", "content": {"application/json": {"schema": series}, "text/csv": {"schema": {"type": "string"}}}}, "400": E}
+tparams = [cust, frm, to, tz, hours, hostq, fmt]
 paths = {
  "/health": {"get": op("Liveness", "meta", auth=False)},
  "/v1/openapi.json": {"get": op("This document", "meta", auth=False)},
@@ -53,10 +67,10 @@ paths = {
  "/v1/prefill": {"post": op("Ask every edge to fetch URLs into its cache; numbered and retried like purges (delivered after pending purges)", "purge", {"type":"object","required":["urls"],"properties":{"urls":A({"type":"string"})}}, ok="202", okschema=obj)},
  "/v1/prefill/{seq}": {"parameters": [P("seq", "Sequence number", "integer")], "get": op("One prefill and how many edges accepted it", "purge", okschema=obj)},
  "/v1/pagecheck": {"post": op("Run a page check from the chosen probe locations", "tests", R("PageCheckRequest"), okschema=R("PageCheckAnswer"))},
- "/v1/traffic/cdn": {"get": op("CDN bytes and hits per minute", "traffic", okschema=obj, params=[cust, hours])},
- "/v1/traffic/cdn/locations": {"get": op("CDN bytes and hits per POP", "traffic", okschema=obj, params=[cust, hours])},
- "/v1/traffic/gtm": {"get": op("GTM answers per minute, hostname and address", "traffic", okschema=obj, params=[cust, hours])},
- "/v1/traffic/gtm/locations": {"get": op("GTM answers per answering location and address", "traffic", okschema=obj, params=[cust, hours])},
+ "/v1/traffic/cdn": {"get": op("CDN bytes and hits per bucket (minute, hour or day by the range's length)", "traffic", okschema=series, extra=csv, params=tparams)},
+ "/v1/traffic/cdn/locations": {"get": op("CDN bytes and hits per POP over the range", "traffic", okschema=series, extra=csv, params=tparams)},
+ "/v1/traffic/gtm": {"get": op("GTM answers per bucket, hostname and address", "traffic", okschema=series, extra=csv, params=tparams)},
+ "/v1/traffic/gtm/locations": {"get": op("GTM answers per answering location and address over the range", "traffic", okschema=series, extra=csv, params=tparams)},
  "/v1/invoices": {"get": op("Issued invoices", "invoices", okschema=A(R("InvoiceSummary")), params=[cust])},
  "/v1/invoices/{id}": {"parameters": [P("id", "Invoice id", "integer")], "get": op("One invoice with its HTML body", "invoices", okschema=obj)},
  "/v1/invoices/{id}/html": {"parameters": [P("id", "Invoice id", "integer")], "get": op("The invoice as HTML", "invoices")},

@@ -51,6 +51,16 @@ pub struct Args {
     /// raw records for good.
     #[arg(long, default_value_t = 30)]
     pub raw_retention_days: u64,
+    /// Days to keep the per-minute rollups (charts of up to 2 days, and billing's
+    /// usage: keep them past the longest period still to be billed); 0 keeps them for
+    /// good. At least `--raw-retention-days` when both are set.
+    #[arg(long, default_value_t = 0)]
+    pub minute_rollup_retention_days: u64,
+    /// Days to keep the hourly rollups (charts of up to 90 days); 0 keeps them for good.
+    /// At least `--minute-rollup-retention-days` when both are set. The daily rollups
+    /// are always kept.
+    #[arg(long, default_value_t = 0)]
+    pub hour_rollup_retention_days: u64,
     /// Caps the SQLite database at this many pages (4 KiB each); when full, files are
     /// answered 503 (and kept by the distributors) until space is made.
     #[arg(long)]
@@ -398,6 +408,45 @@ fn host_instance_name() -> String {
     }
 }
 
+/// How long the log store keeps each kind of row, in days (0: for good): raw records,
+/// then per-minute, then hourly rollups, each kept at least as long as the one before
+/// (the daily rollups are kept for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `--raw-retention-days`.
+    pub raw: u64,
+    /// `--minute-rollup-retention-days`.
+    pub minute: u64,
+    /// `--hour-rollup-retention-days`.
+    pub hour: u64,
+}
+
+impl Retention {
+    /// The retention of the flags, refused when a coarser kind would go before a finer
+    /// one (rollups outlive the rows they sum).
+    pub fn check(raw: u64, minute: u64, hour: u64) -> anyhow::Result<Retention> {
+        let r = Retention { raw, minute, hour };
+        // 0 means for good: the longest.
+        let days = |d: u64| if d == 0 { u64::MAX } else { d };
+        anyhow::ensure!(
+            days(minute) >= days(raw),
+            "--minute-rollup-retention-days {minute} is shorter than --raw-retention-days \
+             {raw}: rollups are kept at least as long as raw records"
+        );
+        anyhow::ensure!(
+            days(hour) >= days(minute),
+            "--hour-rollup-retention-days {hour} is shorter than \
+             --minute-rollup-retention-days {minute}"
+        );
+        Ok(r)
+    }
+
+    /// Whether anything is ever pruned.
+    pub fn any(&self) -> bool {
+        self.raw > 0 || self.minute > 0 || self.hour > 0
+    }
+}
+
 /// The control plane's credentials: `--pki`, else its own enrollment in
 /// `<data-dir>/pki/self/` (kept across restarts).
 pub fn control_credentials(args: &Args) -> anyhow::Result<crate::pki::Credentials> {
@@ -510,24 +559,45 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         )
         .merge(collector::router(collector.clone()));
 
-    if args.raw_retention_days > 0 {
+    let retention = Retention::check(
+        args.raw_retention_days,
+        args.minute_rollup_retention_days,
+        args.hour_rollup_retention_days,
+    )?;
+    if retention.any() {
         let c = collector.clone();
-        let keep = Duration::from_secs(args.raw_retention_days * 86_400);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 every.tick().await;
                 let c = c.clone();
-                let before = udn_core::Timestamp::from_millis(
-                    crate::logging::now()
-                        .as_millis()
-                        .saturating_sub(keep.as_millis() as u64),
-                );
-                let r = tokio::task::spawn_blocking(move || c.with_store(|s| s.prune_raw(before)))
-                    .await;
+                let now = crate::logging::now().as_millis();
+                let before = move |days: u64| {
+                    udn_core::Timestamp::from_millis(now.saturating_sub(days * 86_400_000))
+                };
+                let r = tokio::task::spawn_blocking(move || {
+                    c.with_store(|s| {
+                        let mut n = 0;
+                        if retention.raw > 0 {
+                            n += s.prune_raw(before(retention.raw))?;
+                        }
+                        if retention.minute > 0 {
+                            n += s.prune_rollups(
+                                crate::store::Grain::Minute,
+                                before(retention.minute),
+                            )?;
+                        }
+                        if retention.hour > 0 {
+                            n +=
+                                s.prune_rollups(crate::store::Grain::Hour, before(retention.hour))?;
+                        }
+                        Ok::<u64, crate::store::Error>(n)
+                    })
+                })
+                .await;
                 match r {
-                    Ok(Ok(n)) => tracing::info!(rows = n, "pruned raw records"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "pruning raw records failed"),
+                    Ok(Ok(n)) => tracing::info!(rows = n, "pruned raw records and rollups"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed"),
                     Err(e) => tracing::warn!(error = %e, "pruning task failed"),
                 }
             }
@@ -712,7 +782,7 @@ pub async fn wait_for_signal() {
 
 #[cfg(test)]
 mod grace_tests {
-    use super::parse_grace;
+    use super::{Retention, parse_grace};
     use std::time::Duration;
 
     #[test]
@@ -724,5 +794,19 @@ mod grace_tests {
         for bad in ["", "m", "15x", "-1", "99999999999999999999h", "9000h"] {
             assert!(parse_grace(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rollups_are_kept_at_least_as_long_as_what_they_sum() {
+        assert!(Retention::check(30, 0, 0).is_ok());
+        assert!(Retention::check(30, 30, 90).is_ok());
+        assert!(Retention::check(0, 0, 0).is_ok_and(|r| !r.any()));
+        assert!(Retention::check(30, 400, 0).is_ok_and(|r| r.any()));
+        // Minute rollups going before raw rows, or hourly before minute ones: refused.
+        let e = Retention::check(30, 10, 0).unwrap_err().to_string();
+        assert!(e.contains("--minute-rollup-retention-days 10"), "{e}");
+        assert!(Retention::check(0, 10, 0).is_err(), "raw kept for good");
+        assert!(Retention::check(30, 100, 50).is_err());
+        assert!(Retention::check(30, 0, 50).is_err(), "minute kept for good");
     }
 }

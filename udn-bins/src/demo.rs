@@ -460,6 +460,8 @@ pub async fn start(
         pki: None,
         postgres: None,
         raw_retention_days: 30,
+        minute_rollup_retention_days: 0,
+        hour_rollup_retention_days: 0,
         sqlite_max_pages: None,
         portal_listen: Some(sa(CONTROL.0, PORTAL_PORT)),
         api_listen: Some(sa(CONTROL.0, API_PORT)),

@@ -490,7 +490,9 @@ pub enum InvoiceAction {
     Credit,
 }
 
-/// A time range `[from, to)` and an optional customer filter (`None`: every customer).
+/// A time range `[from, to)` read at a grain, with optional customer and hostname
+/// filters (`None`: every customer, every hostname). Series answer one point per bucket
+/// of `grain` (a point's `minute` is its bucket's start).
 #[derive(Debug, Clone, Copy)]
 pub struct Window<'a> {
     /// The customer, or `None` for all.
@@ -499,6 +501,24 @@ pub struct Window<'a> {
     pub from: Timestamp,
     /// End (exclusive).
     pub to: Timestamp,
+    /// One hostname (a CDN or GTM hostname), or `None` for all.
+    pub host: Option<&'a str>,
+    /// The buckets of the series: per minute, hour or day ([`crate::store::Grain`]).
+    pub grain: crate::store::Grain,
+}
+
+impl<'a> Window<'a> {
+    /// `[from, to)` for `customer`, every hostname, at the grain the rule picks for its
+    /// length ([`crate::store::Grain::for_span`]).
+    pub fn new(customer: Option<&'a str>, from: Timestamp, to: Timestamp) -> Window<'a> {
+        Window {
+            customer,
+            from,
+            to,
+            host: None,
+            grain: crate::store::Grain::for_span(to.as_millis().saturating_sub(from.as_millis())),
+        }
+    }
 }
 
 /// What can go wrong in a [`Backend`].
@@ -708,14 +728,14 @@ pub trait Backend: Send + Sync + 'static {
         now: Timestamp,
     ) -> BackendResult<u64>;
 
-    /// CDN bytes and hits per minute (summed over hostnames and POPs).
+    /// CDN bytes and hits per bucket of `w.grain` (summed over hostnames and POPs).
     ///
     /// The SQLite implementation reads `cp_cdn_traffic_minute(customer, hostname, pop,
     /// minute, bytes, hits)`; the log store re-backs it from its per-minute rollups.
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>>;
     /// CDN bytes and hits per POP over the window (same table as [`Backend::cdn_traffic`]).
     fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>>;
-    /// GTM answers per (minute, hostname, address).
+    /// GTM answers per (bucket of `w.grain`, hostname, address).
     ///
     /// The SQLite implementation reads `cp_gtm_answers_minute(customer, hostname, pop,
     /// address, minute, answers)`; the log store re-backs it from DNS query logs.

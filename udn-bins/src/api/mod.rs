@@ -16,6 +16,7 @@ pub mod postgres;
 pub(crate) mod routes;
 pub mod sqlite;
 pub mod store_backend;
+pub mod timerange;
 
 pub use auth::{Auth, LoginLimiter};
 pub use backend::{Backend, BackendError, ControlTables, Role, User};
@@ -263,6 +264,8 @@ pub struct FieldError {
 pub enum ApiError {
     /// 400: the request body or query is malformed.
     BadRequest(String),
+    /// 400: a query parameter has a value that cannot be used; the parameter is named.
+    BadParam(FieldError),
     /// 413: the request body is over the limit.
     TooLarge(String),
     /// 415: the request body is not `application/json`.
@@ -305,7 +308,7 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::BadParam(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -337,7 +340,7 @@ impl ApiError {
             ApiError::Denied(m) => m.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::Conflict(m) => m.clone(),
-            ApiError::Taken(e) => format!("{}: {}", e.field, e.message),
+            ApiError::Taken(e) | ApiError::BadParam(e) => format!("{}: {}", e.field, e.message),
             ApiError::TooManyAttempts(s) => format!("too many failed logins; retry in {s} s"),
             ApiError::Upstream(m) => m.clone(),
             ApiError::Internal(m) => m.clone(),
@@ -419,7 +422,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let errors = match &self {
             ApiError::Invalid(e) => e.clone(),
-            ApiError::Taken(e) => vec![e.clone()],
+            ApiError::Taken(e) | ApiError::BadParam(e) => vec![e.clone()],
             _ => Vec::new(),
         };
         let retry = match &self {

@@ -896,10 +896,17 @@ impl Backend for PgBackend {
 
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
         let rows = self.read(
-            "SELECT minute, SUM(bytes)::BIGINT, SUM(hits)::BIGINT FROM cp_cdn_traffic_minute
+            "SELECT minute / $5::BIGINT * $5::BIGINT AS b, SUM(bytes)::BIGINT, SUM(hits)::BIGINT
+             FROM cp_cdn_traffic_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
-             GROUP BY minute ORDER BY minute",
-            &[&ms(w.from), &ms(w.to), &w.customer],
+             AND ($4::TEXT IS NULL OR hostname = $4) GROUP BY b ORDER BY b",
+            &[
+                &ms(w.from),
+                &ms(w.to),
+                &w.customer,
+                &w.host,
+                &(w.grain.millis() as i64),
+            ],
         )?;
         Ok(rows
             .iter()
@@ -915,8 +922,15 @@ impl Backend for PgBackend {
         let rows = self.read(
             "SELECT pop, SUM(bytes)::BIGINT, SUM(hits)::BIGINT FROM cp_cdn_traffic_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
+             AND ($4::TEXT IS NULL OR hostname = $4) AND $5::BIGINT > 0
              GROUP BY pop ORDER BY pop",
-            &[&ms(w.from), &ms(w.to), &w.customer],
+            &[
+                &ms(w.from),
+                &ms(w.to),
+                &w.customer,
+                &w.host,
+                &(w.grain.millis() as i64),
+            ],
         )?;
         Ok(rows
             .iter()
@@ -930,10 +944,18 @@ impl Backend for PgBackend {
 
     fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>> {
         let rows = self.read(
-            "SELECT minute, hostname, address, SUM(answers)::BIGINT FROM cp_gtm_answers_minute
+            "SELECT minute / $5::BIGINT * $5::BIGINT AS b, hostname, address, SUM(answers)::BIGINT
+             FROM cp_gtm_answers_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
-             GROUP BY minute, hostname, address ORDER BY minute, hostname, address",
-            &[&ms(w.from), &ms(w.to), &w.customer],
+             AND ($4::TEXT IS NULL OR hostname = $4)
+             GROUP BY b, hostname, address ORDER BY b, hostname, address",
+            &[
+                &ms(w.from),
+                &ms(w.to),
+                &w.customer,
+                &w.host,
+                &(w.grain.millis() as i64),
+            ],
         )?;
         Ok(rows
             .iter()
@@ -950,8 +972,15 @@ impl Backend for PgBackend {
         let rows = self.read(
             "SELECT pop, address, SUM(answers)::BIGINT FROM cp_gtm_answers_minute
              WHERE minute >= $1 AND minute < $2 AND ($3::TEXT IS NULL OR customer = $3)
+             AND ($4::TEXT IS NULL OR hostname = $4) AND $5::BIGINT > 0
              GROUP BY pop, address ORDER BY pop, address",
-            &[&ms(w.from), &ms(w.to), &w.customer],
+            &[
+                &ms(w.from),
+                &ms(w.to),
+                &w.customer,
+                &w.host,
+                &(w.grain.millis() as i64),
+            ],
         )?;
         Ok(rows
             .iter()

@@ -2276,71 +2276,250 @@ async fn pagecheck(
 
 // ---------------------------------------------------------------- traffic, invoices
 
-#[derive(Deserialize)]
-struct TrafficQuery {
-    customer: Option<String>,
-    hours: Option<u64>,
+/// The query of every traffic series: the range ([`super::timerange::RangeParams`]:
+/// `from`, `to`, `tz`, `hours`), the customer (admins), one hostname (`host`), and the
+/// answer's format (`format=csv|json`; without it `Accept: text/csv` asks for CSV).
+#[derive(Deserialize, Default)]
+pub(crate) struct TrafficQuery {
+    pub(crate) customer: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) tz: Option<String>,
+    pub(crate) hours: Option<u64>,
+    pub(crate) format: Option<String>,
 }
 
-/// A traffic answer.
+impl TrafficQuery {
+    /// The range parameters.
+    pub(crate) fn range(&self) -> super::timerange::RangeParams {
+        super::timerange::RangeParams {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            tz: self.tz.clone(),
+            hours: self.hours,
+        }
+    }
+
+    /// The hostname filter (empty: every hostname); at most 253 bytes, as DNS allows.
+    pub(crate) fn host(&self) -> ApiResult<Option<String>> {
+        match self
+            .host
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        {
+            None => Ok(None),
+            Some(h) if h.len() > 253 => Err(ApiError::BadParam(FieldError {
+                field: "host".into(),
+                message: "longer than a hostname".into(),
+            })),
+            Some(h) => Ok(Some(udn_core::config::canonical_hostname(h))),
+        }
+    }
+
+    /// Whether the answer is CSV: `format=csv`, or no `format` and an `Accept` that
+    /// names `text/csv`.
+    fn csv(&self, headers: &HeaderMap) -> ApiResult<bool> {
+        match self
+            .format
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+        {
+            Some(f) if f.eq_ignore_ascii_case("csv") => Ok(true),
+            Some(f) if f.eq_ignore_ascii_case("json") => Ok(false),
+            Some(_) => Err(ApiError::BadParam(FieldError {
+                field: "format".into(),
+                message: "csv or json".into(),
+            })),
+            None => Ok(headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.to_ascii_lowercase().contains("text/csv"))),
+        }
+    }
+}
+
+/// A traffic answer: the range it covers (`from`, `to`: RFC 3339 in `tz`; `from_ms`,
+/// `to_ms`: ms since the epoch), the bucket of its points (`granularity`, `step_ms`; a
+/// point's `minute` is its bucket's start) and the filters applied.
 #[derive(Serialize)]
 struct Series<T> {
     customer: Option<String>,
-    from: udn_core::Timestamp,
-    to: udn_core::Timestamp,
+    host: Option<String>,
+    from: String,
+    to: String,
+    from_ms: udn_core::Timestamp,
+    to_ms: udn_core::Timestamp,
+    tz: String,
+    granularity: &'static str,
+    step_ms: u64,
     points: Vec<T>,
 }
 
-fn window(q: &TrafficQuery) -> ApiResult<(udn_core::Timestamp, udn_core::Timestamp)> {
-    let hours = q.hours.unwrap_or(24);
-    if !(1..=24 * 31).contains(&hours) {
-        return Err(ApiError::field("hours", "1 to 744"));
+/// A row of a series' CSV export (times in RFC 3339 in the answer's zone).
+pub(crate) trait CsvRow {
+    /// The column names.
+    const HEADER: &'static [&'static str];
+    /// One row's cells.
+    fn cells(&self, r: &super::timerange::Resolved) -> Vec<String>;
+}
+
+impl CsvRow for TrafficPoint {
+    const HEADER: &'static [&'static str] = &["time", "bytes", "hits"];
+    fn cells(&self, r: &super::timerange::Resolved) -> Vec<String> {
+        vec![
+            r.rfc3339(self.minute),
+            self.bytes.to_string(),
+            self.hits.to_string(),
+        ]
     }
-    let to = super::now();
-    let from = udn_core::Timestamp::from_millis(to.as_millis().saturating_sub(hours * 3_600_000));
-    Ok((from, to))
+}
+
+impl CsvRow for LocationTraffic {
+    const HEADER: &'static [&'static str] = &["location", "bytes", "hits"];
+    fn cells(&self, _: &super::timerange::Resolved) -> Vec<String> {
+        vec![
+            self.pop.clone(),
+            self.bytes.to_string(),
+            self.hits.to_string(),
+        ]
+    }
+}
+
+impl CsvRow for AnswerPoint {
+    const HEADER: &'static [&'static str] = &["time", "hostname", "address", "answers"];
+    fn cells(&self, r: &super::timerange::Resolved) -> Vec<String> {
+        vec![
+            r.rfc3339(self.minute),
+            self.hostname.clone(),
+            self.address.clone(),
+            self.answers.to_string(),
+        ]
+    }
+}
+
+impl CsvRow for LocationAnswers {
+    const HEADER: &'static [&'static str] = &["location", "address", "answers"];
+    fn cells(&self, _: &super::timerange::Resolved) -> Vec<String> {
+        vec![
+            self.pop.clone(),
+            self.address.clone(),
+            self.answers.to_string(),
+        ]
+    }
+}
+
+/// Runs a traffic query for `q` on behalf of `a`: the customer in scope, the hostname,
+/// the range resolved at the wall clock. Returns the rows and the resolved range.
+pub(crate) async fn traffic_rows<T: Send + 'static>(
+    st: &ApiState,
+    a: &Auth,
+    q: &TrafficQuery,
+    query: fn(&dyn Backend, Window<'_>) -> BackendResult<T>,
+) -> ApiResult<(
+    T,
+    super::timerange::Resolved,
+    Option<String>,
+    Option<String>,
+)> {
+    let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let host = q.host()?;
+    let r = super::timerange::resolve(&q.range(), super::now())?;
+    let (c, h, range, grain) = (customer.clone(), host.clone(), r.range, r.grain);
+    let rows = st
+        .db(move |b| {
+            query(
+                b,
+                Window {
+                    customer: c.as_deref(),
+                    from: range.from,
+                    to: range.to,
+                    host: h.as_deref(),
+                    grain,
+                },
+            )
+        })
+        .await?;
+    Ok((rows, r, customer, host))
 }
 
 macro_rules! traffic_handler {
-    ($name:ident, $method:ident, $ty:ty) => {
+    ($name:ident, $method:ident, $ty:ty, $file:literal) => {
         async fn $name(
             State(st): State<ApiState>,
             a: Auth,
+            headers: HeaderMap,
             Query(q): Query<TrafficQuery>,
-        ) -> ApiResult<Json<Series<$ty>>> {
-            let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
-            let (from, to) = window(&q)?;
-            let c = customer.clone();
-            let points = st
-                .db(move |b| {
-                    b.$method(Window {
-                        customer: c.as_deref(),
-                        from,
-                        to,
-                    })
-                })
-                .await?;
+        ) -> ApiResult<Response> {
+            let csv = q.csv(&headers)?;
+            let (points, r, customer, host) =
+                traffic_rows(&st, &a, &q, |b, w| b.$method(w)).await?;
+            let (from, to) = (r.rfc3339(r.range.from), r.rfc3339(r.range.to));
+            if csv {
+                let body = super::timerange::csv(
+                    <$ty as CsvRow>::HEADER,
+                    points.iter().map(|p| p.cells(&r)),
+                );
+                let name = format!(
+                    "attachment; filename=\"{}-{}-{}.csv\"",
+                    $file,
+                    r.local_input(r.range.from).replace(':', ""),
+                    r.local_input(r.range.to).replace(':', "")
+                );
+                let mut resp = body.into_response();
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                );
+                for (k, v) in [
+                    (header::CONTENT_DISPOSITION, name),
+                    (header::HeaderName::from_static("x-udn-from"), from),
+                    (header::HeaderName::from_static("x-udn-to"), to),
+                    (
+                        header::HeaderName::from_static("x-udn-granularity"),
+                        r.grain.name().to_owned(),
+                    ),
+                ] {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        h.insert(k, v);
+                    }
+                }
+                return Ok(resp);
+            }
             Ok(Json(Series {
                 customer,
+                host,
                 from,
                 to,
+                from_ms: r.range.from,
+                to_ms: r.range.to,
+                tz: r.tz_name.clone(),
+                granularity: r.grain.name(),
+                step_ms: r.grain.millis(),
                 points,
-            }))
+            })
+            .into_response())
         }
     };
 }
 
-traffic_handler!(traffic_cdn, cdn_traffic, TrafficPoint);
+traffic_handler!(traffic_cdn, cdn_traffic, TrafficPoint, "cdn-traffic");
 traffic_handler!(
     traffic_cdn_locations,
     cdn_traffic_by_location,
-    LocationTraffic
+    LocationTraffic,
+    "cdn-locations"
 );
-traffic_handler!(traffic_gtm, gtm_answers, AnswerPoint);
+traffic_handler!(traffic_gtm, gtm_answers, AnswerPoint, "gtm-answers");
 traffic_handler!(
     traffic_gtm_locations,
     gtm_answers_by_location,
-    LocationAnswers
+    LocationAnswers,
+    "gtm-locations"
 );
 
 #[derive(Deserialize)]

@@ -338,6 +338,11 @@ impl SqliteBackend {
     }
 }
 
+/// The bucket length of a window's grain, as the database's integer.
+fn step(w: &Window<'_>) -> i64 {
+    w.grain.millis() as i64
+}
+
 fn customer_filter(customer: Option<&str>) -> (&'static str, String) {
     match customer {
         Some(c) => ("customer = ?3", c.to_owned()),
@@ -856,10 +861,11 @@ impl Backend for SqliteBackend {
         let db = self.db()?;
         let (cond, c) = customer_filter(w.customer);
         let mut st = db.prepare_cached(&format!(
-            "SELECT minute, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
-             WHERE minute >= ?1 AND minute < ?2 AND {cond} GROUP BY minute ORDER BY minute"
+            "SELECT minute / ?5 * ?5 AS b, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
+             WHERE minute >= ?1 AND minute < ?2 AND {cond} AND (?4 IS NULL OR hostname = ?4)
+             GROUP BY b ORDER BY b"
         ))?;
-        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c, w.host, step(&w)], |r| {
             Ok(TrafficPoint {
                 minute: ts(r.get(0)?),
                 bytes: from_db_int(r.get(1)?),
@@ -874,9 +880,10 @@ impl Backend for SqliteBackend {
         let (cond, c) = customer_filter(w.customer);
         let mut st = db.prepare_cached(&format!(
             "SELECT pop, SUM(bytes), SUM(hits) FROM cp_cdn_traffic_minute
-             WHERE minute >= ?1 AND minute < ?2 AND {cond} GROUP BY pop ORDER BY pop"
+             WHERE minute >= ?1 AND minute < ?2 AND {cond} AND (?4 IS NULL OR hostname = ?4)
+             AND ?5 = ?5 GROUP BY pop ORDER BY pop"
         ))?;
-        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c, w.host, step(&w)], |r| {
             Ok(LocationTraffic {
                 pop: r.get(0)?,
                 bytes: from_db_int(r.get(1)?),
@@ -890,11 +897,11 @@ impl Backend for SqliteBackend {
         let db = self.db()?;
         let (cond, c) = customer_filter(w.customer);
         let mut st = db.prepare_cached(&format!(
-            "SELECT minute, hostname, address, SUM(answers) FROM cp_gtm_answers_minute
-             WHERE minute >= ?1 AND minute < ?2 AND {cond}
-             GROUP BY minute, hostname, address ORDER BY minute, hostname, address"
+            "SELECT minute / ?5 * ?5 AS b, hostname, address, SUM(answers) FROM cp_gtm_answers_minute
+             WHERE minute >= ?1 AND minute < ?2 AND {cond} AND (?4 IS NULL OR hostname = ?4)
+             GROUP BY b, hostname, address ORDER BY b, hostname, address"
         ))?;
-        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c, w.host, step(&w)], |r| {
             Ok(AnswerPoint {
                 minute: ts(r.get(0)?),
                 hostname: r.get(1)?,
@@ -910,10 +917,10 @@ impl Backend for SqliteBackend {
         let (cond, c) = customer_filter(w.customer);
         let mut st = db.prepare_cached(&format!(
             "SELECT pop, address, SUM(answers) FROM cp_gtm_answers_minute
-             WHERE minute >= ?1 AND minute < ?2 AND {cond}
-             GROUP BY pop, address ORDER BY pop, address"
+             WHERE minute >= ?1 AND minute < ?2 AND {cond} AND (?4 IS NULL OR hostname = ?4)
+             AND ?5 = ?5 GROUP BY pop, address ORDER BY pop, address"
         ))?;
-        let rows = st.query_map(params![ms(w.from), ms(w.to), c], |r| {
+        let rows = st.query_map(params![ms(w.from), ms(w.to), c, w.host, step(&w)], |r| {
             Ok(LocationAnswers {
                 pop: r.get(0)?,
                 address: r.get(1)?,

@@ -10,7 +10,7 @@
 use super::backend::*;
 use crate::billing::{BillingLocation, BillingStore};
 use crate::collector::Collector;
-use crate::store::Range;
+use crate::store::{Range, SeriesQuery};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use udn_core::{Config, Timestamp};
@@ -204,6 +204,16 @@ impl StoreBackend {
         }
     }
 
+    /// The log-store query of a window: its range, grain, customer and hostname.
+    fn series<'a>(w: &Window<'a>) -> SeriesQuery<'a> {
+        SeriesQuery {
+            range: Self::range(w),
+            grain: w.grain,
+            customer: w.customer,
+            host: w.host,
+        }
+    }
+
     /// The GTM and CDN hostnames of `customer` in the current configuration.
     fn hostnames_of(&self, customer: &str) -> BackendResult<HashSet<String>> {
         let cfg: Config = self.control.current_config()?.config;
@@ -218,10 +228,11 @@ impl StoreBackend {
     }
 
     fn answers(&self, w: &Window<'_>) -> BackendResult<Vec<crate::store::AddressPoint>> {
-        let range = Self::range(w);
-        let rows = self
-            .collector
-            .with_store(|s| s.answers_by_address(range, None))?;
+        let q = SeriesQuery {
+            customer: None,
+            ..Self::series(w)
+        };
+        let rows = self.collector.with_store(|s| s.answers_series(&q))?;
         Ok(match w.customer {
             None => rows,
             Some(c) => {
@@ -454,10 +465,8 @@ impl Backend for StoreBackend {
     }
 
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
-        let range = Self::range(&w);
-        let rows = self
-            .collector
-            .with_store(|s| s.traffic(range, w.customer))?;
+        let q = Self::series(&w);
+        let rows = self.collector.with_store(|s| s.traffic_series(&q))?;
         Ok(rows
             .into_iter()
             .map(|r| TrafficPoint {
@@ -469,10 +478,8 @@ impl Backend for StoreBackend {
     }
 
     fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
-        let range = Self::range(&w);
-        let rows = self
-            .collector
-            .with_store(|s| s.traffic_by_pop(range, w.customer))?;
+        let q = Self::series(&w);
+        let rows = self.collector.with_store(|s| s.traffic_by_pop_series(&q))?;
         let mut by_pop: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for r in rows {
             let e = by_pop.entry(r.pop).or_default();

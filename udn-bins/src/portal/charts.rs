@@ -74,9 +74,48 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Month-day (UTC) of a timestamp in ms.
+fn mmdd(ms: f64) -> String {
+    let days = ((ms / 1000.0) as i64).div_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let doe = z - z.div_euclid(146_097) * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{m:02}-{d:02}")
+}
+
 /// A time chart over `[from, to]` (ms) with a dotted line at each midnight (UTC) and the
 /// current (last) value of each line written at the right edge.
 pub fn time_chart(title: &str, unit: &str, from: f64, to: f64, lines: &[Line]) -> String {
+    time_chart_in(title, unit, from, to, 0.0, lines)
+}
+
+/// [`time_chart`] with its labels and midnights in a time zone `offset` ms east of UTC
+/// (the zone's offset at the chart's end). Labels are hours:minutes up to two days,
+/// month-days beyond; midnights are drawn up to eight days.
+pub fn time_chart_in(
+    title: &str,
+    unit: &str,
+    from: f64,
+    to: f64,
+    offset: f64,
+    lines: &[Line],
+) -> String {
+    let (from, to) = (from + offset, to + offset);
+    let shifted: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            label: l.label.clone(),
+            points: l.points.iter().map(|&(x, y)| (x + offset, y)).collect(),
+        })
+        .collect();
+    let lines = &shifted[..];
+    let long = to - from > 2.0 * 86_400_000.0;
+    let midnights = to - from <= 8.0 * 86_400_000.0;
     let max = lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
@@ -93,14 +132,14 @@ pub fn time_chart(title: &str, unit: &str, from: f64, to: f64, lines: &[Line]) -
         chart
             .configure_mesh()
             .x_labels(9)
-            .x_label_formatter(&|x| hhmm(*x))
+            .x_label_formatter(&|x| if long { mmdd(*x) } else { hhmm(*x) })
             .y_label_formatter(&|y| format!("{}{unit}", si(*y)))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
         // Midnights inside the range, dotted.
         let day = 86_400_000.0;
         let mut m = (from / day).ceil() * day;
-        while m <= to {
+        while midnights && m <= to {
             chart.draw_series(DashedLineSeries::new(
                 vec![(m, 0.0), (m, ymax)],
                 2,

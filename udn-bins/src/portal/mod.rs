@@ -14,6 +14,7 @@ use crate::api::auth::{self, Auth, SESSION_COOKIE};
 use crate::api::backend::{DeliveryState, PurgeScope, Role, SessionKind, Window};
 use crate::api::fanout::{LocationCheck, PageRow};
 use crate::api::routes::{self as r, NewAddress, PageCheckBody, PurgeBody};
+use crate::api::timerange::Resolved;
 use crate::api::{ApiError, ApiState, ClientIp, IsTls};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
@@ -135,6 +136,7 @@ th{background:#e8edf3}.num{text-align:right}
 .error{color:#b00020}.ok{color:#17702a}.pending{color:#a15c00}.failed{color:#b00020}.cancelled{color:#666}
 form.inline{display:inline}fieldset{border:1px solid #ccd;margin:.5em 0;background:#fff}
 svg{max-width:100%;height:auto;background:#fff}
+form.range{display:flex;flex-wrap:wrap;gap:.5em;align-items:center;background:#fff;padding:.5em;border:1px solid #ccd}
 "#)) } }
 }
 
@@ -244,34 +246,20 @@ fn fmt_time(t: Timestamp) -> String {
 #[derive(Deserialize, Default)]
 struct ScopeQuery {
     customer: Option<String>,
-    hours: Option<u64>,
     seq: Option<u64>,
 }
 
-/// One chart page's rows: `query` run over the page's window (`?hours=`) for the
-/// customer in scope (`?customer=`, checked against the user). Returns the rows and
-/// the window.
+/// One chart page's rows: `query` run over the page's range (`?from=&to=&tz=` or the
+/// preset `?hours=`) for the customer in scope (`?customer=`, checked against the user)
+/// and the domain chosen (`?host=`). Returns the rows and the resolved range.
 async fn chart_rows<T: Send + 'static>(
     st: &ApiState,
     a: &Auth,
-    q: &ScopeQuery,
+    q: &r::TrafficQuery,
     query: fn(&dyn crate::api::Backend, Window<'_>) -> Result<T, crate::api::BackendError>,
-) -> Result<(T, Timestamp, Timestamp, u64), PortalError> {
-    let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let (from, to, hours) = window_of(q)?;
-    let rows = st
-        .db(move |b| {
-            query(
-                b,
-                Window {
-                    customer: customer.as_deref(),
-                    from,
-                    to,
-                },
-            )
-        })
-        .await?;
-    Ok((rows, from, to, hours))
+) -> Result<(T, Resolved), PortalError> {
+    let (rows, range, _, _) = r::traffic_rows(st, a, q, query).await?;
+    Ok((rows, range))
 }
 
 /// Map points at the configured POPs' locations (names not in the config are skipped).
@@ -291,22 +279,6 @@ fn pop_points<'a>(
             })
         })
         .collect()
-}
-
-fn window_of(q: &ScopeQuery) -> Result<(Timestamp, Timestamp, u64), PortalError> {
-    let hours = q.hours.unwrap_or(24);
-    if !(1..=24 * 31).contains(&hours) {
-        return Err(ApiError::field("hours", "1 to 744").into());
-    }
-    let now = crate::logging::now().as_millis();
-    // Whole minutes up to the last complete one, whose value is the "current" one at
-    // the right edge (the running minute is still filling).
-    let to = (now / 60_000) * 60_000;
-    Ok((
-        Timestamp::from_millis(to - hours * 3_600_000),
-        Timestamp::from_millis(to),
-        hours,
-    ))
 }
 
 // ---------------------------------------------------------------- login
@@ -644,93 +616,261 @@ async fn cache_submit(
 
 // ---------------------------------------------------------------- activity
 
+/// One value per bucket of `step` ms over `[from, to)`, zero where `pts` has none (points
+/// of one bucket are summed).
 fn zero_filled(
     from: Timestamp,
     to: Timestamp,
+    step: u64,
     pts: impl Iterator<Item = (u64, f64)>,
 ) -> Vec<(f64, f64)> {
-    let start = from.as_millis() / 60_000;
-    let end = to.as_millis() / 60_000;
+    let start = from.as_millis() / step;
+    let end = to.as_millis().div_ceil(step);
     let n = end.saturating_sub(start) as usize;
     let mut v = vec![0.0; n];
     for (m, x) in pts {
-        let i = (m / 60_000).saturating_sub(start) as usize;
+        let i = (m / step).saturating_sub(start) as usize;
         if let Some(slot) = v.get_mut(i) {
             *slot += x;
         }
     }
     v.into_iter()
         .enumerate()
-        .map(|(i, x)| (((start + i as u64) * 60_000) as f64, x))
+        .map(|(i, x)| (((start + i as u64) * step) as f64, x))
         .collect()
 }
 
-fn customer_param(q: &ScopeQuery) -> String {
-    q.customer
-        .as_deref()
-        .map(|c| format!("&customer={c}"))
-        .unwrap_or_default()
+/// Percent-encodes a query value (everything but unreserved characters).
+fn enc(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
-fn hours_links(path: &str, q: &ScopeQuery, hours: u64) -> Markup {
-    html! { p { "Window: "
-        @for h in [1u64, 6, 24, 72] {
-            @if h == hours { strong { (h) " h" } } @else {
-                a href=(format!("{path}?hours={h}{}", customer_param(q))) { (h) " h" } }
-            " "
+/// `&customer=..&host=..&tz=..` of a chart page's query (what a preset link keeps).
+fn scope_params(q: &r::TrafficQuery, range: &Resolved) -> String {
+    let mut out = String::new();
+    for (k, v) in [("customer", &q.customer), ("host", &q.host)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            out.push_str(&format!("&{k}={}", enc(v)));
         }
-    } }
+    }
+    out.push_str(&format!("&tz={}", enc(&range.tz_name)));
+    out
+}
+
+/// Whether the page shows a preset (the last `hours`), not an absolute range.
+fn preset_hours(q: &r::TrafficQuery) -> Option<u64> {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    if set(&q.from) || set(&q.to) {
+        None
+    } else {
+        Some(q.hours.unwrap_or(crate::api::timerange::DEFAULT_HOURS))
+    }
+}
+
+/// What a chart title says of its range: `last 24 h`, or `2026-12-01T00:00 to ...`.
+fn range_title(q: &r::TrafficQuery, range: &Resolved) -> String {
+    match preset_hours(q) {
+        Some(h) => format!("last {h} h"),
+        None => format!(
+            "{} to {} ({})",
+            range.local_input(range.range.from).replace('T', " "),
+            range.local_input(range.range.to).replace('T', " "),
+            range.tz_name
+        ),
+    }
+}
+
+/// Time zones offered in the picker (any IANA name may be typed).
+const TZ_CHOICES: [&str; 12] = [
+    "UTC",
+    "Europe/London",
+    "Europe/Berlin",
+    "Europe/Moscow",
+    "America/New_York",
+    "America/Chicago",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+];
+
+/// The presets: label and hours back from now.
+const PRESETS: [(&str, u64); 5] = [
+    ("Last hour", 1),
+    ("24 h", 24),
+    ("7 d", 168),
+    ("30 d", 720),
+    ("1 y", 8760),
+];
+
+/// The hostnames of a chart page's domain select: the CDN (or GTM) hostnames of the
+/// customer in scope, or of every customer for an admin.
+async fn hostnames(
+    st: &ApiState,
+    a: &Auth,
+    q: &r::TrafficQuery,
+    gtm: bool,
+) -> Result<Vec<String>, PortalError> {
+    let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let cfg = r::current(st).await?.config;
+    let mine = |c: &str| customer.as_deref().is_none_or(|m| m == c);
+    let mut names: Vec<String> = if gtm {
+        cfg.gtm
+            .iter()
+            .filter(|g| mine(&g.customer))
+            .map(|g| udn_core::config::canonical_hostname(&g.hostname))
+            .collect()
+    } else {
+        cfg.cdn
+            .iter()
+            .filter(|c| mine(&c.customer))
+            .map(|c| udn_core::config::canonical_hostname(&c.hostname))
+            .collect()
+    };
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The range picker of a chart page (a GET form: two `datetime-local` inputs read in
+/// the chosen time zone, the zone, the domain), the presets, the range the page covers
+/// as the server resolved it, and links to its data as CSV and JSON (the API series).
+fn range_picker(
+    path: &str,
+    api: &str,
+    q: &r::TrafficQuery,
+    range: &Resolved,
+    hosts: &[String],
+) -> Markup {
+    let chosen_host = q
+        .host
+        .as_deref()
+        .map(udn_core::config::canonical_hostname)
+        .unwrap_or_default();
+    let preset = preset_hours(q);
+    let mut export = format!(
+        "{api}?from={}&to={}&tz={}",
+        enc(&range.rfc3339(range.range.from)),
+        enc(&range.rfc3339(range.range.to)),
+        enc(&range.tz_name)
+    );
+    for (k, v) in [("customer", &q.customer), ("host", &q.host)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            export.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
+    html! {
+        form method="get" action=(path) id="range-form" class="range" {
+            @if let Some(c) = q.customer.as_deref().filter(|c| !c.is_empty()) {
+                input type="hidden" name="customer" value=(c);
+            }
+            label { "From " input type="datetime-local" name="from" id="range-from-input"
+                value=(range.local_input(range.range.from)); }
+            " "
+            label { "To " input type="datetime-local" name="to" id="range-to-input"
+                value=(range.local_input(range.range.to)); }
+            " "
+            label { "Time zone " input type="text" name="tz" id="tz-input" list="tz-list"
+                size="18" maxlength="64" value=(range.tz_name); }
+            datalist id="tz-list" { @for z in TZ_CHOICES { option value=(z) {} } }
+            " "
+            label { "Domain "
+                select name="host" id="host-select" {
+                    option value="" selected[chosen_host.is_empty()] { "All domains" }
+                    @for h in hosts { option value=(h) selected[*h == chosen_host] { (h) } }
+                }
+            }
+            " "
+            button type="submit" id="range-apply" { "Show" }
+        }
+        p class="presets" id="presets" { "Presets: "
+            @for (label, h) in PRESETS {
+                @if preset == Some(h) { strong { (label) } } @else {
+                    a href=(format!("{path}?hours={h}{}", scope_params(q, range))) { (label) } }
+                " "
+            }
+        }
+        p id="range" { "Covers "
+            time id="range-from" datetime=(range.rfc3339(range.range.from)) { (range.rfc3339(range.range.from)) }
+            " to "
+            time id="range-to" datetime=(range.rfc3339(range.range.to)) { (range.rfc3339(range.range.to)) }
+            " (" span id="range-tz" { (range.tz_name) } ", one point per "
+            span id="range-grain" { (range.grain.name()) } "). Data: "
+            a id="csv-link" href=(format!("{export}&format=csv")) { "CSV" } " "
+            a id="json-link" href=(format!("{export}&format=json")) { "JSON" }
+        }
+    }
 }
 
 async fn cdn_activity(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
-    Query(q): Query<ScopeQuery>,
+    Query(q): Query<r::TrafficQuery>,
 ) -> Page {
-    let (pts, from, to, hours) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic(w)).await?;
+    let (pts, range) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic(w)).await?;
+    let hosts = hostnames(&st, &a, &q, false).await?;
+    let (from, to) = (range.range.from, range.range.to);
+    let step = range.grain.millis();
+    let secs = step as f64 / 1000.0;
     let total_hits: u64 = pts.iter().map(|p| p.hits).sum();
     let total_bytes: u64 = pts.iter().map(|p| p.bytes).sum();
     let bits = zero_filled(
         from,
         to,
+        step,
         pts.iter()
-            .map(|p| (p.minute.as_millis(), p.bytes as f64 * 8.0 / 60.0)),
+            .map(|p| (p.minute.as_millis(), p.bytes as f64 * 8.0 / secs)),
     );
     let hits = zero_filled(
         from,
         to,
+        step,
         pts.iter()
-            .map(|p| (p.minute.as_millis(), p.hits as f64 / 60.0)),
+            .map(|p| (p.minute.as_millis(), p.hits as f64 / secs)),
     );
     let (f, t) = (from.as_millis() as f64, to.as_millis() as f64);
-    let traffic_svg = charts::time_chart(
+    let offset = range.offset_ms(to) as f64;
+    let traffic_svg = charts::time_chart_in(
         &format!(
-            "Traffic, last {hours} h (total {}B)",
+            "Traffic, {} (total {}B)",
+            range_title(&q, &range),
             charts::si(total_bytes as f64)
         ),
         "bit/s",
         f,
         t,
+        offset,
         &[charts::Line {
             label: "traffic".into(),
             points: bits,
         }],
     );
-    let hits_svg = charts::time_chart(
+    let hits_svg = charts::time_chart_in(
         &format!("Hits per second (total {total_hits} hits)"),
         "/s",
         f,
         t,
+        offset,
         &[charts::Line {
             label: "hits".into(),
             points: hits,
         }],
     );
     let body = html! {
-        (hours_links("/activity/cdn", &q, hours))
+        (range_picker("/activity/cdn", "/v1/traffic/cdn", &q, &range, &hosts))
         div id="traffic-chart" { (PreEscaped(traffic_svg)) }
         div id="hits-chart" { (PreEscaped(hits_svg)) }
-        p { "Times are UTC; the dotted line marks midnight; the value at the right edge is the last complete minute's." }
+        p { "Times are in " (range.tz_name) "; the dotted line marks midnight; the value at the right edge is the last bucket's (per " (range.grain.name()) ")." }
         table id="cdn-totals" { tr { th { "Hits" } th { "Bytes" } }
             tr { td class="num" id="total-hits" { (total_hits) } td class="num" id="total-bytes" { (total_bytes) } } }
     };
@@ -746,13 +886,14 @@ async fn cdn_activity(
 async fn cdn_locations(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
-    Query(q): Query<ScopeQuery>,
+    Query(q): Query<r::TrafficQuery>,
 ) -> Page {
-    let (rows, _, _, hours) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic_by_location(w)).await?;
+    let (rows, range) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic_by_location(w)).await?;
+    let hosts = hostnames(&st, &a, &q, false).await?;
     let cfg = r::current(&st).await?.config;
     let points = pop_points(&cfg, rows.iter().map(|l| (l.pop.as_str(), l.bytes as f64)));
     let map = charts::world_map(
-        &format!("Bytes served by location, last {hours} h"),
+        &format!("Bytes served by location, {}", range_title(&q, &range)),
         "B",
         &points,
     );
@@ -773,7 +914,7 @@ async fn cdn_locations(
             .collect::<Vec<_>>(),
     );
     let body = html! {
-        (hours_links("/activity/cdn/locations", &q, hours))
+        (range_picker("/activity/cdn/locations", "/v1/traffic/cdn/locations", &q, &range, &hosts))
         div id="map" { (PreEscaped(map)) }
         div id="bytes-by-location" { (PreEscaped(bytes)) }
         div id="hits-by-location" { (PreEscaped(hits)) }
@@ -793,9 +934,12 @@ async fn cdn_locations(
 async fn gtm_activity(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
-    Query(q): Query<ScopeQuery>,
+    Query(q): Query<r::TrafficQuery>,
 ) -> Page {
-    let (pts, from, to, hours) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers(w)).await?;
+    let (pts, range) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers(w)).await?;
+    let hosts = hostnames(&st, &a, &q, true).await?;
+    let (from, to) = (range.range.from, range.range.to);
+    let step = range.grain.millis();
     let mut by_addr: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
     for p in &pts {
         by_addr
@@ -814,19 +958,24 @@ async fn gtm_activity(
             ));
             charts::Line {
                 label: format!("{addr} ({host})"),
-                points: zero_filled(from, to, v.into_iter()),
+                points: zero_filled(from, to, step, v.into_iter()),
             }
         })
         .collect();
-    let svg = charts::time_chart(
-        &format!("Answers per minute by address, last {hours} h"),
+    let svg = charts::time_chart_in(
+        &format!(
+            "Answers per {} by address, {}",
+            range.grain.name(),
+            range_title(&q, &range)
+        ),
         "",
         from.as_millis() as f64,
         to.as_millis() as f64,
+        range.offset_ms(to) as f64,
         &lines,
     );
     let body = html! {
-        (hours_links("/activity/gtm", &q, hours))
+        (range_picker("/activity/gtm", "/v1/traffic/gtm", &q, &range, &hosts))
         div id="answers-chart" { (PreEscaped(svg)) }
         p { "How often each address was given out; a failover shows as one line dropping and another rising." }
         table id="answers" { tr { th { "Hostname" } th { "Address" } th { "Answers" } }
@@ -844,9 +993,10 @@ async fn gtm_activity(
 async fn gtm_locations(
     State(st): State<ApiState>,
     PortalUser(a): PortalUser,
-    Query(q): Query<ScopeQuery>,
+    Query(q): Query<r::TrafficQuery>,
 ) -> Page {
-    let (rows, _, _, hours) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers_by_location(w)).await?;
+    let (rows, range) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers_by_location(w)).await?;
+    let hosts = hostnames(&st, &a, &q, true).await?;
     let cfg = r::current(&st).await?.config;
     let mut per_pop: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     for l in &rows {
@@ -862,12 +1012,12 @@ async fn gtm_locations(
             .map(|(pop, v)| (pop.as_str(), v.iter().map(|x| x.1).sum())),
     );
     let map = charts::world_map(
-        &format!("GTM answers by location, last {hours} h"),
+        &format!("GTM answers by location, {}", range_title(&q, &range)),
         "",
         &points,
     );
     let body = html! {
-        (hours_links("/activity/gtm/locations", &q, hours))
+        (range_picker("/activity/gtm/locations", "/v1/traffic/gtm/locations", &q, &range, &hosts))
         div id="map" { (PreEscaped(map)) }
         @for (pop, v) in &per_pop {
             h2 { "Answers given at " (pop) }

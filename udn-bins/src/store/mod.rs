@@ -171,6 +171,107 @@ CREATE INDEX raw_dns_ts ON raw_dns (ts);
 CREATE INDEX raw_probe_ts ON raw_probe (ts);
 ",
     },
+    // Hourly and daily rollups beside the per-minute ones, so a chart of weeks, months or
+    // years reads few rows (the rule is [`Grain::for_span`]). Same columns and keys as the
+    // minute tables; `minute` holds the bucket's start (UTC hour, UTC day). Filled from
+    // here on by ingestion; the rows already rolled up per minute are rolled up now.
+    // Self-contained: it reads only the step-1 tables, so it can be renumbered.
+    Step {
+        version: 4,
+        name: "hour_day_rollups",
+        sql: HOUR_DAY_ROLLUPS,
+    },
+];
+
+/// Migration step `hour_day_rollups`: `rollup_*_hour` and `rollup_*_day`, back-filled
+/// from the per-minute rollups.
+const HOUR_DAY_ROLLUPS: &str = "
+CREATE TABLE rollup_http_hour (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
+    requests BIGINT NOT NULL, bytes BIGINT NOT NULL, fill_bytes BIGINT NOT NULL,
+    s1xx BIGINT NOT NULL, s2xx BIGINT NOT NULL, s3xx BIGINT NOT NULL,
+    s4xx BIGINT NOT NULL, s5xx BIGINT NOT NULL,
+    hits BIGINT NOT NULL, misses BIGINT NOT NULL, stale BIGINT NOT NULL,
+    revalidated BIGINT NOT NULL, bypass BIGINT NOT NULL, duration_us BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, host, pop)
+);
+CREATE TABLE rollup_http_day (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
+    requests BIGINT NOT NULL, bytes BIGINT NOT NULL, fill_bytes BIGINT NOT NULL,
+    s1xx BIGINT NOT NULL, s2xx BIGINT NOT NULL, s3xx BIGINT NOT NULL,
+    s4xx BIGINT NOT NULL, s5xx BIGINT NOT NULL,
+    hits BIGINT NOT NULL, misses BIGINT NOT NULL, stale BIGINT NOT NULL,
+    revalidated BIGINT NOT NULL, bypass BIGINT NOT NULL, duration_us BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, host, pop)
+);
+CREATE TABLE rollup_dns_hour (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, hostname TEXT NOT NULL,
+    pop TEXT NOT NULL, reason TEXT NOT NULL, queries BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, hostname, pop, reason)
+);
+CREATE TABLE rollup_dns_day (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, hostname TEXT NOT NULL,
+    pop TEXT NOT NULL, reason TEXT NOT NULL, queries BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, hostname, pop, reason)
+);
+CREATE TABLE rollup_dns_answer_hour (
+    minute BIGINT NOT NULL, hostname TEXT NOT NULL, address TEXT NOT NULL,
+    pop TEXT NOT NULL, answers BIGINT NOT NULL,
+    PRIMARY KEY (minute, hostname, address, pop)
+);
+CREATE TABLE rollup_dns_answer_day (
+    minute BIGINT NOT NULL, hostname TEXT NOT NULL, address TEXT NOT NULL,
+    pop TEXT NOT NULL, answers BIGINT NOT NULL,
+    PRIMARY KEY (minute, hostname, address, pop)
+);
+CREATE TABLE rollup_probe_hour (
+    minute BIGINT NOT NULL, pop TEXT NOT NULL, kind TEXT NOT NULL, method TEXT NOT NULL,
+    samples BIGINT NOT NULL, ok BIGINT NOT NULL, value_sum DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (minute, pop, kind, method)
+);
+CREATE TABLE rollup_probe_day (
+    minute BIGINT NOT NULL, pop TEXT NOT NULL, kind TEXT NOT NULL, method TEXT NOT NULL,
+    samples BIGINT NOT NULL, ok BIGINT NOT NULL, value_sum DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (minute, pop, kind, method)
+);
+INSERT INTO rollup_http_hour (minute, customer, host, pop, requests, bytes, fill_bytes,
+    s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, bypass, duration_us)
+SELECT minute / 3600000 * 3600000, customer, host, pop, SUM(requests), SUM(bytes),
+    SUM(fill_bytes), SUM(s1xx), SUM(s2xx), SUM(s3xx), SUM(s4xx), SUM(s5xx), SUM(hits),
+    SUM(misses), SUM(stale), SUM(revalidated), SUM(bypass), SUM(duration_us)
+FROM rollup_http GROUP BY minute / 3600000 * 3600000, customer, host, pop;
+INSERT INTO rollup_http_day (minute, customer, host, pop, requests, bytes, fill_bytes,
+    s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, bypass, duration_us)
+SELECT minute / 86400000 * 86400000, customer, host, pop, SUM(requests), SUM(bytes),
+    SUM(fill_bytes), SUM(s1xx), SUM(s2xx), SUM(s3xx), SUM(s4xx), SUM(s5xx), SUM(hits),
+    SUM(misses), SUM(stale), SUM(revalidated), SUM(bypass), SUM(duration_us)
+FROM rollup_http GROUP BY minute / 86400000 * 86400000, customer, host, pop;
+INSERT INTO rollup_dns_hour (minute, customer, hostname, pop, reason, queries)
+SELECT minute / 3600000 * 3600000, customer, hostname, pop, reason, SUM(queries)
+FROM rollup_dns GROUP BY minute / 3600000 * 3600000, customer, hostname, pop, reason;
+INSERT INTO rollup_dns_day (minute, customer, hostname, pop, reason, queries)
+SELECT minute / 86400000 * 86400000, customer, hostname, pop, reason, SUM(queries)
+FROM rollup_dns GROUP BY minute / 86400000 * 86400000, customer, hostname, pop, reason;
+INSERT INTO rollup_dns_answer_hour (minute, hostname, address, pop, answers)
+SELECT minute / 3600000 * 3600000, hostname, address, pop, SUM(answers)
+FROM rollup_dns_answer GROUP BY minute / 3600000 * 3600000, hostname, address, pop;
+INSERT INTO rollup_dns_answer_day (minute, hostname, address, pop, answers)
+SELECT minute / 86400000 * 86400000, hostname, address, pop, SUM(answers)
+FROM rollup_dns_answer GROUP BY minute / 86400000 * 86400000, hostname, address, pop;
+INSERT INTO rollup_probe_hour (minute, pop, kind, method, samples, ok, value_sum)
+SELECT minute / 3600000 * 3600000, pop, kind, method, SUM(samples), SUM(ok), SUM(value_sum)
+FROM rollup_probe GROUP BY minute / 3600000 * 3600000, pop, kind, method;
+INSERT INTO rollup_probe_day (minute, pop, kind, method, samples, ok, value_sum)
+SELECT minute / 86400000 * 86400000, pop, kind, method, SUM(samples), SUM(ok), SUM(value_sum)
+FROM rollup_probe GROUP BY minute / 86400000 * 86400000, pop, kind, method;
+";
+
+/// The rollup tables of each grain, without the grain's suffix ([`Grain::suffix`]).
+pub const ROLLUP_TABLES: [&str; 4] = [
+    "rollup_http",
+    "rollup_dns",
+    "rollup_dns_answer",
+    "rollup_probe",
 ];
 
 /// The log store's schema for [`crate::migrate`]. Databases from before refinery kept
@@ -243,18 +344,35 @@ pub struct PreparedFile {
     pub records: Vec<LogRecord>,
     /// The records folded per minute and key.
     pub rollups: Rollups,
+    /// The same per UTC hour.
+    pub hourly: Rollups,
+    /// The same per UTC day.
+    pub daily: Rollups,
 }
 
 impl PreparedFile {
-    /// Folds the records into rollups.
+    /// Folds the records into rollups (per minute, hour and day).
     pub fn new(header: FileHeader, checksum: String, records: Vec<LogRecord>) -> PreparedFile {
         let rollups = Rollups::fold(&records);
+        let hourly = rollups.coarsen(Grain::Hour);
+        let daily = hourly.coarsen(Grain::Day);
         PreparedFile {
             header,
             checksum,
             records,
             rollups,
+            hourly,
+            daily,
         }
+    }
+
+    /// The file's rollups at each grain.
+    pub fn rollups_by_grain(&self) -> [(Grain, &Rollups); 3] {
+        [
+            (Grain::Minute, &self.rollups),
+            (Grain::Hour, &self.hourly),
+            (Grain::Day, &self.daily),
+        ]
     }
 }
 
@@ -529,6 +647,60 @@ impl Rollups {
                 .collect(),
         }
     }
+
+    /// The same rollups at a coarser grain: every key's `minute` floored to the start of
+    /// its bucket, counters summed (what ingestion writes to the hourly and daily tables).
+    pub fn coarsen(&self, grain: Grain) -> Rollups {
+        let b = |m: i64| m.max(0) as u64 / grain.millis() * grain.millis();
+        let b = |m: i64| to_i64(b(m));
+        let mut out = Rollups::default();
+        for (k, a) in &self.http {
+            let key = HttpKey {
+                minute: b(k.minute),
+                ..k.clone()
+            };
+            let e = out.http.entry(key).or_default();
+            e.requests = e.requests.saturating_add(a.requests);
+            e.bytes = e.bytes.saturating_add(a.bytes);
+            e.fill_bytes = e.fill_bytes.saturating_add(a.fill_bytes);
+            for (x, y) in e.status.iter_mut().zip(a.status) {
+                *x = x.saturating_add(y);
+            }
+            e.hits = e.hits.saturating_add(a.hits);
+            e.misses = e.misses.saturating_add(a.misses);
+            e.stale = e.stale.saturating_add(a.stale);
+            e.revalidated = e.revalidated.saturating_add(a.revalidated);
+            e.bypass = e.bypass.saturating_add(a.bypass);
+            e.duration_us = e.duration_us.saturating_add(a.duration_us);
+        }
+        for (k, n) in &self.dns {
+            let key = DnsKey {
+                minute: b(k.minute),
+                ..k.clone()
+            };
+            let e = out.dns.entry(key).or_default();
+            *e = e.saturating_add(*n);
+        }
+        for (k, n) in &self.answers {
+            let key = AnswerKey {
+                minute: b(k.minute),
+                ..k.clone()
+            };
+            let e = out.answers.entry(key).or_default();
+            *e = e.saturating_add(*n);
+        }
+        for (k, a) in &self.probe {
+            let key = ProbeKey {
+                minute: b(k.minute),
+                ..k.clone()
+            };
+            let e = out.probe.entry(key).or_default();
+            e.samples = e.samples.saturating_add(a.samples);
+            e.ok = e.ok.saturating_add(a.ok);
+            e.value_sum += a.value_sum;
+        }
+        out
+    }
 }
 
 /// A bound query parameter.
@@ -569,6 +741,139 @@ impl Range {
             from: Timestamp::from_millis(now.as_millis().saturating_sub(86_400_000)),
             to: now,
         }
+    }
+}
+
+/// The granularity of a rollup table, and of a series read from one.
+///
+/// The rule ([`Grain::for_span`]): a range of up to [`MINUTE_MAX_SPAN_MS`] (2 days) is
+/// read per minute (at most 2,880 points), up to [`HOUR_MAX_SPAN_MS`] (90 days) per hour
+/// (at most 2,160 points), anything longer per day. Hour and day buckets are UTC hours
+/// and UTC days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Grain {
+    /// Per-minute rollups (`rollup_http`, ...).
+    Minute,
+    /// Hourly rollups (`rollup_http_hour`, ...).
+    Hour,
+    /// Daily rollups (`rollup_http_day`, ...).
+    Day,
+}
+
+/// The longest range read from the per-minute rollups (2 days).
+pub const MINUTE_MAX_SPAN_MS: u64 = 2 * 86_400_000;
+/// The longest range read from the hourly rollups (90 days).
+pub const HOUR_MAX_SPAN_MS: u64 = 90 * 86_400_000;
+
+impl Grain {
+    /// Every grain, finest first.
+    pub const ALL: [Grain; 3] = [Grain::Minute, Grain::Hour, Grain::Day];
+
+    /// The bucket's length in ms.
+    pub const fn millis(self) -> u64 {
+        match self {
+            Grain::Minute => 60_000,
+            Grain::Hour => 3_600_000,
+            Grain::Day => 86_400_000,
+        }
+    }
+
+    /// `minute`, `hour` or `day`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Grain::Minute => "minute",
+            Grain::Hour => "hour",
+            Grain::Day => "day",
+        }
+    }
+
+    /// The suffix of this grain's rollup tables (`rollup_http` + suffix).
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            Grain::Minute => "",
+            Grain::Hour => "_hour",
+            Grain::Day => "_day",
+        }
+    }
+
+    /// The grain a range of `span_ms` is read at (see [`Grain`]).
+    ///
+    /// ```
+    /// use udn_bins::store::Grain;
+    /// assert_eq!(Grain::for_span(86_400_000), Grain::Minute);
+    /// assert_eq!(Grain::for_span(7 * 86_400_000), Grain::Hour);
+    /// assert_eq!(Grain::for_span(365 * 86_400_000), Grain::Day);
+    /// ```
+    pub const fn for_span(span_ms: u64) -> Grain {
+        if span_ms <= MINUTE_MAX_SPAN_MS {
+            Grain::Minute
+        } else if span_ms <= HOUR_MAX_SPAN_MS {
+            Grain::Hour
+        } else {
+            Grain::Day
+        }
+    }
+
+    /// The start of the bucket holding `ms`.
+    pub const fn floor(self, ms: u64) -> u64 {
+        ms / self.millis() * self.millis()
+    }
+
+    /// `range` widened to whole buckets: `from` down, `to` up to a bucket boundary. This
+    /// is the range a series at this grain covers.
+    pub fn align(self, range: Range) -> Range {
+        let step = self.millis();
+        let to = range.to.as_millis().div_ceil(step).saturating_mul(step);
+        Range {
+            from: Timestamp::from_millis(self.floor(range.from.as_millis())),
+            to: Timestamp::from_millis(to),
+        }
+    }
+}
+
+/// What a traffic series is asked for: a range read at a grain, for one customer or
+/// all, and one hostname or all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesQuery<'a> {
+    /// The range; rows whose bucket starts in `[from, to)` count (align it with
+    /// [`Grain::align`] so that whole buckets are covered).
+    pub range: Range,
+    /// The rollups read.
+    pub grain: Grain,
+    /// One customer, or all.
+    pub customer: Option<&'a str>,
+    /// One hostname (HTTP `host`, DNS `hostname`), or all.
+    pub host: Option<&'a str>,
+}
+
+impl<'a> SeriesQuery<'a> {
+    /// `range` at the grain the rule picks for its length, for `customer`, any host.
+    pub fn new(range: Range, customer: Option<&'a str>) -> SeriesQuery<'a> {
+        SeriesQuery {
+            range,
+            grain: Grain::for_span(range.to.as_millis().saturating_sub(range.from.as_millis())),
+            customer,
+            host: None,
+        }
+    }
+
+    /// The `WHERE` clause after the time condition (` AND customer = $3 ...`), with the
+    /// parameters (`$1` from, `$2` to first). `host_col` names the host column.
+    fn filter(&self, host_col: &str) -> (String, Vec<Param<'a>>) {
+        let mut params = vec![
+            Param::Int(to_i64(self.range.from.as_millis())),
+            Param::Int(to_i64(self.range.to.as_millis())),
+        ];
+        let mut sql = String::new();
+        if let Some(c) = self.customer {
+            params.push(Param::Text(c));
+            sql.push_str(&format!(" AND customer = ${}", params.len()));
+        }
+        if let Some(h) = self.host {
+            params.push(Param::Text(h));
+            sql.push_str(&format!(" AND {host_col} = ${}", params.len()));
+        }
+        (sql, params)
     }
 }
 
@@ -724,6 +1029,11 @@ pub trait Store: Send {
     /// Returns the rows deleted.
     fn prune_raw(&mut self, before: Timestamp) -> Result<u64>;
 
+    /// Deletes the rollups of `grain` whose bucket starts before `before` (retention of
+    /// the per-minute and hourly rollups; the daily ones are kept). Returns the rows
+    /// deleted.
+    fn prune_rollups(&mut self, grain: Grain, before: Timestamp) -> Result<u64>;
+
     /// Runs a read-only query. `$1`, `$2`... are the parameters, numbered in order of
     /// first appearance.
     fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>>;
@@ -731,13 +1041,20 @@ pub trait Store: Send {
     /// Which backend this is (`"sqlite"`, `"postgres"`).
     fn backend(&self) -> &'static str;
 
-    /// Requests and bytes per minute, optionally for one customer.
+    /// Requests and bytes per minute, optionally for one customer (at the grain the rule
+    /// picks for the range: see [`SeriesQuery::new`]).
     fn traffic(&mut self, range: Range, customer: Option<&str>) -> Result<Vec<TrafficPoint>> {
-        let (filter, params) = customer_filter(range, customer);
+        self.traffic_series(&SeriesQuery::new(range, customer))
+    }
+
+    /// Requests and bytes per bucket of `q.grain` (`minute` is the bucket's start).
+    fn traffic_series(&mut self, q: &SeriesQuery<'_>) -> Result<Vec<TrafficPoint>> {
+        let (filter, params) = q.filter("host");
         let sql = format!(
             "SELECT minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(bytes) AS BIGINT) \
-             FROM rollup_http WHERE minute >= $1 AND minute < $2{filter} \
-             GROUP BY minute ORDER BY minute"
+             FROM rollup_http{} WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute ORDER BY minute",
+            q.grain.suffix()
         );
         let rows = self.select(&sql, &params)?;
         rows.iter()
@@ -753,11 +1070,17 @@ pub trait Store: Send {
 
     /// Requests and bytes per minute and location (POP).
     fn traffic_by_pop(&mut self, range: Range, customer: Option<&str>) -> Result<Vec<PopPoint>> {
-        let (filter, params) = customer_filter(range, customer);
+        self.traffic_by_pop_series(&SeriesQuery::new(range, customer))
+    }
+
+    /// Requests and bytes per bucket and location (POP).
+    fn traffic_by_pop_series(&mut self, q: &SeriesQuery<'_>) -> Result<Vec<PopPoint>> {
+        let (filter, params) = q.filter("host");
         let sql = format!(
             "SELECT minute, pop, CAST(SUM(requests) AS BIGINT), CAST(SUM(bytes) AS BIGINT) \
-             FROM rollup_http WHERE minute >= $1 AND minute < $2{filter} \
-             GROUP BY minute, pop ORDER BY minute, pop"
+             FROM rollup_http{} WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute, pop ORDER BY minute, pop",
+            q.grain.suffix()
         );
         let rows = self.select(&sql, &params)?;
         rows.iter()
@@ -774,12 +1097,18 @@ pub trait Store: Send {
 
     /// Responses per status class per minute.
     fn status_classes(&mut self, range: Range, customer: Option<&str>) -> Result<Vec<StatusPoint>> {
-        let (filter, params) = customer_filter(range, customer);
+        self.status_series(&SeriesQuery::new(range, customer))
+    }
+
+    /// Responses per status class per bucket.
+    fn status_series(&mut self, q: &SeriesQuery<'_>) -> Result<Vec<StatusPoint>> {
+        let (filter, params) = q.filter("host");
         let sql = format!(
             "SELECT minute, CAST(SUM(s1xx) AS BIGINT), CAST(SUM(s2xx) AS BIGINT), \
              CAST(SUM(s3xx) AS BIGINT), CAST(SUM(s4xx) AS BIGINT), CAST(SUM(s5xx) AS BIGINT) \
-             FROM rollup_http WHERE minute >= $1 AND minute < $2{filter} \
-             GROUP BY minute ORDER BY minute"
+             FROM rollup_http{} WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute ORDER BY minute",
+            q.grain.suffix()
         );
         let rows = self.select(&sql, &params)?;
         rows.iter()
@@ -802,21 +1131,26 @@ pub trait Store: Send {
         range: Range,
         hostname: Option<&str>,
     ) -> Result<Vec<AddressPoint>> {
-        let mut params = vec![
-            Param::Int(to_i64(range.from.as_millis())),
-            Param::Int(to_i64(range.to.as_millis())),
-        ];
-        let filter = match hostname {
-            Some(h) => {
-                params.push(Param::Text(h));
-                " AND hostname = $3"
-            }
-            None => "",
+        let q = SeriesQuery {
+            host: hostname,
+            ..SeriesQuery::new(range, None)
         };
+        self.answers_series(&q)
+    }
+
+    /// DNS answers per GTM address (and location) per bucket. The answer rollups carry
+    /// no customer: `q.customer` must be `None` (filter by the customer's hostnames).
+    fn answers_series(&mut self, q: &SeriesQuery<'_>) -> Result<Vec<AddressPoint>> {
+        let q = SeriesQuery {
+            customer: None,
+            ..*q
+        };
+        let (filter, params) = q.filter("hostname");
         let sql = format!(
             "SELECT minute, hostname, address, pop, CAST(SUM(answers) AS BIGINT) \
-             FROM rollup_dns_answer WHERE minute >= $1 AND minute < $2{filter} \
-             GROUP BY minute, hostname, address, pop ORDER BY minute, hostname, address, pop"
+             FROM rollup_dns_answer{} WHERE minute >= $1 AND minute < $2{filter} \
+             GROUP BY minute, hostname, address, pop ORDER BY minute, hostname, address, pop",
+            q.grain.suffix()
         );
         let rows = self.select(&sql, &params)?;
         rows.iter()
@@ -834,10 +1168,22 @@ pub trait Store: Send {
 
     /// Operational data per probe method per minute.
     fn probe_methods(&mut self, range: Range) -> Result<Vec<MethodPoint>> {
-        let sql = "SELECT minute, pop, kind, method, CAST(SUM(samples) AS BIGINT), \
-                   CAST(SUM(ok) AS BIGINT), SUM(value_sum) FROM rollup_probe \
-                   WHERE minute >= $1 AND minute < $2 \
-                   GROUP BY minute, pop, kind, method ORDER BY minute, pop, kind, method";
+        self.probe_series(
+            range,
+            Grain::for_span(range.to.as_millis().saturating_sub(range.from.as_millis())),
+        )
+    }
+
+    /// Operational data per probe method per bucket of `grain`.
+    fn probe_series(&mut self, range: Range, grain: Grain) -> Result<Vec<MethodPoint>> {
+        let sql = format!(
+            "SELECT minute, pop, kind, method, CAST(SUM(samples) AS BIGINT), \
+             CAST(SUM(ok) AS BIGINT), SUM(value_sum) FROM rollup_probe{} \
+             WHERE minute >= $1 AND minute < $2 \
+             GROUP BY minute, pop, kind, method ORDER BY minute, pop, kind, method",
+            grain.suffix()
+        );
+        let sql = sql.as_str();
         let rows = self.select(
             sql,
             &[
@@ -994,20 +1340,6 @@ pub trait Store: Send {
             dns: int(&r, 3, sql)?,
             probe: int(&r, 4, sql)?,
         })
-    }
-}
-
-fn customer_filter(range: Range, customer: Option<&str>) -> (&'static str, Vec<Param<'_>>) {
-    let mut params = vec![
-        Param::Int(to_i64(range.from.as_millis())),
-        Param::Int(to_i64(range.to.as_millis())),
-    ];
-    match customer {
-        Some(c) => {
-            params.push(Param::Text(c));
-            (" AND customer = $3", params)
-        }
-        None => ("", params),
     }
 }
 

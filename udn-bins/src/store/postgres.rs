@@ -2,7 +2,7 @@
 //! `COPY`, rollups by one `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT` per table, all
 //! in the file's one transaction.
 
-use super::{Cell, Error, Ingested, Param, PreparedFile, Result, Store, to_i64};
+use super::{Cell, Error, Grain, Ingested, Param, PreparedFile, Result, Rollups, Store, to_i64};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
@@ -71,6 +71,131 @@ pub fn connection_lost(e: &postgres::Error) -> bool {
 
 fn ip(a: std::net::IpAddr) -> String {
     a.to_string()
+}
+
+/// Adds `roll` to the rollup tables of suffix `sfx` (see [`super::Grain::suffix`]): one
+/// `INSERT ... SELECT FROM UNNEST ... ON CONFLICT` per table.
+fn write_rollups(tx: &mut postgres::Transaction<'_>, roll: &Rollups, sfx: &str) -> Result<()> {
+    if !roll.http.is_empty() {
+        let mut cols: Vec<Vec<i64>> = vec![Vec::new(); 15];
+        let (mut cust, mut host, mut pop) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, a) in &roll.http {
+            cust.push(k.customer.as_str());
+            host.push(k.host.as_str());
+            pop.push(k.pop.as_str());
+            let vals = [
+                k.minute,
+                a.requests,
+                a.bytes,
+                a.fill_bytes,
+                a.status[0],
+                a.status[1],
+                a.status[2],
+                a.status[3],
+                a.status[4],
+                a.hits,
+                a.misses,
+                a.stale,
+                a.revalidated,
+                a.bypass,
+                a.duration_us,
+            ];
+            for (c, v) in cols.iter_mut().zip(vals) {
+                c.push(v);
+            }
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&cols[0], &cust, &host, &pop];
+        for c in &cols[1..] {
+            params.push(c);
+        }
+        tx.execute(
+            &format!("INSERT INTO rollup_http{sfx} (minute, customer, host, pop, requests, bytes, \
+             fill_bytes, s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, \
+             bypass, duration_us) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], \
+             $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], \
+             $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], \
+             $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], \
+             $18::BIGINT[]) ON CONFLICT (minute, customer, host, pop) DO UPDATE SET \
+             requests = rollup_http{sfx}.requests + excluded.requests, \
+             bytes = rollup_http{sfx}.bytes + excluded.bytes, \
+             fill_bytes = rollup_http{sfx}.fill_bytes + excluded.fill_bytes, \
+             s1xx = rollup_http{sfx}.s1xx + excluded.s1xx, s2xx = rollup_http{sfx}.s2xx + excluded.s2xx, \
+             s3xx = rollup_http{sfx}.s3xx + excluded.s3xx, s4xx = rollup_http{sfx}.s4xx + excluded.s4xx, \
+             s5xx = rollup_http{sfx}.s5xx + excluded.s5xx, hits = rollup_http{sfx}.hits + excluded.hits, \
+             misses = rollup_http{sfx}.misses + excluded.misses, \
+             stale = rollup_http{sfx}.stale + excluded.stale, \
+             revalidated = rollup_http{sfx}.revalidated + excluded.revalidated, \
+             bypass = rollup_http{sfx}.bypass + excluded.bypass, \
+             duration_us = rollup_http{sfx}.duration_us + excluded.duration_us"),
+            &params,
+        )?;
+    }
+    if !roll.dns.is_empty() {
+        let (mut m, mut c, mut h, mut p, mut r, mut q) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (k, n) in &roll.dns {
+            m.push(k.minute);
+            c.push(k.customer.as_str());
+            h.push(k.hostname.as_str());
+            p.push(k.pop.as_str());
+            r.push(k.reason.as_str());
+            q.push(*n);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO rollup_dns{sfx} (minute, customer, hostname, pop, reason, queries) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::TEXT[], $6::BIGINT[]) ON CONFLICT (minute, customer, hostname, pop, reason) \
+             DO UPDATE SET queries = rollup_dns{sfx}.queries + excluded.queries"
+            ),
+            &[&m, &c, &h, &p, &r, &q],
+        )?;
+    }
+    if !roll.answers.is_empty() {
+        let (mut m, mut h, mut a, mut p, mut n) = (vec![], vec![], vec![], vec![], vec![]);
+        for (k, v) in &roll.answers {
+            m.push(k.minute);
+            h.push(k.hostname.as_str());
+            a.push(k.address.as_str());
+            p.push(k.pop.as_str());
+            n.push(*v);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO rollup_dns_answer{sfx} (minute, hostname, address, pop, answers) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::BIGINT[]) ON CONFLICT (minute, hostname, address, pop) \
+             DO UPDATE SET answers = rollup_dns_answer{sfx}.answers + excluded.answers"
+            ),
+            &[&m, &h, &a, &p, &n],
+        )?;
+    }
+    if !roll.probe.is_empty() {
+        let (mut m, mut p, mut k_, mut me, mut s, mut ok, mut v) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (k, a) in &roll.probe {
+            m.push(k.minute);
+            p.push(k.pop.as_str());
+            k_.push(k.kind.as_str());
+            me.push(k.method.as_str());
+            s.push(a.samples);
+            ok.push(a.ok);
+            v.push(a.value_sum);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO rollup_probe{sfx} (minute, pop, kind, method, samples, ok, value_sum) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::BIGINT[], $6::BIGINT[], $7::DOUBLE PRECISION[]) \
+             ON CONFLICT (minute, pop, kind, method) DO UPDATE SET \
+             samples = rollup_probe{sfx}.samples + excluded.samples, \
+             ok = rollup_probe{sfx}.ok + excluded.ok, \
+             value_sum = rollup_probe{sfx}.value_sum + excluded.value_sum"
+            ),
+            &[&m, &p, &k_, &me, &s, &ok, &v],
+        )?;
+    }
+    Ok(())
 }
 
 impl Store for PgStore {
@@ -229,97 +354,10 @@ impl Store for PgStore {
             w.finish()?;
         }
 
+        for (grain, roll) in file.rollups_by_grain() {
+            write_rollups(&mut tx, roll, grain.suffix())?;
+        }
         let roll = &file.rollups;
-        if !roll.http.is_empty() {
-            let mut cols: Vec<Vec<i64>> = vec![Vec::new(); 15];
-            let (mut cust, mut host, mut pop) = (Vec::new(), Vec::new(), Vec::new());
-            for (k, a) in &roll.http {
-                cust.push(k.customer.as_str());
-                host.push(k.host.as_str());
-                pop.push(k.pop.as_str());
-                let vals = [
-                    k.minute,
-                    a.requests,
-                    a.bytes,
-                    a.fill_bytes,
-                    a.status[0],
-                    a.status[1],
-                    a.status[2],
-                    a.status[3],
-                    a.status[4],
-                    a.hits,
-                    a.misses,
-                    a.stale,
-                    a.revalidated,
-                    a.bypass,
-                    a.duration_us,
-                ];
-                for (c, v) in cols.iter_mut().zip(vals) {
-                    c.push(v);
-                }
-            }
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&cols[0], &cust, &host, &pop];
-            for c in &cols[1..] {
-                params.push(c);
-            }
-            tx.execute(
-                "INSERT INTO rollup_http (minute, customer, host, pop, requests, bytes, \
-                 fill_bytes, s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, \
-                 bypass, duration_us) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], \
-                 $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], \
-                 $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], \
-                 $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], \
-                 $18::BIGINT[]) ON CONFLICT (minute, customer, host, pop) DO UPDATE SET \
-                 requests = rollup_http.requests + excluded.requests, \
-                 bytes = rollup_http.bytes + excluded.bytes, \
-                 fill_bytes = rollup_http.fill_bytes + excluded.fill_bytes, \
-                 s1xx = rollup_http.s1xx + excluded.s1xx, s2xx = rollup_http.s2xx + excluded.s2xx, \
-                 s3xx = rollup_http.s3xx + excluded.s3xx, s4xx = rollup_http.s4xx + excluded.s4xx, \
-                 s5xx = rollup_http.s5xx + excluded.s5xx, hits = rollup_http.hits + excluded.hits, \
-                 misses = rollup_http.misses + excluded.misses, \
-                 stale = rollup_http.stale + excluded.stale, \
-                 revalidated = rollup_http.revalidated + excluded.revalidated, \
-                 bypass = rollup_http.bypass + excluded.bypass, \
-                 duration_us = rollup_http.duration_us + excluded.duration_us",
-                &params,
-            )?;
-        }
-        if !roll.dns.is_empty() {
-            let (mut m, mut c, mut h, mut p, mut r, mut q) =
-                (vec![], vec![], vec![], vec![], vec![], vec![]);
-            for (k, n) in &roll.dns {
-                m.push(k.minute);
-                c.push(k.customer.as_str());
-                h.push(k.hostname.as_str());
-                p.push(k.pop.as_str());
-                r.push(k.reason.as_str());
-                q.push(*n);
-            }
-            tx.execute(
-                "INSERT INTO rollup_dns (minute, customer, hostname, pop, reason, queries) \
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
-                 $5::TEXT[], $6::BIGINT[]) ON CONFLICT (minute, customer, hostname, pop, reason) \
-                 DO UPDATE SET queries = rollup_dns.queries + excluded.queries",
-                &[&m, &c, &h, &p, &r, &q],
-            )?;
-        }
-        if !roll.answers.is_empty() {
-            let (mut m, mut h, mut a, mut p, mut n) = (vec![], vec![], vec![], vec![], vec![]);
-            for (k, v) in &roll.answers {
-                m.push(k.minute);
-                h.push(k.hostname.as_str());
-                a.push(k.address.as_str());
-                p.push(k.pop.as_str());
-                n.push(*v);
-            }
-            tx.execute(
-                "INSERT INTO rollup_dns_answer (minute, hostname, address, pop, answers) \
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
-                 $5::BIGINT[]) ON CONFLICT (minute, hostname, address, pop) \
-                 DO UPDATE SET answers = rollup_dns_answer.answers + excluded.answers",
-                &[&m, &h, &a, &p, &n],
-            )?;
-        }
         let usage = super::file_usage(roll);
         if !usage.is_empty() {
             let (mut c, mut m, mut p, mut q) =
@@ -341,29 +379,6 @@ impl Store for PgStore {
                 &[&h.file_id, &c, &m, &p, &q[0], &q[1], &q[2], &q[3], &at],
             )?;
         }
-        if !roll.probe.is_empty() {
-            let (mut m, mut p, mut k_, mut me, mut s, mut ok, mut v) =
-                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-            for (k, a) in &roll.probe {
-                m.push(k.minute);
-                p.push(k.pop.as_str());
-                k_.push(k.kind.as_str());
-                me.push(k.method.as_str());
-                s.push(a.samples);
-                ok.push(a.ok);
-                v.push(a.value_sum);
-            }
-            tx.execute(
-                "INSERT INTO rollup_probe (minute, pop, kind, method, samples, ok, value_sum) \
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
-                 $5::BIGINT[], $6::BIGINT[], $7::DOUBLE PRECISION[]) \
-                 ON CONFLICT (minute, pop, kind, method) DO UPDATE SET \
-                 samples = rollup_probe.samples + excluded.samples, \
-                 ok = rollup_probe.ok + excluded.ok, \
-                 value_sum = rollup_probe.value_sum + excluded.value_sum",
-                &[&m, &p, &k_, &me, &s, &ok, &v],
-            )?;
-        }
         tx.commit()?;
         Ok(Ingested::Inserted {
             rows: u64::try_from(rows).unwrap_or(0),
@@ -376,6 +391,18 @@ impl Store for PgStore {
         let mut n = 0;
         for table in ["raw_http", "raw_dns", "raw_probe"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < $1"), &[&t])?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn prune_rollups(&mut self, grain: Grain, before: Timestamp) -> Result<u64> {
+        let t = to_i64(before.as_millis());
+        let mut tx = self.client()?.transaction()?;
+        let mut n = 0;
+        for table in super::ROLLUP_TABLES {
+            let sql = format!("DELETE FROM {table}{} WHERE minute < $1", grain.suffix());
+            n += tx.execute(&sql, &[&t])?;
         }
         tx.commit()?;
         Ok(n)

@@ -1,7 +1,7 @@
 //! The embedded SQLite store: one file `udn.sqlite` in the data directory, WAL journal,
 //! `synchronous = FULL` (a commit that returned is on disk, so an ack is never lost).
 
-use super::{Cell, Error, Ingested, Param, PreparedFile, Result, Store, to_i64};
+use super::{Cell, Error, Grain, Ingested, Param, PreparedFile, Result, Rollups, Store, to_i64};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::path::Path;
@@ -50,35 +50,104 @@ impl SqliteStore {
     }
 }
 
-/// The rollup upserts shared in spirit with PostgreSQL (which sends them as one
+/// The rollup upserts of the tables with suffix `sfx` (`""`, `_hour`, `_day`: see
+/// [`super::Grain::suffix`]), shared in spirit with PostgreSQL (which sends them as one
 /// `UNNEST` statement per table).
-const UPSERT_HTTP: &str = "INSERT INTO rollup_http (minute, customer, host, pop, requests, \
+fn upsert_http(sfx: &str) -> String {
+    format!(
+        "INSERT INTO rollup_http{sfx} (minute, customer, host, pop, requests, \
     bytes, fill_bytes, s1xx, s2xx, s3xx, s4xx, s5xx, hits, misses, stale, revalidated, bypass, \
     duration_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
     ?17, ?18) ON CONFLICT (minute, customer, host, pop) DO UPDATE SET \
-    requests = rollup_http.requests + excluded.requests, \
-    bytes = rollup_http.bytes + excluded.bytes, \
-    fill_bytes = rollup_http.fill_bytes + excluded.fill_bytes, \
-    s1xx = rollup_http.s1xx + excluded.s1xx, s2xx = rollup_http.s2xx + excluded.s2xx, \
-    s3xx = rollup_http.s3xx + excluded.s3xx, s4xx = rollup_http.s4xx + excluded.s4xx, \
-    s5xx = rollup_http.s5xx + excluded.s5xx, hits = rollup_http.hits + excluded.hits, \
-    misses = rollup_http.misses + excluded.misses, stale = rollup_http.stale + excluded.stale, \
-    revalidated = rollup_http.revalidated + excluded.revalidated, \
-    bypass = rollup_http.bypass + excluded.bypass, \
-    duration_us = rollup_http.duration_us + excluded.duration_us";
+    requests = rollup_http{sfx}.requests + excluded.requests, \
+    bytes = rollup_http{sfx}.bytes + excluded.bytes, \
+    fill_bytes = rollup_http{sfx}.fill_bytes + excluded.fill_bytes, \
+    s1xx = rollup_http{sfx}.s1xx + excluded.s1xx, s2xx = rollup_http{sfx}.s2xx + excluded.s2xx, \
+    s3xx = rollup_http{sfx}.s3xx + excluded.s3xx, s4xx = rollup_http{sfx}.s4xx + excluded.s4xx, \
+    s5xx = rollup_http{sfx}.s5xx + excluded.s5xx, hits = rollup_http{sfx}.hits + excluded.hits, \
+    misses = rollup_http{sfx}.misses + excluded.misses, \
+    stale = rollup_http{sfx}.stale + excluded.stale, \
+    revalidated = rollup_http{sfx}.revalidated + excluded.revalidated, \
+    bypass = rollup_http{sfx}.bypass + excluded.bypass, \
+    duration_us = rollup_http{sfx}.duration_us + excluded.duration_us"
+    )
+}
 
-const UPSERT_DNS: &str = "INSERT INTO rollup_dns (minute, customer, hostname, pop, reason, \
+fn upsert_dns(sfx: &str) -> String {
+    format!(
+        "INSERT INTO rollup_dns{sfx} (minute, customer, hostname, pop, reason, \
     queries) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (minute, customer, hostname, pop, \
-    reason) DO UPDATE SET queries = rollup_dns.queries + excluded.queries";
+    reason) DO UPDATE SET queries = rollup_dns{sfx}.queries + excluded.queries"
+    )
+}
 
-const UPSERT_ANSWER: &str = "INSERT INTO rollup_dns_answer (minute, hostname, address, pop, \
+fn upsert_answer(sfx: &str) -> String {
+    format!(
+        "INSERT INTO rollup_dns_answer{sfx} (minute, hostname, address, pop, \
     answers) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (minute, hostname, address, pop) \
-    DO UPDATE SET answers = rollup_dns_answer.answers + excluded.answers";
+    DO UPDATE SET answers = rollup_dns_answer{sfx}.answers + excluded.answers"
+    )
+}
 
-const UPSERT_PROBE: &str = "INSERT INTO rollup_probe (minute, pop, kind, method, samples, ok, \
+fn upsert_probe(sfx: &str) -> String {
+    format!(
+        "INSERT INTO rollup_probe{sfx} (minute, pop, kind, method, samples, ok, \
     value_sum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (minute, pop, kind, method) \
-    DO UPDATE SET samples = rollup_probe.samples + excluded.samples, \
-    ok = rollup_probe.ok + excluded.ok, value_sum = rollup_probe.value_sum + excluded.value_sum";
+    DO UPDATE SET samples = rollup_probe{sfx}.samples + excluded.samples, \
+    ok = rollup_probe{sfx}.ok + excluded.ok, \
+    value_sum = rollup_probe{sfx}.value_sum + excluded.value_sum"
+    )
+}
+
+/// Adds `roll` to the rollup tables of suffix `sfx`.
+fn write_rollups(tx: &rusqlite::Transaction<'_>, roll: &Rollups, sfx: &str) -> Result<()> {
+    let mut st = tx.prepare_cached(&upsert_http(sfx))?;
+    for (k, a) in &roll.http {
+        st.execute(params![
+            k.minute,
+            k.customer,
+            k.host,
+            k.pop,
+            a.requests,
+            a.bytes,
+            a.fill_bytes,
+            a.status[0],
+            a.status[1],
+            a.status[2],
+            a.status[3],
+            a.status[4],
+            a.hits,
+            a.misses,
+            a.stale,
+            a.revalidated,
+            a.bypass,
+            a.duration_us,
+        ])?;
+    }
+    let mut st = tx.prepare_cached(&upsert_dns(sfx))?;
+    for (k, n) in &roll.dns {
+        st.execute(params![
+            k.minute, k.customer, k.hostname, k.pop, k.reason, n
+        ])?;
+    }
+    let mut st = tx.prepare_cached(&upsert_answer(sfx))?;
+    for (k, n) in &roll.answers {
+        st.execute(params![k.minute, k.hostname, k.address, k.pop, n])?;
+    }
+    let mut st = tx.prepare_cached(&upsert_probe(sfx))?;
+    for (k, a) in &roll.probe {
+        st.execute(params![
+            k.minute,
+            k.pop,
+            k.kind,
+            k.method,
+            a.samples,
+            a.ok,
+            a.value_sum
+        ])?;
+    }
+    Ok(())
+}
 
 /// Space-separated addresses of a DNS answer.
 pub(crate) fn join_addrs(addrs: &[std::net::IpAddr]) -> String {
@@ -189,40 +258,10 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            for (grain, roll) in file.rollups_by_grain() {
+                write_rollups(&tx, roll, grain.suffix())?;
+            }
             let roll = &file.rollups;
-            let mut st = tx.prepare_cached(UPSERT_HTTP)?;
-            for (k, a) in &roll.http {
-                st.execute(params![
-                    k.minute,
-                    k.customer,
-                    k.host,
-                    k.pop,
-                    a.requests,
-                    a.bytes,
-                    a.fill_bytes,
-                    a.status[0],
-                    a.status[1],
-                    a.status[2],
-                    a.status[3],
-                    a.status[4],
-                    a.hits,
-                    a.misses,
-                    a.stale,
-                    a.revalidated,
-                    a.bypass,
-                    a.duration_us,
-                ])?;
-            }
-            let mut st = tx.prepare_cached(UPSERT_DNS)?;
-            for (k, n) in &roll.dns {
-                st.execute(params![
-                    k.minute, k.customer, k.hostname, k.pop, k.reason, n
-                ])?;
-            }
-            let mut st = tx.prepare_cached(UPSERT_ANSWER)?;
-            for (k, n) in &roll.answers {
-                st.execute(params![k.minute, k.hostname, k.address, k.pop, n])?;
-            }
             let mut st = tx.prepare_cached(
                 "INSERT INTO usage_file (file_id, customer, minute, pop, requests, bytes, \
                  fill_bytes, dns_queries, received_at) \
@@ -241,18 +280,6 @@ impl Store for SqliteStore {
                     to_i64(received_at.as_millis()),
                 ])?;
             }
-            let mut st = tx.prepare_cached(UPSERT_PROBE)?;
-            for (k, a) in &roll.probe {
-                st.execute(params![
-                    k.minute,
-                    k.pop,
-                    k.kind,
-                    k.method,
-                    a.samples,
-                    a.ok,
-                    a.value_sum
-                ])?;
-            }
         }
         tx.commit()?;
         Ok(Ingested::Inserted {
@@ -268,6 +295,20 @@ impl Store for SqliteStore {
         let mut n = 0;
         for table in ["raw_http", "raw_dns", "raw_probe"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < ?1"), [t])?;
+        }
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    fn prune_rollups(&mut self, grain: Grain, before: Timestamp) -> Result<u64> {
+        let t = to_i64(before.as_millis());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for table in super::ROLLUP_TABLES {
+            let sql = format!("DELETE FROM {table}{} WHERE minute < ?1", grain.suffix());
+            n += tx.execute(&sql, [t])?;
         }
         tx.commit()?;
         Ok(n as u64)

@@ -27,6 +27,7 @@ on_both_stores!(
     prefill_fans_out_to_every_edge,
     page_check_runs_on_the_chosen_probes,
     traffic_queries_sum_own_rows_only,
+    traffic_ranges_are_absolute_zoned_filtered_and_exported,
     invoices_are_the_customers_own,
     openapi_document_describes_every_route,
     a_config_committed_elsewhere_is_served_at_once,
@@ -1426,7 +1427,7 @@ async fn traffic_queries_sum_own_rows_only(store: Store) {
         );
     }
     let (st, e) = shop.get("/v1/traffic/cdn?hours=0").await;
-    assert_eq!((st, fields(&e)), (422, vec!["hours".to_owned()]));
+    assert_eq!((st, fields(&e)), (400, vec!["hours".to_owned()]));
     let admin = h.login("admin").await;
     let (_, t) = admin.get("/v1/traffic/cdn/locations?customer=acme").await;
     assert_eq!(
@@ -1435,6 +1436,172 @@ async fn traffic_queries_sum_own_rows_only(store: Store) {
     );
     let (_, t) = admin.get("/v1/traffic/cdn/locations").await;
     assert_eq!(t["points"].as_array().unwrap().len(), 3);
+}
+
+/// `from`/`to` (RFC 3339 or local in `tz`), the grain the span is read at, the covered
+/// range stated in the answer, the `host` filter, CSV by `format=csv` and by `Accept`
+/// with formula cells escaped, and every bad value a 400 naming its parameter.
+async fn traffic_ranges_are_absolute_zoned_filtered_and_exported(store: Store) {
+    let h = Harness::start_on(store, "api-ranges").await;
+    let at = |s: &str| {
+        Timestamp::from_millis(s.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64)
+    };
+    let cdn = "cdn.shop.udn.example";
+    let img = "img.shop.udn.example";
+    for (host, t, bytes) in [
+        (cdn, "2026-06-01T10:05:00Z", 100),
+        (cdn, "2026-06-01T10:40:00Z", 20),
+        (img, "2026-06-01T10:41:00Z", 3),
+        (cdn, "2026-06-20T08:00:00Z", 4000),
+        (cdn, "2025-12-31T23:59:00Z", 50_000),
+    ] {
+        h.db.record_cdn_traffic("shop", host, "fra", at(t), bytes, 1)
+            .unwrap();
+    }
+    h.db.record_gtm_answers(
+        "shop",
+        "=HYPERLINK(\"x\")",
+        "fra",
+        "127.0.0.21",
+        at("2026-06-01T10:05:00Z"),
+        9,
+    )
+    .unwrap();
+    let shop = h.login("shopuser").await;
+    let points = |v: &Value| -> Vec<(u64, u64)> {
+        v["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["minute"].as_u64().unwrap(), p["bytes"].as_u64().unwrap()))
+            .collect()
+    };
+
+    // An hour in Berlin (UTC+2 in June), given as local times: read per minute.
+    let (st, v) = shop
+        .get("/v1/traffic/cdn?from=2026-06-01T12:00&to=2026-06-01T13:00&tz=Europe/Berlin")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["from"], "2026-06-01T12:00:00+02:00", "{v}");
+    assert_eq!(v["to"], "2026-06-01T13:00:00+02:00", "{v}");
+    assert_eq!(v["tz"], "Europe/Berlin");
+    assert_eq!(v["granularity"], "minute");
+    assert_eq!(v["from_ms"], at("2026-06-01T10:00:00Z").as_millis());
+    assert_eq!(
+        points(&v),
+        vec![
+            (at("2026-06-01T10:05:00Z").as_millis(), 100),
+            (at("2026-06-01T10:40:00Z").as_millis(), 20),
+            (at("2026-06-01T10:41:00Z").as_millis(), 3),
+        ]
+    );
+    // The same hour in RFC 3339, one domain only.
+    let (_, v) = shop
+        .get(&format!(
+            "/v1/traffic/cdn?from=2026-06-01T10:00:00Z&to=2026-06-01T11:00:00%2B00:00&host={img}"
+        ))
+        .await;
+    assert_eq!(v["host"], img);
+    assert_eq!(
+        points(&v),
+        vec![(at("2026-06-01T10:41:00Z").as_millis(), 3)]
+    );
+    // Two months: per hour, the range widened to whole hours.
+    let (_, v) = shop
+        .get("/v1/traffic/cdn?from=2026-05-01T00:30:00Z&to=2026-07-01T00:00:00Z")
+        .await;
+    assert_eq!(v["granularity"], "hour", "{v}");
+    assert_eq!(v["from"], "2026-05-01T00:00:00+00:00");
+    assert_eq!(v["step_ms"], 3_600_000);
+    assert_eq!(
+        points(&v),
+        vec![
+            (at("2026-06-01T10:00:00Z").as_millis(), 123),
+            (at("2026-06-20T08:00:00Z").as_millis(), 4000),
+        ]
+    );
+    // A year: per day.
+    let (_, v) = shop
+        .get("/v1/traffic/cdn?from=2025-07-01T00:00:00Z&to=2026-07-01T00:00:00Z&tz=Asia/Tokyo")
+        .await;
+    assert_eq!(v["granularity"], "day", "{v}");
+    assert_eq!(v["from"], "2025-07-01T09:00:00+09:00");
+    assert_eq!(
+        points(&v),
+        vec![
+            (at("2025-12-31T00:00:00Z").as_millis(), 50_000),
+            (at("2026-06-01T00:00:00Z").as_millis(), 123),
+            (at("2026-06-20T00:00:00Z").as_millis(), 4000),
+        ]
+    );
+    let (_, v) = shop
+        .get("/v1/traffic/cdn/locations?from=2025-07-01T00:00:00Z&to=2026-07-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        v["points"],
+        json!([{"pop": "fra", "bytes": 54_123, "hits": 5}])
+    );
+
+    // CSV, by parameter and by Accept; the times in the zone asked.
+    let r = shop
+        .client
+        .get(h.url(
+            "/v1/traffic/cdn?from=2026-06-01T12:00&to=2026-06-01T13:00&tz=Europe/Berlin&format=csv",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert_eq!(r.headers()["x-udn-from"], "2026-06-01T12:00:00+02:00");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "time,bytes,hits\r\n2026-06-01T12:05:00+02:00,100,1\r\n\
+         2026-06-01T12:40:00+02:00,20,1\r\n2026-06-01T12:41:00+02:00,3,1\r\n"
+    );
+    let r = shop
+        .client
+        .get(h.url("/v1/traffic/gtm?from=2026-06-01T10:00:00Z&to=2026-06-01T11:00:00Z"))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        body,
+        "time,hostname,address,answers\r\n\
+         2026-06-01T10:05:00+00:00,\"'=HYPERLINK(\"\"x\"\")\",127.0.0.21,9\r\n",
+        "a formula in a cell is text"
+    );
+    // JSON stays the default.
+    let (st, v) = shop
+        .get("/v1/traffic/gtm?from=2026-06-01T10:00:00Z&to=2026-06-01T11:00:00Z&format=json")
+        .await;
+    assert_eq!((st, v["points"][0]["answers"].clone()), (200, json!(9)));
+
+    // Bad values: 400, the parameter named.
+    for (query, field) in [
+        ("from=yesterday", "from"),
+        ("from=2026-06-01T10:00:00Z&to=2026-13-01T00:00:00Z", "to"),
+        ("tz=Mars/Olympus_Mons", "tz"),
+        ("from=2026-06-02T00:00:00Z&to=2026-06-01T00:00:00Z", "to"),
+        ("from=2016-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("format=xml", "format"),
+        ("hours=100000", "hours"),
+    ] {
+        let (st, e) = shop.get(&format!("/v1/traffic/cdn?{query}")).await;
+        assert_eq!(
+            (st, fields(&e)),
+            (400, vec![field.to_owned()]),
+            "{query}: {e}"
+        );
+        assert!(e["error"].as_str().unwrap().starts_with(field), "{e}");
+    }
 }
 
 async fn invoices_are_the_customers_own(store: Store) {

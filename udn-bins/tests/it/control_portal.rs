@@ -143,6 +143,25 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         });
         log.write_at(&rec, now).unwrap();
     }
+    // Five responses 200 days ago: only a long range shows them.
+    let long_ago = now.as_millis() - 200 * 86_400_000;
+    for i in 0..5u64 {
+        let rec = LogRecord::Http(HttpRecord {
+            ts: Timestamp::from_millis(long_ago + i),
+            customer: Some("shop".into()),
+            host: "cdn.shop.udn.example".into(),
+            path: "/old.png".into(),
+            method: "GET".into(),
+            status: 200,
+            bytes: 7,
+            fill_bytes: 0,
+            outcome: "hit".into(),
+            duration_us: 100,
+            client: "127.0.0.41".parse().unwrap(),
+            pop: "fra".into(),
+        });
+        log.write_at(&rec, now).unwrap();
+    }
     // Each file shipped by an instance of its role, enrolled with `udn control enroll`.
     let data = dir.join("data");
     for (role, log) in [("edge", &log), ("dns", &dns_log)] {
@@ -203,6 +222,70 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     }
     assert_eq!(by_addr.get("127.0.0.21"), Some(&15), "{gtm}");
     assert_eq!(by_addr.get("127.0.0.22"), Some(&5), "{gtm}");
+
+    // A year back from now, in Berlin's time: read from the daily rollups, the old
+    // responses included; the answer states the (whole-day) range it covers.
+    let rfc = |ms: u64| {
+        jiff::Timestamp::from_millisecond(ms as i64)
+            .unwrap()
+            .to_string()
+    };
+    let year = format!(
+        "from={}&to={}&tz=Europe/Berlin",
+        rfc(now.as_millis() - 365 * 86_400_000),
+        rfc(now.as_millis())
+    );
+    let v = get(&format!("/v1/traffic/cdn?customer=shop&{year}"));
+    assert_eq!(v["granularity"], "day", "{v}");
+    assert_eq!(v["from_ms"].as_u64().unwrap() % 86_400_000, 0, "{v}");
+    assert!(v["from"].as_str().unwrap().ends_with(":00"), "{v}");
+    let pts = v["points"].as_array().expect("points");
+    let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+    let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
+    assert_eq!((bytes, hits), (50_000 + 10_000_000_000 + 35, 65), "{v}");
+    // One domain: the shop's CDN hostname has them all, its GTM hostname no CDN traffic.
+    let v = get(&format!(
+        "/v1/traffic/cdn?customer=shop&host=cdn.shop.udn.example&{year}"
+    ));
+    let pts = v["points"].as_array().expect("points");
+    assert_eq!(pts.len(), 2, "two days with traffic: {v}");
+    assert_eq!(
+        (pts[0]["bytes"].as_u64(), pts[0]["hits"].as_u64()),
+        (Some(35), Some(5))
+    );
+    let v: serde_json::Value = http
+        .get(format!(
+            "{api}/v1/traffic/cdn?customer=shop&host=www.shop.udn.example&{year}"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["host"], "www.shop.udn.example");
+    assert_eq!(v["points"], serde_json::json!([]), "{v}");
+    let csv = http
+        .get(format!(
+            "{api}/v1/traffic/cdn?customer=shop&host=cdn.shop.udn.example&{year}&format=csv"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    let text = csv.text().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "time,bytes,hits");
+    assert!(lines[1].ends_with(",35,5"), "{text}");
+    assert!(lines[2].ends_with(",10000050000,60"), "{text}");
+    let bad = http
+        .get(format!("{api}/v1/traffic/cdn?from=last+week"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let e: serde_json::Value = bad.json().unwrap();
+    assert_eq!(e["errors"][0]["field"], "from", "{e}");
 
     // Another customer's series is empty: the rows are the shop's.
     let other = http

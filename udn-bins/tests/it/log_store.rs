@@ -316,3 +316,170 @@ fn fill_records_count_cache_fill_and_no_request() {
         );
     }
 }
+
+/// An HTTP record `day` days, `hour` hours after T0 on `host` (customer shop).
+fn http_at(day: u64, hour: u64, host: &str, bytes: u64) -> LogRecord {
+    let LogRecord::Http(mut h) = http(0, 0, "shop", "fra", 200, bytes, "hit") else {
+        unreachable!()
+    };
+    h.ts = Timestamp::from_millis(T0 + day * 86_400_000 + hour * 3_600_000);
+    h.host = host.into();
+    LogRecord::Http(h)
+}
+
+/// The hourly and daily rollups are filled at ingestion beside the per-minute ones and
+/// give the same totals; each grain's buckets start on its boundary; the host filter
+/// keeps one hostname; pruning the per-minute rollups leaves the coarser ones serving a
+/// year-long range.
+#[test]
+fn hourly_and_daily_rollups_serve_long_ranges() {
+    use udn_bins::store::{Grain, SeriesQuery};
+    for backend in backends("store_grains") {
+        let tmp = TempDir::new(&format!("store-grains-{}", backend.name()));
+        let mut store = backend.open(&tmp.path().join("data"));
+        let name = backend.name();
+        let now = Timestamp::from_millis(T0 + 400 * 86_400_000);
+        let www = "www.shop.example";
+        let img = "img.shop.example";
+        let first = file(
+            "grains-1",
+            Role::Edge,
+            vec![
+                http_at(0, 0, www, 100),
+                http_at(0, 0, www, 100),
+                http_at(0, 5, www, 10),
+                http_at(3, 1, img, 7),
+                http_at(40, 2, www, 1000),
+            ],
+        );
+        store.ingest(&first, now).unwrap();
+        // A second file adds to the same hour and day buckets.
+        let second = file(
+            "grains-2",
+            Role::Edge,
+            vec![http_at(0, 5, www, 1), http_at(200, 23, img, 5000)],
+        );
+        store.ingest(&second, now).unwrap();
+        let dns_file = file(
+            "grains-dns",
+            Role::Dns,
+            vec![
+                dns(0, "shop", &[1], "fra"),
+                dns(60 * 24 * 3, "shop", &[1, 2], "fra"),
+            ],
+        );
+        store.ingest(&dns_file, now).unwrap();
+        let probes = file(
+            "grains-probe",
+            Role::Probe,
+            vec![
+                probe(0, "dns", true, 4.0),
+                probe(60 * 30, "dns", false, 8.0),
+            ],
+        );
+        store.ingest(&probes, now).unwrap();
+
+        let year = Range {
+            from: Timestamp::from_millis(T0 - 86_400_000),
+            to: Timestamp::from_millis(T0 + 366 * 86_400_000),
+        };
+        let series = |store: &mut dyn udn_bins::store::Store, grain: Grain, host: Option<&str>| {
+            let q = SeriesQuery {
+                range: grain.align(year),
+                grain,
+                customer: Some("shop"),
+                host,
+            };
+            store.traffic_series(&q).unwrap()
+        };
+        let sum = |pts: &[udn_bins::store::TrafficPoint]| {
+            (
+                pts.iter().map(|p| p.requests).sum::<i64>(),
+                pts.iter().map(|p| p.bytes).sum::<i64>(),
+            )
+        };
+        let mut lens = Vec::new();
+        for grain in Grain::ALL {
+            let pts = series(store.as_mut(), grain, None);
+            assert_eq!(sum(&pts), (7, 6218), "{name} {grain:?}");
+            for p in &pts {
+                assert_eq!(
+                    p.minute as u64 % grain.millis(),
+                    0,
+                    "{name} {grain:?} {p:?}"
+                );
+            }
+            lens.push(pts.len());
+            // One hostname only.
+            let img_pts = series(store.as_mut(), grain, Some(img));
+            assert_eq!(sum(&img_pts), (2, 5007), "{name} {grain:?}");
+        }
+        // Minutes: 0:00, 5:00, 3d1h, 40d2h, 200d23h; hours: the same five; days: four.
+        assert_eq!(lens, vec![5, 5, 4], "{name}");
+        let day = series(store.as_mut(), Grain::Day, None);
+        assert_eq!(day[0].minute as u64, T0 / 86_400_000 * 86_400_000, "{name}");
+        assert_eq!((day[0].requests, day[0].bytes), (4, 211), "{name}");
+
+        // The other series read the same grains.
+        for grain in Grain::ALL {
+            let q = SeriesQuery {
+                range: grain.align(year),
+                grain,
+                customer: None,
+                host: Some("www.shop.example"),
+            };
+            let answers: i64 = store
+                .answers_series(&q)
+                .unwrap()
+                .iter()
+                .map(|p| p.answers)
+                .sum();
+            assert_eq!(answers, 3, "{name} {grain:?}");
+            let by_pop: i64 = store
+                .traffic_by_pop_series(&q)
+                .unwrap()
+                .iter()
+                .map(|p| p.requests)
+                .sum();
+            assert_eq!(by_pop, 5, "{name} {grain:?}");
+            let status: i64 = store
+                .status_series(&q)
+                .unwrap()
+                .iter()
+                .map(|p| p.classes[1])
+                .sum();
+            assert_eq!(status, 5, "{name} {grain:?}");
+            let probes = store.probe_series(grain.align(year), grain).unwrap();
+            let samples: i64 = probes.iter().map(|p| p.samples).sum();
+            let ok: i64 = probes.iter().map(|p| p.ok).sum();
+            assert_eq!((samples, ok), (2, 1), "{name} {grain:?}");
+        }
+        // The rule picks the grain from the range's length.
+        let q = SeriesQuery::new(year, Some("shop"));
+        assert_eq!(q.grain, Grain::Day);
+
+        // Retention: per-minute rollups older than 100 days go; the hourly and daily
+        // ones still serve the whole year.
+        let cut = Timestamp::from_millis(T0 + 100 * 86_400_000);
+        assert!(
+            store.prune_rollups(Grain::Minute, cut).unwrap() > 0,
+            "{name}"
+        );
+        assert_eq!(
+            sum(&series(store.as_mut(), Grain::Minute, None)),
+            (1, 5000),
+            "{name}"
+        );
+        assert_eq!(
+            sum(&series(store.as_mut(), Grain::Hour, None)),
+            (7, 6218),
+            "{name}"
+        );
+        assert_eq!(
+            sum(&series(store.as_mut(), Grain::Day, None)),
+            (7, 6218),
+            "{name}"
+        );
+        eprintln!("grains ok on {name}");
+    }
+}

@@ -27,6 +27,14 @@ const CP_SQLITE: &str = include_str!("fixtures/unversioned/control.db.sql");
 const LOG_STEPS: usize = udn_bins::store::MIGRATIONS.len();
 const ALL_POSTGRES: &str = include_str!("fixtures/unversioned/postgres.sql");
 
+/// `(version, name)` of every step of the log store the code knows, in order.
+fn log_steps() -> Vec<(i64, &'static str)> {
+    udn_bins::store::MIGRATIONS
+        .iter()
+        .map(|s| (i64::from(s.version), s.name))
+        .collect()
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("udn-migrations-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -84,6 +92,38 @@ fn check_data(log: &mut dyn Store, cp: &dyn Backend, billing: &dyn BillingStore,
     assert_eq!(count(log, "raw_http"), 90);
     assert_eq!(count(log, "raw_probe"), 150);
     assert_eq!(count(log, "rollup_http"), 6);
+    // The rows rolled up per minute before the hourly and daily rollups existed are
+    // rolled up by their step: a year-long series (daily) and a week-long one (hourly)
+    // total what the per-minute rollups hold.
+    let minute: i64 = log
+        .select("SELECT CAST(SUM(requests) AS BIGINT) FROM rollup_http", &[])
+        .unwrap()
+        .first()
+        .and_then(|r| match r[0] {
+            udn_bins::store::Cell::Int(n) => Some(n),
+            _ => None,
+        })
+        .unwrap_or(0);
+    assert!(minute > 0, "the fixture has traffic");
+    for grain in udn_bins::store::Grain::ALL {
+        let all = udn_bins::store::Range {
+            from: udn_core::Timestamp::from_millis(0),
+            to: udn_core::Timestamp::from_millis(4_000_000_000_000),
+        };
+        let q = udn_bins::store::SeriesQuery {
+            range: all,
+            grain,
+            customer: None,
+            host: None,
+        };
+        let total: i64 = log
+            .traffic_series(&q)
+            .unwrap()
+            .iter()
+            .map(|p| p.requests)
+            .sum();
+        assert_eq!(total, minute, "{grain:?} after the upgrade");
+    }
     let users: Vec<String> = cp
         .users()
         .unwrap()
@@ -133,7 +173,7 @@ fn sqlite_databases_from_before_versioning_upgrade_with_their_data() {
         drop((log, cp, billing));
         assert_eq!(
             names(&sqlite_history(&logs, "udn_log_schema_history")),
-            [(1, "initial"), (2, "usage_file"), (3, "raw_time_indexes")],
+            log_steps(),
             "round {round}"
         );
         assert_eq!(
@@ -184,7 +224,7 @@ fn postgres_databases_from_before_versioning_upgrade_with_their_data() {
         check_data(&mut log, &cp, &billing, true);
         assert_eq!(
             names(&pg_history(&url, "udn_log_schema_history")),
-            [(1, "initial"), (2, "usage_file"), (3, "raw_time_indexes")]
+            log_steps()
         );
         assert_eq!(
             names(&pg_history(&url, "udn_cp_schema_history")),

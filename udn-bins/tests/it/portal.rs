@@ -366,6 +366,100 @@ async fn activity_pages_chart_the_inserted_rows() {
     }
 }
 
+/// The chart pages take an absolute range in a time zone and a domain: the picker shows
+/// the range chosen, the page states the range it covers and its grain, and its CSV and
+/// JSON links name the same range.
+#[tokio::test]
+async fn activity_pages_take_a_range_a_time_zone_and_a_domain() {
+    let h = Harness::start("portal-range").await;
+    let at = |s: &str| {
+        Timestamp::from_millis(s.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64)
+    };
+    h.db.record_cdn_traffic(
+        "shop",
+        "cdn.shop.udn.example",
+        "fra",
+        at("2026-03-10T09:30:00Z"),
+        5000,
+        50,
+    )
+    .unwrap();
+    h.db.record_cdn_traffic(
+        "shop",
+        "img.shop.udn.example",
+        "fra",
+        at("2026-03-10T09:31:00Z"),
+        7,
+        7,
+    )
+    .unwrap();
+    h.db.record_cdn_traffic(
+        "shop",
+        "cdn.shop.udn.example",
+        "fra",
+        at("2025-05-10T09:30:00Z"),
+        100_000,
+        1,
+    )
+    .unwrap();
+    let (c, _) = portal_login(&h, "shopuser").await;
+
+    // Two hours in New York (UTC-4 in March after the 8th), given as local times.
+    let (st, body) = page(
+        &c,
+        h.https("/activity/cdn?from=2026-03-10T05:00&to=2026-03-10T07:00&tz=America/New_York"),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains("id=\"range-from\" datetime=\"2026-03-10T05:00:00-04:00\""),
+        "{body}"
+    );
+    assert!(body.contains(">2026-03-10T07:00:00-04:00</time>"), "{body}");
+    assert!(body.contains("id=\"range-grain\">minute<"));
+    assert!(
+        body.contains("value=\"2026-03-10T05:00\""),
+        "picker keeps the range"
+    );
+    assert!(body.contains("value=\"America/New_York\""));
+    assert!(body.contains("id=\"total-bytes\">5007<"), "both domains");
+    assert!(
+        body.contains("<option value=\"cdn.shop.udn.example\">"),
+        "domain select"
+    );
+    assert!(
+        !body.contains("cdn.acme.udn.example"),
+        "another customer's domain"
+    );
+    assert!(body.contains(
+        "href=\"/v1/traffic/cdn?from=2026-03-10T05%3A00%3A00-04%3A00&amp;to=2026-03-10T07%3A00%3A00-04%3A00&amp;tz=America%2FNew_York&amp;format=csv\""
+    ), "{body}");
+    // One domain.
+    let (_, body) = page(
+        &c,
+        h.https("/activity/cdn?from=2026-03-10T05:00&to=2026-03-10T07:00&tz=America/New_York&host=img.shop.udn.example"),
+    )
+    .await;
+    assert!(body.contains("id=\"total-bytes\">7<"), "{body}");
+    assert!(body.contains("<option value=\"\">All domains"));
+    // A year: per day, back to the first data.
+    let (_, body) = page(&c, h.https("/activity/cdn?hours=8760&tz=UTC")).await;
+    assert!(body.contains("id=\"range-grain\">day<"), "{body}");
+    let (_, body) = page(
+        &c,
+        h.https("/activity/cdn/locations?from=2025-01-01T00:00&to=2026-12-01T00:00"),
+    )
+    .await;
+    assert!(
+        body.contains("<td>fra</td><td class=\"num\">105007</td>"),
+        "{body}"
+    );
+    // A bad value is a 400 page naming the parameter.
+    let (st, body) = page(&c, h.https("/activity/gtm?tz=Nowhere/Land")).await;
+    assert_eq!(st, 400);
+    assert!(body.contains("tz: unknown time zone"), "{body}");
+}
+
 #[tokio::test]
 async fn page_check_shows_overall_table_waterfall_and_rows() {
     let h = Harness::start("portal-tests").await;

@@ -231,6 +231,92 @@ async fn customer_journey_in_headless_chromium() {
         shot(&c, name).await;
     }
 
+    // The date-range picker: an hour two hours ago, in Tokyo's time, one domain.
+    let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let start_ms = (now / 3_600_000 - 2) * 3_600_000;
+    let local = |ms: u64| {
+        jiff::Timestamp::from_millisecond(ms as i64)
+            .unwrap()
+            .to_zoned_datetime(tz.clone())
+    };
+    let (from_local, to_local) = (
+        local(start_ms).strftime("%Y-%m-%dT%H:%M").to_string(),
+        local(start_ms + 3_600_000)
+            .strftime("%Y-%m-%dT%H:%M")
+            .to_string(),
+    );
+    c.goto(&format!("{base}/activity/cdn")).await.unwrap();
+    // datetime-local inputs are typed differently per locale: set their values.
+    c.execute(
+        "document.getElementById('range-from-input').value = arguments[0];
+         document.getElementById('range-to-input').value = arguments[1];
+         document.getElementById('tz-input').value = 'Asia/Tokyo';
+         document.getElementById('host-select').value = 'cdn.shop.udn.example';",
+        vec![json!(from_local), json!(to_local)],
+    )
+    .await
+    .unwrap();
+    c.find(Locator::Css("#range-apply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let want_from = local(start_ms).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    let want_to = local(start_ms + 3_600_000)
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string();
+    // The new page has come when it states the zone chosen.
+    wait_text(&c, "#range-tz", "Asia/Tokyo").await;
+    let stated = c
+        .find(Locator::Css("#range-from"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(stated, want_from, "the page states the range chosen");
+    let stated_to = c
+        .find(Locator::Css("#range-to"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(stated_to, want_to);
+    assert!(want_from.ends_with("+09:00"), "{want_from}");
+    shot(&c, "08b-range-picker").await;
+    // The CSV link exports that range: every row's time inside it, in Tokyo's time.
+    let csv = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(document.getElementById('csv-link').href)
+               .then(r => r.text()).then(done, e => done('error ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap_or_default().to_owned();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("time,bytes,hits"), "{csv}");
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 60, "one row per minute of the hour: {csv}");
+    for row in rows {
+        let t = row.split(',').next().unwrap();
+        assert!(t.ends_with("+09:00"), "{row}");
+        let ms = t.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64;
+        assert!((start_ms..start_ms + 3_600_000).contains(&ms), "{row}");
+    }
+    // A preset: the last 7 days, read per hour.
+    c.find(Locator::LinkText("7 d"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#range-grain", "hour").await;
+    assert!(source_contains(&c, "Traffic, last 168 h").await);
+
     // A page check from fra.
     c.goto(&format!("{base}/tests")).await.unwrap();
     c.find(Locator::Css("#pagecheck-url"))
@@ -333,4 +419,25 @@ async fn customer_journey_in_headless_chromium() {
         .await
         .unwrap();
     c.close().await.unwrap();
+}
+
+/// Waits (at most 20 s) until the element `css` shows `want`.
+async fn wait_text(c: &fantoccini::Client, css: &str, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    for _ in 0..200 {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+        {
+            if t == want {
+                return;
+            }
+            last = t;
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} shows {last:?}, not {want:?}");
 }
