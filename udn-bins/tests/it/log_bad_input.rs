@@ -378,7 +378,7 @@ fn full_disk_answers_503_and_loses_nothing() {
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&data).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
         .arg(&data)
         .stderr(std::process::Stdio::null())
         .status()
@@ -402,7 +402,7 @@ fn full_disk_answers_503_and_loses_nothing() {
     for role in ROLES {
         role_pki(&data, role);
     }
-    let files = write_files(&logs, "disk", 3000, 32 * 1024);
+    let files = write_files(&logs, "disk", 6000, 32 * 1024);
     let mut saw_full = false;
     for f in &files {
         let body = std::fs::read(f).unwrap();
@@ -415,7 +415,7 @@ fn full_disk_answers_503_and_loses_nothing() {
         }
         assert_eq!(status, 200, "{v}");
     }
-    assert!(saw_full, "the 256 KiB disk never filled up");
+    assert!(saw_full, "the 512 KiB disk never filled up");
 
     let dist = Distributor::start(&logs, &[control.url()], &[], &data);
     std::thread::sleep(Duration::from_secs(2));
@@ -438,7 +438,7 @@ fn full_disk_answers_503_and_loses_nothing() {
     drop(dist);
     drop(control);
     let mut store = Backend::Sqlite.open(&data);
-    assert_store_matches(store.as_mut(), 3000, 3000, 3000, http_bytes(3000));
+    assert_store_matches(store.as_mut(), 6000, 6000, 6000, http_bytes(6000));
     drop(store);
 }
 
