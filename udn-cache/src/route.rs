@@ -36,7 +36,8 @@ use udn_core::netpolicy::TargetPolicy;
 pub struct Origin {
     /// The origin domain (canonical), the host part of cache keys.
     pub domain: String,
-    /// Base URL it is fetched from, without a trailing slash (`http://10.0.0.1:8080`).
+    /// Base URL it is fetched from, without a trailing slash (`http://10.0.0.1:8080`,
+    /// or an FTP origin's `ftp://[user:password@]host[:port][/dir]`).
     pub base_url: String,
     /// Owning customer (for logs and billing).
     pub customer: Option<String>,
@@ -154,7 +155,7 @@ impl Router {
                     Some(u) => u.trim_end_matches('/').to_string(),
                     None => format!("http://{domain}"),
                 };
-                if !(base.starts_with("http://") || base.starts_with("https://")) {
+                if udn_core::network::check_origin_url(&base).is_err() {
                     return Err(Error::BadOriginUrl {
                         origin: domain,
                         url: base,
@@ -183,17 +184,21 @@ impl Router {
 
     /// A router that serves every request from one origin (`udn edge --origin URL`,
     /// like `varnishd -b`). The cache-key host is the origin URL's host. The operator
-    /// names this origin, so any address may be fetched.
+    /// names this origin, so any address may be fetched. `ftp://` URLs are FTP origins.
     pub fn single(base_url: &str) -> Result<Router, Error> {
         let base = base_url.trim_end_matches('/').to_string();
         let rest = base
             .strip_prefix("http://")
             .or_else(|| base.strip_prefix("https://"))
+            .or_else(|| base.strip_prefix("ftp://"))
+            .filter(|_| udn_core::network::check_origin_url(&base).is_ok())
             .ok_or_else(|| Error::BadOriginUrl {
                 origin: base.clone(),
                 url: base.clone(),
             })?;
         let authority = rest.split('/').next().unwrap_or("");
+        // An FTP origin's user and password are not part of the cache key.
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         if authority.is_empty() {
             return Err(Error::BadOriginUrl {
                 origin: base.clone(),
@@ -403,7 +408,11 @@ check_interval_secs = 30
         let a = r.route("anything", "/p?q").unwrap();
         assert_eq!(a.key, "http://127.0.0.1:9000/p?q");
         assert_eq!(a.fetch_url, "http://127.0.0.1:9000/p?q");
-        assert!(Router::single("ftp://x").is_err());
+        assert!(Router::single("gopher://x").is_err());
+        let f = Router::single("ftp://u:p@127.0.0.1:2121/pub").unwrap();
+        let a = f.route("anything", "/a.bin").unwrap();
+        assert_eq!(a.key, "http://127.0.0.1:2121/a.bin");
+        assert_eq!(a.fetch_url, "ftp://u:p@127.0.0.1:2121/pub/a.bin");
     }
 
     #[test]

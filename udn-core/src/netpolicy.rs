@@ -138,12 +138,13 @@ impl TargetPolicy {
     }
 }
 
-/// The host of an `http(s)://` URL when it is an IP address literal (`127.0.0.1`,
-/// `[::1]`); `None` for a name or a string that is not such a URL.
+/// The host of an `http(s)://` or `ftp://` URL when it is an IP address literal
+/// (`127.0.0.1`, `[::1]`); `None` for a name or a string that is not such a URL.
 pub fn url_ip(url: &str) -> Option<IpAddr> {
     let rest = url
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .or_else(|| url.strip_prefix("ftp://"))?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = match host.strip_prefix('[') {
@@ -300,7 +301,9 @@ mod tests {
             Some(ip("169.254.169.254"))
         );
         assert_eq!(url_ip("http://origin.example:81"), None);
-        assert_eq!(url_ip("ftp://127.0.0.1/"), None);
+        assert_eq!(url_ip("ftp://127.0.0.1/"), Some(ip("127.0.0.1")));
+        assert_eq!(url_ip("ftp://anonymous:x@[::1]:2121/pub"), Some(ip("::1")));
+        assert_eq!(url_ip("gopher://127.0.0.1/"), None);
     }
 
     #[test]

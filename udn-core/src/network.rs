@@ -939,12 +939,12 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
             );
         }
         for (j, u) in c.origin_urls.iter().enumerate() {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
+            if let Err(allowed) = check_origin_url(u) {
                 errs.push(
                     format!("{path}.origin_urls[{j}]"),
                     ConfigErrorKind::OutOfRange {
                         value: u.clone(),
-                        allowed: "an http:// or https:// URL",
+                        allowed,
                     },
                 );
             }
@@ -1125,6 +1125,44 @@ pub(crate) fn compile(cfg: &Config) -> Result<Network, ConfigErrors> {
         service_index,
         customer_index,
     })
+}
+
+/// An origin URL: `http://` or `https://` with a host, or `ftp://[user[:password]@]host[:port][/path]`
+/// (an FTP origin: a host, a port in range, no query or fragment, no control
+/// characters that could end an FTP command line). `Err` names what is allowed.
+pub fn check_origin_url(u: &str) -> Result<(), &'static str> {
+    const ALLOWED: &str = "an http://, https:// or ftp://host[:port]/path URL";
+    if let Some(rest) = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+    {
+        return match rest.split(['/', '?', '#']).next() {
+            Some(a) if !a.is_empty() => Ok(()),
+            _ => Err(ALLOWED),
+        };
+    }
+    let Some(rest) = u.strip_prefix("ftp://") else {
+        return Err(ALLOWED);
+    };
+    if rest.bytes().any(|b| b < 0x20 || b == 0x7f) || rest.contains(['?', '#']) {
+        return Err("an ftp:// URL without control characters, query or fragment");
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return Err(ALLOWED),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err("an ftp:// URL with a host and a port from 1 to 65535");
+    }
+    Ok(())
 }
 
 /// Customer-given destinations (origin-site servers, which GTM hostnames publish and

@@ -174,3 +174,30 @@ fn an_ftp_monitor_cannot_smuggle_a_command_into_the_session() {
     cfg.services[0].expect_regex = None;
     cfg.compile().expect("a SIZE-only FTP monitor");
 }
+
+#[test]
+fn ftp_origin_urls_are_accepted_and_checked_like_http_ones() {
+    let mut cfg = Config::from_toml(udn_core::config::SAMPLE).unwrap();
+    cfg.cdn[0].origin_urls = vec!["ftp://127.0.0.21:2121/pub".into()];
+    cfg.compile()
+        .expect("an ftp:// origin on an allowed address");
+    cfg.security = Default::default();
+    cfg.cdn[0].origin_urls = vec!["ftp://anonymous:x@[::ffff:10.0.0.1]:21/".into()];
+    let errs = cfg.compile().unwrap_err().to_string();
+    assert!(errs.contains("cdn[0].origin_urls[0]"), "{errs}");
+    assert!(errs.contains("private"), "{errs}");
+    let mut cfg = Config::from_toml(udn_core::config::SAMPLE).unwrap();
+    for bad in [
+        "ftp://",
+        "ftp://h:0/",
+        "ftp://h:99999/",
+        "ftp://h/a\r\nDELE x",
+        "ftp://h/a?x=1",
+        "gopher://h/",
+        "http:///x",
+    ] {
+        cfg.cdn[0].origin_urls = vec![bad.into()];
+        let errs = cfg.compile().unwrap_err().to_string();
+        assert!(errs.contains("cdn[0].origin_urls[0]"), "{bad}: {errs}");
+    }
+}

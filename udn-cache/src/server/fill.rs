@@ -61,6 +61,8 @@ pub(super) enum FetchError {
     Status(StatusCode),
     /// The origin's address lies in a range customer destinations may not reach.
     Refused(udn_core::netpolicy::Denied),
+    /// An FTP origin refused a command with this reply code (530: bad login, ...).
+    FtpReply(u16),
 }
 
 /// What a fill's clients see while it runs: its body arriving, then its result.
@@ -94,7 +96,7 @@ pub(super) enum Lead {
     /// A storable response, read as it arrives (`true`: this caller started the fill).
     Growing(Arc<Growing>, bool),
     /// A response that may not be stored, passed through.
-    Pass(Response<Incoming>, BypassReason),
+    Pass(Response<RespBody>, BypassReason),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,11 @@ const READ_CHUNK: u64 = 256 * 1024;
 impl Growing {
     fn publish(&self, len: u64, phase: Phase) {
         self.progress.send_replace((len, phase));
+    }
+
+    /// The body bytes stored so far.
+    pub(super) fn written(&self) -> u64 {
+        self.progress.borrow().0
     }
 
     /// Bytes from `pos` (at most `max`), which must have been written.
@@ -346,7 +353,7 @@ impl Edge {
             .unwrap_or_default();
         let oreq = upstream::origin_request(route, Method::GET, req, cond, false, &self.cdn_id);
         self.metrics.origin_fetches.inc();
-        let resp = match self.send(route, oreq).await {
+        let resp = match self.origin_fetch(route, oreq).await {
             Err(e) => return FillResult::Failed(e),
             Ok(r) => r,
         };

@@ -28,6 +28,7 @@
 mod body;
 mod fill;
 pub mod ftp;
+mod ftp_origin;
 mod guard;
 pub mod journal;
 pub mod listener;
@@ -98,6 +99,7 @@ struct Metrics {
     bytes_sent: Counter,
     origin_fetches: Counter,
     origin_bytes: Counter,
+    seek_fetches: Counter,
     prefetches: Counter,
     purges: Counter,
     memory_bytes: Gauge,
@@ -293,6 +295,11 @@ impl EdgeBuilder {
             metrics.origin_bytes.clone(),
         );
         registry.register(
+            "seek_fetches",
+            "Ranged origin fetches for a Range far beyond what a running fill has stored",
+            metrics.seek_fetches.clone(),
+        );
+        registry.register(
             "prefetches",
             "Segments named by a live HLS playlist fetched ahead of the viewers",
             metrics.prefetches.clone(),
@@ -383,6 +390,12 @@ pub struct Edge {
     /// Its receiver, taken by [`start`]'s prefetch task.
     prefetch_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Route>>>,
 }
+
+/// How far beyond what a running fill has stored a Range may start and still be
+/// served from the fill (4 MiB, about a second of a high-bitrate video at loopback
+/// speeds); one starting further ahead gets a ranged origin fetch of its own
+/// (the edge's seek path).
+pub const SEEK_AHEAD: u64 = 4 << 20;
 
 /// Segments of one live playlist fetched ahead: the newest few (a player starts a few
 /// segments behind the live edge and then asks for each new one).
@@ -895,6 +908,10 @@ impl Edge {
                 );
                 r
             }
+            FetchError::FtpReply(code) => simple(
+                StatusCode::BAD_GATEWAY,
+                &format!("FTP origin refused the request (reply {code})"),
+            ),
             FetchError::Status(s) => simple(
                 if s == StatusCode::GATEWAY_TIMEOUT {
                     s
@@ -937,6 +954,92 @@ impl Edge {
         }
     }
 
+    /// One exchange with the route's origin: HTTP(S) through [`send`](Self::send), or
+    /// an FTP session for an `ftp://` origin ([`ftp_origin`]), answered alike.
+    async fn origin_fetch(
+        &self,
+        route: &Route,
+        oreq: Request<ReqBody>,
+    ) -> Result<Response<RespBody>, FetchError> {
+        if route.fetch_url.starts_with("ftp://") {
+            let timeouts = ftp_origin::FtpTimeouts {
+                connect: self.origin_timeout,
+                login: self.origin_timeout,
+                transfer: self.body_timeout,
+            };
+            let policy = self.policy.get();
+            return ftp_origin::fetch(
+                &route.fetch_url,
+                oreq.method(),
+                oreq.headers(),
+                &policy,
+                timeouts,
+            )
+            .await;
+        }
+        let resp = self.send(route, oreq).await?;
+        Ok(resp.map(|b| b.map_err(std::io::Error::other).boxed_unsync()))
+    }
+
+    /// A Range far beyond what the running fill `g` has stored (more than
+    /// [`SEEK_AHEAD`] bytes past it: a player seeking in a cold large file) is
+    /// answered by a ranged fetch of its own from the origin (HTTP `Range` with
+    /// `If-Range`, FTP `REST`) instead of waiting for the fill to get there; the fill
+    /// goes on. `None`: serve it from the fill (not far ahead, no strong validator to
+    /// tie the range to the fill's version, or the origin did not answer with exactly
+    /// that range).
+    async fn seek_ahead(
+        &self,
+        route: &Route,
+        g: &fill::Growing,
+        method: &Method,
+        req: &HeaderMap,
+    ) -> Option<Response<RespBody>> {
+        if method != Method::GET || g.status != StatusCode::OK {
+            return None;
+        }
+        let total = g.total?;
+        let Ok(Some((start, len))) = parse_range(req.get(header::RANGE), total) else {
+            return None;
+        };
+        if start <= g.written().saturating_add(SEEK_AHEAD) {
+            return None;
+        }
+        let validator = g
+            .headers
+            .get(header::ETAG)
+            .filter(|v| !v.as_bytes().starts_with(b"W/"))
+            .or_else(|| g.headers.get(header::LAST_MODIFIED))?
+            .clone();
+        let end = start + len - 1;
+        let mut extra = HeaderMap::new();
+        extra.insert(
+            header::RANGE,
+            HeaderValue::from_str(&format!("bytes={start}-{end}")).ok()?,
+        );
+        extra.insert(header::IF_RANGE, validator);
+        let oreq = upstream::origin_request(route, Method::GET, req, extra, false, &self.cdn_id);
+        self.metrics.origin_fetches.inc();
+        self.metrics.seek_fetches.inc();
+        let resp = self.origin_fetch(route, oreq).await.ok()?;
+        let want = format!("bytes {start}-{end}/{total}");
+        let got = resp
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        if resp.status() != StatusCode::PARTIAL_CONTENT || got != Some(want.as_str()) {
+            tracing::debug!(url = %route.fetch_url, status = resp.status().as_u16(), ?got,
+                "ranged origin fetch not usable: served from the fill");
+            return None;
+        }
+        tracing::debug!(url = %route.fetch_url, start, len, stored = g.written(),
+            "Range far beyond the fill: fetched on its own");
+        let mut r = self.passthrough(resp);
+        r.headers_mut()
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        Some(r)
+    }
+
     /// Passes a request through to the origin without caching.
     async fn pass(&self, route: &Route, req: Request<ReqBody>) -> Response<RespBody> {
         let (parts, body) = req.into_parts();
@@ -951,19 +1054,18 @@ impl Edge {
         );
         *oreq.body_mut() = body;
         self.metrics.origin_fetches.inc();
-        match self.send(route, oreq).await {
+        match self.origin_fetch(route, oreq).await {
             Err(e) => Self::error_response(e),
             Ok(resp) => self.passthrough(resp),
         }
     }
 
-    fn passthrough(&self, resp: Response<Incoming>) -> Response<RespBody> {
+    fn passthrough(&self, resp: Response<RespBody>) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         upstream::strip_targeted(&mut parts.headers);
         parts.version = http::Version::default();
         parts.extensions.insert(FromOrigin);
-        let body = body.map_err(std::io::Error::other).boxed_unsync();
         Response::from_parts(parts, body)
     }
 
@@ -1270,6 +1372,9 @@ impl Edge {
         let now = self.now();
         match res {
             Ok(Lead::Growing(g, started)) => {
+                if let Some(r) = self.seek_ahead(&route, &g, &method, &headers).await {
+                    return (r, CacheOutcome::Miss);
+                }
                 // The fill logs its own origin bytes (`fill::FillLog`): the client's
                 // record carries none, however much of it the client reads.
                 (
