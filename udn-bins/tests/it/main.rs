@@ -35,6 +35,7 @@ mod dns;
 mod dns_proto;
 mod edge;
 mod edge_fill;
+mod edge_ftp_origin;
 mod edge_hls;
 mod edge_http;
 mod fanout_poison;
