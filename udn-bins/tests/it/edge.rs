@@ -1558,9 +1558,10 @@ fn bad_invocations_fail_clearly() {
     let (code, err) = run(&[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--origin URL or --config FILE"), "{err}");
-    let (code, err) = run(&["--origin", "ftp://x"]);
+    // An origin of a scheme the edge cannot fetch (ftp:// it can) is refused by name.
+    let (code, err) = run(&["--origin", "gopher://x"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("ftp://x"), "{err}");
+    assert!(err.contains("gopher://x"), "{err}");
     // No admin listener without credentials: no default or empty credential.
     let (code, err) = run(&[
         "--origin",

@@ -36,6 +36,7 @@ mod dns_proto;
 mod edge;
 mod edge_fill;
 mod edge_ftp;
+mod edge_ftp_origin;
 mod edge_hls;
 mod edge_http;
 mod fanout_poison;
