@@ -15,6 +15,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod stream;
 
 use std::collections::HashMap;
 
@@ -171,6 +172,8 @@ CREATE INDEX raw_dns_ts ON raw_dns (ts);
 CREATE INDEX raw_probe_ts ON raw_probe (ts);
 ",
     },
+    // Streaming statistics (HLS, DASH) per minute and stream, and per viewer.
+    stream::MIGRATION,
 ];
 
 /// The log store's schema for [`crate::migrate`]. Databases from before refinery kept
@@ -243,17 +246,21 @@ pub struct PreparedFile {
     pub records: Vec<LogRecord>,
     /// The records folded per minute and key.
     pub rollups: Rollups,
+    /// The streaming requests folded per minute and stream.
+    pub streams: stream::StreamRollups,
 }
 
 impl PreparedFile {
     /// Folds the records into rollups.
     pub fn new(header: FileHeader, checksum: String, records: Vec<LogRecord>) -> PreparedFile {
         let rollups = Rollups::fold(&records);
+        let streams = stream::StreamRollups::fold(&records);
         PreparedFile {
             header,
             checksum,
             records,
             rollups,
+            streams,
         }
     }
 }
@@ -720,8 +727,9 @@ pub trait Store: Send {
     /// transaction committed durably (or did nothing).
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested>;
 
-    /// Deletes raw records older than `before` (rollups and the ledger are kept).
-    /// Returns the rows deleted.
+    /// Deletes raw records older than `before` (rollups and the ledger are kept, except
+    /// the per-viewer streaming rows, which hold client addresses like the raw records:
+    /// [`stream::PRUNE_CLIENTS`]). Returns the rows deleted.
     fn prune_raw(&mut self, before: Timestamp) -> Result<u64>;
 
     /// Runs a read-only query. `$1`, `$2`... are the parameters, numbered in order of
@@ -977,6 +985,12 @@ pub trait Store: Send {
                 })
             })
             .collect()
+    }
+
+    /// Streaming statistics (HLS, DASH) per stream, per minute and per viewer, for one
+    /// customer or all ([`stream::report`]).
+    fn streaming(&mut self, range: Range, customer: Option<&str>) -> Result<stream::StreamReport> {
+        stream::report(self, range, customer)
     }
 
     /// Row counts (ledger and raw tables).
