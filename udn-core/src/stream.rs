@@ -122,15 +122,24 @@ mod tests {
             ("/live.m3u8", Some((MediaKind::HlsPlaylist, "/"))),
             ("/live12.ts", Some((MediaKind::Segment, "/"))),
             // Shaka packager / Unified Streaming DASH.
-            ("/dash/ev/manifest.mpd", Some((MediaKind::DashManifest, "/dash/ev/"))),
+            (
+                "/dash/ev/manifest.mpd",
+                Some((MediaKind::DashManifest, "/dash/ev/")),
+            ),
             (
                 "/dash/ev/chunk-stream0-00001.m4s",
                 Some((MediaKind::Segment, "/dash/ev/")),
             ),
-            ("/dash/ev/init-stream0.m4s", Some((MediaKind::Segment, "/dash/ev/"))),
+            (
+                "/dash/ev/init-stream0.m4s",
+                Some((MediaKind::Segment, "/dash/ev/")),
+            ),
             // CMAF and LL-HLS parts.
             ("/ll/a/seg10.cmfv", Some((MediaKind::Segment, "/ll/a/"))),
-            ("/ll/a/part10.3.mp4?x=1", Some((MediaKind::Segment, "/ll/a/"))),
+            (
+                "/ll/a/part10.3.mp4?x=1",
+                Some((MediaKind::Segment, "/ll/a/")),
+            ),
             ("/ll/a/audio.aac", Some((MediaKind::Segment, "/ll/a/"))),
             (
                 "/ll/a/index.m3u8?_HLS_msn=10&_HLS_part=3",

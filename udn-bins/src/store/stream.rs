@@ -199,7 +199,9 @@ impl StreamRollups {
                 stream: media.stream.to_owned(),
             };
             if !out.streams.contains_key(&key) {
-                let n = named.entry((minute, customer, h.host.as_str())).or_default();
+                let n = named
+                    .entry((minute, customer, h.host.as_str()))
+                    .or_default();
                 if *n >= MAX_STREAMS_PER_MINUTE {
                     key.stream = OTHER_STREAM.to_owned();
                 } else {
@@ -485,7 +487,11 @@ pub fn report<S: Store + ?Sized>(
     let (filter, params) = super::customer_filter(range, customer);
     let text = |r: &[Cell], i: usize, sql: &str| super::text(r, i, sql);
     let key = |r: &[Cell], at: usize, sql: &str| -> Result<Stream3> {
-        Ok((text(r, at, sql)?, text(r, at + 1, sql)?, text(r, at + 2, sql)?))
+        Ok((
+            text(r, at, sql)?,
+            text(r, at + 1, sql)?,
+            text(r, at + 2, sql)?,
+        ))
     };
 
     // Distinct viewers per stream and per (minute, stream).
@@ -521,7 +527,10 @@ pub fn report<S: Store + ?Sized>(
         let k = key(&r, 1, &sql)?;
         let agg = agg_at(&r, 4, &sql)?;
         totals.entry(k.clone()).or_default().add(&agg);
-        let viewers = minute_viewers.get(&(minute, k.clone())).copied().unwrap_or(0);
+        let viewers = minute_viewers
+            .get(&(minute, k.clone()))
+            .copied()
+            .unwrap_or(0);
         let (customer, host, stream) = k;
         series.push(StreamPoint {
             minute,
