@@ -11,7 +11,9 @@
 //!   snapshot with its state;
 //! * [`shard`]: rendezvous assignment of client prefixes to DNS servers;
 //! * [`log`]: the log-record schema and rotation policy shared by every role;
-//! * [`netpolicy`]: which addresses customer-given destinations may reach.
+//! * [`netpolicy`]: which addresses customer-given destinations may reach;
+//! * [`stream`]: which access-log requests are streaming media (HLS, DASH), of which
+//!   stream.
 //!
 //! # Examples
 //!
@@ -49,6 +51,7 @@ pub mod netpolicy;
 pub mod network;
 pub mod shard;
 pub mod state;
+pub mod stream;
 pub mod time;
 
 pub use config::Config;

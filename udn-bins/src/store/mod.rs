@@ -15,6 +15,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod stream;
 
 use std::collections::HashMap;
 
@@ -181,6 +182,9 @@ CREATE INDEX raw_probe_ts ON raw_probe (ts);
         name: "hour_day_rollups",
         sql: HOUR_DAY_ROLLUPS,
     },
+    // Streaming statistics (HLS, DASH) per minute and stream, and per viewer.
+    // Self-contained: it reads no other step's tables.
+    stream::MIGRATION,
 ];
 
 /// Migration step `hour_day_rollups`: `rollup_*_hour` and `rollup_*_day`, back-filled
@@ -348,6 +352,8 @@ pub struct PreparedFile {
     pub hourly: Rollups,
     /// The same per UTC day.
     pub daily: Rollups,
+    /// The streaming requests folded per minute and stream.
+    pub streams: stream::StreamRollups,
 }
 
 impl PreparedFile {
@@ -356,6 +362,7 @@ impl PreparedFile {
         let rollups = Rollups::fold(&records);
         let hourly = rollups.coarsen(Grain::Hour);
         let daily = hourly.coarsen(Grain::Day);
+        let streams = stream::StreamRollups::fold(&records);
         PreparedFile {
             header,
             checksum,
@@ -363,6 +370,7 @@ impl PreparedFile {
             rollups,
             hourly,
             daily,
+            streams,
         }
     }
 
@@ -859,7 +867,7 @@ impl<'a> SeriesQuery<'a> {
 
     /// The `WHERE` clause after the time condition (` AND customer = $3 ...`), with the
     /// parameters (`$1` from, `$2` to first). `host_col` names the host column.
-    fn filter(&self, host_col: &str) -> (String, Vec<Param<'a>>) {
+    pub(crate) fn filter(&self, host_col: &str) -> (String, Vec<Param<'a>>) {
         let mut params = vec![
             Param::Int(to_i64(self.range.from.as_millis())),
             Param::Int(to_i64(self.range.to.as_millis())),
@@ -1025,8 +1033,9 @@ pub trait Store: Send {
     /// transaction committed durably (or did nothing).
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested>;
 
-    /// Deletes raw records older than `before` (rollups and the ledger are kept).
-    /// Returns the rows deleted.
+    /// Deletes raw records older than `before` (rollups and the ledger are kept, except
+    /// the per-viewer streaming rows, which hold client addresses like the raw records:
+    /// [`stream::PRUNE_CLIENTS`]). Returns the rows deleted.
     fn prune_raw(&mut self, before: Timestamp) -> Result<u64>;
 
     /// Deletes the rollups of `grain` whose bucket starts before `before` (retention of
@@ -1323,6 +1332,12 @@ pub trait Store: Send {
                 })
             })
             .collect()
+    }
+
+    /// Streaming statistics (HLS, DASH) per stream, per minute and per viewer, for one
+    /// customer or all ([`stream::report`]).
+    fn streaming(&mut self, range: Range, customer: Option<&str>) -> Result<stream::StreamReport> {
+        stream::report(self, range, customer)
     }
 
     /// Row counts (ledger and raw tables).

@@ -198,6 +198,19 @@ fn write_rollups(tx: &mut postgres::Transaction<'_>, roll: &Rollups, sfx: &str) 
     Ok(())
 }
 
+/// The store's parameters as PostgreSQL values.
+fn bind(params: &[Param<'_>]) -> Vec<Box<dyn ToSql + Sync>> {
+    params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync> {
+            match p {
+                Param::Int(i) => Box::new(*i),
+                Param::Text(s) => Box::new(s.to_string()),
+            }
+        })
+        .collect()
+}
+
 impl Store for PgStore {
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
         let h = &file.header;
@@ -379,6 +392,12 @@ impl Store for PgStore {
                 &[&h.file_id, &c, &m, &p, &q[0], &q[1], &q[2], &q[3], &at],
             )?;
         }
+        super::stream::write(&file.streams, &mut |sql, p| {
+            let owned = bind(p);
+            let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
+            tx.execute(sql, &refs)?;
+            Ok(())
+        })?;
         tx.commit()?;
         Ok(Ingested::Inserted {
             rows: u64::try_from(rows).unwrap_or(0),
@@ -392,6 +411,7 @@ impl Store for PgStore {
         for table in ["raw_http", "raw_dns", "raw_probe"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < $1"), &[&t])?;
         }
+        n += tx.execute(super::stream::PRUNE_CLIENTS, &[&t])?;
         tx.commit()?;
         Ok(n)
     }
@@ -409,15 +429,7 @@ impl Store for PgStore {
     }
 
     fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
-        let owned: Vec<Box<dyn ToSql + Sync>> = params
-            .iter()
-            .map(|p| -> Box<dyn ToSql + Sync> {
-                match p {
-                    Param::Int(i) => Box::new(*i),
-                    Param::Text(s) => Box::new(s.to_string()),
-                }
-            })
-            .collect();
+        let owned = bind(params);
         let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
         let rows = self.client()?.query(sql, &refs)?;
         let mut out = Vec::with_capacity(rows.len());

@@ -161,6 +161,17 @@ pub(crate) fn join_addrs(addrs: &[std::net::IpAddr]) -> String {
     s
 }
 
+/// The store's parameters as rusqlite values (`$1`, `$2`... bind by position).
+fn bind<'a>(params: &[Param<'a>]) -> Vec<ToSqlOutput<'a>> {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
+            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+        .collect()
+}
+
 impl Store for SqliteStore {
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
         let h = &file.header;
@@ -281,6 +292,11 @@ impl Store for SqliteStore {
                 ])?;
             }
         }
+        super::stream::write(&file.streams, &mut |sql, p| {
+            tx.prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(bind(p).iter()))?;
+            Ok(())
+        })?;
         tx.commit()?;
         Ok(Ingested::Inserted {
             rows: u64::try_from(rows).unwrap_or(0),
@@ -296,6 +312,7 @@ impl Store for SqliteStore {
         for table in ["raw_http", "raw_dns", "raw_probe"] {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < ?1"), [t])?;
         }
+        n += tx.execute(super::stream::PRUNE_CLIENTS, [t])?;
         tx.commit()?;
         Ok(n as u64)
     }
@@ -317,13 +334,7 @@ impl Store for SqliteStore {
     fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
         let mut st = self.conn.prepare_cached(sql)?;
         let n = st.column_count();
-        let bound: Vec<ToSqlOutput<'_>> = params
-            .iter()
-            .map(|p| match p {
-                Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
-                Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            })
-            .collect();
+        let bound = bind(params);
         let mut rows = st.query(rusqlite::params_from_iter(bound.iter()))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {

@@ -105,10 +105,11 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         });
         log.write_at(&rec, now).unwrap();
     }
+    // In a complete minute: the series end at the last complete one (docs/api.md).
     for i in 0..20u64 {
         let addr = if i < 15 { "127.0.0.21" } else { "127.0.0.22" };
         let rec = LogRecord::Dns(DnsRecord {
-            ts: Timestamp::from_millis(now.as_millis() - 30_000 + i),
+            ts: Timestamp::from_millis(now.as_millis() - 90_000 + i),
             hostname: "www.shop.udn.example".into(),
             qtype: "A".into(),
             client: "127.0.0.42".parse().unwrap(),

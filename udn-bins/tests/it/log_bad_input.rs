@@ -316,7 +316,7 @@ fn full_store_answers_503_and_loses_nothing() {
         &data,
         &Backend::Sqlite,
         "127.0.0.1:0",
-        &["--sqlite-max-pages", "40"],
+        &["--sqlite-max-pages", "64"],
     );
     let addr = control.addr.clone();
     let files = write_files(&logs, "full", 2000, 32 * 1024);
