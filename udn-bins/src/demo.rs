@@ -180,6 +180,9 @@ pub struct EdgeEndpoint {
     /// only), for edges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Its FTP listener as a URL (`ftp://ip:port/`), for edges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftp: Option<String>,
 }
 
 /// A simulated region.
@@ -217,6 +220,11 @@ pub const CONTROL: ([u8; 4], u16) = ([127, 0, 0, 5], 8480);
 pub const DRILL: ([u8; 4], u16) = ([127, 0, 0, 5], 8479);
 /// Port the simulated resolvers listen on (the probes' DNS-RTT method targets it).
 pub const WORLD_PORT: u16 = 5300;
+/// Port of the edges' FTP listeners on their POP address (anonymous, read-only; the
+/// site from `HOST` or the user name `anonymous@HOSTNAME`).
+pub const FTP_PORT: u16 = 2121;
+/// The edges' FTP passive data ports (each edge binds them on its own POP address).
+pub const FTP_PASSIVE_PORTS: (u16, u16) = (40000, 40049);
 /// Port of the edges' admin listeners (HTTPS, control certificates only) on their POP
 /// address.
 pub const EDGE_ADMIN_PORT: u16 = 9443;
@@ -638,6 +646,8 @@ pub async fn start(
             disk_dir: None,
             disk_mb: 0,
             admin_listen: Some(SocketAddr::new(*ip, EDGE_ADMIN_PORT)),
+            ftp_listen: Some(SocketAddr::new(*ip, FTP_PORT)),
+            ftp_passive_ports: FTP_PASSIVE_PORTS,
             pki: Some(edge_pki),
             log_dir: Some(logs.join("edge").join(pop)),
             check_interval_secs: None,
@@ -652,6 +662,7 @@ pub async fn start(
             pop: pop.clone(),
             http: format!("http://{}", h.http_addr()),
             admin: h.admin_addr.map(|a| format!("https://{a}")),
+            ftp: h.ftp_addr().map(|a| format!("ftp://{a}/")),
         });
         edges.insert(pop.clone(), Some(h));
         edge_opts.insert(pop.clone(), o);
@@ -688,6 +699,7 @@ pub async fn start(
             pop: pop.clone(),
             http: format!("https://{}", p.http),
             admin: None,
+            ftp: None,
         });
         probes.push(p);
         probe_logs.push((log, ticker));
@@ -1022,6 +1034,9 @@ fn print_tour(dir: &Path, path: &Path, ep: &Endpoints) {
             "  curl -si --resolve {cdn}:{HTTP_PORT}:{} http://{cdn}:{HTTP_PORT}/index.html | grep -i x-cache",
             host_port.split(':').next().unwrap_or("")
         );
+        if let Some(ftp) = &e.ftp {
+            println!("  curl -s -u anonymous@{cdn}: {ftp}index.html | head -3");
+        }
         if let Some(admin) = &e.admin {
             let d = &ep.control_pki;
             println!(

@@ -36,6 +36,8 @@ const DIG_REGIONS: [(&str, &str, &str); 3] = [
 const DIG_GTM: &str = "dig +short -b 127.0.41.1 @127.0.0.2 -p 5353 www.shop.udn.example";
 const CURL_PAGE: &str = "curl -si --resolve cdn.shop.udn.example:8080:127.0.0.11 http://cdn.shop.udn.example:8080/index.html | grep -i x-cache";
 const PURGE: &str = r#"curl -s --cacert /tmp/udn-demo/control/pki/self/ca.pem --cert /tmp/udn-demo/control/pki/self/cert.pem --key /tmp/udn-demo/control/pki/self/key.pem -d '{"scope":"url","target":"http://cdn.shop.udn.example/index.html","seq":1}' https://127.0.0.11:9443/v1/purge"#;
+const FTP_GET: &str =
+    "curl -s -u anonymous@cdn.shop.udn.example: ftp://127.0.0.11:2121/index.html | head -3";
 const DRILLS: [&str; 4] = [
     "demo drill pop-down fra",
     "demo drill pop-up fra",
@@ -142,6 +144,11 @@ fn readme_tour_runs_against_the_demo() {
         serde_json::json!(["127.0.0.2:5353", "127.0.0.3:5353"])
     );
     assert_eq!(ep["edges"].as_array().unwrap().len(), 3);
+    for e in ep["edges"].as_array().unwrap() {
+        let ip = e["http"].as_str().unwrap().trim_start_matches("http://");
+        let ip = ip.split(':').next().unwrap();
+        assert_eq!(e["ftp"], format!("ftp://{ip}:2121/"), "{e}");
+    }
     assert_eq!(ep["regions"].as_array().unwrap().len(), 3);
     assert!(
         ep["sample_urls"]
@@ -210,6 +217,15 @@ fn readme_tour_runs_against_the_demo() {
     let purged = sh(PURGE, &dir);
     assert!(purged.contains("\"applied\":true"), "purge: {purged}");
     assert_eq!(sh(CURL_PAGE, &dir).to_ascii_lowercase(), "x-cache: miss");
+
+    // The same page over FTP from the same edge: the same bytes as over HTTP.
+    let over_ftp = sh(FTP_GET, &dir);
+    let over_http = sh(
+        "curl -s --resolve cdn.shop.udn.example:8080:127.0.0.11 http://cdn.shop.udn.example:8080/index.html | head -3",
+        &dir,
+    );
+    assert!(!over_ftp.is_empty(), "FTP download gave nothing");
+    assert_eq!(over_ftp, over_http, "FTP and HTTP bodies differ");
 
     // A POP drill moves Europe away from fra (to nyc, next nearest) and back.
     let (europe, _, fra) = DIG_REGIONS[0];
@@ -571,7 +587,7 @@ fn readme_tour_lists_the_tested_commands() {
         .expect("README has a `## Guided tour` section")
         .1;
     let mut lines: Vec<&str> = DIG_REGIONS.iter().map(|(l, ..)| *l).collect();
-    lines.extend([DIG_GTM, CURL_PAGE, PURGE, SQL]);
+    lines.extend([DIG_GTM, CURL_PAGE, PURGE, FTP_GET, SQL]);
     lines.extend(DRILLS);
     lines.push(BILLING);
     for l in lines {
