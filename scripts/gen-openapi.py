@@ -71,6 +71,7 @@ paths = {
  "/v1/traffic/cdn/locations": {"get": op("CDN bytes and hits per POP over the range", "traffic", okschema=series, extra=csv, params=tparams)},
  "/v1/traffic/gtm": {"get": op("GTM answers per bucket, hostname and address", "traffic", okschema=series, extra=csv, params=tparams)},
  "/v1/traffic/gtm/locations": {"get": op("GTM answers per answering location and address over the range", "traffic", okschema=series, extra=csv, params=tparams)},
+ "/v1/streaming": {"get": op("Streaming statistics (HLS, DASH) per stream, per minute and stream, and top viewers (at most 7 days)", "traffic", okschema=obj, params=[x for x in tparams if x.get("name") != "format"])},
  "/v1/invoices": {"get": op("Issued invoices", "invoices", okschema=A(R("InvoiceSummary")), params=[cust])},
  "/v1/invoices/{id}": {"parameters": [P("id", "Invoice id", "integer")], "get": op("One invoice with its HTML body", "invoices", okschema=obj)},
  "/v1/invoices/{id}/html": {"parameters": [P("id", "Invoice id", "integer")], "get": op("The invoice as HTML", "invoices")},

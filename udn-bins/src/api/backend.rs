@@ -751,6 +751,14 @@ pub trait Backend: Send + Sync + 'static {
     /// One invoice with its HTML body.
     fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
 
+    /// The streaming statistics (HLS, DASH) of the window's range, of one customer or
+    /// all (per stream, per minute and stream, top viewers). Backends without a log
+    /// store answer [`BackendError::Unsupported`].
+    fn streaming(&self, w: Window<'_>) -> BackendResult<crate::store::stream::StreamReport> {
+        let _ = w;
+        Err(BackendError::Unsupported("streaming statistics"))
+    }
+
     /// Runs billing for the period `label` (`2026-11`, `2026-Q4`, `2026-W48`,
     /// `2026-11-26T13`, `2026`) at `now` and returns the run report (issued invoices;
     /// a period already billed issues nothing new). Backends without a billing store

@@ -246,6 +246,7 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/prefill/{seq}/cancel", post(prefill_cancel))
         .route("/v1/pagecheck", post(pagecheck))
         .route("/v1/traffic/cdn", get(traffic_cdn))
+        .route("/v1/streaming", get(streaming))
         .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
         .route("/v1/traffic/gtm", get(traffic_gtm))
         .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
@@ -2521,6 +2522,44 @@ traffic_handler!(
     LocationAnswers,
     "gtm-locations"
 );
+
+/// The longest range `/v1/streaming` reads (its rollups are per minute only).
+const STREAMING_MAX_MS: u64 = 7 * 86_400_000;
+
+/// `GET /v1/streaming`: the streaming statistics (HLS, DASH) of the customer in scope
+/// over the range (`hours`, `from`/`to`, `tz`, `host` as for the traffic series; at most
+/// seven days): per-stream totals, the per-minute series and the top viewers.
+async fn streaming(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<TrafficQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let r = super::timerange::resolve(&q.range(), super::now())?;
+    if r.range
+        .to
+        .as_millis()
+        .saturating_sub(r.range.from.as_millis())
+        > STREAMING_MAX_MS
+    {
+        return Err(ApiError::BadParam(FieldError {
+            field: "from".into(),
+            message: "the streaming statistics cover at most 7 days".into(),
+        }));
+    }
+    let (report, r, customer, host) = traffic_rows(&st, &a, &q, |b, w| b.streaming(w)).await?;
+    Ok(Json(serde_json::json!({
+        "customer": customer,
+        "host": host,
+        "from": r.rfc3339(r.range.from),
+        "to": r.rfc3339(r.range.to),
+        "from_ms": r.range.from,
+        "to_ms": r.range.to,
+        "tz": r.tz_name,
+        "streams": report.streams,
+        "series": report.series,
+        "clients": report.clients,
+    })))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -464,6 +464,22 @@ impl Backend for StoreBackend {
         self.control.invoice(id)
     }
 
+    fn streaming(&self, w: Window<'_>) -> BackendResult<crate::store::stream::StreamReport> {
+        let range = Range {
+            from: w.from,
+            to: w.to,
+        };
+        let mut report = self
+            .collector
+            .with_store(|s| s.streaming(range, w.customer))?;
+        if let Some(h) = w.host {
+            report.streams.retain(|x| x.host == h);
+            report.series.retain(|x| x.host == h);
+            report.clients.retain(|x| x.host == h);
+        }
+        Ok(report)
+    }
+
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
         let q = Self::series(&w);
         let rows = self.collector.with_store(|s| s.traffic_series(&q))?;

@@ -105,6 +105,32 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         });
         log.write_at(&rec, now).unwrap();
     }
+    // A live HLS stream: one playlist and three segment requests from two viewers.
+    for (i, (path, client)) in [
+        ("/live/a/index.m3u8", "127.0.0.41"),
+        ("/live/a/seg1.ts", "127.0.0.41"),
+        ("/live/a/seg1.ts", "127.0.0.43"),
+        ("/live/a/seg2.ts", "127.0.0.43"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let rec = LogRecord::Http(HttpRecord {
+            ts: Timestamp::from_millis(now.as_millis() - 60_000 + 100 + i as u64),
+            customer: Some("shop".into()),
+            host: "cdn.shop.udn.example".into(),
+            path: path.into(),
+            method: "GET".into(),
+            status: 200,
+            bytes: 1000,
+            fill_bytes: 0,
+            outcome: "hit".into(),
+            duration_us: 100,
+            client: client.parse().unwrap(),
+            pop: "fra".into(),
+        });
+        log.write_at(&rec, now).unwrap();
+    }
     // In a complete minute: the series end at the last complete one (docs/api.md).
     for i in 0..20u64 {
         let addr = if i < 15 { "127.0.0.21" } else { "127.0.0.22" };
@@ -208,11 +234,57 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
+    let get_streaming = |path: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v: serde_json::Value = http
+                .get(format!("{api}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if v["streams"].as_array().is_some_and(|p| !p.is_empty()) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     let cdn = get("/v1/traffic/cdn?customer=shop");
     let pts = cdn["points"].as_array().expect("points");
     let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
     let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
-    assert_eq!((bytes, hits), (50_000 + 10_000_000_000, 60), "{cdn}");
+    assert_eq!((bytes, hits), (54_000 + 10_000_000_000, 64), "{cdn}");
+
+    // The stream's statistics: one stream, its segments, playlists and viewers.
+    let sv = get_streaming("/v1/streaming?customer=shop");
+    let streams = sv["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 1, "{sv}");
+    assert_eq!(streams[0]["stream"], "/live/a/", "{sv}");
+    assert_eq!(streams[0]["host"], "cdn.shop.udn.example", "{sv}");
+    assert_eq!(
+        (
+            &streams[0]["segments"],
+            &streams[0]["playlists"],
+            &streams[0]["viewers"],
+            &streams[0]["bytes"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!(4000)
+        ),
+        "{sv}"
+    );
+    // A range over the seven-day cap is refused, naming the parameter.
+    let r = http
+        .get(format!("{api}/v1/streaming?customer=shop&hours=200"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("from"));
 
     let gtm = get("/v1/traffic/gtm?customer=shop");
     let mut by_addr = std::collections::BTreeMap::new();
@@ -243,7 +315,7 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let pts = v["points"].as_array().expect("points");
     let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
     let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
-    assert_eq!((bytes, hits), (50_000 + 10_000_000_000 + 35, 65), "{v}");
+    assert_eq!((bytes, hits), (54_000 + 10_000_000_000 + 35, 69), "{v}");
     // One domain: the shop's CDN hostname has them all, its GTM hostname no CDN traffic.
     let v = get(&format!(
         "/v1/traffic/cdn?customer=shop&host=cdn.shop.udn.example&{year}"
@@ -278,7 +350,7 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[0], "time,bytes,hits");
     assert!(lines[1].ends_with(",35,5"), "{text}");
-    assert!(lines[2].ends_with(",10000050000,60"), "{text}");
+    assert!(lines[2].ends_with(",10000054000,64"), "{text}");
     let bad = http
         .get(format!("{api}/v1/traffic/cdn?from=last+week"))
         .bearer_auth(&token)
