@@ -2532,21 +2532,48 @@ const STREAMING_MAX_MS: u64 = 7 * 86_400_000;
 async fn streaming(
     State(st): State<ApiState>,
     a: Auth,
+    headers: HeaderMap,
     Query(q): Query<TrafficQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let r = super::timerange::resolve(&q.range(), super::now())?;
-    if r.range
-        .to
-        .as_millis()
-        .saturating_sub(r.range.from.as_millis())
-        > STREAMING_MAX_MS
-    {
-        return Err(ApiError::BadParam(FieldError {
-            field: "from".into(),
-            message: "the streaming statistics cover at most 7 days".into(),
-        }));
-    }
+) -> ApiResult<Response> {
+    check_streaming_range(&q)?;
+    let csv = q.csv(&headers)?;
     let (report, r, customer, host) = traffic_rows(&st, &a, &q, |b, w| b.streaming(w)).await?;
+    if csv {
+        let body = super::timerange::csv(
+            &[
+                "hostname",
+                "stream",
+                "viewers",
+                "requests",
+                "segments",
+                "playlists",
+                "bytes",
+                "origin_fetches",
+                "origin_bytes",
+                "fill_ms_max",
+            ],
+            report.streams.iter().map(|s| {
+                vec![
+                    s.host.clone(),
+                    s.stream.clone(),
+                    s.viewers.to_string(),
+                    s.agg.requests.to_string(),
+                    s.agg.segments.to_string(),
+                    s.agg.playlists.to_string(),
+                    s.agg.bytes.to_string(),
+                    (s.agg.segment_fills + s.agg.playlist_fills).to_string(),
+                    s.agg.fill_bytes.to_string(),
+                    (s.agg.fill_us_max / 1000).to_string(),
+                ]
+            }),
+        );
+        let mut resp = body.into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
     Ok(Json(serde_json::json!({
         "customer": customer,
         "host": host,
@@ -2558,7 +2585,25 @@ async fn streaming(
         "streams": report.streams,
         "series": report.series,
         "clients": report.clients,
-    })))
+    }))
+    .into_response())
+}
+
+/// Refuses a streaming range over [`STREAMING_MAX_MS`] (a 400 naming `from`).
+pub(crate) fn check_streaming_range(q: &TrafficQuery) -> ApiResult<()> {
+    let r = super::timerange::resolve(&q.range(), super::now())?;
+    let span = r
+        .range
+        .to
+        .as_millis()
+        .saturating_sub(r.range.from.as_millis());
+    if span > STREAMING_MAX_MS {
+        return Err(ApiError::BadParam(FieldError {
+            field: "from".into(),
+            message: "the streaming statistics cover at most 7 days".into(),
+        }));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -47,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/activity/cdn/locations", get(cdn_locations))
         .route("/activity/gtm", get(gtm_activity))
         .route("/activity/gtm/locations", get(gtm_locations))
+        .route("/streaming", get(streaming_page))
         .route("/tests", get(tests_page).post(tests_submit))
         .route("/gtm", get(gtm_page))
         .route("/gtm/add", post(gtm_add))
@@ -140,13 +141,14 @@ form.range{display:flex;flex-wrap:wrap;gap:.5em;align-items:center;background:#f
 "#)) } }
 }
 
-const NAV: [(&str, &str); 9] = [
+const NAV: [(&str, &str); 10] = [
     ("/domains", "Domains"),
     ("/cache", "Cache Control"),
     ("/activity/cdn", "CDN Recent Activity"),
     ("/activity/cdn/locations", "CDN By Location"),
     ("/activity/gtm", "GTM Recent Activity"),
     ("/activity/gtm/locations", "GTM By Location"),
+    ("/streaming", "Streaming Media"),
     ("/tests", "Tests"),
     ("/gtm", "GTM Configuration"),
     ("/invoices", "Invoices"),
@@ -929,6 +931,52 @@ async fn cdn_locations(
         false,
         body,
     ))
+}
+
+/// The Streaming Media section: each HLS or DASH stream of the customer over the range
+/// (viewers, segments, playlists, bytes, origin fetches), from `GET /v1/streaming`'s data.
+async fn streaming_page(
+    State(st): State<ApiState>,
+    PortalUser(a): PortalUser,
+    Query(q): Query<r::TrafficQuery>,
+) -> Page {
+    r::check_streaming_range(&q)?;
+    let (report, range) = chart_rows(&st, &a, &q, |b, w| b.streaming(w)).await?;
+    let hosts = hostnames(&st, &a, &q, false).await?;
+    let label = |s: &crate::store::stream::StreamTotals| format!("{}{}", s.host, s.stream);
+    let bytes = charts::bar_chart(
+        &format!("Bytes to viewers by stream, {}", range_title(&q, &range)),
+        "B",
+        &report
+            .streams
+            .iter()
+            .take(20)
+            .map(|s| (label(s), s.agg.bytes as f64))
+            .collect::<Vec<_>>(),
+    );
+    let body = html! {
+        (range_picker("/streaming", "/v1/streaming", &q, &range, &hosts))
+        @if report.streams.is_empty() {
+            p id="no-streams" { "No HLS or DASH requests in this range." }
+        } @else {
+            div id="bytes-by-stream" { (PreEscaped(bytes)) }
+        }
+        table id="streams" {
+            tr { th { "Hostname" } th { "Stream" } th { "Viewers" } th { "Segments" }
+                th { "Playlists" } th { "Bytes" } th { "Origin fetches" } th { "Slowest fill (ms)" } }
+            @for s in &report.streams {
+                tr {
+                    td { (s.host) } td { (s.stream) }
+                    td class="num" { (s.viewers) } td class="num" { (s.agg.segments) }
+                    td class="num" { (s.agg.playlists) } td class="num" { (s.agg.bytes) }
+                    td class="num" { (s.agg.segment_fills + s.agg.playlist_fills) }
+                    td class="num" { (s.agg.fill_us_max / 1000) }
+                }
+            }
+        }
+        p { small { "Streams are HLS playlists (.m3u8) and DASH manifests (.mpd) with their segments, grouped by the playlist's directory. Viewers are distinct client addresses." } }
+    };
+    Ok(layout(&a, "/streaming", "Streaming Media", false, body))
 }
 
 async fn gtm_activity(

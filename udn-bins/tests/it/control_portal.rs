@@ -277,6 +277,42 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         ),
         "{sv}"
     );
+    // The portal's Streaming Media page shows the stream, logged in as the admin.
+    let browser = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let login = browser
+        .post(format!("{portal}/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": "correct-horse"}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let page = browser
+        .get(format!("{portal}/streaming?customer=shop"))
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().unwrap();
+    assert!(html.contains("Streaming Media"), "{html}");
+    let table = &html[html.find("id=\"streams\"").expect("streams table")..];
+    assert!(
+        table.contains("/live/a/") && table.contains("4000"),
+        "{table}"
+    );
+    let csv = browser
+        .get(format!("{api}/v1/streaming?customer=shop&format=csv"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("cdn.shop.udn.example,/live/a/,2,4,3,1,4000,")),
+        "{csv}"
+    );
     // A range over the seven-day cap is refused, naming the parameter.
     let r = http
         .get(format!("{api}/v1/streaming?customer=shop&hours=200"))
