@@ -218,7 +218,9 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         .json()
         .unwrap();
     let token = tok["token"].as_str().expect("token").to_string();
-    let get = |path: &str| -> serde_json::Value {
+    // GETs `path` until its `list` array is not empty (the shipped files are ingested
+    // in the background), for at most 20 s.
+    let get_list = |path: &str, list: &str| -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let v: serde_json::Value = http
@@ -228,28 +230,13 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
                 .unwrap()
                 .json()
                 .unwrap();
-            if v["points"].as_array().is_some_and(|p| !p.is_empty()) || Instant::now() > deadline {
+            if v[list].as_array().is_some_and(|p| !p.is_empty()) || Instant::now() > deadline {
                 return v;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let get_streaming = |path: &str| -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v: serde_json::Value = http
-                .get(format!("{api}{path}"))
-                .bearer_auth(&token)
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
-            if v["streams"].as_array().is_some_and(|p| !p.is_empty()) || Instant::now() > deadline {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let get = |path: &str| get_list(path, "points");
     let cdn = get("/v1/traffic/cdn?customer=shop");
     let pts = cdn["points"].as_array().expect("points");
     let bytes: u64 = pts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
@@ -257,7 +244,7 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     assert_eq!((bytes, hits), (54_000 + 10_000_000_000, 64), "{cdn}");
 
     // The stream's statistics: one stream, its segments, playlists and viewers.
-    let sv = get_streaming("/v1/streaming?customer=shop");
+    let sv = get_list("/v1/streaming?customer=shop", "streams");
     let streams = sv["streams"].as_array().expect("streams");
     assert_eq!(streams.len(), 1, "{sv}");
     assert_eq!(streams[0]["stream"], "/live/a/", "{sv}");
