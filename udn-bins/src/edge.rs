@@ -53,7 +53,8 @@ pub struct Options {
     #[arg(long, default_value_t = 4096)]
     pub disk_mb: u64,
     /// The admin listener (HTTPS, mutual TLS: only control-plane instance certificates
-    /// are admitted): `POST /v1/purge`, `POST /v1/prefill`, `GET /v1/purges`,
+    /// are admitted): `POST /v1/purge`, `POST /v1/prefill`, `POST /v1/prefill-live`,
+    /// `GET /v1/purges`,
     /// `GET /metrics`. Needs `--pki`; without it there is no admin listener.
     #[arg(long, requires = "pki")]
     pub admin_listen: Option<SocketAddr>,
@@ -554,6 +555,43 @@ pub fn admin_router(edge: Arc<server::Edge>) -> axum::Router {
         let results = edge.prefill(req.urls).await;
         axum::Json(serde_json::json!({ "results": results })).into_response()
     }
+    /// `POST /v1/prefill-live {"url": PLAYLIST, "max_segments": N}`: a live event's
+    /// prefill (the playlist, its variants and their segments; see
+    /// [`server::Edge::prefill_live`]). 400 for a bad body, 502 when the playlist cannot
+    /// be fetched or is not one (the control plane retries).
+    async fn prefill_live(State(edge): St, body: bytes::Bytes) -> axum::response::Response {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct LivePrefill {
+            url: String,
+            max_segments: usize,
+        }
+        let req: LivePrefill = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return admin_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad live prefill body: {e}"),
+                );
+            }
+        };
+        if req.url.len() > 2048 {
+            return admin_error(StatusCode::BAD_REQUEST, "url: at most 2048 bytes");
+        }
+        if !(1..=udn_cache::live::MAX_SEGMENTS).contains(&req.max_segments) {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                format!("max_segments: 1 to {}", udn_cache::live::MAX_SEGMENTS),
+            );
+        }
+        if let Err(e) = udn_cache::target::parse_url(&req.url) {
+            return admin_error(StatusCode::BAD_REQUEST, format!("url: {e}"));
+        }
+        match edge.prefill_live(&req.url, req.max_segments).await {
+            Ok(r) => axum::Json(r).into_response(),
+            Err(e) => admin_error(StatusCode::BAD_GATEWAY, e),
+        }
+    }
     #[derive(serde::Deserialize)]
     struct Since {
         #[serde(default)]
@@ -591,6 +629,7 @@ pub fn admin_router(edge: Arc<server::Edge>) -> axum::Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/purge", post(purge))
         .route("/v1/prefill", post(prefill))
+        .route("/v1/prefill-live", post(prefill_live))
         .route("/v1/purges", get(purges))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))

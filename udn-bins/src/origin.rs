@@ -2,7 +2,9 @@
 //! tests of the other roles. It serves an embedded page with its stylesheet, script and
 //! images with `Last-Modified`, `ETag` and `Cache-Control`, answers conditional requests
 //! with 304, serves generated objects of any size at `/gen/{bytes}` (streamed, never held
-//! whole in memory), reports health at `/health`, and has a fault drill: `POST
+//! whole in memory), a live HLS stream (`/live/master.m3u8`: a sliding window over a few
+//! embedded MPEG-TS segments, see [`live_playlist`]) and a VOD one (`/vod/index.m3u8`),
+//! reports health at `/health`, and has a fault drill: `POST
 //! /_drill/fail` makes every request (health included) answer 503 until `POST
 //! /_drill/restore`.
 
@@ -81,6 +83,73 @@ pub fn site_paths() -> impl Iterator<Item = &'static str> {
     SITE.iter().map(|(p, _, _)| *p).filter(|p| *p != "/")
 }
 
+/// The HLS segments the live and VOD streams cycle through (2 s each; how they were made:
+/// `udn-bins/assets/hls/README.md`).
+const SEGMENTS: [&[u8]; 4] = [
+    include_bytes!("../assets/hls/seg0.ts"),
+    include_bytes!("../assets/hls/seg1.ts"),
+    include_bytes!("../assets/hls/seg2.ts"),
+    include_bytes!("../assets/hls/seg3.ts"),
+];
+
+/// The duration of each HLS segment, seconds (the playlists' target duration).
+pub const SEGMENT_SECS: u64 = 2;
+
+/// How many segments the live playlist names (its sliding window).
+pub const LIVE_WINDOW: u64 = 3;
+
+/// The live stream's master playlist: one variant, `low/index.m3u8`.
+pub const MASTER_PLAYLIST: &str = "#EXTM3U\n#EXT-X-VERSION:3\n\
+#EXT-X-STREAM-INF:BANDWIDTH=64000,RESOLUTION=128x72,CODECS=\"avc1.42c00a\"\nlow/index.m3u8\n";
+
+/// The HLS media type.
+const M3U8: &str = "application/vnd.apple.mpegurl";
+
+/// The newest segment of the live stream at `now`: the one that ended last, counted in
+/// [`SEGMENT_SECS`] from the epoch (wall-clock time, so every origin server of a
+/// site publishes the same window).
+pub fn live_newest(now: SystemTime) -> u64 {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (secs / SEGMENT_SECS).saturating_sub(1)
+}
+
+/// The live media playlist whose newest segment is `newest`: the last [`LIVE_WINDOW`]
+/// segments `seg<N>.ts`, N the media sequence number; segment N is embedded segment
+/// N mod 4, so each return to the first one is marked `EXT-X-DISCONTINUITY` (its
+/// timestamps start again) and counted in `EXT-X-DISCONTINUITY-SEQUENCE`.
+pub fn live_playlist(newest: u64) -> String {
+    let n = SEGMENTS.len() as u64;
+    let first = newest.saturating_sub(LIVE_WINDOW - 1);
+    let mut s = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{SEGMENT_SECS}\n\
+#EXT-X-MEDIA-SEQUENCE:{first}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
+        first / n
+    );
+    for seq in first..=newest {
+        if seq % n == 0 && seq > first {
+            s.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        s.push_str(&format!("#EXTINF:{SEGMENT_SECS}.000,\nseg{seq}.ts\n"));
+    }
+    s
+}
+
+/// The VOD playlist: the embedded segments once, `seg0.ts` to `seg3.ts`.
+pub fn vod_playlist() -> String {
+    let mut s = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{SEGMENT_SECS}\n\
+#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MEDIA-SEQUENCE:0\n"
+    );
+    for i in 0..SEGMENTS.len() {
+        s.push_str(&format!("#EXTINF:{SEGMENT_SECS}.000,\nseg{i}.ts\n"));
+    }
+    s.push_str("#EXT-X-ENDLIST\n");
+    s
+}
+
 /// The largest generated object, bytes.
 pub const MAX_GENERATED: u64 = 4 << 30;
 
@@ -93,6 +162,7 @@ pub struct Origin {
     failing: AtomicBool,
     requests: AtomicU64,
     bytes: AtomicU64,
+    segments: AtomicU64,
 }
 
 impl Origin {
@@ -109,6 +179,11 @@ impl Origin {
     /// Requests served (all paths).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// HLS segment requests served (live and VOD).
+    pub fn segments(&self) -> u64 {
+        self.segments.load(Ordering::SeqCst)
     }
 }
 
@@ -223,6 +298,71 @@ fn generated_stream(
     })
 }
 
+fn hls_response(o: &Origin, ctype: &str, cache: &str, body: axum::body::Bytes) -> Response {
+    o.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, ctype.to_owned()),
+            (header::CACHE_CONTROL, cache.to_owned()),
+            (
+                header::HeaderName::from_static("x-served-by"),
+                o.name.clone(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `/live/...` and `/vod/...`: the playlists (cached for a second: shorter than a
+/// segment) and the segments (immutable once published).
+async fn hls(State(o): State<Arc<Origin>>, uri: axum::http::Uri) -> Response {
+    o.requests.fetch_add(1, Ordering::Relaxed);
+    if o.is_failing() {
+        return unavailable(&o);
+    }
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let newest = live_newest(SystemTime::now());
+    let playlist =
+        |text: String| hls_response(&o, M3U8, "public, max-age=1", axum::body::Bytes::from(text));
+    let segment = |n: u64| {
+        o.segments.fetch_add(1, Ordering::Relaxed);
+        let body = SEGMENTS[(n % SEGMENTS.len() as u64) as usize];
+        hls_response(
+            &o,
+            "video/mp2t",
+            "public, max-age=3600",
+            axum::body::Bytes::from_static(body),
+        )
+    };
+    let seg_number = |file: &str| -> Option<u64> {
+        let digits = file.strip_prefix("seg")?.strip_suffix(".ts")?;
+        if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    match uri.path() {
+        "/live/master.m3u8" => playlist(MASTER_PLAYLIST.to_owned()),
+        "/live/low/index.m3u8" => playlist(live_playlist(newest)),
+        "/vod/index.m3u8" => playlist(vod_playlist()),
+        p => {
+            if let Some(n) = p.strip_prefix("/live/low/").and_then(seg_number) {
+                // Not published yet: 404, as a live origin answers.
+                if n > newest {
+                    return not_found();
+                }
+                return segment(n);
+            }
+            match p.strip_prefix("/vod/").and_then(seg_number) {
+                Some(n) if n < SEGMENTS.len() as u64 => segment(n),
+                _ => not_found(),
+            }
+        }
+    }
+}
+
 async fn health(State(o): State<Arc<Origin>>) -> Response {
     o.requests.fetch_add(1, Ordering::Relaxed);
     if o.is_failing() {
@@ -247,6 +387,7 @@ async fn stats(State(o): State<Arc<Origin>>) -> axum::Json<serde_json::Value> {
         "failing": o.is_failing(),
         "requests": o.requests(),
         "bytes": o.bytes.load(Ordering::Relaxed),
+        "hls_segments": o.segments(),
     }))
 }
 
@@ -274,6 +415,8 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/_drill/fail", post(drill_fail))
         .route("/_drill/restore", post(drill_restore))
         .route("/_stats", get(stats))
+        .route("/live/{*rest}", get(hls))
+        .route("/vod/{*rest}", get(hls))
         .fallback(get(file))
         .with_state(origin)
 }
@@ -287,6 +430,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         failing: AtomicBool::new(false),
         requests: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        segments: AtomicU64::new(0),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -315,4 +459,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         h.stop();
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_window_slides_over_the_segments() {
+        let p = live_playlist(5);
+        assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:3\n"), "{p}");
+        assert!(p.contains("#EXT-X-DISCONTINUITY-SEQUENCE:0\n"), "{p}");
+        assert!(
+            p.ends_with(
+                "seg3.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:2.000,\nseg4.ts\n#EXTINF:2.000,\nseg5.ts\n"
+            ),
+            "{p}"
+        );
+        assert_eq!(p.matches(".ts").count(), 3, "{p}");
+        assert!(!p.contains("ENDLIST"));
+        let p = live_playlist(9);
+        assert!(
+            p.contains("#EXT-X-MEDIA-SEQUENCE:7\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n"),
+            "{p}"
+        );
+        // The start: fewer segments, never a negative sequence.
+        assert_eq!(live_playlist(0).matches(".ts").count(), 1);
+        let next =
+            udn_cache::hls::next_segments(live_playlist(9).as_bytes(), "/live/low/index.m3u8", 2);
+        assert_eq!(next, ["/live/low/seg8.ts", "/live/low/seg9.ts"]);
+        assert!(vod_playlist().ends_with("seg3.ts\n#EXT-X-ENDLIST\n"));
+        assert!(
+            SEGMENTS.iter().all(|s| s.len() > 188 && s[0] == 0x47),
+            "MPEG-TS sync byte"
+        );
+    }
 }

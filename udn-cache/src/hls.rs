@@ -90,7 +90,7 @@ pub fn next_segments(playlist: &[u8], playlist_path: &str, max: usize) -> Vec<St
 }
 
 /// The value of `name="..."` in an attribute list.
-fn quoted_attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn quoted_attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
     let mut rest = attrs;
     while !rest.is_empty() {
         let (k, after) = rest.split_once('=')?;
@@ -115,7 +115,7 @@ fn quoted_attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
 /// `uri` (a relative reference from a playlist) resolved against `base` (an absolute
 /// path with an optional query) per RFC 3986 section 5.2, as an absolute path; `None`
 /// for an absolute URL, a network-path reference, a fragment-only or unclean reference.
-fn resolve(base: &str, uri: &str) -> Option<String> {
+pub(crate) fn resolve(base: &str, uri: &str) -> Option<String> {
     if uri.is_empty()
         || uri.len() > MAX_URI_LEN
         || uri.starts_with("//")

@@ -13,6 +13,8 @@
 //! * [`invalidate`]: the invalidation tree (purge a URL, a directory or a domain in
 //!   O(path depth)) with sequence numbers for catch-up;
 //! * [`hls`]: which segments a live HLS playlist names next (the edge prefetches them);
+//! * [`live`]: which playlists and segments a live event's prefill fetches ahead of
+//!   its start;
 //! * [`CacheOutcome`] and the embedder hook trait [`EdgeHooks`].
 //!
 //! Behind the `server` feature, `server` holds the hyper edge server (memory tier on
@@ -37,6 +39,7 @@ pub mod conditional;
 pub mod error;
 pub mod hls;
 pub mod invalidate;
+pub mod live;
 pub mod outcome;
 pub mod policy;
 pub mod route;

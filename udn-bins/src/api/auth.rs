@@ -139,7 +139,7 @@ pub fn required_scope(method: &Method, path: &str) -> Result<Scope, &'static str
     if read {
         return Ok(Scope::Read);
     }
-    if under("/v1/purge") || under("/v1/prefill") {
+    if under("/v1/purge") || under("/v1/prefill") || under("/v1/live-events") {
         return Ok(Scope::Purge);
     }
     Ok(Scope::Config)

@@ -254,6 +254,45 @@ pub struct Prefill {
     pub requested_at: Timestamp,
 }
 
+/// A live event a customer registered: every edge prefills its playlist and the
+/// segments it names ahead of the start (`POST /v1/live-events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveEvent {
+    /// Its number.
+    pub id: u64,
+    /// The customer it belongs to.
+    pub customer: String,
+    /// The customer's CDN hostname it is served on.
+    pub hostname: String,
+    /// The playlist (master or media) on that hostname.
+    pub playlist_url: String,
+    /// When it starts (ms since the epoch).
+    pub starts_at: Timestamp,
+    /// When it ends, if known (ms since the epoch).
+    pub ends_at: Option<Timestamp>,
+    /// The most segments each edge prefills.
+    pub max_segments: u32,
+    /// Who registered it.
+    pub created_by: String,
+    /// When (ms since the epoch).
+    pub created_at: Timestamp,
+}
+
+impl LiveEvent {
+    /// How long an event without an end is taken to last (for its prefill window and
+    /// the per-customer limit of open events), ms.
+    pub const DEFAULT_DURATION_MS: u64 = 24 * 3600 * 1000;
+
+    /// When it ends, or is taken to end.
+    pub fn end(&self) -> Timestamp {
+        self.ends_at.unwrap_or(Timestamp::from_millis(
+            self.starts_at
+                .as_millis()
+                .saturating_add(Self::DEFAULT_DURATION_MS),
+        ))
+    }
+}
+
 /// The two delivery queues to the edges: purges and prefills (each with its own
 /// sequence numbers, status rows and delivery task per edge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -706,6 +745,39 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BackendResult<()>;
     /// Prefills not yet accepted by `edge`, oldest first.
     fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>>;
+
+    /// Records a live event (its `id` is assigned) with a pending prefill on every edge in
+    /// `edges`, unless its customer already has `max_open` events that have not ended
+    /// at `now` (then `None`, nothing recorded); the count and the insert are atomic.
+    fn create_live_event(
+        &self,
+        event: &LiveEvent,
+        edges: &[String],
+        max_open: u32,
+        now: Timestamp,
+    ) -> BackendResult<Option<LiveEvent>>;
+    /// Live events, newest start first, at most `limit`; only `customer`'s when given.
+    fn live_events(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<LiveEvent>>;
+    /// Per-edge prefill status of one live event.
+    fn live_event_status(&self, id: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+    /// The live events `edge` should prefill now: pending there, with fewer than
+    /// `max_attempts` attempts, starting within `lead_ms` of `now` (or started) and not
+    /// ended; soonest first.
+    fn due_live_events(
+        &self,
+        edge: &str,
+        now: Timestamp,
+        lead_ms: u64,
+        max_attempts: u32,
+    ) -> BackendResult<Vec<LiveEvent>>;
+    /// Records one live prefill attempt on `edge`: `Ok` when the edge prefilled it.
+    fn record_live_prefill(
+        &self,
+        id: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()>;
 
     /// Marks a purge or prefill failed on `edge` (the edge refused it with a 4xx):
     /// it leaves the edge's queue for good, with `reason` as its `last_error`. Only a

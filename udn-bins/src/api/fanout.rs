@@ -234,7 +234,8 @@ pub(crate) fn start_distributor(state: ApiState) -> Vec<tokio::task::JoinHandle<
     let mut tasks = Vec::new();
     for edge in state.inner.opts.edges.clone() {
         tasks.push(tokio::spawn(deliver_purges(state.clone(), edge.clone())));
-        tasks.push(tokio::spawn(deliver_prefills(state.clone(), edge)));
+        tasks.push(tokio::spawn(deliver_prefills(state.clone(), edge.clone())));
+        tasks.push(tokio::spawn(deliver_live_prefills(state.clone(), edge)));
     }
     tasks
 }
@@ -398,6 +399,72 @@ async fn deliver_prefills(state: ApiState, edge: EdgeApi) {
             return;
         }
     }
+}
+
+/// How long before a live event's start the edges prefill it.
+pub const LIVE_PREFILL_LEAD: Duration = Duration::from_secs(10 * 60);
+
+/// Attempts per edge and live event before its prefill there is given up (its status
+/// keeps the last error).
+pub const MAX_LIVE_ATTEMPTS: u32 = 100;
+
+/// Prefills the live events that are due on one edge: each event from
+/// [`LIVE_PREFILL_LEAD`] before its start until its end, until the edge prefilled it (or
+/// [`MAX_LIVE_ATTEMPTS`] failed). It looks every retry interval (and when an event is
+/// registered), so an edge that was down prefills the events due meanwhile when it
+/// comes back.
+async fn deliver_live_prefills(state: ApiState, edge: EdgeApi) {
+    let mut wake = state.inner.prefill_wake.subscribe();
+    let retry = Duration::from_secs(state.inner.opts.purge_retry_secs.unwrap_or(2).max(1));
+    let lead = LIVE_PREFILL_LEAD.as_millis() as u64;
+    loop {
+        wake.mark_unchanged();
+        let (name, now) = (edge.name.clone(), super::now());
+        let due = match state
+            .db(move |b| b.due_live_events(&name, now, lead, MAX_LIVE_ATTEMPTS))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("due live events of {}: {}", edge.name, e.message());
+                Vec::new()
+            }
+        };
+        for ev in due {
+            let result = send_live_prefill(&state.inner.http, &edge, &ev).await;
+            if let Err(e) = &result {
+                tracing::info!("live event {} prefill on {}: {e}", ev.id, edge.name);
+            }
+            let (name, now, id) = (edge.name.clone(), super::now(), ev.id);
+            let r = result.map_err(|e| e.to_string());
+            if let Err(e) = state
+                .db(move |b| b.record_live_prefill(id, &name, r, now))
+                .await
+            {
+                tracing::warn!("recording live event {id}: {}", e.message());
+            }
+        }
+        if let Ok(Err(_)) = tokio::time::timeout(retry, wake.changed()).await {
+            return;
+        }
+    }
+}
+
+/// Sends one live event's prefill to one edge (`POST /v1/prefill-live {"url": ...,
+/// "max_segments": N}`); the edge answers when its cache holds them.
+pub async fn send_live_prefill(
+    http: &HttpClient,
+    edge: &EdgeApi,
+    ev: &super::backend::LiveEvent,
+) -> Result<(), CallError> {
+    http.post_json(
+        &join(&edge.url, "/v1/prefill-live"),
+        &serde_json::json!({ "url": ev.playlist_url, "max_segments": ev.max_segments }),
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Sends one prefill to one edge (`POST /v1/prefill {"urls": [...]}`).

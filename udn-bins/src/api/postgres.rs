@@ -131,11 +131,67 @@ CREATE TABLE IF NOT EXISTS cp_invoices (
 "#;
 
 /// The control plane's PostgreSQL migrations (append-only; see [`crate::migrate`]).
-pub const MIGRATIONS: &[Step] = &[Step {
-    version: 1,
-    name: "initial",
-    sql: SCHEMA,
-}];
+pub const MIGRATIONS: &[Step] = &[
+    Step {
+        version: 1,
+        name: "initial",
+        sql: SCHEMA,
+    },
+    Step {
+        version: 2,
+        name: "live_events",
+        sql: LIVE_EVENTS,
+    },
+];
+
+/// Step 2: live events and their per-edge prefill status (as on SQLite,
+/// [`super::sqlite::MIGRATIONS`]).
+const LIVE_EVENTS: &str = r#"
+CREATE TABLE cp_live_events (
+    id BIGSERIAL PRIMARY KEY,
+    customer TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    playlist_url TEXT NOT NULL,
+    starts_at BIGINT NOT NULL,
+    ends_at BIGINT,
+    max_segments INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX cp_live_events_customer ON cp_live_events(customer, starts_at);
+CREATE TABLE cp_live_event_status (
+    seq BIGINT NOT NULL REFERENCES cp_live_events(id) ON DELETE CASCADE,
+    edge TEXT NOT NULL,
+    applied BOOLEAN NOT NULL DEFAULT FALSE,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at BIGINT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX cp_live_event_status_queue ON cp_live_event_status(edge, state, seq);
+"#;
+
+/// Advisory lock key of live-event inserts (the per-customer count and the insert are
+/// one step).
+const LOCK_LIVE_EVENTS: i64 = 7012;
+
+const LIVE_COLS: &str = "e.id, e.customer, e.hostname, e.playlist_url, e.starts_at, e.ends_at, \
+                         e.max_segments, e.created_by, e.created_at";
+
+fn live_row(r: &Row) -> LiveEvent {
+    LiveEvent {
+        id: from_db_int(r.get(0)),
+        customer: r.get(1),
+        hostname: r.get(2),
+        playlist_url: r.get(3),
+        starts_at: ts(r.get(4)),
+        ends_at: r.get::<_, Option<i64>>(5).map(ts),
+        max_segments: u32::try_from(r.get::<_, i32>(6)).unwrap_or(0),
+        created_by: r.get(7),
+        created_at: ts(r.get(8)),
+    }
+}
 
 /// Advisory lock key of config commits (one version at a time). Migrations lock 7010
 /// ([`super::sqlite::CP_SCHEMA`]); the log store uses 7007.
@@ -855,6 +911,143 @@ impl Backend for PgBackend {
             &[&edge],
         )?;
         Ok(rows.iter().map(prefill_row).collect())
+    }
+
+    fn create_live_event(
+        &self,
+        ev: &LiveEvent,
+        edges: &[String],
+        max_open: u32,
+        now: Timestamp,
+    ) -> BackendResult<Option<LiveEvent>> {
+        let mut db = self.db()?;
+        let mut tx = db.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_LIVE_EVENTS])?;
+        let open: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM cp_live_events
+                 WHERE customer = $1 AND COALESCE(ends_at, starts_at + $2) > $3",
+                &[
+                    &ev.customer,
+                    &db_int(LiveEvent::DEFAULT_DURATION_MS),
+                    &ms(now),
+                ],
+            )?
+            .get(0);
+        if open >= i64::from(max_open) {
+            return Ok(None);
+        }
+        let max_segments = i32::try_from(ev.max_segments).unwrap_or(i32::MAX);
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO cp_live_events (customer, hostname, playlist_url, starts_at, ends_at,
+                 max_segments, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 RETURNING id",
+                &[
+                    &ev.customer,
+                    &ev.hostname,
+                    &ev.playlist_url,
+                    &ms(ev.starts_at),
+                    &ev.ends_at.map(ms),
+                    &max_segments,
+                    &ev.created_by,
+                    &ms(ev.created_at),
+                ],
+            )?
+            .get(0);
+        for e in edges {
+            tx.execute(
+                "INSERT INTO cp_live_event_status (seq, edge) VALUES ($1, $2)",
+                &[&id, e],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(LiveEvent {
+            id: from_db_int(id),
+            ..ev.clone()
+        }))
+    }
+
+    fn live_events(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<LiveEvent>> {
+        let rows = self.read(
+            &format!(
+                "SELECT {LIVE_COLS} FROM cp_live_events e
+                 WHERE ($1::TEXT IS NULL OR e.customer = $1)
+                 ORDER BY e.starts_at DESC, e.id DESC LIMIT $2"
+            ),
+            &[&customer, &i64::from(limit)],
+        )?;
+        Ok(rows.iter().map(live_row).collect())
+    }
+
+    fn live_event_status(&self, id: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        let rows = self.read(
+            "SELECT edge, applied, attempts, last_error, applied_at, state
+             FROM cp_live_event_status WHERE seq = $1 ORDER BY edge",
+            &[&db_int(id)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| PurgeEdgeStatus {
+                edge: r.get(0),
+                state: DeliveryState::parse(r.get::<_, &str>(5)),
+                applied: r.get(1),
+                attempts: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                last_error: r.get(3),
+                applied_at: r.get::<_, Option<i64>>(4).map(ts),
+            })
+            .collect())
+    }
+
+    fn due_live_events(
+        &self,
+        edge: &str,
+        now: Timestamp,
+        lead_ms: u64,
+        max_attempts: u32,
+    ) -> BackendResult<Vec<LiveEvent>> {
+        let rows = self.read(
+            &format!(
+                "SELECT {LIVE_COLS} FROM cp_live_event_status s
+                 JOIN cp_live_events e ON e.id = s.seq
+                 WHERE s.edge = $1 AND s.state = 'pending' AND s.attempts < $2
+                   AND e.starts_at <= $3 + $4 AND COALESCE(e.ends_at, e.starts_at + $5) > $3
+                 ORDER BY e.starts_at, e.id LIMIT 100"
+            ),
+            &[
+                &edge,
+                &i32::try_from(max_attempts).unwrap_or(i32::MAX),
+                &ms(now),
+                &db_int(lead_ms),
+                &db_int(LiveEvent::DEFAULT_DURATION_MS),
+            ],
+        )?;
+        Ok(rows.iter().map(live_row).collect())
+    }
+
+    fn record_live_prefill(
+        &self,
+        id: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        let id = db_int(id);
+        let mut db = self.db()?;
+        match result {
+            Ok(()) => db.execute(
+                "UPDATE cp_live_event_status SET applied = TRUE, state = 'applied',
+                 attempts = attempts + 1, last_error = NULL, applied_at = $3
+                 WHERE seq = $1 AND edge = $2",
+                &[&id, &edge, &ms(now)],
+            )?,
+            Err(e) => db.execute(
+                "UPDATE cp_live_event_status SET attempts = attempts + 1, last_error = $3
+                 WHERE seq = $1 AND edge = $2 AND state = 'pending'",
+                &[&id, &edge, &e],
+            )?,
+        };
+        Ok(())
     }
 
     fn fail_delivery(

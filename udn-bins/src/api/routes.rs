@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use udn_core::Config;
 use udn_core::config::{
     CdnConfig, CustomerConfig, GtmConfig, OriginConfig, ServerConfig, ServiceConfig,
     StaticMappingConfig, TargetConfig, canonical_hostname,
 };
+use udn_core::{Config, Timestamp};
 
 /// Marks a request that arrived over TLS (inserted by `portal::serve_https`), so session
 /// cookies get the `Secure` attribute.
@@ -244,6 +244,7 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/prefill", post(prefill))
         .route("/v1/prefill/{seq}", get(prefill_get))
         .route("/v1/prefill/{seq}/cancel", post(prefill_cancel))
+        .route("/v1/live-events", get(live_events).post(live_event_create))
         .route("/v1/pagecheck", post(pagecheck))
         .route("/v1/traffic/cdn", get(traffic_cdn))
         .route("/v1/streaming", get(streaming))
@@ -2136,6 +2137,193 @@ async fn prefill(
         .await?;
     st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok((StatusCode::ACCEPTED, Json(prefill_view(&st, p).await?)))
+}
+
+// ---------------------------------------------------------------- live events
+
+/// The most live events one customer may have that have not ended (a registration
+/// over it is refused with 409).
+pub const MAX_LIVE_EVENTS_PER_CUSTOMER: u32 = 20;
+/// Segments each edge prefills per event unless the event says otherwise.
+pub const DEFAULT_LIVE_SEGMENTS: u32 = 10;
+/// The furthest ahead an event may start, ms (a year).
+pub const MAX_LIVE_LEAD_MS: u64 = 366 * 24 * 3600 * 1000;
+/// The longest event, ms (7 days).
+pub const MAX_LIVE_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How far in the past a start may be (clock skew, a late registration), ms.
+pub const LIVE_START_GRACE_MS: u64 = 5 * 60 * 1000;
+
+/// `POST /v1/live-events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveEventBody {
+    hostname: String,
+    playlist_url: String,
+    starts_at: u64,
+    #[serde(default)]
+    ends_at: Option<u64>,
+    #[serde(default)]
+    max_segments: Option<u32>,
+}
+
+/// A live event with its prefill's progress on the edges.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveEventView {
+    /// The event.
+    #[serde(flatten)]
+    pub event: LiveEvent,
+    /// Edges that prefilled it.
+    pub prefilled: usize,
+    /// Edges it goes to.
+    pub total: usize,
+    /// Per-edge status (`pending` until the edge prefilled it, then `applied`).
+    pub edges: Vec<PurgeEdgeStatus>,
+}
+
+async fn live_event_view(st: &ApiState, event: LiveEvent) -> ApiResult<LiveEventView> {
+    let id = event.id;
+    let edges = st.db(move |b| b.live_event_status(id)).await?;
+    Ok(LiveEventView {
+        prefilled: edges.iter().filter(|e| e.applied).count(),
+        total: edges.len(),
+        edges,
+        event,
+    })
+}
+
+/// Checks a live event's fields against the configuration `cfg` at `now`, for the
+/// caller `a`: the hostname is a verified CDN hostname of the caller's own (an admin
+/// may name any customer's), the playlist an `.m3u8` URL on it, the times in order and
+/// in range. Returns the event to record (its customer the hostname's).
+fn check_live_event(
+    cfg: &Config,
+    a: &Auth,
+    b: LiveEventBody,
+    now: Timestamp,
+) -> ApiResult<LiveEvent> {
+    let mut errors = Vec::new();
+    let mut bad = |field: &str, msg: String| {
+        errors.push(super::FieldError {
+            field: field.into(),
+            message: msg,
+        })
+    };
+    let hostname = canonical_hostname(&b.hostname);
+    let cdn = cfg.cdn.iter().find(|c| same_host(&c.hostname, &hostname));
+    let customer = match cdn {
+        None => {
+            bad("hostname", format!("{hostname:?} is not a CDN hostname"));
+            None
+        }
+        Some(c) if !a.user.may_access(&c.customer) => {
+            // Another customer's hostname: refused like a hostname that does not exist
+            // would be, without saying whose it is.
+            return Err(ApiError::Forbidden);
+        }
+        Some(c) if c.challenge.is_some() => {
+            bad(
+                "hostname",
+                format!("{hostname} is not verified yet (its DNS TXT challenge is pending)"),
+            );
+            None
+        }
+        Some(c) => Some(c.customer.clone()),
+    };
+    if b.playlist_url.len() > udn_cache::hls::MAX_URI_LEN {
+        bad("playlist_url", "at most 2048 bytes".into());
+    } else {
+        match udn_cache::target::parse_url(&b.playlist_url) {
+            Err(e) => bad("playlist_url", purge_reason(&e)),
+            Ok(u) if !same_host(&u.host, &hostname) => bad(
+                "playlist_url",
+                format!("must be on the event's hostname {hostname}"),
+            ),
+            Ok(u) => {
+                let path = u.key.splitn(4, '/').nth(3).unwrap_or("");
+                if !udn_cache::hls::is_playlist(&format!("/{path}"), None) {
+                    bad("playlist_url", "must name an HLS playlist (.m3u8)".into());
+                }
+            }
+        }
+    }
+    let now_ms = now.as_millis();
+    if b.starts_at.saturating_add(LIVE_START_GRACE_MS) < now_ms {
+        bad("starts_at", "is in the past".into());
+    } else if b.starts_at > now_ms.saturating_add(MAX_LIVE_LEAD_MS) {
+        bad("starts_at", "at most a year ahead".into());
+    }
+    if let Some(end) = b.ends_at {
+        if end <= b.starts_at {
+            bad("ends_at", "must be after starts_at".into());
+        } else if end - b.starts_at > MAX_LIVE_DURATION_MS {
+            bad("ends_at", "an event lasts at most 7 days".into());
+        }
+    }
+    let max_segments = b.max_segments.unwrap_or(DEFAULT_LIVE_SEGMENTS);
+    let cap = udn_cache::live::MAX_SEGMENTS as u32;
+    if !(1..=cap).contains(&max_segments) {
+        bad("max_segments", format!("1 to {cap}"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    Ok(LiveEvent {
+        id: 0,
+        customer: customer.unwrap_or_default(),
+        hostname,
+        playlist_url: b.playlist_url,
+        starts_at: Timestamp::from_millis(b.starts_at),
+        ends_at: b.ends_at.map(Timestamp::from_millis),
+        max_segments,
+        created_by: a.user.username.clone(),
+        created_at: now,
+    })
+}
+
+/// `POST /v1/live-events`: registers a live event; every edge prefills its playlist
+/// and segments from [`super::fanout::LIVE_PREFILL_LEAD`] before its start.
+async fn live_event_create(
+    State(st): State<ApiState>,
+    a: Auth,
+    body: Body<LiveEventBody>,
+) -> ApiResult<(StatusCode, Json<LiveEventView>)> {
+    let Json(b) = body?;
+    let cfg = current(&st).await?.config;
+    let now = super::now();
+    let ev = check_live_event(&cfg, &a, b, now)?;
+    let edges: Vec<String> = st.inner.opts.edges.iter().map(|e| e.name.clone()).collect();
+    let created = st
+        .db(move |b| b.create_live_event(&ev, &edges, MAX_LIVE_EVENTS_PER_CUSTOMER, now))
+        .await?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "at most {MAX_LIVE_EVENTS_PER_CUSTOMER} live events that have not ended"
+            ))
+        })?;
+    st.inner.prefill_wake.send_modify(|n| *n += 1);
+    Ok((
+        StatusCode::CREATED,
+        Json(live_event_view(&st, created).await?),
+    ))
+}
+
+/// `GET /v1/live-events[?customer=]`: the caller's events (an admin's: all, or one
+/// customer's), newest start first.
+async fn live_events(
+    State(st): State<ApiState>,
+    a: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<LiveEventView>>> {
+    let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
+    let limit = q.limit.unwrap_or(50).min(500);
+    let list = st
+        .db(move |b| b.live_events(scope.as_deref(), limit))
+        .await?;
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        out.push(live_event_view(&st, e).await?);
+    }
+    Ok(Json(out))
 }
 
 async fn prefill_get(

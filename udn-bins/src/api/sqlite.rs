@@ -112,11 +112,63 @@ CREATE INDEX IF NOT EXISTS cp_prefill_status_queue ON cp_prefill_status(edge, st
 "#;
 
 /// The control plane's SQLite migrations (append-only; see [`crate::migrate`]).
-pub const MIGRATIONS: &[Step] = &[Step {
-    version: 1,
-    name: "initial",
-    sql: SCHEMA,
-}];
+pub const MIGRATIONS: &[Step] = &[
+    Step {
+        version: 1,
+        name: "initial",
+        sql: SCHEMA,
+    },
+    Step {
+        version: 2,
+        name: "live_events",
+        sql: LIVE_EVENTS,
+    },
+];
+
+/// Step 2: live events and their per-edge prefill status (`seq` is the event's id, so
+/// the status rows read like the purge and prefill ones).
+const LIVE_EVENTS: &str = r#"
+CREATE TABLE cp_live_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    customer TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    playlist_url TEXT NOT NULL,
+    starts_at INTEGER NOT NULL,
+    ends_at INTEGER,
+    max_segments INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX cp_live_events_customer ON cp_live_events(customer, starts_at);
+CREATE TABLE cp_live_event_status (
+    seq INTEGER NOT NULL REFERENCES cp_live_events(id) ON DELETE CASCADE,
+    edge TEXT NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    applied_at INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',
+    PRIMARY KEY (seq, edge)
+);
+CREATE INDEX cp_live_event_status_queue ON cp_live_event_status(edge, state, seq);
+"#;
+
+const LIVE_COLS: &str = "e.id, e.customer, e.hostname, e.playlist_url, e.starts_at, e.ends_at, \
+                         e.max_segments, e.created_by, e.created_at";
+
+fn live_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LiveEvent> {
+    Ok(LiveEvent {
+        id: from_db_int(row.get(0)?),
+        customer: row.get(1)?,
+        hostname: row.get(2)?,
+        playlist_url: row.get(3)?,
+        starts_at: ts(row.get(4)?),
+        ends_at: row.get::<_, Option<i64>>(5)?.map(ts),
+        max_segments: u32::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
+        created_by: row.get(7)?,
+        created_at: ts(row.get(8)?),
+    })
+}
 
 /// The control plane's schema on both dialects (PostgreSQL's steps are
 /// [`super::postgres::MIGRATIONS`]).
@@ -826,6 +878,104 @@ impl Backend for SqliteBackend {
         )?;
         let rows = st.query_map(params![edge], prefill_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn create_live_event(
+        &self,
+        ev: &LiveEvent,
+        edges: &[String],
+        max_open: u32,
+        now: Timestamp,
+    ) -> BackendResult<Option<LiveEvent>> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        let open: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM cp_live_events
+             WHERE customer = ?1 AND COALESCE(ends_at, starts_at + ?2) > ?3",
+            params![ev.customer, db_int(LiveEvent::DEFAULT_DURATION_MS), ms(now)],
+            |r| r.get(0),
+        )?;
+        if open >= i64::from(max_open) {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO cp_live_events (customer, hostname, playlist_url, starts_at, ends_at,
+             max_segments, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                ev.customer,
+                ev.hostname,
+                ev.playlist_url,
+                ms(ev.starts_at),
+                ev.ends_at.map(ms),
+                i64::from(ev.max_segments),
+                ev.created_by,
+                ms(ev.created_at)
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        {
+            let mut st =
+                tx.prepare("INSERT INTO cp_live_event_status (seq, edge) VALUES (?1, ?2)")?;
+            for e in edges {
+                st.execute(params![id, e])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Some(LiveEvent {
+            id: from_db_int(id),
+            ..ev.clone()
+        }))
+    }
+
+    fn live_events(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<LiveEvent>> {
+        let db = self.db()?;
+        let mut st = db.prepare_cached(&format!(
+            "SELECT {LIVE_COLS} FROM cp_live_events e
+             WHERE (?1 IS NULL OR e.customer = ?1) ORDER BY e.starts_at DESC, e.id DESC LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![customer, i64::from(limit)], live_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn live_event_status(&self, id: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        edge_status(&*self.db()?, "cp_live_event_status", id)
+    }
+
+    fn due_live_events(
+        &self,
+        edge: &str,
+        now: Timestamp,
+        lead_ms: u64,
+        max_attempts: u32,
+    ) -> BackendResult<Vec<LiveEvent>> {
+        let db = self.db()?;
+        let mut st = db.prepare_cached(&format!(
+            "SELECT {LIVE_COLS} FROM cp_live_event_status s JOIN cp_live_events e ON e.id = s.seq
+             WHERE s.edge = ?1 AND s.state = 'pending' AND s.attempts < ?2
+               AND e.starts_at <= ?3 + ?4 AND COALESCE(e.ends_at, e.starts_at + ?5) > ?3
+             ORDER BY e.starts_at, e.id LIMIT 100"
+        ))?;
+        let rows = st.query_map(
+            params![
+                edge,
+                i64::from(max_attempts),
+                ms(now),
+                db_int(lead_ms),
+                db_int(LiveEvent::DEFAULT_DURATION_MS)
+            ],
+            live_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_live_prefill(
+        &self,
+        id: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        record_attempt(&*self.db()?, "cp_live_event_status", id, edge, result, now)
     }
 
     fn fail_delivery(

@@ -417,6 +417,45 @@ impl Backend for StoreBackend {
         self.control.pending_prefills(edge)
     }
 
+    fn create_live_event(
+        &self,
+        event: &LiveEvent,
+        edges: &[String],
+        max_open: u32,
+        now: Timestamp,
+    ) -> BackendResult<Option<LiveEvent>> {
+        self.control.create_live_event(event, edges, max_open, now)
+    }
+
+    fn live_events(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<LiveEvent>> {
+        self.control.live_events(customer, limit)
+    }
+
+    fn live_event_status(&self, id: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
+        self.control.live_event_status(id)
+    }
+
+    fn due_live_events(
+        &self,
+        edge: &str,
+        now: Timestamp,
+        lead_ms: u64,
+        max_attempts: u32,
+    ) -> BackendResult<Vec<LiveEvent>> {
+        self.control
+            .due_live_events(edge, now, lead_ms, max_attempts)
+    }
+
+    fn record_live_prefill(
+        &self,
+        id: u64,
+        edge: &str,
+        result: Result<(), String>,
+        now: Timestamp,
+    ) -> BackendResult<()> {
+        self.control.record_live_prefill(id, edge, result, now)
+    }
+
     fn fail_delivery(
         &self,
         kind: DeliveryKind,

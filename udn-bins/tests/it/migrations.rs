@@ -178,7 +178,7 @@ fn sqlite_databases_from_before_versioning_upgrade_with_their_data() {
         );
         assert_eq!(
             names(&sqlite_history(&control, "udn_cp_schema_history")),
-            [(1, "initial")]
+            [(1, "initial"), (2, "live_events")]
         );
         assert_eq!(
             names(&sqlite_history(&logs, "udn_billing_schema_history")),
@@ -228,7 +228,7 @@ fn postgres_databases_from_before_versioning_upgrade_with_their_data() {
         );
         assert_eq!(
             names(&pg_history(&url, "udn_cp_schema_history")),
-            [(1, "initial")]
+            [(1, "initial"), (2, "live_events")]
         );
         assert_eq!(
             names(&pg_history(&url, "udn_billing_schema_history")),

@@ -32,6 +32,7 @@ mod ftp_origin;
 mod guard;
 pub mod journal;
 pub mod listener;
+mod live;
 pub mod store;
 mod tls;
 mod upstream;
@@ -43,6 +44,7 @@ use fill::{FetchError, FillResult, Lead, Want};
 
 pub use body::RespBody;
 pub use ftp::{FtpHandle, FtpOptions, start_ftp};
+pub use live::LivePrefill;
 pub use tls::{TlsCert, tls_config};
 
 use crate::invalidate::{Applied, InvalidationTree, Purge};
@@ -1501,6 +1503,15 @@ impl EdgeHandle {
     /// Prefills URLs ([`Edge::prefill`]).
     pub async fn prefill(&self, urls: Vec<String>) -> Vec<PrefillResult> {
         self.edge.prefill(urls).await
+    }
+
+    /// Prefills a live event's playlist and segments ([`Edge::prefill_live`]).
+    pub async fn prefill_live(
+        &self,
+        url: &str,
+        max_segments: usize,
+    ) -> Result<LivePrefill, String> {
+        self.edge.prefill_live(url, max_segments).await
     }
 
     /// The purges after `since` ([`Edge::purges_since`]).
