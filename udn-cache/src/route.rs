@@ -78,6 +78,11 @@ pub struct Route {
     pub key: String,
     /// The URL to fetch from the origin.
     pub fetch_url: String,
+    /// The hostname the request named (canonical, without its port): a CDN hostname, or
+    /// the origin's domain when virtually hosted. The fills a request causes are logged
+    /// under it, beside the request itself, so a hostname's (and a stream's) origin
+    /// fetches are counted where its traffic is.
+    pub host: String,
 }
 
 impl Route {
@@ -89,6 +94,7 @@ impl Route {
             path: path.to_owned(),
             key: format!("http://{}{}", self.origin.domain, path),
             fetch_url: format!("{}{}", self.origin.base_url, path),
+            host: self.host.clone(),
         }
     }
 
@@ -255,12 +261,17 @@ impl Router {
             .map(|c| c.origins.iter().map(|&i| self.origins[i].clone()).collect())
     }
 
-    fn make(&self, id: usize, path: &str) -> Route {
+    fn make(&self, id: usize, host: &str, path: &str) -> Route {
         let origin = self.origins[id].clone();
         Route {
             key: format!("http://{}{}", origin.domain, path),
             fetch_url: format!("{}{}", origin.base_url, path),
             path: path.to_string(),
+            host: if host.is_empty() {
+                origin.domain.clone()
+            } else {
+                host.to_owned()
+            },
             origin,
         }
     }
@@ -271,14 +282,13 @@ impl Router {
         if !target.starts_with('/') {
             return Err(RouteError::BadPath(target.to_string()));
         }
+        let host = udn_core::config::canonical_hostname(strip_port(host.trim()));
         if let Some(id) = self.single {
-            return Ok(self.make(id, target));
+            return Ok(self.make(id, &host, target));
         }
-        let host = strip_port(host.trim());
         if host.is_empty() {
             return Err(RouteError::NoHost);
         }
-        let host = udn_core::config::canonical_hostname(host);
         if let Some(cdn) = self.cdn_hosts.get(&host) {
             // Origin in the path: the first segment names a configured origin.
             let rest = &target[1..];
@@ -297,16 +307,16 @@ impl Router {
                 } else {
                     tail.to_string()
                 };
-                return Ok(self.make(id, &path));
+                return Ok(self.make(id, &host, &path));
             }
             return match cdn.origins.first() {
-                Some(&id) => Ok(self.make(id, target)),
+                Some(&id) => Ok(self.make(id, &host, target)),
                 None => Err(RouteError::UnknownHost(host)),
             };
         }
         // Virtual hosting: the customer's own name, pointed at the CDN.
         match self.by_domain.get(&host) {
-            Some(&id) => Ok(self.make(id, target)),
+            Some(&id) => Ok(self.make(id, &host, target)),
             None => Err(RouteError::UnknownHost(host)),
         }
     }
@@ -364,6 +374,13 @@ check_interval_secs = 30
         assert_eq!(a.fetch_url, "http://img.c.example/a.gif?x=1");
         let b = r.route("IMG.c.example", "/a.gif?x=1").unwrap();
         assert_eq!(a.key, b.key);
+        // The same object, named through two hostnames: each request (and the fills
+        // it causes) is logged under the name it asked for.
+        assert_eq!(
+            (a.host.as_str(), b.host.as_str()),
+            ("cdn.c.example", "img.c.example")
+        );
+        assert_eq!(a.sibling("/b.gif").host, "cdn.c.example");
         let c = r.route("cdn.c.example", "/www.c.example").unwrap();
         assert_eq!(c.key, "http://www.c.example/");
         assert_eq!(c.fetch_url, "http://127.0.0.5:81/");

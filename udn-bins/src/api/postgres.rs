@@ -1011,7 +1011,8 @@ impl Backend for PgBackend {
                 "SELECT {LIVE_COLS} FROM cp_live_event_status s
                  JOIN cp_live_events e ON e.id = s.seq
                  WHERE s.edge = $1 AND s.state = 'pending' AND s.attempts < $2
-                   AND e.starts_at <= $3 + $4 AND COALESCE(e.ends_at, e.starts_at + $5) > $3
+                   AND e.starts_at <= $3::BIGINT + $4::BIGINT
+                   AND COALESCE(e.ends_at, e.starts_at + $5::BIGINT) > $3::BIGINT
                  ORDER BY e.starts_at, e.id LIMIT 100"
             ),
             &[

@@ -25,6 +25,7 @@ on_both_stores!(
     config_watcher_follows_changes_and_survives_an_outage,
     purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge,
     prefill_fans_out_to_every_edge,
+    live_events_are_validated_owner_only_capped_and_fanned_out_ahead_of_their_start,
     page_check_runs_on_the_chosen_probes,
     traffic_queries_sum_own_rows_only,
     traffic_ranges_are_absolute_zoned_filtered_and_exported,
@@ -1227,6 +1228,157 @@ async fn prefill_fans_out_to_every_edge(store: Store) {
         )
         .await;
     assert_eq!((st, fields(&e)), (422, vec!["urls[1]".to_owned()]));
+}
+
+async fn live_events_are_validated_owner_only_capped_and_fanned_out_ahead_of_their_start(
+    store: Store,
+) {
+    let h = Harness::start_on(store, "api-live").await;
+    let shop = h.login("shopuser").await;
+    let now = udn_bins::logging::now().as_millis();
+    let playlist = "http://cdn.shop.udn.example/live/master.m3u8";
+    let event = |starts_at: u64| {
+        json!({"hostname": "cdn.shop.udn.example", "playlist_url": playlist,
+               "starts_at": starts_at, "max_segments": 5})
+    };
+    // An event starting in a minute: inside the prefill lead, so every edge gets it now.
+    let (st, ev) = shop
+        .send("POST", "/v1/live-events", event(now + 60_000))
+        .await;
+    assert_eq!(st, 201, "{ev}");
+    assert_eq!(
+        (ev["customer"].as_str(), ev["total"].as_u64()),
+        (Some("shop"), Some(2))
+    );
+    let id = ev["id"].as_i64().unwrap();
+    assert!(
+        eventually(10, || async {
+            !h.edge1.calls("/v1/prefill-live").is_empty()
+        })
+        .await
+    );
+    let calls = h.edge1.calls("/v1/prefill-live");
+    assert_eq!(calls[0].body, json!({"url": playlist, "max_segments": 5}));
+    // The edge that was down prefills it when it comes back.
+    let task = h.edge2.serve(h.edge2_addr).await;
+    assert!(
+        eventually(15, || async {
+            !h.edge2.calls("/v1/prefill-live").is_empty()
+        })
+        .await
+    );
+    let prefilled = || async {
+        let (_, list) = shop.get("/v1/live-events").await;
+        list.as_array()
+            .and_then(|l| l.iter().find(|e| e["id"] == id))
+            .and_then(|e| e["prefilled"].as_u64())
+            == Some(2)
+    };
+    assert!(
+        eventually(5, prefilled).await,
+        "both edges prefilled the event"
+    );
+
+    // An event a day ahead is recorded, not delivered yet (nor re-delivered: the first
+    // event went to each edge once).
+    let later = "http://cdn.shop.udn.example/vod/index.m3u8";
+    let (st, ev2) = shop
+        .send(
+            "POST",
+            "/v1/live-events",
+            json!({"hostname": "cdn.shop.udn.example", "playlist_url": later,
+                   "starts_at": now + 86_400_000, "ends_at": now + 90_000_000}),
+        )
+        .await;
+    assert_eq!(st, 201, "{ev2}");
+    assert_eq!(ev2["max_segments"], 10, "the default");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for edge in [&h.edge1, &h.edge2] {
+        let bodies: Vec<_> = edge
+            .calls("/v1/prefill-live")
+            .into_iter()
+            .map(|c| c.body)
+            .collect();
+        assert_eq!(bodies, vec![json!({"url": playlist, "max_segments": 5})]);
+    }
+    task.abort();
+
+    // Another customer can neither register an event on the shop's hostname nor see
+    // the shop's events; the admin sees every customer's.
+    let acme = h.login("acmeuser").await;
+    assert_eq!(
+        acme.send("POST", "/v1/live-events", event(now + 60_000))
+            .await
+            .0,
+        403
+    );
+    let (st, mine) = acme.get("/v1/live-events").await;
+    assert_eq!((st, mine), (200, json!([])));
+    assert_eq!(acme.get("/v1/live-events?customer=shop").await.0, 403);
+    let admin = h.login("admin").await;
+    let (_, all) = admin.get("/v1/live-events?customer=shop").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+
+    // Bad fields are named, each.
+    let bad = |body: Value, field: &'static str| {
+        let shop = &shop;
+        async move {
+            let (st, e) = shop.send("POST", "/v1/live-events", body.clone()).await;
+            assert_eq!(
+                (st, fields(&e)),
+                (422, vec![field.to_owned()]),
+                "{body}: {e}"
+            );
+        }
+    };
+    let mut b = event(now + 60_000);
+    b["playlist_url"] = json!("http://cdn.acme.udn.example/live/master.m3u8");
+    bad(b, "playlist_url").await;
+    let mut b = event(now + 60_000);
+    b["playlist_url"] = json!("http://cdn.shop.udn.example/index.html");
+    bad(b, "playlist_url").await;
+    let mut b = event(now + 60_000);
+    b["playlist_url"] = json!("file:///etc/passwd.m3u8");
+    bad(b, "playlist_url").await;
+    bad(event(now - 3_600_000), "starts_at").await;
+    bad(event(now + 400 * 86_400_000), "starts_at").await;
+    let mut b = event(now + 60_000);
+    b["ends_at"] = json!(now);
+    bad(b, "ends_at").await;
+    let mut b = event(now + 60_000);
+    b["max_segments"] = json!(0);
+    bad(b, "max_segments").await;
+    let mut b = event(now + 60_000);
+    b["hostname"] = json!("nope.udn.example");
+    b["playlist_url"] = json!("http://nope.udn.example/live/master.m3u8");
+    bad(b, "hostname").await;
+    let mut b = event(now + 60_000);
+    b["extra"] = json!(1);
+    let (st, _) = shop.send("POST", "/v1/live-events", b).await;
+    assert!(st == 400 || st == 422, "an unknown field is refused: {st}");
+
+    // At most 20 events that have not ended per customer.
+    for i in 2..20 {
+        let (st, e) = shop
+            .send("POST", "/v1/live-events", event(now + 86_400_000 + i))
+            .await;
+        assert_eq!(st, 201, "event {i}: {e}");
+    }
+    let (st, e) = shop
+        .send("POST", "/v1/live-events", event(now + 86_400_000))
+        .await;
+    assert_eq!(st, 409, "{e}");
+    // The cap is the customer's own: acme still may register on its hostname.
+    let (st, e) = acme
+        .send(
+            "POST",
+            "/v1/live-events",
+            json!({"hostname": "cdn.acme.udn.example",
+                   "playlist_url": "http://cdn.acme.udn.example/tv/index.m3u8",
+                   "starts_at": now + 86_400_000}),
+        )
+        .await;
+    assert_eq!(st, 201, "{e}");
 }
 
 async fn page_check_runs_on_the_chosen_probes(store: Store) {

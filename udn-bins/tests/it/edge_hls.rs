@@ -2,7 +2,9 @@
 //! real `udn edge` by several real ffmpeg viewers at once: every viewer plays its
 //! seconds without being held up by the others, and every segment is fetched from the
 //! origin once, whatever the number of viewers (coalescing, and the edge's prefetch of
-//! the segments a live playlist names next).
+//! the segments a live playlist names next). The edge's access log, loaded into a real
+//! SQLite log store, gives the stream's statistics: its viewers, segments served and
+//! origin fetches.
 //!
 //! ffmpeg comes from Debian's package (scripts/install-deps.sh).
 
@@ -99,6 +101,65 @@ fn start_origin(dir: &Path) -> (SocketAddr, Served) {
     (addr, served)
 }
 
+/// The stream's CDN hostname and its customer.
+const SITE: &str = "live.tv.example";
+const CUSTOMER: &str = "tv";
+
+/// A network config with one CDN hostname, [`SITE`], whose origin is `origin`.
+fn network_toml(dir: &Path, origin: SocketAddr) -> PathBuf {
+    let p = dir.join("network.toml");
+    let text = format!(
+        r#"
+[security]
+allow_target_ranges = ["127.0.0.0/8"]
+[[services]]
+name = "http"
+[[customers]]
+name = "{CUSTOMER}"
+[[pops]]
+name = "fra"
+location = {{ lat = 50.0, lon = 8.0 }}
+servers = [{{ name = "fra-edge-1", addresses = ["127.0.0.1"] }}]
+[[cdn]]
+hostname = "{SITE}"
+customer = "{CUSTOMER}"
+origins = ["origin.tv.example"]
+origin_urls = ["http://{origin}"]
+"#
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A TCP relay on 127.0.0.1 to `to` whose connections come from `from`: each viewer
+/// watches through one, so the edge sees (and logs) each viewer at its own address,
+/// as it would see viewers on the internet. ffmpeg cannot choose its source address.
+fn relay(from: std::net::Ipv4Addr, to: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            while let Ok((mut inbound, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+                    sock.bind(SocketAddr::new(from.into(), 0)).ok()?;
+                    let mut out = sock.connect(to).await.ok()?;
+                    tokio::io::copy_bidirectional(&mut inbound, &mut out)
+                        .await
+                        .ok()
+                });
+            }
+        });
+    });
+    addr
+}
+
 fn ffmpeg_available() -> bool {
     Command::new("ffmpeg")
         .arg("-version")
@@ -144,10 +205,15 @@ fn viewers_of_a_live_ffmpeg_stream_share_one_origin_fetch_per_segment() {
         .unwrap()
         .port();
     let edge_addr = format!("127.0.0.1:{port}");
-    let _edge = Kill(
+    let cfg = network_toml(&dir, origin);
+    let logs = dir.join("logs");
+    let mut edge = Kill(
         Command::new(env!("CARGO_BIN_EXE_udn"))
-            .args(["edge", "--listen", &edge_addr])
-            .args(["--origin", &format!("http://{origin}")])
+            .args(["edge", "--pop", "fra", "--listen", &edge_addr])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--log-dir")
+            .arg(&logs)
             .stdout(Stdio::null())
             .spawn()
             .expect("start udn edge"),
@@ -158,16 +224,20 @@ fn viewers_of_a_live_ffmpeg_stream_share_one_origin_fetch_per_segment() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The viewers, all at once, each playing WATCH_SECS of the live stream.
-    let url = format!("http://{edge_addr}/live.m3u8");
+    // The viewers, all at once, each playing WATCH_SECS of the live stream, each from
+    // its own address (127.0.0.101...), asking for the site by its Host header.
+    let edge_sock: SocketAddr = edge_addr.parse().unwrap();
     let start = Instant::now();
     let viewers: Vec<_> = (0..VIEWERS)
-        .map(|_| {
-            let url = url.clone();
+        .map(|i| {
+            let via = relay(std::net::Ipv4Addr::new(127, 0, 0, 101 + i as u8), edge_sock);
+            let url = format!("http://{via}/live.m3u8");
             std::thread::spawn(move || {
                 let t = Instant::now();
                 let out = Command::new("ffmpeg")
-                    .args(["-hide_banner", "-loglevel", "error", "-i", &url])
+                    .args(["-hide_banner", "-loglevel", "error"])
+                    // (The HLS demuxer sends these headers with every segment too.)
+                    .args(["-headers", &format!("Host: {SITE}\r\n"), "-i", &url])
                     .args([
                         "-t",
                         &WATCH_SECS.to_string(),
@@ -217,5 +287,65 @@ fn viewers_of_a_live_ffmpeg_stream_share_one_origin_fetch_per_segment() {
             "{path} was fetched {n} times from the origin: {served:?}"
         );
     }
+
+    // The statistics: SIGINT completes the edge's log file; it is loaded, as the
+    // collector loads it, into a real SQLite log store, whose streaming report counts
+    // this stream's viewers, the segments they were served and the origin's fetches.
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(edge.0.id().to_string())
+        .status();
+    let _ = edge.0.wait();
+    let store_dir = dir.join("store");
+    let mut store = udn_bins::store::open(&udn_bins::store::Location::Sqlite {
+        dir: store_dir,
+        max_pages: None,
+    })
+    .expect("open the log store");
+    let now = udn_bins::logging::now();
+    let mut files = 0;
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let path = e.unwrap().path();
+        if !path.to_string_lossy().ends_with(".jsonl") {
+            continue;
+        }
+        let body = std::fs::read(&path).unwrap();
+        let sum = udn_core::logfile::sha256_hex(&body);
+        let f = udn_core::logfile::parse_file(&body, &sum).expect("a valid log file");
+        let f = udn_bins::store::PreparedFile::new(f.header, f.checksum, f.records);
+        store.ingest(&f, now).expect("ingest the edge's log");
+        files += 1;
+    }
+    assert!(files > 0, "the edge completed no log file in {logs:?}");
+    let all = udn_bins::store::Range {
+        from: udn_core::Timestamp::from_millis(now.as_millis() - 3_600_000),
+        to: udn_core::Timestamp::from_millis(now.as_millis() + 60_000),
+    };
+    let report = store.streaming(all, Some(CUSTOMER)).unwrap();
+    assert_eq!(report.streams.len(), 1, "{report:?}");
+    let s = &report.streams[0];
+    assert_eq!((s.host.as_str(), s.stream.as_str()), (SITE, "/"), "{s:?}");
+    assert_eq!(s.viewers, VIEWERS as i64, "one viewer per address: {s:?}");
+    let fetched: u32 = segments.iter().map(|(_, n)| **n).sum();
+    assert_eq!(
+        s.agg.segment_fills,
+        i64::from(fetched),
+        "origin fetches of segments in the log = the origin's count: {s:?}"
+    );
+    assert!(
+        s.agg.segments >= (VIEWERS as i64) * (i64::from(WATCH_SECS) - 2),
+        "each viewer was served about a segment a second: {s:?}"
+    );
+    assert!(s.agg.playlists >= VIEWERS as i64, "{s:?}");
+    assert!(s.agg.bytes > 0 && s.agg.fill_bytes > 0, "{s:?}");
+    let clients: Vec<&str> = report.clients.iter().map(|c| c.client.as_str()).collect();
+    for i in 0..VIEWERS {
+        let a = format!("127.0.0.{}", 101 + i);
+        assert!(clients.contains(&a.as_str()), "{a} in {clients:?}");
+    }
+    eprintln!(
+        "stream statistics: {} viewers, {} segments served, {} origin segment fetches, {} bytes",
+        s.viewers, s.agg.segments, s.agg.segment_fills, s.agg.bytes
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,7 +28,7 @@ impl Drop for FillLog {
             .record(udn_core::log::LogRecord::Http(udn_core::log::HttpRecord {
                 ts: (self.edge.clock)(),
                 customer: self.route.origin.customer.clone(),
-                host: self.route.origin.domain.clone(),
+                host: self.route.host.clone(),
                 path: self.route.path.clone(),
                 method: "GET".into(),
                 status: self.status,

@@ -73,7 +73,7 @@ pub struct Call {
     pub body: Value,
 }
 
-/// A small real HTTP server recording `POST /v1/purge`, `/v1/prefill` and answering
+/// A small real HTTP server recording `POST /v1/purge`, `/v1/prefill`, `/v1/prefill-live` and answering
 /// `POST /v1/pagecheck` with rows.
 #[derive(Clone)]
 pub struct Recorder {
@@ -126,6 +126,7 @@ impl Recorder {
         Router::new()
             .route("/v1/purge", post(record))
             .route("/v1/prefill", post(record))
+            .route("/v1/prefill-live", post(record))
             .route("/v1/pagecheck", post(record))
             .with_state(self.clone())
     }
