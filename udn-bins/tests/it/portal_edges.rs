@@ -223,3 +223,161 @@ async fn purge_reaches_running_udn_edges_and_one_that_starts_later() {
     server.abort();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A live event registered through the API is prefilled on a running `udn edge` ahead
+/// of its start, from the real demo origin (`udn origin`'s HLS stream); the event's
+/// viewers, a real ffmpeg among them, are then served from the cache: the origin sends
+/// no segment twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_event_is_prefilled_on_a_running_edge_before_its_viewers_come() {
+    udn_bins::install_crypto();
+    let dir = temp_dir("live-event-edge");
+    let origin = udn_bins::origin::start(&udn_bins::origin::Args {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        name: "o1".into(),
+        max_age: 60,
+    })
+    .await
+    .unwrap();
+    let mut cfg = two_customer_config();
+    cfg.cdn[0].origin_urls = vec![format!("http://{}", origin.addr)];
+    let toml_path = dir.join("network.toml");
+    std::fs::write(&toml_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let db = Arc::new(SqliteBackend::open(&dir.join("control.db")).unwrap());
+    db.commit_config(0, &cfg, "test", udn_bins::logging::now())
+        .unwrap();
+    db.create_user("shopuser", PASSWORD, Role::Customer, Some("shop"))
+        .unwrap();
+    let (addr, admin) = (free_addr(), free_addr());
+    let ca = udn_bins::pki::Ca::load_or_create(&dir.join("pki")).unwrap();
+    let san = ["127.0.0.1".to_string()];
+    let edge_pki = dir.join("edge-fra");
+    ca.enroll_into(InstanceRole::Edge, "fra", &san, &edge_pki)
+        .unwrap();
+    let control = ca
+        .enroll_into(InstanceRole::Control, "control", &san, &dir.join("control"))
+        .unwrap();
+    let opts = ControlOptions {
+        edges: vec![EdgeApi {
+            name: "fra-edge-1".into(),
+            url: format!("https://{admin}"),
+        }],
+        credentials: Some(control),
+        purge_retry_secs: Some(1),
+        ..ControlOptions::default()
+    };
+    let backend: Arc<dyn Backend> = db.clone();
+    let state = ApiState::new(backend, opts).unwrap();
+    let delivery = state.start_purge_distributor();
+    let (api, server) = udn_bins::api::serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        udn_bins::api::router(state.clone()),
+    )
+    .await
+    .unwrap();
+    let _edge = start_edge(&toml_path, "fra", addr, admin, &edge_pki).await;
+
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let login: serde_json::Value = client
+        .post(format!("http://{api}/v1/auth/login"))
+        .json(&json!({"username": "shopuser", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let csrf = login["csrf"].as_str().unwrap().to_owned();
+    // The on-demand stream of the sample site (four segments), starting in 5 minutes:
+    // inside the prefill lead, so the edge prefills it at once.
+    let starts = udn_bins::logging::now().as_millis() + 300_000;
+    let r = client
+        .post(format!("http://{api}/v1/live-events"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"hostname": "cdn.shop.udn.example",
+                      "playlist_url": "http://cdn.shop.udn.example/vod/index.m3u8",
+                      "starts_at": starts, "max_segments": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].clone();
+    let prefilled = || {
+        let c = client.clone();
+        let id = id.clone();
+        async move {
+            let v: serde_json::Value = c
+                .get(format!("http://{api}/v1/live-events"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v.as_array()
+                .and_then(|l| l.iter().find(|e| e["id"] == id))
+                .is_some_and(|e| e["prefilled"] == 1)
+        }
+    };
+    assert!(
+        eventually(20, prefilled).await,
+        "the edge prefilled the event"
+    );
+    assert_eq!(
+        origin.origin.segments(),
+        4,
+        "the prefill fetched the four segments"
+    );
+
+    // The viewers: every segment is a hit, and a real ffmpeg plays the whole stream.
+    for n in 0..4 {
+        let (cache, _) = fetch_any(addr, &format!("/vod/seg{n}.ts")).await;
+        assert_eq!(cache, "HIT", "seg{n}.ts");
+    }
+    let url = format!("http://{addr}/vod/index.m3u8");
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error"])
+        .args(["-headers", "Host: cdn.shop.udn.example\r\n", "-i", &url])
+        .args(["-c", "copy", "-f", "null", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("ffmpeg (scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        origin.origin.segments(),
+        4,
+        "no segment was fetched from the origin again"
+    );
+
+    for t in delivery {
+        t.abort();
+    }
+    server.abort();
+    origin.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `GET` through the edge as the shop's CDN hostname: the `X-Cache` and the status.
+async fn fetch_any(edge: SocketAddr, path: &str) -> (String, u16) {
+    let r = reqwest::Client::new()
+        .get(format!("http://{edge}{path}"))
+        .header("host", "cdn.shop.udn.example")
+        .send()
+        .await
+        .unwrap();
+    let cache = r
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (cache, r.status().as_u16())
+}
