@@ -144,6 +144,10 @@ pub struct Endpoints {
     pub origins: Vec<String>,
     /// CDN URLs of the sample site's page and objects.
     pub sample_urls: Vec<String>,
+    /// CDN URLs of the sample site's HLS streams: the live one's master playlist and the
+    /// on-demand one's playlist.
+    #[serde(default)]
+    pub streams: Vec<String>,
     /// The control plane's URLs, each named by what it is.
     pub control: ControlEndpoints,
     /// Demo logins (filled when the portal lands).
@@ -711,6 +715,9 @@ pub async fn start(
     if let Some(host) = ep.cdn_hostnames.first() {
         for p in crate::origin::site_paths() {
             ep.sample_urls.push(format!("http://{host}{p}"));
+        }
+        for p in ["/live/master.m3u8", "/vod/index.m3u8"] {
+            ep.streams.push(format!("http://{host}{p}"));
         }
     }
 

@@ -38,6 +38,9 @@ const CURL_PAGE: &str = "curl -si --resolve cdn.shop.udn.example:8080:127.0.0.11
 const PURGE: &str = r#"curl -s --cacert /tmp/udn-demo/control/pki/self/ca.pem --cert /tmp/udn-demo/control/pki/self/cert.pem --key /tmp/udn-demo/control/pki/self/key.pem -d '{"scope":"url","target":"http://cdn.shop.udn.example/index.html","seq":1}' https://127.0.0.11:9443/v1/purge"#;
 const FTP_GET: &str =
     "curl -s -u anonymous@cdn.shop.udn.example: ftp://127.0.0.11:2121/index.html | head -3";
+const FFPROBE: &str = r#"ffprobe -v error -headers 'Host: cdn.shop.udn.example' -show_entries stream=codec_name,width,height -of csv=p=0 http://127.0.0.11:8080/live/master.m3u8 | head -1"#;
+const LIVE_TOKEN: &str = r#"TOKEN=$(curl -s --cacert /tmp/udn-demo/control/tls/portal-cert.pem -H 'content-type: application/json' -d '{"username":"shop","password":"udn-demo-shop"}' https://127.0.0.5:8443/v1/auth/token | sed 's/.*"token":"\([^"]*\)".*/\1/')"#;
+const LIVE_EVENT: &str = r#"curl -s --cacert /tmp/udn-demo/control/tls/portal-cert.pem -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"hostname":"cdn.shop.udn.example","playlist_url":"http://cdn.shop.udn.example/live/master.m3u8","starts_at":'$(( $(date +%s) * 1000 + 120000 ))'}' https://127.0.0.5:8443/v1/live-events"#;
 const DRILLS: [&str; 4] = [
     "demo drill pop-down fra",
     "demo drill pop-up fra",
@@ -227,6 +230,22 @@ fn readme_tour_runs_against_the_demo() {
     assert!(!over_ftp.is_empty(), "FTP download gave nothing");
     assert_eq!(over_ftp, over_http, "FTP and HTTP bodies differ");
 
+    // The live HLS stream plays through the edge (ffprobe reads its playlists and a
+    // segment).
+    if have("ffprobe") {
+        poll(
+            "ffprobe of the live stream",
+            Duration::from_secs(30),
+            || (sh(FFPROBE, &dir) == "h264,128,72").then_some(()),
+        );
+    } else {
+        eprintln!("ffprobe not installed: the README's stream step was not run");
+    }
+    assert_eq!(
+        ep["streams"][0],
+        "http://cdn.shop.udn.example/live/master.m3u8"
+    );
+
     // A POP drill moves Europe away from fra (to nyc, next nearest) and back.
     let (europe, _, fra) = DIG_REGIONS[0];
     assert!(drill(DRILLS[0]).contains("down"));
@@ -370,6 +389,25 @@ fn readme_tour_runs_against_the_demo() {
         },
     );
     assert!(hits >= 3);
+
+    // A live event registered with the README's two commands is prefilled by all
+    // three edges.
+    let created = sh(&format!("{LIVE_TOKEN}\n{LIVE_EVENT}"), &dir);
+    assert!(created.contains("\"total\":3"), "{created}");
+    poll(
+        "the live event prefilled on every edge",
+        Duration::from_secs(60),
+        || {
+            let v: serde_json::Value = https
+                .get(format!("{portal}/v1/live-events"))
+                .bearer_auth(&token)
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            (v[0]["prefilled"] == 3).then_some(())
+        },
+    );
     // A browser session (cookie login) sees the chart page.
     let browser = reqwest::blocking::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
@@ -587,7 +625,9 @@ fn readme_tour_lists_the_tested_commands() {
         .expect("README has a `## Guided tour` section")
         .1;
     let mut lines: Vec<&str> = DIG_REGIONS.iter().map(|(l, ..)| *l).collect();
-    lines.extend([DIG_GTM, CURL_PAGE, PURGE, FTP_GET, SQL]);
+    lines.extend([
+        DIG_GTM, CURL_PAGE, PURGE, FTP_GET, FFPROBE, LIVE_TOKEN, LIVE_EVENT, SQL,
+    ]);
     lines.extend(DRILLS);
     lines.push(BILLING);
     for l in lines {
