@@ -1,5 +1,11 @@
 //! Server-side SVG charts drawn with plotters: traffic over time, bars per location,
 //! the page-check waterfall and the world map.
+//!
+//! Each chart is readable without a script: the SVG's `<title>` names it (its
+//! accessible name), every time bucket, bar and map location carries a `<title>` with
+//! its values (shown on hover, read by screen readers) in a transparent target over
+//! the drawing, the colours are the Okabe–Ito palette (distinct for the common colour
+//! vision deficiencies), and the SVG scales to the page's width (its `viewBox`).
 
 use crate::api::fanout::PageRow;
 use plotters::coord::Shift;
@@ -12,6 +18,59 @@ fn failed(e: impl std::fmt::Display) -> String {
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// The most hover targets one time chart carries (a longer series is sampled).
+pub const MAX_HOVER: usize = 400;
+
+/// A hover target: a transparent rectangle (pixels) whose `<title>` is `text`.
+struct Hover {
+    x0: i32,
+    y0: i32,
+    x1: i32,
+    y1: i32,
+    text: String,
+}
+
+/// Text escaped for SVG/XML content and attributes.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Adds the chart's accessible name (`<title>` first inside `<svg>`, `role="img"`)
+/// and its hover targets (last, so they are on top) to a rendered SVG.
+fn decorate(svg: String, title: &str, hovers: &[Hover]) -> String {
+    let Some(open_end) = svg
+        .find("<svg")
+        .and_then(|i| svg[i..].find('>').map(|j| i + j))
+    else {
+        return svg;
+    };
+    let Some(close) = svg.rfind("</svg>") else {
+        return svg;
+    };
+    let mut out = String::with_capacity(svg.len() + hovers.len() * 120 + 64);
+    out.push_str(&svg[..open_end]);
+    out.push_str(" role=\"img\">");
+    out.push_str(&format!("<title>{}</title>", esc(title)));
+    out.push_str(&svg[open_end + 1..close]);
+    if !hovers.is_empty() {
+        out.push_str("<g class=\"hover\" fill=\"#000\" fill-opacity=\"0\">");
+        for h in hovers {
+            let (x, y) = (h.x0.min(h.x1), h.y0.min(h.y1));
+            let (w, hh) = ((h.x1 - h.x0).abs().max(1), (h.y1 - h.y0).abs().max(1));
+            out.push_str(&format!(
+                "<rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{hh}\"><title>{}</title></rect>",
+                esc(&h.text)
+            ));
+        }
+        out.push_str("</g>");
+    }
+    out.push_str(&svg[close..]);
+    out
+}
 
 fn render<F>(w: u32, h: u32, draw: F) -> String
 where
@@ -32,11 +91,18 @@ where
     }
 }
 
+/// A timestamp in ms formatted (strftime) as UTC wall time; the charts shift their
+/// times into the chosen zone first. Empty for a time out of range.
+pub fn utc_fmt(ms: f64, fmt: &str) -> String {
+    match jiff::Timestamp::from_millisecond(ms.floor() as i64) {
+        Ok(t) => t.strftime(fmt).to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Hour:minute (UTC) of a timestamp in ms.
 fn hhmm(ms: f64) -> String {
-    let secs = (ms / 1000.0) as i64;
-    let day = secs.rem_euclid(86_400);
-    format!("{:02}:{:02}", day / 3600, (day % 3600) / 60)
+    utc_fmt(ms, "%H:%M")
 }
 
 /// A human number with a unit prefix.
@@ -63,29 +129,23 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
-const PALETTE: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(255, 127, 14),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(23, 190, 207),
+/// The Okabe–Ito palette (Okabe and Ito, "Color Universal Design", 2008), the yellow
+/// last (weakest on white): distinguishable with protanopia, deuteranopia and
+/// tritanopia.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+    RGBColor(240, 228, 66),
 ];
 
 /// Month-day (UTC) of a timestamp in ms.
 fn mmdd(ms: f64) -> String {
-    let days = ((ms / 1000.0) as i64).div_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let doe = z - z.div_euclid(146_097) * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{m:02}-{d:02}")
+    utc_fmt(ms, "%m-%d")
 }
 
 /// A time chart over `[from, to]` (ms) with a dotted line at each midnight (UTC) and the
@@ -121,7 +181,8 @@ pub fn time_chart_in(
         .flat_map(|l| l.points.iter().map(|p| p.1))
         .fold(0.0f64, f64::max);
     let ymax = if max > 0.0 { max * 1.15 } else { 1.0 };
-    render(900, 320, |root| {
+    let mut hovers = Vec::new();
+    let svg = render(900, 320, |root| {
         let (plot, right) = root.split_horizontally(760);
         let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
@@ -174,6 +235,40 @@ pub fn time_chart_in(
                 .position(SeriesLabelPosition::UpperLeft)
                 .draw()?;
         }
+        // A hover target per bucket (sampled to MAX_HOVER): its time and every line's
+        // value there.
+        let grid = lines
+            .iter()
+            .max_by_key(|l| l.points.len())
+            .map(|l| &l.points[..])
+            .unwrap_or(&[]);
+        let stride = grid.len().div_ceil(MAX_HOVER).max(1);
+        let fmt = if to - from > 86_400_000.0 {
+            "%Y-%m-%d %H:%M"
+        } else {
+            "%H:%M"
+        };
+        for j in (0..grid.len()).step_by(stride) {
+            let x = grid[j].0;
+            let next = grid.get(j + stride).map_or(to, |p| p.0).min(to);
+            let (x0, y0) = chart.backend_coord(&(x, ymax));
+            let (x1, y1) = chart.backend_coord(&(next, 0.0));
+            let values: Vec<String> = lines
+                .iter()
+                .filter_map(|l| {
+                    let k = l.points.partition_point(|p| p.0 < x);
+                    let p = l.points.get(k).filter(|p| p.0 == x)?;
+                    Some(format!("{}: {}{unit}", l.label, si(p.1)))
+                })
+                .collect();
+            hovers.push(Hover {
+                x0,
+                y0,
+                x1,
+                y1,
+                text: format!("{}  {}", utc_fmt(x, fmt), values.join(", ")),
+            });
+        }
         // Current values at the right edge.
         right.draw(&Text::new("now", (8, 40), ("sans-serif", 14).into_font()))?;
         for (i, l) in lines.iter().enumerate() {
@@ -187,7 +282,8 @@ pub fn time_chart_in(
             ))?;
         }
         Ok(())
-    })
+    });
+    decorate(svg, title, &hovers)
 }
 
 /// A bar chart: one bar per (label, value).
@@ -195,7 +291,8 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
     let max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max);
     let ymax = if max > 0.0 { max * 1.15 } else { 1.0 };
     let n = bars.len().max(1);
-    render(900, 280, |root| {
+    let mut hovers = Vec::new();
+    let svg = render(900, 280, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 18))
             .margin(10)
@@ -222,8 +319,20 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
                 ("sans-serif", 13).into_font(),
             )
         }))?;
+        for (i, (label, v)) in bars.iter().enumerate() {
+            let (x0, y0) = chart.backend_coord(&(i as f64 + 0.15, ymax));
+            let (x1, y1) = chart.backend_coord(&(i as f64 + 0.85, 0.0));
+            hovers.push(Hover {
+                x0,
+                y0,
+                x1,
+                y1,
+                text: format!("{label}: {}{unit}", si(*v)),
+            });
+        }
         Ok(())
-    })
+    });
+    decorate(svg, title, &hovers)
 }
 
 /// The last `max` characters of `s` (an ellipsis first when cut); cuts on character
@@ -257,7 +366,8 @@ pub fn waterfall(title: &str, rows: &[PageRow]) -> String {
         * 1.1;
     let n = rows.len().max(1);
     let h = 70 + 24 * n as u32 + 40;
-    render(900, h, |root| {
+    let mut hovers = Vec::new();
+    let svg = render(900, h, |root| {
         let (plot, legend) = root.split_vertically(h - 30);
         let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 16))
@@ -300,6 +410,18 @@ pub fn waterfall(title: &str, rows: &[PageRow]) -> String {
                 }
                 x += d;
             }
+            let (x0, y0) = chart.backend_coord(&(r.stt, y + 0.2));
+            let (x1, y1) = chart.backend_coord(&(x.max(r.stt), y + 0.8));
+            hovers.push(Hover {
+                x0,
+                y0,
+                x1,
+                y1,
+                text: format!(
+                    "{}: DNS {:.1} ms, connect {:.1} ms, TLS {:.1} ms, wait {:.1} ms, receive {:.1} ms",
+                    r.url, r.drt, r.cot, r.tls, r.dst, r.fnt
+                ),
+            });
         }
         for (k, (name, color)) in PHASES.iter().enumerate() {
             let x = 270 + 110 * k as i32;
@@ -311,7 +433,8 @@ pub fn waterfall(title: &str, rows: &[PageRow]) -> String {
             ))?;
         }
         Ok(())
-    })
+    });
+    decorate(svg, title, &hovers)
 }
 
 /// Country outlines, decoded once from the embedded world-atlas TopoJSON and already
@@ -431,7 +554,8 @@ pub struct MapPoint {
 /// The world map (equirectangular) with a circle per location that served traffic.
 pub fn world_map(title: &str, unit: &str, points: &[MapPoint]) -> String {
     let max = points.iter().map(|p| p.value).fold(0.0f64, f64::max);
-    render(900, 470, |root| {
+    let mut hovers = Vec::new();
+    let svg = render(900, 470, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 18))
             .margin(5)
@@ -475,9 +599,18 @@ pub fn world_map(title: &str, unit: &str, points: &[MapPoint]) -> String {
                 (p.lon + 3.0, p.lat - 5.0),
                 ("sans-serif", 14).into_font(),
             )))?;
+            let (cx, cy) = chart.backend_coord(&(p.lon, p.lat));
+            hovers.push(Hover {
+                x0: cx - r,
+                y0: cy - r,
+                x1: cx + r,
+                y1: cy + r,
+                text: format!("{}: {}{unit}", p.label, si(p.value)),
+            });
         }
         Ok(())
-    })
+    });
+    decorate(svg, title, &hovers)
 }
 
 #[cfg(test)]
@@ -568,6 +701,77 @@ mod tests {
         assert!(svg.contains("total 42 hits"));
         assert!(svg.contains("7.50 /s"), "current value at the right edge");
         assert_eq!(svg.matches("midnight").count(), 1, "one midnight in 24 h");
+    }
+
+    #[test]
+    fn every_bucket_has_a_hover_title_with_its_time_and_values() {
+        let from = 1_800_000_000_000.0 - 1_800_000_000_000.0 % 3_600_000.0;
+        let minute = 60_000.0;
+        let line = |label: &str, k: f64| Line {
+            label: label.into(),
+            points: (0..60)
+                .map(|i| (from + i as f64 * minute, k * i as f64))
+                .collect(),
+        };
+        let svg = time_chart(
+            "Two <lines> & more",
+            "bit/s",
+            from,
+            from + 60.0 * minute,
+            &[line("a<b", 1000.0), line("c", 1.0)],
+        );
+        // The chart's accessible name first, escaped.
+        assert!(
+            svg.contains("role=\"img\"><title>Two &lt;lines&gt; &amp; more</title>"),
+            "{}",
+            &svg[..300]
+        );
+        let hover = &svg[svg.find("<g class=\"hover\"").expect("hover targets")..];
+        assert_eq!(hover.matches("<rect").count(), 60, "one per minute");
+        let t = utc_fmt(from + 7.0 * minute, "%H:%M");
+        assert!(
+            hover.contains(&format!(
+                "<title>{t}  a&lt;b: 7.00 kbit/s, c: 7 bit/s</title>"
+            )),
+            "{hover}"
+        );
+        assert!(!svg.contains("a<b"), "labels are escaped");
+        // A long series is sampled.
+        let many = Line {
+            label: "x".into(),
+            points: (0..5000).map(|i| (from + i as f64 * minute, 1.0)).collect(),
+        };
+        let svg = time_chart("t", "", from, from + 5000.0 * minute, &[many]);
+        let n = svg.matches("<rect").count();
+        assert!(
+            (MAX_HOVER / 2..=MAX_HOVER + 2).contains(&n),
+            "{n} hover targets"
+        );
+    }
+
+    #[test]
+    fn bars_and_map_points_have_hover_titles() {
+        let svg = bar_chart("b", "B", &[("fra".into(), 2048.0), ("nyc".into(), 10.0)]);
+        assert!(svg.contains("<title>fra: 2.05 kB</title>"), "{svg}");
+        assert!(svg.contains("<title>nyc: 10 B</title>"));
+        let svg = world_map(
+            "m",
+            "B",
+            &[MapPoint {
+                label: "sin".into(),
+                lat: 1.3,
+                lon: 103.8,
+                value: 5.0,
+            }],
+        );
+        assert!(svg.contains("<title>sin: 5 B</title>"));
+    }
+
+    #[test]
+    fn times_format_in_utc() {
+        assert_eq!(utc_fmt(0.0, "%Y-%m-%d %H:%M"), "1970-01-01 00:00");
+        assert_eq!(utc_fmt(1_709_208_000_000.0, "%m-%d %H:%M"), "02-29 12:00");
+        assert_eq!(utc_fmt(f64::MAX, "%Y"), "", "out of range: empty, no panic");
     }
 }
 

@@ -111,7 +111,7 @@ impl IntoResponse for PortalError {
         };
         let body = html! {
             (DOCTYPE)
-            html { head { meta charset="utf-8"; title { "UDN: " (title) } (style()) }
+            html { head { meta charset="utf-8"; meta name="viewport" content="width=device-width, initial-scale=1"; title { "UDN: " (title) } (style()) }
             body { main {
                 h1 id="error" { (title) }
                 p class="error" { (self.0.message()) }
@@ -138,6 +138,7 @@ th{background:#e8edf3}.num{text-align:right}
 form.inline{display:inline}fieldset{border:1px solid #ccd;margin:.5em 0;background:#fff}
 svg{max-width:100%;height:auto;background:#fff}
 form.range{display:flex;flex-wrap:wrap;gap:.5em;align-items:center;background:#fff;padding:.5em;border:1px solid #ccd}
+@media (max-width:700px){main{padding:.5em}table{display:block;overflow-x:auto;max-width:100%}nav{gap:.5em;font-size:.9em}input,select{max-width:100%}}
 "#)) } }
 }
 
@@ -165,6 +166,7 @@ fn layout(a: &Auth, active: &str, title: &str, refresh: bool, body: Markup) -> R
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
                 @if refresh { meta http-equiv="refresh" content="2"; }
                 title { "UDN: " (title) }
                 (style())
@@ -225,24 +227,7 @@ fn csrf_input(a: &Auth) -> Markup {
 }
 
 fn fmt_time(t: Timestamp) -> String {
-    let secs = (t.as_millis() / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    charts::utc_fmt(t.as_millis() as f64, "%Y-%m-%d %H:%M UTC")
 }
 
 #[derive(Deserialize, Default)]
@@ -343,7 +328,7 @@ fn random_token() -> String {
 fn login_form(token: &str, error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
-        html lang="en" { head { meta charset="utf-8"; title { "UDN: log in" } (style()) }
+        html lang="en" { head { meta charset="utf-8"; meta name="viewport" content="width=device-width, initial-scale=1"; title { "UDN: log in" } (style()) }
         body { main {
             h1 { "UDN portal" }
             @if let Some(e) = error { p class="error" id="login-error" { (e) } }

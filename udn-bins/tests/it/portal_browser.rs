@@ -228,8 +228,66 @@ async fn customer_journey_in_headless_chromium() {
             !source_contains(&c, "7777").await,
             "{path} leaks acme's traffic"
         );
+        // Values on hover: what is under the pointer at a hover target's centre is that
+        // target (on top of the drawing), and its title has a value.
+        let under = c
+            .execute(
+                "const all = document.querySelectorAll('main svg g.hover rect');
+                 const h = all[Math.floor(all.length / 2)];
+                 if (!h) return 'not a hover target: none';
+                 h.scrollIntoView({block: 'center'});
+                 const r = h.getBoundingClientRect();
+                 const e = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+                 const t = e && e.closest('g.hover') && e.querySelector('title');
+                 return t ? t.textContent : (e ? 'not a hover target: ' + e.outerHTML.slice(0, 80) : 'nothing');",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let under = under.as_str().unwrap_or_default().to_owned();
+        assert!(
+            under.chars().any(|ch| ch.is_ascii_digit()) && !under.starts_with("not a"),
+            "{path}: hover title {under:?}"
+        );
+        c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
         shot(&c, name).await;
     }
+
+    // On a phone (390 px wide) the chart pages fit the screen: no sideways scrolling,
+    // charts scaled to the width.
+    c.set_window_size(390, 844).await.unwrap();
+    for (path, name) in [
+        ("/activity/cdn", "05p-cdn-activity-phone"),
+        ("/activity/cdn/locations", "06p-cdn-by-location-phone"),
+        ("/activity/gtm", "07p-gtm-activity-phone"),
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        let fit = c
+            .execute(
+                "const d = document.documentElement;
+                 const svg = document.querySelector('main svg');
+                 return [d.scrollWidth, d.clientWidth, svg ? svg.getBoundingClientRect().right : 0];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let v: Vec<f64> = fit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(f64::MAX))
+            .collect();
+        assert!(
+            v[0] <= v[1] + 1.0,
+            "{path} scrolls sideways on a phone: {v:?}"
+        );
+        assert!(
+            v[2] <= v[1] + 1.0,
+            "{path}'s chart is wider than a phone: {v:?}"
+        );
+        shot(&c, name).await;
+    }
+    c.set_window_size(1280, 1100).await.unwrap();
 
     // The date-range picker: an hour two hours ago, in Tokyo's time, one domain.
     let tz = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
