@@ -362,7 +362,7 @@ pub fn from_log_records(file_id: &str, records: &[udn_core::log::LogRecord]) -> 
                     add(c, h.ts, Metric::CacheFillBytes, &h.pop, h.fill_bytes);
                 }
             }
-            LogRecord::Probe(_) => {}
+            LogRecord::Probe(_) | LogRecord::Ops(_) => {}
         }
     }
     UsageBatch {

@@ -101,12 +101,17 @@ pub fn sender_refusal(
             (LogRecord::Http(_), InstanceRole::Edge)
                 | (LogRecord::Dns(_), InstanceRole::Dns)
                 | (LogRecord::Probe(_), InstanceRole::Probe)
+                | (
+                    LogRecord::Ops(_),
+                    InstanceRole::Edge | InstanceRole::Dns | InstanceRole::Probe
+                )
         );
         if !ok {
             let kind = match r {
                 LogRecord::Http(_) => "an HTTP",
                 LogRecord::Dns(_) => "a DNS",
                 LogRecord::Probe(_) => "a probe",
+                LogRecord::Ops(_) => "an operational",
             };
             return Some(format!(
                 "line {}: {kind} record; a {sender} instance may not ship it",

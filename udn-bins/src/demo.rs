@@ -211,6 +211,10 @@ pub struct Credential {
     pub role: String,
 }
 
+/// How often the demo's roles write their operational records (the Operations page
+/// fills within seconds; the command line's default is a minute).
+const DEMO_OPS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Port of the edges and of the origin site.
 pub const HTTP_PORT: u16 = 8080;
 /// The DNS servers: peer name, DNS address, HTTP API address.
@@ -579,6 +583,7 @@ pub async fn start(
         )?);
         o.name = Some(name.into());
         o.log_dir = Some(logs.join("dns").join(name));
+        o.ops_interval = Some(DEMO_OPS_INTERVAL);
         let h = crate::dns::start(o)
             .await
             .with_context(|| format!("starting DNS server {name}"))?;
@@ -654,6 +659,7 @@ pub async fn start(
             ftp_passive_ports: FTP_PASSIVE_PORTS,
             pki: Some(edge_pki),
             log_dir: Some(logs.join("edge").join(pop)),
+            ops_interval_secs: DEMO_OPS_INTERVAL.as_secs(),
             check_interval_secs: None,
             origin_timeout_ms: 5_000,
             revoked: control.revoked.clone(),
@@ -680,6 +686,7 @@ pub async fn start(
         let ticker = crate::logging::spawn_ticker(log.clone(), Duration::from_secs(1));
         let mut po = crate::probe::ProbeOptions::new(net.clone(), pop, ep.dns_http.clone());
         po.log = log.clone() as Arc<dyn LogSink>;
+        po.ops_interval = Some(DEMO_OPS_INTERVAL);
         po.http = SocketAddr::new(*ip, PROBE_PORT);
         // Only the DNS-query method: ICMP and TCP to a loopback resolver would measure
         // the kernel, not the world's injected delays.

@@ -73,6 +73,11 @@ pub struct Args {
     /// Write the query log (every GTM/CDN decision) into this directory.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// With `--log-dir`: write the server's operational statistics (its `/metrics`:
+    /// queries by answer path, decisions by reason, drops) into the log every this
+    /// many seconds, for the operators' views (`0`: never).
+    #[arg(long, default_value_t = crate::logging::OPS_INTERVAL_SECS)]
+    pub ops_interval_secs: u64,
     /// UDP sockets per address (SO_REUSEPORT); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     pub udp_sockets: usize,
@@ -250,6 +255,8 @@ pub struct Options {
     pub name: Option<String>,
     /// Query-log directory.
     pub log_dir: Option<PathBuf>,
+    /// Operational records into the query log this often (`None`: never).
+    pub ops_interval: Option<Duration>,
     /// Server limits.
     pub limits: Limits,
     /// Wait for the owning peer this long.
@@ -267,6 +274,7 @@ impl Options {
             revoked: crate::pki::Revocations::default(),
             name: None,
             log_dir: None,
+            ops_interval: None,
             limits: Limits::default(),
             peer_timeout: Duration::from_millis(300),
         }
@@ -470,6 +478,8 @@ fn dns_record(d: &Decided, server: &str) -> Option<DnsRecord> {
 /// answering never waits on formatting or the disk; when the queue is full, records are
 /// counted as dropped.
 struct QueuedLog {
+    /// The file the writer thread writes (operational records go straight to it).
+    file: Arc<crate::logging::FileLog>,
     tx: std::sync::mpsc::SyncSender<Option<Decided>>,
     dropped: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -477,6 +487,7 @@ struct QueuedLog {
 
 impl QueuedLog {
     fn new(inner: Arc<crate::logging::FileLog>, server: String) -> QueuedLog {
+        let file = inner.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Decided>>(65_536);
         let writer = std::thread::Builder::new()
             .name("udn-dns-log".into())
@@ -517,6 +528,7 @@ impl QueuedLog {
             })
             .ok();
         QueuedLog {
+            file,
             tx,
             dropped: AtomicU64::new(0),
             writer: Mutex::new(writer),
@@ -736,6 +748,7 @@ pub struct Handle {
     observer: Arc<DnsObserver>,
     registry: Arc<Registry>,
     shutdown: watch::Sender<bool>,
+    ops: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -963,6 +976,9 @@ impl Handle {
     /// file.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        if let Some(o) = self.ops.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            o.abort();
+        }
         if let Some(l) = &self.observer.log {
             // Drain the queue and complete the open file before returning.
             let _ = l.tx.send(None);
@@ -1195,6 +1211,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         observer,
         registry: Arc::new(registry),
         shutdown: tx,
+        ops: Mutex::new(None),
     };
     let http_listener = match opts.http {
         Some(addr) => {
@@ -1229,6 +1246,14 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
                 }
             }
         });
+    }
+    if let (Some(l), Some(every)) = (&handle.observer.log, opts.ops_interval) {
+        // The task holds only a weak reference: the handle's owner decides its life.
+        let weak = Arc::downgrade(&handle);
+        let task = crate::logging::spawn_ops(l.file.clone(), every, move || {
+            weak.upgrade().map(|h| h.metrics_text()).unwrap_or_default()
+        });
+        *handle.ops.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
     if let Some((listener, tls)) = http_listener {
         let app = router(handle.clone());
@@ -1426,6 +1451,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         revoked: revoked.clone(),
         name: args.name.clone(),
         log_dir: args.log_dir.clone(),
+        ops_interval: (args.ops_interval_secs > 0)
+            .then(|| Duration::from_secs(args.ops_interval_secs)),
         limits: Limits {
             udp_sockets: args.udp_sockets,
             tcp_max_connections: args.tcp_max_connections,

@@ -65,6 +65,11 @@ pub struct Options {
     /// Access-log directory (rotated JSON Lines); no access log without it.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// With `--log-dir`: write the edge's operational statistics (its `/metrics`:
+    /// requests by outcome, origin fetches, tier sizes) into the log every this many
+    /// seconds, for the operators' views (`0`: never).
+    #[arg(long, default_value_t = crate::logging::OPS_INTERVAL_SECS)]
+    pub ops_interval_secs: u64,
     /// Single-origin mode: revalidate content not validated with the origin within
     /// this many seconds before serving it (network mode uses each CDN hostname's
     /// `check_interval_secs`).
@@ -173,6 +178,7 @@ pub struct Handle {
     admin: Option<tokio::task::JoinHandle<()>>,
     ftp: Option<server::FtpHandle>,
     log: Option<Arc<WriterSink>>,
+    ops: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Access-log records handed to a writer thread, so a request never waits for a file
@@ -266,6 +272,9 @@ impl Handle {
         if let Some(a) = &self.admin {
             a.abort();
         }
+        if let Some(o) = &self.ops {
+            o.abort();
+        }
         if let Some(f) = self.ftp {
             f.shutdown().await;
         }
@@ -308,6 +317,7 @@ impl Default for Options {
             admin_listen: None,
             pki: None,
             log_dir: None,
+            ops_interval_secs: crate::logging::OPS_INTERVAL_SECS,
             check_interval_secs: None,
             origin_ca: None,
             origin_timeout_ms: 10_000,
@@ -477,6 +487,17 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
         ),
         None => None,
     };
+    let ops = match (&log, args.ops_interval_secs) {
+        (Some(w), secs) if secs > 0 => {
+            let edge = server.edge.clone();
+            Some(crate::logging::spawn_ops(
+                w.clone(),
+                Duration::from_secs(secs),
+                move || edge.metrics_text().unwrap_or_default(),
+            ))
+        }
+        _ => None,
+    };
     let revoked = args.revoked.clone();
     let (admin_addr, admin) = match (args.admin_listen, &args.pki) {
         (Some(addr), Some(dir)) => {
@@ -506,6 +527,7 @@ pub async fn start_with_router(router: Router, args: Options) -> anyhow::Result<
         admin,
         ftp,
         log,
+        ops,
     })
 }
 

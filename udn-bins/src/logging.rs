@@ -239,6 +239,45 @@ pub fn spawn_ticker(
     })
 }
 
+/// The default interval of the roles' operational records (`--ops-interval-secs`).
+pub const OPS_INTERVAL_SECS: u64 = 60;
+
+/// Writes the role's operational statistics into its own log every `every`: each tick
+/// samples `metrics()` (the OpenMetrics text of the role's registry) and records what
+/// changed as an [`udn_core::log::OpsRecord`] ([`udn_core::ops::Sampler`]). Runs until
+/// aborted; the sampling runs off the async threads.
+pub fn spawn_ops<F>(
+    log: std::sync::Arc<dyn LogSink>,
+    every: std::time::Duration,
+    metrics: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let metrics = std::sync::Arc::new(metrics);
+    tokio::spawn(async move {
+        let sampler = std::sync::Arc::new(std::sync::Mutex::new(udn_core::ops::Sampler::default()));
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once: the baseline (counts since the start).
+        loop {
+            t.tick().await;
+            let (m, s, l) = (metrics.clone(), sampler.clone(), log.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let text = m();
+                let rec = s
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sample(now(), &text);
+                if !rec.metrics.is_empty() {
+                    l.record(LogRecord::Ops(rec));
+                }
+            })
+            .await;
+        }
+    })
+}
+
 impl LogSink for FileLog {
     fn record(&self, rec: LogRecord) {
         if let Err(e) = self.write_at(&rec, now()) {

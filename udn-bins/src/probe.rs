@@ -183,6 +183,11 @@ pub struct AgentArgs {
     /// Age in seconds at which a probe log file is completed.
     #[arg(long, default_value_t = 10)]
     pub log_max_age_secs: u64,
+    /// With `--log-dir`: write the probe's operational statistics (service tests by
+    /// result, latency samples by method, dropped reports) into the log every this
+    /// many seconds, for the operators' views (`0`: never).
+    #[arg(long, default_value_t = crate::logging::OPS_INTERVAL_SECS)]
+    pub ops_interval_secs: u64,
     /// Metrics held per DNS server while it is unreachable (oldest dropped first).
     #[arg(long, default_value_t = 10_000)]
     pub queue_capacity: usize,
@@ -243,6 +248,8 @@ pub struct ProbeOptions {
     /// Certificates the API refuses although they verify (kept current by the
     /// configuration watcher; empty without `--control`).
     pub revoked: crate::pki::Revocations,
+    /// Operational records into `log` this often (`None`: never).
+    pub ops_interval: Option<Duration>,
 }
 
 impl ProbeOptions {
@@ -269,6 +276,7 @@ impl ProbeOptions {
             pagecheck_dns: None,
             pki: None,
             revoked: crate::pki::Revocations::default(),
+            ops_interval: None,
         }
     }
 }
@@ -606,6 +614,14 @@ pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
         tasks.spawn(refresh_loop(shared.clone(), base.clone(), tx.clone()));
     }
     tasks.spawn(static_targets_loop(shared.clone(), tx));
+    if let Some(every) = opts.ops_interval {
+        let sh = shared.clone();
+        let ops = crate::logging::spawn_ops(opts.log.clone(), every, move || metrics_text(&sh));
+        tasks.spawn(async move {
+            let _ops = AbortOnDrop(ops);
+            std::future::pending::<()>().await
+        });
+    }
     let routes = axum::Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/v1/status", get(status_handler));
@@ -1016,6 +1032,17 @@ async fn status_handler(State(sh): State<Arc<Shared>>) -> axum::Json<Status> {
 }
 
 async fn metrics_handler(State(sh): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics_text(&sh),
+    )
+}
+
+/// The OpenMetrics text of the probe's registry and report queues.
+fn metrics_text(sh: &Shared) -> String {
     let mut text = String::new();
     if encode(&mut text, &sh.registry).is_err() {
         text.clear();
@@ -1032,13 +1059,7 @@ async fn metrics_handler(State(sh): State<Arc<Shared>>) -> impl axum::response::
         ));
     }
     extra.push_str("# EOF\n");
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text + &extra,
-    )
+    text + &extra
 }
 
 /// Aborts a task when dropped (the API's accept loop ends with the agent).
@@ -1248,6 +1269,9 @@ fn build_options(
     opts.load_servers = a.load_servers;
     opts.report.capacity = a.queue_capacity.max(1);
     opts.service_ports = a.service_ports;
+    if file_log.is_some() && a.ops_interval_secs > 0 {
+        opts.ops_interval = Some(Duration::from_secs(a.ops_interval_secs));
+    }
     opts.pagecheck_dns = a.pagecheck_dns.map(|server| DnsServer {
         source: a.pagecheck_dns_source,
         ..DnsServer::new(server)

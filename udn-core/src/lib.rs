@@ -12,6 +12,7 @@
 //! * [`shard`]: rendezvous assignment of client prefixes to DNS servers;
 //! * [`log`]: the log-record schema and rotation policy shared by every role;
 //! * [`netpolicy`]: which addresses customer-given destinations may reach;
+//! * [`ops`]: the roles' operational records (their own counters, sampled into the log);
 //! * [`stream`]: which access-log requests are streaming media (HLS, DASH), of which
 //!   stream.
 //!
@@ -49,6 +50,7 @@ pub mod logfile;
 pub mod net;
 pub mod netpolicy;
 pub mod network;
+pub mod ops;
 pub mod shard;
 pub mod state;
 pub mod stream;

@@ -143,6 +143,49 @@ pub struct ProbeRecord {
     pub detail: String,
 }
 
+/// What an operational metric measures: a count of events since the previous record
+/// of the same instance, or a level at the record's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpsKind {
+    /// Events since the previous record (a counter's increase).
+    Counter,
+    /// A level now (connections open, bytes on disk).
+    Gauge,
+}
+
+impl OpsKind {
+    /// `counter` or `gauge`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpsKind::Counter => "counter",
+            OpsKind::Gauge => "gauge",
+        }
+    }
+}
+
+/// One operational metric of an [`OpsRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpsMetric {
+    /// The series, Prometheus style with its labels (`udn_dns_queries_total{path="relayed"}`).
+    pub name: String,
+    /// Counter increase or gauge level.
+    pub kind: OpsKind,
+    /// The increase or level.
+    pub value: f64,
+}
+
+/// A role's operational statistics over one interval (queries, drops, fills, disk use,
+/// tests...), written by the role itself into its own log ([`crate::ops`]); the
+/// collector files them under the file's authenticated role and instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpsRecord {
+    /// When the interval ended.
+    pub ts: Timestamp,
+    /// The metrics that changed (every gauge, the counters that moved).
+    pub metrics: Vec<OpsMetric>,
+}
+
 /// One log line after the header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -153,6 +196,8 @@ pub enum LogRecord {
     Http(HttpRecord),
     /// A probe result.
     Probe(ProbeRecord),
+    /// A role's operational statistics.
+    Ops(OpsRecord),
 }
 
 impl LogRecord {
@@ -162,6 +207,7 @@ impl LogRecord {
             LogRecord::Dns(r) => r.ts,
             LogRecord::Http(r) => r.ts,
             LogRecord::Probe(r) => r.ts,
+            LogRecord::Ops(r) => r.ts,
         }
     }
 

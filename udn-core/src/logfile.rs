@@ -78,6 +78,14 @@ pub enum Invalid {
         /// Its value.
         value: u64,
     },
+    /// An operational record the store cannot keep ([`crate::ops::check`]).
+    #[error("line {line}: operational record: {reason}")]
+    BadOps {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A different file with this id was stored before.
     #[error("file id {file_id:?} was stored before with checksum {stored}, this one is {actual}")]
     Conflict {
@@ -151,9 +159,16 @@ pub fn parse_file(body: &[u8], claimed: &str) -> Result<ParsedFile, Invalid> {
     })
 }
 
-/// Refuses counts that could overflow a sum ([`MAX_COUNT`]).
+/// Refuses counts that could overflow a sum ([`MAX_COUNT`]) and operational records the
+/// store cannot keep.
 fn check_ranges(records: &[LogRecord]) -> Result<(), Invalid> {
     for (i, r) in records.iter().enumerate() {
+        if let LogRecord::Ops(o) = r {
+            crate::ops::check(o).map_err(|reason| Invalid::BadOps {
+                line: i + 2,
+                reason,
+            })?;
+        }
         if let LogRecord::Http(h) = r {
             for (field, value) in [
                 ("bytes", h.bytes),

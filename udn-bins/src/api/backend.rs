@@ -831,6 +831,20 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported("streaming statistics"))
     }
 
+    /// The roles' operational statistics (DNS servers, edges, probes: their own
+    /// records, [`crate::store::ops`]) over `from..to`, of one role or all. Backends
+    /// without a log store answer [`BackendError::Unsupported`].
+    fn ops(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        grain: crate::store::Grain,
+        role: Option<&str>,
+    ) -> BackendResult<crate::store::ops::OpsReport> {
+        let _ = (from, to, grain, role);
+        Err(BackendError::Unsupported("operational statistics"))
+    }
+
     /// Runs billing for the period `label` (`2026-11`, `2026-Q4`, `2026-W48`,
     /// `2026-11-26T13`, `2026`) at `now` and returns the run report (issued invoices;
     /// a period already billed issues nothing new). Backends without a billing store

@@ -248,6 +248,7 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/pagecheck", post(pagecheck))
         .route("/v1/traffic/cdn", get(traffic_cdn))
         .route("/v1/streaming", get(streaming))
+        .route("/v1/ops", get(ops))
         .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
         .route("/v1/traffic/gtm", get(traffic_gtm))
         .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
@@ -2792,6 +2793,95 @@ pub(crate) fn check_streaming_range(q: &TrafficQuery) -> ApiResult<()> {
         }));
     }
     Ok(())
+}
+
+/// The query of `GET /v1/ops`: the range as for the traffic series, one role, and the
+/// answer's format.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OpsQuery {
+    role: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    tz: Option<String>,
+    hours: Option<u64>,
+    format: Option<String>,
+}
+
+/// `GET /v1/ops?role=dns|edge|probe` (admin): the operational statistics the DNS
+/// servers, edges and probes wrote into their own logs (queries by answer path,
+/// decisions by reason, drops; requests by outcome, origin fetches, tier sizes;
+/// service tests, latency samples by method), per bucket, instance and metric, with
+/// the probes' per-method results. CSV with `format=csv`.
+async fn ops(
+    State(st): State<ApiState>,
+    a: Auth,
+    headers: HeaderMap,
+    Query(q): Query<OpsQuery>,
+) -> ApiResult<Response> {
+    a.require_admin()?;
+    let role = match q.role.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        None => None,
+        Some(r @ ("dns" | "edge" | "probe")) => Some(r.to_owned()),
+        Some(_) => {
+            return Err(ApiError::BadParam(FieldError {
+                field: "role".into(),
+                message: "dns, edge or probe".into(),
+            }));
+        }
+    };
+    let tq = TrafficQuery {
+        from: q.from.clone(),
+        to: q.to.clone(),
+        tz: q.tz.clone(),
+        hours: q.hours,
+        format: q.format.clone(),
+        ..TrafficQuery::default()
+    };
+    let csv = tq.csv(&headers)?;
+    let r = super::timerange::resolve(&tq.range(), super::now())?;
+    let (from, to, grain, want) = (r.range.from, r.range.to, r.grain, role.clone());
+    let report = st
+        .db(move |b| b.ops(from, to, grain, want.as_deref()))
+        .await?;
+    if csv {
+        let body = super::timerange::csv(
+            &[
+                "time", "role", "instance", "metric", "kind", "sum", "max", "samples",
+            ],
+            report.points.iter().map(|p| {
+                vec![
+                    r.rfc3339(Timestamp::from_millis(p.minute.max(0) as u64)),
+                    p.role.clone(),
+                    p.instance.clone(),
+                    p.metric.clone(),
+                    p.kind.clone(),
+                    p.sum.to_string(),
+                    p.max.to_string(),
+                    p.samples.to_string(),
+                ]
+            }),
+        );
+        let mut resp = body.into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    Ok(Json(serde_json::json!({
+        "role": role,
+        "from": r.rfc3339(r.range.from),
+        "to": r.rfc3339(r.range.to),
+        "from_ms": r.range.from,
+        "to_ms": r.range.to,
+        "tz": r.tz_name,
+        "granularity": report.grain,
+        "truncated": report.truncated,
+        "points": report.points,
+        "probe_methods": report.probe_methods,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -503,6 +503,18 @@ impl Backend for StoreBackend {
         self.control.invoice(id)
     }
 
+    fn ops(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        grain: crate::store::Grain,
+        role: Option<&str>,
+    ) -> BackendResult<crate::store::ops::OpsReport> {
+        Ok(self
+            .collector
+            .with_store(|s| s.ops(Range { from, to }, grain, role))?)
+    }
+
     fn streaming(&self, w: Window<'_>) -> BackendResult<crate::store::stream::StreamReport> {
         let range = Range {
             from: w.from,

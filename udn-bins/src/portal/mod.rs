@@ -5,6 +5,7 @@
 //! from [`tls::server_config`].
 
 pub mod charts;
+mod ops;
 pub mod signup;
 pub mod tls;
 
@@ -48,6 +49,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/activity/gtm", get(gtm_activity))
         .route("/activity/gtm/locations", get(gtm_locations))
         .route("/streaming", get(streaming_page))
+        .route("/ops", get(ops::ops_page))
         .route("/tests", get(tests_page).post(tests_submit))
         .route("/gtm", get(gtm_page))
         .route("/gtm/add", post(gtm_add))
@@ -178,6 +180,7 @@ fn layout(a: &Auth, active: &str, title: &str, refresh: bool, body: Markup) -> R
                         a href=(href) class=[(href == active).then_some("on")] { (label) }
                     }
                     @if a.user.role == Role::Admin {
+                        a href="/ops" class=[("/ops" == active).then_some("on")] { "Operations" }
                         a href="/signups" class=[("/signups" == active).then_some("on")] { "Sign-ups" }
                     }
                     form method="post" action="/logout" {
@@ -739,6 +742,18 @@ fn range_picker(
     range: &Resolved,
     hosts: &[String],
 ) -> Markup {
+    range_picker_for(path, api, q, range, Some(hosts))
+}
+
+/// [`range_picker`], with the domain choice only when `hosts` is given (pages not
+/// about customers' domains have none).
+fn range_picker_for(
+    path: &str,
+    api: &str,
+    q: &r::TrafficQuery,
+    range: &Resolved,
+    hosts: Option<&[String]>,
+) -> Markup {
     let chosen_host = q
         .host
         .as_deref()
@@ -771,13 +786,15 @@ fn range_picker(
                 size="18" maxlength="64" value=(range.tz_name); }
             datalist id="tz-list" { @for z in TZ_CHOICES { option value=(z) {} } }
             " "
-            label { "Domain "
-                select name="host" id="host-select" {
-                    option value="" selected[chosen_host.is_empty()] { "All domains" }
-                    @for h in hosts { option value=(h) selected[*h == chosen_host] { (h) } }
+            @if let Some(hosts) = hosts {
+                label { "Domain "
+                    select name="host" id="host-select" {
+                        option value="" selected[chosen_host.is_empty()] { "All domains" }
+                        @for h in hosts { option value=(h) selected[*h == chosen_host] { (h) } }
+                    }
                 }
+                " "
             }
-            " "
             button type="submit" id="range-apply" { "Show" }
         }
         p class="presets" id="presets" { "Presets: "

@@ -13,6 +13,7 @@
 //! The queries the portal and billing need are default methods written once in portable
 //! SQL over [`Store::select`].
 
+pub mod ops;
 pub mod postgres;
 pub mod sqlite;
 pub mod stream;
@@ -185,6 +186,9 @@ CREATE INDEX raw_probe_ts ON raw_probe (ts);
     // Streaming statistics (HLS, DASH) per minute and stream, and per viewer.
     // Self-contained: it reads no other step's tables.
     stream::MIGRATION,
+    // The roles' operational statistics per minute, hour and day ([`ops`]).
+    // Self-contained: it reads no other step's tables.
+    ops::MIGRATION,
 ];
 
 /// Migration step `hour_day_rollups`: `rollup_*_hour` and `rollup_*_day`, back-filled
@@ -271,11 +275,12 @@ FROM rollup_probe GROUP BY minute / 86400000 * 86400000, pop, kind, method;
 ";
 
 /// The rollup tables of each grain, without the grain's suffix ([`Grain::suffix`]).
-pub const ROLLUP_TABLES: [&str; 4] = [
+pub const ROLLUP_TABLES: [&str; 5] = [
     "rollup_http",
     "rollup_dns",
     "rollup_dns_answer",
     "rollup_probe",
+    "rollup_ops",
 ];
 
 /// The log store's schema for [`crate::migrate`]. Databases from before refinery kept
@@ -354,6 +359,9 @@ pub struct PreparedFile {
     pub daily: Rollups,
     /// The streaming requests folded per minute and stream.
     pub streams: stream::StreamRollups,
+    /// The operational records folded per bucket and metric, under the file's role and
+    /// instance.
+    pub ops: ops::OpsRollups,
 }
 
 impl PreparedFile {
@@ -363,6 +371,7 @@ impl PreparedFile {
         let hourly = rollups.coarsen(Grain::Hour);
         let daily = hourly.coarsen(Grain::Day);
         let streams = stream::StreamRollups::fold(&records);
+        let ops = ops::OpsRollups::fold(&header, &records);
         PreparedFile {
             header,
             checksum,
@@ -371,6 +380,7 @@ impl PreparedFile {
             hourly,
             daily,
             streams,
+            ops,
         }
     }
 
@@ -601,6 +611,8 @@ impl Rollups {
                     a.ok += i64::from(p.ok);
                     a.value_sum += p.value;
                 }
+                // Folded with the file's role and instance ([`ops::OpsRollups`]).
+                LogRecord::Ops(_) => {}
             }
         }
         Rollups {
@@ -945,7 +957,7 @@ pub struct AddressPoint {
 }
 
 /// Operational data of one probe method in one minute.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MethodPoint {
     /// Minute start (ms).
     pub minute: i64,
@@ -1332,6 +1344,24 @@ pub trait Store: Send {
                 })
             })
             .collect()
+    }
+
+    /// The roles' operational statistics over `range` per bucket of `grain`, of one
+    /// role or all ([`ops::report`]), with the probes' per-method results when probes
+    /// are asked for.
+    fn ops(&mut self, range: Range, grain: Grain, role: Option<&str>) -> Result<ops::OpsReport> {
+        let (points, truncated) = ops::report(self, range, grain, role)?;
+        let probe_methods = if role.is_none_or(|r| r == "probe") {
+            self.probe_series(range, grain)?
+        } else {
+            Vec::new()
+        };
+        Ok(ops::OpsReport {
+            grain: grain.name(),
+            truncated,
+            points,
+            probe_methods,
+        })
     }
 
     /// Streaming statistics (HLS, DASH) per stream, per minute and per viewer, for one

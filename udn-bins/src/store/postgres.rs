@@ -256,6 +256,8 @@ impl Store for PgStore {
                 LogRecord::Http(_) => n_http += 1,
                 LogRecord::Dns(_) => n_dns += 1,
                 LogRecord::Probe(_) => n_probe += 1,
+                // Operational records are kept as rollups only (`ops::write`).
+                LogRecord::Ops(_) => {}
             }
         }
         if n_http > 0 {
@@ -393,6 +395,12 @@ impl Store for PgStore {
             )?;
         }
         super::stream::write(&file.streams, &mut |sql, p| {
+            let owned = bind(p);
+            let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
+            tx.execute(sql, &refs)?;
+            Ok(())
+        })?;
+        super::ops::write(&file.ops, &mut |sql, p| {
             let owned = bind(p);
             let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
             tx.execute(sql, &refs)?;

@@ -267,6 +267,8 @@ impl Store for SqliteStore {
                             r.detail,
                         ])?;
                     }
+                    // Operational records are kept as rollups only (`ops::write`).
+                    LogRecord::Ops(_) => {}
                 }
             }
             for (grain, roll) in file.rollups_by_grain() {
@@ -293,6 +295,11 @@ impl Store for SqliteStore {
             }
         }
         super::stream::write(&file.streams, &mut |sql, p| {
+            tx.prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(bind(p).iter()))?;
+            Ok(())
+        })?;
+        super::ops::write(&file.ops, &mut |sql, p| {
             tx.prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(bind(p).iter()))?;
             Ok(())

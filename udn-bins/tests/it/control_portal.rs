@@ -15,7 +15,7 @@ use udn_bins::logging::FileLog;
 use udn_core::Timestamp;
 use udn_core::log::{DnsRecord, HttpRecord, LogRecord, Role, RotationPolicy};
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -531,7 +531,7 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
 /// Starts `udn control` (plus `extra` arguments) with the portal and its API on free
 /// ports, the admin `admin:correct-horse` and the network `config`; returns the process
 /// and the collector, portal and API addresses.
-fn start_control(
+pub(crate) fn start_control(
     extra: &[&str],
     data_dir: &std::path::Path,
     config: &std::path::Path,

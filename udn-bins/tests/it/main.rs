@@ -48,6 +48,7 @@ mod log_store;
 mod log_store_stream;
 mod log_trust;
 mod migrations;
+mod ops_views;
 mod origin;
 mod portal;
 mod portal_browser;
