@@ -796,6 +796,44 @@ async fn customer_journey_against_the_running_demo() {
         .unwrap();
     assert_eq!(text(&c, "#error").await, "Not allowed");
     shot(&c, "demo-12-acme-page-check-refused").await;
+    // The operators' page is not the customer's.
+    c.goto(&format!("{base}/ops")).await.unwrap();
+    assert_eq!(text(&c, "#error").await, "Not allowed", "/ops");
+
+    // The admin's: every DNS server, edge and probe of the demo has written its own
+    // statistics into its log, shipped and stored (the demo's interval is 10 s).
+    let now = jiff::Timestamp::now().as_millisecond();
+    let rfc = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
+    let ops_path = format!(
+        "/v1/ops?from={}&to={}",
+        rfc(now - 3_600_000),
+        rfc(now + 600_000)
+    );
+    let (instances, took) = poll("every role's statistics", Duration::from_secs(60), || {
+        let (admin, path) = (&admin, ops_path.clone());
+        async move {
+            let (st, v) = admin.send("GET", &path, None).await;
+            assert_eq!(st, 200, "{v}");
+            let mut seen = std::collections::BTreeSet::new();
+            for p in v["points"].as_array().unwrap() {
+                seen.insert(format!(
+                    "{}/{}",
+                    p["role"].as_str()?,
+                    p["instance"].as_str()?
+                ));
+            }
+            // Two DNS servers, three edges, three probes.
+            (seen.len() >= 8).then_some(seen)
+        }
+    })
+    .await;
+    eprintln!("operational statistics of {instances:?} after {took:?}");
+    for role in ["dns", "edge", "probe"] {
+        assert!(
+            instances.iter().any(|i| i.starts_with(&format!("{role}/"))),
+            "{role}: {instances:?}"
+        );
+    }
 
     // Log out: the portal is closed again.
     c.goto(&format!("{base}/domains")).await.unwrap();
@@ -805,6 +843,44 @@ async fn customer_journey_against_the_running_demo() {
         .for_element(Locator::Css("#login"))
         .await
         .unwrap();
+
+    // The operator logs in through the same form: the Operations page shows the DNS
+    // servers, the edges and the probes with their metrics, and the probes' methods.
+    type_into(&c, "#username", admin_user).await;
+    type_into(&c, "#password", admin_pass).await;
+    click(&c, "#login-submit").await;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#who"))
+        .await
+        .unwrap();
+    c.goto(&format!(
+        "{base}/ops?{}",
+        ops_path.split_once('?').unwrap().1
+    ))
+    .await
+    .unwrap();
+    for (table, instance, metric) in [
+        ("#ops-dns-metrics", "dns1", "udn_dns_queries_total"),
+        ("#ops-edge-metrics", "fra", "udn_edge_requests_total"),
+        (
+            "#ops-probe-metrics",
+            "fra",
+            "udn_probe_service_checks_total",
+        ),
+    ] {
+        let r = rows(&c, table).await;
+        assert!(
+            r.iter()
+                .any(|row| row[0] == instance && row[1].starts_with(metric)),
+            "{table}: {r:?}"
+        );
+    }
+    assert!(
+        svgs(&c, "#ops-dns").await >= 1,
+        "a chart of the DNS servers' queries"
+    );
+    shot(&c, "demo-13-operations").await;
     c.close().await.unwrap();
 
     // SIGTERM stops the demo cleanly.
