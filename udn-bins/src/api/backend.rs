@@ -823,6 +823,24 @@ pub trait Backend: Send + Sync + 'static {
     /// One invoice with its HTML body.
     fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
 
+    /// The CDN's service quality per bucket of the window (status classes, cache
+    /// outcomes and hit ratio, origin errors, response-time percentiles). Backends
+    /// without a log store answer [`BackendError::Unsupported`].
+    fn cdn_quality(
+        &self,
+        w: Window<'_>,
+    ) -> BackendResult<Vec<crate::store::quality::QualityPoint>> {
+        let _ = w;
+        Err(BackendError::Unsupported("CDN quality series"))
+    }
+
+    /// The window's top URLs and client networks (from the raw records). Backends
+    /// without a log store answer [`BackendError::Unsupported`].
+    fn cdn_top(&self, w: Window<'_>) -> BackendResult<crate::store::quality::Top> {
+        let _ = w;
+        Err(BackendError::Unsupported("top URLs and networks"))
+    }
+
     /// The streaming statistics (HLS, DASH) of the window's range, of one customer or
     /// all (per stream, per minute and stream, top viewers). Backends without a log
     /// store answer [`BackendError::Unsupported`].

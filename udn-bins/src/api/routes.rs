@@ -250,6 +250,8 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/streaming", get(streaming))
         .route("/v1/ops", get(ops))
         .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
+        .route("/v1/traffic/cdn/quality", get(traffic_cdn_quality))
+        .route("/v1/traffic/cdn/top", get(traffic_cdn_top))
         .route("/v1/traffic/gtm", get(traffic_gtm))
         .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
         .route("/v1/invoices", get(invoices))
@@ -2698,6 +2700,112 @@ macro_rules! traffic_handler {
 }
 
 traffic_handler!(traffic_cdn, cdn_traffic, TrafficPoint, "cdn-traffic");
+traffic_handler!(
+    traffic_cdn_quality,
+    cdn_quality,
+    crate::store::quality::QualityPoint,
+    "cdn-quality"
+);
+
+impl CsvRow for crate::store::quality::QualityPoint {
+    const HEADER: &'static [&'static str] = &[
+        "time",
+        "requests",
+        "s1xx",
+        "s2xx",
+        "s3xx",
+        "s4xx",
+        "s5xx",
+        "hits",
+        "misses",
+        "stale",
+        "revalidated",
+        "bypass",
+        "hit_ratio",
+        "origin_errors",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+    ];
+    fn cells(&self, r: &super::timerange::Resolved) -> Vec<String> {
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+        let mut c = vec![
+            r.rfc3339(Timestamp::from_millis(self.minute.max(0) as u64)),
+            self.requests.to_string(),
+        ];
+        c.extend(self.status.iter().map(|n| n.to_string()));
+        c.extend(
+            [
+                self.hits,
+                self.misses,
+                self.stale,
+                self.revalidated,
+                self.bypass,
+            ]
+            .iter()
+            .map(|n| n.to_string()),
+        );
+        c.push(opt(self.hit_ratio));
+        c.push(self.origin_errors.to_string());
+        c.extend([opt(self.p50_ms), opt(self.p95_ms), opt(self.p99_ms)]);
+        c
+    }
+}
+
+/// `GET /v1/traffic/cdn/top`: the 20 URLs and the 20 client networks (/24, /48) with
+/// the most responses in the range, for the customer in scope (and `host`), read from
+/// the raw records (so within the raw retention). CSV: `list,host,key,requests,bytes`.
+async fn traffic_cdn_top(
+    State(st): State<ApiState>,
+    a: Auth,
+    headers: HeaderMap,
+    Query(q): Query<TrafficQuery>,
+) -> ApiResult<Response> {
+    let csv = q.csv(&headers)?;
+    let (top, r, customer, host) = traffic_rows(&st, &a, &q, |b, w| b.cdn_top(w)).await?;
+    if csv {
+        let rows = top
+            .urls
+            .iter()
+            .map(|u| {
+                vec![
+                    "url".to_owned(),
+                    u.host.clone(),
+                    u.path.clone(),
+                    u.requests.to_string(),
+                    u.bytes.to_string(),
+                ]
+            })
+            .chain(top.networks.iter().map(|n| {
+                vec![
+                    "network".to_owned(),
+                    String::new(),
+                    n.network.clone(),
+                    n.requests.to_string(),
+                    n.bytes.to_string(),
+                ]
+            }));
+        let body = super::timerange::csv(&["list", "host", "key", "requests", "bytes"], rows);
+        let mut resp = body.into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    Ok(Json(serde_json::json!({
+        "customer": customer,
+        "host": host,
+        "from": r.rfc3339(r.range.from),
+        "to": r.rfc3339(r.range.to),
+        "from_ms": r.range.from,
+        "to_ms": r.range.to,
+        "tz": r.tz_name,
+        "urls": top.urls,
+        "networks": top.networks,
+    }))
+    .into_response())
+}
 traffic_handler!(
     traffic_cdn_locations,
     cdn_traffic_by_location,

@@ -503,6 +503,19 @@ impl Backend for StoreBackend {
         self.control.invoice(id)
     }
 
+    fn cdn_quality(
+        &self,
+        w: Window<'_>,
+    ) -> BackendResult<Vec<crate::store::quality::QualityPoint>> {
+        let q = Self::series(&w);
+        Ok(self.collector.with_store(|s| s.quality(&q))?)
+    }
+
+    fn cdn_top(&self, w: Window<'_>) -> BackendResult<crate::store::quality::Top> {
+        let q = Self::series(&w);
+        Ok(self.collector.with_store(|s| s.top(&q))?)
+    }
+
     fn ops(
         &self,
         from: Timestamp,

@@ -6,6 +6,7 @@
 
 pub mod charts;
 mod ops;
+mod quality;
 pub mod signup;
 pub mod tls;
 
@@ -46,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/cache", get(cache_page).post(cache_submit))
         .route("/activity/cdn", get(cdn_activity))
         .route("/activity/cdn/locations", get(cdn_locations))
+        .route("/activity/cdn/quality", get(quality::quality_page))
         .route("/activity/gtm", get(gtm_activity))
         .route("/activity/gtm/locations", get(gtm_locations))
         .route("/streaming", get(streaming_page))
@@ -144,11 +146,12 @@ form.range{display:flex;flex-wrap:wrap;gap:.5em;align-items:center;background:#f
 "#)) } }
 }
 
-const NAV: [(&str, &str); 10] = [
+const NAV: [(&str, &str); 11] = [
     ("/domains", "Domains"),
     ("/cache", "Cache Control"),
     ("/activity/cdn", "CDN Recent Activity"),
     ("/activity/cdn/locations", "CDN By Location"),
+    ("/activity/cdn/quality", "CDN Quality"),
     ("/activity/gtm", "GTM Recent Activity"),
     ("/activity/gtm/locations", "GTM By Location"),
     ("/streaming", "Streaming Media"),

@@ -15,6 +15,7 @@
 
 pub mod ops;
 pub mod postgres;
+pub mod quality;
 pub mod sqlite;
 pub mod stream;
 
@@ -189,6 +190,7 @@ CREATE INDEX raw_probe_ts ON raw_probe (ts);
     // The roles' operational statistics per minute, hour and day ([`ops`]).
     // Self-contained: it reads no other step's tables.
     ops::MIGRATION,
+    quality::MIGRATION,
 ];
 
 /// Migration step `hour_day_rollups`: `rollup_*_hour` and `rollup_*_day`, back-filled
@@ -275,12 +277,13 @@ FROM rollup_probe GROUP BY minute / 86400000 * 86400000, pop, kind, method;
 ";
 
 /// The rollup tables of each grain, without the grain's suffix ([`Grain::suffix`]).
-pub const ROLLUP_TABLES: [&str; 5] = [
+pub const ROLLUP_TABLES: [&str; 6] = [
     "rollup_http",
     "rollup_dns",
     "rollup_dns_answer",
     "rollup_probe",
     "rollup_ops",
+    "rollup_quality",
 ];
 
 /// The log store's schema for [`crate::migrate`]. Databases from before refinery kept
@@ -362,6 +365,8 @@ pub struct PreparedFile {
     /// The operational records folded per bucket and metric, under the file's role and
     /// instance.
     pub ops: ops::OpsRollups,
+    /// The HTTP responses' times and origin errors per bucket and key.
+    pub quality: quality::QualityRollups,
 }
 
 impl PreparedFile {
@@ -372,6 +377,7 @@ impl PreparedFile {
         let daily = hourly.coarsen(Grain::Day);
         let streams = stream::StreamRollups::fold(&records);
         let ops = ops::OpsRollups::fold(&header, &records);
+        let quality = quality::QualityRollups::fold(&records);
         PreparedFile {
             header,
             checksum,
@@ -381,6 +387,7 @@ impl PreparedFile {
             daily,
             streams,
             ops,
+            quality,
         }
     }
 
@@ -1344,6 +1351,18 @@ pub trait Store: Send {
                 })
             })
             .collect()
+    }
+
+    /// The CDN's service quality per bucket of `q`: status classes, cache outcomes and
+    /// hit ratio, origin errors, response-time percentiles ([`quality::series`]).
+    fn quality(&mut self, q: &SeriesQuery<'_>) -> Result<Vec<quality::QualityPoint>> {
+        quality::series(self, q)
+    }
+
+    /// The top URLs and client networks of `q`'s range, from the raw records
+    /// ([`quality::top`]).
+    fn top(&mut self, q: &SeriesQuery<'_>) -> Result<quality::Top> {
+        quality::top(self, q)
     }
 
     /// The roles' operational statistics over `range` per bucket of `grain`, of one

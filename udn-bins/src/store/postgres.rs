@@ -406,6 +406,12 @@ impl Store for PgStore {
             tx.execute(sql, &refs)?;
             Ok(())
         })?;
+        super::quality::write(&file.quality, &mut |sql, p| {
+            let owned = bind(p);
+            let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
+            tx.execute(sql, &refs)?;
+            Ok(())
+        })?;
         tx.commit()?;
         Ok(Ingested::Inserted {
             rows: u64::try_from(rows).unwrap_or(0),

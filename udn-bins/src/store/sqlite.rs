@@ -304,6 +304,11 @@ impl Store for SqliteStore {
                 .execute(rusqlite::params_from_iter(bind(p).iter()))?;
             Ok(())
         })?;
+        super::quality::write(&file.quality, &mut |sql, p| {
+            tx.prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(bind(p).iter()))?;
+            Ok(())
+        })?;
         tx.commit()?;
         Ok(Ingested::Inserted {
             rows: u64::try_from(rows).unwrap_or(0),

@@ -243,6 +243,22 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     let hits: u64 = pts.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
     assert_eq!((bytes, hits), (54_000 + 10_000_000_000, 64), "{cdn}");
 
+    // The quality series: every response a 200 hit of 100 µs (the fastest bucket).
+    let quality = get("/v1/traffic/cdn/quality?customer=shop");
+    let qp = quality["points"].as_array().expect("points");
+    let requests: u64 = qp.iter().map(|p| p["requests"].as_u64().unwrap()).sum();
+    assert_eq!(requests, 64, "{quality}");
+    assert!(
+        qp.iter().all(|p| p["hit_ratio"] == 1.0
+            && p["origin_errors"] == 0
+            && p["p99_ms"].as_f64() < Some(1.0)),
+        "{quality}"
+    );
+    let top = get_list("/v1/traffic/cdn/top?customer=shop", "urls");
+    assert_eq!(top["urls"][0]["path"], "/img/logo.svg", "{top}");
+    assert_eq!(top["urls"][0]["requests"], 50, "{top}");
+    assert_eq!(top["networks"][0]["network"], "127.0.0.0/24", "{top}");
+
     // The stream's statistics: one stream, its segments, playlists and viewers.
     let sv = get_list("/v1/streaming?customer=shop", "streams");
     let streams = sv["streams"].as_array().expect("streams");
@@ -288,6 +304,18 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
         table.contains("/live/a/") && table.contains("4000"),
         "{table}"
     );
+    // The CDN Quality page: totals, four charts, the top lists.
+    let page = browser
+        .get(format!("{portal}/activity/cdn/quality?customer=shop"))
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().unwrap();
+    assert!(html.contains("id=\"total-requests\">64<"), "{html}");
+    assert!(html.contains("id=\"total-hit-ratio\">100.0 %<"), "{html}");
+    assert_eq!(html.matches("<svg").count(), 4, "{html}");
+    let urls = &html[html.find("id=\"top-urls\"").expect("top URLs")..];
+    assert!(urls.contains("/img/logo.svg"), "{urls}");
     let csv = browser
         .get(format!("{api}/v1/streaming?customer=shop&format=csv"))
         .bearer_auth(&token)
