@@ -823,6 +823,24 @@ pub trait Backend: Send + Sync + 'static {
     /// One invoice with its HTML body.
     fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
 
+    /// Every probe's latest view of every server's service tested since `since` (the
+    /// GTM pages' live health). Backends without a log store answer
+    /// [`BackendError::Unsupported`].
+    fn service_checks(
+        &self,
+        since: Timestamp,
+    ) -> BackendResult<Vec<crate::store::health::ServiceCheck>> {
+        let _ = since;
+        Err(BackendError::Unsupported("service checks"))
+    }
+
+    /// GTM answers per decision reason over the window, most first. Backends without a
+    /// log store answer [`BackendError::Unsupported`].
+    fn gtm_reasons(&self, w: Window<'_>) -> BackendResult<Vec<(String, i64)>> {
+        let _ = w;
+        Err(BackendError::Unsupported("decision reasons"))
+    }
+
     /// The CDN's service quality per bucket of the window (status classes, cache
     /// outcomes and hit ratio, origin errors, response-time percentiles). Backends
     /// without a log store answer [`BackendError::Unsupported`].

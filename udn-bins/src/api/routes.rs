@@ -212,6 +212,7 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/cdn", get(cdn_list).post(cdn_create))
         .route("/v1/cdn/{hostname}/verify", post(cdn_verify))
         .route("/v1/gtm/{hostname}/verify", post(gtm_verify))
+        .route("/v1/gtm/{hostname}/health", get(gtm_health_get))
         .route(
             "/v1/cdn/{hostname}",
             get(cdn_get).put(cdn_update).delete(cdn_delete),
@@ -254,6 +255,7 @@ fn machine_routes() -> Router<ApiState> {
         .route("/v1/traffic/cdn/top", get(traffic_cdn_top))
         .route("/v1/traffic/gtm", get(traffic_gtm))
         .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
+        .route("/v1/traffic/gtm/reasons", get(traffic_gtm_reasons))
         .route("/v1/invoices", get(invoices))
         .route("/v1/invoices/{id}", get(invoice))
         .route("/v1/invoices/{id}/html", get(invoice_html))
@@ -1252,6 +1254,153 @@ async fn gtm_get(
     let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.gtm[i].customer)?;
     Ok(Json(gtm_view(&cfg, &cfg.gtm[i])))
+}
+
+/// How far back the live health looks for probe tests.
+const HEALTH_LOOKBACK_MS: u64 = 3_600_000;
+/// Added to three test intervals before a probe's view counts as stale: the time its
+/// log file takes to be completed, shipped and stored.
+const HEALTH_SHIPPING_SLACK_MS: u64 = 30_000;
+
+/// One probe's view of a GTM target.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeView {
+    /// The probe's POP.
+    pub pop: String,
+    /// `up`, `down` or `stale` (no test within the stale limit).
+    pub state: String,
+    /// When it last tested the target, RFC 3339 UTC.
+    pub last_check: String,
+    /// Whether that test passed.
+    pub last_ok: bool,
+    /// The test's detail.
+    pub detail: String,
+}
+
+/// A GTM target with its live health.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetHealth {
+    /// The target as [`gtm_view`] shows it.
+    #[serde(flatten)]
+    pub target: TargetView,
+    /// `up` (most fresh probe views up), `down` (most down, or a tie), `stale` (no
+    /// fresh view) or `unmonitored` (no probe has tested it in the last hour).
+    pub status: String,
+    /// The newest test of any probe, RFC 3339 UTC.
+    pub last_check: Option<String>,
+    /// Each probe's view.
+    pub probes: Vec<ProbeView>,
+}
+
+/// A GTM hostname's targets with their live health at `now`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GtmHealth {
+    /// The hostname.
+    pub hostname: String,
+    /// The service its targets are tested with.
+    pub service: String,
+    /// A probe's view older than this is stale.
+    pub stale_after_secs: u64,
+    /// The targets.
+    pub targets: Vec<TargetHealth>,
+}
+
+fn rfc3339_utc(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The live health of `g`'s targets from the probes' latest tests `checks` at `now`.
+pub(crate) fn gtm_health(
+    cfg: &Config,
+    g: &GtmConfig,
+    checks: &[crate::store::health::ServiceCheck],
+    now: Timestamp,
+) -> GtmHealth {
+    let interval = cfg
+        .services
+        .iter()
+        .find(|s| s.name == g.service)
+        .map_or(10, |s| s.interval_secs.max(1));
+    let stale_ms = interval * 3_000 + HEALTH_SHIPPING_SLACK_MS;
+    let view = gtm_view(cfg, g);
+    let targets = view
+        .targets
+        .into_iter()
+        .map(|t| {
+            let mut probes: Vec<ProbeView> = checks
+                .iter()
+                .filter(|c| c.server == t.server && c.service == g.service)
+                .map(|c| {
+                    let fresh =
+                        now.as_millis().saturating_sub(c.last_check.max(0) as u64) <= stale_ms;
+                    ProbeView {
+                        pop: c.pop.clone(),
+                        state: if fresh {
+                            c.state.clone()
+                        } else {
+                            "stale".into()
+                        },
+                        last_check: rfc3339_utc(c.last_check),
+                        last_ok: c.last_ok,
+                        detail: c.detail.clone(),
+                    }
+                })
+                .collect();
+            probes.sort_by(|a, b| a.pop.cmp(&b.pop));
+            let up = probes.iter().filter(|p| p.state == "up").count();
+            let down = probes.iter().filter(|p| p.state == "down").count();
+            let status = match (probes.is_empty(), up + down) {
+                (true, _) => "unmonitored",
+                (false, 0) => "stale",
+                _ if up > down => "up",
+                _ => "down",
+            };
+            let last_check = checks
+                .iter()
+                .filter(|c| c.server == t.server && c.service == g.service)
+                .map(|c| c.last_check)
+                .max()
+                .map(rfc3339_utc);
+            TargetHealth {
+                target: t,
+                status: status.into(),
+                last_check,
+                probes,
+            }
+        })
+        .collect();
+    GtmHealth {
+        hostname: g.hostname.clone(),
+        service: g.service.clone(),
+        stale_after_secs: stale_ms / 1000,
+        targets,
+    }
+}
+
+/// The probes' latest tests of the last hour (for [`gtm_health`]).
+pub(crate) async fn recent_checks(
+    st: &ApiState,
+) -> ApiResult<(Vec<crate::store::health::ServiceCheck>, Timestamp)> {
+    let now = super::now();
+    let since = Timestamp::from_millis(now.as_millis().saturating_sub(HEALTH_LOOKBACK_MS));
+    Ok((st.db(move |b| b.service_checks(since)).await?, now))
+}
+
+/// `GET /v1/gtm/{hostname}/health`: each target's live health (up, down, stale or
+/// unmonitored), its last check and every probe's view, from the probes' service
+/// records in the log store.
+async fn gtm_health_get(
+    State(st): State<ApiState>,
+    a: Auth,
+    Path(host): Path<String>,
+) -> ApiResult<Json<GtmHealth>> {
+    let cfg = current(&st).await?.config;
+    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    a.require_customer(&cfg.gtm[i].customer)?;
+    let (checks, now) = recent_checks(&st).await?;
+    Ok(Json(gtm_health(&cfg, &cfg.gtm[i], &checks, now)))
 }
 
 async fn gtm_create(
@@ -2750,6 +2899,46 @@ impl CsvRow for crate::store::quality::QualityPoint {
         c.extend([opt(self.p50_ms), opt(self.p95_ms), opt(self.p99_ms)]);
         c
     }
+}
+
+/// `GET /v1/traffic/gtm/reasons`: the GTM's answers per decision reason (`latency`,
+/// `sticky`, `static`, `standby`, `weighted`, ...) over the range, most first, for the
+/// customer in scope (and `host`). CSV: `reason,answers`.
+async fn traffic_gtm_reasons(
+    State(st): State<ApiState>,
+    a: Auth,
+    headers: HeaderMap,
+    Query(q): Query<TrafficQuery>,
+) -> ApiResult<Response> {
+    let csv = q.csv(&headers)?;
+    let (reasons, r, customer, host) = traffic_rows(&st, &a, &q, |b, w| b.gtm_reasons(w)).await?;
+    if csv {
+        let body = super::timerange::csv(
+            &["reason", "answers"],
+            reasons.iter().map(|(k, n)| vec![k.clone(), n.to_string()]),
+        );
+        let mut resp = body.into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    let reasons: Vec<Value> = reasons
+        .into_iter()
+        .map(|(reason, answers)| serde_json::json!({"reason": reason, "answers": answers}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "customer": customer,
+        "host": host,
+        "from": r.rfc3339(r.range.from),
+        "to": r.rfc3339(r.range.to),
+        "from_ms": r.range.from,
+        "to_ms": r.range.to,
+        "tz": r.tz_name,
+        "reasons": reasons,
+    }))
+    .into_response())
 }
 
 /// `GET /v1/traffic/cdn/top`: the 20 URLs and the 20 client networks (/24, /48) with

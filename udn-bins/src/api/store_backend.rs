@@ -503,6 +503,18 @@ impl Backend for StoreBackend {
         self.control.invoice(id)
     }
 
+    fn service_checks(
+        &self,
+        since: Timestamp,
+    ) -> BackendResult<Vec<crate::store::health::ServiceCheck>> {
+        Ok(self.collector.with_store(|s| s.service_checks(since))?)
+    }
+
+    fn gtm_reasons(&self, w: Window<'_>) -> BackendResult<Vec<(String, i64)>> {
+        let q = Self::series(&w);
+        Ok(self.collector.with_store(|s| s.dns_reasons(&q))?)
+    }
+
     fn cdn_quality(
         &self,
         w: Window<'_>,

@@ -135,6 +135,7 @@ nav{background:#1f3b57;padding:.5em 1em;display:flex;flex-wrap:wrap;gap:1em;alig
 nav a{color:#fff;text-decoration:none}nav a.on{font-weight:bold;text-decoration:underline}
 nav form{margin-left:auto}nav span{color:#cde}
 main{padding:1em 2em;max-width:1100px}
+.health.up{color:#007a5a}.health.down{color:#b34700;font-weight:bold}.health.stale,.health.unmonitored{color:#666}
 table{border-collapse:collapse;margin:.5em 0 1.5em;background:#fff}
 td,th{border:1px solid #ccd;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#e8edf3}.num{text-align:right}
@@ -1027,12 +1028,39 @@ async fn gtm_activity(
         range.offset_ms(to) as f64,
         &lines,
     );
+    let (reasons, _) = chart_rows(&st, &a, &q, |b, w| b.gtm_reasons(w)).await?;
+    let reasons_svg = charts::bar_chart(
+        &format!("Answers by decision reason, {}", range_title(&q, &range)),
+        "",
+        &reasons
+            .iter()
+            .map(|(k, n)| (k.clone(), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    // Each address's live health (the target that publishes it).
+    let cfg = r::current(&st).await?.config;
+    let (checks, now) = r::recent_checks(&st).await?;
+    let mut status: BTreeMap<(String, String), String> = BTreeMap::new();
+    for g in &cfg.gtm {
+        for t in r::gtm_health(&cfg, g, &checks, now).targets {
+            for ad in &t.target.addresses {
+                status.insert((g.hostname.clone(), ad.to_string()), t.status.clone());
+            }
+        }
+    }
     let body = html! {
         (range_picker("/activity/gtm", "/v1/traffic/gtm", &q, &range, &hosts))
         div id="answers-chart" { (PreEscaped(svg)) }
         p { "How often each address was given out; a failover shows as one line dropping and another rising." }
-        table id="answers" { tr { th { "Hostname" } th { "Address" } th { "Answers" } }
-            @for (h, ad, n) in &totals { tr { td { (h) } td { (ad) } td class="num" { (n) } } } }
+        table id="answers" { tr { th { "Hostname" } th { "Address" } th { "Answers" } th { "Health now" } }
+            @for (h, ad, n) in &totals {
+                @let s = status.get(&(h.clone(), ad.clone())).map_or("–", String::as_str);
+                tr { td { (h) } td { (ad) } td class="num" { (n) } td class=(format!("health {s}")) { (s) } }
+            } }
+        div id="reasons-chart" { (PreEscaped(reasons_svg)) }
+        table id="reasons" { tr { th { "Reason" } th { "Answers" } }
+            @for (k, n) in &reasons { tr { td { (k) } td class="num" { (n) } } } }
+        p { small { "Reasons: latency (the POP nearest the resolver by measured RTT), sticky (persistence), static (a static mapping), standby (every regular address down), weighted, and the rest as the DNS server logs them. Health is the probes' latest view (see GTM Configuration)." } }
     };
     Ok(layout(
         &a,
@@ -1239,6 +1267,12 @@ async fn gtm_page(
 async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<String>) -> Page {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
     let cfg = r::current(st).await?.config;
+    // Live health from the probes' records; a backend without a log store has none.
+    let (checks, now) = match r::recent_checks(st).await {
+        Ok(x) => x,
+        Err(ApiError::NotFound) => (Vec::new(), crate::api::now()),
+        Err(e) => return Err(e.into()),
+    };
     let body = html! {
         @if let Some(e) = &error { p class="error" id="gtm-error" { (e) } }
         form method="post" action="/gtm/add" id="gtm-add" {
@@ -1251,15 +1285,19 @@ async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<St
         }
         @for g in cfg.gtm.iter().filter(|g| scope.as_deref().is_none_or(|s| s == g.customer)) {
             @let view = r::gtm_view(&cfg, g);
+            @let health = r::gtm_health(&cfg, g, &checks, now);
             @let base = format!("/gtm/{}", g.hostname);
             section class="gtm-domain" id=(format!("gtm-{}", g.hostname)) {
                 h2 { (g.hostname) }
                 form method="post" action=(format!("{base}/delete")) class="inline" {
                     (csrf_input(a)) button type="submit" { "Remove domain" } }
-                table { tr { th { "Location" } th { "Server" } th { "Addresses" } th { "Weight" } th {} }
-                    @for t in &view.targets {
-                        tr { td { (opt(&t.site)) } td { (t.server) }
+                table class="gtm-targets" { tr { th { "Location" } th { "Server" } th { "Addresses" } th { "Weight" } th { "Health" } th { "Last check" } th { "Probes" } th {} }
+                    @for (t, h) in view.targets.iter().zip(&health.targets) {
+                        tr data-server=(t.server) { td { (opt(&t.site)) } td { (t.server) }
                              td { @for x in &t.addresses { (x.to_string()) " " } } td class="num" { (t.weight) }
+                             td class=(format!("health {}", h.status)) { (h.status) }
+                             td { (h.last_check.clone().unwrap_or_else(|| "–".into())) }
+                             td { @for p in &h.probes { span title=(p.detail) { (p.pop) ": " (p.state) } " " } }
                              td { form method="post" action=(format!("{base}/addresses/{}/delete", t.server)) class="inline" {
                                  (csrf_input(a)) button type="submit" { "Remove" } } } }
                     }

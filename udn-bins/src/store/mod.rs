@@ -13,6 +13,7 @@
 //! The queries the portal and billing need are default methods written once in portable
 //! SQL over [`Store::select`].
 
+pub mod health;
 pub mod ops;
 pub mod postgres;
 pub mod quality;
@@ -1351,6 +1352,17 @@ pub trait Store: Send {
                 })
             })
             .collect()
+    }
+
+    /// Every probe's latest view of every server's service tested since `since`
+    /// ([`health::latest_checks`]).
+    fn service_checks(&mut self, since: Timestamp) -> Result<Vec<health::ServiceCheck>> {
+        health::latest_checks(self, since)
+    }
+
+    /// DNS answers per decision reason over `q`'s range ([`health::reasons`]).
+    fn dns_reasons(&mut self, q: &SeriesQuery<'_>) -> Result<Vec<(String, i64)>> {
+        health::reasons(self, q)
     }
 
     /// The CDN's service quality per bucket of `q`: status classes, cache outcomes and

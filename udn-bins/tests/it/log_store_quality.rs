@@ -1,4 +1,6 @@
-//! The CDN quality rollups (`rollup_quality`: response-time histogram, origin errors)
+//! The CDN quality rollups (`rollup_quality`: response-time histogram, origin errors),
+//! the probes' latest views of each server (the GTM pages' live health), the decision
+//! reasons,
 //! and the top lists on a real SQLite file and a real PostgreSQL
 //! (`UDN_TEST_POSTGRES`): folded once per file, the same answers per minute and per day,
 //! scoped per customer and hostname.
@@ -203,5 +205,134 @@ fn quality_rollups_and_top_lists_on_both_stores() {
             "fill records are not clients: {top:?}"
         );
         eprintln!("quality rollups ok on {name}");
+    }
+}
+
+fn probe(secs: u64, pop: &str, server: &str, ok: bool, detail: &str) -> LogRecord {
+    LogRecord::Probe(udn_core::log::ProbeRecord {
+        ts: Timestamp::from_millis(T0 + secs * 1000),
+        pop: pop.into(),
+        kind: "service".into(),
+        target: server.into(),
+        method: "http".into(),
+        ok,
+        value: 3.0,
+        detail: detail.into(),
+    })
+}
+
+#[test]
+fn the_probes_latest_views_and_the_decision_reasons_on_both_stores() {
+    for backend in backends("store_health") {
+        let name = backend.name();
+        let tmp = TempDir::new(&format!("store-health-{name}"));
+        let mut store = backend.open(&tmp.path().join("data"));
+        let now = Timestamp::from_millis(T0 + 3_600_000);
+        // fra sees east go down (a transition, then failing tests); nyc sees it up
+        // throughout; west had one passing test and no transition yet.
+        let records = vec![
+            probe(0, "fra", "east", true, "state=up"),
+            probe(2, "fra", "east", false, "127.0.0.21: refused"),
+            probe(4, "fra", "east", false, "127.0.0.21: refused state=down"),
+            probe(6, "fra", "east", false, "127.0.0.21: refused"),
+            probe(5, "nyc", "east", true, "state=up"),
+            probe(7, "nyc", "east", true, ""),
+            probe(3, "fra", "west", true, ""),
+        ];
+        let header = FileHeader {
+            magic: MAGIC.into(),
+            version: FORMAT_VERSION,
+            file_id: "p-1".into(),
+            role: Role::Probe,
+            instance: "fra".into(),
+            opened_at: Timestamp::from_millis(T0),
+        };
+        let f = PreparedFile::new(header, "sum-p-1".into(), records);
+        store.ingest(&f, now).unwrap();
+        let mut checks = store.service_checks(Timestamp::from_millis(T0)).unwrap();
+        checks.sort_by(|a, b| (&a.server, &a.pop).cmp(&(&b.server, &b.pop)));
+        let got: Vec<_> = checks
+            .iter()
+            .map(|c| {
+                (
+                    c.server.as_str(),
+                    c.pop.as_str(),
+                    c.state.as_str(),
+                    c.last_ok,
+                    c.last_check,
+                )
+            })
+            .collect();
+        let at = |s: u64| (T0 + s * 1000) as i64;
+        assert_eq!(
+            got,
+            vec![
+                ("east", "fra", "down", false, at(6)),
+                ("east", "nyc", "up", true, at(7)),
+                ("west", "fra", "up", true, at(3)),
+            ],
+            "{name}"
+        );
+        // Tests before `since` are not read.
+        assert!(
+            store
+                .service_checks(Timestamp::from_millis(T0 + 60_000))
+                .unwrap()
+                .is_empty()
+        );
+
+        // The decision reasons of a DNS file, most first, per customer.
+        let dns = |reason: &str, customer: &str| {
+            LogRecord::Dns(udn_core::log::DnsRecord {
+                ts: Timestamp::from_millis(T0 + 1000),
+                hostname: format!("www.{customer}.example"),
+                qtype: "A".into(),
+                client: "192.0.2.1".parse().unwrap(),
+                ecs: None,
+                addrs: vec!["127.0.0.21".parse().unwrap()],
+                reason: reason.into(),
+                pop: Some("fra".into()),
+                customer: Some(customer.into()),
+                server: "dns-a".into(),
+            })
+        };
+        let mut recs = Vec::new();
+        for _ in 0..5 {
+            recs.push(dns("latency", "shop"));
+        }
+        recs.push(dns("sticky", "shop"));
+        recs.push(dns("sticky", "shop"));
+        recs.push(dns("standby", "shop"));
+        recs.push(dns("static", "acme"));
+        let header = FileHeader {
+            magic: MAGIC.into(),
+            version: FORMAT_VERSION,
+            file_id: "d-1".into(),
+            role: Role::Dns,
+            instance: "dns-a".into(),
+            opened_at: Timestamp::from_millis(T0),
+        };
+        store
+            .ingest(&PreparedFile::new(header, "sum-d-1".into(), recs), now)
+            .unwrap();
+        let q = SeriesQuery {
+            range: Range {
+                from: Timestamp::from_millis(T0),
+                to: Timestamp::from_millis(T0 + 3_600_000),
+            },
+            grain: Grain::Minute,
+            customer: Some("shop"),
+            host: None,
+        };
+        assert_eq!(
+            store.dns_reasons(&q).unwrap(),
+            vec![
+                ("latency".to_string(), 5),
+                ("sticky".to_string(), 2),
+                ("standby".to_string(), 1)
+            ],
+            "{name}"
+        );
+        eprintln!("probe views and reasons ok on {name}");
     }
 }

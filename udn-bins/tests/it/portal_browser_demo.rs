@@ -881,6 +881,49 @@ async fn customer_journey_against_the_running_demo() {
         "a chart of the DNS servers' queries"
     );
     shot(&c, "demo-13-operations").await;
+
+    // A drill takes an origin server down: the GTM page shows its address down (the
+    // probe's records, shipped and stored), and up again after the restore.
+    let drill = |action: &'static str| async move {
+        let (ip, port) = DRILL;
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!(
+                "http://{}:{port}/v1/drill/{action}/shop-west-1",
+                ip4(ip)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "drill {action}: {}", r.status());
+    };
+    let health_of = |server: &'static str| {
+        let c = &c;
+        async move {
+            let css = format!("section[id='gtm-{GTM_HOST}'] tr[data-server='{server}'] td.health");
+            text(c, &css).await
+        }
+    };
+    drill("origin-fail").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    page_until(&c, "/gtm", deadline, || async {
+        (health_of("shop-west-1").await == "down").then_some(())
+    })
+    .await;
+    assert_eq!(
+        health_of("shop-east-1").await,
+        "up",
+        "the other site stays up"
+    );
+    shot(&c, "demo-14-gtm-origin-down").await;
+    drill("origin-restore").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    page_until(&c, "/gtm", deadline, || async {
+        (health_of("shop-west-1").await == "up").then_some(())
+    })
+    .await;
     c.close().await.unwrap();
 
     // SIGTERM stops the demo cleanly.
