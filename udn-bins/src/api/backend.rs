@@ -708,7 +708,12 @@ pub trait Backend: Send + Sync + 'static {
     /// One purge.
     fn purge(&self, seq: u64) -> BackendResult<Option<Purge>>;
     /// The newest purges first, of one customer or all.
-    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>>;
+    fn purges(
+        &self,
+        customer: Option<&str>,
+        limit: u32,
+        before: Option<u64>,
+    ) -> BackendResult<Vec<Purge>>;
     /// Per-edge delivery status of one purge.
     fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
     /// Records one delivery attempt: `Ok` when the edge applied it.

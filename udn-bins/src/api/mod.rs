@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backend;
 pub mod challenge;
 pub mod fanout;
+pub mod page;
 pub mod postgres;
 pub(crate) mod routes;
 pub mod sqlite;
@@ -121,7 +122,11 @@ impl ApiState {
             None => fanout::HttpClient::new(),
         };
         let version = backend.current_version()?;
-        let last_purge = backend.purges(None, 1)?.first().map(|p| p.seq).unwrap_or(0);
+        let last_purge = backend
+            .purges(None, 1, None)?
+            .first()
+            .map(|p| p.seq)
+            .unwrap_or(0);
         Ok(ApiState {
             inner: Arc::new(Inner {
                 backend,

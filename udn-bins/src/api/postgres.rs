@@ -821,13 +821,21 @@ impl Backend for PgBackend {
         Ok(row.as_ref().map(purge_row))
     }
 
-    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
+    fn purges(
+        &self,
+        customer: Option<&str>,
+        limit: u32,
+        before: Option<u64>,
+    ) -> BackendResult<Vec<Purge>> {
+        let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         let rows = self.read(
             &format!(
                 "SELECT {PURGE_COLS} FROM cp_purges
-                 WHERE ($1::TEXT IS NULL OR customer = $1) ORDER BY seq DESC LIMIT $2"
+                 WHERE ($1::TEXT IS NULL OR customer = $1)
+                   AND ($3::BIGINT IS NULL OR seq < $3::BIGINT)
+                 ORDER BY seq DESC LIMIT $2"
             ),
-            &[&customer, &i64::from(limit)],
+            &[&customer, &i64::from(limit), &before],
         )?;
         Ok(rows.iter().map(purge_row).collect())
     }

@@ -77,6 +77,16 @@ impl From<JsonRejection> for ApiError {
 type Body<T> = Result<Json<T>, JsonRejection>;
 type ApiResult<T> = Result<T, ApiError>;
 
+use super::page::{PageQuery, Part, page};
+
+/// A sequence number or time as a sort-key part (they fit: ms since 1970, row ids).
+fn to_i64_seq(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Live events read for one listing (the newest starts first), then paged.
+const LIVE_EVENTS_READ: u32 = 10_000;
+
 /// Every route: served over HTTPS.
 pub(super) fn router(state: ApiState) -> Router {
     credential_routes()
@@ -458,10 +468,16 @@ async fn token_create(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
-async fn tokens_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<ApiToken>>> {
+async fn tokens_list(
+    State(st): State<ApiState>,
+    a: Auth,
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     require_login_session(&a)?;
     let id = a.user.id;
-    Ok(Json(st.db(move |b| b.api_tokens(id)).await?))
+    let list: Vec<ApiToken> = st.db(move |b| b.api_tokens(id)).await?;
+    page(list, |t| vec![Part::Up(t.id)], &p, &uri)
 }
 
 async fn token_delete(
@@ -568,9 +584,15 @@ async fn me(a: Auth) -> Json<MeAnswer> {
     })
 }
 
-async fn users(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<User>>> {
+async fn users(
+    State(st): State<ApiState>,
+    a: Auth,
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     a.require_admin()?;
-    Ok(Json(st.db(|b| b.users()).await?))
+    let list: Vec<User> = st.db(|b| b.users()).await?;
+    page(list, |u| vec![Part::Asc(u.username.clone())], &p, &uri)
 }
 
 #[derive(Deserialize)]
@@ -944,14 +966,19 @@ struct CustomerQuery {
     customer: Option<String>,
 }
 
-async fn customers(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<CustomerConfig>>> {
+async fn customers(
+    State(st): State<ApiState>,
+    a: Auth,
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     let cfg = current(&st).await?.config;
-    Ok(Json(
-        cfg.customers
-            .into_iter()
-            .filter(|c| a.user.may_access(&c.name))
-            .collect(),
-    ))
+    let list: Vec<CustomerConfig> = cfg
+        .customers
+        .into_iter()
+        .filter(|c| a.user.may_access(&c.name))
+        .collect();
+    page(list, |c| vec![Part::Asc(c.name.clone())], &p, &uri)
 }
 
 async fn customer(
@@ -1061,16 +1088,23 @@ async fn cdn_list(
     State(st): State<ApiState>,
     a: Auth,
     Query(q): Query<CustomerQuery>,
-) -> ApiResult<Json<Vec<CdnView>>> {
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     let scope = a.scope(q.customer.as_deref())?;
     let cfg = current(&st).await?.config;
-    Ok(Json(
-        cfg.cdn
-            .iter()
-            .filter(|c| scope.is_none_or(|s| s == c.customer))
-            .map(cdn_view)
-            .collect(),
-    ))
+    let list: Vec<CdnView> = cfg
+        .cdn
+        .iter()
+        .filter(|c| scope.is_none_or(|s| s == c.customer))
+        .map(cdn_view)
+        .collect();
+    page(
+        list,
+        |c| vec![Part::Asc(c.config.hostname.clone())],
+        &p,
+        &uri,
+    )
 }
 
 async fn cdn_get(
@@ -1233,16 +1267,23 @@ async fn gtm_list(
     State(st): State<ApiState>,
     a: Auth,
     Query(q): Query<CustomerQuery>,
-) -> ApiResult<Json<Vec<GtmView>>> {
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     let scope = a.scope(q.customer.as_deref())?;
     let cfg = current(&st).await?.config;
-    Ok(Json(
-        cfg.gtm
-            .iter()
-            .filter(|g| scope.is_none_or(|s| s == g.customer))
-            .map(|g| gtm_view(&cfg, g))
-            .collect(),
-    ))
+    let list: Vec<GtmView> = cfg
+        .gtm
+        .iter()
+        .filter(|g| scope.is_none_or(|s| s == g.customer))
+        .map(|g| gtm_view(&cfg, g))
+        .collect();
+    page(
+        list,
+        |g| vec![Part::Asc(g.config.hostname.clone())],
+        &p,
+        &uri,
+    )
 }
 
 async fn gtm_get(
@@ -1812,7 +1853,12 @@ struct MappingView {
     mapping: StaticMappingConfig,
 }
 
-async fn mappings(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<Value>>> {
+async fn mappings(
+    State(st): State<ApiState>,
+    a: Auth,
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     let cfg = current(&st).await?.config;
     let out = cfg
         .static_mappings
@@ -1827,7 +1873,13 @@ async fn mappings(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Vec<Val
             .ok()
         })
         .collect();
-    Ok(Json(out))
+    let out: Vec<Value> = out;
+    page(
+        out,
+        |v| vec![Part::Up(v["index"].as_i64().unwrap_or(0))],
+        &p,
+        &uri,
+    )
 }
 
 async fn mapping_add(
@@ -2191,22 +2243,42 @@ async fn purge_create(
 #[derive(Deserialize)]
 struct ListQuery {
     customer: Option<String>,
-    limit: Option<u32>,
 }
 
 async fn purge_list(
     State(st): State<ApiState>,
     a: Auth,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<PurgeView>>> {
+    uri: axum::http::Uri,
+    Query(pq): Query<PageQuery>,
+) -> ApiResult<Response> {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let limit = q.limit.unwrap_or(50).min(1000);
-    let list = st.db(move |b| b.purges(scope.as_deref(), limit)).await?;
+    // Newest first, read from the database a page (and one more) past the cursor.
+    let limit = pq.limit()?;
+    let before = match pq.after()?.as_deref() {
+        None => None,
+        Some([Part::Down(seq)]) => Some(u64::try_from(*seq).unwrap_or(0)),
+        Some(_) => {
+            return Err(ApiError::BadParam(FieldError {
+                field: "cursor".into(),
+                message: "not a cursor of this list (use the one a Link header gave)".into(),
+            }));
+        }
+    };
+    let fetch = u32::try_from(limit + 1).unwrap_or(u32::MAX);
+    let list = st
+        .db(move |b| b.purges(scope.as_deref(), fetch, before))
+        .await?;
     let mut out = Vec::with_capacity(list.len());
     for p in list {
         out.push(purge_view(&st, p).await?);
     }
-    Ok(Json(out))
+    page(
+        out,
+        |p| vec![Part::Down(to_i64_seq(p.purge.seq))],
+        &pq,
+        &uri,
+    )
 }
 
 async fn purge_get(
@@ -2465,17 +2537,29 @@ async fn live_events(
     State(st): State<ApiState>,
     a: Auth,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<LiveEventView>>> {
+    uri: axum::http::Uri,
+    Query(pq): Query<PageQuery>,
+) -> ApiResult<Response> {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let limit = q.limit.unwrap_or(50).min(500);
+    pq.limit()?;
     let list = st
-        .db(move |b| b.live_events(scope.as_deref(), limit))
+        .db(move |b| b.live_events(scope.as_deref(), LIVE_EVENTS_READ))
         .await?;
     let mut out = Vec::with_capacity(list.len());
     for e in list {
         out.push(live_event_view(&st, e).await?);
     }
-    Ok(Json(out))
+    page(
+        out,
+        |e| {
+            vec![
+                Part::Down(to_i64_seq(e.event.starts_at.as_millis())),
+                Part::Down(to_i64_seq(e.event.id)),
+            ]
+        },
+        &pq,
+        &uri,
+    )
 }
 
 async fn prefill_get(
@@ -3220,9 +3304,12 @@ async fn invoices(
     State(st): State<ApiState>,
     a: Auth,
     Query(q): Query<CustomerQuery>,
-) -> ApiResult<Json<Vec<InvoiceSummary>>> {
+    uri: axum::http::Uri,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Response> {
     let c = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    Ok(Json(st.db(move |b| b.invoices(c.as_deref())).await?))
+    let list: Vec<InvoiceSummary> = st.db(move |b| b.invoices(c.as_deref())).await?;
+    page(list, |i| vec![Part::Down(i.id)], &p, &uri)
 }
 
 pub(crate) async fn load_invoice(st: &ApiState, a: &Auth, id: i64) -> ApiResult<Invoice> {

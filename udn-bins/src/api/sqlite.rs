@@ -783,14 +783,20 @@ impl Backend for SqliteBackend {
             .optional()?)
     }
 
-    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
+    fn purges(
+        &self,
+        customer: Option<&str>,
+        limit: u32,
+        before: Option<u64>,
+    ) -> BackendResult<Vec<Purge>> {
         let db = self.db()?;
         let (cond, c) = customer_filter(customer);
         let cond = cond.replace("?3", "?1");
         let mut st = db.prepare_cached(&format!(
-            "SELECT {PURGE_COLS} FROM cp_purges WHERE {cond} ORDER BY seq DESC LIMIT ?2"
+            "SELECT {PURGE_COLS} FROM cp_purges WHERE {cond} AND (?3 IS NULL OR seq < ?3) \
+             ORDER BY seq DESC LIMIT ?2"
         ))?;
-        let rows = st.query_map(params![c, limit], purge_row)?;
+        let rows = st.query_map(params![c, limit, before.map(db_int)], purge_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -361,8 +361,13 @@ impl Backend for StoreBackend {
         self.control.purge(seq)
     }
 
-    fn purges(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<Purge>> {
-        self.control.purges(customer, limit)
+    fn purges(
+        &self,
+        customer: Option<&str>,
+        limit: u32,
+        before: Option<u64>,
+    ) -> BackendResult<Vec<Purge>> {
+        self.control.purges(customer, limit, before)
     }
 
     fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {

@@ -524,7 +524,7 @@ async fn domains(
 
 async fn cache_view(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<String>) -> Page {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let list = st.db(move |b| b.purges(scope.as_deref(), 30)).await?;
+    let list = st.db(move |b| b.purges(scope.as_deref(), 30, None)).await?;
     let mut views = Vec::with_capacity(list.len());
     for p in list {
         views.push(r::purge_view(st, p).await?);
@@ -1028,7 +1028,12 @@ async fn gtm_activity(
         range.offset_ms(to) as f64,
         &lines,
     );
-    let (reasons, _) = chart_rows(&st, &a, &q, |b, w| b.gtm_reasons(w)).await?;
+    // Reasons and health come from the log store; a backend without one has neither.
+    let reasons = match r::traffic_rows(&st, &a, &q, |b, w| b.gtm_reasons(w)).await {
+        Ok((rows, ..)) => rows,
+        Err(ApiError::NotFound) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let reasons_svg = charts::bar_chart(
         &format!("Answers by decision reason, {}", range_title(&q, &range)),
         "",
@@ -1039,7 +1044,11 @@ async fn gtm_activity(
     );
     // Each address's live health (the target that publishes it).
     let cfg = r::current(&st).await?.config;
-    let (checks, now) = r::recent_checks(&st).await?;
+    let (checks, now) = match r::recent_checks(&st).await {
+        Ok(x) => x,
+        Err(ApiError::NotFound) => (Vec::new(), crate::api::now()),
+        Err(e) => return Err(e.into()),
+    };
     let mut status: BTreeMap<(String, String), String> = BTreeMap::new();
     for g in &cfg.gtm {
         for t in r::gtm_health(&cfg, g, &checks, now).targets {

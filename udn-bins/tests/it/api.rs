@@ -36,6 +36,7 @@ on_both_stores!(
     a_config_no_probe_can_load_is_refused,
     a_hostname_colliding_with_a_zone_file_name_is_refused,
     every_rejection_is_json,
+    lists_are_paged_by_cursor,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -2236,4 +2237,127 @@ async fn every_rejection_is_json(store: Store) {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("HTTPS only"), "{v}");
     task.abort();
+}
+
+/// GETs `path` with the session, returning the status, the body and the `Link` header.
+async fn get_with_link(s: &Session, path: &str) -> (u16, Value, Option<String>) {
+    let r = s
+        .client
+        .get(format!("{}{}", s.base, path))
+        .send()
+        .await
+        .expect("GET");
+    let status = r.status().as_u16();
+    let link = r
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, r.json().await.unwrap_or(Value::Null), link)
+}
+
+/// The path of a `Link: <PATH>; rel="next"` header.
+fn next_path(link: &str) -> String {
+    assert!(link.ends_with("; rel=\"next\""), "{link}");
+    link.trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+async fn lists_are_paged_by_cursor(store: Store) {
+    let h = Harness::start_on(store, "api-pages").await;
+    let shop = h.login("shopuser").await;
+    // Five purges (newest first) in pages of two: every one once, in order, with the
+    // other parameters kept in the next link.
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let (st, p) = shop
+            .send(
+                "POST",
+                "/v1/purge",
+                json!({"scope": "url", "target": format!("http://www.shop.udn.example/p{i}")}),
+            )
+            .await;
+        assert_eq!(st, 202, "{p}");
+        seqs.push(p["seq"].as_u64().unwrap());
+    }
+    seqs.reverse();
+    let mut path = "/v1/purge?customer=shop&limit=2".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (st, v, link) = get_with_link(&shop, &path).await;
+        assert_eq!(st, 200, "{path}: {v}");
+        let items = v.as_array().expect("an array");
+        assert!(items.len() <= 2, "{v}");
+        seen.extend(items.iter().map(|p| p["seq"].as_u64().unwrap()));
+        pages += 1;
+        match link {
+            Some(l) => {
+                path = next_path(&l);
+                assert!(
+                    path.contains("customer=shop") && path.contains("limit=2"),
+                    "{path}"
+                );
+            }
+            None => break,
+        }
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(seen, seqs, "every purge once, newest first");
+    assert_eq!(pages, 3);
+
+    // A name-sorted list: GTM hostnames, one per page; an item added between pages
+    // neither repeats nor shifts the rest.
+    let admin = h.login("admin").await;
+    let (_, all, _) = get_with_link(&admin, "/v1/gtm?limit=1000").await;
+    let mut names: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["config"]["hostname"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.len() >= 2, "{all}");
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "sorted by hostname");
+    let (_, first, link) = get_with_link(&admin, "/v1/gtm?limit=1").await;
+    assert_eq!(first[0]["config"]["hostname"], names[0].as_str());
+    // Sorts before the cursor: it is not on the next page, nor does it shift it.
+    let (st, v) = shop
+        .send(
+            "POST",
+            "/v1/gtm",
+            json!({"hostname": "aaa.shop.udn.example", "service": "http",
+                   "targets": [{"server": "shop-east-1"}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (_, second, _) = get_with_link(&admin, &next_path(&link.expect("a next page"))).await;
+    assert_eq!(
+        second[0]["config"]["hostname"],
+        names.remove(1).as_str(),
+        "{second}"
+    );
+
+    // Bad parameters: a 400 that names them.
+    for (q, field) in [
+        ("/v1/gtm?limit=0", "limit"),
+        ("/v1/gtm?limit=1001", "limit"),
+        ("/v1/gtm?limit=many", "limit"),
+        ("/v1/gtm?cursor=zz", "cursor"),
+        ("/v1/customers?cursor=7b7d", "cursor"),
+    ] {
+        let (st, v) = admin.get(q).await;
+        assert_eq!(st, 400, "{q}: {v}");
+        assert_eq!(fields(&v), vec![field.to_string()], "{q}: {v}");
+    }
+    // A cursor of another list.
+    let (_, _, link) = get_with_link(&shop, "/v1/purge?limit=1").await;
+    let purge_cursor = next_path(&link.unwrap());
+    let c = purge_cursor.split("cursor=").nth(1).unwrap();
+    let (st, v) = admin.get(&format!("/v1/customers?cursor={c}")).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(fields(&v), vec!["cursor".to_string()]);
 }

@@ -147,14 +147,20 @@ fn purge_sequence_numbers_are_unique_across_handles() {
         seqs.dedup();
         assert_eq!(seqs.len(), n, "no sequence number twice");
         let db = open();
-        let listed = db.purges(Some("shop"), 100).unwrap();
+        let listed = db.purges(Some("shop"), 100, None).unwrap();
         assert_eq!(listed.len(), 40);
         assert!(
             listed.windows(2).all(|w| w[0].seq > w[1].seq),
             "newest first"
         );
-        assert!(db.purges(Some("acme"), 100).unwrap().is_empty());
-        assert_eq!(db.purges(None, 5).unwrap().len(), 5);
+        assert!(db.purges(Some("acme"), 100, None).unwrap().is_empty());
+        assert_eq!(db.purges(None, 5, None).unwrap().len(), 5);
+        // The page before a sequence number: the next older ones.
+        let older = db.purges(Some("shop"), 3, Some(listed[4].seq)).unwrap();
+        assert_eq!(
+            older.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            listed[5..8].iter().map(|p| p.seq).collect::<Vec<_>>()
+        );
 
         // Delivery: pending per edge until applied; a failure counts and stays pending.
         let seq = seqs[0];
