@@ -166,7 +166,13 @@ impl Metrics {
 
 /// The collector's shared state.
 pub struct Collector {
+    /// The writer: ingestion and pruning.
     store: Mutex<Box<dyn Store>>,
+    /// Connections for queries (the portal's charts, the API's series), so a slow
+    /// query never holds up ingestion; empty: queries share the writer.
+    readers: Vec<Mutex<Box<dyn Store>>>,
+    /// Where the next query starts looking for a free reader.
+    next_reader: std::sync::atomic::AtomicUsize,
     in_flight: Arc<tokio::sync::Semaphore>,
     quarantine: PathBuf,
     /// Hostname (canonical) -> owning customer, from the control plane's configuration;
@@ -193,12 +199,22 @@ impl Collector {
     pub fn new(store: Box<dyn Store>, data_dir: &Path) -> Collector {
         Collector {
             store: Mutex::new(store),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             quarantine: data_dir.join("quarantine"),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             owners: RwLock::new(None),
             revoked: Revocations::default(),
         }
+    }
+
+    /// Serves queries from `readers` (further connections to the same store: on
+    /// SQLite in WAL mode they read while the writer writes; on PostgreSQL each is its
+    /// own session), so ingestion and queries never wait on one lock.
+    pub fn with_readers(mut self, readers: Vec<Box<dyn Store>>) -> Collector {
+        self.readers = readers.into_iter().map(Mutex::new).collect();
+        self
     }
 
     /// Uses `revoked` as the revocation list (the control plane's, kept in step with
@@ -274,9 +290,31 @@ impl Collector {
         (keep, bad)
     }
 
-    /// The store, for queries (blocking: call from a blocking context).
+    /// The writer connection: ingestion, pruning (blocking: call from a blocking
+    /// context).
     pub fn with_store<T>(&self, f: impl FnOnce(&mut dyn Store) -> T) -> T {
         let mut guard = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(guard.as_mut())
+    }
+
+    /// A reader connection, for queries: the first free one, else the next in turn
+    /// (waiting for it); the writer when there are no readers (blocking).
+    pub fn with_reader<T>(&self, f: impl FnOnce(&mut dyn Store) -> T) -> T {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.with_store(f);
+        }
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(mut guard) = self.readers[(start + i) % n].try_lock() {
+                return f(guard.as_mut());
+            }
+        }
+        let mut guard = self.readers[start % n]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         f(guard.as_mut())
     }
 
@@ -519,7 +557,7 @@ pub fn router(c: Arc<Collector>) -> Router {
 }
 
 async fn counts(State(c): State<Arc<Collector>>) -> Response {
-    let r = tokio::task::spawn_blocking(move || c.with_store(|s| s.counts())).await;
+    let r = tokio::task::spawn_blocking(move || c.with_reader(|s| s.counts())).await;
     match r {
         Ok(Ok(n)) => axum::Json(serde_json::json!({
             "files": n.files, "ledger_rows": n.ledger_rows, "http": n.http, "dns": n.dns,

@@ -65,6 +65,11 @@ pub struct Args {
     /// answered 503 (and kept by the distributors) until space is made.
     #[arg(long)]
     pub sqlite_max_pages: Option<u64>,
+    /// Store connections kept for queries (portal charts, API series, billing's
+    /// usage reads) beside the one that ingests, so neither waits on the other; 0:
+    /// queries share the ingesting connection.
+    #[arg(long, default_value_t = 4)]
+    pub store_readers: usize,
     /// Serve the customer portal and the REST API over HTTPS on this address.
     #[arg(long)]
     pub portal_listen: Option<SocketAddr>,
@@ -514,10 +519,18 @@ impl Handle {
 pub async fn start(args: &Args) -> anyhow::Result<Handle> {
     let portal_cfg = args.portal_config()?;
     let loc = args.location();
-    let store = tokio::task::spawn_blocking(move || store::open(&loc))
-        .await
-        .context("store task")?
-        .context("opening the store")?;
+    let readers = args.store_readers;
+    let (store, readers) = tokio::task::spawn_blocking(move || {
+        // The writer first: it runs the migrations the readers then find done.
+        let w = store::open(&loc)?;
+        let r = (0..readers)
+            .map(|_| store::open(&loc))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, store::Error>((w, r))
+    })
+    .await
+    .context("store task")?
+    .context("opening the store")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let credentials = control_credentials(args)?;
@@ -529,8 +542,11 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
         revoked.clone(),
         Duration::from_secs(1),
     )];
-    let collector =
-        Arc::new(Collector::new(store, &args.data_dir).with_revocations(revoked.clone()));
+    let collector = Arc::new(
+        Collector::new(store, &args.data_dir)
+            .with_readers(readers)
+            .with_revocations(revoked.clone()),
+    );
     if let Some(cfg) = portal_cfg.as_ref().and_then(|p| p.seed_config.as_ref()) {
         collector.set_config(cfg);
     } else if let Some(path) = &args.config {

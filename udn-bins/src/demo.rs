@@ -479,6 +479,7 @@ pub async fn start(
         minute_rollup_retention_days: 0,
         hour_rollup_retention_days: 0,
         sqlite_max_pages: None,
+        store_readers: 2,
         portal_listen: Some(sa(CONTROL.0, PORTAL_PORT)),
         api_listen: Some(sa(CONTROL.0, API_PORT)),
         tls_cert: None,

@@ -232,7 +232,7 @@ impl StoreBackend {
             customer: None,
             ..Self::series(w)
         };
-        let rows = self.collector.with_store(|s| s.answers_series(&q))?;
+        let rows = self.collector.with_reader(|s| s.answers_series(&q))?;
         Ok(match w.customer {
             None => rows,
             Some(c) => {
@@ -512,12 +512,12 @@ impl Backend for StoreBackend {
         &self,
         since: Timestamp,
     ) -> BackendResult<Vec<crate::store::health::ServiceCheck>> {
-        Ok(self.collector.with_store(|s| s.service_checks(since))?)
+        Ok(self.collector.with_reader(|s| s.service_checks(since))?)
     }
 
     fn gtm_reasons(&self, w: Window<'_>) -> BackendResult<Vec<(String, i64)>> {
         let q = Self::series(&w);
-        Ok(self.collector.with_store(|s| s.dns_reasons(&q))?)
+        Ok(self.collector.with_reader(|s| s.dns_reasons(&q))?)
     }
 
     fn cdn_quality(
@@ -525,12 +525,12 @@ impl Backend for StoreBackend {
         w: Window<'_>,
     ) -> BackendResult<Vec<crate::store::quality::QualityPoint>> {
         let q = Self::series(&w);
-        Ok(self.collector.with_store(|s| s.quality(&q))?)
+        Ok(self.collector.with_reader(|s| s.quality(&q))?)
     }
 
     fn cdn_top(&self, w: Window<'_>) -> BackendResult<crate::store::quality::Top> {
         let q = Self::series(&w);
-        Ok(self.collector.with_store(|s| s.top(&q))?)
+        Ok(self.collector.with_reader(|s| s.top(&q))?)
     }
 
     fn ops(
@@ -542,7 +542,7 @@ impl Backend for StoreBackend {
     ) -> BackendResult<crate::store::ops::OpsReport> {
         Ok(self
             .collector
-            .with_store(|s| s.ops(Range { from, to }, grain, role))?)
+            .with_reader(|s| s.ops(Range { from, to }, grain, role))?)
     }
 
     fn streaming(&self, w: Window<'_>) -> BackendResult<crate::store::stream::StreamReport> {
@@ -552,7 +552,7 @@ impl Backend for StoreBackend {
         };
         let mut report = self
             .collector
-            .with_store(|s| s.streaming(range, w.customer))?;
+            .with_reader(|s| s.streaming(range, w.customer))?;
         if let Some(h) = w.host {
             report.streams.retain(|x| x.host == h);
             report.series.retain(|x| x.host == h);
@@ -563,7 +563,7 @@ impl Backend for StoreBackend {
 
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
         let q = Self::series(&w);
-        let rows = self.collector.with_store(|s| s.traffic_series(&q))?;
+        let rows = self.collector.with_reader(|s| s.traffic_series(&q))?;
         Ok(rows
             .into_iter()
             .map(|r| TrafficPoint {
@@ -576,7 +576,9 @@ impl Backend for StoreBackend {
 
     fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>> {
         let q = Self::series(&w);
-        let rows = self.collector.with_store(|s| s.traffic_by_pop_series(&q))?;
+        let rows = self
+            .collector
+            .with_reader(|s| s.traffic_by_pop_series(&q))?;
         let mut by_pop: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for r in rows {
             let e = by_pop.entry(r.pop).or_default();
@@ -634,7 +636,7 @@ impl Backend for StoreBackend {
         let report = billing
             .with(true, |store| {
                 let mut read =
-                    |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
+                    |from| Ok(self.collector.with_reader(|s| s.file_usage_since(from))?);
                 crate::billing::run::logged_run(store, &mut read, &period, now, "api", 1)
             })
             .unwrap_or_else(|| Err(anyhow::anyhow!("no billing store")))
@@ -825,7 +827,7 @@ impl Backend for StoreBackend {
         let done = billing
             .with(true, |store| {
                 let mut read =
-                    |from| Ok(self.collector.with_store(|s| s.file_usage_since(from))?);
+                    |from| Ok(self.collector.with_reader(|s| s.file_usage_since(from))?);
                 sched.tick(store, &mut read, now)
             })
             .unwrap_or_else(|| Ok(Vec::new()))
