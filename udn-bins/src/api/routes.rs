@@ -3001,12 +3001,7 @@ async fn traffic_gtm_reasons(
             &["reason", "answers"],
             reasons.iter().map(|(k, n)| vec![k.clone(), n.to_string()]),
         );
-        let mut resp = body.into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/csv; charset=utf-8"),
-        );
-        return Ok(resp);
+        return Ok(csv_response(body));
     }
     let reasons: Vec<Value> = reasons
         .into_iter()
@@ -3059,12 +3054,7 @@ async fn traffic_cdn_top(
                 ]
             }));
         let body = super::timerange::csv(&["list", "host", "key", "requests", "bytes"], rows);
-        let mut resp = body.into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/csv; charset=utf-8"),
-        );
-        return Ok(resp);
+        return Ok(csv_response(body));
     }
     Ok(Json(serde_json::json!({
         "customer": customer,
@@ -3137,12 +3127,7 @@ async fn streaming(
                 ]
             }),
         );
-        let mut resp = body.into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/csv; charset=utf-8"),
-        );
-        return Ok(resp);
+        return Ok(csv_response(body));
     }
     Ok(Json(serde_json::json!({
         "customer": customer,
@@ -3157,6 +3142,16 @@ async fn streaming(
         "clients": report.clients,
     }))
     .into_response())
+}
+
+/// A CSV document as an answer (`text/csv; charset=utf-8`).
+fn csv_response(body: String) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    resp
 }
 
 /// Refuses a streaming range over [`STREAMING_MAX_MS`] (a 400 naming `from`).
@@ -3243,12 +3238,7 @@ async fn ops(
                 ]
             }),
         );
-        let mut resp = body.into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/csv; charset=utf-8"),
-        );
-        return Ok(resp);
+        return Ok(csv_response(body));
     }
     Ok(Json(serde_json::json!({
         "role": role,

@@ -18,31 +18,29 @@ use super::{Grain, Param, Range, Result, Store, int, minute_of, text, to_i64};
 use crate::migrate::Step;
 use udn_core::log::{FileHeader, LogRecord, OpsKind, Role};
 
-/// The schema step that creates the operational tables (self-contained, so it can be
-/// renumbered).
+/// One operational table (`rollup_ops` + suffix).
+macro_rules! ops_table {
+    ($sfx:literal) => {
+        concat!(
+            "CREATE TABLE rollup_ops",
+            $sfx,
+            " (
+    minute BIGINT NOT NULL, role TEXT NOT NULL, instance TEXT NOT NULL, metric TEXT NOT NULL,
+    kind TEXT NOT NULL, value_sum BIGINT NOT NULL, value_max BIGINT NOT NULL,
+    samples BIGINT NOT NULL,
+    PRIMARY KEY (minute, role, instance, metric)
+);
+"
+        )
+    };
+}
+
+/// The schema step that creates the operational tables, per minute, hour and day
+/// (self-contained, so it can be renumbered).
 pub const MIGRATION: Step = Step {
     version: 6,
     name: "ops_rollups",
-    sql: "
-CREATE TABLE rollup_ops (
-    minute BIGINT NOT NULL, role TEXT NOT NULL, instance TEXT NOT NULL, metric TEXT NOT NULL,
-    kind TEXT NOT NULL, value_sum BIGINT NOT NULL, value_max BIGINT NOT NULL,
-    samples BIGINT NOT NULL,
-    PRIMARY KEY (minute, role, instance, metric)
-);
-CREATE TABLE rollup_ops_hour (
-    minute BIGINT NOT NULL, role TEXT NOT NULL, instance TEXT NOT NULL, metric TEXT NOT NULL,
-    kind TEXT NOT NULL, value_sum BIGINT NOT NULL, value_max BIGINT NOT NULL,
-    samples BIGINT NOT NULL,
-    PRIMARY KEY (minute, role, instance, metric)
-);
-CREATE TABLE rollup_ops_day (
-    minute BIGINT NOT NULL, role TEXT NOT NULL, instance TEXT NOT NULL, metric TEXT NOT NULL,
-    kind TEXT NOT NULL, value_sum BIGINT NOT NULL, value_max BIGINT NOT NULL,
-    samples BIGINT NOT NULL,
-    PRIMARY KEY (minute, role, instance, metric)
-);
-",
+    sql: concat!(ops_table!(""), ops_table!("_hour"), ops_table!("_day")),
 };
 
 /// Distinct metric names one file may add; more count under [`OTHER_METRIC`].

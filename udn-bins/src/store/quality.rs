@@ -29,40 +29,36 @@ fn hist_cols() -> String {
         .join(", ")
 }
 
-/// The schema step that creates the quality tables (self-contained, so it can be
-/// renumbered).
+/// One quality table (`rollup_quality` + suffix).
+macro_rules! quality_table {
+    ($sfx:literal) => {
+        concat!(
+            "CREATE TABLE rollup_quality",
+            $sfx,
+            " (
+    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
+    origin_errors BIGINT NOT NULL,
+    h0 BIGINT NOT NULL, h1 BIGINT NOT NULL, h2 BIGINT NOT NULL, h3 BIGINT NOT NULL,
+    h4 BIGINT NOT NULL, h5 BIGINT NOT NULL, h6 BIGINT NOT NULL, h7 BIGINT NOT NULL,
+    h8 BIGINT NOT NULL, h9 BIGINT NOT NULL, h10 BIGINT NOT NULL, h11 BIGINT NOT NULL,
+    h12 BIGINT NOT NULL, h13 BIGINT NOT NULL, h14 BIGINT NOT NULL, h15 BIGINT NOT NULL,
+    PRIMARY KEY (minute, customer, host, pop)
+);
+"
+        )
+    };
+}
+
+/// The schema step that creates the quality tables, per minute, hour and day
+/// (self-contained, so it can be renumbered).
 pub const MIGRATION: Step = Step {
     version: 7,
     name: "quality_rollups",
-    sql: "
-CREATE TABLE rollup_quality (
-    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
-    origin_errors BIGINT NOT NULL,
-    h0 BIGINT NOT NULL, h1 BIGINT NOT NULL, h2 BIGINT NOT NULL, h3 BIGINT NOT NULL,
-    h4 BIGINT NOT NULL, h5 BIGINT NOT NULL, h6 BIGINT NOT NULL, h7 BIGINT NOT NULL,
-    h8 BIGINT NOT NULL, h9 BIGINT NOT NULL, h10 BIGINT NOT NULL, h11 BIGINT NOT NULL,
-    h12 BIGINT NOT NULL, h13 BIGINT NOT NULL, h14 BIGINT NOT NULL, h15 BIGINT NOT NULL,
-    PRIMARY KEY (minute, customer, host, pop)
-);
-CREATE TABLE rollup_quality_hour (
-    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
-    origin_errors BIGINT NOT NULL,
-    h0 BIGINT NOT NULL, h1 BIGINT NOT NULL, h2 BIGINT NOT NULL, h3 BIGINT NOT NULL,
-    h4 BIGINT NOT NULL, h5 BIGINT NOT NULL, h6 BIGINT NOT NULL, h7 BIGINT NOT NULL,
-    h8 BIGINT NOT NULL, h9 BIGINT NOT NULL, h10 BIGINT NOT NULL, h11 BIGINT NOT NULL,
-    h12 BIGINT NOT NULL, h13 BIGINT NOT NULL, h14 BIGINT NOT NULL, h15 BIGINT NOT NULL,
-    PRIMARY KEY (minute, customer, host, pop)
-);
-CREATE TABLE rollup_quality_day (
-    minute BIGINT NOT NULL, customer TEXT NOT NULL, host TEXT NOT NULL, pop TEXT NOT NULL,
-    origin_errors BIGINT NOT NULL,
-    h0 BIGINT NOT NULL, h1 BIGINT NOT NULL, h2 BIGINT NOT NULL, h3 BIGINT NOT NULL,
-    h4 BIGINT NOT NULL, h5 BIGINT NOT NULL, h6 BIGINT NOT NULL, h7 BIGINT NOT NULL,
-    h8 BIGINT NOT NULL, h9 BIGINT NOT NULL, h10 BIGINT NOT NULL, h11 BIGINT NOT NULL,
-    h12 BIGINT NOT NULL, h13 BIGINT NOT NULL, h14 BIGINT NOT NULL, h15 BIGINT NOT NULL,
-    PRIMARY KEY (minute, customer, host, pop)
-);
-",
+    sql: concat!(
+        quality_table!(""),
+        quality_table!("_hour"),
+        quality_table!("_day")
+    ),
 };
 
 /// The histogram bucket of a response time.

@@ -8,7 +8,7 @@ use crate::api_support;
 use crate::proc_support;
 
 use api_support::*;
-use proc_support::{dig_short, udn_with_lines};
+use proc_support::{dig_short, udn_dns};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -42,23 +42,7 @@ async fn a_change_in_the_api_reaches_a_running_udn_dns_within_seconds() {
         eventually(10, || async { dns_cfg.exists() }).await,
         "first snapshot written"
     );
-    // Port 0: the kernel's choice, printed by udn dns (a port probed free over TCP
-    // may be taken over UDP by a parallel test).
-    let (_dns, lines) = udn_with_lines(
-        &[
-            "dns",
-            "--config",
-            dns_cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
-    let dns_addr: std::net::SocketAddr = lines[0]
-        .strip_prefix("udn dns: serving DNS on ")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("udn dns printed its address: {lines:?}"));
+    let (_dns, dns_addr) = udn_dns(&["--config", dns_cfg.to_str().unwrap()]);
     assert!(
         eventually(20, || async {
             !dig(dns_addr, "www.shop.udn.example").is_empty()

@@ -11,7 +11,7 @@ use log_util::*;
 use udn_bins::store::quality::{BUCKETS, bucket_bounds, bucket_of};
 use udn_bins::store::{Grain, Ingested, PreparedFile, Range, SeriesQuery};
 use udn_core::Timestamp;
-use udn_core::log::{FORMAT_VERSION, FileHeader, HttpRecord, LogRecord, MAGIC, Role};
+use udn_core::log::{HttpRecord, LogRecord, Role};
 
 const T0: u64 = 1_800_000_000_000 - 1_800_000_000_000 % 86_400_000;
 
@@ -42,15 +42,7 @@ fn rec(
 }
 
 fn file(id: &str, records: Vec<LogRecord>) -> PreparedFile {
-    let header = FileHeader {
-        magic: MAGIC.into(),
-        version: FORMAT_VERSION,
-        file_id: id.into(),
-        role: Role::Edge,
-        instance: "i1".into(),
-        opened_at: Timestamp::from_millis(T0),
-    };
-    PreparedFile::new(header, format!("sum-{id}"), records)
+    prepared_file(id, Role::Edge, T0, records)
 }
 
 #[test]
@@ -239,15 +231,7 @@ fn the_probes_latest_views_and_the_decision_reasons_on_both_stores() {
             probe(7, "nyc", "east", true, ""),
             probe(3, "fra", "west", true, ""),
         ];
-        let header = FileHeader {
-            magic: MAGIC.into(),
-            version: FORMAT_VERSION,
-            file_id: "p-1".into(),
-            role: Role::Probe,
-            instance: "fra".into(),
-            opened_at: Timestamp::from_millis(T0),
-        };
-        let f = PreparedFile::new(header, "sum-p-1".into(), records);
+        let f = prepared_file("p-1", Role::Probe, T0, records);
         store.ingest(&f, now).unwrap();
         let mut checks = store.service_checks(Timestamp::from_millis(T0)).unwrap();
         checks.sort_by(|a, b| (&a.server, &a.pop).cmp(&(&b.server, &b.pop)));
@@ -304,16 +288,8 @@ fn the_probes_latest_views_and_the_decision_reasons_on_both_stores() {
         recs.push(dns("sticky", "shop"));
         recs.push(dns("standby", "shop"));
         recs.push(dns("static", "acme"));
-        let header = FileHeader {
-            magic: MAGIC.into(),
-            version: FORMAT_VERSION,
-            file_id: "d-1".into(),
-            role: Role::Dns,
-            instance: "dns-a".into(),
-            opened_at: Timestamp::from_millis(T0),
-        };
         store
-            .ingest(&PreparedFile::new(header, "sum-d-1".into(), recs), now)
+            .ingest(&prepared_file("d-1", Role::Dns, T0, recs), now)
             .unwrap();
         let q = SeriesQuery {
             range: Range {

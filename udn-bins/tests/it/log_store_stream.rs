@@ -7,7 +7,7 @@ use crate::log_util;
 use log_util::*;
 use udn_bins::store::{Ingested, PreparedFile, Range};
 use udn_core::Timestamp;
-use udn_core::log::{FORMAT_VERSION, FileHeader, HttpRecord, LogRecord, MAGIC, Role};
+use udn_core::log::{HttpRecord, LogRecord, Role};
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -39,15 +39,7 @@ fn rec(
 }
 
 fn file(id: &str, records: Vec<LogRecord>) -> PreparedFile {
-    let header = FileHeader {
-        magic: MAGIC.into(),
-        version: FORMAT_VERSION,
-        file_id: id.into(),
-        role: Role::Edge,
-        instance: "i1".into(),
-        opened_at: Timestamp::from_millis(T0),
-    };
-    PreparedFile::new(header, format!("sum-{id}"), records)
+    prepared_file(id, Role::Edge, T0, records)
 }
 
 #[test]

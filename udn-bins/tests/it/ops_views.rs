@@ -8,10 +8,9 @@
 
 use crate::control_portal::{Proc, start_control};
 use crate::log_util;
-use crate::proc_support::{dig_short, udn_with_lines};
+use crate::proc_support::{addr_after, dig_short, udn_dns, udn_with_lines};
 use log_util::pg_support;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,14 +35,6 @@ fn tmp(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The address after `prefix` in a role's first stdout line.
-fn addr_after(line: &str, prefix: &str) -> SocketAddr {
-    line.strip_prefix(prefix)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("{line:?} names an address after {prefix:?}"))
 }
 
 /// SIGINT (the roles complete their open log file on it), then waits.
@@ -88,23 +79,16 @@ fn roles_statistics_reach_the_operators_views(extra: &[&str], tag: &str) {
     // A DNS server and an edge, each under the name of its shipping certificate
     // (`test-<role>`, log_util), writing operational records every second.
     let dns_logs = dir.join("logs-dns");
-    let (mut dns, lines) = udn_with_lines(
-        &[
-            "dns",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "test-dns",
-            "--log-dir",
-            dns_logs.to_str().unwrap(),
-            "--ops-interval-secs",
-            "1",
-        ],
-        1,
-    );
-    let dns_addr = addr_after(&lines[0], "udn dns: serving DNS on ");
+    let (mut dns, dns_addr) = udn_dns(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        "test-dns",
+        "--log-dir",
+        dns_logs.to_str().unwrap(),
+        "--ops-interval-secs",
+        "1",
+    ]);
     let edge_logs = dir.join("logs-edge");
     let (mut edge, lines) = udn_with_lines(
         &[

@@ -470,3 +470,22 @@ pub fn assert_store_matches(
         "rollup probe samples"
     );
 }
+
+/// A prepared log file of `role` instance `i1`, opened at `opened_at` (ms), holding
+/// `records`, as the collector hands it to the store.
+pub fn prepared_file(
+    id: &str,
+    role: udn_core::log::Role,
+    opened_at: u64,
+    records: Vec<udn_core::log::LogRecord>,
+) -> udn_bins::store::PreparedFile {
+    let header = udn_core::log::FileHeader {
+        magic: udn_core::log::MAGIC.into(),
+        version: udn_core::log::FORMAT_VERSION,
+        file_id: id.into(),
+        role,
+        instance: "i1".into(),
+        opened_at: udn_core::Timestamp::from_millis(opened_at),
+    };
+    udn_bins::store::PreparedFile::new(header, format!("sum-{id}"), records)
+}

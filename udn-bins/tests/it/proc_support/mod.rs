@@ -42,6 +42,26 @@ pub fn udn_with_lines(args: &[&str], n: usize) -> (Killed, Vec<String>) {
     (guard, lines)
 }
 
+/// Starts `udn dns ARGS --listen 127.0.0.1:0` and returns it with the address it
+/// serves DNS on, as it printed it (a port the kernel chose: one probed free over TCP
+/// may be taken over UDP by a parallel test).
+pub fn udn_dns(args: &[&str]) -> (Killed, SocketAddr) {
+    let mut all = vec!["dns"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+    let (child, lines) = udn_with_lines(&all, 1);
+    (child, addr_after(&lines[0], "udn dns: serving DNS on "))
+}
+
+/// The address after `prefix` in a role's stdout line (`udn dns: serving DNS on
+/// 127.0.0.1:5353 (UDP and TCP)`).
+pub fn addr_after(line: &str, prefix: &str) -> SocketAddr {
+    line.strip_prefix(prefix)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?} names an address after {prefix:?}"))
+}
+
 /// `dig @server -p port NAME A +short` (one try, 2 s): the answer lines.
 pub fn dig_short(server: SocketAddr, name: &str) -> Vec<String> {
     let out = Command::new("dig")
