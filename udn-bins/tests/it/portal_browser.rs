@@ -262,29 +262,7 @@ async fn customer_journey_in_headless_chromium() {
         ("/activity/gtm", "07p-gtm-activity-phone"),
     ] {
         c.goto(&format!("{base}{path}")).await.unwrap();
-        let fit = c
-            .execute(
-                "const d = document.documentElement;
-                 const svg = document.querySelector('main svg');
-                 return [d.scrollWidth, d.clientWidth, svg ? svg.getBoundingClientRect().right : 0];",
-                vec![],
-            )
-            .await
-            .unwrap();
-        let v: Vec<f64> = fit
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap_or(f64::MAX))
-            .collect();
-        assert!(
-            v[0] <= v[1] + 1.0,
-            "{path} scrolls sideways on a phone: {v:?}"
-        );
-        assert!(
-            v[2] <= v[1] + 1.0,
-            "{path}'s chart is wider than a phone: {v:?}"
-        );
+        assert_fits_width(&c, &format!("{path} on a phone")).await;
         shot(&c, name).await;
     }
     c.set_window_size(1280, 1100).await.unwrap();

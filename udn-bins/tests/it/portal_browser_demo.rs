@@ -881,6 +881,27 @@ async fn customer_journey_against_the_running_demo() {
         "a chart of the DNS servers' queries"
     );
     shot(&c, "demo-13-operations").await;
+    // The new pages on a phone: no sideways scrolling (wide tables scroll inside).
+    c.set_window_size(390, 844).await.unwrap();
+    for (path, name) in [
+        ("/ops", "demo-13p-operations-phone"),
+        ("/activity/cdn/quality", "demo-13q-cdn-quality-phone"),
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        assert_fits_width(&c, &format!("{path} on a phone")).await;
+        shot(&c, name).await;
+    }
+    c.set_window_size(1280, 1100).await.unwrap();
+    c.goto(&format!("{base}/activity/cdn/quality"))
+        .await
+        .unwrap();
+    assert!(
+        svgs(&c, "#times-chart").await >= 1,
+        "the response-time chart"
+    );
+    let requests = num(&text(&c, "#total-requests").await);
+    assert!(requests > 0.0, "the demo's traffic is on the quality page");
+    shot(&c, "demo-13q-cdn-quality").await;
 
     // A drill takes an origin server down: the GTM page shows its address down (the
     // probe's records, shipped and stored), and up again after the restore.

@@ -131,3 +131,28 @@ pub async fn source_contains(c: &Client, needle: &str) -> bool {
         .map(|s| s.contains(needle))
         .unwrap_or(false)
 }
+
+/// Asserts that the page `c` shows fits its window's width: no sideways scrolling, and
+/// the first chart in `main` no wider than the window (the phone layout).
+pub async fn assert_fits_width(c: &Client, what: &str) {
+    let fit = c
+        .execute(
+            "const d = document.documentElement;
+             const svg = document.querySelector('main svg');
+             return [d.scrollWidth, d.clientWidth, svg ? svg.getBoundingClientRect().right : 0];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let v: Vec<f64> = fit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::MAX))
+        .collect();
+    assert!(v[0] <= v[1] + 1.0, "{what} scrolls sideways: {v:?}");
+    assert!(
+        v[2] <= v[1] + 1.0,
+        "{what}'s chart is wider than the window: {v:?}"
+    );
+}
