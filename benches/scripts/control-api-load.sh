@@ -33,6 +33,9 @@ TMP=$(mktemp -d /tmp/udn-control-load.XXXXXX)
 PIDS=()
 STARTED_PG=""
 cleanup() {
+  # `start` runs in a command substitution (a subshell): its processes are known by
+  # their pid files.
+  for f in "$TMP"/*.pid; do [ -e "$f" ] && PIDS+=("$(cat "$f")"); done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   if [ -n "$STARTED_PG" ]; then bash "$ROOT/scripts/stop-postgres.sh" >/dev/null 2>&1 || true; fi
@@ -67,26 +70,30 @@ start() {
     --portal-listen "127.0.0.1:$portal_port" --api-listen "127.0.0.1:$api_port" \
     --bootstrap-admin admin:benchmark-password --config "$CONFIG" \
     --data-dir "$TMP/$name" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
-  PIDS+=($!)
+  echo $! >"$TMP/$name.pid"
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$api_port/health" >/dev/null 2>&1 && break
     sleep 0.1
   done
   curl -sf "http://127.0.0.1:$api_port/health" >/dev/null \
     || { echo "udn control ($name) did not start:" >&2; cat "$TMP/$name.err" >&2; exit 1; }
+  echo "https://127.0.0.1:$portal_port" >"$TMP/$name.portal"
   echo "http://127.0.0.1:$api_port"
 }
 
+# token NAME -> a bearer token. Passwords are taken over HTTPS only: the token is asked
+# of the portal listener (its self-signed certificate, on loopback: -k), then used on
+# the plain-HTTP API.
 token() {
-  curl -sf "$1/v1/auth/token" -H 'content-type: application/json' \
+  curl -skf "$(cat "$TMP/$1.portal")/v1/auth/token" -H 'content-type: application/json' \
     -d '{"username":"admin","password":"benchmark-password"}' \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
 }
 
 SQLITE=$(start sqlite)
 PG=$(start postgres --postgres "$PG_URL")
-SQLITE_TOKEN=$(token "$SQLITE")
-PG_TOKEN=$(token "$PG")
+SQLITE_TOKEN=$(token sqlite)
+PG_TOKEN=$(token postgres)
 
 # rps BASE TOKEN PATH -> requests per second (wrk, non-2xx answers are an error)
 rps() {

@@ -11,7 +11,13 @@
 //!   (`collector::parse_file`), fold rollups, `Store::ingest` (one transaction per file
 //!   with its ledger row);
 //! - `pipeline` (with `--udn PATH`): the real `udn distribute --drain` shipping the same
-//!   files over HTTP to the real `udn control`; wall time until the directory is empty.
+//!   files over HTTPS (mutual TLS, one enrolled instance per role, as in production) to
+//!   the real `udn control`, which checks each HTTP record's hostname against its
+//!   owner; wall time until every role's directory is empty.
+//!
+//! Each role writes its own files (an edge ships HTTP records, a DNS server DNS
+//! records, a probe probe records: the collector refuses anything else), and each
+//! hostname belongs to one customer (`www{h}.shop.example` to `customer-{h}`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -59,14 +65,25 @@ fn opts() -> Opts {
 }
 
 /// An edge-heavy mix: 80 % HTTP, 15 % DNS, 5 % probe; 1 record per ms of log time.
+/// Hostnames (and their customers) the records name.
+const HOSTS: u64 = 5;
+
+/// The roles that write the files, with their instance names (the certificates'),
+/// each in its own subdirectory of the log directory.
+const ROLES: [(Role, &str, &str); 3] = [
+    (Role::Edge, "edge", "bench-edge"),
+    (Role::Dns, "dns", "bench-dns"),
+    (Role::Probe, "probe", "bench-probe"),
+];
+
 fn rec(i: u64, t0: u64) -> LogRecord {
     let ts = Timestamp::from_millis(t0 + i);
     let client = IpAddr::V4(Ipv4Addr::new(198, 51, (i >> 8) as u8, i as u8));
     match i % 20 {
         0..=15 => LogRecord::Http(HttpRecord {
             ts,
-            customer: Some(format!("customer-{}", i % 7)),
-            host: format!("www{}.shop.example", i % 5),
+            customer: Some(format!("customer-{}", i % HOSTS)),
+            host: format!("www{}.shop.example", i % HOSTS),
             path: format!("/static/img/{}.jpg", i % 10_000),
             method: "GET".into(),
             status: if i.is_multiple_of(50) { 404 } else { 200 },
@@ -83,15 +100,15 @@ fn rec(i: u64, t0: u64) -> LogRecord {
         }),
         16..=18 => LogRecord::Dns(DnsRecord {
             ts,
-            hostname: format!("www{}.shop.example", i % 5),
+            hostname: format!("www{}.shop.example", i % HOSTS),
             qtype: "A".into(),
             client,
             ecs: None,
             addrs: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, (i % 6) as u8 + 1))],
             reason: "latency".into(),
             pop: Some(["fra", "iad", "sin"][(i % 3) as usize].into()),
-            customer: Some(format!("customer-{}", i % 7)),
-            server: "dns-1".into(),
+            customer: Some(format!("customer-{}", i % HOSTS)),
+            server: "bench-dns".into(),
         }),
         _ => LogRecord::Probe(ProbeRecord {
             ts,
@@ -112,16 +129,29 @@ fn write_files(dir: &Path, n: u64, max_bytes: u64) -> (Vec<PathBuf>, f64, u64) {
         max_bytes,
         max_age: Duration::from_secs(3600),
     };
-    let log = FileLog::new(dir, Role::Edge, "bench-edge", policy).expect("log dir");
+    let logs: Vec<FileLog> = ROLES
+        .iter()
+        .map(|(role, sub, name)| {
+            FileLog::new(&dir.join(sub), *role, name, policy).expect("log dir")
+        })
+        .collect();
     let t0 = 1_800_000_000_000;
     let start = Instant::now();
     for i in 0..n {
         let r = rec(i, t0);
+        let log = match r {
+            LogRecord::Http(_) => &logs[0],
+            LogRecord::Dns(_) => &logs[1],
+            _ => &logs[2],
+        };
         log.write_at(&r, r.ts()).expect("write");
     }
-    log.flush_complete().expect("complete");
+    let mut files = Vec::new();
+    for (log, (_, sub, _)) in logs.iter().zip(ROLES) {
+        log.flush_complete().expect("complete");
+        files.extend(udn_bins::distributor::complete_files(&dir.join(sub)).expect("list"));
+    }
     let secs = start.elapsed().as_secs_f64();
-    let files = udn_bins::distributor::complete_files(dir).expect("list");
     let bytes = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -202,13 +232,55 @@ fn store_run(name: &str, loc: &Location, files: &[PathBuf], n: u64) {
     );
 }
 
+/// The configuration the collector checks HTTP records against: each bench hostname
+/// owned by its customer.
+fn bench_config() -> String {
+    let mut cfg = udn_core::config::SAMPLE.to_owned();
+    for h in 0..HOSTS {
+        cfg.push_str(&format!(
+            "\n[[customers]]\nname = \"customer-{h}\"\n\n[[cdn]]\nhostname = \"www{h}.shop.example\"\n\
+             customer = \"customer-{h}\"\norigins = [\"origin{h}.shop.example\"]\n\
+             origin_urls = [\"http://127.0.0.21:8080\"]\n"
+        ));
+    }
+    cfg
+}
+
+/// `udn control enroll ROLE NAME` against `data`: the instance's credentials directory.
+fn enroll(udn: &Path, data: &Path, role: &str, name: &str) -> PathBuf {
+    let out = data.with_extension(format!("pki-{role}"));
+    let st = std::process::Command::new(udn)
+        .args([
+            "control",
+            "enroll",
+            role,
+            name,
+            "--san",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("udn control enroll");
+    assert!(st.success(), "enrolling {role} {name}");
+    out
+}
+
 fn pipeline_run(name: &str, udn: &Path, pg: Option<&str>, dir: &Path, n: u64) {
     use std::io::BufRead as _;
     let data = dir.with_extension("data");
     let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let cfg = data.with_extension("toml");
+    std::fs::write(&cfg, bench_config()).expect("config");
     let mut cmd = std::process::Command::new(udn);
     cmd.args(["control", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .arg("--config")
+        .arg(&cfg)
         .stdout(std::process::Stdio::piped());
     if let Some(u) = pg {
         cmd.args(["--postgres", u]);
@@ -222,20 +294,58 @@ fn pipeline_run(name: &str, udn: &Path, pg: Option<&str>, dir: &Path, n: u64) {
         .strip_prefix("udn control: listening on ")
         .expect("control address")
         .to_owned();
+    let pki: Vec<PathBuf> = ROLES
+        .iter()
+        .map(|(_, sub, inst)| enroll(udn, &data, sub, inst))
+        .collect();
+    // The register of instances is reread every second.
+    std::thread::sleep(Duration::from_millis(1500));
     let start = Instant::now();
-    let status = std::process::Command::new(udn)
-        .args(["distribute", "--drain", "--dir"])
-        .arg(dir)
-        .args(["--collector", &format!("http://{addr}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("udn distribute");
+    let ships: Vec<_> = ROLES
+        .iter()
+        .zip(&pki)
+        .map(|((_, sub, _), pki)| {
+            std::process::Command::new(udn)
+                .args(["distribute", "--drain", "--dir"])
+                .arg(dir.join(sub))
+                .args(["--collector", &format!("https://{addr}")])
+                .arg("--pki")
+                .arg(pki)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("udn distribute")
+        })
+        .collect();
+    let ok = ships
+        .into_iter()
+        .all(|mut c| c.wait().map(|s| s.success()).unwrap_or(false));
     let secs = start.elapsed().as_secs_f64();
     let _ = control.kill();
     let _ = control.wait();
-    assert!(status.success());
+    assert!(ok, "a distributor failed");
+    for (_, sub, _) in ROLES {
+        let left = udn_bins::distributor::complete_files(&dir.join(sub)).expect("list");
+        assert!(left.is_empty(), "{sub}: {} files not shipped", left.len());
+    }
+    // Every record stored (none quarantined): what the collector's store holds.
+    let loc = match pg {
+        Some(u) => Location::Postgres { url: u.to_owned() },
+        None => Location::Sqlite {
+            dir: data.clone(),
+            max_pages: None,
+        },
+    };
+    let c = store::open(&loc)
+        .expect("open store")
+        .counts()
+        .expect("counts");
+    assert_eq!(
+        (c.http + c.dns + c.probe) as u64,
+        n,
+        "every record is stored: {c:?}"
+    );
     println!(
-        "{name:9} pipeline {n} records in {secs:.2} s = {:>9.0} records/s (udn distribute -> HTTP -> udn control)",
+        "{name:9} pipeline {n} records in {secs:.2} s = {:>9.0} records/s (udn distribute x3 -> HTTPS, mutual TLS -> udn control)",
         n as f64 / secs
     );
     let _ = std::fs::remove_dir_all(&data);
@@ -315,11 +425,18 @@ fn main() {
     if let Some(udn) = &o.udn {
         for (name, _, pg) in &backends {
             let pg_url = pg.as_deref().map(|u| fresh_pg(u, "udn_bench_pipeline"));
-            // The distributor deletes what it shipped: give it a copy.
+            // The distributor deletes what it shipped: give it a copy, per role.
             let copy = base.join(format!("ship-{name}"));
-            std::fs::create_dir_all(&copy).expect("copy dir");
+            for (_, sub, _) in ROLES {
+                std::fs::create_dir_all(copy.join(sub)).expect("copy dir");
+            }
             for f in &files {
-                std::fs::copy(f, copy.join(f.file_name().unwrap_or_default())).expect("copy");
+                let sub = f
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .expect("a role's directory");
+                std::fs::copy(f, copy.join(sub).join(f.file_name().unwrap_or_default()))
+                    .expect("copy");
             }
             pipeline_run(name, udn, pg_url.as_deref(), &copy, o.records);
         }
