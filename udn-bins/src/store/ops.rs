@@ -1,4 +1,4 @@
-//! Operational statistics: the roles' own [`OpsRecord`]s (DNS servers' queries,
+//! Operational statistics: the roles' own [`OpsRecord`](udn_core::log::OpsRecord)s (DNS servers' queries,
 //! answers by reason, relayed and dropped queries; edges' requests, fills, origin
 //! traffic, memory and disk; probes' tests), folded per bucket, role, instance and
 //! metric into `rollup_ops`, `rollup_ops_hour` and `rollup_ops_day` in each log file's
@@ -198,7 +198,7 @@ pub struct OpsPoint {
     pub samples: i64,
 }
 
-/// What [`Store::ops`](super::Store::ops) answers: the operational series and the
+/// What [`Store::ops`] answers: the operational series and the
 /// probes' per-method results of a range.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OpsReport {
