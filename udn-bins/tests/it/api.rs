@@ -31,6 +31,7 @@ on_both_stores!(
     traffic_ranges_are_absolute_zoned_filtered_and_exported,
     invoices_are_the_customers_own,
     openapi_document_describes_every_route,
+    openapi_schemas_describe_the_answers,
     a_config_committed_elsewhere_is_served_at_once,
     customer_destinations_in_the_providers_network_are_refused,
     a_config_no_probe_can_load_is_refused,
@@ -1847,6 +1848,67 @@ async fn openapi_document_describes_every_route(store: Store) {
         );
     }
     assert!(routes > 25, "found {routes} routes");
+}
+
+/// Every GET route the document describes answers, as the admin and as a customer,
+/// a body its `200` schema accepts (OpenAPI 3.1 schemas are JSON Schema 2020-12, checked
+/// by the jsonschema crate with the document's components for `$ref`s); routes this
+/// backend does not serve (404) are counted, not checked.
+async fn openapi_schemas_describe_the_answers(store: Store) {
+    let h = Harness::start_on(store, "api-openapi-schemas").await;
+    let doc: Value = reqwest::get(h.url("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = h.login("admin").await;
+    let shop = h.login("shopuser").await;
+    // Path parameters: objects the harness's configuration has.
+    let fill = |p: &str| {
+        p.replace("{hostname}", "www.shop.udn.example")
+            .replace("{name}", "shop")
+    };
+    let mut checked = Vec::new();
+    let mut skipped = Vec::new();
+    let mut mismatches = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if item["get"]["responses"]["200"]["content"]["application/json"]
+            .get("schema")
+            .is_none()
+        {
+            continue;
+        }
+        if path.contains('{') && !(path.contains("{hostname}") || path.contains("{name}")) {
+            continue;
+        }
+        if path == "/v1/openapi.json" || path.starts_with("/v1/cdn/{") {
+            continue;
+        }
+        for (who, s) in [("admin", &admin), ("shop", &shop)] {
+            let (st, body) = s.get(&fill(path)).await;
+            if st != 200 {
+                skipped.push(format!("{who} {path} {st}"));
+                continue;
+            }
+            let errors = schema_errors(&doc, path, &body).unwrap_or_default();
+            if !errors.is_empty() {
+                let text = body.to_string();
+                mismatches.push(format!(
+                    "{who} GET {path}: {errors:?}\n  {}",
+                    &text[..text.len().min(600)]
+                ));
+            }
+            checked.push(format!("{who} {path}"));
+        }
+    }
+    eprintln!("checked {checked:?}; not served here: {skipped:?}");
+    assert!(
+        mismatches.is_empty(),
+        "answers that do not match docs/openapi.json:\n{}",
+        mismatches.join("\n")
+    );
+    assert!(checked.len() >= 20, "{checked:?} / {skipped:?}");
 }
 
 /// The API keeps the parsed configuration while the stored version stays the same; a

@@ -259,6 +259,37 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     assert_eq!(top["urls"][0]["requests"], 50, "{top}");
     assert_eq!(top["networks"][0]["network"], "127.0.0.0/24", "{top}");
 
+    // The answers of the log store's routes are what docs/openapi.json says.
+    let doc: serde_json::Value = http
+        .get(format!("{api}/v1/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for path in [
+        "/v1/traffic/cdn/quality",
+        "/v1/traffic/cdn/top",
+        "/v1/traffic/gtm/reasons",
+        "/v1/streaming",
+        "/v1/ops",
+        "/v1/gtm/{hostname}/health",
+    ] {
+        let url = format!(
+            "{api}{}?customer=shop",
+            path.replace("{hostname}", "www.shop.udn.example")
+        );
+        let url = if path == "/v1/ops" || path.contains('{') {
+            url.replace("?customer=shop", "")
+        } else {
+            url
+        };
+        let r = http.get(&url).bearer_auth(&token).send().unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let body: serde_json::Value = r.json().unwrap();
+        let errors = crate::api_support::schema_errors(&doc, path, &body).expect("a schema");
+        assert!(errors.is_empty(), "{path}: {errors:?}\n{body}");
+    }
+
     // The stream's statistics: one stream, its segments, playlists and viewers.
     let sv = get_list("/v1/streaming?customer=shop", "streams");
     let streams = sv["streams"].as_array().expect("streams");

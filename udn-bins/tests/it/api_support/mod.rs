@@ -558,3 +558,21 @@ where
     }
     false
 }
+
+/// What is wrong with `body` as the `200` answer of `GET path` by `doc` (docs/openapi.json:
+/// OpenAPI 3.1 schemas are JSON Schema 2020-12, checked with the document's components
+/// for `$ref`s): at most five errors; `None` when the document describes no JSON answer.
+pub fn schema_errors(doc: &Value, path: &str, body: &Value) -> Option<Vec<String>> {
+    let schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        .get("schema")?;
+    let root = serde_json::json!({"allOf": [schema], "components": doc["components"]});
+    let validator = jsonschema::validator_for(&root)
+        .unwrap_or_else(|e| panic!("{path}: the schema does not compile: {e}"));
+    Some(
+        validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .take(5)
+            .collect(),
+    )
+}
