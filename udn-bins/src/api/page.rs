@@ -112,14 +112,10 @@ impl PageQuery {
                 "not a cursor of this list (use the one a Link header gave)",
             )
         };
-        if c.len() > 4096 || c.len() % 2 != 0 {
+        if c.len() > 4096 {
             return Err(invalid());
         }
-        let bytes = (0..c.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&c[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| invalid())?;
+        let bytes = udn_core::hex::decode(c).ok_or_else(invalid)?;
         serde_json::from_slice::<Key>(&bytes)
             .map(Some)
             .map_err(|_| invalid())
@@ -128,11 +124,7 @@ impl PageQuery {
 
 /// The opaque cursor of `key`.
 pub fn cursor_of(key: &Key) -> String {
-    serde_json::to_vec(key)
-        .unwrap_or_default()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    udn_core::hex::encode(&serde_json::to_vec(key).unwrap_or_default())
 }
 
 /// Sorts `items` by `key`, keeps those after the cursor, and answers the page with its
