@@ -1097,7 +1097,7 @@ async fn purge_fans_out_with_sequence_numbers_and_catches_up_a_returning_edge(st
     assert!(down["last_error"].as_str().is_some());
 
     // The edge that was down comes back and gets what it missed, in order.
-    let task = h.edge2.serve(h.edge2_addr).await;
+    let task = h.serve_edge2().await;
     assert!(eventually(15, || async { h.edge2.calls("/v1/purge").len() == 2 }).await);
     let seqs: Vec<_> = h
         .edge2
@@ -1194,7 +1194,7 @@ async fn prefill_fans_out_to_every_edge(store: Store) {
     let (_, v) = shop.get(&format!("/v1/prefill/{seq}")).await;
     assert_eq!(v["applied"], 1);
     // The edge that was down gets the prefill when it comes back.
-    let task = h.edge2.serve(h.edge2_addr).await;
+    let task = h.serve_edge2().await;
     assert!(eventually(15, || async { h.edge2.calls("/v1/prefill").len() == 1 }).await);
     assert!(
         eventually(5, || async {
@@ -1262,7 +1262,7 @@ async fn live_events_are_validated_owner_only_capped_and_fanned_out_ahead_of_the
     let calls = h.edge1.calls("/v1/prefill-live");
     assert_eq!(calls[0].body, json!({"url": playlist, "max_segments": 5}));
     // The edge that was down prefills it when it comes back.
-    let task = h.edge2.serve(h.edge2_addr).await;
+    let task = h.serve_edge2().await;
     assert!(
         eventually(15, || async {
             !h.edge2.calls("/v1/prefill-live").is_empty()

@@ -235,7 +235,7 @@ async fn cache_control_purges_and_shows_propagation() {
         body.contains("http-equiv=\"refresh\""),
         "refreshes while pending"
     );
-    let t = h.edge2.serve(h.edge2_addr).await;
+    let t = h.serve_edge2().await;
     assert!(
         eventually(15, || async {
             page(&c, h.https("/cache")).await.1.contains("2 of 2 edges")

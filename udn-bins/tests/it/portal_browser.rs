@@ -183,7 +183,7 @@ async fn customer_journey_in_headless_chromium() {
     }
     assert!(ok, "purge shown as applied on the live edge");
     shot(&c, "03-cache-pending").await;
-    let edge2 = h.edge2.serve(h.edge2_addr).await;
+    let edge2 = h.serve_edge2().await;
     let mut ok = false;
     // The page refreshes itself every 2 s while a purge is pending.
     for _ in 0..150 {

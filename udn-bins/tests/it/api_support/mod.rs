@@ -136,11 +136,30 @@ impl Recorder {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind recorder");
+        self.serve_listener(listener)
+    }
+
+    /// Serves on a socket held by [`reserve`] until the returned task is aborted.
+    pub fn serve_reserved(&self, socket: tokio::net::TcpSocket) -> tokio::task::JoinHandle<()> {
+        self.serve_listener(socket.listen(1024).expect("listen"))
+    }
+
+    fn serve_listener(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
         let app = self.router();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         })
     }
+}
+
+/// A loopback port held for a server that is down until the test starts it: bound but
+/// not listening, so connections are refused (as by a stopped edge) and no parallel
+/// test can take the port meanwhile.
+pub fn reserve() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let addr = s.local_addr().expect("addr");
+    (s, addr)
 }
 
 /// A loopback port nothing listens on (yet).
@@ -264,6 +283,8 @@ pub struct Harness {
     pub edge1: Recorder,
     pub edge2: Recorder,
     pub edge2_addr: SocketAddr,
+    /// edge2's port, held until [`Harness::serve_edge2`].
+    edge2_socket: std::sync::Mutex<Option<tokio::net::TcpSocket>>,
     pub probe_fra: Recorder,
     pub probe_nyc: Recorder,
     /// The control plane's machine listener (mutual TLS): the roles' `GET /v1/config`.
@@ -348,7 +369,7 @@ impl Harness {
         let edge1_addr = free_addr();
         tasks.push(edge1.serve(edge1_addr).await);
         let edge2 = Recorder::new();
-        let edge2_addr = free_addr();
+        let (edge2_socket, edge2_addr) = reserve();
         let probe_fra = Recorder::new();
         let fra_addr = free_addr();
         tasks.push(probe_fra.serve(fra_addr).await);
@@ -449,9 +470,23 @@ impl Harness {
             edge1,
             edge2,
             edge2_addr,
+            edge2_socket: std::sync::Mutex::new(Some(edge2_socket)),
             probe_fra,
             probe_nyc,
             tasks,
+        }
+    }
+
+    /// Starts edge2 (down until now) on its address; again after it was stopped.
+    pub async fn serve_edge2(&self) -> tokio::task::JoinHandle<()> {
+        let held = self
+            .edge2_socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match held {
+            Some(socket) => self.edge2.serve_reserved(socket),
+            None => self.edge2.serve(self.edge2_addr).await,
         }
     }
 
