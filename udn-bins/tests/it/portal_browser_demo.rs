@@ -809,21 +809,29 @@ async fn customer_journey_against_the_running_demo() {
         rfc(now - 3_600_000),
         rfc(now + 600_000)
     );
-    let (instances, took) = poll("every role's statistics", Duration::from_secs(60), || {
+    let (instances, took) = poll("every role's statistics", Duration::from_secs(90), || {
         let (admin, path) = (&admin, ops_path.clone());
         async move {
             let (st, v) = admin.send("GET", &path, None).await;
             assert_eq!(st, 200, "{v}");
             let mut seen = std::collections::BTreeSet::new();
+            let mut headlines = std::collections::BTreeSet::new();
             for p in v["points"].as_array().unwrap() {
-                seen.insert(format!(
-                    "{}/{}",
-                    p["role"].as_str()?,
-                    p["instance"].as_str()?
-                ));
+                let (role, instance) = (p["role"].as_str()?, p["instance"].as_str()?);
+                seen.insert(format!("{role}/{instance}"));
+                let base = p["metric"].as_str()?.split('{').next()?;
+                headlines.insert(format!("{role}/{instance}/{base}"));
             }
-            // Two DNS servers, three edges, three probes.
-            (seen.len() >= 8).then_some(seen)
+            // Two DNS servers, three edges, three probes; and the counters the page is
+            // checked for below (a role's first records may hold only its gauges).
+            let counted = [
+                "dns/dns1/udn_dns_queries_total",
+                "edge/fra/udn_edge_requests_total",
+                "probe/fra/udn_probe_service_checks_total",
+            ]
+            .iter()
+            .all(|h| headlines.contains(*h));
+            (seen.len() >= 8 && counted).then_some(seen)
         }
     })
     .await;
