@@ -3007,17 +3007,16 @@ async fn traffic_gtm_reasons(
         .into_iter()
         .map(|(reason, answers)| serde_json::json!({"reason": reason, "answers": answers}))
         .collect();
-    Ok(Json(serde_json::json!({
-        "customer": customer,
-        "host": host,
-        "from": r.rfc3339(r.range.from),
-        "to": r.rfc3339(r.range.to),
-        "from_ms": r.range.from,
-        "to_ms": r.range.to,
-        "tz": r.tz_name,
-        "reasons": reasons,
-    }))
-    .into_response())
+    Ok(ranged_answer(
+        &r,
+        serde_json::json!({
+            "customer": customer,
+            "host": host,
+        }),
+        serde_json::json!({
+            "reasons": reasons,
+        }),
+    ))
 }
 
 /// `GET /v1/traffic/cdn/top`: the 20 URLs and the 20 client networks (/24, /48) with
@@ -3056,18 +3055,17 @@ async fn traffic_cdn_top(
         let body = super::timerange::csv(&["list", "host", "key", "requests", "bytes"], rows);
         return Ok(csv_response(body));
     }
-    Ok(Json(serde_json::json!({
-        "customer": customer,
-        "host": host,
-        "from": r.rfc3339(r.range.from),
-        "to": r.rfc3339(r.range.to),
-        "from_ms": r.range.from,
-        "to_ms": r.range.to,
-        "tz": r.tz_name,
-        "urls": top.urls,
-        "networks": top.networks,
-    }))
-    .into_response())
+    Ok(ranged_answer(
+        &r,
+        serde_json::json!({
+            "customer": customer,
+            "host": host,
+        }),
+        serde_json::json!({
+            "urls": top.urls,
+            "networks": top.networks,
+        }),
+    ))
 }
 traffic_handler!(
     traffic_cdn_locations,
@@ -3129,19 +3127,40 @@ async fn streaming(
         );
         return Ok(csv_response(body));
     }
-    Ok(Json(serde_json::json!({
-        "customer": customer,
-        "host": host,
-        "from": r.rfc3339(r.range.from),
-        "to": r.rfc3339(r.range.to),
-        "from_ms": r.range.from,
-        "to_ms": r.range.to,
-        "tz": r.tz_name,
-        "streams": report.streams,
-        "series": report.series,
-        "clients": report.clients,
-    }))
-    .into_response())
+    Ok(ranged_answer(
+        &r,
+        serde_json::json!({
+            "customer": customer,
+            "host": host,
+        }),
+        serde_json::json!({
+            "streams": report.streams,
+            "series": report.series,
+            "clients": report.clients,
+        }),
+    ))
+}
+
+/// A JSON answer about a range: `head` (the filters), then the range it covers
+/// (`from`, `to` in RFC 3339 in `tz`, `from_ms`, `to_ms`, `tz`), then `body`.
+fn ranged_answer(
+    r: &super::timerange::Resolved,
+    head: serde_json::Value,
+    body: serde_json::Value,
+) -> Response {
+    let mut out = match head {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    out.insert("from".into(), r.rfc3339(r.range.from).into());
+    out.insert("to".into(), r.rfc3339(r.range.to).into());
+    out.insert("from_ms".into(), serde_json::json!(r.range.from));
+    out.insert("to_ms".into(), serde_json::json!(r.range.to));
+    out.insert("tz".into(), r.tz_name.clone().into());
+    if let Value::Object(m) = body {
+        out.extend(m);
+    }
+    Json(Value::Object(out)).into_response()
 }
 
 /// A CSV document as an answer (`text/csv; charset=utf-8`).
@@ -3240,19 +3259,18 @@ async fn ops(
         );
         return Ok(csv_response(body));
     }
-    Ok(Json(serde_json::json!({
-        "role": role,
-        "from": r.rfc3339(r.range.from),
-        "to": r.rfc3339(r.range.to),
-        "from_ms": r.range.from,
-        "to_ms": r.range.to,
-        "tz": r.tz_name,
-        "granularity": report.grain,
-        "truncated": report.truncated,
-        "points": report.points,
-        "probe_methods": report.probe_methods,
-    }))
-    .into_response())
+    Ok(ranged_answer(
+        &r,
+        serde_json::json!({
+            "role": role,
+        }),
+        serde_json::json!({
+            "granularity": report.grain,
+            "truncated": report.truncated,
+            "points": report.points,
+            "probe_methods": report.probe_methods,
+        }),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -1050,7 +1050,7 @@ async fn gtm_activity(
         Err(e) => return Err(e.into()),
     };
     let mut status: BTreeMap<(String, String), String> = BTreeMap::new();
-    for g in &cfg.gtm {
+    for g in cfg.gtm.iter().filter(|g| a.user.may_access(&g.customer)) {
         for t in r::gtm_health(&cfg, g, &checks, now).targets {
             for ad in &t.target.addresses {
                 status.insert((g.hostname.clone(), ad.to_string()), t.status.clone());
