@@ -38,6 +38,7 @@ on_both_stores!(
     a_hostname_colliding_with_a_zone_file_name_is_refused,
     every_rejection_is_json,
     lists_are_paged_by_cursor,
+    a_hostnames_health_and_the_operators_views_are_not_anyones,
 );
 
 fn fields(body: &Value) -> Vec<String> {
@@ -2422,4 +2423,24 @@ async fn lists_are_paged_by_cursor(store: Store) {
     let (st, v) = admin.get(&format!("/v1/customers?cursor={c}")).await;
     assert_eq!(st, 400, "{v}");
     assert_eq!(fields(&v), vec!["cursor".to_string()]);
+}
+
+/// The live health of a GTM hostname is its owner's (another customer gets 403, even
+/// for a name that does not exist: 404 only after the ownership check), and the
+/// operators' statistics are the admins' alone.
+async fn a_hostnames_health_and_the_operators_views_are_not_anyones(store: Store) {
+    let h = Harness::start_on(store, "api-health-owner").await;
+    let acme = h.login("acmeuser").await;
+    let (st, v) = acme.get("/v1/gtm/www.shop.udn.example/health").await;
+    assert_eq!(st, 403, "{v}");
+    assert!(!v.to_string().contains("shop-east-1"), "{v}");
+    let (st, _) = acme.get("/v1/gtm/nope.shop.udn.example/health").await;
+    assert_eq!(st, 404);
+    for path in ["/v1/ops", "/v1/ops?role=dns&format=csv"] {
+        let (st, v) = acme.get(path).await;
+        assert_eq!(st, 403, "{path}: {v}");
+    }
+    // Paging does not widen the scope: another customer's purges stay refused.
+    let (st, v) = acme.get("/v1/purge?customer=shop&limit=1").await;
+    assert_eq!(st, 403, "{v}");
 }

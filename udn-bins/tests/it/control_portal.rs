@@ -782,6 +782,24 @@ fn control_plane_state_lives_in_postgres() {
             &[],
         )
         .unwrap();
+        // The backends end asynchronously: wait (at most 5 s) until they are gone, so
+        // no request below runs on a connection that is still being cut.
+        for _ in 0..50 {
+            let left: i64 = pg
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND state IS NOT NULL AND backend_type = 'client backend'
+                       AND backend_start < now()",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
     terminate(&mut pg);
     for _ in 0..8 {

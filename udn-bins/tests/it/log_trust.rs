@@ -363,3 +363,51 @@ fn collector_counts_and_metrics_are_for_the_control_role_only() {
         .unwrap();
     assert_eq!(c["files"], 1, "{c}");
 }
+
+/// An operational record with `n` metrics named `prefix{i}`, each of `value`.
+fn ops(prefix: &str, n: usize, value: f64) -> LogRecord {
+    LogRecord::Ops(udn_core::log::OpsRecord {
+        ts: Timestamp::from_secs(1_800_000_000),
+        metrics: (0..n)
+            .map(|i| udn_core::log::OpsMetric {
+                name: format!("{prefix}{i}"),
+                kind: udn_core::log::OpsKind::Counter,
+                value,
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn operational_records_are_bounded_and_only_the_roles_own() {
+    let tmp = TempDir::new("trust-ops");
+    let data = tmp.path().join("data");
+    let control = Control::start(&data, &Backend::Sqlite, "127.0.0.1:0", &[]);
+    let url = control.url();
+    let dns = role_client(&data, "dns");
+    // Too many metrics in one record, a value that could overflow a year's sum, a
+    // name that is not one: each refused whole, naming the line.
+    for (id, rec, want) in [
+        ("o-1", ops("udn_dns_x", 300, 1.0), "300 metrics"),
+        ("o-2", ops("udn_dns_x", 1, 1e300), "line 2"),
+        ("o-3", ops("<script>", 1, 1.0), "line 2"),
+    ] {
+        let (status, v) = post(&dns, &url, &file("dns", id, &[rec])).unwrap();
+        assert_eq!(status, 422, "{id}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{id}: {v}");
+    }
+    // The control plane's own instances write no logs, operational ones included.
+    let op = role_client(&data, "control");
+    let (status, v) = post(&op, &url, &file("control", "o-4", &[ops("m", 1, 1.0)])).unwrap();
+    assert_eq!(status, 403, "{v}");
+    drop(control);
+    let mut store = Backend::Sqlite.open(&data);
+    let rows = store
+        .select("SELECT COUNT(*) FROM rollup_ops", &[])
+        .unwrap();
+    assert_eq!(
+        rows[0][0],
+        udn_bins::store::Cell::Int(0),
+        "nothing of them was stored"
+    );
+}
