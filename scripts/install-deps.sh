@@ -15,6 +15,8 @@ PKGS=(
   poppler-utils    # pdftotext: reads the PDF invoices back (udn-bins/tests/it/billing_delivery.rs)
   ffmpeg           # a live HLS stream and its viewers (udn-bins/tests/it/edge_hls.rs)
   postgresql       # the store's PostgreSQL tests
+  clickhouse-server # the log store's ClickHouse tests (scripts/start-clickhouse.sh; Debian ships 18.16)
+  clickhouse-client
   chromium         # portal browser tests
   chromium-driver
   util-linux       # unshare: the ICMP datagram test's own network namespace (probe_latency.rs)

@@ -47,6 +47,13 @@ pub struct Args {
     /// purges) and billing's `billing_*` tables all go there.
     #[arg(long)]
     pub postgres: Option<String>,
+    /// Keep the log store (raw records, rollups, the file ledger: what the portal's
+    /// charts and billing's usage read) in ClickHouse at this HTTP URL
+    /// (`http://[user@]host:8123[/database]`, database `udn` by default, password in
+    /// `UDN_CLICKHOUSE_PASSWORD`); the control plane's and billing's own tables stay in
+    /// SQLite, or PostgreSQL with `--postgres`.
+    #[arg(long, conflicts_with = "sqlite_max_pages")]
+    pub clickhouse: Option<String>,
     /// Days to keep raw records (rollups and the file ledger are kept for good); 0 keeps
     /// raw records for good.
     #[arg(long, default_value_t = 30)]
@@ -388,6 +395,9 @@ impl Args {
 impl Args {
     /// Where the store lives.
     pub fn location(&self) -> Location {
+        if let Some(url) = &self.clickhouse {
+            return Location::ClickHouse { url: url.clone() };
+        }
         match &self.postgres {
             Some(url) => Location::Postgres { url: url.clone() },
             None => Location::Sqlite {

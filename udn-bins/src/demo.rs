@@ -475,6 +475,7 @@ pub async fn start(
         listen: sa(CONTROL.0, CONTROL.1),
         pki: None,
         postgres: None,
+        clickhouse: None,
         raw_retention_days: 30,
         minute_rollup_retention_days: 0,
         hour_rollup_retention_days: 0,

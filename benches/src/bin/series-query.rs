@@ -3,7 +3,8 @@
 //! rollups) and from the grain the rule picks (daily). Bounded: it stores one year of
 //! per-minute traffic for one key (525,600 records, one per minute) once per store.
 //!
-//! cargo run --release -p udn-benches --bin series-query -- [--postgres URL] [--rounds 5]
+//! cargo run --release -p udn-benches --bin series-query -- [--postgres URL]
+//!     [--clickhouse URL] [--rounds 5]
 
 use std::time::Instant;
 use udn_bins::store::{self, Grain, Location, PreparedFile, Range, SeriesQuery};
@@ -45,13 +46,14 @@ fn year_file() -> PreparedFile {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut pg, mut rounds) = (None, 5u32);
+    let (mut pg, mut ch, mut rounds) = (None, None, 5u32);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--postgres", Some(v)) => pg = Some(v),
+            ("--clickhouse", Some(v)) => ch = Some(v),
             ("--rounds", Some(v)) => rounds = v.parse().unwrap_or(5).clamp(1, 50),
             _ => {
-                eprintln!("usage: series-query [--postgres URL] [--rounds N]");
+                eprintln!("usage: series-query [--postgres URL] [--clickhouse URL] [--rounds N]");
                 std::process::exit(2);
             }
         }
@@ -68,6 +70,9 @@ fn main() {
     if let Some(url) = pg {
         stores.push(("postgres", Location::Postgres { url }));
     }
+    if let Some(url) = ch {
+        stores.push(("clickhouse", Location::ClickHouse { url }));
+    }
     let file = year_file();
     let year = Range {
         from: Timestamp::from_millis(T0),
@@ -79,7 +84,7 @@ fn main() {
         s.ingest(&file, Timestamp::from_millis(T0 + 366 * DAY))
             .expect("ingest");
         println!(
-            "{name:9} stored a year per minute ({} records) in {:.2} s",
+            "{name:10} stored a year per minute ({} records) in {:.2} s",
             file.records.len(),
             t.elapsed().as_secs_f64()
         );
@@ -104,7 +109,7 @@ fn main() {
                 );
             }
             println!(
-                "{name:9} year-long series from the {:6} rollups: {points:6} points, best of {rounds}: {:8.2} ms",
+                "{name:10} year-long series from the {:6} rollups: {points:6} points, best of {rounds}: {:8.2} ms",
                 grain.name(),
                 best * 1000.0
             );

@@ -1,8 +1,10 @@
 //! The store behind the log collector, the portal and billing.
 //!
-//! One [`Store`] trait, two implementations sharing one schema ([`MIGRATIONS`]):
-//! [`sqlite::SqliteStore`] (embedded default, WAL, one file in the data directory) and
-//! [`postgres::PgStore`] (for installations that outgrow one machine).
+//! One [`Store`] trait, three implementations sharing one schema ([`MIGRATIONS`]):
+//! [`sqlite::SqliteStore`] (embedded default, WAL, one file in the data directory),
+//! [`postgres::PgStore`] (for installations that outgrow one machine) and
+//! [`clickhouse::ClickHouseStore`] (analytics at scale: the schema translated to
+//! `MergeTree` tables, see its module).
 //!
 //! Ingestion is per log file and exactly-once: [`Store::ingest`] writes the file's ledger
 //! row (`log_files`: file id, checksum, role, instance, rows, received_at) in the same
@@ -13,6 +15,7 @@
 //! The queries the portal and billing need are default methods written once in portable
 //! SQL over [`Store::select`].
 
+pub mod clickhouse;
 pub mod health;
 pub mod ops;
 pub mod postgres;
@@ -40,6 +43,10 @@ pub enum Error {
     /// PostgreSQL failed or is unreachable.
     #[error("postgres: {0}")]
     Postgres(#[from] ::postgres::Error),
+    /// ClickHouse failed, is unreachable, or answered what the store cannot read (the
+    /// HTTP status and the first line of ClickHouse's message).
+    #[error("clickhouse: {0}")]
+    ClickHouse(String),
     /// The data directory could not be created or opened.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -1305,7 +1312,7 @@ pub trait Store: Send {
     /// Bytes per 5-minute bucket per POP for a customer (sum across POPs per bucket
     /// before taking the 95th percentile).
     fn bandwidth_5m(&mut self, customer: &str, range: Range) -> Result<Vec<BandwidthSample>> {
-        let sql = "SELECT minute / 300000 * 300000 AS bucket, pop, \
+        let sql = "SELECT minute - minute % 300000 AS bucket, pop, \
                    CAST(SUM(bytes) AS BIGINT) FROM rollup_http \
                    WHERE minute >= $1 AND minute < $2 AND customer = $3 \
                    GROUP BY bucket, pop ORDER BY bucket, pop";
@@ -1466,6 +1473,12 @@ pub enum Location {
         /// The URL.
         url: String,
     },
+    /// ClickHouse's HTTP interface (`http://host:port[/database]`, see
+    /// [`clickhouse::Target::parse`]).
+    ClickHouse {
+        /// The URL.
+        url: String,
+    },
 }
 
 /// Opens (and migrates) the store at `loc`.
@@ -1475,5 +1488,6 @@ pub fn open(loc: &Location) -> Result<Box<dyn Store>> {
             Ok(Box::new(sqlite::SqliteStore::open(dir, *max_pages)?))
         }
         Location::Postgres { url } => Ok(Box::new(postgres::PgStore::connect(url)?)),
+        Location::ClickHouse { url } => Ok(Box::new(clickhouse::ClickHouseStore::connect(url)?)),
     }
 }

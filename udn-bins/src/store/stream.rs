@@ -504,7 +504,7 @@ pub fn report<S: Store + ?Sized>(
         viewers.insert(key(&r, 0, &sql)?, super::int(&r, 3, &sql)?);
     }
     let sql = format!(
-        "SELECT minute, customer, host, stream, COUNT(*) FROM rollup_stream_client \
+        "SELECT minute, customer, host, stream, COUNT(DISTINCT client) FROM rollup_stream_client \
          WHERE minute >= $1 AND minute < $2{filter} GROUP BY minute, customer, host, stream"
     );
     let mut minute_viewers: HashMap<(i64, Stream3), i64> = HashMap::new();
@@ -564,9 +564,10 @@ pub fn report<S: Store + ?Sized>(
 
     let sql = format!(
         "SELECT customer, host, stream, client, CAST(SUM(requests) AS BIGINT), \
-         CAST(SUM(segments) AS BIGINT), CAST(SUM(bytes) AS BIGINT) FROM rollup_stream_client \
-         WHERE minute >= $1 AND minute < $2{filter} GROUP BY customer, host, stream, client \
-         ORDER BY 7 DESC, customer, host, stream, client LIMIT {TOP_CLIENTS}"
+         CAST(SUM(segments) AS BIGINT), CAST(SUM(bytes) AS BIGINT) AS sent \
+         FROM rollup_stream_client WHERE minute >= $1 AND minute < $2{filter} \
+         GROUP BY customer, host, stream, client \
+         ORDER BY sent DESC, customer, host, stream, client LIMIT {TOP_CLIENTS}"
     );
     let mut clients = Vec::new();
     for r in s.select(&sql, &params)? {

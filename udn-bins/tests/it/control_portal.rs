@@ -65,8 +65,16 @@ fn shipped_logs_reach_the_portal_series_on_postgres() {
     }
 }
 
+#[test]
+fn shipped_logs_reach_the_portal_series_on_clickhouse() {
+    if let Some(log_util::Backend::ClickHouse(url)) = log_util::clickhouse("shipped_logs_portal") {
+        shipped_logs_reach_the_portal_series(&["--clickhouse", &url], "clickhouse");
+    }
+}
+
 /// Logs shipped to the collector show in the traffic and answer series, and a billing
-/// run bills them; `extra` picks the store (nothing: SQLite; `--postgres URL`).
+/// run bills them; `extra` picks the store (nothing: SQLite; `--postgres URL`; the log
+/// store in ClickHouse with `--clickhouse URL`).
 fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     udn_bins::install_crypto();
     let dir = tmp(tag);

@@ -129,7 +129,14 @@ fn crash_run(backend: Backend, victim: Victim) {
     }
     let written = writer.join().unwrap();
     eprintln!("{name}: {kills} kills");
-    wait_drained(&logs, Duration::from_secs(120));
+    // ClickHouse takes a killed collector's attempt for dead only after a minute
+    // (`store::clickhouse::STALE_ATTEMPT_MS`), then the distributor's backoff.
+    let drain = if backend.name() == "clickhouse" {
+        300
+    } else {
+        120
+    };
+    wait_drained(&logs, Duration::from_secs(drain));
     dist.kill9();
     control.kill9();
 
@@ -178,6 +185,20 @@ fn postgres_survives_collector_kills() {
 #[test]
 fn postgres_survives_distributor_kills() {
     if let Some(b) = postgres("crash_distributor") {
+        crash_run(b, Victim::Distributor);
+    }
+}
+
+#[test]
+fn clickhouse_survives_collector_kills() {
+    if let Some(b) = clickhouse("crash_collector") {
+        crash_run(b, Victim::Collector);
+    }
+}
+
+#[test]
+fn clickhouse_survives_distributor_kills() {
+    if let Some(b) = clickhouse("crash_distributor") {
         crash_run(b, Victim::Distributor);
     }
 }

@@ -49,6 +49,8 @@ impl Drop for TempDir {
 pub enum Backend {
     Sqlite,
     Postgres(String),
+    /// The log store in ClickHouse (the control plane's own tables in SQLite).
+    ClickHouse(String),
 }
 
 impl Backend {
@@ -56,6 +58,7 @@ impl Backend {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres(_) => "postgres",
+            Backend::ClickHouse(_) => "clickhouse",
         }
     }
     pub fn location(&self, data_dir: &Path) -> Location {
@@ -65,6 +68,7 @@ impl Backend {
                 max_pages: None,
             },
             Backend::Postgres(url) => Location::Postgres { url: url.clone() },
+            Backend::ClickHouse(url) => Location::ClickHouse { url: url.clone() },
         }
     }
     pub fn open(&self, data_dir: &Path) -> Box<dyn Store> {
@@ -77,10 +81,44 @@ pub fn postgres(test: &str) -> Option<Backend> {
     pg_support::fresh_database(test).map(Backend::Postgres)
 }
 
-/// The backends to run: SQLite always, PostgreSQL when available.
+/// A fresh ClickHouse database for one test on the server `scripts/start-clickhouse.sh`
+/// started (`UDN_TEST_CLICKHOUSE`): `None`, loudly, when unset outside CI; in CI
+/// (`CI=true`) a missing ClickHouse fails the test.
+pub fn clickhouse(test: &str) -> Option<Backend> {
+    let Ok(url) = std::env::var("UDN_TEST_CLICKHOUSE") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but UDN_TEST_CLICKHOUSE is unset: run `eval \"$(bash scripts/start-clickhouse.sh)\"` first"
+            );
+        }
+        eprintln!(
+            "\n!!!!!!!! SKIPPING the ClickHouse half of {test}: UDN_TEST_CLICKHOUSE is unset.\n\
+             !!!!!!!! Run `eval \"$(bash scripts/start-clickhouse.sh)\"` to include it.\n"
+        );
+        return None;
+    };
+    let clean = test.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let db = format!("udn_{clean}_{}", std::process::id());
+    let url = url.trim_end_matches('/').to_owned();
+    udn_bins::install_crypto();
+    let drop = reqwest::blocking::Client::new()
+        .post(format!("{url}/"))
+        .body(format!("DROP DATABASE IF EXISTS {db}"))
+        .send()
+        .unwrap_or_else(|e| panic!("UDN_TEST_CLICKHOUSE={url} unreachable: {e}"));
+    assert!(
+        drop.status().is_success(),
+        "dropping {db}: {:?}",
+        drop.text()
+    );
+    Some(Backend::ClickHouse(format!("{url}/{db}")))
+}
+
+/// The backends to run: SQLite always, PostgreSQL and ClickHouse when available.
 pub fn backends(test: &str) -> Vec<Backend> {
     let mut v = vec![Backend::Sqlite];
     v.extend(postgres(test));
+    v.extend(clickhouse(test));
     v
 }
 
@@ -175,8 +213,14 @@ impl Control {
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(errfile);
-            if let Backend::Postgres(url) = backend {
-                cmd.args(["--postgres", url]);
+            match backend {
+                Backend::Postgres(url) => {
+                    cmd.args(["--postgres", url]);
+                }
+                Backend::ClickHouse(url) => {
+                    cmd.args(["--clickhouse", url]);
+                }
+                Backend::Sqlite => {}
             }
             // The sample network: the collector checks HTTP records against its
             // hostnames' owners (www.shop.udn.example belongs to "shop").
