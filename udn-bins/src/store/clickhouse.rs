@@ -19,9 +19,9 @@
 //!   file id, load id, the server's clock); it goes on only if no other live attempt of
 //!   that file exists (two collectors racing both back off: the distributors retry), and
 //!   the rows of an attempt that never reached the ledger (a crash, a failed insert) are
-//!   deleted by their `load_id` before the file is tried again. An attempt is taken for
-//!   dead once it is [`STALE_ATTEMPT_MS`] old by the server's clock, or at once when it
-//!   is this process's own failure.
+//!   deleted by their `load_id` before the file is tried again. An attempt renews itself
+//!   after every insert; it is taken for dead once not renewed for [`STALE_ATTEMPT_MS`]
+//!   by the server's clock, or at once when it is this process's own failure.
 //! - **Retention** drops whole partitions before the cutoff and deletes the rest of the
 //!   cutoff's partition with `ALTER TABLE ... DELETE` (a mutation, waited for).
 //!
@@ -39,13 +39,14 @@ use serde_json::{Map, Value, json};
 use udn_core::Timestamp;
 use udn_core::log::LogRecord;
 
-/// An attempt older than this (by the server's clock) with no ledger row is taken for a
-/// crashed ingestion and its rows are deleted: a file cut by a crash is stored again
+/// An attempt not renewed for this long (by the server's clock) with no ledger row is
+/// taken for a crashed ingestion and its rows are deleted: a file cut by a crash is stored again
 /// about a minute later.
 pub const STALE_ATTEMPT_MS: i64 = 60_000;
-/// An ingestion gives up (deleting its rows) rather than write its ledger row once its
-/// attempt is older than this, half [`STALE_ATTEMPT_MS`], so that no other collector can
-/// have taken it for dead.
+/// An ingestion renews its attempt after every insert; it gives up (withdrawing its rows)
+/// rather than renew it or write its ledger row once the last renewal is older than
+/// this, half [`STALE_ATTEMPT_MS`], so that no other collector can have taken it for
+/// dead.
 pub const MAX_INGEST_MS: i64 = STALE_ATTEMPT_MS / 2;
 /// Time limit of one HTTP request to ClickHouse.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -440,8 +441,40 @@ impl ClickHouseStore {
         parse_answer(&text, sql)
     }
 
-    /// Inserts rows (JSON objects) into `table`, in batches.
-    fn insert(&self, table: &str, rows: &[Value]) -> Result<()> {
+    /// Records that the attempt `load_id` at `file_id` is alive now (by the server's
+    /// clock): an attempt's age is that of its latest such row.
+    /// Only while it is still ours: its latest heartbeat at most [`MAX_INGEST_MS`] old,
+    /// so no other collector can have taken it for dead (and withdrawn its rows).
+    fn heartbeat(&self, file_id: &str, load_id: &str) -> Result<()> {
+        self.still_ours(file_id, load_id)?;
+        self.exec(&bind(
+            "INSERT INTO ingest_attempts (file_id, load_id, started_at) \
+             SELECT $1, $2, toInt64(now()) * 1000",
+            &[Param::Text(file_id), Param::Text(load_id)],
+        )?)
+    }
+
+    /// Fails unless the attempt's latest heartbeat is at most [`MAX_INGEST_MS`] old.
+    fn still_ours(&self, file_id: &str, load_id: &str) -> Result<()> {
+        let age = self.query(
+            "SELECT toInt64(now()) * 1000 - MAX(started_at), COUNT(*) FROM ingest_attempts \
+             WHERE load_id = $1",
+            &[Param::Text(load_id)],
+        )?;
+        match age.first().map(|r| (r.first(), r.get(1))) {
+            Some((Some(Cell::Int(a)), Some(Cell::Int(n)))) if *n > 0 && *a <= MAX_INGEST_MS => {
+                Ok(())
+            }
+            _ => Err(Error::ClickHouse(format!(
+                "storing log file {file_id} stalled over {} s; its rows are withdrawn, try again",
+                MAX_INGEST_MS / 1000
+            ))),
+        }
+    }
+
+    /// Inserts rows (JSON objects) into `table`, in batches, with a heartbeat of the
+    /// attempt `alive` (file id, load id) after each.
+    fn insert(&self, table: &str, rows: &[Value], alive: (&str, &str)) -> Result<()> {
         for chunk in rows.chunks(INSERT_BATCH) {
             let mut body = String::new();
             for r in chunk {
@@ -453,6 +486,7 @@ impl ClickHouseStore {
                 Some(&body),
                 true,
             )?;
+            self.heartbeat(alive.0, alive.1)?;
         }
         Ok(())
     }
@@ -477,8 +511,8 @@ impl ClickHouseStore {
     /// The attempts at `file_id`: `(load_id, stale)`.
     fn attempts(&self, file_id: &str) -> Result<Vec<(String, bool)>> {
         let sql = format!(
-            "SELECT load_id, started_at < toInt64(now()) * 1000 - {STALE_ATTEMPT_MS} \
-             FROM ingest_attempts WHERE file_id = $1"
+            "SELECT load_id, MAX(started_at) < toInt64(now()) * 1000 - {STALE_ATTEMPT_MS} \
+             FROM ingest_attempts WHERE file_id = $1 GROUP BY load_id"
         );
         Ok(self
             .query(&sql, &[Param::Text(file_id)])?
@@ -648,7 +682,7 @@ impl ClickHouseStore {
         super::ops::write(&file.ops, &mut statement)?;
         super::quality::write(&file.quality, &mut statement)?;
         for (table, rows) in &batches {
-            self.insert(table, rows)?;
+            self.insert(table, rows, (&file.header.file_id, load_id))?;
         }
         Ok(())
     }
@@ -864,21 +898,8 @@ impl Store for ClickHouseStore {
             return give_up(self, e);
         }
         let rows = file.records.len() as i64;
-        // Still ours? An attempt that took too long may be taken for dead by now.
-        let age = match self.query(
-            "SELECT toInt64(now()) * 1000 - started_at FROM ingest_attempts WHERE load_id = $1",
-            &[Param::Text(&load_id)],
-        ) {
-            Ok(rows) => rows,
-            Err(e) => return give_up(self, e),
-        };
-        if !matches!(age.first().and_then(|r| r.first()), Some(Cell::Int(a)) if *a <= MAX_INGEST_MS)
-        {
-            let e = Error::ClickHouse(format!(
-                "storing log file {} took over {} s; its rows were withdrawn, try again",
-                h.file_id,
-                MAX_INGEST_MS / 1000
-            ));
+        // Still ours? An attempt that stalled may be taken for dead by now.
+        if let Err(e) = self.still_ours(&h.file_id, &load_id) {
             return give_up(self, e);
         }
         let ledger = json!({"file_id": h.file_id, "checksum": file.checksum,
