@@ -51,6 +51,7 @@ pub mod net;
 pub mod netpolicy;
 pub mod network;
 pub mod ops;
+pub mod rollup;
 pub mod shard;
 pub mod state;
 pub mod stream;
