@@ -14,7 +14,9 @@
 //! * [`percentile`]: the 95th-percentile definition;
 //! * [`invoice`](mod@invoice): proration and pricing into rounded line items;
 //! * [`lifecycle`]: invoices and credit notes from draft to paid, void or credited, and
-//!   the rules of a billing run (late usage billed once as adjustments).
+//!   the rules of a billing run (late usage billed once as adjustments);
+//! * [`render`]: invoices as plain text, HTML (with an A4 print stylesheet) and PDF, as
+//!   bytes (the caller sends or stores them).
 //!
 //! Money is [`rust_decimal::Decimal`]; each line item is rounded once to the
 //! currency's minor units, half away from zero ([`money::ROUNDING`]).
@@ -70,6 +72,7 @@ pub mod money;
 pub mod percentile;
 pub mod period;
 pub mod plan;
+pub mod render;
 pub mod usage;
 
 pub use account::{Account, Delivery, InvoicingInfo, PaymentMethod, Services, Subscription, Tax};

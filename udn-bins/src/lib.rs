@@ -16,13 +16,14 @@ pub mod edge;
 pub mod listener;
 pub mod loadp;
 pub mod logging;
-pub mod migrate;
 pub mod origin;
 pub mod pki;
 pub mod portal;
 pub mod probe;
-pub mod store;
 pub mod world;
+
+/// The storage layer (`udn-store`), re-exported under the names the roles use.
+pub use udn_store::{drop_off_runtime, logs as store, migrate};
 
 use std::fmt;
 
@@ -62,18 +63,6 @@ pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
 /// and reqwest without its bundled aws-lc-rs provider.
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Drops `value` where blocking is allowed: on a thread of its own when called inside a
-/// tokio runtime, else right here. A synchronous `postgres` client closes its
-/// connection by blocking on the crate's own runtime, which panics inside another
-/// runtime (a role shutting down drops its stores in async code).
-pub fn drop_off_runtime<T: Send + 'static>(value: T) {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        let _ = std::thread::spawn(move || drop(value)).join();
-    } else {
-        drop(value);
-    }
 }
 
 /// Sets up `tracing` output on stderr: `RUST_LOG` if set, else by verbosity.

@@ -14,14 +14,7 @@ use std::sync::Mutex;
 use udn_core::Timestamp;
 use udn_core::log::{FORMAT_VERSION, FileHeader, LogRecord, LogSink, MAGIC, Role, RotationPolicy};
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Timestamp::from_millis(ms)
-}
+pub use udn_store::now;
 
 /// Completes a file left open by a crash: cuts a half-written last line (so the file
 /// validates and its complete records are kept), then syncs and renames it. A file with

@@ -9,15 +9,15 @@
 //! and, for machines on the internal network, over plain HTTP with [`serve_http`].
 
 pub mod auth;
-pub mod backend;
 pub mod challenge;
 pub mod fanout;
 pub mod page;
-pub mod postgres;
 pub(crate) mod routes;
-pub mod sqlite;
 pub mod store_backend;
 pub mod timerange;
+
+/// The control plane's tables (`udn-store`).
+pub use udn_store::control::{backend, postgres, sqlite};
 
 pub use auth::{Auth, LoginLimiter};
 pub use backend::{Backend, BackendError, ControlTables, Role, User};

@@ -1,14 +1,12 @@
 //! Billing runs for `udn control`: the I/O around the pure `udn-billing` crate.
 //!
-//! * [`store`]: the [`BillingStore`] trait and [`SqliteBillingStore`] (tables
-//!   `billing_*`, gap-free numbering, immutability enforced by triggers);
-//! * [`pg`]: [`PgBillingStore`], the same tables and guarantees in PostgreSQL
-//!   ([`BillingLocation`] opens either store);
-//! * [`run`]: [`run_period`] issues the invoices of a period, [`audit`] recomputes one;
-//! * [`render`]: plain text, HTML (with a print stylesheet) and PDF;
-//! * [`delivery`]: e-mail through SMTP (lettre, the PDF attached) or PDF documents for post, each
-//!   attempt logged;
-//! * [`payment`]: the [`PaymentProvider`] trait and manual payment recording.
+//! Here: [`cli`] (`udn control billing ...`), [`delivery`] (e-mail through SMTP with
+//! lettre, the PDF attached, or PDF documents for post, each attempt logged) and
+//! [`schedule`] (the billing runs due and their retries). Re-exported from the storage
+//! layer (`udn-store`): [`store`] ([`BillingStore`], [`SqliteBillingStore`],
+//! [`BillingLocation`]), [`pg`] ([`PgBillingStore`]), [`run`] ([`run_period`] issues the
+//! invoices of a period, [`audit`] recomputes one), [`payment`] and [`usage`]; from
+//! `udn-billing`: [`render`] (plain text, HTML with a print stylesheet, PDF).
 //!
 //! The command-line and API shape for `udn control` is in `docs/billing.md`.
 //!
@@ -27,13 +25,12 @@
 
 pub mod cli;
 pub mod delivery;
-pub mod payment;
-pub mod pg;
-pub mod render;
-pub mod run;
 pub mod schedule;
-pub mod store;
-pub mod usage;
+
+/// Invoice rendering (`udn-billing`).
+pub use udn_billing::render;
+/// Billing's tables and usage reader (`udn-store`).
+pub use udn_store::billing::{payment, pg, run, store, usage};
 
 pub use cli::{BillingArgs, BillingCommand, execute};
 pub use delivery::{DeliveryReport, SmtpConfig, SmtpSecurity, deliver_pending};

@@ -542,20 +542,20 @@ pub struct Window<'a> {
     pub to: Timestamp,
     /// One hostname (a CDN or GTM hostname), or `None` for all.
     pub host: Option<&'a str>,
-    /// The buckets of the series: per minute, hour or day ([`crate::store::Grain`]).
-    pub grain: crate::store::Grain,
+    /// The buckets of the series: per minute, hour or day ([`crate::logs::Grain`]).
+    pub grain: crate::logs::Grain,
 }
 
 impl<'a> Window<'a> {
     /// `[from, to)` for `customer`, every hostname, at the grain the rule picks for its
-    /// length ([`crate::store::Grain::for_span`]).
+    /// length ([`crate::logs::Grain::for_span`]).
     pub fn new(customer: Option<&'a str>, from: Timestamp, to: Timestamp) -> Window<'a> {
         Window {
             customer,
             from,
             to,
             host: None,
-            grain: crate::store::Grain::for_span(to.as_millis().saturating_sub(from.as_millis())),
+            grain: crate::logs::Grain::for_span(to.as_millis().saturating_sub(from.as_millis())),
         }
     }
 }
@@ -602,9 +602,17 @@ pub enum BackendError {
     /// A lock was poisoned by a panicking thread.
     #[error("store lock poisoned")]
     Poisoned,
+    /// A stored value has a type the store does not expect (a schema mismatch).
+    #[error("column {index} of {query:?} has an unexpected type or is missing")]
+    Column {
+        /// The column's index.
+        index: usize,
+        /// The start of the query.
+        query: String,
+    },
     /// The log store (traffic and answer rollups) failed.
     #[error("log store: {0}")]
-    LogStore(#[from] crate::store::Error),
+    LogStore(#[from] crate::logs::Error),
     /// This backend does not do that (for example billing runs without a billing store).
     #[error("not supported here: {0}")]
     Unsupported(&'static str),
@@ -834,7 +842,7 @@ pub trait Backend: Send + Sync + 'static {
     fn service_checks(
         &self,
         since: Timestamp,
-    ) -> BackendResult<Vec<crate::store::health::ServiceCheck>> {
+    ) -> BackendResult<Vec<crate::logs::health::ServiceCheck>> {
         let _ = since;
         Err(BackendError::Unsupported("service checks"))
     }
@@ -849,17 +857,14 @@ pub trait Backend: Send + Sync + 'static {
     /// The CDN's service quality per bucket of the window (status classes, cache
     /// outcomes and hit ratio, origin errors, response-time percentiles). Backends
     /// without a log store answer [`BackendError::Unsupported`].
-    fn cdn_quality(
-        &self,
-        w: Window<'_>,
-    ) -> BackendResult<Vec<crate::store::quality::QualityPoint>> {
+    fn cdn_quality(&self, w: Window<'_>) -> BackendResult<Vec<crate::logs::quality::QualityPoint>> {
         let _ = w;
         Err(BackendError::Unsupported("CDN quality series"))
     }
 
     /// The window's top URLs and client networks (from the raw records). Backends
     /// without a log store answer [`BackendError::Unsupported`].
-    fn cdn_top(&self, w: Window<'_>) -> BackendResult<crate::store::quality::Top> {
+    fn cdn_top(&self, w: Window<'_>) -> BackendResult<crate::logs::quality::Top> {
         let _ = w;
         Err(BackendError::Unsupported("top URLs and networks"))
     }
@@ -867,21 +872,21 @@ pub trait Backend: Send + Sync + 'static {
     /// The streaming statistics (HLS, DASH) of the window's range, of one customer or
     /// all (per stream, per minute and stream, top viewers). Backends without a log
     /// store answer [`BackendError::Unsupported`].
-    fn streaming(&self, w: Window<'_>) -> BackendResult<crate::store::stream::StreamReport> {
+    fn streaming(&self, w: Window<'_>) -> BackendResult<crate::logs::stream::StreamReport> {
         let _ = w;
         Err(BackendError::Unsupported("streaming statistics"))
     }
 
     /// The roles' operational statistics (DNS servers, edges, probes: their own
-    /// records, [`crate::store::ops`]) over `from..to`, of one role or all. Backends
+    /// records, [`crate::logs::ops`]) over `from..to`, of one role or all. Backends
     /// without a log store answer [`BackendError::Unsupported`].
     fn ops(
         &self,
         from: Timestamp,
         to: Timestamp,
-        grain: crate::store::Grain,
+        grain: crate::logs::Grain,
         role: Option<&str>,
-    ) -> BackendResult<crate::store::ops::OpsReport> {
+    ) -> BackendResult<crate::logs::ops::OpsReport> {
         let _ = (from, to, grain, role);
         Err(BackendError::Unsupported("operational statistics"))
     }
@@ -970,7 +975,7 @@ pub trait Backend: Send + Sync + 'static {
 /// [`super::PgBackend`]): also writes the per-minute traffic and answer tables and the
 /// invoice table its traffic and invoice queries read, for tools, examples and tests
 /// that need traffic without running edges (a running control plane serves those
-/// queries from the log store and billing instead, see [`super::StoreBackend`]).
+/// queries from the log store and billing instead, see `udn_bins::api::StoreBackend`).
 pub trait ControlTables: Backend {
     /// Adds per-minute CDN traffic of one (customer, hostname, POP).
     fn record_cdn_traffic(
@@ -1008,7 +1013,7 @@ fn pg_message(e: &postgres::Error) -> String {
 }
 
 /// A random secret of `bytes` bytes, hex-encoded (session tokens, CSRF tokens, salts).
-pub(crate) fn random_hex(bytes: usize) -> String {
+pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore as _;
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
@@ -1017,7 +1022,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 
 /// What the store keeps of a session token: its SHA-256, hex-encoded (a stolen database
 /// yields no usable token).
-pub(crate) fn token_hash(token: &str) -> String {
+pub fn token_hash(token: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     udn_core::hex::encode(d.as_ref())
 }

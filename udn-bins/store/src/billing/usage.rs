@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use super::store::BillingStore;
-use crate::store::{FileUsage, LEGACY_USAGE_FILE, MinuteUsage, Range, Store};
+use crate::logs::{FileUsage, LEGACY_USAGE_FILE, MinuteUsage, Range, Store};
 use udn_billing::usage::{Applied, Metric, UsageRecord};
 use udn_billing::{Period, Timestamp, UsageBatch};
 

@@ -199,6 +199,59 @@ fn write_rollups(tx: &mut postgres::Transaction<'_>, roll: &Rollups, sfx: &str) 
 }
 
 /// The store's parameters as PostgreSQL values.
+/// Every column of `row` (the result of `sql`) as a [`Cell`]: integers of any width and
+/// booleans (as 0 or 1) as [`Cell::Int`], `DOUBLE PRECISION` as [`Cell::Float`], text.
+pub(crate) fn cells(row: &postgres::Row, sql: &str) -> Result<Vec<Cell>> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let t = col.type_();
+        let cell = if *t == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Cell::Int)
+        } else if *t == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?
+                .map(|v| Cell::Int(i64::from(v)))
+        } else if *t == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)?
+                .map(|v| Cell::Int(i64::from(v)))
+        } else if *t == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?
+                .map(|v| Cell::Int(i64::from(v)))
+        } else if *t == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)?.map(Cell::Float)
+        } else if *t == Type::TEXT || *t == Type::VARCHAR {
+            row.try_get::<_, Option<String>>(i)?.map(Cell::Text)
+        } else {
+            return Err(Error::ColumnType {
+                index: i,
+                query: sql.chars().take(60).collect(),
+            });
+        };
+        out.push(cell.unwrap_or(Cell::Null));
+    }
+    Ok(out)
+}
+
+/// SQL NULL for a parameter of any type (`Option<T>` would be checked against `T`).
+#[derive(Debug)]
+pub(crate) struct AnyNull;
+
+impl ToSql for AnyNull {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        _out: &mut bytes::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        Ok(postgres::types::IsNull::Yes)
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
 fn bind(params: &[Param<'_>]) -> Vec<Box<dyn ToSql + Sync>> {
     params
         .iter()
@@ -206,6 +259,7 @@ fn bind(params: &[Param<'_>]) -> Vec<Box<dyn ToSql + Sync>> {
             match p {
                 Param::Int(i) => Box::new(*i),
                 Param::Text(s) => Box::new(s.to_string()),
+                Param::Null => Box::new(AnyNull),
             }
         })
         .collect()
@@ -446,31 +500,7 @@ impl Store for PgStore {
         let owned = bind(params);
         let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
         let rows = self.client()?.query(sql, &refs)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut cells = Vec::with_capacity(row.len());
-            for (i, col) in row.columns().iter().enumerate() {
-                let t = col.type_();
-                let cell = if *t == Type::INT8 {
-                    row.try_get::<_, Option<i64>>(i)?.map(Cell::Int)
-                } else if *t == Type::INT4 {
-                    row.try_get::<_, Option<i32>>(i)?
-                        .map(|v| Cell::Int(i64::from(v)))
-                } else if *t == Type::FLOAT8 {
-                    row.try_get::<_, Option<f64>>(i)?.map(Cell::Float)
-                } else if *t == Type::TEXT || *t == Type::VARCHAR {
-                    row.try_get::<_, Option<String>>(i)?.map(Cell::Text)
-                } else {
-                    return Err(Error::ColumnType {
-                        index: i,
-                        query: sql.chars().take(60).collect(),
-                    });
-                };
-                cells.push(cell.unwrap_or(Cell::Null));
-            }
-            out.push(cells);
-        }
-        Ok(out)
+        rows.iter().map(|row| cells(row, sql)).collect()
     }
 
     fn backend(&self) -> &'static str {

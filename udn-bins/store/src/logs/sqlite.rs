@@ -162,12 +162,28 @@ pub(crate) fn join_addrs(addrs: &[std::net::IpAddr]) -> String {
 }
 
 /// The store's parameters as rusqlite values (`$1`, `$2`... bind by position).
-fn bind<'a>(params: &[Param<'a>]) -> Vec<ToSqlOutput<'a>> {
+/// `params` as rusqlite values, in order.
+pub(crate) fn bind<'a>(params: &[Param<'a>]) -> Vec<ToSqlOutput<'a>> {
     params
         .iter()
         .map(|p| match p {
             Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
             Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Param::Null => ToSqlOutput::Owned(Value::Null),
+        })
+        .collect()
+}
+
+/// The first `n` columns of `row` as [`Cell`]s (a blob reads as NULL: no table has one).
+pub(crate) fn cells(row: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Vec<Cell>> {
+    (0..n)
+        .map(|i| {
+            Ok(match row.get_ref(i)? {
+                ValueRef::Null | ValueRef::Blob(_) => Cell::Null,
+                ValueRef::Integer(v) => Cell::Int(v),
+                ValueRef::Real(v) => Cell::Float(v),
+                ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+            })
         })
         .collect()
 }
@@ -350,17 +366,7 @@ impl Store for SqliteStore {
         let mut rows = st.query(rusqlite::params_from_iter(bound.iter()))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let mut cells = Vec::with_capacity(n);
-            for i in 0..n {
-                cells.push(match row.get_ref(i)? {
-                    ValueRef::Null => Cell::Null,
-                    ValueRef::Integer(v) => Cell::Int(v),
-                    ValueRef::Real(v) => Cell::Float(v),
-                    ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
-                    ValueRef::Blob(_) => Cell::Null,
-                });
-            }
-            out.push(cells);
+            out.push(cells(row, n)?);
         }
         Ok(out)
     }

@@ -163,7 +163,7 @@ impl StreamRollups {
     /// # Examples
     ///
     /// ```
-    /// use udn_bins::store::stream::StreamRollups;
+    /// use udn_store::logs::stream::StreamRollups;
     /// use udn_core::{Timestamp, log::{HttpRecord, LogRecord}};
     /// let rec = |path: &str, outcome: &str| LogRecord::Http(HttpRecord {
     ///     ts: Timestamp::from_secs(60), customer: Some("shop".into()),

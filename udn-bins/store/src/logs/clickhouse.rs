@@ -222,6 +222,7 @@ pub fn bind(sql: &str, params: &[Param<'_>]) -> Result<String> {
             Some(Param::Int(v)) if *v < 0 => out.push_str(&format!("({v})")),
             Some(Param::Int(v)) => out.push_str(&v.to_string()),
             Some(Param::Text(s)) => out.push_str(&quote(s)),
+            Some(Param::Null) => out.push_str("NULL"),
             None => {
                 return Err(Error::ClickHouse(format!(
                     "query parameter ${n} not given ({} given)",
@@ -759,6 +760,7 @@ fn values_rows(sql: &str, params: &[Param<'_>]) -> Result<Vec<(String, Map<Strin
                     let v = match p {
                         Param::Int(i) => Value::from(*i),
                         Param::Text(s) => Value::from(*s),
+                        Param::Null => Value::Null,
                     };
                     ((*c).to_owned(), v)
                 })

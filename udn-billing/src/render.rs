@@ -1,13 +1,13 @@
 //! Invoices as plain text (e-mail body) and HTML (portal, e-mail alternative, and the
 //! printable document for accounts invoiced by post: an A4 print stylesheet).
 
+use crate::period::{format_date, format_utc};
+use crate::{Currency, LineItem};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
-use udn_billing::period::{format_date, format_utc};
-use udn_billing::{Currency, LineItem};
 
-use super::store::{DocKind, StoredInvoice};
+use crate::lifecycle::{DocKind, StoredInvoice};
 
 /// The seller printed on every invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +147,7 @@ fn payment_note(inv: &StoredInvoice, issuer: &Issuer) -> String {
     }
     let due = inv.due_at.map(format_date).unwrap_or_default();
     match &inv.inputs.account.payment {
-        udn_billing::PaymentMethod::Invoice { .. } => format!(
+        crate::PaymentMethod::Invoice { .. } => format!(
             "Please pay by {due}{}.",
             issuer
                 .bank
@@ -155,7 +155,7 @@ fn payment_note(inv: &StoredInvoice, issuer: &Issuer) -> String {
                 .map(|b| format!(" to {b}, quoting {}", inv.number.as_deref().unwrap_or("")))
                 .unwrap_or_default()
         ),
-        udn_billing::PaymentMethod::CardOnFile { .. } => {
+        crate::PaymentMethod::CardOnFile { .. } => {
             "This amount is charged to the card on file.".to_owned()
         }
     }

@@ -20,7 +20,7 @@ pub use udn_billing::lifecycle::{
 
 use super::store::{BillingStore, DocKind, InvoiceInputs, StoredInvoice};
 use super::usage::{INGEST_MARGIN_MS, IngestReport, ingest_file_usage};
-use crate::store::FileUsage;
+use crate::logs::FileUsage;
 use udn_billing::lifecycle::live;
 
 /// One invoice issued by a run.
@@ -158,7 +158,7 @@ fn due_adjustments(
 /// invoice was voided or credited is invoiced afresh.
 ///
 /// The due date is `now` plus the account's payment terms (immediately for card on
-/// file). Invoices are not delivered here: see [`super::delivery::deliver_pending`].
+/// file). Invoices are not delivered here: see `udn_bins::billing::deliver_pending`.
 /// [`bill_period`] first records the log store's new usage; prefer it.
 pub fn run_period(
     store: &mut dyn BillingStore,
@@ -297,7 +297,7 @@ pub fn logged_run(
     trigger: &str,
     attempt: u32,
 ) -> Result<RunReport> {
-    let started_at = crate::logging::now();
+    let started_at = crate::now();
     let result = bill_period(store, logs, period, now);
     let (outcome, detail) = match &result {
         Ok(r) if r.failed.is_empty() => ("ok", serde_json::to_string(r)?),
@@ -309,7 +309,7 @@ pub fn logged_run(
         period: period.to_string(),
         trigger: trigger.to_owned(),
         started_at,
-        finished_at: crate::logging::now(),
+        finished_at: crate::now(),
         attempt,
         outcome: outcome.to_owned(),
         detail,

@@ -255,7 +255,7 @@ impl PgBillingStore {
     /// `udn billing` in `pg_stat_activity` unless the URL names an `application_name`.
     ///
     /// ```no_run
-    /// use udn_bins::billing::{BillingStore, PgBillingStore};
+    /// use udn_store::billing::{BillingStore, PgBillingStore};
     /// let store = PgBillingStore::connect("postgres://udn@127.0.0.1/udn")?;
     /// for i in store.issued()? {
     ///     println!("{:?} {} {}", i.number, i.invoice.account, i.invoice.total);

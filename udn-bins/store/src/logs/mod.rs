@@ -439,6 +439,8 @@ pub enum Param<'a> {
     Int(i64),
     /// A string.
     Text(&'a str),
+    /// SQL NULL (of whatever type the statement expects).
+    Null,
 }
 
 /// One value of a query result.

@@ -291,14 +291,14 @@ impl std::fmt::Debug for BillingLocation {
 impl BillingLocation {
     /// Opens the log store in the same place (the SQLite file, or the PostgreSQL
     /// database): what billing runs and audits read usage from.
-    pub fn open_logs(&self) -> Result<Box<dyn crate::store::Store>> {
+    pub fn open_logs(&self) -> Result<Box<dyn crate::logs::Store>> {
         Ok(match self {
             BillingLocation::Sqlite(path) => Box::new(
-                crate::store::sqlite::SqliteStore::open_file(path, None)
+                crate::logs::sqlite::SqliteStore::open_file(path, None)
                     .with_context(|| format!("opening the log store in {}", path.display()))?,
             ),
             BillingLocation::Postgres(url) => Box::new(
-                crate::store::postgres::PgStore::connect(url)
+                crate::logs::postgres::PgStore::connect(url)
                     .context("opening the log store in PostgreSQL")?,
             ),
         })
