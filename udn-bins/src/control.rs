@@ -632,23 +632,27 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
 
     let portal = match portal_cfg {
         Some(cfg) => {
-            let backend = match &args.postgres {
+            // The control plane's own tables answer accounts, configuration versions and
+            // deliveries; the log and billing stores answer traffic and billing.
+            let control: Arc<dyn crate::api::Backend> = match &args.postgres {
                 Some(url) => {
                     let url = url.clone();
-                    let control =
+                    Arc::new(
                         tokio::task::spawn_blocking(move || crate::api::PgBackend::connect(&url))
                             .await
                             .context("control store task")?
-                            .context("opening the control plane's tables in PostgreSQL")?;
-                    crate::api::StoreBackend::new(control, collector.clone())
+                            .context("opening the control plane's tables in PostgreSQL")?,
+                    )
                 }
                 None => {
                     let db = args.data_dir.join("control.db");
-                    let control = crate::api::SqliteBackend::open(&db)
-                        .with_context(|| format!("opening {}", db.display()))?;
-                    crate::api::StoreBackend::new(control, collector.clone())
+                    Arc::new(
+                        crate::api::SqliteBackend::open(&db)
+                            .with_context(|| format!("opening {}", db.display()))?,
+                    )
                 }
             };
+            let backend = crate::api::StoreBackend::new(control.clone(), collector.clone());
             // Billing keeps its `billing_*` tables next to the log store: in
             // `<data-dir>/udn.sqlite`, or in the PostgreSQL database with `--postgres`
             // (no SQLite file then); it reads usage from the log store either way.
@@ -674,7 +678,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                     delivery,
                 ));
             }
-            let backend: Arc<dyn crate::api::Backend> = Arc::new(backend);
+            let backend = Arc::new(backend);
             if !args.no_billing_scheduler {
                 // Each period is billed when it closes plus the grace; ticks are short
                 // for a short grace (the demo) and at most a minute apart.
@@ -685,7 +689,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                     loop {
                         let b2 = b.clone();
                         let r = tokio::task::spawn_blocking(move || {
-                            b2.billing_tick(crate::logging::now())
+                            crate::api::Billing::billing_tick(&*b2, crate::logging::now())
                         })
                         .await;
                         match r {
@@ -702,10 +706,15 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
             }
             // The portal seeds an empty store; only then is the configuration the
             // owners come from.
-            let portal = crate::portal::start(backend.clone(), cfg).await?;
+            let stores = crate::api::Stores {
+                traffic: backend.clone(),
+                billing: backend.clone(),
+                ..crate::api::Stores::of(control.clone())
+            };
+            let portal = crate::portal::start(stores, cfg).await?;
             // The collector checks HTTP records against the hostnames' owners in the
             // current configuration.
-            let (b, c) = (backend.clone(), collector.clone());
+            let (b, c) = (control.clone(), collector.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     let (b2, c2) = (b.clone(), c.clone());

@@ -522,7 +522,7 @@ pub async fn start(
         ep.control.portal = Some(format!("https://{}/", portal.https));
         ep.control.api = Some(format!("https://{}/v1/", portal.https));
         ep.control.internal_api = portal.http.map(|api| format!("http://{api}/v1/"));
-        let backend = portal.state.backend().clone();
+        let backend = portal.state.stores().accounts.clone();
         let existing: Vec<String> = backend
             .users()
             .context("listing portal users")?

@@ -105,7 +105,7 @@ pub async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Option<Auth
     let now = super::now();
     let t = token.clone();
     if token.starts_with(API_TOKEN_PREFIX) {
-        let found = state.db(move |b| b.api_token(&t, now)).await?;
+        let found = state.db(move |b| b.accounts.api_token(&t, now)).await?;
         return Ok(found.map(|(user, tok)| Auth {
             user,
             kind: SessionKind::Bearer,
@@ -114,7 +114,7 @@ pub async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Option<Auth
             scopes: Some(tok.scopes),
         }));
     }
-    let session = state.db(move |b| b.session(&t, now)).await?;
+    let session = state.db(move |b| b.accounts.session(&t, now)).await?;
     Ok(session.map(|s| Auth {
         user: s.user,
         kind: s.kind,
@@ -330,7 +330,7 @@ pub async fn check_password(
         .begin(username, client, Instant::now())
         .map_err(ApiError::TooManyAttempts)?;
     let (u, p) = (username.to_owned(), password.to_owned());
-    let user = state.db(move |b| b.verify_login(&u, &p)).await?;
+    let user = state.db(move |b| b.accounts.verify_login(&u, &p)).await?;
     if user.is_some() {
         lock()?.succeed(&attempt);
     }
@@ -356,7 +356,7 @@ pub async fn login(
     let now = super::now();
     let id = user.id;
     let session = state
-        .db(move |b| b.create_session(id, kind, now, ttl))
+        .db(move |b| b.accounts.create_session(id, kind, now, ttl))
         .await?;
     Ok((user, session))
 }

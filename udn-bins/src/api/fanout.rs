@@ -270,8 +270,12 @@ async fn record(
         Ok(()) => (
             state
                 .db(move |b| match kind {
-                    DeliveryKind::Purge => b.record_purge_attempt(seq, &name, Ok(()), now),
-                    DeliveryKind::Prefill => b.record_prefill_attempt(seq, &name, Ok(()), now),
+                    DeliveryKind::Purge => {
+                        b.deliveries.record_purge_attempt(seq, &name, Ok(()), now)
+                    }
+                    DeliveryKind::Prefill => {
+                        b.deliveries.record_prefill_attempt(seq, &name, Ok(()), now)
+                    }
                 })
                 .await,
             Attempt::Done,
@@ -285,7 +289,7 @@ async fn record(
             );
             (
                 state
-                    .db(move |b| b.fail_delivery(kind, seq, &name, &reason, now))
+                    .db(move |b| b.deliveries.fail_delivery(kind, seq, &name, &reason, now))
                     .await,
                 Attempt::Done,
             )
@@ -296,8 +300,12 @@ async fn record(
             (
                 state
                     .db(move |b| match kind {
-                        DeliveryKind::Purge => b.record_purge_attempt(seq, &name, r, now),
-                        DeliveryKind::Prefill => b.record_prefill_attempt(seq, &name, r, now),
+                        DeliveryKind::Purge => {
+                            b.deliveries.record_purge_attempt(seq, &name, r, now)
+                        }
+                        DeliveryKind::Prefill => {
+                            b.deliveries.record_prefill_attempt(seq, &name, r, now)
+                        }
                     })
                     .await,
                 Attempt::Retry,
@@ -333,7 +341,7 @@ async fn deliver_purges(state: ApiState, edge: EdgeApi) {
         // missed.
         wake.mark_unchanged();
         let name = edge.name.clone();
-        let pending = match state.db(move |b| b.pending_purges(&name)).await {
+        let pending = match state.db(move |b| b.deliveries.pending_purges(&name)).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("pending purges of {}: {}", edge.name, e.message());
@@ -367,7 +375,10 @@ async fn deliver_prefills(state: ApiState, edge: EdgeApi) {
     loop {
         wake.mark_unchanged();
         let name = edge.name.clone();
-        let pending = match state.db(move |b| b.pending_prefills(&name)).await {
+        let pending = match state
+            .db(move |b| b.deliveries.pending_prefills(&name))
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("pending prefills of {}: {}", edge.name, e.message());
@@ -378,7 +389,7 @@ async fn deliver_prefills(state: ApiState, edge: EdgeApi) {
         for p in pending {
             let name = edge.name.clone();
             let older_purge = state
-                .db(move |b| b.pending_purges(&name))
+                .db(move |b| b.deliveries.pending_purges(&name))
                 .await
                 .map(|list| list.iter().any(|q| q.requested_at <= p.requested_at))
                 .unwrap_or(true);
@@ -421,7 +432,10 @@ async fn deliver_live_prefills(state: ApiState, edge: EdgeApi) {
         wake.mark_unchanged();
         let (name, now) = (edge.name.clone(), super::now());
         let due = match state
-            .db(move |b| b.due_live_events(&name, now, lead, MAX_LIVE_ATTEMPTS))
+            .db(move |b| {
+                b.deliveries
+                    .due_live_events(&name, now, lead, MAX_LIVE_ATTEMPTS)
+            })
             .await
         {
             Ok(d) => d,
@@ -438,7 +452,7 @@ async fn deliver_live_prefills(state: ApiState, edge: EdgeApi) {
             let (name, now, id) = (edge.name.clone(), super::now(), ev.id);
             let r = result.map_err(|e| e.to_string());
             if let Err(e) = state
-                .db(move |b| b.record_live_prefill(id, &name, r, now))
+                .db(move |b| b.deliveries.record_live_prefill(id, &name, r, now))
                 .await
             {
                 tracing::warn!("recording live event {id}: {}", e.message());

@@ -20,7 +20,10 @@ pub mod timerange;
 pub use udn_store::control::{backend, postgres, sqlite};
 
 pub use auth::{Auth, LoginLimiter};
-pub use backend::{Backend, BackendError, ControlTables, Role, User};
+pub use backend::{
+    Accounts, Backend, BackendError, Billing, Configs, ControlTables, Deliveries, Role, Traffic,
+    User,
+};
 pub use fanout::{EdgeApi, ProbeApi};
 pub use postgres::PgBackend;
 pub use routes::{ClientIp, IsTls, OverTls};
@@ -69,6 +72,43 @@ pub struct ControlOptions {
 /// How long a hostname may stay pending by default: 7 days.
 pub const DEFAULT_PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
+/// The stores behind the API, one per concern. A single [`Backend`] can serve them all
+/// ([`Stores::of`], for tools and tests); `udn control` serves the traffic queries and
+/// billing from the log and billing stores ([`StoreBackend`]) and the rest from the
+/// control plane's own tables.
+#[derive(Clone)]
+pub struct Stores {
+    /// Users, sessions, API tokens.
+    pub accounts: Arc<dyn Accounts>,
+    /// Configuration versions.
+    pub configs: Arc<dyn Configs>,
+    /// Purges, prefills, live events.
+    pub deliveries: Arc<dyn Deliveries>,
+    /// Traffic and GTM queries.
+    pub traffic: Arc<dyn Traffic>,
+    /// Invoices, billing runs, sign-ups.
+    pub billing: Arc<dyn Billing>,
+}
+
+impl Stores {
+    /// Every concern from `backend`.
+    pub fn of(backend: Arc<dyn Backend>) -> Stores {
+        Stores {
+            accounts: backend.clone(),
+            configs: backend.clone(),
+            deliveries: backend.clone(),
+            traffic: backend.clone(),
+            billing: backend,
+        }
+    }
+}
+
+impl From<Arc<dyn Backend>> for Stores {
+    fn from(backend: Arc<dyn Backend>) -> Stores {
+        Stores::of(backend)
+    }
+}
+
 /// Shared state of the API and portal handlers.
 #[derive(Clone)]
 pub struct ApiState {
@@ -76,7 +116,7 @@ pub struct ApiState {
 }
 
 pub(crate) struct Inner {
-    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) stores: Stores,
     pub(crate) opts: ControlOptions,
     /// The newest committed config version; long-polls wait on it.
     pub(crate) config_version: watch::Sender<u64>,
@@ -105,8 +145,10 @@ impl std::fmt::Debug for ApiState {
 }
 
 impl ApiState {
-    /// Builds the state; reads the current config version from the backend.
-    pub fn new(backend: Arc<dyn Backend>, opts: ControlOptions) -> Result<ApiState, BackendError> {
+    /// Builds the state; reads the current config version and the last purge from the
+    /// stores. Blocks (call it from a blocking thread).
+    pub fn new(stores: impl Into<Stores>, opts: ControlOptions) -> Result<ApiState, BackendError> {
+        let stores = stores.into();
         // A client that cannot be built leaves the edges unreachable (their calls fail
         // and are retried), never unauthenticated.
         let http = match opts
@@ -121,15 +163,16 @@ impl ApiState {
             }
             None => fanout::HttpClient::new(),
         };
-        let version = backend.current_version()?;
-        let last_purge = backend
+        let version = stores.configs.current_version()?;
+        let last_purge = stores
+            .deliveries
             .purges(None, 1, None)?
             .first()
             .map(|p| p.seq)
             .unwrap_or(0);
         Ok(ApiState {
             inner: Arc::new(Inner {
-                backend,
+                stores,
                 opts,
                 config_version: watch::channel(version).0,
                 purge_seq: watch::channel(last_purge).0,
@@ -143,9 +186,9 @@ impl ApiState {
         })
     }
 
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.inner.backend
+    /// The stores.
+    pub fn stores(&self) -> &Stores {
+        &self.inner.stores
     }
 
     /// The start-up options.
@@ -200,7 +243,7 @@ impl ApiState {
         }
         let base = snap.version;
         let version = self
-            .db(move |b| b.commit_config(base, &cfg, "pending-expiry", now))
+            .db(move |b| b.configs.commit_config(base, &cfg, "pending-expiry", now))
             .await?;
         self.config_committed(version);
         Ok(n)
@@ -210,10 +253,10 @@ impl ApiState {
     pub(crate) async fn db<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
+        F: FnOnce(&Stores) -> Result<T, BackendError> + Send + 'static,
     {
-        let b = self.inner.backend.clone();
-        tokio::task::spawn_blocking(move || f(b.as_ref()))
+        let b = self.inner.stores.clone();
+        tokio::task::spawn_blocking(move || f(&b))
             .await
             .map_err(|_| ApiError::Internal("backend task failed".into()))?
             .map_err(ApiError::from)

@@ -328,7 +328,7 @@ async fn login(
 
 async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiResult<Response> {
     let t = a.token.clone();
-    st.db(move |b| b.delete_session(&t)).await?;
+    st.db(move |b| b.accounts.delete_session(&t)).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie(tls)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -381,6 +381,7 @@ async fn issue_token(
     let now = super::now();
     st.db(move |b| {
         let live = b
+            .accounts
             .api_tokens(id)?
             .iter()
             .filter(|t| t.expires_at > now)
@@ -389,7 +390,8 @@ async fn issue_token(
             return Ok(None);
         }
         let expires = now.plus(Duration::from_secs(ttl_secs));
-        b.create_api_token(id, &name, &scopes, now, expires)
+        b.accounts
+            .create_api_token(id, &name, &scopes, now, expires)
             .map(Some)
     })
     .await?
@@ -476,7 +478,7 @@ async fn tokens_list(
 ) -> ApiResult<Response> {
     require_login_session(&a)?;
     let id = a.user.id;
-    let list: Vec<ApiToken> = st.db(move |b| b.api_tokens(id)).await?;
+    let list: Vec<ApiToken> = st.db(move |b| b.accounts.api_tokens(id)).await?;
     page(list, |t| vec![Part::Up(t.id)], &p, &uri)
 }
 
@@ -490,7 +492,10 @@ async fn token_delete(
         .parse()
         .map_err(|_| ApiError::field("id", "a token id (a number)"))?;
     let user = a.user.id;
-    if st.db(move |b| b.delete_api_token(user, id)).await? {
+    if st
+        .db(move |b| b.accounts.delete_api_token(user, id))
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -532,8 +537,8 @@ async fn change_password(
     }
     let (id, keep) = (a.user.id, a.token.clone());
     st.db(move |be| {
-        be.set_password(id, &b.new)?;
-        be.end_sessions(id, Some(&keep))
+        be.accounts.set_password(id, &b.new)?;
+        be.accounts.end_sessions(id, Some(&keep))
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -547,7 +552,7 @@ async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     require_login_session(&a)?;
-    let users = st.db(|b| b.users()).await?;
+    let users = st.db(|b| b.accounts.users()).await?;
     let target = users
         .into_iter()
         .find(|u| u.username == name)
@@ -567,7 +572,7 @@ async fn delete_user(
         return Err(ApiError::Conflict("a user cannot delete themselves".into()));
     }
     let id = target.id;
-    st.db(move |b| b.delete_user(id)).await?;
+    st.db(move |b| b.accounts.delete_user(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -591,7 +596,7 @@ async fn users(
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Response> {
     a.require_admin()?;
-    let list: Vec<User> = st.db(|b| b.users()).await?;
+    let list: Vec<User> = st.db(|b| b.accounts.users()).await?;
     page(list, |u| vec![Part::Asc(u.username.clone())], &p, &uri)
 }
 
@@ -644,7 +649,10 @@ async fn create_user(
         (Role::Admin, None) => {}
     }
     let user = st
-        .db(move |b| b.create_user(&u.username, &u.password, u.role, u.customer.as_deref()))
+        .db(move |b| {
+            b.accounts
+                .create_user(&u.username, &u.password, u.role, u.customer.as_deref())
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -705,7 +713,7 @@ where
     let base = snap.version;
     let now = super::now();
     let version = st
-        .db(move |b| b.commit_config(base, &cfg, &author, now))
+        .db(move |b| b.configs.commit_config(base, &cfg, &author, now))
         .await?;
     st.config_committed(version);
     Ok((out, version))
@@ -718,13 +726,13 @@ pub(crate) async fn current(st: &ApiState) -> ApiResult<ConfigSnapshot> {
     let state = st.clone();
     st.db(move |b| {
         let cache = &state.inner.config_cache;
-        let version = b.current_version()?;
+        let version = b.configs.current_version()?;
         if let Some(snap) = cache.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
             && snap.version == version
         {
             return Ok(snap.clone());
         }
-        let snap = b.current_config()?;
+        let snap = b.configs.current_config()?;
         *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap.clone());
         Ok(snap)
     })
@@ -1426,7 +1434,7 @@ pub(crate) async fn recent_checks(
 ) -> ApiResult<(Vec<crate::store::health::ServiceCheck>, Timestamp)> {
     let now = super::now();
     let since = Timestamp::from_millis(now.as_millis().saturating_sub(HEALTH_LOOKBACK_MS));
-    Ok((st.db(move |b| b.service_checks(since)).await?, now))
+    Ok((st.db(move |b| b.traffic.service_checks(since)).await?, now))
 }
 
 /// `GET /v1/gtm/{hostname}/health`: each target's live health (up, down, stale or
@@ -2117,7 +2125,7 @@ async fn config_put(
     let author = a.user.username.clone();
     let now = super::now();
     let version = st
-        .db(move |b| b.commit_config(base, &new, &author, now))
+        .db(move |b| b.configs.commit_config(base, &new, &author, now))
         .await?;
     st.config_committed(version);
     Ok(Json(VersionAnswer { version }))
@@ -2129,7 +2137,7 @@ async fn config_version(
     Path(version): Path<u64>,
 ) -> ApiResult<Json<ConfigSnapshot>> {
     a.require_admin()?;
-    st.db(move |b| b.config_at(version))
+    st.db(move |b| b.configs.config_at(version))
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
@@ -2195,7 +2203,7 @@ pub struct PurgeView {
 
 pub(crate) async fn purge_view(st: &ApiState, p: Purge) -> ApiResult<PurgeView> {
     let seq = p.seq;
-    let edges = st.db(move |b| b.purge_status(seq)).await?;
+    let edges = st.db(move |b| b.deliveries.purge_status(seq)).await?;
     Ok(PurgeView {
         applied: edges.iter().filter(|e| e.applied).count(),
         total: edges.len(),
@@ -2224,7 +2232,10 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
     let scope = b.scope;
     let now = super::now();
     let p = st
-        .db(move |b| b.create_purge(&customer, scope, &target, &by, &edges, now))
+        .db(move |b| {
+            b.deliveries
+                .create_purge(&customer, scope, &target, &by, &edges, now)
+        })
         .await?;
     st.inner.purge_seq.send_replace(p.seq);
     purge_view(st, p).await
@@ -2267,7 +2278,7 @@ async fn purge_list(
     };
     let fetch = u32::try_from(limit + 1).unwrap_or(u32::MAX);
     let list = st
-        .db(move |b| b.purges(scope.as_deref(), fetch, before))
+        .db(move |b| b.deliveries.purges(scope.as_deref(), fetch, before))
         .await?;
     let mut out = Vec::with_capacity(list.len());
     for p in list {
@@ -2287,7 +2298,7 @@ async fn purge_get(
     Path(seq): Path<u64>,
 ) -> ApiResult<Json<PurgeView>> {
     let p = st
-        .db(move |b| b.purge(seq))
+        .db(move |b| b.deliveries.purge(seq))
         .await?
         .ok_or(ApiError::NotFound)?;
     a.require_customer(&p.customer)?;
@@ -2316,7 +2327,7 @@ pub struct PrefillView {
 
 async fn prefill_view(st: &ApiState, p: Prefill) -> ApiResult<PrefillView> {
     let seq = p.seq;
-    let edges = st.db(move |b| b.prefill_status(seq)).await?;
+    let edges = st.db(move |b| b.deliveries.prefill_status(seq)).await?;
     Ok(PrefillView {
         applied: edges.iter().filter(|e| e.applied).count(),
         total: edges.len(),
@@ -2357,7 +2368,10 @@ async fn prefill(
     let now = super::now();
     let urls = b.urls;
     let p = st
-        .db(move |b| b.create_prefill(&customer, &urls, &by, &edges, now))
+        .db(move |b| {
+            b.deliveries
+                .create_prefill(&customer, &urls, &by, &edges, now)
+        })
         .await?;
     st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok((StatusCode::ACCEPTED, Json(prefill_view(&st, p).await?)))
@@ -2406,7 +2420,7 @@ pub struct LiveEventView {
 
 async fn live_event_view(st: &ApiState, event: LiveEvent) -> ApiResult<LiveEventView> {
     let id = event.id;
-    let edges = st.db(move |b| b.live_event_status(id)).await?;
+    let edges = st.db(move |b| b.deliveries.live_event_status(id)).await?;
     Ok(LiveEventView {
         prefilled: edges.iter().filter(|e| e.applied).count(),
         total: edges.len(),
@@ -2517,7 +2531,10 @@ async fn live_event_create(
     let ev = check_live_event(&cfg, &a, b, now)?;
     let edges: Vec<String> = st.inner.opts.edges.iter().map(|e| e.name.clone()).collect();
     let created = st
-        .db(move |b| b.create_live_event(&ev, &edges, MAX_LIVE_EVENTS_PER_CUSTOMER, now))
+        .db(move |b| {
+            b.deliveries
+                .create_live_event(&ev, &edges, MAX_LIVE_EVENTS_PER_CUSTOMER, now)
+        })
         .await?
         .ok_or_else(|| {
             ApiError::Conflict(format!(
@@ -2543,7 +2560,7 @@ async fn live_events(
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
     pq.limit()?;
     let list = st
-        .db(move |b| b.live_events(scope.as_deref(), LIVE_EVENTS_READ))
+        .db(move |b| b.deliveries.live_events(scope.as_deref(), LIVE_EVENTS_READ))
         .await?;
     let mut out = Vec::with_capacity(list.len());
     for e in list {
@@ -2568,7 +2585,7 @@ async fn prefill_get(
     Path(seq): Path<u64>,
 ) -> ApiResult<Json<PrefillView>> {
     let p = st
-        .db(move |b| b.prefill(seq))
+        .db(move |b| b.deliveries.prefill(seq))
         .await?
         .ok_or(ApiError::NotFound)?;
     a.require_customer(&p.customer)?;
@@ -2584,12 +2601,15 @@ async fn purge_cancel(
 ) -> ApiResult<Json<PurgeView>> {
     a.require_admin()?;
     let p = st
-        .db(move |b| b.purge(seq))
+        .db(move |b| b.deliveries.purge(seq))
         .await?
         .ok_or(ApiError::NotFound)?;
     let (by, now) = (a.user.username.clone(), super::now());
-    st.db(move |b| b.cancel_delivery(DeliveryKind::Purge, seq, &by, now))
-        .await?;
+    st.db(move |b| {
+        b.deliveries
+            .cancel_delivery(DeliveryKind::Purge, seq, &by, now)
+    })
+    .await?;
     st.inner.purge_seq.send_modify(|_| {});
     Ok(Json(purge_view(&st, p).await?))
 }
@@ -2602,12 +2622,15 @@ async fn prefill_cancel(
 ) -> ApiResult<Json<PrefillView>> {
     a.require_admin()?;
     let p = st
-        .db(move |b| b.prefill(seq))
+        .db(move |b| b.deliveries.prefill(seq))
         .await?
         .ok_or(ApiError::NotFound)?;
     let (by, now) = (a.user.username.clone(), super::now());
-    st.db(move |b| b.cancel_delivery(DeliveryKind::Prefill, seq, &by, now))
-        .await?;
+    st.db(move |b| {
+        b.deliveries
+            .cancel_delivery(DeliveryKind::Prefill, seq, &by, now)
+    })
+    .await?;
     st.inner.prefill_wake.send_modify(|n| *n += 1);
     Ok(Json(prefill_view(&st, p).await?))
 }
@@ -2843,7 +2866,7 @@ pub(crate) async fn traffic_rows<T: Send + 'static>(
     st: &ApiState,
     a: &Auth,
     q: &TrafficQuery,
-    query: fn(&dyn Backend, Window<'_>) -> BackendResult<T>,
+    query: fn(&dyn Traffic, Window<'_>) -> BackendResult<T>,
 ) -> ApiResult<(
     T,
     super::timerange::Resolved,
@@ -2857,7 +2880,7 @@ pub(crate) async fn traffic_rows<T: Send + 'static>(
     let rows = st
         .db(move |b| {
             query(
-                b,
+                b.traffic.as_ref(),
                 Window {
                     customer: c.as_deref(),
                     from: range.from,
@@ -3237,7 +3260,7 @@ async fn ops(
     let r = super::timerange::resolve(&tq.range(), super::now())?;
     let (from, to, grain, want) = (r.range.from, r.range.to, r.grain, role.clone());
     let report = st
-        .db(move |b| b.ops(from, to, grain, want.as_deref()))
+        .db(move |b| b.traffic.ops(from, to, grain, want.as_deref()))
         .await?;
     if csv {
         let body = super::timerange::csv(
@@ -3288,7 +3311,10 @@ async fn billing_run(
     a.require_admin()?;
     let Json(b) = body?;
     let now = super::now();
-    Ok(Json(st.db(move |be| be.billing_run(&b.period, now)).await?))
+    Ok(Json(
+        st.db(move |be| be.billing.billing_run(&b.period, now))
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -3305,7 +3331,7 @@ async fn billing_runs(
 ) -> ApiResult<Json<serde_json::Value>> {
     a.require_admin()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    Ok(Json(st.db(move |be| be.billing_runs(limit)).await?))
+    Ok(Json(st.db(move |be| be.billing.billing_runs(limit)).await?))
 }
 
 async fn invoices(
@@ -3316,13 +3342,13 @@ async fn invoices(
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Response> {
     let c = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let list: Vec<InvoiceSummary> = st.db(move |b| b.invoices(c.as_deref())).await?;
+    let list: Vec<InvoiceSummary> = st.db(move |b| b.billing.invoices(c.as_deref())).await?;
     page(list, |i| vec![Part::Down(i.id)], &p, &uri)
 }
 
 pub(crate) async fn load_invoice(st: &ApiState, a: &Auth, id: i64) -> ApiResult<Invoice> {
     let inv = st
-        .db(move |b| b.invoice(id))
+        .db(move |b| b.billing.invoice(id))
         .await?
         .ok_or(ApiError::NotFound)?;
     a.require_customer(&inv.summary.customer)?;
@@ -3357,7 +3383,7 @@ async fn invoice_html(
 /// `GET /v1/signups` (admin): every self sign-up with its billing account and decision.
 async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Value>> {
     a.require_admin()?;
-    let list = st.db(|b| b.signups()).await?;
+    let list = st.db(|b| b.billing.signups()).await?;
     Ok(Json(
         serde_json::to_value(list).map_err(|e| ApiError::Internal(e.to_string()))?,
     ))
@@ -3390,7 +3416,7 @@ async fn signup_refuse(
 /// live) until an operator approved the sign-up.
 async fn signup_gate(st: &ApiState, customer: &str) -> ApiResult<()> {
     let c = customer.to_owned();
-    match st.db(move |b| b.signup_status(&c)).await? {
+    match st.db(move |b| b.billing.signup_status(&c)).await? {
         Some(SignupStatus::AwaitingApproval) => Err(ApiError::Conflict(
             "the account awaits an operator's approval of its sign-up; domains are verified after it"
                 .into(),
@@ -3408,7 +3434,7 @@ async fn invoice_pdf(
 ) -> ApiResult<Response> {
     load_invoice(&st, &a, id).await?;
     let (name, pdf) = st
-        .db(move |b| b.invoice_pdf(id))
+        .db(move |b| b.billing.invoice_pdf(id))
         .await?
         .ok_or(ApiError::NotFound)?;
     let mut resp = pdf.into_response();
@@ -3489,7 +3515,7 @@ async fn billing_action(
 ) -> ApiResult<Json<Value>> {
     let now = super::now();
     Ok(Json(
-        st.db(move |be| be.billing_invoice_action(&number, &action, now))
+        st.db(move |be| be.billing.billing_invoice_action(&number, &action, now))
             .await?,
     ))
 }

@@ -1,11 +1,11 @@
-//! [`StoreBackend`]: the control plane's [`Backend`] with its traffic and GTM-answer
-//! queries served from the log store's per-minute rollups (`rollup_http`,
-//! `rollup_dns_answer`), so the portal's charts show what the edges and DNS servers
-//! really logged, and its invoices from the billing store's issued invoices (the
-//! `billing_*` tables: in the log store's SQLite file, or in the PostgreSQL database with
-//! `udn control --postgres`; an account's id is its customer name). Everything else (users, sessions, config versions, purges) is
-//! delegated to the control plane's own tables ([`super::SqliteBackend`] or
-//! [`super::PgBackend`]).
+//! [`StoreBackend`]: the control plane's [`Traffic`] queries served from the log store's
+//! rollups (`rollup_http`, `rollup_dns_answer` and the rest), so the portal's charts show
+//! what the edges and DNS servers really logged, and its [`Billing`] from the billing
+//! store (the `billing_*` tables: in the log store's SQLite file, or in the PostgreSQL
+//! database with `udn control --postgres`; an account's id is its customer name).
+//! Users, sessions, config versions and deliveries are not its business: `udn control`
+//! gives the API those concerns from the control plane's own tables
+//! ([`super::SqliteBackend`] or [`super::PgBackend`]) beside this one ([`super::Stores`]).
 
 use super::backend::*;
 use crate::billing::{BillingLocation, BillingStore};
@@ -17,21 +17,21 @@ use udn_core::{Config, Timestamp};
 
 /// The control plane's backend over the log store.
 pub struct StoreBackend {
-    control: Box<dyn Backend>,
+    control: Arc<dyn Backend>,
     collector: Arc<Collector>,
-    billing: Option<Billing>,
+    billing: Option<BillingTables>,
     scheduler: Option<Mutex<crate::billing::schedule::Scheduler>>,
     issuer: crate::billing::Issuer,
 }
 
 /// The billing store: where it is, and the store opened there, kept between calls (a
 /// PostgreSQL connection is not opened per request). One call at a time uses it.
-struct Billing {
+struct BillingTables {
     location: BillingLocation,
     open: Mutex<Option<Box<dyn BillingStore + Send>>>,
 }
 
-impl Billing {
+impl BillingTables {
     /// Runs `f` on the store, opening it first if needed. `None` when the store is an
     /// SQLite file that does not exist and `create` is false (billing never ran). After
     /// an error the store is dropped, so the next call re-opens it; when the error is a
@@ -76,7 +76,7 @@ impl Billing {
     }
 }
 
-impl Drop for Billing {
+impl Drop for BillingTables {
     fn drop(&mut self) {
         // A control plane shutting down drops its backend in async code.
         if let Some(store) = self
@@ -107,10 +107,11 @@ impl std::fmt::Debug for StoreBackend {
 }
 
 impl StoreBackend {
-    /// Serves traffic from `collector`'s store and everything else from `control`.
-    pub fn new(control: impl Backend, collector: Arc<Collector>) -> Self {
+    /// Serves traffic from `collector`'s store, reading the hostnames of a customer and
+    /// the invoices of the `cp_invoices` table from `control`.
+    pub fn new(control: Arc<dyn Backend>, collector: Arc<Collector>) -> Self {
         StoreBackend {
-            control: Box::new(control),
+            control,
             collector,
             billing: None,
             scheduler: None,
@@ -121,7 +122,7 @@ impl StoreBackend {
     /// Also runs billing (`POST /v1/billing/runs`) and lists its issued invoices, with
     /// the billing tables at `location` (opened on first use).
     pub fn with_billing(mut self, location: BillingLocation) -> Self {
-        self.billing = Some(Billing {
+        self.billing = Some(BillingTables {
             location,
             open: Mutex::new(None),
         });
@@ -136,7 +137,7 @@ impl StoreBackend {
     }
 
     /// Also bills each period when it closes (plus the scheduler's grace), on
-    /// [`Backend::billing_tick`].
+    /// [`Billing::billing_tick`].
     pub fn with_scheduler(mut self, scheduler: crate::billing::schedule::Scheduler) -> Self {
         self.scheduler = Some(Mutex::new(scheduler));
         self
@@ -249,265 +250,7 @@ fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms.max(0) as u64)
 }
 
-impl Backend for StoreBackend {
-    fn create_user(
-        &self,
-        username: &str,
-        password: &str,
-        role: Role,
-        customer: Option<&str>,
-    ) -> BackendResult<User> {
-        self.control.create_user(username, password, role, customer)
-    }
-
-    fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>> {
-        self.control.verify_login(username, password)
-    }
-
-    fn set_password(&self, user_id: i64, password: &str) -> BackendResult<()> {
-        self.control.set_password(user_id, password)
-    }
-
-    fn delete_user(&self, user_id: i64) -> BackendResult<()> {
-        self.control.delete_user(user_id)
-    }
-
-    fn users(&self) -> BackendResult<Vec<User>> {
-        self.control.users()
-    }
-
-    fn create_session(
-        &self,
-        user_id: i64,
-        kind: SessionKind,
-        now: Timestamp,
-        ttl_secs: u64,
-    ) -> BackendResult<NewSession> {
-        self.control.create_session(user_id, kind, now, ttl_secs)
-    }
-
-    fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>> {
-        self.control.session(token, now)
-    }
-
-    fn delete_session(&self, token: &str) -> BackendResult<()> {
-        self.control.delete_session(token)
-    }
-
-    fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> BackendResult<()> {
-        self.control.end_sessions(user_id, keep)
-    }
-
-    fn create_api_token(
-        &self,
-        user_id: i64,
-        name: &str,
-        scopes: &[Scope],
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> BackendResult<(ApiToken, String)> {
-        self.control
-            .create_api_token(user_id, name, scopes, now, expires_at)
-    }
-
-    fn api_tokens(&self, user_id: i64) -> BackendResult<Vec<ApiToken>> {
-        self.control.api_tokens(user_id)
-    }
-
-    fn delete_api_token(&self, user_id: i64, id: i64) -> BackendResult<bool> {
-        self.control.delete_api_token(user_id, id)
-    }
-
-    fn api_token(&self, secret: &str, now: Timestamp) -> BackendResult<Option<(User, ApiToken)>> {
-        self.control.api_token(secret, now)
-    }
-
-    fn current_config(&self) -> BackendResult<ConfigSnapshot> {
-        self.control.current_config()
-    }
-
-    fn current_version(&self) -> BackendResult<u64> {
-        self.control.current_version()
-    }
-
-    fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>> {
-        self.control.config_at(version)
-    }
-
-    fn commit_config(
-        &self,
-        base: u64,
-        config: &Config,
-        author: &str,
-        now: Timestamp,
-    ) -> BackendResult<u64> {
-        self.control.commit_config(base, config, author, now)
-    }
-
-    fn create_purge(
-        &self,
-        customer: &str,
-        scope: PurgeScope,
-        target: &str,
-        requested_by: &str,
-        edges: &[String],
-        now: Timestamp,
-    ) -> BackendResult<Purge> {
-        self.control
-            .create_purge(customer, scope, target, requested_by, edges, now)
-    }
-
-    fn purge(&self, seq: u64) -> BackendResult<Option<Purge>> {
-        self.control.purge(seq)
-    }
-
-    fn purges(
-        &self,
-        customer: Option<&str>,
-        limit: u32,
-        before: Option<u64>,
-    ) -> BackendResult<Vec<Purge>> {
-        self.control.purges(customer, limit, before)
-    }
-
-    fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        self.control.purge_status(seq)
-    }
-
-    fn record_purge_attempt(
-        &self,
-        seq: u64,
-        edge: &str,
-        result: Result<(), String>,
-        now: Timestamp,
-    ) -> BackendResult<()> {
-        self.control.record_purge_attempt(seq, edge, result, now)
-    }
-
-    fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>> {
-        self.control.pending_purges(edge)
-    }
-
-    fn create_prefill(
-        &self,
-        customer: &str,
-        urls: &[String],
-        requested_by: &str,
-        edges: &[String],
-        now: Timestamp,
-    ) -> BackendResult<Prefill> {
-        self.control
-            .create_prefill(customer, urls, requested_by, edges, now)
-    }
-
-    fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>> {
-        self.control.prefill(seq)
-    }
-
-    fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        self.control.prefill_status(seq)
-    }
-
-    fn record_prefill_attempt(
-        &self,
-        seq: u64,
-        edge: &str,
-        result: Result<(), String>,
-        now: Timestamp,
-    ) -> BackendResult<()> {
-        self.control.record_prefill_attempt(seq, edge, result, now)
-    }
-
-    fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>> {
-        self.control.pending_prefills(edge)
-    }
-
-    fn create_live_event(
-        &self,
-        event: &LiveEvent,
-        edges: &[String],
-        max_open: u32,
-        now: Timestamp,
-    ) -> BackendResult<Option<LiveEvent>> {
-        self.control.create_live_event(event, edges, max_open, now)
-    }
-
-    fn live_events(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<LiveEvent>> {
-        self.control.live_events(customer, limit)
-    }
-
-    fn live_event_status(&self, id: u64) -> BackendResult<Vec<PurgeEdgeStatus>> {
-        self.control.live_event_status(id)
-    }
-
-    fn due_live_events(
-        &self,
-        edge: &str,
-        now: Timestamp,
-        lead_ms: u64,
-        max_attempts: u32,
-    ) -> BackendResult<Vec<LiveEvent>> {
-        self.control
-            .due_live_events(edge, now, lead_ms, max_attempts)
-    }
-
-    fn record_live_prefill(
-        &self,
-        id: u64,
-        edge: &str,
-        result: Result<(), String>,
-        now: Timestamp,
-    ) -> BackendResult<()> {
-        self.control.record_live_prefill(id, edge, result, now)
-    }
-
-    fn fail_delivery(
-        &self,
-        kind: DeliveryKind,
-        seq: u64,
-        edge: &str,
-        reason: &str,
-        now: Timestamp,
-    ) -> BackendResult<()> {
-        self.control.fail_delivery(kind, seq, edge, reason, now)
-    }
-
-    fn cancel_delivery(
-        &self,
-        kind: DeliveryKind,
-        seq: u64,
-        by: &str,
-        now: Timestamp,
-    ) -> BackendResult<u64> {
-        self.control.cancel_delivery(kind, seq, by, now)
-    }
-
-    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
-        let mut out: Vec<InvoiceSummary> = self
-            .billed()
-            .iter()
-            .filter(|i| customer.is_none_or(|c| i.invoice.account == c))
-            .map(summary)
-            .collect();
-        out.extend(self.control.invoices(customer)?);
-        Ok(out)
-    }
-
-    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
-        if id >= BILLING_ID_BASE {
-            let want = id - BILLING_ID_BASE;
-            return Ok(self
-                .billed()
-                .into_iter()
-                .find(|i| i.id == want)
-                .map(|i| Invoice {
-                    summary: summary(&i),
-                    html: crate::billing::render_html(&i, &self.issuer),
-                }));
-        }
-        self.control.invoice(id)
-    }
-
+impl Traffic for StoreBackend {
     fn service_checks(
         &self,
         since: Timestamp,
@@ -622,6 +365,34 @@ impl Backend for StoreBackend {
             .collect();
         out.sort_by(|a, b| (&a.pop, &a.address).cmp(&(&b.pop, &b.address)));
         Ok(out)
+    }
+}
+
+impl Billing for StoreBackend {
+    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
+        let mut out: Vec<InvoiceSummary> = self
+            .billed()
+            .iter()
+            .filter(|i| customer.is_none_or(|c| i.invoice.account == c))
+            .map(summary)
+            .collect();
+        out.extend(self.control.invoices(customer)?);
+        Ok(out)
+    }
+
+    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>> {
+        if id >= BILLING_ID_BASE {
+            let want = id - BILLING_ID_BASE;
+            return Ok(self
+                .billed()
+                .into_iter()
+                .find(|i| i.id == want)
+                .map(|i| Invoice {
+                    summary: summary(&i),
+                    html: crate::billing::render_html(&i, &self.issuer),
+                }));
+        }
+        self.control.invoice(id)
     }
 
     fn billing_run(&self, label: &str, now: Timestamp) -> BackendResult<serde_json::Value> {

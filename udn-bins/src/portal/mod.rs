@@ -250,7 +250,7 @@ async fn chart_rows<T: Send + 'static>(
     st: &ApiState,
     a: &Auth,
     q: &r::TrafficQuery,
-    query: fn(&dyn crate::api::Backend, Window<'_>) -> Result<T, crate::api::BackendError>,
+    query: fn(&dyn crate::api::Traffic, Window<'_>) -> Result<T, crate::api::BackendError>,
 ) -> Result<(T, Resolved), PortalError> {
     let (rows, range, _, _) = r::traffic_rows(st, a, q, query).await?;
     Ok((rows, range))
@@ -403,7 +403,7 @@ async fn logout(
 ) -> Page {
     check_csrf(&a, &f)?;
     let t = a.token.clone();
-    st.db(move |b| b.delete_session(&t)).await?;
+    st.db(move |b| b.accounts.delete_session(&t)).await?;
     let mut resp = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie(tls)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -454,7 +454,10 @@ async fn domains(
     let admin = a.user.role == Role::Admin;
     // A customer that signed up sees its plan and where its sign-up stands.
     let signup = match a.user.customer.clone() {
-        Some(c) if !admin => st.db(move |b| b.signup(&c)).await.unwrap_or_default(),
+        Some(c) if !admin => st
+            .db(move |b| b.billing.signup(&c))
+            .await
+            .unwrap_or_default(),
         _ => None,
     };
     let body = html! {
@@ -524,7 +527,9 @@ async fn domains(
 
 async fn cache_view(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<String>) -> Page {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let list = st.db(move |b| b.purges(scope.as_deref(), 30, None)).await?;
+    let list = st
+        .db(move |b| b.deliveries.purges(scope.as_deref(), 30, None))
+        .await?;
     let mut views = Vec::with_capacity(list.len());
     for p in list {
         views.push(r::purge_view(st, p).await?);
@@ -1534,7 +1539,7 @@ async fn billing_runs(State(st): State<ApiState>, PortalUser(a): PortalUser) -> 
     if a.user.role != Role::Admin {
         return Err(ApiError::Forbidden.into());
     }
-    let runs = st.db(move |b| b.billing_runs(100)).await?;
+    let runs = st.db(move |b| b.billing.billing_runs(100)).await?;
     let runs = runs.as_array().cloned().unwrap_or_default();
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -1564,7 +1569,7 @@ async fn invoices(
     Query(q): Query<ScopeQuery>,
 ) -> Page {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let list = st.db(move |b| b.invoices(scope.as_deref())).await?;
+    let list = st.db(move |b| b.billing.invoices(scope.as_deref())).await?;
     let body = html! {
         table id="invoices" {
             tr { th { "Number" } th { "Customer" } th { "Period" } th { "Total" } th { "Issued" } }
@@ -1658,11 +1663,12 @@ impl Drop for PortalHandle {
 /// Seeds the store if empty, starts the purge distributor and serves [`app`] over
 /// HTTPS (and plain HTTP when configured).
 pub async fn start(
-    backend: std::sync::Arc<dyn crate::api::Backend>,
+    stores: impl Into<crate::api::Stores>,
     cfg: PortalConfig,
 ) -> anyhow::Result<PortalHandle> {
     use anyhow::Context as _;
     crate::install_crypto();
+    let stores = stores.into();
     // Backends block (and the PostgreSQL one refuses to run on an async thread).
     let state = {
         let seed = cfg.seed_config.clone();
@@ -1670,20 +1676,22 @@ pub async fn start(
         let options = cfg.options.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<ApiState> {
             if let Some(seed) = &seed
-                && backend.current_config()?.version == 0
+                && stores.configs.current_config()?.version == 0
             {
-                backend
+                stores
+                    .configs
                     .commit_config(0, seed, "bootstrap", crate::logging::now())
                     .context("seeding the configuration")?;
             }
             if let Some((user, pass)) = &admin
-                && backend.users()?.is_empty()
+                && stores.accounts.users()?.is_empty()
             {
-                backend
+                stores
+                    .accounts
                     .create_user(user, pass, Role::Admin, None)
                     .context("creating the first admin")?;
             }
-            Ok(ApiState::new(backend, options)?)
+            Ok(ApiState::new(stores, options)?)
         })
     };
     let state = state.await.context("seeding task")??;

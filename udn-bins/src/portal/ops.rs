@@ -72,7 +72,7 @@ pub(super) async fn ops_page(
     }
     let range = crate::api::timerange::resolve(&q.range(), crate::api::now())?;
     let (from, to, grain) = (range.range.from, range.range.to, range.grain);
-    let report: OpsReport = st.db(move |b| b.ops(from, to, grain, None)).await?;
+    let report: OpsReport = st.db(move |b| b.traffic.ops(from, to, grain, None)).await?;
     let step = grain.millis();
     let mut sections = Vec::new();
     for (role, title, headline, what) in ROLES {

@@ -338,7 +338,7 @@ async fn check_free(st: &ApiState, req: &SignupRequest) -> Result<(), Vec<crate:
             taken("ip", e.message);
         }
     }
-    match st.db(|b| b.users()).await {
+    match st.db(|b| b.accounts.users()).await {
         Ok(users) if users.iter().any(|u| u.username == req.username) => {
             taken("username", format!("{} is already taken", req.username));
         }
@@ -425,7 +425,7 @@ fn form(
 /// `GET /signup`.
 pub(super) async fn signup_page(State(st): State<ApiState>, IsTls(tls): IsTls) -> Page {
     options(&st)?;
-    let plans = st.db(|b| b.signup_plans()).await?;
+    let plans = st.db(|b| b.billing.signup_plans()).await?;
     Ok(SIGNUP_CSRF.respond(tls, StatusCode::OK, |t| form(t, &plans, &Vec::new(), &[])))
 }
 
@@ -438,7 +438,7 @@ pub(super) async fn signup_submit(
     Form(f): Form<FormPairs>,
 ) -> Page {
     let opts = options(&st)?.clone();
-    let plans = st.db(|b| b.signup_plans()).await?;
+    let plans = st.db(|b| b.billing.signup_plans()).await?;
     let again = |status: StatusCode, errors: Vec<crate::api::FieldError>| {
         SIGNUP_CSRF.respond(tls, status, |t| form(t, &plans, &f, &errors))
     };
@@ -654,7 +654,7 @@ fn signup_auth(req: &SignupRequest) -> Auth {
 /// transaction (the configuration is versioned apart from the billing tables), so a
 /// failure part-way removes what was made.
 async fn create(st: &ApiState, req: &SignupRequest, password: &str) -> Result<(), PortalError> {
-    let plans = st.db(|b| b.signup_plans()).await?;
+    let plans = st.db(|b| b.billing.signup_plans()).await?;
     let plan = plans
         .iter()
         .find(|p| p.id == req.plan)
@@ -701,7 +701,7 @@ async fn create(st: &ApiState, req: &SignupRequest, password: &str) -> Result<()
         req.account.clone(),
     );
     let user = match st
-        .db(move |b| b.create_user(&u, &p, Role::Customer, Some(&acct)))
+        .db(move |b| b.accounts.create_user(&u, &p, Role::Customer, Some(&acct)))
         .await
     {
         Ok(u) => u,
@@ -712,12 +712,12 @@ async fn create(st: &ApiState, req: &SignupRequest, password: &str) -> Result<()
     };
     let account = billing_account(req, &plan);
     let made = match account {
-        Ok(account) => st.db(move |b| b.signup_account(&account)).await,
+        Ok(account) => st.db(move |b| b.billing.signup_account(&account)).await,
         Err(e) => Err(e),
     };
     if let Err(e) = made {
         let id = user.id;
-        let _ = st.db(move |b| b.delete_user(id)).await;
+        let _ = st.db(move |b| b.accounts.delete_user(id)).await;
         remove_customer(st, &req.account).await;
         return Err(e.into());
     }
@@ -809,7 +809,7 @@ pub(crate) async fn decide(
     approve: bool,
 ) -> Result<SignupStatus, ApiError> {
     let acct = account.to_owned();
-    let now = st.db(move |b| b.signup_status(&acct)).await?;
+    let now = st.db(move |b| b.billing.signup_status(&acct)).await?;
     if now != Some(SignupStatus::AwaitingApproval) {
         return match now {
             None => Err(ApiError::NotFound),
@@ -823,18 +823,19 @@ pub(crate) async fn decide(
         SignupStatus::Approved
     } else {
         let acct = account.to_owned();
-        let users = st.db(|b| b.users()).await?;
+        let users = st.db(|b| b.accounts.users()).await?;
         for u in users
             .into_iter()
             .filter(|u| u.customer.as_deref() == Some(acct.as_str()))
         {
-            st.db(move |b| b.delete_user(u.id)).await?;
+            st.db(move |b| b.accounts.delete_user(u.id)).await?;
         }
         remove_customer(st, account).await;
         SignupStatus::Refused
     };
     let acct = account.to_owned();
-    st.db(move |b| b.signup_decide(&acct, status)).await?;
+    st.db(move |b| b.billing.signup_decide(&acct, status))
+        .await?;
     tracing::info!("sign-up of {account}: {}", status.label());
     Ok(status)
 }
@@ -842,7 +843,7 @@ pub(crate) async fn decide(
 /// `GET /signups` (admin).
 pub(super) async fn signups_page(State(st): State<ApiState>, PortalUser(a): PortalUser) -> Page {
     a.require_admin()?;
-    let list = st.db(|b| b.signups()).await?;
+    let list = st.db(|b| b.billing.signups()).await?;
     let body = html! {
         table id="signups" {
             tr { th { "Account" } th { "Company" } th { "Contact" } th { "Plan" } th { "Status" } th {} }

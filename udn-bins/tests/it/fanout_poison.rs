@@ -17,7 +17,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use udn_bins::api::backend::PurgeScope;
-use udn_bins::api::{ApiState, Backend, ControlOptions, EdgeApi, Role, SqliteBackend};
+use udn_bins::api::{
+    Accounts as _, ApiState, Backend, Configs as _, ControlOptions, Deliveries as _, EdgeApi, Role,
+    SqliteBackend,
+};
 use udn_bins::pki::InstanceRole;
 
 async fn start_edge(

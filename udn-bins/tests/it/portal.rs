@@ -529,7 +529,7 @@ async fn page_check_shows_overall_table_waterfall_and_rows() {
 async fn gtm_configuration_forms_change_the_config() {
     let h = Harness::start("portal-gtm").await;
     let (c, csrf) = portal_login(&h, "shopuser").await;
-    let v0 = h.state.backend().current_config().unwrap().version;
+    let v0 = h.state.stores().configs.current_config().unwrap().version;
     let post = |path: &str, form: Vec<(&str, &str)>| {
         let c = c.clone();
         let url = h.https(path);
@@ -571,7 +571,7 @@ async fn gtm_configuration_forms_change_the_config() {
     )
     .await;
     assert_eq!(r.status(), 303);
-    let cfg = h.state.backend().current_config().unwrap();
+    let cfg = h.state.stores().configs.current_config().unwrap();
     assert_eq!(cfg.version, v0 + 3);
     let g = cfg
         .config
@@ -639,7 +639,7 @@ async fn gtm_configuration_forms_change_the_config() {
     )
     .await;
     assert_eq!(r.status(), 303);
-    let cfg = h.state.backend().current_config().unwrap().config;
+    let cfg = h.state.stores().configs.current_config().unwrap().config;
     let g = cfg
         .gtm
         .iter()
@@ -652,7 +652,7 @@ async fn gtm_configuration_forms_change_the_config() {
     );
     let r = post("/gtm/shop2.shop.udn.example/delete", vec![]).await;
     assert_eq!(r.status(), 303);
-    let cfg = h.state.backend().current_config().unwrap().config;
+    let cfg = h.state.stores().configs.current_config().unwrap().config;
     assert!(
         !cfg.gtm
             .iter()
@@ -770,8 +770,11 @@ async fn start_seeds_an_empty_store_once_and_serves_both_listeners() {
     let h = udn_bins::portal::start(open(), cfg(udn_core::Config::default()))
         .await
         .unwrap();
-    assert_eq!(h.state.backend().current_config().unwrap().version, 1);
-    assert_eq!(h.state.backend().users().unwrap().len(), 1);
+    assert_eq!(
+        h.state.stores().configs.current_config().unwrap().version,
+        1
+    );
+    assert_eq!(h.state.stores().accounts.users().unwrap().len(), 1);
     assert_eq!(h.cert_pem, pem);
     drop(h);
     let _ = std::fs::remove_dir_all(dir);

@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use udn_bins::api::{ApiState, Backend, ControlOptions, EdgeApi, Role, SqliteBackend};
+use udn_bins::api::{
+    Accounts as _, ApiState, Backend, Configs as _, ControlOptions, EdgeApi, Role, SqliteBackend,
+};
 use udn_bins::pki::InstanceRole;
 
 /// A real `udn edge` serving customers on `addr` and its admin listener on `admin`,

@@ -173,7 +173,7 @@ pub struct ApiToken {
 /// Prefix of every API token secret (tells them apart from session tokens).
 pub const API_TOKEN_PREFIX: &str = "udn_";
 
-/// How often [`Backend::api_token`] writes `last_used` for one token, ms.
+/// How often [`Accounts::api_token`] writes `last_used` for one token, ms.
 pub const LAST_USED_EVERY_MS: i64 = 60_000;
 
 /// One version of the network configuration.
@@ -513,7 +513,7 @@ pub struct Signup {
     pub status: SignupStatus,
 }
 
-/// What an admin does to an issued invoice ([`Backend::billing_invoice_action`]).
+/// What an admin does to an issued invoice ([`Billing::billing_invoice_action`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvoiceAction {
     /// A payment received outside any card provider (a bank transfer).
@@ -627,12 +627,8 @@ pub enum BackendError {
 /// Result of a [`Backend`] call.
 pub type BackendResult<T> = Result<T, BackendError>;
 
-/// Storage of the control plane: users, sessions, versioned network configuration,
-/// purges, traffic and invoices.
-///
-/// Methods are synchronous (the SQLite implementation runs them under a mutex); the HTTP
-/// layer calls them from `spawn_blocking`.
-pub trait Backend: Send + Sync + 'static {
+/// Users, their passwords, sessions and API tokens.
+pub trait Accounts: Send + Sync + 'static {
     /// Creates a user with an argon2 hash of `password`.
     fn create_user(
         &self,
@@ -641,12 +637,16 @@ pub trait Backend: Send + Sync + 'static {
         role: Role,
         customer: Option<&str>,
     ) -> BackendResult<User>;
+
     /// Checks a password; `None` when the user is unknown or the password wrong.
     fn verify_login(&self, username: &str, password: &str) -> BackendResult<Option<User>>;
+
     /// Every user.
     fn users(&self) -> BackendResult<Vec<User>>;
+
     /// Replaces a user's password with an argon2 hash of `password`.
     fn set_password(&self, user_id: i64, password: &str) -> BackendResult<()>;
+
     /// Deletes a user with every session and API token of theirs.
     fn delete_user(&self, user_id: i64) -> BackendResult<()>;
 
@@ -658,10 +658,13 @@ pub trait Backend: Send + Sync + 'static {
         now: Timestamp,
         ttl_secs: u64,
     ) -> BackendResult<NewSession>;
+
     /// The live session for `token`, if any and not expired at `now`.
     fn session(&self, token: &str, now: Timestamp) -> BackendResult<Option<Session>>;
+
     /// Ends a session (logout).
     fn delete_session(&self, token: &str) -> BackendResult<()>;
+
     /// Ends every session of `user_id` except the one of `keep` (a session token).
     fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> BackendResult<()>;
 
@@ -675,14 +678,20 @@ pub trait Backend: Send + Sync + 'static {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> BackendResult<(ApiToken, String)>;
+
     /// The API tokens of `user_id`, oldest first.
     fn api_tokens(&self, user_id: i64) -> BackendResult<Vec<ApiToken>>;
+
     /// Revokes (deletes) token `id` of `user_id`; `false` when the user has no such token.
     fn delete_api_token(&self, user_id: i64, id: i64) -> BackendResult<bool>;
+
     /// The user and token for a token secret, if it exists and is not expired at `now`;
     /// records `now` as its last use when the stored one is older than a minute.
     fn api_token(&self, secret: &str, now: Timestamp) -> BackendResult<Option<(User, ApiToken)>>;
+}
 
+/// The versioned network configuration: every committed version, the current one.
+pub trait Configs: Send + Sync + 'static {
     /// The newest configuration (version 0, empty, before the first commit).
     fn current_config(&self) -> BackendResult<ConfigSnapshot>;
 
@@ -691,8 +700,10 @@ pub trait Backend: Send + Sync + 'static {
     fn current_version(&self) -> BackendResult<u64> {
         Ok(self.current_config()?.version)
     }
+
     /// One past version.
     fn config_at(&self, version: u64) -> BackendResult<Option<ConfigSnapshot>>;
+
     /// Validates `config` with [`Config::compile`] and stores it as version `base + 1`;
     /// fails with [`BackendError::Conflict`] unless `base` is the current version.
     fn commit_config(
@@ -702,7 +713,11 @@ pub trait Backend: Send + Sync + 'static {
         author: &str,
         now: Timestamp,
     ) -> BackendResult<u64>;
+}
 
+/// What the control plane delivers to the edges: purges, prefills and live events, each
+/// with one status row per edge (pending, applied, failed, cancelled).
+pub trait Deliveries: Send + Sync + 'static {
     /// Records a purge with the next sequence number, pending on every edge in `edges`.
     fn create_purge(
         &self,
@@ -713,8 +728,10 @@ pub trait Backend: Send + Sync + 'static {
         edges: &[String],
         now: Timestamp,
     ) -> BackendResult<Purge>;
+
     /// One purge.
     fn purge(&self, seq: u64) -> BackendResult<Option<Purge>>;
+
     /// The newest purges first, of one customer or all.
     fn purges(
         &self,
@@ -722,8 +739,10 @@ pub trait Backend: Send + Sync + 'static {
         limit: u32,
         before: Option<u64>,
     ) -> BackendResult<Vec<Purge>>;
+
     /// Per-edge delivery status of one purge.
     fn purge_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+
     /// Records one delivery attempt: `Ok` when the edge applied it.
     fn record_purge_attempt(
         &self,
@@ -732,6 +751,7 @@ pub trait Backend: Send + Sync + 'static {
         result: Result<(), String>,
         now: Timestamp,
     ) -> BackendResult<()>;
+
     /// Purges not yet applied by `edge`, oldest first.
     fn pending_purges(&self, edge: &str) -> BackendResult<Vec<Purge>>;
 
@@ -744,10 +764,13 @@ pub trait Backend: Send + Sync + 'static {
         edges: &[String],
         now: Timestamp,
     ) -> BackendResult<Prefill>;
+
     /// One prefill.
     fn prefill(&self, seq: u64) -> BackendResult<Option<Prefill>>;
+
     /// Per-edge delivery status of one prefill.
     fn prefill_status(&self, seq: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+
     /// Records one prefill delivery attempt: `Ok` when the edge accepted it.
     fn record_prefill_attempt(
         &self,
@@ -756,6 +779,7 @@ pub trait Backend: Send + Sync + 'static {
         result: Result<(), String>,
         now: Timestamp,
     ) -> BackendResult<()>;
+
     /// Prefills not yet accepted by `edge`, oldest first.
     fn pending_prefills(&self, edge: &str) -> BackendResult<Vec<Prefill>>;
 
@@ -769,10 +793,13 @@ pub trait Backend: Send + Sync + 'static {
         max_open: u32,
         now: Timestamp,
     ) -> BackendResult<Option<LiveEvent>>;
+
     /// Live events, newest start first, at most `limit`; only `customer`'s when given.
     fn live_events(&self, customer: Option<&str>, limit: u32) -> BackendResult<Vec<LiveEvent>>;
+
     /// Per-edge prefill status of one live event.
     fn live_event_status(&self, id: u64) -> BackendResult<Vec<PurgeEdgeStatus>>;
+
     /// The live events `edge` should prefill now: pending there, with fewer than
     /// `max_attempts` attempts, starting within `lead_ms` of `now` (or started) and not
     /// ended; soonest first.
@@ -783,6 +810,7 @@ pub trait Backend: Send + Sync + 'static {
         lead_ms: u64,
         max_attempts: u32,
     ) -> BackendResult<Vec<LiveEvent>>;
+
     /// Records one live prefill attempt on `edge`: `Ok` when the edge prefilled it.
     fn record_live_prefill(
         &self,
@@ -803,6 +831,7 @@ pub trait Backend: Send + Sync + 'static {
         reason: &str,
         now: Timestamp,
     ) -> BackendResult<()>;
+
     /// Cancels a purge or prefill on every edge that has not applied it yet (their
     /// rows become `cancelled`, `last_error` says by whom); returns how many rows.
     fn cancel_delivery(
@@ -812,29 +841,30 @@ pub trait Backend: Send + Sync + 'static {
         by: &str,
         now: Timestamp,
     ) -> BackendResult<u64>;
+}
 
+/// The traffic queries of the portal and the API: CDN traffic and GTM answers per
+/// bucket and location, and, where a log store is behind them, health, decision
+/// reasons, quality, top lists, streaming and the operators' statistics (elsewhere
+/// [`BackendError::Unsupported`]).
+pub trait Traffic: Send + Sync + 'static {
     /// CDN bytes and hits per bucket of `w.grain` (summed over hostnames and POPs).
     ///
     /// The SQLite implementation reads `cp_cdn_traffic_minute(customer, hostname, pop,
     /// minute, bytes, hits)`; the log store re-backs it from its per-minute rollups.
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>>;
-    /// CDN bytes and hits per POP over the window (same table as [`Backend::cdn_traffic`]).
+
+    /// CDN bytes and hits per POP over the window (same table as [`Traffic::cdn_traffic`]).
     fn cdn_traffic_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationTraffic>>;
+
     /// GTM answers per (bucket of `w.grain`, hostname, address).
     ///
     /// The SQLite implementation reads `cp_gtm_answers_minute(customer, hostname, pop,
     /// address, minute, answers)`; the log store re-backs it from DNS query logs.
     fn gtm_answers(&self, w: Window<'_>) -> BackendResult<Vec<AnswerPoint>>;
+
     /// GTM answers per (POP of the address given out, address) over the window.
     fn gtm_answers_by_location(&self, w: Window<'_>) -> BackendResult<Vec<LocationAnswers>>;
-
-    /// Issued invoices, newest first, of one customer or all.
-    ///
-    /// The SQLite implementation reads `cp_invoices(id, number, customer, period_start,
-    /// period_end, total, currency, issued_at, html)`; billing re-backs it.
-    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>>;
-    /// One invoice with its HTML body.
-    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
 
     /// Every probe's latest view of every server's service tested since `since` (the
     /// GTM pages' live health). Backends without a log store answer
@@ -890,6 +920,20 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (from, to, grain, role);
         Err(BackendError::Unsupported("operational statistics"))
     }
+}
+
+/// Invoices and what produces them: billing runs, invoice actions, sign-ups (where a
+/// billing store is behind them; elsewhere [`BackendError::Unsupported`], except the
+/// `cp_invoices` table that [`ControlTables`] writes).
+pub trait Billing: Send + Sync + 'static {
+    /// Issued invoices, newest first, of one customer or all.
+    ///
+    /// The SQLite implementation reads `cp_invoices(id, number, customer, period_start,
+    /// period_end, total, currency, issued_at, html)`; billing re-backs it.
+    fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>>;
+
+    /// One invoice with its HTML body.
+    fn invoice(&self, id: i64) -> BackendResult<Option<Invoice>>;
 
     /// Runs billing for the period `label` (`2026-11`, `2026-Q4`, `2026-W48`,
     /// `2026-11-26T13`, `2026`) at `now` and returns the run report (issued invoices;
@@ -970,6 +1014,17 @@ pub trait Backend: Send + Sync + 'static {
         Ok(serde_json::Value::Null)
     }
 }
+
+/// Storage of the control plane, by concern: [`Accounts`], [`Configs`], [`Deliveries`],
+/// [`Traffic`] and [`Billing`]. Anything that implements all five is a `Backend`; the
+/// API holds each concern separately (so a store that answers only the traffic queries,
+/// like the log store's, implements only [`Traffic`]).
+///
+/// Methods are synchronous (the SQLite implementation runs them under a mutex); the HTTP
+/// layer calls them from `spawn_blocking`.
+pub trait Backend: Accounts + Configs + Deliveries + Traffic + Billing {}
+
+impl<T: Accounts + Configs + Deliveries + Traffic + Billing + ?Sized> Backend for T {}
 
 /// A [`Backend`] on its own `cp_*` tables ([`super::SqliteBackend`],
 /// [`super::PgBackend`]): also writes the per-minute traffic and answer tables and the

@@ -407,7 +407,7 @@ impl<D: Db> SqlBackend<D> {
 const CURRENT_VERSION: &str =
     "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM cp_config_versions";
 
-impl<D: Db> Backend for SqlBackend<D> {
+impl<D: Db> Accounts for SqlBackend<D> {
     fn create_user(
         &self,
         username: &str,
@@ -638,7 +638,9 @@ impl<D: Db> Backend for SqlBackend<D> {
         }
         Ok(Some((user, token)))
     }
+}
 
+impl<D: Db> Configs for SqlBackend<D> {
     fn current_config(&self) -> BackendResult<ConfigSnapshot> {
         let latest = self.snapshot(
             "SELECT version, created_at, author, config_json FROM cp_config_versions
@@ -698,7 +700,9 @@ impl<D: Db> Backend for SqlBackend<D> {
             Ok(next)
         })
     }
+}
 
+impl<D: Db> Deliveries for SqlBackend<D> {
     fn create_purge(
         &self,
         customer: &str,
@@ -996,7 +1000,9 @@ impl<D: Db> Backend for SqlBackend<D> {
             &[Param::Int(db_int(seq)), Param::Text(&why)],
         )
     }
+}
 
+impl<D: Db> Traffic for SqlBackend<D> {
     fn cdn_traffic(&self, w: Window<'_>) -> BackendResult<Vec<TrafficPoint>> {
         self.read_all(
             &format!(
@@ -1070,7 +1076,9 @@ impl<D: Db> Backend for SqlBackend<D> {
             },
         )
     }
+}
 
+impl<D: Db> Billing for SqlBackend<D> {
     fn invoices(&self, customer: Option<&str>) -> BackendResult<Vec<InvoiceSummary>> {
         self.read_all(
             &format!(
