@@ -46,6 +46,7 @@ mod log_crash;
 mod log_parse_props;
 mod log_store;
 mod log_store_clickhouse;
+mod log_store_partitions;
 mod log_store_quality;
 mod log_store_readers;
 mod log_store_stream;

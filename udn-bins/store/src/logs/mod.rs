@@ -18,6 +18,7 @@
 pub mod clickhouse;
 pub mod health;
 pub mod ops;
+pub mod partitions;
 pub mod postgres;
 pub mod quality;
 pub mod sqlite;
@@ -199,6 +200,19 @@ CREATE INDEX raw_probe_ts ON raw_probe (ts);
     quality::MIGRATION,
 ];
 
+/// The PostgreSQL steps: [`MIGRATIONS`], then the day partitions of the raw tables
+/// ([`partitions::MIGRATION`]).
+pub const PG_MIGRATIONS: &[Step] = &[
+    MIGRATIONS[0],
+    MIGRATIONS[1],
+    MIGRATIONS[2],
+    MIGRATIONS[3],
+    MIGRATIONS[4],
+    MIGRATIONS[5],
+    MIGRATIONS[6],
+    partitions::MIGRATION,
+];
+
 /// Migration step `hour_day_rollups`: `rollup_*_hour` and `rollup_*_day`, back-filled
 /// from the per-minute rollups.
 const HOUR_DAY_ROLLUPS: &str = "
@@ -299,7 +313,7 @@ pub const SCHEMA: Schema = Schema {
     history: "udn_log_schema_history",
     pg_lock: 7007,
     sqlite: MIGRATIONS,
-    postgres: MIGRATIONS,
+    postgres: PG_MIGRATIONS,
     legacy: Legacy::VersionTable("schema_migrations"),
 };
 

@@ -14,6 +14,8 @@ pub struct PgStore {
     /// `None` only while being dropped or after a failed reconnect.
     client: Option<Client>,
     url: String,
+    /// The raw tables' day partitions known to exist.
+    partitions: super::partitions::Known,
 }
 
 impl Drop for PgStore {
@@ -31,6 +33,7 @@ impl PgStore {
         let mut store = PgStore {
             client: Some(client),
             url: url.to_owned(),
+            partitions: Default::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -269,6 +272,13 @@ impl Store for PgStore {
     fn ingest(&mut self, file: &PreparedFile, received_at: Timestamp) -> Result<Ingested> {
         let h = &file.header;
         let rows = file.records.len() as i64;
+        let needed = super::partitions::days_needed(file, received_at);
+        if !needed.is_empty() {
+            let mut known = std::mem::take(&mut self.partitions);
+            let made = super::partitions::ensure(self.client()?, &mut known, &needed, received_at);
+            self.partitions = known;
+            made?;
+        }
         let mut tx = self.client()?.transaction()?;
         // The ledger row first: a concurrent insert of the same file blocks here on the
         // primary key until the other transaction ends, then sees it.
@@ -474,9 +484,15 @@ impl Store for PgStore {
 
     fn prune_raw(&mut self, before: Timestamp) -> Result<u64> {
         let t = to_i64(before.as_millis());
-        let mut tx = self.client()?.transaction()?;
+        // Whole days first (each a `DROP TABLE`), then the rest of the cut-off's day and
+        // the default partition's older rows.
         let mut n = 0;
-        for table in ["raw_http", "raw_dns", "raw_probe"] {
+        self.partitions.clear();
+        for table in super::partitions::RAW_TABLES {
+            n += super::partitions::drop_before(self.client()?, table, t)?;
+        }
+        let mut tx = self.client()?.transaction()?;
+        for table in super::partitions::RAW_TABLES {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < $1"), &[&t])?;
         }
         n += tx.execute(super::stream::PRUNE_CLIENTS, &[&t])?;
