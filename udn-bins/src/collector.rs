@@ -170,9 +170,7 @@ pub struct Collector {
     store: Mutex<Box<dyn Store>>,
     /// Connections for queries (the portal's charts, the API's series), so a slow
     /// query never holds up ingestion; empty: queries share the writer.
-    readers: Vec<Mutex<Box<dyn Store>>>,
-    /// Where the next query starts looking for a free reader.
-    next_reader: std::sync::atomic::AtomicUsize,
+    readers: udn_store::pool::Pool<Box<dyn Store>>,
     in_flight: Arc<tokio::sync::Semaphore>,
     quarantine: PathBuf,
     /// Hostname (canonical) -> owning customer, from the control plane's configuration;
@@ -199,8 +197,7 @@ impl Collector {
     pub fn new(store: Box<dyn Store>, data_dir: &Path) -> Collector {
         Collector {
             store: Mutex::new(store),
-            readers: Vec::new(),
-            next_reader: std::sync::atomic::AtomicUsize::new(0),
+            readers: Default::default(),
             quarantine: data_dir.join("quarantine"),
             metrics: Arc::new(Metrics::default()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
@@ -213,7 +210,7 @@ impl Collector {
     /// SQLite in WAL mode they read while the writer writes; on PostgreSQL each is its
     /// own session), so ingestion and queries never wait on one lock.
     pub fn with_readers(mut self, readers: Vec<Box<dyn Store>>) -> Collector {
-        self.readers = readers.into_iter().map(Mutex::new).collect();
+        self.readers = udn_store::pool::Pool::new(readers);
         self
     }
 
@@ -300,22 +297,10 @@ impl Collector {
     /// A reader connection, for queries: the first free one, else the next in turn
     /// (waiting for it); the writer when there are no readers (blocking).
     pub fn with_reader<T>(&self, f: impl FnOnce(&mut dyn Store) -> T) -> T {
-        let n = self.readers.len();
-        if n == 0 {
-            return self.with_store(f);
+        match self.readers.get() {
+            Some(mut reader) => f(reader.as_mut()),
+            None => self.with_store(f),
         }
-        let start = self
-            .next_reader
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for i in 0..n {
-            if let Ok(mut guard) = self.readers[(start + i) % n].try_lock() {
-                return f(guard.as_mut());
-            }
-        }
-        let mut guard = self.readers[start % n]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        f(guard.as_mut())
     }
 
     /// Handles one file received from `sender` (blocking: parses and writes to the

@@ -11,6 +11,7 @@
 //! * [`billing`]: invoices, payments and their immutable numbering
 //!   ([`billing::BillingStore`]) on both databases, and the usage billing reads from the
 //!   log store ([`billing::usage_from_store`]).
+//! * [`pool`]: the connection pool the stores share;
 //! * [`migrate`]: the versioned, append-only migrations of all three, run at start under
 //!   a lock (refinery).
 //!
@@ -23,6 +24,7 @@ pub mod billing;
 pub mod control;
 pub mod logs;
 pub mod migrate;
+pub mod pool;
 
 /// The wall clock as a [`udn_core::Timestamp`] (milliseconds since the Unix epoch; 0 if
 /// the clock is before it). The stores stamp what they record with it; the roles use it

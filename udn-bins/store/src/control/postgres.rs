@@ -18,11 +18,11 @@ use super::sql::{Conn, Db, Rows, SqlBackend, TxLock};
 use crate::logs::Param;
 use crate::logs::postgres::{AnyNull, cells, connection_lost};
 use crate::migrate::Step;
+use crate::pool::Pool;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Statement};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 /// The control plane's tables in PostgreSQL: the same tables, columns and meanings as
 /// [`super::sqlite::SCHEMA`] (times are milliseconds since the epoch in `BIGINT`).
@@ -181,8 +181,7 @@ pub type PgBackend = SqlBackend<PgDb>;
 
 /// [`Db`] on a small pool of PostgreSQL connections, each with its prepared statements.
 pub struct PgDb {
-    pool: Vec<Mutex<PgConn>>,
-    next: AtomicUsize,
+    pool: Pool<PgConn>,
     url: String,
 }
 
@@ -285,7 +284,7 @@ impl std::fmt::Debug for PgDb {
 impl Drop for PgDb {
     fn drop(&mut self) {
         // `udn control` shutting down drops its backend in async code.
-        crate::drop_off_runtime(std::mem::take(&mut self.pool));
+        crate::drop_off_runtime(self.pool.take());
     }
 }
 
@@ -293,15 +292,8 @@ impl PgDb {
     /// A free pooled connection (else the next one in turn, waiting for it), re-opened
     /// first if it was lost.
     fn conn(&self) -> BackendResult<MutexGuard<'_, PgConn>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.pool.len();
-        let free = (0..n).find_map(|i| self.pool[(start + i) % n].try_lock().ok());
-        let mut c = match free {
-            Some(c) => c,
-            None => self.pool[start % n]
-                .lock()
-                .map_err(|_| BackendError::Poisoned)?,
-        };
+        // Never empty: `connect_with` opens at least one connection.
+        let mut c = self.pool.get().ok_or(BackendError::Poisoned)?;
         if c.client.is_closed() {
             tracing::warn!("control plane: postgres connection lost; reconnecting");
             *c = PgConn::open(&self.url)?;
@@ -371,13 +363,12 @@ impl SqlBackend<PgDb> {
     pub fn connect_with(url: &str, pool: usize) -> BackendResult<PgBackend> {
         let mut first = PgConn::open(url)?;
         crate::migrate::postgres(&mut first.client, &super::sqlite::CP_SCHEMA)?;
-        let mut conns = vec![Mutex::new(first)];
+        let mut conns = vec![first];
         for _ in 1..pool.max(1) {
-            conns.push(Mutex::new(PgConn::open(url)?));
+            conns.push(PgConn::open(url)?);
         }
         Ok(SqlBackend::new(PgDb {
-            pool: conns,
-            next: AtomicUsize::new(0),
+            pool: Pool::new(conns),
             url: url.to_owned(),
         }))
     }

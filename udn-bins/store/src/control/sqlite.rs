@@ -6,6 +6,7 @@ use super::backend::*;
 use super::sql::{Conn, Db, Rows, SqlBackend, TxLock};
 use crate::logs::Param;
 use crate::migrate::{Legacy, Schema, Step};
+use crate::pool::Pool;
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -168,12 +169,18 @@ pub const CP_SCHEMA: Schema = Schema {
 /// The control plane's store on one SQLite file: [`SqlBackend`] on [`SqliteDb`].
 pub type SqliteBackend = SqlBackend<SqliteDb>;
 
-/// [`Db`] on one SQLite connection (WAL, foreign keys on, 5 s busy timeout), held under
-/// a mutex: SQLite has one writer at a time anyway, and the control plane's statements
-/// are short. Statements are prepared once and cached by the connection.
+/// [`Db`] on an SQLite file in WAL mode: one writer connection under a mutex (SQLite has
+/// one writer at a time anyway) and [`READERS`] read-only connections in a [`Pool`], so
+/// the session lookup every request makes never waits behind a write. Foreign keys on,
+/// 5 s busy timeout; statements prepared once and cached by each connection. An
+/// in-memory database has no readers (its reads go to the writer).
 pub struct SqliteDb {
     conn: Mutex<Connection>,
+    readers: Pool<Connection>,
 }
+
+/// Reader connections of a control plane's SQLite file.
+pub const READERS: usize = 4;
 
 impl SqliteDb {
     fn lock(&self) -> BackendResult<MutexGuard<'_, Connection>> {
@@ -216,6 +223,13 @@ impl Conn for SqliteConn<'_> {
 }
 
 impl Db for SqliteDb {
+    fn read(&self, sql: &str, args: &[Param<'_>]) -> BackendResult<Rows> {
+        match self.readers.get() {
+            Some(reader) => SqliteConn(&reader).query(sql, args),
+            None => self.with(|c| c.query(sql, args)),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut dyn Conn) -> BackendResult<T>) -> BackendResult<T> {
         let db = self.lock()?;
         f(&mut SqliteConn(&db))
@@ -239,7 +253,17 @@ impl Db for SqliteDb {
 impl SqlBackend<SqliteDb> {
     /// Opens (creating if needed) the database at `path` and its `cp_*` tables.
     pub fn open(path: &Path) -> BackendResult<SqliteBackend> {
-        Self::with_connection(Connection::open(path)?)
+        let mut backend = Self::with_connection(Connection::open(path)?)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let r = Connection::open(path)?;
+                r.busy_timeout(std::time::Duration::from_secs(5))?;
+                r.pragma_update(None, "query_only", "ON")?;
+                Ok(r)
+            })
+            .collect::<BackendResult<Vec<_>>>()?;
+        backend.db.readers = Pool::new(readers);
+        Ok(backend)
     }
 
     /// An in-memory database (for tools and examples).
@@ -255,6 +279,7 @@ impl SqlBackend<SqliteDb> {
         crate::migrate::sqlite(&mut conn, &CP_SCHEMA)?;
         Ok(SqlBackend::new(SqliteDb {
             conn: Mutex::new(conn),
+            readers: Pool::default(),
         }))
     }
 }
