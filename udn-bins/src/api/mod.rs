@@ -128,7 +128,7 @@ pub(crate) struct Inner {
     pub(crate) config_write: Mutex<()>,
     /// The last configuration read, parsed: reused while the stored version is the same
     /// (most requests read the config; parsing it each time was their main cost).
-    pub(crate) config_cache: std::sync::Mutex<Option<backend::ConfigSnapshot>>,
+    pub(crate) config_cache: std::sync::Mutex<Option<Arc<backend::ConfigSnapshot>>>,
     pub(crate) limiter: std::sync::Mutex<LoginLimiter>,
     /// Sign-up submissions per client address.
     pub(crate) signup_limiter: std::sync::Mutex<crate::portal::signup::SignupLimiter>,
@@ -235,7 +235,7 @@ impl ApiState {
     async fn expire_pending(&self, ttl: std::time::Duration) -> Result<usize, ApiError> {
         let _guard = self.inner.config_write.lock().await;
         let snap = routes::current(self).await?;
-        let mut cfg = snap.config;
+        let mut cfg = snap.config.clone();
         let now = now();
         let n = challenge::drop_expired(&mut cfg, ttl.as_secs(), now.as_millis() / 1000);
         if n == 0 {

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use udn_core::config::{
     CdnConfig, CustomerConfig, GtmConfig, OriginConfig, ServerConfig, ServiceConfig,
@@ -632,7 +633,8 @@ async fn create_user(
             return Err(ApiError::field("customer", "required for role customer"));
         }
         (Role::Customer, Some(c)) => {
-            let cfg = current(&st).await?.config;
+            let snap = current(&st).await?;
+            let cfg = &snap.config;
             if !cfg.customers.iter().any(|x| &x.name == c) {
                 return Err(ApiError::field(
                     "customer",
@@ -706,7 +708,7 @@ where
 {
     let _guard = st.inner.config_write.lock().await;
     let snap = current(st).await?;
-    let mut cfg = snap.config;
+    let mut cfg = snap.config.clone();
     let out = f(&mut cfg)?;
     roles_check(st, &cfg, "")?;
     let author = a.user.username.clone();
@@ -721,8 +723,9 @@ where
 
 /// The current configuration: the cached parse when the stored version has not moved
 /// (one cheap version query), else read, parsed and cached. Other control planes
-/// sharing the database commit too, so the version is always asked.
-pub(crate) async fn current(st: &ApiState) -> ApiResult<ConfigSnapshot> {
+/// sharing the database commit too, so the version is always asked. Shared, not copied:
+/// most requests only read it.
+pub(crate) async fn current(st: &ApiState) -> ApiResult<Arc<ConfigSnapshot>> {
     let state = st.clone();
     st.db(move |b| {
         let cache = &state.inner.config_cache;
@@ -732,8 +735,8 @@ pub(crate) async fn current(st: &ApiState) -> ApiResult<ConfigSnapshot> {
         {
             return Ok(snap.clone());
         }
-        let snap = b.configs.current_config()?;
-        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap.clone());
+        let snap = Arc::new(b.configs.current_config()?);
+        *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&snap));
         Ok(snap)
     })
     .await
@@ -980,11 +983,13 @@ async fn customers(
     uri: axum::http::Uri,
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Response> {
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     let list: Vec<CustomerConfig> = cfg
         .customers
-        .into_iter()
+        .iter()
         .filter(|c| a.user.may_access(&c.name))
+        .cloned()
         .collect();
     page(list, |c| vec![Part::Asc(c.name.clone())], &p, &uri)
 }
@@ -995,10 +1000,12 @@ async fn customer(
     Path(name): Path<String>,
 ) -> ApiResult<Json<CustomerConfig>> {
     a.require_customer(&name)?;
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     cfg.customers
-        .into_iter()
+        .iter()
         .find(|c| c.name == name)
+        .cloned()
         .map(Json)
         .ok_or(ApiError::NotFound)
 }
@@ -1100,7 +1107,8 @@ async fn cdn_list(
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Response> {
     let scope = a.scope(q.customer.as_deref())?;
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     let list: Vec<CdnView> = cfg
         .cdn
         .iter()
@@ -1120,8 +1128,9 @@ async fn cdn_get(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<Json<CdnView>> {
-    let cfg = current(&st).await?.config;
-    let i = cdn_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
+    let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.cdn[i].customer)?;
     Ok(Json(cdn_view(&cfg.cdn[i])))
 }
@@ -1189,8 +1198,9 @@ async fn cdn_verify(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<Json<CdnView>> {
-    let cfg = current(&st).await?.config;
-    let i = cdn_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
+    let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.cdn[i].customer)?;
     let Some(token) = cfg.cdn[i].challenge.clone() else {
         return Ok(Json(cdn_view(&cfg.cdn[i])));
@@ -1279,12 +1289,13 @@ async fn gtm_list(
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Response> {
     let scope = a.scope(q.customer.as_deref())?;
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     let list: Vec<GtmView> = cfg
         .gtm
         .iter()
         .filter(|g| scope.is_none_or(|s| s == g.customer))
-        .map(|g| gtm_view(&cfg, g))
+        .map(|g| gtm_view(cfg, g))
         .collect();
     page(
         list,
@@ -1299,10 +1310,11 @@ async fn gtm_get(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<Json<GtmView>> {
-    let cfg = current(&st).await?.config;
-    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
+    let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.gtm[i].customer)?;
-    Ok(Json(gtm_view(&cfg, &cfg.gtm[i])))
+    Ok(Json(gtm_view(cfg, &cfg.gtm[i])))
 }
 
 /// How far back the live health looks for probe tests.
@@ -1445,11 +1457,12 @@ async fn gtm_health_get(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<Json<GtmHealth>> {
-    let cfg = current(&st).await?.config;
-    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
+    let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.gtm[i].customer)?;
     let (checks, now) = recent_checks(&st).await?;
-    Ok(Json(gtm_health(&cfg, &cfg.gtm[i], &checks, now)))
+    Ok(Json(gtm_health(cfg, &cfg.gtm[i], &checks, now)))
 }
 
 async fn gtm_create(
@@ -1514,11 +1527,12 @@ async fn gtm_verify(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<Json<GtmView>> {
-    let cfg = current(&st).await?.config;
-    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
+    let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.gtm[i].customer)?;
     let Some(token) = cfg.gtm[i].challenge.clone() else {
-        return Ok(Json(gtm_view(&cfg, &cfg.gtm[i])));
+        return Ok(Json(gtm_view(cfg, &cfg.gtm[i])));
     };
     signup_gate(&st, &cfg.gtm[i].customer).await?;
     check_challenge(&st, &cfg.gtm[i].hostname, &token).await?;
@@ -1760,8 +1774,9 @@ async fn monitor_get(
     a: Auth,
     Path(host): Path<String>,
 ) -> ApiResult<Json<ServiceConfig>> {
-    let cfg = current(&st).await?.config;
-    let i = gtm_index(&cfg, &host).ok_or(ApiError::NotFound)?;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
+    let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
     a.require_customer(&cfg.gtm[i].customer)?;
     cfg.services
         .iter()
@@ -1867,12 +1882,13 @@ async fn mappings(
     uri: axum::http::Uri,
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Response> {
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     let out = cfg
         .static_mappings
         .iter()
         .enumerate()
-        .filter(|(_, m)| mapping_visible(&cfg, &a, m))
+        .filter(|(_, m)| mapping_visible(cfg, &a, m))
         .filter_map(|(index, m)| {
             serde_json::to_value(MappingView {
                 index,
@@ -1989,7 +2005,7 @@ async fn config_get(
             .map_err(|e| ApiError::Internal(format!("config as TOML: {e}")))?;
         ([(header::CONTENT_TYPE, "application/toml")], text).into_response()
     } else {
-        Json(&snap).into_response()
+        Json(&*snap).into_response()
     };
     if let Ok(v) = HeaderValue::from_str(&etag(snap.version)) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -2066,7 +2082,7 @@ async fn role_config_get(
         })
         .await;
     }
-    let mut snap = current(&st).await?;
+    let mut snap = ConfigSnapshot::clone(&*current(&st).await?);
     // The roles serve only verified hostnames (and never see the tokens).
     snap.config = snap.config.live();
     let tag = current_tag(snap.version);
@@ -2219,8 +2235,9 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
     let t = udn_cache::target::parse_purge_target(b.scope.as_str(), &b.target)
         .map_err(|e| ApiError::field("target", purge_reason(&e)))?;
     let (host, target) = (t.host, t.target);
-    let cfg = current(st).await?.config;
-    let customer = cdn_owner(&cfg, &host).ok_or_else(|| {
+    let snap = current(st).await?;
+    let cfg = &snap.config;
+    let customer = cdn_owner(cfg, &host).ok_or_else(|| {
         ApiError::field(
             "target",
             format!("{host} is not a CDN hostname or origin domain"),
@@ -2345,13 +2362,14 @@ async fn prefill(
     if b.urls.is_empty() || b.urls.len() > 1000 {
         return Err(ApiError::field("urls", "1 to 1000 URLs"));
     }
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     let mut customer = None;
     for (i, u) in b.urls.iter().enumerate() {
         let field = format!("urls[{i}]");
         let parsed = udn_cache::target::parse_url(u)
             .map_err(|e| ApiError::field(&field, purge_reason(&e)))?;
-        let owner = cdn_owner(&cfg, &parsed.host)
+        let owner = cdn_owner(cfg, &parsed.host)
             .ok_or_else(|| ApiError::field(&field, "not a CDN hostname or origin domain"))?;
         a.require_customer(&owner)?;
         match &customer {
@@ -2526,9 +2544,10 @@ async fn live_event_create(
     body: Body<LiveEventBody>,
 ) -> ApiResult<(StatusCode, Json<LiveEventView>)> {
     let Json(b) = body?;
-    let cfg = current(&st).await?.config;
+    let snap = current(&st).await?;
+    let cfg = &snap.config;
     let now = super::now();
-    let ev = check_live_event(&cfg, &a, b, now)?;
+    let ev = check_live_event(cfg, &a, b, now)?;
     let edges: Vec<String> = st.inner.opts.edges.iter().map(|e| e.name.clone()).collect();
     let created = st
         .db(move |b| {
@@ -2670,9 +2689,10 @@ pub(crate) async fn run_pagecheck(
 ) -> ApiResult<PageCheckAnswer> {
     let host = url_host(&b.url)
         .ok_or_else(|| ApiError::field("url", "expected an http:// or https:// URL"))?;
-    let cfg = current(st).await?.config;
-    let owner = cdn_owner(&cfg, host)
-        .or_else(|| host_owner(&cfg, host))
+    let snap = current(st).await?;
+    let cfg = &snap.config;
+    let owner = cdn_owner(cfg, host)
+        .or_else(|| host_owner(cfg, host))
         .ok_or_else(|| {
             ApiError::field("url", format!("{host} is not a hostname of this network"))
         })?;

@@ -449,7 +449,8 @@ async fn domains(
     Query(q): Query<ScopeQuery>,
 ) -> Page {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let cfg = r::current(&st).await?.config;
+    let snap = r::current(&st).await?;
+    let cfg = &snap.config;
     let visible = |c: &str| scope.as_deref().is_none_or(|s| s == c);
     let admin = a.user.role == Role::Admin;
     // A customer that signed up sees its plan and where its sign-up stands.
@@ -497,7 +498,7 @@ async fn domains(
         table id="gtm-domains" {
             tr { th { "GTM domain" } th { "Location" } th { "Addresses" } @if admin { th { "Customer" } } }
             @for g in cfg.gtm.iter().filter(|g| visible(&g.customer)) {
-                @let view = r::gtm_view(&cfg, g);
+                @let view = r::gtm_view(cfg, g);
                 @let by_site = addresses_by_site(&view);
                 @let n = by_site.len().max(1);
                 @for (i, (site, addrs)) in by_site.iter().enumerate() {
@@ -721,7 +722,8 @@ async fn hostnames(
     gtm: bool,
 ) -> Result<Vec<String>, PortalError> {
     let customer = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let cfg = r::current(st).await?.config;
+    let snap = r::current(st).await?;
+    let cfg = &snap.config;
     let mine = |c: &str| customer.as_deref().is_none_or(|m| m == c);
     let mut names: Vec<String> = if gtm {
         cfg.gtm
@@ -903,8 +905,9 @@ async fn cdn_locations(
 ) -> Page {
     let (rows, range) = chart_rows(&st, &a, &q, |b, w| b.cdn_traffic_by_location(w)).await?;
     let hosts = hostnames(&st, &a, &q, false).await?;
-    let cfg = r::current(&st).await?.config;
-    let points = pop_points(&cfg, rows.iter().map(|l| (l.pop.as_str(), l.bytes as f64)));
+    let snap = r::current(&st).await?;
+    let cfg = &snap.config;
+    let points = pop_points(cfg, rows.iter().map(|l| (l.pop.as_str(), l.bytes as f64)));
     let map = charts::world_map(
         &format!("Bytes served by location, {}", range_title(&q, &range)),
         "B",
@@ -1048,7 +1051,8 @@ async fn gtm_activity(
             .collect::<Vec<_>>(),
     );
     // Each address's live health (the target that publishes it).
-    let cfg = r::current(&st).await?.config;
+    let snap = r::current(&st).await?;
+    let cfg = &snap.config;
     let (checks, now) = match r::recent_checks(&st).await {
         Ok(x) => x,
         Err(ApiError::NotFound) => (Vec::new(), crate::api::now()),
@@ -1056,7 +1060,7 @@ async fn gtm_activity(
     };
     let mut status: BTreeMap<(String, String), String> = BTreeMap::new();
     for g in cfg.gtm.iter().filter(|g| a.user.may_access(&g.customer)) {
-        for t in r::gtm_health(&cfg, g, &checks, now).targets {
+        for t in r::gtm_health(cfg, g, &checks, now).targets {
             for ad in &t.target.addresses {
                 status.insert((g.hostname.clone(), ad.to_string()), t.status.clone());
             }
@@ -1092,7 +1096,8 @@ async fn gtm_locations(
 ) -> Page {
     let (rows, range) = chart_rows(&st, &a, &q, |b, w| b.gtm_answers_by_location(w)).await?;
     let hosts = hostnames(&st, &a, &q, true).await?;
-    let cfg = r::current(&st).await?.config;
+    let snap = r::current(&st).await?;
+    let cfg = &snap.config;
     let mut per_pop: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     for l in &rows {
         per_pop
@@ -1101,7 +1106,7 @@ async fn gtm_locations(
             .push((l.address.clone(), l.answers as f64));
     }
     let points = pop_points(
-        &cfg,
+        cfg,
         per_pop
             .iter()
             .map(|(pop, v)| (pop.as_str(), v.iter().map(|x| x.1).sum())),
@@ -1280,7 +1285,8 @@ async fn gtm_page(
 
 async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<String>) -> Page {
     let scope = a.scope(q.customer.as_deref())?.map(str::to_owned);
-    let cfg = r::current(st).await?.config;
+    let snap = r::current(st).await?;
+    let cfg = &snap.config;
     // Live health from the probes' records; a backend without a log store has none.
     let (checks, now) = match r::recent_checks(st).await {
         Ok(x) => x,
@@ -1298,8 +1304,8 @@ async fn gtm_view_page(st: &ApiState, a: &Auth, q: &ScopeQuery, error: Option<St
                 button type="submit" { "Add domain" } }
         }
         @for g in cfg.gtm.iter().filter(|g| scope.as_deref().is_none_or(|s| s == g.customer)) {
-            @let view = r::gtm_view(&cfg, g);
-            @let health = r::gtm_health(&cfg, g, &checks, now);
+            @let view = r::gtm_view(cfg, g);
+            @let health = r::gtm_health(cfg, g, &checks, now);
             @let base = format!("/gtm/{}", g.hostname);
             section class="gtm-domain" id=(format!("gtm-{}", g.hostname)) {
                 h2 { (g.hostname) }

@@ -326,14 +326,14 @@ async fn check_free(st: &ApiState, req: &SignupRequest) -> Result<(), Vec<crate:
         );
         return Err(errs);
     };
-    let cfg = snap.config;
+    let cfg = &snap.config;
     if cfg.customers.iter().any(|c| c.name == req.account) {
         taken("account", format!("{} is already taken", req.account));
     }
-    if let Err(ApiError::Taken(e)) = r::check_names(&cfg, &req.account, Some(&req.domain), &[]) {
+    if let Err(ApiError::Taken(e)) = r::check_names(cfg, &req.account, Some(&req.domain), &[]) {
         taken("domain", e.message);
     }
-    if let Err(ApiError::Invalid(e)) = r::check_destination(&cfg, "ip", req.ip) {
+    if let Err(ApiError::Invalid(e)) = r::check_destination(cfg, "ip", req.ip) {
         for e in e {
             taken("ip", e.message);
         }
