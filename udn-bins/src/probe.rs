@@ -41,7 +41,10 @@ use udn_probe::agent::service::run_test;
 use udn_probe::latency::{Escalation, LatencyMethod, MethodInfo, MethodStats, measure_with};
 use udn_probe::pagecheck::PageReport;
 use udn_probe::passive::PassiveTable;
-use udn_probe::service::{Hysteresis, ServiceSpec, UpDown};
+use udn_probe::plan::{InFlight, ServerResult, ServiceTarget, median_sample, service_targets};
+use udn_probe::service::{Hysteresis, UpDown};
+
+pub use udn_probe::plan::representative;
 
 use crate::logging::now;
 
@@ -94,17 +97,7 @@ pub struct CheckArgs {
     pub dns_source: Option<IpAddr>,
 }
 
-/// Which servers a probe tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// The servers of its own POP and of the origin sites whose `pop` is its POP (so
-    /// each server is tested by one probe); origin sites without a `pop` are tested by
-    /// the first POP's probe.
-    Own,
-    /// Every server of the network.
-    All,
-}
+pub use udn_probe::plan::Scope;
 
 /// Options of the probe agent.
 #[derive(Debug, clap::Args)]
@@ -136,8 +129,9 @@ pub struct AgentArgs {
     /// Directory of the probe log (rotated JSON Lines); none: no log.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
-    /// Which servers to test.
-    #[arg(long, value_enum, default_value_t = Scope::Own)]
+    /// Which servers to test: `own` (its POP's and the origin sites it is named for)
+    /// or `all`.
+    #[arg(long, default_value = "own")]
     pub scope: Scope,
     /// Latency methods, comma-separated, among passive, icmp, dns, tcp (tried
     /// cheapest first, whatever the order here); passive needs `--passive-table`.
@@ -380,7 +374,7 @@ struct Shared {
     policy: Mutex<Escalation>,
     services: Mutex<BTreeMap<(String, String), ServiceStatus>>,
     latency: Mutex<BTreeMap<Cidr, LatencyStatus>>,
-    in_flight: Mutex<HashSet<Cidr>>,
+    in_flight: Mutex<InFlight>,
     load_percent: Mutex<Option<f64>>,
     registry: Registry,
     checks: Family<CheckLabels, Counter>,
@@ -441,7 +435,7 @@ impl ProbeHandle {
         {
             let keep: HashSet<(String, String)> = targets
                 .iter()
-                .map(|(server, _, spec)| (server.clone(), spec.name.clone()))
+                .map(|t| (t.server.clone(), t.spec.name.clone()))
                 .collect();
             lock(&self.shared.services).retain(|k, _| keep.contains(k));
         }
@@ -461,84 +455,27 @@ impl ProbeHandle {
     }
 }
 
-/// The (server, service spec) pairs a probe of `pop` tests under `scope`.
-pub fn service_targets(
-    net: &Network,
-    pop: &str,
-    scope: Scope,
-) -> anyhow::Result<Vec<(String, Vec<IpAddr>, ServiceSpec)>> {
-    let pop_id = net
-        .pop_id(pop)
-        .with_context(|| format!("no POP named {pop:?} in the config"))?;
-    let first_pop = net.pops.first().map(|p| p.name.as_str()) == Some(pop);
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for host in &net.hosts {
-        let svc = &net.services[host.service.index()];
-        for t in &host.targets {
-            let server = &net.servers[t.server.index()];
-            let mine = match scope {
-                Scope::All => true,
-                Scope::Own => match server.site {
-                    udn_core::network::Site::Pop(p) => p == pop_id,
-                    udn_core::network::Site::Origin(o) => match net.origins[o.index()].pop {
-                        Some(p) => p == pop_id,
-                        None => first_pop,
-                    },
-                },
-            };
-            if mine && seen.insert((t.server, host.service)) {
-                let spec = ServiceSpec::from_config(&svc.spec)
-                    .with_context(|| format!("service {:?}", svc.name))?;
-                out.push((server.name.clone(), server.addrs.clone(), spec));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// The service targets of `opts` in `net`, with the port overrides applied.
-fn targets_of(
-    opts: &ProbeOptions,
-    net: &Network,
-) -> anyhow::Result<Vec<(String, Vec<IpAddr>, ServiceSpec)>> {
-    let mut targets = service_targets(net, &opts.pop, opts.scope)?;
-    for (_, _, spec) in &mut targets {
-        if let Some((_, port)) = opts.service_ports.iter().find(|(n, _)| *n == spec.name) {
-            spec.port = *port;
-        }
-    }
-    Ok(targets)
+fn targets_of(opts: &ProbeOptions, net: &Network) -> anyhow::Result<Vec<ServiceTarget>> {
+    Ok(service_targets(
+        net,
+        &opts.pop,
+        opts.scope,
+        &opts.service_ports,
+    )?)
 }
 
 fn spawn_service_loops(
     set: &mut tokio::task::JoinSet<()>,
     sh: &Arc<Shared>,
     net: &Network,
-    targets: Vec<(String, Vec<IpAddr>, ServiceSpec)>,
+    targets: Vec<ServiceTarget>,
 ) {
-    let (up_after, down_after) = (net.health.up_after, net.health.down_after);
+    let hysteresis = (net.health.up_after, net.health.down_after);
     let policy = Arc::new(net.target_policy.clone());
-    for (server, addrs, spec) in targets {
-        // Origin-site servers are the customer's: they are tested only at addresses
-        // the target policy allows. POP servers are the operator's own.
-        let customer = net
-            .server_id(&server)
-            .map(|id| {
-                matches!(
-                    net.servers[id.index()].site,
-                    udn_core::network::Site::Origin(_)
-                )
-            })
-            .unwrap_or(true);
-        set.spawn(service_loop(
-            sh.clone(),
-            server,
-            addrs,
-            spec,
-            (up_after, down_after),
-            customer.then(|| policy.clone()),
-        ));
+    for t in targets {
+        let policy = t.customer.then(|| policy.clone());
+        set.spawn(service_loop(sh.clone(), t, hysteresis, policy));
     }
 }
 
@@ -588,7 +525,7 @@ pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
         policy: Mutex::new(Escalation::new(infos)),
         services: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(BTreeMap::new()),
-        in_flight: Mutex::new(HashSet::new()),
+        in_flight: Mutex::new(InFlight::new(LATENCY_JOBS * 4)),
         load_percent: Mutex::new(None),
         registry,
         checks,
@@ -666,22 +603,23 @@ pub async fn start(mut opts: ProbeOptions) -> anyhow::Result<ProbeHandle> {
 
 async fn service_loop(
     sh: Arc<Shared>,
-    server: String,
-    addrs: Vec<IpAddr>,
-    spec: ServiceSpec,
+    target: ServiceTarget,
     (up_after, down_after): (u32, u32),
     policy: Option<Arc<udn_core::netpolicy::TargetPolicy>>,
 ) {
+    let ServiceTarget {
+        server,
+        addrs,
+        spec,
+        ..
+    } = target;
     let mut hyst = Hysteresis::new(up_after, down_after);
     let mut tick = tokio::time::interval(spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         // The server passes when every one of its addresses passes.
-        let mut ok = true;
-        let mut response_ms: f32 = 0.0;
-        let mut reason = String::from("ok");
-        let mut detail = String::new();
+        let mut verdicts = Vec::with_capacity(addrs.len());
         for &ip in &addrs {
             let obs = match policy.as_ref().map(|p| p.check(ip)) {
                 Some(Err(range)) => udn_probe::service::Observation {
@@ -693,17 +631,18 @@ async fn service_loop(
                 },
                 _ => run_test(&spec, ip).await,
             };
-            let v = spec.evaluate(&obs);
-            response_ms = response_ms.max(v.response_ms);
-            if !v.ok && ok {
-                ok = false;
-                reason = v.reason.as_str().to_string();
-                detail = match &obs.error {
-                    Some((_, d)) => format!("{ip}: {} ({d})", v.reason.as_str()),
-                    None => format!("{ip}: {}", v.reason.as_str()),
-                };
-            }
+            verdicts.push((ip, spec.evaluate(&obs), obs.error.map(|(_, d)| d)));
         }
+        let ServerResult {
+            ok,
+            response_ms,
+            reason,
+            detail,
+        } = ServerResult::fold(
+            verdicts
+                .iter()
+                .map(|(ip, v, e)| (*ip, v.clone(), e.as_deref())),
+        );
         let at = now();
         let change = hyst.handle(ok);
         if let Some(state) = change {
@@ -732,7 +671,7 @@ async fn service_loop(
             st.state = hyst.state();
             st.checks += 1;
             st.failures += u64::from(!ok);
-            st.last_reason = reason;
+            st.last_reason = reason.to_owned();
             st.last_ms = response_ms;
             st.last_at = at;
         }
@@ -813,20 +752,6 @@ async fn load_loop(sh: Arc<Shared>) {
     }
 }
 
-/// The address measured for a client network: the network itself for a host route,
-/// else its first host (network address + 1).
-pub fn representative(c: Cidr) -> IpAddr {
-    match c.addr() {
-        IpAddr::V4(a) if c.len() < 32 => {
-            IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1)))
-        }
-        IpAddr::V6(a) if c.len() < 128 => {
-            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a).wrapping_add(1)))
-        }
-        ip => ip,
-    }
-}
-
 /// One item of a `GET /v1/refresh` answer: the client network the result is keyed by
 /// and `addr`, the resolver the DNS server saw asking for it. An item without `addr` is
 /// not measured (no address inside the network is guessed).
@@ -903,10 +828,13 @@ async fn static_targets_loop(sh: Arc<Shared>, tx: tokio::sync::mpsc::Sender<(Cid
     }
 }
 
+/// How many latency measurements run at once.
+const LATENCY_JOBS: usize = 16;
+
 async fn latency_loop(sh: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<(Cidr, IpAddr)>) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let sem = Arc::new(tokio::sync::Semaphore::new(LATENCY_JOBS));
     while let Some((client, addr)) = rx.recv().await {
-        if !lock(&sh.in_flight).insert(client) {
+        if !lock(&sh.in_flight).start(client) {
             continue;
         }
         let Ok(permit) = sem.clone().acquire_owned().await else {
@@ -916,7 +844,7 @@ async fn latency_loop(sh: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<(Cidr
         tokio::spawn(async move {
             let _permit = permit;
             measure_one(&sh, client, addr).await;
-            lock(&sh.in_flight).remove(&client);
+            lock(&sh.in_flight).finish(client);
         });
     }
 }
@@ -944,8 +872,7 @@ async fn measure_one(sh: &Shared, client: Cidr, addr: IpAddr) {
     let at = now();
     let lost = n - rtts.len() as u8;
     let detail = format!("addr={addr} sent={n} lost={lost} {}", tried.join("; "));
-    rtts.sort();
-    match rtts.get(rtts.len() / 2).copied() {
+    match median_sample(&mut rtts) {
         Some((rtt, m)) => {
             let method = infos
                 .get(m)

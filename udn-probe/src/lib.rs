@@ -12,7 +12,11 @@
 //! * [`loadp`]: LOADP, parsing the Linux load sources behind a [`LoadSource`](loadp::LoadSource);
 //! * [`pagecheck`], [`html`], [`url`]: page-check rows, the components of a page and
 //!   URL resolution;
-//! * [`wire`]: ICMP echo and DNS query packets.
+//! * [`wire`]: ICMP echo and DNS query packets;
+//! * [`plan`]: the agent's plan: which (server, service) pairs a POP's agent tests and
+//!   under which policy, how a server's addresses fold into one result, the address
+//!   measured for a client network, a measurement's median sample and the bounded set of
+//!   measurements in progress.
 //!
 //! With the `agent` feature, [`agent`] adds the I/O: a timed HTTP(S) fetch that stamps
 //! each phase, the latency methods on real sockets, service tests, the page check, the
@@ -44,6 +48,7 @@ pub mod latency;
 pub mod loadp;
 pub mod pagecheck;
 pub mod passive;
+pub mod plan;
 pub mod service;
 pub mod url;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! The I/O side of the probes (feature `agent`): the timed fetch, the latency methods
 //! on real sockets, service tests, the page check, the local LOADP source and the
-//! metric reporter. The `udn probe` role in `udn-bins` schedules them.
+//! metric reporter. The `udn probe` role in `udn-bins` runs them on tokio timers
+//! after the crate's [`plan`](crate::plan).
 //!
 //! # Examples
 //!
