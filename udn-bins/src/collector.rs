@@ -394,7 +394,7 @@ impl Collector {
 
     fn reject(&self, body: &[u8], name: Option<&str>, why: &Invalid) -> Answer {
         self.metrics.file("rejected");
-        let saved = self.save_quarantined(body, name, why);
+        let saved = self.save_with_reason(body, name, &format!("{why}\n"));
         tracing::warn!(error = %why, quarantined = ?saved, "rejected log file");
         let quarantined = match &saved {
             Ok(p) => serde_json::Value::String(p.display().to_string()),
@@ -423,15 +423,6 @@ impl Collector {
         }
         let name = format!("{}.records", name.unwrap_or("file"));
         self.save_with_reason(lines.as_bytes(), Some(&name), &reasons)
-    }
-
-    fn save_quarantined(
-        &self,
-        body: &[u8],
-        name: Option<&str>,
-        why: &Invalid,
-    ) -> std::io::Result<PathBuf> {
-        self.save_with_reason(body, name, &format!("{why}\n"))
     }
 
     fn save_with_reason(

@@ -139,6 +139,15 @@ pub struct Args {
 }
 
 impl Args {
+    /// The file of `--billing-config`, read, if given.
+    fn billing_config(&self) -> anyhow::Result<Option<crate::billing::cli::BillingConfig>> {
+        self.billing_config
+            .as_deref()
+            .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
+            .transpose()
+            .context("reading --billing-config")
+    }
+
     /// The sign-up settings of `--self-signup`: the SMTP server of `--billing-config`,
     /// the key in `<data-dir>/signup.key`, the public URL.
     fn signup_options(
@@ -148,13 +157,7 @@ impl Args {
         if !self.self_signup {
             return Ok(None);
         }
-        let cfg = self
-            .billing_config
-            .as_deref()
-            .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
-            .transpose()
-            .context("reading --billing-config")?;
-        let smtp = cfg.and_then(|c| c.smtp).context(
+        let smtp = self.billing_config()?.and_then(|c| c.smtp).context(
             "--self-signup sends confirmation e-mails: give --billing-config an [smtp] section",
         )?;
         let public_url = match &self.public_url {
@@ -663,12 +666,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Handle> {
                 ),
             };
             let mut backend = backend.with_billing(billing);
-            let delivery = args
-                .billing_config
-                .as_deref()
-                .map(crate::billing::cli::read_doc::<crate::billing::cli::BillingConfig>)
-                .transpose()
-                .context("reading --billing-config")?;
+            let delivery = args.billing_config()?;
             if let Some(c) = &delivery {
                 backend = backend.with_issuer(c.issuer.clone());
             }

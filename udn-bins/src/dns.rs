@@ -551,6 +551,12 @@ struct RefreshQueue {
     inner: Mutex<RefreshState>,
 }
 
+impl RefreshQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefreshState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[derive(Default)]
 struct RefreshState {
     /// Pending measurements per POP name: client prefix -> the resolver to measure (the
@@ -761,6 +767,20 @@ impl std::fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// The served snapshot and engine, to read (a panicked writer's lock is taken over:
+    /// the snapshot is replaced whole).
+    fn served(&self) -> std::sync::RwLockReadGuard<'_, Served> {
+        self.server.served.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The served snapshot and engine, to change.
+    fn served_mut(&self) -> std::sync::RwLockWriteGuard<'_, Served> {
+        self.server
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Reloads the source and swaps the snapshot atomically (the engine's state carries
     /// over by name; zones, hostnames and peers change together). On error (including
     /// a peer list without this server's `--name`) the old snapshot stays.
@@ -774,22 +794,12 @@ impl Handle {
         let auth = Arc::new(source.load()?);
         let zones = auth.zones().len();
         let peers = peers_of(auth.network(), self.name.as_deref(), self.peer_timeout)?;
-        let mut g = self
-            .server
-            .served
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut g = self.served_mut();
         g.replace(auth);
         g.set_peers(peers);
         drop(g);
         // POP ids may have changed: back-off entries start over.
-        self.observer
-            .refresh
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .backoff
-            .clear();
+        self.observer.refresh.lock().backoff.clear();
         self.observer.metrics.reloads.inc();
         Ok(zones)
     }
@@ -800,7 +810,7 @@ impl Handle {
         let Some(id) = peer.and_then(|p| p.identity.as_ref()) else {
             return Err("no instance certificate".into());
         };
-        let g = self.server.served.read().unwrap_or_else(|e| e.into_inner());
+        let g = self.served();
         if g.engine.network().pops.iter().any(|p| p.name == id.name) {
             Ok(id.name.clone())
         } else {
@@ -849,11 +859,7 @@ impl Handle {
         let reporter = from.map_or("", |id| id.name.as_str());
         let mut applied = 0;
         {
-            let mut g = self
-                .server
-                .served
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut g = self.served_mut();
             for (i, m) in &parsed {
                 match g.engine.apply_from(m, reporter, received) {
                     Ok(_) => applied += 1,
@@ -864,12 +870,7 @@ impl Handle {
             // unreachable report lengthens it.
             let net = g.engine.network().clone();
             drop(g);
-            let mut q = self
-                .observer
-                .refresh
-                .inner
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut q = self.observer.refresh.lock();
             for (_, m) in &parsed {
                 match m {
                     Metric::Latency { client, pop, .. } => {
@@ -897,12 +898,7 @@ impl Handle {
 
     /// Takes the pending latency measurements for `pop`.
     pub fn take_refresh(&self, pop: &str) -> Vec<RefreshItem> {
-        let mut q = self
-            .observer
-            .refresh
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut q = self.observer.refresh.lock();
         let mut items: Vec<RefreshItem> = q
             .by_pop
             .remove(pop)
@@ -921,28 +917,19 @@ impl Handle {
     /// Drops latency samples older than `latency.expire_secs`, expired persistence
     /// entries and spent refresh back-offs; returns (latency, persistence) dropped.
     pub fn sweep(&self, now: udn_core::Timestamp) -> (usize, usize) {
-        let mut g = self
-            .server
-            .served
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut g = self.served_mut();
         let net = g.engine.network().clone();
         let st = g.engine.state_mut();
         let lat = st.latency.expire(now, net.latency.expire);
         let per = st.expire_persistence(now);
         drop(g);
-        self.observer
-            .refresh
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sweep(now, &net);
+        self.observer.refresh.lock().sweep(now, &net);
         (lat, per)
     }
 
     /// (latency samples, persistence entries) held now.
     pub fn state_sizes(&self) -> (usize, usize) {
-        let g = self.server.served.read().unwrap_or_else(|e| e.into_inner());
+        let g = self.served();
         (
             g.engine.state().latency.len(),
             g.engine.state().persistence_len(),
@@ -1120,56 +1107,52 @@ pub async fn start(opts: Options) -> anyhow::Result<Arc<Handle>> {
         persistence_entries: Gauge::default(),
         log_dropped: Counter::default(),
     };
-    registry.register(
-        "queries",
-        "DNS queries answered, by transport, response code and path",
-        metrics.queries.clone(),
-    );
-    registry.register(
-        "decisions",
-        "GTM/CDN decisions by reason",
-        metrics.decisions.clone(),
-    );
-    registry.register(
-        "dropped",
-        "Queries dropped or TCP clients cut off, by reason",
-        metrics.dropped.clone(),
-    );
-    registry.register(
-        "answer_seconds",
-        "Time from receiving a query to having its answer",
-        metrics.latency.clone(),
-    );
-    registry.register(
-        "metrics_applied",
-        "Probe metrics applied",
-        metrics.metrics_applied.clone(),
-    );
-    registry.register(
-        "metrics_rejected",
-        "Probe metrics rejected",
-        metrics.metrics_rejected.clone(),
-    );
-    registry.register("reloads", "Successful reloads", metrics.reloads.clone());
-    registry.register(
-        "tcp_connections",
-        "Open TCP connections",
-        metrics.tcp_connections.clone(),
-    );
-    registry.register(
-        "latency_samples",
-        "(client prefix, POP) latency samples held",
-        metrics.latency_samples.clone(),
-    );
-    registry.register(
-        "persistence_entries",
-        "Persistence entries held (expired ones until the next sweep)",
-        metrics.persistence_entries.clone(),
-    );
-    registry.register(
-        "log_dropped",
-        "Query-log records dropped because the writer fell behind",
-        metrics.log_dropped.clone(),
+    // (field of `metrics`, exported name, help)
+    macro_rules! register {
+        ($(($field:ident, $name:literal, $help:literal)),* $(,)?) => {
+            $(registry.register($name, $help, metrics.$field.clone());)*
+        };
+    }
+    register!(
+        (
+            queries,
+            "queries",
+            "DNS queries answered, by transport, response code and path"
+        ),
+        (decisions, "decisions", "GTM/CDN decisions by reason"),
+        (
+            dropped,
+            "dropped",
+            "Queries dropped or TCP clients cut off, by reason"
+        ),
+        (
+            latency,
+            "answer_seconds",
+            "Time from receiving a query to having its answer"
+        ),
+        (metrics_applied, "metrics_applied", "Probe metrics applied"),
+        (
+            metrics_rejected,
+            "metrics_rejected",
+            "Probe metrics rejected"
+        ),
+        (reloads, "reloads", "Successful reloads"),
+        (tcp_connections, "tcp_connections", "Open TCP connections"),
+        (
+            latency_samples,
+            "latency_samples",
+            "(client prefix, POP) latency samples held"
+        ),
+        (
+            persistence_entries,
+            "persistence_entries",
+            "Persistence entries held (expired ones until the next sweep)"
+        ),
+        (
+            log_dropped,
+            "log_dropped",
+            "Query-log records dropped because the writer fell behind"
+        ),
     );
 
     let log = match &opts.log_dir {

@@ -178,6 +178,15 @@ mod tests {
         }
     }
 
+    /// Sends `bytes` on a new connection to `addr` and reads until the server closes it
+    /// (or 5 s pass): what came back and whether it was closed.
+    async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may refuse before reading it all.
+        let _ = s.write_all(bytes).await;
+        read_to_close(&mut s).await
+    }
+
     #[tokio::test]
     async fn a_slow_header_and_an_idle_connection_are_closed_at_the_header_timeout() {
         let addr = start(Limits {
@@ -186,18 +195,10 @@ mod tests {
         })
         .await;
         // Slowloris: half a request line, then nothing.
-        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        let (_, closed) = read_to_close(&mut slow).await;
+        let (_, closed) = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
         assert!(closed, "a connection sending half a header must be closed");
         // Idle after a complete request on keep-alive.
-        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (got, closed) = read_to_close(&mut idle).await;
+        let (got, closed) = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(String::from_utf8_lossy(&got).contains("200 OK"));
         assert!(closed, "an idle keep-alive connection must be closed");
     }
@@ -214,9 +215,7 @@ mod tests {
             held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        let (got, closed) = read_to_close(&mut fourth).await;
+        let (got, closed) = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
             closed && got.is_empty(),
             "the fourth connection must be closed unserved"
@@ -224,23 +223,21 @@ mod tests {
         drop(held);
         tokio::time::sleep(Duration::from_millis(100)).await;
         // A freed slot serves again; a 40 KiB header is refused.
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let big = format!(
             "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
             "a".repeat(40 * 1024)
         );
-        let _ = s.write_all(big.as_bytes()).await;
-        let (got, _) = read_to_close(&mut s).await;
+        let (got, _) = exchange(addr, big.as_bytes()).await;
         let text = String::from_utf8_lossy(&got);
         assert!(
             !text.contains("200 OK"),
             "an oversized header must not be served: {text}"
         );
-        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
-        ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (got, _) = read_to_close(&mut ok).await;
+        let (got, _) = exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(String::from_utf8_lossy(&got).contains("200 OK"));
     }
 
@@ -248,10 +245,7 @@ mod tests {
     async fn a_header_line_over_8_kib_gets_431_and_a_long_request_line_414() {
         let addr = start(Limits::default()).await;
         let send = |req: String| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let _ = s.write_all(req.as_bytes()).await;
-            let (got, _) = read_to_close(&mut s).await;
-            String::from_utf8_lossy(&got).to_string()
+            String::from_utf8_lossy(&exchange(addr, req.as_bytes()).await.0).to_string()
         };
         // 9 KiB in one line, 18 KiB in all: within the 32 KiB, over the 8 KiB a line.
         let line = "a".repeat(9 * 1024);

@@ -1401,30 +1401,42 @@ async fn gtm_add(
         };
         r::mutate(&st, &a, move |cfg| {
             r::check_names(cfg, &customer, Some(&host), &[])?;
-            let service = if cfg.services.iter().any(|s| s.name == "http") {
-                "http".to_owned()
-            } else {
-                cfg.services
-                    .first()
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default()
-            };
-            let g: udn_core::config::GtmConfig = serde_json::from_value(serde_json::json!({
-                "hostname": host, "customer": customer, "service": service, "targets": []
-            }))
-            .map_err(|e| ApiError::field("hostname", e.to_string()))?;
-            let mut g = g;
-            // A new hostname is pending until its TXT challenge is verified.
-            g.challenge = Some(crate::api::challenge::new_token());
-            cfg.gtm.push(g);
-            let i = cfg.gtm.len() - 1;
-            r::add_address(cfg, i, &a2, &n)
+            add_pending_gtm(cfg, "hostname", &host, &customer, &a2, &n)
         })
         .await
         .map(|_| ())
     }
     .await;
     gtm_result(&st, &a, r).await
+}
+
+/// Adds GTM hostname `host` of `customer` with its first address `first` to `cfg`:
+/// pending until its TXT challenge is verified, testing the service `http` (else the
+/// first service). A bad hostname is an error on form field `field`.
+pub(crate) fn add_pending_gtm(
+    cfg: &mut udn_core::Config,
+    field: &str,
+    host: &str,
+    customer: &str,
+    a: &crate::api::auth::Auth,
+    first: &NewAddress,
+) -> Result<(), ApiError> {
+    let service = if cfg.services.iter().any(|s| s.name == "http") {
+        "http".to_owned()
+    } else {
+        cfg.services
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    };
+    let mut g: udn_core::config::GtmConfig = serde_json::from_value(serde_json::json!({
+        "hostname": host, "customer": customer, "service": service, "targets": []
+    }))
+    .map_err(|e| ApiError::field(field, e.to_string()))?;
+    g.challenge = Some(crate::api::challenge::new_token());
+    cfg.gtm.push(g);
+    let i = cfg.gtm.len() - 1;
+    r::add_address(cfg, i, a, first).map(|_| ())
 }
 
 async fn gtm_delete(

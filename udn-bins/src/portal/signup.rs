@@ -671,28 +671,13 @@ async fn create(st: &ApiState, req: &SignupRequest, password: &str) -> Result<()
             name: r2.account.clone(),
             display_name: Some(r2.company.clone()),
         });
-        let service = if cfg.services.iter().any(|s| s.name == "http") {
-            "http".to_owned()
-        } else {
-            cfg.services
-                .first()
-                .map(|s| s.name.clone())
-                .unwrap_or_default()
-        };
-        let mut g: udn_core::config::GtmConfig = serde_json::from_value(serde_json::json!({
-            "hostname": r2.domain, "customer": r2.account, "service": service, "targets": []
-        }))
-        .map_err(|e| ApiError::field("domain", e.to_string()))?;
-        g.challenge = Some(crate::api::challenge::new_token());
-        cfg.gtm.push(g);
-        let i = cfg.gtm.len() - 1;
         let n = NewAddress {
             address: Some(r2.ip),
             server: None,
             site: None,
             weight: None,
         };
-        r::add_address(cfg, i, &a2, &n)
+        super::add_pending_gtm(cfg, "domain", &r2.domain, &r2.account, &a2, &n)
     })
     .await?;
     let (u, p, acct) = (
