@@ -191,10 +191,16 @@ impl SqliteDb {
 /// Binds `args` to `st` by number: `$1` is `args[0]` wherever it stands (SQLite numbers
 /// `$N` parameters in order of first use, so binding by position would mix them up).
 fn bind_numbered(st: &mut rusqlite::CachedStatement<'_>, args: &[Param<'_>]) -> BackendResult<()> {
-    for (i, v) in crate::logs::sqlite::bind(args).into_iter().enumerate() {
-        if let Some(at) = st.parameter_index(&format!("${}", i + 1))? {
-            st.raw_bind_parameter(at, v)?;
-        }
+    // Each of the statement's parameters by the number in its name: no lookup by a
+    // formatted name, and a `$N` without an argument is an error, not a NULL.
+    for at in 1..=st.parameter_count() {
+        let name = st.parameter_name(at).unwrap_or("?");
+        let arg = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| args.get(n.checked_sub(1)?))
+            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))?;
+        st.raw_bind_parameter(at, crate::logs::sqlite::value(arg))?;
     }
     Ok(())
 }

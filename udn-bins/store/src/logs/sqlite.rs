@@ -164,14 +164,16 @@ pub(crate) fn join_addrs(addrs: &[std::net::IpAddr]) -> String {
 /// The store's parameters as rusqlite values (`$1`, `$2`... bind by position).
 /// `params` as rusqlite values, in order.
 pub(crate) fn bind<'a>(params: &[Param<'a>]) -> Vec<ToSqlOutput<'a>> {
-    params
-        .iter()
-        .map(|p| match p {
-            Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
-            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Param::Null => ToSqlOutput::Owned(Value::Null),
-        })
-        .collect()
+    params.iter().map(value).collect()
+}
+
+/// One parameter as SQLite takes it (text borrowed, not copied).
+pub(crate) fn value<'a>(p: &Param<'a>) -> ToSqlOutput<'a> {
+    match p {
+        Param::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
+        Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        Param::Null => ToSqlOutput::Owned(Value::Null),
+    }
 }
 
 /// The first `n` columns of `row` as [`Cell`]s (a blob reads as NULL: no table has one).
