@@ -4,12 +4,14 @@ use super::auth::{self, Auth};
 use super::backend::*;
 use super::challenge::{self, Verification};
 use super::fanout::{self, LocationCheck};
+use super::openapi::{
+    ErrorResponse, JsonObject, OpsAnswer, ReasonsAnswer, StreamingAnswer, TopAnswer,
+};
 use super::{ApiError, ApiState, FieldError};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,6 +22,7 @@ use udn_core::config::{
     StaticMappingConfig, TargetConfig, canonical_hostname,
 };
 use udn_core::{Config, Timestamp};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Marks a request that arrived over TLS (inserted by `portal::serve_https`), so session
 /// cookies get the `Secure` attribute.
@@ -89,8 +92,10 @@ const LIVE_EVENTS_READ: u32 = 10_000;
 
 /// Every route: served over HTTPS.
 pub(super) fn router(state: ApiState) -> Router {
-    credential_routes()
+    let (routes, _) = credential_routes()
         .merge(machine_routes())
+        .split_for_parts();
+    routes
         .layer(axum::middleware::from_fn(json_errors))
         .fallback(not_found)
         .with_state(state)
@@ -99,7 +104,8 @@ pub(super) fn router(state: ApiState) -> Router {
 /// The routes without any that takes a password or issues a credential: served on the
 /// plain-HTTP listener for roles.
 pub(super) fn machine_router(state: ApiState) -> Router {
-    machine_routes()
+    let (routes, _) = machine_routes().split_for_parts();
+    routes
         .layer(axum::middleware::from_fn(json_errors))
         .fallback(not_found_plain_http)
         .with_state(state)
@@ -196,116 +202,143 @@ fn no_route(method: &axum::http::Method, uri: &axum::http::Uri, hint: &str) -> R
         .into_response()
 }
 
-/// The routes that take a password or issue a credential (HTTPS only).
-fn credential_routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/auth/token", post(token))
-        .route("/v1/me/password", post(change_password))
-        .route("/v1/users", get(users).post(create_user))
-        .route("/v1/users/{name}", axum::routing::delete(delete_user))
-        .route("/v1/tokens", get(tokens_list).post(token_create))
-        .route("/v1/tokens/{id}", axum::routing::delete(token_delete))
+/// The routes that take a password or issue a credential (HTTPS only), with their
+/// OpenAPI description ([`super::openapi`]).
+pub(super) fn credential_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(token))
+        .routes(routes!(change_password))
+        .routes(routes!(users, create_user))
+        .routes(routes!(delete_user))
+        .routes(routes!(tokens_list, token_create))
+        .routes(routes!(token_delete))
 }
 
-fn machine_routes() -> Router<ApiState> {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/me", get(me))
-        .route("/v1/customers", get(customers).post(create_customer))
-        .route(
-            "/v1/customers/{name}",
-            get(customer).put(update_customer).delete(delete_customer),
-        )
-        .route("/v1/cdn", get(cdn_list).post(cdn_create))
-        .route("/v1/cdn/{hostname}/verify", post(cdn_verify))
-        .route("/v1/gtm/{hostname}/verify", post(gtm_verify))
-        .route("/v1/gtm/{hostname}/health", get(gtm_health_get))
-        .route(
-            "/v1/cdn/{hostname}",
-            get(cdn_get).put(cdn_update).delete(cdn_delete),
-        )
-        .route("/v1/gtm", get(gtm_list).post(gtm_create))
-        .route(
-            "/v1/gtm/{hostname}",
-            get(gtm_get).put(gtm_update).delete(gtm_delete),
-        )
-        .route("/v1/gtm/{hostname}/addresses", post(address_add))
-        .route(
-            "/v1/gtm/{hostname}/addresses/{address}",
-            put(address_weight).delete(address_remove),
-        )
-        .route("/v1/gtm/{hostname}/standby", put(standby_set))
-        .route(
-            "/v1/gtm/{hostname}/monitor",
-            get(monitor_get).put(monitor_set),
-        )
-        .route("/v1/static-mappings", get(mappings).post(mapping_add))
-        .route(
-            "/v1/static-mappings/{index}",
-            axum::routing::delete(mapping_delete),
-        )
-        .route("/v1/config", get(config_get).put(config_put))
-        .route("/v1/config/versions/{version}", get(config_version))
-        .route("/v1/purge", get(purge_list).post(purge_create))
-        .route("/v1/purge/{seq}", get(purge_get))
-        .route("/v1/purge/{seq}/cancel", post(purge_cancel))
-        .route("/v1/prefill", post(prefill))
-        .route("/v1/prefill/{seq}", get(prefill_get))
-        .route("/v1/prefill/{seq}/cancel", post(prefill_cancel))
-        .route("/v1/live-events", get(live_events).post(live_event_create))
-        .route("/v1/pagecheck", post(pagecheck))
-        .route("/v1/traffic/cdn", get(traffic_cdn))
-        .route("/v1/streaming", get(streaming))
-        .route("/v1/ops", get(ops))
-        .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
-        .route("/v1/traffic/cdn/quality", get(traffic_cdn_quality))
-        .route("/v1/traffic/cdn/top", get(traffic_cdn_top))
-        .route("/v1/traffic/gtm", get(traffic_gtm))
-        .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
-        .route("/v1/traffic/gtm/reasons", get(traffic_gtm_reasons))
-        .route("/v1/invoices", get(invoices))
-        .route("/v1/invoices/{id}", get(invoice))
-        .route("/v1/invoices/{id}/html", get(invoice_html))
-        .route("/v1/invoices/{id}/pdf", get(invoice_pdf))
-        .route("/v1/billing/runs", post(billing_run).get(billing_runs))
-        .route(
-            "/v1/billing/invoices/{number}/payments",
-            post(billing_payment),
-        )
-        .route("/v1/signups", get(signups_list))
-        .route("/v1/signups/{account}/approve", post(signup_approve))
-        .route("/v1/signups/{account}/refuse", post(signup_refuse))
-        .route("/v1/billing/invoices/{number}/void", post(billing_void))
-        .route("/v1/billing/invoices/{number}/credit", post(billing_credit))
+/// Every other route, with its OpenAPI description.
+pub(super) fn machine_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(me))
+        .routes(routes!(customers, create_customer))
+        .routes(routes!(customer, update_customer, delete_customer))
+        .routes(routes!(cdn_list, cdn_create))
+        .routes(routes!(cdn_verify))
+        .routes(routes!(gtm_verify))
+        .routes(routes!(gtm_health_get))
+        .routes(routes!(cdn_get, cdn_update, cdn_delete))
+        .routes(routes!(gtm_list, gtm_create))
+        .routes(routes!(gtm_get, gtm_update, gtm_delete))
+        .routes(routes!(address_add))
+        .routes(routes!(address_weight, address_remove))
+        .routes(routes!(standby_set))
+        .routes(routes!(monitor_get, monitor_set))
+        .routes(routes!(mappings, mapping_add))
+        .routes(routes!(mapping_delete))
+        .routes(routes!(config_get, config_put))
+        .routes(routes!(config_version))
+        .routes(routes!(purge_list, purge_create))
+        .routes(routes!(purge_get))
+        .routes(routes!(purge_cancel))
+        .routes(routes!(prefill))
+        .routes(routes!(prefill_get))
+        .routes(routes!(prefill_cancel))
+        .routes(routes!(live_events, live_event_create))
+        .routes(routes!(pagecheck))
+        .routes(routes!(traffic_cdn))
+        .routes(routes!(streaming))
+        .routes(routes!(ops))
+        .routes(routes!(traffic_cdn_locations))
+        .routes(routes!(traffic_cdn_quality))
+        .routes(routes!(traffic_cdn_top))
+        .routes(routes!(traffic_gtm))
+        .routes(routes!(traffic_gtm_locations))
+        .routes(routes!(traffic_gtm_reasons))
+        .routes(routes!(invoices))
+        .routes(routes!(invoice))
+        .routes(routes!(invoice_html))
+        .routes(routes!(invoice_pdf))
+        .routes(routes!(billing_run, billing_runs))
+        .routes(routes!(billing_payment))
+        .routes(routes!(signups_list))
+        .routes(routes!(signup_approve))
+        .routes(routes!(signup_refuse))
+        .routes(routes!(billing_void))
+        .routes(routes!(billing_credit))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "success", body = String),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    ),
+    security(())
+)]
+async fn health() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    summary = "This document",
+    responses(
+        (status = 200, description = "success"),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    ),
+    security(())
+)]
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::OPENAPI_JSON,
+        super::openapi::json(),
     )
         .into_response()
 }
 
 // ---------------------------------------------------------------- auth
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Login)]
 struct LoginBody {
     username: String,
+    #[schema(format = Password)]
     password: String,
 }
 
-#[derive(Serialize)]
+/// A new login session: the user, the CSRF token to send as `X-CSRF-Token` on
+/// changes, and when the session ends (ms since the epoch).
+#[derive(Serialize, utoipa::ToSchema)]
 struct LoginAnswer {
     user: User,
     csrf: String,
     expires_at: udn_core::Timestamp,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    summary = "Log in; sets the HttpOnly SameSite=Strict session cookie `udn_session` and returns the CSRF token to send as `X-CSRF-Token` on changes",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "success", body = LoginAnswer),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 429, response = ErrorResponse)
+    ),
+    security(())
+)]
 async fn login(
     State(st): State<ApiState>,
     IsTls(tls): IsTls,
@@ -326,6 +359,19 @@ async fn login(
     Ok(resp)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    summary = "End the session",
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiResult<Response> {
     let t = a.token.clone();
     st.db(move |b| b.accounts.delete_session(&t)).await?;
@@ -336,7 +382,8 @@ async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiRe
     Ok(resp)
 }
 
-#[derive(Serialize)]
+/// A new API token (`Authorization: Bearer <token>`), its user and expiry.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TokenAnswer {
     token: String,
     user: User,
@@ -345,6 +392,20 @@ struct TokenAnswer {
 
 /// Logs in and issues an API token named `login` with every scope, for a year: the
 /// one-call way for scripts (`POST /v1/tokens` picks the name, scopes and expiry).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/token",
+    tag = "auth",
+    summary = "Log in and issue an API token named `login` with every scope for a year (HTTPS only; `POST /v1/tokens` chooses name, scopes and expiry)",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "success", body = TokenAnswer),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 429, response = ErrorResponse)
+    ),
+    security(())
+)]
 async fn token(
     State(st): State<ApiState>,
     ClientIp(ip): ClientIp,
@@ -403,19 +464,23 @@ async fn issue_token(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
+    #[schema(value_type = Vec<Scope>)]
     scopes: Vec<String>,
+    #[schema(minimum = 1, maximum = 365)]
     expires_in_days: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     #[serde(flatten)]
     token: ApiToken,
-    /// The secret: shown only here.
+    /// `udn_` and 64 hex digits; send as `Authorization: Bearer <secret>`; stored only as
+    /// its SHA-256 (shown only here).
     secret: String,
 }
 
@@ -429,6 +494,21 @@ fn require_login_session(a: &Auth) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "auth",
+    summary = "Create an API token; the secret is in this answer only (login session only, HTTPS only)",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "success", body = CreatedToken),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn token_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -470,6 +550,21 @@ async fn token_create(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "auth",
+    summary = "The caller's API tokens, without secrets (login session only, HTTPS only)",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<ApiToken>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn tokens_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -482,6 +577,20 @@ async fn tokens_list(
     page(list, |t| vec![Part::Up(t.id)], &p, &uri)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "auth",
+    summary = "Revoke one of the caller's API tokens",
+    params(("id" = u64, Path, description = "Token id")),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn token_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -502,10 +611,12 @@ async fn token_delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
+    #[schema(format = Password)]
     current: String,
+    #[schema(format = Password, min_length = 8, max_length = 1024)]
     new: String,
 }
 
@@ -520,6 +631,21 @@ fn check_new_password(field: &str, p: &str) -> ApiResult<()> {
 
 /// Changes the caller's password (the current one is checked through the login
 /// limiter) and ends every other session of theirs.
+#[utoipa::path(
+    post,
+    path = "/v1/me/password",
+    tag = "auth",
+    summary = "Change the caller's password (login session only; the current password goes through the login limiter); ends every other session of the user (HTTPS only)",
+    request_body = inline(PasswordChange),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 429, response = ErrorResponse)
+    )
+)]
 async fn change_password(
     State(st): State<ApiState>,
     ClientIp(ip): ClientIp,
@@ -546,6 +672,21 @@ async fn change_password(
 
 /// Deletes a user with their sessions and tokens: an admin any other user, a customer's
 /// user another user of the same customer.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{name}",
+    tag = "users",
+    summary = "Delete a user with their sessions and API tokens: an admin any other user, a customer's user another user of the same customer (HTTPS only)",
+    params(("name" = String, Path, description = "Login name")),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn delete_user(
     State(st): State<ApiState>,
     a: Auth,
@@ -576,12 +717,26 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+/// The caller and its CSRF token.
+#[derive(Serialize, utoipa::ToSchema)]
 struct MeAnswer {
     user: User,
     csrf: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "auth",
+    summary = "The caller and its CSRF token",
+    responses(
+        (status = 200, description = "success", body = MeAnswer),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn me(a: Auth) -> Json<MeAnswer> {
     Json(MeAnswer {
         user: a.user,
@@ -589,6 +744,21 @@ async fn me(a: Auth) -> Json<MeAnswer> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "users",
+    summary = "List users (admin; HTTPS only)",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<User>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn users(
     State(st): State<ApiState>,
     a: Auth,
@@ -600,16 +770,31 @@ async fn users(
     page(list, |u| vec![Part::Asc(u.username.clone())], &p, &uri)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     username: String,
+    #[schema(format = Password, min_length = 8, max_length = 1024)]
     password: String,
     role: Role,
     #[serde(default)]
     customer: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    summary = "Create a user (admin; HTTPS only)",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "success", body = User),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn create_user(
     State(st): State<ApiState>,
     a: Auth,
@@ -969,11 +1154,28 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
 
 // ---------------------------------------------------------------- customers
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CustomerQuery {
+    /// Admin only: restrict to one customer (a customer may only name itself)
     customer: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/customers",
+    tag = "customers",
+    summary = "Customers the caller may see",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<CustomerConfig>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn customers(
     State(st): State<ApiState>,
     a: Auth,
@@ -989,6 +1191,22 @@ async fn customers(
     page(list, |c| vec![Part::Asc(c.name.clone())], &p, &uri)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{name}",
+    tag = "customers",
+    summary = "One customer",
+    params(
+        ("name" = String, Path, description = "Customer name")
+    ),
+    responses(
+        (status = 200, description = "success", body = CustomerConfig),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1011,6 +1229,20 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/customers",
+    tag = "customers",
+    summary = "Create a customer (admin)",
+    request_body = CustomerConfig,
+    responses(
+        (status = 201, description = "success", body = CustomerConfig),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn create_customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1030,6 +1262,23 @@ async fn create_customer(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/customers/{name}",
+    tag = "customers",
+    summary = "Change the display name",
+    params(
+        ("name" = String, Path, description = "Customer name")
+    ),
+    request_body = CustomerConfig,
+    responses(
+        (status = 200, description = "success", body = CustomerConfig),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn update_customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1055,6 +1304,22 @@ async fn update_customer(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/customers/{name}",
+    tag = "customers",
+    summary = "Delete a customer (admin)",
+    params(
+        ("name" = String, Path, description = "Customer name")
+    ),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn delete_customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1085,6 +1350,29 @@ pub struct CdnView {
     pub verification: Verification,
 }
 
+// Described by hand from its parts: the derived schema of a flattened `CdnConfig`
+// (`deny_unknown_fields`, so `additionalProperties: false`) would refuse `verification`.
+impl utoipa::PartialSchema for CdnView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        super::openapi::flattened::<CdnConfig>(
+            "A CDN hostname with its verification state.",
+            [("verification", super::openapi::reference::<Verification>())],
+        )
+    }
+}
+
+impl utoipa::ToSchema for CdnView {
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        super::openapi::collect::<CdnConfig>(out);
+        super::openapi::collect::<Verification>(out);
+    }
+}
+
 fn cdn_view(c: &CdnConfig) -> CdnView {
     CdnView {
         verification: challenge::verification(&c.hostname, c.challenge.as_deref()),
@@ -1092,6 +1380,21 @@ fn cdn_view(c: &CdnConfig) -> CdnView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cdn",
+    tag = "cdn",
+    summary = "CDN hostnames",
+    params(CustomerQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<CdnView>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn cdn_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -1115,6 +1418,22 @@ async fn cdn_list(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cdn/{hostname}",
+    tag = "cdn",
+    summary = "One CDN hostname",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 200, description = "success", body = CdnView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn cdn_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1126,6 +1445,20 @@ async fn cdn_get(
     Ok(Json(cdn_view(&cfg.cdn[i])))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cdn",
+    tag = "cdn",
+    summary = "Add a CDN hostname (customer defaults to the caller's)",
+    request_body = CdnConfig,
+    responses(
+        (status = 201, description = "success", body = CdnView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn cdn_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -1147,6 +1480,23 @@ async fn cdn_create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/cdn/{hostname}",
+    tag = "cdn",
+    summary = "Replace a CDN hostname",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    request_body = CdnConfig,
+    responses(
+        (status = 200, description = "success", body = CdnView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn cdn_update(
     State(st): State<ApiState>,
     a: Auth,
@@ -1184,6 +1534,23 @@ async fn cdn_update(
 
 /// `POST /v1/cdn/{hostname}/verify`: checks the hostname's TXT challenge with a real
 /// DNS query and, when it matches, makes the hostname live.
+#[utoipa::path(
+    post,
+    path = "/v1/cdn/{hostname}/verify",
+    tag = "cdn",
+    summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 200, description = "verified (or already verified)", body = CdnView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 502, response = ErrorResponse)
+    )
+)]
 async fn cdn_verify(
     State(st): State<ApiState>,
     a: Auth,
@@ -1207,6 +1574,22 @@ async fn cdn_verify(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/cdn/{hostname}",
+    tag = "cdn",
+    summary = "Remove a CDN hostname",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn cdn_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -1223,20 +1606,21 @@ async fn cdn_delete(
 // ---------------------------------------------------------------- GTM
 
 /// One published address of a GTM hostname, with its site.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetView {
     /// The server name.
     pub server: String,
     /// Its origin site or POP.
     pub site: Option<String>,
     /// Its addresses.
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     /// Its weight.
     pub weight: u32,
 }
 
 /// A GTM hostname with its targets resolved to sites and addresses.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GtmView {
     /// The hostname's configuration.
     pub config: GtmConfig,
@@ -1271,6 +1655,21 @@ pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/gtm",
+    tag = "gtm",
+    summary = "GTM hostnames with their targets' sites and addresses",
+    params(CustomerQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<GtmView>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn gtm_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -1294,6 +1693,22 @@ async fn gtm_list(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/gtm/{hostname}",
+    tag = "gtm",
+    summary = "One GTM hostname",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 200, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn gtm_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1312,7 +1727,7 @@ const HEALTH_LOOKBACK_MS: u64 = 3_600_000;
 const HEALTH_SHIPPING_SLACK_MS: u64 = 30_000;
 
 /// One probe's view of a GTM target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProbeView {
     /// The probe's POP.
     pub pop: String,
@@ -1327,7 +1742,7 @@ pub struct ProbeView {
 }
 
 /// A GTM target with its live health.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TargetHealth {
     /// The target as [`gtm_view`] shows it.
     #[serde(flatten)]
@@ -1342,7 +1757,7 @@ pub struct TargetHealth {
 }
 
 /// A GTM hostname's targets with their live health at `now`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GtmHealth {
     /// The hostname.
     pub hostname: String,
@@ -1440,6 +1855,19 @@ pub(crate) async fn recent_checks(
 /// `GET /v1/gtm/{hostname}/health`: each target's live health (up, down, stale or
 /// unmonitored), its last check and every probe's view, from the probes' service
 /// records in the log store.
+#[utoipa::path(
+    get,
+    path = "/v1/gtm/{hostname}/health",
+    tag = "gtm",
+    summary = "Live health of the hostname's targets: up, down, stale or unmonitored, the last check and each probe's view (from the probes' service records in the log store)",
+    responses(
+        (status = 200, description = "each target with its health", body = GtmHealth),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn gtm_health_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1452,6 +1880,20 @@ async fn gtm_health_get(
     Ok(Json(gtm_health(&cfg, &cfg.gtm[i], &checks, now)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/gtm",
+    tag = "gtm",
+    summary = "Add a GTM hostname",
+    request_body = GtmConfig,
+    responses(
+        (status = 201, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn gtm_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -1473,6 +1915,23 @@ async fn gtm_create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/gtm/{hostname}",
+    tag = "gtm",
+    summary = "Replace a GTM hostname (weights, standby, persistence, weighting, TTL...)",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    request_body = GtmConfig,
+    responses(
+        (status = 200, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn gtm_update(
     State(st): State<ApiState>,
     a: Auth,
@@ -1509,6 +1968,23 @@ async fn gtm_update(
 
 /// `POST /v1/gtm/{hostname}/verify`: checks the hostname's TXT challenge with a real
 /// DNS query and, when it matches, makes the hostname live.
+#[utoipa::path(
+    post,
+    path = "/v1/gtm/{hostname}/verify",
+    tag = "gtm",
+    summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 200, description = "verified (or already verified)", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 502, response = ErrorResponse)
+    )
+)]
 async fn gtm_verify(
     State(st): State<ApiState>,
     a: Auth,
@@ -1532,6 +2008,22 @@ async fn gtm_verify(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/gtm/{hostname}",
+    tag = "gtm",
+    summary = "Remove a GTM hostname",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn gtm_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -1586,11 +2078,12 @@ where
 }
 
 /// Body of `POST /v1/gtm/{hostname}/addresses`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAddress {
     /// The address to publish (a server with it is created when none exists).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub address: Option<IpAddr>,
     /// An existing server to publish instead of an address.
     #[serde(default)]
@@ -1679,6 +2172,23 @@ pub(crate) fn target_index(cfg: &Config, i: usize, key: &str) -> Option<usize> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/gtm/{hostname}/addresses",
+    tag = "gtm",
+    summary = "Publish an address (creating its server in an origin site) or an existing server",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    request_body = NewAddress,
+    responses(
+        (status = 201, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn address_add(
     State(st): State<ApiState>,
     a: Auth,
@@ -1695,12 +2205,30 @@ async fn address_add(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WeightBody {
     weight: u32,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/gtm/{hostname}/addresses/{address}",
+    tag = "gtm",
+    summary = "Change a target's weight",
+    params(
+        ("hostname" = String, Path, description = "The hostname"),
+        ("address" = String, Path, description = "An address or server name")
+    ),
+    request_body = inline(WeightBody),
+    responses(
+        (status = 200, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn address_weight(
     State(st): State<ApiState>,
     a: Auth,
@@ -1717,6 +2245,23 @@ async fn address_weight(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/gtm/{hostname}/addresses/{address}",
+    tag = "gtm",
+    summary = "Stop publishing an address",
+    params(
+        ("hostname" = String, Path, description = "The hostname"),
+        ("address" = String, Path, description = "An address or server name")
+    ),
+    responses(
+        (status = 200, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn address_remove(
     State(st): State<ApiState>,
     a: Auth,
@@ -1731,12 +2276,31 @@ async fn address_remove(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StandbyBody {
+    /// IPv4 or IPv6 addresses.
+    #[schema(value_type = Vec<String>)]
     standby: Vec<IpAddr>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/gtm/{hostname}/standby",
+    tag = "gtm",
+    summary = "Set the hidden standby addresses",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    request_body = inline(StandbyBody),
+    responses(
+        (status = 200, description = "success", body = GtmView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn standby_set(
     State(st): State<ApiState>,
     a: Auth,
@@ -1755,6 +2319,22 @@ async fn standby_set(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/gtm/{hostname}/monitor",
+    tag = "gtm",
+    summary = "How the hostname's service is monitored",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    responses(
+        (status = 200, description = "success", body = ServiceConfig),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn monitor_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1820,6 +2400,23 @@ pub(crate) fn set_monitor(cfg: &mut Config, i: usize, mut v: Value) -> ApiResult
     Ok(svc)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/gtm/{hostname}/monitor",
+    tag = "gtm",
+    summary = "Change monitoring (creates the hostname's own service `mon-<hostname>`)",
+    params(
+        ("hostname" = String, Path, description = "The hostname")
+    ),
+    request_body = ServiceConfig,
+    responses(
+        (status = 200, description = "success", body = ServiceConfig),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn monitor_set(
     State(st): State<ApiState>,
     a: Auth,
@@ -1861,6 +2458,42 @@ struct MappingView {
     mapping: StaticMappingConfig,
 }
 
+// Described by hand from its parts, as [`CdnView`] is.
+impl utoipa::PartialSchema for MappingView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        super::openapi::flattened::<StaticMappingConfig>(
+            "A static mapping with its index in the list.",
+            [("index", <usize as utoipa::PartialSchema>::schema())],
+        )
+    }
+}
+
+impl utoipa::ToSchema for MappingView {
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        super::openapi::collect::<StaticMappingConfig>(out);
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/static-mappings",
+    tag = "gtm",
+    summary = "Static mappings of the caller's hostnames (with their index)",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<MappingView>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn mappings(
     State(st): State<ApiState>,
     a: Auth,
@@ -1890,6 +2523,20 @@ async fn mappings(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/static-mappings",
+    tag = "gtm",
+    summary = "Add a static mapping (customers must name their hostnames)",
+    request_body = StaticMappingConfig,
+    responses(
+        (status = 201, description = "success", body = StaticMappingConfig),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn mapping_add(
     State(st): State<ApiState>,
     a: Auth,
@@ -1924,6 +2571,22 @@ async fn mapping_add(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/static-mappings/{index}",
+    tag = "gtm",
+    summary = "Remove a static mapping",
+    params(
+        ("index" = u64, Path, description = "Index in the list")
+    ),
+    responses(
+        (status = 204, description = "success"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn mapping_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -1944,10 +2607,14 @@ async fn mapping_delete(
 
 // ---------------------------------------------------------------- config distribution
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConfigQuery {
+    /// The version the caller has
     since: Option<u64>,
+    /// Seconds to wait for a newer version
     wait: Option<u64>,
+    /// `toml` for TOML text
     format: Option<String>,
 }
 
@@ -1955,6 +2622,21 @@ fn etag(version: u64) -> String {
     format!("\"v{version}\"")
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/config",
+    tag = "config",
+    summary = "Current network configuration snapshot (admins; the roles read theirs on the control plane's mutual-TLS machine listener, see docs/api.md). Conditional GET with If-None-Match (ETag `\"v<version>\"`) answers 304; `since=V&wait=S` long-polls up to S (max 60) seconds for a version other than V",
+    params(ConfigQuery),
+    responses(
+        (status = 200, description = "success", body = ConfigSnapshot),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 304, description = "not modified")
+    )
+)]
 async fn config_get(
     State(st): State<ApiState>,
     headers: HeaderMap,
@@ -2022,7 +2704,7 @@ impl FromRequestParts<ApiState> for ConfigReader {
 pub fn role_config_router(state: ApiState, revoked: crate::pki::Revocations) -> Router {
     use crate::pki::InstanceRole;
     Router::new()
-        .route("/v1/config", get(role_config_get))
+        .route("/v1/config", axum::routing::get(role_config_get))
         .route_layer(axum::middleware::from_fn(|req, next| {
             crate::pki::require_roles(
                 &[InstanceRole::Dns, InstanceRole::Edge, InstanceRole::Probe],
@@ -2088,18 +2770,37 @@ async fn role_config_get(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfigPut {
+    /// The version this change is based on: refused (409) when another is current.
     base: Option<u64>,
+    /// The new configuration (read as JSON here, then checked field by field).
+    #[schema(value_type = Config)]
     config: Value,
 }
 
-#[derive(Serialize)]
+/// The version a change was stored as.
+#[derive(Serialize, utoipa::ToSchema)]
 struct VersionAnswer {
     version: u64,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/config",
+    tag = "config",
+    summary = "Replace the whole configuration (admin); `base` guards against lost updates",
+    request_body = inline(ConfigPut),
+    responses(
+        (status = 200, description = "success", body = inline(VersionAnswer)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn config_put(
     State(st): State<ApiState>,
     a: Auth,
@@ -2131,6 +2832,22 @@ async fn config_put(
     Ok(Json(VersionAnswer { version }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/config/versions/{version}",
+    tag = "config",
+    summary = "One past configuration version (admin)",
+    params(
+        ("version" = u64, Path, description = "Version number")
+    ),
+    responses(
+        (status = 200, description = "success", body = ConfigSnapshot),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn config_version(
     State(st): State<ApiState>,
     a: Auth,
@@ -2178,8 +2895,9 @@ fn purge_reason(e: &udn_cache::PurgeError) -> String {
 }
 
 /// A purge request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PurgeRequest)]
 pub struct PurgeBody {
     /// `url`, `prefix` or `domain`.
     pub scope: PurgeScope,
@@ -2188,7 +2906,7 @@ pub struct PurgeBody {
 }
 
 /// A purge with its propagation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurgeView {
     /// The purge.
     #[serde(flatten)]
@@ -2241,6 +2959,20 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
     purge_view(st, p).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/purge",
+    tag = "purge",
+    summary = "Invalidate a URL, directory (prefix) or domain on every edge; answers at once with the sequence number, delivery continues in the background and retries edges that are down",
+    request_body = PurgeBody,
+    responses(
+        (status = 202, description = "success", body = PurgeView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn purge_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -2251,11 +2983,28 @@ async fn purge_create(
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Admin only: restrict to one customer (a customer may only name itself)
     customer: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/purge",
+    tag = "purge",
+    summary = "Recent purges with their propagation",
+    params(ListQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<PurgeView>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn purge_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -2292,6 +3041,20 @@ async fn purge_list(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/purge/{seq}",
+    tag = "purge",
+    summary = "One purge and how many edges applied it",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "success", body = PurgeView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn purge_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -2305,14 +3068,14 @@ async fn purge_get(
     Ok(Json(purge_view(&st, p).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PrefillBody {
     urls: Vec<String>,
 }
 
 /// A prefill with its propagation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrefillView {
     /// The prefill.
     #[serde(flatten)]
@@ -2336,6 +3099,20 @@ async fn prefill_view(st: &ApiState, p: Prefill) -> ApiResult<PrefillView> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/prefill",
+    tag = "purge",
+    summary = "Ask every edge to fetch URLs into its cache; numbered and retried like purges (delivered after pending purges)",
+    request_body = inline(PrefillBody),
+    responses(
+        (status = 202, description = "success", body = PrefillView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn prefill(
     State(st): State<ApiState>,
     a: Auth,
@@ -2392,20 +3169,27 @@ pub const MAX_LIVE_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const LIVE_START_GRACE_MS: u64 = 5 * 60 * 1000;
 
 /// `POST /v1/live-events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LiveEventBody {
+    /// A verified CDN hostname of the caller's
     hostname: String,
+    /// An HLS playlist (.m3u8) URL on that hostname, at most 2048 bytes
     playlist_url: String,
+    /// Start, ms since the epoch: at most 5 minutes past, at most a year ahead
     starts_at: u64,
+    /// End, ms since the epoch: after the start, at most 7 days later (default a day
+    /// after the start)
     #[serde(default)]
     ends_at: Option<u64>,
+    /// Segments each edge prefills, all variants together (default 10)
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     max_segments: Option<u32>,
 }
 
 /// A live event with its prefill's progress on the edges.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveEventView {
     /// The event.
     #[serde(flatten)]
@@ -2520,6 +3304,21 @@ fn check_live_event(
 
 /// `POST /v1/live-events`: registers a live event; every edge prefills its playlist
 /// and segments from [`super::fanout::LIVE_PREFILL_LEAD`] before its start.
+#[utoipa::path(
+    post,
+    path = "/v1/live-events",
+    tag = "purge",
+    summary = "Register a live event: every edge prefills its playlist and segments from 10 minutes before the start until the end; at most 20 events that have not ended per customer (409 beyond)",
+    request_body = inline(LiveEventBody),
+    responses(
+        (status = 201, description = "success", body = LiveEventView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn live_event_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -2550,6 +3349,21 @@ async fn live_event_create(
 
 /// `GET /v1/live-events[?customer=]`: the caller's events (an admin's: all, or one
 /// customer's), newest start first.
+#[utoipa::path(
+    get,
+    path = "/v1/live-events",
+    tag = "purge",
+    summary = "The caller's live events (an admin's: all, or one customer's), newest start first, each with its prefill's progress per edge",
+    params(ListQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<LiveEventView>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn live_events(
     State(st): State<ApiState>,
     a: Auth,
@@ -2579,6 +3393,20 @@ async fn live_events(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/prefill/{seq}",
+    tag = "purge",
+    summary = "One prefill and how many edges accepted it",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "success", body = PrefillView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn prefill_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -2594,6 +3422,19 @@ async fn prefill_get(
 
 /// `POST /v1/purge/{seq}/cancel` (admins): the purge becomes `cancelled` on every
 /// edge that has not applied it, and their queues move on.
+#[utoipa::path(
+    post,
+    path = "/v1/purge/{seq}/cancel",
+    tag = "purge",
+    summary = "Admins: cancel a purge on every edge that has not applied it (its state there becomes `cancelled`; delivery moves on)",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "the purge with its per-edge states", body = PurgeView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse)
+    )
+)]
 async fn purge_cancel(
     State(st): State<ApiState>,
     a: Auth,
@@ -2615,6 +3456,19 @@ async fn purge_cancel(
 }
 
 /// `POST /v1/prefill/{seq}/cancel` (admins), like [`purge_cancel`].
+#[utoipa::path(
+    post,
+    path = "/v1/prefill/{seq}/cancel",
+    tag = "purge",
+    summary = "Admins: cancel a prefill on every edge that has not applied it (its state there becomes `cancelled`; delivery moves on)",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "the prefill with its per-edge states", body = PrefillView),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse)
+    )
+)]
 async fn prefill_cancel(
     State(st): State<ApiState>,
     a: Auth,
@@ -2636,8 +3490,9 @@ async fn prefill_cancel(
 }
 
 /// A page-check request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PageCheckRequest)]
 pub struct PageCheckBody {
     /// The page.
     pub url: String,
@@ -2654,7 +3509,7 @@ pub struct PageCheckBody {
 }
 
 /// Page-check results per location.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PageCheckAnswer {
     /// The page.
     pub url: String,
@@ -2713,6 +3568,20 @@ pub(crate) async fn run_pagecheck(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/pagecheck",
+    tag = "tests",
+    summary = "Run a page check from the chosen probe locations",
+    request_body = PageCheckBody,
+    responses(
+        (status = 200, description = "success", body = PageCheckAnswer),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn pagecheck(
     State(st): State<ApiState>,
     a: Auth,
@@ -2727,14 +3596,24 @@ async fn pagecheck(
 /// The query of every traffic series: the range ([`super::timerange::RangeParams`]:
 /// `from`, `to`, `tz`, `hours`), the customer (admins), one hostname (`host`), and the
 /// answer's format (`format=csv|json`; without it `Accept: text/csv` asks for CSV).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TrafficQuery {
+    /// Admin only: restrict to one customer (a customer may only name itself)
     pub(crate) customer: Option<String>,
+    /// One CDN or GTM hostname (default all)
     pub(crate) host: Option<String>,
+    /// Start of the range: RFC 3339 (`2026-12-01T00:00:00Z`) or a local date-time
+    /// (`2026-12-01T00:00`) read in `tz`
     pub(crate) from: Option<String>,
+    /// End of the range (exclusive), same forms; default the end of the last complete
+    /// minute
     pub(crate) to: Option<String>,
+    /// IANA time zone of the answer's times and of local `from`/`to` (default UTC)
     pub(crate) tz: Option<String>,
+    /// Without `from`: the last N hours before `to`, 1..43920 (default 24)
     pub(crate) hours: Option<u64>,
+    /// `json` (default) or `csv`; `Accept: text/csv` also asks for CSV
     pub(crate) format: Option<String>,
 }
 
@@ -2793,17 +3672,30 @@ impl TrafficQuery {
 /// A traffic answer: the range it covers (`from`, `to`: RFC 3339 in `tz`; `from_ms`,
 /// `to_ms`: ms since the epoch), the bucket of its points (`granularity`, `step_ms`; a
 /// point's `minute` is its bucket's start) and the filters applied.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Series<T> {
+    /// The customer in scope (`null`: all).
     customer: Option<String>,
+    /// The hostname in scope (`null`: all).
     host: Option<String>,
+    /// Start of the range covered (widened to whole buckets), RFC 3339 in `tz`
+    #[schema(format = DateTime)]
     from: String,
+    /// End of the range covered (exclusive), RFC 3339 in `tz`
+    #[schema(format = DateTime)]
     to: String,
+    /// `from` in ms since the epoch.
     from_ms: udn_core::Timestamp,
+    /// `to` in ms since the epoch.
     to_ms: udn_core::Timestamp,
+    /// The answer's time zone.
     tz: String,
+    /// minute up to 2 days, hour up to 90 days, day beyond
+    #[schema(value_type = String, pattern = "^(minute|hour|day)$")]
     granularity: &'static str,
+    /// The buckets' length in ms.
     step_ms: u64,
+    /// One point per bucket (and key).
     points: Vec<T>,
 }
 
@@ -2895,7 +3787,8 @@ pub(crate) async fn traffic_rows<T: Send + 'static>(
 }
 
 macro_rules! traffic_handler {
-    ($name:ident, $method:ident, $ty:ty, $file:literal) => {
+    ($(#[$attr:meta])* $name:ident, $method:ident, $ty:ty, $file:literal) => {
+        $(#[$attr])*
         async fn $name(
             State(st): State<ApiState>,
             a: Auth,
@@ -2955,8 +3848,43 @@ macro_rules! traffic_handler {
     };
 }
 
-traffic_handler!(traffic_cdn, cdn_traffic, TrafficPoint, "cdn-traffic");
 traffic_handler!(
+    #[utoipa::path(
+        get,
+        path = "/v1/traffic/cdn",
+        tag = "traffic",
+        summary = "CDN bytes and hits per bucket (minute, hour or day by the range's length)",
+        params(TrafficQuery),
+        responses(
+            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<TrafficPoint>) = "application/json"), (String = "text/csv"))),
+            (status = 401, response = ErrorResponse),
+            (status = 403, response = ErrorResponse),
+            (status = 404, response = ErrorResponse),
+            (status = 422, response = ErrorResponse),
+            (status = 400, response = ErrorResponse)
+        )
+    )]
+    traffic_cdn,
+    cdn_traffic,
+    TrafficPoint,
+    "cdn-traffic"
+);
+traffic_handler!(
+    #[utoipa::path(
+        get,
+        path = "/v1/traffic/cdn/quality",
+        tag = "traffic",
+        summary = "CDN service quality per bucket: status classes, cache outcomes and hit ratio, origin errors, response-time percentiles (p50, p95, p99) from the per-rollup histogram",
+        params(TrafficQuery),
+        responses(
+            (status = 200, description = "the series as JSON, or as CSV (`format=csv`: time,requests,s1xx..s5xx,hits,misses,stale,revalidated,bypass,hit_ratio,origin_errors,p50_ms,p95_ms,p99_ms)", content((inline(Series<crate::store::quality::QualityPoint>) = "application/json"), (String = "text/csv"))),
+            (status = 401, response = ErrorResponse),
+            (status = 403, response = ErrorResponse),
+            (status = 404, response = ErrorResponse),
+            (status = 422, response = ErrorResponse),
+            (status = 400, response = ErrorResponse)
+        )
+    )]
     traffic_cdn_quality,
     cdn_quality,
     crate::store::quality::QualityPoint,
@@ -3011,6 +3939,21 @@ impl CsvRow for crate::store::quality::QualityPoint {
 /// `GET /v1/traffic/gtm/reasons`: the GTM's answers per decision reason (`latency`,
 /// `sticky`, `static`, `standby`, `weighted`, ...) over the range, most first, for the
 /// customer in scope (and `host`). CSV: `reason,answers`.
+#[utoipa::path(
+    get,
+    path = "/v1/traffic/gtm/reasons",
+    tag = "traffic",
+    summary = "GTM answers per decision reason (latency, sticky, static, standby, weighted, ...) over the range, most first",
+    params(TrafficQuery),
+    responses(
+        (status = 200, description = "the reasons as JSON, or as CSV (`format=csv`: reason,answers)", content((inline(ReasonsAnswer) = "application/json"), (String = "text/csv"))),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn traffic_gtm_reasons(
     State(st): State<ApiState>,
     a: Auth,
@@ -3045,6 +3988,21 @@ async fn traffic_gtm_reasons(
 /// `GET /v1/traffic/cdn/top`: the 20 URLs and the 20 client networks (/24, /48) with
 /// the most responses in the range, for the customer in scope (and `host`), read from
 /// the raw records (so within the raw retention). CSV: `list,host,key,requests,bytes`.
+#[utoipa::path(
+    get,
+    path = "/v1/traffic/cdn/top",
+    tag = "traffic",
+    summary = "The 20 URLs and the 20 client networks (/24, /48) with the most responses in the range (from the raw records, within the raw retention)",
+    params(TrafficQuery),
+    responses(
+        (status = 200, description = "the lists as JSON, or as CSV (`format=csv`: list,host,key,requests,bytes)", content((inline(TopAnswer) = "application/json"), (String = "text/csv"))),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn traffic_cdn_top(
     State(st): State<ApiState>,
     a: Auth,
@@ -3091,13 +4049,63 @@ async fn traffic_cdn_top(
     ))
 }
 traffic_handler!(
+    #[utoipa::path(
+        get,
+        path = "/v1/traffic/cdn/locations",
+        tag = "traffic",
+        summary = "CDN bytes and hits per POP over the range",
+        params(TrafficQuery),
+        responses(
+            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<LocationTraffic>) = "application/json"), (String = "text/csv"))),
+            (status = 401, response = ErrorResponse),
+            (status = 403, response = ErrorResponse),
+            (status = 404, response = ErrorResponse),
+            (status = 422, response = ErrorResponse),
+            (status = 400, response = ErrorResponse)
+        )
+    )]
     traffic_cdn_locations,
     cdn_traffic_by_location,
     LocationTraffic,
     "cdn-locations"
 );
-traffic_handler!(traffic_gtm, gtm_answers, AnswerPoint, "gtm-answers");
 traffic_handler!(
+    #[utoipa::path(
+        get,
+        path = "/v1/traffic/gtm",
+        tag = "traffic",
+        summary = "GTM answers per bucket, hostname and address",
+        params(TrafficQuery),
+        responses(
+            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<AnswerPoint>) = "application/json"), (String = "text/csv"))),
+            (status = 401, response = ErrorResponse),
+            (status = 403, response = ErrorResponse),
+            (status = 404, response = ErrorResponse),
+            (status = 422, response = ErrorResponse),
+            (status = 400, response = ErrorResponse)
+        )
+    )]
+    traffic_gtm,
+    gtm_answers,
+    AnswerPoint,
+    "gtm-answers"
+);
+traffic_handler!(
+    #[utoipa::path(
+        get,
+        path = "/v1/traffic/gtm/locations",
+        tag = "traffic",
+        summary = "GTM answers per answering location and address over the range",
+        params(TrafficQuery),
+        responses(
+            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<LocationAnswers>) = "application/json"), (String = "text/csv"))),
+            (status = 401, response = ErrorResponse),
+            (status = 403, response = ErrorResponse),
+            (status = 404, response = ErrorResponse),
+            (status = 422, response = ErrorResponse),
+            (status = 400, response = ErrorResponse)
+        )
+    )]
     traffic_gtm_locations,
     gtm_answers_by_location,
     LocationAnswers,
@@ -3110,6 +4118,21 @@ const STREAMING_MAX_MS: u64 = 7 * 86_400_000;
 /// `GET /v1/streaming`: the streaming statistics (HLS, DASH) of the customer in scope
 /// over the range (`hours`, `from`/`to`, `tz`, `host` as for the traffic series; at most
 /// seven days): per-stream totals, the per-minute series and the top viewers.
+#[utoipa::path(
+    get,
+    path = "/v1/streaming",
+    tag = "traffic",
+    summary = "Streaming statistics (HLS, DASH) per stream, per minute and stream, and top viewers (at most 7 days)",
+    params(TrafficQuery),
+    responses(
+        (status = 200, description = "the streams' totals (most bytes first), the per-minute series and the top 100 viewers", body = inline(StreamingAnswer)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn streaming(
     State(st): State<ApiState>,
     a: Auth,
@@ -3215,14 +4238,25 @@ pub(crate) fn check_streaming_range(q: &TrafficQuery) -> ApiResult<()> {
 
 /// The query of `GET /v1/ops`: the range as for the traffic series, one role, and the
 /// answer's format.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct OpsQuery {
+    /// One role: `dns`, `edge` or `probe` (default all)
+    #[param(pattern = "^(dns|edge|probe)$")]
     role: Option<String>,
+    /// Start of the range: RFC 3339 (`2026-12-01T00:00:00Z`) or a local date-time
+    /// (`2026-12-01T00:00`) read in `tz`
     from: Option<String>,
+    /// End of the range (exclusive), same forms; default the end of the last complete
+    /// minute
     to: Option<String>,
+    /// IANA time zone of the answer's times and of local `from`/`to` (default UTC)
     tz: Option<String>,
+    /// Without `from`: the last N hours before `to`, 1..43920 (default 24)
     hours: Option<u64>,
+    /// `csv` (`time,role,instance,metric,kind,sum,max,samples`) or `json` (default)
+    #[param(pattern = "^(csv|json)$")]
     format: Option<String>,
 }
 
@@ -3231,6 +4265,20 @@ struct OpsQuery {
 /// decisions by reason, drops; requests by outcome, origin fetches, tier sizes;
 /// service tests, latency samples by method), per bucket, instance and metric, with
 /// the probes' per-method results. CSV with `format=csv`.
+#[utoipa::path(
+    get,
+    path = "/v1/ops",
+    tag = "traffic",
+    summary = "Operational statistics of the DNS servers, edges and probes, from their own logs (admins only)",
+    params(OpsQuery),
+    responses(
+        (status = 200, description = "per bucket, role, instance and metric, and the probes' results per method", content((inline(OpsAnswer) = "application/json"), (String = "text/csv"))),
+        (status = 400, response = ErrorResponse),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse)
+    )
+)]
 async fn ops(
     State(st): State<ApiState>,
     a: Auth,
@@ -3296,13 +4344,27 @@ async fn ops(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BillingRunBody {
     period: String,
 }
 
 /// `POST /v1/billing/runs {"period": "2026-11"}` (admin): issues the period's invoices.
+#[utoipa::path(
+    post,
+    path = "/v1/billing/runs",
+    tag = "invoices",
+    summary = "Admin: a billing run for a period (2026-11, 2026-Q4, 2026-W48, 2026-11-26T13, 2026); issues gap-free numbered invoices, and nothing new when the period was billed already",
+    request_body = inline(BillingRunBody),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn billing_run(
     State(st): State<ApiState>,
     a: Auth,
@@ -3317,13 +4379,29 @@ async fn billing_run(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RunsQuery {
+    /// At most this many runs, newest first (default 50)
     limit: Option<u32>,
 }
 
 /// `GET /v1/billing/runs?limit=50` (admin): the newest billing runs (CLI, API,
 /// scheduler) with outcome, attempt and report or error.
+#[utoipa::path(
+    get,
+    path = "/v1/billing/runs",
+    tag = "invoices",
+    summary = "Admin: the newest billing runs (CLI, API, scheduler) with outcome, attempt and report or error",
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn billing_runs(
     State(st): State<ApiState>,
     a: Auth,
@@ -3334,6 +4412,21 @@ async fn billing_runs(
     Ok(Json(st.db(move |be| be.billing.billing_runs(limit)).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/invoices",
+    tag = "invoices",
+    summary = "Issued invoices",
+    params(CustomerQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<InvoiceSummary>),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 400, response = ErrorResponse)
+    )
+)]
 async fn invoices(
     State(st): State<ApiState>,
     a: Auth,
@@ -3355,6 +4448,20 @@ pub(crate) async fn load_invoice(st: &ApiState, a: &Auth, id: i64) -> ApiResult<
     Ok(inv)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}",
+    tag = "invoices",
+    summary = "One invoice with its HTML body",
+    params(("id" = u64, Path, description = "Invoice id")),
+    responses(
+        (status = 200, description = "success", body = Invoice),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn invoice(
     State(st): State<ApiState>,
     a: Auth,
@@ -3363,6 +4470,20 @@ async fn invoice(
     Ok(Json(load_invoice(&st, &a, id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}/html",
+    tag = "invoices",
+    summary = "The invoice as HTML",
+    params(("id" = u64, Path, description = "Invoice id")),
+    responses(
+        (status = 200, description = "success", body = String, content_type = "text/html"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 422, response = ErrorResponse)
+    )
+)]
 async fn invoice_html(
     State(st): State<ApiState>,
     a: Auth,
@@ -3381,6 +4502,19 @@ async fn invoice_html(
 }
 
 /// `GET /v1/signups` (admin): every self sign-up with its billing account and decision.
+#[utoipa::path(
+    get,
+    path = "/v1/signups",
+    tag = "customers",
+    summary = "Admin: every self sign-up (portal /signup) with its billing account and status: awaiting_approval, approved or refused",
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Value>> {
     a.require_admin()?;
     let list = st.db(|b| b.billing.signups()).await?;
@@ -3390,6 +4524,22 @@ async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Val
 }
 
 /// `POST /v1/signups/{account}/approve` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/signups/{account}/approve",
+    tag = "customers",
+    summary = "Admin: approves a sign-up; its domains may then be verified and go live",
+    params(
+        ("account" = String, Path, description = "The account (customer) name")
+    ),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn signup_approve(
     State(st): State<ApiState>,
     a: Auth,
@@ -3402,6 +4552,22 @@ async fn signup_approve(
 
 /// `POST /v1/signups/{account}/refuse` (admin): removes the customer, its users and
 /// domains.
+#[utoipa::path(
+    post,
+    path = "/v1/signups/{account}/refuse",
+    tag = "customers",
+    summary = "Admin: refuses a sign-up; the customer, its users and its domains are removed",
+    params(
+        ("account" = String, Path, description = "The account (customer) name")
+    ),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse)
+    )
+)]
 async fn signup_refuse(
     State(st): State<ApiState>,
     a: Auth,
@@ -3427,6 +4593,22 @@ async fn signup_gate(st: &ApiState, customer: &str) -> ApiResult<()> {
 
 /// `GET /v1/invoices/{id}/pdf`: the invoice as the PDF that is printed and mailed
 /// (the owner or an admin).
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}/pdf",
+    tag = "invoices",
+    summary = "The invoice as PDF (A4; the document printed for post and attached to the e-mail), as an attachment named after its number",
+    params(("id" = u64, Path, description = "Invoice id")),
+    responses(
+        (status = 200, description = "the PDF", body = Vec<u8>, content_type = "application/pdf"),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 503, response = ErrorResponse)
+    )
+)]
 async fn invoice_pdf(
     State(st): State<ApiState>,
     a: Auth,
@@ -3454,7 +4636,7 @@ async fn invoice_pdf(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PaymentBody {
     /// A decimal string in the invoice's currency, `"998.26"`.
@@ -3464,6 +4646,25 @@ struct PaymentBody {
 
 /// `POST /v1/billing/invoices/{number}/payments {"amount": "998.26", "reference": "..."}`
 /// (admin): records a payment received by transfer.
+#[utoipa::path(
+    post,
+    path = "/v1/billing/invoices/{number}/payments",
+    tag = "invoices",
+    summary = "Admin: records a payment received by transfer; the invoice is paid when the payments reach its total",
+    params(
+        ("number" = String, Path, description = "Invoice number (INV-000001)")
+    ),
+    request_body = inline(PaymentBody),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 503, response = ErrorResponse)
+    )
+)]
 async fn billing_payment(
     State(st): State<ApiState>,
     a: Auth,
@@ -3488,6 +4689,24 @@ async fn billing_payment(
 }
 
 /// `POST /v1/billing/invoices/{number}/void` (admin): cancels an unpaid invoice.
+#[utoipa::path(
+    post,
+    path = "/v1/billing/invoices/{number}/void",
+    tag = "invoices",
+    summary = "Admin: voids an unpaid invoice (it keeps its number)",
+    params(
+        ("number" = String, Path, description = "Invoice number (INV-000001)")
+    ),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 503, response = ErrorResponse)
+    )
+)]
 async fn billing_void(
     State(st): State<ApiState>,
     a: Auth,
@@ -3499,6 +4718,24 @@ async fn billing_void(
 
 /// `POST /v1/billing/invoices/{number}/credit` (admin): cancels an invoice by a credit
 /// note (numbered, delivered like an invoice).
+#[utoipa::path(
+    post,
+    path = "/v1/billing/invoices/{number}/credit",
+    tag = "invoices",
+    summary = "Admin: cancels an invoice by a numbered credit note, delivered like an invoice",
+    params(
+        ("number" = String, Path, description = "Invoice number (INV-000001)")
+    ),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
+        (status = 503, response = ErrorResponse)
+    )
+)]
 async fn billing_credit(
     State(st): State<ApiState>,
     a: Auth,
