@@ -8,6 +8,7 @@
 //! Served at `GET /v1/openapi.json` ([`json`]); `udn openapi` prints it, and
 //! `docs/openapi.json` is that output, checked by a test.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Schema};
@@ -129,496 +130,88 @@ pub fn print() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("writing the OpenAPI document: {e}"))
 }
 
-/// A schema written by hand, for an answer the handler builds as JSON (`serde_json::json!`)
-/// rather than from a Rust type there is nothing to derive from. The JSON is in the
-/// OpenAPI 3.1 (JSON Schema 2020-12) form; a test checks that it reads back unchanged.
-macro_rules! hand_schema {
-    ($(#[$attr:meta])* $name:ident, $schema:tt) => {
-        $(#[$attr])*
-        pub(crate) struct $name;
+/// The error answers of a route that needs a caller: 401 (no or a bad credential),
+/// 403 (not the caller's object, or a scope it lacks), 404, 422 (the fields at fault).
+pub(crate) struct Errors;
 
-        impl $name {
-            /// The schema as JSON.
-            fn json() -> serde_json::Value {
-                serde_json::json!($schema)
-            }
-        }
+/// [`Errors`] less 422, for a route that reads no body.
+pub(crate) struct AuthErrors;
 
-        impl utoipa::PartialSchema for $name {
-            fn schema() -> RefOr<Schema> {
-                hand(Self::json())
-            }
-        }
+/// The error answers of a route anyone may call: 404 and 422.
+pub(crate) struct PublicErrors;
 
-        impl utoipa::ToSchema for $name {}
-    };
+fn errors(codes: &[&str]) -> BTreeMap<String, RefOr<Response>> {
+    let error = || RefOr::Ref(Ref::from_response_name(ErrorResponse::response().0));
+    codes.iter().map(|c| (c.to_string(), error())).collect()
 }
 
-/// Reads a hand-written schema; one that does not read (a test catches it) is left
-/// empty, which accepts anything.
-fn hand(v: serde_json::Value) -> RefOr<Schema> {
-    serde_json::from_value(v).unwrap_or_default()
+impl utoipa::IntoResponses for Errors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors(&["401", "403", "404", "422"])
+    }
+}
+
+impl utoipa::IntoResponses for AuthErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors(&["401", "403", "404"])
+    }
+}
+
+impl utoipa::IntoResponses for PublicErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors(&["404", "422"])
+    }
+}
+
+/// The schemas written by hand, by name (`openapi_hand.json`, OpenAPI 3.1 form): the
+/// answers a handler builds as JSON on the spot (`serde_json::json!` in `routes.rs`),
+/// with no Rust type to derive a schema from. A test checks that each reads back
+/// unchanged.
+static HAND: LazyLock<serde_json::Value> =
+    LazyLock::new(|| serde_json::from_str(include_str!("openapi_hand.json")).unwrap_or_default());
+
+/// A schema of [`HAND`]; one that does not read (a test catches it) is left empty,
+/// which accepts anything.
+fn hand(name: &str) -> RefOr<Schema> {
+    serde_json::from_value(HAND[name].clone()).unwrap_or_default()
+}
+
+macro_rules! hand_schema {
+    ($($(#[$attr:meta])* $name:ident,)*) => {
+        $(
+            $(#[$attr])*
+            pub(crate) struct $name;
+
+            impl utoipa::PartialSchema for $name {
+                fn schema() -> RefOr<Schema> {
+                    hand(stringify!($name))
+                }
+            }
+
+            impl utoipa::ToSchema for $name {}
+        )*
+
+        /// The names of the hand-written schemas.
+        #[cfg(test)]
+        const HAND_NAMES: &[&str] = &[$(stringify!($name)),*];
+    };
 }
 
 hand_schema!(
     /// A free-form JSON object: the answers of the billing and sign-up routes, which pass
     /// on what the billing store reports.
     JsonObject,
-    {"type": "object", "additionalProperties": true}
-);
-
-hand_schema!(
     /// `GET /v1/traffic/cdn/top`: the range, then the 20 URLs and the 20 client networks
     /// with the most responses.
     TopAnswer,
-    {
-        "type": "object",
-        "required": [
-            "from",
-            "to",
-            "from_ms",
-            "to_ms",
-            "tz",
-            "urls",
-            "networks"
-        ],
-        "properties": {
-            "customer": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "host": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "from": {
-                "type": "string",
-                "format": "date-time",
-                "description": "Start of the range covered (widened to whole buckets), RFC 3339 in `tz`"
-            },
-            "to": {
-                "type": "string",
-                "format": "date-time",
-                "description": "End of the range covered (exclusive), RFC 3339 in `tz`"
-            },
-            "from_ms": {
-                "type": "integer"
-            },
-            "to_ms": {
-                "type": "integer"
-            },
-            "tz": {
-                "type": "string"
-            },
-            "urls": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "host",
-                        "path",
-                        "requests",
-                        "bytes"
-                    ],
-                    "properties": {
-                        "host": {
-                            "type": "string"
-                        },
-                        "path": {
-                            "type": "string"
-                        },
-                        "requests": {
-                            "type": "integer"
-                        },
-                        "bytes": {
-                            "type": "integer"
-                        }
-                    }
-                }
-            },
-            "networks": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "network",
-                        "requests",
-                        "bytes"
-                    ],
-                    "properties": {
-                        "network": {
-                            "type": "string",
-                            "description": "e.g. 192.0.2.0/24 or 2001:db8:1::/48"
-                        },
-                        "requests": {
-                            "type": "integer"
-                        },
-                        "bytes": {
-                            "type": "integer"
-                        }
-                    }
-                }
-            }
-        }
-    }
-);
-
-hand_schema!(
     /// `GET /v1/traffic/gtm/reasons`: the range, then the answers per decision reason.
     ReasonsAnswer,
-    {
-        "type": "object",
-        "required": [
-            "from",
-            "to",
-            "from_ms",
-            "to_ms",
-            "tz",
-            "reasons"
-        ],
-        "properties": {
-            "customer": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "host": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "from": {
-                "type": "string",
-                "format": "date-time",
-                "description": "Start of the range covered (widened to whole buckets), RFC 3339 in `tz`"
-            },
-            "to": {
-                "type": "string",
-                "format": "date-time",
-                "description": "End of the range covered (exclusive), RFC 3339 in `tz`"
-            },
-            "from_ms": {
-                "type": "integer"
-            },
-            "to_ms": {
-                "type": "integer"
-            },
-            "tz": {
-                "type": "string"
-            },
-            "reasons": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "reason",
-                        "answers"
-                    ],
-                    "properties": {
-                        "reason": {
-                            "type": "string"
-                        },
-                        "answers": {
-                            "type": "integer"
-                        }
-                    }
-                }
-            }
-        }
-    }
-);
-
-hand_schema!(
-    /// `GET /v1/streaming`: the range, then the streams' totals, the per-minute series and the
-    /// top viewers.
+    /// `GET /v1/streaming`: the range, then the streams' totals, the per-minute series and
+    /// the top viewers.
     StreamingAnswer,
-    {
-        "type": "object",
-        "required": [
-            "from",
-            "to",
-            "from_ms",
-            "to_ms",
-            "tz",
-            "streams",
-            "series",
-            "clients"
-        ],
-        "properties": {
-            "customer": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "host": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "from": {
-                "type": "string",
-                "format": "date-time",
-                "description": "Start of the range covered (widened to whole buckets), RFC 3339 in `tz`"
-            },
-            "to": {
-                "type": "string",
-                "format": "date-time",
-                "description": "End of the range covered (exclusive), RFC 3339 in `tz`"
-            },
-            "from_ms": {
-                "type": "integer"
-            },
-            "to_ms": {
-                "type": "integer"
-            },
-            "tz": {
-                "type": "string"
-            },
-            "streams": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "customer",
-                        "host",
-                        "stream",
-                        "viewers",
-                        "requests",
-                        "segments",
-                        "playlists",
-                        "bytes"
-                    ],
-                    "additionalProperties": true,
-                    "properties": {
-                        "customer": {
-                            "type": "string"
-                        },
-                        "host": {
-                            "type": "string"
-                        },
-                        "stream": {
-                            "type": "string",
-                            "description": "the playlist's directory, e.g. /live/a/"
-                        },
-                        "viewers": {
-                            "type": "integer"
-                        },
-                        "requests": {
-                            "type": "integer"
-                        },
-                        "segments": {
-                            "type": "integer"
-                        },
-                        "playlists": {
-                            "type": "integer"
-                        },
-                        "bytes": {
-                            "type": "integer"
-                        },
-                        "segment_fills": {
-                            "type": [
-                                "integer",
-                                "null"
-                            ]
-                        },
-                        "fill_bytes": {
-                            "type": [
-                                "integer",
-                                "null"
-                            ]
-                        },
-                        "fill_us": {
-                            "type": [
-                                "integer",
-                                "null"
-                            ]
-                        },
-                        "fill_us_max": {
-                            "type": [
-                                "integer",
-                                "null"
-                            ]
-                        }
-                    }
-                }
-            },
-            "series": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": true
-                }
-            },
-            "clients": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": true
-                }
-            }
-        }
-    }
-);
-
-hand_schema!(
-    /// `GET /v1/ops`: the range, then the points per bucket, role, instance and metric and the
-    /// probes' results per method.
+    /// `GET /v1/ops`: the range, then the points per bucket, role, instance and metric and
+    /// the probes' results per method.
     OpsAnswer,
-    {
-        "type": "object",
-        "required": [
-            "from",
-            "to",
-            "from_ms",
-            "to_ms",
-            "tz",
-            "granularity",
-            "truncated",
-            "points",
-            "probe_methods"
-        ],
-        "properties": {
-            "role": {
-                "type": [
-                    "string",
-                    "null"
-                ]
-            },
-            "from": {
-                "type": "string",
-                "format": "date-time"
-            },
-            "to": {
-                "type": "string",
-                "format": "date-time"
-            },
-            "from_ms": {
-                "type": "integer"
-            },
-            "to_ms": {
-                "type": "integer"
-            },
-            "tz": {
-                "type": "string"
-            },
-            "granularity": {
-                "type": "string",
-                "enum": [
-                    "minute",
-                    "hour",
-                    "day"
-                ]
-            },
-            "truncated": {
-                "type": "boolean",
-                "description": "more than 100,000 rows: the series was cut"
-            },
-            "points": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "minute",
-                        "role",
-                        "instance",
-                        "metric",
-                        "kind",
-                        "sum",
-                        "max",
-                        "samples"
-                    ],
-                    "properties": {
-                        "minute": {
-                            "type": "integer",
-                            "description": "bucket start, ms since the epoch"
-                        },
-                        "role": {
-                            "type": "string",
-                            "enum": [
-                                "dns",
-                                "edge",
-                                "probe"
-                            ]
-                        },
-                        "instance": {
-                            "type": "string",
-                            "description": "the instance that wrote the log file (its certificate name)"
-                        },
-                        "metric": {
-                            "type": "string",
-                            "description": "series with its labels, e.g. udn_dns_queries_total{path=\"relayed\"}"
-                        },
-                        "kind": {
-                            "type": "string",
-                            "enum": [
-                                "counter",
-                                "gauge"
-                            ]
-                        },
-                        "sum": {
-                            "type": "integer",
-                            "description": "a counter's count in the bucket; a gauge's sum of levels"
-                        },
-                        "max": {
-                            "type": "integer",
-                            "description": "a gauge's peak"
-                        },
-                        "samples": {
-                            "type": "integer",
-                            "description": "records in the bucket (a gauge mean is sum / samples)"
-                        }
-                    }
-                }
-            },
-            "probe_methods": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "minute",
-                        "pop",
-                        "kind",
-                        "method",
-                        "samples",
-                        "ok",
-                        "mean"
-                    ],
-                    "properties": {
-                        "minute": {
-                            "type": "integer"
-                        },
-                        "pop": {
-                            "type": "string"
-                        },
-                        "kind": {
-                            "type": "string"
-                        },
-                        "method": {
-                            "type": "string"
-                        },
-                        "samples": {
-                            "type": "integer"
-                        },
-                        "ok": {
-                            "type": "integer"
-                        },
-                        "mean": {
-                            "type": "number",
-                            "description": "ms, or percent for load"
-                        }
-                    }
-                }
-            }
-        }
-    }
 );
 
 #[cfg(test)]
@@ -627,16 +220,19 @@ mod tests {
 
     #[test]
     fn hand_written_schemas_read_back_unchanged() {
-        for (name, v) in [
-            ("JsonObject", JsonObject::json()),
-            ("TopAnswer", TopAnswer::json()),
-            ("ReasonsAnswer", ReasonsAnswer::json()),
-            ("StreamingAnswer", StreamingAnswer::json()),
-            ("OpsAnswer", OpsAnswer::json()),
-        ] {
+        let file = HAND.as_object().expect("openapi_hand.json is an object");
+        let mut names: Vec<&str> = file.keys().map(String::as_str).collect();
+        let mut declared = HAND_NAMES.to_vec();
+        names.sort_unstable();
+        declared.sort_unstable();
+        assert_eq!(
+            names, declared,
+            "openapi_hand.json and hand_schema! disagree"
+        );
+        for (name, v) in file {
             let schema: RefOr<Schema> = serde_json::from_value(v.clone())
                 .unwrap_or_else(|e| panic!("{name} does not read: {e}"));
-            assert_eq!(serde_json::to_value(&schema).unwrap(), v, "{name}");
+            assert_eq!(&serde_json::to_value(&schema).unwrap(), v, "{name}");
         }
     }
 

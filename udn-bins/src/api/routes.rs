@@ -5,7 +5,8 @@ use super::backend::*;
 use super::challenge::{self, Verification};
 use super::fanout::{self, LocationCheck};
 use super::openapi::{
-    ErrorResponse, JsonObject, OpsAnswer, ReasonsAnswer, StreamingAnswer, TopAnswer,
+    AuthErrors, ErrorResponse, Errors, JsonObject, OpsAnswer, PublicErrors, ReasonsAnswer,
+    StreamingAnswer, TopAnswer,
 };
 use super::{ApiError, ApiState, FieldError};
 use axum::extract::rejection::JsonRejection;
@@ -270,15 +271,9 @@ pub(super) fn machine_routes() -> OpenApiRouter<ApiState> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/health",
-    tag = "meta",
+    get, path = "/health", tag = "meta",
     summary = "Liveness",
-    responses(
-        (status = 200, description = "success", body = String),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    ),
+    responses((status = 200, description = "success", body = String), PublicErrors),
     security(())
 )]
 async fn health() -> &'static str {
@@ -286,15 +281,9 @@ async fn health() -> &'static str {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/openapi.json",
-    tag = "meta",
+    get, path = "/v1/openapi.json", tag = "meta",
     summary = "This document",
-    responses(
-        (status = 200, description = "success"),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    ),
+    responses((status = 200, description = "success"), PublicErrors),
     security(())
 )]
 async fn openapi() -> Response {
@@ -326,16 +315,12 @@ struct LoginAnswer {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/auth/login",
-    tag = "auth",
+    post, path = "/v1/auth/login", tag = "auth",
     summary = "Log in; sets the HttpOnly SameSite=Strict session cookie `udn_session` and returns the CSRF token to send as `X-CSRF-Token` on changes",
     request_body = LoginBody,
     responses(
         (status = 200, description = "success", body = LoginAnswer),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 429, response = ErrorResponse)
+        PublicErrors, (status = 429, response = ErrorResponse)
     ),
     security(())
 )]
@@ -360,17 +345,9 @@ async fn login(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/auth/logout",
-    tag = "auth",
+    post, path = "/v1/auth/logout", tag = "auth",
     summary = "End the session",
-    responses(
-        (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 204, description = "success"), Errors)
 )]
 async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiResult<Response> {
     let t = a.token.clone();
@@ -393,16 +370,12 @@ struct TokenAnswer {
 /// Logs in and issues an API token named `login` with every scope, for a year: the
 /// one-call way for scripts (`POST /v1/tokens` picks the name, scopes and expiry).
 #[utoipa::path(
-    post,
-    path = "/v1/auth/token",
-    tag = "auth",
+    post, path = "/v1/auth/token", tag = "auth",
     summary = "Log in and issue an API token named `login` with every scope for a year (HTTPS only; `POST /v1/tokens` chooses name, scopes and expiry)",
     request_body = LoginBody,
     responses(
         (status = 200, description = "success", body = TokenAnswer),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 429, response = ErrorResponse)
+        PublicErrors, (status = 429, response = ErrorResponse)
     ),
     security(())
 )]
@@ -495,18 +468,12 @@ fn require_login_session(a: &Auth) -> ApiResult<()> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/tokens",
-    tag = "auth",
+    post, path = "/v1/tokens", tag = "auth",
     summary = "Create an API token; the secret is in this answer only (login session only, HTTPS only)",
     request_body = NewToken,
     responses(
         (status = 201, description = "success", body = CreatedToken),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn token_create(
@@ -551,18 +518,12 @@ async fn token_create(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/tokens",
-    tag = "auth",
+    get, path = "/v1/tokens", tag = "auth",
     summary = "The caller's API tokens, without secrets (login session only, HTTPS only)",
     params(PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<ApiToken>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn tokens_list(
@@ -578,18 +539,10 @@ async fn tokens_list(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/tokens/{id}",
-    tag = "auth",
+    delete, path = "/v1/tokens/{id}", tag = "auth",
     summary = "Revoke one of the caller's API tokens",
     params(("id" = u64, Path, description = "Token id")),
-    responses(
-        (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 204, description = "success"), Errors)
 )]
 async fn token_delete(
     State(st): State<ApiState>,
@@ -632,18 +585,12 @@ fn check_new_password(field: &str, p: &str) -> ApiResult<()> {
 /// Changes the caller's password (the current one is checked through the login
 /// limiter) and ends every other session of theirs.
 #[utoipa::path(
-    post,
-    path = "/v1/me/password",
-    tag = "auth",
+    post, path = "/v1/me/password", tag = "auth",
     summary = "Change the caller's password (login session only; the current password goes through the login limiter); ends every other session of the user (HTTPS only)",
     request_body = inline(PasswordChange),
     responses(
         (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 429, response = ErrorResponse)
+        Errors, (status = 429, response = ErrorResponse)
     )
 )]
 async fn change_password(
@@ -673,18 +620,12 @@ async fn change_password(
 /// Deletes a user with their sessions and tokens: an admin any other user, a customer's
 /// user another user of the same customer.
 #[utoipa::path(
-    delete,
-    path = "/v1/users/{name}",
-    tag = "users",
+    delete, path = "/v1/users/{name}", tag = "users",
     summary = "Delete a user with their sessions and API tokens: an admin any other user, a customer's user another user of the same customer (HTTPS only)",
     params(("name" = String, Path, description = "Login name")),
     responses(
         (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn delete_user(
@@ -725,17 +666,9 @@ struct MeAnswer {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/me",
-    tag = "auth",
+    get, path = "/v1/me", tag = "auth",
     summary = "The caller and its CSRF token",
-    responses(
-        (status = 200, description = "success", body = MeAnswer),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = MeAnswer), Errors)
 )]
 async fn me(a: Auth) -> Json<MeAnswer> {
     Json(MeAnswer {
@@ -745,18 +678,12 @@ async fn me(a: Auth) -> Json<MeAnswer> {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/users",
-    tag = "users",
+    get, path = "/v1/users", tag = "users",
     summary = "List users (admin; HTTPS only)",
     params(PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<User>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn users(
@@ -782,18 +709,10 @@ struct NewUser {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/users",
-    tag = "users",
+    post, path = "/v1/users", tag = "users",
     summary = "Create a user (admin; HTTPS only)",
     request_body = NewUser,
-    responses(
-        (status = 201, description = "success", body = User),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 201, description = "success", body = User), Errors)
 )]
 async fn create_user(
     State(st): State<ApiState>,
@@ -1162,18 +1081,12 @@ struct CustomerQuery {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/customers",
-    tag = "customers",
+    get, path = "/v1/customers", tag = "customers",
     summary = "Customers the caller may see",
     params(PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<CustomerConfig>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn customers(
@@ -1192,20 +1105,10 @@ async fn customers(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/customers/{name}",
-    tag = "customers",
+    get, path = "/v1/customers/{name}", tag = "customers",
     summary = "One customer",
-    params(
-        ("name" = String, Path, description = "Customer name")
-    ),
-    responses(
-        (status = 200, description = "success", body = CustomerConfig),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("name" = String, Path, description = "Customer name")),
+    responses((status = 200, description = "success", body = CustomerConfig), Errors)
 )]
 async fn customer(
     State(st): State<ApiState>,
@@ -1230,18 +1133,10 @@ fn valid_name(name: &str) -> bool {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/customers",
-    tag = "customers",
+    post, path = "/v1/customers", tag = "customers",
     summary = "Create a customer (admin)",
     request_body = CustomerConfig,
-    responses(
-        (status = 201, description = "success", body = CustomerConfig),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 201, description = "success", body = CustomerConfig), Errors)
 )]
 async fn create_customer(
     State(st): State<ApiState>,
@@ -1263,21 +1158,11 @@ async fn create_customer(
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/customers/{name}",
-    tag = "customers",
+    put, path = "/v1/customers/{name}", tag = "customers",
     summary = "Change the display name",
-    params(
-        ("name" = String, Path, description = "Customer name")
-    ),
+    params(("name" = String, Path, description = "Customer name")),
     request_body = CustomerConfig,
-    responses(
-        (status = 200, description = "success", body = CustomerConfig),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = CustomerConfig), Errors)
 )]
 async fn update_customer(
     State(st): State<ApiState>,
@@ -1305,20 +1190,10 @@ async fn update_customer(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/customers/{name}",
-    tag = "customers",
+    delete, path = "/v1/customers/{name}", tag = "customers",
     summary = "Delete a customer (admin)",
-    params(
-        ("name" = String, Path, description = "Customer name")
-    ),
-    responses(
-        (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("name" = String, Path, description = "Customer name")),
+    responses((status = 204, description = "success"), Errors)
 )]
 async fn delete_customer(
     State(st): State<ApiState>,
@@ -1381,18 +1256,12 @@ fn cdn_view(c: &CdnConfig) -> CdnView {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/cdn",
-    tag = "cdn",
+    get, path = "/v1/cdn", tag = "cdn",
     summary = "CDN hostnames",
     params(CustomerQuery, PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<CdnView>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn cdn_list(
@@ -1419,20 +1288,10 @@ async fn cdn_list(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/cdn/{hostname}",
-    tag = "cdn",
+    get, path = "/v1/cdn/{hostname}", tag = "cdn",
     summary = "One CDN hostname",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
-    responses(
-        (status = 200, description = "success", body = CdnView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 200, description = "success", body = CdnView), Errors)
 )]
 async fn cdn_get(
     State(st): State<ApiState>,
@@ -1446,18 +1305,10 @@ async fn cdn_get(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/cdn",
-    tag = "cdn",
+    post, path = "/v1/cdn", tag = "cdn",
     summary = "Add a CDN hostname (customer defaults to the caller's)",
     request_body = CdnConfig,
-    responses(
-        (status = 201, description = "success", body = CdnView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 201, description = "success", body = CdnView), Errors)
 )]
 async fn cdn_create(
     State(st): State<ApiState>,
@@ -1481,21 +1332,11 @@ async fn cdn_create(
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/cdn/{hostname}",
-    tag = "cdn",
+    put, path = "/v1/cdn/{hostname}", tag = "cdn",
     summary = "Replace a CDN hostname",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     request_body = CdnConfig,
-    responses(
-        (status = 200, description = "success", body = CdnView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = CdnView), Errors)
 )]
 async fn cdn_update(
     State(st): State<ApiState>,
@@ -1535,20 +1376,12 @@ async fn cdn_update(
 /// `POST /v1/cdn/{hostname}/verify`: checks the hostname's TXT challenge with a real
 /// DNS query and, when it matches, makes the hostname live.
 #[utoipa::path(
-    post,
-    path = "/v1/cdn/{hostname}/verify",
-    tag = "cdn",
+    post, path = "/v1/cdn/{hostname}/verify", tag = "cdn",
     summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     responses(
         (status = 200, description = "verified (or already verified)", body = CdnView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 502, response = ErrorResponse)
+        Errors, (status = 502, response = ErrorResponse)
     )
 )]
 async fn cdn_verify(
@@ -1575,20 +1408,10 @@ async fn cdn_verify(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/cdn/{hostname}",
-    tag = "cdn",
+    delete, path = "/v1/cdn/{hostname}", tag = "cdn",
     summary = "Remove a CDN hostname",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
-    responses(
-        (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 204, description = "success"), Errors)
 )]
 async fn cdn_delete(
     State(st): State<ApiState>,
@@ -1656,18 +1479,12 @@ pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/gtm",
-    tag = "gtm",
+    get, path = "/v1/gtm", tag = "gtm",
     summary = "GTM hostnames with their targets' sites and addresses",
     params(CustomerQuery, PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<GtmView>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn gtm_list(
@@ -1694,20 +1511,10 @@ async fn gtm_list(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/gtm/{hostname}",
-    tag = "gtm",
+    get, path = "/v1/gtm/{hostname}", tag = "gtm",
     summary = "One GTM hostname",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
-    responses(
-        (status = 200, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 200, description = "success", body = GtmView), Errors)
 )]
 async fn gtm_get(
     State(st): State<ApiState>,
@@ -1856,17 +1663,9 @@ pub(crate) async fn recent_checks(
 /// unmonitored), its last check and every probe's view, from the probes' service
 /// records in the log store.
 #[utoipa::path(
-    get,
-    path = "/v1/gtm/{hostname}/health",
-    tag = "gtm",
+    get, path = "/v1/gtm/{hostname}/health", tag = "gtm",
     summary = "Live health of the hostname's targets: up, down, stale or unmonitored, the last check and each probe's view (from the probes' service records in the log store)",
-    responses(
-        (status = 200, description = "each target with its health", body = GtmHealth),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "each target with its health", body = GtmHealth), Errors)
 )]
 async fn gtm_health_get(
     State(st): State<ApiState>,
@@ -1881,18 +1680,10 @@ async fn gtm_health_get(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/gtm",
-    tag = "gtm",
+    post, path = "/v1/gtm", tag = "gtm",
     summary = "Add a GTM hostname",
     request_body = GtmConfig,
-    responses(
-        (status = 201, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 201, description = "success", body = GtmView), Errors)
 )]
 async fn gtm_create(
     State(st): State<ApiState>,
@@ -1916,21 +1707,11 @@ async fn gtm_create(
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/gtm/{hostname}",
-    tag = "gtm",
+    put, path = "/v1/gtm/{hostname}", tag = "gtm",
     summary = "Replace a GTM hostname (weights, standby, persistence, weighting, TTL...)",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     request_body = GtmConfig,
-    responses(
-        (status = 200, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = GtmView), Errors)
 )]
 async fn gtm_update(
     State(st): State<ApiState>,
@@ -1969,20 +1750,12 @@ async fn gtm_update(
 /// `POST /v1/gtm/{hostname}/verify`: checks the hostname's TXT challenge with a real
 /// DNS query and, when it matches, makes the hostname live.
 #[utoipa::path(
-    post,
-    path = "/v1/gtm/{hostname}/verify",
-    tag = "gtm",
+    post, path = "/v1/gtm/{hostname}/verify", tag = "gtm",
     summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     responses(
         (status = 200, description = "verified (or already verified)", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 502, response = ErrorResponse)
+        Errors, (status = 502, response = ErrorResponse)
     )
 )]
 async fn gtm_verify(
@@ -2009,20 +1782,10 @@ async fn gtm_verify(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/gtm/{hostname}",
-    tag = "gtm",
+    delete, path = "/v1/gtm/{hostname}", tag = "gtm",
     summary = "Remove a GTM hostname",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
-    responses(
-        (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 204, description = "success"), Errors)
 )]
 async fn gtm_delete(
     State(st): State<ApiState>,
@@ -2173,21 +1936,11 @@ pub(crate) fn target_index(cfg: &Config, i: usize, key: &str) -> Option<usize> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/gtm/{hostname}/addresses",
-    tag = "gtm",
+    post, path = "/v1/gtm/{hostname}/addresses", tag = "gtm",
     summary = "Publish an address (creating its server in an origin site) or an existing server",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     request_body = NewAddress,
-    responses(
-        (status = 201, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 201, description = "success", body = GtmView), Errors)
 )]
 async fn address_add(
     State(st): State<ApiState>,
@@ -2212,22 +1965,11 @@ struct WeightBody {
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/gtm/{hostname}/addresses/{address}",
-    tag = "gtm",
+    put, path = "/v1/gtm/{hostname}/addresses/{address}", tag = "gtm",
     summary = "Change a target's weight",
-    params(
-        ("hostname" = String, Path, description = "The hostname"),
-        ("address" = String, Path, description = "An address or server name")
-    ),
+    params(("hostname" = String, Path, description = "The hostname"), ("address" = String, Path, description = "An address or server name")),
     request_body = inline(WeightBody),
-    responses(
-        (status = 200, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = GtmView), Errors)
 )]
 async fn address_weight(
     State(st): State<ApiState>,
@@ -2246,21 +1988,10 @@ async fn address_weight(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/gtm/{hostname}/addresses/{address}",
-    tag = "gtm",
+    delete, path = "/v1/gtm/{hostname}/addresses/{address}", tag = "gtm",
     summary = "Stop publishing an address",
-    params(
-        ("hostname" = String, Path, description = "The hostname"),
-        ("address" = String, Path, description = "An address or server name")
-    ),
-    responses(
-        (status = 200, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("hostname" = String, Path, description = "The hostname"), ("address" = String, Path, description = "An address or server name")),
+    responses((status = 200, description = "success", body = GtmView), Errors)
 )]
 async fn address_remove(
     State(st): State<ApiState>,
@@ -2285,21 +2016,11 @@ struct StandbyBody {
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/gtm/{hostname}/standby",
-    tag = "gtm",
+    put, path = "/v1/gtm/{hostname}/standby", tag = "gtm",
     summary = "Set the hidden standby addresses",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     request_body = inline(StandbyBody),
-    responses(
-        (status = 200, description = "success", body = GtmView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = GtmView), Errors)
 )]
 async fn standby_set(
     State(st): State<ApiState>,
@@ -2320,20 +2041,10 @@ async fn standby_set(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/gtm/{hostname}/monitor",
-    tag = "gtm",
+    get, path = "/v1/gtm/{hostname}/monitor", tag = "gtm",
     summary = "How the hostname's service is monitored",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
-    responses(
-        (status = 200, description = "success", body = ServiceConfig),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 200, description = "success", body = ServiceConfig), Errors)
 )]
 async fn monitor_get(
     State(st): State<ApiState>,
@@ -2401,21 +2112,11 @@ pub(crate) fn set_monitor(cfg: &mut Config, i: usize, mut v: Value) -> ApiResult
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/gtm/{hostname}/monitor",
-    tag = "gtm",
+    put, path = "/v1/gtm/{hostname}/monitor", tag = "gtm",
     summary = "Change monitoring (creates the hostname's own service `mon-<hostname>`)",
-    params(
-        ("hostname" = String, Path, description = "The hostname")
-    ),
+    params(("hostname" = String, Path, description = "The hostname")),
     request_body = ServiceConfig,
-    responses(
-        (status = 200, description = "success", body = ServiceConfig),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = ServiceConfig), Errors)
 )]
 async fn monitor_set(
     State(st): State<ApiState>,
@@ -2480,18 +2181,12 @@ impl utoipa::ToSchema for MappingView {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/static-mappings",
-    tag = "gtm",
+    get, path = "/v1/static-mappings", tag = "gtm",
     summary = "Static mappings of the caller's hostnames (with their index)",
     params(PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<MappingView>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn mappings(
@@ -2524,18 +2219,10 @@ async fn mappings(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/static-mappings",
-    tag = "gtm",
+    post, path = "/v1/static-mappings", tag = "gtm",
     summary = "Add a static mapping (customers must name their hostnames)",
     request_body = StaticMappingConfig,
-    responses(
-        (status = 201, description = "success", body = StaticMappingConfig),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 201, description = "success", body = StaticMappingConfig), Errors)
 )]
 async fn mapping_add(
     State(st): State<ApiState>,
@@ -2572,20 +2259,10 @@ async fn mapping_add(
 }
 
 #[utoipa::path(
-    delete,
-    path = "/v1/static-mappings/{index}",
-    tag = "gtm",
+    delete, path = "/v1/static-mappings/{index}", tag = "gtm",
     summary = "Remove a static mapping",
-    params(
-        ("index" = u64, Path, description = "Index in the list")
-    ),
-    responses(
-        (status = 204, description = "success"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("index" = u64, Path, description = "Index in the list")),
+    responses((status = 204, description = "success"), Errors)
 )]
 async fn mapping_delete(
     State(st): State<ApiState>,
@@ -2623,18 +2300,13 @@ fn etag(version: u64) -> String {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/config",
-    tag = "config",
+    get, path = "/v1/config", tag = "config",
     summary = "Current network configuration snapshot (admins; the roles read theirs on the control plane's mutual-TLS machine listener, see docs/api.md). Conditional GET with If-None-Match (ETag `\"v<version>\"`) answers 304; `since=V&wait=S` long-polls up to S (max 60) seconds for a version other than V",
     params(ConfigQuery),
     responses(
         (status = 200, description = "success", body = ConfigSnapshot),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 304, description = "not modified")
+        (status = 304, description = "not modified"),
+        Errors
     )
 )]
 async fn config_get(
@@ -2787,18 +2459,12 @@ struct VersionAnswer {
 }
 
 #[utoipa::path(
-    put,
-    path = "/v1/config",
-    tag = "config",
+    put, path = "/v1/config", tag = "config",
     summary = "Replace the whole configuration (admin); `base` guards against lost updates",
     request_body = inline(ConfigPut),
     responses(
         (status = 200, description = "success", body = inline(VersionAnswer)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn config_put(
@@ -2833,20 +2499,10 @@ async fn config_put(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/config/versions/{version}",
-    tag = "config",
+    get, path = "/v1/config/versions/{version}", tag = "config",
     summary = "One past configuration version (admin)",
-    params(
-        ("version" = u64, Path, description = "Version number")
-    ),
-    responses(
-        (status = 200, description = "success", body = ConfigSnapshot),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    params(("version" = u64, Path, description = "Version number")),
+    responses((status = 200, description = "success", body = ConfigSnapshot), Errors)
 )]
 async fn config_version(
     State(st): State<ApiState>,
@@ -2960,18 +2616,10 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/purge",
-    tag = "purge",
+    post, path = "/v1/purge", tag = "purge",
     summary = "Invalidate a URL, directory (prefix) or domain on every edge; answers at once with the sequence number, delivery continues in the background and retries edges that are down",
     request_body = PurgeBody,
-    responses(
-        (status = 202, description = "success", body = PurgeView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 202, description = "success", body = PurgeView), Errors)
 )]
 async fn purge_create(
     State(st): State<ApiState>,
@@ -2991,18 +2639,12 @@ struct ListQuery {
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/purge",
-    tag = "purge",
+    get, path = "/v1/purge", tag = "purge",
     summary = "Recent purges with their propagation",
     params(ListQuery, PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<PurgeView>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn purge_list(
@@ -3042,18 +2684,10 @@ async fn purge_list(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/purge/{seq}",
-    tag = "purge",
+    get, path = "/v1/purge/{seq}", tag = "purge",
     summary = "One purge and how many edges applied it",
     params(("seq" = u64, Path, description = "Sequence number")),
-    responses(
-        (status = 200, description = "success", body = PurgeView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = PurgeView), Errors)
 )]
 async fn purge_get(
     State(st): State<ApiState>,
@@ -3100,18 +2734,10 @@ async fn prefill_view(st: &ApiState, p: Prefill) -> ApiResult<PrefillView> {
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/prefill",
-    tag = "purge",
+    post, path = "/v1/prefill", tag = "purge",
     summary = "Ask every edge to fetch URLs into its cache; numbered and retried like purges (delivered after pending purges)",
     request_body = inline(PrefillBody),
-    responses(
-        (status = 202, description = "success", body = PrefillView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 202, description = "success", body = PrefillView), Errors)
 )]
 async fn prefill(
     State(st): State<ApiState>,
@@ -3305,18 +2931,12 @@ fn check_live_event(
 /// `POST /v1/live-events`: registers a live event; every edge prefills its playlist
 /// and segments from [`super::fanout::LIVE_PREFILL_LEAD`] before its start.
 #[utoipa::path(
-    post,
-    path = "/v1/live-events",
-    tag = "purge",
+    post, path = "/v1/live-events", tag = "purge",
     summary = "Register a live event: every edge prefills its playlist and segments from 10 minutes before the start until the end; at most 20 events that have not ended per customer (409 beyond)",
     request_body = inline(LiveEventBody),
     responses(
         (status = 201, description = "success", body = LiveEventView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn live_event_create(
@@ -3350,18 +2970,12 @@ async fn live_event_create(
 /// `GET /v1/live-events[?customer=]`: the caller's events (an admin's: all, or one
 /// customer's), newest start first.
 #[utoipa::path(
-    get,
-    path = "/v1/live-events",
-    tag = "purge",
+    get, path = "/v1/live-events", tag = "purge",
     summary = "The caller's live events (an admin's: all, or one customer's), newest start first, each with its prefill's progress per edge",
     params(ListQuery, PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<LiveEventView>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn live_events(
@@ -3394,18 +3008,10 @@ async fn live_events(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/prefill/{seq}",
-    tag = "purge",
+    get, path = "/v1/prefill/{seq}", tag = "purge",
     summary = "One prefill and how many edges accepted it",
     params(("seq" = u64, Path, description = "Sequence number")),
-    responses(
-        (status = 200, description = "success", body = PrefillView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = PrefillView), Errors)
 )]
 async fn prefill_get(
     State(st): State<ApiState>,
@@ -3423,16 +3029,12 @@ async fn prefill_get(
 /// `POST /v1/purge/{seq}/cancel` (admins): the purge becomes `cancelled` on every
 /// edge that has not applied it, and their queues move on.
 #[utoipa::path(
-    post,
-    path = "/v1/purge/{seq}/cancel",
-    tag = "purge",
+    post, path = "/v1/purge/{seq}/cancel", tag = "purge",
     summary = "Admins: cancel a purge on every edge that has not applied it (its state there becomes `cancelled`; delivery moves on)",
     params(("seq" = u64, Path, description = "Sequence number")),
     responses(
         (status = 200, description = "the purge with its per-edge states", body = PurgeView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse)
+        AuthErrors
     )
 )]
 async fn purge_cancel(
@@ -3457,16 +3059,12 @@ async fn purge_cancel(
 
 /// `POST /v1/prefill/{seq}/cancel` (admins), like [`purge_cancel`].
 #[utoipa::path(
-    post,
-    path = "/v1/prefill/{seq}/cancel",
-    tag = "purge",
+    post, path = "/v1/prefill/{seq}/cancel", tag = "purge",
     summary = "Admins: cancel a prefill on every edge that has not applied it (its state there becomes `cancelled`; delivery moves on)",
     params(("seq" = u64, Path, description = "Sequence number")),
     responses(
         (status = 200, description = "the prefill with its per-edge states", body = PrefillView),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse)
+        AuthErrors
     )
 )]
 async fn prefill_cancel(
@@ -3569,18 +3167,10 @@ pub(crate) async fn run_pagecheck(
 }
 
 #[utoipa::path(
-    post,
-    path = "/v1/pagecheck",
-    tag = "tests",
+    post, path = "/v1/pagecheck", tag = "tests",
     summary = "Run a page check from the chosen probe locations",
     request_body = PageCheckBody,
-    responses(
-        (status = 200, description = "success", body = PageCheckAnswer),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = PageCheckAnswer), Errors)
 )]
 async fn pagecheck(
     State(st): State<ApiState>,
@@ -3850,18 +3440,12 @@ macro_rules! traffic_handler {
 
 traffic_handler!(
     #[utoipa::path(
-        get,
-        path = "/v1/traffic/cdn",
-        tag = "traffic",
+        get, path = "/v1/traffic/cdn", tag = "traffic",
         summary = "CDN bytes and hits per bucket (minute, hour or day by the range's length)",
         params(TrafficQuery),
         responses(
             (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<TrafficPoint>) = "application/json"), (String = "text/csv"))),
-            (status = 401, response = ErrorResponse),
-            (status = 403, response = ErrorResponse),
-            (status = 404, response = ErrorResponse),
-            (status = 422, response = ErrorResponse),
-            (status = 400, response = ErrorResponse)
+            Errors, (status = 400, response = ErrorResponse)
         )
     )]
     traffic_cdn,
@@ -3871,18 +3455,12 @@ traffic_handler!(
 );
 traffic_handler!(
     #[utoipa::path(
-        get,
-        path = "/v1/traffic/cdn/quality",
-        tag = "traffic",
+        get, path = "/v1/traffic/cdn/quality", tag = "traffic",
         summary = "CDN service quality per bucket: status classes, cache outcomes and hit ratio, origin errors, response-time percentiles (p50, p95, p99) from the per-rollup histogram",
         params(TrafficQuery),
         responses(
             (status = 200, description = "the series as JSON, or as CSV (`format=csv`: time,requests,s1xx..s5xx,hits,misses,stale,revalidated,bypass,hit_ratio,origin_errors,p50_ms,p95_ms,p99_ms)", content((inline(Series<crate::store::quality::QualityPoint>) = "application/json"), (String = "text/csv"))),
-            (status = 401, response = ErrorResponse),
-            (status = 403, response = ErrorResponse),
-            (status = 404, response = ErrorResponse),
-            (status = 422, response = ErrorResponse),
-            (status = 400, response = ErrorResponse)
+            Errors, (status = 400, response = ErrorResponse)
         )
     )]
     traffic_cdn_quality,
@@ -3940,18 +3518,12 @@ impl CsvRow for crate::store::quality::QualityPoint {
 /// `sticky`, `static`, `standby`, `weighted`, ...) over the range, most first, for the
 /// customer in scope (and `host`). CSV: `reason,answers`.
 #[utoipa::path(
-    get,
-    path = "/v1/traffic/gtm/reasons",
-    tag = "traffic",
+    get, path = "/v1/traffic/gtm/reasons", tag = "traffic",
     summary = "GTM answers per decision reason (latency, sticky, static, standby, weighted, ...) over the range, most first",
     params(TrafficQuery),
     responses(
         (status = 200, description = "the reasons as JSON, or as CSV (`format=csv`: reason,answers)", content((inline(ReasonsAnswer) = "application/json"), (String = "text/csv"))),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn traffic_gtm_reasons(
@@ -3989,18 +3561,12 @@ async fn traffic_gtm_reasons(
 /// the most responses in the range, for the customer in scope (and `host`), read from
 /// the raw records (so within the raw retention). CSV: `list,host,key,requests,bytes`.
 #[utoipa::path(
-    get,
-    path = "/v1/traffic/cdn/top",
-    tag = "traffic",
+    get, path = "/v1/traffic/cdn/top", tag = "traffic",
     summary = "The 20 URLs and the 20 client networks (/24, /48) with the most responses in the range (from the raw records, within the raw retention)",
     params(TrafficQuery),
     responses(
         (status = 200, description = "the lists as JSON, or as CSV (`format=csv`: list,host,key,requests,bytes)", content((inline(TopAnswer) = "application/json"), (String = "text/csv"))),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn traffic_cdn_top(
@@ -4050,18 +3616,12 @@ async fn traffic_cdn_top(
 }
 traffic_handler!(
     #[utoipa::path(
-        get,
-        path = "/v1/traffic/cdn/locations",
-        tag = "traffic",
+        get, path = "/v1/traffic/cdn/locations", tag = "traffic",
         summary = "CDN bytes and hits per POP over the range",
         params(TrafficQuery),
         responses(
             (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<LocationTraffic>) = "application/json"), (String = "text/csv"))),
-            (status = 401, response = ErrorResponse),
-            (status = 403, response = ErrorResponse),
-            (status = 404, response = ErrorResponse),
-            (status = 422, response = ErrorResponse),
-            (status = 400, response = ErrorResponse)
+            Errors, (status = 400, response = ErrorResponse)
         )
     )]
     traffic_cdn_locations,
@@ -4071,18 +3631,12 @@ traffic_handler!(
 );
 traffic_handler!(
     #[utoipa::path(
-        get,
-        path = "/v1/traffic/gtm",
-        tag = "traffic",
+        get, path = "/v1/traffic/gtm", tag = "traffic",
         summary = "GTM answers per bucket, hostname and address",
         params(TrafficQuery),
         responses(
             (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<AnswerPoint>) = "application/json"), (String = "text/csv"))),
-            (status = 401, response = ErrorResponse),
-            (status = 403, response = ErrorResponse),
-            (status = 404, response = ErrorResponse),
-            (status = 422, response = ErrorResponse),
-            (status = 400, response = ErrorResponse)
+            Errors, (status = 400, response = ErrorResponse)
         )
     )]
     traffic_gtm,
@@ -4092,18 +3646,12 @@ traffic_handler!(
 );
 traffic_handler!(
     #[utoipa::path(
-        get,
-        path = "/v1/traffic/gtm/locations",
-        tag = "traffic",
+        get, path = "/v1/traffic/gtm/locations", tag = "traffic",
         summary = "GTM answers per answering location and address over the range",
         params(TrafficQuery),
         responses(
             (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<LocationAnswers>) = "application/json"), (String = "text/csv"))),
-            (status = 401, response = ErrorResponse),
-            (status = 403, response = ErrorResponse),
-            (status = 404, response = ErrorResponse),
-            (status = 422, response = ErrorResponse),
-            (status = 400, response = ErrorResponse)
+            Errors, (status = 400, response = ErrorResponse)
         )
     )]
     traffic_gtm_locations,
@@ -4119,18 +3667,12 @@ const STREAMING_MAX_MS: u64 = 7 * 86_400_000;
 /// over the range (`hours`, `from`/`to`, `tz`, `host` as for the traffic series; at most
 /// seven days): per-stream totals, the per-minute series and the top viewers.
 #[utoipa::path(
-    get,
-    path = "/v1/streaming",
-    tag = "traffic",
+    get, path = "/v1/streaming", tag = "traffic",
     summary = "Streaming statistics (HLS, DASH) per stream, per minute and stream, and top viewers (at most 7 days)",
     params(TrafficQuery),
     responses(
         (status = 200, description = "the streams' totals (most bytes first), the per-minute series and the top 100 viewers", body = inline(StreamingAnswer)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn streaming(
@@ -4266,17 +3808,12 @@ struct OpsQuery {
 /// service tests, latency samples by method), per bucket, instance and metric, with
 /// the probes' per-method results. CSV with `format=csv`.
 #[utoipa::path(
-    get,
-    path = "/v1/ops",
-    tag = "traffic",
+    get, path = "/v1/ops", tag = "traffic",
     summary = "Operational statistics of the DNS servers, edges and probes, from their own logs (admins only)",
     params(OpsQuery),
     responses(
         (status = 200, description = "per bucket, role, instance and metric, and the probes' results per method", content((inline(OpsAnswer) = "application/json"), (String = "text/csv"))),
-        (status = 400, response = ErrorResponse),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse)
+        AuthErrors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn ops(
@@ -4352,18 +3889,10 @@ struct BillingRunBody {
 
 /// `POST /v1/billing/runs {"period": "2026-11"}` (admin): issues the period's invoices.
 #[utoipa::path(
-    post,
-    path = "/v1/billing/runs",
-    tag = "invoices",
+    post, path = "/v1/billing/runs", tag = "invoices",
     summary = "Admin: a billing run for a period (2026-11, 2026-Q4, 2026-W48, 2026-11-26T13, 2026); issues gap-free numbered invoices, and nothing new when the period was billed already",
     request_body = inline(BillingRunBody),
-    responses(
-        (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = inline(JsonObject)), Errors)
 )]
 async fn billing_run(
     State(st): State<ApiState>,
@@ -4389,18 +3918,10 @@ struct RunsQuery {
 /// `GET /v1/billing/runs?limit=50` (admin): the newest billing runs (CLI, API,
 /// scheduler) with outcome, attempt and report or error.
 #[utoipa::path(
-    get,
-    path = "/v1/billing/runs",
-    tag = "invoices",
+    get, path = "/v1/billing/runs", tag = "invoices",
     summary = "Admin: the newest billing runs (CLI, API, scheduler) with outcome, attempt and report or error",
     params(RunsQuery),
-    responses(
-        (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = inline(JsonObject)), Errors)
 )]
 async fn billing_runs(
     State(st): State<ApiState>,
@@ -4413,18 +3934,12 @@ async fn billing_runs(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/invoices",
-    tag = "invoices",
+    get, path = "/v1/invoices", tag = "invoices",
     summary = "Issued invoices",
     params(CustomerQuery, PageQuery),
     responses(
         (status = 200, description = "success", body = Vec<InvoiceSummary>),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 400, response = ErrorResponse)
+        Errors, (status = 400, response = ErrorResponse)
     )
 )]
 async fn invoices(
@@ -4449,18 +3964,10 @@ pub(crate) async fn load_invoice(st: &ApiState, a: &Auth, id: i64) -> ApiResult<
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/invoices/{id}",
-    tag = "invoices",
+    get, path = "/v1/invoices/{id}", tag = "invoices",
     summary = "One invoice with its HTML body",
     params(("id" = u64, Path, description = "Invoice id")),
-    responses(
-        (status = 200, description = "success", body = Invoice),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
-    )
+    responses((status = 200, description = "success", body = Invoice), Errors)
 )]
 async fn invoice(
     State(st): State<ApiState>,
@@ -4471,17 +3978,12 @@ async fn invoice(
 }
 
 #[utoipa::path(
-    get,
-    path = "/v1/invoices/{id}/html",
-    tag = "invoices",
+    get, path = "/v1/invoices/{id}/html", tag = "invoices",
     summary = "The invoice as HTML",
     params(("id" = u64, Path, description = "Invoice id")),
     responses(
         (status = 200, description = "success", body = String, content_type = "text/html"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 422, response = ErrorResponse)
+        Errors
     )
 )]
 async fn invoice_html(
@@ -4503,16 +4005,11 @@ async fn invoice_html(
 
 /// `GET /v1/signups` (admin): every self sign-up with its billing account and decision.
 #[utoipa::path(
-    get,
-    path = "/v1/signups",
-    tag = "customers",
+    get, path = "/v1/signups", tag = "customers",
     summary = "Admin: every self sign-up (portal /signup) with its billing account and status: awaiting_approval, approved or refused",
     responses(
         (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        AuthErrors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Value>> {
@@ -4525,19 +4022,12 @@ async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Val
 
 /// `POST /v1/signups/{account}/approve` (admin).
 #[utoipa::path(
-    post,
-    path = "/v1/signups/{account}/approve",
-    tag = "customers",
+    post, path = "/v1/signups/{account}/approve", tag = "customers",
     summary = "Admin: approves a sign-up; its domains may then be verified and go live",
-    params(
-        ("account" = String, Path, description = "The account (customer) name")
-    ),
+    params(("account" = String, Path, description = "The account (customer) name")),
     responses(
         (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        AuthErrors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn signup_approve(
@@ -4553,19 +4043,12 @@ async fn signup_approve(
 /// `POST /v1/signups/{account}/refuse` (admin): removes the customer, its users and
 /// domains.
 #[utoipa::path(
-    post,
-    path = "/v1/signups/{account}/refuse",
-    tag = "customers",
+    post, path = "/v1/signups/{account}/refuse", tag = "customers",
     summary = "Admin: refuses a sign-up; the customer, its users and its domains are removed",
-    params(
-        ("account" = String, Path, description = "The account (customer) name")
-    ),
+    params(("account" = String, Path, description = "The account (customer) name")),
     responses(
         (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse)
+        AuthErrors, (status = 409, response = ErrorResponse)
     )
 )]
 async fn signup_refuse(
@@ -4594,19 +4077,12 @@ async fn signup_gate(st: &ApiState, customer: &str) -> ApiResult<()> {
 /// `GET /v1/invoices/{id}/pdf`: the invoice as the PDF that is printed and mailed
 /// (the owner or an admin).
 #[utoipa::path(
-    get,
-    path = "/v1/invoices/{id}/pdf",
-    tag = "invoices",
+    get, path = "/v1/invoices/{id}/pdf", tag = "invoices",
     summary = "The invoice as PDF (A4; the document printed for post and attached to the e-mail), as an attachment named after its number",
     params(("id" = u64, Path, description = "Invoice id")),
     responses(
         (status = 200, description = "the PDF", body = Vec<u8>, content_type = "application/pdf"),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 503, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
     )
 )]
 async fn invoice_pdf(
@@ -4647,22 +4123,13 @@ struct PaymentBody {
 /// `POST /v1/billing/invoices/{number}/payments {"amount": "998.26", "reference": "..."}`
 /// (admin): records a payment received by transfer.
 #[utoipa::path(
-    post,
-    path = "/v1/billing/invoices/{number}/payments",
-    tag = "invoices",
+    post, path = "/v1/billing/invoices/{number}/payments", tag = "invoices",
     summary = "Admin: records a payment received by transfer; the invoice is paid when the payments reach its total",
-    params(
-        ("number" = String, Path, description = "Invoice number (INV-000001)")
-    ),
+    params(("number" = String, Path, description = "Invoice number (INV-000001)")),
     request_body = inline(PaymentBody),
     responses(
         (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 503, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
     )
 )]
 async fn billing_payment(
@@ -4690,21 +4157,12 @@ async fn billing_payment(
 
 /// `POST /v1/billing/invoices/{number}/void` (admin): cancels an unpaid invoice.
 #[utoipa::path(
-    post,
-    path = "/v1/billing/invoices/{number}/void",
-    tag = "invoices",
+    post, path = "/v1/billing/invoices/{number}/void", tag = "invoices",
     summary = "Admin: voids an unpaid invoice (it keeps its number)",
-    params(
-        ("number" = String, Path, description = "Invoice number (INV-000001)")
-    ),
+    params(("number" = String, Path, description = "Invoice number (INV-000001)")),
     responses(
         (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 503, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
     )
 )]
 async fn billing_void(
@@ -4719,21 +4177,12 @@ async fn billing_void(
 /// `POST /v1/billing/invoices/{number}/credit` (admin): cancels an invoice by a credit
 /// note (numbered, delivered like an invoice).
 #[utoipa::path(
-    post,
-    path = "/v1/billing/invoices/{number}/credit",
-    tag = "invoices",
+    post, path = "/v1/billing/invoices/{number}/credit", tag = "invoices",
     summary = "Admin: cancels an invoice by a numbered credit note, delivered like an invoice",
-    params(
-        ("number" = String, Path, description = "Invoice number (INV-000001)")
-    ),
+    params(("number" = String, Path, description = "Invoice number (INV-000001)")),
     responses(
         (status = 200, description = "success", body = inline(JsonObject)),
-        (status = 401, response = ErrorResponse),
-        (status = 403, response = ErrorResponse),
-        (status = 404, response = ErrorResponse),
-        (status = 409, response = ErrorResponse),
-        (status = 422, response = ErrorResponse),
-        (status = 503, response = ErrorResponse)
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
     )
 )]
 async fn billing_credit(
