@@ -65,7 +65,8 @@ impl<'r> ToResponse<'r> for ErrorResponse {
     }
 }
 
-/// The document: [`ApiDoc`] with every route of the HTTPS listener.
+/// The document: the title, authentication and error answer, with every route of the
+/// HTTPS listener.
 pub fn document() -> utoipa::openapi::OpenApi {
     let (_, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(super::routes::credential_routes())
