@@ -3376,9 +3376,21 @@ pub(crate) async fn traffic_rows<T: Send + 'static>(
     Ok((rows, r, customer, host))
 }
 
+/// A traffic series handler `$name` at `GET $path` reading `Traffic::$method` rows of
+/// `$ty` (CSV file name `$file`), described by `$summary` and its answer by `$ok`.
 macro_rules! traffic_handler {
-    ($(#[$attr:meta])* $name:ident, $method:ident, $ty:ty, $file:literal) => {
-        $(#[$attr])*
+    ($name:ident, $method:ident, $ty:ty, $file:literal, $path:literal, $summary:literal, $ok:literal) => {
+        #[utoipa::path(
+                    get, path = $path, tag = "traffic",
+                    summary = $summary,
+                    params(TrafficQuery),
+                    responses(
+                        (status = 200, description = $ok, content(
+                            (inline(Series<$ty>) = "application/json"), (String = "text/csv")
+                        )),
+                        Errors, (status = 400, response = ErrorResponse)
+                    )
+                )]
         async fn $name(
             State(st): State<ApiState>,
             a: Auth,
@@ -3439,34 +3451,22 @@ macro_rules! traffic_handler {
 }
 
 traffic_handler!(
-    #[utoipa::path(
-        get, path = "/v1/traffic/cdn", tag = "traffic",
-        summary = "CDN bytes and hits per bucket (minute, hour or day by the range's length)",
-        params(TrafficQuery),
-        responses(
-            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<TrafficPoint>) = "application/json"), (String = "text/csv"))),
-            Errors, (status = 400, response = ErrorResponse)
-        )
-    )]
     traffic_cdn,
     cdn_traffic,
     TrafficPoint,
-    "cdn-traffic"
+    "cdn-traffic",
+    "/v1/traffic/cdn",
+    "CDN bytes and hits per bucket (minute, hour or day by the range's length)",
+    "the series as JSON, or as CSV (`format=csv`)"
 );
 traffic_handler!(
-    #[utoipa::path(
-        get, path = "/v1/traffic/cdn/quality", tag = "traffic",
-        summary = "CDN service quality per bucket: status classes, cache outcomes and hit ratio, origin errors, response-time percentiles (p50, p95, p99) from the per-rollup histogram",
-        params(TrafficQuery),
-        responses(
-            (status = 200, description = "the series as JSON, or as CSV (`format=csv`: time,requests,s1xx..s5xx,hits,misses,stale,revalidated,bypass,hit_ratio,origin_errors,p50_ms,p95_ms,p99_ms)", content((inline(Series<crate::store::quality::QualityPoint>) = "application/json"), (String = "text/csv"))),
-            Errors, (status = 400, response = ErrorResponse)
-        )
-    )]
     traffic_cdn_quality,
     cdn_quality,
     crate::store::quality::QualityPoint,
-    "cdn-quality"
+    "cdn-quality",
+    "/v1/traffic/cdn/quality",
+    "CDN service quality per bucket: status classes, cache outcomes and hit ratio, origin errors, response-time percentiles (p50, p95, p99) from the per-rollup histogram",
+    "the series as JSON, or as CSV (`format=csv`: time,requests,s1xx..s5xx,hits,misses,stale,revalidated,bypass,hit_ratio,origin_errors,p50_ms,p95_ms,p99_ms)"
 );
 
 impl CsvRow for crate::store::quality::QualityPoint {
@@ -3615,49 +3615,31 @@ async fn traffic_cdn_top(
     ))
 }
 traffic_handler!(
-    #[utoipa::path(
-        get, path = "/v1/traffic/cdn/locations", tag = "traffic",
-        summary = "CDN bytes and hits per POP over the range",
-        params(TrafficQuery),
-        responses(
-            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<LocationTraffic>) = "application/json"), (String = "text/csv"))),
-            Errors, (status = 400, response = ErrorResponse)
-        )
-    )]
     traffic_cdn_locations,
     cdn_traffic_by_location,
     LocationTraffic,
-    "cdn-locations"
+    "cdn-locations",
+    "/v1/traffic/cdn/locations",
+    "CDN bytes and hits per POP over the range",
+    "the series as JSON, or as CSV (`format=csv`)"
 );
 traffic_handler!(
-    #[utoipa::path(
-        get, path = "/v1/traffic/gtm", tag = "traffic",
-        summary = "GTM answers per bucket, hostname and address",
-        params(TrafficQuery),
-        responses(
-            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<AnswerPoint>) = "application/json"), (String = "text/csv"))),
-            Errors, (status = 400, response = ErrorResponse)
-        )
-    )]
     traffic_gtm,
     gtm_answers,
     AnswerPoint,
-    "gtm-answers"
+    "gtm-answers",
+    "/v1/traffic/gtm",
+    "GTM answers per bucket, hostname and address",
+    "the series as JSON, or as CSV (`format=csv`)"
 );
 traffic_handler!(
-    #[utoipa::path(
-        get, path = "/v1/traffic/gtm/locations", tag = "traffic",
-        summary = "GTM answers per answering location and address over the range",
-        params(TrafficQuery),
-        responses(
-            (status = 200, description = "the series as JSON, or as CSV (`format=csv`)", content((inline(Series<LocationAnswers>) = "application/json"), (String = "text/csv"))),
-            Errors, (status = 400, response = ErrorResponse)
-        )
-    )]
     traffic_gtm_locations,
     gtm_answers_by_location,
     LocationAnswers,
-    "gtm-locations"
+    "gtm-locations",
+    "/v1/traffic/gtm/locations",
+    "GTM answers per answering location and address over the range",
+    "the series as JSON, or as CSV (`format=csv`)"
 );
 
 /// The longest range `/v1/streaming` reads (its rollups are per minute only).
