@@ -39,4 +39,7 @@ pub enum Command {
     Origin(crate::origin::Args),
     /// Log distributor: ship a role's complete log files to collectors.
     Distribute(crate::distributor::Args),
+    /// Print the control-plane API's OpenAPI 3.1 document (what `GET /v1/openapi.json`
+    /// serves; docs/openapi.json is this output).
+    Openapi,
 }

@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => udn_bins::demo::run(args),
         Command::Origin(args) => udn_bins::origin::run(args),
         Command::Distribute(args) => udn_bins::distributor::run(args),
+        Command::Openapi => udn_bins::api::openapi::print(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -35,6 +35,7 @@ pub const SAMPLE: &str = include_str!("sample.toml");
 
 /// The whole configuration of a UDN network.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Health-state rules shared by every target.
@@ -81,11 +82,13 @@ pub struct Config {
 /// Limits on customer-given destinations (origins, GTM addresses, monitor targets,
 /// page checks): see [`crate::netpolicy`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Ranges a customer destination may reach although the deny list (loopback,
     /// private, link-local, CGNAT, multicast, metadata, reserved) refuses them, e.g.
     /// `["127.0.0.0/8"]` for a network whose origins run on loopback.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub allow_target_ranges: Vec<Cidr>,
 }
 
@@ -98,6 +101,7 @@ impl SecurityConfig {
 
 /// Up/down hysteresis and staleness of service metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Consecutive successful checks before a down target counts as up.
@@ -130,6 +134,7 @@ impl Default for HealthConfig {
 
 /// LOADP rules (see [`crate::load`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadConfig {
     /// Weight of CPU use (1-minute load average per CPU).
@@ -159,6 +164,7 @@ impl Default for LoadConfig {
 
 /// Latency-table rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct LatencyConfig {
     /// A sample older than this many seconds is still used but re-requested from the
@@ -172,6 +178,7 @@ pub struct LatencyConfig {
     /// a query from one of them with ECS for a prefix asks for that prefix to be
     /// measured, through this resolver. ECS from any other resolver still shapes the
     /// answer but asks for no measurement.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ecs_measure_resolvers: Vec<Cidr>,
     /// After a measurement of a (client prefix, POP) is requested, how many seconds
     /// before it may be requested again if no result came.
@@ -199,6 +206,7 @@ impl Default for LatencyConfig {
 
 /// Limits of the persistence table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct PersistenceLimits {
     /// The most (client prefix, hostname) entries held; a new client prefix is not
@@ -216,6 +224,7 @@ impl Default for PersistenceLimits {
 
 /// The DNS role's zones and peers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Zones served authoritatively.
@@ -227,6 +236,7 @@ pub struct DnsConfig {
 
 /// One authoritative zone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     /// The zone apex, e.g. `udn.example`.
@@ -251,16 +261,19 @@ fn default_negative_ttl() -> u32 {
 
 /// A DNS server of the network, for sharding and proxying.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Stable name (the rendezvous hash input).
     pub name: String,
     /// Where it listens for DNS (`ip:port`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub addr: std::net::SocketAddr,
 }
 
 /// How a service type is tested by the probes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Name referenced by hostnames, e.g. `http`.
@@ -341,6 +354,7 @@ fn default_timeout() -> u64 {
 
 /// Protocol of a service test.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
     /// HTTP GET.
@@ -358,6 +372,7 @@ pub enum ServiceKind {
 
 /// A geographic location.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Location {
     /// Latitude in degrees, -90..=90.
@@ -368,6 +383,7 @@ pub struct Location {
 
 /// A point of presence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PopConfig {
     /// Short name, e.g. `fra`.
@@ -383,6 +399,7 @@ pub struct PopConfig {
 
 /// A customer origin site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
     /// Site name.
@@ -399,16 +416,19 @@ pub struct OriginConfig {
 
 /// A server: a health-checked unit with one or more addresses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Globally unique name.
     pub name: String,
     /// Its published addresses (IPv4 and/or IPv6).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub addresses: Vec<IpAddr>,
 }
 
 /// A customer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CustomerConfig {
     /// Short name (account id).
@@ -420,6 +440,7 @@ pub struct CustomerConfig {
 
 /// What a hostname answers when every published target is down.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AllDownPolicy {
     /// The hidden standby addresses (or, with none configured, every published one).
@@ -433,6 +454,7 @@ pub enum AllDownPolicy {
 
 /// How targets whose first check has not completed count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum UncheckedPolicy {
     /// As up.
@@ -446,6 +468,7 @@ pub enum UncheckedPolicy {
 /// `latency * rtt_ms + load * load_percent + response_time * response_ms`;
 /// lower is better.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Weighting {
     /// Weight of client-to-POP latency (per ms).
@@ -468,6 +491,7 @@ impl Default for Weighting {
 
 /// Persistence (stickiness) of a hostname.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PersistenceConfig {
     /// How long a client prefix stays on the target it was given, in seconds.
@@ -476,6 +500,7 @@ pub struct PersistenceConfig {
 
 /// A target in a GTM pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// A server name (of a POP or an origin site).
@@ -503,6 +528,7 @@ fn default_near_equal() -> f32 {
 
 /// A GTM hostname.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GtmConfig {
     /// The fully qualified hostname, e.g. `www.shop.example`.
@@ -526,6 +552,7 @@ pub struct GtmConfig {
     /// Hidden standby addresses (not health-checked), given out only when every
     /// published target is down and no standby server is up.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub standby: Vec<IpAddr>,
     /// Hidden standby servers (names of POP or origin servers, health-checked like the
     /// targets): added to the answer candidates while fewer than `min_healthy` published
@@ -559,6 +586,7 @@ pub struct GtmConfig {
 /// A CDN hostname: answered in DNS with the best edge POP, served by the edges from the
 /// origin domain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CdnConfig {
     /// The CDN hostname, e.g. `cdn.shop.example`.
@@ -609,9 +637,11 @@ fn default_cdn_service() -> String {
 
 /// A static mapping: clients in `network` get `target`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StaticMappingConfig {
     /// Client network (CIDR).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub network: Cidr,
     /// A server, POP or origin site name.
     pub target: String,

@@ -47,7 +47,7 @@ pub(crate) fn drop_expired(cfg: &mut udn_core::Config, ttl_secs: u64, now_secs: 
 }
 
 /// Whether a hostname is live or waits for its TXT challenge, and the record to publish.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Verification {
     /// `pending` or `verified`.
     pub status: String,
@@ -57,7 +57,7 @@ pub struct Verification {
 }
 
 /// A TXT record to publish.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TxtRecord {
     /// Its owner name, `_udn-challenge.<hostname>`.
     pub name: String,

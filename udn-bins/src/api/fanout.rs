@@ -496,7 +496,7 @@ pub async fn send_prefill(http: &HttpClient, edge: &EdgeApi, p: &Prefill) -> Res
 /// One row of a page check in ms: STT and END are offsets from the start of the page,
 /// DRT (DNS), COT (connect), TLS, DST (wait for the first byte) and FNT (receive)
 /// durations.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PageRow {
     /// Which pass (1, or 2 for the warm repeat).
     #[serde(default = "first_pass")]
@@ -559,7 +559,7 @@ impl PageRow {
 }
 
 /// One location's page-check result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LocationCheck {
     /// The location (POP).
     pub location: String,

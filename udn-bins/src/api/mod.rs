@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod challenge;
 pub mod fanout;
+pub mod openapi;
 pub mod page;
 pub(crate) mod routes;
 pub mod store_backend;
@@ -38,9 +39,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Mutex, watch};
 use udn_core::{ConfigErrors, Timestamp};
-
-/// The OpenAPI 3.1 description of the API, served at `/v1/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
 /// Start-up options of the control plane's API.
 #[derive(Debug, Clone, Default)]
@@ -298,7 +296,7 @@ pub(crate) fn now() -> Timestamp {
 }
 
 /// One field at fault in a request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Path of the field (in the config: `gtm[0].targets[1].server`; in a request body:
     /// the body's field name).
@@ -458,9 +456,13 @@ impl From<BackendError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 struct ErrorBody {
+    /// What went wrong.
     error: String,
+    /// The fields at fault (validation errors), when any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
 }

@@ -21,11 +21,14 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
 /// The pagination parameters (`limit`, `cursor`), read beside a route's own query.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Items per page.
+    /// Items per page, 1 to 1000 (default 100)
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
-    /// Where the previous page ended.
+    /// Where the previous page ended: the `cursor` of its `Link: <...>; rel="next"`
+    /// header (or `X-Next-Cursor`)
     pub cursor: Option<String>,
 }
 

@@ -4,12 +4,15 @@ use super::auth::{self, Auth};
 use super::backend::*;
 use super::challenge::{self, Verification};
 use super::fanout::{self, LocationCheck};
+use super::openapi::{
+    AuthErrors, ErrorResponse, Errors, JsonObject, OpsAnswer, PublicErrors, ReasonsAnswer,
+    StreamingAnswer, TopAnswer,
+};
 use super::{ApiError, ApiState, FieldError};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,6 +24,7 @@ use udn_core::config::{
     StaticMappingConfig, TargetConfig, canonical_hostname,
 };
 use udn_core::{Config, Timestamp};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Marks a request that arrived over TLS (inserted by `portal::serve_https`), so session
 /// cookies get the `Secure` attribute.
@@ -90,8 +94,10 @@ const LIVE_EVENTS_READ: u32 = 10_000;
 
 /// Every route: served over HTTPS.
 pub(super) fn router(state: ApiState) -> Router {
-    credential_routes()
+    let (routes, _) = credential_routes()
         .merge(machine_routes())
+        .split_for_parts();
+    routes
         .layer(axum::middleware::from_fn(json_errors))
         .fallback(not_found)
         .with_state(state)
@@ -100,7 +106,8 @@ pub(super) fn router(state: ApiState) -> Router {
 /// The routes without any that takes a password or issues a credential: served on the
 /// plain-HTTP listener for roles.
 pub(super) fn machine_router(state: ApiState) -> Router {
-    machine_routes()
+    let (routes, _) = machine_routes().split_for_parts();
+    routes
         .layer(axum::middleware::from_fn(json_errors))
         .fallback(not_found_plain_http)
         .with_state(state)
@@ -197,116 +204,127 @@ fn no_route(method: &axum::http::Method, uri: &axum::http::Uri, hint: &str) -> R
         .into_response()
 }
 
-/// The routes that take a password or issue a credential (HTTPS only).
-fn credential_routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/auth/token", post(token))
-        .route("/v1/me/password", post(change_password))
-        .route("/v1/users", get(users).post(create_user))
-        .route("/v1/users/{name}", axum::routing::delete(delete_user))
-        .route("/v1/tokens", get(tokens_list).post(token_create))
-        .route("/v1/tokens/{id}", axum::routing::delete(token_delete))
+/// The routes that take a password or issue a credential (HTTPS only), with their
+/// OpenAPI description ([`super::openapi`]).
+pub(super) fn credential_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(token))
+        .routes(routes!(change_password))
+        .routes(routes!(users, create_user))
+        .routes(routes!(delete_user))
+        .routes(routes!(tokens_list, token_create))
+        .routes(routes!(token_delete))
 }
 
-fn machine_routes() -> Router<ApiState> {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/me", get(me))
-        .route("/v1/customers", get(customers).post(create_customer))
-        .route(
-            "/v1/customers/{name}",
-            get(customer).put(update_customer).delete(delete_customer),
-        )
-        .route("/v1/cdn", get(cdn_list).post(cdn_create))
-        .route("/v1/cdn/{hostname}/verify", post(cdn_verify))
-        .route("/v1/gtm/{hostname}/verify", post(gtm_verify))
-        .route("/v1/gtm/{hostname}/health", get(gtm_health_get))
-        .route(
-            "/v1/cdn/{hostname}",
-            get(cdn_get).put(cdn_update).delete(cdn_delete),
-        )
-        .route("/v1/gtm", get(gtm_list).post(gtm_create))
-        .route(
-            "/v1/gtm/{hostname}",
-            get(gtm_get).put(gtm_update).delete(gtm_delete),
-        )
-        .route("/v1/gtm/{hostname}/addresses", post(address_add))
-        .route(
-            "/v1/gtm/{hostname}/addresses/{address}",
-            put(address_weight).delete(address_remove),
-        )
-        .route("/v1/gtm/{hostname}/standby", put(standby_set))
-        .route(
-            "/v1/gtm/{hostname}/monitor",
-            get(monitor_get).put(monitor_set),
-        )
-        .route("/v1/static-mappings", get(mappings).post(mapping_add))
-        .route(
-            "/v1/static-mappings/{index}",
-            axum::routing::delete(mapping_delete),
-        )
-        .route("/v1/config", get(config_get).put(config_put))
-        .route("/v1/config/versions/{version}", get(config_version))
-        .route("/v1/purge", get(purge_list).post(purge_create))
-        .route("/v1/purge/{seq}", get(purge_get))
-        .route("/v1/purge/{seq}/cancel", post(purge_cancel))
-        .route("/v1/prefill", post(prefill))
-        .route("/v1/prefill/{seq}", get(prefill_get))
-        .route("/v1/prefill/{seq}/cancel", post(prefill_cancel))
-        .route("/v1/live-events", get(live_events).post(live_event_create))
-        .route("/v1/pagecheck", post(pagecheck))
-        .route("/v1/traffic/cdn", get(traffic_cdn))
-        .route("/v1/streaming", get(streaming))
-        .route("/v1/ops", get(ops))
-        .route("/v1/traffic/cdn/locations", get(traffic_cdn_locations))
-        .route("/v1/traffic/cdn/quality", get(traffic_cdn_quality))
-        .route("/v1/traffic/cdn/top", get(traffic_cdn_top))
-        .route("/v1/traffic/gtm", get(traffic_gtm))
-        .route("/v1/traffic/gtm/locations", get(traffic_gtm_locations))
-        .route("/v1/traffic/gtm/reasons", get(traffic_gtm_reasons))
-        .route("/v1/invoices", get(invoices))
-        .route("/v1/invoices/{id}", get(invoice))
-        .route("/v1/invoices/{id}/html", get(invoice_html))
-        .route("/v1/invoices/{id}/pdf", get(invoice_pdf))
-        .route("/v1/billing/runs", post(billing_run).get(billing_runs))
-        .route(
-            "/v1/billing/invoices/{number}/payments",
-            post(billing_payment),
-        )
-        .route("/v1/signups", get(signups_list))
-        .route("/v1/signups/{account}/approve", post(signup_approve))
-        .route("/v1/signups/{account}/refuse", post(signup_refuse))
-        .route("/v1/billing/invoices/{number}/void", post(billing_void))
-        .route("/v1/billing/invoices/{number}/credit", post(billing_credit))
+/// Every other route, with its OpenAPI description.
+pub(super) fn machine_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(me))
+        .routes(routes!(customers, create_customer))
+        .routes(routes!(customer, update_customer, delete_customer))
+        .routes(routes!(cdn_list, cdn_create))
+        .routes(routes!(cdn_verify))
+        .routes(routes!(gtm_verify))
+        .routes(routes!(gtm_health_get))
+        .routes(routes!(cdn_get, cdn_update, cdn_delete))
+        .routes(routes!(gtm_list, gtm_create))
+        .routes(routes!(gtm_get, gtm_update, gtm_delete))
+        .routes(routes!(address_add))
+        .routes(routes!(address_weight, address_remove))
+        .routes(routes!(standby_set))
+        .routes(routes!(monitor_get, monitor_set))
+        .routes(routes!(mappings, mapping_add))
+        .routes(routes!(mapping_delete))
+        .routes(routes!(config_get, config_put))
+        .routes(routes!(config_version))
+        .routes(routes!(purge_list, purge_create))
+        .routes(routes!(purge_get))
+        .routes(routes!(purge_cancel))
+        .routes(routes!(prefill))
+        .routes(routes!(prefill_get))
+        .routes(routes!(prefill_cancel))
+        .routes(routes!(live_events, live_event_create))
+        .routes(routes!(pagecheck))
+        .routes(routes!(traffic_cdn))
+        .routes(routes!(streaming))
+        .routes(routes!(ops))
+        .routes(routes!(traffic_cdn_locations))
+        .routes(routes!(traffic_cdn_quality))
+        .routes(routes!(traffic_cdn_top))
+        .routes(routes!(traffic_gtm))
+        .routes(routes!(traffic_gtm_locations))
+        .routes(routes!(traffic_gtm_reasons))
+        .routes(routes!(invoices))
+        .routes(routes!(invoice))
+        .routes(routes!(invoice_html))
+        .routes(routes!(invoice_pdf))
+        .routes(routes!(billing_run, billing_runs))
+        .routes(routes!(billing_payment))
+        .routes(routes!(signups_list))
+        .routes(routes!(signup_approve))
+        .routes(routes!(signup_refuse))
+        .routes(routes!(billing_void))
+        .routes(routes!(billing_credit))
 }
 
+#[utoipa::path(
+    get, path = "/health", tag = "meta",
+    summary = "Liveness",
+    responses((status = 200, description = "success", body = String), PublicErrors),
+    security(())
+)]
+async fn health() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "meta",
+    summary = "This document",
+    responses((status = 200, description = "success"), PublicErrors),
+    security(())
+)]
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::OPENAPI_JSON,
+        super::openapi::json(),
     )
         .into_response()
 }
 
 // ---------------------------------------------------------------- auth
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Login)]
 struct LoginBody {
     username: String,
+    #[schema(format = Password)]
     password: String,
 }
 
-#[derive(Serialize)]
+/// A new login session: the user, the CSRF token to send as `X-CSRF-Token` on
+/// changes, and when the session ends (ms since the epoch).
+#[derive(Serialize, utoipa::ToSchema)]
 struct LoginAnswer {
     user: User,
     csrf: String,
     expires_at: udn_core::Timestamp,
 }
 
+#[utoipa::path(
+    post, path = "/v1/auth/login", tag = "auth",
+    summary = "Log in; sets the HttpOnly SameSite=Strict session cookie `udn_session` and returns the CSRF token to send as `X-CSRF-Token` on changes",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "success", body = LoginAnswer),
+        PublicErrors, (status = 429, response = ErrorResponse)
+    ),
+    security(())
+)]
 async fn login(
     State(st): State<ApiState>,
     IsTls(tls): IsTls,
@@ -327,6 +345,11 @@ async fn login(
     Ok(resp)
 }
 
+#[utoipa::path(
+    post, path = "/v1/auth/logout", tag = "auth",
+    summary = "End the session",
+    responses((status = 204, description = "success"), Errors)
+)]
 async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiResult<Response> {
     let t = a.token.clone();
     st.db(move |b| b.accounts.delete_session(&t)).await?;
@@ -337,7 +360,8 @@ async fn logout(State(st): State<ApiState>, IsTls(tls): IsTls, a: Auth) -> ApiRe
     Ok(resp)
 }
 
-#[derive(Serialize)]
+/// A new API token (`Authorization: Bearer <token>`), its user and expiry.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TokenAnswer {
     token: String,
     user: User,
@@ -346,6 +370,16 @@ struct TokenAnswer {
 
 /// Logs in and issues an API token named `login` with every scope, for a year: the
 /// one-call way for scripts (`POST /v1/tokens` picks the name, scopes and expiry).
+#[utoipa::path(
+    post, path = "/v1/auth/token", tag = "auth",
+    summary = "Log in and issue an API token named `login` with every scope for a year (HTTPS only; `POST /v1/tokens` chooses name, scopes and expiry)",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "success", body = TokenAnswer),
+        PublicErrors, (status = 429, response = ErrorResponse)
+    ),
+    security(())
+)]
 async fn token(
     State(st): State<ApiState>,
     ClientIp(ip): ClientIp,
@@ -404,19 +438,23 @@ async fn issue_token(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
+    #[schema(value_type = Vec<Scope>)]
     scopes: Vec<String>,
+    #[schema(minimum = 1, maximum = 365)]
     expires_in_days: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     #[serde(flatten)]
     token: ApiToken,
-    /// The secret: shown only here.
+    /// `udn_` and 64 hex digits; send as `Authorization: Bearer <secret>`; stored only as
+    /// its SHA-256 (shown only here).
     secret: String,
 }
 
@@ -430,6 +468,15 @@ fn require_login_session(a: &Auth) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post, path = "/v1/tokens", tag = "auth",
+    summary = "Create an API token; the secret is in this answer only (login session only, HTTPS only)",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "success", body = CreatedToken),
+        Errors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn token_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -471,6 +518,15 @@ async fn token_create(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tokens", tag = "auth",
+    summary = "The caller's API tokens, without secrets (login session only, HTTPS only)",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<ApiToken>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn tokens_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -483,6 +539,12 @@ async fn tokens_list(
     page(list, |t| vec![Part::Up(t.id)], &p, &uri)
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tokens/{id}", tag = "auth",
+    summary = "Revoke one of the caller's API tokens",
+    params(("id" = u64, Path, description = "Token id")),
+    responses((status = 204, description = "success"), Errors)
+)]
 async fn token_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -503,10 +565,12 @@ async fn token_delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
+    #[schema(format = Password)]
     current: String,
+    #[schema(format = Password, min_length = 8, max_length = 1024)]
     new: String,
 }
 
@@ -521,6 +585,15 @@ fn check_new_password(field: &str, p: &str) -> ApiResult<()> {
 
 /// Changes the caller's password (the current one is checked through the login
 /// limiter) and ends every other session of theirs.
+#[utoipa::path(
+    post, path = "/v1/me/password", tag = "auth",
+    summary = "Change the caller's password (login session only; the current password goes through the login limiter); ends every other session of the user (HTTPS only)",
+    request_body = inline(PasswordChange),
+    responses(
+        (status = 204, description = "success"),
+        Errors, (status = 429, response = ErrorResponse)
+    )
+)]
 async fn change_password(
     State(st): State<ApiState>,
     ClientIp(ip): ClientIp,
@@ -547,6 +620,15 @@ async fn change_password(
 
 /// Deletes a user with their sessions and tokens: an admin any other user, a customer's
 /// user another user of the same customer.
+#[utoipa::path(
+    delete, path = "/v1/users/{name}", tag = "users",
+    summary = "Delete a user with their sessions and API tokens: an admin any other user, a customer's user another user of the same customer (HTTPS only)",
+    params(("name" = String, Path, description = "Login name")),
+    responses(
+        (status = 204, description = "success"),
+        Errors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn delete_user(
     State(st): State<ApiState>,
     a: Auth,
@@ -577,12 +659,18 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+/// The caller and its CSRF token.
+#[derive(Serialize, utoipa::ToSchema)]
 struct MeAnswer {
     user: User,
     csrf: String,
 }
 
+#[utoipa::path(
+    get, path = "/v1/me", tag = "auth",
+    summary = "The caller and its CSRF token",
+    responses((status = 200, description = "success", body = MeAnswer), Errors)
+)]
 async fn me(a: Auth) -> Json<MeAnswer> {
     Json(MeAnswer {
         user: a.user,
@@ -590,6 +678,15 @@ async fn me(a: Auth) -> Json<MeAnswer> {
     })
 }
 
+#[utoipa::path(
+    get, path = "/v1/users", tag = "users",
+    summary = "List users (admin; HTTPS only)",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<User>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn users(
     State(st): State<ApiState>,
     a: Auth,
@@ -601,16 +698,23 @@ async fn users(
     page(list, |u| vec![Part::Asc(u.username.clone())], &p, &uri)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     username: String,
+    #[schema(format = Password, min_length = 8, max_length = 1024)]
     password: String,
     role: Role,
     #[serde(default)]
     customer: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/users", tag = "users",
+    summary = "Create a user (admin; HTTPS only)",
+    request_body = NewUser,
+    responses((status = 201, description = "success", body = User), Errors)
+)]
 async fn create_user(
     State(st): State<ApiState>,
     a: Auth,
@@ -972,11 +1076,22 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> ApiResult<T> {
 
 // ---------------------------------------------------------------- customers
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CustomerQuery {
+    /// Admin only: restrict to one customer (a customer may only name itself)
     customer: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/customers", tag = "customers",
+    summary = "Customers the caller may see",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<CustomerConfig>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn customers(
     State(st): State<ApiState>,
     a: Auth,
@@ -994,6 +1109,12 @@ async fn customers(
     page(list, |c| vec![Part::Asc(c.name.clone())], &p, &uri)
 }
 
+#[utoipa::path(
+    get, path = "/v1/customers/{name}", tag = "customers",
+    summary = "One customer",
+    params(("name" = String, Path, description = "Customer name")),
+    responses((status = 200, description = "success", body = CustomerConfig), Errors)
+)]
 async fn customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1018,6 +1139,12 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers", tag = "customers",
+    summary = "Create a customer (admin)",
+    request_body = CustomerConfig,
+    responses((status = 201, description = "success", body = CustomerConfig), Errors)
+)]
 async fn create_customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1037,6 +1164,13 @@ async fn create_customer(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    put, path = "/v1/customers/{name}", tag = "customers",
+    summary = "Change the display name",
+    params(("name" = String, Path, description = "Customer name")),
+    request_body = CustomerConfig,
+    responses((status = 200, description = "success", body = CustomerConfig), Errors)
+)]
 async fn update_customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1062,6 +1196,12 @@ async fn update_customer(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/customers/{name}", tag = "customers",
+    summary = "Delete a customer (admin)",
+    params(("name" = String, Path, description = "Customer name")),
+    responses((status = 204, description = "success"), Errors)
+)]
 async fn delete_customer(
     State(st): State<ApiState>,
     a: Auth,
@@ -1092,6 +1232,29 @@ pub struct CdnView {
     pub verification: Verification,
 }
 
+// Described by hand from its parts: the derived schema of a flattened `CdnConfig`
+// (`deny_unknown_fields`, so `additionalProperties: false`) would refuse `verification`.
+impl utoipa::PartialSchema for CdnView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        super::openapi::flattened::<CdnConfig>(
+            "A CDN hostname with its verification state.",
+            [("verification", super::openapi::reference::<Verification>())],
+        )
+    }
+}
+
+impl utoipa::ToSchema for CdnView {
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        super::openapi::collect::<CdnConfig>(out);
+        super::openapi::collect::<Verification>(out);
+    }
+}
+
 fn cdn_view(c: &CdnConfig) -> CdnView {
     CdnView {
         verification: challenge::verification(&c.hostname, c.challenge.as_deref()),
@@ -1099,6 +1262,15 @@ fn cdn_view(c: &CdnConfig) -> CdnView {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/cdn", tag = "cdn",
+    summary = "CDN hostnames",
+    params(CustomerQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<CdnView>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn cdn_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -1123,6 +1295,12 @@ async fn cdn_list(
     )
 }
 
+#[utoipa::path(
+    get, path = "/v1/cdn/{hostname}", tag = "cdn",
+    summary = "One CDN hostname",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 200, description = "success", body = CdnView), Errors)
+)]
 async fn cdn_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1135,6 +1313,12 @@ async fn cdn_get(
     Ok(Json(cdn_view(&cfg.cdn[i])))
 }
 
+#[utoipa::path(
+    post, path = "/v1/cdn", tag = "cdn",
+    summary = "Add a CDN hostname (customer defaults to the caller's)",
+    request_body = CdnConfig,
+    responses((status = 201, description = "success", body = CdnView), Errors)
+)]
 async fn cdn_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -1156,6 +1340,13 @@ async fn cdn_create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    put, path = "/v1/cdn/{hostname}", tag = "cdn",
+    summary = "Replace a CDN hostname",
+    params(("hostname" = String, Path, description = "The hostname")),
+    request_body = CdnConfig,
+    responses((status = 200, description = "success", body = CdnView), Errors)
+)]
 async fn cdn_update(
     State(st): State<ApiState>,
     a: Auth,
@@ -1193,6 +1384,15 @@ async fn cdn_update(
 
 /// `POST /v1/cdn/{hostname}/verify`: checks the hostname's TXT challenge with a real
 /// DNS query and, when it matches, makes the hostname live.
+#[utoipa::path(
+    post, path = "/v1/cdn/{hostname}/verify", tag = "cdn",
+    summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses(
+        (status = 200, description = "verified (or already verified)", body = CdnView),
+        Errors, (status = 502, response = ErrorResponse)
+    )
+)]
 async fn cdn_verify(
     State(st): State<ApiState>,
     a: Auth,
@@ -1217,6 +1417,12 @@ async fn cdn_verify(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/cdn/{hostname}", tag = "cdn",
+    summary = "Remove a CDN hostname",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 204, description = "success"), Errors)
+)]
 async fn cdn_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -1233,20 +1439,21 @@ async fn cdn_delete(
 // ---------------------------------------------------------------- GTM
 
 /// One published address of a GTM hostname, with its site.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetView {
     /// The server name.
     pub server: String,
     /// Its origin site or POP.
     pub site: Option<String>,
     /// Its addresses.
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     /// Its weight.
     pub weight: u32,
 }
 
 /// A GTM hostname with its targets resolved to sites and addresses.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GtmView {
     /// The hostname's configuration.
     pub config: GtmConfig,
@@ -1281,6 +1488,15 @@ pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/gtm", tag = "gtm",
+    summary = "GTM hostnames with their targets' sites and addresses",
+    params(CustomerQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<GtmView>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn gtm_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -1305,6 +1521,12 @@ async fn gtm_list(
     )
 }
 
+#[utoipa::path(
+    get, path = "/v1/gtm/{hostname}", tag = "gtm",
+    summary = "One GTM hostname",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 200, description = "success", body = GtmView), Errors)
+)]
 async fn gtm_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1324,7 +1546,7 @@ const HEALTH_LOOKBACK_MS: u64 = 3_600_000;
 const HEALTH_SHIPPING_SLACK_MS: u64 = 30_000;
 
 /// One probe's view of a GTM target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProbeView {
     /// The probe's POP.
     pub pop: String,
@@ -1339,7 +1561,7 @@ pub struct ProbeView {
 }
 
 /// A GTM target with its live health.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TargetHealth {
     /// The target as [`gtm_view`] shows it.
     #[serde(flatten)]
@@ -1354,7 +1576,7 @@ pub struct TargetHealth {
 }
 
 /// A GTM hostname's targets with their live health at `now`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GtmHealth {
     /// The hostname.
     pub hostname: String,
@@ -1452,6 +1674,11 @@ pub(crate) async fn recent_checks(
 /// `GET /v1/gtm/{hostname}/health`: each target's live health (up, down, stale or
 /// unmonitored), its last check and every probe's view, from the probes' service
 /// records in the log store.
+#[utoipa::path(
+    get, path = "/v1/gtm/{hostname}/health", tag = "gtm",
+    summary = "Live health of the hostname's targets: up, down, stale or unmonitored, the last check and each probe's view (from the probes' service records in the log store)",
+    responses((status = 200, description = "each target with its health", body = GtmHealth), Errors)
+)]
 async fn gtm_health_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1465,6 +1692,12 @@ async fn gtm_health_get(
     Ok(Json(gtm_health(cfg, &cfg.gtm[i], &checks, now)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/gtm", tag = "gtm",
+    summary = "Add a GTM hostname",
+    request_body = GtmConfig,
+    responses((status = 201, description = "success", body = GtmView), Errors)
+)]
 async fn gtm_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -1486,6 +1719,13 @@ async fn gtm_create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    put, path = "/v1/gtm/{hostname}", tag = "gtm",
+    summary = "Replace a GTM hostname (weights, standby, persistence, weighting, TTL...)",
+    params(("hostname" = String, Path, description = "The hostname")),
+    request_body = GtmConfig,
+    responses((status = 200, description = "success", body = GtmView), Errors)
+)]
 async fn gtm_update(
     State(st): State<ApiState>,
     a: Auth,
@@ -1522,6 +1762,15 @@ async fn gtm_update(
 
 /// `POST /v1/gtm/{hostname}/verify`: checks the hostname's TXT challenge with a real
 /// DNS query and, when it matches, makes the hostname live.
+#[utoipa::path(
+    post, path = "/v1/gtm/{hostname}/verify", tag = "gtm",
+    summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses(
+        (status = 200, description = "verified (or already verified)", body = GtmView),
+        Errors, (status = 502, response = ErrorResponse)
+    )
+)]
 async fn gtm_verify(
     State(st): State<ApiState>,
     a: Auth,
@@ -1546,6 +1795,12 @@ async fn gtm_verify(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/gtm/{hostname}", tag = "gtm",
+    summary = "Remove a GTM hostname",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 204, description = "success"), Errors)
+)]
 async fn gtm_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -1600,11 +1855,12 @@ where
 }
 
 /// Body of `POST /v1/gtm/{hostname}/addresses`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAddress {
     /// The address to publish (a server with it is created when none exists).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub address: Option<IpAddr>,
     /// An existing server to publish instead of an address.
     #[serde(default)]
@@ -1693,6 +1949,13 @@ pub(crate) fn target_index(cfg: &Config, i: usize, key: &str) -> Option<usize> {
     })
 }
 
+#[utoipa::path(
+    post, path = "/v1/gtm/{hostname}/addresses", tag = "gtm",
+    summary = "Publish an address (creating its server in an origin site) or an existing server",
+    params(("hostname" = String, Path, description = "The hostname")),
+    request_body = NewAddress,
+    responses((status = 201, description = "success", body = GtmView), Errors)
+)]
 async fn address_add(
     State(st): State<ApiState>,
     a: Auth,
@@ -1709,12 +1972,19 @@ async fn address_add(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WeightBody {
     weight: u32,
 }
 
+#[utoipa::path(
+    put, path = "/v1/gtm/{hostname}/addresses/{address}", tag = "gtm",
+    summary = "Change a target's weight",
+    params(("hostname" = String, Path, description = "The hostname"), ("address" = String, Path, description = "An address or server name")),
+    request_body = inline(WeightBody),
+    responses((status = 200, description = "success", body = GtmView), Errors)
+)]
 async fn address_weight(
     State(st): State<ApiState>,
     a: Auth,
@@ -1731,6 +2001,12 @@ async fn address_weight(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/gtm/{hostname}/addresses/{address}", tag = "gtm",
+    summary = "Stop publishing an address",
+    params(("hostname" = String, Path, description = "The hostname"), ("address" = String, Path, description = "An address or server name")),
+    responses((status = 200, description = "success", body = GtmView), Errors)
+)]
 async fn address_remove(
     State(st): State<ApiState>,
     a: Auth,
@@ -1745,12 +2021,21 @@ async fn address_remove(
     Ok(Json(view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StandbyBody {
+    /// IPv4 or IPv6 addresses.
+    #[schema(value_type = Vec<String>)]
     standby: Vec<IpAddr>,
 }
 
+#[utoipa::path(
+    put, path = "/v1/gtm/{hostname}/standby", tag = "gtm",
+    summary = "Set the hidden standby addresses",
+    params(("hostname" = String, Path, description = "The hostname")),
+    request_body = inline(StandbyBody),
+    responses((status = 200, description = "success", body = GtmView), Errors)
+)]
 async fn standby_set(
     State(st): State<ApiState>,
     a: Auth,
@@ -1769,6 +2054,12 @@ async fn standby_set(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    get, path = "/v1/gtm/{hostname}/monitor", tag = "gtm",
+    summary = "How the hostname's service is monitored",
+    params(("hostname" = String, Path, description = "The hostname")),
+    responses((status = 200, description = "success", body = ServiceConfig), Errors)
+)]
 async fn monitor_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -1835,6 +2126,13 @@ pub(crate) fn set_monitor(cfg: &mut Config, i: usize, mut v: Value) -> ApiResult
     Ok(svc)
 }
 
+#[utoipa::path(
+    put, path = "/v1/gtm/{hostname}/monitor", tag = "gtm",
+    summary = "Change monitoring (creates the hostname's own service `mon-<hostname>`)",
+    params(("hostname" = String, Path, description = "The hostname")),
+    request_body = ServiceConfig,
+    responses((status = 200, description = "success", body = ServiceConfig), Errors)
+)]
 async fn monitor_set(
     State(st): State<ApiState>,
     a: Auth,
@@ -1876,6 +2174,36 @@ struct MappingView {
     mapping: StaticMappingConfig,
 }
 
+// Described by hand from its parts, as [`CdnView`] is.
+impl utoipa::PartialSchema for MappingView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        super::openapi::flattened::<StaticMappingConfig>(
+            "A static mapping with its index in the list.",
+            [("index", <usize as utoipa::PartialSchema>::schema())],
+        )
+    }
+}
+
+impl utoipa::ToSchema for MappingView {
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        super::openapi::collect::<StaticMappingConfig>(out);
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/static-mappings", tag = "gtm",
+    summary = "Static mappings of the caller's hostnames (with their index)",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<MappingView>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn mappings(
     State(st): State<ApiState>,
     a: Auth,
@@ -1906,6 +2234,12 @@ async fn mappings(
     )
 }
 
+#[utoipa::path(
+    post, path = "/v1/static-mappings", tag = "gtm",
+    summary = "Add a static mapping (customers must name their hostnames)",
+    request_body = StaticMappingConfig,
+    responses((status = 201, description = "success", body = StaticMappingConfig), Errors)
+)]
 async fn mapping_add(
     State(st): State<ApiState>,
     a: Auth,
@@ -1940,6 +2274,12 @@ async fn mapping_add(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/static-mappings/{index}", tag = "gtm",
+    summary = "Remove a static mapping",
+    params(("index" = u64, Path, description = "Index in the list")),
+    responses((status = 204, description = "success"), Errors)
+)]
 async fn mapping_delete(
     State(st): State<ApiState>,
     a: Auth,
@@ -1960,10 +2300,14 @@ async fn mapping_delete(
 
 // ---------------------------------------------------------------- config distribution
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConfigQuery {
+    /// The version the caller has
     since: Option<u64>,
+    /// Seconds to wait for a newer version
     wait: Option<u64>,
+    /// `toml` for TOML text
     format: Option<String>,
 }
 
@@ -1971,6 +2315,16 @@ fn etag(version: u64) -> String {
     format!("\"v{version}\"")
 }
 
+#[utoipa::path(
+    get, path = "/v1/config", tag = "config",
+    summary = "Current network configuration snapshot (admins; the roles read theirs on the control plane's mutual-TLS machine listener, see docs/api.md). Conditional GET with If-None-Match (ETag `\"v<version>\"`) answers 304; `since=V&wait=S` long-polls up to S (max 60) seconds for a version other than V",
+    params(ConfigQuery),
+    responses(
+        (status = 200, description = "success", body = ConfigSnapshot),
+        (status = 304, description = "not modified"),
+        Errors
+    )
+)]
 async fn config_get(
     State(st): State<ApiState>,
     headers: HeaderMap,
@@ -2038,7 +2392,7 @@ impl FromRequestParts<ApiState> for ConfigReader {
 pub fn role_config_router(state: ApiState, revoked: crate::pki::Revocations) -> Router {
     use crate::pki::InstanceRole;
     Router::new()
-        .route("/v1/config", get(role_config_get))
+        .route("/v1/config", axum::routing::get(role_config_get))
         .route_layer(axum::middleware::from_fn(|req, next| {
             crate::pki::require_roles(
                 &[InstanceRole::Dns, InstanceRole::Edge, InstanceRole::Probe],
@@ -2104,18 +2458,31 @@ async fn role_config_get(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfigPut {
+    /// The version this change is based on: refused (409) when another is current.
     base: Option<u64>,
+    /// The new configuration (read as JSON here, then checked field by field).
+    #[schema(value_type = Config)]
     config: Value,
 }
 
-#[derive(Serialize)]
+/// The version a change was stored as.
+#[derive(Serialize, utoipa::ToSchema)]
 struct VersionAnswer {
     version: u64,
 }
 
+#[utoipa::path(
+    put, path = "/v1/config", tag = "config",
+    summary = "Replace the whole configuration (admin); `base` guards against lost updates",
+    request_body = inline(ConfigPut),
+    responses(
+        (status = 200, description = "success", body = inline(VersionAnswer)),
+        Errors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn config_put(
     State(st): State<ApiState>,
     a: Auth,
@@ -2147,6 +2514,12 @@ async fn config_put(
     Ok(Json(VersionAnswer { version }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/config/versions/{version}", tag = "config",
+    summary = "One past configuration version (admin)",
+    params(("version" = u64, Path, description = "Version number")),
+    responses((status = 200, description = "success", body = ConfigSnapshot), Errors)
+)]
 async fn config_version(
     State(st): State<ApiState>,
     a: Auth,
@@ -2194,8 +2567,9 @@ fn purge_reason(e: &udn_cache::PurgeError) -> String {
 }
 
 /// A purge request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PurgeRequest)]
 pub struct PurgeBody {
     /// `url`, `prefix` or `domain`.
     pub scope: PurgeScope,
@@ -2204,7 +2578,7 @@ pub struct PurgeBody {
 }
 
 /// A purge with its propagation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurgeView {
     /// The purge.
     #[serde(flatten)]
@@ -2258,6 +2632,12 @@ pub(crate) async fn start_purge(st: &ApiState, a: &Auth, b: PurgeBody) -> ApiRes
     purge_view(st, p).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/purge", tag = "purge",
+    summary = "Invalidate a URL, directory (prefix) or domain on every edge; answers at once with the sequence number, delivery continues in the background and retries edges that are down",
+    request_body = PurgeBody,
+    responses((status = 202, description = "success", body = PurgeView), Errors)
+)]
 async fn purge_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -2268,11 +2648,22 @@ async fn purge_create(
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Admin only: restrict to one customer (a customer may only name itself)
     customer: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/purge", tag = "purge",
+    summary = "Recent purges with their propagation",
+    params(ListQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<PurgeView>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn purge_list(
     State(st): State<ApiState>,
     a: Auth,
@@ -2309,6 +2700,12 @@ async fn purge_list(
     )
 }
 
+#[utoipa::path(
+    get, path = "/v1/purge/{seq}", tag = "purge",
+    summary = "One purge and how many edges applied it",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses((status = 200, description = "success", body = PurgeView), Errors)
+)]
 async fn purge_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -2322,14 +2719,14 @@ async fn purge_get(
     Ok(Json(purge_view(&st, p).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PrefillBody {
     urls: Vec<String>,
 }
 
 /// A prefill with its propagation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrefillView {
     /// The prefill.
     #[serde(flatten)]
@@ -2353,6 +2750,12 @@ async fn prefill_view(st: &ApiState, p: Prefill) -> ApiResult<PrefillView> {
     })
 }
 
+#[utoipa::path(
+    post, path = "/v1/prefill", tag = "purge",
+    summary = "Ask every edge to fetch URLs into its cache; numbered and retried like purges (delivered after pending purges)",
+    request_body = inline(PrefillBody),
+    responses((status = 202, description = "success", body = PrefillView), Errors)
+)]
 async fn prefill(
     State(st): State<ApiState>,
     a: Auth,
@@ -2410,20 +2813,27 @@ pub const MAX_LIVE_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const LIVE_START_GRACE_MS: u64 = 5 * 60 * 1000;
 
 /// `POST /v1/live-events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LiveEventBody {
+    /// A verified CDN hostname of the caller's
     hostname: String,
+    /// An HLS playlist (.m3u8) URL on that hostname, at most 2048 bytes
     playlist_url: String,
+    /// Start, ms since the epoch: at most 5 minutes past, at most a year ahead
     starts_at: u64,
+    /// End, ms since the epoch: after the start, at most 7 days later (default a day
+    /// after the start)
     #[serde(default)]
     ends_at: Option<u64>,
+    /// Segments each edge prefills, all variants together (default 10)
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     max_segments: Option<u32>,
 }
 
 /// A live event with its prefill's progress on the edges.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveEventView {
     /// The event.
     #[serde(flatten)]
@@ -2538,6 +2948,15 @@ fn check_live_event(
 
 /// `POST /v1/live-events`: registers a live event; every edge prefills its playlist
 /// and segments from [`super::fanout::LIVE_PREFILL_LEAD`] before its start.
+#[utoipa::path(
+    post, path = "/v1/live-events", tag = "purge",
+    summary = "Register a live event: every edge prefills its playlist and segments from 10 minutes before the start until the end; at most 20 events that have not ended per customer (409 beyond)",
+    request_body = inline(LiveEventBody),
+    responses(
+        (status = 201, description = "success", body = LiveEventView),
+        Errors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn live_event_create(
     State(st): State<ApiState>,
     a: Auth,
@@ -2569,6 +2988,15 @@ async fn live_event_create(
 
 /// `GET /v1/live-events[?customer=]`: the caller's events (an admin's: all, or one
 /// customer's), newest start first.
+#[utoipa::path(
+    get, path = "/v1/live-events", tag = "purge",
+    summary = "The caller's live events (an admin's: all, or one customer's), newest start first, each with its prefill's progress per edge",
+    params(ListQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<LiveEventView>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn live_events(
     State(st): State<ApiState>,
     a: Auth,
@@ -2598,6 +3026,12 @@ async fn live_events(
     )
 }
 
+#[utoipa::path(
+    get, path = "/v1/prefill/{seq}", tag = "purge",
+    summary = "One prefill and how many edges accepted it",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses((status = 200, description = "success", body = PrefillView), Errors)
+)]
 async fn prefill_get(
     State(st): State<ApiState>,
     a: Auth,
@@ -2613,6 +3047,15 @@ async fn prefill_get(
 
 /// `POST /v1/purge/{seq}/cancel` (admins): the purge becomes `cancelled` on every
 /// edge that has not applied it, and their queues move on.
+#[utoipa::path(
+    post, path = "/v1/purge/{seq}/cancel", tag = "purge",
+    summary = "Admins: cancel a purge on every edge that has not applied it (its state there becomes `cancelled`; delivery moves on)",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "the purge with its per-edge states", body = PurgeView),
+        AuthErrors
+    )
+)]
 async fn purge_cancel(
     State(st): State<ApiState>,
     a: Auth,
@@ -2634,6 +3077,15 @@ async fn purge_cancel(
 }
 
 /// `POST /v1/prefill/{seq}/cancel` (admins), like [`purge_cancel`].
+#[utoipa::path(
+    post, path = "/v1/prefill/{seq}/cancel", tag = "purge",
+    summary = "Admins: cancel a prefill on every edge that has not applied it (its state there becomes `cancelled`; delivery moves on)",
+    params(("seq" = u64, Path, description = "Sequence number")),
+    responses(
+        (status = 200, description = "the prefill with its per-edge states", body = PrefillView),
+        AuthErrors
+    )
+)]
 async fn prefill_cancel(
     State(st): State<ApiState>,
     a: Auth,
@@ -2655,8 +3107,9 @@ async fn prefill_cancel(
 }
 
 /// A page-check request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PageCheckRequest)]
 pub struct PageCheckBody {
     /// The page.
     pub url: String,
@@ -2673,7 +3126,7 @@ pub struct PageCheckBody {
 }
 
 /// Page-check results per location.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PageCheckAnswer {
     /// The page.
     pub url: String,
@@ -2733,6 +3186,12 @@ pub(crate) async fn run_pagecheck(
     })
 }
 
+#[utoipa::path(
+    post, path = "/v1/pagecheck", tag = "tests",
+    summary = "Run a page check from the chosen probe locations",
+    request_body = PageCheckBody,
+    responses((status = 200, description = "success", body = PageCheckAnswer), Errors)
+)]
 async fn pagecheck(
     State(st): State<ApiState>,
     a: Auth,
@@ -2747,14 +3206,24 @@ async fn pagecheck(
 /// The query of every traffic series: the range ([`super::timerange::RangeParams`]:
 /// `from`, `to`, `tz`, `hours`), the customer (admins), one hostname (`host`), and the
 /// answer's format (`format=csv|json`; without it `Accept: text/csv` asks for CSV).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TrafficQuery {
+    /// Admin only: restrict to one customer (a customer may only name itself)
     pub(crate) customer: Option<String>,
+    /// One CDN or GTM hostname (default all)
     pub(crate) host: Option<String>,
+    /// Start of the range: RFC 3339 (`2026-12-01T00:00:00Z`) or a local date-time
+    /// (`2026-12-01T00:00`) read in `tz`
     pub(crate) from: Option<String>,
+    /// End of the range (exclusive), same forms; default the end of the last complete
+    /// minute
     pub(crate) to: Option<String>,
+    /// IANA time zone of the answer's times and of local `from`/`to` (default UTC)
     pub(crate) tz: Option<String>,
+    /// Without `from`: the last N hours before `to`, 1..43920 (default 24)
     pub(crate) hours: Option<u64>,
+    /// `json` (default) or `csv`; `Accept: text/csv` also asks for CSV
     pub(crate) format: Option<String>,
 }
 
@@ -2813,17 +3282,30 @@ impl TrafficQuery {
 /// A traffic answer: the range it covers (`from`, `to`: RFC 3339 in `tz`; `from_ms`,
 /// `to_ms`: ms since the epoch), the bucket of its points (`granularity`, `step_ms`; a
 /// point's `minute` is its bucket's start) and the filters applied.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Series<T> {
+    /// The customer in scope (`null`: all).
     customer: Option<String>,
+    /// The hostname in scope (`null`: all).
     host: Option<String>,
+    /// Start of the range covered (widened to whole buckets), RFC 3339 in `tz`
+    #[schema(format = DateTime)]
     from: String,
+    /// End of the range covered (exclusive), RFC 3339 in `tz`
+    #[schema(format = DateTime)]
     to: String,
+    /// `from` in ms since the epoch.
     from_ms: udn_core::Timestamp,
+    /// `to` in ms since the epoch.
     to_ms: udn_core::Timestamp,
+    /// The answer's time zone.
     tz: String,
+    /// minute up to 2 days, hour up to 90 days, day beyond
+    #[schema(value_type = String, pattern = "^(minute|hour|day)$")]
     granularity: &'static str,
+    /// The buckets' length in ms.
     step_ms: u64,
+    /// One point per bucket (and key).
     points: Vec<T>,
 }
 
@@ -2914,8 +3396,21 @@ pub(crate) async fn traffic_rows<T: Send + 'static>(
     Ok((rows, r, customer, host))
 }
 
+/// A traffic series handler `$name` at `GET $path` reading `Traffic::$method` rows of
+/// `$ty` (CSV file name `$file`), described by `$summary` and its answer by `$ok`.
 macro_rules! traffic_handler {
-    ($name:ident, $method:ident, $ty:ty, $file:literal) => {
+    ($name:ident, $method:ident, $ty:ty, $file:literal, $path:literal, $summary:literal, $ok:literal) => {
+        #[utoipa::path(
+                    get, path = $path, tag = "traffic",
+                    summary = $summary,
+                    params(TrafficQuery),
+                    responses(
+                        (status = 200, description = $ok, content(
+                            (inline(Series<$ty>) = "application/json"), (String = "text/csv")
+                        )),
+                        Errors, (status = 400, response = ErrorResponse)
+                    )
+                )]
         async fn $name(
             State(st): State<ApiState>,
             a: Auth,
@@ -2975,12 +3470,23 @@ macro_rules! traffic_handler {
     };
 }
 
-traffic_handler!(traffic_cdn, cdn_traffic, TrafficPoint, "cdn-traffic");
+traffic_handler!(
+    traffic_cdn,
+    cdn_traffic,
+    TrafficPoint,
+    "cdn-traffic",
+    "/v1/traffic/cdn",
+    "CDN bytes and hits per bucket (minute, hour or day by the range's length)",
+    "the series as JSON, or as CSV (`format=csv`)"
+);
 traffic_handler!(
     traffic_cdn_quality,
     cdn_quality,
     crate::store::quality::QualityPoint,
-    "cdn-quality"
+    "cdn-quality",
+    "/v1/traffic/cdn/quality",
+    "CDN service quality per bucket: status classes, cache outcomes and hit ratio, origin errors, response-time percentiles (p50, p95, p99) from the per-rollup histogram",
+    "the series as JSON, or as CSV (`format=csv`: time,requests,s1xx..s5xx,hits,misses,stale,revalidated,bypass,hit_ratio,origin_errors,p50_ms,p95_ms,p99_ms)"
 );
 
 impl CsvRow for crate::store::quality::QualityPoint {
@@ -3031,6 +3537,15 @@ impl CsvRow for crate::store::quality::QualityPoint {
 /// `GET /v1/traffic/gtm/reasons`: the GTM's answers per decision reason (`latency`,
 /// `sticky`, `static`, `standby`, `weighted`, ...) over the range, most first, for the
 /// customer in scope (and `host`). CSV: `reason,answers`.
+#[utoipa::path(
+    get, path = "/v1/traffic/gtm/reasons", tag = "traffic",
+    summary = "GTM answers per decision reason (latency, sticky, static, standby, weighted, ...) over the range, most first",
+    params(TrafficQuery),
+    responses(
+        (status = 200, description = "the reasons as JSON, or as CSV (`format=csv`: reason,answers)", content((inline(ReasonsAnswer) = "application/json"), (String = "text/csv"))),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn traffic_gtm_reasons(
     State(st): State<ApiState>,
     a: Auth,
@@ -3065,6 +3580,15 @@ async fn traffic_gtm_reasons(
 /// `GET /v1/traffic/cdn/top`: the 20 URLs and the 20 client networks (/24, /48) with
 /// the most responses in the range, for the customer in scope (and `host`), read from
 /// the raw records (so within the raw retention). CSV: `list,host,key,requests,bytes`.
+#[utoipa::path(
+    get, path = "/v1/traffic/cdn/top", tag = "traffic",
+    summary = "The 20 URLs and the 20 client networks (/24, /48) with the most responses in the range (from the raw records, within the raw retention)",
+    params(TrafficQuery),
+    responses(
+        (status = 200, description = "the lists as JSON, or as CSV (`format=csv`: list,host,key,requests,bytes)", content((inline(TopAnswer) = "application/json"), (String = "text/csv"))),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn traffic_cdn_top(
     State(st): State<ApiState>,
     a: Auth,
@@ -3114,14 +3638,28 @@ traffic_handler!(
     traffic_cdn_locations,
     cdn_traffic_by_location,
     LocationTraffic,
-    "cdn-locations"
+    "cdn-locations",
+    "/v1/traffic/cdn/locations",
+    "CDN bytes and hits per POP over the range",
+    "the series as JSON, or as CSV (`format=csv`)"
 );
-traffic_handler!(traffic_gtm, gtm_answers, AnswerPoint, "gtm-answers");
+traffic_handler!(
+    traffic_gtm,
+    gtm_answers,
+    AnswerPoint,
+    "gtm-answers",
+    "/v1/traffic/gtm",
+    "GTM answers per bucket, hostname and address",
+    "the series as JSON, or as CSV (`format=csv`)"
+);
 traffic_handler!(
     traffic_gtm_locations,
     gtm_answers_by_location,
     LocationAnswers,
-    "gtm-locations"
+    "gtm-locations",
+    "/v1/traffic/gtm/locations",
+    "GTM answers per answering location and address over the range",
+    "the series as JSON, or as CSV (`format=csv`)"
 );
 
 /// The longest range `/v1/streaming` reads (its rollups are per minute only).
@@ -3130,6 +3668,15 @@ const STREAMING_MAX_MS: u64 = 7 * 86_400_000;
 /// `GET /v1/streaming`: the streaming statistics (HLS, DASH) of the customer in scope
 /// over the range (`hours`, `from`/`to`, `tz`, `host` as for the traffic series; at most
 /// seven days): per-stream totals, the per-minute series and the top viewers.
+#[utoipa::path(
+    get, path = "/v1/streaming", tag = "traffic",
+    summary = "Streaming statistics (HLS, DASH) per stream, per minute and stream, and top viewers (at most 7 days)",
+    params(TrafficQuery),
+    responses(
+        (status = 200, description = "the streams' totals (most bytes first), the per-minute series and the top 100 viewers", body = inline(StreamingAnswer)),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn streaming(
     State(st): State<ApiState>,
     a: Auth,
@@ -3235,14 +3782,25 @@ pub(crate) fn check_streaming_range(q: &TrafficQuery) -> ApiResult<()> {
 
 /// The query of `GET /v1/ops`: the range as for the traffic series, one role, and the
 /// answer's format.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct OpsQuery {
+    /// One role: `dns`, `edge` or `probe` (default all)
+    #[param(pattern = "^(dns|edge|probe)$")]
     role: Option<String>,
+    /// Start of the range: RFC 3339 (`2026-12-01T00:00:00Z`) or a local date-time
+    /// (`2026-12-01T00:00`) read in `tz`
     from: Option<String>,
+    /// End of the range (exclusive), same forms; default the end of the last complete
+    /// minute
     to: Option<String>,
+    /// IANA time zone of the answer's times and of local `from`/`to` (default UTC)
     tz: Option<String>,
+    /// Without `from`: the last N hours before `to`, 1..43920 (default 24)
     hours: Option<u64>,
+    /// `csv` (`time,role,instance,metric,kind,sum,max,samples`) or `json` (default)
+    #[param(pattern = "^(csv|json)$")]
     format: Option<String>,
 }
 
@@ -3251,6 +3809,15 @@ struct OpsQuery {
 /// decisions by reason, drops; requests by outcome, origin fetches, tier sizes;
 /// service tests, latency samples by method), per bucket, instance and metric, with
 /// the probes' per-method results. CSV with `format=csv`.
+#[utoipa::path(
+    get, path = "/v1/ops", tag = "traffic",
+    summary = "Operational statistics of the DNS servers, edges and probes, from their own logs (admins only)",
+    params(OpsQuery),
+    responses(
+        (status = 200, description = "per bucket, role, instance and metric, and the probes' results per method", content((inline(OpsAnswer) = "application/json"), (String = "text/csv"))),
+        AuthErrors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn ops(
     State(st): State<ApiState>,
     a: Auth,
@@ -3316,13 +3883,19 @@ async fn ops(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BillingRunBody {
     period: String,
 }
 
 /// `POST /v1/billing/runs {"period": "2026-11"}` (admin): issues the period's invoices.
+#[utoipa::path(
+    post, path = "/v1/billing/runs", tag = "invoices",
+    summary = "Admin: a billing run for a period (2026-11, 2026-Q4, 2026-W48, 2026-11-26T13, 2026); issues gap-free numbered invoices, and nothing new when the period was billed already",
+    request_body = inline(BillingRunBody),
+    responses((status = 200, description = "success", body = inline(JsonObject)), Errors)
+)]
 async fn billing_run(
     State(st): State<ApiState>,
     a: Auth,
@@ -3337,13 +3910,21 @@ async fn billing_run(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RunsQuery {
+    /// At most this many runs, newest first (default 50)
     limit: Option<u32>,
 }
 
 /// `GET /v1/billing/runs?limit=50` (admin): the newest billing runs (CLI, API,
 /// scheduler) with outcome, attempt and report or error.
+#[utoipa::path(
+    get, path = "/v1/billing/runs", tag = "invoices",
+    summary = "Admin: the newest billing runs (CLI, API, scheduler) with outcome, attempt and report or error",
+    params(RunsQuery),
+    responses((status = 200, description = "success", body = inline(JsonObject)), Errors)
+)]
 async fn billing_runs(
     State(st): State<ApiState>,
     a: Auth,
@@ -3354,6 +3935,15 @@ async fn billing_runs(
     Ok(Json(st.db(move |be| be.billing.billing_runs(limit)).await?))
 }
 
+#[utoipa::path(
+    get, path = "/v1/invoices", tag = "invoices",
+    summary = "Issued invoices",
+    params(CustomerQuery, PageQuery),
+    responses(
+        (status = 200, description = "success", body = Vec<InvoiceSummary>),
+        Errors, (status = 400, response = ErrorResponse)
+    )
+)]
 async fn invoices(
     State(st): State<ApiState>,
     a: Auth,
@@ -3375,6 +3965,12 @@ pub(crate) async fn load_invoice(st: &ApiState, a: &Auth, id: i64) -> ApiResult<
     Ok(inv)
 }
 
+#[utoipa::path(
+    get, path = "/v1/invoices/{id}", tag = "invoices",
+    summary = "One invoice with its HTML body",
+    params(("id" = u64, Path, description = "Invoice id")),
+    responses((status = 200, description = "success", body = Invoice), Errors)
+)]
 async fn invoice(
     State(st): State<ApiState>,
     a: Auth,
@@ -3383,6 +3979,15 @@ async fn invoice(
     Ok(Json(load_invoice(&st, &a, id).await?))
 }
 
+#[utoipa::path(
+    get, path = "/v1/invoices/{id}/html", tag = "invoices",
+    summary = "The invoice as HTML",
+    params(("id" = u64, Path, description = "Invoice id")),
+    responses(
+        (status = 200, description = "success", body = String, content_type = "text/html"),
+        Errors
+    )
+)]
 async fn invoice_html(
     State(st): State<ApiState>,
     a: Auth,
@@ -3401,6 +4006,14 @@ async fn invoice_html(
 }
 
 /// `GET /v1/signups` (admin): every self sign-up with its billing account and decision.
+#[utoipa::path(
+    get, path = "/v1/signups", tag = "customers",
+    summary = "Admin: every self sign-up (portal /signup) with its billing account and status: awaiting_approval, approved or refused",
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        AuthErrors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Value>> {
     a.require_admin()?;
     let list = st.db(|b| b.billing.signups()).await?;
@@ -3410,6 +4023,15 @@ async fn signups_list(State(st): State<ApiState>, a: Auth) -> ApiResult<Json<Val
 }
 
 /// `POST /v1/signups/{account}/approve` (admin).
+#[utoipa::path(
+    post, path = "/v1/signups/{account}/approve", tag = "customers",
+    summary = "Admin: approves a sign-up; its domains may then be verified and go live",
+    params(("account" = String, Path, description = "The account (customer) name")),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        AuthErrors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn signup_approve(
     State(st): State<ApiState>,
     a: Auth,
@@ -3422,6 +4044,15 @@ async fn signup_approve(
 
 /// `POST /v1/signups/{account}/refuse` (admin): removes the customer, its users and
 /// domains.
+#[utoipa::path(
+    post, path = "/v1/signups/{account}/refuse", tag = "customers",
+    summary = "Admin: refuses a sign-up; the customer, its users and its domains are removed",
+    params(("account" = String, Path, description = "The account (customer) name")),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        AuthErrors, (status = 409, response = ErrorResponse)
+    )
+)]
 async fn signup_refuse(
     State(st): State<ApiState>,
     a: Auth,
@@ -3447,6 +4078,15 @@ async fn signup_gate(st: &ApiState, customer: &str) -> ApiResult<()> {
 
 /// `GET /v1/invoices/{id}/pdf`: the invoice as the PDF that is printed and mailed
 /// (the owner or an admin).
+#[utoipa::path(
+    get, path = "/v1/invoices/{id}/pdf", tag = "invoices",
+    summary = "The invoice as PDF (A4; the document printed for post and attached to the e-mail), as an attachment named after its number",
+    params(("id" = u64, Path, description = "Invoice id")),
+    responses(
+        (status = 200, description = "the PDF", body = Vec<u8>, content_type = "application/pdf"),
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
+    )
+)]
 async fn invoice_pdf(
     State(st): State<ApiState>,
     a: Auth,
@@ -3474,7 +4114,7 @@ async fn invoice_pdf(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PaymentBody {
     /// A decimal string in the invoice's currency, `"998.26"`.
@@ -3484,6 +4124,16 @@ struct PaymentBody {
 
 /// `POST /v1/billing/invoices/{number}/payments {"amount": "998.26", "reference": "..."}`
 /// (admin): records a payment received by transfer.
+#[utoipa::path(
+    post, path = "/v1/billing/invoices/{number}/payments", tag = "invoices",
+    summary = "Admin: records a payment received by transfer; the invoice is paid when the payments reach its total",
+    params(("number" = String, Path, description = "Invoice number (INV-000001)")),
+    request_body = inline(PaymentBody),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
+    )
+)]
 async fn billing_payment(
     State(st): State<ApiState>,
     a: Auth,
@@ -3508,6 +4158,15 @@ async fn billing_payment(
 }
 
 /// `POST /v1/billing/invoices/{number}/void` (admin): cancels an unpaid invoice.
+#[utoipa::path(
+    post, path = "/v1/billing/invoices/{number}/void", tag = "invoices",
+    summary = "Admin: voids an unpaid invoice (it keeps its number)",
+    params(("number" = String, Path, description = "Invoice number (INV-000001)")),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
+    )
+)]
 async fn billing_void(
     State(st): State<ApiState>,
     a: Auth,
@@ -3519,6 +4178,15 @@ async fn billing_void(
 
 /// `POST /v1/billing/invoices/{number}/credit` (admin): cancels an invoice by a credit
 /// note (numbered, delivered like an invoice).
+#[utoipa::path(
+    post, path = "/v1/billing/invoices/{number}/credit", tag = "invoices",
+    summary = "Admin: cancels an invoice by a numbered credit note, delivered like an invoice",
+    params(("number" = String, Path, description = "Invoice number (INV-000001)")),
+    responses(
+        (status = 200, description = "success", body = inline(JsonObject)),
+        Errors, (status = 409, response = ErrorResponse), (status = 503, response = ErrorResponse)
+    )
+)]
 async fn billing_credit(
     State(st): State<ApiState>,
     a: Auth,

@@ -32,6 +32,7 @@ on_both_stores!(
     invoices_are_the_customers_own,
     openapi_document_describes_every_route,
     openapi_schemas_describe_the_answers,
+    openapi_document_is_checked_in,
     a_config_committed_elsewhere_is_served_at_once,
     customer_destinations_in_the_providers_network_are_refused,
     a_config_no_probe_can_load_is_refused,
@@ -1831,24 +1832,104 @@ async fn invoices_are_the_customers_own(store: Store) {
     );
 }
 
+/// The served document and the router agree exactly, both ways. The routers are built
+/// with `utoipa_axum`'s `routes!`, which registers a handler and its description
+/// together; a plain `.route(` there would serve an undescribed route, so the source
+/// must have none. Then, over HTTP: every (path, method) the document names is routed
+/// (never the router's "no route" 404 nor 405), and every other method on a
+/// documented path is 405.
 async fn openapi_document_describes_every_route(store: Store) {
     let h = Harness::start_on(store, "api-openapi").await;
     let r = reqwest::get(h.url("/v1/openapi.json")).await.unwrap();
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    let paths = doc["paths"].as_object().unwrap();
+
     let src = include_str!("../../src/api/routes.rs");
-    let mut routes = 0;
-    for piece in src.split(".route(").skip(1) {
-        let path = piece.split('"').nth(1).unwrap();
-        routes += 1;
+    let start = src.find("fn credential_routes()").unwrap();
+    let machine = src.find("fn machine_routes()").unwrap();
+    let builders = &src[start..machine + src[machine..].find("\n}\n").unwrap()];
+    for raw in [".route(", ".route_service(", ".nest(", ".nest_service("] {
         assert!(
-            paths.contains_key(path),
-            "{path} is not in docs/openapi.json"
+            !builders.contains(raw),
+            "the API's routers register a route with {raw} (not in the OpenAPI document); use .routes(routes!(handler))"
         );
     }
-    assert!(routes > 25, "found {routes} routes");
+
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+    let fill = |p: &str| {
+        p.replace("{hostname}", "www.shop.udn.example")
+            .replace("{address}", "192.0.2.1")
+            .replace("{number}", "X-1")
+            .replace("{account}", "nobody")
+            .replace("{name}", "nobody")
+            .replace("{id}", "999999")
+            .replace("{seq}", "999999")
+            .replace("{version}", "999999")
+            .replace("{index}", "999999")
+    };
+    let c = reqwest::Client::new();
+    let mut documented = 0;
+    let mut wrong = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let url = fill(path);
+        assert!(
+            !url.contains('{'),
+            "a path parameter this test cannot fill: {path}"
+        );
+        for m in methods {
+            let described = item.get(m.to_ascii_lowercase()).is_some();
+            documented += usize::from(described);
+            let r = c
+                .request(m.parse().unwrap(), h.url(&url))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let no_route = status == 404
+                && body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("no route"));
+            let routed = !no_route && status != 405;
+            if routed != described {
+                wrong.push(format!(
+                    "{m} {path}: {} in the document, answered {status} {body}",
+                    if described { "described" } else { "not" }
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the document and the router disagree:\n{}",
+        wrong.join("\n")
+    );
+    assert!(documented > 60, "found {documented} operations");
+}
+
+/// docs/openapi.json is the served document, byte for byte (`udn openapi` writes it;
+/// `UDN_BLESS=1` makes this test write it instead).
+async fn openapi_document_is_checked_in(store: Store) {
+    let h = Harness::start_on(store, "api-openapi-file").await;
+    let served = reqwest::get(h.url("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+    if std::env::var_os("UDN_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(file, &served).unwrap();
+        return;
+    }
+    let checked_in = std::fs::read_to_string(file).unwrap_or_default();
+    assert!(
+        checked_in == served,
+        "docs/openapi.json is not the served document: run `cargo run -p udn-bins --bin udn -- openapi > docs/openapi.json` (or this test with UDN_BLESS=1)"
+    );
 }
 
 /// Every GET route the document describes answers, as the admin and as a customer,
@@ -1906,7 +1987,7 @@ async fn openapi_schemas_describe_the_answers(store: Store) {
     eprintln!("checked {checked:?}; not served here: {skipped:?}");
     assert!(
         mismatches.is_empty(),
-        "answers that do not match docs/openapi.json:\n{}",
+        "answers that do not match the OpenAPI document:\n{}",
         mismatches.join("\n")
     );
     assert!(checked.len() >= 20, "{checked:?} / {skipped:?}");

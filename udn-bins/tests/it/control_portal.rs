@@ -267,7 +267,7 @@ fn shipped_logs_reach_the_portal_series(extra: &[&str], tag: &str) {
     assert_eq!(top["urls"][0]["requests"], 50, "{top}");
     assert_eq!(top["networks"][0]["network"], "127.0.0.0/24", "{top}");
 
-    // The answers of the log store's routes are what docs/openapi.json says.
+    // The answers of the log store's routes are what the OpenAPI document says.
     let doc: serde_json::Value = http
         .get(format!("{api}/v1/openapi.json"))
         .send()

@@ -9,6 +9,7 @@ use udn_core::{Config, ConfigErrors, Timestamp};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Engineering staff: sees and changes everything.
@@ -38,6 +39,7 @@ impl Role {
 
 /// A portal or API user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     /// Row id.
     pub id: i64,
@@ -106,6 +108,7 @@ pub struct Session {
 /// What an API token may do. A token acts as its user, restricted to its scopes; every
 /// route needs one scope (see `auth::required_scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Reading the user's objects (every `GET` outside billing).
@@ -155,6 +158,7 @@ impl Scope {
 /// A named API token of a user (never its secret, which is shown once at creation and
 /// stored only as its SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiToken {
     /// Row id (what `DELETE /v1/tokens/{id}` takes).
     pub id: i64,
@@ -178,6 +182,7 @@ pub const LAST_USED_EVERY_MS: i64 = 60_000;
 
 /// One version of the network configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigSnapshot {
     /// Version number; 0 is the empty configuration before the first commit.
     pub version: u64,
@@ -191,6 +196,7 @@ pub struct ConfigSnapshot {
 
 /// What a purge covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PurgeScope {
     /// One URL.
@@ -224,6 +230,7 @@ impl PurgeScope {
 
 /// A purge request, numbered in the order it was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Purge {
     /// Sequence number (strictly increasing).
     pub seq: u64,
@@ -241,6 +248,7 @@ pub struct Purge {
 
 /// A prefill request: URLs every edge should fetch into its cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Prefill {
     /// Sequence number (strictly increasing, separate from purges).
     pub seq: u64,
@@ -257,6 +265,7 @@ pub struct Prefill {
 /// A live event a customer registered: every edge prefills its playlist and the
 /// segments it names ahead of the start (`POST /v1/live-events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LiveEvent {
     /// Its number.
     pub id: u64,
@@ -316,6 +325,7 @@ impl DeliveryKind {
 
 /// Where one purge (or prefill) stands on one edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Not delivered yet (being retried after a connection error or a 5xx).
@@ -352,6 +362,7 @@ impl DeliveryState {
 
 /// Whether one edge has applied one purge (or prefill).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurgeEdgeStatus {
     /// The edge's name.
     pub edge: String,
@@ -369,6 +380,7 @@ pub struct PurgeEdgeStatus {
 
 /// CDN traffic in one minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrafficPoint {
     /// Start of the minute (ms since the epoch).
     pub minute: Timestamp,
@@ -380,6 +392,7 @@ pub struct TrafficPoint {
 
 /// CDN traffic served by one location over a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LocationTraffic {
     /// The POP name.
     pub pop: String,
@@ -391,6 +404,7 @@ pub struct LocationTraffic {
 
 /// How often one GTM address was given out in one minute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AnswerPoint {
     /// Start of the minute (ms since the epoch).
     pub minute: Timestamp,
@@ -404,6 +418,7 @@ pub struct AnswerPoint {
 
 /// How often one address was given out, by the location of that address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LocationAnswers {
     /// The location (POP) of the address given out: the edge's POP, or for an origin
     /// server the POP that stands in for its site.
@@ -416,6 +431,7 @@ pub struct LocationAnswers {
 
 /// An issued invoice, without its rendered body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvoiceSummary {
     /// Row id.
     pub id: i64,
@@ -428,6 +444,7 @@ pub struct InvoiceSummary {
     /// End of the billed period (exclusive).
     pub period_end: Timestamp,
     /// Total due.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub total: Decimal,
     /// ISO 4217 currency code.
     pub currency: String,
@@ -437,6 +454,7 @@ pub struct InvoiceSummary {
 
 /// An invoice with its rendered HTML body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Invoice {
     /// The summary.
     pub summary: InvoiceSummary,

@@ -230,6 +230,7 @@ pub fn write(
 
 /// The quality of one bucket (summed over hostnames and POPs in the query's scope).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QualityPoint {
     /// Bucket start (ms).
     pub minute: i64,
