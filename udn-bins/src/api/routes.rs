@@ -1262,180 +1262,6 @@ fn cdn_view(c: &CdnConfig) -> CdnView {
     }
 }
 
-#[utoipa::path(
-    get, path = "/v1/cdn", tag = "cdn",
-    summary = "CDN hostnames",
-    params(CustomerQuery, PageQuery),
-    responses(
-        (status = 200, description = "success", body = Vec<CdnView>),
-        Errors, (status = 400, response = ErrorResponse)
-    )
-)]
-async fn cdn_list(
-    State(st): State<ApiState>,
-    a: Auth,
-    Query(q): Query<CustomerQuery>,
-    uri: axum::http::Uri,
-    Query(p): Query<PageQuery>,
-) -> ApiResult<Response> {
-    let scope = a.scope(q.customer.as_deref())?;
-    let snap = current(&st).await?;
-    let cfg = &snap.config;
-    let list: Vec<CdnView> = cfg
-        .cdn
-        .iter()
-        .filter(|c| scope.is_none_or(|s| s == c.customer))
-        .map(cdn_view)
-        .collect();
-    page(
-        list,
-        |c| vec![Part::Asc(c.config.hostname.clone())],
-        &p,
-        &uri,
-    )
-}
-
-#[utoipa::path(
-    get, path = "/v1/cdn/{hostname}", tag = "cdn",
-    summary = "One CDN hostname",
-    params(("hostname" = String, Path, description = "The hostname")),
-    responses((status = 200, description = "success", body = CdnView), Errors)
-)]
-async fn cdn_get(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-) -> ApiResult<Json<CdnView>> {
-    let snap = current(&st).await?;
-    let cfg = &snap.config;
-    let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
-    a.require_customer(&cfg.cdn[i].customer)?;
-    Ok(Json(cdn_view(&cfg.cdn[i])))
-}
-
-#[utoipa::path(
-    post, path = "/v1/cdn", tag = "cdn",
-    summary = "Add a CDN hostname (customer defaults to the caller's)",
-    request_body = CdnConfig,
-    responses((status = 201, description = "success", body = CdnView), Errors)
-)]
-async fn cdn_create(
-    State(st): State<ApiState>,
-    a: Auth,
-    body: Body<Value>,
-) -> ApiResult<(StatusCode, Json<CdnView>)> {
-    let Json(mut v) = body?;
-    own_customer(&a, &mut v)?;
-    let verified = take_verified(&a, &mut v)?;
-    let mut c: CdnConfig = from_value(v)?;
-    c.challenge = (!verified).then(challenge::new_token);
-    let out = cdn_view(&c);
-    mutate(&st, &a, move |cfg| {
-        check_names(cfg, &c.customer, Some(&c.hostname), &c.origins)?;
-        check_cdn_destinations(cfg, &c)?;
-        cfg.cdn.push(c);
-        Ok(())
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(out)))
-}
-
-#[utoipa::path(
-    put, path = "/v1/cdn/{hostname}", tag = "cdn",
-    summary = "Replace a CDN hostname",
-    params(("hostname" = String, Path, description = "The hostname")),
-    request_body = CdnConfig,
-    responses((status = 200, description = "success", body = CdnView), Errors)
-)]
-async fn cdn_update(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-    body: Body<Value>,
-) -> ApiResult<Json<CdnView>> {
-    let Json(mut v) = body?;
-    own_customer(&a, &mut v)?;
-    let verified = take_verified(&a, &mut v)?;
-    let mut c: CdnConfig = from_value(v)?;
-    if !same_host(&c.hostname, &host) {
-        return Err(ApiError::field("hostname", "must match the URL"));
-    }
-    let out = with_cdn(&st, &a, host, move |cfg, i| {
-        check_names(cfg, &c.customer, None, &c.origins)?;
-        check_cdn_destinations(cfg, &c)?;
-        if cfg.cdn[i].customer != c.customer {
-            // Moving a hostname to another customer makes it unproven again.
-            check_names(cfg, &c.customer, None, std::slice::from_ref(&c.hostname))?;
-        }
-        c.challenge = if verified {
-            None
-        } else if cfg.cdn[i].customer != c.customer {
-            Some(challenge::new_token())
-        } else {
-            cfg.cdn[i].challenge.clone()
-        };
-        let out = cdn_view(&c);
-        cfg.cdn[i] = c;
-        Ok(out)
-    })
-    .await?;
-    Ok(Json(out))
-}
-
-/// `POST /v1/cdn/{hostname}/verify`: checks the hostname's TXT challenge with a real
-/// DNS query and, when it matches, makes the hostname live.
-#[utoipa::path(
-    post, path = "/v1/cdn/{hostname}/verify", tag = "cdn",
-    summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
-    params(("hostname" = String, Path, description = "The hostname")),
-    responses(
-        (status = 200, description = "verified (or already verified)", body = CdnView),
-        Errors, (status = 502, response = ErrorResponse)
-    )
-)]
-async fn cdn_verify(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-) -> ApiResult<Json<CdnView>> {
-    let snap = current(&st).await?;
-    let cfg = &snap.config;
-    let i = cdn_index(cfg, &host).ok_or(ApiError::NotFound)?;
-    a.require_customer(&cfg.cdn[i].customer)?;
-    let Some(token) = cfg.cdn[i].challenge.clone() else {
-        return Ok(Json(cdn_view(&cfg.cdn[i])));
-    };
-    signup_gate(&st, &cfg.cdn[i].customer).await?;
-    check_challenge(&st, &cfg.cdn[i].hostname, &token).await?;
-    let out = with_cdn(&st, &a, host, move |cfg, i| {
-        if cfg.cdn[i].challenge.as_deref() == Some(token.as_str()) {
-            cfg.cdn[i].challenge = None;
-        }
-        Ok(cdn_view(&cfg.cdn[i]))
-    })
-    .await?;
-    Ok(Json(out))
-}
-
-#[utoipa::path(
-    delete, path = "/v1/cdn/{hostname}", tag = "cdn",
-    summary = "Remove a CDN hostname",
-    params(("hostname" = String, Path, description = "The hostname")),
-    responses((status = 204, description = "success"), Errors)
-)]
-async fn cdn_delete(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-) -> ApiResult<StatusCode> {
-    with_cdn(&st, &a, host, |cfg, i| {
-        cfg.cdn.remove(i);
-        Ok(())
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 // ---------------------------------------------------------------- GTM
 
 /// One published address of a GTM hostname, with its site.
@@ -1486,57 +1312,6 @@ pub(crate) fn gtm_view(cfg: &Config, g: &GtmConfig) -> GtmView {
         verification: challenge::verification(&g.hostname, g.challenge.as_deref()),
         config: g.clone(),
     }
-}
-
-#[utoipa::path(
-    get, path = "/v1/gtm", tag = "gtm",
-    summary = "GTM hostnames with their targets' sites and addresses",
-    params(CustomerQuery, PageQuery),
-    responses(
-        (status = 200, description = "success", body = Vec<GtmView>),
-        Errors, (status = 400, response = ErrorResponse)
-    )
-)]
-async fn gtm_list(
-    State(st): State<ApiState>,
-    a: Auth,
-    Query(q): Query<CustomerQuery>,
-    uri: axum::http::Uri,
-    Query(p): Query<PageQuery>,
-) -> ApiResult<Response> {
-    let scope = a.scope(q.customer.as_deref())?;
-    let snap = current(&st).await?;
-    let cfg = &snap.config;
-    let list: Vec<GtmView> = cfg
-        .gtm
-        .iter()
-        .filter(|g| scope.is_none_or(|s| s == g.customer))
-        .map(|g| gtm_view(cfg, g))
-        .collect();
-    page(
-        list,
-        |g| vec![Part::Asc(g.config.hostname.clone())],
-        &p,
-        &uri,
-    )
-}
-
-#[utoipa::path(
-    get, path = "/v1/gtm/{hostname}", tag = "gtm",
-    summary = "One GTM hostname",
-    params(("hostname" = String, Path, description = "The hostname")),
-    responses((status = 200, description = "success", body = GtmView), Errors)
-)]
-async fn gtm_get(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-) -> ApiResult<Json<GtmView>> {
-    let snap = current(&st).await?;
-    let cfg = &snap.config;
-    let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
-    a.require_customer(&cfg.gtm[i].customer)?;
-    Ok(Json(gtm_view(cfg, &cfg.gtm[i])))
 }
 
 /// How far back the live health looks for probe tests.
@@ -1692,162 +1467,368 @@ async fn gtm_health_get(
     Ok(Json(gtm_health(cfg, &cfg.gtm[i], &checks, now)))
 }
 
-#[utoipa::path(
-    post, path = "/v1/gtm", tag = "gtm",
-    summary = "Add a GTM hostname",
-    request_body = GtmConfig,
-    responses((status = 201, description = "success", body = GtmView), Errors)
-)]
-async fn gtm_create(
-    State(st): State<ApiState>,
-    a: Auth,
+/// Runs `f` on GTM hostname `host` after checking the caller owns it.
+pub(crate) async fn with_gtm<T, F>(st: &ApiState, a: &Auth, host: String, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut Config, usize) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    with_entry::<GtmConfig, _, _>(st, a, host, f).await
+}
+
+/// The six handlers of a hostname section (`GET`/`POST /v1/{tag}`, `GET`/`PUT`/`DELETE
+/// /v1/{tag}/{hostname}`, `POST .../verify`) over the [`Section`] functions, each with
+/// its OpenAPI description.
+macro_rules! section_handlers {
+    (
+        $cfg:ty, $view:ty, $tag:literal,
+        list $list:ident $lp:literal $ls:literal,
+        get $get:ident $gp:literal $gs:literal,
+        create $create:ident $cp:literal $cs:literal,
+        update $update:ident $up:literal $us:literal,
+        verify $verify:ident $vp:literal $vs:literal,
+        delete $delete:ident $dp:literal $ds:literal
+    ) => {
+        #[utoipa::path(
+            get, path = $lp, tag = $tag, summary = $ls,
+            params(CustomerQuery, PageQuery),
+            responses(
+                (status = 200, description = "success", body = Vec<$view>),
+                Errors, (status = 400, response = ErrorResponse)
+            )
+        )]
+        async fn $list(
+            State(st): State<ApiState>,
+            a: Auth,
+            Query(q): Query<CustomerQuery>,
+            uri: axum::http::Uri,
+            Query(p): Query<PageQuery>,
+        ) -> ApiResult<Response> {
+            list_of::<$cfg>(&st, &a, &q, &uri, &p).await
+        }
+
+        #[utoipa::path(
+            get, path = $gp, tag = $tag, summary = $gs,
+            params(("hostname" = String, Path, description = "The hostname")),
+            responses((status = 200, description = "success", body = $view), Errors)
+        )]
+        async fn $get(
+            State(st): State<ApiState>,
+            a: Auth,
+            Path(host): Path<String>,
+        ) -> ApiResult<Json<$view>> {
+            one_of::<$cfg>(&st, &a, &host).await
+        }
+
+        #[utoipa::path(
+            post, path = $cp, tag = $tag, summary = $cs,
+            request_body = $cfg,
+            responses((status = 201, description = "success", body = $view), Errors)
+        )]
+        async fn $create(
+            State(st): State<ApiState>,
+            a: Auth,
+            body: Body<Value>,
+        ) -> ApiResult<(StatusCode, Json<$view>)> {
+            create_in::<$cfg>(&st, &a, body).await
+        }
+
+        #[utoipa::path(
+            put, path = $up, tag = $tag, summary = $us,
+            params(("hostname" = String, Path, description = "The hostname")),
+            request_body = $cfg,
+            responses((status = 200, description = "success", body = $view), Errors)
+        )]
+        async fn $update(
+            State(st): State<ApiState>,
+            a: Auth,
+            Path(host): Path<String>,
+            body: Body<Value>,
+        ) -> ApiResult<Json<$view>> {
+            update_in::<$cfg>(&st, &a, host, body).await
+        }
+
+        #[utoipa::path(
+            post, path = $vp, tag = $tag, summary = $vs,
+            params(("hostname" = String, Path, description = "The hostname")),
+            responses(
+                (status = 200, description = "verified (or already verified)", body = $view),
+                Errors, (status = 502, response = ErrorResponse)
+            )
+        )]
+        async fn $verify(
+            State(st): State<ApiState>,
+            a: Auth,
+            Path(host): Path<String>,
+        ) -> ApiResult<Json<$view>> {
+            verify_in::<$cfg>(&st, &a, host).await
+        }
+
+        #[utoipa::path(
+            delete, path = $dp, tag = $tag, summary = $ds,
+            params(("hostname" = String, Path, description = "The hostname")),
+            responses((status = 204, description = "success"), Errors)
+        )]
+        async fn $delete(
+            State(st): State<ApiState>,
+            a: Auth,
+            Path(host): Path<String>,
+        ) -> ApiResult<StatusCode> {
+            delete_in::<$cfg>(&st, &a, host).await
+        }
+    };
+}
+
+section_handlers!(
+    CdnConfig, CdnView, "cdn",
+    list cdn_list "/v1/cdn" "CDN hostnames",
+    get cdn_get "/v1/cdn/{hostname}" "One CDN hostname",
+    create cdn_create "/v1/cdn" "Add a CDN hostname (customer defaults to the caller's)",
+    update cdn_update "/v1/cdn/{hostname}" "Replace a CDN hostname",
+    verify cdn_verify "/v1/cdn/{hostname}/verify" "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
+    delete cdn_delete "/v1/cdn/{hostname}" "Remove a CDN hostname"
+);
+
+section_handlers!(
+    GtmConfig, GtmView, "gtm",
+    list gtm_list "/v1/gtm" "GTM hostnames with their targets' sites and addresses",
+    get gtm_get "/v1/gtm/{hostname}" "One GTM hostname",
+    create gtm_create "/v1/gtm" "Add a GTM hostname",
+    update gtm_update "/v1/gtm/{hostname}" "Replace a GTM hostname (weights, standby, persistence, weighting, TTL...)",
+    verify gtm_verify "/v1/gtm/{hostname}/verify" "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
+    delete gtm_delete "/v1/gtm/{hostname}" "Remove a GTM hostname"
+);
+
+/// A configuration section of customer hostnames (CDN or GTM): what the handlers the
+/// two share need of it.
+trait Section: Clone + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// How the API shows an entry.
+    type View: Serialize + Send + 'static;
+    fn entries(cfg: &Config) -> &Vec<Self>;
+    fn entries_mut(cfg: &mut Config) -> &mut Vec<Self>;
+    fn hostname(&self) -> &str;
+    fn customer(&self) -> &str;
+    fn challenge(&self) -> Option<&str>;
+    fn challenge_mut(&mut self) -> &mut Option<String>;
+    fn view(cfg: &Config, e: &Self) -> Self::View;
+    fn view_hostname(v: &Self::View) -> &str;
+    /// Checks `e` against the rest of `cfg` before it is stored; `new_host` is its
+    /// hostname when that is new to the configuration (a create).
+    fn check(cfg: &Config, a: &Auth, e: &Self, new_host: Option<&str>) -> ApiResult<()>;
+}
+
+impl Section for CdnConfig {
+    type View = CdnView;
+    fn entries(cfg: &Config) -> &Vec<Self> {
+        &cfg.cdn
+    }
+    fn entries_mut(cfg: &mut Config) -> &mut Vec<Self> {
+        &mut cfg.cdn
+    }
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    fn customer(&self) -> &str {
+        &self.customer
+    }
+    fn challenge(&self) -> Option<&str> {
+        self.challenge.as_deref()
+    }
+    fn challenge_mut(&mut self) -> &mut Option<String> {
+        &mut self.challenge
+    }
+    fn view(_: &Config, e: &Self) -> CdnView {
+        cdn_view(e)
+    }
+    fn view_hostname(v: &CdnView) -> &str {
+        &v.config.hostname
+    }
+    fn check(cfg: &Config, _: &Auth, c: &Self, new_host: Option<&str>) -> ApiResult<()> {
+        check_names(cfg, &c.customer, new_host, &c.origins)?;
+        check_cdn_destinations(cfg, c)
+    }
+}
+
+impl Section for GtmConfig {
+    type View = GtmView;
+    fn entries(cfg: &Config) -> &Vec<Self> {
+        &cfg.gtm
+    }
+    fn entries_mut(cfg: &mut Config) -> &mut Vec<Self> {
+        &mut cfg.gtm
+    }
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+    fn customer(&self) -> &str {
+        &self.customer
+    }
+    fn challenge(&self) -> Option<&str> {
+        self.challenge.as_deref()
+    }
+    fn challenge_mut(&mut self) -> &mut Option<String> {
+        &mut self.challenge
+    }
+    fn view(cfg: &Config, e: &Self) -> GtmView {
+        gtm_view(cfg, e)
+    }
+    fn view_hostname(v: &GtmView) -> &str {
+        &v.config.hostname
+    }
+    fn check(cfg: &Config, a: &Auth, g: &Self, new_host: Option<&str>) -> ApiResult<()> {
+        if new_host.is_some() {
+            check_names(cfg, &g.customer, new_host, &[])?;
+        }
+        check_targets(cfg, a, g)
+    }
+}
+
+fn index_of<S: Section>(cfg: &Config, host: &str) -> Option<usize> {
+    S::entries(cfg)
+        .iter()
+        .position(|e| same_host(e.hostname(), host))
+}
+
+/// `GET /v1/{cdn,gtm}`: the entries the caller may see, a page at a time.
+async fn list_of<S: Section>(
+    st: &ApiState,
+    a: &Auth,
+    q: &CustomerQuery,
+    uri: &axum::http::Uri,
+    p: &PageQuery,
+) -> ApiResult<Response> {
+    let scope = a.scope(q.customer.as_deref())?;
+    let snap = current(st).await?;
+    let cfg = &snap.config;
+    let list: Vec<S::View> = S::entries(cfg)
+        .iter()
+        .filter(|e| scope.is_none_or(|s| s == e.customer()))
+        .map(|e| S::view(cfg, e))
+        .collect();
+    page(
+        list,
+        |v| vec![Part::Asc(S::view_hostname(v).to_owned())],
+        p,
+        uri,
+    )
+}
+
+/// `GET /v1/{cdn,gtm}/{hostname}`.
+async fn one_of<S: Section>(st: &ApiState, a: &Auth, host: &str) -> ApiResult<Json<S::View>> {
+    let snap = current(st).await?;
+    let cfg = &snap.config;
+    let e = &S::entries(cfg)[index_of::<S>(cfg, host).ok_or(ApiError::NotFound)?];
+    a.require_customer(e.customer())?;
+    Ok(Json(S::view(cfg, e)))
+}
+
+/// `POST /v1/{cdn,gtm}`: a new hostname, pending its TXT challenge unless an admin
+/// marks it verified; the customer defaults to the caller's.
+async fn create_in<S: Section>(
+    st: &ApiState,
+    a: &Auth,
     body: Body<Value>,
-) -> ApiResult<(StatusCode, Json<GtmView>)> {
+) -> ApiResult<(StatusCode, Json<S::View>)> {
     let Json(mut v) = body?;
-    own_customer(&a, &mut v)?;
-    let verified = take_verified(&a, &mut v)?;
-    let mut g: GtmConfig = from_value(v)?;
-    g.challenge = (!verified).then(challenge::new_token);
+    own_customer(a, &mut v)?;
+    let verified = take_verified(a, &mut v)?;
+    let mut e: S = from_value(v)?;
+    *e.challenge_mut() = (!verified).then(challenge::new_token);
     let a2 = a.clone();
-    let (view, _) = mutate(&st, &a, move |cfg| {
-        check_names(cfg, &g.customer, Some(&g.hostname), &[])?;
-        check_targets(cfg, &a2, &g)?;
-        cfg.gtm.push(g.clone());
-        Ok(gtm_view(cfg, &g))
+    let (view, _) = mutate(st, a, move |cfg| {
+        S::check(cfg, &a2, &e, Some(e.hostname()))?;
+        let view = S::view(cfg, &e);
+        S::entries_mut(cfg).push(e);
+        Ok(view)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[utoipa::path(
-    put, path = "/v1/gtm/{hostname}", tag = "gtm",
-    summary = "Replace a GTM hostname (weights, standby, persistence, weighting, TTL...)",
-    params(("hostname" = String, Path, description = "The hostname")),
-    request_body = GtmConfig,
-    responses((status = 200, description = "success", body = GtmView), Errors)
-)]
-async fn gtm_update(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
+/// `PUT /v1/{cdn,gtm}/{hostname}`: replaces the entry; moving it to another customer
+/// makes it unproven again (a new challenge), unless an admin marks it verified.
+async fn update_in<S: Section>(
+    st: &ApiState,
+    a: &Auth,
+    host: String,
     body: Body<Value>,
-) -> ApiResult<Json<GtmView>> {
+) -> ApiResult<Json<S::View>> {
     let Json(mut v) = body?;
-    own_customer(&a, &mut v)?;
-    let verified = take_verified(&a, &mut v)?;
-    let mut g: GtmConfig = from_value(v)?;
-    if !same_host(&g.hostname, &host) {
+    own_customer(a, &mut v)?;
+    let verified = take_verified(a, &mut v)?;
+    let mut e: S = from_value(v)?;
+    if !same_host(e.hostname(), &host) {
         return Err(ApiError::field("hostname", "must match the URL"));
     }
     let a2 = a.clone();
-    let view = with_gtm(&st, &a, host, move |cfg, i| {
-        check_targets(cfg, &a2, &g)?;
-        if cfg.gtm[i].customer != g.customer {
-            // Moving a hostname to another customer makes it unproven again.
-            check_names(cfg, &g.customer, None, std::slice::from_ref(&g.hostname))?;
+    let view = with_entry::<S, _, _>(st, a, host, move |cfg, i| {
+        S::check(cfg, &a2, &e, None)?;
+        let old = &S::entries(cfg)[i];
+        let moved = old.customer() != e.customer();
+        let kept = old.challenge().map(str::to_owned);
+        if moved {
+            check_names(cfg, e.customer(), None, &[e.hostname().to_owned()])?;
         }
-        g.challenge = if verified {
+        *e.challenge_mut() = if verified {
             None
-        } else if cfg.gtm[i].customer != g.customer {
+        } else if moved {
             Some(challenge::new_token())
         } else {
-            cfg.gtm[i].challenge.clone()
+            kept
         };
-        cfg.gtm[i] = g.clone();
-        Ok(gtm_view(cfg, &g))
+        let view = S::view(cfg, &e);
+        S::entries_mut(cfg)[i] = e;
+        Ok(view)
     })
     .await?;
     Ok(Json(view))
 }
 
-/// `POST /v1/gtm/{hostname}/verify`: checks the hostname's TXT challenge with a real
-/// DNS query and, when it matches, makes the hostname live.
-#[utoipa::path(
-    post, path = "/v1/gtm/{hostname}/verify", tag = "gtm",
-    summary = "Check the hostname's DNS TXT challenge (_udn-challenge.<hostname>) with a real DNS query; verified hostnames go live",
-    params(("hostname" = String, Path, description = "The hostname")),
-    responses(
-        (status = 200, description = "verified (or already verified)", body = GtmView),
-        Errors, (status = 502, response = ErrorResponse)
-    )
-)]
-async fn gtm_verify(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-) -> ApiResult<Json<GtmView>> {
-    let snap = current(&st).await?;
+/// `POST /v1/{cdn,gtm}/{hostname}/verify`: checks the hostname's TXT challenge with a
+/// real DNS query and, when it matches, makes the hostname live.
+async fn verify_in<S: Section>(st: &ApiState, a: &Auth, host: String) -> ApiResult<Json<S::View>> {
+    let snap = current(st).await?;
     let cfg = &snap.config;
-    let i = gtm_index(cfg, &host).ok_or(ApiError::NotFound)?;
-    a.require_customer(&cfg.gtm[i].customer)?;
-    let Some(token) = cfg.gtm[i].challenge.clone() else {
-        return Ok(Json(gtm_view(cfg, &cfg.gtm[i])));
+    let e = &S::entries(cfg)[index_of::<S>(cfg, &host).ok_or(ApiError::NotFound)?];
+    a.require_customer(e.customer())?;
+    let Some(token) = e.challenge().map(str::to_owned) else {
+        return Ok(Json(S::view(cfg, e)));
     };
-    signup_gate(&st, &cfg.gtm[i].customer).await?;
-    check_challenge(&st, &cfg.gtm[i].hostname, &token).await?;
-    let out = with_gtm(&st, &a, host, move |cfg, i| {
-        if cfg.gtm[i].challenge.as_deref() == Some(token.as_str()) {
-            cfg.gtm[i].challenge = None;
+    signup_gate(st, e.customer()).await?;
+    check_challenge(st, e.hostname(), &token).await?;
+    let out = with_entry::<S, _, _>(st, a, host, move |cfg, i| {
+        let c = S::entries_mut(cfg)[i].challenge_mut();
+        if c.as_deref() == Some(token.as_str()) {
+            *c = None;
         }
-        Ok(gtm_view(cfg, &cfg.gtm[i]))
+        Ok(S::view(cfg, &S::entries(cfg)[i]))
     })
     .await?;
     Ok(Json(out))
 }
 
-#[utoipa::path(
-    delete, path = "/v1/gtm/{hostname}", tag = "gtm",
-    summary = "Remove a GTM hostname",
-    params(("hostname" = String, Path, description = "The hostname")),
-    responses((status = 204, description = "success"), Errors)
-)]
-async fn gtm_delete(
-    State(st): State<ApiState>,
-    a: Auth,
-    Path(host): Path<String>,
-) -> ApiResult<StatusCode> {
-    with_gtm(&st, &a, host, |cfg, i| {
-        cfg.gtm.remove(i);
+/// `DELETE /v1/{cdn,gtm}/{hostname}`.
+async fn delete_in<S: Section>(st: &ApiState, a: &Auth, host: String) -> ApiResult<StatusCode> {
+    with_entry::<S, _, _>(st, a, host, |cfg, i| {
+        S::entries_mut(cfg).remove(i);
         Ok(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Runs `f` on GTM hostname `host` after checking the caller owns it.
-pub(crate) async fn with_gtm<T, F>(st: &ApiState, a: &Auth, host: String, f: F) -> ApiResult<T>
+/// Commits `f`'s change to entry `i` of section `S` (hostname `host`), after checking
+/// that the caller may act for its customer: 404 when the hostname is not configured,
+/// 403 when it is another customer's.
+async fn with_entry<S: Section, T, F>(st: &ApiState, a: &Auth, host: String, f: F) -> ApiResult<T>
 where
-    F: FnOnce(&mut Config, usize) -> ApiResult<T>,
-{
-    with_owned(st, a, host, gtm_index, |cfg, i| &cfg.gtm[i].customer, f).await
-}
-
-/// Runs `f` on CDN hostname `host` after checking the caller owns it.
-async fn with_cdn<T, F>(st: &ApiState, a: &Auth, host: String, f: F) -> ApiResult<T>
-where
-    F: FnOnce(&mut Config, usize) -> ApiResult<T>,
-{
-    with_owned(st, a, host, cdn_index, |cfg, i| &cfg.cdn[i].customer, f).await
-}
-
-/// Commits `f`'s change to entry `i` of a hostname section (found by `find`), after
-/// checking that the caller may act for its customer (`owner`): 404 when the hostname
-/// is not configured, 403 when it is another customer's.
-async fn with_owned<T, F>(
-    st: &ApiState,
-    a: &Auth,
-    host: String,
-    find: fn(&Config, &str) -> Option<usize>,
-    owner: fn(&Config, usize) -> &String,
-    f: F,
-) -> ApiResult<T>
-where
-    F: FnOnce(&mut Config, usize) -> ApiResult<T>,
+    F: FnOnce(&mut Config, usize) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
 {
     let a2 = a.clone();
     let (out, _) = mutate(st, a, move |cfg| {
-        let i = find(cfg, &host).ok_or(ApiError::NotFound)?;
-        a2.require_customer(owner(cfg, i))?;
+        let i = index_of::<S>(cfg, &host).ok_or(ApiError::NotFound)?;
+        a2.require_customer(S::entries(cfg)[i].customer())?;
         f(cfg, i)
     })
     .await?;
