@@ -362,3 +362,147 @@ session!(Transaction<'_>, tx_lost);
 pub fn connection_lost(e: &Error) -> bool {
     e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// The server `scripts/start-postgres.sh` started (`UDN_TEST_POSTGRES`): `None`,
+    /// loudly, when unset outside CI; in CI (`CI=true`) a missing server fails the test.
+    fn server(test: &str) -> Option<String> {
+        match std::env::var("UDN_TEST_POSTGRES") {
+            Ok(url) => Some(url),
+            Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but UDN_TEST_POSTGRES is unset: run scripts/start-postgres.sh")
+            }
+            Err(_) => {
+                eprintln!("SKIPPING {test}: UDN_TEST_POSTGRES is unset");
+                None
+            }
+        }
+    }
+
+    /// A fresh database named after `test` on the test server; its URL.
+    fn fresh_database(test: &str) -> Option<String> {
+        let url = server(test)?;
+        let name = format!("udn_store_{test}");
+        let admin = Pool::new(&url, 1, None).unwrap().get().unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let (base, _) = url.rsplit_once('/').unwrap();
+        Some(format!("{base}/{name}"))
+    }
+
+    fn backend_pid(c: &Client) -> i32 {
+        c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
+    }
+
+    /// Ends the server process of connection `pid` and waits until it is gone.
+    fn terminate(admin: &Client, pid: i32) {
+        let killed: bool = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap()
+            .get(0);
+        assert!(killed);
+        for _ in 0..100 {
+            let left: i64 = admin
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("backend {pid} is still there");
+    }
+
+    /// What `drop_off_runtime` used to guard: the three PostgreSQL stores, used and then
+    /// dropped inside a tokio runtime (a role shutting down in async code), neither
+    /// panic nor block. Also shows the stores work from inside an async task's body.
+    #[tokio::test]
+    async fn stores_drop_inside_a_runtime_without_panicking_or_blocking() {
+        use crate::billing::BillingStore as _;
+        use crate::control::backend::Accounts as _;
+        use crate::logs::Store as _;
+        let Some(url) = fresh_database("drop_in_runtime") else {
+            return;
+        };
+        let mut logs = crate::logs::postgres::PgStore::connect(&url).unwrap();
+        let control = crate::control::PgBackend::connect(&url).unwrap();
+        let billing = crate::billing::PgBillingStore::connect(&url).unwrap();
+        assert_eq!(logs.counts().unwrap().files, 0);
+        control.users().unwrap();
+        assert!(billing.accounts().unwrap().is_empty());
+        // An open transaction dropped in the runtime rolls back without blocking too.
+        let pool = Pool::new(&url, 1, None).unwrap();
+        let mut c = pool.get().unwrap();
+        let tx = c.transaction().unwrap();
+        tx.batch_execute("CREATE TABLE dropped_uncommitted (x INT)")
+            .unwrap();
+
+        let t = Instant::now();
+        drop(tx);
+        drop(c);
+        drop(pool);
+        drop(logs);
+        drop(control);
+        drop(billing);
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "dropping took {:?}",
+            t.elapsed()
+        );
+        // And on a blocking thread of the same runtime, as the roles call the stores.
+        let again = tokio::task::spawn_blocking(move || {
+            let c = Pool::new(&url, 1, None).unwrap().get().unwrap();
+            let rows = c
+                .query("SELECT to_regclass('dropped_uncommitted') IS NULL", &[])
+                .unwrap();
+            rows[0].get::<_, bool>(0)
+        })
+        .await
+        .unwrap();
+        assert!(again, "the dropped transaction was rolled back");
+    }
+
+    /// A connection the server ends (a restart, `pg_terminate_backend`) is the pool's
+    /// business: an idle one is found closed and replaced when handed out, and one a
+    /// call found lost is not handed out again.
+    #[test]
+    fn the_pool_replaces_lost_connections() {
+        let Some(url) = server("the_pool_replaces_lost_connections") else {
+            return;
+        };
+        let admin = Pool::new(&url, 1, None).unwrap().get().unwrap();
+        let pool = Pool::new(&url, 1, None).unwrap();
+
+        // Idle in the pool when it is ended: the next caller gets a new connection.
+        let pid = backend_pid(&pool.get().unwrap());
+        terminate(&admin, pid);
+        let c = pool.get().unwrap();
+        let new = backend_pid(&c);
+        assert_ne!(new, pid, "a new connection");
+
+        // Ended while held: the call fails as a lost connection, and the pool does not
+        // hand that connection out again.
+        terminate(&admin, new);
+        let e = c.query("SELECT 1", &[]).unwrap_err();
+        assert!(connection_lost(&e), "{e}");
+        drop(c);
+        let c = pool.get().unwrap();
+        assert_ne!(backend_pid(&c), new, "a new connection");
+        assert_eq!(
+            c.query_one("SELECT 41 + 1", &[]).unwrap().get::<_, i32>(0),
+            42
+        );
+    }
+}
