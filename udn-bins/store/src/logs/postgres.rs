@@ -205,7 +205,7 @@ pub(crate) fn cells(row: &tokio_postgres::Row, sql: &str) -> Result<Vec<Cell>> {
 /// A store parameter binds as the type PostgreSQL inferred for it: an integer as
 /// `BIGINT`, `INTEGER`, `SMALLINT` (range-checked) or a flag (`BOOLEAN`, non-zero is
 /// true), text as text, NULL as NULL of any type. So a statement's parameters are bound
-/// by reference ([`refs`]), with no value copied or boxed.
+/// by reference, with no value copied or boxed.
 impl ToSql for Param<'_> {
     fn to_sql(
         &self,
