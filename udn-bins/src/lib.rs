@@ -23,7 +23,7 @@ pub mod probe;
 pub mod world;
 
 /// The storage layer (`udn-store`), re-exported under the names the roles use.
-pub use udn_store::{drop_off_runtime, logs as store, migrate};
+pub use udn_store::{logs as store, migrate};
 
 use std::fmt;
 

@@ -25,7 +25,8 @@ pub struct StoreBackend {
 }
 
 /// The billing store: where it is, and the store opened there, kept between calls (a
-/// PostgreSQL connection is not opened per request). One call at a time uses it.
+/// PostgreSQL connection is not opened per request; a lost one is replaced by the
+/// store's pool). One call at a time uses it.
 struct BillingTables {
     location: BillingLocation,
     open: Mutex<Option<Box<dyn BillingStore + Send>>>,
@@ -35,10 +36,10 @@ impl BillingTables {
     /// Runs `f` on the store, opening it first if needed. `None` when the store is an
     /// SQLite file that does not exist and `create` is false (billing never ran). After
     /// an error the store is dropped, so the next call re-opens it; when the error is a
-    /// kept PostgreSQL connection the server closed (a restart, `pg_terminate_backend`),
-    /// `f` is tried once more on a new connection (billing runs and reads are
-    /// idempotent), so the portal does not answer one empty invoice list per lost
-    /// connection.
+    /// PostgreSQL connection the server closed (a restart, `pg_terminate_backend`), the
+    /// store is kept (its pool replaces the connection) and `f` is tried once more
+    /// (billing runs and reads are idempotent), so the portal does not answer one empty
+    /// invoice list per lost connection.
     fn with<T>(
         &self,
         create: bool,
@@ -64,28 +65,14 @@ impl BillingTables {
             match f(&mut **store) {
                 Ok(v) => return Some(Ok(v)),
                 Err(e) => {
-                    *slot = None;
                     if retried || !kept || !connection_lost(&e) {
+                        *slot = None;
                         return Some(Err(e));
                     }
-                    tracing::info!("billing store: connection lost, reconnecting");
+                    tracing::info!("billing store: connection lost, trying again");
                     retried = true;
                 }
             }
-        }
-    }
-}
-
-impl Drop for BillingTables {
-    fn drop(&mut self) {
-        // A control plane shutting down drops its backend in async code.
-        if let Some(store) = self
-            .open
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            crate::drop_off_runtime(store);
         }
     }
 }
@@ -94,7 +81,7 @@ impl Drop for BillingTables {
 /// ([`crate::store::postgres::connection_lost`], or an I/O error).
 fn connection_lost(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<postgres::Error>()
+        c.downcast_ref::<tokio_postgres::Error>()
             .is_some_and(crate::store::postgres::connection_lost)
             || c.is::<std::io::Error>()
     })

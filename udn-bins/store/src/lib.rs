@@ -11,19 +11,22 @@
 //! * [`billing`]: invoices, payments and their immutable numbering
 //!   ([`billing::BillingStore`]) on both databases, and the usage billing reads from the
 //!   log store ([`billing::usage_from_store`]).
-//! * [`pool`]: the connection pool the stores share;
+//! * [`pg`]: the PostgreSQL connection layer the stores share (a `deadpool-postgres`
+//!   pool on one I/O runtime, used synchronously);
+//! * [`pool`]: a fixed pool of SQLite connections (the readers);
 //! * [`migrate`]: the versioned, append-only migrations of all three, run at start under
 //!   a lock (refinery).
 //!
-//! The crate does no networking of its own beyond its database clients, and starts no
-//! runtime: the synchronous `postgres` client it uses brings its own, which is why
-//! [`drop_off_runtime`] exists.
+//! The crate does no networking of its own beyond its database clients. Its API is
+//! synchronous; PostgreSQL's connections live on one I/O thread of [`pg`]'s, so the
+//! stores may be used and dropped on any thread.
 #![forbid(unsafe_code)]
 
 pub mod billing;
 pub mod control;
 pub mod logs;
 pub mod migrate;
+pub mod pg;
 pub mod pool;
 
 /// The wall clock as a [`udn_core::Timestamp`] (milliseconds since the Unix epoch; 0 if
@@ -35,16 +38,4 @@ pub fn now() -> udn_core::Timestamp {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     udn_core::Timestamp::from_millis(ms)
-}
-
-/// Drops `value` where blocking is allowed: on a thread of its own when called inside a
-/// tokio runtime, else right here. A synchronous `postgres` client closes its
-/// connection by blocking on the crate's own runtime, which panics inside another
-/// runtime (a role shutting down drops its stores in async code).
-pub fn drop_off_runtime<T: Send + 'static>(value: T) {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        let _ = std::thread::spawn(move || drop(value)).join();
-    } else {
-        drop(value);
-    }
 }

@@ -22,6 +22,7 @@
 
 use std::path::Path;
 
+use crate::pg::Session as _;
 use refinery::{Migration, Runner, Target};
 
 /// One migration: a version (strictly increasing), a short name and its SQL.
@@ -181,7 +182,7 @@ pub fn sqlite(conn: &mut rusqlite::Connection, schema: &Schema) -> Result<Applie
 }
 
 /// Applies `schema`'s PostgreSQL steps through `client` under a session advisory lock.
-pub fn postgres(client: &mut ::postgres::Client, schema: &Schema) -> Result<Applied, Error> {
+pub fn postgres(client: &mut crate::pg::Client, schema: &Schema) -> Result<Applied, Error> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&schema.pg_lock])
         .map_err(|e| schema.setup(e))?;
@@ -194,10 +195,10 @@ pub fn postgres(client: &mut ::postgres::Client, schema: &Schema) -> Result<Appl
     Ok(applied)
 }
 
-fn postgres_locked(client: &mut ::postgres::Client, schema: &Schema) -> Result<Applied, Error> {
+fn postgres_locked(client: &mut crate::pg::Client, schema: &Schema) -> Result<Applied, Error> {
     let mut applied = Applied::default();
     if let Legacy::VersionTable(old) = schema.legacy {
-        let exists = |client: &mut ::postgres::Client, name: &str| {
+        let exists = |client: &mut crate::pg::Client, name: &str| {
             client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
                 .and_then(|r| r.try_get::<_, bool>(0))
@@ -210,17 +211,13 @@ fn postgres_locked(client: &mut ::postgres::Client, schema: &Schema) -> Result<A
                 .map_err(|e| schema.setup(e))?;
             applied.baselined = schema.baseline(schema.postgres, max);
             if let Some(&v) = applied.baselined.last() {
-                schema
-                    .runner(schema.postgres, Target::FakeVersion(v))?
-                    .run(client)
-                    .map_err(|e| schema.refinery(e))?;
+                let runner = schema.runner(schema.postgres, Target::FakeVersion(v))?;
+                crate::pg::wait(runner.run_async(client.raw())).map_err(|e| schema.refinery(e))?;
             }
         }
     }
-    let report = schema
-        .runner(schema.postgres, Target::Latest)?
-        .run(client)
-        .map_err(|e| schema.refinery(e))?;
+    let runner = schema.runner(schema.postgres, Target::Latest)?;
+    let report = crate::pg::wait(runner.run_async(client.raw())).map_err(|e| schema.refinery(e))?;
     applied.ran = versions(&report);
     Ok(applied)
 }

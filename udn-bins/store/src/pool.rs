@@ -1,10 +1,10 @@
-//! The connection pool every store uses: a fixed set of connections, each behind its own
-//! lock. A caller takes the first free one, or else waits for the next one in turn, so
-//! concurrent callers spread over the connections and a slow one holds only its own.
-//! Lost connections are each adapter's business (it re-opens the one it holds).
+//! A fixed pool: a set of connections (or stores), each behind its own lock. A caller
+//! takes the first free one, or else waits for the next one in turn, so concurrent
+//! callers spread over them and a slow one holds only its own.
 //!
-//! The log store's reader connections (`udn_bins::collector::Collector`), the control
-//! plane's SQLite readers and PostgreSQL connections ([`crate::control`]) are pools.
+//! The log store's readers (`udn_bins::collector::Collector`) and the control plane's
+//! SQLite readers ([`crate::control`]) are such pools. PostgreSQL connections are pooled
+//! by [`crate::pg`], which also replaces lost ones.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -60,14 +60,6 @@ impl<T> Pool<T> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
-    }
-
-    /// Takes the items out (to drop them somewhere else).
-    pub fn take(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.slots)
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
-            .collect()
     }
 }
 

@@ -1,4 +1,4 @@
-//! [`BillingStore`] on PostgreSQL (the synchronous `postgres` crate): the same
+//! [`BillingStore`] on PostgreSQL (through [`crate::pg`]): the same
 //! `billing_*` tables, columns and guarantees as [`SqliteBillingStore`], so that billing
 //! can live in the control plane's PostgreSQL database (`udn control --postgres URL`,
 //! `udn control billing --postgres URL`). See [`SCHEMA`].
@@ -17,17 +17,15 @@
 //! * Decimal amounts are kept as `TEXT`, like in SQLite (exact, and the stores share
 //!   their decoding).
 //!
-//! Every method blocks, and so does dropping the store (it closes the connection): call
-//! them from a blocking thread, never from an async task (the `postgres` crate runs its
-//! own runtime and refuses to nest).
+//! Every method blocks: call them from a blocking thread rather than from an async task.
+//! Dropping the store blocks nothing and is safe anywhere.
 //!
 //! [`SqliteBillingStore`]: super::SqliteBillingStore
 
 use super::store::*;
+use crate::pg::{Client, Pool, Session as _, Transaction};
 use anyhow::{Context as _, Result, anyhow, bail};
-use postgres::{Client, NoTls, Transaction};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use udn_billing::usage::Applied;
 use udn_billing::{Account, Invoice, Period, PlanBook, Timestamp, UsageBatch, UsageTotals};
 
@@ -185,11 +183,11 @@ CREATE TABLE IF NOT EXISTS billing_runs (
 /// across control planes sharing one database.
 const LOCK_RUNS: i64 = 7013;
 
-/// [`BillingStore`] in a PostgreSQL database: one connection, used by one caller at a
-/// time (the trait's methods are short transactions; open one store per thread for
-/// concurrency, as with SQLite).
+/// [`BillingStore`] in a PostgreSQL database: a pool of one connection (replaced by the
+/// pool when the server closes it), used by one caller at a time (the trait's methods
+/// are short transactions; open one store per thread for concurrency, as with SQLite).
 pub struct PgBillingStore {
-    client: Mutex<Client>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PgBillingStore {
@@ -199,9 +197,9 @@ impl std::fmt::Debug for PgBillingStore {
     }
 }
 
-type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
 
-fn invoice_row(r: &postgres::Row) -> RawInvoice {
+fn invoice_row(r: &tokio_postgres::Row) -> RawInvoice {
     RawInvoice {
         id: r.get(0),
         kind: r.get(1),
@@ -263,26 +261,19 @@ impl PgBillingStore {
     /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn connect(url: &str) -> Result<Self> {
-        let mut config: postgres::Config = url.parse().context("parsing the PostgreSQL URL")?;
-        if config.get_application_name().is_none() {
-            config.application_name("udn billing");
-        }
-        let mut client = config.connect(NoTls).context("connecting to PostgreSQL")?;
+        let pool = Pool::new(url, 1, Some("udn billing")).context("parsing the PostgreSQL URL")?;
+        let mut client = pool.get().context("connecting to PostgreSQL")?;
         crate::migrate::postgres(&mut client, &super::store::BILLING_SCHEMA)?;
-        Ok(PgBillingStore {
-            client: Mutex::new(client),
-        })
+        Ok(PgBillingStore { pool })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Client> {
-        // A panic while holding the lock leaves the client usable: take it back.
-        self.client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The connection (an open one: the pool replaces one the server closed).
+    fn conn(&self) -> Result<Client> {
+        Ok(self.pool.get()?)
     }
 
     fn one(&self, sql: &str, p: &[Param<'_>]) -> Result<Option<StoredInvoice>> {
-        self.conn()
+        self.conn()?
             .query_opt(sql, p)?
             .map(|r| invoice_row(&r).decode())
             .transpose()
@@ -292,7 +283,7 @@ impl PgBillingStore {
 impl BillingStore for PgBillingStore {
     fn put_account(&mut self, account: &Account) -> Result<()> {
         account.validate()?;
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO billing_accounts (id, doc) VALUES ($1, $2)
              ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
             &[&account.id, &serde_json::to_string(account)?],
@@ -301,14 +292,14 @@ impl BillingStore for PgBillingStore {
     }
 
     fn account(&self, id: &str) -> Result<Option<Account>> {
-        self.conn()
+        self.conn()?
             .query_opt("SELECT doc FROM billing_accounts WHERE id = $1", &[&id])?
             .map(|r| serde_json::from_str(r.get(0)).context("stored account"))
             .transpose()
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
-        self.conn()
+        self.conn()?
             .query(
                 "SELECT doc FROM billing_accounts ORDER BY id COLLATE \"C\"",
                 &[],
@@ -322,7 +313,7 @@ impl BillingStore for PgBillingStore {
         plan.validate()?;
         let doc = serde_json::to_string(plan)?;
         let version = i64::from(plan.version);
-        let mut c = self.conn();
+        let c = self.conn()?;
         // Insert first, then compare: two writers adding one version at once both end
         // up comparing against the row that won.
         c.execute(
@@ -342,7 +333,7 @@ impl BillingStore for PgBillingStore {
 
     fn plans(&self) -> Result<PlanBook> {
         let mut book = PlanBook::new();
-        for r in self.conn().query("SELECT doc FROM billing_plans", &[])? {
+        for r in self.conn()?.query("SELECT doc FROM billing_plans", &[])? {
             book.insert(serde_json::from_str(r.get(0)).context("stored plan")?)?;
         }
         Ok(book)
@@ -369,8 +360,8 @@ impl BillingStore for PgBillingStore {
             quantity.push(q);
         }
         let records = i64::try_from(batch.records.len()).context("batch too large")?;
-        let mut c = self.conn();
-        let mut tx = c.transaction()?;
+        let mut c = self.conn()?;
+        let tx = c.transaction()?;
         // Claim the key first: a concurrent writer of the same key waits here for this
         // transaction, then sees the row and replays (or conflicts).
         let claimed = tx.execute(
@@ -407,7 +398,7 @@ impl BillingStore for PgBillingStore {
     ) -> Result<UsageTotals> {
         let mut fold = UsageFold::new(from, to, with_samples);
         let (b0, b1) = fold.buckets();
-        let rows = self.conn().query(
+        let rows = self.conn()?.query(
             "SELECT bucket, metric, region, quantity FROM billing_usage
              WHERE account = $1 AND bucket >= $2 AND bucket < $3",
             &[&account, &b0, &b1],
@@ -432,8 +423,8 @@ impl BillingStore for PgBillingStore {
 
     fn put_draft(&mut self, invoice: &Invoice, inputs: &InvoiceInputs) -> Result<i64> {
         let period = invoice.period.to_string();
-        let mut c = self.conn();
-        let mut tx = c.transaction()?;
+        let mut c = self.conn()?;
+        let tx = c.transaction()?;
         tx.execute(
             "DELETE FROM billing_invoices WHERE account = $1 AND period = $2 AND status = 'draft'",
             &[&invoice.account, &period],
@@ -457,7 +448,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn issue(&mut self, id: i64, now: Timestamp, due: Timestamp) -> Result<String> {
-        let mut c = self.conn();
+        let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         // The draft's row is locked first, so a concurrent run cannot replace it while
         // it is being numbered (and a replaced draft is not numbered at all).
@@ -492,7 +483,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn issued(&self) -> Result<Vec<StoredInvoice>> {
-        self.conn()
+        self.conn()?
             .query(
                 &format!(
                     "SELECT {INVOICE_COLS} FROM billing_invoices WHERE number IS NOT NULL
@@ -506,7 +497,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn void(&mut self, number: &str, _now: Timestamp) -> Result<()> {
-        let mut c = self.conn();
+        let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let inv = locked(&mut tx, number)?;
         let paid: i64 = tx
@@ -525,7 +516,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn credit(&mut self, number: &str, now: Timestamp) -> Result<String> {
-        let mut c = self.conn();
+        let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let inv = locked(&mut tx, number)?;
         let note = credit_note_for(&inv, number)?;
@@ -560,7 +551,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn record_payment(&mut self, p: &Payment) -> Result<Status> {
-        let mut c = self.conn();
+        let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let inv = locked(&mut tx, &p.invoice)?;
         check_payable(&inv, p)?;
@@ -597,7 +588,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn payments(&self, number: &str) -> Result<Vec<Payment>> {
-        self.conn()
+        self.conn()?
             .query(
                 "SELECT amount, method, reference, at FROM billing_payments
                  WHERE invoice = $1 ORDER BY id",
@@ -609,7 +600,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn log_delivery(&mut self, e: &DeliveryLog) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO billing_deliveries (invoice, channel, recipient, status, detail, at)
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[
@@ -625,7 +616,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn deliveries(&self, number: &str) -> Result<Vec<DeliveryLog>> {
-        self.conn()
+        self.conn()?
             .query(
                 "SELECT channel, recipient, status, detail, at FROM billing_deliveries
                  WHERE invoice = $1 ORDER BY id",
@@ -638,7 +629,7 @@ impl BillingStore for PgBillingStore {
 
     fn ingest_mark(&self) -> Result<i64> {
         Ok(self
-            .conn()
+            .conn()?
             .query_opt(
                 "SELECT value FROM billing_state WHERE name = 'ingest_mark'",
                 &[],
@@ -647,7 +638,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn set_ingest_mark(&mut self, ms: i64) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO billing_state (name, value) VALUES ('ingest_mark', $1)
              ON CONFLICT (name) DO UPDATE
              SET value = GREATEST(billing_state.value, excluded.value)",
@@ -657,7 +648,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn mark_late(&mut self, account: &str, period: &Period) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO billing_late (account, period) VALUES ($1, $2)
              ON CONFLICT (account, period) DO NOTHING",
             &[&account, &period.to_string()],
@@ -667,7 +658,7 @@ impl BillingStore for PgBillingStore {
 
     fn late_periods(&self, account: &str) -> Result<Vec<Period>> {
         let mut out = Vec::new();
-        for r in self.conn().query(
+        for r in self.conn()?.query(
             "SELECT period FROM billing_late WHERE account = $1",
             &[&account],
         )? {
@@ -678,7 +669,7 @@ impl BillingStore for PgBillingStore {
     }
 
     fn clear_late(&mut self, account: &str, period: &Period) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "DELETE FROM billing_late WHERE account = $1 AND period = $2",
             &[&account, &period.to_string()],
         )?;
@@ -688,26 +679,26 @@ impl BillingStore for PgBillingStore {
     fn lock_runs(&mut self) -> Result<()> {
         // Session-level: held across the run's transactions until unlock_runs, or
         // until the connection ends.
-        self.conn()
+        self.conn()?
             .execute("SELECT pg_advisory_lock($1)", &[&LOCK_RUNS])?;
         Ok(())
     }
 
     fn unlock_runs(&mut self) -> Result<()> {
-        self.conn()
+        self.conn()?
             .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_RUNS])?;
         Ok(())
     }
 
     fn state(&self, name: &str) -> Result<Option<i64>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_opt("SELECT value FROM billing_state WHERE name = $1", &[&name])?
             .map(|r| r.get(0)))
     }
 
     fn set_state(&mut self, name: &str, value: i64) -> Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO billing_state (name, value) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             &[&name, &value],
@@ -717,7 +708,7 @@ impl BillingStore for PgBillingStore {
 
     fn log_run(&mut self, run: &RunRecord) -> Result<()> {
         let attempt = i64::from(run.attempt);
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO billing_runs (period, trigger, started_at, finished_at, attempt,
              outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
@@ -735,7 +726,7 @@ impl BillingStore for PgBillingStore {
 
     fn runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
         let limit = i64::from(limit);
-        self.conn()
+        self.conn()?
             .query(
                 "SELECT id, period, trigger, started_at, finished_at, attempt, outcome, detail
                  FROM billing_runs ORDER BY id DESC LIMIT $1",

@@ -613,7 +613,11 @@ pub enum BackendError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed (or could not be reached).
     #[error("postgres: {}", pg_message(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool for another reason than the
+    /// database's (which is [`BackendError::Postgres`]).
+    #[error("postgres pool: {0}")]
+    PostgresPool(deadpool_postgres::PoolError),
     /// The schema could not be brought up to date (see [`crate::migrate`]).
     #[error("{0}")]
     Migrate(#[from] crate::migrate::Error),
@@ -640,6 +644,15 @@ pub enum BackendError {
     /// A billing run failed.
     #[error("billing: {0:#}")]
     Billing(anyhow::Error),
+}
+
+impl From<deadpool_postgres::PoolError> for BackendError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => BackendError::Postgres(e),
+            e => BackendError::PostgresPool(e),
+        }
+    }
 }
 
 /// Result of a [`Backend`] call.
@@ -1078,7 +1091,7 @@ pub trait ControlTables: Backend {
 }
 
 /// A PostgreSQL error with the server's message ("db error" alone says nothing).
-fn pg_message(e: &postgres::Error) -> String {
+fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{e}: {} ({})", db.message(), db.code().code()),
         None => e.to_string(),

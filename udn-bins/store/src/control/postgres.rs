@@ -1,28 +1,26 @@
-//! The control plane's store on PostgreSQL (the synchronous `postgres` crate, like the
+//! The control plane's store on PostgreSQL (through [`crate::pg`], synchronous like the
 //! [`Backend`] trait): the same `cp_*` tables as [`super::SqliteBackend`] in PostgreSQL
 //! types, under the same queries ([`super::sql`]), so a control plane at
 //! scale keeps its users, sessions, configuration versions and purges in the same
 //! database as its log store (`udn control --postgres URL`). See [`SCHEMA`].
 //!
-//! A small pool of connections ([`PgBackend::connect_with`]; 4 by default), each with
+//! A pool of connections ([`PgBackend::connect_with`]; at most 4 by default), each with
 //! its prepared statements cached, so a call is one round trip and concurrent API
 //! requests do not queue behind one connection. A lost connection (server restart,
-//! terminated backend) is re-opened: a read that notices it is run again on the new
-//! connection; a write fails (500) and the next call gets a fresh connection.
+//! terminated backend) is the pool's business: it hands out open connections only, and
+//! drops one a call found lost. A read that meets a lost connection is run once more on
+//! another; a write fails (500) and the next call works.
 //!
-//! Every method blocks: call them from a blocking thread (`spawn_blocking`), never from
-//! an async task (the `postgres` crate runs its own runtime and refuses to nest).
+//! Every method blocks: call them from a blocking thread (`spawn_blocking`) rather than
+//! from an async task. The store may be dropped anywhere.
 
 use super::backend::*;
 use super::sql::{Conn, Db, Rows, SqlBackend, TxLock};
 use crate::logs::Param;
-use crate::logs::postgres::{AnyNull, cells, connection_lost};
+use crate::logs::postgres::{cells, connection_lost};
 use crate::migrate::Step;
-use crate::pool::Pool;
-use postgres::types::{ToSql, Type};
-use postgres::{Client, GenericClient, NoTls, Statement};
-use std::collections::HashMap;
-use std::sync::MutexGuard;
+use crate::pg::{Pool, Session};
+use tokio_postgres::types::ToSql;
 
 /// The control plane's tables in PostgreSQL: the same tables, columns and meanings as
 /// [`super::sqlite::SCHEMA`] (times are milliseconds since the epoch in `BIGINT`).
@@ -179,134 +177,60 @@ pub const DEFAULT_POOL: usize = 4;
 /// The control plane's store in a PostgreSQL database: [`SqlBackend`] on [`PgDb`].
 pub type PgBackend = SqlBackend<PgDb>;
 
-/// [`Db`] on a small pool of PostgreSQL connections, each with its prepared statements.
+/// [`Db`] on a pool of PostgreSQL connections ([`crate::pg::Pool`]), each with its
+/// prepared statements.
+#[derive(Debug)]
 pub struct PgDb {
-    pool: Pool<PgConn>,
-    url: String,
+    pool: Pool,
 }
 
-/// One pooled connection and its prepared statements (by SQL text).
-struct PgConn {
-    client: Client,
-    cache: HashMap<String, Statement>,
-}
+/// What a parameter the caller did not pass binds as.
+static NULL: Param<'static> = Param::Null;
 
-/// The statement's parameters from `args`, each converted to the type PostgreSQL
-/// inferred for it (an `INTEGER` column takes an `i32`, a flag a `bool`).
-fn pg_args(st: &Statement, args: &[Param<'_>]) -> BackendResult<Vec<Box<dyn ToSql + Sync>>> {
-    st.params()
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| -> BackendResult<Box<dyn ToSql + Sync>> {
-            let bad = || BackendError::Column {
-                index: i,
-                query: format!("parameter ${} ({ty})", i + 1),
-            };
-            Ok(match args.get(i).copied().unwrap_or(Param::Null) {
-                Param::Null => Box::new(AnyNull),
-                Param::Text(v) => Box::new(v.to_owned()),
-                Param::Int(v) if *ty == Type::INT4 => {
-                    Box::new(i32::try_from(v).map_err(|_| bad())?)
-                }
-                Param::Int(v) if *ty == Type::INT2 => {
-                    Box::new(i16::try_from(v).map_err(|_| bad())?)
-                }
-                Param::Int(v) if *ty == Type::BOOL => Box::new(v != 0),
-                Param::Int(v) => Box::new(v),
-            })
-        })
-        .collect()
-}
-
-/// Runs `sql` on `client` with `args`, through the statement cache; `rows` says whether
-/// it returns rows (then they come back as cells) or only a count.
-fn run(
-    client: &mut impl GenericClient,
-    cache: &mut HashMap<String, Statement>,
-    sql: &str,
-    args: &[Param<'_>],
-    rows: bool,
-) -> BackendResult<(Rows, u64)> {
-    let st = match cache.get(sql) {
-        Some(st) => st.clone(),
-        None => {
-            let st = client.prepare(sql)?;
-            cache.insert(sql.to_owned(), st.clone());
-            st
-        }
-    };
-    let owned = pg_args(&st, args)?;
-    let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
+/// Runs `sql` on `s` with `args` (bound by reference, each as the type PostgreSQL
+/// inferred for it: see [`Param`]'s `ToSql`), through the connection's statement cache;
+/// `rows` says whether it returns rows (then they come back as cells) or only a count.
+fn run(s: &impl Session, sql: &str, args: &[Param<'_>], rows: bool) -> BackendResult<(Rows, u64)> {
+    let st = s.prepare_cached(sql)?;
+    let params: Vec<&(dyn ToSql + Sync)> = (0..st.params().len())
+        .map(|i| args.get(i).unwrap_or(&NULL) as &(dyn ToSql + Sync))
+        .collect();
     if rows {
-        let out = client.query(&st, &refs)?;
+        let out = s.query(&st, &params)?;
         let cells = out
             .iter()
             .map(|r| cells(r, sql))
             .collect::<Result<Rows, _>>()?;
         Ok((cells, 0))
     } else {
-        Ok((Vec::new(), client.execute(&st, &refs)?))
+        Ok((Vec::new(), s.execute(&st, &params)?))
     }
 }
 
-/// A connection or a transaction with the connection's statement cache beside it.
-struct PgSession<'a, C: GenericClient> {
-    client: &'a mut C,
-    cache: &'a mut HashMap<String, Statement>,
-}
+/// A connection or a transaction.
+struct PgSession<'a, S: Session>(&'a S);
 
-impl<C: GenericClient> Conn for PgSession<'_, C> {
+impl<S: Session> Conn for PgSession<'_, S> {
     fn query(&mut self, sql: &str, args: &[Param<'_>]) -> BackendResult<Rows> {
-        Ok(run(self.client, self.cache, sql, args, true)?.0)
+        Ok(run(self.0, sql, args, true)?.0)
     }
 
     fn execute(&mut self, sql: &str, args: &[Param<'_>]) -> BackendResult<u64> {
-        Ok(run(self.client, self.cache, sql, args, false)?.1)
-    }
-}
-
-impl PgConn {
-    fn open(url: &str) -> Result<PgConn, postgres::Error> {
-        Ok(PgConn {
-            client: Client::connect(url, NoTls)?,
-            cache: HashMap::new(),
-        })
-    }
-}
-
-impl std::fmt::Debug for PgDb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password: never print it.
-        f.write_str("PgDb")
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        // `udn control` shutting down drops its backend in async code.
-        crate::drop_off_runtime(self.pool.take());
+        Ok(run(self.0, sql, args, false)?.1)
     }
 }
 
 impl PgDb {
-    /// A free pooled connection (else the next one in turn, waiting for it), re-opened
-    /// first if it was lost.
-    fn conn(&self) -> BackendResult<MutexGuard<'_, PgConn>> {
-        // Never empty: `connect_with` opens at least one connection.
-        let mut c = self.pool.get().ok_or(BackendError::Poisoned)?;
-        if c.client.is_closed() {
-            tracing::warn!("control plane: postgres connection lost; reconnecting");
-            *c = PgConn::open(&self.url)?;
-        }
-        Ok(c)
+    /// A connection from the pool (an open one, or a new one; waiting when all are in
+    /// use).
+    fn conn(&self) -> BackendResult<crate::pg::Client> {
+        Ok(self.pool.get()?)
     }
 }
 
 impl Db for PgDb {
     fn with<T>(&self, f: impl FnOnce(&mut dyn Conn) -> BackendResult<T>) -> BackendResult<T> {
-        let mut c = self.conn()?;
-        let PgConn { client, cache } = &mut *c;
-        f(&mut PgSession { client, cache })
+        f(&mut PgSession(&self.conn()?))
     }
 
     fn transaction<T>(
@@ -315,37 +239,27 @@ impl Db for PgDb {
         f: impl FnOnce(&mut dyn Conn) -> BackendResult<T>,
     ) -> BackendResult<T> {
         let mut c = self.conn()?;
-        let PgConn { client, cache } = &mut *c;
-        let mut tx = client.transaction()?;
+        let tx = c.transaction()?;
         if let Some(key) = lock.key() {
             // Serializes these transactions across control planes sharing the database.
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
         }
-        let out = f(&mut PgSession {
-            client: &mut tx,
-            cache,
-        })?;
+        let out = f(&mut PgSession(&tx))?;
         tx.commit()?;
         Ok(out)
     }
 
     /// Runs a read-only statement. When the connection turns out to be lost (a
-    /// PostgreSQL restart, a terminated backend) it reconnects and runs it once more:
-    /// safe, since a read changes nothing. Writes are not retried (one may have been
-    /// applied before the connection broke).
+    /// PostgreSQL restart, a terminated backend) it runs it once more on another one
+    /// (the pool drops the lost one): safe, since a read changes nothing. Writes are not
+    /// retried (one may have been applied before the connection broke).
     fn read(&self, sql: &str, args: &[Param<'_>]) -> BackendResult<Rows> {
-        let mut c = self.conn()?;
-        let first = {
-            let PgConn { client, cache } = &mut *c;
-            run(client, cache, sql, args, true)
-        };
+        let first = run(&self.conn()?, sql, args, true);
         match first {
             Err(BackendError::Postgres(e)) if connection_lost(&e) => {
                 let e = BackendError::Postgres(e);
-                tracing::warn!("control plane: connection lost ({e}); reconnecting");
-                *c = PgConn::open(&self.url)?;
-                let PgConn { client, cache } = &mut *c;
-                Ok(run(client, cache, sql, args, true)?.0)
+                tracing::warn!("control plane: connection lost ({e}); running the read again");
+                Ok(run(&self.conn()?, sql, args, true)?.0)
             }
             r => Ok(r?.0),
         }
@@ -353,23 +267,17 @@ impl Db for PgDb {
 }
 
 impl SqlBackend<PgDb> {
-    /// Connects to `url` (`postgres://user@host:port/db`) with [`DEFAULT_POOL`]
-    /// connections and creates the `cp_*` tables if they are missing. Blocks.
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of at most
+    /// [`DEFAULT_POOL`] connections and creates the `cp_*` tables if they are missing.
+    /// Blocks.
     pub fn connect(url: &str) -> BackendResult<PgBackend> {
         Self::connect_with(url, DEFAULT_POOL)
     }
 
-    /// Like [`PgBackend::connect`] with `pool` connections (at least 1).
+    /// Like [`PgBackend::connect`] with at most `pool` connections (at least 1).
     pub fn connect_with(url: &str, pool: usize) -> BackendResult<PgBackend> {
-        let mut first = PgConn::open(url)?;
-        crate::migrate::postgres(&mut first.client, &super::sqlite::CP_SCHEMA)?;
-        let mut conns = vec![first];
-        for _ in 1..pool.max(1) {
-            conns.push(PgConn::open(url)?);
-        }
-        Ok(SqlBackend::new(PgDb {
-            pool: Pool::new(conns),
-            url: url.to_owned(),
-        }))
+        let pool = Pool::new(url, pool, None)?;
+        crate::migrate::postgres(&mut pool.get()?, &super::sqlite::CP_SCHEMA)?;
+        Ok(SqlBackend::new(PgDb { pool }))
     }
 }

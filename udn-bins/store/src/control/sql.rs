@@ -7,7 +7,7 @@
 //! `CAST(x AS BIGINT)` and `CAST(x AS TEXT)` instead of PostgreSQL's `::`, `TRUE` for a
 //! flag, `INSERT ... RETURNING` for new ids. What differs stays in the adapters: the
 //! schema (column types), how a connection is held (one SQLite connection under a mutex;
-//! a pool of PostgreSQL connections with prepared statements and reconnects), how a
+//! a pool of PostgreSQL connections with prepared statements), how a
 //! writing transaction is serialized (`BEGIN IMMEDIATE`; an advisory lock), and how a
 //! result column becomes a [`Cell`].
 
@@ -88,7 +88,9 @@ fn unique_violation(e: &BackendError) -> bool {
         BackendError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
             f.code == rusqlite::ErrorCode::ConstraintViolation
         }
-        BackendError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+        BackendError::Postgres(e) => {
+            e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        }
         _ => false,
     }
 }

@@ -41,7 +41,11 @@ pub enum Error {
     Migrate(#[from] crate::migrate::Error),
     /// PostgreSQL failed or is unreachable.
     #[error("postgres: {0}")]
-    Postgres(#[from] ::postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool for another reason than the
+    /// database's (which is [`Error::Postgres`]).
+    #[error("postgres pool: {0}")]
+    PostgresPool(deadpool_postgres::PoolError),
     /// ClickHouse failed, is unreachable, or answered what the store cannot read (the
     /// HTTP status and the first line of ClickHouse's message).
     #[error("clickhouse: {0}")]
@@ -73,8 +77,17 @@ impl Error {
             }
             Error::Postgres(e) => e
                 .code()
-                .is_some_and(|c| c == &::postgres::error::SqlState::DISK_FULL),
+                .is_some_and(|c| c == &tokio_postgres::error::SqlState::DISK_FULL),
             _ => false,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => Error::Postgres(e),
+            e => Error::PostgresPool(e),
         }
     }
 }

@@ -20,7 +20,7 @@
 
 use super::{PreparedFile, Result, to_i64};
 use crate::migrate::Step;
-use postgres::Client;
+use crate::pg::{Client, Session as _};
 use std::collections::BTreeSet;
 use udn_core::Timestamp;
 use udn_core::log::LogRecord;
@@ -134,7 +134,7 @@ pub fn ensure(
             continue;
         }
         let name = partition_name(table, day);
-        let mut tx = client.transaction()?;
+        let tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_PARTITIONS])?;
         let exists: bool = tx
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])?
@@ -195,7 +195,7 @@ pub fn drop_before(client: &mut Client, table: &str, before: i64) -> Result<u64>
         if hi > before {
             continue;
         }
-        let mut tx = client.transaction()?;
+        let tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_PARTITIONS])?;
         let n: i64 = tx
             .query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])?

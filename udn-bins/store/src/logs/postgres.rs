@@ -3,73 +3,41 @@
 //! in the file's one transaction.
 
 use super::{Cell, Error, Grain, Ingested, Param, PreparedFile, Result, Rollups, Store, to_i64};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls};
+use crate::pg::{Pool, Session as _};
+use tokio_postgres::types::{IsNull, ToSql, Type, WrongType};
 use udn_core::Timestamp;
 use udn_core::log::LogRecord;
 
-/// The PostgreSQL store.
+pub use crate::pg::connection_lost;
+
+/// The PostgreSQL store: a pool of one connection ([`crate::pg`]; the store is used by
+/// one caller at a time), replaced by the pool when the server closes it.
+#[derive(Debug)]
 pub struct PgStore {
-    /// `None` only while being dropped or after a failed reconnect.
-    client: Option<Client>,
-    url: String,
+    pool: Pool,
     /// The raw tables' day partitions known to exist.
     partitions: super::partitions::Known,
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            crate::drop_off_runtime(c);
-        }
-    }
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and applies the migrations.
     pub fn connect(url: &str) -> Result<PgStore> {
-        let client = Client::connect(url, NoTls)?;
-        let mut store = PgStore {
-            client: Some(client),
-            url: url.to_owned(),
+        let store = PgStore {
+            pool: Pool::new(url, 1, None)?,
             partitions: Default::default(),
         };
-        store.migrate()?;
+        // Several collectors may start at once: `migrate` serializes them on an advisory
+        // lock.
+        crate::migrate::postgres(&mut store.client()?, &super::SCHEMA)?;
         Ok(store)
     }
 
-    /// The connection, re-opened if it was lost (server restart, network, terminated
-    /// backend): the call that noticed the loss failed with 503, the next one works.
-    fn client(&mut self) -> Result<&mut Client> {
-        if let Some(c) = &self.client
-            && c.is_closed()
-        {
-            tracing::warn!("postgres connection lost; reconnecting");
-            if let Some(old) = self.client.take() {
-                crate::drop_off_runtime(old);
-            }
-        }
-        let client = match self.client.take() {
-            Some(c) => c,
-            None => Client::connect(&self.url, NoTls)?,
-        };
-        Ok(self.client.insert(client))
+    /// The connection: the pool's, or a new one when the server closed it (a restart,
+    /// the network, a terminated backend). A call that meets the loss before the pool
+    /// sees it fails with 503; the next one works.
+    fn client(&self) -> Result<crate::pg::Client> {
+        Ok(self.pool.get()?)
     }
-
-    fn migrate(&mut self) -> Result<()> {
-        // Several collectors may start at once: `migrate` serializes them on an advisory
-        // lock.
-        crate::migrate::postgres(self.client()?, &super::SCHEMA)?;
-        Ok(())
-    }
-}
-
-/// Whether `e` says the connection is gone (closed, or the server ending the session:
-/// SQLSTATE class 57P, e.g. a restart or `pg_terminate_backend`) rather than that a
-/// statement failed, so a new connection may succeed. Shared by every PostgreSQL store.
-pub fn connection_lost(e: &postgres::Error) -> bool {
-    e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P"))
 }
 
 fn ip(a: std::net::IpAddr) -> String {
@@ -78,7 +46,7 @@ fn ip(a: std::net::IpAddr) -> String {
 
 /// Adds `roll` to the rollup tables of suffix `sfx` (see [`super::Grain::suffix`]): one
 /// `INSERT ... SELECT FROM UNNEST ... ON CONFLICT` per table.
-fn write_rollups(tx: &mut postgres::Transaction<'_>, roll: &Rollups, sfx: &str) -> Result<()> {
+fn write_rollups(tx: &crate::pg::Transaction<'_>, roll: &Rollups, sfx: &str) -> Result<()> {
     if !roll.http.is_empty() {
         let mut cols: Vec<Vec<i64>> = vec![Vec::new(); 15];
         let (mut cust, mut host, mut pop) = (Vec::new(), Vec::new(), Vec::new());
@@ -204,7 +172,7 @@ fn write_rollups(tx: &mut postgres::Transaction<'_>, roll: &Rollups, sfx: &str) 
 /// The store's parameters as PostgreSQL values.
 /// Every column of `row` (the result of `sql`) as a [`Cell`]: integers of any width and
 /// booleans (as 0 or 1) as [`Cell::Int`], `DOUBLE PRECISION` as [`Cell::Float`], text.
-pub(crate) fn cells(row: &postgres::Row, sql: &str) -> Result<Vec<Cell>> {
+pub(crate) fn cells(row: &tokio_postgres::Row, sql: &str) -> Result<Vec<Cell>> {
     let mut out = Vec::with_capacity(row.len());
     for (i, col) in row.columns().iter().enumerate() {
         let t = col.type_();
@@ -234,38 +202,47 @@ pub(crate) fn cells(row: &postgres::Row, sql: &str) -> Result<Vec<Cell>> {
     Ok(out)
 }
 
-/// SQL NULL for a parameter of any type (`Option<T>` would be checked against `T`).
-#[derive(Debug)]
-pub(crate) struct AnyNull;
-
-impl ToSql for AnyNull {
+/// A store parameter binds as the type PostgreSQL inferred for it: an integer as
+/// `BIGINT`, `INTEGER`, `SMALLINT` (range-checked) or a flag (`BOOLEAN`, non-zero is
+/// true), text as text, NULL as NULL of any type. So a statement's parameters are bound
+/// by reference, with no value copied or boxed.
+impl ToSql for Param<'_> {
     fn to_sql(
         &self,
-        _ty: &Type,
-        _out: &mut bytes::BytesMut,
-    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
-    {
-        Ok(postgres::types::IsNull::Yes)
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        fn checked<T: ToSql>(
+            v: T,
+            ty: &Type,
+            out: &mut bytes::BytesMut,
+        ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            if !T::accepts(ty) {
+                return Err(Box::new(WrongType::new::<T>(ty.clone())));
+            }
+            v.to_sql(ty, out)
+        }
+        match *self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::Text(v) => checked(v, ty, out),
+            Param::Int(v) if *ty == Type::INT4 => checked(i32::try_from(v)?, ty, out),
+            Param::Int(v) if *ty == Type::INT2 => checked(i16::try_from(v)?, ty, out),
+            Param::Int(v) if *ty == Type::BOOL => checked(v != 0, ty, out),
+            Param::Int(v) => checked(v, ty, out),
+        }
     }
 
     fn accepts(_ty: &Type) -> bool {
+        // Checked per variant in `to_sql`.
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
-fn bind(params: &[Param<'_>]) -> Vec<Box<dyn ToSql + Sync>> {
-    params
-        .iter()
-        .map(|p| -> Box<dyn ToSql + Sync> {
-            match p {
-                Param::Int(i) => Box::new(*i),
-                Param::Text(s) => Box::new(s.to_string()),
-                Param::Null => Box::new(AnyNull),
-            }
-        })
-        .collect()
+/// `params` as the statement parameters `tokio-postgres` takes (borrowed).
+pub(crate) fn refs<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
 impl Store for PgStore {
@@ -273,13 +250,11 @@ impl Store for PgStore {
         let h = &file.header;
         let rows = file.records.len() as i64;
         let needed = super::partitions::days_needed(file, received_at);
+        let mut c = self.client()?;
         if !needed.is_empty() {
-            let mut known = std::mem::take(&mut self.partitions);
-            let made = super::partitions::ensure(self.client()?, &mut known, &needed, received_at);
-            self.partitions = known;
-            made?;
+            super::partitions::ensure(&mut c, &mut self.partitions, &needed, received_at)?;
         }
-        let mut tx = self.client()?.transaction()?;
+        let tx = c.transaction()?;
         // The ledger row first: a concurrent insert of the same file blocks here on the
         // primary key until the other transaction ends, then sees it.
         let fresh = tx.execute(
@@ -325,10 +300,6 @@ impl Store for PgStore {
             }
         }
         if n_http > 0 {
-            let sink = tx.copy_in(
-                "COPY raw_http (ts, customer, host, path, method, status, bytes, fill_bytes, \
-                 outcome, duration_us, client, pop) FROM STDIN BINARY",
-            )?;
             let types = [
                 Type::INT8,
                 Type::TEXT,
@@ -343,7 +314,11 @@ impl Store for PgStore {
                 Type::TEXT,
                 Type::TEXT,
             ];
-            let mut w = BinaryCopyInWriter::new(sink, &types);
+            let mut w = tx.copy_in_binary(
+                "COPY raw_http (ts, customer, host, path, method, status, bytes, fill_bytes, \
+                 outcome, duration_us, client, pop) FROM STDIN BINARY",
+                &types,
+            )?;
             for rec in &file.records {
                 if let LogRecord::Http(r) = rec {
                     w.write(&[
@@ -365,10 +340,6 @@ impl Store for PgStore {
             w.finish()?;
         }
         if n_dns > 0 {
-            let sink = tx.copy_in(
-                "COPY raw_dns (ts, hostname, qtype, client, ecs, addrs, reason, pop, customer, \
-                 server) FROM STDIN BINARY",
-            )?;
             let types = [
                 Type::INT8,
                 Type::TEXT,
@@ -381,7 +352,11 @@ impl Store for PgStore {
                 Type::TEXT,
                 Type::TEXT,
             ];
-            let mut w = BinaryCopyInWriter::new(sink, &types);
+            let mut w = tx.copy_in_binary(
+                "COPY raw_dns (ts, hostname, qtype, client, ecs, addrs, reason, pop, customer, \
+                 server) FROM STDIN BINARY",
+                &types,
+            )?;
             for rec in &file.records {
                 if let LogRecord::Dns(r) = rec {
                     w.write(&[
@@ -401,10 +376,6 @@ impl Store for PgStore {
             w.finish()?;
         }
         if n_probe > 0 {
-            let sink = tx.copy_in(
-                "COPY raw_probe (ts, pop, kind, target, method, ok, value, detail) \
-                 FROM STDIN BINARY",
-            )?;
             let types = [
                 Type::INT8,
                 Type::TEXT,
@@ -415,7 +386,11 @@ impl Store for PgStore {
                 Type::FLOAT8,
                 Type::TEXT,
             ];
-            let mut w = BinaryCopyInWriter::new(sink, &types);
+            let mut w = tx.copy_in_binary(
+                "COPY raw_probe (ts, pop, kind, target, method, ok, value, detail) \
+                 FROM STDIN BINARY",
+                &types,
+            )?;
             for rec in &file.records {
                 if let LogRecord::Probe(r) = rec {
                     w.write(&[
@@ -434,7 +409,7 @@ impl Store for PgStore {
         }
 
         for (grain, roll) in file.rollups_by_grain() {
-            write_rollups(&mut tx, roll, grain.suffix())?;
+            write_rollups(&tx, roll, grain.suffix())?;
         }
         let roll = &file.rollups;
         let usage = super::file_usage(roll);
@@ -459,21 +434,15 @@ impl Store for PgStore {
             )?;
         }
         super::stream::write(&file.streams, &mut |sql, p| {
-            let owned = bind(p);
-            let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
-            tx.execute(sql, &refs)?;
+            tx.execute(sql, &refs(p))?;
             Ok(())
         })?;
         super::ops::write(&file.ops, &mut |sql, p| {
-            let owned = bind(p);
-            let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
-            tx.execute(sql, &refs)?;
+            tx.execute(sql, &refs(p))?;
             Ok(())
         })?;
         super::quality::write(&file.quality, &mut |sql, p| {
-            let owned = bind(p);
-            let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
-            tx.execute(sql, &refs)?;
+            tx.execute(sql, &refs(p))?;
             Ok(())
         })?;
         tx.commit()?;
@@ -488,10 +457,11 @@ impl Store for PgStore {
         // the default partition's older rows.
         let mut n = 0;
         self.partitions.clear();
+        let mut c = self.client()?;
         for table in super::partitions::RAW_TABLES {
-            n += super::partitions::drop_before(self.client()?, table, t)?;
+            n += super::partitions::drop_before(&mut c, table, t)?;
         }
-        let mut tx = self.client()?.transaction()?;
+        let tx = c.transaction()?;
         for table in super::partitions::RAW_TABLES {
             n += tx.execute(&format!("DELETE FROM {table} WHERE ts < $1"), &[&t])?;
         }
@@ -502,7 +472,8 @@ impl Store for PgStore {
 
     fn prune_rollups(&mut self, grain: Grain, before: Timestamp) -> Result<u64> {
         let t = to_i64(before.as_millis());
-        let mut tx = self.client()?.transaction()?;
+        let mut c = self.client()?;
+        let tx = c.transaction()?;
         let mut n = 0;
         for table in super::ROLLUP_TABLES {
             let sql = format!("DELETE FROM {table}{} WHERE minute < $1", grain.suffix());
@@ -513,9 +484,7 @@ impl Store for PgStore {
     }
 
     fn select(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Vec<Cell>>> {
-        let owned = bind(params);
-        let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| b.as_ref()).collect();
-        let rows = self.client()?.query(sql, &refs)?;
+        let rows = self.client()?.query(sql, &refs(params))?;
         rows.iter().map(|row| cells(row, sql)).collect()
     }
 
