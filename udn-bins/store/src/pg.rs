@@ -79,21 +79,6 @@ pub fn wait<F: Future>(f: F) -> F::Output {
     }
 }
 
-/// Runs `f` on the I/O runtime (it needs the runtime: opening sockets, spawning the
-/// connection task, timers) and waits for it here.
-fn on_io<F>(f: F) -> F::Output
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    match wait(IO.spawn(f)) {
-        Ok(out) => out,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // The runtime is never shut down, and nobody aborts the task.
-        Err(e) => panic!("PostgreSQL I/O task: {e}"),
-    }
-}
-
 /// A pool of connections to one database. Cloning it shares the connections.
 #[derive(Clone)]
 pub struct Pool(deadpool_postgres::Pool);
@@ -139,8 +124,12 @@ impl Pool {
     /// A connection: an idle one that is still open, else a new one, else (all `size`
     /// in use) the next one given back. Blocks.
     pub fn get(&self) -> Result<Client, PoolError> {
-        let pool = self.0.clone();
-        let obj = on_io(async move { pool.get().await })?;
+        // Polled here, not handed to the I/O thread and back: an idle connection is
+        // taken without a thread switch. Inside the I/O runtime's context, a new
+        // connection's socket and timer register with that runtime and its task is
+        // spawned there.
+        let _io = IO.enter();
+        let obj = wait(self.0.get())?;
         Ok(Client {
             obj: Some(obj),
             lost: AtomicBool::new(false),
