@@ -851,11 +851,7 @@ fn same_host(a: &str, b: &str) -> bool {
 }
 
 pub(crate) fn gtm_index(cfg: &Config, host: &str) -> Option<usize> {
-    cfg.gtm.iter().position(|g| same_host(&g.hostname, host))
-}
-
-fn cdn_index(cfg: &Config, host: &str) -> Option<usize> {
-    cfg.cdn.iter().position(|c| same_host(&c.hostname, host))
+    index_of::<GtmConfig>(cfg, host)
 }
 
 /// The origin site or POP that holds `server`.
@@ -1003,7 +999,7 @@ pub(crate) fn check_names(
                     format!("{h} is used by another customer"),
                 ));
             }
-            _ if cdn_index(cfg, h).is_some() || gtm_index(cfg, h).is_some() => {
+            _ if index_of::<CdnConfig>(cfg, h).is_some() || gtm_index(cfg, h).is_some() => {
                 return Err(taken("hostname", format!("{h} is already configured")));
             }
             _ => {}
@@ -1599,6 +1595,33 @@ section_handlers!(
     delete gtm_delete "/v1/gtm/{hostname}" "Remove a GTM hostname"
 );
 
+/// The accessors of [`Section`] that read the same fields in both sections.
+macro_rules! section_fields {
+    ($section:ident) => {
+        fn entries(cfg: &Config) -> &Vec<Self> {
+            &cfg.$section
+        }
+        fn entries_mut(cfg: &mut Config) -> &mut Vec<Self> {
+            &mut cfg.$section
+        }
+        fn hostname(&self) -> &str {
+            &self.hostname
+        }
+        fn customer(&self) -> &str {
+            &self.customer
+        }
+        fn challenge(&self) -> Option<&str> {
+            self.challenge.as_deref()
+        }
+        fn challenge_mut(&mut self) -> &mut Option<String> {
+            &mut self.challenge
+        }
+        fn view_hostname(v: &Self::View) -> &str {
+            &v.config.hostname
+        }
+    };
+}
+
 /// A configuration section of customer hostnames (CDN or GTM): what the handlers the
 /// two share need of it.
 trait Section: Clone + serde::de::DeserializeOwned + Send + Sync + 'static {
@@ -1619,29 +1642,9 @@ trait Section: Clone + serde::de::DeserializeOwned + Send + Sync + 'static {
 
 impl Section for CdnConfig {
     type View = CdnView;
-    fn entries(cfg: &Config) -> &Vec<Self> {
-        &cfg.cdn
-    }
-    fn entries_mut(cfg: &mut Config) -> &mut Vec<Self> {
-        &mut cfg.cdn
-    }
-    fn hostname(&self) -> &str {
-        &self.hostname
-    }
-    fn customer(&self) -> &str {
-        &self.customer
-    }
-    fn challenge(&self) -> Option<&str> {
-        self.challenge.as_deref()
-    }
-    fn challenge_mut(&mut self) -> &mut Option<String> {
-        &mut self.challenge
-    }
+    section_fields!(cdn);
     fn view(_: &Config, e: &Self) -> CdnView {
         cdn_view(e)
-    }
-    fn view_hostname(v: &CdnView) -> &str {
-        &v.config.hostname
     }
     fn check(cfg: &Config, _: &Auth, c: &Self, new_host: Option<&str>) -> ApiResult<()> {
         check_names(cfg, &c.customer, new_host, &c.origins)?;
@@ -1651,29 +1654,9 @@ impl Section for CdnConfig {
 
 impl Section for GtmConfig {
     type View = GtmView;
-    fn entries(cfg: &Config) -> &Vec<Self> {
-        &cfg.gtm
-    }
-    fn entries_mut(cfg: &mut Config) -> &mut Vec<Self> {
-        &mut cfg.gtm
-    }
-    fn hostname(&self) -> &str {
-        &self.hostname
-    }
-    fn customer(&self) -> &str {
-        &self.customer
-    }
-    fn challenge(&self) -> Option<&str> {
-        self.challenge.as_deref()
-    }
-    fn challenge_mut(&mut self) -> &mut Option<String> {
-        &mut self.challenge
-    }
+    section_fields!(gtm);
     fn view(cfg: &Config, e: &Self) -> GtmView {
         gtm_view(cfg, e)
-    }
-    fn view_hostname(v: &GtmView) -> &str {
-        &v.config.hostname
     }
     fn check(cfg: &Config, a: &Auth, g: &Self, new_host: Option<&str>) -> ApiResult<()> {
         if new_host.is_some() {
